@@ -1,0 +1,53 @@
+# shoal: two commands matter, `make demo` and `make test`. Each sets up
+# what it needs (Debian packages when we are root, a .venv with shoal in it).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# Debian packages: real peers and tools the tests, demo and benchmarks run.
+DEB_PKGS := iperf3 stunnel4 haproxy nginx-light socat nghttp2-client nghttp2-proxy \
+            tinyproxy wrk nftables iproute2 containernetworking-plugins podman runc \
+            busybox-static curl openssl tcpdump procps
+# One binary per package, to tell whether it is already installed.
+DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk nft ip \
+              /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps
+
+.PHONY: demo test test-unit test-integration test-e2e bench host-deps venv clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,bench]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+host-deps:
+	@missing=""; for p in $(DEB_PROBES); do \
+	  command -v $$p >/dev/null 2>&1 || test -x $$p || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS) >/dev/null; \
+	  else \
+	    echo "missing tools:$$missing; as root run: apt-get install $(DEB_PKGS)" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: host-deps venv
+	$(VENV)/bin/shoal mesh demo
+
+test: host-deps venv
+	$(PY) -m pytest -q -n 2 tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: host-deps venv
+	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-only \
+	  --benchmark-json=benchmarks/out/results.json -p no:xdist
+	$(PY) -m benchmarks.report benchmarks/out
+
+clean:
+	rm -rf $(VENV) benchmarks/out .pytest_cache
