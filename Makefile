@@ -45,7 +45,8 @@ test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 bench: host-deps venv
-	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-only \
+	@mkdir -p benchmarks/out
+	$(PY) -m pytest -q benchmarks -o python_files="bench_*.py" --benchmark-enable --benchmark-only \
 	  --benchmark-json=benchmarks/out/results.json -p no:xdist
 	$(PY) -m benchmarks.report benchmarks/out
 
