@@ -27,8 +27,9 @@ they would loop through the proxy forever.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from core.constants import HBONE_PORT, PROXY_PORTS
@@ -88,7 +89,6 @@ class Route:
     workload: Workload | None = None
     waypoint: Waypoint | None = None
     target_port: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hbone_addr(self) -> str:
@@ -108,7 +108,8 @@ def _is_loopback(ip: str) -> bool:
 
 def resolve(view: Any, *, source: Workload | None, dst: tuple[str, int], rng: Random,
             local_ips: frozenset[str] = frozenset(),
-            proxy_ports: frozenset[int] = PROXY_PORTS, network: str = "") -> Route:
+            proxy_ports: frozenset[int] = PROXY_PORTS, network: str = "",
+            hbone_port: int = HBONE_PORT) -> Route:
     """Decide where the outbound connection to `dst` goes.
 
     Args:
@@ -119,6 +120,7 @@ def resolve(view: Any, *, source: Workload | None, dst: tuple[str, int], rng: Ra
         local_ips: the proxy's own addresses (loop protection).
         proxy_ports: ports of the proxy's own listeners (loop protection).
         network: the source's network.
+        hbone_port: the peers' HBONE port (15008; tests move it).
     Returns:
         the Route.
     Raises:
@@ -130,11 +132,15 @@ def resolve(view: Any, *, source: Workload | None, dst: tuple[str, int], rng: Ra
                             "one of the proxy's own ports and would loop", response_flag="CONNECT")
     workload = view.workload_by_ip(ip, network)
     if workload is not None:
-        return _to_workload(view, source, workload, dst, port, service=None, rng=rng)
-    service = _service_by_vip(view, ip, network, source)
-    if service is None:
-        return Route(kind=PLAINTEXT, address=dst, original=dst, target_port=port)
-    return _to_service(view, source, service, dst, rng)
+        route = _to_workload(view, source, workload, dst, port, service=None, rng=rng)
+    else:
+        service = _service_by_vip(view, ip, network, source)
+        if service is None:
+            return Route(kind=PLAINTEXT, address=dst, original=dst, target_port=port)
+        route = _to_service(view, source, service, dst, rng)
+    if route.kind == HBONE and hbone_port != HBONE_PORT:
+        route = dataclasses.replace(route, address=(route.address[0], hbone_port))
+    return route
 
 
 def _service_by_vip(view: Any, ip: str, network: str, source: Workload | None) -> Service | None:

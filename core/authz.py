@@ -1,0 +1,378 @@
+"""Authorization: Istio's AuthorizationPolicy semantics as one pure function.
+
+Shared by ztunnel (layer "L4", one decision per connection) and the waypoint
+(layer "L7", one decision per HTTP request). No I/O, no process state: the
+caller passes the policies that apply (routing.view gives them) and a
+`Request` describing what is being authorized.
+
+Semantics (istio/api security/v1beta1/authorization.proto, istiod
+pilot/pkg/serviceregistry/kube/controller/ambient/authorization.go, ztunnel
+src/rbac.rs):
+
+- A policy matches when ANY of its rules matches. A policy with no rules
+  matches nothing (an ALLOW without rules therefore denies everything it
+  applies to); `rules: [{}]` is one empty Rule and matches everything.
+- Within a rule, the `from`, `to` and `when` groups are AND-ed. The entries
+  of `from` are OR-ed, the entries of `to` are OR-ed, the `when` conditions
+  are AND-ed. An empty group matches.
+- Within one Source / Operation, the fields are AND-ed and the values of one
+  field are OR-ed; a `not*` field matches when NONE of its values match.
+- Order: AUDIT matches are only reported; any DENY match denies; with no
+  ALLOW policy the request is allowed; any ALLOW match allows; else deny.
+  Dry-run policies (`istio.io/dry-run`) are evaluated and reported in
+  `Decision.shadow` but never enforced.
+
+Layer L4 (ztunnel) cannot see HTTP: a rule that uses an L7 attribute (hosts,
+methods, paths, requestPrincipals, remoteIpBlocks or a `when` key outside
+`L4_WHEN_KEYS`) never matches in an ALLOW policy, and in a DENY policy is
+evaluated with its L7 parts dropped. That is what istiod sends ztunnel: an
+Operation with only L7 fields becomes an empty match, which matches every
+connection, so such a DENY denies everything it applies to ("more restrictive
+than requested", fail closed).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from routing.records import Authorization, Condition, Operation, Rule, Source
+
+L4 = "L4"
+L7 = "L7"
+
+ALLOW = "ALLOW"
+DENY = "DENY"
+AUDIT = "AUDIT"
+
+SPIFFE_PREFIX = "spiffe://"
+
+# `when` keys ztunnel can evaluate (istiod's l4WhenAttributes); any other key
+# makes the rule an L7 rule.
+L4_WHEN_KEYS = frozenset({
+    "source.ip", "source.namespace", "source.principal",
+    "destination.ip", "destination.port",
+})
+
+# Reasons, stable strings for access logs and tests.
+REASON_DENIED = "denied by policy"
+REASON_NO_ALLOW = "no ALLOW policy"
+REASON_ALLOWED = "allowed by policy"
+REASON_NOT_ALLOWED = "no ALLOW policy matched"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """What is authorized: a connection (L4) or an HTTP request (L7).
+
+    `source_principal` is the peer's SPIFFE id (with or without the
+    `spiffe://` prefix), None when the connection is plaintext. `headers`
+    has lower-case names. `remote_ip` is the original client address
+    (from `Forwarded`/X-Forwarded-For), used by remoteIpBlocks; it defaults
+    to `source_ip`.
+    """
+    source_principal: str | None = None
+    source_ip: str = ""
+    destination_ip: str = ""
+    destination_port: int = 0
+    method: str | None = None
+    host: str | None = None
+    path: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    remote_ip: str | None = None
+    sni: str | None = None
+    request_principal: str | None = None   # JWT iss/sub; None without RequestAuthentication
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The outcome. `policy_key` is "<ns>/<name>" of the deciding policy
+    (the matching DENY or ALLOW), "" when no policy decided."""
+    allowed: bool
+    policy_key: str = ""
+    reason: str = ""
+    audited: tuple[str, ...] = ()   # keys of AUDIT policies that matched
+    shadow: tuple[str, ...] = ()    # "<key>:<ALLOW|DENY>" of matching dry-run policies
+
+    @property
+    def policy(self) -> str:
+        """Alias of `policy_key` (docs/internals.md names it `policy`)."""
+        return self.policy_key
+
+
+def evaluate(policies: Iterable[Authorization], request: Request, layer: str = L7) -> Decision:
+    """Decide whether `request` is allowed by `policies` with Istio's order.
+
+    Args:
+        policies: every policy that applies to the destination (scope
+            filtering is the caller's job).
+        request: the connection or HTTP request.
+        layer: "L4" (ztunnel, fail-closed on L7 attributes) or "L7" (waypoint).
+
+    Returns:
+        A Decision; never raises on odd policy content (bad CIDRs and
+        ports are skipped, as istiod does).
+    """
+    if layer not in (L4, L7):
+        raise ValueError(f"layer must be {L4!r} or {L7!r}, not {layer!r}")
+    audited: list[str] = []
+    shadow: list[str] = []
+    allows: list[Authorization] = []
+    deny_hit: Authorization | None = None
+    for pol in policies:
+        if pol.action == AUDIT:
+            if layer == L7 and policy_matches(pol, request, layer):
+                audited.append(pol.key)
+            continue
+        if pol.dry_run:
+            if policy_matches(pol, request, layer):
+                shadow.append(f"{pol.key}:{pol.action}")
+            continue
+        if pol.action == DENY:
+            if deny_hit is None and policy_matches(pol, request, layer):
+                deny_hit = pol
+        elif pol.action == ALLOW:
+            allows.append(pol)
+    au, sh = tuple(audited), tuple(shadow)
+    if deny_hit is not None:
+        return Decision(allowed=False, policy_key=deny_hit.key, reason=REASON_DENIED,
+                        audited=au, shadow=sh)
+    if not allows:
+        return Decision(allowed=True, reason=REASON_NO_ALLOW, audited=au, shadow=sh)
+    for pol in allows:
+        if policy_matches(pol, request, layer):
+            return Decision(allowed=True, policy_key=pol.key, reason=REASON_ALLOWED,
+                            audited=au, shadow=sh)
+    return Decision(allowed=False, reason=REASON_NOT_ALLOWED, audited=au, shadow=sh)
+
+
+def policy_matches(policy: Authorization, request: Request, layer: str = L7) -> bool:
+    """True when any rule of `policy` matches (no rules: never)."""
+    deny = policy.action != ALLOW
+    return any(rule_matches(r, request, layer, deny=deny, namespace=policy.namespace)
+               for r in policy.rules)
+
+
+def rule_matches(rule: Rule, request: Request, layer: str = L7, *,
+                 deny: bool = False, namespace: str = "") -> bool:
+    """One rule: from (any) AND to (any) AND when (all).
+
+    At L4, a rule with L7 attributes never matches for ALLOW (`deny=False`)
+    and is matched without them for DENY. `namespace` is the policy's own
+    namespace, the default for bare serviceAccounts names.
+    """
+    l4 = layer == L4
+    if l4 and not deny and rule_has_l7(rule):
+        return False
+    if rule.from_ and not any(_source_matches(s, request, l4, namespace) for s in rule.from_):
+        return False
+    if rule.to and not any(_operation_matches(o, request, l4) for o in rule.to):
+        return False
+    return all(_condition_matches(c, request, l4) for c in rule.when)
+
+
+def rule_has_l7(rule: Rule) -> bool:
+    """Whether the rule uses an attribute only an L7 proxy can evaluate."""
+    for s in rule.from_:
+        if s.request_principals or s.not_request_principals or s.remote_ip_blocks \
+                or s.not_remote_ip_blocks:
+            return True
+    for o in rule.to:
+        if o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths:
+            return True
+    return any(c.key not in L4_WHEN_KEYS for c in rule.when)
+
+
+# --------------------------------------------------------------------------
+# clauses
+
+def _field(values: Sequence[str], not_values: Sequence[str], one) -> bool:
+    """A positive field (any value matches) AND its not- twin (none matches).
+
+    `one(v)` tells whether one configured value matches the request.
+    """
+    if values and not any(one(v) for v in values):
+        return False
+    if not_values and any(one(v) for v in not_values):
+        return False
+    return True
+
+
+def _source_matches(s: Source, req: Request, l4: bool, namespace: str) -> bool:
+    principal = strip_spiffe(req.source_principal)
+    ns, sa = spiffe_parts(principal)
+    if not _field(s.principals, s.not_principals, lambda v: string_match(v, principal)):
+        return False
+    if not _field(s.namespaces, s.not_namespaces, lambda v: string_match(v, ns)):
+        return False
+    if not _field(s.service_accounts, s.not_service_accounts,
+                  lambda v: _service_account_match(v, namespace, ns, sa)):
+        return False
+    if not _field(s.ip_blocks, s.not_ip_blocks, lambda v: ip_in_block(req.source_ip, v)):
+        return False
+    if l4:
+        return True   # requestPrincipals / remoteIpBlocks are dropped at L4 (DENY only)
+    remote = req.remote_ip or req.source_ip
+    if not _field(s.remote_ip_blocks, s.not_remote_ip_blocks, lambda v: ip_in_block(remote, v)):
+        return False
+    return _field(s.request_principals, s.not_request_principals,
+                  lambda v: string_match(v, req.request_principal))
+
+
+def _operation_matches(o: Operation, req: Request, l4: bool) -> bool:
+    if not _field(o.ports, o.not_ports, lambda v: _port_match(v, req.destination_port)):
+        return False
+    if l4:
+        return True   # hosts / methods / paths are dropped at L4 (DENY only)
+    if not _field(o.hosts, o.not_hosts, lambda v: host_match(v, req.host)):
+        return False
+    if not _field(o.methods, o.not_methods, lambda v: req.method is not None and v == req.method):
+        return False
+    path = strip_query(req.path)
+    return _field(o.paths, o.not_paths, lambda v: path_match(v, path))
+
+
+def _condition_matches(c: Condition, req: Request, l4: bool) -> bool:
+    if l4 and c.key not in L4_WHEN_KEYS:
+        return True   # dropped at L4 (only reached for DENY)
+    key = c.key
+    if key in ("destination.port",):
+        one = lambda v: _port_match(v, req.destination_port)  # noqa: E731
+    elif key in ("source.ip", "destination.ip", "remote.ip"):
+        ip = {"source.ip": req.source_ip, "destination.ip": req.destination_ip,
+              "remote.ip": req.remote_ip or req.source_ip}[key]
+        one = lambda v: ip_in_block(ip, v)  # noqa: E731
+    else:
+        actual = _attribute(key, req)
+        one = lambda v: string_match(v, actual)  # noqa: E731
+    return _field(c.values, c.not_values, one)
+
+
+def _attribute(key: str, req: Request) -> str | None:
+    """The string value of a `when` key, None when the request has none."""
+    principal = strip_spiffe(req.source_principal)
+    if key == "source.principal":
+        return principal
+    if key == "source.namespace":
+        return spiffe_parts(principal)[0]
+    if key == "connection.sni":
+        return req.sni
+    if key == "request.auth.principal":
+        return req.request_principal
+    if key.startswith("request.headers[") and key.endswith("]"):
+        return req.headers.get(key[len("request.headers["):-1].lower())
+    return None   # request.auth.claims[...] etc.: no JWT support, never present
+
+
+# --------------------------------------------------------------------------
+# value matchers (public: the waypoint and ztunnel tests use them)
+
+def strip_spiffe(principal: str | None) -> str | None:
+    if principal is not None and principal.startswith(SPIFFE_PREFIX):
+        return principal[len(SPIFFE_PREFIX):]
+    return principal
+
+
+@functools.lru_cache(maxsize=4096)
+def spiffe_parts(principal: str | None) -> tuple[str | None, str | None]:
+    """(namespace, service account) of "td/ns/NS/sa/SA", (None, None) otherwise."""
+    if not principal:
+        return None, None
+    parts = principal.split("/")
+    if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+        return parts[2], parts[4]
+    return None, None
+
+
+def string_match(pattern: str, value: str | None) -> bool:
+    """Istio's string match: "*" (present), "prefix*", "*suffix" or exact.
+
+    A missing value (None) matches nothing, not even "*".
+    """
+    if value is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return value == pattern
+
+
+def path_match(pattern: str, path: str | None) -> bool:
+    """Istio `paths`: exact, "/prefix/*", "*suffix" or "*" (query excluded)."""
+    return string_match(pattern, path)
+
+
+def host_match(pattern: str, host: str | None) -> bool:
+    """Istio `hosts`: case-insensitive, wildcards; a bare host also matches
+    the same host with any port (Envoy sees `:authority` = "host:port")."""
+    if host is None:
+        return False
+    p, h = pattern.lower(), host.lower()
+    if string_match(p, h):
+        return True
+    bare = strip_port(h)
+    return bare != h and string_match(p, bare)
+
+
+def strip_port(host: str) -> str:
+    if host.startswith("["):                      # [v6]:port
+        end = host.find("]")
+        return host[: end + 1] if end >= 0 else host
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host
+
+
+def strip_query(path: str | None) -> str | None:
+    if path is None:
+        return None
+    cut = len(path)
+    for ch in "?#":
+        i = path.find(ch)
+        if 0 <= i < cut:
+            cut = i
+    return path[:cut]
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(block: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(block.strip(), strict=False)
+    except ValueError:
+        return None   # istiod skips entries it cannot parse
+
+
+@functools.lru_cache(maxsize=16384)
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+
+
+def ip_in_block(ip: str | None, block: str) -> bool:
+    """CIDR containment; a plain address is a /32 (/128)."""
+    if not ip:
+        return False
+    net, addr = _network(block), _address(ip)
+    if net is None or addr is None or net.version != addr.version:
+        return False
+    return addr in net
+
+
+def _port_match(value: str, port: int) -> bool:
+    try:
+        return int(value) == port
+    except ValueError:
+        return False   # istiod drops ports it cannot parse
+
+
+def _service_account_match(value: str, policy_ns: str, ns: str | None, sa: str | None) -> bool:
+    """serviceAccounts: "ns/sa", or a bare "sa" in the policy's namespace."""
+    want_ns, _, want_sa = value.rpartition("/")
+    return sa is not None and sa == want_sa and ns == (want_ns or policy_ns)

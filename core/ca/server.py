@@ -1,0 +1,268 @@
+"""The control plane's CA endpoint: JSON over HTTP/1.1 over mutual TLS (port 15012).
+
+Istio serves `IstioCertificateService/CreateCertificate` over gRPC; shoal
+keeps the same roles with a small JSON API (docs/security.md):
+
+    POST /v1/certificates   {"csr": PEM, "identity": "spiffe://…", "ttl_seconds": 86400?}
+        200 {"cert_chain": [leaf PEM, intermediates…], "trust_bundle": [root PEM…],
+             "serial": "hex", "not_after": "ISO-8601"}
+        400 malformed request / CSR, 403 caller may not obtain that identity,
+        each as {"error": reason, "code": stable-code}
+    GET  /v1/trust-bundle   200 {"trust_bundle": [root PEM…]}
+    GET  /healthz/ready     200 {"status": "ok"}
+
+Every connection must present a node or waypoint credential (mutual TLS
+against the CA's trust bundle); one request per connection (`Connection:
+close`), as certificate requests are rare. Each decision is logged as JSON.
+The TLS context is rebuilt when the CA files change (root rotation), so new
+connections see the new trust at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+
+import orjson
+
+from core import log
+from core.ca.authority import (ISTIOD_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, CertificateAuthority,
+                               SigningError, node_of_cert)
+from core.ca.nodeauth import Caller, IdentitiesOnNode, authorize
+from core.identity import tls as shoal_tls
+from core.identity.certs import WorkloadCert, load_pem_certs
+from core.identity.spiffe import Identity, IdentityError, identity_of_cert, peer_certificate
+
+# Request head (request line + headers) larger than this is not our client.
+MAX_HEAD_BYTES = 16 * 1024
+# A CSR is < 1 KiB; 64 KiB leaves room for JSON overhead and refuses floods.
+MAX_BODY_BYTES = 64 * 1024
+# A client that has not finished the TLS handshake / sent its request by then
+# is dropped (asyncio logs failed handshakes at debug level).
+HANDSHAKE_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 10.0
+# The CA's own serving certificate lifetime; re-issued at half-life.
+SERVING_CERT_TTL = dt.timedelta(hours=24)
+ALPN_HTTP11 = "http/1.1"
+
+_log = log.get("ca")
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Parse an HTTP/1.1 request head (without the final blank line).
+
+    Returns:
+        (method, path, headers with lowercase names)
+    Raises:
+        HttpError: 400 on anything malformed.
+    """
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "bad_request", "request head is not ASCII") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, "bad_request", f"malformed request line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HttpError(400, "bad_request", f"malformed header line {line[:80]!r}")
+        headers[name.lower()] = value.strip()
+    return parts[0], parts[1], headers
+
+
+def response_bytes(status: int, body: dict) -> bytes:
+    data = orjson.dumps(body)
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n"
+            f"connection: close\r\n\r\n")
+    return head.encode() + data
+
+
+def server_identity(trust_domain: str) -> Identity:
+    """The identity the control plane serves with (Istio's istiod)."""
+    return Identity(trust_domain=trust_domain, namespace=SYSTEM_NAMESPACE,
+                    service_account=ISTIOD_SERVICE_ACCOUNT)
+
+
+def _context(cert: WorkloadCert, server_side: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = False  # the SPIFFE identity is checked after the handshake
+    ctx.set_alpn_protocols([ALPN_HTTP11])
+    shoal_tls.load_trust_bundle(ctx, cert)
+    shoal_tls.load_key_and_chain(ctx, cert)
+    return ctx
+
+
+def control_plane_context(cert: WorkloadCert, *, server_side: bool) -> ssl.SSLContext:
+    """Mutual TLS 1.3 for the CA API (ALPN http/1.1), key loaded from memory."""
+    return _context(cert, server_side)
+
+
+class CaServer:
+    """Serves the CA API. `reload_ca()` swaps in a new CA (root rotation)."""
+
+    def __init__(self, ca: CertificateAuthority, identities_on_node: IdentitiesOnNode, *,
+                 default_ttl: dt.timedelta | None = None) -> None:
+        self.ca = ca
+        self.identities_on_node = identities_on_node
+        self.default_ttl = default_ttl
+        self._ctx: ssl.SSLContext | None = None
+        self._serving_not_after = 0.0
+        self._serving_issued = 0.0
+        self._server: asyncio.Server | None = None
+
+    # -- TLS ---------------------------------------------------------------
+    def serving_cert(self) -> WorkloadCert:
+        ident = server_identity(self.ca.trust_domain)
+        key, signed = self.ca.issue_credential(ident, "istiod", ttl=SERVING_CERT_TTL,
+                                               dns_names=("istiod.istio-system.svc", "localhost"))
+        certs = [load_pem_certs(p)[0] for p in signed.cert_chain]
+        roots = [load_pem_certs(p)[0] for p in signed.trust_bundle]
+        return WorkloadCert.build(key, certs[0], certs[1:], roots)
+
+    def context(self) -> ssl.SSLContext:
+        now = self.ca.clock()
+        if self._ctx is None or now >= (self._serving_issued + self._serving_not_after) / 2:
+            cert = self.serving_cert()
+            self._ctx = control_plane_context(cert, server_side=True)
+            self._ctx.sni_callback = self._pick_context
+            self._serving_issued = cert.not_before.timestamp()
+            self._serving_not_after = cert.not_after.timestamp()
+        return self._ctx
+
+    def _pick_context(self, ssl_object, server_name, ctx) -> None:
+        # OpenSSL calls this on every ClientHello (server_name is None without
+        # SNI). Swapping the SSL_CTX here swaps the certificate and the trust
+        # store, so a root rotation applies to the next handshake while the
+        # listening socket (and its ssl= context) stays the same.
+        current = self.context()
+        if ssl_object.context is not current:
+            ssl_object.context = current
+        return None
+
+    def reload_ca(self, ca: CertificateAuthority) -> None:
+        self.ca = ca
+        self._ctx = None
+
+    # -- serving -----------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.context(),
+                                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await asyncio.wait_for(self._serve_one(reader, writer), REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            status, body = 400, {"error": "request not received in time", "code": "timeout"}
+        except (ConnectionError, asyncio.IncompleteReadError):
+            writer.close()
+            return
+        try:
+            writer.write(response_bytes(status, body))
+            await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve_one(self, reader, writer) -> tuple[int, dict]:
+        fields: dict = {"peer": str(writer.get_extra_info("peername"))}
+        try:
+            caller = self._caller(writer.get_extra_info("ssl_object"))
+            fields["caller"] = f"{caller.kind}:{caller.name}"
+            method, path, body = await self._read_request(reader)
+            fields.update(method=method, path=path)
+            status, out = self._route(caller, method, path, body, fields)
+        except (HttpError, SigningError) as e:
+            status = e.status
+            out = {"error": str(e), "code": e.code}
+        fields.update(status=status, code=out.get("code", "ok"))
+        level = 20 if status == 200 else 30
+        _log.log(level, out.get("error", "certificate request served"), extra={"fields": fields})
+        return status, out
+
+    def _caller(self, ssl_object) -> Caller:
+        cert = peer_certificate(ssl_object)
+        kind, name = node_of_cert(cert)
+        try:
+            ident = identity_of_cert(cert)
+        except IdentityError as e:
+            raise SigningError("bad_credential", f"caller credential has no SPIFFE identity: {e}", 403)
+        if ident.trust_domain != self.ca.trust_domain:
+            raise SigningError("wrong_trust_domain",
+                               f"caller {ident.uri} is not in trust domain {self.ca.trust_domain!r}", 403)
+        return Caller(kind=kind, name=name, identity=ident)
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise HttpError(413, "head_too_large", "request head too large") from None
+        if len(head) > MAX_HEAD_BYTES:
+            raise HttpError(413, "head_too_large", "request head too large")
+        method, path, headers = parse_head(head[:-4])
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise HttpError(400, "bad_request", "bad content-length") from None
+        if length < 0 or length > MAX_BODY_BYTES:
+            raise HttpError(413, "body_too_large", f"request body must be at most {MAX_BODY_BYTES} bytes")
+        body = await reader.readexactly(length) if length else b""
+        return method, path, body
+
+    def _route(self, caller: Caller, method: str, path: str, body: bytes, fields: dict) -> tuple[int, dict]:
+        if path == "/v1/certificates":
+            if method != "POST":
+                raise HttpError(405, "method_not_allowed", "use POST /v1/certificates")
+            return self._create_certificate(caller, body, fields)
+        if path == "/v1/trust-bundle":
+            return 200, {"trust_bundle": list(self.ca.trust_bundle_pem)}
+        if path == "/healthz/ready":
+            return 200, {"status": "ok"}
+        raise HttpError(404, "not_found", f"no such endpoint {path}")
+
+    def _create_certificate(self, caller: Caller, body: bytes, fields: dict) -> tuple[int, dict]:
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise HttpError(400, "bad_json", f"request body is not JSON: {e}") from None
+        if not isinstance(req, dict) or not isinstance(req.get("csr"), str) \
+                or not isinstance(req.get("identity"), str):
+            raise HttpError(400, "bad_request", 'body must be {"csr": PEM, "identity": SPIFFE ID}')
+        fields["identity"] = req["identity"]
+        ttl = self.default_ttl
+        if "ttl_seconds" in req:
+            if not isinstance(req["ttl_seconds"], int) or isinstance(req["ttl_seconds"], bool):
+                raise HttpError(400, "bad_ttl", "ttl_seconds must be an integer")
+            ttl = dt.timedelta(seconds=req["ttl_seconds"])
+        try:
+            wanted = Identity.parse(req["identity"])
+        except IdentityError as e:
+            raise SigningError("bad_identity", f"requested identity is invalid: {e}") from e
+        authorize(caller, wanted, self.identities_on_node)
+        signed = self.ca.sign_csr(req["csr"], req["identity"], ttl=ttl)
+        fields["serial"] = signed.serial
+        return 200, {"cert_chain": list(signed.cert_chain), "trust_bundle": list(signed.trust_bundle),
+                     "serial": signed.serial, "not_after": signed.not_after.isoformat()}
+

@@ -1,0 +1,308 @@
+"""HboneConnection: the thin asyncio adapter between a TLS transport and the
+sans-IO core (`core.hbone.protocol`), for both roles.
+
+`data_received → core.receive_data → dispatch events → transport.write(core.data_to_send())`.
+
+- Identity is checked in `connection_made`, i.e. right after the TLS
+  handshake and before any HTTP/2 byte: the client requires the server's SPIFFE
+  ID to be one of the expected ones, the server requires the client to be in
+  its trust domain (the principal goes to the handler for authorization).
+- Backpressure: inbound bytes are bounded by flow control (acknowledged when
+  read); outbound, `pause_writing` from the transport makes stream writers wait.
+- Keepalive: a PING every `keepalive_interval`; one unanswered for
+  `keepalive_timeout` means the peer is dead: every stream fails, the
+  transport is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Callable
+
+from h2.errors import ErrorCodes
+
+from core import log as shoal_log
+from core.hbone import events as ev
+from core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
+                               StreamResetError)
+from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from core.hbone.settings import DEFAULT_SETTINGS, WRITE_HIGH_WATER, HboneSettings
+from core.hbone.stream import HboneStream
+from core.identity.spiffe import (IdentityError, verify_client_trust_domain,
+                                  verify_server_identity)
+
+LOG = shoal_log.get("hbone")
+
+
+class HboneConnection(asyncio.Protocol):
+    """One HBONE connection (TLS + HTTP/2), client or server role.
+
+    Args:
+        client: True for the initiator (pool), False for a server connection.
+        expected_identities: client only: acceptable server SPIFFE IDs.
+        trust_domain: server only: required client trust domain (None: any).
+        on_request: server only: called with (connection, TunnelRequested).
+        on_idle: called when the last stream is released (pool idle timer).
+    """
+
+    def __init__(self, *, client: bool, settings: HboneSettings = DEFAULT_SETTINGS,
+                 expected_identities=(), trust_domain: str | None = None,
+                 on_request: Callable | None = None, on_idle: Callable | None = None,
+                 log: logging.Logger = LOG) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.settings = settings
+        self.core = (HboneClientProtocol if client else HboneServerProtocol)(settings)
+        self.expected_identities = tuple(expected_identities)
+        self.trust_domain = trust_domain
+        self.on_request = on_request
+        self.on_idle = on_idle
+        self.log = log
+        self.transport: asyncio.Transport | None = None
+        self.peer_identity = None
+        self.peer_address = None
+        self.local_address = None
+        self.streams: dict[int, HboneStream] = {}
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.ready: asyncio.Future = self.loop.create_future()
+        self.closed: asyncio.Future = self.loop.create_future()
+        self.error: HboneError | None = None
+        self.idle_since = time.monotonic()
+        self._ping: tuple[bytes, float] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer_address = transport.get_extra_info("peername")
+        self.local_address = transport.get_extra_info("sockname")
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, ValueError):
+                pass
+        try:
+            self._verify_peer(transport.get_extra_info("ssl_object"))
+        except HboneError as e:
+            self.log.warning("HBONE peer refused: %s", e.reason, extra={"fields": {
+                "peer": _addr(self.peer_address), "reason": e.reason}})
+            self._die(e, abort=True)
+            return
+        self.core.initiate()
+        self.flush()
+        self._schedule_keepalive()
+        if not self.ready.done():
+            self.ready.set_result(self)
+
+    def _verify_peer(self, ssl_object) -> None:
+        if ssl_object is None:
+            raise PeerIdentityError("HBONE requires TLS; got a plaintext transport")
+        alpn = ssl_object.selected_alpn_protocol()
+        if alpn != "h2":
+            raise PeerIdentityError(f"peer negotiated ALPN {alpn!r}, HBONE needs 'h2'")
+        try:
+            if self.client:
+                self.peer_identity = verify_server_identity(ssl_object, self.expected_identities)
+            elif self.trust_domain is not None:
+                self.peer_identity = verify_client_trust_domain(ssl_object, self.trust_domain)
+            else:
+                from core.identity.spiffe import peer_identity
+                self.peer_identity = peer_identity(ssl_object)
+        except IdentityError as e:
+            raise PeerIdentityError(f"{e} (check the peer's certificate and the expected "
+                                    f"SPIFFE identities)") from e
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.core.receive_data(data)
+        except RemoteProtocolError as e:
+            self.log.warning("HBONE peer %s sent invalid HTTP/2, closing: %s",
+                             _addr(self.peer_address), e.reason)
+            self.flush()                       # the GOAWAY
+            self._die(e, abort=False)
+            return
+        for event in events:
+            self._DISPATCH[type(event)](self, event)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"HBONE connection to {_addr(self.peer_address)} lost"
+        if exc is not None:
+            reason += f": {exc}"
+        self._die(self.error or StreamResetError(reason), abort=False)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    # -- used by streams, pool and server -----------------------------------
+
+    def flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def open_stream(self, authority: str, headers=()) -> HboneStream:
+        """Client: send a CONNECT; `await stream.wait_open()` for the 200."""
+        stream_id = self.core.open_tunnel(authority, headers)
+        stream = self.streams[stream_id] = HboneStream(self, stream_id, authority)
+        self.flush()
+        return stream
+
+    @property
+    def usable(self) -> bool:
+        return (self.error is None and not self.core.dead and not self.core.goaway_received
+                and self.transport is not None and not self.transport.is_closing())
+
+    @property
+    def capacity(self) -> int:
+        """Streams this connection may still take (pool limit and peer's limit)."""
+        limit = min(self.settings.max_streams_per_connection,
+                    self.core.remote_max_concurrent_streams)
+        return limit - len(self.streams)
+
+    def close(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
+        """GOAWAY, then close the transport once written."""
+        self.core.close(error_code, reason)
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _stream_done(self, stream: HboneStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            if not self.streams:
+                self.idle_since = time.monotonic()
+                if self.on_idle is not None:
+                    self.on_idle(self)
+
+    def _die(self, error: HboneError, *, abort: bool) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        for stream in list(self.streams.values()):
+            stream._fail(StreamResetError(f"tunnel {stream.authority}: {error.reason}",
+                                          error_code=error.error_code))
+        self.can_write.set()                  # release writers; they see the error
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    # -- keepalive ----------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        self._keepalive = self.loop.call_later(self.settings.keepalive_interval, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._ping is not None:
+            if now - self._ping[1] >= self.settings.keepalive_timeout:
+                reason = (f"HBONE peer {_addr(self.peer_address)} did not answer PING for "
+                          f"{self.settings.keepalive_timeout:g}s; connection considered dead")
+                self.log.warning(reason)
+                self._die(StreamResetError(reason), abort=True)
+                return
+        else:
+            self._ping = (self.core.ping(), now)
+            self.flush()
+        self._schedule_keepalive()
+
+    # -- event handlers -----------------------------------------------------
+
+    def _on_data(self, e: ev.DataReceived) -> None:
+        stream = self.streams.get(e.stream_id)
+        if stream is None:
+            self.core.acknowledge(e.stream_id, e.flow_controlled_length)
+        else:
+            stream._feed(e.data, e.flow_controlled_length)
+
+    def _on_ended(self, e: ev.StreamEnded) -> None:
+        stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            stream._feed_eof()
+
+    def _on_reset(self, e: ev.StreamReset) -> None:
+        stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            stream._fail(StreamResetError(f"tunnel {stream.authority} reset by peer "
+                                          f"(h2 error {e.error_code})", error_code=e.error_code))
+
+    def _on_window(self, e: ev.WindowOpened) -> None:
+        if e.stream_id == 0:
+            for stream in self.streams.values():
+                stream._wake_sender()
+        else:
+            stream = self.streams.get(e.stream_id)
+            if stream is not None:
+                stream._wake_sender()
+
+    def _on_opened(self, e: ev.TunnelOpened) -> None:
+        stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            stream._set_open(e.headers)
+
+    def _on_refused(self, e: ev.TunnelRefused) -> None:
+        stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            stream._fail(HboneError(f"CONNECT {stream.authority} via {_addr(self.peer_address)} "
+                                    f"refused: {e.reason}", status=e.status))
+
+    def _on_requested(self, e: ev.TunnelRequested) -> None:
+        if self.on_request is None:
+            self.core.reject(e.stream_id, 503)
+            return
+        stream = self.streams[e.stream_id] = HboneStream(self, e.stream_id, e.authority)
+        self.on_request(self, stream, e)
+
+    def _on_rejected(self, e: ev.TunnelRejected) -> None:
+        self.log.warning("HBONE request refused with %d: %s", e.status, e.reason,
+                         extra={"fields": {"peer": _addr(self.peer_address),
+                                           "peer_identity": str(self.peer_identity),
+                                           "status": e.status}})
+
+    def _on_ping_ack(self, e: ev.PingAcked) -> None:
+        if self._ping is not None and self._ping[0] == e.payload:
+            self._ping = None
+
+    def _on_goaway(self, e: ev.ConnectionClosed) -> None:
+        for sid, stream in list(self.streams.items()):
+            if sid > e.last_stream_id or e.error_code != ErrorCodes.NO_ERROR:
+                stream._fail(StreamResetError(f"tunnel {stream.authority}: peer sent GOAWAY "
+                                              f"({e.error_code}) {e.reason}".rstrip(),
+                                              error_code=e.error_code))
+
+    def _ignore(self, e: ev.Event) -> None:
+        pass
+
+    _DISPATCH = {
+        ev.DataReceived: _on_data, ev.StreamEnded: _on_ended, ev.StreamReset: _on_reset,
+        ev.WindowOpened: _on_window, ev.TunnelOpened: _on_opened,
+        ev.TunnelRefused: _on_refused, ev.TunnelRequested: _on_requested,
+        ev.TunnelRejected: _on_rejected, ev.PingAcked: _on_ping_ack,
+        ev.SettingsChanged: _ignore, ev.ConnectionClosed: _on_goaway,
+    }
+
+
+def _addr(address) -> str:
+    if not address:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

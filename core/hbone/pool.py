@@ -1,0 +1,219 @@
+"""HbonePool: pooled HBONE client connections (ztunnel's proxy/pool.rs).
+
+Invariants (as ztunnel's pool.rs):
+- every (source identity, destination identity set, destination address)
+  key gets its own dedicated connections; a connection is never shared by
+  two keys, so a tunnel always runs under the identity it was opened for;
+- a connection carries at most `max_streams_per_connection` (100) streams
+  and never more than the peer's SETTINGS_MAX_CONCURRENT_STREAMS; the next
+  open then creates another connection;
+- one connection attempt per key at a time (a per-key lock), so a burst of
+  opens on a cold key makes one handshake, not N;
+- a connection with no streams for `pool_idle_timeout` (5 min) is closed;
+  a dead or GOAWAYed connection leaves the pool at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import time
+from typing import Callable, Iterable
+
+from core.hbone import tlsio
+from core.hbone.connection import LOG, HboneConnection
+from core.hbone.errors import HboneError
+from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
+from core.hbone.stream import HboneStream
+
+PoolKey = tuple[str, frozenset, tuple[str, int]]
+
+
+def traceparent() -> str:
+    """A random W3C traceparent (ztunnel: a random trace per connection)."""
+    return f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01"
+
+
+def forwarded(client: tuple[str, int] | str | None, host: str | None = None) -> str | None:
+    """`for="ip:port"` plus `;host=<service fqdn>` when a service was targeted."""
+    if client is None:
+        return None
+    if isinstance(client, tuple):
+        ip, port = client[0], client[1]
+        client = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    value = f'for="{client}"'
+    return f"{value};host={host}" if host else value
+
+
+class HbonePool:
+    """Opens tunnels over pooled mutual-TLS HTTP/2 connections.
+
+    Args:
+        context_for: `(src_identity) -> ssl.SSLContext` presenting the source
+            workload's certificate (core.identity.tls.client_context).
+        settings: limits and timers.
+        socket_factory: optional `(family) -> socket` for marked / in-netns
+            sockets (core.sockets); the pool connects it.
+        log: logger.
+    """
+
+    def __init__(self, context_for: Callable[[object], ssl.SSLContext], *,
+                 settings: HboneSettings = DEFAULT_SETTINGS,
+                 socket_factory: Callable[[int], socket.socket] | None = None,
+                 log: logging.Logger = LOG) -> None:
+        self.context_for = context_for
+        self.settings = settings
+        self.socket_factory = socket_factory
+        self.log = log
+        self._conns: dict[PoolKey, list[HboneConnection]] = {}
+        self._locks: dict[PoolKey, asyncio.Lock] = {}
+        self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
+        self.connections_opened = 0
+
+    async def open(self, *, src, dst_identities: Iterable, address: tuple[str, int],
+                   authority: str, forwarded_for=None, host: str | None = None,
+                   baggage: str | None = None, headers: Iterable[tuple[str, str]] = ()
+                   ) -> HboneStream:
+        """Open one tunnel to `authority` through the proxy at `address`.
+
+        Args:
+            src: our workload identity (selects the client certificate).
+            dst_identities: acceptable server identities (exactly one must match).
+            address: the peer proxy, (ip, 15008).
+            authority: CONNECT target "ip:port".
+            forwarded_for: the original client (ip, port) for `forwarded`.
+            host: the targeted service FQDN, added as `;host=`.
+            baggage: the `baggage` header value.
+            headers: extra (name, value) pairs.
+        Returns:
+            An open HboneStream (the server answered 200).
+        Raises:
+            HboneError: `.status` 401/503/400... if refused, 0 if the peer
+                could not be reached, failed TLS or had the wrong identity.
+        """
+        block = [("traceparent", traceparent())]
+        fwd = forwarded(forwarded_for, host)
+        if fwd:
+            block.append(("forwarded", fwd))
+        if baggage:
+            block.append(("baggage", baggage))
+        block.extend(headers)
+        key: PoolKey = (str(src), frozenset(str(i) for i in dst_identities),
+                        (address[0], int(address[1])))
+        conn = await self._connection(key, src)
+        stream = conn.open_stream(authority, block)
+        self._touch(conn)
+        try:
+            await asyncio.wait_for(stream.wait_open(), 2 * self.settings.connect_timeout)
+        except asyncio.TimeoutError:
+            stream.abort()
+            raise HboneError(f"CONNECT {authority} via {address[0]}:{address[1]}: no answer "
+                             f"within {2 * self.settings.connect_timeout:g}s") from None
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def _connection(self, key: PoolKey, src) -> HboneConnection:
+        conn = self._pick(key)
+        if conn is not None:
+            return conn
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            conn = self._pick(key)
+            if conn is None:
+                conn = await self._connect(key, src)
+                self._conns.setdefault(key, []).append(conn)
+            return conn
+
+    def _pick(self, key: PoolKey) -> HboneConnection | None:
+        conns = self._conns.get(key)
+        if not conns:
+            return None
+        live = [c for c in conns if c.usable]
+        if len(live) != len(conns):
+            self._conns[key] = live
+        for conn in live:
+            if conn.capacity > 0:
+                return conn
+        return None
+
+    async def _connect(self, key: PoolKey, src) -> HboneConnection:
+        host, port = key[2]
+        loop = asyncio.get_running_loop()
+        ctx = self.context_for(src)
+
+        def factory() -> HboneConnection:
+            return HboneConnection(client=True, settings=self.settings,
+                                   expected_identities=tuple(key[1]),
+                                   on_idle=self._on_idle, log=self.log)
+        conn = factory()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                sock = await self._socket(host, port) if self.socket_factory else None
+                await tlsio.connect(loop, conn, ctx, host=host, port=port, sock=sock,
+                                    timeout=self.settings.connect_timeout)
+                await conn.ready
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+            what = "timed out" if isinstance(e, asyncio.TimeoutError) else str(e)
+            raise HboneError(f"HBONE connection to {host}:{port} failed: {what} (is port {port} "
+                             f"reachable, e.g. not blocked by a NetworkPolicy, and the peer's "
+                             f"certificate from our trust bundle?)") from e
+        self.connections_opened += 1
+        return conn
+
+    async def _socket(self, host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = self.socket_factory(family)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # -- idle release -------------------------------------------------------
+
+    def _touch(self, conn: HboneConnection) -> None:
+        timer = self._idle_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _on_idle(self, conn: HboneConnection) -> None:
+        self._touch(conn)
+        self._idle_timers[conn] = conn.loop.call_later(
+            self.settings.pool_idle_timeout, self._release_if_idle, conn)
+
+    def _release_if_idle(self, conn: HboneConnection) -> None:
+        self._idle_timers.pop(conn, None)
+        if conn.streams:
+            return
+        idle = time.monotonic() - conn.idle_since
+        self.log.debug("releasing HBONE connection idle for %.0fs", idle)
+        for key, conns in list(self._conns.items()):
+            if conn in conns:
+                conns.remove(conn)
+                if not conns:
+                    del self._conns[key]
+        conn.close()
+
+    def stats(self) -> dict:
+        """Connections and streams per key (for /config_dump)."""
+        return {f"{k[0]}->{sorted(k[1])}@{k[2][0]}:{k[2][1]}":
+                [len(c.streams) for c in v] for k, v in self._conns.items()}
+
+    async def close(self) -> None:
+        """Close every pooled connection (GOAWAY)."""
+        for timer in self._idle_timers.values():
+            timer.cancel()
+        self._idle_timers.clear()
+        conns = [c for v in self._conns.values() for c in v]
+        self._conns.clear()
+        for conn in conns:
+            conn.close()
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=1.0)

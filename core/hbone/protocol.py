@@ -1,0 +1,470 @@
+"""Sans-IO HBONE: HTTP/2 CONNECT tunnels on top of h2, client and server roles.
+
+Bytes go in with `receive_data()`, `Event`s come out; calls like
+`open_tunnel()`, `accept()`, `send_data()` queue frames that
+`data_to_send()` drains. Nothing here touches a socket, a clock or a loop.
+
+Wire rules (Istio's HBONE, docs/hbone.md):
+- plain CONNECT (RFC 9113 §8.5): `:method CONNECT` + `:authority ip:port`,
+  no `:scheme`, no `:path`; anything else gets `400` on that stream only;
+- request header blocks above the server's limit get `431` on that stream;
+  response header blocks above the client's limit reset that stream;
+- stream window 4 MiB, connection window 16 MiB, max frame 1 MiB;
+- received DATA reopens the peer's window only when the application calls
+  `acknowledge()`: a consumer that stops reading stops the peer (bounded memory).
+
+Invariants:
+- a stream is in `_streams` from its HEADERS until it is closed both ways or
+  reset; `open_streams` is its size (the pool's load measure);
+- after a RemoteProtocolError the connection is dead: h2 has queued a GOAWAY,
+  which the adapter must still send before closing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+
+import h2.events as h2e
+import h2.exceptions as h2x
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes, Settings
+
+from core.hbone import events as ev
+from core.hbone.errors import LocalProtocolError, RemoteProtocolError
+from core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
+                                 HboneSettings)
+
+# h2's default initial window (RFC 9113 §6.9.2); we grow the connection window
+# from it to CONNECTION_WINDOW with one WINDOW_UPDATE right after the preface.
+_H2_DEFAULT_WINDOW = 65_535
+# RFC 9113 §6.5.2: each header field costs name + value + 32 octets.
+_HEADER_OVERHEAD = 32
+# RFC 1035 §2.3.4: names up to 253 characters, labels 1..63.
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+                       r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$", re.I)
+
+PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
+
+
+class _Stream:
+    """Per-stream bookkeeping: state plus which halves are closed."""
+
+    __slots__ = ("state", "local_ended", "remote_ended")
+
+    def __init__(self) -> None:
+        self.state = PENDING
+        self.local_ended = False
+        self.remote_ended = False
+
+
+def parse_authority(authority: str) -> tuple[str, int]:
+    """Split `ip:port`, `[v6]:port` or `name:port`.
+
+    Raises:
+        ValueError: with a sentence saying what is wrong.
+    """
+    if authority.startswith("["):
+        host, sep, rest = authority[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"bad IPv6 authority {authority!r}; expected [addr]:port")
+        ipaddress.IPv6Address(host)
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = authority.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"authority {authority!r} is not host:port")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not _DNS_NAME.match(host):
+                raise ValueError(f"authority host {host!r} is neither an IP nor a DNS name")
+    if not port_s.isdigit() or len(port_s) > 5 or not 0 < int(port_s) < 65536:
+        raise ValueError(f"authority port {port_s!r} is not 1..65535")
+    return host, int(port_s)
+
+
+def _header_list_size(headers) -> int:
+    return sum(len(n) + len(v) + _HEADER_OVERHEAD for n, v in headers)
+
+
+def _split(headers) -> tuple[dict[bytes, bytes], dict[str, str]]:
+    pseudo: dict[bytes, bytes] = {}
+    regular: dict[str, str] = {}
+    for name, value in headers:
+        if name[:1] == b":":
+            pseudo[name] = value
+        else:
+            regular[name.decode("latin-1").lower()] = value.decode("latin-1")
+    return pseudo, regular
+
+
+class _HboneCore:
+    """What client and server share: h2 setup, flow control, data, resets."""
+
+    client_side = False
+
+    def __init__(self, settings: HboneSettings = DEFAULT_SETTINGS) -> None:
+        self.settings = settings
+        self._h2 = H2Connection(H2Configuration(
+            client_side=self.client_side, header_encoding=None,
+            # We validate CONNECT requests ourselves so that a bad request
+            # costs one stream (400), not the whole connection (h2 would GOAWAY).
+            validate_inbound_headers=False))
+        self._h2.local_settings = Settings(client=self.client_side,
+                                           initial_values=self._local_settings())
+        # h2 copied the frame limit from the settings it had at __init__; ours
+        # apply from the start (a peer may only be stricter until it sees them).
+        self._h2.max_inbound_frame_size = settings.max_frame_size
+        self._streams: dict[int, _Stream] = {}
+        self._ping_counter = 0
+        self.dead = False
+        self.goaway_received = False
+        self._dispatch = {
+            h2e.RequestReceived: self._on_request,
+            h2e.ResponseReceived: self._on_response,
+            h2e.DataReceived: self._on_data,
+            h2e.StreamEnded: self._on_stream_ended,
+            h2e.StreamReset: self._on_stream_reset,
+            h2e.WindowUpdated: self._on_window,
+            h2e.RemoteSettingsChanged: self._on_settings,
+            h2e.PingAckReceived: self._on_ping_ack,
+            h2e.ConnectionTerminated: self._on_terminated,
+        }
+
+    def _local_settings(self) -> dict[int, int]:
+        s = self.settings
+        return {SettingCodes.INITIAL_WINDOW_SIZE: s.stream_window,
+                SettingCodes.MAX_FRAME_SIZE: s.max_frame_size}
+
+    # -- connection ---------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue the preface/SETTINGS and grow the connection window."""
+        self._h2.initiate_connection()
+        grow = self.settings.connection_window - _H2_DEFAULT_WINDOW
+        if grow > 0:
+            self._h2.increment_flow_control_window(grow)
+
+    def receive_data(self, data: bytes) -> list[ev.Event]:
+        """Feed bytes from the peer.
+
+        Returns:
+            The events they caused, in order.
+        Raises:
+            RemoteProtocolError: the peer broke HTTP/2 (a GOAWAY is queued:
+                send `data_to_send()` then close). Any other exception is a bug.
+        """
+        if self.dead:
+            return []
+        try:
+            h2_events = self._h2.receive_data(data)
+        except h2x.ProtocolError as e:
+            self.dead = True
+            code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+            if self._h2.state_machine.state != ConnectionState.CLOSED:
+                # e.g. a bad preface: h2 raised before queueing its GOAWAY.
+                self._h2.close_connection(code)
+            raise RemoteProtocolError(f"peer sent invalid HTTP/2: {e}", error_code=code) from e
+        finally:
+            # h2 resets the HPACK limit to our advertised one when our SETTINGS
+            # are acked; we keep a higher hard limit and refuse oversized header
+            # blocks per stream instead (see settings.HEADER_DECODE_HARD_LIMIT).
+            self._h2.decoder.max_header_list_size = HEADER_DECODE_HARD_LIMIT
+        out: list[ev.Event] = []
+        for h2_event in h2_events:
+            handler = self._dispatch.get(type(h2_event))
+            if handler is not None:
+                handler(h2_event, out)
+        return out
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport (empty when nothing is queued)."""
+        return self._h2.data_to_send()
+
+    def ping(self) -> bytes:
+        """Queue a PING; returns its payload (PingAcked carries it back)."""
+        self._ping_counter += 1
+        payload = struct.pack(">Q", self._ping_counter)
+        self._h2.ping(payload)
+        return payload
+
+    def close(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
+        """Queue a GOAWAY; no new streams either way afterwards."""
+        if not self.dead:
+            self.dead = True
+            self._h2.close_connection(error_code, additional_data=reason.encode()[:256] or None)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def remote_max_concurrent_streams(self) -> int:
+        return self._h2.remote_settings.max_concurrent_streams
+
+    # -- streams ------------------------------------------------------------
+
+    def send_window(self, stream_id: int) -> int:
+        """How many bytes `send_data` would take now (stream and connection window)."""
+        try:
+            return self._h2.local_flow_control_window(stream_id)
+        except h2x.StreamClosedError:
+            return 0
+
+    def send_data(self, stream_id: int, data, end_stream: bool = False) -> int:
+        """Queue as much of `data` as the flow-control windows allow.
+
+        Returns:
+            Bytes taken. END_STREAM is sent only once all of `data` is taken.
+        Raises:
+            LocalProtocolError: the stream is not open for sending.
+        """
+        stream = self._open_stream(stream_id)
+        total = len(data)
+        try:
+            n = min(total, self._h2.local_flow_control_window(stream_id))
+            step = min(self._h2.max_outbound_frame_size, SEND_FRAME_SIZE)
+            view = memoryview(data)
+            off = 0
+            while off < n:
+                chunk = view[off:min(off + step, n)]
+                off += len(chunk)
+                self._h2.send_data(stream_id, chunk, end_stream=end_stream and off == total)
+            if end_stream and total == 0:
+                self._h2.end_stream(stream_id)
+        except h2x.ProtocolError as e:
+            raise LocalProtocolError(f"cannot send on stream {stream_id}: {e}") from e
+        if end_stream and n == total:
+            self._ended_locally(stream_id, stream)
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close our side (TCP FIN seen on the plaintext side)."""
+        self.send_data(stream_id, b"", end_stream=True)
+
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
+        """Abort a stream (TCP RST seen on the plaintext side). Idempotent."""
+        self._streams.pop(stream_id, None)
+        if self.dead:
+            return
+        try:
+            self._h2.reset_stream(stream_id, error_code)
+        except (h2x.StreamClosedError, h2x.ProtocolError):
+            pass
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """`size` flow-controlled bytes of `stream_id` were consumed; h2 sends
+        WINDOW_UPDATEs in batches (once half a window is consumed)."""
+        if size and not self.dead:
+            self._h2.acknowledge_received_data(size, stream_id)
+
+    def stream_state(self, stream_id: int) -> str:
+        s = self._streams.get(stream_id)
+        return s.state if s else CLOSED
+
+    def _open_stream(self, stream_id: int) -> _Stream:
+        s = self._streams.get(stream_id)
+        if s is None or s.state != OPEN or s.local_ended or self.dead:
+            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        return s
+
+    def _ended_locally(self, stream_id: int, stream: _Stream) -> None:
+        stream.local_ended = True
+        if stream.remote_ended:
+            self._streams.pop(stream_id, None)
+
+    # -- h2 event handlers: each appends our events to `out` -----------------
+
+    def _on_data(self, e: h2e.DataReceived, out: list) -> None:
+        s = self._streams.get(e.stream_id)
+        if s is None or s.state == CLOSED:
+            # A stream we refused or reset: drop, but give the window back.
+            self.acknowledge(e.stream_id, e.flow_controlled_length)
+            return
+        if e.data:
+            out.append(ev.DataReceived(stream_id=e.stream_id, data=e.data,
+                                       flow_controlled_length=e.flow_controlled_length))
+        elif e.flow_controlled_length:
+            self.acknowledge(e.stream_id, e.flow_controlled_length)   # padding only
+
+    def _on_stream_ended(self, e: h2e.StreamEnded, out: list) -> None:
+        s = self._streams.get(e.stream_id)
+        if s is None or s.state == CLOSED:
+            return
+        s.remote_ended = True
+        if s.local_ended:
+            self._streams.pop(e.stream_id, None)
+        out.append(ev.StreamEnded(stream_id=e.stream_id))
+
+    def _on_stream_reset(self, e: h2e.StreamReset, out: list) -> None:
+        s = self._streams.pop(e.stream_id, None)
+        if s is None or s.state == CLOSED:
+            return
+        out.append(ev.StreamReset(stream_id=e.stream_id, error_code=int(e.error_code),
+                                  remote=e.remote_reset))
+
+    def _on_window(self, e: h2e.WindowUpdated, out: list) -> None:
+        out.append(ev.WindowOpened(stream_id=e.stream_id))
+
+    def _on_settings(self, e: h2e.RemoteSettingsChanged, out: list) -> None:
+        changed = e.changed_settings
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed:
+            out.append(ev.WindowOpened(stream_id=0))
+        mcs = changed.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+        out.append(ev.SettingsChanged(max_concurrent_streams=mcs.new_value if mcs else None))
+
+    def _on_ping_ack(self, e: h2e.PingAckReceived, out: list) -> None:
+        out.append(ev.PingAcked(payload=e.ping_data))
+
+    def _on_terminated(self, e: h2e.ConnectionTerminated, out: list) -> None:
+        self.goaway_received = True
+        extra = (e.additional_data or b"").decode("latin-1", "replace")
+        out.append(ev.ConnectionClosed(error_code=int(e.error_code),
+                                       last_stream_id=e.last_stream_id or 0, reason=extra))
+
+    def _on_request(self, e, out: list) -> None:   # pragma: no cover - role specific
+        self.reset_stream(e.stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+    def _on_response(self, e, out: list) -> None:   # pragma: no cover - role specific
+        self.reset_stream(e.stream_id, ErrorCodes.PROTOCOL_ERROR)
+
+
+class HboneClientProtocol(_HboneCore):
+    """The tunnel initiator (ztunnel outbound, waypoint to pod)."""
+
+    client_side = True
+
+    def _local_settings(self) -> dict[int, int]:
+        values = super()._local_settings()
+        values[SettingCodes.ENABLE_PUSH] = 0
+        values[SettingCodes.MAX_HEADER_LIST_SIZE] = self.settings.client_max_header_list
+        return values
+
+    def open_tunnel(self, authority: str, headers=()) -> int:
+        """Queue a CONNECT for `authority` (`ip:port`).
+
+        Args:
+            authority: the target; validated like the server would.
+            headers: (name, value) str pairs: forwarded, baggage, traceparent...
+        Returns:
+            The new stream id; wait for TunnelOpened/TunnelRefused.
+        Raises:
+            LocalProtocolError: bad authority, dead connection or too many streams.
+        """
+        try:
+            parse_authority(authority)
+        except ValueError as e:
+            raise LocalProtocolError(str(e), status=400) from e
+        if self.dead or self.goaway_received:
+            raise LocalProtocolError("HBONE connection is closing; open a new one")
+        block = [(b":method", b"CONNECT"), (b":authority", authority.encode())]
+        block += [(n.lower().encode(), v.encode()) for n, v in headers]
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+            self._h2.send_headers(stream_id, block)
+        except h2x.ProtocolError as e:
+            raise LocalProtocolError(f"cannot open CONNECT stream: {e}") from e
+        self._streams[stream_id] = _Stream()
+        return stream_id
+
+    def _on_response(self, e: h2e.ResponseReceived, out: list) -> None:
+        s = self._streams.get(e.stream_id)
+        if s is None or s.state != PENDING:
+            return
+        size = _header_list_size(e.headers)
+        pseudo, regular = _split(e.headers)
+        status_b = pseudo.get(b":status", b"")
+        status = int(status_b) if status_b.isdigit() else 0
+        if size > self.settings.client_max_header_list:
+            reason = (f"response headers are {size} bytes, above the client limit "
+                      f"{self.settings.client_max_header_list}")
+            self._refuse(e.stream_id, s, 0, reason, out)
+        elif status == 200:
+            s.state = OPEN
+            out.append(ev.TunnelOpened(stream_id=e.stream_id, headers=regular))
+        else:
+            self._refuse(e.stream_id, s, status, f"server answered {status or status_b!r}", out)
+
+    def _refuse(self, stream_id: int, s: _Stream, status: int, reason: str, out: list) -> None:
+        s.state = CLOSED
+        self.reset_stream(stream_id, ErrorCodes.CANCEL)
+        out.append(ev.TunnelRefused(stream_id=stream_id, status=status, reason=reason))
+
+
+class HboneServerProtocol(_HboneCore):
+    """The tunnel terminator (ztunnel inbound :15008, waypoints)."""
+
+    client_side = False
+
+    def _local_settings(self) -> dict[int, int]:
+        values = super()._local_settings()
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = self.settings.server_max_concurrent_streams
+        values[SettingCodes.MAX_HEADER_LIST_SIZE] = self.settings.server_max_header_list
+        return values
+
+    def accept(self, stream_id: int, headers=()) -> None:
+        """Answer 200: authorization passed and the upstream is connected."""
+        s = self._streams.get(stream_id)
+        if s is None or s.state != PENDING:
+            raise LocalProtocolError(f"stream {stream_id} is not awaiting an answer")
+        block = [(b":status", b"200")] + [(n.lower().encode(), v.encode()) for n, v in headers]
+        self._h2.send_headers(stream_id, block)
+        s.state = OPEN
+
+    def reject(self, stream_id: int, status: int) -> None:
+        """Answer `status` (401 denied, 503 upstream unreachable, 400...) and
+        drop the stream; other streams are untouched. Idempotent."""
+        s = self._streams.get(stream_id)
+        if s is None or s.state != PENDING or self.dead:
+            return
+        self._respond_and_close(stream_id, status)
+
+    def _respond_and_close(self, stream_id: int, status: int) -> None:
+        self._streams.pop(stream_id, None)
+        try:
+            self._h2.send_headers(stream_id, [(b":status", str(status).encode())],
+                                  end_stream=True)
+        except h2x.ProtocolError:
+            return
+        # The request side may still be open: RST_STREAM NO_ERROR tells the
+        # client we will read nothing more (RFC 9113 §8.1).
+        try:
+            self._h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        except (h2x.StreamClosedError, h2x.ProtocolError):
+            pass
+
+    def _on_request(self, e: h2e.RequestReceived, out: list) -> None:
+        status, reason, request = self._check_request(e)
+        if status:
+            self._streams[e.stream_id] = _Stream()
+            self._respond_and_close(e.stream_id, status)
+            out.append(ev.TunnelRejected(stream_id=e.stream_id, status=status, reason=reason))
+            return
+        # A request with END_STREAM is followed by h2's StreamEnded event.
+        self._streams[e.stream_id] = _Stream()
+        out.append(request)
+
+    def _check_request(self, e: h2e.RequestReceived):
+        size = _header_list_size(e.headers)
+        if size > self.settings.server_max_header_list:
+            return 431, (f"request headers are {size} bytes, above the server limit "
+                         f"{self.settings.server_max_header_list}"), None
+        pseudo, regular = _split(e.headers)
+        method = pseudo.get(b":method", b"")
+        if method != b"CONNECT":
+            return 400, f"method {method.decode('latin-1')!r} is not CONNECT", None
+        extra = sorted(k.decode() for k in pseudo if k not in (b":method", b":authority"))
+        if extra:
+            return 400, f"plain CONNECT must not carry {', '.join(extra)}", None
+        authority = pseudo.get(b":authority", b"").decode("latin-1")
+        try:
+            host, port = parse_authority(authority)
+        except ValueError as err:
+            return 400, str(err), None
+        return 0, "", ev.TunnelRequested(stream_id=e.stream_id, authority=authority, host=host,
+                                         port=port, headers=regular,
+                                         stream_ended=bool(e.stream_ended))

@@ -1,0 +1,232 @@
+"""HboneServer: terminates HBONE (ztunnel inbound :15008, waypoints).
+
+    async def handler(req: ConnectRequest) -> Accept | Reject:
+        if not authorized(req.peer_identity, req.host, req.port):
+            return Reject(401, "denied by policy")
+        try:
+            upstream = await core.pipe.connect_tcp(req.host, req.port)
+        except OSError as e:
+            return Reject(503, f"upstream {req.authority} unreachable: {e}")
+        return Accept(upstream=upstream)
+
+    server = HboneServer(handler)
+    await server.listen("0.0.0.0", 15008, server_context(cert), trust_domain=cert.trust_domain)
+
+The 200 goes out only when the handler returns Accept, i.e. after it
+authorized and connected upstream; 401/503/... are the handler's Reject;
+400/431 for malformed requests come from the protocol core without calling
+the handler. A handler exception answers 503 and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from core.hbone import events as ev
+from core.hbone import tlsio
+from core.hbone.connection import LOG, HboneConnection, _addr
+from core.hbone.errors import HboneError
+from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
+from core.hbone.stream import HboneStream
+from core.pipe import PipeReset, endpoint, pipe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectRequest:
+    """One CONNECT, as the handler sees it (already well-formed)."""
+
+    authority: str                  # "ip:port" as sent
+    host: str                       # IP literal or DNS name
+    port: int
+    peer_identity: Any              # core.identity.Identity of the client proxy
+    peer_address: tuple | None      # (ip, port) of the client proxy
+    local_address: tuple | None     # our (ip, port): tells which pod/netns accepted it
+    headers: dict[str, str] = field(default_factory=dict)
+    stream_id: int = 0
+
+    @property
+    def forwarded(self) -> str | None:
+        return self.headers.get("forwarded")
+
+    @property
+    def forwarded_for(self) -> str | None:
+        """The original client `ip:port` from `forwarded: for="..."` (or None)."""
+        return parse_forwarded(self.headers.get("forwarded", "")).get("for")
+
+    @property
+    def baggage(self) -> str | None:
+        return self.headers.get("baggage")
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.headers.get("traceparent")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    """Answer 200, then either pipe the tunnel to `upstream` (a pipe endpoint,
+    e.g. a TcpEnd or a (reader, writer) pair) or hand it to `serve`
+    (`async (HboneStream) -> None`, e.g. a waypoint's HTTP server).
+    `on_done(sent_to_client, received_from_client)` reports byte counts."""
+
+    upstream: Any = None
+    serve: Callable[[HboneStream], Awaitable[None]] | None = None
+    headers: tuple[tuple[str, str], ...] = ()        # e.g. (("baggage", "..."),)
+    on_done: Callable[[int, int], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer `status` (401 denied, 503 unreachable/unknown, 400 malformed)."""
+
+    status: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"Reject status must be 4xx/5xx, got {self.status}")
+
+
+Handler = Callable[[ConnectRequest], Awaitable["Accept | Reject"]]
+
+
+def parse_forwarded(value: str) -> dict[str, str]:
+    """`for="1.2.3.4:5";host=x` -> {"for": "1.2.3.4:5", "host": "x"} (first element)."""
+    out: dict[str, str] = {}
+    for pair in value.split(",", 1)[0].split(";"):
+        key, sep, val = pair.strip().partition("=")
+        if sep:
+            out[key.lower()] = val.strip().strip('"')
+    return out
+
+
+class HboneServer:
+    """Serves HBONE connections; one handler call per CONNECT.
+
+    Args:
+        handler: decides each CONNECT (see module docstring).
+        settings: limits and timers (tests shrink the keepalive).
+        log: logger for refusals and errors.
+    """
+
+    def __init__(self, handler: Handler, *, settings: HboneSettings = DEFAULT_SETTINGS,
+                 log: logging.Logger = LOG) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.log = log
+        self.connections: set[HboneConnection] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+
+    def protocol_factory(self, ssl_context: ssl.SSLContext, *,
+                         trust_domain: str | None = None) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for a *plain* `loop.create_server(...)`.
+
+        TLS runs in our own layer (core.hbone.tlsio) so that every refused
+        handshake (no client cert, unknown CA, expired, not TLS at all) gets
+        a log line naming the peer and the reason.
+
+        Args:
+            ssl_context: core.identity.tls.server_context(cert).
+            trust_domain: clients must be in it (the server cert's trust domain).
+        """
+        return lambda: tlsio.server_protocol(
+            ssl_context, lambda: self._connection(trust_domain),
+            handshake_timeout=self.settings.connect_timeout, on_failure=self._handshake_failed)
+
+    async def listen(self, host: str | None, port: int, ssl_context: ssl.SSLContext, *,
+                     trust_domain: str | None = None, sock=None, **kw) -> asyncio.AbstractServer:
+        """Listen for HBONE on host:port (or on `sock`, e.g. a SO_REUSEPORT socket)."""
+        loop = asyncio.get_running_loop()
+        factory = self.protocol_factory(ssl_context, trust_domain=trust_domain)
+        kw.setdefault("backlog", 1024)
+        if sock is not None:
+            server = await loop.create_server(factory, sock=sock, **kw)
+        else:
+            server = await loop.create_server(factory, host, port, **kw)
+        self._servers.append(server)
+        return server
+
+    def _connection(self, trust_domain: str | None) -> HboneConnection:
+        conn = HboneConnection(client=False, settings=self.settings,
+                               trust_domain=trust_domain, on_request=self._on_request,
+                               log=self.log)
+        self.connections.add(conn)
+        conn.closed.add_done_callback(lambda _f: self.connections.discard(conn))
+        return conn
+
+    def _handshake_failed(self, proto, exc: Exception) -> None:
+        peer = _addr(proto.raw.get_extra_info("peername") if proto.raw else None)
+        what = str(exc) or repr(exc)
+        self.log.warning("HBONE TLS handshake from %s refused: %s", peer, what,
+                         extra={"fields": {"peer": peer, "reason": what}})
+        self.connections.discard(proto.app)
+
+    async def close(self, grace: float = 1.0) -> None:
+        """Stop listening, GOAWAY every connection, wait up to `grace` for tunnels."""
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- per request ----------------------------------------------------------
+
+    def _on_request(self, conn: HboneConnection, stream: HboneStream,
+                    e: ev.TunnelRequested) -> None:
+        req = ConnectRequest(authority=e.authority, host=e.host, port=e.port,
+                             peer_identity=conn.peer_identity, peer_address=conn.peer_address,
+                             local_address=conn.local_address, headers=e.headers,
+                             stream_id=e.stream_id)
+        task = conn.loop.create_task(self._serve(conn, stream, req))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: HboneConnection, stream: HboneStream,
+                     req: ConnectRequest) -> None:
+        try:
+            decision = await self.handler(req)
+        except Exception as e:   # a handler bug must cost one stream, not the server
+            self.log.exception("HBONE handler failed for %s", req.authority)
+            decision = Reject(503, f"handler error: {e}")
+        if isinstance(decision, Reject) or stream._error is not None or conn.core.dead:
+            self._reject(conn, stream, req, decision)
+            return
+        conn.core.accept(req.stream_id, decision.headers)
+        conn.flush()
+        try:
+            if decision.serve is not None:
+                await decision.serve(stream)
+                sent, received = stream.bytes_sent, stream.bytes_received
+            else:
+                received, sent = await pipe(stream, endpoint(decision.upstream))
+        except (PipeReset, HboneError, ConnectionError) as e:
+            self.log.debug("tunnel %s from %s reset: %s", req.authority,
+                           _addr(req.peer_address), e)
+            sent, received = stream.bytes_sent, stream.bytes_received
+        finally:
+            stream.close()
+        if decision.on_done is not None:
+            decision.on_done(sent, received)
+
+    def _reject(self, conn, stream, req, decision) -> None:
+        if not isinstance(decision, Reject):      # tunnel died while deciding
+            upstream = getattr(decision, "upstream", None)
+            if upstream is not None:
+                endpoint(upstream).abort()
+            decision = Reject(503, "tunnel closed before it was accepted")
+        self.log.info("HBONE CONNECT %s refused with %d: %s", req.authority, decision.status,
+                      decision.reason, extra={"fields": {
+                          "peer": _addr(req.peer_address), "status": decision.status,
+                          "peer_identity": str(req.peer_identity)}})
+        conn.core.reject(req.stream_id, decision.status)
+        conn.flush()
+        stream._finish()
+

@@ -1,0 +1,188 @@
+"""HboneStream: one tunnel (one CONNECT stream) as an async byte stream.
+
+The same interface as `core.pipe` endpoints: `read`, `write`, `write_eof`,
+`abort`, `close`. Memory is bounded by HTTP/2 flow control: received bytes are
+acknowledged to the peer only when `read()` hands them out, so at most one
+stream window (4 MiB) waits here, and `write()` waits for send window and for
+the TLS transport to drain below its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+
+from core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
+from core.hbone.settings import READ_SIZE
+
+if TYPE_CHECKING:
+    from core.hbone.connection import HboneConnection
+
+
+class HboneStream:
+    """A CONNECT tunnel. Created by `HbonePool.open()` or given to server handlers.
+
+    Attributes:
+        stream_id: the HTTP/2 stream id.
+        authority: the CONNECT target `ip:port`.
+        peer_identity: the SPIFFE identity of the other proxy (core.identity.Identity).
+        response_headers: headers of the 200 (client side), e.g. `baggage`.
+        bytes_sent / bytes_received: tunnel payload bytes, for metrics.
+    """
+
+    def __init__(self, conn: "HboneConnection", stream_id: int, authority: str) -> None:
+        self._conn = conn
+        self._core = conn.core
+        self.stream_id = stream_id
+        self.authority = authority
+        self.peer_identity = conn.peer_identity
+        self.response_headers: dict[str, str] = {}
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._chunks: deque = deque()
+        self._eof = False
+        self._error: HboneError | None = None
+        self._read_waiter: asyncio.Future | None = None
+        self._send_waiter: asyncio.Future | None = None
+        self._opened: asyncio.Future = conn.loop.create_future()
+        self._done = False
+
+    # -- called by the connection (wire side) -------------------------------
+
+    def _feed(self, data: bytes, flow_controlled_length: int) -> None:
+        self._chunks.append((data, flow_controlled_length))
+        self._wake_reader()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _fail(self, error: HboneError) -> None:
+        if self._error is None:
+            self._error = error
+        if not self._opened.done():
+            self._opened.set_exception(error)
+            self._opened.exception()          # never "exception not retrieved"
+        self._wake_reader()
+        self._wake_sender()
+        self._finish()
+
+    def _set_open(self, headers: dict[str, str]) -> None:
+        self.response_headers = headers
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_sender(self) -> None:
+        w = self._send_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._conn._stream_done(self)
+
+    # -- the application side -----------------------------------------------
+
+    async def wait_open(self) -> None:
+        """Wait for the server's 200. Raises HboneError(status) if refused."""
+        await self._opened
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        """Up to `n` bytes; b"" once the peer half-closed.
+
+        Raises:
+            StreamResetError: the tunnel was reset or its connection died.
+        """
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                self._check_done()
+                return b""
+            self._read_waiter = self._conn.loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        data, fcl = self._chunks.popleft()
+        if len(data) > n:
+            self._chunks.appendleft((data[n:], 0))
+            data = data[:n]
+        self.bytes_received += len(data)
+        if fcl:
+            # The consumer took these bytes: only now may the peer send more.
+            self._core.acknowledge(self.stream_id, fcl)
+            self._conn.flush()
+        return data
+
+    async def write(self, data) -> None:
+        """Send all of `data`, waiting for flow-control window and transport drain.
+
+        Raises:
+            StreamResetError: the tunnel was reset or its connection died.
+        """
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise self._error
+            try:
+                n = self._core.send_data(self.stream_id, view)
+            except LocalProtocolError as e:
+                raise self._error or StreamResetError(f"tunnel {self.authority} closed: {e.reason}") from e
+            if n:
+                self.bytes_sent += n
+                view = view[n:]
+                self._conn.flush()
+            if view:
+                self._send_waiter = self._conn.loop.create_future()
+                try:
+                    await self._send_waiter
+                finally:
+                    self._send_waiter = None
+        if not self._conn.can_write.is_set():
+            await self._conn.can_write.wait()
+
+    def write_eof(self) -> None:
+        """Half-close: END_STREAM (the TCP FIN of the plaintext side)."""
+        if self._error is None and not self._core.dead:
+            try:
+                self._core.end_stream(self.stream_id)
+            except LocalProtocolError:
+                return
+            self._conn.flush()
+            self._check_done()
+
+    def abort(self, error_code: int = ErrorCodes.CANCEL) -> None:
+        """Reset: RST_STREAM (the TCP RST of the plaintext side)."""
+        self._core.reset_stream(self.stream_id, error_code)
+        self._conn.flush()
+        self._fail(StreamResetError(f"tunnel {self.authority} reset locally",
+                                    error_code=error_code))
+
+    reset = abort
+
+    def close(self) -> None:
+        """Release the stream: reset it unless both sides finished cleanly."""
+        if self._core.stream_state(self.stream_id) != "CLOSED":
+            self.abort()
+        self._finish()
+
+    def _check_done(self) -> None:
+        if self._core.stream_state(self.stream_id) == "CLOSED" and not self._chunks:
+            self._finish()
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    def __repr__(self) -> str:
+        return f"HboneStream(id={self.stream_id}, authority={self.authority!r})"

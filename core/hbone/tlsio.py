@@ -1,0 +1,261 @@
+"""TLS over a TCP transport with memory BIOs, for HBONE's own use.
+
+Why not `create_server(ssl=...)`: asyncio/uvloop only debug-log a refused
+handshake, and we must log every one (no client cert, unknown CA, expired,
+not TLS at all) with the peer and reason; uvloop's server-side `start_tls`
+also stalls here. Owning the TLS layer also lets us read large batches:
+all decrypted records available are handed up in one `data_received`.
+
+`TlsTransport` is what the application protocol (HboneConnection) sees; the
+`_TlsProtocol` sits on the TCP transport. TLS has no half-close, and HBONE
+needs none (half-close lives in HTTP/2 END_STREAM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Callable
+
+# Decrypt up to this much per data_received call: large batches mean fewer
+# h2/Python round trips per byte (uvloop uses the same 256 KiB).
+READ_BATCH = 256 * 1024
+# One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1).
+_RECORD = 16 * 1024
+
+
+class TlsTransport(asyncio.Transport):
+    """The application-facing side of a TLS connection."""
+
+    def __init__(self, proto: "_TlsProtocol") -> None:
+        super().__init__()
+        self._p = proto
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self._p.sslobj
+        if name == "sslcontext":
+            return self._p.context
+        return self._p.raw.get_extra_info(name, default)
+
+    def write(self, data) -> None:
+        self._p.app_write(data)
+
+    def writelines(self, chunks) -> None:
+        for c in chunks:
+            self._p.app_write(c)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self._p.closing or self._p.raw.is_closing()
+
+    def close(self) -> None:
+        self._p.app_close()
+
+    def abort(self) -> None:
+        self._p.closing = True
+        self._p.raw.abort()
+
+    def pause_reading(self) -> None:
+        self._p.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._p.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._p.raw.is_reading()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._p.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._p.raw.get_write_buffer_size()
+
+    def set_protocol(self, protocol) -> None:
+        self._p.app = protocol
+
+    def get_protocol(self):
+        return self._p.app
+
+
+class _TlsProtocol(asyncio.Protocol):
+    """Runs the handshake, then encrypts/decrypts for `app`."""
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool,
+                 app: asyncio.Protocol, handshake_timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.context = context
+        self.server_side = server_side
+        self.app = app
+        self.handshake_timeout = handshake_timeout
+        self.handshake: asyncio.Future = self.loop.create_future()
+        self.raw: asyncio.Transport | None = None
+        self.sslobj: ssl.SSLObject | None = None
+        self.closing = False
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._buf = bytearray(READ_BATCH)
+        self._view = memoryview(self._buf)
+        self._app_transport: TlsTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- raw TCP side -------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.raw = transport
+        # server_hostname=None: no SNI (ztunnel sends none).
+        self.sslobj = self.context.wrap_bio(self._in, self._out, server_side=self.server_side,
+                                            server_hostname=None)
+        self._timer = self.loop.call_later(self.handshake_timeout, self._handshake_timeout)
+        self._do_handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._in.write(data)
+        if not self.handshake.done():
+            self._do_handshake()
+        else:
+            self._read_app()
+
+    def eof_received(self):
+        self._in.write_eof()
+        if self.handshake.done() and self._app_transport is not None:
+            self._read_app()
+            self.app.eof_received()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionResetError("closed during TLS handshake"))
+            self.handshake.exception()
+        elif self._app_transport is not None:
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._app_transport is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app_transport is not None:
+            self.app.resume_writing()
+
+    # -- handshake ----------------------------------------------------------
+
+    def _do_handshake(self) -> None:
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ValueError) as e:
+            self._flush()                      # the alert, if any
+            self._fail_handshake(e)
+            return
+        self._flush()
+        self._timer.cancel()
+        self._app_transport = TlsTransport(self)
+        self.handshake.set_result(self._app_transport)
+        self.app.connection_made(self._app_transport)
+        if self._in.pending:
+            self._read_app()
+
+    def _fail_handshake(self, exc: Exception) -> None:
+        self._timer.cancel()
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+            self.handshake.exception()
+        self.closing = True
+        self.raw.close()
+
+    def _handshake_timeout(self) -> None:
+        if not self.handshake.done():
+            self._fail_handshake(TimeoutError(
+                f"TLS handshake not done after {self.handshake_timeout:g}s"))
+            self.raw.abort()
+
+    # -- application data ---------------------------------------------------
+
+    def _read_app(self) -> None:
+        view, size, n = self._view, len(self._buf), 0
+        while True:
+            if n > size - _RECORD:
+                self._deliver(n)
+                n = 0
+            try:
+                got = self.sslobj.read(size - n, view[n:])
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:       # close_notify
+                break
+            except ssl.SSLError as e:
+                self._deliver(n)
+                self.closing = True
+                self.raw.abort()
+                self.app.connection_lost(e)
+                self._app_transport = None
+                return
+            if not got:
+                break
+            n += got
+        self._deliver(n)
+        self._flush()                            # key updates, etc.
+
+    def _deliver(self, n: int) -> None:
+        if n and self._app_transport is not None and not self.closing:
+            self.app.data_received(bytes(self._view[:n]))
+
+    def app_write(self, data) -> None:
+        if self.closing or self.raw.is_closing():
+            return
+        try:
+            self.sslobj.write(data)
+        except ssl.SSLError:
+            self.raw.abort()
+            return
+        self._flush()
+
+    def app_close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.sslobj.unwrap()                 # queue close_notify
+        except (ssl.SSLError, ValueError):
+            pass
+        self._flush()
+        self.raw.close()
+
+    def _flush(self) -> None:
+        if self._out.pending:
+            self.raw.write(self._out.read())
+
+
+def server_protocol(context: ssl.SSLContext, app_factory: Callable[[], asyncio.Protocol], *,
+                    handshake_timeout: float,
+                    on_failure: Callable[[_TlsProtocol, Exception], None]) -> _TlsProtocol:
+    """A protocol for a plain TCP server: TLS first, then `app_factory()`."""
+    proto = _TlsProtocol(context, server_side=True, app=app_factory(),
+                         handshake_timeout=handshake_timeout)
+
+    def done(f: asyncio.Future) -> None:
+        if f.exception() is not None:
+            on_failure(proto, f.exception())
+    proto.handshake.add_done_callback(done)
+    return proto
+
+
+async def connect(loop: asyncio.AbstractEventLoop, app: asyncio.Protocol,
+                  context: ssl.SSLContext, *, host: str | None = None, port: int | None = None,
+                  sock=None, timeout: float) -> TlsTransport:
+    """Open TCP (or use a connected `sock`), run the client handshake, hand
+    the connection to `app`. Raises ssl.SSLError/OSError/TimeoutError."""
+    proto = _TlsProtocol(context, server_side=False, app=app, handshake_timeout=timeout)
+    if sock is not None:
+        await loop.create_connection(lambda: proto, sock=sock)
+    else:
+        await loop.create_connection(lambda: proto, host, port)
+    return await proto.handshake

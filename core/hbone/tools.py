@@ -1,0 +1,133 @@
+"""An HBONE pair for debugging and load runs: plaintext -> HBONE -> plaintext.
+
+    # exit: terminate HBONE, forward each CONNECT to its :authority (or --target)
+    python -m core.hbone.tools exit --listen 127.0.0.1:15008 \
+        --cert server-cert.pem --key server-key.pem --ca ca.pem [--target 127.0.0.1:5201]
+    # entry: accept plaintext, open one HBONE tunnel per TCP connection
+    python -m core.hbone.tools entry --listen 127.0.0.1:15001 --peer 127.0.0.1:15008 \
+        --authority 127.0.0.1:5201 --expect spiffe://cluster.local/ns/x/sa/y \
+        --cert client-cert.pem --key client-key.pem --ca ca.pem
+
+One process, one event loop (uvloop), like one shoal worker. It prints
+`READY <port>` on stdout once listening (tests and benchmarks wait for it).
+The key file is only read here because this is a test/bench tool; shoal's
+proxies keep keys in memory (core.identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from cryptography.hazmat.primitives import serialization
+
+from core import log as shoal_log
+from core.hbone.pool import HbonePool
+from core.hbone.server import Accept, HboneServer, Reject
+from core.hbone.settings import HboneSettings
+from core.identity.certs import WorkloadCert, load_pem_certs
+from core.identity.tls import client_context, server_context
+from core.pipe import PipeReset, TcpEnd, connect_tcp, pipe
+
+LOG = shoal_log.get("hbone.tools")
+
+
+def load_cert(cert: str, key: str, ca: str) -> WorkloadCert:
+    chain = load_pem_certs(open(cert, "rb").read())
+    pkey = serialization.load_pem_private_key(open(key, "rb").read(), password=None)
+    return WorkloadCert.build(pkey, chain[0], chain[1:], load_pem_certs(open(ca, "rb").read()))
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _settings(args) -> HboneSettings:
+    return HboneSettings(keepalive_interval=args.keepalive_interval,
+                         keepalive_timeout=args.keepalive_timeout)
+
+
+async def run_exit(args) -> None:
+    cert = load_cert(args.cert, args.key, args.ca)
+    target = _hostport(args.target) if args.target else None
+
+    async def handler(req):
+        host, port = target or (req.host, req.port)
+        try:
+            upstream = await connect_tcp(host, port, timeout=5)
+        except OSError as e:
+            return Reject(status=503, reason=f"upstream {host}:{port} unreachable: {e}")
+        return Accept(upstream=upstream)
+
+    server = HboneServer(handler, settings=_settings(args))
+    host, port = _hostport(args.listen)
+    listener = await server.listen(host, port, server_context(cert),
+                                   trust_domain=cert.trust_domain)
+    print(f"READY {listener.sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def run_entry(args) -> None:
+    cert = load_cert(args.cert, args.key, args.ca)
+    ctx = client_context(cert)
+    pool = HbonePool(lambda _src: ctx, settings=_settings(args))
+    peer = _hostport(args.peer)
+    loop = asyncio.get_running_loop()
+
+    async def tunnel(client: TcpEnd) -> None:
+        await client.made
+        try:
+            stream = await pool.open(src=cert.identity, dst_identities=args.expect, address=peer,
+                                     authority=args.authority,
+                                     forwarded_for=client.transport.get_extra_info("peername"))
+        except Exception as e:
+            LOG.warning("tunnel to %s failed: %s", args.authority, e)
+            client.abort()
+            return
+        try:
+            await pipe(client, stream)
+        except PipeReset as e:
+            LOG.info("tunnel to %s reset: %r", args.authority, e.__cause__ or e)
+
+    def factory() -> TcpEnd:
+        end = TcpEnd()
+        loop.create_task(tunnel(end))
+        return end
+
+    host, port = _hostport(args.listen)
+    server = await loop.create_server(factory, host, port, backlog=1024)
+    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m core.hbone.tools", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("role", choices=["entry", "exit"])
+    p.add_argument("--listen", required=True, help="host:port (port 0: pick one)")
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--peer", help="entry: the HBONE server host:port")
+    p.add_argument("--authority", help="entry: CONNECT target ip:port")
+    p.add_argument("--expect", action="append", default=[],
+                   help="entry: acceptable server SPIFFE ID (repeatable)")
+    p.add_argument("--target", help="exit: forward every tunnel here instead of :authority")
+    p.add_argument("--keepalive-interval", type=float, default=10.0)
+    p.add_argument("--keepalive-timeout", type=float, default=20.0)
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    if args.role == "entry" and not (args.peer and args.authority and args.expect):
+        p.error("entry needs --peer, --authority and --expect")
+    shoal_log.setup(args.log_level)
+    import uvloop
+    try:
+        uvloop.run(run_entry(args) if args.role == "entry" else run_exit(args))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

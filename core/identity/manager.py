@@ -1,0 +1,402 @@
+"""The node proxy's certificate manager (ztunnel's SecretManager).
+
+Invariants (reference/istio-ztunnel.md §7):
+- One certificate per identity (service account), shared by every pod of
+  that identity on the node; the key is made here and never leaves memory.
+- Fetches are prioritised: RealTime (a connection waits) over Warmup (a new
+  workload was seen) over Background (renewal). At most
+  MAX_CONCURRENT_FETCHES run at once.
+- Renewal at REFRESH_FRACTION of the lifetime; a failure retries with
+  exponential backoff capped at BACKOFF_MAX. While a renewal fails, the old
+  certificate is served until it expires.
+- A new certificate (or trust bundle) gives new TLS contexts; connections
+  already established keep their own TLS session (an `ssl.SSLObject` holds a
+  reference to the context it was made from), so nothing is dropped.
+- `forget`/`retain` drop identities no workload needs any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from core import log
+from core.identity import tls as shoal_tls
+from core.identity.certs import CertError, WorkloadCert, csr_pem, make_csr, serial_hex
+from core.identity.spiffe import Identity
+
+# ztunnel renews at half-life: enough margin to ride out a CA outage of 12 h on 24 h certs.
+REFRESH_FRACTION = 0.5
+# First retry delay after a failed fetch; doubled per failure.
+BACKOFF_INITIAL = 1.0
+# ztunnel's cap: a CA outage must not make every node hammer it when it returns.
+BACKOFF_MAX = 150.0
+# ztunnel's SecretManager runs at most 8 CA requests at once.
+MAX_CONCURRENT_FETCHES = 8
+# Roots can rotate between renewals; poll the bundle this often.
+TRUST_BUNDLE_POLL_INTERVAL = 60.0
+# The scheduler re-checks at least this often, so a clock jump is noticed.
+SCHEDULER_MAX_SLEEP = 5.0
+
+_log = log.get("identity")
+
+
+class Priority(enum.IntEnum):
+    REALTIME = 0
+    WARMUP = 1
+    BACKGROUND = 2
+
+
+class CertState(str, enum.Enum):
+    INITIALIZING = "Initializing"
+    AVAILABLE = "Available"
+    UNAVAILABLE = "Unavailable"
+
+
+class CertUnavailable(Exception):
+    """No valid certificate for an identity; `reason` says why."""
+
+    def __init__(self, identity: Identity, reason: str) -> None:
+        super().__init__(f"no certificate for {identity.uri}: {reason}")
+        self.identity, self.reason = identity, reason
+
+
+def refresh_time(cert: WorkloadCert) -> float:
+    """When to renew `cert` (unix time)."""
+    start, end = cert.not_before.timestamp(), cert.not_after.timestamp()
+    return start + (end - start) * REFRESH_FRACTION
+
+
+def backoff_delay(failures: int) -> float:
+    """Delay before retry number `failures` (1-based)."""
+    return min(BACKOFF_INITIAL * (2 ** max(failures - 1, 0)), BACKOFF_MAX)
+
+
+@dataclass(slots=True)
+class _Entry:
+    identity: Identity
+    cert: WorkloadCert | None = None
+    state: CertState = CertState.INITIALIZING
+    error: str = ""
+    failures: int = 0
+    refresh_at: float = 0.0
+    queued: Priority | None = None
+    in_flight: bool = False
+    waiters: list[asyncio.Future] = field(default_factory=list)
+    contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+
+class CertManager:
+    """Certificates for the identities of the workloads on this node.
+
+    Args:
+        ca_client: has `async sign(identity, csr_pem, ttl) -> SignResponse` and
+            `async trust_bundle()` (core.identity.caclient.CaClient).
+        node_name: for logs and the admin dump.
+        clock: unix time (injectable; unit tests drive `tick()` by hand).
+        background: run the renewal scheduler task (off in unit tests).
+    """
+
+    def __init__(self, ca_client: Any, *, node_name: str = "", clock: Callable[[], float] = time.time,
+                 background: bool = True, ttl=None,
+                 max_concurrent: int = MAX_CONCURRENT_FETCHES) -> None:
+        self.ca = ca_client
+        self.node_name = node_name
+        self.clock = clock
+        self.ttl = ttl
+        self._background = background
+        self._max_concurrent = max_concurrent
+        self._entries: dict[Identity, _Entry] = {}
+        self._roots: tuple = ()
+        self._queue: asyncio.PriorityQueue | None = None
+        self._seq = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self._wake: asyncio.Event | None = None
+        self._bundle_checked = 0.0
+        self.fetches = 0
+
+    # -- public API ----------------------------------------------------------
+    async def fetch(self, identity: Identity | str) -> WorkloadCert:
+        """A valid certificate for `identity`, fetching it now if needed (RealTime).
+
+        Raises:
+            CertUnavailable: the CA refused or could not be reached.
+        """
+        entry = self._entry(Identity.of(identity))
+        cert = self._valid(entry)
+        if cert is not None:
+            return cert
+        fut = asyncio.get_running_loop().create_future()
+        entry.waiters.append(fut)
+        self._enqueue(entry, Priority.REALTIME)
+        return await fut
+
+    def prefetch(self, identity: Identity | str) -> None:
+        """Fetch ahead of need (Warmup); returns at once."""
+        entry = self._entry(Identity.of(identity))
+        if entry.cert is None and not entry.in_flight:
+            self._enqueue(entry, Priority.WARMUP)
+
+    def get(self, identity: Identity | str) -> WorkloadCert | None:
+        """The cached certificate if it is valid now, else None (never fetches)."""
+        entry = self._entries.get(Identity.of(identity))
+        return None if entry is None else self._valid(entry)
+
+    def forget(self, identity: Identity | str) -> None:
+        """No workload needs `identity` any more: drop its certificate."""
+        entry = self._entries.pop(Identity.of(identity), None)
+        if entry is not None:
+            self._fail_waiters(entry, "identity forgotten")
+
+    def retain(self, identities: Iterable[Identity | str]) -> None:
+        """Keep exactly these identities (prefetching new ones), forget the rest."""
+        keep = {Identity.of(i) for i in identities}
+        for ident in list(self._entries):
+            if ident not in keep:
+                self.forget(ident)
+        for ident in keep:
+            self.prefetch(ident)
+
+    def client_context(self, identity: Identity | str) -> ssl.SSLContext | None:
+        """Cached HBONE client context for the current certificate, or None."""
+        return self._context(Identity.of(identity), "client")
+
+    def server_context(self, identity: Identity | str) -> ssl.SSLContext | None:
+        return self._context(Identity.of(identity), "server")
+
+    async def client_context_for(self, identity: Identity | str) -> ssl.SSLContext:
+        """Fetch if needed, then the client context (raises CertUnavailable)."""
+        ident = Identity.of(identity)
+        await self.fetch(ident)
+        return self._context(ident, "client") or await self._refetch_context(ident, "client")
+
+    async def server_context_for(self, identity: Identity | str) -> ssl.SSLContext:
+        ident = Identity.of(identity)
+        await self.fetch(ident)
+        return self._context(ident, "server") or await self._refetch_context(ident, "server")
+
+    @property
+    def roots(self) -> tuple:
+        return self._roots
+
+    def list(self) -> list[dict]:
+        """Rows for `shoal ztunnel-config certificates`."""
+        rows = []
+        for ident, e in sorted(self._entries.items(), key=lambda kv: kv[0].uri):
+            c = e.cert
+            rows.append({"identity": ident.uri, "state": self._state(e).value,
+                         "serial": c.serial if c else "",
+                         "not_before": c.not_before.isoformat() if c else "",
+                         "not_after": c.not_after.isoformat() if c else "",
+                         "error": e.error})
+        return rows
+
+    def admin_section(self) -> dict:
+        """The "certificates" key of /config_dump (ztunnel's shape, simplified)."""
+        def cert_info(c) -> dict:
+            return {"serialNumber": serial_hex(c), "validFrom": c.not_valid_before_utc.isoformat(),
+                    "expirationTime": c.not_valid_after_utc.isoformat()}
+        out = []
+        for row, e in zip(self.list(), sorted(self._entries.values(), key=lambda e: e.identity.uri)):
+            item = {"identity": row["identity"], "state": row["state"], "certChain": [], "rootCerts": []}
+            if e.cert:
+                item["certChain"] = [cert_info(c) for c in (e.cert.leaf, *e.cert.chain)]
+                item["rootCerts"] = [cert_info(c) for c in e.cert.roots]
+            if e.error:
+                item["error"] = e.error
+            out.append(item)
+        return {"node": self.node_name, "certificates": out}
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for e in self._entries.values():
+            self._fail_waiters(e, "certificate manager closed")
+
+    # -- scheduling (tick/idle are public for tests with a fake clock) --------
+    def tick(self) -> None:
+        """Queue every renewal or retry that is due at `clock()`."""
+        now = self.clock()
+        for e in list(self._entries.values()):
+            if e.cert is not None and now >= e.cert.not_after.timestamp():
+                e.cert, e.contexts = None, {}
+                e.state = CertState.UNAVAILABLE
+                e.error = e.error or "certificate expired"
+            if not e.in_flight and e.queued is None and now >= e.refresh_at:
+                self._enqueue(e, Priority.BACKGROUND if e.cert else Priority.WARMUP)
+
+    async def idle(self) -> None:
+        """Wait until no fetch is queued or running."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def refresh_trust_bundle(self) -> None:
+        """Ask the CA for its bundle and apply it if it changed."""
+        self._bundle_checked = self.clock()
+        self.apply_trust_bundle(await self.ca.trust_bundle())
+
+    def apply_trust_bundle(self, roots) -> None:
+        """A new set of roots (root rotation): new TLS contexts for every identity."""
+        roots = tuple(roots)
+        if not roots or _ders(roots) == _ders(self._roots):
+            return
+        first = not self._roots
+        self._roots = roots
+        for e in self._entries.values():
+            if e.cert is not None and _ders(e.cert.roots) != _ders(roots):
+                e.cert = e.cert.with_roots(roots)
+                e.contexts = {}
+        if hasattr(self.ca, "update_roots"):
+            self.ca.update_roots(roots)
+        if not first:
+            _log.info("trust bundle updated", extra={"fields": {
+                "roots": [serial_hex(r) for r in roots], "node": self.node_name}})
+
+    # -- internals -------------------------------------------------------------
+    def _entry(self, ident: Identity) -> _Entry:
+        entry = self._entries.get(ident)
+        if entry is None:
+            entry = self._entries[ident] = _Entry(identity=ident)
+        return entry
+
+    def _valid(self, entry: _Entry) -> WorkloadCert | None:
+        c = entry.cert
+        if c is None:
+            return None
+        now = self.clock()
+        return c if c.not_before.timestamp() <= now < c.not_after.timestamp() else None
+
+    def _state(self, e: _Entry) -> CertState:
+        if e.cert is not None and self._valid(e) is None:
+            return CertState.UNAVAILABLE
+        return e.state
+
+    def _context(self, ident: Identity, side: str) -> ssl.SSLContext | None:
+        entry = self._entries.get(ident)
+        cert = None if entry is None else self._valid(entry)
+        if cert is None:
+            return None
+        ctx = entry.contexts.get(side)
+        if ctx is None:
+            build = shoal_tls.client_context if side == "client" else shoal_tls.server_context
+            ctx = entry.contexts[side] = build(cert)
+        return ctx
+
+    async def _refetch_context(self, ident: Identity, side: str) -> ssl.SSLContext:
+        # Forgotten or expired between fetch and context build: one more try.
+        await self.fetch(ident)
+        ctx = self._context(ident, side)
+        if ctx is None:
+            raise CertUnavailable(ident, "certificate not valid after fetch")
+        return ctx
+
+    def _ensure_started(self) -> None:
+        if self._queue is not None:
+            return
+        self._queue = asyncio.PriorityQueue()
+        self._wake = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._worker(), name=f"cert-fetch-{i}")
+                       for i in range(self._max_concurrent)]
+        if self._background:
+            self._tasks.append(asyncio.create_task(self._scheduler(), name="cert-scheduler"))
+
+    def _enqueue(self, entry: _Entry, prio: Priority) -> None:
+        self._ensure_started()
+        if entry.in_flight or (entry.queued is not None and entry.queued <= prio):
+            return
+        entry.queued = prio
+        self._queue.put_nowait((int(prio), next(self._seq), entry.identity))
+
+    async def _worker(self) -> None:
+        while True:
+            _, _, ident = await self._queue.get()
+            try:
+                entry = self._entries.get(ident)
+                if entry is None or entry.in_flight or entry.queued is None:
+                    continue  # forgotten, or a stale lower-priority duplicate
+                entry.queued, entry.in_flight = None, True
+                try:
+                    await self._fetch_once(entry)
+                finally:
+                    entry.in_flight = False
+            finally:
+                self._queue.task_done()
+
+    async def _fetch_once(self, entry: _Entry) -> None:
+        ident = entry.identity
+        self.fetches += 1
+        try:
+            key, csr = make_csr(ident)
+            resp = await self.ca.sign(ident, csr_pem(csr), self.ttl)
+            cert = WorkloadCert.build(key, resp.cert_chain[0], resp.cert_chain[1:], resp.trust_bundle)
+            if cert.identity != ident:
+                raise CertError("identity_mismatch",
+                                f"CA issued {cert.identity.uri} instead of {ident.uri}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the CA client's errors, bad answers: back off and retry
+            self._on_failure(entry, str(e))
+            return
+        if self._entries.get(ident) is not entry:
+            return  # forgotten while in flight
+        self.apply_trust_bundle(cert.roots)
+        if _ders(cert.roots) != _ders(self._roots):
+            cert = cert.with_roots(self._roots)
+        renewed = entry.cert is not None
+        entry.cert, entry.contexts = cert, {}
+        entry.state, entry.error, entry.failures = CertState.AVAILABLE, "", 0
+        entry.refresh_at = refresh_time(cert)
+        _log.info("certificate renewed" if renewed else "certificate issued", extra={"fields": {
+            "identity": ident.uri, "serial": cert.serial, "not_after": cert.not_after.isoformat()}})
+        for fut in entry.waiters:
+            if not fut.done():
+                fut.set_result(cert)
+        entry.waiters.clear()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_failure(self, entry: _Entry, reason: str) -> None:
+        entry.failures += 1
+        delay = backoff_delay(entry.failures)
+        entry.refresh_at = self.clock() + delay
+        entry.error = reason
+        if self._valid(entry) is None:
+            entry.state = CertState.UNAVAILABLE
+        _log.warning("certificate fetch failed", extra={"fields": {
+            "identity": entry.identity.uri, "error": reason, "failures": entry.failures,
+            "retry_in_s": delay}})
+        self._fail_waiters(entry, reason)
+
+    def _fail_waiters(self, entry: _Entry, reason: str) -> None:
+        for fut in entry.waiters:
+            if not fut.done():
+                fut.set_exception(CertUnavailable(entry.identity, reason))
+        entry.waiters.clear()
+
+    async def _scheduler(self) -> None:
+        while True:
+            self.tick()
+            now = self.clock()
+            if self._entries and now - self._bundle_checked >= TRUST_BUNDLE_POLL_INTERVAL:
+                try:
+                    await self.refresh_trust_bundle()
+                except Exception as e:  # keep the current bundle; retry next interval
+                    _log.warning("trust bundle poll failed", extra={"fields": {"error": str(e)}})
+            due = [e.refresh_at for e in self._entries.values() if not e.in_flight and e.queued is None]
+            delay = min([SCHEDULER_MAX_SLEEP, *(max(d - now, 0.0) for d in due)])
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(delay, 0.01))
+            except asyncio.TimeoutError:
+                pass
+
+
+def _ders(certs) -> tuple[bytes, ...]:
+    return tuple(sorted(c.tbs_certificate_bytes for c in certs))

@@ -1,0 +1,157 @@
+"""Istio's metrics, defined once, in prometheus_client's multiprocess mode.
+
+Every worker process records into files under PROMETHEUS_MULTIPROC_DIR (a
+private temp dir the supervisor creates, exports before forking and removes
+on exit); whoever serves /metrics sums all the files, so the 15020 endpoint
+shows one set of series for the whole proxy, as Istio users expect.
+
+Apps record with a labels dict; missing labels render as "unknown", as in
+ztunnel (`CommonTrafficLabels`):
+
+    m = core.metrics.istio()
+    m.inc(m.tcp_opened, {"reporter": "destination", "source_workload": "sleep"})
+    m.inc(m.tcp_sent, labels, len(data))
+    m.observe(m.request_duration, labels, elapsed_ms)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Mapping
+
+from core import __version__
+
+UNKNOWN = "unknown"
+
+# reference/istio-ztunnel.md section 5 (CommonTrafficLabels), in Istio's order.
+SOURCE_LABELS = ("source_workload", "source_canonical_service", "source_canonical_revision",
+                 "source_workload_namespace", "source_principal", "source_app",
+                 "source_version", "source_cluster")
+DESTINATION_LABELS = ("destination_service", "destination_service_namespace",
+                      "destination_service_name", "destination_workload",
+                      "destination_canonical_service", "destination_canonical_revision",
+                      "destination_workload_namespace", "destination_principal",
+                      "destination_app", "destination_version", "destination_cluster")
+TCP_LABELS = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS,
+              "request_protocol", "response_flags", "connection_security_policy")
+HTTP_LABELS = (*TCP_LABELS, "response_code")
+
+# istio_request_duration_milliseconds: Envoy's default histogram buckets,
+# which Istio's stats plugin exports unchanged (milliseconds).
+DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
+                       30000, 60000, 300000, 600000, 1800000, 3600000)
+# istio_request_bytes / istio_response_bytes: decades from 1 B to 100 MB, wide
+# enough for API calls and bulk transfers without a long bucket tail.
+SIZE_BUCKETS_BYTES = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
+
+ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def create_dir() -> str:
+    """Supervisor, before forking: a private dir, exported for children."""
+    path = tempfile.mkdtemp(prefix=f"shoal-metrics-{os.getpid()}-")
+    use_dir(path)
+    return path
+
+
+def use_dir(path: str) -> None:
+    """Point prometheus_client at `path` even if it was imported earlier."""
+    os.environ[ENV_DIR] = path
+    from prometheus_client import values
+    # prometheus_client picks its value class at import time; metrics made
+    # after this line write to mmap'ed files in `path`.
+    values.ValueClass = values.get_value_class()
+    global _ISTIO
+    _ISTIO = None
+
+
+def remove_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_dead(pid: int) -> None:
+    """Supervisor, after reaping a worker: drop its live-gauge files."""
+    if os.environ.get(ENV_DIR):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
+
+
+def render() -> tuple[bytes, str]:
+    """Prometheus text summed over every process writing to the dir."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    registry = CollectorRegistry()
+    if os.environ.get(ENV_DIR):
+        from prometheus_client import multiprocess
+        multiprocess.MultiProcessCollector(registry)
+    else:   # a single process (unit tests): the live objects
+        for metric in istio().all():
+            registry.register(metric)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class IstioMetrics:
+    """The metric objects. Create through `istio()`, after `use_dir`."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+        c = dict(registry=None)
+        self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened", TCP_LABELS, **c)
+        self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed", TCP_LABELS, **c)
+        self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent during TCP connections", TCP_LABELS, **c)
+        self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received during TCP connections",
+                                    TCP_LABELS, **c)
+        self.requests = Counter("istio_requests", "Requests handled", HTTP_LABELS, **c)
+        self.request_duration = Histogram("istio_request_duration_milliseconds", "Request duration",
+                                          HTTP_LABELS, buckets=DURATION_BUCKETS_MS, **c)
+        self.request_bytes = Histogram("istio_request_bytes", "Request body sizes", HTTP_LABELS,
+                                       buckets=SIZE_BUCKETS_BYTES, **c)
+        self.response_bytes = Histogram("istio_response_bytes", "Response body sizes", HTTP_LABELS,
+                                        buckets=SIZE_BUCKETS_BYTES, **c)
+        # Gauge in "max" mode: every worker reports 1, the endpoint shows 1.
+        self.build = Gauge("istio_build", "Istio component build info", ("component", "tag"),
+                           multiprocess_mode="max", **c)
+        # Framework counters, per worker id (the supervisor's dir sums
+        # restarts of the same worker id; Prometheus sums across ids).
+        self.worker_connections = Counter("shoal_worker_connections", "Connections accepted by a worker",
+                                          ("worker", "listener"), **c)
+        self.worker_bytes = Counter("shoal_worker_bytes", "Bytes moved by a worker",
+                                    ("worker", "direction"), **c)
+        self.worker_active = Gauge("shoal_worker_active_connections", "Open connections per worker",
+                                   ("worker",), multiprocess_mode="livesum", **c)
+        self.worker_restarts = Counter("shoal_worker_restarts", "Workers replaced after dying or hanging",
+                                       ("reason",), **c)
+
+    def all(self) -> list:
+        return [v for v in vars(self).values() if hasattr(v, "collect")]
+
+    # Label-dict helpers: missing labels are "unknown", extra ones are refused.
+
+    @staticmethod
+    def values_for(metric, labels: Mapping[str, str]) -> list[str]:
+        names = metric._labelnames
+        extra = set(labels) - set(names)
+        if extra:
+            raise ValueError(f"{metric._name}: unknown labels {sorted(extra)}")
+        return [str(labels.get(n) or UNKNOWN) for n in names]
+
+    def inc(self, metric, labels: Mapping[str, str], amount: float = 1) -> None:
+        metric.labels(*self.values_for(metric, labels)).inc(amount)
+
+    def observe(self, metric, labels: Mapping[str, str], value: float) -> None:
+        metric.labels(*self.values_for(metric, labels)).observe(value)
+
+    def set_build(self, component: str) -> None:
+        self.build.labels(component, __version__).set(1)
+
+
+_ISTIO: IstioMetrics | None = None
+
+
+def istio() -> IstioMetrics:
+    """The process's metric objects (created on first use, post-fork)."""
+    global _ISTIO
+    if _ISTIO is None:
+        _ISTIO = IstioMetrics()
+    return _ISTIO

@@ -1,0 +1,18 @@
+"""The config model: Kubernetes YAML -> typed, validated resources.
+
+    from core.model import load_dir, load_text, ConfigError
+    cfg = load_dir("examples/bookinfo")      # ConfigSet; raises ConfigError (all errors)
+    cfg.counts(), cfg.notes, cfg.of(Service)
+"""
+
+from core.model.errors import ConfigError, FieldError
+from core.model.loader import SUPPORTED_KINDS, load_dir, load_text, yaml_files
+from core.model.parse_core import ANNOTATION_POD_IPS, replica_pods
+from core.model.resources import (AuthorizationPolicy, ConfigSet, Deployment, Gateway,
+                                  HTTPRoute, Meta, Namespace, Note, Pod, Service,
+                                  ServicePortSpec)
+
+__all__ = ["ANNOTATION_POD_IPS", "AuthorizationPolicy", "ConfigError", "ConfigSet", "Deployment",
+           "FieldError", "Gateway", "HTTPRoute", "Meta", "Namespace", "Note", "Pod",
+           "SUPPORTED_KINDS", "Service", "ServicePortSpec", "load_dir", "load_text",
+           "replica_pods", "yaml_files"]

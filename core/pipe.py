@@ -1,0 +1,276 @@
+"""Copy bytes both ways between two byte streams, half-close and reset aware.
+
+    a_to_b, b_to_a = await core.pipe.pipe(a, b)
+
+An endpoint is anything with `async read(n) -> bytes` (b"" at EOF),
+`async write(data)` (returns once the data is accepted within the endpoint's
+buffer limit), `write_eof()` and `abort()`; `HboneStream` is one, `TcpEnd`
+(below) is the fast plaintext one, and an asyncio `(StreamReader,
+StreamWriter)` pair is wrapped in `StreamEnd` automatically.
+
+Semantics (what a TCP proxy must preserve):
+- EOF on one side becomes a half-close on the other (FIN ↔ END_STREAM); the
+  other direction keeps flowing until it ends too.
+- An error/reset on either side resets both (RST ↔ RST_STREAM): `abort()`
+  on a TCP endpoint sends a real RST (SO_LINGER 0).
+- Bounded: each direction holds at most one read (READ_SIZE) in flight; a
+  writer that does not drain stops that direction's reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import deque
+
+# One read is at most this much: big reads amortise per-call Python costs.
+READ_SIZE = 256 * 1024
+# A TcpEnd stops reading its socket while this much is queued and unread.
+READ_HIGH_WATER = 512 * 1024
+# Writes return once the transport has less than this queued (asyncio default 64 KiB).
+WRITE_HIGH_WATER = 1024 * 1024
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class PipeReset(ConnectionError):
+    """One side of a pipe was reset; both sides were aborted."""
+
+
+def abort_with_rst(transport: asyncio.BaseTransport) -> None:
+    """Close a TCP transport with RST instead of FIN (SO_LINGER 0)."""
+    if transport.is_closing():
+        transport.abort()
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except (OSError, ValueError):     # already closed underneath
+            pass
+    transport.abort()
+
+
+class TcpEnd(asyncio.Protocol):
+    """A plaintext TCP connection as a pipe endpoint, with no StreamReader copy.
+
+    Use as the protocol of `loop.create_connection` / `create_server`, or via
+    `connect_tcp()`. `closed` resolves when the transport is gone.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._eof = False
+        self._error: Exception | None = None
+        self._paused = False
+        self._read_waiter: asyncio.Future | None = None
+        self._drain_waiter: asyncio.Future | None = None
+        self._can_write = True
+        self.made: asyncio.Future = self.loop.create_future()
+        self.closed: asyncio.Future = self.loop.create_future()
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if not self.made.done():
+            self.made.set_result(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self._queued >= READ_HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True          # keep the write side open: half-close
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None and self._error is None:
+            self._error = exc if isinstance(exc, ConnectionError) else ConnectionResetError(str(exc))
+        self._eof = True
+        self._can_write = True
+        self._wake()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write = False
+
+    def resume_writing(self) -> None:
+        self._can_write = True
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._read_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # endpoint interface
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._read_waiter = self.loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if len(self._chunks) == 1 or len(self._chunks[0]) >= n:
+            data = self._chunks.popleft()
+        else:
+            parts, size = [], 0
+            while self._chunks and size + len(self._chunks[0]) <= n:
+                part = self._chunks.popleft()
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts) if parts else self._chunks.popleft()
+        if len(data) > n:
+            self._chunks.appendleft(data[n:])
+            data = data[:n]
+        self._queued -= len(data)
+        if self._paused and self._queued < READ_HIGH_WATER // 2:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def write(self, data) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise self._error or ConnectionResetError("connection closed")
+        self.transport.write(data)
+        if not self._can_write:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+            if self._error is not None:
+                raise self._error
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            try:
+                self.transport.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            abort_with_rst(self.transport)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class StreamEnd:
+    """An asyncio (StreamReader, StreamWriter) pair as a pipe endpoint."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        return await self.reader.read(n)
+
+    async def write(self, data) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def write_eof(self) -> None:
+        if not self.writer.is_closing() and self.writer.can_write_eof():
+            try:
+                self.writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+
+    def abort(self) -> None:
+        abort_with_rst(self.writer.transport)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def endpoint(obj):
+    """`obj` as a pipe endpoint (wraps a (reader, writer) tuple)."""
+    if isinstance(obj, tuple):
+        return StreamEnd(*obj)
+    return obj
+
+
+async def connect_tcp(host: str, port: int, *, sock: socket.socket | None = None,
+                      timeout: float = 10.0) -> TcpEnd:
+    """Open a plaintext TCP connection as a TcpEnd (optionally on a prepared socket)."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+        _, proto = await loop.create_connection(TcpEnd, sock=sock)
+    else:
+        _, proto = await asyncio.wait_for(loop.create_connection(TcpEnd, host, port), timeout)
+    return proto
+
+
+async def _copy(src, dst) -> int:
+    total = 0
+    while True:
+        data = await src.read(READ_SIZE)
+        if not data:
+            dst.write_eof()
+            return total
+        await dst.write(data)
+        total += len(data)
+
+
+async def pipe(a, b) -> tuple[int, int]:
+    """Copy a→b and b→a until both directions ended.
+
+    Returns:
+        (bytes copied a→b, bytes copied b→a).
+    Raises:
+        PipeReset: one side was reset or failed; both were aborted (RST).
+    """
+    a, b = endpoint(a), endpoint(b)
+    ab = asyncio.ensure_future(_copy(a, b))
+    ba = asyncio.ensure_future(_copy(b, a))
+    try:
+        await asyncio.wait((ab, ba), return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        ab.cancel()
+        ba.cancel()
+        a.abort()
+        b.abort()
+        raise
+    failed = next((t for t in (ab, ba) if t.done() and t.exception() is not None), None)
+    if failed is not None:
+        for t in (ab, ba):
+            t.cancel()
+        a.abort()
+        b.abort()
+        await asyncio.gather(ab, ba, return_exceptions=True)
+        raise PipeReset(str(failed.exception()) or type(failed.exception()).__name__) \
+            from failed.exception()
+    for end in (a, b):
+        close = getattr(end, "close", None)
+        if close is not None:
+            close()
+    return ab.result(), ba.result()

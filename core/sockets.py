@@ -1,0 +1,174 @@
+"""Socket creation for every shoal proxy: listeners and outbound connections.
+
+Apps never call `socket.socket()` themselves; they ask a `SocketFactory`
+(ztunnel's `SocketFactory` trait, `proxy.rs`). That keeps the socket options
+a mesh proxy needs in one place and lets callers swap the factory:
+- `DefaultSocketFactory`: SO_REUSEPORT listeners, TCP_NODELAY, keepalive,
+  optional SO_MARK / IP_TRANSPARENT / IP_FREEBIND.
+- a netns variant (added by cni/): subclass and override `_new_socket`,
+  the single place a socket is created, to create it inside a pod's
+  network namespace; set `namespace_key` so listeners opened in different
+  namespaces on the same address are told apart by the supervisor.
+- shards/ wraps a factory so a worker slot's listeners outlive the worker
+  (see shards/handoff.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from core.constants import PROXY_MARK
+
+# Accept queue length. The kernel caps it at net.core.somaxconn (4096 on
+# current kernels); Envoy and ztunnel ask for 1024-and-up, and a short queue
+# turns a burst of connections during a worker restart into SYN drops.
+LISTEN_BACKLOG = 4096
+
+# Outbound connect timeout: ztunnel's default `connect_timeout` is 10 s.
+CONNECT_TIMEOUT = 10.0
+
+# TCP keepalive as ztunnel sets it on every proxied socket (socket.rs):
+# 180 s idle, 180 s between probes, 9 probes, so a dead peer is noticed
+# well inside the conntrack timeout without chatty probing.
+KEEPALIVE_IDLE = 180
+KEEPALIVE_INTERVAL = 180
+KEEPALIVE_PROBES = 9
+
+# Linux constants Python's socket module does not export everywhere.
+SO_MARK = getattr(socket, "SO_MARK", 36)
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketOptions:
+    """Options applied to every socket a factory makes (validated here)."""
+    mark: int | None = None          # SO_MARK; core.constants.PROXY_MARK for proxies
+    transparent: bool = False        # IP_TRANSPARENT: bind/accept non-local addresses (TPROXY)
+    freebind: bool = False           # IP_FREEBIND: bind before the address exists
+    nodelay: bool = True             # proxies forward small writes immediately
+    keepalive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mark is not None and not 0 <= self.mark <= 0xFFFFFFFF:
+            raise ValueError(f"SO_MARK {self.mark!r} is not a 32-bit value")
+
+
+PROXY_SOCKET_OPTIONS = SocketOptions(mark=PROXY_MARK)
+
+
+@runtime_checkable
+class SocketFactory(Protocol):
+    """What apps use to open sockets. Sockets returned are non-blocking."""
+
+    namespace_key: str
+
+    def listen(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+        """Return a bound, listening SO_REUSEPORT TCP socket.
+
+        Raises:
+            OSError: the address cannot be bound (message names it).
+        """
+        ...
+
+    async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,
+                      timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+        """Return a connected TCP socket, bound to `source` first if given.
+
+        Raises:
+            TimeoutError: no answer within `timeout` seconds.
+            OSError: refused, unreachable, ...
+        """
+        ...
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class DefaultSocketFactory:
+    """Sockets in the current network namespace with `options` applied."""
+
+    namespace_key = ""
+
+    def __init__(self, options: SocketOptions = SocketOptions()) -> None:
+        self.options = options
+
+    def _new_socket(self, family: socket.AddressFamily) -> socket.socket:
+        # The one place a socket is created: a netns factory overrides this.
+        return socket.socket(family, socket.SOCK_STREAM)
+
+    def _apply(self, sock: socket.socket, family: socket.AddressFamily) -> None:
+        o = self.options
+        if o.mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)
+        level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
+        if o.transparent:
+            sock.setsockopt(level, IP_TRANSPARENT, 1)
+        if o.freebind:
+            sock.setsockopt(level, IP_FREEBIND, 1)
+        if o.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if o.keepalive:
+            set_keepalive(sock)
+
+    def listen(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+        family = family_of(host)
+        sock = self._new_socket(family)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Before bind: the kernel only groups sockets that all set it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self._apply(sock, family)
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror} "
+                          "(is another program using this port?)") from e
+        return sock
+
+    async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,
+                      timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+        family = family_of(host)
+        sock = self._new_socket(family)
+        try:
+            self._apply(sock, family)
+            sock.setblocking(False)
+            if source is not None:
+                sock.bind(source)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (host, port))
+        except TimeoutError:
+            sock.close()
+            raise TimeoutError(f"connect to {host}:{port} timed out after {timeout:g} s "
+                               "(is a firewall or NetworkPolicy dropping it?)") from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """ztunnel's keepalive settings (see the constants above)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
+def configure_accepted(sock: socket.socket) -> None:
+    """Options for a socket returned by accept(): no delay, keepalive."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    set_keepalive(sock)
+
+
+def listener_key(namespace_key: str, host: str, port: int) -> str:
+    """Identity of a listener across worker generations (same ns + address)."""
+    return f"{namespace_key}|{host}:{port}"

@@ -1,0 +1,169 @@
+"""The config watcher: the only writer of the routing table.
+
+Loop: wait for a change (inotify) or SIGHUP -> load and validate the source
+-> compile incrementally -> publish only the changed keys -> write status.
+A bad change is refused: its errors are logged (one JSON line each, with
+file, resource and field), stored in the table's status area (so the admin
+endpoint of any worker shows them) and the last good table stays in force.
+
+A restarted watcher takes the table over (routing/shm.py, invariant 7) and
+publishes only the difference between the table and the config, so readers
+keep routing throughout and see no change when there is none.
+
+Signal handlers only set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from core import log
+from core.model import ConfigError
+from routing.incremental import IncrementalCompiler
+from routing.index import diff_keyspaces
+from routing.shm import STATUS_MAX, TableFullError, TableWriter
+from routing.source import DirectorySource
+
+WAIT_SLICE = 0.5            # how long one wait may block before signal flags are checked
+MAX_STATUS_ERRORS = 20      # errors kept in the status area (all of them go to the log)
+
+LOG = log.get("routing.watcher")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Watcher:
+    """One writer bound to one source and one table (usable without signals in tests)."""
+
+    def __init__(self, source: Any, table_name: str) -> None:
+        self.source = source
+        self.writer = TableWriter.attach(table_name)
+        self.compiler = IncrementalCompiler()
+        self._published_once = False
+        self._good: dict[str, Any] = {}
+        self.hup = False
+        self.stop = False
+
+    def reload(self) -> bool:
+        """Load, compile and publish; False (and the old table kept) on a bad config."""
+        try:
+            cfg, extra = self.source.load()
+            delta = self.compiler.update(cfg, extra)
+        except ConfigError as exc:
+            self._refuse(exc)
+            return False
+        if not self._published_once:
+            changes = diff_keyspaces(self.writer.read_all(), self.compiler.keyspace)
+        else:
+            changes = delta.changes
+        try:
+            if changes or self.writer.generation == 0:
+                self.writer.apply(changes)
+        except TableFullError as exc:
+            # The compiler already moved on; rebuild it from the table next time.
+            self.compiler = IncrementalCompiler()
+            self._published_once = False
+            self._refuse_message(str(exc), exc.code)
+            return False
+        self._published_once = True
+        self._good = {"generation": self.writer.generation, "source": self.source.describe(),
+                      "applied_at": _now(), "counts": cfg.counts(), "changed_keys": len(changes),
+                      "notes": [str(n) for n in cfg.notes][:MAX_STATUS_ERRORS]}
+        self.writer.set_status({**self._good, "error": None, "writer_pid": os.getpid()})
+        LOG.info("config applied", extra={"fields": {
+            "generation": self.writer.generation, "changed_keys": len(changes),
+            "namespaces": list(delta.namespaces)[:MAX_STATUS_ERRORS]}})
+        for note in cfg.notes:
+            LOG.info("config note", extra={"fields": {"note": str(note)}})
+        return True
+
+    def _refuse(self, exc: ConfigError) -> None:
+        for e in exc.errors:
+            LOG.error("config refused", extra={"fields": e.to_dict()})
+        errors = [e.to_dict() for e in exc.errors[:MAX_STATUS_ERRORS]]
+        self._write_error({"code": exc.code, "message": f"{len(exc.errors)} config error(s); "
+                           "the last good config stays in force", "errors": errors,
+                           "total": len(exc.errors), "at": _now()})
+
+    def _refuse_message(self, message: str, code: str) -> None:
+        LOG.error("config refused", extra={"fields": {"code": code, "message": message}})
+        self._write_error({"code": code, "message": message, "errors": [], "total": 1,
+                           "at": _now()})
+
+    def _write_error(self, error: dict) -> None:
+        status = {**self._good, "generation": self.writer.generation,
+                  "source": self.source.describe(), "error": error, "writer_pid": os.getpid()}
+        while len(repr(status)) > STATUS_MAX and error["errors"]:
+            error["errors"].pop()          # keep the status within its shm area
+        self.writer.set_status(status)
+
+    def run(self) -> None:
+        self.reload()
+        while not self.stop:
+            changed = self.source.wait(WAIT_SLICE)
+            if self.hup:
+                self.hup = False
+                self.source.invalidate()
+                LOG.info("SIGHUP: re-reading the config")
+                changed = True
+            if changed and not self.stop:
+                self.reload()
+
+    def close(self) -> None:
+        self.writer.close()
+        close = getattr(self.source, "close", None)
+        if close:
+            close()
+
+
+def make_source(source: Any) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        return DirectorySource(source)
+    return source
+
+
+def run_watcher(source: Any, table_name: str) -> None:
+    """Run the watcher in this process until SIGTERM/SIGINT (SIGHUP re-reads).
+
+    Args:
+        source: a directory path or a source object (`load()`, `wait(t)`,
+            `invalidate()`, `describe()`), e.g. `DirectorySource(dir, overlay=...)`.
+        table_name: `TableHandle.name` of a table created by the supervisor.
+    """
+    w = Watcher(make_source(source), table_name)
+
+    def on_stop(signum, frame):
+        w.stop = True
+
+    def on_hup(signum, frame):
+        w.hup = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        w.run()
+    finally:
+        w.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m routing.watcher",
+                                description="Run the routing-table writer on a config directory.")
+    p.add_argument("--table", required=True, help="shared memory name (TableHandle.name)")
+    p.add_argument("--overlay", help="directory of Pods with IPs for Deployment replicas")
+    p.add_argument("config_dir")
+    args = p.parse_args(argv)
+    log.setup()
+    run_watcher(DirectorySource(args.config_dir, overlay=args.overlay), args.table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Supervisor options: one validated dataclass and the click flags for it.
+
+ztunnel and waypoint CLIs reuse the flags:
+
+    @click.command()
+    @supervisor_options
+    def run(supervisor: SupervisorOptions, **app_flags): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import click
+
+from core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from core.log import LEVELS
+
+# SIGTERM drain: Kubernetes' default terminationGracePeriodSeconds is 30 s;
+# we must be done before the kubelet's SIGKILL, so 25 s leaves a margin.
+DEFAULT_DRAIN_TIMEOUT = 25.0
+# A worker that has not stamped its heartbeat for this long is hung
+# (gunicorn's default worker timeout is 30 s as well).
+DEFAULT_WORKER_TIMEOUT = 30.0
+# More workers than this only adds context switches on any host we target,
+# and each worker holds its own listeners in every pod netns.
+MAX_WORKERS = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorOptions:
+    workers: int = 0                      # 0: one per CPU
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    config: str | None = None             # directory of Kubernetes YAML, watched
+    admin_port: int = ADMIN_PORT          # 0 disables; bound to 127.0.0.1
+    metrics_port: int = METRICS_PORT      # 0 disables
+    readiness_port: int = READINESS_PORT  # 0 disables
+    bind: str = "0.0.0.0"                 # address of the metrics and readiness ports
+    log_level: str = "info"
+    pidfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS} (0: one per CPU)")
+        if self.drain_timeout < 0:
+            raise ValueError("--drain-timeout must be >= 0 seconds")
+        if self.worker_timeout < 1:
+            raise ValueError("--worker-timeout must be >= 1 second")
+        for name in ("admin_port", "metrics_port", "readiness_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be a TCP port (0 disables)")
+        if self.log_level.lower() not in LEVELS:
+            raise ValueError(f"--log-level must be one of {sorted(LEVELS)}")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "metrics_port",
+         "readiness_port", "log_level", "pidfile")
+
+
+def supervisor_options(fn):
+    """Add the supervisor flags to a click command; it receives `supervisor=`."""
+    opts = [
+        click.option("--workers", type=int, default=0, show_default="one per CPU",
+                     help="Worker processes (each binds its own SO_REUSEPORT listeners)."),
+        click.option("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, show_default=True,
+                     help="Seconds open connections get to finish on SIGTERM/SIGHUP/SIGUSR2."),
+        click.option("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT, show_default=True,
+                     help="A worker silent this long is killed (SIGABRT, then SIGKILL) and replaced."),
+        click.option("--config", type=click.Path(file_okay=False), default=None,
+                     help="Directory of Kubernetes YAML (watched; SIGHUP re-reads it)."),
+        click.option("--admin-port", type=int, default=ADMIN_PORT, show_default=True,
+                     help="Admin server on 127.0.0.1 (0 disables)."),
+        click.option("--metrics-port", type=int, default=METRICS_PORT, show_default=True,
+                     help="Prometheus /metrics and /stats/prometheus (0 disables)."),
+        click.option("--readiness-port", type=int, default=READINESS_PORT, show_default=True,
+                     help="/healthz/ready (0 disables)."),
+        click.option("--log-level", type=click.Choice(sorted(LEVELS), case_sensitive=False),
+                     default="info", show_default=True, help="Initial log level (see /logging)."),
+        click.option("--pidfile", type=click.Path(dir_okay=False), default=None,
+                     help="Write the supervisor's pid here (kept across SIGUSR2 upgrades)."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = {k: kwargs.pop(k) for k in FLAGS}
+        try:
+            kwargs["supervisor"] = SupervisorOptions(**values)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        return fn(*args, **kwargs)
+
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper

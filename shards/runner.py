@@ -1,0 +1,38 @@
+"""`run_app`: the one call a CLI makes to run an app under the supervisor.
+
+    from shards.options import supervisor_options, SupervisorOptions
+    from shards.runner import run_app
+
+    @click.command()
+    @supervisor_options
+    @click.option("--node-name", ...)
+    def run(supervisor: SupervisorOptions, node_name: str) -> None:
+        sys.exit(run_app(lambda: ZtunnelApp(node_name=node_name), supervisor))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from core import log as core_log
+from shards import exitcodes
+from shards.app import App
+from shards.options import SupervisorOptions
+from shards.supervisor import Supervisor
+
+
+def run_app(app_factory: Callable[[], App], options: SupervisorOptions) -> int:
+    """Build the app (pre-fork) and supervise its workers until stopped.
+
+    Returns:
+        A documented exit code (shards/exitcodes.py): 0 after a clean stop.
+    """
+    core_log.setup(options.log_level)
+    log = core_log.get("supervisor")
+    try:
+        app = app_factory()
+    except Exception as e:
+        log.error(f"cannot load the app: {e}", exc_info=True,
+                  extra={"fields": {"exit_code": exitcodes.APP_LOAD_ERROR}})
+        return exitcodes.APP_LOAD_ERROR
+    return Supervisor(app, options).run()

@@ -1,0 +1,631 @@
+"""The supervisor: a pre-fork arbiter that never handles traffic.
+
+Loop (STYLE.md rule 6), one pass at a time:
+
+    wait (select on the signal pipe, worker control sockets, upgrade pipe)
+    -> handle_<sig>() for each queued signal
+    -> murder_stale()   hung workers: SIGABRT, then SIGKILL
+    -> reap()           waitpid(-1, WNOHANG) until nothing is left
+    -> reconcile()      desired slots/generation versus what runs (idempotent)
+
+Invariants:
+- A slot's listeners are never closed while the slot exists (handoff.py):
+  restarts, SIGHUP rolls and SIGUSR2 upgrades reuse them, so no queued
+  connection is reset. TTOU and stopping close them (see docs/operations.md).
+- SIGHUP bumps the generation; a slot's old worker retires only once the
+  slot's new worker said "ready".
+- Every child is reaped here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from core import log as core_log
+from core import metrics as core_metrics
+from core.drain import DrainMode
+from shards import exitcodes, routing_glue
+from shards.app import App
+from shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
+                            encode_listen_fds, recv_message)
+from shards.heartbeat import HeartbeatTable
+from shards.options import MAX_WORKERS, SupervisorOptions
+from shards.signals import HANDLED, SignalQueue, reset_in_child
+from shards.worker import Worker
+
+# Longest the loop sleeps without an event: bounds how late a backoff
+# restart or a stale-heartbeat check can be (restart "within 1 s").
+LOOP_TICK = 0.2
+# Consecutive boot failures (exit before "ready") that halt the supervisor:
+# gunicorn halts on the first; a few retries ride out a transient error.
+MAX_BOOT_FAILURES = 5
+# Boot-failure backoff: 0.1, 0.2, 0.4, 0.8 s -> a halt within ~2 s.
+BOOT_BACKOFF_BASE = 0.1
+# A crashed worker is replaced at once; if its slot keeps crashing the
+# delay doubles from this, up to RESTART_BACKOFF_MAX.
+RESTART_BACKOFF_BASE = 0.1
+RESTART_BACKOFF_MAX = 10.0
+# A worker up this long after "ready" resets its slot's crash streak.
+STABLE_AFTER = 5.0
+# After SIGABRT a hung worker gets this long (to dump its stacks) before SIGKILL.
+ABORT_GRACE = 1.0
+# SIGQUIT: workers get this long to close before SIGKILL.
+IMMEDIATE_STOP_GRACE = 2.0
+# Beyond --drain-timeout, time for workers to exit before SIGKILL.
+STOP_MARGIN = 2.0
+WATCHER_BACKOFF_BASE = 0.2
+WATCHER_BACKOFF_MAX = 10.0
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class WorkerProc:
+    pid: int
+    slot: int
+    generation: int
+    hb: int
+    ctrl: socket.socket
+    started: float
+    ready_at: float | None = None
+    retiring: bool = False
+    ctrl_open: bool = True
+    abort_at: float | None = None
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class Upgrade:
+    pid: int
+    ready_fd: int
+    done: bool = False
+
+
+class Supervisor:
+    def __init__(self, app: App, options: SupervisorOptions, *,
+                 signal_queue: SignalQueue | None = None) -> None:
+        self.app = app
+        self.options = options
+        self.log = core_log.get("supervisor")
+        self.signals = signal_queue or SignalQueue()
+        self.num_workers = options.worker_count
+        self.generation = 1
+        self.workers: dict[int, WorkerProc] = {}
+        self.slot_socks: dict[int, dict[str, socket.socket]] = {}
+        self.not_before: dict[int, float] = {}
+        self.streak: dict[int, int] = {}
+        self.boot_failures = 0
+        self.stopping: DrainMode | None = None
+        self.stop_deadline = 0.0
+        self.exit_code: int | None = None
+        self.watcher_pid: int | None = None
+        self.watcher_started = 0.0
+        self.watcher_not_before = 0.0
+        self.watcher_streak = 0
+        self.upgrade: Upgrade | None = None
+        self.upgrade_ready_fd: int | None = None
+        self.announced_ready = False
+        self.cwd = os.getcwd()
+        self.heartbeats: HeartbeatTable | None = None
+        self.table = None
+        self.metrics_dir: str | None = None
+
+    # -- main loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._setup()
+            while True:
+                self._wait(self._timeout())
+                for sig in self.signals.drain():
+                    getattr(self, f"handle_{HANDLED[signal.Signals(sig)]}")()
+                self.murder_stale()
+                self.reap()
+                if self.stopping is not None and not self.workers and self.watcher_pid is None:
+                    return self.exit_code if self.exit_code is not None else exitcodes.OK
+                self.reconcile()
+                self._check_ready()
+        except exitcodes.SupervisorExit as e:
+            self.log.error(str(e), extra={"fields": {"exit_code": e.code,
+                                                     "exit_name": exitcodes.NAMES.get(e.code)}})
+            return e.code
+        except Exception:
+            self.log.exception("supervisor failed")
+            return exitcodes.ERROR
+        finally:
+            self._cleanup()
+
+    def _setup(self) -> None:
+        o = self.options
+        self.signals.install()
+        inherited = os.environ.pop(ENV_LISTEN_FDS, None)
+        if inherited:
+            try:
+                self.slot_socks = decode_listen_fds(inherited)
+            except ValueError as e:
+                self.log.error(str(e))
+        ready_fd = os.environ.pop(ENV_UPGRADE_READY_FD, None)
+        self.upgrade_ready_fd = int(ready_fd) if ready_fd and ready_fd.isdigit() else None
+        if o.config is not None and not os.path.isdir(o.config):
+            raise exitcodes.SupervisorExit(exitcodes.CONFIG_ERROR,
+                                           f"--config {o.config}: not a directory")
+        try:
+            self.metrics_dir = core_metrics.create_dir()
+            self.heartbeats = HeartbeatTable.create()
+        except OSError as e:
+            raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR, f"cannot set up: {e}") from e
+        self.table = routing_glue.create_table(o.config)
+        if self.upgrade_ready_fd is None:
+            self._write_pidfile()
+        self._spawn_watcher()
+        self.log.info("supervisor started", extra={"fields": {
+            "workers": self.num_workers, "app": self.app.name,
+            "inherited_listeners": sum(len(v) for v in self.slot_socks.values())}})
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        pending = [t - now for t in self.not_before.values() if t > now]
+        return max(0.0, min([LOOP_TICK, *pending]))
+
+    def _wait(self, timeout: float) -> None:
+        ctrls = {w.ctrl.fileno(): w for w in self.workers.values() if w.ctrl_open}
+        fds = [self.signals.rfd, *ctrls]
+        if self.upgrade and not self.upgrade.done:
+            fds.append(self.upgrade.ready_fd)
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd in ctrls:
+                self._read_ctrl(ctrls[fd])
+            elif self.upgrade and fd == self.upgrade.ready_fd:
+                self._upgrade_progress()
+
+    # -- signals ------------------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        pass   # reap() runs on every pass
+
+    def handle_term(self) -> None:
+        self.begin_stop(DrainMode.GRACEFUL, "SIGTERM")
+
+    def handle_int(self) -> None:
+        self.begin_stop(DrainMode.GRACEFUL, "SIGINT")
+
+    def handle_quit(self) -> None:
+        self.begin_stop(DrainMode.IMMEDIATE, "SIGQUIT")
+
+    def handle_hup(self) -> None:
+        if self.stopping is not None:
+            return
+        self.generation += 1
+        if self.watcher_pid is not None:
+            _kill(self.watcher_pid, signal.SIGHUP)
+        self.log.info("reloading: rolling workers", extra={"fields": {"generation": self.generation}})
+
+    def handle_ttin(self) -> None:
+        self.num_workers = min(MAX_WORKERS, self.num_workers + 1)
+        self.log.info("scaling up", extra={"fields": {"workers": self.num_workers}})
+
+    def handle_ttou(self) -> None:
+        self.num_workers = max(1, self.num_workers - 1)
+        self.log.info("scaling down", extra={"fields": {"workers": self.num_workers}})
+
+    def handle_usr2(self) -> None:
+        if self.stopping is not None or self.upgrade is not None:
+            self.log.warning("upgrade ignored: already stopping or upgrading")
+            return
+        self._start_upgrade()
+
+    # -- stop ------------------------------------------------------------------------
+
+    def begin_stop(self, mode: DrainMode, why: str, code: int = exitcodes.OK) -> None:
+        if self.stopping is DrainMode.IMMEDIATE or (self.stopping is mode):
+            if self.stopping is DrainMode.GRACEFUL:
+                self.log.info("already draining; SIGQUIT stops at once")
+            return
+        self.stopping = mode
+        if self.exit_code is None:
+            self.exit_code = code
+        graceful = mode is DrainMode.GRACEFUL
+        grace = self.options.drain_timeout if graceful else IMMEDIATE_STOP_GRACE
+        self.stop_deadline = time.monotonic() + grace + STOP_MARGIN
+        self.log.info("stopping", extra={"fields": {"reason": why, "mode": mode.value,
+                                                   "drain_timeout_s": grace}})
+        # Our copies go first, so each worker's own close (after it took what
+        # is queued) is the last reference and nothing queued is reset.
+        self._close_slots(lambda slot: True)
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        for w in self.workers.values():
+            _kill(w.pid, sig)
+        if self.watcher_pid is not None:
+            _kill(self.watcher_pid, signal.SIGTERM)
+
+    # -- stale workers ------------------------------------------------------------------
+
+    def murder_stale(self) -> None:
+        now = time.monotonic()
+        if self.stopping is not None and now > self.stop_deadline:
+            for pid in [*self.workers, *([self.watcher_pid] if self.watcher_pid else [])]:
+                _kill(pid, signal.SIGKILL)
+            self.stop_deadline = now + LOOP_TICK * 5
+            return
+        for w in self.workers.values():
+            if w.abort_at is not None:
+                if now - w.abort_at >= ABORT_GRACE:
+                    _kill(w.pid, signal.SIGKILL)
+                continue
+            silent = now - self.heartbeats.last(w.hb)
+            if silent > self.options.worker_timeout:
+                self.log.error("worker hung: no heartbeat; sending SIGABRT then SIGKILL",
+                               extra={"fields": {"worker_pid": w.pid, "worker": w.slot,
+                                                 "silent_s": round(silent, 1)}})
+                _kill(w.pid, signal.SIGABRT)
+                w.abort_at = now
+
+    # -- reaping -----------------------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.workers:
+                self._worker_exited(self.workers.pop(pid), status)
+            elif pid == self.watcher_pid:
+                self._watcher_exited(status)
+            elif self.upgrade is not None and pid == self.upgrade.pid:
+                self._upgrade_exited(status)
+            # else: an unknown child (we may be PID 1 in a container): reaped quietly
+
+    def _worker_exited(self, w: WorkerProc, status: int) -> None:
+        self.heartbeats.release(w.hb)
+        w.ctrl.close()
+        core_metrics.mark_dead(w.pid)
+        how = describe_status(status)
+        fields = {"worker_pid": w.pid, "worker": w.slot, "generation": w.generation, "status": how}
+        if w.retiring or self.stopping is not None:
+            self.log.info("worker exited", extra={"fields": fields})
+            return
+        now = time.monotonic()
+        if w.ready_at is None and w.abort_at is None:
+            self._boot_failed(w, how, fields, now)
+            return
+        fresh = now - (w.ready_at or now) >= STABLE_AFTER
+        streak = 1 if fresh else self.streak.get(w.slot, 0) + 1
+        self.streak[w.slot] = streak
+        delay = 0.0 if streak == 1 else min(RESTART_BACKOFF_MAX,
+                                             RESTART_BACKOFF_BASE * 2 ** (streak - 2))
+        self.not_before[w.slot] = now + delay
+        reason = "hung" if w.abort_at is not None else "died"
+        core_metrics.istio().worker_restarts.labels(reason).inc()
+        self.log.warning(f"worker {reason}; restarting", extra={"fields": {**fields,
+                                                                          "restart_in_s": delay}})
+
+    def _boot_failed(self, w: WorkerProc, how: str, fields: dict, now: float) -> None:
+        self.boot_failures += 1
+        self.log.error("worker failed to boot", extra={"fields": {
+            **fields, "failures_in_a_row": self.boot_failures}})
+        if self.boot_failures < MAX_BOOT_FAILURES:
+            self.not_before[w.slot] = now + BOOT_BACKOFF_BASE * 2 ** (self.boot_failures - 1)
+            return
+        serving = [x for x in self.workers.values() if x.ready_at and not x.retiring]
+        if serving and any(x.generation < self.generation for x in serving):
+            # A SIGHUP roll whose new workers cannot boot: keep the old ones.
+            self.generation = max(x.generation for x in serving)
+            self.boot_failures = 0
+            self.log.error("reload failed: new workers cannot boot; keeping the running ones",
+                           extra={"fields": {"last_status": how}})
+            return
+        self.log.error(f"workers failed to boot {self.boot_failures} times in a row "
+                       f"(last: {how}); halting with exit code {exitcodes.BOOT_ERROR}. "
+                       "The worker's own error is logged just above.")
+        self.begin_stop(DrainMode.IMMEDIATE, "boot failures", exitcodes.BOOT_ERROR)
+
+    # -- reconcile ---------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        if self.stopping is not None:
+            return
+        now = time.monotonic()
+        self._close_slots(lambda slot: slot >= self.num_workers)
+        for w in list(self.workers.values()):
+            if w.slot >= self.num_workers and not w.retiring:
+                self._retire(w, "scale down")
+        for slot in range(self.num_workers):
+            members = [w for w in self.workers.values() if w.slot == slot and not w.retiring]
+            current = [w for w in members if w.generation == self.generation]
+            if not current:
+                if now >= self.not_before.get(slot, 0.0):
+                    self._spawn(slot)
+            elif any(w.ready_at for w in current):
+                for w in members:
+                    if w.generation != self.generation:
+                        self._retire(w, "replaced by a newer generation")
+        if self.options.config is not None and self.watcher_pid is None \
+                and now >= self.watcher_not_before:
+            self._spawn_watcher()
+
+    def _retire(self, w: WorkerProc, why: str) -> None:
+        w.retiring = True
+        self.log.info("retiring worker", extra={"fields": {"worker_pid": w.pid, "worker": w.slot,
+                                                          "reason": why}})
+        _kill(w.pid, signal.SIGTERM)
+
+    def _close_slots(self, which) -> None:
+        for slot in [s for s in self.slot_socks if which(s)]:
+            for sock in self.slot_socks.pop(slot).values():
+                sock.close()
+
+    def _check_ready(self) -> None:
+        if self.announced_ready or self.stopping is not None:
+            return
+        ready_slots = {w.slot for w in self.workers.values()
+                       if w.ready_at and w.generation == self.generation}
+        if len(ready_slots) < self.num_workers:
+            return
+        self.announced_ready = True
+        if self.upgrade_ready_fd is not None:
+            self._write_pidfile()
+            try:
+                os.write(self.upgrade_ready_fd, b"1")
+            except OSError:
+                pass
+            os.close(self.upgrade_ready_fd)
+            self.upgrade_ready_fd = None
+        self.log.info("supervisor ready", extra={"fields": {"workers": self.num_workers}})
+
+    # -- spawning ------------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        hb = self.heartbeats.allocate()
+        worker = Worker(app=self.app, options=self.options, slot=slot, generation=self.generation,
+                        hb_index=hb, heartbeats=self.heartbeats, ctrl=child,
+                        inherited=dict(self.slot_socks.get(slot, {})),
+                        table_name=getattr(self.table, "name", None), supervisor_pid=os.getpid())
+        pid = os.fork()
+        if pid == 0:
+            code = exitcodes.WORKER_CRASH
+            try:
+                parent.close()
+                self._close_in_child(keep_slot=slot)
+                code = worker.run()
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                _exit(code)
+        child.close()
+        parent.setblocking(False)
+        now = time.monotonic()
+        self.heartbeats.assign(hb, pid, now)
+        self.workers[pid] = WorkerProc(pid=pid, slot=slot, generation=self.generation, hb=hb,
+                                       ctrl=parent, started=now)
+        self.log.info("worker started", extra={"fields": {"worker_pid": pid, "worker": slot,
+                                                         "generation": self.generation}})
+
+    def _close_in_child(self, keep_slot: int | None) -> None:
+        """Post-fork: drop the supervisor's fds this child must not hold."""
+        for w in self.workers.values():
+            w.ctrl.close()
+        for slot, socks in self.slot_socks.items():
+            if slot != keep_slot:
+                for sock in socks.values():
+                    sock.close()
+        self.signals.close()
+        for fd in (self.upgrade_ready_fd, self.upgrade.ready_fd if self.upgrade else None):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _spawn_watcher(self) -> None:
+        if self.options.config is None or self.table is None:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._close_in_child(keep_slot=None)
+                reset_in_child()
+                core_log.setup(self.options.log_level)
+                routing_glue.run_watcher(self.options.config, self.table.name)
+                code = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                _exit(code)
+        self.watcher_pid = pid
+        self.watcher_started = time.monotonic()
+        self.log.info("config watcher started", extra={"fields": {"watcher_pid": pid,
+                                                                 "config": self.options.config}})
+
+    def _watcher_exited(self, status: int) -> None:
+        self.watcher_pid = None
+        if self.stopping is not None:
+            return
+        now = time.monotonic()
+        stable = now - self.watcher_started >= STABLE_AFTER
+        self.watcher_streak = 1 if stable else self.watcher_streak + 1
+        delay = min(WATCHER_BACKOFF_MAX, WATCHER_BACKOFF_BASE * 2 ** (self.watcher_streak - 1))
+        self.watcher_not_before = now + delay
+        self.log.error("config watcher exited; workers keep the last table; restarting",
+                       extra={"fields": {"status": describe_status(status), "restart_in_s": delay}})
+
+    # -- control messages from workers ------------------------------------------------------
+
+    def _read_ctrl(self, w: WorkerProc) -> None:
+        while True:
+            try:
+                msg = recv_message(w.ctrl)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg = None
+            if msg is None:
+                w.ctrl_open = False
+                return
+            text, fds = msg
+            self._on_message(w, text, fds)
+
+    def _on_message(self, w: WorkerProc, text: str, fds: list[int]) -> None:
+        verb, _, key = text.partition(" ")
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        if verb == "ready":
+            w.ready_at = time.monotonic()
+            self.boot_failures = 0
+        elif verb == "listen" and socks and self.stopping is None and w.slot < self.num_workers:
+            old = self.slot_socks.setdefault(w.slot, {}).get(key)
+            if old is not None:
+                old.close()
+            self.slot_socks[w.slot][key] = socks.pop()
+        elif verb == "drop":
+            sock = self.slot_socks.get(w.slot, {}).pop(key, None)
+            if sock is not None:
+                sock.close()
+        for sock in socks:
+            sock.close()
+
+    # -- upgrade (SIGUSR2) ----------------------------------------------------------------------
+
+    def _start_upgrade(self) -> None:
+        rfd, wfd = os.pipe()
+        listen = encode_listen_fds(self.slot_socks)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(rfd)
+                env = dict(os.environ, **{ENV_LISTEN_FDS: listen, ENV_UPGRADE_READY_FD: str(wfd)})
+                env.pop(core_metrics.ENV_DIR, None)
+                for socks in self.slot_socks.values():
+                    for sock in socks.values():
+                        os.set_inheritable(sock.fileno(), True)
+                os.set_inheritable(wfd, True)
+                for w in self.workers.values():
+                    w.ctrl.close()
+                reset_in_child()
+                os.chdir(self.cwd)
+                os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                _exit(127)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        self.upgrade = Upgrade(pid=pid, ready_fd=rfd)
+        self.log.info("upgrading: started a new supervisor", extra={"fields": {"new_pid": pid}})
+
+    def _upgrade_progress(self) -> None:
+        up = self.upgrade
+        try:
+            data = os.read(up.ready_fd, 16)
+        except BlockingIOError:
+            return
+        os.close(up.ready_fd)
+        up.done = True
+        if data.startswith(b"1"):
+            self.log.info("new supervisor ready; draining the old workers",
+                          extra={"fields": {"new_pid": up.pid}})
+            self.begin_stop(DrainMode.GRACEFUL, "upgraded")
+        else:
+            self.log.error("upgrade failed: the new supervisor exited before it was ready; "
+                           "still serving with this one", extra={"fields": {"new_pid": up.pid}})
+
+    def _upgrade_exited(self, status: int) -> None:
+        up = self.upgrade
+        if not up.done and _readable(up.ready_fd):
+            self._upgrade_progress()
+        if not up.done:
+            os.close(up.ready_fd)
+            up.done = True
+            self.log.error("upgrade failed: the new supervisor exited before it was ready",
+                           extra={"fields": {"new_pid": up.pid, "status": describe_status(status)}})
+        if self.stopping is None:
+            self.upgrade = None
+
+    # -- files and cleanup ------------------------------------------------------------------------
+
+    def _write_pidfile(self) -> None:
+        path = self.options.pidfile
+        if not path:
+            return
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR, f"cannot write --pidfile {path}: {e}")
+
+    def _remove_pidfile(self) -> None:
+        path = self.options.pidfile
+        try:
+            if path and open(path).read().strip() == str(os.getpid()):
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def _cleanup(self) -> None:
+        # Only non-empty after an unexpected error: stop the children hard.
+        for pid in [*self.workers, *([self.watcher_pid] if self.watcher_pid else [])]:
+            _kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self._close_slots(lambda slot: True)
+        if self.heartbeats is not None:
+            self.heartbeats.unlink()
+        if self.table is not None:
+            try:
+                self.table.unlink()
+            except Exception:
+                self.log.exception("routing table unlink failed")
+        if self.metrics_dir:
+            core_metrics.remove_dir(self.metrics_dir)
+        self._remove_pidfile()
+        self.signals.close()
+        self.log.info("supervisor stopped", extra={"fields": {"exit_code": self.exit_code}})
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _readable(fd: int) -> bool:
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except OSError:
+        return False
+
+
+def _exit(code: int) -> None:
+    """Leave a forked child without running the parent's cleanup."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)

@@ -1,0 +1,220 @@
+"""A worker: one process, one uvloop event loop, one app instance.
+
+Fork contract (see also shards/app.py):
+- `Worker.__init__` runs in the supervisor before the fork and only stores
+  references; it touches no process state.
+- `Worker.run()` runs in the child right after the fork: it resets signal
+  dispositions, installs its own handlers (TERM: graceful drain, QUIT:
+  immediate, INT ignored since a terminal's Ctrl-C reaches the whole process
+  group and the supervisor decides), asks the kernel for SIGTERM if the
+  supervisor dies, attaches the routing view, builds the app's
+  `WorkerContext`, starts the app and the admin/metrics/readiness servers on
+  its slot's SO_REUSEPORT sockets, then tells the supervisor "ready".
+- It stamps its heartbeat slot every `worker_timeout / 2` and polls the
+  shared log-level word, both from one periodic task: a blocked event loop
+  stops the stamps, which is how the supervisor spots a hung worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import time
+
+from core import drain as core_drain
+from core import log as core_log
+from core import metrics as core_metrics
+from core.admin import Endpoints, HttpProtocol
+from core.sockets import DefaultSocketFactory, SocketFactory
+from shards import exitcodes, routing_glue, signals
+from shards.app import App, WorkerContext
+from shards.handoff import SlotSocketFactory, send_message
+from shards.heartbeat import HeartbeatTable
+from shards.options import SupervisorOptions
+
+# How often a worker looks at the shared control word (log level). A read
+# of 8 bytes: cheap, and /logging changes reach every worker within this.
+CONTROL_POLL_INTERVAL = 0.1
+# An IMMEDIATE drain (SIGQUIT) still lets the app close its own sockets.
+IMMEDIATE_GRACE = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    def __init__(self, *, app: App, options: SupervisorOptions, slot: int, generation: int,
+                 hb_index: int, heartbeats: HeartbeatTable, ctrl: socket.socket,
+                 inherited: dict[str, socket.socket], table_name: str | None,
+                 supervisor_pid: int) -> None:
+        self.app = app
+        self.options = options
+        self.slot = slot
+        self.generation = generation
+        self.hb_index = hb_index
+        self.heartbeats = heartbeats
+        self.ctrl = ctrl
+        self.inherited = inherited
+        self.table_name = table_name
+        self.supervisor_pid = supervisor_pid
+        self.exit_code = exitcodes.WORKER_OK
+        self.mode: core_drain.DrainMode | None = None
+        self.log = core_log.get(f"worker.{slot}")
+
+    # -- post-fork ----------------------------------------------------------
+
+    def run(self) -> int:
+        """Post-fork entry point; returns the process exit code."""
+        signals.reset_in_child()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        core_log.setup(self.options.log_level)
+        faulthandler.enable()   # a SIGABRT from the supervisor dumps every stack
+        _set_parent_death_signal(signal.SIGTERM)
+        import uvloop
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(self._main())
+        except Exception:
+            self.log.exception("worker crashed")
+            return exitcodes.WORKER_CRASH
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop = asyncio.Event()
+        self.trigger, watcher = core_drain.new()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, core_drain.DrainMode.GRACEFUL)
+        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, core_drain.DrainMode.IMMEDIATE)
+        self._apply_control(force=True)
+        try:
+            self.ctx = self._context(watcher)
+            await self.app.start(self.ctx)
+            self._start_admin()
+        except Exception as e:
+            self.log.exception("worker boot failed", extra={"fields": {"error": str(e)}})
+            return exitcodes.WORKER_BOOT_ERROR
+        self._release_unused()
+        ticker = loop.create_task(self._tick())
+        self._notify("ready")
+        self.log.info("worker ready", extra={"fields": {"worker": self.slot,
+                                                       "generation": self.generation}})
+        await self.stop.wait()
+        await self._drain()
+        ticker.cancel()
+        return self.exit_code
+
+    def _context(self, watcher: core_drain.DrainWatcher) -> WorkerContext:
+        self.view = routing_glue.attach(self.table_name)
+        metrics = core_metrics.istio()
+        metrics.set_build(self.app.name)
+
+        def wrap(inner: SocketFactory) -> SocketFactory:
+            return SlotSocketFactory(inner, self.inherited, self._notify)
+
+        return WorkerContext(worker_id=self.slot, routing=self.view,
+                             sockets=wrap(DefaultSocketFactory()), drain=watcher,
+                             metrics=metrics, log=core_log.get(self.app.name),
+                             generation=self.generation, wrap_factory=wrap)
+
+    def _start_admin(self) -> None:
+        o = self.options
+        ep = Endpoints(app=self.app, view=lambda: self.view, dump_routing=routing_glue.dump,
+                       set_log_level=self.set_log_level_everywhere,
+                       quit=lambda: os.kill(self.supervisor_pid, signal.SIGTERM),
+                       info=self.info, draining=lambda: self.mode is not None)
+        log = core_log.get("admin")
+        for port, host, handler, name in (
+                (o.admin_port, "127.0.0.1", ep.admin_handler(), "admin"),
+                (o.metrics_port, o.bind, ep.metrics_handler(), "metrics"),
+                (o.readiness_port, o.bind, ep.readiness_handler(), "readiness")):
+            if port:
+                self.ctx.serve(host, port, lambda h=handler: HttpProtocol(h, log), name=name)
+
+    def _release_unused(self) -> None:
+        # Listeners the previous worker of this slot had and the app no
+        # longer opens: the slot gives them up.
+        for key, sock in list(self.inherited.items()):
+            sock.close()
+            self._notify(f"drop {key}")
+        self.inherited.clear()
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "worker_id": self.slot, "generation": self.generation,
+                "supervisor_pid": self.supervisor_pid, "app": self.app.name}
+
+    def _notify(self, text: str, fds: list[int] = ()) -> None:
+        try:
+            send_message(self.ctrl, text, fds)
+        except OSError:
+            pass   # the supervisor is gone; the heartbeat task notices
+
+    # -- periodic work --------------------------------------------------------
+
+    async def _tick(self) -> None:
+        interval = self.options.worker_timeout / 2
+        last = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last >= interval:
+                self.heartbeats.stamp(self.hb_index, now)
+                last = now
+                if os.getppid() != self.supervisor_pid:
+                    self.log.error("supervisor gone; stopping")
+                    self.exit_code = exitcodes.WORKER_ORPHANED
+                    self.request_stop(core_drain.DrainMode.GRACEFUL)
+            self._apply_control()
+            await asyncio.sleep(CONTROL_POLL_INTERVAL)
+
+    def _apply_control(self, force: bool = False) -> None:
+        level, seq = self.heartbeats.log_control()
+        if seq and (force or seq != getattr(self, "_log_seq", 0)):
+            logging.getLogger("shoal").setLevel(level)
+        self._log_seq = seq
+
+    def set_log_level_everywhere(self, level: str) -> None:
+        core_log.set_level(level)
+        self.heartbeats.set_log_level(core_log.LEVELS[level])
+
+    # -- drain ------------------------------------------------------------------
+
+    def request_stop(self, mode: core_drain.DrainMode) -> None:
+        if self.mode is None or mode is core_drain.DrainMode.IMMEDIATE:
+            self.mode = mode
+        self.trigger.start_drain(self.mode)
+        self.stop.set()
+
+    async def _drain(self) -> None:
+        """Stop accepting -> drain until the deadline -> force."""
+        graceful = self.mode is core_drain.DrainMode.GRACEFUL
+        budget = self.options.drain_timeout if graceful else IMMEDIATE_GRACE
+        deadline = time.monotonic() + budget
+        queued = sum(lst.close() for lst in self.ctx.listeners)
+        self.log.info("worker draining", extra={"fields": {"mode": self.mode.value,
+                                                           "deadline_s": budget, "queued": queued}})
+        try:
+            async with asyncio.timeout(budget):
+                await self.app.drain(deadline)
+                if graceful:
+                    await asyncio.gather(*(lst.wait_idle() for lst in self.ctx.listeners))
+                    await self.trigger.start_drain_and_wait(self.mode)
+        except TimeoutError:
+            pass
+        except Exception:
+            self.log.exception("app drain failed")
+        aborted = sum(lst.abort_all() for lst in self.ctx.listeners)
+        if aborted:
+            self.log.warning("drain deadline passed; closed open connections",
+                             extra={"fields": {"aborted": aborted}})
+        await asyncio.sleep(0)   # let aborts reach the transports
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux: the kernel sends `sig` to us if the supervisor dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,149 @@
+"""Build a small mesh for waypoint tests and run the waypoint app in-process.
+
+    mesh = Mesh()                                    # waypoint default/waypoint
+    echo = mesh.service("echo", [backend_v1, backend_v2], port=8080)
+    mesh.route(HTTPRoute(...)); mesh.policy(Authorization(...))
+    async with running_waypoint(mesh, plaintext=True) as wp:
+        wp.plaintext_port, wp.hbone_port, wp.app
+
+The app is the real `WaypointApp`, started on a real `shards.app.WorkerContext`
+(listeners on loopback); only the supervisor is left out, so a test can swap
+the routing view between requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+
+from core.drain import DrainWatcher
+from core.sockets import DefaultSocketFactory
+from routing.records import (Service, ServicePort, Waypoint, WaypointRef, Workload)
+from routing.view import StaticView
+
+WP_NS, WP_NAME = "default", "waypoint"
+
+
+class Mesh:
+    def __init__(self, namespace: str = "default") -> None:
+        self.ns = namespace
+        self.workloads: list[Workload] = []
+        self.services: list[Service] = []
+        self.routes: list = []
+        self.policies: list = []
+        self.waypoints = [Waypoint(name=WP_NAME, namespace=WP_NS, waypoint_for="service")]
+        self._vip = random.randint(1, 200)
+        self._generation = 1
+
+    def service(self, name: str, backends, *, port: int = 8080, protocol: str = "TCP",
+                waypoint: bool = True, healthy: bool = True) -> Service:
+        self._vip += 1
+        host = f"{name}.{self.ns}.svc.cluster.local"
+        key = f"{self.ns}/{host}"
+        uids = []
+        for i, b in enumerate(backends):
+            uid = f"Kubernetes//Pod/{self.ns}/{name}-{i}"
+            uids.append(uid)
+            self.workloads.append(Workload(
+                uid=uid, name=f"{name}-{i}", namespace=self.ns, ips=(b.host,),
+                protocol=protocol, services={key: {port: b.port}},
+                status="HEALTHY" if healthy else "UNHEALTHY",
+                labels={"app": name, "version": getattr(b, "name", "v1")}))
+        svc = Service(name=name, namespace=self.ns, hostname=host,
+                      vips=(f"10.96.{self._vip // 250}.{self._vip % 250 + 1}",),
+                      ports=(ServicePort(port=port, target_port=port, name="http"),),
+                      endpoints=tuple(sorted(uids)),
+                      waypoint=WaypointRef(namespace=WP_NS, name=WP_NAME) if waypoint else None)
+        self.services.append(svc)
+        return svc
+
+    def route(self, r) -> None:
+        self.routes.append(r)
+
+    def policy(self, p) -> None:
+        self.policies.append(p)
+
+    def view(self) -> StaticView:
+        self._generation += 1
+        return StaticView(workloads=self.workloads, services=self.services,
+                          policies=self.policies, waypoints=self.waypoints,
+                          routes=self.routes, generation=self._generation)
+
+
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A bound, non-listening SO_REUSEPORT socket: its port is ours until
+    closed, and a listener may bind it too (only the listener accepts)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, 0))
+    return s
+
+
+class _ViewBox:
+    """Lets a test replace the view under a running app (a new generation)."""
+
+    def __init__(self, view) -> None:
+        self.view = view
+
+    def __getattr__(self, name):
+        return getattr(self.view, name)
+
+
+class RunningWaypoint:
+    def __init__(self, app, box, plaintext_port, hbone_port) -> None:
+        self.app, self.box = app, box
+        self.plaintext_port, self.hbone_port = plaintext_port, hbone_port
+
+    def set_view(self, view) -> None:
+        self.box.view = view
+
+
+@contextlib.asynccontextmanager
+async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir: str | None = None,
+                           upstream_plaintext: bool = True, metrics=None, **opts):
+    from shards.app import WorkerContext
+    from waypoint.app import WaypointApp, WaypointOptions
+    reserved = []
+    pport = hport = 0
+    if plaintext:
+        s = reserve_port()
+        reserved.append(s)
+        pport = s.getsockname()[1]
+    if hbone_cert_dir:
+        s = reserve_port()
+        reserved.append(s)
+        hport = s.getsockname()[1]
+    options = WaypointOptions(name=WP_NAME, namespace=WP_NS, bind="127.0.0.1",
+                              hbone_port=hport, plaintext_port=pport, cert_dir=hbone_cert_dir,
+                              upstream_plaintext=upstream_plaintext, **opts)
+    if metrics is None:
+        import core.metrics
+        metrics = core.metrics.istio()
+    box = _ViewBox(mesh.view())
+    ctx = WorkerContext(worker_id=0, routing=box, sockets=DefaultSocketFactory(),
+                        drain=DrainWatcher(), metrics=metrics,
+                        log=logging.getLogger("shoal.test.waypoint"))
+    app = WaypointApp(options)
+    await app.start(ctx)
+    try:
+        yield RunningWaypoint(app, box, pport, hport)
+    finally:
+        for lst in ctx.listeners:
+            close = getattr(lst, "close", None)
+            if close is not None:
+                res = close()
+                if hasattr(res, "__await__"):
+                    await res
+        await app.drain(__import__("asyncio").get_running_loop().time() + 1.0)
+        for s in reserved:
+            s.close()
+
+
+def loopback_ip() -> str:
+    """A distinct 127/8 address per backend (every test process its own /16)."""
+    loopback_ip.n = getattr(loopback_ip, "n", 0) + 1
+    base = 20 + os.getpid() % 200
+    return f"127.{base}.{loopback_ip.n // 250}.{loopback_ip.n % 250 + 1}"

@@ -1,0 +1,252 @@
+"""Two ztunnel "nodes" on loopback, a real CA, real apps: the integration rig.
+
+Every workload IP is a unique 127.x.y.z address (loopback accepts all of
+127/8), so tests running in parallel never collide; every port is free-picked.
+Outbound capture uses the TEST-ONLY fixed-target listeners of `ztunnel run`
+(one listener per original destination), since REDIRECT needs a netns; the
+client binds its workload IP as source address so the ztunnel knows who it is.
+
+    mesh = Mesh(tmp_path, workers=2)
+    mesh.pod("client", node="node-a", sa="sleep")
+    mesh.pod("echo-1", node="node-b", app="echo", port=8080)
+    mesh.service("echo", vip="10.96.0.10", port=80, target=8080)
+    mesh.start()                      # CA, ztunnels, apps
+    port = mesh.outbound("node-a", "10.96.0.10", 80)   # where the client connects
+    with mesh.connect("client", "10.96.0.10", 80) as s: ...
+    mesh.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.helpers.ztunnel_peers import Proc, free_port, python_app, wait_port
+
+SHOAL = [sys.executable, "-m", "core.cli"]
+ROOT = str(Path(__file__).resolve().parents[2])
+START_TIMEOUT = 30.0
+
+
+def unique_prefix() -> str:
+    """127.A.B. with A, B from the pid and randomness (never 127.0.0.x)."""
+    rnd = random.Random(os.getpid() ^ time.monotonic_ns())
+    return f"127.{rnd.randint(100, 250)}.{rnd.randint(1, 250)}."
+
+
+@dataclass
+class PodSpec:
+    name: str
+    node: str
+    ip: str
+    sa: str
+    labels: dict
+    port: int | None        # app port (None: a client only)
+    namespace: str = "default"
+
+
+@dataclass
+class Node:
+    name: str
+    proxy_ip: str
+    admin: int
+    metrics: int
+    readiness: int
+    cred: Path
+    fixed: dict = field(default_factory=dict)     # (ip, port) -> listen port
+    proc: Proc | None = None
+
+
+class Mesh:
+    def __init__(self, tmp: Path, *, workers: int = 1, nodes=("node-a", "node-b")) -> None:
+        self.tmp = Path(tmp)
+        self.workers = workers
+        self.prefix = unique_prefix()
+        self.config = self.tmp / "config"
+        self.config.mkdir(parents=True, exist_ok=True)
+        self.logs = self.tmp / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.hbone_port = free_port()
+        self.pods: dict[str, PodSpec] = {}
+        self.services: list[dict] = []
+        self.policies: dict[str, dict] = {}
+        self._next_ip = 1
+        self.nodes = {n: Node(name=n, proxy_ip=self._ip(), admin=free_port(),
+                              metrics=free_port(), readiness=free_port(),
+                              cred=self.tmp / f"cred-{n}") for n in nodes}
+        self.apps: dict[str, Proc] = {}
+        self.ca: Proc | None = None
+        self.ca_port = 0
+
+    def _ip(self) -> str:
+        ip = f"{self.prefix}{self._next_ip}"
+        self._next_ip += 1
+        return ip
+
+    # -- config -----------------------------------------------------------
+    def pod(self, name: str, *, node: str, sa: str | None = None, app: str | None = None,
+            port: int | None = None, namespace: str = "default", labels=None) -> PodSpec:
+        lab = {"app": app or name, **(labels or {})}
+        spec = PodSpec(name=name, node=node, ip=self._ip(), sa=sa or name, labels=lab,
+                       port=port, namespace=namespace)
+        self.pods[name] = spec
+        return spec
+
+    def service(self, name: str, *, vip: str, port: int, target: int | str, app: str,
+                namespace: str = "default") -> None:
+        self.services.append({"apiVersion": "v1", "kind": "Service",
+                              "metadata": {"name": name, "namespace": namespace},
+                              "spec": {"clusterIP": vip, "selector": {"app": app},
+                                       "ports": [{"name": "tcp", "port": port,
+                                                  "targetPort": target}]}})
+
+    def policy(self, doc: dict) -> None:
+        self.policies[doc["metadata"]["name"]] = doc
+
+    def write_config(self) -> None:
+        docs = [{"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}}}
+                for ns in sorted({p.namespace for p in self.pods.values()})]
+        for p in self.pods.values():
+            ports = [{"name": "tcp", "containerPort": p.port}] if p.port else []
+            docs.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": p.name, "namespace": p.namespace,
+                                      "labels": p.labels},
+                         "spec": {"nodeName": p.node, "serviceAccountName": p.sa,
+                                  "containers": [{"name": "app", "ports": ports}]},
+                         "status": {"podIP": p.ip, "phase": "Running"}})
+        docs += self.services
+        self._write("mesh.yaml", docs)
+        self._write("policies.yaml", list(self.policies.values()))
+
+    def _write(self, name: str, docs: list) -> None:
+        tmp = self.config / f".{name}.tmp"
+        tmp.write_text(yaml.safe_dump_all(docs) if docs else "")
+        os.replace(tmp, self.config / name)
+
+    def apply_policies(self) -> None:
+        """Rewrite the policy file (the ztunnels' watchers pick it up)."""
+        self._write("policies.yaml", list(self.policies.values()))
+
+    # -- processes -----------------------------------------------------------
+    def fix(self, node: str, ip: str, port: int) -> int:
+        """Declare (before start) an outbound fixed-target listener on `node`."""
+        n = self.nodes[node]
+        if (ip, port) not in n.fixed:
+            n.fixed[(ip, port)] = free_port()
+        return n.fixed[(ip, port)]
+
+    def start(self) -> None:
+        self.write_config()
+        state = self.tmp / "ca-state"
+        port_file = self.tmp / "ca.port"
+        self.ca = Proc("controlplane", [*SHOAL, "controlplane", "run", "--port", "0",
+                                        "--host", "127.0.0.1", "--state-dir", str(state),
+                                        "--config", str(self.config),
+                                        "--port-file", str(port_file)], self.logs, cwd=ROOT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_file.exists():
+            if self.ca.p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"control plane did not start:\n{self.ca.tail()}")
+            time.sleep(0.05)
+        self.ca_port = int(port_file.read_text())
+        for n in self.nodes.values():
+            import subprocess
+            subprocess.run([*SHOAL, "controlplane", "issue-node-cert", "--state-dir", str(state),
+                            "--node", n.name, "--out", str(n.cred)], check=True, cwd=ROOT,
+                           capture_output=True, timeout=30)
+        for p in self.pods.values():
+            if p.port:
+                self.apps[p.name] = python_app(p.name, f"{p.ip}:{p.port}", self.logs)
+        for n in self.nodes.values():
+            self.start_node(n.name)
+        for n in self.nodes.values():
+            self.wait_ready(n.name)
+
+    def start_node(self, name: str) -> None:
+        n = self.nodes[name]
+        cmd = [*SHOAL, "ztunnel", "run", "--node", n.name, "--config", str(self.config),
+               "--ca-address", f"127.0.0.1:{self.ca_port}", "--ca-credential", str(n.cred),
+               "--listen", n.proxy_ip, "--hbone-port", str(self.hbone_port),
+               "--outbound-port", str(free_port()), "--inbound-port", str(free_port()),
+               "--admin-port", str(n.admin), "--metrics-port", str(n.metrics),
+               "--readiness-port", str(n.readiness), "--workers", str(self.workers),
+               "--drain-timeout", "1"]
+        for (ip, port), lport in n.fixed.items():
+            cmd += ["--test-fixed-target", f"outbound:{lport}={ip}:{port}"]
+        n.proc = Proc(f"ztunnel-{n.name}", cmd, self.logs, cwd=ROOT)
+
+    def wait_ready(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        n = self.nodes[name]
+        url = f"http://127.0.0.1:{n.readiness}/healthz/ready"
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if n.proc.p.poll() is not None:
+                raise RuntimeError(f"ztunnel {name} exited:\n{n.proc.tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise TimeoutError(f"ztunnel {name} not ready ({last}):\n{n.proc.tail()}")
+
+    def stop(self) -> None:
+        for n in self.nodes.values():
+            if n.proc:
+                n.proc.stop()
+        for p in self.apps.values():
+            p.stop()
+        if self.ca:
+            self.ca.stop()
+
+    # -- clients ---------------------------------------------------------------
+    def connect(self, client: str, ip: str, port: int, timeout: float = 10) -> socket.socket:
+        """A TCP connection from pod `client` to ip:port, through its ztunnel."""
+        pod = self.pods[client]
+        n = self.nodes[pod.node]
+        lport = n.fixed[(ip, port)]
+        s = socket.socket()
+        s.settimeout(timeout)
+        s.bind((pod.ip, 0))
+        s.connect((n.proxy_ip, lport))
+        return s
+
+    def curl_args(self, client: str, ip: str, port: int) -> list[str]:
+        pod = self.pods[client]
+        n = self.nodes[pod.node]
+        return ["curl", "-sS", "--max-time", "10", "--interface", pod.ip,
+                f"http://{n.proxy_ip}:{n.fixed[(ip, port)]}/"]
+
+    def metrics(self, node: str) -> str:
+        url = f"http://127.0.0.1:{self.nodes[node].metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+
+    def config_dump(self, node: str) -> dict:
+        import orjson
+        url = f"http://127.0.0.1:{self.nodes[node].admin}/config_dump"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return orjson.loads(r.read())
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus series whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        body, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in body for k, v in labels.items()):
+            total += float(value)
+    return total

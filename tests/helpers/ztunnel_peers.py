@@ -1,0 +1,180 @@
+"""Real peer programs for ztunnel tests and benchmarks: processes, ports, peers.
+
+- `Proc`: a subprocess with a log file, stopped (TERM, then KILL) on `stop()`.
+- `free_port()`, `wait_port()`: ports are never fixed (tests run in parallel).
+- iperf3 server/client, a haproxy pair (plaintext, two hops) and a stunnel
+  pair (mutual TLS 1.3, two hops): the peers load_ztunnel.py compares with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers.pki import TestPKI, write_pem
+
+PROC_STOP_TIMEOUT = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0, proc: "Proc | None" = None) -> None:
+    """Poll until something accepts on host:port (raise with the log if not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.p.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited {proc.p.returncode}:\n{proc.tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s"
+                       + (f"\n{proc.tail()}" if proc else ""))
+
+
+class Proc:
+    def __init__(self, name: str, cmd: list[str], logdir: Path, env: dict | None = None,
+                 cwd: str | None = None) -> None:
+        self.name = name
+        self.log_path = Path(logdir) / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, **(env or {})}
+        self.p = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                  cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(PROC_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(PROC_STOP_TIMEOUT)
+        self._log.close()
+
+
+def python_app(name: str, bind: str, logdir: Path) -> Proc:
+    """The test app of tests/helpers/ztunnel_apps.py on `bind` (ip:port)."""
+    root = str(Path(__file__).resolve().parents[2])
+    proc = Proc(name, [sys.executable, "-m", "tests.helpers.ztunnel_apps", "serve",
+                       "--bind", bind, "--name", name], logdir, cwd=root)
+    host, port = bind.rsplit(":", 1)
+    wait_port(host, int(port), proc=proc)
+    return proc
+
+
+def iperf3_server(host: str, port: int, logdir: Path) -> Proc:
+    proc = Proc(f"iperf3-{port}", ["iperf3", "-s", "-B", host, "-p", str(port)], logdir)
+    wait_port(host, port, proc=proc)
+    return proc
+
+
+def iperf3_run(host: str, port: int, seconds: float = 3, *, reverse: bool = False,
+               bind: str | None = None, parallel: int = 1) -> float:
+    """One iperf3 client run; returns receiver Gbit/s."""
+    cmd = ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J", "-P", str(parallel)]
+    if reverse:
+        cmd.append("-R")
+    if bind:
+        cmd += ["-B", bind]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def haproxy_pair(front: int, mid: int, backend: tuple[str, int], logdir: Path) -> list[Proc]:
+    """Two chained haproxy TCP proxies: front -> mid -> backend (plaintext, two hops)."""
+    cfg = Path(logdir) / "haproxy.cfg"
+    cfg.write_text(f"""global
+  maxconn 5000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend a
+  bind 127.0.0.1:{front}
+  default_backend to_b
+backend to_b
+  server b 127.0.0.1:{mid}
+frontend b
+  bind 127.0.0.1:{mid}
+  default_backend app
+backend app
+  server app {backend[0]}:{backend[1]}
+""")
+    # One process per hop, like two nodes.
+    procs = []
+    for name, keep in (("haproxy-a", "a"), ("haproxy-b", "b")):
+        text = cfg.read_text()
+        part = Path(logdir) / f"{name}.cfg"
+        if keep == "a":
+            part.write_text(text.split("frontend b")[0])
+        else:
+            head = text.split("frontend a")[0]
+            part.write_text(head + "frontend b" + text.split("frontend b")[1])
+        procs.append(Proc(name, ["haproxy", "-f", str(part), "-db"], logdir))
+    wait_port("127.0.0.1", front, proc=procs[0])
+    wait_port("127.0.0.1", mid, proc=procs[1])
+    return procs
+
+
+def stunnel_pair(front: int, mid: int, backend: tuple[str, int], logdir: Path) -> list[Proc]:
+    """Two stunnels with mutual TLS 1.3 between them (like two ztunnels, no HTTP/2)."""
+    pki = TestPKI()
+    c = write_pem(pki.issue("spiffe://cluster.local/ns/bench/sa/client"), logdir, "st-client")
+    s = write_pem(pki.issue("spiffe://cluster.local/ns/bench/sa/server"), logdir, "st-server")
+    common = "foreground = yes\npid =\nsyslog = no\ndebug = 3\n"
+    client = Path(logdir) / "stunnel-client.conf"
+    client.write_text(common + f"""[c]
+client = yes
+accept = 127.0.0.1:{front}
+connect = 127.0.0.1:{mid}
+cert = {c.cert}
+key = {c.key}
+CAfile = {c.ca}
+verifyChain = yes
+sslVersionMin = TLSv1.3
+""")
+    server = Path(logdir) / "stunnel-server.conf"
+    server.write_text(common + f"""[s]
+accept = 127.0.0.1:{mid}
+connect = {backend[0]}:{backend[1]}
+cert = {s.cert}
+key = {s.key}
+CAfile = {s.ca}
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+""")
+    procs = [Proc("stunnel-server", ["stunnel4", str(server)], logdir),
+             Proc("stunnel-client", ["stunnel4", str(client)], logdir)]
+    wait_port("127.0.0.1", mid, proc=procs[0])
+    wait_port("127.0.0.1", front, proc=procs[1])
+    return procs

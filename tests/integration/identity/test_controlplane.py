@@ -1,0 +1,207 @@
+"""`shoal controlplane` as real processes: node credentials, node-scoped signing, rotation."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from core.identity.caclient import CaClient, CaError, load_credential
+from core.identity.certs import csr_pem, make_csr
+from core.identity.manager import CertManager
+from core.identity.spiffe import Identity, identity_of_cert
+from tests.helpers.pki import TestPKI
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+REVIEWS = Identity.parse("spiffe://cluster.local/ns/bookinfo/sa/reviews")
+RATINGS = Identity.parse("spiffe://cluster.local/ns/bookinfo/sa/ratings")
+WAYPOINT = Identity.parse("spiffe://cluster.local/ns/bookinfo/sa/waypoint")
+
+PODS = """
+apiVersion: v1
+kind: Namespace
+metadata: {{name: bookinfo, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reviews-1, namespace: bookinfo, labels: {{app: reviews}}}}
+spec:
+  nodeName: node-1
+  serviceAccountName: reviews
+  containers: [{{name: app, image: x}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ratings-1, namespace: bookinfo, labels: {{app: ratings}}}}
+spec:
+  nodeName: {ratings_node}
+  serviceAccountName: ratings
+  containers: [{{name: app, image: x}}]
+"""
+
+
+def shoal(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[3], **kw)
+
+
+async def wait_for(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def cp(tmp_path):
+    state, config = tmp_path / "state", tmp_path / "config"
+    config.mkdir()
+    (config / "pods.yaml").write_text(PODS.format(ratings_node="node-2"))
+    for args in (["--node", "node-1", "--out", str(tmp_path / "node-1")],
+                 ["--waypoint", "bookinfo/waypoint", "--out", str(tmp_path / "waypoint")]):
+        out = shoal("controlplane", "issue-node-cert", "--state-dir", str(state), *args)
+        assert out.returncode == 0, out.stderr
+    port_file = tmp_path / "port"
+    log = open(tmp_path / "cp.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "controlplane", "run", "--port", "0",
+                             "--host", "127.0.0.1", "--state-dir", str(state), "--config", str(config),
+                             "--port-file", str(port_file)], stderr=log,
+                            cwd=Path(__file__).resolve().parents[3])
+    deadline = time.monotonic() + 20
+    while not port_file.exists():
+        assert proc.poll() is None, (tmp_path / "cp.log").read_text()
+        assert time.monotonic() < deadline, "controlplane did not start"
+        time.sleep(0.05)
+    yield {"port": int(port_file.read_text()), "dir": tmp_path, "state": state, "config": config,
+           "proc": proc, "log": tmp_path / "cp.log"}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def log_lines(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.startswith(b"{")]
+
+
+def test_issue_node_cert_writes_a_credential_with_a_private_key_file(cp):
+    d = cp["dir"] / "node-1"
+    assert sorted(os.listdir(d)) == ["cert-chain.pem", "key.pem", "root-cert.pem"]
+    assert oct((d / "key.pem").stat().st_mode & 0o777) == "0o600"
+    cred = load_credential(d)
+    assert cred.identity.uri == "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+    assert cred.leaf.subject.rfc4514_string() == "CN=node:node-1"
+
+
+async def test_node_gets_identities_of_its_pods_only(cp):
+    client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+    key, csr = make_csr(REVIEWS)
+    resp = await client.sign(REVIEWS, csr_pem(csr))
+    assert identity_of_cert(resp.cert_chain[0]) == REVIEWS
+    resp.cert_chain[0].verify_directly_issued_by(resp.trust_bundle[0])
+    with pytest.raises(CaError) as e:
+        await client.sign(RATINGS, csr_pem(make_csr(RATINGS)[1]))
+    assert e.value.status == 403 and e.value.code == "not_on_node"
+    assert "node node-1 has no pod running as " + RATINGS.uri in str(e.value)
+    # the refusal is logged as JSON with the reason
+    refusals = await wait_for(lambda: [l for l in log_lines(cp["log"]) if l.get("status") == 403],
+                              what="403 log line")
+    assert refusals[0]["code"] == "not_on_node" and refusals[0]["caller"] == "node:node-1"
+    assert refusals[0]["identity"] == RATINGS.uri
+
+
+async def test_csr_for_another_identity_than_requested_is_refused(cp):
+    client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+    with pytest.raises(CaError) as e:
+        await client.sign(REVIEWS, csr_pem(make_csr(RATINGS)[1]))
+    assert e.value.status == 400 and e.value.code == "csr_identity_mismatch"
+
+
+async def test_config_change_is_picked_up(cp):
+    client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+    (cp["config"] / "pods.yaml").write_text(PODS.format(ratings_node="node-1"))
+
+    async def allowed():
+        try:
+            await client.sign(RATINGS, csr_pem(make_csr(RATINGS)[1]))
+            return True
+        except CaError as e:
+            assert e.code == "not_on_node"
+            return False
+
+    await wait_for(allowed, what="ratings allowed on node-1")
+
+
+async def test_waypoint_credential_gets_only_its_own_identity(cp):
+    client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "waypoint")
+    resp = await client.sign(WAYPOINT, csr_pem(make_csr(WAYPOINT)[1]))
+    assert identity_of_cert(resp.cert_chain[0]) == WAYPOINT
+    with pytest.raises(CaError) as e:
+        await client.sign(REVIEWS, csr_pem(make_csr(REVIEWS)[1]))
+    assert e.value.status == 403 and e.value.code == "not_waypoint_identity"
+
+
+async def test_a_workload_certificate_is_not_a_node_credential(cp):
+    node = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+    mgr = CertManager(node, node_name="node-1", background=False)
+    try:
+        workload = await mgr.fetch(REVIEWS)
+    finally:
+        await mgr.close()
+    with pytest.raises(CaError) as e:
+        await CaClient(("127.0.0.1", cp["port"]), workload).sign(REVIEWS, csr_pem(make_csr(REVIEWS)[1]))
+    assert e.value.status == 403 and e.value.code == "not_a_node_credential"
+
+
+async def test_a_credential_from_another_ca_cannot_connect(cp):
+    stranger = TestPKI().issue("spiffe://cluster.local/ns/istio-system/sa/ztunnel")
+    with pytest.raises(CaError) as e:
+        await CaClient(("127.0.0.1", cp["port"]), stranger, timeout=5).trust_bundle()
+    assert e.value.code in ("ca_unreachable", "ca_identity_mismatch")
+
+
+async def test_root_rotation_reaches_the_running_ca(cp):
+    client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+    assert len(await client.trust_bundle()) == 1
+    out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "add")
+    assert out.returncode == 0, out.stderr
+    bundle = await wait_for(lambda: _bundle_if(client, 2), what="2 roots in the bundle")
+    out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "activate")
+    assert out.returncode == 0, out.stderr
+    client.update_roots(bundle)
+
+    async def signed_by_new_root():
+        resp = await client.sign(REVIEWS, csr_pem(make_csr(REVIEWS)[1]))
+        return resp.cert_chain[0].issuer == bundle[1].subject
+
+    await wait_for(signed_by_new_root, what="leaf signed by the new root")
+
+
+async def _bundle_if(client, n):
+    try:
+        bundle = await client.trust_bundle()
+    except CaError:
+        return None
+    return bundle if len(bundle) == n else None
+
+
+def test_cli_refuses_bad_options(tmp_path):
+    out = shoal("controlplane", "issue-node-cert", "--state-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert out.returncode != 0 and "exactly one of --node or --waypoint" in out.stderr
+    out = shoal("controlplane", "run", "--state-dir", str(tmp_path), "--cert-ttl", "200d")
+    assert out.returncode != 0 and "--cert-ttl" in out.stderr

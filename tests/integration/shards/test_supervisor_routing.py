@@ -1,0 +1,65 @@
+"""The supervisor with the real routing table and config watcher (--config)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+
+import pytest
+
+from shards import exitcodes
+from tests.helpers.shards_proc import Shards, alive, http, wait_for
+
+pytest.importorskip("routing.runtime")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+NAMESPACE = """apiVersion: v1
+kind: Namespace
+metadata:
+  name: {name}
+  labels:
+    istio.io/dataplane-mode: ambient
+"""
+
+
+def dump(s: Shards) -> dict:
+    status, body = http(s.admin, "/config_dump")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_watcher_restart_and_config_reaches_every_worker(tmp_path):
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "ns.yaml").write_text(NAMESPACE.format(name="alpha"))
+    s = Shards(workers=2, extra=["--config", str(cfg)], tmp=str(tmp_path))
+    try:
+        s.start()
+        assert http(s.readiness, "/healthz/ready") == (200, b"ready\n")
+        first = dump(s)["routing"]
+        assert first["generation"] >= 1
+        watcher = first["status"]["writer_pid"]
+        assert watcher in s.worker_pids()   # a child of the supervisor
+
+        # The watcher dies: workers keep routing, the supervisor restarts it.
+        os.kill(watcher, signal.SIGKILL)
+        assert dump(s)["routing"]["generation"] >= 1
+        wait_for(lambda: len(s.worker_pids() - {watcher}) == 3, 5, "a new watcher")
+
+        # A change in the directory reaches every worker.
+        (cfg / "ns2.yaml").write_text(NAMESPACE.format(name="beta"))
+
+        def everyone_sees_beta():
+            seen = {}
+            for _ in range(20):
+                d = dump(s)
+                names = {n.get("name") for n in d["routing"]["namespaces"]}
+                seen[d["worker"]["pid"]] = "beta" in names
+            return len(seen) == 2 and all(seen.values())
+        wait_for(everyone_sees_beta, 10, "both workers to see namespace beta")
+        assert s.stop() == exitcodes.OK
+        assert glob.glob(f"/dev/shm/shoal-*-{s.pid}-*") == []
+    finally:
+        s.kill_all()

@@ -1,0 +1,199 @@
+"""routing.compile: Istio ambient semantics, and the incremental compiler."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from core.model import ConfigError, Pod, load_dir, load_text
+from core.model.resources import Meta
+from routing.compile import compile_config
+from routing.incremental import IncrementalCompiler, full_keyspace
+from routing.records import WaypointRef
+from routing.view import StaticView
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_dir(FIXTURES / "mesh")
+
+
+@pytest.fixture(scope="module")
+def view(cfg):
+    return StaticView.from_records(compile_config(cfg))
+
+
+def wl(view, ns, name):
+    return view.workload_by_uid(f"Kubernetes//Pod/{ns}/{name}")
+
+
+def test_ambient_capture_from_namespace_and_pod_opt_out(view):
+    assert view.workload_by_ip("10.0.1.20").protocol == "HBONE"       # ns label
+    assert view.workload_by_ip("10.0.1.30").protocol == "TCP"         # pod label none
+    assert view.workload_by_ip("10.0.2.10").protocol == "TCP"         # ns not ambient
+
+
+def test_use_waypoint_inherited_and_opted_out(view):
+    web = view.workload_by_ip("10.0.1.10")
+    assert web.waypoint == WaypointRef(namespace="shop", name="shop-waypoint")
+    assert view.workload_by_ip("10.0.1.20").waypoint is None          # pod says none
+    assert view.service_by_host("shop", "web").waypoint.name == "shop-waypoint"
+    assert view.service_by_host("shop", "db").waypoint is None        # service says none
+    assert wl(view, "shop", "shop-waypoint-0").waypoint is None       # waypoints skip themselves
+
+
+def test_waypoint_for_service_only(view):
+    web_svc = view.service_by_vip("10.96.0.10")
+    assert view.waypoint_for_service(web_svc).name == "shop-waypoint"
+    assert view.waypoint_for_workload(view.workload_by_ip("10.0.1.10")) is None
+
+
+def test_deployment_replicas_and_canonical_names(view):
+    web = view.workload_by_ip("10.0.1.11")
+    assert web.name.startswith("web-") and web.workload_name == "web"
+    assert web.workload_type == "deployment"
+    assert (web.canonical_name, web.canonical_revision) == ("web", "v2")
+    db = view.workload_by_ip("10.0.1.20")
+    assert (db.canonical_name, db.canonical_revision) == ("database", "latest")
+    assert db.uid == "Kubernetes//Pod/shop/db"
+    assert db.identity == "spiffe://cluster.local/ns/shop/sa/db"
+
+
+def test_named_target_port_resolved_per_endpoint(view):
+    web = view.workload_by_ip("10.0.1.10")
+    assert web.services["shop/web.shop.svc.cluster.local"] == {80: 8080, 9090: 9090}
+    svc = view.service_by_host("shop", "web.shop.svc.cluster.local")
+    assert svc.ports[0].target_port == 0 and svc.ports[0].target_port_name == "http-web"
+    assert sorted(w.ips[0] for w in view.endpoints(svc)) == ["10.0.1.10", "10.0.1.11"]
+
+
+def test_service_lookup_forms(view):
+    for ns, host in [("shop", "web"), ("x", "web.shop"), ("x", "web.shop.svc"),
+                     ("x", "web.shop.svc.cluster.local")]:
+        assert view.service_by_host(ns, host).name == "web", host
+
+
+def test_policy_scopes(view):
+    pols = {p.name: p.scope for p in view.items("policy")}
+    assert pols == {"deny-blocked": "GLOBAL", "ns-allow": "NAMESPACE",
+                    "db-allow-web": "WORKLOAD_SELECTOR", "web-get-only": "TARGET_REF"}
+    db = view.workload_by_ip("10.0.1.20")
+    assert db.authorization_policies == ("shop/db-allow-web",)
+    assert [p.name for p in view.policies_for_workload(db)] == ["deny-blocked", "ns-allow",
+                                                                "db-allow-web"]
+    old = view.workload_by_ip("10.0.2.10")
+    assert [p.name for p in view.policies_for_workload(old)] == ["deny-blocked"]
+    assert [p.name for p in view.policies_for_target("Service", "shop", "web")] == ["web-get-only"]
+
+
+def test_gateway_becomes_waypoint_and_service(view):
+    wp = view.waypoint(WaypointRef(namespace="shop", name="shop-waypoint"))
+    assert wp.service == "shop/shop-waypoint.shop.svc.cluster.local"
+    assert wp.identity == "spiffe://cluster.local/ns/shop/sa/shop-waypoint"
+    svc = view.service_by_vip("10.96.0.99")
+    assert svc.ports[0].port == 15008
+    assert [w.name for w in view.endpoints(svc)] == ["shop-waypoint-0"]
+
+
+def test_routes_for_service_and_waypoint(view):
+    assert [r.name for r in view.routes_for_service("shop", "web")] == ["web-split"]
+    wp = view.waypoint(WaypointRef(namespace="shop", name="shop-waypoint"))
+    assert [r.name for r in view.routes_for_waypoint(wp)] == ["web-split"]
+
+
+def test_workloads_on_node(view):
+    assert sorted(w.name for w in view.workloads_on_node("node-b")) == ["db", "outsider"]
+
+
+def test_root_namespace_selector_policy_selects_all_namespaces():
+    cfg = load_text("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {tier: db}}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-db, namespace: istio-system}
+spec: {selector: {matchLabels: {tier: db}}, action: DENY}
+""")
+    v = StaticView.from_records(compile_config(cfg))
+    assert v.workload_by_ip("10.1.0.1").authorization_policies == ("istio-system/mesh-db",)
+
+
+def test_duplicate_pod_ip_refused():
+    cfg = load_text("""
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+status: {podIP: 10.1.0.1}
+""")
+    with pytest.raises(ConfigError) as info:
+        compile_config(cfg)
+    assert "10.1.0.1" in str(info.value)
+    with pytest.raises(ConfigError):
+        IncrementalCompiler().update(cfg)
+
+
+def test_extra_pods_give_replicas_their_ips(cfg):
+    from core.model import Deployment, replica_pods
+    (d,) = cfg.of(Deployment)
+    pods = replica_pods(d)
+    extra = [dataclasses.replace(pods[0], ips=("10.0.1.77",))]
+    v = StaticView.from_records(compile_config(cfg, extra_pods=extra))
+    assert v.workload_by_ip("10.0.1.77").name == pods[0].meta.name
+    assert v.workload_by_ip("10.0.1.10") is None
+
+
+def _pod(name, ns, ip, labels):
+    return Pod(meta=Meta(kind="Pod", name=name, namespace=ns, labels=labels), ips=(ip,))
+
+
+def test_incremental_equals_full_and_is_scoped(cfg):
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    assert comp.keyspace == full_keyspace(compile_config(cfg))
+    noop = comp.update(cfg)
+    assert noop.empty
+    extra = _pod("new", "legacy", "10.0.2.11", {"app": "old"})
+    resources = [*cfg.resources, extra]
+    delta = comp.update(resources)
+    assert delta.namespaces == ("legacy",)
+    assert comp.keyspace == full_keyspace(compile_config(resources))
+    assert set(delta.changes) == {"w/Kubernetes//Pod/legacy/new", "s/legacy/old.legacy.svc.cluster.local",
+                                  "i/ip//10.0.2.11"}
+    delta = comp.update(cfg)                    # removal
+    assert delta.changes["w/Kubernetes//Pod/legacy/new"] is None
+    assert comp.keyspace == full_keyspace(compile_config(cfg))
+
+
+def test_incremental_failure_keeps_state(cfg):
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    before = dict(comp.keyspace)
+    clash = _pod("clash", "legacy", "10.0.2.10", {})
+    with pytest.raises(ConfigError):
+        comp.update([*cfg.resources, clash])
+    assert comp.keyspace == before
+    assert comp.update(cfg).empty
+
+
+def test_incremental_route_follows_service_waypoint(cfg):
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    changed = []
+    for r in cfg.resources:
+        if r.meta.kind == "Service" and r.meta.name == "web":
+            meta = dataclasses.replace(r.meta, labels={"istio.io/use-waypoint": "none"})
+            r = dataclasses.replace(r, meta=meta)
+        changed.append(r)
+    delta = comp.update(changed)
+    assert delta.changes["i/rwp/shop/shop-waypoint"] is None
+    assert comp.keyspace == full_keyspace(compile_config(changed))

@@ -1,0 +1,42 @@
+"""shards.options: validation and the shared click flags."""
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from shards.options import SupervisorOptions, supervisor_options
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"workers": -1}, "--workers"), ({"workers": 10_000}, "--workers"),
+    ({"drain_timeout": -1}, "--drain-timeout"), ({"worker_timeout": 0.5}, "--worker-timeout"),
+    ({"admin_port": 70000}, "--admin-port"), ({"log_level": "loud"}, "--log-level"),
+])
+def test_bad_values_are_refused_with_the_flag_name(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SupervisorOptions(**kw)
+
+
+def test_worker_count_defaults_to_cpus():
+    import os
+    assert SupervisorOptions().worker_count == (os.cpu_count() or 1)
+    assert SupervisorOptions(workers=3).worker_count == 3
+
+
+def test_decorator_builds_options_and_keeps_app_flags():
+    got = {}
+
+    @click.command()
+    @supervisor_options
+    @click.option("--node-name", default="n")
+    def run(supervisor, node_name):
+        got.update(supervisor=supervisor, node_name=node_name)
+    r = CliRunner().invoke(run, ["--workers", "3", "--drain-timeout", "2", "--node-name", "x",
+                                 "--admin-port", "0", "--config", "/tmp"])
+    assert r.exit_code == 0, r.output
+    assert got["node_name"] == "x"
+    assert got["supervisor"] == SupervisorOptions(workers=3, drain_timeout=2.0, admin_port=0,
+                                                  config="/tmp")
+    r = CliRunner().invoke(run, ["--workers", "-2"])
+    assert r.exit_code == 2 and "--workers" in r.output
+    assert "--worker-timeout" in CliRunner().invoke(run, ["--help"]).output

@@ -1,0 +1,215 @@
+"""The waypoint as a shards app: `shoal waypoint run --name NAME --namespace NS`.
+
+Per worker (post-fork): an HBONE server on :15008 (SO_REUSEPORT, shared by
+every worker) whose CONNECTs are checked against the routing table (the
+`:authority` must be a service or workload that uses this waypoint) and
+served as HTTP by `waypoint.server`; upstream requests leave as new HBONE
+tunnels to the chosen pod's :15008 (pooled), or plaintext to pods outside
+the mesh.
+
+TEST / benchmark mode: `--plaintext-port` adds a plain HTTP listener whose
+requests name their destination in the Host header (a service name or VIP);
+`--upstream-plaintext` sends upstream requests as plain TCP to podIP:port.
+Both exist so the L7 path can be measured and tested without TLS; they are
+off by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from core import log as core_log
+from core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from core.pipe import TcpEnd
+from routing.records import WaypointRef, spiffe_id
+from shards.app import App
+from waypoint.destination import NotForUs, resolve
+from waypoint.lb import MODES, ROUND_ROBIN
+from waypoint.proxy import Downstream, Proxy
+from waypoint.server import serve_stream
+from waypoint.telemetry import Telemetry
+from waypoint.upstream import H1Pool, HboneConnector, TcpConnector
+
+LOG = core_log.get("waypoint")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaypointOptions:
+    """Validated options (plain values: they cross the fork)."""
+    name: str
+    namespace: str
+    bind: str = "0.0.0.0"
+    hbone_port: int = HBONE_PORT           # 0 disables
+    plaintext_port: int = 0                # TEST/bench plain HTTP listener; 0 disables
+    upstream_plaintext: bool = False       # TEST/bench: no HBONE to endpoints
+    cert_dir: str | None = None            # key.pem, cert-chain.pem, root-cert.pem
+    ca_address: str = f"127.0.0.1:{CA_PORT}"
+    ca_credential_dir: str | None = None
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    service_account: str = ""              # default: the Gateway name, as istiod does
+    lb_mode: str = ROUND_ROBIN
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.namespace:
+            raise ValueError("--name and --namespace are required: the waypoint Gateway's "
+                             "name and namespace")
+        for flag in ("hbone_port", "plaintext_port"):
+            if not 0 <= getattr(self, flag) <= 65535:
+                raise ValueError(f"--{flag.replace('_', '-')} must be a TCP port (0 disables)")
+        if not self.hbone_port and not self.plaintext_port:
+            raise ValueError("nothing to serve: --hbone-port and --plaintext-port are both 0")
+        if self.lb_mode not in MODES:
+            raise ValueError(f"--lb-mode must be one of {', '.join(MODES)}")
+        if self.hbone_port and not (self.cert_dir or self.ca_credential_dir):
+            raise ValueError("HBONE needs a certificate: give --cert-dir (the waypoint's "
+                             "credential) or --ca-credential-dir (to ask the CA), or use "
+                             "--hbone-port 0 with --plaintext-port for a test listener")
+
+    @property
+    def identity(self) -> str:
+        return spiffe_id(self.trust_domain, self.namespace, self.service_account or self.name)
+
+
+class WaypointApp(App):
+    name = "waypoint"
+
+    def __init__(self, options: WaypointOptions) -> None:
+        super().__init__(options)
+        self.ref = WaypointRef(namespace=options.namespace, name=options.name)
+        self.proxy: Proxy | None = None
+        self.hbone = None
+        self.certs = None
+        self.cert = None
+        self._tasks: set[asyncio.Task] = set()
+        self._socks: list[socket.socket] = []
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self, ctx) -> None:
+        o: WaypointOptions = self.options
+        self.ctx = ctx
+        telemetry = Telemetry(ctx.metrics, access_log=o.access_log)
+        plain = TcpConnector(sockets=ctx.sockets)
+        connector = plain
+        if o.hbone_port:
+            await self._load_cert()
+            if not o.upstream_plaintext:
+                from core.hbone.pool import HbonePool
+                pool = HbonePool(lambda _src: self._client_context(), log=LOG)
+                connector = HboneConnector(pool, o.identity, plaintext=plain)
+        self.proxy = Proxy(view=ctx.routing, waypoint=self.ref, pool=H1Pool(connector),
+                           telemetry=telemetry, lb_mode=o.lb_mode, rng=random.Random(),
+                           namespace=o.namespace)
+        if o.hbone_port:
+            await self._listen_hbone()
+        if o.plaintext_port:
+            ctx.serve(o.bind, o.plaintext_port, self._plain_protocol, name="http-plaintext")
+        LOG.info("waypoint worker serving", extra={"fields": {
+            "waypoint": self.ref.key, "worker": ctx.worker_id, "hbone_port": o.hbone_port,
+            "plaintext_port": o.plaintext_port, "identity": o.identity}})
+
+    async def drain(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        grace = max(deadline - loop.time(), 0.0)
+        if self.hbone is not None:
+            await self.hbone.close(grace)
+        for sock in self._socks:
+            sock.close()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        if self.proxy is not None:
+            await self.proxy.close()
+
+    def ready(self) -> bool:
+        return self.proxy is not None
+
+    def admin_sections(self) -> dict[str, Callable[[], object]]:
+        def section() -> dict:
+            view = self.ctx.routing
+            wp = view.waypoint(self.ref)
+            return {"waypoint": self.ref.key, "known": wp is not None,
+                    "identity": self.options.identity,
+                    "routes": [r.key for r in view.routes_for_waypoint(wp)] if wp else [],
+                    "idle_upstream_connections": self.proxy.pool.idle_count() if self.proxy else 0}
+        return {"waypoint": section}
+
+    # -- certificates ----------------------------------------------------------
+    async def _load_cert(self) -> None:
+        o: WaypointOptions = self.options
+        if o.cert_dir:
+            from core.identity.caclient import load_credential
+            self.cert = load_credential(o.cert_dir)
+            return
+        from core.identity import CertManager
+        from core.identity.caclient import CaClient
+        host, _, port = o.ca_address.rpartition(":")
+        self.certs = CertManager(CaClient.from_dir((host, int(port)), o.ca_credential_dir),
+                                 node_name=o.name)
+        self.cert = await self.certs.fetch(o.identity)
+
+    def _current_cert(self):
+        if self.certs is not None:
+            return self.certs.get(self.options.identity) or self.cert
+        return self.cert
+
+    def _client_context(self):
+        from core.identity.tls import client_context
+        return client_context(self._current_cert())
+
+    def _server_context(self):
+        from core.identity.tls import server_context
+        return server_context(self._current_cert())
+
+    # -- listeners ---------------------------------------------------------------
+    async def _listen_hbone(self) -> None:
+        from core.hbone.server import HboneServer
+        o: WaypointOptions = self.options
+        self.hbone = HboneServer(self._on_connect, log=LOG)
+        sock = self.ctx.sockets.listen(o.bind, o.hbone_port)
+        self._socks.append(sock)
+        await self.hbone.listen(None, None, self._server_context(),
+                                trust_domain=self.cert.trust_domain, sock=sock)
+
+    async def _on_connect(self, req):
+        from core.hbone.server import Accept, Reject
+        view = self.ctx.routing
+        try:
+            target = resolve(view, self.ref, req.host, req.port)
+        except NotForUs as e:
+            return Reject(e.status, e.reason)
+        fwd = req.forwarded_for
+        src_ip = _ip_of(fwd) if fwd else (req.peer_address[0] if req.peer_address else "")
+        down = Downstream(source_principal=str(req.peer_identity) if req.peer_identity else None,
+                          source_ip=src_ip, source_workload=view.workload_by_ip(src_ip),
+                          target=target)
+        proxy = self.proxy
+        return Accept(serve=lambda stream: serve_stream(stream, down, proxy))
+
+    def _plain_protocol(self) -> asyncio.Protocol:
+        return _PlainConnection(self)
+
+
+class _PlainConnection(TcpEnd):
+    """TEST/bench plaintext HTTP: destination from the Host header."""
+
+    def __init__(self, app: WaypointApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        down = Downstream(source_ip=peer[0])
+        task = asyncio.ensure_future(serve_stream(self, down, self.app.proxy))
+        self.app._tasks.add(task)
+        task.add_done_callback(self.app._tasks.discard)
+
+
+def _ip_of(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport[1:hostport.find("]")]
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport

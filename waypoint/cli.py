@@ -1,0 +1,50 @@
+"""`shoal waypoint ...`: run the L7 waypoint proxy under the shards supervisor."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shards.options import supervisor_options
+from waypoint.lb import MODES, ROUND_ROBIN
+
+
+@click.group()
+def waypoint() -> None:
+    """The L7 waypoint proxy (HTTPRoute, L7 AuthorizationPolicy, HTTP telemetry)."""
+
+
+@waypoint.command()
+@supervisor_options
+@click.option("--name", required=True, help="Name of the waypoint Gateway (gatewayClassName istio-waypoint).")
+@click.option("--namespace", required=True, help="Namespace of the waypoint Gateway.")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address of the data-plane listeners.")
+@click.option("--hbone-port", type=int, default=HBONE_PORT, show_default=True,
+              help="HBONE (mTLS HTTP/2 CONNECT) listener; 0 disables.")
+@click.option("--plaintext-port", type=int, default=0, show_default=True,
+              help="TEST/bench only: plain HTTP listener, destination from the Host header (0 disables).")
+@click.option("--upstream-plaintext", is_flag=True,
+              help="TEST/bench only: plain TCP to endpoints instead of HBONE.")
+@click.option("--cert-dir", type=click.Path(file_okay=False), default=None,
+              help="The waypoint's credential (key.pem, cert-chain.pem, root-cert.pem).")
+@click.option("--ca-address", default=f"127.0.0.1:{CA_PORT}", show_default=True,
+              help="CA to fetch the waypoint certificate from (with --ca-credential-dir).")
+@click.option("--ca-credential-dir", type=click.Path(file_okay=False), default=None,
+              help="Credential used to authenticate to the CA.")
+@click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
+@click.option("--service-account", default="", help="Identity of the replicas (default: --name).")
+@click.option("--lb-mode", type=click.Choice(MODES), default=ROUND_ROBIN, show_default=True,
+              help="Endpoint load balancing.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One JSON line per request on the shoal.access logger.")
+def run(supervisor, **flags) -> None:
+    """Run a waypoint: N workers sharing :15008 (SO_REUSEPORT)."""
+    from shards.runner import run_app
+    from waypoint.app import WaypointApp, WaypointOptions
+    try:
+        options = WaypointOptions(**flags)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    sys.exit(run_app(lambda: WaypointApp(options), supervisor))

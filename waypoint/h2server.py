@@ -1,0 +1,259 @@
+"""HTTP/2 (prior knowledge) server adapter on `h2`.
+
+Each HTTP/2 stream becomes one `Proxy.handle` call, running concurrently;
+upstream requests are HTTP/1.1 (see docs/waypoint.md). Flow control bounds
+memory: request DATA is acknowledged only when the proxy reads it, and
+response DATA waits for the client's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from core.pipe import READ_SIZE
+from waypoint.http1 import RequestReceived
+from waypoint.message import RequestHead
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Per-stream receive window: Envoy's default initial_stream_window_size is
+# 256 KiB (Istio keeps it); enough for typical request bodies in one RTT.
+STREAM_WINDOW = 256 * 1024
+# Connection window: Envoy's default initial_connection_window_size (1 MiB).
+CONNECTION_WINDOW = 1024 * 1024
+# Concurrent streams per client connection (Envoy's default is 2^31-1; we
+# bound it since every stream is a task with buffers).
+MAX_CONCURRENT_STREAMS = 128
+# Connection-specific headers forbidden in HTTP/2 (RFC 9113 8.2.2).
+_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "upgrade"})
+
+
+def is_preface(data: bytes) -> bool:
+    return data[:24] == PREFACE
+
+
+class _Conn:
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        cfg = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                        validate_inbound_headers=True)
+        self.h2 = h2.connection.H2Connection(cfg)
+        self.windows: dict[int, asyncio.Event] = {}
+        self.bodies: dict[int, "_Body"] = {}
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.dead = False
+
+    async def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.dead:
+            try:
+                await self.stream.write(data)
+            except Exception:
+                self.dead = True
+
+
+class _Body:
+    def __init__(self, conn: _Conn, sid: int) -> None:
+        self.conn, self.sid = conn, sid
+        self.chunks: asyncio.Queue = asyncio.Queue()
+
+    async def read(self) -> bytes:
+        item = await self.chunks.get()
+        if item is None:
+            return b""
+        if isinstance(item, Exception):
+            raise item
+        data, flow = item
+        if flow:
+            try:
+                self.conn.h2.acknowledge_received_data(flow, self.sid)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            await self.conn.flush()
+        return data
+
+
+class _Sink:
+    def __init__(self, conn: _Conn, sid: int) -> None:
+        self.conn, self.sid = conn, sid
+        self.started = False
+        self.ended = False
+
+    async def informational(self, status: int, headers) -> None:
+        return None
+
+    async def start(self, status: int, headers, *, content_length, reason="", no_body=False):
+        self.started = True
+        hdrs = [(b":status", str(status).encode())]
+        hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                 if k.lower() not in _FORBIDDEN]
+        self.conn.h2.send_headers(self.sid, hdrs, end_stream=no_body)
+        self.ended = no_body
+        await self.conn.flush()
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        c = self.conn
+        while view:
+            if c.dead:
+                raise ConnectionResetError("client connection closed")
+            try:
+                window = min(c.h2.local_flow_control_window(self.sid),
+                             c.h2.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                raise ConnectionResetError("client reset the stream") from None
+            if window <= 0:
+                ev = c.windows.setdefault(self.sid, asyncio.Event())
+                ev.clear()
+                await ev.wait()
+                continue
+            c.h2.send_data(self.sid, view[:window].tobytes())
+            view = view[window:]
+            await c.flush()
+
+    async def finish(self) -> None:
+        if not self.ended:
+            self.ended = True
+            try:
+                self.conn.h2.end_stream(self.sid)
+            except h2.exceptions.StreamClosedError:
+                return
+            await self.conn.flush()
+
+    async def local(self, status: int, body: bytes, extra) -> bool:
+        if self.started:
+            self.abort()
+            return False
+        headers = [("content-length", str(len(body)))] + list(extra)
+        if body:
+            headers.insert(0, ("content-type", "text/plain"))
+        await self.start(status, headers, content_length=len(body), no_body=not body)
+        if body:
+            await self.send(body)
+            await self.finish()
+        return True
+
+    def abort(self) -> None:
+        try:
+            self.conn.h2.reset_stream(self.sid, ErrorCodes.INTERNAL_ERROR)
+        except h2.exceptions.StreamClosedError:
+            pass
+
+    async def tunnel(self, upstream, first):
+        raise ConnectionResetError("protocol upgrade is not supported over HTTP/2")
+
+
+def _request(ev: h2.events.RequestReceived) -> RequestReceived:
+    pseudo: dict[bytes, bytes] = {}
+    headers = []
+    clen = None
+    for k, v in ev.headers:
+        if k.startswith(b":"):
+            pseudo[k] = v
+            continue
+        name, value = k.decode("latin-1"), v.decode("latin-1")
+        if name == "content-length" and value.isdigit():
+            clen = int(value)
+        headers.append((name, value))
+    authority = pseudo.get(b":authority", b"").decode("latin-1")
+    if authority and not any(k == "host" for k, _ in headers):
+        headers.insert(0, ("host", authority))
+    head = RequestHead(method=pseudo.get(b":method", b"GET").decode("latin-1"),
+                       target=pseudo.get(b":path", b"/").decode("latin-1"), headers=headers,
+                       scheme=pseudo.get(b":scheme", b"http").decode("latin-1"),
+                       authority=authority)
+    ended = ev.stream_ended is not None
+    return RequestReceived(head=head, http_version="2", keep_alive=True, upgrade=False,
+                           chunked=not ended and clen is None,
+                           content_length=0 if ended else clen)
+
+
+async def serve(stream, first: bytes, down, proxy) -> None:
+    """Serve one HTTP/2 prior-knowledge connection whose first bytes are `first`."""
+    c = _Conn(stream)
+    c.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+    c.h2.initiate_connection()
+    c.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+    data = first
+    try:
+        while data:
+            try:
+                events = c.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                await c.flush()
+                break
+            for ev in events:
+                _dispatch(c, ev, down, proxy)
+            await c.flush()
+            try:
+                data = await stream.read(READ_SIZE)
+            except Exception:
+                data = b""
+    finally:
+        c.dead = True
+        for t in c.tasks.values():
+            t.cancel()
+        for b in c.bodies.values():
+            b.chunks.put_nowait(ConnectionResetError("client connection closed"))
+        try:
+            stream.close()
+        except Exception:
+            pass
+
+
+def _dispatch(c: _Conn, ev, down, proxy) -> None:
+    if isinstance(ev, h2.events.RequestReceived):
+        sid = ev.stream_id
+        body = c.bodies[sid] = _Body(c, sid)
+        task = asyncio.ensure_future(_run(c, sid, down, proxy, _request(ev), body))
+        c.tasks[sid] = task
+    elif isinstance(ev, h2.events.DataReceived):
+        body = c.bodies.get(ev.stream_id)
+        if body is not None:
+            body.chunks.put_nowait((ev.data, ev.flow_controlled_length))
+        else:
+            c.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+    elif isinstance(ev, h2.events.StreamEnded):
+        body = c.bodies.get(ev.stream_id)
+        if body is not None:
+            body.chunks.put_nowait(None)
+    elif isinstance(ev, h2.events.StreamReset):
+        task = c.tasks.pop(ev.stream_id, None)
+        if task is not None:
+            task.cancel()
+    elif isinstance(ev, h2.events.WindowUpdated):
+        if ev.stream_id == 0:
+            for e in c.windows.values():
+                e.set()
+        elif ev.stream_id in c.windows:
+            c.windows[ev.stream_id].set()
+    elif isinstance(ev, h2.events.RemoteSettingsChanged):
+        for e in c.windows.values():
+            e.set()
+    elif isinstance(ev, h2.events.ConnectionTerminated):
+        c.dead = True
+
+
+async def _run(c: _Conn, sid: int, down, proxy, req: RequestReceived, body: _Body) -> None:
+    sink = _Sink(c, sid)
+    try:
+        await proxy.handle(down, req, body, sink)
+        await sink.finish()
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        sink.abort()
+        await c.flush()
+    finally:
+        c.bodies.pop(sid, None)
+        c.tasks.pop(sid, None)
+        c.windows.pop(sid, None)

@@ -1,0 +1,244 @@
+"""HTTPRoute matching and selection with Gateway API precedence (pure).
+
+Gateway API v1 (apis/v1/httproute_types.go, "HTTPRouteRule" and
+"HTTPRouteMatch" docs), across every rule of every route attached to the
+destination:
+
+1. hostname: the most characters in a matching non-wildcard hostname, then
+   the most characters in a matching hostname (a route without hostnames
+   matches every host and is the least specific);
+2. an Exact path match, then the longest PathPrefix match, then
+   RegularExpression (implementation-specific; we rank it last, as Envoy
+   does for Istio);
+3. a method match; 4. the most header matches; 5. the most query-param
+   matches;
+6. the oldest route (`creation_index`), then "{namespace}/{name}" in
+   alphabetical order; 7. within a route, the first matching rule (and the
+   first matching match of that rule).
+
+`RouteTable.select` returns the winning (route, rule, match) or None, in
+which case the waypoint forwards to the original service.
+
+Matching details:
+- PathPrefix is element-wise: "/foo" matches "/foo", "/foo/" and "/foo/bar"
+  but not "/foobar"; a trailing "/" in the prefix is ignored.
+- RegularExpression (path, header, query) must match the whole value (RE2
+  full-match semantics, as in Envoy's safe_regex).
+- Header names are case-insensitive; several values are joined with ",".
+- Query parameter names are case-sensitive; only the first value counts.
+- Hostnames: "*.example.com" matches any host with that suffix and at least
+  one more label, not "example.com"; a port in the Host is ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import random as _random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from routing.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
+
+# Sort key ranks (smaller first).
+_EXACT, _PREFIX, _REGEX = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteInput:
+    """The parts of a request routes look at."""
+    method: str
+    path: str                      # without query
+    query: str = ""                # raw query string, no "?"
+    host: str = ""                 # Host / :authority, port allowed
+    headers: Mapping[str, str] = None  # lower-case name -> joined value
+
+    def header(self, name: str) -> str | None:
+        return (self.headers or {}).get(name.lower())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selected:
+    route: HTTPRoute
+    rule: RouteRule
+    rule_index: int
+    match: RouteMatch
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: tuple
+    route: HTTPRoute
+    rule: RouteRule
+    rule_index: int
+    match: RouteMatch
+
+
+class RouteTable:
+    """The routes of one destination, pre-sorted by precedence.
+
+    Build once per routing generation (cheap) and call `select` per request.
+    """
+
+    __slots__ = ("_entries", "_routes")
+
+    def __init__(self, routes: Sequence[HTTPRoute]):
+        entries: list[_Entry] = []
+        for route in routes:
+            for ri, rule in enumerate(route.rules):
+                for mi, m in enumerate(rule.matches or (RouteMatch(),)):
+                    entries.append(_Entry(_match_key(m, route, ri, mi), route, rule, ri, m))
+        entries.sort(key=lambda e: e.key)
+        self._entries = tuple(entries)
+        self._routes = tuple(routes)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def select(self, req: RouteInput) -> Selected | None:
+        """The highest-precedence matching rule, None when nothing matches."""
+        host = _strip_port(req.host).lower()
+        scores: dict[str, tuple[int, int] | None] = {}
+        best: tuple[tuple[int, int], _Entry] | None = None
+        for e in self._entries:
+            key = e.route.key
+            if key not in scores:
+                scores[key] = hostname_score(e.route.hostnames, host)
+            score = scores[key]
+            if score is None or (best is not None and score <= best[0]):
+                continue   # entries are sorted: an equal score seen earlier wins
+            if match_matches(e.match, req):
+                best = (score, e)
+        if best is None:
+            return None
+        e = best[1]
+        return Selected(route=e.route, rule=e.rule, rule_index=e.rule_index, match=e.match)
+
+
+def _match_key(m: RouteMatch, route: HTTPRoute, rule_index: int, match_index: int) -> tuple:
+    p = m.path
+    if p.type == "Exact":
+        path_rank = (_EXACT, 0)
+    elif p.type == "PathPrefix":
+        path_rank = (_PREFIX, -len(p.value.rstrip("/") or "/"))
+    else:
+        path_rank = (_REGEX, -len(p.value))
+    return (path_rank, 0 if m.method else 1, -len(m.headers), -len(m.query_params),
+            route.creation_index, route.key, rule_index, match_index)
+
+
+# --------------------------------------------------------------------------
+# matching
+
+def hostname_score(hostnames: Sequence[str], host: str) -> tuple[int, int] | None:
+    """Specificity of the best route hostname matching `host` (lower-case,
+    no port): (non-wildcard chars, chars); (0, 0) for a route without
+    hostnames; None when none matches."""
+    if not hostnames:
+        return (0, 0)
+    best = None
+    for h in hostnames:
+        h = h.lower()
+        if h.startswith("*."):
+            ok = host.endswith(h[1:]) and len(host) > len(h) - 1
+            score = (0, len(h))
+        else:
+            ok = host == h
+            score = (len(h), len(h))
+        if ok and (best is None or score > best):
+            best = score
+    return best
+
+
+def match_matches(m: RouteMatch, req: RouteInput) -> bool:
+    """All conditions of one HTTPRouteMatch (AND)."""
+    if m.method and m.method != req.method:
+        return False
+    if not path_matches(m.path.type, m.path.value, req.path):
+        return False
+    for h in m.headers:
+        actual = req.header(h.name)
+        if actual is None or not _value_matches(h.type, h.value, actual):
+            return False
+    if m.query_params:
+        params = _first_params(req.query)
+        for q in m.query_params:
+            actual = params.get(q.name)
+            if actual is None or not _value_matches(q.type, q.value, actual):
+                return False
+    return True
+
+
+def path_matches(kind: str, value: str, path: str) -> bool:
+    if kind == "Exact":
+        return path == value
+    if kind == "PathPrefix":
+        prefix = value.rstrip("/")
+        if not prefix:
+            return True
+        return path == prefix or path.startswith(prefix + "/")
+    if kind == "RegularExpression":
+        rx = _regex(value)
+        return rx is not None and rx.fullmatch(path) is not None
+    return False
+
+
+def _value_matches(kind: str, want: str, actual: str) -> bool:
+    if kind == "RegularExpression":
+        rx = _regex(want)
+        return rx is not None and rx.fullmatch(actual) is not None
+    return actual == want
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str) -> re.Pattern | None:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None   # the compiler should have refused it; never match
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_params(query: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        out.setdefault(k, v)
+    return out
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+# --------------------------------------------------------------------------
+# backends
+
+class NoBackend(Exception):
+    """Every backendRef has weight 0 (Gateway API: respond 500)."""
+    status_hint = 500
+
+
+def pick_backend(refs: Sequence[BackendRef], rng: _random.Random) -> BackendRef:
+    """Weighted choice among `refs` (weight 0 never chosen).
+
+    Raises:
+        NoBackend: when no ref has a positive weight.
+    """
+    if len(refs) == 1 and refs[0].weight > 0:
+        return refs[0]
+    total = sum(max(r.weight, 0) for r in refs)
+    if total <= 0:
+        raise NoBackend("all backendRefs have weight 0")
+    point = rng.random() * total
+    for r in refs:
+        w = max(r.weight, 0)
+        if point < w:
+            return r
+        point -= w
+    return next(r for r in reversed(refs) if r.weight > 0)   # float rounding

@@ -1,0 +1,218 @@
+"""Upstream connections: connectors (HBONE or plaintext) and an HTTP/1.1
+keep-alive pool, plus the errors Envoy users know.
+
+Invariants (pool):
+- A connection is reused only after its previous response was read to the
+  end and both sides said keep-alive; it holds no unread bytes then.
+- At most `MAX_IDLE_PER_ENDPOINT` idle connections per endpoint; extra ones
+  are closed, and idle ones older than `IDLE_TIMEOUT` are dropped on use.
+- A reused connection that fails before any response byte arrives is
+  replaced once by a fresh one without counting as a retry (the server may
+  have closed it while idle; every HTTP client does this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from core.constants import HBONE_PORT
+from core.pipe import TcpEnd
+from waypoint.destination import Endpoint
+
+# Idle upstream connections kept per endpoint: enough for a burst of
+# concurrent requests on one worker without reconnecting.
+MAX_IDLE_PER_ENDPOINT = 64
+# Envoy's default idle_timeout for upstream HTTP connections is 1 h; pods
+# (and the ztunnel/HBONE in between) close idle keep-alives much sooner,
+# so we drop ours after 60 s to avoid racing their close.
+IDLE_TIMEOUT = 60.0
+# Connect timeout: Istio's default connectTimeout for clusters is 10 s.
+CONNECT_TIMEOUT = 10.0
+
+RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+class UpstreamError(Exception):
+    """A request could not get a response from upstream.
+
+    Attributes: status (what the client gets), flags (Envoy response flag),
+    body (Envoy's text), retriable (a retry may help).
+    """
+    status = 502
+    flags = "UC"
+    retriable = True
+
+    def __init__(self, detail: str = ""):
+        super().__init__(detail or self.body)
+        self.detail = detail
+
+    @property
+    def body(self) -> str:
+        return RESET_BEFORE_HEADERS + "connection termination"
+
+
+class ConnectFailed(UpstreamError):
+    status = 503
+    flags = "UF"
+
+    @property
+    def body(self) -> str:
+        return RESET_BEFORE_HEADERS + "connection failure"
+
+
+class UpstreamReset(UpstreamError):
+    status = 502
+    flags = "UC"
+
+
+class UpstreamProtocolError(UpstreamError):
+    status = 502
+    flags = "UPE"
+    retriable = False
+
+    @property
+    def body(self) -> str:
+        return RESET_BEFORE_HEADERS + "protocol error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    flags = "UT"
+    retriable = False
+
+    @property
+    def body(self) -> str:
+        return "upstream request timeout"
+
+
+# --------------------------------------------------------------------------
+# connectors
+
+class TcpConnector:
+    """Plaintext TCP to ip:port (endpoints outside the mesh, test mode)."""
+
+    def __init__(self, sockets=None, timeout: float = CONNECT_TIMEOUT):
+        self.sockets = sockets
+        self.timeout = timeout
+
+    async def open(self, ep: Endpoint, *, source_ip: str = "", host: str = ""):
+        loop = asyncio.get_running_loop()
+        try:
+            if self.sockets is not None:
+                sock = await self.sockets.connect(ep.ip, ep.port, timeout=self.timeout)
+                _, proto = await loop.create_connection(TcpEnd, sock=sock)
+            else:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(TcpEnd, ep.ip, ep.port), self.timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ConnectFailed(f"connect to {ep.key}: {e}") from None
+        return proto
+
+
+class HboneConnector:
+    """HBONE to the pod's ztunnel: CONNECT podIP:targetPort via podIP:15008.
+
+    Falls back to plaintext for endpoints not in the mesh, as Istio's
+    waypoint does for non-ambient pods.
+    """
+
+    def __init__(self, pool, identity, plaintext: TcpConnector | None = None):
+        self.pool = pool
+        self.identity = identity
+        self.plaintext = plaintext or TcpConnector()
+
+    async def open(self, ep: Endpoint, *, source_ip: str = "", host: str = ""):
+        if not ep.hbone:
+            return await self.plaintext.open(ep, source_ip=source_ip)
+        from core.hbone import HboneError
+        try:
+            return await self.pool.open(
+                src=self.identity, dst_identities=(ep.workload.identity,),
+                address=(ep.ip, HBONE_PORT), authority=ep.key,
+                forwarded_for=(source_ip, 0) if source_ip else None, host=host or None)
+        except HboneError as e:
+            raise ConnectFailed(f"HBONE to {ep.key}: {e.reason}") from None
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ConnectFailed(f"HBONE to {ep.key}: {e}") from None
+
+
+# --------------------------------------------------------------------------
+# keep-alive pool
+
+@dataclass(slots=True, eq=False)
+class UpstreamConn:
+    stream: object                 # core.pipe endpoint (TcpEnd, HboneStream)
+    endpoint: Endpoint
+    reused: bool = False
+    idle_since: float = 0.0
+    requests: int = 0
+
+
+@dataclass(slots=True)
+class H1Pool:
+    connector: object
+    clock: object = time.monotonic
+    _idle: dict = field(default_factory=dict)
+
+    async def acquire(self, ep: Endpoint, *, source_ip: str = "", host: str = "",
+                      fresh: bool = False) -> UpstreamConn:
+        if not fresh:
+            idle = self._idle.get(ep.key)
+            now = self.clock()
+            while idle:
+                conn = idle.pop()
+                if now - conn.idle_since < IDLE_TIMEOUT and not _at_eof(conn.stream):
+                    conn.reused = True
+                    return conn
+                _close(conn.stream)
+        stream = await self.connector.open(ep, source_ip=source_ip, host=host)
+        return UpstreamConn(stream=stream, endpoint=ep)
+
+    def release(self, conn: UpstreamConn, reusable: bool) -> None:
+        if not reusable:
+            _close(conn.stream)
+            return
+        conn.requests += 1
+        conn.idle_since = self.clock()
+        idle = self._idle.setdefault(conn.endpoint.key, deque())
+        if len(idle) >= MAX_IDLE_PER_ENDPOINT:
+            _close(conn.stream)
+            return
+        idle.append(conn)
+
+    def discard(self, conn: UpstreamConn) -> None:
+        _abort(conn.stream)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                _close(conn.stream)
+        self._idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+
+def _at_eof(stream) -> bool:
+    at = getattr(stream, "at_eof", None)
+    if isinstance(at, bool):
+        return at
+    eof = getattr(stream, "_eof", False)
+    return bool(eof) and not getattr(stream, "_chunks", None)
+
+
+def _close(stream) -> None:
+    try:
+        stream.close()
+    except Exception:   # closing a dead stream must not fail a request
+        pass
+
+
+def _abort(stream) -> None:
+    try:
+        stream.abort()
+    except Exception:
+        _close(stream)

@@ -1,0 +1,176 @@
+"""ZtunnelApp: the ztunnel as a shards app (one instance per worker process).
+
+Fork contract: `__init__` (supervisor, pre-fork) keeps the validated options
+only; `start` (worker, post-fork) builds the CA client, the certificate
+manager and the proxies, and opens the listeners.
+
+- dedicated mode: one `Proxy` in this netns, scope = every workload of the
+  node; HBONE listeners per local workload IP.
+- in-pod mode: the node agent hands each enrolled pod's netns over ZDS;
+  every worker opens that pod's 15001/15006/15008 inside it (SO_REUSEPORT,
+  mark 0x539) on AddWorkload and closes them on DelWorkload.
+
+A task polls the routing generation: on a change each proxy reconciles its
+listeners and certificates and re-checks live inbound connections against
+the new policies (closing those now denied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Callable
+
+from core import log as shoal_log
+from core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
+from shards.app import App
+from ztunnel import dump
+from ztunnel.options import DEDICATED, ZtunnelOptions
+from ztunnel.proxy import Proxy, Scope, Shared
+
+LOG = shoal_log.get("ztunnel")
+
+# How often a worker looks at the routing generation. The read is one shared
+# memory load; 100 ms bounds how long a now-denied connection lives on.
+GENERATION_POLL_INTERVAL = 0.1
+
+
+class ZtunnelApp(App):
+    name = "ztunnel"
+
+    def __init__(self, options: ZtunnelOptions) -> None:
+        super().__init__(options)
+        self.ctx = None
+        self.certs = None
+        self.proxies: dict[str, Proxy] = {}     # "" (dedicated) or pod uid -> proxy
+        self._netns_fds: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._zds = None
+        self._kept: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self, ctx) -> None:
+        self.ctx = ctx
+        o: ZtunnelOptions = self.options
+        self.certs = make_cert_manager(o)
+        ctx.metrics.set_build("ztunnel")
+        self.shared = Shared(options=o, view=lambda: ctx.routing, certs=self.certs,
+                             metrics=ctx.metrics)
+        if o.mode == DEDICATED:
+            sockets = ctx.socket_factory(DefaultSocketFactory(PROXY_SOCKET_OPTIONS))
+            proxy = Proxy(self.shared, sockets, Scope(node=o.node),
+                          fixed_targets=o.fixed_targets, bind=o.bind)
+            await proxy.start()
+            self.proxies[""] = proxy
+        else:
+            from cni.inpod import InPodClient
+            self._zds = InPodClient(o.zds_socket, self._on_zds)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._zds.run()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_generation()))
+        LOG.info("ztunnel worker serving", extra={"fields": {
+            "node": o.node, "mode": o.mode, "worker": ctx.worker_id}})
+
+    async def drain(self, deadline: float) -> None:
+        if self._zds is not None:
+            self._zds.stop()
+        for proxy in self.proxies.values():
+            proxy.close_listeners()
+        grace = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(p.close(grace) for p in self.proxies.values()),
+                             return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        if self.certs is not None:
+            await self.certs.close()
+
+    def ready(self) -> bool:
+        """Ready once every local workload has its certificate (config is
+        checked by the admin server: generation > 0)."""
+        if self.options.mode != DEDICATED and (self._zds is None or not self._zds.connected.is_set()):
+            return False
+        return all(p.ready() for p in self.proxies.values())
+
+    def admin_sections(self) -> dict[str, Callable[[], object]]:
+        view = lambda: self.ctx.routing  # noqa: E731
+        return {
+            "workloads": lambda: dump.records(view(), "workload"),
+            "services": lambda: dump.records(view(), "service"),
+            "policies": lambda: dump.records(view(), "authorization"),
+            "waypoints": lambda: dump.records(view(), "waypoint"),
+            "certificates": lambda: self.certs.admin_section()["certificates"],
+            "connections": lambda: {uid or "node": {"inbound": p.connections.snapshot(),
+                                                    "pool": p.pool.stats()}
+                                    for uid, p in self.proxies.items()},
+            "ztunnel": lambda: {"node": self.options.node, "mode": self.options.mode,
+                                "proxies": sorted(uid or "node" for uid in self.proxies)},
+        }
+
+    async def _watch_generation(self) -> None:
+        seen = -1
+        while True:
+            gen = self.ctx.routing.generation
+            if gen != seen:
+                seen = gen
+                for proxy in list(self.proxies.values()):
+                    try:
+                        proxy.reconcile()
+                    except Exception:
+                        LOG.exception("reconcile failed")
+            await asyncio.sleep(GENERATION_POLL_INTERVAL)
+
+    # -- in-pod mode ---------------------------------------------------------------
+    async def _on_zds(self, event: Any) -> None:
+        from cni.inpod import SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
+        if isinstance(event, WorkloadAdded):
+            await self._add_pod(event.uid, event.netns_fd)
+        elif isinstance(event, WorkloadDeleted):
+            await self._del_pod(event.uid)
+        elif isinstance(event, WorkloadKept):
+            self._kept.add(event.uid)
+        elif isinstance(event, SnapshotDone):
+            for uid in set(self.proxies) - self._kept - {""}:
+                await self._del_pod(uid)
+            self._kept = set()
+
+    async def _add_pod(self, uid: str, netns_fd: int) -> None:
+        from ztunnel.podsockets import PodSocketFactory
+        self._kept = self._kept | {uid}
+        if uid in self.proxies:
+            return
+        fd = os.dup(netns_fd)
+        sockets = self.ctx.socket_factory(PodSocketFactory(fd, uid))
+        proxy = Proxy(self.shared, sockets, Scope(node=self.options.node, pod_uid=uid),
+                      bind="0.0.0.0")
+        try:
+            await proxy.start()
+        except BaseException:
+            proxy.close_listeners()
+            os.close(fd)
+            raise
+        self.proxies[uid] = proxy
+        self._netns_fds[uid] = fd
+        LOG.info("pod enrolled", extra={"fields": {"uid": uid, "worker": self.ctx.worker_id}})
+
+    async def _del_pod(self, uid: str) -> None:
+        proxy = self.proxies.pop(uid, None)
+        if proxy is None:
+            return
+        proxy.close_listeners()
+        await proxy.close(grace=1.0)
+        fd = self._netns_fds.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+        LOG.info("pod removed", extra={"fields": {"uid": uid, "worker": self.ctx.worker_id}})
+
+
+def make_cert_manager(o: ZtunnelOptions):
+    """The CA client (node credential) and the certificate manager."""
+    from core.identity import CertManager
+    from core.identity.caclient import CaClient
+    if not o.ca_credential_dir:
+        raise ValueError("--ca-credential is required: the node credential directory "
+                         "(shoal controlplane issue-node-cert --node NODE --out DIR)")
+    host, _, port = o.ca_address.rpartition(":")
+    ca = CaClient.from_dir((host, int(port)), o.ca_credential_dir)
+    return CertManager(ca, node_name=o.node)

@@ -1,0 +1,210 @@
+"""Inbound decisions (15008 HBONE, 15006 plaintext): accept, and where to.
+
+Pure logic, no I/O. It follows Istio ztunnel's `proxy/inbound.rs` and
+`inbound_passthrough.rs` (reference sections 2-4):
+
+- HBONE: the CONNECT `:authority` must be an `ip:port` whose IP is the
+  connection's destination IP (this workload), unless the local pod is the
+  waypoint of the target. A workload that has a waypoint accepts traffic
+  only from that waypoint. The source identity (from the client
+  certificate) is authorized against the destination's L4 policies.
+  Malformed: 400; denied: 401; unknown workload: 503 (the adapter answers
+  503 too when the app is unreachable).
+- Plaintext (15006): authorized with no source identity.
+
+Authorization itself is `core.authz.evaluate(policies, request, layer="L4")`
+with Istio's order; this module builds its inputs (`ConnInfo`) and keeps
+them so the connection manager can re-check live connections when
+policies change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from core.constants import PROXY_PORTS
+from routing.records import Workload
+from ztunnel.outbound import hostport, waypoint_replicas
+
+# HTTP statuses of the CONNECT response (Istio's).
+OK = 200
+BAD_REQUEST = 400
+UNAUTHORIZED = 401
+SERVICE_UNAVAILABLE = 503
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnInfo:
+    """The authorization inputs of one inbound connection (kept while it lives).
+
+    Attributes:
+        src_identity: the client's SPIFFE id; "" for plaintext.
+        src_ip, src_port: the client's address as seen by this proxy.
+        dst_ip, dst_port: the destination workload IP and target port.
+    """
+    src_identity: str
+    src_ip: str
+    src_port: int = 0
+    dst_ip: str
+    dst_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    """Connect to `upstream` and answer 200 once connected."""
+    upstream: tuple[str, int]
+    workload: Workload
+    conn: ConnInfo
+    via_waypoint_exception: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """Answer `status` (HBONE) or reset (plaintext), and log `reason`."""
+    status: int
+    reason: str
+    response_flag: str = "CONNECT"
+    policy: str = ""
+    workload: Workload | None = None
+
+
+Authorizer = Callable[[Any, Workload, ConnInfo], tuple[bool, str, str]]
+
+
+def parse_authority(authority: str) -> tuple[str, int] | None:
+    """`ip:port` or `[v6]:port` -> (ip, port); None when malformed."""
+    host, sep, port_s = authority.rpartition(":")
+    if not sep or not port_s.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    port = int(port_s)
+    if not 0 < port < 65536:
+        return None
+    return host, port
+
+
+def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, str, str]:
+    """Authorize `conn` against the destination's L4 policies.
+
+    Returns:
+        (allowed, reason, policy key or "").
+    """
+    from ztunnel import authz_adapter  # late: core.authz is another package
+    return authz_adapter.evaluate_l4(view.policies_for_workload(workload), conn)
+
+
+def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
+                 src_addr: tuple[str, int], authorize: Authorizer = authorize_l4,
+                 proxy_ports: frozenset[int] = PROXY_PORTS) -> Accepted | Rejected:
+    """Decide one HBONE CONNECT arriving on 15008.
+
+    Args:
+        view: the routing view.
+        authority: the CONNECT `:authority`.
+        local_ip: the destination IP of the TLS connection (which workload's
+            15008 it reached).
+        src_identity: SPIFFE id of the verified client certificate.
+        src_addr: the peer address of the TLS connection.
+        authorize: the L4 authorizer (injected for tests).
+    """
+    target = parse_authority(authority)
+    if target is None:
+        return Rejected(status=BAD_REQUEST, reason=f"malformed :authority {authority!r}: "
+                        "expected ip:port")
+    ip, port = target
+    if port in proxy_ports:
+        return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
+                        "a proxy port (self call)")
+    local = view.workload_by_ip(local_ip)
+    waypoint_case = False
+    if ip != local_ip:
+        if local is None or not _local_is_waypoint_of(view, local, ip):
+            return Rejected(status=BAD_REQUEST, reason=f":authority {authority} does not name "
+                            f"this workload ({local_ip})")
+        waypoint_case = True
+        workload = local
+    else:
+        workload = local
+    if workload is None:
+        return Rejected(status=SERVICE_UNAVAILABLE, reason=f"unknown workload {local_ip}: "
+                        "not in the routing table (yet)")
+    conn = ConnInfo(src_identity=src_identity, src_ip=src_addr[0], src_port=src_addr[1],
+                    dst_ip=ip, dst_port=port)
+    if not waypoint_case:
+        rejected = _check_waypoint_bypass(view, workload, src_identity)
+        if rejected is not None:
+            return rejected
+    allowed, reason, policy = authorize(view, workload, conn)
+    if not allowed:
+        return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY",
+                        policy=policy, workload=workload)
+    return Accepted(upstream=(ip, port), workload=workload, conn=conn,
+                    via_waypoint_exception=waypoint_case)
+
+
+def decide_plaintext(view: Any, *, dst: tuple[str, int], src_addr: tuple[str, int],
+                     authorize: Authorizer = authorize_l4,
+                     proxy_ports: frozenset[int] = PROXY_PORTS) -> Accepted | Rejected:
+    """Decide one plaintext inbound connection (15006), with no identity."""
+    ip, port = dst
+    if port in proxy_ports:
+        return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
+                        "a proxy port (self call)")
+    workload = view.workload_by_ip(ip)
+    if workload is None:
+        return Rejected(status=SERVICE_UNAVAILABLE, reason=f"unknown workload {ip}")
+    conn = ConnInfo(src_identity="", src_ip=src_addr[0], src_port=src_addr[1],
+                    dst_ip=ip, dst_port=port)
+    rejected = _check_waypoint_bypass(view, workload, "")
+    if rejected is not None:
+        return rejected
+    allowed, reason, policy = authorize(view, workload, conn)
+    if not allowed:
+        return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY",
+                        policy=policy, workload=workload)
+    return Accepted(upstream=dst, workload=workload, conn=conn)
+
+
+def recheck(view: Any, workload_ip: str, conn: ConnInfo,
+            authorize: Authorizer = authorize_l4) -> Rejected | None:
+    """Re-authorize a live connection after a policy change (None: still allowed)."""
+    workload = view.workload_by_ip(workload_ip)
+    if workload is None:
+        return Rejected(status=SERVICE_UNAVAILABLE, reason=f"workload {workload_ip} "
+                        "left the routing table")
+    allowed, reason, policy = authorize(view, workload, conn)
+    if allowed:
+        return None
+    return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY", policy=policy,
+                    workload=workload)
+
+
+def _check_waypoint_bypass(view: Any, workload: Workload, src_identity: str) -> Rejected | None:
+    waypoint = view.waypoint_for_workload(workload)
+    if waypoint is None or src_identity == waypoint.identity:
+        return None
+    who = src_identity or "a plaintext client"
+    return Rejected(status=UNAUTHORIZED, response_flag="DENY", workload=workload,
+                    reason=f"{workload.namespace}/{workload.name} has waypoint {waypoint.key}: "
+                    f"traffic from {who} must come through it")
+
+
+def _local_is_waypoint_of(view: Any, local: Workload, target_ip: str) -> bool:
+    """Is the local pod a replica of the waypoint serving `target_ip`?"""
+    svc = view.service_by_vip(target_ip)
+    if svc is not None:
+        waypoint = view.waypoint_for_service(svc)
+    else:
+        target = view.workload_by_ip(target_ip)
+        waypoint = view.waypoint_for_workload(target) if target is not None else None
+    if waypoint is None:
+        return False
+    replicas = waypoint_replicas(view, waypoint) or []
+    return any(r.uid == local.uid for r in replicas)

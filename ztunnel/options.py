@@ -1,0 +1,90 @@
+"""`shoal ztunnel run` options: one validated, frozen dataclass."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+                            OUTBOUND_CAPTURE_PORT)
+
+DEDICATED = "dedicated"
+INPOD = "inpod"
+
+# Where the node agent's ZDS server listens (Istio's INPOD_UDS default).
+DEFAULT_ZDS_SOCKET = "/var/run/ztunnel/ztunnel.sock"
+
+OUTBOUND = "outbound"
+INBOUND_PLAINTEXT = "inbound-plaintext"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FixedTarget:
+    """TEST ONLY: a listener whose connections all have this original destination.
+
+    Real capture needs a REDIRECT rule in a netns (proved by the CNI e2e);
+    loopback integration tests instead open one listener per target.
+    """
+    kind: str                 # OUTBOUND | INBOUND_PLAINTEXT
+    port: int                 # listen port (on the proxy's bind address)
+    target: tuple[str, int]   # the original destination to assume
+
+    @classmethod
+    def parse(cls, spec: str) -> "FixedTarget":
+        """`outbound:LISTENPORT=IP:PORT` or `inbound-plaintext:LISTENPORT=IP:PORT`."""
+        try:
+            kind, rest = spec.split(":", 1)
+            lport, target = rest.split("=", 1)
+            ip, tport = target.rsplit(":", 1)
+            ipaddress.ip_address(ip.strip("[]"))
+            out = cls(kind=kind, port=int(lport), target=(ip.strip("[]"), int(tport)))
+        except ValueError as e:
+            raise ValueError(f"bad --test-fixed-target {spec!r}: expected "
+                             "outbound:LISTENPORT=IP:PORT ({e})") from None
+        if kind not in (OUTBOUND, INBOUND_PLAINTEXT):
+            raise ValueError(f"bad --test-fixed-target kind {kind!r}: "
+                             f"use {OUTBOUND} or {INBOUND_PLAINTEXT}")
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZtunnelOptions:
+    """Validated options (the fork contract: plain values only).
+
+    Attributes:
+        node: the node this proxy serves (its pods get certificates).
+        mode: "dedicated" (listeners in this netns) or "inpod" (per pod netns via ZDS).
+        ca_address: host:port of the control plane CA.
+        ca_credential_dir: where the node credential (node:<name>) is read from.
+        bind: address of the capture listeners in dedicated mode.
+        hbone_port / outbound_port / inbound_port: Istio's 15008/15001/15006.
+        fixed_targets: TEST ONLY listeners with a fixed original destination.
+    """
+    node: str
+    mode: str = DEDICATED
+    ca_address: str = f"127.0.0.1:{CA_PORT}"
+    ca_credential_dir: str | None = None
+    zds_socket: str = DEFAULT_ZDS_SOCKET
+    bind: str = "0.0.0.0"
+    hbone_port: int = HBONE_PORT
+    outbound_port: int = OUTBOUND_CAPTURE_PORT
+    inbound_port: int = INBOUND_PLAINTEXT_PORT
+    fixed_targets: tuple[FixedTarget, ...] = ()
+    trust_domain: str = "cluster.local"
+
+    def __post_init__(self) -> None:
+        if not self.node:
+            raise ValueError("--node is required: the name of the node this ztunnel serves")
+        if self.mode not in (DEDICATED, INPOD):
+            raise ValueError(f"--mode must be {DEDICATED} or {INPOD}, not {self.mode!r}")
+        for name in ("hbone_port", "outbound_port", "inbound_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be a TCP port")
+        host, sep, port = self.ca_address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"--ca-address {self.ca_address!r} must be host:port")
+
+    @property
+    def proxy_ports(self) -> frozenset[int]:
+        return frozenset({self.hbone_port, self.outbound_port, self.inbound_port,
+                          *(f.port for f in self.fixed_targets)})
