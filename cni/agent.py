@@ -123,7 +123,7 @@ class NodeAgent:
         self.opts = opts
         self.pods: dict[str, PodRecord] = {}     # by container id
         self.config = ConfigWatcher(opts.config_dir)
-        self.zds = ZdsServer(opts.zds_path, self._snapshot)
+        self.zds = ZdsServer(opts.zds_path, self._snapshot, on_change=self._save_state)
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -289,6 +289,9 @@ class NodeAgent:
                           "gc": self._gc}[req.cmd](req)
 
     async def _add(self, req: Request) -> Reply:
+        # The pod may be newer than our last poll: decide on the current config.
+        if self.config.poll():
+            self._log.info("config reloaded")
         ns = req.pod_namespace or "default"
         name = req.pod_name or req.container_id[:12]
         facts = self.config.view.facts(ns, name)

@@ -107,9 +107,11 @@ class _Conn:
 class ZdsServer:
     """asyncio ZDS server. `snapshot()` lists the pods a new ztunnel must get."""
 
-    def __init__(self, path: str, snapshot: Callable[[], list[PodEntry]]) -> None:
+    def __init__(self, path: str, snapshot: Callable[[], list[PodEntry]],
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.path = path
         self._snapshot = snapshot
+        self._on_change = on_change      # a ztunnel came or went
         self._conns: list[_Conn] = []
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
@@ -170,6 +172,7 @@ class ZdsServer:
             await self._send_snapshot(conn)
             conn.ready.set()
             self.connected.set()
+            self._on_change()
             self._log.info("ztunnel connected", extra={"fields": {"version": hello.version,
                                                                    "ztunnels": self.ztunnels}})
             await reader
@@ -189,6 +192,7 @@ class ZdsServer:
             conn.close()
         if not self.ztunnels:
             self.connected.clear()
+        self._on_change()
 
     async def _send_snapshot(self, conn: _Conn) -> None:
         for pod in self._snapshot():

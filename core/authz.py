@@ -151,8 +151,10 @@ def evaluate(policies: Iterable[Authorization], request: Request, layer: str = L
 def policy_matches(policy: Authorization, request: Request, layer: str = L7) -> bool:
     """True when any rule of `policy` matches (no rules: never)."""
     deny = policy.action != ALLOW
-    return any(rule_matches(r, request, layer, deny=deny, namespace=policy.namespace)
-               for r in policy.rules)
+    for r in policy.rules:
+        if rule_matches(r, request, layer, deny=deny, namespace=policy.namespace):
+            return True
+    return False
 
 
 def rule_matches(rule: Rule, request: Request, layer: str = L7, *,
@@ -166,11 +168,22 @@ def rule_matches(rule: Rule, request: Request, layer: str = L7, *,
     l4 = layer == L4
     if l4 and not deny and rule_has_l7(rule):
         return False
-    if rule.from_ and not any(_source_matches(s, request, l4, namespace) for s in rule.from_):
-        return False
-    if rule.to and not any(_operation_matches(o, request, l4) for o in rule.to):
-        return False
-    return all(_condition_matches(c, request, l4) for c in rule.when)
+    if rule.from_:
+        for s in rule.from_:
+            if _source_matches(s, request, l4, namespace):
+                break
+        else:
+            return False
+    if rule.to:
+        for o in rule.to:
+            if _operation_matches(o, request, l4):
+                break
+        else:
+            return False
+    for c in rule.when:
+        if not _condition_matches(c, request, l4):
+            return False
+    return True
 
 
 def rule_has_l7(rule: Rule) -> bool:
@@ -192,46 +205,64 @@ def _field(values: Sequence[str], not_values: Sequence[str], one) -> bool:
     """A positive field (any value matches) AND its not- twin (none matches).
 
     `one(v)` tells whether one configured value matches the request.
+    (Plain loops: this is the innermost call of every evaluation.)
     """
-    if values and not any(one(v) for v in values):
-        return False
-    if not_values and any(one(v) for v in not_values):
-        return False
+    if values:
+        for v in values:
+            if one(v):
+                break
+        else:
+            return False
+    for v in not_values:
+        if one(v):
+            return False
     return True
 
 
 def _source_matches(s: Source, req: Request, l4: bool, namespace: str) -> bool:
+    # Each field is checked only when set: most sources use one or two.
     principal = strip_spiffe(req.source_principal)
-    ns, sa = spiffe_parts(principal)
-    if not _field(s.principals, s.not_principals, lambda v: string_match(v, principal)):
+    if (s.principals or s.not_principals) and not _field(
+            s.principals, s.not_principals, lambda v: string_match(v, principal)):
         return False
-    if not _field(s.namespaces, s.not_namespaces, lambda v: string_match(v, ns)):
-        return False
-    if not _field(s.service_accounts, s.not_service_accounts,
-                  lambda v: _service_account_match(v, namespace, ns, sa)):
-        return False
-    if not _field(s.ip_blocks, s.not_ip_blocks, lambda v: ip_in_block(req.source_ip, v)):
+    if s.namespaces or s.not_namespaces or s.service_accounts or s.not_service_accounts:
+        ns, sa = spiffe_parts(principal)
+        if not _field(s.namespaces, s.not_namespaces, lambda v: string_match(v, ns)):
+            return False
+        if not _field(s.service_accounts, s.not_service_accounts,
+                      lambda v: _service_account_match(v, namespace, ns, sa)):
+            return False
+    if (s.ip_blocks or s.not_ip_blocks) and not _field(
+            s.ip_blocks, s.not_ip_blocks, lambda v: ip_in_block(req.source_ip, v)):
         return False
     if l4:
         return True   # requestPrincipals / remoteIpBlocks are dropped at L4 (DENY only)
-    remote = req.remote_ip or req.source_ip
-    if not _field(s.remote_ip_blocks, s.not_remote_ip_blocks, lambda v: ip_in_block(remote, v)):
-        return False
-    return _field(s.request_principals, s.not_request_principals,
-                  lambda v: string_match(v, req.request_principal))
+    if s.remote_ip_blocks or s.not_remote_ip_blocks:
+        remote = req.remote_ip or req.source_ip
+        if not _field(s.remote_ip_blocks, s.not_remote_ip_blocks,
+                      lambda v: ip_in_block(remote, v)):
+            return False
+    return not (s.request_principals or s.not_request_principals) or _field(
+        s.request_principals, s.not_request_principals,
+        lambda v: string_match(v, req.request_principal))
 
 
 def _operation_matches(o: Operation, req: Request, l4: bool) -> bool:
-    if not _field(o.ports, o.not_ports, lambda v: _port_match(v, req.destination_port)):
+    if (o.ports or o.not_ports) and not _field(
+            o.ports, o.not_ports, lambda v: _port_match(v, req.destination_port)):
         return False
     if l4:
         return True   # hosts / methods / paths are dropped at L4 (DENY only)
-    if not _field(o.hosts, o.not_hosts, lambda v: host_match(v, req.host)):
+    if (o.methods or o.not_methods) and not _field(
+            o.methods, o.not_methods, lambda v: req.method is not None and v == req.method):
         return False
-    if not _field(o.methods, o.not_methods, lambda v: req.method is not None and v == req.method):
+    if (o.hosts or o.not_hosts) and not _field(
+            o.hosts, o.not_hosts, lambda v: host_match(v, req.host)):
         return False
-    path = strip_query(req.path)
-    return _field(o.paths, o.not_paths, lambda v: path_match(v, path))
+    if o.paths or o.not_paths:
+        path = strip_query(req.path)
+        return _field(o.paths, o.not_paths, lambda v: path_match(v, path))
+    return True
 
 
 def _condition_matches(c: Condition, req: Request, l4: bool) -> bool:

@@ -95,8 +95,11 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
             getattr(ns_input(r.meta.namespace), bucket).append(r)
     for p in extra_pods:
         pods[(p.meta.namespace, p.meta.name)] = p
-    for (ns, _), p in pods.items():
+    for (ns, _), p in sorted(pods.items()):
         ns_input(ns).pods.append(p)
+    for g in out.values():          # canonical order: equal inputs compare equal
+        for bucket in (g.services, g.policies, g.gateways, g.routes):
+            bucket.sort(key=lambda r: r.meta.name)
     return out
 
 
@@ -148,14 +151,24 @@ def compile_namespace(g: NamespaceInput, root_policies: list[AuthorizationPolicy
         out.append(rec.Namespace(name=g.name, labels=dict(ns_labels)))
     services = [_service(s, ns_labels, options) for s in g.services]
     services += [_gateway_service(gw, options) for gw in g.gateways]
-    selectors = {s.meta.name: s.selector for s in g.services}
-    selectors.update({gw.meta.name: {LABEL_GATEWAY_NAME: gw.meta.name} for gw in g.gateways})
+    selectors = [s.selector for s in g.services]
+    selectors += [{LABEL_GATEWAY_NAME: gw.meta.name} for gw in g.gateways]
     selector_pols = [p for p in g.policies if p.selector] + \
         [p for p in root_policies if g.name != options.root_namespace]
-    workloads = [_workload(p, g, ns_labels, selector_pols, options) for p in g.pods]
+    index = _LabelIndex([p.meta.labels for p in g.pods])
+    svc_pods = [index.matching(sel) for sel in selectors]          # service i -> pod indexes
+    pod_svcs: list[list[int]] = [[] for _ in g.pods]               # pod -> service indexes
+    for si, pods in enumerate(svc_pods[:len(g.services)]):
+        for pi in pods:
+            pod_svcs[pi].append(si)
+    pod_pols: list[list[str]] = [[] for _ in g.pods]
+    for pol in selector_pols:
+        for pi in index.matching(pol.selector):
+            pod_pols[pi].append(f"{pol.meta.namespace}/{pol.meta.name}")
+    workloads = [_workload(p, g, ns_labels, [g.services[si] for si in pod_svcs[i]],
+                           pod_pols[i], options) for i, p in enumerate(g.pods)]
     for i, svc in enumerate(services):
-        sel = selectors.get(svc.name)
-        eps = tuple(sorted(w.uid for w, p in zip(workloads, g.pods) if _selects(sel, p.meta.labels)))
+        eps = tuple(sorted(workloads[pi].uid for pi in svc_pods[i]))
         services[i] = _replace(svc, endpoints=eps)
     out += workloads
     out += services
@@ -165,9 +178,63 @@ def compile_namespace(g: NamespaceInput, root_policies: list[AuthorizationPolicy
     return out
 
 
+def workload_uid(namespace: str, name: str, options: CompileOptions) -> str:
+    return f"{options.cluster}//Pod/{namespace}/{name}"
+
+
+def compile_pods(g: NamespaceInput, pods: Iterable[Pod], root_policies: list[AuthorizationPolicy],
+                 options: CompileOptions) -> list[rec.Workload]:
+    """Workloads of some pods of namespace `g` (the incremental compiler's pod path);
+    equal to what `compile_namespace` yields for them."""
+    ns_labels = g.namespace.meta.labels if g.namespace else {}
+    selector_pols = [p for p in g.policies if p.selector] + \
+        [p for p in root_policies if g.name != options.root_namespace]
+    out = []
+    for p in pods:
+        labels = p.meta.labels
+        services = [s for s in g.services if _selects(s.selector, labels)]
+        pols = [f"{pol.meta.namespace}/{pol.meta.name}" for pol in selector_pols
+                if _selects(pol.selector, labels)]
+        out.append(_workload(p, g, ns_labels, services, pols, options))
+    return out
+
+
+def service_selectors(g: NamespaceInput) -> list[tuple[str, dict[str, str] | None]]:
+    """(Service record key, pod selector) of every Service of `g`, waypoint ones included."""
+    out = [(f"s/{s.meta.namespace}/{_hostname(s.meta.name, s.meta.namespace)}", s.selector)
+           for s in g.services]
+    out += [(f"s/{gw.meta.namespace}/{_hostname(gw.meta.name, gw.meta.namespace)}",
+             {LABEL_GATEWAY_NAME: gw.meta.name}) for gw in g.gateways]
+    return out
+
+
+def selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
+    return _selects(selector, labels)
+
+
 def _replace(obj: Any, **changes: Any) -> Any:
     import dataclasses
     return dataclasses.replace(obj, **changes)
+
+
+class _LabelIndex:
+    """Pods of one namespace indexed by label (key, value), so matching a
+    selector costs its smallest posting list, not every pod."""
+
+    def __init__(self, labels: list[dict[str, str]]) -> None:
+        self._labels = labels
+        self._postings: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, lbl in enumerate(labels):
+            for kv in lbl.items():
+                self._postings[kv].append(i)
+
+    def matching(self, selector: dict[str, str] | None) -> list[int]:
+        if selector is None:
+            return []
+        if not selector:
+            return list(range(len(self._labels)))
+        shortest = min((self._postings.get(kv, []) for kv in selector.items()), key=len)
+        return [i for i in shortest if _selects(selector, self._labels[i])]
 
 
 def _selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
@@ -198,15 +265,15 @@ def _resolve_waypoint(own: dict[str, str], ns_labels: dict[str, str], ns: str,
     return None if ref == DATAPLANE_NONE else ref
 
 
-def _workload(p: Pod, g: NamespaceInput, ns_labels: dict[str, str],
-              selector_pols: list[AuthorizationPolicy], options: CompileOptions) -> rec.Workload:
+def _workload(p: Pod, g: NamespaceInput, ns_labels: dict[str, str], services: list[Service],
+              policy_keys: list[str], options: CompileOptions) -> rec.Workload:
     labels = p.meta.labels
     mode = labels.get(LABEL_DATAPLANE_MODE)
     ambient = mode == DATAPLANE_AMBIENT or (
         mode != DATAPLANE_NONE and ns_labels.get(LABEL_DATAPLANE_MODE) == DATAPLANE_AMBIENT)
     workload_name = p.owner_deployment or p.meta.name
     return rec.Workload(
-        uid=f"{options.cluster}//Pod/{p.meta.namespace}/{p.meta.name}",
+        uid=workload_uid(p.meta.namespace, p.meta.name, options),
         name=p.meta.name, namespace=p.meta.namespace, ips=tuple(p.ips), network=options.network,
         node=p.node, service_account=p.service_account, trust_domain=options.trust_domain,
         labels=dict(labels), protocol="HBONE" if ambient else "TCP",
@@ -215,10 +282,8 @@ def _workload(p: Pod, g: NamespaceInput, ns_labels: dict[str, str],
         canonical_revision=_first_label(labels, CANONICAL_REVISION_LABELS) or "latest",
         workload_name=workload_name, workload_type="deployment" if p.owner_deployment else "pod",
         status="HEALTHY" if p.ips and p.ready else "UNHEALTHY",
-        services=_port_maps(p, g, options),
-        authorization_policies=tuple(sorted(
-            f"{pol.meta.namespace}/{pol.meta.name}" for pol in selector_pols
-            if _selects(pol.selector, labels))))
+        services=_port_maps(p, g, services),
+        authorization_policies=tuple(sorted(set(policy_keys))))
 
 
 def _first_label(labels: dict[str, str], keys: tuple[str, ...]) -> str:
@@ -228,11 +293,10 @@ def _first_label(labels: dict[str, str], keys: tuple[str, ...]) -> str:
     return ""
 
 
-def _port_maps(p: Pod, g: NamespaceInput, options: CompileOptions) -> dict[str, dict[int, int]]:
+def _port_maps(p: Pod, g: NamespaceInput, services: list[Service]) -> dict[str, dict[int, int]]:
+    """Service ports -> this pod's target ports, for the services selecting it."""
     out: dict[str, dict[int, int]] = {}
-    for s in g.services:
-        if not _selects(s.selector, p.meta.labels):
-            continue
+    for s in services:
         ports: dict[int, int] = {}
         for sp in s.ports:
             target = sp.target_port or p.container_ports.get(sp.target_port_name, 0)

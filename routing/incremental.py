@@ -16,16 +16,22 @@ Transactional: on ConfigError nothing in the compiler's state changes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from core.model import ConfigError, ConfigSet, FieldError, Pod
 from routing.codec import encode_value
-from routing.compile import (CompileOptions, NamespaceInput, compile_namespace,
-                             group_by_namespace, root_selector_policies)
+from routing.compile import (CompileOptions, NamespaceInput, compile_namespace, compile_pods,
+                             group_by_namespace, root_selector_policies, selects,
+                             service_selectors, workload_uid)
 from routing.index import contributions, index_value, record_key
 from routing.records import HTTPRoute, Service, Workload
+
+
+# Above 1/4 of a namespace's pods changed, recompiling the namespace is cheaper.
+POD_PATH_MAX_FRACTION = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,13 +52,15 @@ class IncrementalCompiler:
         self.options = options
         self._groups: dict[str, NamespaceInput] = {}
         self._root_sel: list = []
-        self._ns_keys: dict[str, list[str]] = {}       # namespace -> its record keys
+        self._ns_keys: dict[str, set[str]] = {}        # namespace -> its record keys
         self._records: dict[str, Any] = {}             # record key -> record
         self._index: dict[str, frozenset[str]] = {}    # index key -> members
         self._contrib: dict[str, tuple[tuple[str, str], ...]] = {}
         self._encoded: dict[str, bytes] = {}
         self._services: dict[tuple[str, str], Service] = {}
         self._routes: dict[str, HTTPRoute] = {}
+        self._resources: dict[tuple, Any] = {}           # resource_key -> resource
+        self._by_ns: dict[str, set[tuple]] = {}          # namespace -> resource keys
 
     @property
     def keyspace(self) -> dict[str, bytes]:
@@ -63,34 +71,132 @@ class IncrementalCompiler:
         return list(self._records.values())
 
     def update(self, cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod] = ()) -> Delta:
-        """Compile `cfg` against the previous state.
+        """Compile a whole config against the previous state (namespaces whose
+        inputs are unchanged are skipped).
 
         Raises:
             ConfigError: cross-resource conflicts; the previous state stays.
         """
-        groups = group_by_namespace(cfg, extra_pods)
-        root_sel = root_selector_policies(groups, self.options)
+        resources = cfg.resources if isinstance(cfg, ConfigSet) else tuple(cfg)
+        extra = tuple(extra_pods)
+        groups = group_by_namespace(resources, extra)
+        candidates = {ns: groups.get(ns) for ns in set(groups) | set(self._groups)}
+        index = {resource_key(r): r for r in resources}
+        index.update({("Pod+", r.meta.namespace, r.meta.name): r for r in extra})
+        return self._apply(candidates, resources=index)
+
+    def update_resources(self, upserts: Iterable[Any] = (), deletes: Iterable[tuple] = (),
+                         extra_upserts: Iterable[Pod] = (), extra_deletes: Iterable[tuple] = ()
+                         ) -> Delta:
+        """Apply a change set: O(changed resources + their namespaces' inputs).
+
+        Args:
+            upserts: new or changed resources.
+            deletes: `resource_key`s (kind, namespace, name) of removed resources.
+            extra_upserts / extra_deletes: overlay pods (mesh-assigned IPs), keyed
+                by (namespace, name).
+        """
+        changes: dict[tuple, Any] = {}
+        for r in upserts:
+            changes[resource_key(r)] = r
+        for key in deletes:
+            changes[tuple(key)] = None
+        for p in extra_upserts:
+            changes[("Pod+", p.meta.namespace, p.meta.name)] = p
+        for ns, name in extra_deletes:
+            changes[("Pod+", ns, name)] = None
+        touched: dict[str, set[tuple]] = {}
+        for key in changes:
+            touched.setdefault(_group_of(key), set()).add(key)
+        candidates = {}
+        hints: dict[str, set[str]] = {}
+        for ns, keys in touched.items():
+            patched = self._patch_pods(ns, keys, changes)
+            if patched is not None:
+                candidates[ns], hints[ns] = patched, {k[2] for k in keys}
+                continue
+            members = [(k, changes[k] if k in changes else self._resources[k])
+                       for k in self._by_ns.get(ns, set()) | keys]
+            main = [r for k, r in members if r is not None and k[0] != "Pod+"]
+            over = [r for k, r in members if r is not None and k[0] == "Pod+"]
+            candidates[ns] = group_by_namespace(main, over).get(ns)
+        return self._apply(candidates, resource_changes=changes, hints=hints)
+
+    def _patch_pods(self, ns: str, keys: set[tuple], changes: dict[tuple, Any]
+                    ) -> NamespaceInput | None:
+        """Fast path for plain Pod changes: patch the namespace's pod list instead of
+        regrouping it (None when overlay pods or replicas could share a name)."""
+        old = self._groups.get(ns)
+        if old is None or any(k[0] != "Pod" or ("Pod+", ns, k[2]) in self._resources
+                              for k in keys):
+            return None
+        pods = {p.meta.name: p for p in old.pods}
+        for k in keys:
+            current = pods.get(k[2])
+            if current is not None and current is not self._resources.get(k):
+                return None         # a Deployment replica of that name: regroup
+            if changes[k] is None:
+                pods.pop(k[2], None)
+            else:
+                pods[k[2]] = changes[k]
+        return dataclasses.replace(old, pods=[pods[n] for n in sorted(pods)])
+
+    def _apply(self, candidates: dict[str, NamespaceInput | None], *,
+               resources: dict[tuple, Any] | None = None,
+               resource_changes: dict[tuple, Any] | None = None,
+               hints: dict[str, set[str]] | None = None) -> Delta:
+        groups = ChainMap(candidates, self._groups)
+        root_g = groups.get(self.options.root_namespace)
+        root_sel = root_selector_policies({self.options.root_namespace: root_g} if root_g else {},
+                                          self.options)
         if root_sel != self._root_sel:
-            dirty = set(groups) | set(self._groups)
+            dirty = {ns for ns in set(groups) if groups.get(ns) is not None} | set(self._groups)
         else:
-            dirty = {ns for ns in set(groups) | set(self._groups)
-                     if groups.get(ns) != self._groups.get(ns)}
+            dirty = {ns for ns, g in candidates.items() if g != self._groups.get(ns)}
         rec_changes: dict[str, Any] = {}
-        ns_keys: dict[str, list[str]] = {}
+        ns_keys: dict[str, set[str]] = {}
         for ns in sorted(dirty):
-            new = compile_namespace(groups[ns], root_sel, self.options) if ns in groups else []
-            keys = [record_key(r) for r in new]
+            old, new_g = self._groups.get(ns), groups.get(ns)
+            if (root_sel == self._root_sel and old is not None and new_g is not None
+                    and _only_pods_differ(old, new_g)):
+                pod_path = self._pods_changed(old, new_g, root_sel, (hints or {}).get(ns))
+                if pod_path is not None:
+                    changes, keys = pod_path
+                    rec_changes.update(changes)
+                    ns_keys[ns] = keys
+                    continue
+            new = compile_namespace(new_g, root_sel, self.options) if new_g is not None else []
+            keys = {record_key(r) for r in new}
             ns_keys[ns] = keys
-            for key, r in zip(keys, new):
+            for r in new:
+                key = record_key(r)
                 if self._records.get(key) != r:
                     rec_changes[key] = r
-            for key in set(self._ns_keys.get(ns, ())) - set(keys):
+            for key in self._ns_keys.get(ns, set()) - keys:
                 rec_changes[key] = None
         index_changes, contrib = self._reindex(rec_changes)
         self._check_ips(index_changes, rec_changes)
         changes = self._encode(rec_changes, index_changes)
         # commit
-        self._groups, self._root_sel = groups, root_sel
+        for ns, g in candidates.items():
+            if g is None:
+                self._groups.pop(ns, None)
+            else:
+                self._groups[ns] = g
+        self._root_sel = root_sel
+        if resources is not None:
+            self._resources = dict(resources)
+            self._by_ns = {}
+            for key in resources:
+                self._by_ns.setdefault(_group_of(key), set()).add(key)
+        for key, r in (resource_changes or {}).items():
+            group = self._by_ns.setdefault(_group_of(key), set())
+            if r is None:
+                self._resources.pop(key, None)
+                group.discard(key)
+            else:
+                self._resources[key] = r
+                group.add(key)
         for ns, keys in ns_keys.items():
             if keys:
                 self._ns_keys[ns] = keys
@@ -112,7 +218,11 @@ class IncrementalCompiler:
                 self._index[key] = members
             else:
                 self._index.pop(key, None)
-        self._contrib = contrib
+        for key, pairs in contrib.items():
+            if pairs:
+                self._contrib[key] = pairs
+            else:
+                self._contrib.pop(key, None)
         for key, data in changes.items():
             if data is None:
                 self._encoded.pop(key, None)
@@ -120,9 +230,47 @@ class IncrementalCompiler:
                 self._encoded[key] = data
         return Delta(changes=changes, namespaces=tuple(sorted(dirty)))
 
+    def _pods_changed(self, old: NamespaceInput, new: NamespaceInput, root_sel: list,
+                      hint: set[str] | None = None):
+        """Pod-level delta when only pods of a namespace changed: O(changed pods +
+        endpoints of the services selecting them). None: fall back to the namespace.
+        `hint`: the names of the only pods that may have changed."""
+        old_pods = {p.meta.name: p for p in old.pods}
+        new_pods = {p.meta.name: p for p in new.pods}
+        names = hint if hint is not None else old_pods.keys() | new_pods.keys()
+        changed = [n for n in names if old_pods.get(n) != new_pods.get(n)]
+        if len(changed) * POD_PATH_MAX_FRACTION > max(len(new_pods), 1):
+            return None
+        opts = self.options
+        out: dict[str, Any] = {}
+        keys = set(self._ns_keys.get(new.name, ()))
+        for name in changed:
+            if name not in new_pods:
+                key = "w/" + workload_uid(new.name, name, opts)
+                out[key] = None
+                keys.discard(key)
+        for w in compile_pods(new, [new_pods[n] for n in changed if n in new_pods], root_sel, opts):
+            key = "w/" + w.uid
+            keys.add(key)
+            if self._records.get(key) != w:
+                out[key] = w
+        uids = {n: workload_uid(new.name, n, opts) for n in changed}
+        for skey, sel in service_selectors(new):
+            svc = self._records.get(skey)
+            if svc is None:
+                return None
+            eps = set(svc.endpoints)
+            for n in changed:
+                eps.discard(uids[n])
+                if n in new_pods and selects(sel, new_pods[n].meta.labels):
+                    eps.add(uids[n])
+            if eps != set(svc.endpoints):
+                out[skey] = dataclasses.replace(svc, endpoints=tuple(sorted(eps)))
+        return out, keys
+
     def _reindex(self, rec_changes: dict[str, Any]):
         """Index keys whose member sets change, and the new contribution table."""
-        contrib = dict(self._contrib)
+        contrib: dict[str, tuple] = {}         # staged: record key -> new pairs (() = none)
         touched: dict[str, set[str]] = {}
 
         def members(key: str) -> set[str]:
@@ -144,14 +292,12 @@ class IncrementalCompiler:
         for k in self._routes:      # a route's waypoint index follows its parent Service
             redo.setdefault(k, self._routes[k])
         for key, r in redo.items():
-            for ikey, member in contrib.pop(key, ()):
+            for ikey, member in self._contrib.get(key, ()):
                 members(ikey).discard(member)
-            if r is not None:
-                pairs = tuple(contributions(r, services))
-                if pairs:
-                    contrib[key] = pairs
-                for ikey, member in pairs:
-                    members(ikey).add(member)
+            pairs = tuple(contributions(r, services)) if r is not None else ()
+            contrib[key] = pairs
+            for ikey, member in pairs:
+                members(ikey).add(member)
         changed = {k: frozenset(v) for k, v in touched.items()
                    if frozenset(v) != self._index.get(k, frozenset())}
         return changed, contrib
@@ -177,6 +323,22 @@ class IncrementalCompiler:
         for key, uids in index_changes.items():
             out[key] = encode_value(index_value(key, uids)) if uids else None
         return {k: v for k, v in out.items() if self._encoded.get(k) != v}
+
+
+def resource_key(r: Any) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a resource, as `update_resources` deletes name them."""
+    return r.meta.key
+
+
+def _group_of(key: tuple) -> str:
+    """The namespace whose records a resource feeds (a Namespace feeds itself)."""
+    return key[2] if key[0] == "Namespace" else key[1]
+
+
+def _only_pods_differ(old: NamespaceInput, new: NamespaceInput) -> bool:
+    return (old.namespace == new.namespace and old.services == new.services
+            and old.policies == new.policies and old.gateways == new.gateways
+            and old.routes == new.routes)
 
 
 def full_keyspace(records: Iterable[Any]) -> dict[str, bytes]:

@@ -148,13 +148,19 @@ def cleanup_stale(prefix: str = NAME_PREFIX) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def _open(name: str, create: bool, size: int) -> tuple[mmap.mmap, int]:

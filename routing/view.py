@@ -215,6 +215,9 @@ class RoutingView(BaseView):
         self._gen = 0
         self._root = 0
         self._cache: dict[str, Any] = {}
+        # Per-call result caches for the data-plane hot path (dropped with _cache).
+        self._by_ip: dict[str, Any] = {}
+        self._by_vip: dict[str, Any] = {}
         self._begin()
 
     @property
@@ -227,7 +230,39 @@ class RoutingView(BaseView):
             self._word = word
             self._gen, self._root = word >> 32, (word & 0xFFFFFFFF) << 3
             self._cache.clear()
+            self._by_ip.clear()
+            self._by_vip.clear()
             self._reader.announce(self._gen)
+
+    # Hot path: one ROOT load, one dict lookup on a warm cache.
+    def workload_by_ip(self, ip: str, network: str = "") -> Workload | None:
+        if _ROOT.unpack_from(self._mm, OFF_ROOT)[0] != self._word:
+            self._begin()
+        key = ip if not network else f"{network}/{ip}"
+        try:
+            return self._by_ip[key]
+        except KeyError:
+            pass
+        uid = self._get(f"i/ip/{network}/{ip}")
+        found = self._by_ip[key] = None if uid is None else self._get("w/" + uid)
+        return found
+
+    def service_by_vip(self, ip: str, network: str = "") -> Service | None:
+        if _ROOT.unpack_from(self._mm, OFF_ROOT)[0] != self._word:
+            self._begin()
+        key = ip if not network else f"{network}/{ip}"
+        try:
+            return self._by_vip[key]
+        except KeyError:
+            pass
+        keys = self._get(f"i/vip/{network}/{ip}")
+        found = self._by_vip[key] = self._get("s/" + keys[0]) if keys else None
+        return found
+
+    def workload_by_uid(self, uid: str) -> Workload | None:
+        if _ROOT.unpack_from(self._mm, OFF_ROOT)[0] != self._word:
+            self._begin()
+        return self._get("w/" + uid)
 
     def quiesce(self) -> None:
         """Between calls (e.g. on the heartbeat tick): let the writer reclaim."""

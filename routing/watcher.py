@@ -24,7 +24,7 @@ from typing import Any
 
 from core import log
 from core.model import ConfigError
-from routing.incremental import IncrementalCompiler
+from routing.incremental import IncrementalCompiler, resource_key
 from routing.index import diff_keyspaces
 from routing.shm import STATUS_MAX, TableFullError, TableWriter
 from routing.source import DirectorySource
@@ -48,6 +48,8 @@ class Watcher:
         self.compiler = IncrementalCompiler()
         self._published_once = False
         self._good: dict[str, Any] = {}
+        self._main: dict[tuple, Any] = {}
+        self._over: dict[tuple, Any] = {}
         self.hup = False
         self.stop = False
 
@@ -55,7 +57,7 @@ class Watcher:
         """Load, compile and publish; False (and the old table kept) on a bad config."""
         try:
             cfg, extra = self.source.load()
-            delta = self.compiler.update(cfg, extra)
+            delta = self._compile(cfg, extra)
         except ConfigError as exc:
             self._refuse(exc)
             return False
@@ -67,8 +69,9 @@ class Watcher:
             if changes or self.writer.generation == 0:
                 self.writer.apply(changes)
         except TableFullError as exc:
-            # The compiler already moved on; rebuild it from the table next time.
+            # The compiler already moved on; rebuild it and diff against the table next time.
             self.compiler = IncrementalCompiler()
+            self._main, self._over = {}, {}
             self._published_once = False
             self._refuse_message(str(exc), exc.code)
             return False
@@ -83,6 +86,22 @@ class Watcher:
         for note in cfg.notes:
             LOG.info("config note", extra={"fields": {"note": str(note)}})
         return True
+
+    def _compile(self, cfg, extra):
+        """Full compile the first time, then only the resources that changed
+        (the source returns unchanged resources as the same objects)."""
+        main = {resource_key(r): r for r in cfg.resources}
+        over = {(p.meta.namespace, p.meta.name): p for p in extra}
+        if not self._published_once:
+            delta = self.compiler.update(cfg, extra)
+        else:
+            delta = self.compiler.update_resources(
+                upserts=[r for k, r in main.items() if self._main.get(k) is not r],
+                deletes=[k for k in self._main if k not in main],
+                extra_upserts=[p for k, p in over.items() if self._over.get(k) is not p],
+                extra_deletes=[k for k in self._over if k not in over])
+        self._main, self._over = main, over
+        return delta
 
     def _refuse(self, exc: ConfigError) -> None:
         for e in exc.errors:

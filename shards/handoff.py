@@ -23,7 +23,6 @@ Control messages (worker -> supervisor, SOCK_SEQPACKET, one per datagram):
 from __future__ import annotations
 
 import json
-import os
 import socket
 from typing import Callable
 

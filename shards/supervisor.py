@@ -36,6 +36,7 @@ from shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_
                             encode_listen_fds, recv_message)
 from shards.heartbeat import HeartbeatTable
 from shards.options import MAX_WORKERS, SupervisorOptions
+from shards.proc import _exit, _kill, _readable, describe_status, remove_pidfile, write_pidfile
 from shards.signals import HANDLED, SignalQueue, reset_in_child
 from shards.worker import Worker
 
@@ -295,7 +296,7 @@ class Supervisor:
             self.log.info("worker exited", extra={"fields": fields})
             return
         now = time.monotonic()
-        if w.ready_at is None and w.abort_at is None:
+        if w.ready_at is None:   # died or hung before "ready": a boot failure
             self._boot_failed(w, how, fields, now)
             return
         fresh = now - (w.ready_at or now) >= STABLE_AFTER
@@ -557,24 +558,14 @@ class Supervisor:
     # -- files and cleanup ------------------------------------------------------------------------
 
     def _write_pidfile(self) -> None:
-        path = self.options.pidfile
-        if not path:
-            return
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(tmp, path)
+            write_pidfile(self.options.pidfile)
         except OSError as e:
-            raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR, f"cannot write --pidfile {path}: {e}")
+            raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR,
+                                           f"cannot write --pidfile {self.options.pidfile}: {e}")
 
     def _remove_pidfile(self) -> None:
-        path = self.options.pidfile
-        try:
-            if path and open(path).read().strip() == str(os.getpid()):
-                os.unlink(path)
-        except OSError:
-            pass
+        remove_pidfile(self.options.pidfile)
 
     def _cleanup(self) -> None:
         # Only non-empty after an unexpected error: stop the children hard.
@@ -597,35 +588,3 @@ class Supervisor:
         self._remove_pidfile()
         self.signals.close()
         self.log.info("supervisor stopped", extra={"fields": {"exit_code": self.exit_code}})
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    if os.WIFEXITED(status):
-        return f"exit code {os.WEXITSTATUS(status)}"
-    return f"status {status}"
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _readable(fd: int) -> bool:
-    try:
-        return bool(select.select([fd], [], [], 0)[0])
-    except OSError:
-        return False
-
-
-def _exit(code: int) -> None:
-    """Leave a forked child without running the parent's cleanup."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(code)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from core import authz
+from core import log as core_log
 from routing.records import Timeouts
 from waypoint import filters, message
 from waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
@@ -48,6 +49,8 @@ UPSTREAM_READ = 256 * 1024
 # Caches keyed by routing generation: more than this many entries means
 # churn; start over rather than grow.
 MAX_CACHE_ENTRIES = 4096
+
+LOG = core_log.get("waypoint")
 
 RBAC_DENIED = b"RBAC: access denied"
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -91,16 +94,19 @@ class Proxy:
         self._cache_gen = -1
         self._routes: dict = {}
         self._policies: dict = {}
+        self._hosts: dict = {}       # plaintext mode: Host -> Target
         self._mirrors: set[asyncio.Task] = set()
         self._reset_errors = _hbone_reset_errors()
 
     # -- caches per routing generation ----------------------------------------
     def _check_generation(self) -> None:
         gen = self.view.generation
-        if gen != self._cache_gen or len(self._routes) + len(self._policies) > MAX_CACHE_ENTRIES:
+        if gen != self._cache_gen or \
+                len(self._routes) + len(self._policies) + len(self._hosts) > MAX_CACHE_ENTRIES:
             self._cache_gen = gen
             self._routes.clear()
             self._policies.clear()
+            self._hosts.clear()
 
     def route_table(self, target: Target) -> RouteTable | None:
         svc = target.service
@@ -141,6 +147,15 @@ class Proxy:
         st = _Req(down=down, head=req.head, t0=self.clock())
         try:
             return await self._handle(st, req, body, sink)
+        except (asyncio.CancelledError, ConnectionError):
+            st.flags = "DC"       # downstream went away
+            raise
+        except Exception:
+            # A bug must cost one request, never the worker: answer 500 as
+            # Envoy does for internal errors, and log it with its traceback.
+            LOG.exception("request failed inside the waypoint", extra={"fields": {
+                "method": req.head.method, "path": req.head.target}})
+            return await self._local(st, sink, 500, b"internal error", "-")
         finally:
             self._record(st)
 
@@ -162,14 +177,14 @@ class Proxy:
             st.policy = decision.policy_key
             if not decision.allowed:
                 return await self._local(st, sink, 403, RBAC_DENIED, "RBAC")
-        rule = match = None
+        rule = match = route_ns = None
         table = self.route_table(target)
         if table:
             sel = table.select(RouteInput(method=head.method, path=head.path, query=head.query,
                                           host=authority, headers=hdict))
             if sel is None:
                 return await self._local(st, sink, 404, NO_ROUTE, "NR")
-            rule, match = sel.rule, sel.match
+            rule, match, route_ns = sel.rule, sel.match, sel.route.namespace
             st.route = sel.route.key
         out = head
         response_mod = None
@@ -186,8 +201,7 @@ class Proxy:
                     ref = pick_backend(rule.backend_refs, self.rng)
                 except NoBackend:
                     return await self._local(st, sink, 500, b"", "NR")
-                backend = self.view.service_by_host(ref.namespace or target.service.namespace,
-                                                    ref.name)
+                backend = self.view.service_by_host(ref.namespace or route_ns, ref.name)
                 port = ref.port or target.port
                 if backend is None:
                     return await self._local(st, sink, 500, b"", "NR")
@@ -199,11 +213,15 @@ class Proxy:
         return await self._forward(st, req, body, sink, out, eps, rule, response_mod, mirrors)
 
     def _target_from_host(self, authority: str) -> Target | None:
-        host, port = message.split_host_port(authority, 0)
-        try:
-            return resolve_host(self.view, self.namespace, host, port)
-        except NotForUs:
-            return None
+        target = self._hosts.get(authority, False)
+        if target is False:
+            host, port = message.split_host_port(authority, 0)
+            try:
+                target = resolve_host(self.view, self.namespace, host, port)
+            except NotForUs:
+                target = None
+            self._hosts[authority] = target
+        return target
 
     async def _forward(self, st, req, body, sink, out: RequestHead, eps: list[Endpoint],
                        rule, response_mod, mirrors) -> bool:
@@ -410,7 +428,8 @@ class Proxy:
 
     async def _mirror(self, st, m, out: RequestHead, headers, body: bytes) -> None:
         ref = m.backend
-        svc = self.view.service_by_host(ref.namespace or st.target.service.namespace, ref.name)
+        ns = ref.namespace or (st.target.service.namespace if st.target.service else "default")
+        svc = self.view.service_by_host(ns, ref.name)
         if svc is None:
             return
         eps = endpoints(self.view, svc, ref.port or st.target.port)

@@ -70,6 +70,7 @@ class Selected:
 class _Entry:
     key: tuple
     route: HTTPRoute
+    route_index: int
     rule: RouteRule
     rule_index: int
     match: RouteMatch
@@ -81,34 +82,41 @@ class RouteTable:
     Build once per routing generation (cheap) and call `select` per request.
     """
 
-    __slots__ = ("_entries", "_routes")
+    __slots__ = ("_entries", "_routes", "_any_hostnames")
 
     def __init__(self, routes: Sequence[HTTPRoute]):
         entries: list[_Entry] = []
-        for route in routes:
+        for i, route in enumerate(routes):
             for ri, rule in enumerate(route.rules):
                 for mi, m in enumerate(rule.matches or (RouteMatch(),)):
-                    entries.append(_Entry(_match_key(m, route, ri, mi), route, rule, ri, m))
+                    entries.append(_Entry(_match_key(m, route, ri, mi), route, i, rule, ri, m))
         entries.sort(key=lambda e: e.key)
         self._entries = tuple(entries)
         self._routes = tuple(routes)
+        self._any_hostnames = any(r.hostnames for r in routes)
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
     def select(self, req: RouteInput) -> Selected | None:
         """The highest-precedence matching rule, None when nothing matches."""
-        host = _strip_port(req.host).lower()
-        scores: dict[str, tuple[int, int] | None] = {}
+        if self._any_hostnames:
+            host = _strip_port(req.host).lower()
+            scores = [hostname_score(r.hostnames, host) for r in self._routes]
+            top = max((s for s in scores if s is not None), default=None)
+            if top is None:
+                return None
+        else:
+            scores, top = None, (0, 0)
         best: tuple[tuple[int, int], _Entry] | None = None
         for e in self._entries:
-            key = e.route.key
-            if key not in scores:
-                scores[key] = hostname_score(e.route.hostnames, host)
-            score = scores[key]
+            score = scores[e.route_index] if scores is not None else top
             if score is None or (best is not None and score <= best[0]):
                 continue   # entries are sorted: an equal score seen earlier wins
             if match_matches(e.match, req):
+                if score == top:
+                    best = (score, e)
+                    break      # nothing can beat the most specific hostname
                 best = (score, e)
         if best is None:
             return None

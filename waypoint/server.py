@@ -57,10 +57,12 @@ class H1Session:
                 return None
             try:
                 if timeout is not None:
-                    data = await asyncio.wait_for(self.stream.read(READ_SIZE), timeout)
+                    # asyncio.timeout, not wait_for: no extra task per read.
+                    async with asyncio.timeout(timeout):
+                        data = await self.stream.read(READ_SIZE)
                 else:
                     data = await self.stream.read(READ_SIZE)
-            except (asyncio.TimeoutError, ConnectionError, OSError):
+            except (TimeoutError, ConnectionError, OSError):
                 data = b""
             except Exception as e:          # HboneError and friends: the tunnel died
                 if type(e).__name__.endswith(("Error", "Reset")):

@@ -103,6 +103,8 @@ def _context(cert: WorkloadCert, server_side: bool) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = False  # the SPIFFE identity is checked after the handshake
     ctx.set_alpn_protocols([ALPN_HTTP11])
+    if server_side:
+        ctx.num_tickets = 0     # one request per connection: resumption buys nothing
     shoal_tls.load_trust_bundle(ctx, cert)
     shoal_tls.load_key_and_chain(ctx, cert)
     return ctx

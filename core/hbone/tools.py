@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import signal
 
 from cryptography.hazmat.primitives import serialization
 
@@ -118,15 +118,30 @@ def main(argv=None) -> None:
     p.add_argument("--keepalive-interval", type=float, default=10.0)
     p.add_argument("--keepalive-timeout", type=float, default=20.0)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--profile", help="write cProfile stats here on SIGTERM/SIGINT")
     args = p.parse_args(argv)
     if args.role == "entry" and not (args.peer and args.authority and args.expect):
         p.error("entry needs --peer, --authority and --expect")
     shoal_log.setup(args.log_level)
     import uvloop
+    profiler = None
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvloop.run(run_entry(args) if args.role == "entry" else run_exit(args))
     except KeyboardInterrupt:
-        sys.exit(0)
+        pass
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ __all__ = ["CertError", "CertManager", "Identity", "IdentityError", "PeerVerific
 
 def __getattr__(name: str):
     # The manager pulls in asyncio and the CA client; load it only when used.
-    if name in ("CertManager", "CaClient"):
+    if name == "CertManager":
         from core.identity import manager
-        return getattr(manager, name)
+        return manager.CertManager
+    if name == "CaClient":
+        from core.identity import caclient
+        return caclient.CaClient
     raise AttributeError(name)

@@ -100,6 +100,10 @@ class CertManager:
         node_name: for logs and the admin dump.
         clock: unix time (injectable; unit tests drive `tick()` by hand).
         background: run the renewal scheduler task (off in unit tests).
+        ttl: lifetime to ask for (timedelta); None takes the CA's default (24 h).
+
+    Create it anywhere (pre-fork is fine: nothing starts until the first
+    fetch/prefetch, which must run inside the worker's event loop).
     """
 
     def __init__(self, ca_client: Any, *, node_name: str = "", clock: Callable[[], float] = time.time,
@@ -217,6 +221,7 @@ class CertManager:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._queue = self._wake = None   # a later fetch starts fresh workers
         for e in self._entries.values():
             self._fail_waiters(e, "certificate manager closed")
 
@@ -347,6 +352,7 @@ class CertManager:
         if self._entries.get(ident) is not entry:
             return  # forgotten while in flight
         self.apply_trust_bundle(cert.roots)
+        self._bundle_checked = self.clock()   # the answer carried the current bundle
         if _ders(cert.roots) != _ders(self._roots):
             cert = cert.with_roots(self._roots)
         renewed = entry.cert is not None

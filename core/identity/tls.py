@@ -44,8 +44,10 @@ class TlsConfigError(RuntimeError):
 
 
 def _libssl() -> ctypes.CDLL:
-    """The libssl mapped by `_ssl` (so we never mix two OpenSSL copies)."""
-    import _ssl  # noqa: F401  (makes sure libssl is mapped)
+    """The libssl mapped by `_ssl` (so we never mix two OpenSSL copies).
+
+    `import ssl` at the top of this module has loaded `_ssl` and its libssl.
+    """
     path = None
     with open("/proc/self/maps") as maps:
         for line in maps:

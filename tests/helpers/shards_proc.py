@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,27 @@ if not os.path.exists(PYTHON):
     PYTHON = sys.executable
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port BELOW the ephemeral range, so the many client connections
+    of parallel tests (which take ephemeral ports) cannot collide with it."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
@@ -37,7 +55,7 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.02):
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
 
 
 def children(pid: int) -> set[int]:
@@ -149,7 +167,8 @@ class Shards:
                 return seen if len(seen) == n and seen <= pids else None
             seen = self.seen_pids(n * 12)
             return pids if pids <= seen else None
-        return wait_for(check, timeout, f"{n} serving workers\n{self.log()[-3000:]}")
+        return wait_for(check, timeout, lambda: f"{n} serving workers under {sup}: children "
+                        f"{self.worker_pids(sup)}, serving {self.seen_pids(n * 12)}\n{self.log()[-3000:]}")
 
     def seen_pids(self, tries: int) -> set[int]:
         seen = set()

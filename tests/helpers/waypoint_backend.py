@@ -38,6 +38,7 @@ class Seen:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "backend"
+    disable_nagle_algorithm = True   # as real servers do; else 40 ms delayed-ACK stalls
 
     def log_message(self, *args) -> None:   # quiet
         pass
@@ -125,6 +126,9 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address) -> None:
+        pass   # clients cut off by timeouts are expected in these tests
+
 
 class Backend:
     def __init__(self, name: str, host: str = "127.0.0.1") -> None:
@@ -140,7 +144,7 @@ class Backend:
     def start(self) -> "Backend":
         self._server = _Server((self.host, 0), _Handler)
         self._server.backend = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
                                         name=f"backend-{self.name}")
         self._thread.start()
         return self

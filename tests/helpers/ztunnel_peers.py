@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,24 @@ from tests.helpers.pki import TestPKI, write_pem
 PROC_STOP_TIMEOUT = 5.0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# Free ports are picked below the kernel's ephemeral range (32768+ here), so
+# the source ports of other tests' client connections cannot take them
+# between the pick and the bind.
+PORT_RANGE = (12000, 32000)
+_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    """A port nothing listens on (bindable on the wildcard address)."""
+    for _ in range(1000):
+        port = _rng.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0, proc: "Proc | None" = None) -> None:
@@ -101,8 +116,13 @@ def iperf3_run(host: str, port: int, seconds: float = 3, *, reverse: bool = Fals
         cmd.append("-R")
     if bind:
         cmd += ["-B", bind]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-    data = json.loads(out.stdout)
+    for _ in range(10):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        data = json.loads(out.stdout)
+        # iperf3 -s serves one test at a time; the last one may still be ending.
+        if "busy" not in data.get("error", ""):
+            break
+        time.sleep(0.3)
     if "error" in data:
         raise RuntimeError(f"iperf3: {data['error']}")
     return data["end"]["sum_received"]["bits_per_second"] / 1e9

@@ -46,9 +46,12 @@ spec:
 """
 
 
+ROOT = Path(__file__).resolve().parents[3]
+
+
 def shoal(*args, **kw):
     return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
-                          timeout=30, cwd=Path(__file__).resolve().parents[3], **kw)
+                          timeout=60, cwd=ROOT, **kw)
 
 
 async def wait_for(predicate, timeout=15.0, what="condition"):
@@ -64,35 +67,64 @@ async def wait_for(predicate, timeout=15.0, what="condition"):
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-def cp(tmp_path):
+def _start(tmp_path, *, cli_credentials: bool, extra: tuple[str, ...] = ()):
+    """A controlplane process with node-1 and waypoint credentials in tmp_path."""
     state, config = tmp_path / "state", tmp_path / "config"
     config.mkdir()
     (config / "pods.yaml").write_text(PODS.format(ratings_node="node-2"))
-    for args in (["--node", "node-1", "--out", str(tmp_path / "node-1")],
-                 ["--waypoint", "bookinfo/waypoint", "--out", str(tmp_path / "waypoint")]):
-        out = shoal("controlplane", "issue-node-cert", "--state-dir", str(state), *args)
-        assert out.returncode == 0, out.stderr
+    creds = (["--node", "node-1", "--out", str(tmp_path / "node-1")],
+             ["--waypoint", "bookinfo/waypoint", "--out", str(tmp_path / "waypoint")])
+    for args in creds:
+        if cli_credentials:
+            out = shoal("controlplane", "issue-node-cert", "--state-dir", str(state), *args)
+            assert out.returncode == 0, out.stderr
+        else:  # the same code path, in-process (saves a Python start per credential)
+            from click.testing import CliRunner
+
+            from core.ca.cli import controlplane
+            res = CliRunner().invoke(controlplane, ["issue-node-cert", "--state-dir", str(state),
+                                                    *extra, *args])
+            assert res.exit_code == 0, res.output
     port_file = tmp_path / "port"
     log = open(tmp_path / "cp.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "controlplane", "run", "--port", "0",
                              "--host", "127.0.0.1", "--state-dir", str(state), "--config", str(config),
-                             "--port-file", str(port_file)], stderr=log,
-                            cwd=Path(__file__).resolve().parents[3])
-    deadline = time.monotonic() + 20
+                             "--port-file", str(port_file), *extra], stderr=log, cwd=ROOT)
+    deadline = time.monotonic() + 30
     while not port_file.exists():
         assert proc.poll() is None, (tmp_path / "cp.log").read_text()
         assert time.monotonic() < deadline, "controlplane did not start"
         time.sleep(0.05)
-    yield {"port": int(port_file.read_text()), "dir": tmp_path, "state": state, "config": config,
-           "proc": proc, "log": tmp_path / "cp.log"}
+    return {"port": int(port_file.read_text()), "dir": tmp_path, "state": state, "config": config,
+            "proc": proc, "log": tmp_path / "cp.log", "log_file": log}
+
+
+def _stop(cp):
+    proc = cp["proc"]
     proc.send_signal(signal.SIGTERM)
     try:
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
+            proc.wait()
+        cp["log_file"].close()
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory):
+    """Shared by the tests that change nothing (config and state stay as written)."""
+    env = _start(tmp_path_factory.mktemp("cp"), cli_credentials=True)
+    yield env
+    _stop(env)
+
+
+@pytest.fixture
+def fresh_cp(tmp_path):
+    """A private control plane for tests that change its config or state."""
+    env = _start(tmp_path, cli_credentials=False)
+    yield env
+    _stop(env)
 
 
 def log_lines(path):
@@ -119,9 +151,9 @@ async def test_node_gets_identities_of_its_pods_only(cp):
     assert e.value.status == 403 and e.value.code == "not_on_node"
     assert "node node-1 has no pod running as " + RATINGS.uri in str(e.value)
     # the refusal is logged as JSON with the reason
-    refusals = await wait_for(lambda: [l for l in log_lines(cp["log"]) if l.get("status") == 403],
-                              what="403 log line")
-    assert refusals[0]["code"] == "not_on_node" and refusals[0]["caller"] == "node:node-1"
+    refusals = await wait_for(
+        lambda: [x for x in log_lines(cp["log"]) if x.get("code") == "not_on_node"], what="403 log line")
+    assert refusals[0]["status"] == 403 and refusals[0]["caller"] == "node:node-1"
     assert refusals[0]["identity"] == RATINGS.uri
 
 
@@ -132,7 +164,8 @@ async def test_csr_for_another_identity_than_requested_is_refused(cp):
     assert e.value.status == 400 and e.value.code == "csr_identity_mismatch"
 
 
-async def test_config_change_is_picked_up(cp):
+async def test_config_change_is_picked_up(fresh_cp):
+    cp = fresh_cp
     client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
     (cp["config"] / "pods.yaml").write_text(PODS.format(ratings_node="node-1"))
 
@@ -175,14 +208,17 @@ async def test_a_credential_from_another_ca_cannot_connect(cp):
     assert e.value.code in ("ca_unreachable", "ca_identity_mismatch")
 
 
-async def test_root_rotation_reaches_the_running_ca(cp):
+async def test_root_rotation_reaches_the_running_ca(fresh_cp):
+    cp = fresh_cp
     client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
     assert len(await client.trust_bundle()) == 1
     out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "add")
     assert out.returncode == 0, out.stderr
+    # picked up by the CA's file poll (every 2 s)
     bundle = await wait_for(lambda: _bundle_if(client, 2), what="2 roots in the bundle")
     out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "activate")
     assert out.returncode == 0, out.stderr
+    cp["proc"].send_signal(signal.SIGHUP)      # reload now instead of at the next file poll
     client.update_roots(bundle)
 
     async def signed_by_new_root():
@@ -205,3 +241,18 @@ def test_cli_refuses_bad_options(tmp_path):
     assert out.returncode != 0 and "exactly one of --node or --waypoint" in out.stderr
     out = shoal("controlplane", "run", "--state-dir", str(tmp_path), "--cert-ttl", "200d")
     assert out.returncode != 0 and "--cert-ttl" in out.stderr
+
+
+async def test_plug_in_ca_signs_with_the_operators_intermediate(tmp_path):
+    pki = TestPKI(name="operator root")
+    cacerts = pki.write_cacerts(tmp_path / "cacerts")
+    cp = _start(tmp_path, cli_credentials=False, extra=("--cacerts", str(cacerts)))
+    try:
+        client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
+        resp = await client.sign(REVIEWS, csr_pem(make_csr(REVIEWS)[1]))
+        leaf, inter = resp.cert_chain
+        assert resp.trust_bundle == (pki.root_cert,)
+        leaf.verify_directly_issued_by(inter)
+        inter.verify_directly_issued_by(pki.root_cert)
+    finally:
+        _stop(cp)

@@ -1,6 +1,5 @@
 """HBONE TLS handshakes over loopback: what is accepted and what is refused."""
 
-import asyncio
 import ssl
 
 import pytest
@@ -109,3 +108,15 @@ async def test_rotating_server_context_swaps_certificate_per_handshake(pki, echo
     assert await refused(srv.port, client)
     w1.close()
     w2.close()
+
+
+async def test_rotating_server_context_still_requires_a_trusted_client(pki, echo_server):
+    srv = await echo_server(tls.rotating_server_context(lambda: tls.server_context(pki.issue(SERVER))))
+    stranger = TestPKI(name="stranger").issue(CLIENT, roots=pki.roots)
+    assert await refused(srv.port, tls.client_context(stranger))
+    ctx = tls.client_context(pki.issue(CLIENT))
+    ctx.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert await refused(srv.port, ctx)
+    assert srv.accepted == []

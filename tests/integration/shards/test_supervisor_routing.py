@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from shards import exitcodes
-from tests.helpers.shards_proc import Shards, alive, http, wait_for
+from tests.helpers.shards_proc import Shards, http, wait_for
 
 pytest.importorskip("routing.runtime")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

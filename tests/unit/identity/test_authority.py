@@ -206,3 +206,33 @@ def test_parse_head_and_response():
         assert e.value.status == 400
     out = response_bytes(403, {"error": "no", "code": "x"})
     assert out.startswith(b"HTTP/1.1 403 Forbidden\r\n") and out.endswith(b'{"error":"no","code":"x"}')
+
+
+def test_a_bad_config_keeps_the_last_good_node_view(tmp_path):
+    good = """
+apiVersion: v1
+kind: Pod
+metadata: {name: r1, namespace: bookinfo}
+spec: {nodeName: node-1, serviceAccountName: reviews}
+"""
+    (tmp_path / "pods.yaml").write_text(good)
+    now = [0.0]
+    ids = ConfigIdentities(tmp_path, clock=lambda: now[0])
+    assert ids("node-1") == {ID.uri}
+    (tmp_path / "pods.yaml").write_text(good.replace("kind: Pod", "kind: Pod\nspec: [not, a, map]"))
+    now[0] += 5
+    assert ids("node-1") == {ID.uri}
+    (tmp_path / "pods.yaml").write_text(good.replace("node-1", "node-2"))
+    now[0] += 5
+    assert ids("node-1") == set() and ids("node-2") == {ID.uri}
+
+
+def test_config_rescans_are_rate_limited(tmp_path):
+    (tmp_path / "pods.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: n}\n")
+    now = [0.0]
+    ids = ConfigIdentities(tmp_path, clock=lambda: now[0])
+    assert ids("n")
+    (tmp_path / "pods.yaml").write_text("")
+    assert ids("n")           # within CONFIG_RESCAN_INTERVAL: not re-read yet
+    now[0] += 2
+    assert ids("n") == set()

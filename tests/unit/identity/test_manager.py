@@ -10,7 +10,8 @@ from core.ca.authority import CertificateAuthority
 from core.identity.caclient import CaError, SignResponse
 from core.identity.certs import load_pem_certs
 from core.identity.manager import (BACKOFF_MAX, MAX_CONCURRENT_FETCHES, CertManager, CertState,
-                                   CertUnavailable, Priority, backoff_delay)
+                                   CertUnavailable, Priority, backoff_delay,
+                                   refresh_time)
 from core.identity.spiffe import Identity
 
 T0 = 1_900_000_000.0
@@ -259,3 +260,23 @@ async def test_admin_section_shape(env):
     assert item["identity"] == A.uri and item["state"] == CertState.AVAILABLE.value
     assert item["certChain"][0]["serialNumber"] == cert.serial
     assert len(item["rootCerts"]) == 1
+
+
+async def test_background_scheduler_renews_when_due():
+    import time as _time
+    offset = [0.0]
+    clock = lambda: _time.time() + offset[0]  # noqa: E731
+    ca = FakeCA(clock)
+    mgr = CertManager(ca, clock=clock, background=True)
+    try:
+        first = await mgr.fetch(A)
+        # move to 0.2 s before the half-life: the scheduler must wake up by itself
+        offset[0] = refresh_time(first) - _time.time() - 0.2
+        mgr._wake.set()
+        deadline = _time.monotonic() + 5
+        while mgr.get(A).serial == first.serial:
+            assert _time.monotonic() < deadline, "no background renewal"
+            await asyncio.sleep(0.02)
+        assert len(ca.calls) == 2
+    finally:
+        await mgr.close()

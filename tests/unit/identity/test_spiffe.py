@@ -101,3 +101,26 @@ def test_verify_client_trust_domain():
         verify_client_trust_domain(Identity.parse("spiffe://other.td/ns/a/sa/b"), "cluster.local")
     assert e.value.code == "trust_domain_mismatch"
     assert "other.td" in str(e.value)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_SEG = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_",
+               min_size=1, max_size=30).filter(lambda s: s not in (".", ".."))
+_TD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=30)
+
+
+@given(td=_TD, ns=_SEG, sa=_SEG)
+def test_valid_ids_round_trip(td, ns, sa):
+    ident = Identity(trust_domain=td, namespace=ns, service_account=sa)
+    assert Identity.parse(ident.uri) == ident
+
+
+@given(st.text(max_size=200))
+def test_parse_never_fails_with_anything_but_identity_error(text):
+    try:
+        ident = Identity.parse(text)
+    except IdentityError as e:
+        assert e.code
+    else:
+        assert ident.uri == text

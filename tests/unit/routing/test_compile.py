@@ -197,3 +197,44 @@ def test_incremental_route_follows_service_waypoint(cfg):
     delta = comp.update(changed)
     assert delta.changes["i/rwp/shop/shop-waypoint"] is None
     assert comp.keyspace == full_keyspace(compile_config(changed))
+
+
+def test_update_resources_matches_full_compile_over_random_changes(cfg):
+    import random
+    from routing.incremental import resource_key
+    rng = random.Random(7)
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    current = {resource_key(r): r for r in cfg.resources}
+    for step in range(40):
+        choice = rng.random()
+        if choice < 0.4:                          # add or relabel a pod
+            i = rng.randrange(20)
+            pod = _pod(f"p{i}", rng.choice(["shop", "legacy", "new-ns"]), f"10.9.0.{i}",
+                       {"app": rng.choice(["web", "old", "x"]), "v": str(step)})
+            for k in [k for k in current if k[0] == "Pod" and k[2] == f"p{i}"]:
+                del current[k]
+                comp.update_resources(deletes=[k])
+            current[resource_key(pod)] = pod
+            delta = comp.update_resources(upserts=[pod])
+        elif choice < 0.7 and current:            # delete something
+            key = rng.choice(sorted(current))
+            del current[key]
+            delta = comp.update_resources(deletes=[key])
+        else:                                     # restore a fixture resource
+            r = rng.choice(cfg.resources)
+            current[resource_key(r)] = r
+            delta = comp.update_resources(upserts=[r])
+        expected = full_keyspace(compile_config(list(current.values())))
+        assert comp.keyspace == expected, (step, set(comp.keyspace) ^ set(expected))
+        assert all(v is None or comp.keyspace[k] == v for k, v in delta.changes.items())
+
+
+def test_one_pod_change_touches_only_its_records(cfg):
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    db = next(r for r in cfg.resources if r.meta.kind == "Pod" and r.meta.name == "db")
+    moved = dataclasses.replace(db, ips=("10.0.1.21",))
+    delta = comp.update_resources(upserts=[moved])
+    assert set(delta.changes) == {"w/Kubernetes//Pod/shop/db", "i/ip//10.0.1.20", "i/ip//10.0.1.21"}
+    assert delta.changes["i/ip//10.0.1.20"] is None

@@ -1,0 +1,313 @@
+"""Load run: two ztunnels against two stunnels and two haproxies, same run.
+
+    python -m benchmarks.load_ztunnel [--seconds 5] [--workers 2] [--idle-conns 10000]
+
+Measures, on loopback, in one run (so ratios are fair; absolute numbers
+drift between machines and with other load on this 2-core box):
+1. iperf3 throughput, one stream, both directions: direct, 2×haproxy
+   (plaintext), 2×stunnel (mutual TLS 1.3), 2×ztunnel (HBONE);
+2. connection rate (connect, 1 byte echo, close; 16 in parallel) through each;
+3. CPU per 1,000 req/s of 1 KB request / 1 KB response over 4 persistent
+   connections (Istio's setup; Istio publishes 0.06 vCPU per ztunnel),
+   for the ztunnels and for the stunnels at the same load;
+4. RSS and PSS (smaps_rollup) of each ztunnel worker, idle and with
+   10,000 open idle connections through the pair.
+
+Writes benchmarks/out/ztunnel.json and docs/img/ztunnel_bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
+from tests.helpers.ztunnel_peers import (Proc, free_port, haproxy_pair, iperf3_run,  # noqa: E402
+                                         iperf3_server, stunnel_pair, wait_port)
+
+APP_PORT = 18080
+IPERF_PORT = 15201
+VIP = "10.96.0.10"
+IPERF_VIP = "10.96.0.11"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- process accounting ---------------------------------------------------------
+
+def cpu_seconds(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])       # utime + stime
+    return total / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    return [pid, *[p for c in children(pid) for p in tree(c)]]
+
+
+def listener_pids(port: int) -> set[int]:
+    out = subprocess.run(["ss", "-ltnpH", f"( sport = :{port} )"], capture_output=True,
+                         text=True).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+def memory(pid: int) -> dict:
+    """RSS and PSS in KiB from smaps_rollup."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key.lower() + "_kib"] = int(rest.split()[0])
+    return out
+
+
+def workers_of(mesh: Mesh, node: str) -> list[int]:
+    n = mesh.nodes[node]
+    sup = n.proc.pid
+    # Workers (and the supervisor's handoff copies) hold the admin listener;
+    # the config watcher holds none.
+    return sorted(listener_pids(n.admin) - {sup})
+
+
+# -- load generators ---------------------------------------------------------------
+
+async def _conn_rate(host, port, seconds, source=None, parallel=16) -> float:
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def loop():
+        nonlocal done
+        while time.monotonic() < stop:
+            r, w = await asyncio.open_connection(host, port,
+                                                 local_addr=(source, 0) if source else None)
+            w.write(b"x")
+            await r.readexactly(1)
+            w.close()
+            done += 1
+    start = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(parallel)))
+    return done / (time.monotonic() - start)
+
+
+async def _paced_rr(host, port, rate, seconds, source=None, conns=4, size=1024) -> dict:
+    """`rate` req/s of `size`-byte request/response over `conns` connections."""
+    payload = b"q" * size
+    lat = []
+    per_conn = rate / conns
+
+    async def one():
+        r, w = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
+        interval = 1 / per_conn
+        t0 = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) < t0 + seconds:
+            due = t0 + i * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+            s = time.monotonic()
+            w.write(payload)
+            await r.readexactly(size)
+            lat.append(time.monotonic() - s)
+            i += 1
+        w.close()
+    await asyncio.gather(*(one() for _ in range(conns)))
+    lat.sort()
+    return {"requests": len(lat), "rps": len(lat) / seconds,
+            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+
+
+def cpu_under_load(pids_a, pids_b, host, port, seconds, source=None, rate=1000) -> dict:
+    c0a, c0b, t0 = cpu_seconds(pids_a), cpu_seconds(pids_b), time.monotonic()
+    rr = asyncio.run(_paced_rr(host, port, rate, seconds, source))
+    wall = time.monotonic() - t0
+    ca, cb = cpu_seconds(pids_a) - c0a, cpu_seconds(pids_b) - c0b
+    per_k = 1000 / rr["rps"]
+    return {**rr, "vcpu_client_side": ca / wall, "vcpu_server_side": cb / wall,
+            "vcpu_per_1000rps_client_side": ca / wall * per_k,
+            "vcpu_per_1000rps_server_side": cb / wall * per_k}
+
+
+async def _hold_idle(host, port, n, source) -> list:
+    conns = []
+    sem = asyncio.Semaphore(200)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection(host, port, local_addr=(source, 0))
+            w.write(b"i")
+            await r.readexactly(1)
+            conns.append(w)
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+# -- the run -----------------------------------------------------------------------------
+
+def build_mesh(tmp: Path, workers: int) -> tuple[Mesh, Proc]:
+    m = Mesh(tmp, workers=workers)
+    m.pod("client", node="node-a", sa="sleep")
+    m.pod("echo", node="node-b", app="echo", port=APP_PORT)
+    m.pod("iperf", node="node-b", app="iperf")
+    m.service("echo", vip=VIP, port=80, target=APP_PORT, app="echo")
+    m.service("iperf", vip=IPERF_VIP, port=5201, target=IPERF_PORT, app="iperf")
+    m.fix("node-a", VIP, 80)
+    m.fix("node-a", IPERF_VIP, 5201)
+    iperf = iperf3_server(m.pods["iperf"].ip, IPERF_PORT, m.logs)
+    m.start()
+    return m, iperf
+
+
+def run(args) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, args.idle_conns * 2 + 2000))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-ztunnel-"))
+    mesh, iperf = build_mesh(tmp, args.workers)
+    procs: list[Proc] = [iperf]
+    out: dict = {"machine": {"cpus": os.cpu_count(), "workers_per_ztunnel": args.workers},
+                 "seconds": args.seconds}
+    try:
+        a, b = mesh.nodes["node-a"], mesh.nodes["node-b"]
+        client_ip, iperf_ip, echo_ip = (mesh.pods[p].ip for p in ("client", "iperf", "echo"))
+        paths = {"direct": (iperf_ip, IPERF_PORT, None)}
+        hp = (free_port(), free_port())
+        procs += haproxy_pair(*hp, (iperf_ip, IPERF_PORT), tmp)
+        paths["haproxy x2"] = ("127.0.0.1", hp[0], None)
+        st = (free_port(), free_port())
+        procs += stunnel_pair(*st, (iperf_ip, IPERF_PORT), tmp)
+        paths["stunnel x2"] = ("127.0.0.1", st[0], None)
+        paths["ztunnel x2"] = (a.proxy_ip, a.fixed[(IPERF_VIP, 5201)], client_ip)
+        tput = {}
+        for name, (host, port, src) in paths.items():
+            tput[name] = {"up_gbps": iperf3_run(host, port, args.seconds, bind=src),
+                          "down_gbps": iperf3_run(host, port, args.seconds, bind=src,
+                                                  reverse=True)}
+            print(f"iperf3 {name}: {tput[name]}", flush=True)
+        out["iperf3"] = tput
+
+        # Echo paths for connection rate and request/response CPU.
+        hp2, st2 = (free_port(), free_port()), (free_port(), free_port())
+        (tmp / "echo-peers").mkdir()
+        hap = haproxy_pair(*hp2, (echo_ip, APP_PORT), tmp / "echo-peers")
+        stp = stunnel_pair(*st2, (echo_ip, APP_PORT), tmp / "echo-peers")
+        procs += hap + stp
+        echo_paths = {"direct": (echo_ip, APP_PORT, None),
+                      "haproxy x2": ("127.0.0.1", hp2[0], None),
+                      "stunnel x2": ("127.0.0.1", st2[0], None),
+                      "ztunnel x2": (a.proxy_ip, a.fixed[(VIP, 80)], client_ip)}
+        rate = {}
+        for name, (host, port, src) in echo_paths.items():
+            rate[name] = asyncio.run(_conn_rate(host, port, args.seconds, src))
+            print(f"connections/s {name}: {rate[name]:.0f}", flush=True)
+        out["connection_rate"] = rate
+
+        zt_a, zt_b = tree(a.proc.pid), tree(b.proc.pid)
+        cpu = {"ztunnel x2": cpu_under_load(zt_a, zt_b, *echo_paths["ztunnel x2"][:2],
+                                            args.seconds * 2, client_ip),
+               "stunnel x2": cpu_under_load([stp[1].pid], [stp[0].pid],
+                                            *echo_paths["stunnel x2"][:2], args.seconds * 2)}
+        for name, c in cpu.items():
+            print(f"1 KB rr {name}: {json.dumps(c)}", flush=True)
+        out["cpu_1kb_rr"] = cpu
+
+        mem = {"idle": {n: {str(p): memory(p) for p in workers_of(mesh, n)}
+                        for n in ("node-a", "node-b")}}
+        conns = asyncio.run(_idle_phase(a, client_ip, args.idle_conns, mesh, mem))
+        out["memory"] = mem
+        out["idle_connections"] = conns
+        print(f"memory: {json.dumps(mem)}", flush=True)
+    finally:
+        for p in procs:
+            p.stop()
+        mesh.stop()
+    return out
+
+
+async def _idle_phase(a, client_ip, n, mesh, mem) -> int:
+    conns = await _hold_idle(a.proxy_ip, a.fixed[(VIP, 80)], n, client_ip)
+    await asyncio.sleep(1)
+    mem[f"with_{n}_idle_connections"] = {nd: {str(p): memory(p) for p in workers_of(mesh, nd)}
+                                         for nd in ("node-a", "node-b")}
+    held = len(conns)
+    for w in conns:
+        w.close()
+    return held
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    names = list(result["iperf3"])
+    up = [result["iperf3"][n]["up_gbps"] for n in names]
+    down = [result["iperf3"][n]["down_gbps"] for n in names]
+    x = range(len(names))
+    axes[0].bar([i - 0.2 for i in x], up, 0.4, label="client→server")
+    axes[0].bar([i + 0.2 for i in x], down, 0.4, label="server→client")
+    axes[0].set_xticks(list(x), names)
+    axes[0].set_ylabel("Gbit/s (iperf3, 1 stream)")
+    axes[0].legend()
+    axes[0].set_title("Throughput")
+    rn = list(result["connection_rate"])
+    axes[1].bar(rn, [result["connection_rate"][n] for n in rn], color="tab:green")
+    axes[1].set_ylabel("connections/s")
+    axes[1].set_title("Connection rate (1-byte echo)")
+    cn = list(result["cpu_1kb_rr"])
+    side_a = [result["cpu_1kb_rr"][n]["vcpu_per_1000rps_client_side"] for n in cn]
+    side_b = [result["cpu_1kb_rr"][n]["vcpu_per_1000rps_server_side"] for n in cn]
+    axes[2].bar([i - 0.2 for i in range(len(cn))], side_a, 0.4, label="client-side proxy")
+    axes[2].bar([i + 0.2 for i in range(len(cn))], side_b, 0.4, label="server-side proxy")
+    axes[2].axhline(0.06, color="red", linestyle="--", label="Istio ztunnel (published)")
+    axes[2].set_xticks(list(range(len(cn))), cn)
+    axes[2].set_ylabel("vCPU per 1,000 req/s (1 KB)")
+    axes[2].legend()
+    axes[2].set_title("CPU")
+    fig.suptitle("shoal ztunnel vs peers, loopback, 2 cores (noisy: shared machine)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--idle-conns", type=int, default=10000)
+    args = p.parse_args()
+    result = run(args)
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ztunnel.json").write_text(json.dumps(result, indent=2))
+    plot(result, ROOT / "docs" / "img" / "ztunnel_bench.png")
+    print(f"wrote {out / 'ztunnel.json'} and docs/img/ztunnel_bench.png")
+
+
+if __name__ == "__main__":
+    main()

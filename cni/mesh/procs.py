@@ -1,0 +1,104 @@
+"""Processes of the local mesh: started detached, stopped by recorded id.
+
+Each process runs in its own session (so `mesh up` can exit and a stop can
+signal its whole group), logs to a file, and is recorded with its start time
+from /proc: a stop only signals a pid whose start time still matches, so a
+recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+# SIGTERM lets ztunnel/waypoint drain (their default drain is 5 s) and
+# unlink their shared memory; past this we SIGKILL.
+STOP_GRACE_S = 8.0
+POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcRecord:
+    name: str
+    pid: int
+    start: int          # /proc/<pid>/stat field 22 (start time in clock ticks)
+    argv: tuple[str, ...]
+    log: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ProcRecord":
+        return cls(name=d["name"], pid=d["pid"], start=d["start"], argv=tuple(d["argv"]), log=d["log"])
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a live process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    rest = raw[raw.rindex(")") + 2:].split()
+    return rest[0], int(rest[19])
+
+
+def alive(rec: ProcRecord) -> bool:
+    st = _stat(rec.pid)
+    return st is not None and st[1] == rec.start and st[0] not in ("Z", "X")
+
+
+def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None,
+          cwd: str | None = None, env: dict[str, str] | None = None) -> ProcRecord:
+    """Start `argv` (inside `netns` via `ip netns exec`, which also applies
+    /etc/netns/<netns>/ files) in a new session, output to `log_path`."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             cwd=cwd or None, env={**os.environ, **(env or {})},
+                             start_new_session=True)
+    st = _stat(p.pid)
+    return ProcRecord(name=name, pid=p.pid, start=st[1] if st else 0, argv=tuple(full), log=log_path)
+
+
+def stop(recs: list[ProcRecord], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM each process group, wait up to `grace`, then SIGKILL."""
+    live = [r for r in recs if alive(r)]
+    for r in live:
+        _signal(r, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while live and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        live = [r for r in live if alive(r)]
+    for r in live:
+        _signal(r, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while any(alive(r) for r in live) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+def _signal(rec: ProcRecord, sig: int) -> None:
+    try:
+        os.killpg(rec.pid, sig)      # the session leader's group: its children too
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        try:
+            os.kill(rec.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def tail(path: str, lines: int = 8) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

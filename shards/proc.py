@@ -1,0 +1,59 @@
+"""Small process helpers for the supervisor (statuses, signals, pidfiles)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _readable(fd: int) -> bool:
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except OSError:
+        return False
+
+
+def _exit(code: int) -> None:
+    """Leave a forked child without running the parent's cleanup."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def write_pidfile(path: str | None) -> None:
+    """Atomically write our pid (a reader never sees a half-written file)."""
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pidfile(path: str | None) -> None:
+    """Remove it only if it is still ours (a SIGUSR2 successor rewrote it)."""
+    try:
+        if path and open(path).read().strip() == str(os.getpid()):
+            os.unlink(path)
+    except OSError:
+        pass

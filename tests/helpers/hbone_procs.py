@@ -1,0 +1,74 @@
+"""Real peer processes for HBONE integration tests (nghttpx, tinyproxy, shoal's
+`core.hbone.tools`), each on ephemeral ports, killed by the fixture that made them."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 10.0) -> None:
+    """Poll until 127.0.0.1:port accepts (or the process died / deadline)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def start_shoal_tool(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m core.hbone.tools ...`; returns (process, listening port)."""
+    out = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "core.hbone.tools", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=out, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"tool did not start: {line!r} {log.read_text()[-2000:]}")
+    return proc, int(line.split()[1])
+
+
+def start_tinyproxy(tmp: Path, connect_port: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = tmp / f"tinyproxy-{port}.conf"
+    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
+                    f"ConnectPort {connect_port}\nMaxClients 100\n")
+    proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_nghttpx(args: list[str], frontend_port: int, tmp: Path) -> subprocess.Popen:
+    log = tmp / f"nghttpx-{frontend_port}.log"
+    proc = subprocess.Popen(["nghttpx", "--conf=/dev/null", "--workers=1", "--no-ocsp",
+                             f"--errorlog-file={log}", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(frontend_port, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -1,0 +1,49 @@
+"""Fixtures for waypoint integration tests: real backends on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from tests.helpers.waypoint_backend import Backend
+from tests.helpers.waypoint_mesh import loopback_ip
+
+
+@pytest.fixture
+def backends():
+    made: list[Backend] = []
+
+    def make(name: str) -> Backend:
+        b = Backend(name, loopback_ip()).start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+class Client:
+    """http.client against the plaintext listener (an independent HTTP/1.1 client)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, path: str = "/", host: str = "echo:8080", method: str = "GET",
+            headers: dict | None = None, body: bytes | None = None):
+        self.conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.getheader("connection", "").lower() == "close":
+            self.conn.close()
+        return r, data
+
+    def json(self, *a, **kw):
+        r, data = self.get(*a, **kw)
+        return r, json.loads(data) if data.startswith(b"{") else data
+
+    def close(self):
+        self.conn.close()
