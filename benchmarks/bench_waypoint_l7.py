@@ -109,3 +109,26 @@ def test_waypoint_request_head_out(benchmark):
     def run():
         return serialize_request_head(head, strip_hop_by_hop(head.headers))
     assert benchmark(run).startswith(b"GET ")
+
+
+class _Bare:
+    """The peer: httptools with callbacks that only collect, no events."""
+
+    def __init__(self) -> None:
+        self.headers = []
+
+    def on_url(self, url):
+        self.url = url
+
+    def on_header(self, name, value):
+        self.headers.append((name, value))
+
+
+def test_waypoint_parse_request_bare_httptools(benchmark):
+    import httptools
+
+    def run():
+        b = _Bare()
+        httptools.HttpRequestParser(b).feed_data(REQ)
+        return b.headers
+    assert len(benchmark(run)) == 5

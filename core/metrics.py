@@ -96,6 +96,7 @@ class IstioMetrics:
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
+        self._children: dict[tuple, object] = {}
         c = dict(registry=None)
         self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened", TCP_LABELS, **c)
         self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed", TCP_LABELS, **c)
@@ -124,23 +125,35 @@ class IstioMetrics:
                                        ("reason",), **c)
 
     def all(self) -> list:
-        return [v for v in vars(self).values() if hasattr(v, "collect")]
+        return [v for v in vars(self).values() if hasattr(v, "collect") and hasattr(v, "_name")]
 
     # Label-dict helpers: missing labels are "unknown", extra ones are refused.
+    # Children are cached per (metric, values): prometheus_client's labels()
+    # validates and locks on every call, which doubled the cost per record.
 
     @staticmethod
-    def values_for(metric, labels: Mapping[str, str]) -> list[str]:
+    def values_for(metric, labels: Mapping[str, str]) -> tuple[str, ...]:
         names = metric._labelnames
-        extra = set(labels) - set(names)
-        if extra:
+        if not labels.keys() <= set(names):
+            extra = set(labels) - set(names)
             raise ValueError(f"{metric._name}: unknown labels {sorted(extra)}")
-        return [str(labels.get(n) or UNKNOWN) for n in names]
+        return tuple([str(labels.get(n) or UNKNOWN) for n in names])
+
+    def child(self, metric, labels: Mapping[str, str]):
+        """The labelled child (bind once per connection on hot paths)."""
+        # Keyed on the dict's items as given: a call site passes the same
+        # keys in the same order, so the hit path skips the 23-label fill.
+        key = (id(metric), *labels.items())
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*self.values_for(metric, labels))
+        return c
 
     def inc(self, metric, labels: Mapping[str, str], amount: float = 1) -> None:
-        metric.labels(*self.values_for(metric, labels)).inc(amount)
+        self.child(metric, labels).inc(amount)
 
     def observe(self, metric, labels: Mapping[str, str], value: float) -> None:
-        metric.labels(*self.values_for(metric, labels)).observe(value)
+        self.child(metric, labels).observe(value)
 
     def set_build(self, component: str) -> None:
         self.build.labels(component, __version__).set(1)

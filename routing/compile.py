@@ -27,6 +27,7 @@ compilation per namespace sound (routing/incremental.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -80,12 +81,15 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
             got = out[name] = NamespaceInput(name=name)
         return got
 
+    # Precedence for one (namespace, name): overlay pod > explicit Pod > Deployment
+    # replica, whatever the file order (a mesh builder writes Pods for replicas).
     pods: dict[tuple[str, str], Pod] = {}
+    explicit: list[Pod] = []
     for r in resources:
         if isinstance(r, Namespace):
             ns_input(r.meta.name).namespace = r
         elif isinstance(r, Pod):
-            pods[(r.meta.namespace, r.meta.name)] = r
+            explicit.append(r)
         elif isinstance(r, Deployment):
             for p in replica_pods(r):
                 pods[(p.meta.namespace, p.meta.name)] = p
@@ -93,8 +97,13 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
             bucket = {Service: "services", AuthorizationPolicy: "policies", Gateway: "gateways",
                       HTTPRoute: "routes"}[type(r)]
             getattr(ns_input(r.meta.namespace), bucket).append(r)
-    for p in extra_pods:
-        pods[(p.meta.namespace, p.meta.name)] = p
+    for p in (*explicit, *extra_pods):
+        key = (p.meta.namespace, p.meta.name)
+        replaced = pods.get(key)
+        if replaced is not None and replaced.owner_deployment and not p.owner_deployment:
+            # it stands for a replica: keep the Deployment as its workload name
+            p = dataclasses.replace(p, owner_deployment=replaced.owner_deployment)
+        pods[key] = p
     for (ns, _), p in sorted(pods.items()):
         ns_input(ns).pods.append(p)
     for g in out.values():          # canonical order: equal inputs compare equal
@@ -213,7 +222,6 @@ def selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
     return dataclasses.replace(obj, **changes)
 
 

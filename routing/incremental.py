@@ -17,6 +17,7 @@ Transactional: on ConfigError nothing in the compiler's state changes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -29,6 +30,8 @@ from routing.compile import (CompileOptions, NamespaceInput, compile_namespace, 
 from routing.index import contributions, index_value, record_key
 from routing.records import HTTPRoute, Service, Workload
 
+
+_REPLICA_NAME = re.compile(r"^(.+)-[0-9a-f]{10}-[0-9]+$")
 
 # Above 1/4 of a namespace's pods changed, recompiling the namespace is cheaper.
 POD_PATH_MAX_FRACTION = 4
@@ -128,7 +131,7 @@ class IncrementalCompiler:
         regrouping it (None when overlay pods or replicas could share a name)."""
         old = self._groups.get(ns)
         if old is None or any(k[0] != "Pod" or ("Pod+", ns, k[2]) in self._resources
-                              for k in keys):
+                              or self._may_be_replica(ns, k[2]) for k in keys):
             return None
         pods = {p.meta.name: p for p in old.pods}
         for k in keys:
@@ -140,6 +143,11 @@ class IncrementalCompiler:
             else:
                 pods[k[2]] = changes[k]
         return dataclasses.replace(old, pods=[pods[n] for n in sorted(pods)])
+
+    def _may_be_replica(self, ns: str, name: str) -> bool:
+        """A Deployment could own a replica of this name (`<deploy>-<hash>-<n>`)."""
+        m = _REPLICA_NAME.match(name)
+        return bool(m) and ("Deployment", ns, m.group(1)) in self._resources
 
     def _apply(self, candidates: dict[str, NamespaceInput | None], *,
                resources: dict[tuple, Any] | None = None,

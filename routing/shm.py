@@ -87,6 +87,7 @@ _II = struct.Struct("II")
 _HDR = struct.Struct("II")          # block header: size class, magic
 _ENTRY = struct.Struct("IIQ")       # leaf entry: crc32, pad, record offset
 _NODE = struct.Struct(f"{FANOUT}Q")
+_PATH_MASK = (1 << (FANOUT_BITS * DEPTH)) - 1  # the hash bits that pick a leaf
 
 
 def _size_classes() -> list[int]:
@@ -241,7 +242,10 @@ def read_status(mm) -> dict:
             continue
         data = mm[STATUS_OFF + 16:STATUS_OFF + 16 + min(length, STATUS_MAX)]
         if _Q.unpack_from(mm, STATUS_OFF)[0] == seq1:
-            return orjson.loads(data) if data else {}
+            try:
+                return orjson.loads(data) if data else {}
+            except orjson.JSONDecodeError:
+                return {"error": {"message": "status area unreadable"}}
     return {"error": {"message": "status busy (writer updating)"}}
 
 
@@ -442,8 +446,7 @@ class TableWriter:
         self._retired = []
         try:
             root = self._cow(self.root, NODE_BYTES)
-            for key, value in changes.items():
-                self._set(root, key.encode(), value)
+            self._set_many(root, changes)
         except BaseException:
             self._rollback(bump)
             raise
@@ -466,46 +469,55 @@ class TableWriter:
         for lst in self._free:          # blocks past the old bump no longer exist
             lst[:] = [o for o in lst if o < bump]
 
-    def _set(self, root: int, key: bytes, value: bytes | None) -> None:
-        h = _hash(key)
+    def _set_many(self, root: int, changes: dict[str, bytes | None]) -> None:
+        """Apply changes grouped by leaf: each touched leaf is rewritten once."""
+        by_leaf: dict[int, dict[bytes, tuple[int, bytes | None]]] = {}
+        for key, value in changes.items():
+            kb = key.encode()
+            h = _hash(kb)
+            by_leaf.setdefault(h & _PATH_MASK, {})[kb] = (h, value)
+        for path, items in by_leaf.items():
+            create = any(v is not None for _, v in items.values())
+            slot = self._leaf_slot(root, path, create)
+            if slot:
+                self._rewrite_leaf(slot, items)
+
+    def _leaf_slot(self, root: int, path: int, create: bool) -> int:
+        """Address of the leaf pointer for `path`, copying interior nodes on the way
+        (0 when the path does not exist and `create` is False)."""
         mm = self._mm
         parent = root
         for level in range(DEPTH - 1):
-            slot = parent + ((h >> (level * FANOUT_BITS)) & (FANOUT - 1)) * 8
+            slot = parent + ((path >> (level * FANOUT_BITS)) & (FANOUT - 1)) * 8
             child = _Q.unpack_from(mm, slot)[0]
             if not child:
-                if value is None:
-                    return
+                if not create:
+                    return 0
                 child = self._alloc(NODE_BYTES)
                 mm[child:child + NODE_BYTES] = bytes(NODE_BYTES)
             else:
                 child = self._cow(child, NODE_BYTES)
             _Q.pack_into(mm, slot, child)
             parent = child
-        slot = parent + ((h >> ((DEPTH - 1) * FANOUT_BITS)) & (FANOUT - 1)) * 8
-        leaf = _Q.unpack_from(mm, slot)[0]
-        entries = self._leaf_entries(leaf, h, key)
-        if value is not None:
-            entries.append((h, self._write_record(key, value)))
-        if leaf:
-            self._release(leaf)
-        _Q.pack_into(mm, slot, self._write_leaf(entries) if entries else 0)
+        return parent + ((path >> ((DEPTH - 1) * FANOUT_BITS)) & (FANOUT - 1)) * 8
 
-    def _leaf_entries(self, leaf: int, h: int, key: bytes) -> list[tuple[int, int]]:
-        """The leaf's entries without `key` (whose record is released)."""
-        if not leaf:
-            return []
+    def _rewrite_leaf(self, slot: int, items: dict[bytes, tuple[int, bytes | None]]) -> None:
         mm = self._mm
-        out = []
-        for i in range(_II.unpack_from(mm, leaf)[0]):
-            eh, _pad, roff = _ENTRY.unpack_from(mm, leaf + 8 + 16 * i)
-            if eh == h:
+        leaf = _Q.unpack_from(mm, slot)[0]
+        entries = []
+        if leaf:
+            for i in range(_II.unpack_from(mm, leaf)[0]):
+                eh, _pad, roff = _ENTRY.unpack_from(mm, leaf + 8 + 16 * i)
                 klen = _II.unpack_from(mm, roff)[0]
-                if mm[roff + 8:roff + 8 + klen] == key:
-                    self._release(roff)
-                    continue
-            out.append((eh, roff))
-        return out
+                if mm[roff + 8:roff + 8 + klen] in items:
+                    self._release(roff)         # replaced or deleted
+                else:
+                    entries.append((eh, roff))
+            self._release(leaf)
+        for kb, (h, value) in items.items():
+            if value is not None:
+                entries.append((h, self._write_record(kb, value)))
+        _Q.pack_into(mm, slot, self._write_leaf(entries) if entries else 0)
 
     def _write_leaf(self, entries: list[tuple[int, int]]) -> int:
         n = 8 + 16 * len(entries)
@@ -548,7 +560,11 @@ class TableWriter:
 
     # -- status and introspection --------------------------------------------
     def set_status(self, status: dict) -> None:
-        data = orjson.dumps(status, default=str)[:STATUS_MAX]
+        data = orjson.dumps(status, default=str)
+        if len(data) > STATUS_MAX:      # never store truncated (invalid) JSON
+            data = orjson.dumps({"generation": status.get("generation"),
+                                 "error": {"message": "status too large to store; see the "
+                                           "watcher log", "errors": []}})
         seq = _Q.unpack_from(self._mm, STATUS_OFF)[0]
         _Q.pack_into(self._mm, STATUS_OFF, seq + 1)            # odd: writing
         _Q.pack_into(self._mm, STATUS_OFF + 8, len(data))

@@ -43,6 +43,7 @@ class Listener:
         self._loop = asyncio.get_running_loop()
         self._transports: set[asyncio.BaseTransport] = set()
         self._prune_at = 64
+        self._pending = 0    # accepted, transport not made yet: a drain must wait for them
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -61,6 +62,7 @@ class Listener:
                 break
             n += 1
             configure_accepted(conn)
+            self._pending += 1
             self._loop.create_task(self._start(conn))
         return n
 
@@ -72,6 +74,8 @@ class Listener:
                                                                            "error": str(e)}})
             conn.close()
             return
+        finally:
+            self._pending -= 1
         self._transports.add(transport)
         if len(self._transports) >= self._prune_at:
             self._prune()
@@ -85,7 +89,7 @@ class Listener:
     @property
     def open_connections(self) -> int:
         self._prune()
-        return len(self._transports)
+        return len(self._transports) + self._pending
 
     def close(self) -> int:
         """Stop accepting: serve what is queued, then close. Returns how many were queued."""
@@ -107,7 +111,7 @@ class Listener:
     def abort_all(self) -> int:
         """Force: abort every open connection. Returns how many."""
         self._prune()
-        n = len(self._transports)
+        n = len(self._transports)   # pending ones are cancelled with the loop
         for t in list(self._transports):
             t.abort()
         self._transports.clear()

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -109,6 +110,7 @@ class Supervisor:
         self.upgrade: Upgrade | None = None
         self.upgrade_ready_fd: int | None = None
         self.announced_ready = False
+        self._log_seq = 0
         self.cwd = os.getcwd()
         self.heartbeats: HeartbeatTable | None = None
         self.table = None
@@ -129,6 +131,7 @@ class Supervisor:
                     return self.exit_code if self.exit_code is not None else exitcodes.OK
                 self.reconcile()
                 self._check_ready()
+                self._follow_log_level()
         except exitcodes.SupervisorExit as e:
             self.log.error(str(e), extra={"fields": {"exit_code": e.code,
                                                      "exit_name": exitcodes.NAMES.get(e.code)}})
@@ -364,6 +367,13 @@ class Supervisor:
         for slot in [s for s in self.slot_socks if which(s)]:
             for sock in self.slot_socks.pop(slot).values():
                 sock.close()
+
+    def _follow_log_level(self) -> None:
+        # /logging in any worker writes the shared word; follow it here too.
+        level, seq = self.heartbeats.log_control()
+        if seq != self._log_seq:
+            self._log_seq = seq
+            logging.getLogger("shoal").setLevel(level)
 
     def _check_ready(self) -> None:
         if self.announced_ready or self.stopping is not None:

@@ -7,7 +7,8 @@ Line protocol, one command per line:
     crash          -> the worker exits at once, code 70 (only with --test-hooks)
     anything else  -> echoed back
 
-`--fail-boot` makes every worker fail in `start()`, for the halt test.
+`--fail-boot` makes every worker fail in `start()`, for the halt test;
+`--fail-boot-on-reload` only the workers of a SIGHUP roll.
 Each connection records Istio's TCP metrics with reporter="destination".
 """
 
@@ -40,6 +41,7 @@ class EchoOptions:
     port: int = 0            # 0: no echo listener (admin ports only)
     test_hooks: bool = False
     fail_boot: bool = False
+    fail_boot_on_reload: bool = False
 
 
 class EchoApp(App):
@@ -51,14 +53,19 @@ class EchoApp(App):
     async def start(self, ctx: WorkerContext) -> None:
         if self.options.fail_boot:
             raise RuntimeError("--fail-boot: refusing to start (test hook)")
+        if self.options.fail_boot_on_reload and ctx.generation > 1:
+            raise RuntimeError("--fail-boot-on-reload: refusing to start after SIGHUP (test hook)")
         self.ctx = ctx
+        m = ctx.metrics
+        # Bound once: the label values never change for this app.
+        self.m_opened, self.m_closed = m.child(m.tcp_opened, LABELS), m.child(m.tcp_closed, LABELS)
+        self.m_sent, self.m_received = m.child(m.tcp_sent, LABELS), m.child(m.tcp_received, LABELS)
         if self.options.port:
             ctx.serve(self.options.host, self.options.port, stream_protocol(self.handle, MAX_LINE),
                       name="echo")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ctx, m = self.ctx, self.ctx.metrics
-        m.inc(m.tcp_opened, LABELS)
+        self.m_opened.inc()
         sent = received = 0
         try:
             while line := await reader.readline():
@@ -70,10 +77,10 @@ class EchoApp(App):
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
-            m.inc(m.tcp_closed, LABELS)
-            m.inc(m.tcp_received, LABELS, received)
-            m.inc(m.tcp_sent, LABELS, sent)
-            ctx.count_bytes(sent, received)
+            self.m_closed.inc()
+            self.m_received.inc(received)
+            self.m_sent.inc(sent)
+            self.ctx.count_bytes(sent, received)
             writer.close()
 
     async def command(self, line: bytes) -> bytes:
@@ -99,10 +106,13 @@ class EchoApp(App):
 @click.option("--echo-port", type=int, default=0, help="TCP echo listener (0: none).")
 @click.option("--test-hooks", is_flag=True, help="Allow the 'hang' and 'crash' commands.")
 @click.option("--fail-boot", is_flag=True, help="Every worker fails to start (test hook).")
+@click.option("--fail-boot-on-reload", is_flag=True,
+              help="Workers started by a SIGHUP roll fail to start (test hook).")
 def main(supervisor: SupervisorOptions, echo_host: str, echo_port: int, test_hooks: bool,
-         fail_boot: bool) -> None:
+         fail_boot: bool, fail_boot_on_reload: bool) -> None:
     """Run the shards echo app under the supervisor."""
-    opts = EchoOptions(host=echo_host, port=echo_port, test_hooks=test_hooks, fail_boot=fail_boot)
+    opts = EchoOptions(host=echo_host, port=echo_port, test_hooks=test_hooks, fail_boot=fail_boot,
+                       fail_boot_on_reload=fail_boot_on_reload)
     sys.exit(run_app(lambda: EchoApp(opts), supervisor))
 
 

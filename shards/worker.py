@@ -165,8 +165,15 @@ class Worker:
                     self.log.error("supervisor gone; stopping")
                     self.exit_code = exitcodes.WORKER_ORPHANED
                     self.request_stop(core_drain.DrainMode.GRACEFUL)
+                self._report_active()
             self._apply_control()
             await asyncio.sleep(CONTROL_POLL_INTERVAL)
+
+    def _report_active(self) -> None:
+        # A gauge refreshed with the heartbeat, not per connection: exact
+        # counts per accept/close would need a wrapper on every protocol.
+        n = sum(lst.open_connections for lst in self.ctx.listeners)
+        self.ctx.metrics.worker_active.labels(str(self.slot)).set(n)
 
     def _apply_control(self, force: bool = False) -> None:
         level, seq = self.heartbeats.log_control()

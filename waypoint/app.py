@@ -31,7 +31,7 @@ from waypoint.destination import NotForUs, resolve
 from waypoint.lb import MODES, ROUND_ROBIN
 from waypoint.proxy import Downstream, Proxy
 from waypoint.server import serve_stream
-from waypoint.telemetry import Telemetry
+from waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
 from waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 
 LOG = core_log.get("waypoint")
@@ -86,6 +86,7 @@ class WaypointApp(App):
         self.certs = None
         self.cert = None
         self._tasks: set[asyncio.Task] = set()
+        self._flusher: asyncio.Task | None = None
         self._socks: list[socket.socket] = []
 
     # -- lifecycle -------------------------------------------------------------
@@ -108,9 +109,19 @@ class WaypointApp(App):
             await self._listen_hbone()
         if o.plaintext_port:
             ctx.serve(o.bind, o.plaintext_port, self._plain_protocol, name="http-plaintext")
+        self._flusher = asyncio.ensure_future(self._flush_telemetry(telemetry))
         LOG.info("waypoint worker serving", extra={"fields": {
             "waypoint": self.ref.key, "worker": ctx.worker_id, "hbone_port": o.hbone_port,
             "plaintext_port": o.plaintext_port, "identity": o.identity}})
+
+    async def _flush_telemetry(self, telemetry: Telemetry) -> None:
+        """Push aggregated metrics and buffered access-log lines out regularly,
+        also when traffic stops (record() only flushes on the next request)."""
+        while True:
+            await asyncio.sleep(ACCESS_LOG_FLUSH)
+            telemetry.log.flush()
+            if telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
+                telemetry.flush_metrics()
 
     async def drain(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -123,6 +134,8 @@ class WaypointApp(App):
             await asyncio.wait(set(self._tasks), timeout=grace)
         if self.proxy is not None:
             await self.proxy.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
 
     def ready(self) -> bool:
         return self.proxy is not None

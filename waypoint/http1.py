@@ -14,9 +14,9 @@ Rules of this module:
 - Any parse error ends the connection: the caller answers the status hint of
   `ProtocolFailed` (400, 414 or 431) with `Connection: close` and closes,
   as Envoy does.
-- Pipelined requests are all parsed and queued as events in order; the
-  caller serves them one at a time and stops reading when too many are
-  pending (`MAX_PIPELINED`).
+- Pipelined requests are parsed and queued as events in order; the caller
+  serves them one at a time and reads more bytes only when it needs the
+  next event, so at most one read of pipelined requests is ever queued.
 - After an Upgrade (or CONNECT) request every later byte is opaque
   (`TunnelData`); llhttp signals the switch and we stop parsing.
 """
@@ -41,9 +41,6 @@ MAX_REQUEST_LINE = 16 * 1024
 # end is buffered inside llhttp before any callback): at most this many raw
 # bytes may arrive while one head is incomplete.
 MAX_INCOMPLETE_HEAD_BYTES = 2 * MAX_HEADER_BYTES + 64 * 1024
-# Pipelined requests parsed ahead of the one being served; above this the
-# adapter pauses reading (bounded memory, like uvicorn's flow control).
-MAX_PIPELINED = 16
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade"})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from core import authz
 from core import log as core_log
+from core.constants import WAYPOINT_GATEWAY_CLASS
 from routing.records import Timeouts
 from waypoint import filters, message
 from waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
@@ -51,6 +52,9 @@ UPSTREAM_READ = 256 * 1024
 MAX_CACHE_ENTRIES = 4096
 
 LOG = core_log.get("waypoint")
+# Istio's root namespace: policies there targeting the GatewayClass apply to
+# every waypoint of that class.
+ROOT_NAMESPACE = "istio-system"
 
 RBAC_DENIED = b"RBAC: access denied"
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -124,7 +128,10 @@ class Proxy:
         key = (target.service.key if target.service else target.address)
         pols = self._policies.get(key)
         if pols is None:
-            pols = []
+            # Istio: targetRefs to the GatewayClass (root namespace), to this
+            # waypoint's Gateway, or to the destination Service.
+            pols = list(self.view.policies_for_target("GatewayClass", ROOT_NAMESPACE,
+                                                      WAYPOINT_GATEWAY_CLASS))
             wp = self.waypoint
             if wp is not None:
                 pols += self.view.policies_for_target("Gateway", wp.namespace, wp.name)
@@ -227,15 +234,15 @@ class Proxy:
                        rule, response_mod, mirrors) -> bool:
         headers = self._upstream_headers(st, req, out)
         method = out.method
-        expect = (message.get(out.headers, "expect") or "").lower() == "100-continue"
+        if (message.get(headers, "expect") or "").lower() == "100-continue":
+            # Envoy's default (proxy_100_continue off): answer 100 ourselves
+            # and do not pass Expect on, so the body can be read right away.
+            headers = message.remove(headers, "expect")
+            await sink.informational(100, [])
         declared = req.content_length or 0
         buffered: bytes | None = None
-        if req.upgrade:
-            pass
-        elif not req.chunked and declared == 0:
-            buffered = b""
-        elif not req.chunked and declared <= RETRY_BUFFER_LIMIT and not expect:
-            buffered = await _read_all(body)
+        if not req.upgrade and not req.chunked and declared <= RETRY_BUFFER_LIMIT:
+            buffered = await _read_all(body) if declared else b""
             st.request_bytes = len(buffered)
         streamed_framing = "chunked" if req.chunked else ("length" if declared else "none")
         if buffered is not None:
@@ -461,6 +468,7 @@ class Proxy:
         for t in list(self._mirrors):
             t.cancel()
         self.pool.close()
+        self.telemetry.flush()
 
     # -- telemetry ----------------------------------------------------------------
     def _record(self, st: "_Req") -> None:

@@ -32,6 +32,17 @@ MAX_DISCARD_BODY = 1024 * 1024
 IDLE_TIMEOUT = 75.0
 
 
+def _read_errors() -> tuple:
+    try:
+        from core.hbone.errors import HboneError
+        return (TimeoutError, ConnectionError, OSError, HboneError)
+    except ImportError:
+        return (TimeoutError, ConnectionError, OSError)
+
+
+_READ_ERRORS = _read_errors()
+
+
 class DownstreamClosed(ConnectionError):
     """The client went away or broke the protocol in the middle of a request."""
 
@@ -62,13 +73,8 @@ class H1Session:
                         data = await self.stream.read(READ_SIZE)
                 else:
                     data = await self.stream.read(READ_SIZE)
-            except (TimeoutError, ConnectionError, OSError):
+            except _READ_ERRORS:            # idle timeout, reset, or the tunnel died
                 data = b""
-            except Exception as e:          # HboneError and friends: the tunnel died
-                if type(e).__name__.endswith(("Error", "Reset")):
-                    data = b""
-                else:
-                    raise
             if not data:
                 self.eof = True
             self.events.extend(self.parser.receive_data(data))

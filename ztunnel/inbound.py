@@ -102,7 +102,8 @@ def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, s
 
 def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
                  src_addr: tuple[str, int], authorize: Authorizer = authorize_l4,
-                 proxy_ports: frozenset[int] = PROXY_PORTS) -> Accepted | Rejected:
+                 proxy_ports: frozenset[int] = PROXY_PORTS,
+                 local: Workload | None = None) -> Accepted | Rejected:
     """Decide one HBONE CONNECT arriving on 15008.
 
     Args:
@@ -113,6 +114,8 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
         src_identity: SPIFFE id of the verified client certificate.
         src_addr: the peer address of the TLS connection.
         authorize: the L4 authorizer (injected for tests).
+        local: the workload this proxy serves, when it is known without a
+            lookup (in-pod mode: the pod whose netns accepted the connection).
     """
     target = parse_authority(authority)
     if target is None:
@@ -122,7 +125,8 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
     if port in proxy_ports:
         return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
                         "a proxy port (self call)")
-    local = view.workload_by_ip(local_ip)
+    if local is None:
+        local = view.workload_by_ip(local_ip)
     waypoint_case = False
     if ip != local_ip:
         if local is None or not _local_is_waypoint_of(view, local, ip):

@@ -170,8 +170,9 @@ def _to_service(view: Any, source: Workload | None, service: Service,
     picked = pick_endpoint(view, service, dst[1], source, rng)
     if picked is None:
         raise OutboundError(NO_HEALTHY_UPSTREAM,
-                            f"no healthy upstream for service {service.hostname} port {dst[1]}: "
-                            "check that its pods are running, ready and expose that port",
+                            f"no healthy upstream for service {service.hostname} port {dst[1]} "
+                            f"({_endpoint_summary(view, service, dst[1])}): check that its pods "
+                            "are running, ready and expose that port",
                             response_flag="NO_HEALTHY_UPSTREAM")
     endpoint, target_port = picked
     return _to_workload(view, source, endpoint, dst, target_port, service=service, rng=rng)
@@ -271,6 +272,16 @@ def pick_endpoint(view: Any, service: Service, port: int, source: Workload | Non
     if not eligible:
         return None
     return _weighted_pick_pairs(eligible, rng)
+
+
+def _endpoint_summary(view: Any, service: Service, port: int) -> str:
+    """Why no endpoint qualified, for the operator (counts per reason)."""
+    eps = view.endpoints(service)
+    no_ip = sum(1 for e in eps if not e.ips)
+    sick = sum(1 for e in eps if e.ips and e.status != "HEALTHY")
+    no_port = sum(1 for e in eps if e.ips and target_port_for(service, e, port) is None)
+    return (f"{len(service.endpoints)} endpoints, {len(eps)} known, {no_ip} without IP, "
+            f"{sick} unhealthy, {no_port} without port {port}")
 
 
 def _locality_rank(ep: Workload, prefs: Sequence[str], source: Workload | None) -> int:

@@ -393,9 +393,10 @@ class Proxy:
         view = self.shared.view()
         src_identity = req.peer_identity.uri if req.peer_identity is not None else ""
         src_addr = _client_addr(view, req, src_identity)
+        local = view.workload_by_uid(self.scope.pod_uid) if self.scope.pod_uid else None
         d = inbound.decide_hbone(view, authority=req.authority, local_ip=local_ip,
                                  src_identity=src_identity, src_addr=src_addr,
-                                 proxy_ports=self.opts.proxy_ports)
+                                 proxy_ports=self.opts.proxy_ports, local=local)
         src_w = view.workload_by_ip(src_addr[0])
         meta = telemetry.ConnectionMeta(
             reporter=telemetry.DESTINATION, src_addr=hostport(*src_addr),

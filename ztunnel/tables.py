@@ -76,16 +76,19 @@ def policies(dump: dict[str, Any], namespace: str | None = None) -> str:
 
 
 def certificates(dump: dict[str, Any]) -> str:
+    """Leaf, intermediates and roots per identity (the CertManager's dump)."""
     rows = []
     for c in sorted(dump.get("certificates", []), key=lambda c: c["identity"]):
-        chain = c.get("certChain") or []
+        chain = list(c.get("certChain") or [])
+        roots = list(c.get("rootCerts") or [])
         if not chain:
             rows.append([c["identity"], "Leaf", c.get("state", "Unavailable"), "false",
                          "None", "None", "None"])
             continue
-        for i, cert in enumerate(chain):
-            kind = "Leaf" if i == 0 else ("Root" if i == len(chain) - 1 else "Intermediate")
-            name = c["identity"] if i == 0 else "ROOTCA" if kind == "Root" else "CA"
+        entries = [("Leaf" if i == 0 else "Intermediate", cert) for i, cert in enumerate(chain)]
+        entries += [("Root", cert) for cert in roots]
+        for kind, cert in entries:
+            name = c["identity"] if kind == "Leaf" else ("ROOTCA" if kind == "Root" else "CA")
             rows.append([name, kind, c.get("state", "Available"),
                          str(cert.get("valid", True)).lower(), cert.get("serialNumber"),
                          cert.get("expirationTime"), cert.get("validFrom")])

@@ -121,7 +121,8 @@ class Mesh:
         os.makedirs(self.run_dir, exist_ok=True)
         self.state = {"id": opts.mesh_id, "base": opts.base, "nodes": opts.nodes,
                       "ztunnel": opts.ztunnel, "ztunnel_workers": opts.ztunnel_workers,
-                      "docs": docs, "vips": {}, "pods": {}, "procs": {}, "placement": {}}
+                      "docs": docs, "vips": {}, "pods": {}, "procs": {}, "placement": {},
+                      "deployments": {}}
         pods = self._plan(docs)
         self.save()
         progress("network: host bridge, control plane and node namespaces")
@@ -139,6 +140,14 @@ class Mesh:
         self._reconcile_pods(pods, progress)
 
     def _plan(self, docs: list[dict]) -> list[plan.PodPlan]:
+        """Bind Deployments to nodes, place pods, allocate VIPs; validate.
+
+        Updates state["docs"] (with the bound nodeNames), placement and vips.
+        """
+        docs = plan.bind_deployments(docs, self.state["nodes"],
+                                     self.state.setdefault("deployments", {}),
+                                     self.state.get("placement", {}))
+        self.state["docs"] = docs
         pods = plan.place(plan.pods_of(docs, shoal=shoal_argv()[0]), self.state["nodes"],
                           self.state.get("placement", {}))
         self.state["placement"] = {p.key: p.node for p in pods}
@@ -343,12 +352,13 @@ class Mesh:
         for d in load_docs(sources):
             merged[plan.doc_key(d)] = d
         docs = list(merged.values())
-        old = (self.state["docs"], dict(self.state["vips"]), dict(self.state["placement"]))
-        self.state["docs"] = docs
+        old = (self.state["docs"], dict(self.state["vips"]), dict(self.state["placement"]),
+               dict(self.state.get("deployments", {})))
         try:
             pods = self._plan(docs)
         except (MeshError, plan.PlanError):
-            self.state["docs"], self.state["vips"], self.state["placement"] = old
+            (self.state["docs"], self.state["vips"], self.state["placement"],
+             self.state["deployments"]) = old
             raise
         self.save()
         self._reconcile_pods(pods, progress)

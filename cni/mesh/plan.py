@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from core.constants import (DATAPLANE_NONE, LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME,
                             WAYPOINT_GATEWAY_CLASS)
-from core.model import replica_pods
+from core.model import ANNOTATION_POD_IPS, replica_pods
 
 MAX_NODES = 100                 # pod CIDRs 10.BASE.1-100.0/24 stay below the VIP range
 VIP_OFFSET = 128 * 256          # 10.BASE.128.0
@@ -163,6 +163,38 @@ def _yaml_dump(doc: dict) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def bind_deployments(docs: list[dict], nodes: int, bound: dict[str, str],
+                     current: dict[str, str]) -> list[dict]:
+    """Schedule each Deployment on a node by writing its template `nodeName`.
+
+    All replicas of a Deployment share that node: the config model carries
+    one `nodeName` per template (and derives the replicas' names from it), and
+    their IPs go in its `shoal.io/pod-ips` annotation. Deployments spread
+    across nodes (least loaded, counting replicas); `bound` (namespace/name ->
+    node, updated in place) keeps a Deployment on its node across `apply`.
+    """
+    names = [node_name(i) for i in range(1, nodes + 1)]
+    load = {n: 0 for n in names}
+    for n in current.values():
+        if n in load:
+            load[n] += 1
+    out = []
+    for d in docs:
+        if d.get("kind") == "Deployment":
+            d = copy.deepcopy(d)
+            meta, spec = d.get("metadata") or {}, d.setdefault("spec", {})
+            key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+            tspec = spec.setdefault("template", {}).setdefault("spec", {})
+            node = tspec.get("nodeName") or bound.get(key)
+            if not node:
+                node = min(names, key=lambda n: (load[n], names.index(n)))
+                load[node] += int(spec.get("replicas", 1) or 0)
+            tspec["nodeName"] = node
+            bound[key] = node
+        out.append(d)
+    return out
+
+
 def place(pods: list[PodPlan], nodes: int, current: dict[str, str]) -> list[PodPlan]:
     """Give every pod a node: kept if already placed, nodeName if set, else least loaded."""
     from dataclasses import replace
@@ -178,8 +210,7 @@ def place(pods: list[PodPlan], nodes: int, current: dict[str, str]) -> list[PodP
             raise PlanError(f"pod {p.key} asks for node {node!r}; this mesh has {names}")
         if not node:
             node = min(names, key=lambda n: (load[n], names.index(n)))
-            load[node] += 1
-        elif p.key not in current:
+        if p.key not in current:
             load[node] += 1
         out.append(replace(p, node=node))
     return out
@@ -236,6 +267,8 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
             d.setdefault("spec", {})["clusterIP"] = vips[key]
         elif kind == "Gateway" and key in vips and not (d.get("spec") or {}).get("addresses"):
             d.setdefault("spec", {})["addresses"] = [{"type": "IPAddress", "value": vips[key]}]
+        elif kind == "Deployment":
+            _fill_deployment(d, ns, pods, pod_ips)
         elif kind == "Pod" and key in placed:
             d.setdefault("spec", {})["nodeName"] = placed[key].node
             if key in pod_ips:
@@ -243,7 +276,7 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
                                "podIPs": [{"ip": pod_ips[key]}]}
         out.append(d)
     for p in pods:
-        if not p.owner:
+        if not p.owner.startswith("Gateway/"):
             continue
         spec = copy.deepcopy(p.spec)
         spec["nodeName"] = p.node
@@ -259,6 +292,18 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
                              "podIPs": [{"ip": pod_ips[p.key]}]}
         out.append(doc)
     return out
+
+
+def _fill_deployment(d: dict, ns: str, pods: list[PodPlan], pod_ips: dict[str, str]) -> None:
+    """nodeName and the replicas' IPs (`shoal.io/pod-ips`, by replica index)."""
+    owner = f"Deployment/{d['metadata'].get('name')}"
+    replicas = sorted((p for p in pods if p.namespace == ns and p.owner == owner),
+                      key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    if not replicas:
+        return
+    ips = [pod_ips.get(p.key, "") for p in replicas]
+    if all(ips):
+        d["metadata"].setdefault("annotations", {})[ANNOTATION_POD_IPS] = ",".join(ips)
 
 
 def hosts_file(pod: PodPlan, pod_ip: str, services: list[tuple[str, str]], vips: dict[str, str]) -> str:

@@ -33,6 +33,8 @@ from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
+import hyperframe.frame
+
 from core.hbone import events as ev
 from core.hbone.errors import LocalProtocolError, RemoteProtocolError
 from core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
@@ -48,6 +50,17 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$", re.I)
 
 PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
+
+
+def _data_frame_repr(self) -> str:
+    return f"<{len(self.data)} bytes>"
+
+
+# h2 evaluates `repr(frame)` for every received frame, even with logging off,
+# and hyperframe's DataFrame repr re-serialises and hex-encodes the whole body:
+# that was ~25% of an HBONE receiver's CPU (cProfile, docs/bench/hbone.md).
+# The replacement only changes how a DATA frame prints.
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr
 
 
 class _Stream:

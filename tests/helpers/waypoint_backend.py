@@ -13,6 +13,7 @@ Paths (any method):
 - `/chunked`: a chunked response;
 - `/ws`: with `Upgrade: websocket`, answer 101 and echo raw bytes;
 - anything else: 200 with a JSON body {backend, method, path, headers, body}.
+Set `b.fail_status = 503` to make every request fail (outlier tests).
 Every response carries `x-backend: <name>`.
 """
 
@@ -75,6 +76,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with b.lock:
             b.hits[path] += 1
             b.requests.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        if b.fail_status:
+            return self._send(b.fail_status, b"failing on purpose\n")
         parts = path.strip("/").split("/")
         if parts[0] == "slow":
             time.sleep(int(parts[1]) / 1000)
@@ -137,6 +140,7 @@ class Backend:
         self.hits: Counter = Counter()
         self.flaky_count: Counter = Counter()
         self.requests: list[Seen] = []
+        self.fail_status = 0          # answer every request with this status when set
         self.lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -203,8 +203,15 @@ def test_mesh_cross_node_ambient_traffic_is_encrypted(mesh, tmp_path):
     try:
         wait_for(lambda: os.path.exists(pcap), timeout=10, what="tcpdump")
         time.sleep(0.5)     # tcpdump opens the file before the capture is armed
-        wait_for(lambda: curl(run, "amb/caller", f"http://web/{marker}")[0] == 0, timeout=30,
-                 what="caller -> web through the mesh")
+        try:
+            wait_for(lambda: curl(run, "amb/caller", f"http://web/{marker}")[0] == 0, timeout=30,
+                     what="caller -> web through the mesh")
+        except AssertionError:
+            logs = os.path.join(run, "logs")
+            tails = {f: open(os.path.join(logs, f)).read()[-3000:] for f in sorted(os.listdir(logs))
+                     if "ztunnel" in f or "agent" in f or "controlplane" in f}
+            raise AssertionError("no traffic through the mesh; logs:\n" +
+                                 "\n".join(f"--- {k}\n{v}" for k, v in tails.items())) from None
         code, body = curl(run, "amb/caller", f"http://web.amb.svc.cluster.local/{marker}")
         assert code == 0 and "404" in body            # http.server answered (no such file)
     finally:

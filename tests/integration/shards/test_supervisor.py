@@ -169,8 +169,33 @@ def test_sighup_rolls_workers_without_refused_or_reset(shards):
         ok_before = loop.stats.ok
         wait_for(lambda: loop.stats.ok > ok_before + 50, 10, "traffic after the roll")
         stats = loop.stop()
-    assert stats.refused == 0 and stats.reset == 0, stats
+    assert stats.refused == 0 and stats.reset == 0 and stats.other == [], stats
     assert {worker_of(s.echo)[2] for _ in range(10)} == {2}
+
+
+def test_sighup_keeps_old_workers_when_new_ones_cannot_boot(shards):
+    s = shards(workers=2, extra=["--fail-boot-on-reload"])
+    old = s.worker_pids()
+    s.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in s.log(), 10, "the reload to be abandoned")
+    assert s.proc.poll() is None
+    assert s.worker_pids() == old
+    assert {worker_of(s.echo)[2] for _ in range(10)} == {1}
+    assert s.stop() == exitcodes.OK
+
+
+def test_sigquit_stops_fast_closing_open_connections(shards):
+    s = shards(workers=1, extra=["--drain-timeout", "30"])
+    conn = socket.create_connection(("127.0.0.1", s.echo), timeout=10)
+    conn.sendall(b"sleep 30\n")
+    time.sleep(0.1)   # let the request reach the worker (not a sync point)
+    t0 = time.monotonic()
+    s.signal(signal.SIGQUIT)
+    assert s.proc.wait(10) == exitcodes.OK
+    assert time.monotonic() - t0 < 3.0
+    assert conn.recv(100) == b""
+    conn.close()
+    assert_clean(s.pid)
 
 
 def test_sigterm_drains_open_connections_and_exits_0(shards):
@@ -201,7 +226,7 @@ def test_sigusr2_upgrade_without_refused_or_reset(shards):
         ok_before = loop.stats.ok
         wait_for(lambda: loop.stats.ok > ok_before + 50, 10, "traffic after the upgrade")
         stats = loop.stop()
-    assert stats.refused == 0 and stats.reset == 0, stats
+    assert stats.refused == 0 and stats.reset == 0 and stats.other == [], stats
     new_workers = s.wait_workers(2, supervisor=new_pid)
     assert not (new_workers & old_workers)
     status, body = http(s.admin, "/config_dump")

@@ -63,3 +63,19 @@ def test_watcher_restart_and_config_reaches_every_worker(tmp_path):
         assert glob.glob(f"/dev/shm/shoal-*-{s.pid}-*") == []
     finally:
         s.kill_all()
+
+
+def test_not_ready_until_a_good_config_then_ready(tmp_path):
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    (cfg / "bad.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: [not, a, map]\n")
+    s = Shards(workers=1, extra=["--config", str(cfg)], tmp=str(tmp_path))
+    try:
+        s.start()
+        status, body = http(s.readiness, "/healthz/ready")
+        assert status == 503 and b"generation 0" in body
+        (cfg / "bad.yaml").write_text(NAMESPACE.format(name="alpha"))
+        wait_for(lambda: http(s.readiness, "/healthz/ready")[0] == 200, 10, "readiness")
+        assert s.stop() == exitcodes.OK
+    finally:
+        s.kill_all()

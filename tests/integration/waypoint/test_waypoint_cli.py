@@ -112,13 +112,16 @@ def test_waypoint_run_under_the_supervisor(backends, tmp_path):
         results = [get(port, p) for p in ["/a", "/v2/b"] * 10]
         assert {r[1] for r in results[0::2]} == {"v1", "v2"}      # service echo: both pods
         assert {r[1] for r in results[1::2]} == {"v2"}            # /v2 -> echo-v2
-        c = http.client.HTTPConnection("127.0.0.1", mport, timeout=5)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        total = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                    if ln.startswith("istio_requests_total{") and 'reporter="waypoint"' in ln
-                    and 'response_code="200"' in ln)
+        total, deadline = 0.0, time.monotonic() + 10   # workers flush every second
+        while total < 21 and time.monotonic() < deadline:
+            c = http.client.HTTPConnection("127.0.0.1", mport, timeout=5)
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+            c.close()
+            total = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                        if ln.startswith("istio_requests_total{") and 'reporter="waypoint"' in ln
+                        and 'response_code="200"' in ln)
+            time.sleep(0.2)
         assert total >= 21       # 20 + the readiness probe(s), summed over both workers
     finally:
         proc.send_signal(signal.SIGTERM)

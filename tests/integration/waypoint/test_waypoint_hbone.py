@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 
 import pytest
 
@@ -109,6 +108,10 @@ async def test_l7_authorization_with_peer_identity(pki, cert_dir, backends):
         name="no-admin", namespace="default", scope="TARGET_REF", action="DENY",
         target_refs=(TargetRef(kind="Gateway", name="waypoint"),),
         rules=(Rule(to=(Operation(paths=("/admin/*",)),)),)))
+    mesh.policy(Authorization(                     # mesh-wide, every waypoint
+        name="mesh-block", namespace="istio-system", scope="TARGET_REF", action="DENY",
+        target_refs=(TargetRef(kind="GatewayClass", name="istio-waypoint"),),
+        rules=(Rule(to=(Operation(paths=("/blocked-everywhere",)),)),)))
     curl, intruder = HboneClient(pki, CURL_ID), HboneClient(pki, OTHER_ID)
     authority = f"{svc.vips[0]}:8080"
     async with running_waypoint(mesh, plaintext=False, hbone_cert_dir=cert_dir) as wp:
@@ -116,6 +119,7 @@ async def test_l7_authorization_with_peer_identity(pki, cert_dir, backends):
         ok = await request(s, "GET", "/hello")
         post = await request(s, "POST", "/hello", b"x")
         admin = await request(s, "GET", "/admin/users")
+        blocked = await request(s, "GET", "/blocked-everywhere")   # a GET the ALLOW permits
         s2 = await intruder.open(wp.hbone_port, authority)
         denied = await request(s2, "GET", "/hello")
     await curl.close()
@@ -124,6 +128,7 @@ async def test_l7_authorization_with_peer_identity(pki, cert_dir, backends):
     assert json.loads(ok[1])["headers"]["traceparent"].startswith("00-")
     assert post == (403, b"RBAC: access denied")
     assert admin == (403, b"RBAC: access denied")
+    assert blocked == (403, b"RBAC: access denied")
     assert denied == (403, b"RBAC: access denied")
 
 
@@ -158,20 +163,23 @@ async def test_upstream_is_a_new_hbone_tunnel_to_the_pod(pki, cert_dir, backends
 
 
 async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
+    import logging
+
     import core.metrics
+    caplog.set_level(logging.INFO, logger="shoal.access")   # restored after the test
+    from waypoint.telemetry import AccessLog
     mesh = Mesh()
     svc = mesh.service("echo", [backends("v1")])
     client = HboneClient(pki, CURL_ID)
-    caplog.set_level(logging.INFO, logger="shoal.access")
-    shoal_log = logging.getLogger("shoal")
-    propagate, shoal_log.propagate = shoal_log.propagate, True   # let caplog see it
+    written: list[bytes] = []
     try:
         async with running_waypoint(mesh, plaintext=False, hbone_cert_dir=cert_dir) as wp:
+            wp.app.proxy.telemetry.log = AccessLog(written.append)
             s = await client.open(wp.hbone_port, f"{svc.vips[0]}:8080")
             await request(s, "GET", "/metered")
             await request(s, "GET", "/status/418")
+            wp.app.proxy.telemetry.flush()
     finally:
-        shoal_log.propagate = propagate
         await client.close()
     text = core.metrics.render()[0].decode()
     lines = [ln for ln in text.splitlines() if ln.startswith("istio_requests_total{")
@@ -179,8 +187,46 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
     assert any('response_code="418"' in ln and 'source_principal="spiffe://cluster.local/ns/default/sa/curl"' in ln
                for ln in lines), lines
     assert "istio_request_duration_milliseconds_bucket" in text
-    records = [r for r in caplog.records if r.name == "shoal.access"]
-    fields = [r.fields for r in records]
-    assert any(f["path"] == "/metered" and f["response_code"] == 200
+    fields = [json.loads(line) for chunk in written for line in chunk.splitlines()]
+    assert any(f["path"] == "/metered" and f["response_code"] == 200 and f["scope"] == "shoal.access"
                and f["source_principal"] == CURL_ID and f["downstream_peer"] == "10.244.0.9"
                for f in fields), fields
+
+
+async def test_http2_prior_knowledge_inside_the_tunnel(pki, cert_dir, backends):
+    import h2.config
+    import h2.connection
+    import h2.events
+    mesh = Mesh()
+    svc = mesh.service("echo", [backends("v1")])
+    client = HboneClient(pki, CURL_ID)
+    async with running_waypoint(mesh, plaintext=False, hbone_cert_dir=cert_dir) as wp:
+        stream = await client.open(wp.hbone_port, f"{svc.vips[0]}:8080")
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        sids = []
+        for i in range(3):                      # three concurrent streams
+            sid = conn.get_next_available_stream_id()
+            sids.append(sid)
+            conn.send_headers(sid, [(":method", "POST"), (":path", f"/h2/{i}"),
+                                    (":scheme", "http"), (":authority", "echo:8080")])
+            conn.send_data(sid, f"body-{i}".encode(), end_stream=True)
+        await stream.write(conn.data_to_send())
+        status, bodies, ended = {}, {s: b"" for s in sids}, set()
+        while len(ended) < 3:
+            data = await asyncio.wait_for(stream.read(65536), 10)
+            assert data, "tunnel closed early"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status[ev.stream_id] = dict(ev.headers)[b":status"]
+                elif isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended.add(ev.stream_id)
+            await stream.write(conn.data_to_send())
+    await client.close()
+    assert set(status.values()) == {b"200"}
+    for i, sid in enumerate(sids):
+        got = json.loads(bodies[sid])
+        assert got["path"] == f"/h2/{i}" and got["body"] == f"body-{i}"

@@ -321,3 +321,45 @@ async def test_curl_http1_and_http2_prior_knowledge(backends):
         out2, _ = await asyncio.wait_for(h2.communicate(), 10)
     assert out1.endswith(b"200 1.1") and b'"backend": "v1"' in out1
     assert out2.endswith(b"200 2") and b'"body": "h2-body"' in out2
+
+
+async def test_expect_continue_and_large_streamed_upload(backends):
+    v1 = backends("v1")
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    big = b"z" * (300 * 1024)            # above RETRY_BUFFER_LIMIT: streamed upstream
+    async with running_waypoint(mesh) as wp:
+        def go():
+            with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
+                s.sendall(b"POST /small HTTP/1.1\r\nHost: echo:8080\r\nContent-Length: 4\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+                interim = s.recv(4096)
+                s.sendall(b"ping")
+                resp = b""
+                while b"}" not in resp:
+                    resp += s.recv(65536)
+            c = Client(wp.plaintext_port)
+            r, body = c.json("/big", method="POST", body=big)
+            c.close()
+            return interim, resp, r.status, body
+        interim, resp, status, body = await in_thread(go)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert b'"body": "ping"' in resp and b"expect" not in resp.split(b"\r\n\r\n", 1)[1]
+    assert status == 200 and len(body["body"]) == len(big)
+
+
+async def test_failing_endpoint_is_ejected(backends):
+    good, bad = backends("good"), backends("bad")
+    bad.fail_status = 503
+    mesh = Mesh()
+    mesh.service("echo", [good, bad])
+    async with running_waypoint(mesh) as wp:
+        def go():
+            c = Client(wp.plaintext_port)
+            statuses = [c.get("/x")[0].status for _ in range(40)]
+            c.close()
+            return statuses
+        statuses = await in_thread(go)
+    # round robin alternates until 5 consecutive failures eject "bad" (30 s)
+    assert bad.hits["/x"] == 5
+    assert statuses.count(503) == 5 and statuses[10:] == [200] * 30

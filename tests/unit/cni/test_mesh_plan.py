@@ -71,9 +71,17 @@ def test_container_without_command_refused():
 
 
 def test_place_least_loaded_keeps_existing_and_honours_node_name():
-    pods = plan.place(plan.pods_of(DOCS), 2, {})
-    assert [p.node for p in pods] == ["node-1", "node-2", "node-2", "node-1"]
-    again = plan.place(plan.pods_of(DOCS), 2, {p.key: p.node for p in pods})
+    bound = {}
+    docs = plan.bind_deployments(DOCS, 2, bound, {})
+    assert bound == {"amb/web": "node-1"}
+    assert docs[1]["spec"]["template"]["spec"]["nodeName"] == "node-1"
+    assert "nodeName" not in DOCS[1]["spec"]["template"]["spec"]      # input not mutated
+    pods = plan.place(plan.pods_of(docs), 2, {})
+    # Both web replicas on the Deployment's node; solo asked for node-2.
+    assert [p.node for p in pods] == ["node-1", "node-1", "node-2", "node-2"]
+    again = plan.place(plan.pods_of(plan.bind_deployments(DOCS, 2, bound, {})), 2,
+                       {p.key: p.node for p in pods})
+    assert [p.key for p in again] == [p.key for p in pods]
     assert [p.node for p in again] == [p.node for p in pods]
     bad = [{**DOCS[3], "spec": {**DOCS[3]["spec"], "nodeName": "node-9"}}]
     with pytest.raises(plan.PlanError, match="node-9"):
@@ -89,10 +97,12 @@ def test_vips_stable_and_distinct():
 
 
 def test_config_docs_fill_addresses_and_validate():
-    pods = plan.place(plan.pods_of(DOCS), 2, {})
+    docs = plan.bind_deployments(DOCS, 2, {}, {})
+    pods = plan.place(plan.pods_of(docs), 2, {})
     vips = {"amb/web": "10.244.128.1", "amb/waypoint": "10.244.128.2"}
-    ips = {pods[0].key: "10.244.1.2", "amb/solo": "10.244.2.2"}
-    out = plan.config_docs(DOCS, pods, vips, ips)
+    ips = {pods[0].key: "10.244.1.2", pods[1].key: "10.244.1.3", "amb/solo": "10.244.2.2",
+           "amb/waypoint-0": "10.244.2.3"}
+    out = plan.config_docs(docs, pods, vips, ips)
     cfg = load_text(yaml.safe_dump_all(out))           # the model accepts it
     svc = [d for d in out if d["kind"] == "Service"][0]
     assert svc["spec"]["clusterIP"] == "10.244.128.1"
@@ -100,9 +110,18 @@ def test_config_docs_fill_addresses_and_validate():
     assert gw["spec"]["addresses"] == [{"type": "IPAddress", "value": "10.244.128.2"}]
     solo = [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == "solo"][0]
     assert solo["status"]["podIP"] == "10.244.2.2" and solo["spec"]["nodeName"] == "node-2"
-    replica = [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == pods[0].name][0]
-    assert replica["spec"]["nodeName"] == "node-1" and replica["status"]["podIP"] == "10.244.1.2"
-    assert replica["spec"]["containers"] == [{"name": "web", "ports": [{"name": "http", "containerPort": 8080}]}]
+    dep = [d for d in out if d["kind"] == "Deployment"][0]
+    assert dep["metadata"]["annotations"]["shoal.io/pod-ips"] == "10.244.1.2,10.244.1.3"
+    assert "shoal.io/source-dir" not in dep["metadata"]["annotations"]
+    assert not [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == pods[0].name]
+    wp = [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == "waypoint-0"][0]
+    assert wp["spec"]["nodeName"] == "node-2" and wp["status"]["podIP"] == "10.244.2.3"
+    assert wp["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
+    # The model sees the replicas with their node and IPs, under the planned names.
+    from core.model import Deployment, replica_pods
+    reps = replica_pods(cfg.of(Deployment)[0])
+    assert [(r.meta.name, r.node, r.ips) for r in reps] == [
+        (pods[0].name, "node-1", ("10.244.1.2",)), (pods[1].name, "node-1", ("10.244.1.3",))]
     # The enrollment view the agent derives: namespace ambient, solo opted out.
     view = view_of(cfg)
     assert view.ambient("amb", pods[0].name) and not view.ambient("amb", "solo")
@@ -111,7 +130,7 @@ def test_config_docs_fill_addresses_and_validate():
 
 
 def test_hosts_file_short_name_only_in_own_namespace():
-    pod = plan.place(plan.pods_of(DOCS), 2, {})[2]     # amb/solo
+    pod = [p for p in plan.place(plan.pods_of(DOCS), 2, {}) if p.name == "solo"][0]
     text = plan.hosts_file(pod, "10.244.2.2", [("amb", "web"), ("other", "db")],
                            {"amb/web": "10.244.128.1", "other/db": "10.244.128.9"})
     assert "10.244.2.2\tsolo" in text

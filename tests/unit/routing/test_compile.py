@@ -238,3 +238,20 @@ def test_one_pod_change_touches_only_its_records(cfg):
     delta = comp.update_resources(upserts=[moved])
     assert set(delta.changes) == {"w/Kubernetes//Pod/shop/db", "i/ip//10.0.1.20", "i/ip//10.0.1.21"}
     assert delta.changes["i/ip//10.0.1.20"] is None
+
+
+def test_explicit_pod_stands_for_replica_whatever_the_order(cfg):
+    from core.model import Deployment, replica_pods
+    from routing.incremental import resource_key
+    (d,) = cfg.of(Deployment)
+    replica = replica_pods(d)[0]
+    pod = dataclasses.replace(replica, ips=("10.0.1.55",), owner_deployment="")
+    for resources in ([pod, *cfg.resources], [*cfg.resources, pod]):
+        v = StaticView.from_records(compile_config(resources))
+        assert v.workload_by_ip("10.0.1.55").name == replica.meta.name
+        assert v.workload_by_ip("10.0.1.10") is None
+        assert v.workload_by_ip("10.0.1.55").workload_name == "web"
+    comp = IncrementalCompiler()
+    comp.update([*cfg.resources, pod])
+    comp.update_resources(deletes=[resource_key(pod)])        # the replica comes back
+    assert comp.keyspace == full_keyspace(compile_config(cfg))

@@ -87,3 +87,76 @@ def test_istio_labels():
     assert labels["destination_service"] == "echo.default.svc.cluster.local"
     assert labels["destination_app"] == "echo" and labels["destination_version"] == "v1"
     assert labels["connection_security_policy"] == "mutual_tls"
+
+
+class _Metrics:
+    """core.metrics.IstioMetrics without multiprocess files."""
+
+    def __init__(self):
+        import core.metrics as cm
+        self.m = cm.IstioMetrics()
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+
+def _record(status=200, dur=3.0, resp=1024):
+    svc = Service(name="echo", namespace="default", hostname="echo.default.svc.cluster.local",
+                  vips=("10.96.0.1",))
+    return RequestRecord(source_principal=None, source_ip="1.2.3.4", source_workload=None,
+                         destination=svc, destination_workload=None, upstream="", method="GET",
+                         path="/", authority="echo", protocol="http", status=status, flags="-",
+                         duration_ms=dur, request_bytes=0, response_bytes=resp)
+
+
+def test_metrics_are_aggregated_then_flushed():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from waypoint.telemetry import AccessLog, Telemetry
+    clock = [0.0]
+    m = _Metrics()
+    t = Telemetry(m, access_log=False, log=AccessLog(lambda b: None), clock=lambda: clock[0])
+    for d in (0.3, 3.0, 3.0, 700.0):
+        t.record(_record(dur=d))
+    reg = CollectorRegistry()
+    for metric in m.all():
+        reg.register(metric)
+    before = generate_latest(reg).decode()
+    assert 'istio_requests_total{' not in before or ' 4.0' not in before
+    clock[0] = 1.5
+    t.record(_record(status=503))        # past FLUSH_INTERVAL: flushes everything
+    text = generate_latest(reg).decode()
+    ok = [ln for ln in text.splitlines() if ln.startswith("istio_requests_total{")
+          and 'response_code="200"' in ln]
+    assert ok and ok[0].endswith(" 4.0")
+    buckets = {ln.split('le="')[1].split('"')[0]: float(ln.rsplit(" ", 1)[1])
+               for ln in text.splitlines()
+               if ln.startswith("istio_request_duration_milliseconds_bucket{")
+               and 'response_code="200"' in ln}
+    assert buckets["0.5"] == 1 and buckets["5.0"] == 3 and buckets["1000.0"] == 4
+    t.flush()
+    text = generate_latest(reg).decode()
+    assert any('response_code="503"' in ln and ln.endswith(" 1.0") for ln in text.splitlines()
+               if ln.startswith("istio_requests_total{"))
+
+
+def test_access_log_batches_whole_lines(caplog):
+    import json
+    import logging
+
+    from waypoint.telemetry import ACCESS_LOG_BATCH, AccessLog, access_fields
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    writes: list[bytes] = []
+    now = [1000.0]
+    log = AccessLog(writes.append, clock=lambda: now[0])
+    for _ in range(20):
+        log.emit(access_fields(_record()))
+    assert writes and all(len(w) <= ACCESS_LOG_BATCH and w.endswith(b"\n") for w in writes)
+    log.flush()
+    lines = [json.loads(x) for w in writes for x in w.splitlines()]
+    assert len(lines) == 20 and lines[0]["scope"] == "shoal.access" and lines[0]["msg"] == "request"
+    assert lines[0]["time"] == "1970-01-01T00:16:40.000Z"
+    caplog.set_level(logging.WARNING, logger="shoal.access")
+    log.emit(access_fields(_record()))
+    log.flush()
+    assert sum(len(w.splitlines()) for w in writes) == 20     # silenced by the logger level
