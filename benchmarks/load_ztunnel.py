@@ -264,7 +264,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     names = list(result["iperf3"])
     up = [result["iperf3"][n]["up_gbps"] for n in names]
     down = [result["iperf3"][n]["down_gbps"] for n in names]
@@ -287,8 +287,23 @@ def plot(result: dict, path: Path) -> None:
     axes[2].axhline(0.06, color="red", linestyle="--", label="Istio ztunnel (published)")
     axes[2].set_xticks(list(range(len(cn))), cn)
     axes[2].set_ylabel("vCPU per 1,000 req/s (1 KB)")
-    axes[2].legend()
+    axes[2].legend(fontsize=8)
     axes[2].set_title("CPU")
+    mem = result["memory"]
+    busy = next(k for k in mem if k != "idle")
+    labels, idle, loaded = [], [], []
+    for node in ("node-a", "node-b"):
+        for i, pid in enumerate(sorted(mem["idle"][node])):
+            labels.append(f"{node[-1]}/w{i}")
+            idle.append(mem["idle"][node][pid]["pss_kib"] / 1024)
+            loaded.append(mem[busy][node].get(pid, {}).get("pss_kib", 0) / 1024)
+    xs = range(len(labels))
+    axes[3].bar([i - 0.2 for i in xs], idle, 0.4, label="idle")
+    axes[3].bar([i + 0.2 for i in xs], loaded, 0.4, label=busy.replace("_", " "))
+    axes[3].set_xticks(list(xs), labels)
+    axes[3].set_ylabel("PSS per worker (MiB)")
+    axes[3].legend(loc="upper left", fontsize=8)
+    axes[3].set_title("Memory (node/worker)")
     fig.suptitle("shoal ztunnel vs peers, loopback, 2 cores (noisy: shared machine)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,11 +315,15 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--idle-conns", type=int, default=10000)
+    p.add_argument("--plot-only", action="store_true", help="re-plot benchmarks/out/ztunnel.json")
     args = p.parse_args()
-    result = run(args)
     out = ROOT / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ztunnel.json").write_text(json.dumps(result, indent=2))
+    if args.plot_only:
+        result = json.loads((out / "ztunnel.json").read_text())
+    else:
+        result = run(args)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ztunnel.json").write_text(json.dumps(result, indent=2))
     plot(result, ROOT / "docs" / "img" / "ztunnel_bench.png")
     print(f"wrote {out / 'ztunnel.json'} and docs/img/ztunnel_bench.png")
 

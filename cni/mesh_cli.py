@@ -155,6 +155,22 @@ def apply(sources, run_dir) -> None:
 
 
 @mesh.command()
+@click.argument("deployment")
+@click.option("--replicas", required=True, type=int)
+@run_dir_option
+def scale(deployment, replicas, run_dir) -> None:
+    """Set DEPLOYMENT's (NAMESPACE/NAME) replica count."""
+    from cni.mesh import plan
+    from cni.mesh.mesh import Mesh, MeshError
+    _need_root()
+    try:
+        Mesh(run_dir).scale(deployment, replicas, lambda step: click.echo(step, err=True))
+    except (MeshError, plan.PlanError) as e:
+        _fail(e)
+    click.echo(f"scaled {deployment} to {replicas}")
+
+
+@mesh.command()
 @click.option("--nodes", default=2, show_default=True, type=int)
 @run_dir_option
 @click.pass_context

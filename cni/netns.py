@@ -66,7 +66,7 @@ def is_netns(fd: int) -> bool:
 @contextlib.contextmanager
 def in_netns(fd: int) -> Iterator[None]:
     """Run the body on this thread inside the netns `fd`; then switch back."""
-    home = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         setns(fd)
         try:

@@ -15,7 +15,7 @@ Reply:    {"ok": bool, "enrolled": bool, "code": int, "error": str}
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson

@@ -163,7 +163,12 @@ def set_keepalive(sock: socket.socket) -> None:
 
 
 def configure_accepted(sock: socket.socket) -> None:
-    """Options for a socket returned by accept(): no delay, keepalive."""
+    """Options for a socket returned by accept(): no delay, keepalive.
+
+    Only needed when the listener was not made by a SocketFactory: Linux
+    copies a listener's TCP_NODELAY and keepalive settings to the sockets
+    it accepts.
+    """
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     set_keepalive(sock)

@@ -28,7 +28,7 @@ from routing.compile import (CompileOptions, NamespaceInput, compile_namespace, 
                              group_by_namespace, root_selector_policies, selects,
                              service_selectors, workload_uid)
 from routing.index import contributions, index_value, record_key
-from routing.records import HTTPRoute, Service, Workload
+from routing.records import HTTPRoute, Service
 
 
 _REPLICA_NAME = re.compile(r"^(.+)-[0-9a-f]{10}-[0-9]+$")
@@ -356,4 +356,4 @@ def full_keyspace(records: Iterable[Any]) -> dict[str, bytes]:
     return encode_keyspace(build_keyspace(records))
 
 
-__all__ = ["Delta", "IncrementalCompiler", "full_keyspace", "Workload"]
+__all__ = ["Delta", "IncrementalCompiler", "full_keyspace", "resource_key"]

@@ -44,8 +44,12 @@ Invariants (the argument for correctness; keep them when changing code):
 7. A restarted writer recovers by walking the arena: blocks unreachable from
    the current root are retired at the current generation (conservative).
 
+Readers never retry and never block: unlike a seqlock (copy, re-check,
+bounded retry), an RCU reader's snapshot cannot change under it. Only the
+small status area is seqlocked (bounded retries, STATUS_RETRIES).
+
 A reader idle for long keeps its slot at an old generation and so delays
-reclamation; workers call `quiesce()` from their heartbeat tick.
+reclamation; workers call `RoutingView.quiesce()` from their heartbeat tick.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import mmap
 import os
 import secrets
 import struct
+import time
 import zlib
 from collections import deque
 from typing import Iterator
@@ -79,6 +84,7 @@ FANOUT_BITS = 5
 FANOUT = 1 << FANOUT_BITS           # 32 children: 256-byte nodes, 3 levels = 32768 leaves
 DEPTH = 3
 NODE_BYTES = FANOUT * 8
+LIVENESS_TTL = 1.0                  # seconds between liveness checks of one reader pid
 STATUS_RETRIES = 1000               # bounded: a hot writer cannot starve a status reader
 
 _Q = struct.Struct("Q")             # native: one 8-byte memcpy, i.e. an atomic aligned store
@@ -87,6 +93,7 @@ _II = struct.Struct("II")
 _HDR = struct.Struct("II")          # block header: size class, magic
 _ENTRY = struct.Struct("IIQ")       # leaf entry: crc32, pad, record offset
 _NODE = struct.Struct(f"{FANOUT}Q")
+_SLOTS = struct.Struct(f"{2 * MAX_READERS}Q")
 _PATH_MASK = (1 << (FANOUT_BITS * DEPTH)) - 1  # the hash bits that pick a leaf
 
 
@@ -327,6 +334,7 @@ class TableWriter:
         self._pending: deque[tuple[int, list[int]]] = deque()
         self._fresh: set[int] = set()
         self._retired: list[int] = []
+        self._liveness: dict[int, float] = {}     # pid -> when last seen alive
         if fresh:
             self._init_header()
         else:
@@ -538,12 +546,30 @@ class TableWriter:
     # -- reclamation (QSBR) --------------------------------------------------
     def min_reader_generation(self) -> int | None:
         """The oldest generation a live reader may use; None without readers."""
+        slots = _SLOTS.unpack_from(self._mm, SLOTS_OFF)
+        now = time.monotonic()
         low = None
-        for i in range(MAX_READERS):
-            pid, gen = _QQ.unpack_from(self._mm, SLOTS_OFF + i * SLOT_SIZE)
-            if pid and _alive(pid):
-                low = gen if low is None else min(low, gen)
+        for i in range(0, 2 * MAX_READERS, 2):
+            pid = slots[i]
+            if pid and self._alive_cached(pid, now):
+                gen = slots[i + 1]
+                low = gen if low is None or gen < low else low
         return low
+
+    def _alive_cached(self, pid: int, now: float) -> bool:
+        # A reader seen alive is trusted for LIVENESS_TTL (a dead one only delays
+        # reclamation), which keeps /proc reads off the per-update path. "Dead" is
+        # never cached: a recycled pid must not hide a new reader.
+        seen = self._liveness.get(pid)
+        if seen is not None and now - seen < LIVENESS_TTL:
+            return True
+        if not _alive(pid):
+            self._liveness.pop(pid, None)
+            return False
+        if len(self._liveness) > 4 * MAX_READERS:
+            self._liveness.clear()
+        self._liveness[pid] = now
+        return True
 
     def reclaim(self) -> int:
         """Free retired blocks no reader can reach; returns how many."""

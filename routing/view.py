@@ -198,7 +198,6 @@ __all__ = ["BaseView", "StaticView", "record_key"]
 
 # Decoded-record cache bound per view; a cleared cache only costs re-decoding.
 MAX_CACHE_ENTRIES = 200_000
-_MISS = object()
 
 
 class RoutingView(BaseView):
@@ -214,8 +213,11 @@ class RoutingView(BaseView):
         self._word = -1
         self._gen = 0
         self._root = 0
-        self._cache: dict[str, Any] = {}
-        # Per-call result caches for the data-plane hot path (dropped with _cache).
+        # key -> (generation validated at, raw bytes, decoded value). After a
+        # generation change an entry is revalidated by comparing its bytes with
+        # the table's (a ~1 µs walk) instead of being decoded again (~20 µs).
+        self._cache: dict[str, tuple[int, bytes | None, Any]] = {}
+        # Per-call result caches for the data-plane hot path (dropped per generation).
         self._by_ip: dict[str, Any] = {}
         self._by_vip: dict[str, Any] = {}
         self._begin()
@@ -229,7 +231,6 @@ class RoutingView(BaseView):
         if word != self._word:
             self._word = word
             self._gen, self._root = word >> 32, (word & 0xFFFFFFFF) << 3
-            self._cache.clear()
             self._by_ip.clear()
             self._by_vip.clear()
             self._reader.announce(self._gen)
@@ -274,13 +275,17 @@ class RoutingView(BaseView):
         return self._gen
 
     def _get(self, key: str) -> Any:
-        value = self._cache.get(key, _MISS)
-        if value is _MISS:
-            raw = lookup(self._mm, self._root, key.encode())
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] == self._gen:
+            return entry[2]
+        raw = lookup(self._mm, self._root, key.encode())
+        if entry is not None and entry[1] == raw:
+            value = entry[2]                # unchanged in this generation: no decode
+        else:
             value = None if raw is None else self._decode(key, raw)
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[key] = value
+        self._cache[key] = (self._gen, raw, value)
         return value
 
     def _scan(self, prefix: str) -> Iterator[Any]:

@@ -14,7 +14,6 @@ import logging
 import socket
 from typing import Callable
 
-from core.sockets import configure_accepted
 
 # Connections taken per readable event: bounded so one busy listener cannot
 # starve the loop's other callbacks (uvicorn/Tornado use similar batches).
@@ -61,7 +60,9 @@ class Listener:
                 self._log.error("accept failed", extra={"fields": {"listener": self.name, "error": str(e)}})
                 break
             n += 1
-            configure_accepted(conn)
+            # Linux copies the listener's TCP_NODELAY and keepalive settings
+            # to accepted sockets (SocketFactory sets them): no syscalls here.
+            conn.setblocking(False)
             self._pending += 1
             self._loop.create_task(self._start(conn))
         return n

@@ -24,10 +24,9 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def _readable(fd: int) -> bool:
-    try:
-        return bool(select.select([fd], [], [], 0)[0])
-    except OSError:
-        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _exit(code: int) -> None:
@@ -57,3 +56,15 @@ def remove_pidfile(path: str | None) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, as Envoy and ztunnel do: a
+    proxy holds two sockets per proxied connection plus listeners per pod."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

@@ -37,7 +37,8 @@ from shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_
                             encode_listen_fds, recv_message)
 from shards.heartbeat import HeartbeatTable
 from shards.options import MAX_WORKERS, SupervisorOptions
-from shards.proc import _exit, _kill, _readable, describe_status, remove_pidfile, write_pidfile
+from shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
+                         write_pidfile)
 from shards.signals import HANDLED, SignalQueue, reset_in_child
 from shards.worker import Worker
 
@@ -145,6 +146,7 @@ class Supervisor:
     def _setup(self) -> None:
         o = self.options
         self.signals.install()
+        raise_fd_limit()
         inherited = os.environ.pop(ENV_LISTEN_FDS, None)
         if inherited:
             try:
@@ -179,11 +181,16 @@ class Supervisor:
         fds = [self.signals.rfd, *ctrls]
         if self.upgrade and not self.upgrade.done:
             fds.append(self.upgrade.ready_fd)
+        # poll, not select: fd numbers pass FD_SETSIZE (1024) once a node
+        # holds listeners for many pods.
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            events = poller.poll(timeout * 1000)
         except InterruptedError:
             return
-        for fd in readable:
+        for fd, _ in events:
             if fd in ctrls:
                 self._read_ctrl(ctrls[fd])
             elif self.upgrade and fd == self.upgrade.ready_fd:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -124,8 +125,9 @@ class WaypointApp(App):
                 telemetry.flush_metrics()
 
     async def drain(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        grace = max(deadline - loop.time(), 0.0)
+        grace = max(deadline - time.monotonic(), 0.0)
+        if self.proxy is not None:
+            self.proxy.start_drain()
         if self.hbone is not None:
             await self.hbone.close(grace)
         for sock in self._socks:

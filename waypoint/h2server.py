@@ -42,8 +42,13 @@ def is_preface(data: bytes) -> bool:
 class _Conn:
     def __init__(self, stream) -> None:
         self.stream = stream
+        # Inbound headers are validated (they come from the client); ours are
+        # built from already-parsed upstream headers, lower-cased here, so
+        # h2's outbound validation and normalisation would only cost time.
         cfg = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                        validate_inbound_headers=True)
+                                        validate_inbound_headers=True,
+                                        validate_outbound_headers=False,
+                                        normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(cfg)
         self.windows: dict[int, asyncio.Event] = {}
         self.bodies: dict[int, "_Body"] = {}
@@ -96,7 +101,10 @@ class _Sink:
                  if k.lower() not in _FORBIDDEN]
         self.conn.h2.send_headers(self.sid, hdrs, end_stream=no_body)
         self.ended = no_body
-        await self.conn.flush()
+        if no_body or content_length is None:
+            await self.conn.flush()
+        # else: a sized body follows at once: HEADERS go out with the first
+        # DATA (one write, not two); streamed bodies get their HEADERS now.
 
     async def send(self, data: bytes) -> None:
         view = memoryview(data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random as _random
 import time
+import weakref
 from dataclasses import dataclass
 
 from core import authz
@@ -99,18 +100,23 @@ class Proxy:
         self._routes: dict = {}
         self._policies: dict = {}
         self._hosts: dict = {}       # plaintext mode: Host -> Target
+        self._endpoints: dict = {}   # (service key, port) -> [Endpoint]
         self._mirrors: set[asyncio.Task] = set()
+        self.draining = False
+        self.sessions: weakref.WeakSet = weakref.WeakSet()   # HTTP/1.1 client connections
         self._reset_errors = _hbone_reset_errors()
 
     # -- caches per routing generation ----------------------------------------
     def _check_generation(self) -> None:
         gen = self.view.generation
         if gen != self._cache_gen or \
-                len(self._routes) + len(self._policies) + len(self._hosts) > MAX_CACHE_ENTRIES:
+                len(self._routes) + len(self._policies) + len(self._hosts) + \
+                len(self._endpoints) > MAX_CACHE_ENTRIES:
             self._cache_gen = gen
             self._routes.clear()
             self._policies.clear()
             self._hosts.clear()
+            self._endpoints.clear()
 
     def route_table(self, target: Target) -> RouteTable | None:
         svc = target.service
@@ -141,6 +147,13 @@ class Proxy:
             self._policies[key] = pols
         return pols
 
+    def endpoints(self, svc, port: int) -> list[Endpoint]:
+        key = (svc.key, port)
+        eps = self._endpoints.get(key)
+        if eps is None:
+            eps = self._endpoints[key] = endpoints(self.view, svc, port)
+        return eps
+
     def balancer(self, key: str) -> Balancer:
         b = self._balancers.get(key)
         if b is None:
@@ -162,7 +175,10 @@ class Proxy:
             # Envoy does for internal errors, and log it with its traceback.
             LOG.exception("request failed inside the waypoint", extra={"fields": {
                 "method": req.head.method, "path": req.head.target}})
-            return await self._local(st, sink, 500, b"internal error", "-")
+            try:
+                return await self._local(st, sink, 500, b"internal error", "-")
+            except Exception:
+                return False
         finally:
             self._record(st)
 
@@ -213,7 +229,7 @@ class Proxy:
                 if backend is None:
                     return await self._local(st, sink, 500, b"", "NR")
         st.backend = backend
-        eps = endpoints(self.view, backend, port) if backend is not None else \
+        eps = self.endpoints(backend, port) if backend is not None else \
             workload_endpoint(target.workload, port)
         if not eps:
             return await self._local(st, sink, 503, NO_HEALTHY_UPSTREAM, "UH")
@@ -315,8 +331,7 @@ class Proxy:
             rid = f"{self.rng.getrandbits(128):032x}"
             headers.append(("x-request-id", rid))
         st.request_id = rid
-        headers.append(("x-forwarded-proto", out.scheme))
-        return headers
+        return message.set_(headers, "x-forwarded-proto", out.scheme)
 
     async def _attempt(self, st, ep: Endpoint, method: str, head_bytes: bytes,
                        buffered: bytes | None, body, framing: str, sink, upgrade: bool):
@@ -439,7 +454,7 @@ class Proxy:
         svc = self.view.service_by_host(ns, ref.name)
         if svc is None:
             return
-        eps = endpoints(self.view, svc, ref.port or st.target.port)
+        eps = self.endpoints(svc, ref.port or st.target.port)
         if not eps:
             return
         ep = self.balancer(svc.key).pick([e.key for e in eps])
@@ -463,6 +478,17 @@ class Proxy:
             self.pool.release(conn, keep and done)
         except Exception:   # a mirror failure is never the client's problem
             return
+
+    def start_drain(self) -> None:
+        """Stop keeping clients: busy connections close after their current
+        response (`connection: close`), idle ones are closed now."""
+        self.draining = True
+        for s in list(self.sessions):
+            if not s.busy:
+                try:
+                    s.stream.close()
+                except Exception:
+                    pass
 
     async def close(self) -> None:
         for t in list(self._mirrors):

@@ -50,7 +50,8 @@ class DownstreamClosed(ConnectionError):
 class H1Session:
     """Serves one client connection."""
 
-    __slots__ = ("stream", "down", "proxy", "parser", "events", "eof", "closed")
+    __slots__ = ("stream", "down", "proxy", "parser", "events", "eof", "closed", "busy",
+                 "__weakref__")
 
     def __init__(self, stream, down: Downstream, proxy: Proxy) -> None:
         self.stream = stream
@@ -60,6 +61,7 @@ class H1Session:
         self.events: deque = deque()
         self.eof = False
         self.closed = False
+        self.busy = False          # serving a request (drain waits for it)
 
     async def _next(self, timeout: float | None = None):
         """The next event, None at EOF."""
@@ -81,8 +83,9 @@ class H1Session:
         return self.events.popleft()
 
     async def run(self) -> None:
+        self.proxy.sessions.add(self)
         try:
-            while True:
+            while not self.proxy.draining:
                 ev = await self._next(IDLE_TIMEOUT)
                 if ev is None:
                     break
@@ -91,9 +94,14 @@ class H1Session:
                     break
                 if not isinstance(ev, RequestReceived):
                     continue
-                if not await self._serve(ev):
-                    break
+                self.busy = True
+                try:
+                    if not await self._serve(ev):
+                        break
+                finally:
+                    self.busy = False
         finally:
+            self.proxy.sessions.discard(self)
             self.closed = True
             try:
                 self.stream.close()
@@ -187,6 +195,8 @@ class _Sink:
                 self.chunked = True
             else:
                 self.close_after = True
+        if self.session.proxy.draining:
+            self.close_after = True    # Envoy's drain: close after this response
         if not self.req.keep_alive or self.close_after:
             headers = headers + [("connection", "close")]
         elif self.req.http_version == "1.0":
@@ -217,7 +227,7 @@ class _Sink:
             self.abort()
             return False
         self.started = True
-        close = not self.req.keep_alive or self.req.upgrade
+        close = not self.req.keep_alive or self.req.upgrade or self.session.proxy.draining
         if not await self.session._write(simple_response(status, body, close=close, extra=extra)):
             return False
         return not close
@@ -279,41 +289,37 @@ class _Sink:
 
 
 async def serve_stream(stream, down: Downstream, proxy: Proxy) -> None:
-    """Serve HTTP/1.1 (or HTTP/2 prior knowledge, when h2 is available)
-    on one client byte stream."""
+    """Serve HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the
+    client's first bytes), on one client byte stream."""
     from waypoint import h2server
     first = await _peek(stream)
-    if first is None:
+    if not first:
         stream.close()
         return
-    if h2server.is_preface(first.data):
-        await h2server.serve(stream, first.data, dataclasses.replace(down, protocol="http2"), proxy)
+    if h2server.is_preface(first):
+        await h2server.serve(stream, first, dataclasses.replace(down, protocol="http2"), proxy)
         return
     session = H1Session(stream, down, proxy)
-    session.events.extend(session.parser.receive_data(first.data))
-    if not first.data:
-        session.eof = True
+    session.events.extend(session.parser.receive_data(first))
     await session.run()
 
 
-class _First:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-async def _peek(stream) -> _First | None:
+async def _peek(stream) -> bytes:
+    """The first bytes of a connection (b"" if it closed or stayed silent)."""
     try:
-        data = await asyncio.wait_for(stream.read(READ_SIZE), IDLE_TIMEOUT)
-    except Exception:
-        return None
-    if not data:
-        return None
-    # An HTTP/2 preface is 24 bytes; gather enough to tell.
-    while len(data) < 24 and b"PRI * HTTP/2.0".startswith(data[:14]):
-        more = await stream.read(READ_SIZE)
-        if not more:
-            break
-        data += more
-    return _First(data)
+        async with asyncio.timeout(IDLE_TIMEOUT):
+            data = await stream.read(READ_SIZE)
+            # An HTTP/2 preface is 24 bytes: gather enough to tell.
+            while data and len(data) < 24 and h2_prefix(data):
+                more = await stream.read(READ_SIZE)
+                if not more:
+                    break
+                data += more
+    except _READ_ERRORS:
+        return b""
+    return data
+
+
+def h2_prefix(data: bytes) -> bool:
+    from waypoint.h2server import PREFACE
+    return PREFACE.startswith(data[:24])

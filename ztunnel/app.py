@@ -117,7 +117,17 @@ class ZtunnelApp(App):
                         proxy.reconcile()
                     except Exception:
                         LOG.exception("reconcile failed")
+                self._retain_certificates()
             await asyncio.sleep(GENERATION_POLL_INTERVAL)
+
+    def _retain_certificates(self) -> None:
+        """Keep (and prefetch) the certificates of every local workload, forget
+        the rest (Istio forgets certificates no workload on the node needs)."""
+        view = self.ctx.routing
+        wanted = {w.identity for p in self.proxies.values()
+                  for w in p.scope.local_workloads(view)}
+        if wanted or view.generation > 0:
+            self.certs.retain(wanted)
 
     # -- in-pod mode ---------------------------------------------------------------
     async def _on_zds(self, event: Any) -> None:

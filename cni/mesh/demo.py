@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import signal
 import subprocess
 import time
@@ -78,9 +79,11 @@ class Tour:
                   f"tcpdump -i {br} tcp   # while: curl http://productpage:9080/?q={marker}")
         pcap = self.m.p("demo.pcap")
         dump = subprocess.Popen(["tcpdump", "-i", br, "-U", "-s", "0", "-w", pcap, "tcp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            time.sleep(1.0)   # tcpdump arms the capture after opening the file
+            # tcpdump says "listening on ..." once the capture is armed.
+            select.select([dump.stderr], [], [], STEP_TIMEOUT_S)
+            dump.stderr.readline()
             code, _ = self._curl("bookinfo/sleep", f"http://productpage:9080/?q={marker}")
             time.sleep(0.5)
         finally:

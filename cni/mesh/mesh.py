@@ -351,7 +351,26 @@ class Mesh:
         merged = {plan.doc_key(d): d for d in self.state["docs"]}
         for d in load_docs(sources):
             merged[plan.doc_key(d)] = d
-        docs = list(merged.values())
+        self._apply_docs(list(merged.values()), progress)
+
+    def scale(self, ref: str, replicas: int, progress: Progress) -> None:
+        """Set a Deployment's replica count (like `kubectl scale`)."""
+        if not self.load():
+            raise MeshError(f"no mesh in {self.run_dir} (`shoal mesh up` first)")
+        if not 0 <= replicas <= 100:
+            raise MeshError("--replicas must be 0..100 on a local mesh")
+        ns, _, name = ref.rpartition("/")
+        key = ("apps", "Deployment", ns or "default", name)
+        docs = [dict(d) for d in self.state["docs"]]
+        for d in docs:
+            if plan.doc_key(d) == key:
+                d["spec"] = {**d.get("spec", {}), "replicas": replicas}
+                break
+        else:
+            raise MeshError(f"no Deployment {ns or 'default'}/{name} in the mesh")
+        self._apply_docs(docs, progress)
+
+    def _apply_docs(self, docs: list[dict], progress: Progress) -> None:
         old = (self.state["docs"], dict(self.state["vips"]), dict(self.state["placement"]),
                dict(self.state.get("deployments", {})))
         try:

@@ -36,20 +36,44 @@ class ProcRecord:
         return cls(name=d["name"], pid=d["pid"], start=d["start"], argv=tuple(d["argv"]), log=d["log"])
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time) of a live process, None if gone."""
+def _stat_full(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, process group, start time) of a process, None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             raw = f.read()
     except OSError:
         return None
     rest = raw[raw.rindex(")") + 2:].split()
-    return rest[0], int(rest[19])
+    return rest[0], int(rest[2]), int(rest[19])
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    st = _stat_full(pid)
+    return None if st is None else (st[0], st[2])
+
+
+def members(rec: ProcRecord) -> list[int]:
+    """Live processes of the record's process group started no earlier than it.
+
+    The group outlives its leader: a ztunnel upgrade (SIGUSR2) starts a new
+    supervisor as a child, which stays in the group after the old one exits.
+    """
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        st = _stat_full(name)
+        if st and st[1] == rec.pid and st[2] >= rec.start and st[0] not in ("Z", "X"):
+            out.append(int(name))
+    return out
 
 
 def alive(rec: ProcRecord) -> bool:
+    """The process, or what it became (its group), is still running."""
     st = _stat(rec.pid)
-    return st is not None and st[1] == rec.start and st[0] not in ("Z", "X")
+    if st is not None and st[1] == rec.start and st[0] not in ("Z", "X"):
+        return True
+    return bool(members(rec))
 
 
 def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None,
@@ -85,13 +109,12 @@ def stop(recs: list[ProcRecord], grace: float = STOP_GRACE_S) -> None:
 def _signal(rec: ProcRecord, sig: int) -> None:
     try:
         os.killpg(rec.pid, sig)      # the session leader's group: its children too
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        try:
-            os.kill(rec.pid, sig)
-        except ProcessLookupError:
-            pass
+    except (ProcessLookupError, PermissionError):
+        for pid in members(rec):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def tail(path: str, lines: int = 8) -> str:

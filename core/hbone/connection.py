@@ -149,9 +149,9 @@ class HboneConnection(asyncio.Protocol):
     # -- used by streams, pool and server -----------------------------------
 
     def flush(self) -> None:
-        data = self.core.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = self.core.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(chunks)
 
     def open_stream(self, authority: str, headers=()) -> HboneStream:
         """Client: send a CONNECT; `await stream.wait_open()` for the 200."""

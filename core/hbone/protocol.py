@@ -52,6 +52,58 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
 PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
 
 
+# DATA frames with at least this much payload are queued by reference (header
+# + the caller's buffer) instead of being copied four times by hyperframe/h2
+# (tobytes, join, bytearray +=, bytes()); smaller frames are coalesced.
+ZERO_COPY_MIN = 16 * 1024
+_FRAME_HEADER = struct.Struct(">HBBBL")
+_END_STREAM = 0x1
+
+
+class _H2Connection(H2Connection):
+    """h2's connection with DATA frame bodies queued by reference.
+
+    Output order is kept: h2 writes some frames straight into
+    `_data_to_send`; those bytes are moved into `_chunks` before anything
+    queued after them.
+    """
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self._chunks: list = []
+
+    def _prepare_for_sending(self, frames) -> None:
+        if not frames:
+            return
+        chunks = self._chunks
+        if self._data_to_send:
+            chunks.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        for f in frames:
+            data = getattr(f, "data", None)
+            if type(f) is hyperframe.frame.DataFrame and not f.pad_length \
+                    and len(data) >= ZERO_COPY_MIN:
+                n = len(data)
+                flags = _END_STREAM if "END_STREAM" in f.flags else 0
+                chunks.append(_FRAME_HEADER.pack((n >> 8) & 0xFFFF, n & 0xFF, 0, flags,
+                                                 f.stream_id & 0x7FFFFFFF))
+                chunks.append(data)
+            else:
+                chunks.append(f.serialize())
+
+    def chunks_to_send(self) -> list:
+        if self._data_to_send:
+            self._chunks.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        out, self._chunks = self._chunks, []
+        return out
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        if amount is not None:     # pragma: no cover - we never ask for part of it
+            raise NotImplementedError("HBONE drains the whole queue")
+        return b"".join(self.chunks_to_send())
+
+
 def _data_frame_repr(self) -> str:
     return f"<{len(self.data)} bytes>"
 
@@ -122,7 +174,7 @@ class _HboneCore:
 
     def __init__(self, settings: HboneSettings = DEFAULT_SETTINGS) -> None:
         self.settings = settings
-        self._h2 = H2Connection(H2Configuration(
+        self._h2 = _H2Connection(H2Configuration(
             client_side=self.client_side, header_encoding=None,
             # We validate CONNECT requests ourselves so that a bad request
             # costs one stream (400), not the whole connection (h2 would GOAWAY).
@@ -197,6 +249,11 @@ class _HboneCore:
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (empty when nothing is queued)."""
         return self._h2.data_to_send()
+
+    def chunks_to_send(self) -> list:
+        """The same bytes as `data_to_send()`, as a list of buffers; large DATA
+        payloads are the caller's own buffers (write them before they change)."""
+        return self._h2.chunks_to_send()
 
     def ping(self) -> bytes:
         """Queue a PING; returns its payload (PingAcked carries it back)."""

@@ -42,8 +42,7 @@ class TlsTransport(asyncio.Transport):
         self._p.app_write(data)
 
     def writelines(self, chunks) -> None:
-        for c in chunks:
-            self._p.app_write(c)
+        self._p.app_writelines(chunks)
 
     def can_write_eof(self) -> bool:
         return False
@@ -205,14 +204,38 @@ class _TlsProtocol(asyncio.Protocol):
         self._flush()                            # key updates, etc.
 
     def _deliver(self, n: int) -> None:
+        # A view into our reused buffer, not a copy: HBONE's app (h2) copies
+        # what it keeps before returning. Other apps must do the same.
         if n and self._app_transport is not None and not self.closing:
-            self.app.data_received(bytes(self._view[:n]))
+            self.app.data_received(self._view[:n])
 
     def app_write(self, data) -> None:
         if self.closing or self.raw.is_closing():
             return
         try:
             self.sslobj.write(data)
+        except ssl.SSLError:
+            self.raw.abort()
+            return
+        self._flush()
+
+    def app_writelines(self, chunks) -> None:
+        """Encrypt `chunks` in order: small ones coalesced into one record
+        batch, large ones passed to OpenSSL as they are (no extra copy)."""
+        if self.closing or self.raw.is_closing():
+            return
+        small: list = []
+        try:
+            for c in chunks:
+                if len(c) < _RECORD:
+                    small.append(c)
+                    continue
+                if small:
+                    self.sslobj.write(b"".join(small))
+                    small = []
+                self.sslobj.write(c)
+            if small:
+                self.sslobj.write(b"".join(small) if len(small) > 1 else small[0])
         except ssl.SSLError:
             self.raw.abort()
             return

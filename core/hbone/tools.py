@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +32,15 @@ from core.identity.tls import client_context, server_context
 from core.pipe import PipeReset, TcpEnd, connect_tcp, pipe
 
 LOG = shoal_log.get("hbone.tools")
+_CONNS: list = []
+
+
+class _PoolConns:
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def __iter__(self):
+        return (c for v in self.pool._conns.values() for c in v)
 
 
 def load_cert(cert: str, key: str, ca: str) -> WorkloadCert:
@@ -62,6 +72,7 @@ async def run_exit(args) -> None:
         return Accept(upstream=upstream)
 
     server = HboneServer(handler, settings=_settings(args))
+    _CONNS.append(server.connections)
     host, port = _hostport(args.listen)
     listener = await server.listen(host, port, server_context(cert),
                                    trust_domain=cert.trust_domain)
@@ -73,6 +84,7 @@ async def run_entry(args) -> None:
     cert = load_cert(args.cert, args.key, args.ca)
     ctx = client_context(cert)
     pool = HbonePool(lambda _src: ctx, settings=_settings(args))
+    _CONNS.append(_PoolConns(pool))
     peer = _hostport(args.peer)
     loop = asyncio.get_running_loop()
 
@@ -102,6 +114,22 @@ async def run_entry(args) -> None:
     await asyncio.Event().wait()
 
 
+def dump_state(conns) -> None:
+    """SIGUSR1: print every connection's and stream's flow-control state (debugging)."""
+    for conn in conns:
+        h2c = conn.core._h2
+        print(f"conn peer={conn.peer_address} can_write={conn.can_write.is_set()} "
+              f"out_window={h2c.outbound_flow_control_window} "
+              f"in_window={h2c._inbound_flow_control_window_manager.current_window_size} "
+              f"buffered_out={conn.transport.get_write_buffer_size() if conn.transport else None}",
+              file=sys.stderr, flush=True)
+        for sid, st in conn.streams.items():
+            print(f"  stream {sid} send_window={conn.core.send_window(sid)} "
+                  f"queued={sum(len(d) for d, _ in st._chunks)} eof={st._eof} err={st._error} "
+                  f"read_wait={st._read_waiter is not None} send_wait={st._send_waiter is not None}"
+                  f" state={conn.core.stream_state(sid)}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m core.hbone.tools", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,19 +157,22 @@ def main(argv=None) -> None:
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        uvloop.run(run_entry(args) if args.role == "entry" else run_exit(args))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(args.profile)
 
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(run_entry(args) if args.role == "entry" else run_exit(args))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: [dump_state(c) for c in _CONNS])
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    uvloop.run(run())
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    os._exit(0)          # do not wait for tunnels still open
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ backendRequest <= request.
 from __future__ import annotations
 
 from core.constants import LABEL_WAYPOINT_FOR, WAYPOINT_GATEWAY_CLASS
-from core.model.fields import MAX_PORT, Ctx, join, parse_duration
+from core.model.fields import Ctx, join, parse_duration
 from core.model.resources import Gateway, HTTPRoute, Meta
 from routing.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, ParentRef,
                              PathMatch, PathModifier, QueryParamMatch, RequestMirror,

@@ -8,7 +8,6 @@ SO_ORIGINAL_DST they saw). Events are appended to a JSON-lines file.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import orjson

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import socket
+import time
 
 from core.drain import DrainWatcher
 from core.sockets import DefaultSocketFactory
@@ -103,6 +104,7 @@ class RunningWaypoint:
 
 @contextlib.asynccontextmanager
 async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir: str | None = None,
+                           hbone_ca: tuple[str, str] | None = None,
                            upstream_plaintext: bool = True, metrics=None, **opts):
     from shards.app import WorkerContext
     from waypoint.app import WaypointApp, WaypointOptions
@@ -112,7 +114,9 @@ async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir
         s = reserve_port()
         reserved.append(s)
         pport = s.getsockname()[1]
-    if hbone_cert_dir:
+    if hbone_ca:
+        opts.update(ca_address=hbone_ca[0], ca_credential_dir=hbone_ca[1])
+    if hbone_cert_dir or hbone_ca:
         s = reserve_port()
         reserved.append(s)
         hport = s.getsockname()[1]
@@ -137,7 +141,7 @@ async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir
                 res = close()
                 if hasattr(res, "__await__"):
                     await res
-        await app.drain(__import__("asyncio").get_running_loop().time() + 1.0)
+        await app.drain(time.monotonic() + 1.0)
         for s in reserved:
             s.close()
 

@@ -47,11 +47,14 @@ class ViewBox:
 
 async def start_proxy(*, node: str, bind: str, view: ViewBox, ca: LocalCa, metrics,
                       hbone_port: int, outbound_port: int, inbound_port: int,
-                      fixed: dict[tuple[str, int], int], seed: int = 1) -> Proxy:
+                      fixed: dict[tuple[str, int], int], seed: int = 1,
+                      fixed_inbound: dict[tuple[str, int], int] | None = None) -> Proxy:
+    targets = [FixedTarget(kind="outbound", port=p, target=t) for t, p in fixed.items()]
+    targets += [FixedTarget(kind="inbound-plaintext", port=p, target=t)
+                for t, p in (fixed_inbound or {}).items()]
     opts = ZtunnelOptions(node=node, bind=bind, hbone_port=hbone_port,
                           outbound_port=outbound_port, inbound_port=inbound_port,
-                          fixed_targets=tuple(FixedTarget(kind="outbound", port=p, target=t)
-                                              for t, p in fixed.items()))
+                          fixed_targets=tuple(targets))
     shared = Shared(options=opts, view=view, certs=CertManager(ca, node_name=node),
                     metrics=metrics, rng=random.Random(seed))
     proxy = Proxy(shared, DefaultSocketFactory(PROXY_SOCKET_OPTIONS), Scope(node=node),

@@ -66,7 +66,8 @@ class Node:
 
 
 class Mesh:
-    def __init__(self, tmp: Path, *, workers: int = 1, nodes=("node-a", "node-b")) -> None:
+    def __init__(self, tmp: Path, *, workers: int = 1, nodes=("node-a", "node-b"),
+                 hbone_port: int | None = None) -> None:
         self.tmp = Path(tmp)
         self.workers = workers
         self.prefix = unique_prefix()
@@ -74,7 +75,10 @@ class Mesh:
         self.config.mkdir(parents=True, exist_ok=True)
         self.logs = self.tmp / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.hbone_port = free_port()
+        # Random by default; the waypoint test needs Istio's 15008 (the waypoint
+        # dials endpoints on it), safe on the rig's unique 127.x.y.z addresses.
+        self.hbone_port = hbone_port or free_port()
+        self.extra_docs: list[dict] = []
         self.pods: dict[str, PodSpec] = {}
         self.services: list[dict] = []
         self.policies: dict[str, dict] = {}
@@ -123,7 +127,7 @@ class Mesh:
                          "spec": {"nodeName": p.node, "serviceAccountName": p.sa,
                                   "containers": [{"name": "app", "ports": ports}]},
                          "status": {"podIP": p.ip, "phase": "Running"}})
-        docs += self.services
+        docs += self.services + self.extra_docs
         self._write("mesh.yaml", docs)
         self._write("policies.yaml", list(self.policies.values()))
 
@@ -158,11 +162,9 @@ class Mesh:
                 raise RuntimeError(f"control plane did not start:\n{self.ca.tail()}")
             time.sleep(0.05)
         self.ca_port = int(port_file.read_text())
+        self.ca_state = state
         for n in self.nodes.values():
-            import subprocess
-            subprocess.run([*SHOAL, "controlplane", "issue-node-cert", "--state-dir", str(state),
-                            "--node", n.name, "--out", str(n.cred)], check=True, cwd=ROOT,
-                           capture_output=True, timeout=30)
+            self.issue_credential(["--node", n.name], n.cred)
         for p in self.pods.values():
             if p.port:
                 self.apps[p.name] = python_app(p.name, f"{p.ip}:{p.port}", self.logs)
@@ -170,6 +172,12 @@ class Mesh:
             self.start_node(n.name)
         for n in self.nodes.values():
             self.wait_ready(n.name)
+
+    def issue_credential(self, who: list[str], out: Path) -> None:
+        import subprocess
+        subprocess.run([*SHOAL, "controlplane", "issue-node-cert", "--state-dir",
+                        str(self.ca_state), *who, "--out", str(out)], check=True, cwd=ROOT,
+                       capture_output=True, timeout=30)
 
     def start_node(self, name: str) -> None:
         n = self.nodes[name]

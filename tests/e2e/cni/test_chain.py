@@ -8,7 +8,6 @@ import random
 import socket
 import subprocess
 
-import orjson
 import pytest
 
 from cni import chain, redirect

@@ -7,11 +7,12 @@ import os
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
+import time
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -136,7 +137,18 @@ def mesh_pids(run_dir):
         st = orjson.loads(f.read())
     pids = [r["pid"] for r in st["procs"].values()]
     pids += [r["pid"] for p in st["pods"].values() for r in p["procs"]]
-    return pids
+    # Plus every member of their process groups (workers, watchers, an
+    # upgraded ztunnel supervisor): their shm segments are named by pid.
+    groups = set(pids)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) in groups:
+                        pids.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return sorted(set(pids))
 
 
 def curl(run_dir, pod, url):
@@ -175,6 +187,32 @@ def test_mesh_network_without_ztunnel_and_down_leaves_nothing(mesh):
     assert curl(run, "amb/caller", f"http://{pods['plain/server']['ip']}:8080/")[0] == 7
     # exec into a Deployment by name picks its first replica.
     assert shoal("exec", "amb/web", "--", "true", run_dir=run).returncode == 0
+    # scale: a second replica appears on the Deployment's node, captured.
+    shoal("scale", "amb/web", "--replicas", "2", run_dir=run)
+    web = [p for p in orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)["pods"]
+           if p["pod"].startswith("amb/web-")]
+    assert len(web) == 2 and web[0]["node"] == web[1]["node"] and all(p["enrolled"] for p in web)
+    # Live enrollment: label the plain namespace ambient; its running pods get
+    # captured without restarting (same pids), then released again.
+    pid_before = mesh_pids(run)
+    ns_file = os.path.join(mesh["app"], "ns.yaml")
+    with open(ns_file, "w") as f:
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: plain, labels: "
+                "{istio.io/dataplane-mode: ambient}}\n")
+    shoal("apply", "-f", ns_file, run_dir=run)
+
+    def enrolled(pod):
+        st = orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)
+        return {p["pod"]: p["enrolled"] for p in st["pods"]}[pod]
+    wait_for(lambda: enrolled("plain/client"), timeout=15, what="live enrollment")
+    assert "redirect to :15001" in shoal("exec", "plain/client", "--", "nft", "list", "ruleset",
+                                         run_dir=run).stdout
+    with open(ns_file, "w") as f:
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n")
+    shoal("apply", "-f", ns_file, run_dir=run)
+    wait_for(lambda: not enrolled("plain/client"), timeout=15, what="release")
+    assert curl(run, "plain/client", f"http://{pods['plain/server']['ip']}:8080/hello.txt")[0] == 0
+    assert set(pid_before) <= set(mesh_pids(run))      # no app restarted
     pids = mesh_pids(run)
     shoal("down", run_dir=run)
     wait_for(lambda: not leftovers(mesh["id"], pids), timeout=10, what="nothing left")
@@ -184,7 +222,7 @@ def test_mesh_network_without_ztunnel_and_down_leaves_nothing(mesh):
 def ztunnel_available():
     try:
         import ztunnel.app  # noqa: F401
-        import ztunnel.cli  # noqa: F401
+        import ztunnel.cli  # noqa: F401  (the command the mesh runs)
         return True
     except Exception:
         return False
@@ -201,8 +239,9 @@ def test_mesh_cross_node_ambient_traffic_is_encrypted(mesh, tmp_path):
     dump = subprocess.Popen(["tcpdump", "-i", f"{mesh['id']}-br", "-U", "-s", "0", "-w", pcap, "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: os.path.exists(pcap), timeout=10, what="tcpdump")
-        time.sleep(0.5)     # tcpdump opens the file before the capture is armed
+        # tcpdump says "listening on ..." once the capture is armed.
+        ready, _, _ = select.select([dump.stderr], [], [], 15)
+        assert ready and b"listening on" in dump.stderr.readline()
         try:
             wait_for(lambda: curl(run, "amb/caller", f"http://web/{marker}")[0] == 0, timeout=30,
                      what="caller -> web through the mesh")
@@ -225,3 +264,43 @@ def test_mesh_cross_node_ambient_traffic_is_encrypted(mesh, tmp_path):
     web_log = [f for f in os.listdir(logs) if f.startswith("amb_web-")][0]
     with open(os.path.join(logs, web_log)) as f:
         assert marker in f.read()                     # ...yet the app got the request
+
+
+def _ztunnel_pid(run, node):
+    import orjson
+    with open(os.path.join(run, "state.json"), "rb") as f:
+        return orjson.loads(f.read())["procs"][f"ztunnel/{node}"]["pid"]
+
+
+@pytest.mark.timeout(170)
+@pytest.mark.skipif(not ztunnel_available(), reason="ztunnel not importable")
+def test_mesh_ztunnel_upgrade_with_traffic_and_live_policy(mesh, tmp_path):
+    run = mesh["run_dir"]
+    shoal("up", "-f", mesh["app"], "--nodes", "2", "--id", mesh["id"], "--cidr-base",
+          str(mesh["base"]), run_dir=run, timeout=150)
+    wait_for(lambda: curl(run, "amb/caller", "http://web/")[0] == 0, timeout=30, what="mesh traffic")
+    # SIGUSR2 on the server's node: a new ztunnel (new ZDS instance) takes the
+    # pods over from the agent's snapshot while the old one drains.
+    os.kill(_ztunnel_pid(run, "node-1"), signal.SIGUSR2)
+    codes = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        codes.append(curl(run, "amb/caller", "http://web/")[0])
+    agent_log = open(os.path.join(run, "logs", "node-agent-node-1.log")).read()
+    assert agent_log.count("ztunnel connected") >= 2, "the upgraded ztunnel never connected"
+    assert codes and all(c == 0 for c in codes), f"requests failed during the upgrade: {codes}"
+    # Authorization across nodes, applied live: DENY the caller's identity at web.
+    policy = tmp_path / "deny.yaml"
+    policy.write_text("""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-caller, namespace: amb}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/amb/sa/caller"]}}]}]
+""")
+    shoal("apply", "-f", str(policy), run_dir=run)
+    wait_for(lambda: curl(run, "amb/caller", "http://web/")[0] != 0, timeout=15, what="policy enforced")
+    pids = mesh_pids(run)
+    shoal("down", run_dir=run)
+    wait_for(lambda: not leftovers(mesh["id"], pids), timeout=15, what="nothing left")

@@ -1,6 +1,5 @@
 """The issue's stress test: >= 10k updates vs >= 1M checked lookups in 2 processes."""
 
-import os
 import subprocess
 import sys
 import time

@@ -67,7 +67,15 @@ def test_metrics_are_summed_over_workers(shards):
     before = scrape()
     served = {worker_of(s.echo)[0] for _ in range(40)}
     assert len(served) == 2
-    text = scrape()
+    # A worker records a connection's bytes when it sees the client's close:
+    # wait until every one of the 40 is closed on the server side too.
+    closed = lambda t: total("istio_tcp_connections_closed_total", t)  # noqa: E731
+    target = closed(before) + 40
+
+    def all_closed():
+        t = scrape()
+        return t if closed(t) >= target else None
+    text = wait_for(all_closed, 5, "the workers to record 40 closed connections")
     # One series per label set, summed over both workers' files.
     opened = [l for l in text.splitlines() if l.startswith("istio_tcp_connections_opened_total{")]
     assert len(opened) == 1 and 'reporter="destination"' in opened[0]

@@ -8,7 +8,6 @@ header) with Python's http.client, curl and raw sockets, to real backends
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import subprocess
@@ -363,3 +362,37 @@ async def test_failing_endpoint_is_ejected(backends):
     # round robin alternates until 5 consecutive failures eject "bad" (30 s)
     assert bad.hits["/x"] == 5
     assert statuses.count(503) == 5 and statuses[10:] == [200] * 30
+
+
+async def test_drain_finishes_busy_requests_and_closes_idle_clients(backends):
+    v1 = backends("v1")
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    async with running_waypoint(mesh) as wp:
+        idle = socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5)
+        idle.sendall(b"GET /first HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+        first = await in_thread(idle.recv, 65536)
+        busy = socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5)
+        busy.sendall(b"GET /slow/300 HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while v1.hits["/slow/300"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        drain = asyncio.ensure_future(wp.app.drain(time.monotonic() + 5))
+
+        def read_all(s):
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+        idle_rest, busy_resp = await asyncio.gather(in_thread(read_all, idle),
+                                                    in_thread(read_all, busy))
+        await drain
+        took = time.monotonic() - t0
+    idle.close()
+    busy.close()
+    assert first.startswith(b"HTTP/1.1 200") and idle_rest == b""     # idle: closed, no reply
+    assert busy_resp.startswith(b"HTTP/1.1 200") and b"connection: close" in busy_resp
+    assert took < 3

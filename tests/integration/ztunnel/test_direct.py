@@ -22,6 +22,7 @@ from tests.helpers.ztunnel_peers import free_port, python_app
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 VIP = "10.96.7.7"
+EMPTY_VIP = "10.96.7.8"
 
 
 def wl(name, ip, node, sa):
@@ -47,12 +48,18 @@ class Rig:
                                hostname="echo.default.svc.cluster.local", vips=(VIP,),
                                ports=(ServicePort(port=80, target_port=APP_PORT),),
                                endpoints=tuple(sorted(w.uid for w in self.echo)))
-        self.view = ViewBox(self.make_view())
         self.tmp = tmp_path
-        self.fixed = {(VIP, 80): free_port(), (self.ip["echo-1"], APP_PORT): free_port()}
+        self.fixed = {(VIP, 80): free_port(), (self.ip["echo-1"], APP_PORT): free_port(),
+                      (EMPTY_VIP, 80): free_port()}
+        self.fixed_inbound = {(self.ip["echo-1"], APP_PORT): free_port()}
+        self.empty = Service(name="empty", namespace="default",
+                             hostname="empty.default.svc.cluster.local", vips=(EMPTY_VIP,),
+                             ports=(ServicePort(port=80, target_port=APP_PORT),))
+        self.view = ViewBox(self.make_view())
 
     def make_view(self, policies=(), generation=1):
-        return StaticView(workloads=(self.client, *self.echo), services=(self.service,),
+        return StaticView(workloads=(self.client, *self.echo),
+                          services=(self.service, self.empty),
                           policies=policies, generation=generation)
 
     async def start(self):
@@ -65,7 +72,8 @@ class Rig:
                                    inbound_port=free_port(), fixed=self.fixed)
         self.b = await start_proxy(node="node-b", bind=self.ip["b"], view=self.view, ca=ca,
                                    metrics=m, hbone_port=hb, outbound_port=free_port(),
-                                   inbound_port=free_port(), fixed={})
+                                   inbound_port=free_port(), fixed={},
+                                   fixed_inbound=self.fixed_inbound)
         for _ in range(200):
             if self.a.ready() and self.b.ready():
                 return
@@ -134,3 +142,61 @@ async def test_denied_connection_is_reset(rig):
         if not data:
             raise ConnectionResetError("closed without data")
 
+
+
+async def plaintext_echo(rig, src_ip):
+    port = rig.fixed_inbound[(rig.ip["echo-1"], APP_PORT)]
+    reader, writer = await asyncio.open_connection(rig.ip["b"], port, local_addr=(src_ip, 0))
+    writer.write(b"plain")
+    writer.write_eof()
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_plaintext_inbound_is_authorized_without_identity(rig):
+    outsider = rig.ip["client"].rsplit(".", 1)[0] + ".99"     # not a workload
+    assert await plaintext_echo(rig, outsider) == b"plain"
+    # A namespace rule needs an identity: plaintext never matches it.
+    ns_only = Authorization(name="ns-only", namespace="default", scope="NAMESPACE",
+                            action="ALLOW", rules=(Rule(from_=(Source(
+                                namespaces=("default",)),)),))
+    rig.view.view = rig.make_view([ns_only], generation=2)
+    with pytest.raises(ConnectionResetError):
+        if await plaintext_echo(rig, outsider) == b"":
+            raise ConnectionResetError("closed without data")
+    # ipBlocks apply to plaintext.
+    by_ip = Authorization(name="by-ip", namespace="default", scope="NAMESPACE", action="ALLOW",
+                          rules=(Rule(from_=(Source(ip_blocks=(f"{outsider}/32",)),)),))
+    rig.view.view = rig.make_view([by_ip], generation=3)
+    assert await plaintext_echo(rig, outsider) == b"plain"
+
+
+async def test_service_without_healthy_endpoint_resets_and_says_so(rig, caplog):
+    with pytest.raises(ConnectionResetError):
+        if await echo_once(rig, (EMPTY_VIP, 80)) == b"":
+            raise ConnectionResetError("closed without data")
+    assert any("NO_HEALTHY_UPSTREAM" in str(getattr(r, "fields", {}).get("error", ""))
+               for r in caplog.records)
+
+
+async def test_every_proxy_socket_carries_mark_0x539(rig):
+    import socket as s
+    from core.constants import PROXY_MARK
+    from core.sockets import SO_MARK
+    for proxy in (rig.a, rig.b):
+        socks = [*proxy._listeners, *proxy._hbone_socks.values()]
+        assert socks
+        assert all(x.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK for x in socks)
+        raw = proxy._raw_socket(s.AF_INET)          # what the HBONE pool connects
+        try:
+            assert raw.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK
+        finally:
+            raw.close()
+    # Upstream (app) connections: made through the same factory.
+    up = await rig.b.sockets.connect(rig.ip["echo-1"], APP_PORT)
+    try:
+        assert up.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK
+    finally:
+        up.close()

@@ -252,8 +252,9 @@ def test_policy_change_closes_now_denied_live_connection(mesh):
                 if s.recv(1) == b"":
                     raise ConnectionResetError("closed")
                 time.sleep(0.05)
-        log = mesh.nodes["node-b"].proc.log_path.read_text()
-        assert "AuthorizationPolicyLateRejection" in log
+        wait_until(lambda: "AuthorizationPolicyLateRejection"
+                   in mesh.nodes["node-b"].proc.log_path.read_text(),
+                   what="late rejection logged")
     finally:
         s.close()
         set_policies(mesh)

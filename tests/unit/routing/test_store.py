@@ -1,5 +1,6 @@
 """codec round trips, the shared-memory store, and RoutingView == StaticView."""
 
+import dataclasses
 import os
 
 import pytest
@@ -10,6 +11,7 @@ from routing.codec import decode_value, encode_value
 from routing.compile import compile_config
 from routing.incremental import IncrementalCompiler
 from routing.index import build_keyspace
+from routing.records import Namespace
 from routing.runtime import TableHandle, attach_view
 from routing.view import StaticView
 from pathlib import Path
@@ -143,6 +145,13 @@ def test_shm_view_answers_like_static_view(table, cfg, records):
         w.apply({"w/Kubernetes//Pod/shop/db": None, "i/ip//10.0.1.20": None})
         assert shared.generation == gen + 1
         assert shared.workload_by_ip("10.0.1.20") is None          # cache dropped
+        web = shared.workload_by_ip("10.0.1.10")
+        moved = dataclasses.replace(web, node="node-z")
+        w.apply({"w/" + web.uid: encode_value(moved)})
+        assert shared.workload_by_ip("10.0.1.10").node == "node-z"  # revalidated by bytes
+        other = shared.workload_by_ip("10.0.2.10")
+        w.apply({"n/unrelated": encode_value(Namespace(name="unrelated"))})
+        assert shared.workload_by_ip("10.0.2.10") is other         # unchanged: same object
     finally:
         shared.close()
 
