@@ -237,7 +237,14 @@ async def _copy(src, dst) -> int:
         if not data:
             dst.write_eof()
             return total
-        await dst.write(data)
+        try:
+            await dst.write(data)
+        except ConnectionError:
+            # The destination is gone (closed or reset). That ends this
+            # direction only: the other one still delivers what the destination
+            # sent before closing, and a reset shows up there as a read error.
+            # (Aborting here would RST the source and lose those last bytes.)
+            return total
         total += len(data)
 
 

@@ -332,6 +332,9 @@ class Supervisor:
             # A SIGHUP roll whose new workers cannot boot: keep the old ones.
             self.generation = max(x.generation for x in serving)
             self.boot_failures = 0
+            for x in list(self.workers.values()):
+                if x.generation > self.generation and not x.retiring:
+                    self._retire(x, "reload abandoned")
             self.log.error("reload failed: new workers cannot boot; keeping the running ones",
                            extra={"fields": {"last_status": how}})
             return

@@ -90,6 +90,7 @@ class _Sink:
         self.conn, self.sid = conn, sid
         self.started = False
         self.ended = False
+        self.remaining: int | None = None   # body bytes still to send, when sized
 
     async def informational(self, status: int, headers) -> None:
         return None
@@ -101,6 +102,7 @@ class _Sink:
                  if k.lower() not in _FORBIDDEN]
         self.conn.h2.send_headers(self.sid, hdrs, end_stream=no_body)
         self.ended = no_body
+        self.remaining = None if no_body else content_length
         if no_body or content_length is None:
             await self.conn.flush()
         # else: a sized body follows at once: HEADERS go out with the first
@@ -122,8 +124,16 @@ class _Sink:
                 ev.clear()
                 await ev.wait()
                 continue
-            c.h2.send_data(self.sid, view[:window].tobytes())
+            chunk = view[:window].tobytes()
             view = view[window:]
+            last = False
+            if self.remaining is not None:
+                self.remaining -= len(chunk)
+                # The last byte of a sized body carries END_STREAM: one
+                # write per response instead of a separate empty DATA frame.
+                last = self.remaining <= 0 and not view
+            c.h2.send_data(self.sid, chunk, end_stream=last)
+            self.ended = self.ended or last
             await c.flush()
 
     async def finish(self) -> None:

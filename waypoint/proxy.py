@@ -34,6 +34,7 @@ from waypoint.http1 import (LAST_CHUNK, BodyReceived, H1ResponseParser, MessageE
                             strip_hop_by_hop)
 from waypoint.lb import ROUND_ROBIN, Balancer
 from waypoint.message import RequestHead
+from waypoint.mirror import send_mirror
 from waypoint.routes import NoBackend, RouteInput, RouteTable, pick_backend
 from waypoint.telemetry import RequestRecord, Telemetry, traceparent, valid_traceparent
 from waypoint.upstream import (H1Pool, UpstreamConn, UpstreamError, UpstreamProtocolError,
@@ -249,7 +250,25 @@ class Proxy:
     async def _forward(self, st, req, body, sink, out: RequestHead, eps: list[Endpoint],
                        rule, response_mod, mirrors) -> bool:
         headers = self._upstream_headers(st, req, out)
-        method = out.method
+        headers, buffered, framing = await self._prepare_body(st, req, body, sink, headers)
+        head_bytes = serialize_request_head(out, headers)
+        if mirrors and buffered is not None:
+            self._start_mirrors(st, mirrors, out, headers, buffered)
+        timeouts = rule.timeouts if rule is not None else Timeouts()
+        retry = rule.retry if (rule is not None and buffered is not None) else None
+        deadline = st.t0 + timeouts.request if timeouts.request else None
+        try:
+            conn, parser, resp, pending = await self._exchange(
+                st, req, body, sink, out.method, head_bytes, buffered, framing, eps,
+                timeouts, retry, deadline)
+        except UpstreamError as e:
+            return await self._local(st, sink, e.status, e.body.encode(), e.flags)
+        return await self._respond(st, req, sink, conn, parser, resp, pending, response_mod,
+                                   deadline, out.method)
+
+    async def _prepare_body(self, st, req, body, sink, headers):
+        """Decide how the request body goes upstream: read whole (small,
+        sized: retries and mirrors can resend it) or streamed."""
         if (message.get(headers, "expect") or "").lower() == "100-continue":
             # Envoy's default (proxy_100_continue off): answer 100 ourselves
             # and do not pass Expect on, so the body can be read right away.
@@ -260,18 +279,21 @@ class Proxy:
         if not req.upgrade and not req.chunked and declared <= RETRY_BUFFER_LIMIT:
             buffered = await _read_all(body) if declared else b""
             st.request_bytes = len(buffered)
-        streamed_framing = "chunked" if req.chunked else ("length" if declared else "none")
+        framing = "chunked" if req.chunked else ("length" if declared else "none")
         if buffered is not None:
             headers = message.set_(headers, "content-length", str(len(buffered))) \
                 if buffered or declared else message.remove(headers, "content-length")
         elif req.chunked:
             headers = message.set_(headers, "transfer-encoding", "chunked")
-        head_bytes = serialize_request_head(out, headers)
-        if mirrors and buffered is not None:
-            self._start_mirrors(st, mirrors, out, headers, buffered)
-        timeouts = rule.timeouts if rule is not None else Timeouts()
-        retry = rule.retry if (rule is not None and buffered is not None) else None
-        deadline = st.t0 + timeouts.request if timeouts.request else None
+        return headers, buffered, framing
+
+    async def _exchange(self, st, req, body, sink, method, head_bytes, buffered, framing,
+                        eps, timeouts, retry, deadline):
+        """Tries (first + retries) until a response head worth returning.
+
+        Raises:
+            UpstreamError: the last try failed and no retry is left.
+        """
         lb = self.balancer(st.backend.key if st.backend is not None else st.target.address)
         keys = [e.key for e in eps]
         by_key = {e.key: e for e in eps}
@@ -281,13 +303,12 @@ class Proxy:
             tries += 1
             key = lb.pick(keys, exclude=frozenset(tried))
             tried.add(key)
-            ep = by_key[key]
             st.upstream = key
             lb.started(key)
             try:
                 budget = _budget(timeouts.backend_request, deadline, self.clock())
                 conn, parser, resp, pending = await _with_timeout(
-                    self._attempt(st, ep, method, head_bytes, buffered, body, streamed_framing,
+                    self._attempt(st, by_key[key], method, head_bytes, buffered, body, framing,
                                   sink, req.upgrade), budget)
             except UpstreamError as e:
                 lb.finished(key, False, keys)
@@ -295,17 +316,14 @@ class Proxy:
                         filters.retry_allowed(retry, tries, None) and \
                         await self._backoff(retry, tries, deadline):
                     continue
-                return await self._local(st, sink, e.status, e.body.encode(), e.flags)
+                raise
             status = resp.head.status
+            lb.finished(key, status < 500, keys)
             if retry is not None and status in retry.codes and \
                     filters.retry_allowed(retry, tries, status) and \
                     await self._backoff(retry, tries, deadline, conn=conn):
-                lb.finished(key, status < 500, keys)
                 continue
-            lb.finished(key, status < 500, keys)
-            break
-        return await self._respond(st, req, sink, conn, parser, resp, pending, response_mod,
-                                   deadline, method)
+            return conn, parser, resp, pending
 
     async def _backoff(self, retry, tries: int, deadline, conn: UpstreamConn | None = None) -> bool:
         if conn is not None:
@@ -444,40 +462,9 @@ class Proxy:
         for m in mirrors:
             if len(self._mirrors) >= MAX_INFLIGHT_MIRRORS:
                 return
-            task = asyncio.ensure_future(self._mirror(st, m, out, headers, body))
+            task = asyncio.ensure_future(send_mirror(self, st, m, out, headers, body))
             self._mirrors.add(task)
             task.add_done_callback(self._mirrors.discard)
-
-    async def _mirror(self, st, m, out: RequestHead, headers, body: bytes) -> None:
-        ref = m.backend
-        ns = ref.namespace or (st.target.service.namespace if st.target.service else "default")
-        svc = self.view.service_by_host(ns, ref.name)
-        if svc is None:
-            return
-        eps = self.endpoints(svc, ref.port or st.target.port)
-        if not eps:
-            return
-        ep = self.balancer(svc.key).pick([e.key for e in eps])
-        ep = next(e for e in eps if e.key == ep)
-        # Envoy marks shadow traffic by appending "-shadow" to the authority.
-        host = message.get(headers, "host") or st.authority
-        hdrs = message.set_(headers, "host", f"{host}-shadow")
-        try:
-            conn = await self.pool.acquire(ep, source_ip=st.down.source_ip, host=svc.hostname)
-            await conn.stream.write(serialize_request_head(out, hdrs) + body)
-            parser = H1ResponseParser(out.method)
-            done = keep = False
-            while not done:
-                data = await asyncio.wait_for(conn.stream.read(UPSTREAM_READ), 30.0)
-                for e in parser.receive_data(data):
-                    if isinstance(e, ResponseReceived):
-                        keep = e.keep_alive
-                    done = done or isinstance(e, MessageEnded)
-                if not data:
-                    break
-            self.pool.release(conn, keep and done)
-        except Exception:   # a mirror failure is never the client's problem
-            return
 
     def start_drain(self) -> None:
         """Stop keeping clients: busy connections close after their current

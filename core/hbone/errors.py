@@ -49,8 +49,11 @@ class PeerIdentityError(HboneError):
     """The TLS peer's SPIFFE identity or ALPN is not acceptable."""
 
 
-class StreamResetError(HboneError):
-    """The tunnel was reset (RST_STREAM received or the connection died)."""
+class StreamResetError(HboneError, ConnectionResetError):
+    """The tunnel was reset (RST_STREAM received or the connection died).
+
+    Also a ConnectionResetError, so byte-copying code treats a reset tunnel
+    exactly like a reset TCP socket."""
 
 
 __all__ = ["ErrorCodes", "HboneError", "LocalProtocolError", "PeerIdentityError",

@@ -66,9 +66,20 @@ class HboneStream:
         if not self._opened.done():
             self._opened.set_exception(error)
             self._opened.exception()          # never "exception not retrieved"
+        self._release_unread()
         self._wake_reader()
         self._wake_sender()
         self._finish()
+
+    def _release_unread(self) -> None:
+        # Bytes nobody will read still hold connection window: give it back,
+        # or a few reset streams would stall every other stream on the connection.
+        if self._chunks:
+            unread = sum(fcl for _, fcl in self._chunks)
+            self._chunks.clear()
+            if unread:
+                self._core.acknowledge(self.stream_id, unread)
+                self._conn.flush()
 
     def _set_open(self, headers: dict[str, str]) -> None:
         self.response_headers = headers
@@ -88,6 +99,7 @@ class HboneStream:
     def _finish(self) -> None:
         if not self._done:
             self._done = True
+            self._release_unread()
             self._conn._stream_done(self)
 
     # -- the application side -----------------------------------------------

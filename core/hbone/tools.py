@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 
 from cryptography.hazmat.primitives import serialization
 

@@ -175,3 +175,29 @@ async def test_keepalive_detects_a_stopped_peer(tmp_path, pki_files):
         stop(proc)
         await pool.close()
         echo.close()
+
+
+async def test_tools_pair_plaintext_in_plaintext_out(tmp_path, pki_files):
+    """`python -m core.hbone.tools` entry + exit processes: plaintext -> HBONE -> plaintext."""
+    pki, server, client, sfiles, cfiles = pki_files
+    echo, echo_port = await start_echo()
+    exit_, eport = start_shoal_tool(["exit", "--listen", "127.0.0.1:0", "--cert", str(sfiles.cert),
+                                     "--key", str(sfiles.key), "--ca", str(sfiles.ca)],
+                                    tmp_path / "exit.log")
+    entry, nport = start_shoal_tool(["entry", "--listen", "127.0.0.1:0", "--peer",
+                                     f"127.0.0.1:{eport}", "--authority",
+                                     f"127.0.0.1:{echo_port}", "--expect", SERVER_ID, "--cert",
+                                     str(cfiles.cert), "--key", str(cfiles.key), "--ca",
+                                     str(cfiles.ca)], tmp_path / "entry.log")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", nport)
+        payload = os.urandom(4 * 1024 * 1024)
+        writer.write(payload)
+        writer.write_eof()                      # half-close travels to the echo server
+        got = await asyncio.wait_for(reader.read(-1), 20)
+        assert digest(got) == digest(payload)
+        writer.close()
+    finally:
+        stop(entry)
+        stop(exit_)
+        echo.close()

@@ -330,3 +330,31 @@ async def test_garbage_instead_of_tls_is_logged(hbone_logs):
         assert await asyncio.wait_for(reader.read(), 5) is not None
         writer.close()
         await _wait_log(hbone_logs, "TLS handshake from")
+
+
+async def test_accept_serve_hands_the_stream_to_the_handler():
+    """The waypoint path: the handler gets the HboneStream itself after the 200."""
+    async def serve(stream):
+        data = b""
+        while not data.endswith(b"\n"):
+            data += await stream.read()
+        await stream.write(b"served:" + data)
+        stream.write_eof()
+
+    async def handler(req):
+        return Accept(serve=serve)
+    async with HbonePair(handler=handler) as rig:
+        s = await rig.open("10.0.0.9:80")
+        assert await roundtrip(s, b"GET /\n") == b"served:GET /\n"
+
+
+async def test_on_done_reports_byte_counts():
+    done = asyncio.get_running_loop().create_future()
+
+    async def handler(req):
+        up = await connect_tcp(req.host, req.port)
+        return Accept(upstream=up, on_done=lambda sent, received: done.set_result((sent, received)))
+    async with HbonePair(handler=handler) as rig:
+        s = await rig.open()
+        assert await roundtrip(s, b"12345") == b"12345"
+        assert await asyncio.wait_for(done, 5) == (5, 5)

@@ -187,7 +187,7 @@ def test_sighup_keeps_old_workers_when_new_ones_cannot_boot(shards):
     s.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed" in s.log(), 10, "the reload to be abandoned")
     assert s.proc.poll() is None
-    assert s.worker_pids() == old
+    wait_for(lambda: s.worker_pids() == old, 5, "only the old workers")
     assert {worker_of(s.echo)[2] for _ in range(10)} == {1}
     assert s.stop() == exitcodes.OK
 

@@ -255,3 +255,19 @@ def test_explicit_pod_stands_for_replica_whatever_the_order(cfg):
     comp.update([*cfg.resources, pod])
     comp.update_resources(deletes=[resource_key(pod)])        # the replica comes back
     assert comp.keyspace == full_keyspace(compile_config(cfg))
+
+
+def test_update_resources_overlay_pods(cfg):
+    from core.model import Deployment, replica_pods
+    (d,) = cfg.of(Deployment)
+    replica = replica_pods(d)[1]
+    overlay = dataclasses.replace(replica, ips=("10.0.1.66",), node="node-z")
+    comp = IncrementalCompiler()
+    comp.update(cfg)
+    comp.update_resources(extra_upserts=[overlay])
+    assert comp.keyspace == full_keyspace(compile_config(cfg, extra_pods=[overlay]))
+    moved = dataclasses.replace(overlay, ips=("10.0.1.67",))
+    comp.update_resources(extra_upserts=[moved])
+    assert comp.keyspace == full_keyspace(compile_config(cfg, extra_pods=[moved]))
+    comp.update_resources(extra_deletes=[("shop", replica.meta.name)])
+    assert comp.keyspace == full_keyspace(compile_config(cfg))
