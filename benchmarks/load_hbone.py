@@ -210,11 +210,9 @@ def main(argv=None) -> None:
             runs: dict[str, list] = {"shoal": [], "stunnel": []}
             for _ in range(args.rounds):
                 for start in (start_shoal, start_stunnel):     # alternate: same conditions
-                    pair = start(tmp, files, iperf_port)
-                    try:
-                        runs[pair.name].append(throughput(pair, args.seconds, streams))
-                    finally:
-                        pair.stop()
+                    runs_of = runs["shoal" if start is start_shoal else "stunnel"]
+                    runs_of.append(_attempt(start, tmp, files, iperf_port, args.seconds, streams,
+                                            results))
             results["throughput"][f"P{streams}"] = _summary(runs)
         runs = {"shoal": [], "stunnel": []}
         for start in (start_shoal, start_stunnel):
@@ -268,6 +266,22 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+
+
+def _attempt(start, tmp, files, iperf_port, seconds, streams, results) -> dict:
+    """One iperf3 run through a fresh pair; a failed run is retried once and recorded."""
+    for attempt in (1, 2):
+        pair = start(tmp, files, iperf_port)
+        try:
+            return throughput(pair, seconds, streams)
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+            results.setdefault("failures", []).append(
+                {"variant": pair.name, "streams": streams, "attempt": attempt, "error": str(e)})
+            print(f"{pair.name} P{streams} attempt {attempt} failed: {e}", file=sys.stderr)
+            time.sleep(1)          # let iperf3 -s finish the broken test
+        finally:
+            pair.stop()
+    raise RuntimeError(f"{pair.name}: iperf3 failed twice; see failures")
 
 
 def _summary(runs: dict[str, list]) -> dict:

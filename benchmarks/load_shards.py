@@ -94,12 +94,40 @@ def main() -> None:
     for r in results.values():
         r["ratio_vs_peer"] = round(r["conn_per_s"] / base, 3)
     out = {"duration_s": args.duration, "rounds": args.rounds, "concurrency": args.concurrency,
-           "results": results, "all_rounds": rounds}
+           "results": results, "lifecycle_s": lifecycle(), "all_rounds": rounds}
     os.makedirs(os.path.join(ROOT, "benchmarks", "out"), exist_ok=True)
     with open(os.path.join(ROOT, "benchmarks", "out", "shards_load.json"), "w") as f:
         json.dump(out, f, indent=2)
     print(json.dumps({k: v for k, v in out.items() if k != "all_rounds"}, indent=2))
     plot(results)
+
+
+def lifecycle() -> dict:
+    """Seconds, with 2 workers: kill -9 -> replacement serving; SIGHUP -> all
+    workers of the new generation serving; SIGUSR2 -> old supervisor gone."""
+    import signal
+    from tests.helpers.shards_proc import worker_of
+    out = {}
+    s = Shards(workers=2, tmp=tempfile.gettempdir(), extra=["--log-level", "warning"])
+    try:
+        s.start()
+        victim = min(s.worker_pids())
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(s.seen_pids(6) - {victim}) == 2, 10, "replacement")
+        out["kill9_to_replacement_serving"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
+        s.signal(signal.SIGHUP)
+        wait_for(lambda: {worker_of(s.echo)[2] for _ in range(8)} == {2} and
+                 len(s.worker_pids()) == 2, 20, "roll")
+        out["sighup_roll_2_workers"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
+        s.signal(signal.SIGUSR2)
+        s.proc.wait(30)
+        out["sigusr2_upgrade_old_gone"] = round(time.monotonic() - t0, 3)
+    finally:
+        s.kill_all()
+    return out
 
 
 def median_round(rs: list[dict]) -> dict:

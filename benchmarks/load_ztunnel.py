@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
 from tests.helpers.ztunnel_peers import (Proc, free_port, haproxy_pair, iperf3_run,  # noqa: E402
-                                         iperf3_server, stunnel_pair, wait_port)
+                                         iperf3_server, stunnel_pair)
 
 APP_PORT = 18080
 IPERF_PORT = 15201

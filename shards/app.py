@@ -63,6 +63,7 @@ class WorkerContext:
     generation: int = 0            # the supervisor's roll generation (SIGHUP bumps it)
     listeners: list = field(default_factory=list)
     wrap_factory: Callable[[SocketFactory], SocketFactory] | None = None
+    _bytes: tuple | None = field(default=None, repr=False)
 
     def serve(self, host: str, port: int, protocol_factory: Callable[[], asyncio.BaseProtocol], *,
               name: str = "", sockets: SocketFactory | None = None):
@@ -92,11 +93,14 @@ class WorkerContext:
 
     def count_bytes(self, sent: int, received: int) -> None:
         """Framework byte counters (the app calls this as it moves data)."""
-        w = str(self.worker_id)
+        if self._bytes is None:   # bound once: labels() costs more than inc()
+            w = str(self.worker_id)
+            self._bytes = (self.metrics.worker_bytes.labels(w, "sent"),
+                           self.metrics.worker_bytes.labels(w, "received"))
         if sent:
-            self.metrics.worker_bytes.labels(w, "sent").inc(sent)
+            self._bytes[0].inc(sent)
         if received:
-            self.metrics.worker_bytes.labels(w, "received").inc(received)
+            self._bytes[1].inc(received)
 
 
 class EmptyView:

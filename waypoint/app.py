@@ -36,6 +36,9 @@ from waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
 from waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 
 LOG = core_log.get("waypoint")
+# Accept queue of the HBONE listener: ztunnels open few, long-lived pooled
+# connections, but a node restart reconnects all of them at once.
+HBONE_BACKLOG = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +89,9 @@ class WaypointApp(App):
         self.hbone = None
         self.certs = None
         self.cert = None
+        self._client_ctx = None
+        self._server_ctx = None
+        self._hbone_listener = None
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self._socks: list[socket.socket] = []
@@ -128,6 +134,8 @@ class WaypointApp(App):
         grace = max(deadline - time.monotonic(), 0.0)
         if self.proxy is not None:
             self.proxy.start_drain()
+        if self._hbone_listener is not None:
+            self._hbone_listener.close()
         if self.hbone is not None:
             await self.hbone.close(grace)
         for sock in self._socks:
@@ -138,6 +146,8 @@ class WaypointApp(App):
             await self.proxy.close()
         if self._flusher is not None:
             self._flusher.cancel()
+        if self.certs is not None:
+            await self.certs.close()
 
     def ready(self) -> bool:
         return self.proxy is not None
@@ -172,12 +182,28 @@ class WaypointApp(App):
         return self.cert
 
     def _client_context(self):
-        from core.identity.tls import client_context
-        return client_context(self._current_cert())
+        """For each new upstream HBONE connection: the current certificate
+        (the CertManager renews it at half-life and caches its contexts)."""
+        if self.certs is not None:
+            ctx = self.certs.client_context(self.options.identity)
+            if ctx is not None:
+                return ctx
+        if self._client_ctx is None:
+            from core.identity.tls import client_context
+            self._client_ctx = client_context(self.cert)
+        return self._client_ctx
 
     def _server_context(self):
-        from core.identity.tls import server_context
-        return server_context(self._current_cert())
+        """For each accepted HBONE connection (so a renewed certificate is
+        served from the next handshake on, without restarting listeners)."""
+        if self.certs is not None:
+            ctx = self.certs.server_context(self.options.identity)
+            if ctx is not None:
+                return ctx
+        if self._server_ctx is None:
+            from core.identity.tls import server_context
+            self._server_ctx = server_context(self.cert)
+        return self._server_ctx
 
     # -- listeners ---------------------------------------------------------------
     async def _listen_hbone(self) -> None:
@@ -186,12 +212,21 @@ class WaypointApp(App):
         self.hbone = HboneServer(self._on_connect, log=LOG)
         sock = self.ctx.sockets.listen(o.bind, o.hbone_port)
         self._socks.append(sock)
-        await self.hbone.listen(None, None, self._server_context(),
-                                trust_domain=self.cert.trust_domain, sock=sock)
+        trust_domain = self.cert.trust_domain
+
+        def factory():
+            # The TLS context is looked up per connection: certificate renewal.
+            return self.hbone.protocol_factory(self._server_context(),
+                                               trust_domain=trust_domain)()
+        loop = asyncio.get_running_loop()
+        self._hbone_listener = await loop.create_server(factory, sock=sock,
+                                                        backlog=HBONE_BACKLOG)
 
     async def _on_connect(self, req):
         from core.hbone.server import Accept, Reject
         view = self.ctx.routing
+        if not view.generation:
+            return Reject(503, "waypoint has no configuration yet (routing generation 0)")
         try:
             target = resolve(view, self.ref, req.host, req.port)
         except NotForUs as e:

@@ -231,7 +231,7 @@ class H1ResponseParser:
     """
 
     __slots__ = ("_parser", "_events", "_headers", "_head_bytes", "_no_body", "_done",
-                 "_chunked", "_clen", "_reason", "_head_seen", "upgraded")
+                 "_chunked", "_clen", "_reason", "_head_seen", "upgraded", "clean")
 
     def __init__(self, request_method: str = "GET") -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -244,7 +244,10 @@ class H1ResponseParser:
         self._clen: int | None = None
         self._reason = ""
         self._head_seen = False
-        self.upgraded = b""      # bytes after a 101 head (the tunnel's first bytes)
+        self.upgraded = b""
+        # False once bytes arrive after the response ended (e.g. a body sent
+        # with a 204): the connection must not be reused.
+        self.clean = True      # bytes after a 101 head (the tunnel's first bytes)
 
     def receive_data(self, data: bytes) -> list:
         """Feed bytes (b"" at EOF: ends a close-delimited body).
@@ -255,6 +258,8 @@ class H1ResponseParser:
         """
         events = self._events = []
         if self._done:
+            if data:
+                self.clean = False
             return events
         try:
             if data:
@@ -266,6 +271,7 @@ class H1ResponseParser:
         except (httptools.HttpParserError, _Limit) as e:
             if not self._done:
                 raise ValueError(f"malformed upstream response: {e}") from None
+            self.clean = False   # garbage after the end of the response
         if not data and not self._done:
             if self._head_seen and self._clen is None and not self._chunked:
                 events.append(MESSAGE_ENDED)        # close-delimited body
@@ -275,6 +281,9 @@ class H1ResponseParser:
         return events
 
     def on_message_begin(self) -> None:
+        if self._done:
+            self.clean = False   # a second response we never asked for
+            return
         self._headers = []
         self._head_bytes = 0
         self._chunked = False
@@ -284,6 +293,8 @@ class H1ResponseParser:
         self._reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._done:
+            return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_COUNT:
             raise _Limit(502, "upstream response headers too large")
@@ -297,6 +308,9 @@ class H1ResponseParser:
         self._headers.append((n, v))
 
     def on_headers_complete(self) -> None:
+        if self._done:
+            self.clean = False
+            return
         p = self._parser
         status = p.get_status_code()
         head = ResponseHead(status=status, headers=self._headers, reason=self._reason)
@@ -313,6 +327,8 @@ class H1ResponseParser:
     def on_body(self, body: bytes) -> None:
         if not self._done:
             self._events.append(BodyReceived(body))
+        else:
+            self.clean = False
 
     def on_message_complete(self) -> None:
         if self._done:

@@ -369,7 +369,9 @@ class Proxy:
                 parser = H1ResponseParser(method)
                 resp, pending = await self._read_head(conn, parser, sink)
                 return conn, parser, resp, pending
-            except UpstreamReset:
+            except (UpstreamReset, UpstreamProtocolError):
+                # On a reused connection this is usually a stale or
+                # desynchronised keep-alive: try once on a new connection.
                 self.pool.discard(conn)
                 if conn.reused and buffered is not None:
                     fresh = True
@@ -442,7 +444,11 @@ class Proxy:
             sink.abort()
             return False
         await sink.finish()
-        self.pool.release(conn, resp.keep_alive and not (req.upgrade))
+        # A 204 announcing a body, or bytes after the end, mean the server
+        # and we disagree on framing: never reuse that connection.
+        reusable = resp.keep_alive and parser.clean and not req.upgrade and \
+            not (status == 204 and resp.content_length)
+        self.pool.release(conn, reusable)
         return not req.upgrade
 
     async def _relay(self, st, sink, e) -> bool:

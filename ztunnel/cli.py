@@ -32,7 +32,7 @@ def _run_command():
                   "inpod: listeners in every enrolled pod's netns (from the node agent).")
     @click.option("--ca-address", default=f"127.0.0.1:{CA_PORT}", show_default=True,
                   help="host:port of the control plane CA.")
-    @click.option("--ca-credential", type=click.Path(file_okay=False), default=None,
+    @click.option("--ca-credential", type=click.Path(file_okay=False), required=True,
                   help="Directory with the node credential from "
                   "`shoal controlplane issue-node-cert --node NODE`.")
     @click.option("--zds-socket", default=DEFAULT_ZDS_SOCKET, show_default=True,

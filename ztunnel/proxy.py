@@ -36,7 +36,7 @@ from core.sockets import LISTEN_BACKLOG, configure_accepted
 from routing.records import Workload
 from ztunnel import inbound, outbound, telemetry
 from ztunnel.connections import ConnectionManager
-from ztunnel.options import INBOUND_PLAINTEXT, OUTBOUND, ZtunnelOptions
+from ztunnel.options import OUTBOUND, ZtunnelOptions
 from ztunnel.origdst import original_dst
 from ztunnel.outbound import OutboundError, hostport
 
@@ -325,7 +325,8 @@ class Proxy:
             stream = await self.pool.open(
                 src=source.identity, dst_identities=route.expected_identities,
                 address=route.address, authority=route.authority, forwarded_for=peer[:2],
-                host=route.service.hostname if route.service else None)
+                host=route.service.hostname if route.service else None,
+                baggage=telemetry.baggage(source))
         except HboneError as e:
             flag = "DENY" if e.status == 401 else "CONNECT"
             self._finish(meta, down, None, started, flags=flag, reset=True, opened=True,
@@ -420,7 +421,8 @@ class Proxy:
         def done(sent: int, received: int) -> None:
             self.connections.release(token)
             self._record(meta, started, request_bytes=received, response_bytes=sent)
-        return Accept(upstream=up, on_done=done)
+        bag = telemetry.baggage(d.workload)
+        return Accept(upstream=up, on_done=done, headers=(("baggage", bag),) if bag else ())
 
     # -- telemetry -------------------------------------------------------------------
     def _count(self, metric, meta: telemetry.ConnectionMeta, amount: float = 1,

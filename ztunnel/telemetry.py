@@ -141,3 +141,19 @@ def access_fields(meta: ConnectionMeta, *, bytes_sent: int, bytes_recv: int,
     if error:
         fields["error"] = error
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def baggage(w: Workload | None) -> str | None:
+    """Istio's `baggage` header describing a workload (baggage.rs), or None.
+
+    e.g. `k8s.cluster.name=Kubernetes,k8s.namespace.name=default,
+    k8s.deployment.name=echo,service.name=echo,service.version=v1`.
+    """
+    if w is None:
+        return None
+    kind = "deployment" if w.workload_type == "deployment" else "pod"
+    parts = [f"k8s.cluster.name={CLUSTER}", f"k8s.namespace.name={w.namespace}",
+             f"k8s.{kind}.name={w.workload_name or w.name}",
+             f"service.name={w.canonical_name or w.workload_name or w.name}",
+             f"service.version={w.canonical_revision or 'latest'}"]
+    return ",".join(parts)

@@ -72,19 +72,33 @@ class Tour:
             self.echo(f"    {s:<60} on {nodes.get(pod, '?')}")
         self.verdict(code == 200 and len(served) >= 4, f"HTTP {code}; {len(served)} services answered")
 
+    def _cross_node_pair(self) -> tuple[str, str]:
+        """A client pod and a service whose pods all run on other nodes."""
+        pods = self.m.status()["pods"]
+        node_of = {p["pod"]: p["node"] for p in pods}
+        for client in ("bookinfo/sleep", "bookinfo/notsleep"):
+            for svc, url in (("productpage", "productpage:9080"), ("details", "details:9080"),
+                             ("reviews", "reviews:9080"), ("ratings", "ratings.ratings:9080")):
+                ends = [n for k, n in node_of.items() if k.split("/", 1)[1].startswith(svc + "-")]
+                if ends and node_of.get(client) not in ends:
+                    return client, url
+        return "bookinfo/sleep", "productpage:9080"
+
     def encrypted(self) -> None:
         br = net.bridge_name(self.m.mid)
         marker = "demo-" + secrets.token_hex(4)
+        client, target = self._cross_node_pair()
         self.step("Between nodes only mutual TLS crosses the wire (HBONE on 15008)",
-                  f"tcpdump -i {br} tcp   # while: curl http://productpage:9080/?q={marker}")
+                  f"tcpdump -i {br} tcp   # while {client}: curl http://{target}/?q={marker}")
         pcap = self.m.p("demo.pcap")
-        dump = subprocess.Popen(["tcpdump", "-i", br, "-U", "-s", "0", "-w", pcap, "tcp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # --immediate-mode: hand packets over at once, not per buffer timeout.
+        dump = subprocess.Popen(["tcpdump", "-i", br, "--immediate-mode", "-U", "-s", "0",
+                                 "-w", pcap, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # tcpdump says "listening on ..." once the capture is armed.
             select.select([dump.stderr], [], [], STEP_TIMEOUT_S)
             dump.stderr.readline()
-            code, _ = self._curl("bookinfo/sleep", f"http://productpage:9080/?q={marker}")
+            code, _ = self._curl(client, f"http://{target}/?q={marker}")
             time.sleep(0.5)
         finally:
             dump.send_signal(signal.SIGINT)

@@ -60,13 +60,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return b""
 
     def _send(self, code: int, body: bytes, extra=()) -> None:
+        if code in (204, 304) and not self.server.backend.bad_204:
+            body = b""
         self.send_response(code)
         self.send_header("x-backend", self.server.backend.name)
         self.send_header("content-length", str(len(body)))
         for k, v in extra:
             self.send_header(k, v)
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and (code not in (204, 304) or self.server.backend.bad_204):
             self.wfile.write(body)
 
     def _handle(self) -> None:
@@ -141,6 +143,7 @@ class Backend:
         self.flaky_count: Counter = Counter()
         self.requests: list[Seen] = []
         self.fail_status = 0          # answer every request with this status when set
+        self.bad_204 = False          # send a body with 204 (a broken server)
         self.lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.ztunnel_peers import Proc, free_port, python_app, wait_port
+from tests.helpers.ztunnel_peers import Proc, free_port, python_app
 
 SHOAL = [sys.executable, "-m", "core.cli"]
 ROOT = str(Path(__file__).resolve().parents[2])

@@ -236,7 +236,8 @@ def test_mesh_cross_node_ambient_traffic_is_encrypted(mesh, tmp_path):
           str(mesh["base"]), run_dir=run, timeout=150)
     marker = "shoal-plaintext-" + secrets.token_hex(6)
     pcap = str(tmp_path / "bridge.pcap")
-    dump = subprocess.Popen(["tcpdump", "-i", f"{mesh['id']}-br", "-U", "-s", "0", "-w", pcap, "tcp"],
+    dump = subprocess.Popen(["tcpdump", "-i", f"{mesh['id']}-br", "--immediate-mode", "-U", "-s", "0",
+                             "-w", pcap, "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # tcpdump says "listening on ..." once the capture is armed.

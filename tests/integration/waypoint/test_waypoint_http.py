@@ -396,3 +396,43 @@ async def test_drain_finishes_busy_requests_and_closes_idle_clients(backends):
     assert first.startswith(b"HTTP/1.1 200") and idle_rest == b""     # idle: closed, no reply
     assert busy_resp.startswith(b"HTTP/1.1 200") and b"connection: close" in busy_resp
     assert took < 3
+
+
+async def test_head_204_large_body_and_http10(backends):
+    v1 = backends("v1")
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    size = 5 * 1024 * 1024
+    async with running_waypoint(mesh) as wp:
+        def go():
+            c = Client(wp.plaintext_port)
+            head, head_body = c.get("/bytes/1234", method="HEAD")
+            nc, nc_body = c.get("/status/204")
+            big, big_body = c.get(f"/bytes/{size}")
+            after, _ = c.get("/still-alive")
+            c.close()
+            old = raw(wp.plaintext_port, b"GET /chunked HTTP/1.0\r\nHost: echo:8080\r\n\r\n")
+            return head, head_body, nc, nc_body, big, len(big_body), after, old
+        head, head_body, nc, nc_body, big, big_len, after, old = await in_thread(go)
+    assert head.status == 200 and head.getheader("content-length") == "1234" and head_body == b""
+    assert nc.status == 204 and nc_body == b""
+    assert big.status == 200 and big_len == size
+    assert after.status == 200                      # the connection survived all of that
+    # HTTP/1.0 client, chunked upstream: close-delimited body, no chunk framing
+    assert old.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in old.lower()
+    assert old.endswith(b"\r\n\r\nhello chunked world")
+
+
+async def test_server_sending_a_body_with_204_does_not_poison_the_pool(backends):
+    v1 = backends("v1")
+    v1.bad_204 = True                   # "HTTP/1.1 204 ... content-length: 7\r\n\r\nstatus\n"
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    async with running_waypoint(mesh) as wp:
+        def go():
+            c = Client(wp.plaintext_port)
+            out = [c.get("/status/204")[0].status, c.get("/next")[0].status,
+                   c.get("/status/204")[0].status, c.get("/next2")[0].status]
+            c.close()
+            return out
+        assert await in_thread(go) == [204, 200, 204, 200]

@@ -200,3 +200,31 @@ async def test_every_proxy_socket_carries_mark_0x539(rig):
         assert up.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK
     finally:
         up.close()
+
+
+async def _connect_status(rig, authority, via=None):
+    """Open a tunnel from node A as the client pod to `via`'s (default: the
+    authority's) 15008; the CONNECT status (200 ok)."""
+    from core.hbone import HboneError
+    await rig.a.shared.certs.fetch(rig.client.identity)
+    ip = via or authority.rsplit(":", 1)[0]
+    try:
+        stream = await rig.a.pool.open(src=rig.client.identity,
+                                       dst_identities=(rig.echo[0].identity,),
+                                       address=(ip, rig.a.opts.hbone_port), authority=authority)
+    except HboneError as e:
+        return e.status
+    stream.close()
+    return 200
+
+
+async def test_hbone_statuses_200_401_503_400(rig):
+    ip = rig.ip["echo-1"]
+    assert await _connect_status(rig, f"{ip}:{APP_PORT}") == 200
+    assert await _connect_status(rig, f"{ip}:{APP_PORT + 1}") == 503     # app unreachable
+    # The authority names another pod than the one whose 15008 was reached.
+    assert await _connect_status(rig, f"{rig.ip['echo-2']}:{APP_PORT}", via=ip) == 400
+    deny = Authorization(name="deny-all", namespace="default", scope="NAMESPACE", action="DENY",
+                         rules=(Rule(),))
+    rig.view.view = rig.make_view([deny], generation=2)
+    assert await _connect_status(rig, f"{ip}:{APP_PORT}") == 401

@@ -246,3 +246,16 @@ def test_round_trip_through_our_own_parser():
     wire = serialize_request_head(head, [("Host", "h"), ("Content-Length", "2")]) + b"ok"
     ev = H1Server().receive_data(wire)
     assert ev[0].head.target == "/r" and ev[1] == BodyReceived(b"ok")
+
+
+@pytest.mark.parametrize("extra", [b"status\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+def test_bytes_after_the_response_mark_it_unclean(extra):
+    p = H1ResponseParser("GET")
+    ev = p.receive_data(b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n" + extra)
+    assert [type(e) for e in ev] == [ResponseReceived, MessageEnded]
+    assert not p.clean
+    q = H1ResponseParser("GET")
+    q.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert q.clean
+    q.receive_data(b"late")
+    assert not q.clean

@@ -10,7 +10,7 @@ import pytest
 from routing.records import LoadBalancing
 from tests.unit.ztunnel.conftest import (BEHIND_WP, CLIENT, ECHO, LEGACY, NAMED_OK,
                                          OTHER_NS_CLIENT, SERVER_A, SERVER_B, WAYPOINT, WP_POD,
-                                         make_view, svc, pod)
+                                         pod, svc)
 from routing.view import StaticView
 from ztunnel import outbound
 from ztunnel.outbound import HBONE, PLAINTEXT, OutboundError, resolve

@@ -77,3 +77,10 @@ def test_policy_change_closes_now_denied_connections():
     assert "default/deny-sleep" in closed[0][1]
     assert len(cm) == 1
     assert cm.observe(v2) == []                      # same generation: no re-check
+
+
+def test_baggage_header_like_istio():
+    assert telemetry.baggage(SERVER_A) == (
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.pod.name=server-a,"
+        "service.name=server-a,service.version=latest")
+    assert telemetry.baggage(None) is None
