@@ -315,10 +315,6 @@ def test_ztunnel_config_cli(mesh):
     admin = f"127.0.0.1:{mesh.nodes['node-b'].admin}"
     out = subprocess.run([*SHOAL, "ztunnel-config", "workloads", "--admin", admin],
                          capture_output=True, text=True, timeout=30, cwd=ROOT)
-    if "HTTP Error 500" in out.stderr:
-        # core/admin.py json_response lacks orjson.OPT_NON_STR_KEYS and the
-        # routing section has int keys (Workload.services port maps).
-        pytest.xfail("admin /config_dump answers 500 (int dict keys in the routing dump)")
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines()]
     assert rows[0][:3] == ["NAMESPACE", "POD", "NAME"]
