@@ -32,17 +32,17 @@ def dump_view(view: Any) -> dict[str, Any]:
     items = view.items_many(SECTIONS.values())
     out: dict[str, Any] = {"generation": view.generation}
     for section, kind in SECTIONS.items():
-        out[section] = [_str_keys(to_dict(r)) for r in items[kind]]
+        out[section] = [json_safe(to_dict(r)) for r in items[kind]]
     out["status"] = view.status()
     return out
 
 
-def _str_keys(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     # JSON objects have string keys; records use int keys for ports
     # (Workload.services), so turn them into strings here, once, rather than
     # asking every serialiser for a non-standard option.
     if isinstance(value, dict):
-        return {str(k): _str_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_str_keys(v) for v in value]
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value

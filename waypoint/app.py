@@ -129,6 +129,8 @@ class WaypointApp(App):
             telemetry.log.flush()
             if telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
                 telemetry.flush_metrics()
+                if self.proxy is not None:
+                    self.proxy.pool.sweep()     # idle upstream connections past their time
 
     async def drain(self, deadline: float) -> None:
         grace = max(deadline - time.monotonic(), 0.0)

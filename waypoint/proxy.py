@@ -153,6 +153,9 @@ class Proxy:
         eps = self._endpoints.get(key)
         if eps is None:
             eps = self._endpoints[key] = endpoints(self.view, svc, port)
+            b = self._balancers.get(svc.key)
+            if b is not None:     # endpoints changed: drop state of departed pods
+                b.forget([e.key for e in eps])
         return eps
 
     def balancer(self, key: str) -> Balancer:

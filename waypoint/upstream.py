@@ -183,6 +183,25 @@ class H1Pool:
             return
         idle.append(conn)
 
+    def sweep(self) -> int:
+        """Close idle connections older than IDLE_TIMEOUT (also those to
+        endpoints no longer used, which acquire() would never look at).
+        Returns how many were closed."""
+        now = self.clock()
+        closed = 0
+        for key in list(self._idle):
+            idle = self._idle[key]
+            keep = deque(c for c in idle if now - c.idle_since < IDLE_TIMEOUT)
+            for c in idle:
+                if now - c.idle_since >= IDLE_TIMEOUT:
+                    _close(c.stream)
+                    closed += 1
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return closed
+
     def discard(self, conn: UpstreamConn) -> None:
         _abort(conn.stream)
 

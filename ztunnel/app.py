@@ -25,7 +25,6 @@ from typing import Any, Callable
 from core import log as shoal_log
 from core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
 from shards.app import App
-from ztunnel import dump
 from ztunnel.options import DEDICATED, ZtunnelOptions
 from ztunnel.proxy import Proxy, Scope, Shared
 
@@ -92,12 +91,8 @@ class ZtunnelApp(App):
         return all(p.ready() for p in self.proxies.values())
 
     def admin_sections(self) -> dict[str, Callable[[], object]]:
-        view = lambda: self.ctx.routing  # noqa: E731
+        # The routing table itself is dumped once, under "routing", by core/admin.
         return {
-            "workloads": lambda: dump.records(view(), "workload"),
-            "services": lambda: dump.records(view(), "service"),
-            "policies": lambda: dump.records(view(), "authorization"),
-            "waypoints": lambda: dump.records(view(), "waypoint"),
             "certificates": lambda: self.certs.admin_section()["certificates"],
             "connections": lambda: {uid or "node": {"inbound": p.connections.snapshot(),
                                                     "pool": p.pool.stats()}

@@ -95,7 +95,7 @@ def _table_command(name: str, with_namespace: bool = True):
                   show_default=True)
     def cmd(admin: str, output: str, namespace: str | None = None) -> None:
         dump = fetch_dump(admin)
-        section = dump.get("ztunnel", dump)   # under the app's key or at top level
+        section = tables.flatten(dump)
         if output == "json":
             click.echo(orjson.dumps(section.get(name, []), option=orjson.OPT_INDENT_2).decode())
             return

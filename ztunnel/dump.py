@@ -10,19 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from routing.records import to_dict
-
-
-def _json_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_keys(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_keys(v) for v in value]
-    return value
-
-
-def records(view: Any, kind: str) -> list[dict[str, Any]]:
-    return [_json_keys(to_dict(r)) for r in view.items(kind)]
+from routing.dump import dump_view
 
 
 def cert_entry(identity: str, cert: Any | None, state: str = "Available") -> dict[str, Any]:
@@ -39,12 +27,10 @@ def cert_entry(identity: str, cert: Any | None, state: str = "Available") -> dic
 
 def config_dump(view: Any, certs: Iterable[tuple[str, Any | None]],
                 connections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The shape `/config_dump` serves: the routing table under "routing"
+    (core/admin.py adds it), the ztunnel's own sections at the top level."""
     return {
-        "workloads": records(view, "workload"),
-        "services": records(view, "service"),
-        "policies": records(view, "authorization"),
-        "waypoints": records(view, "waypoint"),
+        "routing": dump_view(view),
         "certificates": [cert_entry(i, c) for i, c in certs],
         "connections": connections or [],
-        "routing": _json_keys(view.status()),
     }

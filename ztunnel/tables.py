@@ -10,6 +10,11 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 
+def flatten(dump: dict[str, Any]) -> dict[str, Any]:
+    """The table sections of a `/config_dump`: routing records plus certificates."""
+    return {**dump.get("routing", {}), "certificates": dump.get("certificates", [])}
+
+
 def render(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Left-aligned columns separated by at least one space (istioctl's tabwriter)."""
     rows = [[_cell(c) for c in r] for r in rows]

@@ -12,7 +12,7 @@ from ztunnel import dump, tables
 def _dump():
     pol = Authorization(name="deny-all", namespace="default", scope="NAMESPACE", action="DENY")
     d = dump.config_dump(make_view([pol]), [("spiffe://cluster.local/ns/default/sa/sleep", None)])
-    return orjson.loads(orjson.dumps(d))     # what the CLI gets over HTTP
+    return tables.flatten(orjson.loads(orjson.dumps(d)))   # what the CLI gets over HTTP
 
 
 def test_workloads_table():
