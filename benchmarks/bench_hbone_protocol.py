@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from core.hbone import events as ev

@@ -31,7 +31,9 @@ Invariants (the argument for correctness; keep them when changing code):
    (flock is a full barrier), so the writer never overlooks a new reader.
 4. A block replaced while building generation G is "retired at G" and is
    reused only when every live reader slot shows a generation >= G: nobody
-   can still hold a root that reaches it. Slots of dead pids are ignored.
+   can still hold a root that reaches it. Slots of dead pids (a killed
+   worker) are ignored and released by the writer under a non-blocking
+   flock, so they never pin a generation.
    Blocks allocated and replaced inside one batch are freed at once (never
    published).
 5. Memory is bounded by the segment size (fixed at create; no growth, no
@@ -66,6 +68,9 @@ from typing import Iterator
 
 import orjson
 import posix_ipc
+
+from routing import liveness
+from routing.liveness import alive as _alive
 
 NAME_PREFIX = "/shoal-rt-"
 MAGIC = 0x31545248414F4853          # "SHOAHRT1"
@@ -140,35 +145,7 @@ def new_name() -> str:
 
 def cleanup_stale(prefix: str = NAME_PREFIX) -> list[str]:
     """Unlink segments of this prefix whose creator pid is dead; returns their names."""
-    removed = []
-    for entry in os.listdir("/dev/shm"):
-        name = "/" + entry
-        if not name.startswith(prefix):
-            continue
-        pid = name[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            try:
-                posix_ipc.unlink_shared_memory(name)
-                removed.append(name)
-            except posix_ipc.ExistentialError:
-                pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+    return liveness.cleanup_stale(prefix)
 
 
 def _open(name: str, create: bool, size: int) -> tuple[mmap.mmap, int]:
@@ -549,12 +526,39 @@ class TableWriter:
         slots = _SLOTS.unpack_from(self._mm, SLOTS_OFF)
         now = time.monotonic()
         low = None
+        dead = []
         for i in range(0, 2 * MAX_READERS, 2):
             pid = slots[i]
-            if pid and self._alive_cached(pid, now):
+            if not pid:
+                continue
+            if self._alive_cached(pid, now):
                 gen = slots[i + 1]
                 low = gen if low is None or gen < low else low
+            else:
+                dead.append((i // 2 * SLOT_SIZE, pid))
+        if dead:
+            self._release_slots(dead)
         return low
+
+    def _release_slots(self, dead: list[tuple[int, int]]) -> None:
+        """Free the slots of dead readers (saves a /proc read per update each).
+        Under the claim lock, so a reader claiming the slot meanwhile is never
+        erased; skipped (retried next update) when a reader holds the lock."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        try:
+            for off, pid in dead:
+                if _Q.unpack_from(self._mm, SLOTS_OFF + off)[0] == pid:
+                    _Q.pack_into(self._mm, SLOTS_OFF + off, 0)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def reader_slots(self) -> list[tuple[int, int]]:
+        """(pid, announced generation) of every claimed reader slot."""
+        slots = _SLOTS.unpack_from(self._mm, SLOTS_OFF)
+        return [(slots[i], slots[i + 1]) for i in range(0, 2 * MAX_READERS, 2) if slots[i]]
 
     def _alive_cached(self, pid: int, now: float) -> bool:
         # A reader seen alive is trusted for LIVENESS_TTL (a dead one only delays

@@ -4,6 +4,10 @@
 - `wait(timeout)` blocks until something under the directory may have
   changed (inotify through ctypes; mtime polling every POLL_INTERVAL when
   inotify is unavailable) and returns True, or False on timeout.
+  A watch dies with its directory (IN_IGNORED), so a directory that is
+  deleted and created again is watched again, and a root that does not exist
+  yet (an overlay the mesh builder creates later) is polled until it appears:
+  otherwise its changes would never reach the table.
 - `load()` returns a validated `ConfigSet` plus overlay pods, re-parsing only
   files whose (mtime, size, inode) changed, so unchanged resources keep their
   identity and the incremental compiler skips them. Raises ConfigError.
@@ -36,6 +40,7 @@ DEBOUNCE = 0.005            # coalesce an editor's write+rename burst into one r
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF, IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x400, 0x800, 0x01000000, 0x800, 0x80000
+IN_IGNORED = 0x8000         # the kernel removed a watch (its directory is gone)
 WATCH_MASK = (IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE |
               IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 _EVENT = struct.Struct("iIII")
@@ -52,19 +57,31 @@ class Inotify:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.fd = fd
-        self._watched: set[str] = set()
+        self._watched: dict[str, int] = {}      # directory -> watch descriptor
+        self._paths: dict[int, str] = {}        # watch descriptor -> directory
 
-    def watch_tree(self, root: Path) -> None:
+    def watching(self, path: Path) -> bool:
+        return str(path) in self._watched
+
+    def watch_tree(self, root: Path) -> int:
+        """Watch `root` and its subdirectories; returns how many watches are new."""
+        added = 0
+        if not root.is_dir():
+            return added
         for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
             key = str(d)
             if key in self._watched:
                 continue
-            if self._add(self.fd, key.encode(), WATCH_MASK) < 0:
+            wd = self._add(self.fd, key.encode(), WATCH_MASK)
+            if wd < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.ENOENT, errno.ENOTDIR):
                     raise OSError(err, f"inotify_add_watch({key}) failed")
                 continue
-            self._watched.add(key)
+            self._watched[key] = wd
+            self._paths[wd] = key
+            added += 1
+        return added
 
     def wait(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
@@ -82,9 +99,23 @@ class Inotify:
                 return
             if not data:
                 return
+            self._forget_removed(data)
+
+    def _forget_removed(self, data: bytes) -> None:
+        """Drop watches the kernel removed, so `watch_tree` adds the directory's
+        successor (same path, new inode) instead of skipping it forever."""
+        pos = 0
+        while pos + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+            pos += _EVENT.size + length
+            if mask & IN_IGNORED:
+                path = self._paths.pop(wd, None)
+                if path is not None and self._watched.get(path) == wd:
+                    del self._watched[path]
 
     def reset(self) -> None:
-        self._watched.clear()   # watches of deleted dirs vanish; re-add on next watch_tree
+        self._watched.clear()   # re-add every watch on the next watch_tree
+        self._paths.clear()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -107,6 +138,7 @@ class DirectorySource:
                 self._inotify = None
         self._fingerprint = self._stat_all()
         self._watch()
+        self._rewatch = False       # set after events: walk the trees for new directories
 
     def describe(self) -> str:
         return f"dir:{self.path}" + (f" overlay:{self.overlay}" if self.overlay else "")
@@ -114,38 +146,71 @@ class DirectorySource:
     def _roots(self) -> list[Path]:
         return [self.path] + ([self.overlay] if self.overlay else [])
 
-    def _watch(self) -> None:
-        if self._inotify is not None:
-            for root in self._roots():
-                if root.is_dir():
-                    self._inotify.watch_tree(root)
+    def _watch(self, full: bool = True) -> int:
+        """(Re)add inotify watches; returns how many directories were not watched.
+        `full=False` only looks at roots not watched yet (cheap: no tree walk)."""
+        if self._inotify is None:
+            return 0
+        return sum(self._inotify.watch_tree(root) for root in self._roots()
+                   if full or not self._inotify.watching(root))
 
     def _stat_all(self) -> dict[Path, tuple[int, int, int]]:
         out = {}
         for root in self._roots():
+            out.update(self._stat_root(root))
+        return out
+
+    def _stat_root(self, root: Path) -> dict[Path, tuple[int, int, int]]:
+        try:
+            files = yaml_files(root)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for f in files:
             try:
-                files = yaml_files(root)
+                st = f.stat()
             except FileNotFoundError:
                 continue
-            for f in files:
-                try:
-                    st = f.stat()
-                except FileNotFoundError:
-                    continue
-                out[f] = (st.st_mtime_ns, st.st_size, st.st_ino)
+            out[f] = (st.st_mtime_ns, st.st_size, st.st_ino)
         return out
+
+    def _unwatched_changed(self, roots: list[Path]) -> bool:
+        """Roots inotify cannot watch (missing, or a single file), checked by stat."""
+        for root in roots:
+            before = {f: fp for f, fp in self._fingerprint.items()
+                      if f == root or f.is_relative_to(root)}
+            if self._stat_root(root) != before:
+                return True
+        return False
 
     def wait(self, timeout: float) -> bool:
         """True when the directory may have changed (the caller then `load`s)."""
-        if self._inotify is not None:
-            changed = self._inotify.wait(timeout)
-            if changed:
-                self._watch()          # pick up new subdirectories
-            return changed
+        if self._inotify is None:
+            return self._poll(timeout)
         deadline = time.monotonic() + timeout
         while True:
-            fp = self._stat_all()
-            if fp != self._fingerprint:
+            # Directories watched only now (new subdirectories after an event, a
+            # re-created directory, a late root): what was written in them
+            # before their watch existed raised no event.
+            added = self._watch(full=self._rewatch)
+            self._rewatch = False
+            if added and self._stat_all() != self._fingerprint:
+                return True
+            # A missing root cannot be watched (its parent is not ours): poll it.
+            unwatched = [r for r in self._roots() if not self._inotify.watching(r)]
+            if unwatched and self._unwatched_changed(unwatched):
+                return True
+            left = deadline - time.monotonic()
+            if self._inotify.wait(max(min(left, POLL_INTERVAL) if unwatched else left, 0)):
+                self._rewatch = True
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _poll(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._stat_all() != self._fingerprint:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:

@@ -18,6 +18,9 @@ Control messages (worker -> supervisor, SOCK_SEQPACKET, one per datagram):
     b"ready"                 the worker booted and serves
     b"listen <key>" + 1 fd   a new listener for this slot
     b"drop <key>"            the app closed that listener for good
+    b"release <namespace>"   the app is done with every listener of that
+                             namespace for good (a pod left the mesh): the
+                             slot closes all its copies with that namespace key
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ from core.sockets import LISTEN_BACKLOG, CONNECT_TIMEOUT, SocketFactory, listene
 ENV_LISTEN_FDS = "SHOAL_LISTEN_FDS"          # {"<slot>": {"<key>": fd}}
 ENV_UPGRADE_READY_FD = "SHOAL_UPGRADE_READY_FD"  # write b"1" once serving
 MSG_MAX = 4096   # a listener key is far shorter; keys never approach this
+
+
+def namespace_prefix(namespace_key: str) -> str:
+    """The start of every `listener_key` of one namespace."""
+    return listener_key(namespace_key, "", 0).partition("|")[0] + "|"
 
 
 def send_message(ctrl: socket.socket, text: str, fds: list[int] = ()) -> None:
@@ -78,6 +86,24 @@ class SlotSocketFactory:
         sock.close()
         if key is not None:
             self._notify(f"drop {key}", [])
+
+    def release_namespace(self) -> None:
+        """Give up every listener of this factory's namespace for good.
+
+        Call it after closing them with `close_listener` (a pod left the
+        mesh): it also closes the ones inherited from the previous worker and
+        not re-opened, and tells the supervisor to close its copies, so no
+        process keeps the namespace's ports bound. The default namespace
+        (node listeners) is never released this way.
+        """
+        if not self.namespace_key:
+            return
+        prefix = namespace_prefix(self.namespace_key)
+        for key in [k for k in self._inherited if k.startswith(prefix)]:
+            self._inherited.pop(key).close()
+        for fd in [fd for fd, k in self._keys.items() if k.startswith(prefix)]:
+            del self._keys[fd]
+        self._notify(f"release {self.namespace_key}", [])
 
     async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,
                       timeout: float = CONNECT_TIMEOUT) -> socket.socket:

@@ -34,7 +34,7 @@ from core.drain import DrainMode
 from shards import exitcodes, routing_glue
 from shards.app import App
 from shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
-                            encode_listen_fds, recv_message)
+                            encode_listen_fds, namespace_prefix, recv_message)
 from shards.heartbeat import HeartbeatTable
 from shards.options import MAX_WORKERS, SupervisorOptions
 from shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
@@ -514,8 +514,22 @@ class Supervisor:
             sock = self.slot_socks.get(w.slot, {}).pop(key, None)
             if sock is not None:
                 sock.close()
+        elif verb == "release" and key:
+            self._release_namespace(w.slot, key)
         for sock in socks:
             sock.close()
+
+    def _release_namespace(self, slot: int, namespace_key: str) -> None:
+        """A worker is done with a namespace (a pod left the mesh): close the
+        slot's copies of its listeners, or the pod's ports stay bound."""
+        socks = self.slot_socks.get(slot, {})
+        prefix = namespace_prefix(namespace_key)
+        keys = [k for k in socks if k.startswith(prefix)]
+        for k in keys:
+            socks.pop(k).close()
+        if keys:
+            self.log.info("released listeners", extra={"fields": {
+                "worker": slot, "namespace": namespace_key, "listeners": len(keys)}})
 
     # -- upgrade (SIGUSR2) ----------------------------------------------------------------------
 

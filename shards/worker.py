@@ -12,7 +12,10 @@ Fork contract (see also shards/app.py):
   its slot's SO_REUSEPORT sockets, then tells the supervisor "ready".
 - It stamps its heartbeat slot every `worker_timeout / 2` and polls the
   shared log-level word, both from one periodic task: a blocked event loop
-  stops the stamps, which is how the supervisor spots a hung worker.
+  stops the stamps, which is how the supervisor spots a hung worker. The
+  same task tells the routing table it holds no old generation
+  (`RoutingView.quiesce`): an idle worker would otherwise keep the writer
+  from reusing freed blocks until the table is full (routing/shm.py, QSBR).
 """
 
 from __future__ import annotations
@@ -167,7 +170,15 @@ class Worker:
                     self.request_stop(core_drain.DrainMode.GRACEFUL)
                 self._report_active()
             self._apply_control()
+            self._quiesce()
             await asyncio.sleep(CONTROL_POLL_INTERVAL)
+
+    def _quiesce(self) -> None:
+        # On the event loop, between lookups (never inside one): an 8-byte load,
+        # plus an 8-byte store when the generation moved. Never blocks.
+        quiesce = getattr(self.view, "quiesce", None)   # EmptyView/StaticView: none
+        if quiesce is not None:
+            quiesce()
 
     def _report_active(self) -> None:
         # A gauge refreshed with the heartbeat, not per connection: exact

@@ -8,7 +8,11 @@ manager and the proxies, and opens the listeners.
   node; HBONE listeners per local workload IP.
 - in-pod mode: the node agent hands each enrolled pod's netns over ZDS;
   every worker opens that pod's 15001/15006/15008 inside it (SO_REUSEPORT,
-  mark 0x539) on AddWorkload and closes them on DelWorkload.
+  mark 0x539) on AddWorkload and releases them on DelWorkload (the shards
+  supervisor closes its copies too, so nothing stays bound in the pod).
+  A booting worker waits (bounded) for the agent's snapshot, so enrolled
+  pods keep the very same listeners across a worker restart or SIGHUP.
+  Each pod has its own Proxy, hence its own HBONE pool (sockets in its netns).
 
 A task polls the routing generation: on a change each proxy reconciles its
 listeners and certificates and re-checks live inbound connections against
@@ -33,6 +37,9 @@ LOG = shoal_log.get("ztunnel")
 # How often a worker looks at the routing generation. The read is one shared
 # memory load; 100 ms bounds how long a now-denied connection lives on.
 GENERATION_POLL_INTERVAL = 0.1
+# A removed pod's open connections get this long before they are closed
+# (ztunnel drains a deleted pod's connections the same way, briefly).
+POD_CLOSE_GRACE = 1.0
 
 
 class ZtunnelApp(App):
@@ -66,9 +73,24 @@ class ZtunnelApp(App):
             from cni.inpod import InPodClient
             self._zds = InPodClient(o.zds_socket, self._on_zds)
             self._tasks.append(asyncio.get_running_loop().create_task(self._zds.run()))
+            await self._await_snapshot()
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_generation()))
         LOG.info("ztunnel worker serving", extra={"fields": {
             "node": o.node, "mode": o.mode, "worker": ctx.worker_id}})
+
+    async def _await_snapshot(self) -> None:
+        """Hold `start()` until the node agent's first snapshot is applied:
+        the pods in it re-open their listeners from the ones this slot's
+        previous worker left (restart, SIGHUP), which the framework closes
+        if `start()` returns without them. Bounded, so a missing agent only
+        delays the boot (the client keeps retrying; pods come later)."""
+        try:
+            async with asyncio.timeout(self.options.snapshot_wait):
+                await self._zds.connected.wait()
+        except TimeoutError:
+            LOG.warning("no snapshot from the node agent yet; serving pods as they come",
+                        extra={"fields": {"zds_socket": self.options.zds_socket,
+                                          "waited_s": self.options.snapshot_wait}})
 
     async def drain(self, deadline: float) -> None:
         if self._zds is not None:
@@ -150,7 +172,8 @@ class ZtunnelApp(App):
         try:
             await proxy.start()
         except BaseException:
-            proxy.close_listeners()
+            # The ADD fails: nothing of this pod may stay bound.
+            proxy.close_listeners(release=True)
             os.close(fd)
             raise
         self.proxies[uid] = proxy
@@ -161,8 +184,10 @@ class ZtunnelApp(App):
         proxy = self.proxies.pop(uid, None)
         if proxy is None:
             return
-        proxy.close_listeners()
-        await proxy.close(grace=1.0)
+        # For good: the shards slot closes its copies too, else the pod's
+        # 15001/15006/15008 stay bound in its netns (held by the supervisor).
+        proxy.close_listeners(release=True)
+        await proxy.close(grace=POD_CLOSE_GRACE)
         fd = self._netns_fds.pop(uid, None)
         if fd is not None:
             os.close(fd)

@@ -11,7 +11,7 @@ import orjson
 
 from core.constants import ADMIN_PORT, CA_PORT
 from ztunnel import tables
-from ztunnel.options import DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
+from ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
 
 # The admin endpoint answers from a local worker; a second is plenty.
 ADMIN_TIMEOUT = 5.0
@@ -45,19 +45,25 @@ def _run_command():
     @click.option("--test-fixed-target", "fixed", multiple=True, hidden=True,
                   help="TEST ONLY: outbound:LISTENPORT=IP:PORT, a listener whose original "
                   "destination is fixed (loopback tests cannot REDIRECT).")
+    @click.option("--bytes-report-interval", type=float, default=BYTES_REPORT_INTERVAL,
+                  show_default=True,
+                  help="Seconds between byte-count metric updates of open connections.")
     @supervisor_options
     def run(supervisor, node, mode, ca_address, ca_credential, zds_socket, bind, hbone_port,
-            outbound_port, inbound_port, fixed) -> None:
+            outbound_port, inbound_port, fixed, bytes_report_interval) -> None:
         """Run the ztunnel under the shards supervisor."""
         from shards.runner import run_app
         from ztunnel.app import ZtunnelApp
-        from ztunnel.options import FixedTarget, ZtunnelOptions
+        from ztunnel.options import SNAPSHOT_WAIT, FixedTarget, ZtunnelOptions
         try:
             opts = ZtunnelOptions(node=node, mode=mode, ca_address=ca_address,
                                   ca_credential_dir=ca_credential, zds_socket=zds_socket,
                                   bind=bind, hbone_port=hbone_port, outbound_port=outbound_port,
                                   inbound_port=inbound_port,
-                                  fixed_targets=tuple(FixedTarget.parse(f) for f in fixed))
+                                  fixed_targets=tuple(FixedTarget.parse(f) for f in fixed),
+                                  snapshot_wait=min(SNAPSHOT_WAIT,
+                                                    supervisor.worker_timeout / 2),
+                                  bytes_report_interval=bytes_report_interval)
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         sys.exit(run_app(lambda: ZtunnelApp(opts), supervisor))

@@ -18,6 +18,18 @@ OUTBOUND = "outbound"
 INBOUND_PLAINTEXT = "inbound-plaintext"
 
 
+# In-pod mode: how long a booting worker waits for the node agent's first
+# snapshot, so enrolled pods re-open the listeners the slot kept (restart,
+# SIGHUP) instead of new ones. The agent answers in milliseconds; this only
+# delays a boot while the agent is down (the client keeps retrying).
+SNAPSHOT_WAIT = 3.0
+# How often an open connection's byte counts reach
+# istio_tcp_{received,sent}_bytes_total: ztunnel counts as data flows, so a
+# scrape (Prometheus' default is every 15 s) sees a long-lived tunnel move,
+# not one jump when it closes. Each pass costs two subtractions per connection.
+BYTES_REPORT_INTERVAL = 5.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FixedTarget:
     """TEST ONLY: a listener whose connections all have this original destination.
@@ -59,6 +71,11 @@ class ZtunnelOptions:
         bind: address of the capture listeners in dedicated mode.
         hbone_port / outbound_port / inbound_port: Istio's 15008/15001/15006.
         fixed_targets: TEST ONLY listeners with a fixed original destination.
+        snapshot_wait: in-pod mode, how long a booting worker waits for the
+            node agent's first snapshot (the CLI keeps it under half the
+            worker timeout, so the wait never looks like a hung worker).
+        bytes_report_interval: seconds between byte-count reports of open
+            connections.
     """
     node: str
     mode: str = DEDICATED
@@ -71,6 +88,8 @@ class ZtunnelOptions:
     inbound_port: int = INBOUND_PLAINTEXT_PORT
     fixed_targets: tuple[FixedTarget, ...] = ()
     trust_domain: str = "cluster.local"
+    snapshot_wait: float = SNAPSHOT_WAIT
+    bytes_report_interval: float = BYTES_REPORT_INTERVAL
 
     def __post_init__(self) -> None:
         if not self.node:
@@ -83,6 +102,8 @@ class ZtunnelOptions:
         host, sep, port = self.ca_address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"--ca-address {self.ca_address!r} must be host:port")
+        if not self.bytes_report_interval > 0:
+            raise ValueError("--bytes-report-interval must be a positive number of seconds")
 
     @property
     def proxy_ports(self) -> frozenset[int]:

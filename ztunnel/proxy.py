@@ -16,6 +16,18 @@ Listeners:
   is picked per connection by the accepted socket's local IP, i.e. the
   destination workload (no SNI in HBONE), so renewals apply to new
   connections at once.
+
+Listeners are shards slot listeners: a drain (`close_listeners()`) leaves
+them to the slot's next worker; `close_listeners(release=True)` (a pod left
+the mesh) gives them up for good, the supervisor's copies included.
+
+In in-pod mode the inbound connection to the app (15006 and 15008) binds the
+original client address (IP_TRANSPARENT, mark 0x539, in the pod netns) so the
+app sees its real peer; the pod's policy routing brings the replies back.
+Without that routing or the capability: no spoofing, logged once per pod.
+
+Byte counters (istio_tcp_{received,sent}_bytes_total) of open connections
+are updated every `bytes_report_interval`, and settled exactly at close.
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ from ztunnel.connections import ConnectionManager
 from ztunnel.options import OUTBOUND, ZtunnelOptions
 from ztunnel.origdst import original_dst
 from ztunnel.outbound import OutboundError, hostport
+from ztunnel.podsockets import SpoofUnavailable
+from ztunnel.spoof import SpoofState
+from ztunnel.telemetry import LiveBytes
 
 ACCESS = shoal_log.get("access")
 LOG = shoal_log.get("ztunnel")
@@ -68,16 +83,22 @@ class Scope:
 
 
 class CountingEnd(TcpEnd):
-    """A TcpEnd that counts the bytes read from it (exact even after a reset)."""
+    """A TcpEnd that counts the bytes read from it (exact even after a reset)
+    and the bytes written to it (handed to the transport)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bytes_read = 0
+        self.bytes_written = 0
 
     async def read(self, n: int = 256 * 1024) -> bytes:
         data = await super().read(n)
         self.bytes_read += len(data)
         return data
+
+    async def write(self, data) -> None:
+        await super().write(data)
+        self.bytes_written += len(data)
 
 
 class Shared:
@@ -114,6 +135,11 @@ class Proxy:
         self._hbone_socks: dict[str, socket.socket] = {}
         self._tasks: set[asyncio.Task] = set()
         self._local_ips: frozenset[str] = frozenset()
+        # In-pod only: the inner factory knows how to check the pod's routing.
+        check = getattr(getattr(sockets, "inner", sockets), "spoof_routing", None)
+        self.spoof = SpoofState(check if scope.pod_uid else None, log=LOG, pod=scope.pod_uid)
+        self._live: dict[LiveBytes, telemetry.ConnectionMeta] = {}
+        self._reporter: asyncio.Task | None = None
         self.loop = asyncio.get_running_loop()
 
     # -- lifecycle ----------------------------------------------------------
@@ -127,12 +153,21 @@ class Proxy:
         if self.scope.pod_uid:
             self._listen_hbone(self.bind)
         self.reconcile()
+        self._reporter = self.loop.create_task(self._report_bytes())
 
     async def _serve_tcp(self, host: str, port: int, factory: Callable[[], TcpEnd]) -> None:
         sock = self.sockets.listen(host, port)
         self._listeners.append(sock)
-        # asyncio re-listens with its own default backlog (100) unless told.
-        server = await self.loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
+        # The server gets its own fd: closing the server stops accepting while
+        # `sock` stays open for the factory to give up (close_listener needs
+        # it open to know its key) or, on a drain, to leave to the slot.
+        served = sock.dup()
+        try:
+            # asyncio re-listens with its own default backlog (100) unless told.
+            server = await self.loop.create_server(factory, sock=served, backlog=LISTEN_BACKLOG)
+        except BaseException:
+            served.close()
+            raise
         self._servers.append(server)
 
     def reconcile(self) -> None:
@@ -163,12 +198,26 @@ class Proxy:
         return all(self.shared.certs.get(w.identity) is not None
                    for w in self.scope.local_workloads(view))
 
-    def close_listeners(self) -> None:
+    def close_listeners(self, *, release: bool = False) -> None:
+        """Stop accepting. `release`: for good (the pod left the mesh), so the
+        shards slot gives the listeners up too; otherwise (a drain) the slot
+        keeps them for the next worker."""
         for server in self._servers:
             server.close()
         self._servers.clear()
+        for sock in self._listeners:
+            self._give_up(sock, release)
+        self._listeners.clear()
         for ip in list(self._hbone_socks):
-            self._close_hbone(ip)
+            self._close_hbone(ip, release=release)
+        if release:
+            forget = getattr(self.sockets, "release_namespace", None)
+            if forget is not None:
+                forget()
+
+    def _give_up(self, sock: socket.socket, release: bool) -> None:
+        close = getattr(self.sockets, "close_listener", None) if release else None
+        close(sock) if close else sock.close()
 
     async def close(self, grace: float = 1.0) -> None:
         """Stop accepting, give tunnels `grace` seconds, then close everything."""
@@ -179,6 +228,8 @@ class Proxy:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for t in list(self._tasks):
             t.cancel()
+        if self._reporter is not None:
+            self._reporter.cancel()
         await self.pool.close()
 
     # -- sockets --------------------------------------------------------------
@@ -203,6 +254,20 @@ class Proxy:
         _, end = await self.loop.create_connection(CountingEnd, sock=sock)
         return end
 
+    async def _connect_app(self, host: str, port: int, client_ip: str) -> CountingEnd:
+        """Inbound: connect to the app, in in-pod mode from the client's own
+        address when the pod's routing allows (the app sees the real peer)."""
+        source = await self.spoof.source(host, client_ip)
+        if source is None:
+            return await self._connect_tcp(host, port)
+        try:
+            sock = await self.sockets.connect(host, port, source=source)
+        except SpoofUnavailable as e:
+            self.spoof.failed(e.strerror)
+            return await self._connect_tcp(host, port)
+        _, end = await self.loop.create_connection(CountingEnd, sock=sock)
+        return end
+
     def _spawn(self, coro) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
@@ -214,11 +279,10 @@ class Proxy:
         self._hbone_socks[ip] = sock
         self.loop.add_reader(sock.fileno(), self._accept_hbone, sock)
 
-    def _close_hbone(self, ip: str) -> None:
+    def _close_hbone(self, ip: str, *, release: bool = True) -> None:
         sock = self._hbone_socks.pop(ip)
         self.loop.remove_reader(sock.fileno())
-        close = getattr(self.sockets, "close_listener", None)
-        close(sock) if close else sock.close()
+        self._give_up(sock, release)
 
     def _accept_hbone(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -307,12 +371,13 @@ class Proxy:
             self._finish(meta, down, None, started, error=f"connect {meta.dst_addr}: {e}",
                          flags="CONNECT", reset=True, opened=True)
             return
+        live = self._track(meta, lambda: down.bytes_read, lambda: up.bytes_read)
         error = ""
         try:
             await pipe(down, up)
         except PipeReset as e:
             error = f"connection reset: {e}"
-        self._finish(meta, down, up, started, error=error, opened=True)
+        self._finish(meta, down, up, started, error=error, opened=True, live=live)
 
     async def _outbound_hbone(self, down, route, source, peer, meta, started) -> None:
         if source is None:
@@ -337,13 +402,14 @@ class Proxy:
             self._finish(meta, down, None, started, flags="IDENTITY_ERROR", reset=True,
                          opened=True, error=str(e))
             return
+        live = self._track(meta, lambda: down.bytes_read, lambda: stream.bytes_received)
         error = ""
         try:
             await pipe(down, stream)
         except PipeReset as e:
             error = f"connection reset: {e}"
         self._finish(meta, down, None, started, error=error, opened=True,
-                     response_bytes=stream.bytes_received)
+                     response_bytes=stream.bytes_received, live=live)
 
     # -- plaintext inbound (15006) --------------------------------------------------
     def _plaintext_end(self, fixed: tuple[str, int] | None) -> TcpEnd:
@@ -373,12 +439,13 @@ class Proxy:
                          reset=True, opened=True)
             return
         try:
-            up = await self._connect_tcp(*d.upstream)
+            up = await self._connect_app(*d.upstream, client_ip=peer[0])
         except (OSError, TimeoutError) as e:
             self._finish(meta, down, None, started, error=f"app unreachable: {e}",
                          flags="CONNECT", reset=True, opened=True)
             return
         token = self.connections.register(dst[0], d.conn, lambda reason: up.abort())
+        live = self._track(meta, lambda: down.bytes_read, lambda: up.bytes_read)
         error = ""
         try:
             await pipe(down, up)
@@ -386,7 +453,7 @@ class Proxy:
             error = f"connection reset: {e}"
         finally:
             self.connections.release(token)
-        self._finish(meta, down, up, started, error=error, opened=True)
+        self._finish(meta, down, up, started, error=error, opened=True, live=live)
 
     # -- HBONE inbound (15008) ---------------------------------------------------------
     async def _on_connect(self, req: ConnectRequest, local_ip: str) -> Accept | Reject:
@@ -411,28 +478,56 @@ class Proxy:
                          opened=True)
             return Reject(status=d.status, reason=d.reason)
         try:
-            up = await self._connect_tcp(*d.upstream)
+            up = await self._connect_app(*d.upstream, client_ip=src_addr[0])
         except (OSError, TimeoutError) as e:
             reason = f"app {hostport(*d.upstream)} unreachable: {e}"
             self._finish(meta, None, None, started, error=reason, flags="CONNECT", opened=True)
             return Reject(status=inbound.SERVICE_UNAVAILABLE, reason=reason)
         token = self.connections.register(local_ip, d.conn, lambda reason: up.abort())
+        live = self._track(meta, lambda: up.bytes_written, lambda: up.bytes_read,
+                           gone=lambda: up.transport is None or up.transport.is_closing())
 
         def done(sent: int, received: int) -> None:
             self.connections.release(token)
-            self._record(meta, started, request_bytes=received, response_bytes=sent)
+            self._record(meta, started, request_bytes=received, response_bytes=sent, live=live)
         bag = telemetry.baggage(d.workload)
         return Accept(upstream=up, on_done=done, headers=(("baggage", bag),) if bag else ())
 
     # -- telemetry -------------------------------------------------------------------
+    def _track(self, meta, request: Callable[[], int], response: Callable[[], int],
+               gone: Callable[[], bool] | None = None) -> LiveBytes:
+        """Report this open connection's bytes periodically (see _report_bytes)."""
+        live = LiveBytes(request, response, gone)
+        self._live[live] = meta
+        return live
+
+    async def _report_bytes(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.bytes_report_interval)
+            self.report_live_bytes()
+
+    def report_live_bytes(self) -> None:
+        """Add the bytes open connections moved since the last report."""
+        for live, meta in list(self._live.items()):
+            self._add_bytes(telemetry.tcp_labels(meta), *live.take())
+            if live.gone is not None and live.gone():
+                del self._live[live]
+
+    def _add_bytes(self, labels: dict, request: int, response: int) -> None:
+        m = self.shared.metrics
+        if request:
+            m.inc(m.tcp_received, labels, request)
+        if response:
+            m.inc(m.tcp_sent, labels, response)
+
     def _count(self, metric, meta: telemetry.ConnectionMeta, amount: float = 1,
                flags: str = "-") -> None:
         if amount:
             self.shared.metrics.inc(metric, telemetry.tcp_labels(meta, flags), amount)
 
     def _finish(self, meta, down, up, started, *, error: str = "", flags: str = "-",
-                reset: bool = False, opened: bool = False, response_bytes: int | None = None
-                ) -> None:
+                reset: bool = False, opened: bool = False, response_bytes: int | None = None,
+                live: LiveBytes | None = None) -> None:
         if reset and down is not None:
             down.abort()
         request = down.bytes_read if down is not None else 0
@@ -441,17 +536,18 @@ class Proxy:
         if not opened:
             self._count(self.shared.metrics.tcp_opened, meta, flags=flags)
         self._record(meta, started, request_bytes=request, response_bytes=response,
-                     error=error, flags=flags)
+                     error=error, flags=flags, live=live)
 
     def _record(self, meta, started, *, request_bytes: int, response_bytes: int,
-                error: str = "", flags: str = "-") -> None:
+                error: str = "", flags: str = "-", live: LiveBytes | None = None) -> None:
         m = self.shared.metrics
         labels = telemetry.tcp_labels(meta, flags)
         m.inc(m.tcp_closed, labels)
-        if request_bytes:
-            m.inc(m.tcp_received, labels, request_bytes)
-        if response_bytes:
-            m.inc(m.tcp_sent, labels, response_bytes)
+        new_request, new_response = request_bytes, response_bytes
+        if live is not None:     # part of it was reported while it was open
+            self._live.pop(live, None)
+            new_request, new_response = live.take(request_bytes, response_bytes)
+        self._add_bytes(labels, new_request, new_response)
         outbound_side = meta.reporter == telemetry.SOURCE
         fields = telemetry.access_fields(
             meta, bytes_sent=request_bytes if outbound_side else response_bytes,

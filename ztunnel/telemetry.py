@@ -157,3 +157,34 @@ def baggage(w: Workload | None) -> str | None:
              f"service.name={w.canonical_name or w.workload_name or w.name}",
              f"service.version={w.canonical_revision or 'latest'}"]
     return ",".join(parts)
+
+
+class LiveBytes:
+    """The byte counts of one open connection, reported in deltas.
+
+    `request()` / `response()` return the running totals (bytes from the
+    client / from the server). `take()` returns what was not reported yet;
+    taken periodically and once at close with the final totals, the counters
+    end up exactly at the totals.
+    """
+
+    __slots__ = ("request", "response", "gone", "reported_request", "reported_response")
+
+    def __init__(self, request, response, gone=None) -> None:
+        self.request = request
+        self.response = response
+        # Optional: true once the connection ended without a close report
+        # (e.g. a tunnel that died before its 200), so it is not kept forever.
+        self.gone = gone
+        self.reported_request = 0
+        self.reported_response = 0
+
+    def take(self, request: int | None = None, response: int | None = None) -> tuple[int, int]:
+        """(new request bytes, new response bytes) since the last take."""
+        req = self.request() if request is None else request
+        resp = self.response() if response is None else response
+        d_req = max(0, req - self.reported_request)
+        d_resp = max(0, resp - self.reported_response)
+        self.reported_request += d_req
+        self.reported_response += d_resp
+        return d_req, d_resp

@@ -29,13 +29,13 @@ import struct
 import h2.events as h2e
 import h2.exceptions as h2x
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
-import hyperframe.frame
 
 from core.hbone import events as ev
+from core.hbone.h2fast import H2ConnectionFast
 from core.hbone.errors import LocalProtocolError, RemoteProtocolError
 from core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
                                  HboneSettings)
@@ -52,67 +52,6 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
 PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
 
 
-# DATA frames with at least this much payload are queued by reference (header
-# + the caller's buffer) instead of being copied four times by hyperframe/h2
-# (tobytes, join, bytearray +=, bytes()); smaller frames are coalesced.
-ZERO_COPY_MIN = 16 * 1024
-_FRAME_HEADER = struct.Struct(">HBBBL")
-_END_STREAM = 0x1
-
-
-class _H2Connection(H2Connection):
-    """h2's connection with DATA frame bodies queued by reference.
-
-    Output order is kept: h2 writes some frames straight into
-    `_data_to_send`; those bytes are moved into `_chunks` before anything
-    queued after them.
-    """
-
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config=config)
-        self._chunks: list = []
-
-    def _prepare_for_sending(self, frames) -> None:
-        if not frames:
-            return
-        chunks = self._chunks
-        if self._data_to_send:
-            chunks.append(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-        for f in frames:
-            data = getattr(f, "data", None)
-            if type(f) is hyperframe.frame.DataFrame and not f.pad_length \
-                    and len(data) >= ZERO_COPY_MIN:
-                n = len(data)
-                flags = _END_STREAM if "END_STREAM" in f.flags else 0
-                chunks.append(_FRAME_HEADER.pack((n >> 8) & 0xFFFF, n & 0xFF, 0, flags,
-                                                 f.stream_id & 0x7FFFFFFF))
-                chunks.append(data)
-            else:
-                chunks.append(f.serialize())
-
-    def chunks_to_send(self) -> list:
-        if self._data_to_send:
-            self._chunks.append(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-        out, self._chunks = self._chunks, []
-        return out
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        if amount is not None:     # pragma: no cover - we never ask for part of it
-            raise NotImplementedError("HBONE drains the whole queue")
-        return b"".join(self.chunks_to_send())
-
-
-def _data_frame_repr(self) -> str:
-    return f"<{len(self.data)} bytes>"
-
-
-# h2 evaluates `repr(frame)` for every received frame, even with logging off,
-# and hyperframe's DataFrame repr re-serialises and hex-encodes the whole body:
-# that was ~25% of an HBONE receiver's CPU (cProfile, docs/bench/hbone.md).
-# The replacement only changes how a DATA frame prints.
-hyperframe.frame.DataFrame._body_repr = _data_frame_repr
 
 
 class _Stream:
@@ -174,7 +113,7 @@ class _HboneCore:
 
     def __init__(self, settings: HboneSettings = DEFAULT_SETTINGS) -> None:
         self.settings = settings
-        self._h2 = _H2Connection(H2Configuration(
+        self._h2 = H2ConnectionFast(H2Configuration(
             client_side=self.client_side, header_encoding=None,
             # We validate CONNECT requests ourselves so that a bad request
             # costs one stream (400), not the whole connection (h2 would GOAWAY).
@@ -298,8 +237,15 @@ class _HboneCore:
         try:
             n = min(total, self._h2.local_flow_control_window(stream_id))
             step = min(self._h2.max_outbound_frame_size, SEND_FRAME_SIZE)
+            if 0 < n == total <= step and isinstance(data, bytes):
+                # The common case (one read = one frame): hand h2 the object
+                # itself; h2 copies memoryviews (tobytes) but not bytes.
+                self._h2.send_data(stream_id, data, end_stream=end_stream)
+                n = total
+                off = n
+            else:
+                off = 0
             view = memoryview(data)
-            off = 0
             while off < n:
                 chunk = view[off:min(off + step, n)]
                 off += len(chunk)

@@ -142,7 +142,7 @@ class HboneStream:
         Raises:
             StreamResetError: the tunnel was reset or its connection died.
         """
-        view = memoryview(data)
+        view = data            # the object itself first: no copy for a whole frame
         while view:
             if self._error is not None:
                 raise self._error
@@ -152,7 +152,7 @@ class HboneStream:
                 raise self._error or StreamResetError(f"tunnel {self.authority} closed: {e.reason}") from e
             if n:
                 self.bytes_sent += n
-                view = view[n:]
+                view = memoryview(view)[n:]
                 self._conn.flush()
             if view:
                 self._send_waiter = self._conn.loop.create_future()

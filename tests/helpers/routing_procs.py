@@ -4,6 +4,8 @@ Roles:
   stress-writer NAME N_UPDATES STOPFILE  apply >= N_UPDATES generations, then until STOPFILE exists
   stress-reader NAME N_LOOKUPS           N_LOOKUPS checked lookups; prints a JSON summary
   follow NAME KEY_KIND ARG SECONDS       poll a RoutingView; prints JSON lines of what it saw
+  idle-reader NAME TICK                  no lookups; `quiesce()` every TICK s (a worker's tick)
+                                         until stdin closes; TICK 0: never (a parked reader)
 """
 
 from __future__ import annotations
@@ -118,6 +120,20 @@ def follow(name: str, kind: str, arg: str, seconds: float) -> None:
     view.close()
 
 
+def idle_reader(name: str, tick: float) -> None:
+    import select
+    from routing.runtime import attach_view
+    view = attach_view(name)
+    print(orjson.dumps({"ready": True, "pid": os.getpid()}).decode(), flush=True)
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], tick or None)
+        if ready and not sys.stdin.buffer.read1(4096):
+            break
+        if tick:
+            view.quiesce()
+    view.close()
+
+
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
     if role == "stress-writer":
@@ -126,5 +142,7 @@ if __name__ == "__main__":
         stress_reader(args[0], int(args[1]))
     elif role == "follow":
         follow(args[0], args[1], args[2], float(args[3]))
+    elif role == "idle-reader":
+        idle_reader(args[0], float(args[1]))
     else:
         raise SystemExit(f"unknown role {role}")

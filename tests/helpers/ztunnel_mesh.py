@@ -67,9 +67,10 @@ class Node:
 
 class Mesh:
     def __init__(self, tmp: Path, *, workers: int = 1, nodes=("node-a", "node-b"),
-                 hbone_port: int | None = None) -> None:
+                 hbone_port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.tmp = Path(tmp)
         self.workers = workers
+        self.extra_args = tuple(extra_args)     # more `ztunnel run` flags
         self.prefix = unique_prefix()
         self.config = self.tmp / "config"
         self.config.mkdir(parents=True, exist_ok=True)
@@ -190,6 +191,7 @@ class Mesh:
                "--drain-timeout", "1"]
         for (ip, port), lport in n.fixed.items():
             cmd += ["--test-fixed-target", f"outbound:{lport}={ip}:{port}"]
+        cmd += self.extra_args
         n.proc = Proc(f"ztunnel-{n.name}", cmd, self.logs, cwd=ROOT)
 
     def wait_ready(self, name: str, timeout: float = START_TIMEOUT) -> None:

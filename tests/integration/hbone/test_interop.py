@@ -114,7 +114,7 @@ async def test_openssl_s_client_sees_tls13_alpn_h2(pki_files):
     async with HbonePair(pki=pki, server_cert=server, client_cert=client) as rig:
         res = await asyncio.to_thread(_s_client, rig.port, "-cert", str(cfiles.cert), "-key",
                                       str(cfiles.key), "-CAfile", str(cfiles.ca))
-        out = res.stdout.decode()
+        out = res.stdout.decode("latin-1")
         assert "TLSv1.3" in out
         assert "ALPN protocol: h2" in out
         assert "Verify return code: 0 (ok)" in out
@@ -127,7 +127,7 @@ async def test_openssl_s_client_without_cert_is_refused(pki_files, hbone_logs):
     async with HbonePair(pki=pki, server_cert=server, client_cert=client) as rig:
         res = await asyncio.to_thread(_s_client, rig.port, "-CAfile", str(cfiles.ca),
                                       "-ign_eof")
-        text = (res.stdout + res.stderr).decode().lower()
+        text = (res.stdout + res.stderr).decode("latin-1").lower()
         assert "certificate required" in text          # TLS 1.3 alert 116
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
@@ -142,8 +142,8 @@ async def test_openssl_tls12_is_refused(pki_files):
     async with HbonePair(pki=pki, server_cert=server, client_cert=client) as rig:
         res = await asyncio.to_thread(_s_client, rig.port, "-tls1_2", "-cert", str(cfiles.cert),
                                       "-key", str(cfiles.key), "-CAfile", str(cfiles.ca))
-        assert "TLSv1.2" not in res.stdout.decode().split("Cipher is")[-1][:40]
-        assert res.returncode != 0 or "Cipher is (NONE)" in res.stdout.decode()
+        assert "TLSv1.2" not in res.stdout.decode("latin-1").split("Cipher is")[-1][:40]
+        assert res.returncode != 0 or "Cipher is (NONE)" in res.stdout.decode("latin-1")
 
 
 async def test_keepalive_detects_a_stopped_peer(tmp_path, pki_files):

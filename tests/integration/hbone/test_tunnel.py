@@ -358,3 +358,40 @@ async def test_on_done_reports_byte_counts():
         s = await rig.open()
         assert await roundtrip(s, b"12345") == b"12345"
         assert await asyncio.wait_for(done, 5) == (5, 5)
+
+
+async def test_pool_respects_peer_max_concurrent_streams():
+    from core.hbone.settings import HboneSettings
+    async with HbonePair(settings=HboneSettings(server_max_concurrent_streams=3)) as rig:
+        first = await rig.open()
+        await first.write(b"settle")
+        assert await first.read() == b"settle"   # the server's SETTINGS have arrived
+        streams = [first] + [await rig.open() for _ in range(3)]
+        assert rig.pool.connections_opened == 2   # 3 per connection, not 100
+        assert sorted(n for v in rig.pool.stats().values() for n in v) == [1, 3]
+        for s in streams:
+            s.close()
+
+
+async def test_upstream_half_close_first_client_keeps_sending():
+    """END_STREAM from the server side (upstream FIN) must not stop the client->upstream way."""
+    got = asyncio.get_running_loop().create_future()
+
+    async def target(reader, writer):
+        writer.write(b"banner")
+        writer.write_eof()                      # upstream half-closes first
+        data = b""
+        while chunk := await reader.read(65536):
+            data += chunk
+        got.set_result(data)
+        writer.close()
+    srv = await asyncio.start_server(target, "127.0.0.1", 0)
+    async with HbonePair() as rig:
+        s = await rig.open(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        assert await s.read() == b"banner"
+        assert await s.read() == b""            # FIN arrived as END_STREAM
+        payload = os.urandom(2 * MIB)
+        await s.write(payload)
+        s.write_eof()
+        assert digest(await asyncio.wait_for(got, 10)) == digest(payload)
+    srv.close()

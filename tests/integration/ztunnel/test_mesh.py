@@ -30,6 +30,8 @@ IPERF_VIP = "10.96.0.11"
 APP_PORT = 18080
 IPERF_PORT = 15201
 POLICY_TIMEOUT = 10.0
+# Short, so the test of byte counts of open connections waits little.
+BYTES_REPORT_INTERVAL = 0.3
 
 
 def allow_nothing():
@@ -58,10 +60,12 @@ def allow_principal_port(name, sa, port):
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = Mesh(tmp_path_factory.mktemp("ztmesh"), workers=2)
+    m = Mesh(tmp_path_factory.mktemp("ztmesh"), workers=2,
+             extra_args=("--bytes-report-interval", str(BYTES_REPORT_INTERVAL)))
     m.pod("client", node="node-a", sa="sleep")
     m.pod("notsleep", node="node-a", sa="notsleep")
     m.pod("meter", node="node-a", sa="meter")
+    m.pod("longlived", node="node-a", sa="longlived")
     m.pod("echo-1", node="node-b", app="echo", port=APP_PORT)
     m.pod("echo-2", node="node-b", app="echo", port=APP_PORT)
     m.pod("iperf", node="node-b", app="iperf")
@@ -208,6 +212,39 @@ def test_metrics_equal_bytes_sent(mesh):
     assert 'connection_security_policy="mutual_tls"' in text
     assert 'destination_principal="spiffe://cluster.local/ns/default/sa/echo-1"' in text \
         or 'destination_principal="spiffe://cluster.local/ns/default/sa/echo-2"' in text
+
+
+def test_open_connection_bytes_reported_while_open_then_exact(mesh):
+    """Counters move while a long-lived connection is open (ztunnel reports
+    as it goes), and end exact after its close (no byte counted twice)."""
+    def series(node, reporter, name):
+        return metric_sum(mesh.metrics(node), name, reporter=reporter, source_workload="longlived")
+    sides = (("node-a", "source"), ("node-b", "destination"))
+    names = ("istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total")
+    before = {(nd, r, k): series(nd, r, k) for nd, r in sides
+              for k in (*names, "istio_tcp_connections_closed_total")}
+    payload = b"echo" + os.urandom(123_453)    # not a GET/XFER command to the app
+    with mesh.connect("longlived", mesh.pods["echo-1"].ip, APP_PORT) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += s.recv(65536)
+        assert got == payload
+
+        def reported():
+            return all(series(nd, r, k) - before[(nd, r, k)] == len(payload)
+                       for nd, r in sides for k in names)
+        wait_until(reported, timeout=BYTES_REPORT_INTERVAL * 20, what="bytes of the open connection")
+        assert all(series(nd, r, "istio_tcp_connections_closed_total")
+                   == before[(nd, r, "istio_tcp_connections_closed_total")] for nd, r in sides)
+        s.sendall(b"tail")
+        assert s.recv(16) == b"tail"
+    wait_until(lambda: all(series(nd, r, "istio_tcp_connections_closed_total")
+                           == before[(nd, r, "istio_tcp_connections_closed_total")] + 1
+                           for nd, r in sides), what="connection closed in metrics")
+    for nd, r in sides:
+        for k in names:
+            assert series(nd, r, k) - before[(nd, r, k)] == len(payload) + 4, (nd, r, k)
 
 
 def test_authorization_policies_from_istio_docs(mesh):

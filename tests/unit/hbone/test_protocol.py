@@ -6,7 +6,6 @@ import pathlib
 import hyperframe.frame as hf
 import pytest
 from h2.errors import ErrorCodes
-from hpack import Encoder
 
 from core.hbone import events as ev
 from core.hbone.errors import LocalProtocolError, RemoteProtocolError

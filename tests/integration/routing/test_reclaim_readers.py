@@ -1,0 +1,60 @@
+"""QSBR reclamation with idle and dead readers: churn never fills the table."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from routing.shm import TableWriter, unlink
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+ROOT = Path(__file__).resolve().parents[3]
+TABLE_SIZE = 1 << 20            # the smallest table: fills after a few dozen updates without reuse
+KEYS_PER_UPDATE, VALUE_BYTES = 10, 2000
+UPDATES = 200                   # ~4 MB written: four arenas' worth
+IDLE_TICK_S = 0.01              # the idle reader's quiesce period (a worker's tick)
+CATCH_UP_S = 5.0
+
+
+def spawn_reader(name: str, tick: float) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "tests.helpers.routing_procs", "idle-reader",
+                          name, str(tick)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert orjson.loads(p.stdout.readline())["ready"]
+    return p
+
+
+def test_churn_keeps_reclaiming_with_idle_and_killed_readers():
+    name = f"/shoal-rt-{os.getpid()}-reclaim{os.urandom(3).hex()}"
+    w = TableWriter.create(name, TABLE_SIZE)
+    procs = []
+    try:
+        w.apply({f"k/{i}": b"x" * VALUE_BYTES for i in range(KEYS_PER_UPDATE)})
+        idle = spawn_reader(name, IDLE_TICK_S)
+        killed = spawn_reader(name, 0)          # attached at an old generation, then killed
+        procs += [idle, killed]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(5)
+        for n in range(UPDATES):
+            gen = w.apply({f"k/{i}": bytes([n % 256]) * VALUE_BYTES for i in range(KEYS_PER_UPDATE)})
+            deadline = time.monotonic() + CATCH_UP_S
+            while (w.min_reader_generation() or 0) < gen:   # the idle reader announces gen
+                assert time.monotonic() < deadline, f"reader slots pin generation: {w.reader_slots()}"
+                time.sleep(IDLE_TICK_S / 2)
+        stats = w.stats()
+        assert stats["generation"] == UPDATES + 1
+        assert stats["arena_high_water"] < TABLE_SIZE // 2     # blocks were reused
+        assert killed.pid not in {pid for pid, _ in w.reader_slots()}   # its slot was released
+        assert idle.pid in {pid for pid, _ in w.reader_slots()}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(5)
+        w.close()
+        unlink(name)

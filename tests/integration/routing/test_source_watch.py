@@ -1,0 +1,46 @@
+"""DirectorySource.wait: directories that appear late or are re-created are watched."""
+
+import shutil
+
+import pytest
+
+from routing.source import DirectorySource
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+POD = "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nstatus: {{podIP: {ip}}}\n"
+
+
+def test_overlay_created_after_start_wakes_the_watcher(tmp_path):
+    cfg, overlay = tmp_path / "cfg", tmp_path / "overlay"
+    cfg.mkdir()
+    src = DirectorySource(cfg, overlay=overlay)
+    try:
+        src.load()
+        overlay.mkdir()
+        (overlay / "pods.yaml").write_text(POD.format(name="a", ip="10.0.0.1"))
+        assert src.wait(5.0) is True
+        assert [p.ips for p in src.load()[1]] == [("10.0.0.1",)]
+        (overlay / "pods.yaml").write_text(POD.format(name="a", ip="10.0.0.22"))
+        assert src.wait(5.0) is True            # and it is watched from then on
+        assert [p.ips for p in src.load()[1]] == [("10.0.0.22",)]
+    finally:
+        src.close()
+
+
+def test_recreated_directory_is_watched_again(tmp_path):
+    cfg = tmp_path / "cfg"
+    (cfg / "sub").mkdir(parents=True)
+    src = DirectorySource(cfg)
+    try:
+        src.load()
+        shutil.rmtree(cfg / "sub")
+        assert src.wait(5.0) is True
+        src.load()
+        (cfg / "sub").mkdir()
+        src.wait(0.3)                           # the parent saw the mkdir
+        (cfg / "sub" / "p.yaml").write_text(POD.format(name="b", ip="10.0.0.2"))
+        assert src.wait(5.0) is True
+        assert [r.meta.name for r in src.load()[0].resources] == ["b"]
+    finally:
+        src.close()
