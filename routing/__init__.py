@@ -7,6 +7,7 @@ Modules (public API in docs/internals.md):
 - index.py        the flat key space: records + secondary indexes (pure)
 - codec.py        values <-> bytes (orjson; pure)
 - shm.py          the store: one writer, lock-free readers (invariants at its top)
+- liveness.py     is a reader / segment owner process alive (pid + start time)
 - view.py         BaseView lookups; StaticView (memory) and RoutingView (shm)
 - source.py       DirectorySource: YAML directory + inotify + overlay pods
 - watcher.py      the writer process (run_watcher); `python -m routing.watcher`

@@ -6,7 +6,8 @@ Design: an RCU-published persistent radix tree with QSBR reclamation
 Layout (native byte order; x86-64 little-endian):
 
     0      header: magic, layout, size, ROOT word, bump, writer pid
-    4096   reader slots: MAX_READERS x (pid u64, generation u64)
+    4096   reader slots: MAX_READERS x (owner u64, generation u64); owner =
+           pid | start-time tag << 32 (routing/liveness.py)
     8192   status area: seqlock u64, length u64, JSON (last refused change, ...)
     16384  arena: blocks = [8-byte header: size class u32, BLOCK_MAGIC u32][payload]
 
@@ -31,9 +32,9 @@ Invariants (the argument for correctness; keep them when changing code):
    (flock is a full barrier), so the writer never overlooks a new reader.
 4. A block replaced while building generation G is "retired at G" and is
    reused only when every live reader slot shows a generation >= G: nobody
-   can still hold a root that reaches it. Slots of dead pids (a killed
-   worker) are ignored and released by the writer under a non-blocking
-   flock, so they never pin a generation.
+   can still hold a root that reaches it. Slots of dead readers (a killed
+   worker, even once its pid is reused) are ignored and released by the
+   writer under a non-blocking flock, so they never pin a generation.
    Blocks allocated and replaced inside one batch are freed at once (never
    published).
 5. Memory is bounded by the segment size (fixed at create; no growth, no
@@ -70,11 +71,11 @@ import orjson
 import posix_ipc
 
 from routing import liveness
-from routing.liveness import alive as _alive
+from routing.liveness import PID_MASK, owner_alive, owner_word
 
 NAME_PREFIX = "/shoal-rt-"
 MAGIC = 0x31545248414F4853          # "SHOAHRT1"
-LAYOUT = 1
+LAYOUT = 2                          # 2: reader slot owners carry a start-time tag
 DEFAULT_SIZE = 256 * 1024 * 1024    # the issue's budget for 100k workloads + 10k services
 MIN_SIZE = 1024 * 1024
 PAGE = 4096
@@ -261,11 +262,12 @@ class TableReader:
     def _claim(self, fd: int) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            me = owner_word(os.getpid())
             for i in range(MAX_READERS):
-                pid = _Q.unpack_from(self._slots, i * SLOT_SIZE)[0]
-                if pid == 0 or not _alive(pid):
+                owner = _Q.unpack_from(self._slots, i * SLOT_SIZE)[0]
+                if owner == 0 or not owner_alive(owner):
                     _Q.pack_into(self._slots, i * SLOT_SIZE + 8, 0)   # conservative first
-                    _Q.pack_into(self._slots, i * SLOT_SIZE, os.getpid())
+                    _Q.pack_into(self._slots, i * SLOT_SIZE, me)
                     return i * SLOT_SIZE
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)     # a syscall: a full barrier
@@ -528,19 +530,19 @@ class TableWriter:
         low = None
         dead = []
         for i in range(0, 2 * MAX_READERS, 2):
-            pid = slots[i]
-            if not pid:
+            owner = slots[i]
+            if not owner:
                 continue
-            if self._alive_cached(pid, now):
+            if self._alive_cached(owner, now):
                 gen = slots[i + 1]
                 low = gen if low is None or gen < low else low
             else:
-                dead.append((i // 2 * SLOT_SIZE, pid))
+                dead.append((i // 2 * SLOT_SIZE, owner))
         if dead:
             self._release_slots(dead)
         return low
 
-    def _release_slots(self, dead: list[tuple[int, int]]) -> None:
+    def _release_slots(self, dead: list[tuple[int, int]]) -> None:  # (slot offset, owner)
         """Free the slots of dead readers (saves a /proc read per update each).
         Under the claim lock, so a reader claiming the slot meanwhile is never
         erased; skipped (retried next update) when a reader holds the lock."""
@@ -549,8 +551,8 @@ class TableWriter:
         except BlockingIOError:
             return
         try:
-            for off, pid in dead:
-                if _Q.unpack_from(self._mm, SLOTS_OFF + off)[0] == pid:
+            for off, owner in dead:
+                if _Q.unpack_from(self._mm, SLOTS_OFF + off)[0] == owner:
                     _Q.pack_into(self._mm, SLOTS_OFF + off, 0)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -558,21 +560,22 @@ class TableWriter:
     def reader_slots(self) -> list[tuple[int, int]]:
         """(pid, announced generation) of every claimed reader slot."""
         slots = _SLOTS.unpack_from(self._mm, SLOTS_OFF)
-        return [(slots[i], slots[i + 1]) for i in range(0, 2 * MAX_READERS, 2) if slots[i]]
+        return [(slots[i] & PID_MASK, slots[i + 1])
+                for i in range(0, 2 * MAX_READERS, 2) if slots[i]]
 
-    def _alive_cached(self, pid: int, now: float) -> bool:
+    def _alive_cached(self, owner: int, now: float) -> bool:
         # A reader seen alive is trusted for LIVENESS_TTL (a dead one only delays
         # reclamation), which keeps /proc reads off the per-update path. "Dead" is
-        # never cached: a recycled pid must not hide a new reader.
-        seen = self._liveness.get(pid)
+        # never cached: the slot is released instead.
+        seen = self._liveness.get(owner)
         if seen is not None and now - seen < LIVENESS_TTL:
             return True
-        if not _alive(pid):
-            self._liveness.pop(pid, None)
+        if not owner_alive(owner):
+            self._liveness.pop(owner, None)
             return False
         if len(self._liveness) > 4 * MAX_READERS:
             self._liveness.clear()
-        self._liveness[pid] = now
+        self._liveness[owner] = now
         return True
 
     def reclaim(self) -> int:

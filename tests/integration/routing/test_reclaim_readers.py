@@ -10,7 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from routing.shm import TableWriter, unlink
+from routing.liveness import owner_word
+from routing.runtime import attach_view
+from routing.shm import SLOTS_OFF, TableWriter, _Q, unlink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -56,5 +58,28 @@ def test_churn_keeps_reclaiming_with_idle_and_killed_readers():
             if p.poll() is None:
                 p.stdin.close()
                 p.wait(5)
+        w.close()
+        unlink(name)
+
+
+def test_slot_of_a_reused_pid_does_not_pin():
+    """A killed reader's pid now belongs to another process: its start time differs."""
+    name = f"/shoal-rt-{os.getpid()}-reuse{os.urandom(3).hex()}"
+    w = TableWriter.create(name, TABLE_SIZE)
+    view = attach_view(name)
+    try:
+        w.apply({"k": b"v"})
+        view.quiesce()
+        (slot,) = [i for i in range(0, 4096, 16) if _Q.unpack_from(w._mm, SLOTS_OFF + i)[0]]
+        me = owner_word(os.getpid())
+        assert me >> 32, "no start-time tag"
+        assert w.min_reader_generation() == 1
+        # What a dead reader with our (recycled) pid would have left: another start time.
+        _Q.pack_into(w._mm, SLOTS_OFF + slot, me ^ (1 << 32))
+        w.apply({"k": b"w"})
+        assert w.min_reader_generation() is None          # ignored, and released
+        assert _Q.unpack_from(w._mm, SLOTS_OFF + slot)[0] == 0
+    finally:
+        view.close()
         w.close()
         unlink(name)

@@ -44,3 +44,17 @@ def test_recreated_directory_is_watched_again(tmp_path):
         assert [r.meta.name for r in src.load()[0].resources] == ["b"]
     finally:
         src.close()
+
+
+def test_single_file_source_wakes_on_change(tmp_path):
+    f = tmp_path / "mesh.yaml"
+    f.write_text(POD.format(name="c", ip="10.0.0.3"))
+    src = DirectorySource(f)                # inotify cannot watch a file as a directory
+    try:
+        src.load()
+        assert src.wait(0.1) is False
+        f.write_text(POD.format(name="c", ip="10.0.0.33"))
+        assert src.wait(5.0) is True
+        assert src.load()[0].resources[0].ips == ("10.0.0.33",)
+    finally:
+        src.close()

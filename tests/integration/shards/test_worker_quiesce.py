@@ -12,6 +12,7 @@ import pytest
 from tests.helpers.shards_proc import Shards, wait_for
 
 pytest.importorskip("routing.runtime")
+from routing.liveness import PID_MASK  # noqa: E402
 from routing.shm import _SLOTS, MAX_READERS, OFF_ROOT, PAGE, SLOTS_OFF, _Q, split_root  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -29,7 +30,8 @@ def table_state(shm_name: str) -> tuple[int, dict[int, int]]:
     try:
         gen = split_root(_Q.unpack_from(mm, OFF_ROOT)[0])[0]
         slots = _SLOTS.unpack_from(mm, SLOTS_OFF)
-        return gen, {slots[i]: slots[i + 1] for i in range(0, 2 * MAX_READERS, 2) if slots[i]}
+        return gen, {slots[i] & PID_MASK: slots[i + 1]
+                     for i in range(0, 2 * MAX_READERS, 2) if slots[i]}
     finally:
         mm.close()
 
