@@ -1,6 +1,7 @@
 """Load run: a shoal HBONE pair against two stunnels, same certificates, same run.
 
     python -m benchmarks.load_hbone [--seconds 5] [--rounds 2] [--short-seconds 5]
+        [--baseline DIR]     # also run shoal from another source tree (before/after)
 
 Path under test (both variants, one process per side):
     iperf3 -c -> entry (plaintext in) -> mutual TLS 1.3 tunnel -> exit -> iperf3 -s
@@ -61,8 +62,30 @@ class Pair:
         stop(self.exit)
 
 
-def start_shoal(tmp: Path, files, target_port: int) -> Pair:
+def _start_tool(args: list[str], log: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m core.hbone.tools ...` run from `cwd` (whose `core` package wins)."""
+    proc = subprocess.Popen([sys.executable, "-m", "core.hbone.tools", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"tool in {cwd} did not start: {line!r} {log.read_text()[-2000:]}")
+    return proc, int(line.split()[1])
+
+
+def start_shoal_baseline(root: Path):
+    """A starter for shoal as it is in another source tree (`--baseline`)."""
+    def start(tmp: Path, files, target_port: int) -> Pair:
+        pair = start_shoal(tmp, files, target_port,
+                           starter=lambda a, log: _start_tool(a, log, root))
+        pair.name = "shoal_before"
+        return pair
+    return start
+
+
+def start_shoal(tmp: Path, files, target_port: int, starter=start_shoal_tool) -> Pair:
     s, c = files
+    start_shoal_tool = starter
     exit_, eport = start_shoal_tool(["exit", "--listen", "127.0.0.1:0", "--cert", str(s.cert),
                                      "--key", str(s.key), "--ca", str(s.ca),
                                      "--target", f"127.0.0.1:{target_port}"], tmp / "exit.log")
@@ -190,6 +213,8 @@ def main(argv=None) -> None:
     ap.add_argument("--short-seconds", type=float, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_hbone.json"))
     ap.add_argument("--plot", help="also write a PNG plot here (e.g. docs/img/hbone_load.png)")
+    ap.add_argument("--baseline", help="a source tree (a copy of an older `core/`) whose "
+                    "HBONE pair also runs, as `shoal_before`, in the same rounds")
     args = ap.parse_args(argv)
     for tool in ("iperf3", "stunnel4"):
         if shutil.which(tool) is None:
@@ -205,14 +230,16 @@ def main(argv=None) -> None:
     rr, rr_port = start_rr_server(tmp)
     results: dict = {"seconds": args.seconds, "rounds": args.rounds, "cores": os.cpu_count(),
                      "throughput": {}, "short": {}}
+    starters = {"shoal": start_shoal, "stunnel": start_stunnel}
+    if args.baseline:
+        starters["shoal_before"] = start_shoal_baseline(Path(args.baseline).resolve())
     try:
         for streams in (1, 8):
-            runs: dict[str, list] = {"shoal": [], "stunnel": []}
+            runs: dict[str, list] = {name: [] for name in starters}
             for _ in range(args.rounds):
-                for start in (start_shoal, start_stunnel):     # alternate: same conditions
-                    runs_of = runs["shoal" if start is start_shoal else "stunnel"]
-                    runs_of.append(_attempt(start, tmp, files, iperf_port, args.seconds, streams,
-                                            results))
+                for name, start in starters.items():     # alternate: same conditions
+                    runs[name].append(_attempt(start, tmp, files, iperf_port, args.seconds,
+                                               streams, results))
             results["throughput"][f"P{streams}"] = _summary(runs)
         runs = {"shoal": [], "stunnel": []}
         for start in (start_shoal, start_stunnel):
@@ -243,24 +270,26 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
-    names, colors = ("shoal", "stunnel"), ("tab:blue", "tab:gray")
     keys = list(results["throughput"])
-    width = 0.38
+    names = tuple(n for n in ("shoal_before", "shoal", "stunnel") if n in results["throughput"][keys[0]])
+    colors = {"shoal_before": "tab:orange", "shoal": "tab:blue", "stunnel": "tab:gray"}
+    width = 0.8 / len(names)
     for i, name in enumerate(names):
-        xs = [k + (i - 0.5) * width for k in range(len(keys))]
+        xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(keys))]
         ax1.bar(xs, [results["throughput"][k][name]["gbit_s"] for k in keys], width,
-                label=name, color=colors[i])
+                label=name, color=colors[name])
         cpu = [results["throughput"][k][name]["cpu_s_per_gb_entry"] +
                results["throughput"][k][name]["cpu_s_per_gb_exit"] for k in keys]
-        ax2.bar(xs, cpu, width, label=name, color=colors[i])
+        ax2.bar(xs, cpu, width, label=name, color=colors[name])
     for ax, title in ((ax1, "iperf3 throughput (Gbit/s)"), (ax2, "CPU s per GB (entry+exit)")):
         ax.set_xticks(range(len(keys)), [f"{k[1:]} stream(s)" for k in keys])
         ax.set_title(title)
         ax.legend()
-    short = results["short"]
-    ax3.bar([0, 1], [short[n]["conns_per_s"] for n in names], color=colors)
+    short, snames = results["short"], ("shoal", "stunnel")
+    ax3.bar([0, 1], [short[n]["conns_per_s"] for n in snames],
+            color=[colors[n] for n in snames])
     ax3.set_xticks([0, 1], [f"{n}\np50 {short[n]['p50_ms']:.1f} ms, p99 {short[n]['p99_ms']:.1f} ms"
-                            for n in names])
+                            for n in snames])
     ax3.set_title("short connections (1 KB req/resp): conns/s")
     fig.suptitle("HBONE pair vs two stunnels, mutual TLS 1.3, same run (2 shared cores: noisy)")
     fig.tight_layout()
@@ -291,6 +320,8 @@ def _summary(runs: dict[str, list]) -> dict:
                      for k in ("gbit_s", "cpu_s_per_gb_entry", "cpu_s_per_gb_exit")}
         out[name]["runs_gbit_s"] = [r["gbit_s"] for r in rs]
     out["ratio_gbit_s"] = out["shoal"]["gbit_s"] / out["stunnel"]["gbit_s"]
+    if "shoal_before" in out:
+        out["ratio_before_gbit_s"] = out["shoal_before"]["gbit_s"] / out["stunnel"]["gbit_s"]
     return out
 
 

@@ -155,19 +155,38 @@ def apply(sources, run_dir) -> None:
 
 
 @mesh.command()
-@click.argument("deployment")
-@click.option("--replicas", required=True, type=int)
+@click.argument("target", nargs=-1, required=True)
+@click.option("--replicas", type=int, help="The replica count (or give it after a waypoint's name).")
 @run_dir_option
-def scale(deployment, replicas, run_dir) -> None:
-    """Set DEPLOYMENT's (NAMESPACE/NAME) replica count."""
+def scale(target, replicas, run_dir) -> None:
+    """Set a Deployment's or a waypoint's replica count.
+
+    \b
+    shoal mesh scale NAMESPACE/DEPLOYMENT --replicas N
+    shoal mesh scale waypoint NAMESPACE/NAME N     (Gateway of class istio-waypoint)
+    """
     from cni.mesh import plan
     from cni.mesh.mesh import Mesh, MeshError
     _need_root()
+    waypoint = target[0] == "waypoint" and len(target) > 1
+    rest = list(target[1:] if waypoint else target)
+    if len(rest) == 2 and replicas is None:
+        try:
+            replicas = int(rest.pop())
+        except ValueError:
+            raise click.UsageError(f"the replica count must be an integer, not {target[-1]!r}") from None
+    if len(rest) != 1 or replicas is None:
+        raise click.UsageError("usage: shoal mesh scale NAMESPACE/DEPLOYMENT --replicas N, or "
+                               "shoal mesh scale waypoint NAMESPACE/NAME N")
+    step = lambda s: click.echo(s, err=True)   # noqa: E731
     try:
-        Mesh(run_dir).scale(deployment, replicas, lambda step: click.echo(step, err=True))
+        if waypoint:
+            Mesh(run_dir).scale_waypoint(rest[0], replicas, step)
+        else:
+            Mesh(run_dir).scale(rest[0], replicas, step)
     except (MeshError, plan.PlanError) as e:
         _fail(e)
-    click.echo(f"scaled {deployment} to {replicas}")
+    click.echo(f"scaled {'waypoint ' if waypoint else ''}{rest[0]} to {replicas}")
 
 
 @mesh.command()

@@ -11,6 +11,11 @@
 - `load()` returns a validated `ConfigSet` plus overlay pods, re-parsing only
   files whose (mtime, size, inode) changed, so unchanged resources keep their
   identity and the incremental compiler skips them. Raises ConfigError.
+  That fingerprint can miss a rewrite: an atomic replace often gets the
+  freed inode back, and on coarse-clock kernels two writes within one tick
+  share an mtime. So, as git does for "racily clean" files, a file whose
+  mtime is not clearly older than our last read of it is read again and
+  compared by digest.
 - `overlay`: a second directory whose Pods (with `status.podIP`) replace the
   same-named Deployment replicas: how a mesh builder hands out pod IPs.
 
@@ -24,6 +29,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import hashlib
 import os
 import select
 import struct
@@ -35,6 +41,9 @@ from core.model.loader import MAX_FILE_BYTES, finish, parse_text, yaml_files
 from core.model.resources import Note
 
 POLL_INTERVAL = 0.02        # fallback only: bounds change latency at 20 ms
+# A file modified less than this before we read it may change again with the
+# same (mtime, size, inode): kernel file clocks tick every 1-10 ms (jiffies).
+RACY_NS = 50_000_000
 DEBOUNCE = 0.005            # coalesce an editor's write+rename burst into one reload
 # inotify(7) masks
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
@@ -121,6 +130,20 @@ class Inotify:
         os.close(self.fd)
 
 
+@dataclasses.dataclass(slots=True, kw_only=True)
+class _Parsed:
+    """One file's parse, reused while its fingerprint and content stay the same."""
+    fp: tuple[int, int, int]
+    read_at_ns: int                 # wall clock just before the read
+    digest: bytes
+    resources: list
+    notes: list
+    errors: list
+
+    def racy(self) -> bool:
+        return self.fp[0] >= self.read_at_ns - RACY_NS
+
+
 class DirectorySource:
     """A directory of Kubernetes YAML (see module docstring)."""
 
@@ -128,7 +151,7 @@ class DirectorySource:
                  use_inotify: bool = True) -> None:
         self.path = Path(path)
         self.overlay = Path(overlay) if overlay else None
-        self._cache: dict[Path, tuple[tuple[int, int, int], list, list, list]] = {}
+        self._cache: dict[Path, _Parsed] = {}
         self._first_seen: dict[tuple[str, str, str], int] = {}
         self._inotify: Inotify | None = None
         if use_inotify:
@@ -245,20 +268,27 @@ class DirectorySource:
 
     def _parse(self, f: Path, fp: tuple[int, int, int]) -> tuple[list, list, list]:
         cached = self._cache.get(f)
-        if cached is not None and cached[0] == fp:
-            return cached[1], cached[2], cached[3]
+        if cached is not None and cached.fp == fp and not cached.racy():
+            return cached.resources, cached.notes, cached.errors
         errors: list[FieldError] = []
         notes: list[Note] = []
+        read_at = time.time_ns()
         try:
             if fp[1] > MAX_FILE_BYTES:
                 raise OSError(f"file is larger than {MAX_FILE_BYTES} bytes")
-            text = f.read_text(encoding="utf-8")
+            data = f.read_bytes()
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            if cached is not None and cached.fp == fp and cached.digest == digest:
+                cached.read_at_ns = read_at         # unchanged: keep the same objects
+                return cached.resources, cached.notes, cached.errors
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(FieldError(file=str(f), kind="", namespace="", name="", field="",
                                      message=f"cannot read: {exc}"))
             return [], notes, errors
         res = [self._stamp(r) for r in parse_text(text, file=str(f), errors=errors, notes=notes)]
-        self._cache[f] = (fp, res, notes, errors)
+        self._cache[f] = _Parsed(fp=fp, read_at_ns=read_at, digest=digest, resources=res,
+                                 notes=notes, errors=errors)
         return res, notes, errors
 
     def _stamp(self, r):

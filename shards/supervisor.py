@@ -11,7 +11,9 @@ Loop (STYLE.md rule 6), one pass at a time:
 Invariants:
 - A slot's listeners are never closed while the slot exists (handoff.py):
   restarts, SIGHUP rolls and SIGUSR2 upgrades reuse them, so no queued
-  connection is reset. TTOU and stopping close them (see docs/operations.md).
+  connection is reset. TTOU and stopping close them (see docs/operations.md),
+  and so does a worker's "drop"/"release" (the app gave them up for good,
+  e.g. a pod left the mesh: its ports must not stay bound).
 - SIGHUP bumps the generation; a slot's old worker retires only once the
   slot's new worker said "ready".
 - Every child is reaped here and nowhere else.

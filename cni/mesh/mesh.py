@@ -27,7 +27,7 @@ from cni import chain
 from cni.mesh import net, plan, procs
 from cni.mesh.net import MeshError
 from cni.mesh.procs import ProcRecord
-from core.constants import CA_PORT
+from core.constants import CA_PORT, WAYPOINT_GATEWAY_CLASS
 
 # How long `up` waits for each node's ztunnel to connect to its node agent.
 # A ztunnel needs its certificate and config first; on 2 cores a cold Python
@@ -36,6 +36,17 @@ ZTUNNEL_READY_TIMEOUT_S = 40.0
 # The control plane and node agents bind their sockets within a second or two.
 COMPONENT_READY_TIMEOUT_S = 20.0
 DEFAULT_RUN_DIR = "/run/shoal/mesh"
+# A new waypoint replica enters the waypoint's endpoints only once its
+# /healthz/ready answers (Kubernetes adds a pod to EndpointSlices when its
+# readiness probe passes): a cold start plus the CA round trip takes seconds.
+WAYPOINT_READY_TIMEOUT_S = 30.0
+WAYPOINT_READY_PORT = 15021
+# A departing waypoint replica leaves the endpoints first and is stopped
+# this long after: the time for every ztunnel to see the new config (inotify
+# plus a compile, tens of ms) with a wide margin for a loaded 2-core machine.
+# Kubernetes has the same race between endpoint removal and SIGTERM, which
+# users close with a preStop sleep; this is that sleep.
+WAYPOINT_ENDPOINT_GRACE_S = 1.5
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 CNI_PATH = f"/usr/lib/cni:{os.path.dirname(sys.executable)}"
@@ -248,17 +259,26 @@ class Mesh:
 
     def _reconcile_pods(self, pods: list[plan.PodPlan], progress: Progress) -> None:
         want = {p.key: p for p in pods}
-        for key in [k for k in self.state["pods"] if k not in want]:
+        gone = [k for k in self.state["pods"] if k not in want]
+        if any(self.state["pods"][k].get("owner", "").startswith("Gateway/") for k in gone):
+            # Out of the waypoint's endpoints before SIGTERM, so no ztunnel
+            # opens a new connection to a replica that is draining.
+            self._write_config([p for p in pods if p.key in self.state["pods"]])
+            time.sleep(WAYPOINT_ENDPOINT_GRACE_S)
+        for key in gone:
             progress(f"pod {key}: removing")
             self._delete_pod(key)
         services = [(ns, name) for ns, name, _ in plan.services_of(self.state["docs"])]
         # The node agents decide enrollment from this config: new pods'
         # labels (e.g. a waypoint's dataplane-mode none) must be in first.
         self._write_config(pods)
-        for p in pods:
-            if p.key not in self.state["pods"]:
-                progress(f"pod {p.key} on {p.node}")
-                self._create_pod(p, services)
+        new = [p for p in pods if p.key not in self.state["pods"]]
+        for p in new:
+            progress(f"pod {p.key} on {p.node}")
+            self._create_pod(p, services)
+        for p in new:
+            if p.owner.startswith("Gateway/"):
+                self._wait_waypoint_ready(p)
         self._write_config(pods)
         for p in pods:       # VIPs of services added later, own IP
             rec = self.state["pods"][p.key]
@@ -301,6 +321,18 @@ class Mesh:
                             netns=ns, cwd=c.cwd or None, env=env)
             rec["procs"].append(r.to_json())
             self.save()
+
+    def _wait_waypoint_ready(self, p: plan.PodPlan) -> None:
+        """Wait for a waypoint replica's readiness endpoint (inside its netns)."""
+        rec = self.state["pods"][p.key]
+        proc = ProcRecord.from_json(rec["procs"][0])
+        url = f"http://127.0.0.1:{WAYPOINT_READY_PORT}/healthz/ready"
+
+        def ready() -> bool:
+            r = subprocess.run(["ip", "netns", "exec", rec["netns"], "curl", "-sf", "-o", "/dev/null",
+                                "-m", "1", url], capture_output=True, timeout=5)
+            return r.returncode == 0
+        _wait(ready, proc, f"waypoint replica {p.key}", WAYPOINT_READY_TIMEOUT_S)
 
     def _expand(self, arg: str) -> str:
         if arg == "{config_dir}":
@@ -368,6 +400,28 @@ class Mesh:
                 break
         else:
             raise MeshError(f"no Deployment {ns or 'default'}/{name} in the mesh")
+        self._apply_docs(docs, progress)
+
+    def scale_waypoint(self, ref: str, replicas: int, progress: Progress) -> None:
+        """Set a waypoint's replica count; the others keep serving throughout."""
+        if not self.load():
+            raise MeshError(f"no mesh in {self.run_dir} (`shoal mesh up` first)")
+        if not 0 <= replicas <= plan.MAX_WAYPOINT_REPLICAS:
+            raise MeshError(f"the replica count must be 0..{plan.MAX_WAYPOINT_REPLICAS} on a local mesh")
+        ns, _, name = ref.rpartition("/")
+        key = ("gateway.networking.k8s.io", "Gateway", ns or "default", name)
+        docs = [dict(d) for d in self.state["docs"]]
+        for i, d in enumerate(docs):
+            if plan.doc_key(d) == key and \
+                    (d.get("spec") or {}).get("gatewayClassName") == WAYPOINT_GATEWAY_CLASS:
+                meta = {**d.get("metadata", {})}
+                meta["annotations"] = {**(meta.get("annotations") or {}),
+                                       plan.ANNOTATION_WAYPOINT_REPLICAS: str(replicas)}
+                docs[i] = {**d, "metadata": meta}
+                break
+        else:
+            raise MeshError(f"no waypoint (Gateway of class istio-waypoint) {ns or 'default'}/{name} "
+                            "in the mesh")
         self._apply_docs(docs, progress)
 
     def _apply_docs(self, docs: list[dict], progress: Progress) -> None:

@@ -130,8 +130,26 @@ def write_pod_etc(netns: str, hosts: str, resolv: str) -> None:
     d = os.path.join(ETC_NETNS, netns)
     os.makedirs(d, exist_ok=True)
     for name, text in (("hosts", hosts), ("resolv.conf", resolv)):
-        with open(os.path.join(d, name), "w") as f:
-            f.write(text)
+        _write_in_place(os.path.join(d, name), text.encode())
+
+
+def _write_in_place(path: str, data: bytes) -> None:
+    """Update `path` keeping its inode, never leaving it empty: a pod's
+    resolver reading it mid-update (every `apply`/`scale` rewrites every
+    pod's hosts) would otherwise fail a lookup. Unchanged files are not
+    touched; new content is written over the old, then the tail cut."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def remove_pod_etc(netns: str) -> None:

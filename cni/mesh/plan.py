@@ -36,6 +36,11 @@ VIP_OFFSET = 128 * 256          # 10.BASE.128.0
 MAX_VIPS = 128 * 256 - 2
 DOMAIN = "svc.cluster.local"
 ANNOTATION_SOURCE_DIR = "shoal.io/source-dir"   # where a container's relative paths start
+# A waypoint Gateway's replica count (`shoal mesh scale waypoint NS/NAME N`
+# writes it). istiod generates a Deployment per waypoint that users scale;
+# the local mesh has no such Deployment, so the count lives on the Gateway.
+ANNOTATION_WAYPOINT_REPLICAS = "shoal.io/waypoint-replicas"
+MAX_WAYPOINT_REPLICAS = 20      # each replica is a Python process tree on a small machine
 
 
 class PlanError(ValueError):
@@ -112,7 +117,24 @@ def _containers(spec: dict, source_dir: str, where: str) -> tuple[Container, ...
     return tuple(out)
 
 
-def _waypoint_pod(doc: dict, source_dir: str, shoal: str) -> PodPlan:
+def waypoint_replicas(doc: dict) -> int:
+    """How many replicas a waypoint Gateway asks for (default 1)."""
+    raw = ((doc.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_WAYPOINT_REPLICAS, 1)
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        n = -1
+    if not 0 <= n <= MAX_WAYPOINT_REPLICAS:
+        meta = doc.get("metadata") or {}
+        raise PlanError(f"Gateway/{meta.get('namespace') or 'default'}/{meta.get('name')}: "
+                        f"annotation {ANNOTATION_WAYPOINT_REPLICAS}={raw!r} must be an integer "
+                        f"0..{MAX_WAYPOINT_REPLICAS}")
+    return n
+
+
+def _waypoint_pods(doc: dict, source_dir: str, shoal: str) -> list[PodPlan]:
+    """The waypoint's replicas `<name>-0` ... `<name>-<N-1>` (a StatefulSet's names:
+    scaling down removes the highest indices, scaling up keeps the others)."""
     meta = doc["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
     argv = (shoal, "waypoint", "run", "--name", name, "--namespace", ns,
@@ -120,12 +142,13 @@ def _waypoint_pod(doc: dict, source_dir: str, shoal: str) -> PodPlan:
             "--ca-credential-dir", "{waypoint_cred:" + f"{ns}/{name}" + "}", "--workers", "1",
             "--admin-port", "15000")
     labels = {LABEL_GATEWAY_NAME: name, LABEL_DATAPLANE_MODE: DATAPLANE_NONE}
-    return PodPlan(namespace=ns, name=f"{name}-0", labels=labels, service_account=name,
-                   containers=(Container(name="waypoint", argv=argv, cwd=source_dir),),
-                   spec={"serviceAccountName": name,
-                         "containers": [{"name": "waypoint", "ports": [
-                             {"name": "mesh", "containerPort": 15008}]}]},
-                   owner=f"Gateway/{name}")
+    return [PodPlan(namespace=ns, name=f"{name}-{i}", labels=dict(labels), service_account=name,
+                    containers=(Container(name="waypoint", argv=argv, cwd=source_dir),),
+                    spec={"serviceAccountName": name,
+                          "containers": [{"name": "waypoint", "ports": [
+                              {"name": "mesh", "containerPort": 15008}]}]},
+                    owner=f"Gateway/{name}")
+            for i in range(waypoint_replicas(doc))]
 
 
 def pods_of(docs: Iterable[dict], shoal: str = "shoal") -> list[PodPlan]:
@@ -154,7 +177,7 @@ def pods_of(docs: Iterable[dict], shoal: str = "shoal") -> list[PodPlan]:
                                    containers=containers, spec=spec,
                                    owner=f"Deployment/{meta['name']}"))
         elif kind == "Gateway" and (doc.get("spec") or {}).get("gatewayClassName") == WAYPOINT_GATEWAY_CLASS:
-            out.append(_waypoint_pod(doc, src, shoal))
+            out += _waypoint_pods(doc, src, shoal)
     return out
 
 

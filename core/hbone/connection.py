@@ -120,8 +120,19 @@ class HboneConnection(asyncio.Protocol):
                                     f"SPIFFE identities)") from e
 
     def data_received(self, data: bytes) -> None:
+        self._handle(self.core.receive_data, data)
+
+    # The optional direct-receive interface of core.hbone.tlsio: the TLS layer
+    # decrypts a large DATA body straight into the buffer the core gives.
+    def receive_buffer(self) -> memoryview | None:
+        return self.core.receive_buffer()
+
+    def received_into(self, n: int) -> None:
+        self._handle(self.core.received_into, n)
+
+    def _handle(self, feed, arg) -> None:
         try:
-            events = self.core.receive_data(data)
+            events = feed(arg)
         except RemoteProtocolError as e:
             self.log.warning("HBONE peer %s sent invalid HTTP/2, closing: %s",
                              _addr(self.peer_address), e.reason)

@@ -3,7 +3,8 @@
 Three changes, all invisible on the wire (measured in docs/bench/hbone.md):
 - DATA frames of at least ZERO_COPY_MIN bytes are queued by reference
   (`chunks_to_send`), not copied four times by hyperframe/h2;
-- DATA bodies are parsed with one copy instead of two (`_FrameBuffer`);
+- DATA bodies are parsed with one copy instead of two, and large ones are
+  decrypted straight into their own buffer (`_FrameBuffer`, `body_buffer`);
 - a DATA frame prints as its length (h2 formats every received frame).
 Pure module: no I/O.
 """
@@ -25,22 +26,67 @@ from h2.frame_buffer import FrameBuffer
 ZERO_COPY_MIN = 16 * 1024
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _END_STREAM = 0x1
+_PADDED = 0x8
+# A DATA frame at least this large that has not fully arrived gets its own
+# body buffer, filled by the transport without further copies; below this the
+# per-frame bookkeeping costs more than the copy it saves.
+DIRECT_BODY_MIN = 32 * 1024
 
 
 class _FrameBuffer(FrameBuffer):
-    """h2's frame buffer, parsing DATA bodies with one copy instead of two.
+    """h2's frame buffer, with fewer copies of DATA bodies.
 
-    The base class slices the bytearray (a copy) and hyperframe copies the
-    slice again (`tobytes`); here the body is read through a memoryview that
-    is released before the consumed prefix is deleted.
+    - A DATA frame that is whole in the buffer is parsed with one copy instead
+      of two (the base class slices the bytearray, then hyperframe copies the
+      slice again with `tobytes`).
+    - A large unpadded DATA frame that is not whole yet gets its own body
+      buffer (`body_buffer()`): the transport decrypts the rest of the body
+      straight into it (`body_filled(n)`), and the finished buffer becomes the
+      frame's data: no copy at all after decryption. At most one such buffer
+      exists per connection, of at most the validated frame length.
     """
 
+    def __init__(self, server: bool = False) -> None:
+        super().__init__(server=server)
+        self._body: bytearray | None = None     # the DATA body being filled
+        self._body_have = 0
+        self._body_frame = None                 # its hyperframe DataFrame
+
+    def add_data(self, data) -> None:
+        if self._body is not None and data:
+            view = memoryview(data)
+            take = min(len(view), len(self._body) - self._body_have)
+            self._body[self._body_have:self._body_have + take] = view[:take]
+            self._body_have += take
+            data = view[take:]
+        super().add_data(data)
+
+    def body_buffer(self) -> memoryview | None:
+        """Where the next received bytes belong, if they are a DATA body's."""
+        if self._body is None:
+            return None
+        return memoryview(self._body)[self._body_have:]
+
+    def body_filled(self, n: int) -> None:
+        """`n` bytes were written into the view `body_buffer()` returned."""
+        self._body_have += n
+
     def __next__(self):
+        if self._body is not None:
+            if self._body_have < len(self._body):
+                raise StopIteration
+            frame, body = self._body_frame, self._body
+            self._body, self._body_frame, self._body_have = None, None, 0
+            frame.data = body
+            frame.body_len = len(body)
+            new_frame = self._update_header_buffer(frame)
+            return new_frame if new_frame is not None else self.__next__()
         buf = self._data
         if len(buf) < 9 or buf[3] != 0x0:           # not a DATA frame: h2's path
             return super().__next__()
         length = int.from_bytes(buf[0:3], "big")
-        if len(buf) < length + 9:
+        whole = len(buf) >= length + 9
+        if not whole and (length < DIRECT_BODY_MIN or buf[4] & _PADDED):
             raise StopIteration
         self._validate_frame_length(length)
         try:
@@ -48,6 +94,14 @@ class _FrameBuffer(FrameBuffer):
         except (hyperframe.exceptions.InvalidDataError,
                 hyperframe.exceptions.InvalidFrameError) as err:
             raise h2x.ProtocolError(f"Received frame with invalid header: {err}") from err
+        if not whole:
+            # Start a body buffer with what we have; the rest goes straight in.
+            self._body = body = bytearray(length)
+            have = len(buf) - 9
+            body[:have] = memoryview(buf)[9:]
+            self._body_have, self._body_frame = have, frame
+            buf.clear()
+            raise StopIteration
         view = memoryview(buf)
         body = view[9:9 + length]
         try:
@@ -95,6 +149,15 @@ class H2ConnectionFast(H2Connection):
                 chunks.append(data)
             else:
                 chunks.append(f.serialize())
+
+    def body_buffer(self) -> memoryview | None:
+        """A writable view for the rest of a large DATA body, or None."""
+        return self.incoming_buffer.body_buffer()
+
+    def receive_filled(self, n: int) -> list:
+        """`n` bytes were written into `body_buffer()`: process them."""
+        self.incoming_buffer.body_filled(n)
+        return self.receive_data(b"")
 
     def chunks_to_send(self) -> list:
         if self._data_to_send:

@@ -164,8 +164,24 @@ class _HboneCore:
         """
         if self.dead:
             return []
+        return self._receive(self._h2.receive_data, data)
+
+    def receive_buffer(self) -> memoryview | None:
+        """A writable view where the next received bytes belong (the rest of
+        a large DATA body), or None: then use `receive_data`. Write into it,
+        then call `received_into(n)`; the view is invalid after that."""
+        return None if self.dead else self._h2.body_buffer()
+
+    def received_into(self, n: int) -> list[ev.Event]:
+        """`n` bytes were written into the `receive_buffer()` view; like
+        `receive_data`, returns the events (raises RemoteProtocolError)."""
+        if self.dead:
+            return []
+        return self._receive(self._h2.receive_filled, n)
+
+    def _receive(self, feed, arg) -> list[ev.Event]:
         try:
-            h2_events = self._h2.receive_data(data)
+            h2_events = feed(arg)
         except h2x.ProtocolError as e:
             self.dead = True
             code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR

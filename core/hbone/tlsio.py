@@ -22,6 +22,10 @@ from typing import Callable
 READ_BATCH = 256 * 1024
 # One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1).
 _RECORD = 16 * 1024
+# For apps that take DATA bodies directly (`receive_buffer`): hand our batch
+# up after this much, so a large frame's header is seen early and the rest of
+# its body is decrypted into the app's buffer, not copied through ours.
+DIRECT_BATCH = _RECORD
 
 
 class TlsTransport(asyncio.Transport):
@@ -74,6 +78,7 @@ class TlsTransport(asyncio.Transport):
 
     def set_protocol(self, protocol) -> None:
         self._p.app = protocol
+        self._p._direct = hasattr(protocol, "receive_buffer")
 
     def get_protocol(self):
         return self._p.app
@@ -99,6 +104,7 @@ class _TlsProtocol(asyncio.Protocol):
         self._view = memoryview(self._buf)
         self._app_transport: TlsTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._direct = False
 
     # -- raw TCP side -------------------------------------------------------
 
@@ -158,6 +164,7 @@ class _TlsProtocol(asyncio.Protocol):
         self._timer.cancel()
         self._app_transport = TlsTransport(self)
         self.handshake.set_result(self._app_transport)
+        self._direct = hasattr(self.app, "receive_buffer")
         self.app.connection_made(self._app_transport)
         if self._in.pending:
             self._read_app()
@@ -179,11 +186,24 @@ class _TlsProtocol(asyncio.Protocol):
     # -- application data ---------------------------------------------------
 
     def _read_app(self) -> None:
+        # Apps with `receive_buffer()`/`received_into(n)` (HboneConnection) may
+        # ask for bytes to be decrypted straight into their own buffer (a large
+        # DATA body); everything else is batched in our buffer. While the app
+        # could start such a buffer, our batch is handed up after every
+        # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
+        direct = self._direct
         view, size, n = self._view, len(self._buf), 0
         while True:
-            if n > size - _RECORD:
+            if direct and n == 0:
+                target = self.app.receive_buffer()
+                if target is not None:
+                    if not self._read_into(target):
+                        break
+                    continue
+            if n > size - _RECORD or (direct and n >= DIRECT_BATCH):
                 self._deliver(n)
                 n = 0
+                continue
             try:
                 got = self.sslobj.read(size - n, view[n:])
             except ssl.SSLWantReadError:
@@ -192,16 +212,44 @@ class _TlsProtocol(asyncio.Protocol):
                 break
             except ssl.SSLError as e:
                 self._deliver(n)
-                self.closing = True
-                self.raw.abort()
-                self.app.connection_lost(e)
-                self._app_transport = None
+                self._read_failed(e)
                 return
             if not got:
                 break
             n += got
         self._deliver(n)
         self._flush()                            # key updates, etc.
+
+    def _read_into(self, target: memoryview) -> bool:
+        """Decrypt into the app's `target` until it is full or no more input
+        is available; returns False when no more input is available."""
+        total, filled, more = len(target), 0, True
+        read = self.sslobj.read
+        try:
+            while filled < total:
+                try:
+                    got = read(total - filled, target[filled:])
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    more = False
+                    break
+                if not got:
+                    more = False
+                    break
+                filled += got
+        except ssl.SSLError as e:
+            target.release()
+            self._read_failed(e)
+            return False
+        target.release()
+        if filled and self._app_transport is not None and not self.closing:
+            self.app.received_into(filled)
+        return more and not self.closing
+
+    def _read_failed(self, e: ssl.SSLError) -> None:
+        self.closing = True
+        self.raw.abort()
+        self.app.connection_lost(e)
+        self._app_transport = None
 
     def _deliver(self, n: int) -> None:
         # A view into our reused buffer, not a copy: HBONE's app (h2) copies

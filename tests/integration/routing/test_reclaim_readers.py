@@ -40,13 +40,13 @@ def test_churn_keeps_reclaiming_with_idle_and_killed_readers():
         idle = spawn_reader(name, IDLE_TICK_S)
         killed = spawn_reader(name, 0)          # attached at an old generation, then killed
         procs += [idle, killed]
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(5)
+        killed.send_signal(signal.SIGKILL)      # not reaped yet: a zombie, as before waitpid
         for n in range(UPDATES):
-            gen = w.apply({f"k/{i}": bytes([n % 256]) * VALUE_BYTES for i in range(KEYS_PER_UPDATE)})
+            value = bytes([n % 256]) * VALUE_BYTES
+            gen = w.apply({f"k/{i}": value for i in range(KEYS_PER_UPDATE)})
             deadline = time.monotonic() + CATCH_UP_S
             while (w.min_reader_generation() or 0) < gen:   # the idle reader announces gen
-                assert time.monotonic() < deadline, f"reader slots pin generation: {w.reader_slots()}"
+                assert time.monotonic() < deadline, f"slots pin the generation: {w.reader_slots()}"
                 time.sleep(IDLE_TICK_S / 2)
         stats = w.stats()
         assert stats["generation"] == UPDATES + 1

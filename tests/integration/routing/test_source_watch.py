@@ -1,6 +1,8 @@
 """DirectorySource.wait: directories that appear late or are re-created are watched."""
 
+import os
 import shutil
+import time
 
 import pytest
 
@@ -58,3 +60,19 @@ def test_single_file_source_wakes_on_change(tmp_path):
         assert src.load()[0].resources[0].ips == ("10.0.0.33",)
     finally:
         src.close()
+
+
+def test_rewrite_with_same_fingerprint_is_not_missed(tmp_path):
+    """Same size, same inode, same mtime (a coarse-clock kernel, or a recycled inode):
+    the cached parse must not hide the new content."""
+    f = tmp_path / "mesh.yaml"
+    stamp = time.time_ns() + 10**9           # as a coarse clock would: one shared mtime
+    f.write_text(POD.format(name="d", ip="10.0.0.4"))
+    os.utime(f, ns=(stamp, stamp))
+    src = DirectorySource(tmp_path, use_inotify=False)
+    first = src.load()[0].resources
+    assert src.load()[0].resources[0] is first[0]     # unchanged: same objects, no re-parse
+    with open(f, "r+") as fh:                          # in place: same inode, same size
+        fh.write(POD.format(name="d", ip="10.0.0.5"))
+    os.utime(f, ns=(stamp, stamp))
+    assert src.load()[0].resources[0].ips == ("10.0.0.5",)
