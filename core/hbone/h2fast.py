@@ -71,6 +71,10 @@ class _FrameBuffer(FrameBuffer):
         """`n` bytes were written into the view `body_buffer()` returned."""
         self._body_have += n
 
+    def body_buffer_pending(self) -> bool:
+        """A DATA body is being filled and is not whole yet."""
+        return self._body is not None and self._body_have < len(self._body)
+
     def __next__(self):
         if self._body is not None:
             if self._body_have < len(self._body):
@@ -156,7 +160,10 @@ class H2ConnectionFast(H2Connection):
 
     def receive_filled(self, n: int) -> list:
         """`n` bytes were written into `body_buffer()`: process them."""
-        self.incoming_buffer.body_filled(n)
+        buf = self.incoming_buffer
+        buf.body_filled(n)
+        if buf.body_buffer_pending():
+            return []                   # the body is not whole yet: nothing to parse
         return self.receive_data(b"")
 
     def chunks_to_send(self) -> list:

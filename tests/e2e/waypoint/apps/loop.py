@@ -1,9 +1,10 @@
 """A client loop for the waypoint scaling test (standard library only).
 
 Sends GET requests to URL back to back, a new connection each (so the
-ztunnel picks a waypoint replica per request), until the file STOP exists (STOP.started appears after the first answer);
-then prints one JSON line: the count per status code (or error text) and
-the count per answering backend pod.
+ztunnel picks a waypoint replica per request) or, with --keepalive, on one
+connection for as long as the server keeps it open, until the file STOP
+exists (STOP.started appears after the first answer); then prints one JSON
+line: the count per status code (or error text) and connections opened.
 """
 
 import http.client
@@ -18,23 +19,33 @@ REQUEST_TIMEOUT_S = 5.0   # far above a mesh round trip; a stuck request counts 
 
 def main() -> None:
     url, stop = sys.argv[1], sys.argv[2]
+    keepalive = "--keepalive" in sys.argv[3:]
     u = urlsplit(url)
     codes: dict[str, int] = {}
+    conns = 0
     started = time.monotonic()
+    c = None
     while not os.path.exists(stop):
         if sum(codes.values()) == 1:
             open(stop + ".started", "w").close()      # the test waits for this
         try:
-            c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=REQUEST_TIMEOUT_S)
+            if c is None:
+                c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=REQUEST_TIMEOUT_S)
+                conns += 1
             c.request("GET", u.path or "/")
             r = c.getresponse()
             r.read()
             key = str(r.status)
-            c.close()
+            # A draining waypoint says `connection: close` on its last answer.
+            if not keepalive or r.will_close:
+                c.close()
+                c = None
         except (OSError, http.client.HTTPException) as e:
             key = f"error: {type(e).__name__}: {e}"
+            c = None
         codes[key] = codes.get(key, 0) + 1
-    print(json.dumps({"codes": codes, "seconds": round(time.monotonic() - started, 2)}), flush=True)
+    print(json.dumps({"codes": codes, "connections": conns,
+                      "seconds": round(time.monotonic() - started, 2)}), flush=True)
 
 
 if __name__ == "__main__":
