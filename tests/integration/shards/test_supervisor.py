@@ -75,7 +75,7 @@ def test_metrics_are_summed_over_workers(shards):
     def all_closed():
         t = scrape()
         return t if closed(t) >= target else None
-    text = wait_for(all_closed, 5, "the workers to record 40 closed connections")
+    text = wait_for(all_closed, 20, "the workers to record 40 closed connections")
     # One series per label set, summed over both workers' files.
     opened = [l for l in text.splitlines() if l.startswith("istio_tcp_connections_opened_total{")]
     assert len(opened) == 1 and 'reporter="destination"' in opened[0]
