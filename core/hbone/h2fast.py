@@ -17,8 +17,9 @@ import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.frame_buffer import FrameBuffer
+from h2.stream import StreamState
 
 # DATA frames with at least this much payload are queued by reference (header
 # + the caller's buffer) instead of being copied four times by hyperframe/h2
@@ -27,6 +28,11 @@ ZERO_COPY_MIN = 16 * 1024
 _FRAME_HEADER = struct.Struct(">HBBBL")
 _END_STREAM = 0x1
 _PADDED = 0x8
+# States in which h2's SEND_DATA input changes nothing and calls nothing
+# (h2/connection.py and h2/stream.py transition tables): the fast send path
+# below may skip the state machines there.
+_CONN_SEND_OK = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
+_STREAM_SEND_OK = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 # A DATA frame at least this large that has not fully arrived gets its own
 # body buffer, filled by the transport without further copies; below this the
 # per-frame bookkeeping costs more than the copy it saves.
@@ -134,6 +140,30 @@ class H2ConnectionFast(H2Connection):
         super().__init__(config=config)
         self._chunks: list = []
         self.incoming_buffer = _FrameBuffer(server=not config.client_side)
+
+    def send_data(self, stream_id, data, end_stream=False, pad_length=None) -> None:
+        """h2's send_data; a large unpadded DATA frame without END_STREAM that
+        fits both windows is queued directly (the same bytes and window
+        accounting as h2's path, without its per-frame Python machinery)."""
+        n = len(data)
+        if n >= ZERO_COPY_MIN and not end_stream and pad_length is None:
+            stream = self.streams.get(stream_id)
+            if (stream is not None and self.state_machine.state in _CONN_SEND_OK
+                    and stream.state_machine.state in _STREAM_SEND_OK
+                    and n <= self.outbound_flow_control_window
+                    and n <= stream.outbound_flow_control_window
+                    and n <= self.max_outbound_frame_size):
+                chunks = self._chunks
+                if self._data_to_send:
+                    chunks.append(bytes(self._data_to_send))
+                    self._data_to_send = bytearray()
+                chunks.append(_FRAME_HEADER.pack((n >> 8) & 0xFFFF, n & 0xFF, 0, 0,
+                                                 stream_id & 0x7FFFFFFF))
+                chunks.append(data)
+                self.outbound_flow_control_window -= n
+                stream.outbound_flow_control_window -= n
+                return
+        super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
 
     def _prepare_for_sending(self, frames) -> None:
         if not frames:

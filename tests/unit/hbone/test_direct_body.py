@@ -116,3 +116,21 @@ def test_data_on_stream_zero_refused_at_its_header():
     c, s, sid = _open_pair()
     with pytest.raises(RemoteProtocolError):
         s.receive_data(_data_frame(0, b"x" * DIRECT_BODY_MIN)[:100])
+
+
+def test_fast_send_path_matches_h2_bytes_and_windows():
+    import hyperframe.frame as hf
+    c, s, sid = _open_pair()
+    h2c = c._h2
+    body = os.urandom(DIRECT_BODY_MIN * 2)
+    conn_before, stream_before = h2c.outbound_flow_control_window, c.send_window(sid)
+    assert c.send_data(sid, body) == len(body)
+    wire = c.data_to_send()
+    assert wire == hf.DataFrame(sid, body).serialize()
+    assert h2c.outbound_flow_control_window == conn_before - len(body)
+    assert c.send_window(sid) == stream_before - len(body)
+    got = _data(s.receive_data(wire))
+    assert bytes(got[0].data) == body
+    # END_STREAM and small frames still take h2's own path
+    assert c.send_data(sid, b"end", end_stream=True) == 3
+    assert [bytes(e.data) for e in _data(_xfer(c, s))] == [b"end"]

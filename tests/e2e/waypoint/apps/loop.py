@@ -4,7 +4,8 @@ Sends GET requests to URL back to back, a new connection each (so the
 ztunnel picks a waypoint replica per request) or, with --keepalive, on one
 connection for as long as the server keeps it open, until the file STOP
 exists (STOP.started appears after the first answer); then prints one JSON
-line: the count per status code (or error text) and connections opened.
+line: the count per status code (or error text), connections opened and
+requests re-sent because a reused idle connection had been closed.
 """
 
 import http.client
@@ -22,14 +23,20 @@ def main() -> None:
     keepalive = "--keepalive" in sys.argv[3:]
     u = urlsplit(url)
     codes: dict[str, int] = {}
-    conns = 0
+    conns = stale = 0
+    fresh = True
+
+    def reused(e: Exception) -> bool:
+        return not fresh and isinstance(e, (http.client.RemoteDisconnected, BrokenPipeError,
+                                            ConnectionResetError))
     started = time.monotonic()
     c = None
     while not os.path.exists(stop):
         if sum(codes.values()) == 1:
             open(stop + ".started", "w").close()      # the test waits for this
         try:
-            if c is None:
+            fresh = c is None
+            if fresh:
                 c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=REQUEST_TIMEOUT_S)
                 conns += 1
             c.request("GET", u.path or "/")
@@ -40,11 +47,20 @@ def main() -> None:
             if not keepalive or r.will_close:
                 c.close()
                 c = None
+        except (ConnectionError, http.client.RemoteDisconnected) as e:
+            c = None
+            if reused(e):
+                # Closed while idle (a draining server may): the request never
+                # reached it, so send it again on a new connection, as HTTP
+                # clients do (RFC 9112 9.3.1, idempotent requests).
+                stale += 1
+                continue
+            key = f"error: {type(e).__name__}: {e}"
         except (OSError, http.client.HTTPException) as e:
             key = f"error: {type(e).__name__}: {e}"
             c = None
         codes[key] = codes.get(key, 0) + 1
-    print(json.dumps({"codes": codes, "connections": conns,
+    print(json.dumps({"codes": codes, "connections": conns, "stale_retries": stale,
                       "seconds": round(time.monotonic() - started, 2)}), flush=True)
 
 
