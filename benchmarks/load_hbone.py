@@ -85,15 +85,14 @@ def start_shoal_baseline(root: Path):
 
 def start_shoal(tmp: Path, files, target_port: int, starter=start_shoal_tool) -> Pair:
     s, c = files
-    start_shoal_tool = starter
-    exit_, eport = start_shoal_tool(["exit", "--listen", "127.0.0.1:0", "--cert", str(s.cert),
-                                     "--key", str(s.key), "--ca", str(s.ca),
-                                     "--target", f"127.0.0.1:{target_port}"], tmp / "exit.log")
-    entry, nport = start_shoal_tool(["entry", "--listen", "127.0.0.1:0", "--peer",
-                                     f"127.0.0.1:{eport}", "--authority",
-                                     f"127.0.0.1:{target_port}", "--expect", SERVER_ID,
-                                     "--cert", str(c.cert), "--key", str(c.key), "--ca",
-                                     str(c.ca)], tmp / "entry.log")
+    exit_, eport = starter(["exit", "--listen", "127.0.0.1:0", "--cert", str(s.cert),
+                            "--key", str(s.key), "--ca", str(s.ca),
+                            "--target", f"127.0.0.1:{target_port}"], tmp / "exit.log")
+    entry, nport = starter(["entry", "--listen", "127.0.0.1:0", "--peer",
+                            f"127.0.0.1:{eport}", "--authority",
+                            f"127.0.0.1:{target_port}", "--expect", SERVER_ID,
+                            "--cert", str(c.cert), "--key", str(c.key), "--ca",
+                            str(c.ca)], tmp / "entry.log")
     return Pair("shoal", entry, exit_, nport)
 
 
@@ -117,6 +116,22 @@ def start_stunnel(tmp: Path, files, target_port: int) -> Pair:
         wait_port(port, p)
         procs.append(p)
     return Pair("stunnel", procs[1], procs[0], cport)
+
+
+def start_iperf_server(attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """iperf3 -s on a free port; another process may grab the port between
+    free_port() and iperf3's bind (other helpers test on this machine): retry."""
+    for attempt in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(["iperf3", "-s", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_port(port, proc)
+            return proc, port
+        except RuntimeError:
+            err = proc.stderr.read().strip()
+            print(f"iperf3 -s on port {port} failed ({err}); retrying", file=sys.stderr)
+    raise RuntimeError("iperf3 -s did not start")
 
 
 def iperf(port: int, seconds: float, streams: int) -> dict:
@@ -213,6 +228,7 @@ def main(argv=None) -> None:
     ap.add_argument("--short-seconds", type=float, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_hbone.json"))
     ap.add_argument("--plot", help="also write a PNG plot here (e.g. docs/img/hbone_load.png)")
+    ap.add_argument("--streams", default="1,8", help="iperf3 -P values, comma-separated")
     ap.add_argument("--baseline", help="a source tree (a copy of an older `core/`) whose "
                     "HBONE pair also runs, as `shoal_before`, in the same rounds")
     args = ap.parse_args(argv)
@@ -223,10 +239,7 @@ def main(argv=None) -> None:
     pki = TestPKI()
     files = (write_pem(pki.issue(SERVER_ID), tmp, "server"),
              write_pem(pki.issue(CLIENT_ID), tmp, "client"))
-    iperf_port = free_port()
-    iperf_srv = subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(iperf_port, iperf_srv)
+    iperf_srv, iperf_port = start_iperf_server()
     rr, rr_port = start_rr_server(tmp)
     results: dict = {"seconds": args.seconds, "rounds": args.rounds, "cores": os.cpu_count(),
                      "throughput": {}, "short": {}}
@@ -234,7 +247,7 @@ def main(argv=None) -> None:
     if args.baseline:
         starters["shoal_before"] = start_shoal_baseline(Path(args.baseline).resolve())
     try:
-        for streams in (1, 8):
+        for streams in (int(x) for x in args.streams.split(",")):
             runs: dict[str, list] = {name: [] for name in starters}
             for _ in range(args.rounds):
                 for name, start in starters.items():     # alternate: same conditions
@@ -271,7 +284,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
     keys = list(results["throughput"])
-    names = tuple(n for n in ("shoal_before", "shoal", "stunnel") if n in results["throughput"][keys[0]])
+    names = tuple(n for n in ("shoal_before", "shoal", "stunnel")
+                  if n in results["throughput"][keys[0]])
     colors = {"shoal_before": "tab:orange", "shoal": "tab:blue", "stunnel": "tab:gray"}
     width = 0.8 / len(names)
     for i, name in enumerate(names):
@@ -284,7 +298,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, title in ((ax1, "iperf3 throughput (Gbit/s)"), (ax2, "CPU s per GB (entry+exit)")):
         ax.set_xticks(range(len(keys)), [f"{k[1:]} stream(s)" for k in keys])
         ax.set_title(title)
-        ax.legend()
+        ax.legend(fontsize=8, loc="lower right")
     short, snames = results["short"], ("shoal", "stunnel")
     ax3.bar([0, 1], [short[n]["conns_per_s"] for n in snames],
             color=[colors[n] for n in snames])

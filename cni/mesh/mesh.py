@@ -27,7 +27,8 @@ from cni import chain
 from cni.mesh import net, plan, procs
 from cni.mesh.net import MeshError
 from cni.mesh.procs import ProcRecord
-from core.constants import CA_PORT, WAYPOINT_GATEWAY_CLASS
+from core.constants import (CA_PORT, DATAPLANE_NONE, LABEL_DATAPLANE_MODE,
+                            WAYPOINT_GATEWAY_CLASS)
 
 # How long `up` waits for each node's ztunnel to connect to its node agent.
 # A ztunnel needs its certificate and config first; on 2 cores a cold Python
@@ -260,10 +261,12 @@ class Mesh:
     def _reconcile_pods(self, pods: list[plan.PodPlan], progress: Progress) -> None:
         want = {p.key: p for p in pods}
         gone = [k for k in self.state["pods"] if k not in want]
-        if any(self.state["pods"][k].get("owner", "").startswith("Gateway/") for k in gone):
+        leaving = [self._terminating(k) for k in gone
+                   if self.state["pods"][k].get("owner", "").startswith("Gateway/")]
+        if leaving:
             # Out of the waypoint's endpoints before SIGTERM, so no ztunnel
             # opens a new connection to a replica that is draining.
-            self._write_config([p for p in pods if p.key in self.state["pods"]])
+            self._write_config([p for p in pods if p.key in self.state["pods"]] + leaving)
             time.sleep(WAYPOINT_ENDPOINT_GRACE_S)
         for key in gone:
             progress(f"pod {key}: removing")
@@ -321,6 +324,19 @@ class Mesh:
                             netns=ns, cwd=c.cwd or None, env=env)
             rec["procs"].append(r.to_json())
             self.save()
+
+    def _terminating(self, key: str) -> plan.PodPlan:
+        """A departing waypoint replica as Kubernetes shows a terminating pod:
+        still there (its `dataplane-mode: none` keeps the node agent from
+        enrolling it by its namespace's label), but no longer selected by the
+        waypoint's Service (the gateway-name label is what selects)."""
+        rec = self.state["pods"][key]
+        return plan.PodPlan(namespace=rec["namespace"], name=rec["name"],
+                            labels={LABEL_DATAPLANE_MODE: DATAPLANE_NONE},
+                            service_account=rec["service_account"], containers=(),
+                            spec={"serviceAccountName": rec["service_account"],
+                                  "containers": [{"name": "waypoint"}]},
+                            owner=rec["owner"], node=rec["node"])
 
     def _wait_waypoint_ready(self, p: plan.PodPlan) -> None:
         """Wait for a waypoint replica's readiness endpoint (inside its netns)."""

@@ -109,7 +109,9 @@ class HboneStream:
         await self._opened
 
     async def read(self, n: int = READ_SIZE) -> bytes:
-        """Up to `n` bytes; b"" once the peer half-closed.
+        """Up to `n` bytes; b"" once the peer half-closed. Bytes-like: a large
+        DATA body comes as the bytearray it was decrypted into (no copy); it is
+        the caller's, nothing else refers to it.
 
         Raises:
             StreamResetError: the tunnel was reset or its connection died.

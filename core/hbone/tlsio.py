@@ -17,6 +17,8 @@ import asyncio
 import ssl
 from typing import Callable
 
+from core.hbone.alloc import tune_allocator
+
 # Decrypt up to this much per data_received call: large batches mean fewer
 # h2/Python round trips per byte (uvloop uses the same 256 KiB).
 READ_BATCH = 256 * 1024
@@ -89,6 +91,7 @@ class _TlsProtocol(asyncio.Protocol):
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  app: asyncio.Protocol, handshake_timeout: float) -> None:
+        tune_allocator()                  # once per process; see core.hbone.alloc
         self.loop = asyncio.get_running_loop()
         self.context = context
         self.server_side = server_side
@@ -268,22 +271,33 @@ class _TlsProtocol(asyncio.Protocol):
         self._flush()
 
     def app_writelines(self, chunks) -> None:
-        """Encrypt `chunks` in order: small ones coalesced into one record
-        batch, large ones passed to OpenSSL as they are (no extra copy)."""
+        """Encrypt `chunks` in order: small ones coalesced (together with the
+        first bytes of a large one that follows, so a frame header does not
+        make a record of its own), large ones passed to OpenSSL as they are."""
         if self.closing or self.raw.is_closing():
             return
         small: list = []
+        queued = 0
+        write = self.sslobj.write
         try:
             for c in chunks:
                 if len(c) < _RECORD:
                     small.append(c)
+                    queued += len(c)
                     continue
                 if small:
-                    self.sslobj.write(b"".join(small))
-                    small = []
-                self.sslobj.write(c)
+                    # A DATA frame header (9 bytes) would be a TLS record of
+                    # its own: fill that record with the payload's first bytes.
+                    head = _RECORD - queued if queued < _RECORD else 0
+                    view = memoryview(c)
+                    small.append(view[:head])
+                    write(b"".join(small))
+                    small, queued = [], 0
+                    c = view[head:]
+                if c:
+                    write(c)
             if small:
-                self.sslobj.write(b"".join(small) if len(small) > 1 else small[0])
+                write(b"".join(small) if len(small) > 1 else small[0])
         except ssl.SSLError:
             self.raw.abort()
             return

@@ -20,7 +20,9 @@ import os
 import random
 import re
 import secrets
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -174,6 +176,37 @@ def test_waypoint_is_a_pod_of_the_mesh_and_serves_the_service(mesh):
 
 
 @pytest.mark.timeout(150)
+def test_both_hbone_legs_cross_the_bridge_encrypted(mesh, tmp_path):
+    """client (node-2) -> waypoint-0 (node-1) -> echo-v2 (node-2): both legs
+    cross the host bridge, and only TLS does; the waypoint saw the client's
+    identity from its HBONE peer certificate."""
+    pods = mesh["pods"]
+    assert pods[f"{NS}/client"]["node"] == "node-2" and pods[f"{NS}/waypoint-0"]["node"] == "node-1"
+    assert [p["node"] for k, p in pods.items() if k.startswith(f"{NS}/echo-v2-")] == ["node-2"]
+    marker = "shoal-plaintext-" + secrets.token_hex(6)
+    pcap = str(tmp_path / "bridge.pcap")
+    dump = subprocess.Popen(["tcpdump", "-i", f"{mesh['id']}-br", "--immediate-mode", "-U", "-s", "0",
+                             "-w", pcap, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([dump.stderr], [], [], 15)
+        assert ready and b"listening on" in dump.stderr.readline()
+        body = echo(mesh, "client", f"/v2/{marker}", "-H", f"x-marker: {marker}")
+        assert body["version"] == "v2" and body["headers"]["x-marker"] == marker
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+    with open(pcap, "rb") as f:
+        captured = f.read()
+    assert len(captured) > 2000, "the capture saw no traffic on the bridge"
+    assert marker.encode() not in captured
+    wait_for(lambda: metric_sum(mesh["run_dir"], "waypoint-0", "istio_requests_total",
+                                connection_security_policy="mutual_tls",
+                                source_principal=f"spiffe://cluster.local/ns/{NS}/sa/client",
+                                destination_service_name="echo-v2") > 0,
+             timeout=10, what="the client's mTLS identity in the waypoint's metrics")
+
+
+@pytest.mark.timeout(150)
 def test_routing_by_path(mesh):
     versions = [echo(mesh, "client", f"/v2/path{i}")["version"] for i in range(5)]
     assert versions == ["v2"] * 5
@@ -322,39 +355,72 @@ def test_istio_requests_total_counts_every_request(mesh):
 
 # ------------------------------------------------------------------ scaling (last: changes replicas)
 
-def _served(run, pod):
-    return metric_sum(run, pod, "istio_requests_total", reporter="waypoint")
+def _served(run, pod, **labels):
+    return metric_sum(run, pod, "istio_requests_total", reporter="waypoint", **labels)
+
+
+def _loop(run, path, stop, *flags):
+    """apps/loop.py in the client pod, until `stop` exists."""
+    return subprocess.Popen([*SHOAL, "mesh", "exec", "--run-dir", run, f"{NS}/client", "--",
+                             "python3", os.path.join(APPS, "loop.py"), f"http://echo{path}", stop,
+                             *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _started(loop, stop):
+    wait_for(lambda: os.path.exists(stop + ".started") or loop.poll() is not None, timeout=20,
+             what="a client loop's first answer")
+    assert loop.poll() is None, loop.communicate()
+
+
+def _replicas(run):
+    st = json.loads(shoal("status", "-o", "json", run_dir=run).stdout)
+    return sorted(p["pod"] for p in st["pods"] if p["pod"].startswith(f"{NS}/waypoint-"))
 
 
 @pytest.mark.timeout(170)
 def test_scale_waypoint_up_and_down_under_load_without_failures(mesh, tmp_path):
+    """Two kinds of clients run throughout: one opens a connection per request
+    (to /v2/..., so the ztunnel picks a replica each time), two keep one
+    connection open (to the weighted default route: echo-v1 in the metrics
+    tells their requests apart). Scaling 1 -> 3 -> 1 fails no request; a
+    keep-alive client whose replica goes away reconnects (an idle keep-alive
+    connection closed by the draining replica is re-sent by the client, as
+    HTTP clients do; counted as `stale_retries`)."""
     run = mesh["run_dir"]
     stop = str(tmp_path / "stop")
-    loop = subprocess.Popen([*SHOAL, "mesh", "exec", "--run-dir", run, f"{NS}/client", "--",
-                             "python3", os.path.join(APPS, "loop.py"), "http://echo/v2/loop", stop],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loops = []
     try:
-        wait_for(lambda: os.path.exists(stop + ".started") or loop.poll() is not None, timeout=20,
-                 what="the client loop's first answer")
-        assert loop.poll() is None, loop.communicate()
+        loops.append(_loop(run, "/v2/loop", stop + "0"))
+        _started(loops[0], stop + "0")
         shoal("scale", "waypoint", f"{NS}/waypoint", "3", run_dir=run)
-        st = json.loads(shoal("status", "-o", "json", run_dir=run).stdout)
-        replicas = sorted(p["pod"] for p in st["pods"] if p["pod"].startswith(f"{NS}/waypoint-"))
-        assert replicas == [f"{NS}/waypoint-{i}" for i in range(3)]
+        assert _replicas(run) == [f"{NS}/waypoint-{i}" for i in range(3)]
         # The ztunnels spread new connections over the new replicas too.
         for pod in ("waypoint-1", "waypoint-2"):
-            wait_for(lambda: _served(run, pod) > 0, timeout=20, what=f"traffic through {pod}")
+            wait_for(lambda: _served(run, pod, destination_service_name="echo-v2") > 0, timeout=20,
+                     what=f"traffic through {pod}")
+        for i in (1, 2):
+            loops.append(_loop(run, "/keepalive", stop + str(i), "--keepalive"))
+            _started(loops[i], stop + str(i))
+        on_leaving = sum(_served(run, pod, destination_service_name="echo-v1")
+                         for pod in ("waypoint-1", "waypoint-2")) > 0
         shoal("scale", "waypoint", f"{NS}/waypoint", "1", run_dir=run)
-        st = json.loads(shoal("status", "-o", "json", run_dir=run).stdout)
-        assert [p["pod"] for p in st["pods"] if p["pod"].startswith(f"{NS}/waypoint-")] == \
-            [f"{NS}/waypoint-0"]
-        # The loop keeps going through the remaining replica.
+        assert _replicas(run) == [f"{NS}/waypoint-0"]
+        # Every loop keeps going through the remaining replica.
         after = _served(run, "waypoint-0")
-        wait_for(lambda: _served(run, "waypoint-0") >= after + 20, timeout=20,
+        wait_for(lambda: _served(run, "waypoint-0") >= after + 30, timeout=20,
                  what="traffic through waypoint-0 after scaling down")
     finally:
-        open(stop, "w").close()
-        out, err = loop.communicate(timeout=30)
-    result = json.loads(out)
-    assert set(result["codes"]) == {"200"}, f"failed requests while scaling: {result} {err}"
-    assert result["codes"]["200"] >= 50
+        for i in range(len(loops)):
+            open(stop + str(i), "w").close()
+        results = [(json.loads(out or "{}"), err) for out, err in
+                   (loop.communicate(timeout=30) for loop in loops)]
+    for result, err in results:
+        assert set(result["codes"]) == {"200"}, f"failed requests while scaling: {result} {err}"
+        assert result["codes"]["200"] >= 20, result
+    per_request, keepalive = results[0][0], [r for r, _ in results[1:]]
+    print(f"scaling under load: per-request client {per_request}, keep-alive clients {keepalive}, "
+          f"a keep-alive client on a leaving replica: {on_leaving}")
+    assert per_request["connections"] == sum(per_request["codes"].values())
+    if on_leaving:        # a keep-alive client was on a replica that went away
+        assert any(r["connections"] >= 2 for r in keepalive), keepalive

@@ -134,3 +134,11 @@ def test_fast_send_path_matches_h2_bytes_and_windows():
     # END_STREAM and small frames still take h2's own path
     assert c.send_data(sid, b"end", end_stream=True) == 3
     assert [bytes(e.data) for e in _data(_xfer(c, s))] == [b"end"]
+
+
+def test_allocator_tuning_applies_once_and_respects_env(monkeypatch):
+    from core.hbone import alloc
+    monkeypatch.setattr(alloc, "_done", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert alloc.tune_allocator() is False        # the operator's setting wins
+    assert alloc.tune_allocator() is False        # and it is decided once

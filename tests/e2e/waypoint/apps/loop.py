@@ -56,8 +56,10 @@ def main() -> None:
                 stale += 1
                 continue
             key = f"error: {type(e).__name__}: {e}"
+            print(f"{time.time():.3f} {key}", file=sys.stderr, flush=True)
         except (OSError, http.client.HTTPException) as e:
             key = f"error: {type(e).__name__}: {e}"
+            print(f"{time.time():.3f} {key}", file=sys.stderr, flush=True)
             c = None
         codes[key] = codes.get(key, 0) + 1
     print(json.dumps({"codes": codes, "connections": conns, "stale_retries": stale,
