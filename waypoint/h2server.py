@@ -19,6 +19,7 @@ from h2.errors import ErrorCodes
 
 from core.pipe import READ_SIZE
 from waypoint.http1 import RequestReceived
+from waypoint.server import close_stream
 from waypoint.message import RequestHead
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -222,10 +223,7 @@ async def serve(stream, first: bytes, down, proxy) -> None:
             t.cancel()
         for b in c.bodies.values():
             b.chunks.put_nowait(ConnectionResetError("client connection closed"))
-        try:
-            stream.close()
-        except Exception:
-            pass
+        await close_stream(stream)
 
 
 def _dispatch(c: _Conn, ev, down, proxy) -> None:

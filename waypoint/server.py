@@ -26,6 +26,9 @@ from waypoint.proxy import Downstream, Proxy
 # and dropped to keep the connection usable, up to this much; a bigger body
 # closes the connection instead (Envoy behaves the same way).
 MAX_DISCARD_BODY = 1024 * 1024
+# After our last bytes and END_STREAM, how long the client may take to end
+# its side before the stream is reset (Envoy's delayed_close_timeout, 1 s).
+LINGER_S = 1.0
 # A client that sends nothing for this long between requests is closed
 # (Envoy's HTTP idle_timeout default is 1 h; a waypoint holds many client
 # connections, so we use a shorter value, like nginx's keepalive_timeout 75 s).
@@ -103,10 +106,7 @@ class H1Session:
         finally:
             self.proxy.sessions.discard(self)
             self.closed = True
-            try:
-                self.stream.close()
-            except Exception:
-                pass
+            await close_stream(self.stream)
 
     async def _serve(self, ev: RequestReceived) -> bool:
         body = _Body(self)
@@ -288,13 +288,38 @@ class _Sink:
         return counts[0], counts[1]
 
 
+async def close_stream(stream) -> None:
+    """End a client stream we are done with, as Envoy closes a connection
+    (FIN, then `delayed_close_timeout`): our END_STREAM first, so what we
+    wrote last (a response, a 400, a GOAWAY) is delivered, then whatever the
+    client still sends is read and dropped until it ends its side or
+    LINGER_S passes. A reset right after the last bytes would let the
+    ztunnel reset the client's TCP connection before they reach it."""
+    try:
+        stream.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            dropped = 0
+            while dropped <= MAX_DISCARD_BODY:
+                data = await stream.read(READ_SIZE)
+                if not data:
+                    break
+                dropped += len(data)
+    except Exception:           # TimeoutError included: the linger is over
+        pass
+    finally:
+        try:
+            stream.close()
+        except Exception:
+            pass
+
+
 async def serve_stream(stream, down: Downstream, proxy: Proxy) -> None:
     """Serve HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the
     client's first bytes), on one client byte stream."""
     from waypoint import h2server
     first = await _peek(stream)
     if not first:
-        stream.close()
+        await close_stream(stream)
         return
     if h2server.is_preface(first):
         await h2server.serve(stream, first, dataclasses.replace(down, protocol="http2"), proxy)

@@ -271,31 +271,21 @@ class _TlsProtocol(asyncio.Protocol):
         self._flush()
 
     def app_writelines(self, chunks) -> None:
-        """Encrypt `chunks` in order: small ones coalesced (together with the
-        first bytes of a large one that follows, so a frame header does not
-        make a record of its own), large ones passed to OpenSSL as they are."""
+        """Encrypt `chunks` in order: small ones coalesced into one record
+        batch, large ones passed to OpenSSL as they are (no extra copy)."""
         if self.closing or self.raw.is_closing():
             return
         small: list = []
-        queued = 0
         write = self.sslobj.write
         try:
             for c in chunks:
                 if len(c) < _RECORD:
                     small.append(c)
-                    queued += len(c)
                     continue
                 if small:
-                    # A DATA frame header (9 bytes) would be a TLS record of
-                    # its own: fill that record with the payload's first bytes.
-                    head = _RECORD - queued if queued < _RECORD else 0
-                    view = memoryview(c)
-                    small.append(view[:head])
                     write(b"".join(small))
-                    small, queued = [], 0
-                    c = view[head:]
-                if c:
-                    write(c)
+                    small = []
+                write(c)
             if small:
                 write(b"".join(small) if len(small) > 1 else small[0])
         except ssl.SSLError:

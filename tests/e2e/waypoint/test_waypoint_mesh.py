@@ -353,6 +353,43 @@ def test_istio_requests_total_counts_every_request(mesh):
              timeout=10, what="the 403 in istio_requests_total")
 
 
+RAW_CLIENT = """
+import socket, sys
+s = socket.create_connection(("echo", 80), timeout=10)
+s.sendall(sys.argv[1].encode().decode("unicode_escape").encode("latin-1"))
+data = b""
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    print("EOF " + data.decode("latin-1"))
+except ConnectionResetError:
+    print("RESET " + data.decode("latin-1"))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_malformed_request_gets_400_and_a_clean_close(mesh):
+    """Envoy's answer to a malformed request: 400 and close. The close must
+    be a FIN through both tunnels, never a reset that could drop the 400."""
+    for _ in range(5):
+        r = pexec(mesh["run_dir"], "client", "python3", "-c", RAW_CLIENT, r"GARBAGE\r\n\r\n")
+        assert r.stdout.startswith("EOF HTTP/1.1 400 Bad Request\r\n"), r.stdout + r.stderr
+        assert "connection: close" in r.stdout.lower()
+    # A keep-alive pair of requests, then the client's FIN: both answered,
+    # and the tunnel ends cleanly too.
+    r = pexec(mesh["run_dir"], "client", "python3", "-c", RAW_CLIENT,
+              r"GET /v2/a HTTP/1.1\r\nHost: echo\r\n\r\nGET /v2/b HTTP/1.1\r\nHost: echo\r\n"
+              r"Connection: close\r\n\r\n")
+    assert r.stdout.startswith("EOF ") and r.stdout.count("HTTP/1.1 200 OK") == 2, r.stdout
+    # The client-side ztunnel logged no reset for any of these tunnels.
+    with open(os.path.join(mesh["run_dir"], "logs", "ztunnel-node-2.log")) as f:
+        resets = [ln for ln in f if "reset by peer" in ln and "10.{}.128.".format(mesh["base"]) in ln]
+    assert not resets, resets[:3]
+
+
 # ------------------------------------------------------------------ scaling (last: changes replicas)
 
 def _served(run, pod, **labels):
@@ -402,6 +439,9 @@ def test_scale_waypoint_up_and_down_under_load_without_failures(mesh, tmp_path):
         for i in (1, 2):
             loops.append(_loop(run, "/keepalive", stop + str(i), "--keepalive"))
             _started(loops[i], stop + str(i))
+        # Where the keep-alive clients landed (once their requests are counted).
+        wait_for(lambda: sum(_served(run, f"waypoint-{i}", destination_service_name="echo-v1")
+                             for i in range(3)) >= 20, timeout=15, what="keep-alive traffic counted")
         on_leaving = sum(_served(run, pod, destination_service_name="echo-v1")
                          for pod in ("waypoint-1", "waypoint-2")) > 0
         shoal("scale", "waypoint", f"{NS}/waypoint", "1", run_dir=run)
