@@ -58,6 +58,12 @@ LOG = core_log.get("waypoint")
 # every waypoint of that class.
 ROOT_NAMESPACE = "istio-system"
 
+# On drain, an idle HTTP/1.1 keep-alive client gets this long to send its
+# next request, answered with `connection: close`, so a client sending
+# steadily moves to another replica without a request meeting a closed
+# connection. Clients idle longer are closed (Envoy keeps idle connections
+# for its whole drain time; short here so a scaled-down replica goes quickly).
+DRAIN_IDLE_GRACE_S = 2.0
 RBAC_DENIED = b"RBAC: access denied"
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 NO_ROUTE = b"no route"
@@ -307,6 +313,7 @@ class Proxy:
             key = lb.pick(keys, exclude=frozenset(tried))
             tried.add(key)
             st.upstream = key
+            st.upstream_workload = by_key[key].workload
             lb.started(key)
             try:
                 budget = _budget(timeouts.backend_request, deadline, self.clock())
@@ -476,9 +483,16 @@ class Proxy:
             task.add_done_callback(self._mirrors.discard)
 
     def start_drain(self) -> None:
-        """Stop keeping clients: busy connections close after their current
-        response (`connection: close`), idle ones are closed now."""
+        """Stop keeping clients: every response from now on says
+        `connection: close` (the client reconnects, to another replica);
+        connections still idle after DRAIN_IDLE_GRACE_S are closed."""
         self.draining = True
+        try:
+            asyncio.get_running_loop().call_later(DRAIN_IDLE_GRACE_S, self.close_idle)
+        except RuntimeError:        # no loop (a synchronous caller): close now
+            self.close_idle()
+
+    def close_idle(self) -> None:
         for s in list(self.sessions):
             if not s.busy:
                 try:
@@ -499,7 +513,8 @@ class Proxy:
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,
             source_workload=st.down.source_workload,
             destination=st.backend or (st.target.service if st.target else None),
-            destination_workload=None, upstream=st.upstream, method=h.method, path=h.target,
+            destination_workload=st.upstream_workload, upstream=st.upstream, method=h.method,
+            path=h.target,
             authority=st.authority, protocol=st.down.protocol, status=st.status or 0,
             flags=st.flags, duration_ms=(self.clock() - st.t0) * 1000.0,
             request_bytes=st.request_bytes, response_bytes=st.response_bytes,
@@ -511,13 +526,14 @@ class _Req:
     """Per-request state for telemetry (plain slots: written as we go)."""
     __slots__ = ("down", "head", "t0", "authority", "target", "backend", "upstream", "status",
                  "flags", "request_bytes", "response_bytes", "request_id", "traceparent",
-                 "route", "policy")
+                 "route", "policy", "upstream_workload")
 
     def __init__(self, *, down, head, t0):
         self.down, self.head, self.t0 = down, head, t0
         self.authority = ""
         self.target = self.backend = None
         self.upstream = ""
+        self.upstream_workload = None     # the chosen endpoint's pod: destination_* labels
         self.status = 0
         self.flags = "-"
         self.request_bytes = self.response_bytes = 0

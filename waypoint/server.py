@@ -88,7 +88,9 @@ class H1Session:
     async def run(self) -> None:
         self.proxy.sessions.add(self)
         try:
-            while not self.proxy.draining:
+            # Not ended on drain here: the next response says `connection:
+            # close`, and Proxy.start_drain closes connections left idle.
+            while True:
                 ev = await self._next(IDLE_TIMEOUT)
                 if ev is None:
                     break

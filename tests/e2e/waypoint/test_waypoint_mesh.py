@@ -336,7 +336,9 @@ def test_istio_requests_total_counts_every_request(mesh):
     labels = {"reporter": "waypoint", "response_code": "200", "source_workload": "client",
               "source_principal": f"spiffe://cluster.local/ns/{NS}/sa/client",
               "destination_service_name": "echo-v2", "destination_service_namespace": NS,
-              "request_protocol": "http"}
+              "destination_principal": f"spiffe://cluster.local/ns/{NS}/sa/echo",
+              "destination_workload": "echo-v2", "destination_workload_namespace": NS,
+              "connection_security_policy": "mutual_tls", "request_protocol": "http"}
     before = settled(run, "waypoint-0", labels)
     r = pexec(run, "client", "curl", "-s", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}\n",
               "-H", "x-version: v2", f"http://echo/count/[1-{n}]")
@@ -421,9 +423,9 @@ def test_scale_waypoint_up_and_down_under_load_without_failures(mesh, tmp_path):
     (to /v2/..., so the ztunnel picks a replica each time), two keep one
     connection open (to the weighted default route: echo-v1 in the metrics
     tells their requests apart). Scaling 1 -> 3 -> 1 fails no request; a
-    keep-alive client whose replica goes away reconnects (an idle keep-alive
-    connection closed by the draining replica is re-sent by the client, as
-    HTTP clients do; counted as `stale_retries`)."""
+    keep-alive client whose replica goes away is told `connection: close`
+    and reconnects, never meeting a closed connection (`stale_retries`, the
+    requests a client would have to re-send, stays 0)."""
     run = mesh["run_dir"]
     stop = str(tmp_path / "stop")
     loops = []
@@ -458,9 +460,15 @@ def test_scale_waypoint_up_and_down_under_load_without_failures(mesh, tmp_path):
     for result, err in results:
         assert set(result["codes"]) == {"200"}, f"failed requests while scaling: {result} {err}"
         assert result["codes"]["200"] >= 20, result
+        assert result["stale_retries"] == 0, result
     per_request, keepalive = results[0][0], [r for r, _ in results[1:]]
     print(f"scaling under load: per-request client {per_request}, keep-alive clients {keepalive}, "
           f"a keep-alive client on a leaving replica: {on_leaving}")
     assert per_request["connections"] == sum(per_request["codes"].values())
     if on_leaving:        # a keep-alive client was on a replica that went away
         assert any(r["connections"] >= 2 for r in keepalive), keepalive
+    # No tunnel through a leaving replica was cut: the client-side ztunnel
+    # logged no lost HBONE connection or reset for the echo service.
+    with open(os.path.join(run, "logs", "ztunnel-node-2.log")) as f:
+        cut = [ln for ln in f if '"level":"error"' in ln and f"10.{mesh['base']}.128." in ln]
+    assert not cut, cut[:3]
