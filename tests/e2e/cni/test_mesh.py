@@ -204,13 +204,17 @@ def test_mesh_network_without_ztunnel_and_down_leaves_nothing(mesh):
     def enrolled(pod):
         st = orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)
         return {p["pod"]: p["enrolled"] for p in st["pods"]}[pod]
-    wait_for(lambda: enrolled("plain/client"), timeout=15, what="live enrollment")
+    wait_for(lambda: enrolled("plain/client") and enrolled("plain/server"), timeout=15,
+             what="live enrollment")
     assert "redirect to :15001" in shoal("exec", "plain/client", "--", "nft", "list", "ruleset",
                                          run_dir=run).stdout
     with open(ns_file, "w") as f:
         f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n")
     shoal("apply", "-f", ns_file, run_dir=run)
-    wait_for(lambda: not enrolled("plain/client"), timeout=15, what="release")
+    # Each node's agent applies the change on its own: wait for both pods
+    # (they sit on different nodes) before using the plain path.
+    wait_for(lambda: not enrolled("plain/client") and not enrolled("plain/server"),
+             timeout=15, what="release")
     assert curl(run, "plain/client", f"http://{pods['plain/server']['ip']}:8080/hello.txt")[0] == 0
     assert set(pid_before) <= set(mesh_pids(run))      # no app restarted
     pids = mesh_pids(run)
