@@ -70,7 +70,9 @@ def dump(admin: str, output: str) -> None:
         click.echo(f"cannot fetch {url}: {exc}; is a shoal proxy running with its admin "
                    f"port on {admin}?", err=True)
         sys.exit(2)
-    data = orjson.loads(body)
+    # The admin server puts the table under "routing", next to the app's own
+    # sections (certificates, connections, ...): print just the table.
+    data = orjson.loads(body).get("routing", {})
     if output == "json":
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return

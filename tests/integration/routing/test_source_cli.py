@@ -90,9 +90,20 @@ def test_validate_lists_every_error_and_fails():
 
 @pytest.fixture
 def admin_server():
+    # The body is what the real admin endpoint (core/admin.py) serves, so the
+    # CLI is tested against the actual /config_dump shape.
+    from core.admin import Endpoints, Request
+
+    class App:
+        def admin_sections(self):
+            return {"certificates": lambda: []}
+
     cfg, _ = DirectorySource(FIXTURES / "mesh", use_inotify=False).load()
-    body = orjson.dumps(dump_view(StaticView.from_records(compile_config(cfg))),
-                        option=orjson.OPT_NON_STR_KEYS)
+    view = StaticView.from_records(compile_config(cfg))
+    endpoints = Endpoints(app=App(), view=lambda: view, dump_routing=dump_view,
+                          set_log_level=lambda level: None, quit=lambda: None,
+                          info=lambda: {"worker": 0}, draining=lambda: False)
+    body = endpoints.config_dump(Request(method="GET", path="/config_dump")).body
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
