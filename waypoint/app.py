@@ -139,11 +139,13 @@ class WaypointApp(App):
         if self._hbone_listener is not None:
             self._hbone_listener.close()
         if self.hbone is not None:
-            await _drain_hbone(self.hbone, grace)
+            # GOAWAY(NO_ERROR): tunnels serving requests finish (up to the
+            # deadline), then each connection closes; what is left is reset.
+            await self.hbone.close(grace)
         for sock in self._socks:
             sock.close()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=max(deadline - time.monotonic(), 0.0))
         if self.proxy is not None:
             await self.proxy.close()
         if self._flusher is not None:
@@ -265,21 +267,3 @@ def _ip_of(hostport: str) -> str:
     if hostport.startswith("["):
         return hostport[1:hostport.find("]")]
     return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
-
-
-async def _drain_hbone(server, grace: float) -> None:
-    """Let HBONE tunnels finish their requests, then close what is left.
-
-    Works around core/hbone: `HboneServer.close()` closes every transport
-    right after queueing its GOAWAY (and `_HboneCore.close()` marks the
-    connection dead, so no stream can send another byte), which resets
-    every tunnel still serving a request. The listener is already closed
-    and `Proxy.start_drain` makes HTTP/1.1 clients leave (`connection:
-    close`, idle ones closed); the ztunnels stopped choosing this replica
-    when it left the waypoint's endpoints. So: wait for the tunnels (up to
-    the drain deadline), then close, GOAWAY and all."""
-    deadline = time.monotonic() + grace
-    # One task per tunnel, for its lifetime; tunnels opened meanwhile count too.
-    while (tasks := set(getattr(server, "_tasks", ()))) and time.monotonic() < deadline:
-        await asyncio.wait(tasks, timeout=deadline - time.monotonic())
-    await server.close(0)

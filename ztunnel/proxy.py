@@ -220,12 +220,16 @@ class Proxy:
         close(sock) if close else sock.close()
 
     async def close(self, grace: float = 1.0) -> None:
-        """Stop accepting, give tunnels `grace` seconds, then close everything."""
+        """Stop accepting, give tunnels `grace` seconds, then close everything.
+
+        Inbound HBONE drains gracefully (GOAWAY NO_ERROR: the peers' running
+        tunnels finish, their new ones go to a new connection)."""
+        deadline = time.monotonic() + grace
         self.close_listeners()
         await asyncio.gather(*(h.close(grace) for h in self._hbone_servers.values()),
                              return_exceptions=True)
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         for t in list(self._tasks):
             t.cancel()
         if self._reporter is not None:

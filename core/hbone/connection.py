@@ -12,6 +12,9 @@ sans-IO core (`core.hbone.protocol`), for both roles.
 - Keepalive: a PING every `keepalive_interval`; one unanswered for
   `keepalive_timeout` means the peer is dead: every stream fails, the
   transport is aborted.
+- Graceful shutdown: `start_drain()` (server) sends GOAWAY(NO_ERROR) and the
+  connection closes by itself once its last stream is released; a client
+  that received such a GOAWAY closes likewise once its streams are done.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class HboneConnection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self._ping: tuple[bytes, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._drain_requested = False
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -96,6 +100,8 @@ class HboneConnection(asyncio.Protocol):
             self._die(e, abort=True)
             return
         self.core.initiate()
+        if self._drain_requested:
+            self.core.start_drain()
         self.flush()
         self._schedule_keepalive()
         if not self.ready.done():
@@ -142,6 +148,7 @@ class HboneConnection(asyncio.Protocol):
         for event in events:
             self._DISPATCH[type(event)](self, event)
         self.flush()
+        self._close_if_drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"HBONE connection to {_addr(self.peer_address)} lost"
@@ -174,6 +181,7 @@ class HboneConnection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return (self.error is None and not self.core.dead and not self.core.goaway_received
+                and not self.core.draining
                 and self.transport is not None and not self.transport.is_closing())
 
     @property
@@ -182,6 +190,22 @@ class HboneConnection(asyncio.Protocol):
         limit = min(self.settings.max_streams_per_connection,
                     self.core.remote_max_concurrent_streams)
         return limit - len(self.streams)
+
+    def start_drain(self) -> None:
+        """Graceful shutdown (server role): GOAWAY(NO_ERROR); open tunnels go
+        on, new CONNECTs are refused (REFUSED_STREAM, the client retries
+        elsewhere); the connection closes itself after its last stream."""
+        if self.transport is None:
+            self._drain_requested = True        # before the handshake finished
+            return
+        self.core.start_drain()
+        self.flush()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        closing = self.core.draining or (self.client and self.core.goaway_received)
+        if closing and not self.streams and not self.core.open_streams and not self.core.dead:
+            self.close()
 
     def close(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
         """GOAWAY, then close the transport once written."""
@@ -197,6 +221,7 @@ class HboneConnection(asyncio.Protocol):
                 self.idle_since = time.monotonic()
                 if self.on_idle is not None:
                     self.on_idle(self)
+                self._close_if_drained()
 
     def _die(self, error: HboneError, *, abort: bool) -> None:
         if self.error is None:
@@ -252,9 +277,14 @@ class HboneConnection(asyncio.Protocol):
 
     def _on_reset(self, e: ev.StreamReset) -> None:
         stream = self.streams.get(e.stream_id)
-        if stream is not None:
-            stream._fail(StreamResetError(f"tunnel {stream.authority} reset by peer "
-                                          f"(h2 error {e.error_code})", error_code=e.error_code))
+        if stream is None:
+            return
+        if e.error_code == ErrorCodes.REFUSED_STREAM:
+            why = (f"tunnel {stream.authority} refused by {_addr(self.peer_address)} "
+                   f"(REFUSED_STREAM: it is shutting down; not processed, safe to retry)")
+        else:
+            why = f"tunnel {stream.authority} reset by peer (h2 error {e.error_code})"
+        stream._fail(StreamResetError(why, error_code=e.error_code))
 
     def _on_window(self, e: ev.WindowOpened) -> None:
         if e.stream_id == 0:
@@ -294,11 +324,16 @@ class HboneConnection(asyncio.Protocol):
             self._ping = None
 
     def _on_goaway(self, e: ev.ConnectionClosed) -> None:
-        for sid, stream in list(self.streams.items()):
-            if sid > e.last_stream_id or e.error_code != ErrorCodes.NO_ERROR:
-                stream._fail(StreamResetError(f"tunnel {stream.authority}: peer sent GOAWAY "
-                                              f"({e.error_code}) {e.reason}".rstrip(),
-                                              error_code=e.error_code))
+        # NO_ERROR: the core already refused (StreamReset) the streams above
+        # last_stream_id; the others complete normally (RFC 9113 §6.8).
+        self.log.debug("HBONE peer %s sent GOAWAY (%d, last stream %d) %s",
+                       _addr(self.peer_address), e.error_code, e.last_stream_id, e.reason)
+        if e.error_code == ErrorCodes.NO_ERROR:
+            return
+        for stream in list(self.streams.values()):
+            stream._fail(StreamResetError(f"tunnel {stream.authority}: peer sent GOAWAY "
+                                          f"({e.error_code}) {e.reason}".rstrip(),
+                                          error_code=e.error_code))
 
     def _ignore(self, e: ev.Event) -> None:
         pass

@@ -28,6 +28,13 @@ class HboneError(Exception):
         self.status = status
         self.error_code = error_code
 
+    @property
+    def retryable(self) -> bool:
+        """The peer refused the stream without processing it (REFUSED_STREAM,
+        or above the last stream id of a graceful GOAWAY): opening it again,
+        on another connection, is safe (RFC 9113 §8.7)."""
+        return self.error_code == ErrorCodes.REFUSED_STREAM
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.reason!r}, status={self.status}, "
                 f"error_code={self.error_code})")

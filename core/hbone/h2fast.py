@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import struct
 
+import h2.events as h2e
 import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
+from h2.errors import _error_code_from_int
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
 
@@ -183,6 +185,30 @@ class H2ConnectionFast(H2Connection):
                 chunks.append(data)
             else:
                 chunks.append(f.serialize())
+
+    def send_graceful_goaway(self, last_stream_id: int, additional_data: bytes = b"") -> None:
+        """Queue GOAWAY(NO_ERROR, last_stream_id) but keep the connection open.
+
+        h2's `close_connection` moves its state machine to CLOSED, after which
+        no stream may send another byte; a graceful shutdown (RFC 9113 §6.8)
+        needs the streams up to `last_stream_id` to carry on, so the frame is
+        queued without touching the state machine."""
+        self._prepare_for_sending([hyperframe.frame.GoAwayFrame(
+            stream_id=0, last_stream_id=last_stream_id, error_code=0,
+            additional_data=additional_data)])
+
+    def _receive_goaway_frame(self, frame):
+        """A GOAWAY with NO_ERROR is a graceful shutdown (RFC 9113 §6.8):
+        streams up to its last_stream_id still complete, so unlike h2 we keep
+        the state machine open and the queued output; an error GOAWAY takes
+        h2's path (connection closed, output dropped)."""
+        if frame.error_code != 0:
+            return super()._receive_goaway_frame(frame)
+        event = h2e.ConnectionTerminated()
+        event.error_code = _error_code_from_int(0)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def body_buffer(self) -> memoryview | None:
         """A writable view for the rest of a large DATA body, or None."""

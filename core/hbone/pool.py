@@ -10,7 +10,10 @@ Invariants (as ztunnel's pool.rs):
 - one connection attempt per key at a time (a per-key lock), so a burst of
   opens on a cold key makes one handshake, not N;
 - a connection with no streams for `pool_idle_timeout` (5 min) is closed;
-  a dead or GOAWAYed connection leaves the pool at once.
+  a dead or GOAWAYed connection leaves the pool at once (its open streams
+  finish on it); a CONNECT the peer refused unprocessed (REFUSED_STREAM, or
+  above a graceful GOAWAY's last stream: a draining peer) is sent again once,
+  on another connection.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
 from core.hbone.stream import HboneStream
 
 PoolKey = tuple[str, frozenset, tuple[str, int]]
+
+# A CONNECT refused unprocessed (peer draining) is retried on a fresh
+# connection; a second refusal means the peer refuses everything: give up.
+OPEN_ATTEMPTS = 2
 
 
 def traceparent() -> str:
@@ -103,19 +110,27 @@ class HbonePool:
         block.extend(headers)
         key: PoolKey = (str(src), frozenset(str(i) for i in dst_identities),
                         (address[0], int(address[1])))
-        conn = await self._connection(key, src)
-        stream = conn.open_stream(authority, block)
-        self._touch(conn)
-        try:
-            await asyncio.wait_for(stream.wait_open(), 2 * self.settings.connect_timeout)
-        except asyncio.TimeoutError:
-            stream.abort()
-            raise HboneError(f"CONNECT {authority} via {address[0]}:{address[1]}: no answer "
-                             f"within {2 * self.settings.connect_timeout:g}s") from None
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            conn = await self._connection(key, src)
+            stream = conn.open_stream(authority, block)
+            self._touch(conn)
+            try:
+                await asyncio.wait_for(stream.wait_open(), 2 * self.settings.connect_timeout)
+            except asyncio.TimeoutError:
+                stream.abort()
+                raise HboneError(f"CONNECT {authority} via {address[0]}:{address[1]}: no "
+                                 f"answer within {2 * self.settings.connect_timeout:g}s") from None
+            except HboneError as e:
+                stream.close()
+                if not e.retryable or attempt == OPEN_ATTEMPTS:
+                    raise
+                self.log.debug("retrying CONNECT %s: %s", authority, e.reason)
+                continue
+            except BaseException:
+                stream.close()
+                raise
+            return stream
+        raise AssertionError("unreachable")   # pragma: no cover
 
     async def _connection(self, key: PoolKey, src) -> HboneConnection:
         conn = self._pick(key)

@@ -17,7 +17,13 @@ Invariants:
 - a stream is in `_streams` from its HEADERS until it is closed both ways or
   reset; `open_streams` is its size (the pool's load measure);
 - after a RemoteProtocolError the connection is dead: h2 has queued a GOAWAY,
-  which the adapter must still send before closing.
+  which the adapter must still send before closing;
+- graceful shutdown (RFC 9113 §6.8): the server's `start_drain()` sends
+  GOAWAY(NO_ERROR, last processed stream) and keeps every stream up to it
+  working; later CONNECTs get RST_STREAM REFUSED_STREAM; `drained` tells the
+  adapter when the last stream is gone (then `close()`). A client receiving
+  such a GOAWAY refuses (StreamReset REFUSED_STREAM, safe to retry) only its
+  streams above the last id; the others complete normally.
 """
 
 from __future__ import annotations
@@ -127,6 +133,8 @@ class _HboneCore:
         self._ping_counter = 0
         self.dead = False
         self.goaway_received = False
+        self.draining = False                  # we sent a graceful GOAWAY
+        self._goaway_last_id: int | None = None
         self._dispatch = {
             h2e.RequestReceived: self._on_request,
             h2e.ResponseReceived: self._on_response,
@@ -221,7 +229,26 @@ class _HboneCore:
         """Queue a GOAWAY; no new streams either way afterwards."""
         if not self.dead:
             self.dead = True
-            self._h2.close_connection(error_code, additional_data=reason.encode()[:256] or None)
+            # RFC 9113 §6.8: a second GOAWAY must not raise the last stream id.
+            self._h2.close_connection(error_code, additional_data=reason.encode()[:256] or None,
+                                      last_stream_id=self._goaway_last_id)
+
+    def start_drain(self, reason: str = "graceful shutdown") -> None:
+        """Graceful shutdown: queue GOAWAY(NO_ERROR, last stream processed).
+
+        Streams up to that id keep working both ways (data, half-close,
+        resets); new CONNECTs are refused with RST_STREAM REFUSED_STREAM.
+        Once `drained`, the adapter calls `close()`. Idempotent."""
+        if self.dead or self.draining:
+            return
+        self.draining = True
+        self._goaway_last_id = self._h2.highest_inbound_stream_id
+        self._h2.send_graceful_goaway(self._goaway_last_id, reason.encode()[:256])
+
+    @property
+    def drained(self) -> bool:
+        """Draining and no stream is left: time to close the connection."""
+        return self.draining and not self._streams
 
     @property
     def open_streams(self) -> int:
@@ -354,9 +381,18 @@ class _HboneCore:
 
     def _on_terminated(self, e: h2e.ConnectionTerminated, out: list) -> None:
         self.goaway_received = True
+        last = e.last_stream_id or 0
+        if e.error_code == ErrorCodes.NO_ERROR and self.client_side:
+            # Graceful: the server never processed our streams above `last`
+            # (RFC 9113 §6.8), so they are refused and safe to retry; the
+            # others go on. (An error GOAWAY closed h2: everything is dead.)
+            for sid in sorted(sid for sid in self._streams if sid > last):
+                del self._streams[sid]
+                out.append(ev.StreamReset(stream_id=sid, remote=True,
+                                          error_code=int(ErrorCodes.REFUSED_STREAM)))
         extra = (e.additional_data or b"").decode("latin-1", "replace")
         out.append(ev.ConnectionClosed(error_code=int(e.error_code),
-                                       last_stream_id=e.last_stream_id or 0, reason=extra))
+                                       last_stream_id=last, reason=extra))
 
     def _on_request(self, e, out: list) -> None:   # pragma: no cover - role specific
         self.reset_stream(e.stream_id, ErrorCodes.PROTOCOL_ERROR)
@@ -470,6 +506,11 @@ class HboneServerProtocol(_HboneCore):
             pass
 
     def _on_request(self, e: h2e.RequestReceived, out: list) -> None:
+        if self.draining and e.stream_id > (self._goaway_last_id or 0):
+            # Sent before the client saw our GOAWAY: not processed, so the
+            # client may retry it on another connection (RFC 9113 §8.7).
+            self.reset_stream(e.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         status, reason, request = self._check_request(e)
         if status:
             self._streams[e.stream_id] = _Stream()

@@ -121,6 +121,7 @@ class HboneServer:
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
+        self.draining = False
 
     def protocol_factory(self, ssl_context: ssl.SSLContext, *,
                          trust_domain: str | None = None) -> Callable[[], asyncio.Protocol]:
@@ -157,6 +158,8 @@ class HboneServer:
                                log=self.log)
         self.connections.add(conn)
         conn.closed.add_done_callback(lambda _f: self.connections.discard(conn))
+        if self.draining:                 # a handshake that finished during a drain
+            conn.start_drain()
         return conn
 
     def _handshake_failed(self, proto, exc: Exception) -> None:
@@ -167,13 +170,25 @@ class HboneServer:
         self.connections.discard(proto.app)
 
     async def close(self, grace: float = 1.0) -> None:
-        """Stop listening, GOAWAY every connection, wait up to `grace` for tunnels."""
+        """Graceful shutdown: stop listening, GOAWAY(NO_ERROR) on every
+        connection (open tunnels go on, new CONNECTs are refused and retried
+        by the clients elsewhere), wait up to `grace` seconds for the tunnels
+        to finish (each connection closes after its last one), then close
+        what is left: those tunnels are reset."""
+        self.draining = True
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
+            conn.start_drain()
+        waits = {c.closed for c in self.connections} | set(self._tasks)
+        if waits and grace > 0:
+            await asyncio.wait(waits, timeout=grace)
+        left = [c for c in self.connections if c.streams]
+        if left:
+            self.log.info("HBONE drain: grace of %gs over, resetting %d tunnels", grace,
+                          sum(len(c.streams) for c in left))
+        for conn in list(self.connections):
             conn.close()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
 
