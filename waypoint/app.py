@@ -131,6 +131,7 @@ class WaypointApp(App):
                 telemetry.flush_metrics()
                 if self.proxy is not None:
                     self.proxy.pool.sweep()     # idle upstream connections past their time
+                    self.proxy.h2pool.sweep()
 
     async def drain(self, deadline: float) -> None:
         grace = max(deadline - time.monotonic(), 0.0)

@@ -1,7 +1,8 @@
 """HTTP/2 (prior knowledge) server adapter on `h2`.
 
 Each HTTP/2 stream becomes one `Proxy.handle` call, running concurrently;
-upstream requests are HTTP/1.1 (see docs/waypoint.md). Flow control bounds
+upstream requests are HTTP/1.1, or HTTP/2 for HTTP/2 ports (h2forward.py;
+trailers pass through both ways, see docs/waypoint.md). Flow control bounds
 memory: request DATA is acknowledged only when the proxy reads it, and
 response DATA waits for the client's window.
 """
@@ -69,6 +70,7 @@ class _Body:
     def __init__(self, conn: _Conn, sid: int) -> None:
         self.conn, self.sid = conn, sid
         self.chunks: asyncio.Queue = asyncio.Queue()
+        self.trailers: list | None = None     # request trailers, set before the end
 
     async def read(self) -> bytes:
         item = await self.chunks.get()
@@ -136,6 +138,19 @@ class _Sink:
             c.h2.send_data(self.sid, chunk, end_stream=last)
             self.ended = self.ended or last
             await c.flush()
+
+    async def trailers(self, headers) -> None:
+        """End the response with a trailer block (gRPC's status lives there)."""
+        if self.ended:
+            return
+        self.ended = True
+        block = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                 if k.lower() not in _FORBIDDEN]
+        try:
+            self.conn.h2.send_headers(self.sid, block, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        await self.conn.flush()
 
     async def finish(self) -> None:
         if not self.ended:
@@ -238,6 +253,10 @@ def _dispatch(c: _Conn, ev, down, proxy) -> None:
             body.chunks.put_nowait((ev.data, ev.flow_controlled_length))
         else:
             c.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+    elif isinstance(ev, h2.events.TrailersReceived):
+        body = c.bodies.get(ev.stream_id)
+        if body is not None:
+            body.trailers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
     elif isinstance(ev, h2.events.StreamEnded):
         body = c.bodies.get(ev.stream_id)
         if body is not None:

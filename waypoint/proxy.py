@@ -28,7 +28,8 @@ from core.constants import WAYPOINT_GATEWAY_CLASS
 from routing.records import Timeouts
 from waypoint import filters, message
 from waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
-    workload_endpoint
+    service_port, workload_endpoint
+from waypoint.h2upstream import H2Pool, speaks_h2
 from waypoint.http1 import (LAST_CHUNK, BodyReceived, H1ResponseParser, MessageEnded,
                             ResponseReceived, encode_chunk, serialize_request_head,
                             strip_hop_by_hop)
@@ -97,6 +98,7 @@ class Proxy:
         self.view = view
         self.waypoint = waypoint
         self.pool = pool
+        self.h2pool = H2Pool(getattr(pool, "connector", None))     # HTTP/2 ports (h2forward.py)
         self.telemetry = telemetry or Telemetry()
         self.lb_mode = lb_mode
         self.rng = rng or _random.Random()
@@ -238,7 +240,7 @@ class Proxy:
                 port = ref.port or target.port
                 if backend is None:
                     return await self._local(st, sink, 500, b"", "NR")
-        st.backend = backend
+        st.backend, st.backend_port = backend, port
         eps = self.endpoints(backend, port) if backend is not None else \
             workload_endpoint(target.workload, port)
         if not eps:
@@ -258,6 +260,14 @@ class Proxy:
 
     async def _forward(self, st, req, body, sink, out: RequestHead, eps: list[Endpoint],
                        rule, response_mod, mirrors) -> bool:
+        if st.backend is not None and not req.upgrade and \
+                speaks_h2(service_port(st.backend, st.backend_port)):
+            from waypoint import h2forward
+            return await h2forward.forward(
+                self, st, req, body, sink, out, eps,
+                rule.timeouts if rule is not None else Timeouts(),
+                st.t0 + rule.timeouts.request if rule is not None and rule.timeouts.request
+                else None, response_mod)
         headers = self._upstream_headers(st, req, out)
         headers, buffered, framing = await self._prepare_body(st, req, body, sink, headers)
         head_bytes = serialize_request_head(out, headers)
@@ -504,6 +514,7 @@ class Proxy:
         for t in list(self._mirrors):
             t.cancel()
         self.pool.close()
+        self.h2pool.close()
         self.telemetry.flush()
 
     # -- telemetry ----------------------------------------------------------------
@@ -526,12 +537,13 @@ class _Req:
     """Per-request state for telemetry (plain slots: written as we go)."""
     __slots__ = ("down", "head", "t0", "authority", "target", "backend", "upstream", "status",
                  "flags", "request_bytes", "response_bytes", "request_id", "traceparent",
-                 "route", "policy", "upstream_workload")
+                 "route", "policy", "upstream_workload", "backend_port")
 
     def __init__(self, *, down, head, t0):
         self.down, self.head, self.t0 = down, head, t0
         self.authority = ""
         self.target = self.backend = None
+        self.backend_port = 0
         self.upstream = ""
         self.upstream_workload = None     # the chosen endpoint's pod: destination_* labels
         self.status = 0

@@ -170,7 +170,8 @@ class _Body:
 class _Sink:
     """Frames one response for an HTTP/1.x client."""
 
-    __slots__ = ("session", "req", "started", "chunked", "close_after", "aborted", "_head")
+    __slots__ = ("session", "req", "started", "chunked", "close_after", "aborted", "_head",
+                 "_trailers")
 
     def __init__(self, session: H1Session, req: RequestReceived) -> None:
         self.session = session
@@ -180,6 +181,7 @@ class _Sink:
         self.close_after = False
         self.aborted = False
         self._head = b""
+        self._trailers = b""
 
     async def informational(self, status: int, headers) -> None:
         if status == 100 and self.req.http_version == "1.1":
@@ -213,8 +215,15 @@ class _Sink:
         if not await self.session._write(data):
             raise DownstreamClosed("client went away while receiving the response")
 
+    async def trailers(self, headers) -> None:
+        """Trailers from an HTTP/2 upstream: sent as chunked trailers
+        (RFC 9112 7.1.2); a sized or HTTP/1.0 response has no room for them."""
+        if self.chunked:
+            self._trailers = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+
     async def finish(self) -> None:
-        tail = LAST_CHUNK if self.chunked else b""
+        tail = (b"0\r\n" + self._trailers + b"\r\n" if self._trailers else LAST_CHUNK) \
+            if self.chunked else b""
         if self._head or tail:
             data, self._head = self._head + tail, b""
             await self.session._write(data)

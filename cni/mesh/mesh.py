@@ -133,8 +133,7 @@ class Mesh:
         os.makedirs(self.run_dir, exist_ok=True)
         self.state = {"id": opts.mesh_id, "base": opts.base, "nodes": opts.nodes,
                       "ztunnel": opts.ztunnel, "ztunnel_workers": opts.ztunnel_workers,
-                      "docs": docs, "vips": {}, "pods": {}, "procs": {}, "placement": {},
-                      "deployments": {}}
+                      "docs": docs, "vips": {}, "pods": {}, "procs": {}, "placement": {}}
         pods = self._plan(docs)
         self.save()
         progress("network: host bridge, control plane and node namespaces")
@@ -152,13 +151,10 @@ class Mesh:
         self._reconcile_pods(pods, progress)
 
     def _plan(self, docs: list[dict]) -> list[plan.PodPlan]:
-        """Bind Deployments to nodes, place pods, allocate VIPs; validate.
+        """Place pods (each replica on its own), allocate VIPs; validate.
 
-        Updates state["docs"] (with the bound nodeNames), placement and vips.
+        Updates state["docs"], placement and vips.
         """
-        docs = plan.bind_deployments(docs, self.state["nodes"],
-                                     self.state.setdefault("deployments", {}),
-                                     self.state.get("placement", {}))
         self.state["docs"] = docs
         pods = plan.place(plan.pods_of(docs, shoal=shoal_argv()[0]), self.state["nodes"],
                           self.state.get("placement", {}))
@@ -441,13 +437,11 @@ class Mesh:
         self._apply_docs(docs, progress)
 
     def _apply_docs(self, docs: list[dict], progress: Progress) -> None:
-        old = (self.state["docs"], dict(self.state["vips"]), dict(self.state["placement"]),
-               dict(self.state.get("deployments", {})))
+        old = (self.state["docs"], dict(self.state["vips"]), dict(self.state["placement"]))
         try:
             pods = self._plan(docs)
         except (MeshError, plan.PlanError):
-            (self.state["docs"], self.state["vips"], self.state["placement"],
-             self.state["deployments"]) = old
+            self.state["docs"], self.state["vips"], self.state["placement"] = old
             raise
         self.save()
         self._reconcile_pods(pods, progress)

@@ -4,13 +4,18 @@ Input is the user's Kubernetes YAML (raw documents, so what we write back
 for the proxies is their manifest plus what a cluster would have filled in).
 The mesh plays the API server and scheduler:
 - places every Pod, Deployment replica and waypoint replica on a node
-  (an explicit `nodeName` wins; otherwise the least-loaded node);
+  (an explicit `nodeName` wins, and a Deployment template's pins all its
+  replicas; otherwise each replica on its own node, as the default topology
+  spread does, then the least-loaded node; see `place`);
 - allocates Service cluster IPs and waypoint addresses from the VIP range;
 - records pod IPs once the CNI chain assigned them;
 - writes the config the proxies read: the user's resources with those
   fields filled in, plus one `Pod` per Deployment/waypoint replica carrying
   its node and IP (the compiler lets such Pods stand for the replicas of the
-  same name, routing/compile.py `group_by_namespace`).
+  same name, routing/compile.py `group_by_namespace`). Replicas of one
+  Deployment may sit on different nodes, so the node lives only on those
+  Pods: the Deployment's template keeps the user's `nodeName` (or none),
+  which also keeps the replica names (template hash) independent of placement.
 
 Addresses (BASE is `--cidr-base`, default 244, so nothing clashes with
 another mesh or test using a different base):
@@ -98,6 +103,7 @@ class PodPlan:
     spec: dict[str, Any]                 # the pod spec to write back (overlay Pods)
     owner: str = ""                      # "Deployment/<name>" | "Gateway/<name>" | ""
     node: str = ""                       # filled by `place`
+    annotations: dict[str, str] = field(default_factory=dict)   # a replica's template annotations
 
     @property
     def key(self) -> str:
@@ -175,7 +181,8 @@ def pods_of(docs: Iterable[dict], shoal: str = "shoal") -> list[PodPlan]:
                 out.append(PodPlan(namespace=rp.meta.namespace or "default", name=rp.meta.name,
                                    labels=dict(rp.meta.labels), service_account=rp.service_account,
                                    containers=containers, spec=spec,
-                                   owner=f"Deployment/{meta['name']}"))
+                                   owner=f"Deployment/{meta['name']}",
+                                   annotations=dict(rp.meta.annotations)))
         elif kind == "Gateway" and (doc.get("spec") or {}).get("gatewayClassName") == WAYPOINT_GATEWAY_CLASS:
             out += _waypoint_pods(doc, src, shoal)
     return out
@@ -186,55 +193,43 @@ def _yaml_dump(doc: dict) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def bind_deployments(docs: list[dict], nodes: int, bound: dict[str, str],
-                     current: dict[str, str]) -> list[dict]:
-    """Schedule each Deployment on a node by writing its template `nodeName`.
-
-    All replicas of a Deployment share that node: the config model carries
-    one `nodeName` per template (and derives the replicas' names from it), and
-    their IPs go in its `shoal.io/pod-ips` annotation. Deployments spread
-    across nodes (least loaded, counting replicas); `bound` (namespace/name ->
-    node, updated in place) keeps a Deployment on its node across `apply`.
-    """
-    names = [node_name(i) for i in range(1, nodes + 1)]
-    load = {n: 0 for n in names}
-    for n in current.values():
-        if n in load:
-            load[n] += 1
-    out = []
-    for d in docs:
-        if d.get("kind") == "Deployment":
-            d = copy.deepcopy(d)
-            meta, spec = d.get("metadata") or {}, d.setdefault("spec", {})
-            key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
-            tspec = spec.setdefault("template", {}).setdefault("spec", {})
-            node = tspec.get("nodeName") or bound.get(key)
-            if not node:
-                node = min(names, key=lambda n: (load[n], names.index(n)))
-                load[node] += int(spec.get("replicas", 1) or 0)
-            tspec["nodeName"] = node
-            bound[key] = node
-        out.append(d)
-    return out
-
-
 def place(pods: list[PodPlan], nodes: int, current: dict[str, str]) -> list[PodPlan]:
-    """Give every pod a node: kept if already placed, nodeName if set, else least loaded."""
+    """Give every pod a node, as the Kubernetes scheduler would.
+
+    A pod already placed stays where it is; an explicit `nodeName` (a Pod's,
+    or a Deployment template's, which pins every replica) wins; otherwise the
+    replicas of one Deployment or waypoint spread across nodes like the
+    default topology spread (the node with the fewest replicas of the same
+    owner), then least-loaded (fewest pods), ties broken by node index.
+    """
     from dataclasses import replace
     names = [node_name(i) for i in range(1, nodes + 1)]
     load = {n: 0 for n in names}
-    for n in current.values():
-        if n in load:
-            load[n] += 1
+    spread: dict[tuple[str, str], dict[str, int]] = {}
+
+    def count(p: PodPlan, node: str) -> None:
+        load[node] += 1
+        if p.owner:
+            per = spread.setdefault((p.namespace, p.owner), dict.fromkeys(names, 0))
+            per[node] += 1
+
+    for p in pods:                       # kept pods first: they are the current load
+        node = current.get(p.key)
+        if node in load:
+            count(p, node)
     out = []
     for p in pods:
-        node = current.get(p.key) or str(p.spec.get("nodeName") or "")
+        node = current.get(p.key) or ""
+        if node in load:
+            out.append(replace(p, node=node))
+            continue
+        node = str(p.spec.get("nodeName") or "")
         if node and node not in load:
             raise PlanError(f"pod {p.key} asks for node {node!r}; this mesh has {names}")
         if not node:
-            node = min(names, key=lambda n: (load[n], names.index(n)))
-        if p.key not in current:
-            load[node] += 1
+            per = spread.get((p.namespace, p.owner), {}) if p.owner else {}
+            node = min(names, key=lambda n: (per.get(n, 0), load[n], names.index(n)))
+        count(p, node)
         out.append(replace(p, node=node))
     return out
 
@@ -299,7 +294,7 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
                                "podIPs": [{"ip": pod_ips[key]}]}
         out.append(d)
     for p in pods:
-        if not p.owner.startswith("Gateway/"):
+        if not p.owner:
             continue
         spec = copy.deepcopy(p.spec)
         spec["nodeName"] = p.node
@@ -308,7 +303,7 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
                               for c in spec.get("containers") or ()]
         doc = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": p.name, "namespace": p.namespace, "labels": dict(p.labels),
-                            "annotations": {"shoal.io/owner": p.owner}},
+                            "annotations": {**p.annotations, "shoal.io/owner": p.owner}},
                "spec": spec}
         if p.key in pod_ips:
             doc["status"] = {"phase": "Running", "podIP": pod_ips[p.key],
@@ -318,7 +313,8 @@ def config_docs(docs: list[dict], pods: list[PodPlan], vips: dict[str, str],
 
 
 def _fill_deployment(d: dict, ns: str, pods: list[PodPlan], pod_ips: dict[str, str]) -> None:
-    """nodeName and the replicas' IPs (`shoal.io/pod-ips`, by replica index)."""
+    """The replicas' IPs (`shoal.io/pod-ips`, by replica index). Their nodes
+    are on the replica Pods `config_docs` adds (one per replica)."""
     owner = f"Deployment/{d['metadata'].get('name')}"
     replicas = sorted((p for p in pods if p.namespace == ns and p.owner == owner),
                       key=lambda p: int(p.name.rsplit("-", 1)[1]))

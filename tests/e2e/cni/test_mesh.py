@@ -77,6 +77,28 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
 ---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread, namespace: amb}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      serviceAccountName: spread
+      containers:
+      - name: web
+        command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spread, namespace: amb}
+spec:
+  selector: {app: spread}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: caller, namespace: amb}
@@ -185,9 +207,12 @@ def test_mesh_network_without_ztunnel_and_down_leaves_nothing(mesh):
                     run_dir=run).stdout
     assert "redirect to :15001" in ruleset
     assert curl(run, "amb/caller", f"http://{pods['plain/server']['ip']}:8080/")[0] == 7
+    # A Deployment without nodeName: one replica per node (the scheduler spreads).
+    spread = sorted(p["node"] for k, p in pods.items() if k.startswith("amb/spread-"))
+    assert spread == ["node-1", "node-2"]
     # exec into a Deployment by name picks its first replica.
     assert shoal("exec", "amb/web", "--", "true", run_dir=run).returncode == 0
-    # scale: a second replica appears on the Deployment's node, captured.
+    # scale: a second replica appears on the node the template pins, captured.
     shoal("scale", "amb/web", "--replicas", "2", run_dir=run)
     web = [p for p in orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)["pods"]
            if p["pod"].startswith("amb/web-")]
@@ -269,6 +294,25 @@ def test_mesh_cross_node_ambient_traffic_is_encrypted(mesh, tmp_path):
     web_log = [f for f in os.listdir(logs) if f.startswith("amb_web-")][0]
     with open(os.path.join(logs, web_log)) as f:
         assert marker in f.read()                     # ...yet the app got the request
+    # The spread Deployment: one replica on each node, and the caller's
+    # ztunnel balances the service's traffic over both (one of them across
+    # the bridge to the other node's ztunnel).
+    import orjson
+    status = orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)
+    replicas = {p["pod"].split("/", 1)[1]: p["node"] for p in status["pods"]
+                if p["pod"].startswith("amb/spread-")}
+    assert sorted(replicas.values()) == ["node-1", "node-2"]
+    served = set()
+
+    def both_served():
+        code, _ = curl(run, "amb/caller", f"http://spread/{marker}")
+        assert code == 0, f"caller -> spread failed (curl exit {code})"
+        for name in replicas:
+            with open(os.path.join(logs, f"amb_{name}_web.log")) as f:
+                if marker in f.read():
+                    served.add(name)
+        return len(served) == 2
+    wait_for(both_served, timeout=30, what="requests reaching both spread replicas")
 
 
 def _ztunnel_pid(run, node):

@@ -70,22 +70,82 @@ def test_container_without_command_refused():
         plan.pods_of([doc])
 
 
-def test_place_least_loaded_keeps_existing_and_honours_node_name():
-    bound = {}
-    docs = plan.bind_deployments(DOCS, 2, bound, {})
-    assert bound == {"amb/web": "node-1"}
-    assert docs[1]["spec"]["template"]["spec"]["nodeName"] == "node-1"
+def test_place_keeps_existing_and_honours_node_name():
+    pods = plan.place(plan.pods_of(DOCS), 2, {})
+    # web's two replicas spread; solo asked for node-2; the waypoint goes to
+    # the least-loaded node (both have 2, tie -> node-1).
+    assert [p.node for p in pods] == ["node-1", "node-2", "node-2", "node-1"]
     assert "nodeName" not in DOCS[1]["spec"]["template"]["spec"]      # input not mutated
-    pods = plan.place(plan.pods_of(docs), 2, {})
-    # Both web replicas on the Deployment's node; solo asked for node-2.
-    assert [p.node for p in pods] == ["node-1", "node-1", "node-2", "node-2"]
-    again = plan.place(plan.pods_of(plan.bind_deployments(DOCS, 2, bound, {})), 2,
-                       {p.key: p.node for p in pods})
+    again = plan.place(plan.pods_of(DOCS), 2, {p.key: p.node for p in pods})
     assert [p.key for p in again] == [p.key for p in pods]
     assert [p.node for p in again] == [p.node for p in pods]
     bad = [{**DOCS[3], "spec": {**DOCS[3]["spec"], "nodeName": "node-9"}}]
     with pytest.raises(plan.PlanError, match="node-9"):
         plan.place(plan.pods_of(bad), 2, {})
+
+
+def deployment(name, replicas, node=""):
+    tspec = {"containers": [{"name": "c", "command": ["sleep", "infinity"]}]}
+    if node:
+        tspec["nodeName"] = node
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "amb"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": tspec}}}
+
+
+def nodes_of(pods, owner):
+    return [p.node for p in pods if p.owner == owner]
+
+
+def test_replicas_spread_round_robin_across_nodes():
+    pods = plan.place(plan.pods_of([deployment("a", 5)]), 3, {})
+    assert nodes_of(pods, "Deployment/a") == ["node-1", "node-2", "node-3", "node-1", "node-2"]
+
+
+def test_replicas_spread_even_onto_busier_nodes_least_loaded_first():
+    # node-1 already runs 3 pods: a's first replica goes to the empty node-2,
+    # the second still to node-1 (spreading beats load, as topology spread).
+    busy = plan.place(plan.pods_of([deployment("busy", 3, node="node-1")]), 2, {})
+    pods = plan.place(plan.pods_of([deployment("busy", 3, node="node-1"), deployment("a", 2)]), 2,
+                      {p.key: p.node for p in busy})
+    assert nodes_of(pods, "Deployment/busy") == ["node-1"] * 3
+    assert nodes_of(pods, "Deployment/a") == ["node-2", "node-1"]
+    # Two Deployments of one replica each: least loaded, ties by node index.
+    pods = plan.place(plan.pods_of([deployment("x", 1), deployment("y", 1), deployment("z", 1)]), 2, {})
+    assert [p.node for p in pods] == ["node-1", "node-2", "node-1"]
+
+
+def test_template_node_name_pins_every_replica():
+    pods = plan.place(plan.pods_of([deployment("a", 3, node="node-2")]), 2, {})
+    assert nodes_of(pods, "Deployment/a") == ["node-2"] * 3
+    with pytest.raises(plan.PlanError, match="node-7"):
+        plan.place(plan.pods_of([deployment("a", 1, node="node-7")]), 2, {})
+
+
+def test_scaling_keeps_replicas_and_spreads_the_new_ones():
+    one = plan.place(plan.pods_of([deployment("a", 1)]), 3, {})
+    assert nodes_of(one, "Deployment/a") == ["node-1"]
+    up = plan.place(plan.pods_of([deployment("a", 4)]), 3, {p.key: p.node for p in one})
+    assert up[0].key == one[0].key                                   # names stable
+    assert nodes_of(up, "Deployment/a") == ["node-1", "node-2", "node-3", "node-1"]
+    # Scale down: the highest indices go; the rest stay where they were.
+    down = plan.place(plan.pods_of([deployment("a", 2)]), 3, {p.key: p.node for p in up})
+    assert [(p.key, p.node) for p in down] == [(p.key, p.node) for p in up[:2]]
+    # Back up: the departed replicas' nodes no longer count as load.
+    again = plan.place(plan.pods_of([deployment("a", 3)]), 3, {p.key: p.node for p in down})
+    assert nodes_of(again, "Deployment/a") == ["node-1", "node-2", "node-3"]
+
+
+def test_waypoint_replicas_spread_when_scaled():
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "wp", "namespace": "amb",
+                       "annotations": {plan.ANNOTATION_WAYPOINT_REPLICAS: "1"}},
+          "spec": {"gatewayClassName": "istio-waypoint"}}
+    one = plan.place(plan.pods_of([gw]), 2, {})
+    gw["metadata"]["annotations"][plan.ANNOTATION_WAYPOINT_REPLICAS] = "3"
+    three = plan.place(plan.pods_of([gw]), 2, {p.key: p.node for p in one})
+    assert [(p.name, p.node) for p in three] == [("wp-0", "node-1"), ("wp-1", "node-2"),
+                                                 ("wp-2", "node-1")]
 
 
 def test_vips_stable_and_distinct():
@@ -97,12 +157,12 @@ def test_vips_stable_and_distinct():
 
 
 def test_config_docs_fill_addresses_and_validate():
-    docs = plan.bind_deployments(DOCS, 2, {}, {})
-    pods = plan.place(plan.pods_of(docs), 2, {})
+    pods = plan.place(plan.pods_of(DOCS), 2, {})
+    assert [p.node for p in pods[:2]] == ["node-1", "node-2"]
     vips = {"amb/web": "10.244.128.1", "amb/waypoint": "10.244.128.2"}
-    ips = {pods[0].key: "10.244.1.2", pods[1].key: "10.244.1.3", "amb/solo": "10.244.2.2",
-           "amb/waypoint-0": "10.244.2.3"}
-    out = plan.config_docs(docs, pods, vips, ips)
+    ips = {pods[0].key: "10.244.1.2", pods[1].key: "10.244.2.3", "amb/solo": "10.244.2.2",
+           "amb/waypoint-0": "10.244.1.3"}
+    out = plan.config_docs(DOCS, pods, vips, ips)
     cfg = load_text(yaml.safe_dump_all(out))           # the model accepts it
     svc = [d for d in out if d["kind"] == "Service"][0]
     assert svc["spec"]["clusterIP"] == "10.244.128.1"
@@ -111,17 +171,29 @@ def test_config_docs_fill_addresses_and_validate():
     solo = [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == "solo"][0]
     assert solo["status"]["podIP"] == "10.244.2.2" and solo["spec"]["nodeName"] == "node-2"
     dep = [d for d in out if d["kind"] == "Deployment"][0]
-    assert dep["metadata"]["annotations"]["shoal.io/pod-ips"] == "10.244.1.2,10.244.1.3"
+    assert dep["metadata"]["annotations"]["shoal.io/pod-ips"] == "10.244.1.2,10.244.2.3"
     assert "shoal.io/source-dir" not in dep["metadata"]["annotations"]
-    assert not [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == pods[0].name]
+    assert "nodeName" not in dep["spec"]["template"]["spec"]       # nodes are per replica
+    # One Pod per replica, with its own node and IP.
+    reps = {d["metadata"]["name"]: d for d in out if d["kind"] == "Pod"
+            and (d["metadata"].get("annotations") or {}).get("shoal.io/owner") == "Deployment/web"}
+    assert {n: (d["spec"]["nodeName"], d["status"]["podIP"]) for n, d in reps.items()} == {
+        pods[0].name: ("node-1", "10.244.1.2"), pods[1].name: ("node-2", "10.244.2.3")}
+    assert all(d["spec"]["serviceAccountName"] == "web" and d["metadata"]["labels"] == {"app": "web"}
+               for d in reps.values())
     wp = [d for d in out if d["kind"] == "Pod" and d["metadata"]["name"] == "waypoint-0"][0]
-    assert wp["spec"]["nodeName"] == "node-2" and wp["status"]["podIP"] == "10.244.2.3"
+    assert wp["spec"]["nodeName"] == "node-1" and wp["status"]["podIP"] == "10.244.1.3"
     assert wp["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
-    # The model sees the replicas with their node and IPs, under the planned names.
-    from core.model import Deployment, replica_pods
-    reps = replica_pods(cfg.of(Deployment)[0])
-    assert [(r.meta.name, r.node, r.ips) for r in reps] == [
-        (pods[0].name, "node-1", ("10.244.1.2",)), (pods[1].name, "node-1", ("10.244.1.3",))]
+    # The compiled workloads (what each node's ztunnel serves, what the CA
+    # checks) carry each replica's own node and IP, under the Deployment's name.
+    from routing.compile import compile_config
+    from routing.records import Service, Workload
+    records = compile_config(cfg)
+    wl = {r.name: r for r in records if isinstance(r, Workload)}
+    assert [(wl[p.name].node, wl[p.name].ips, wl[p.name].workload_name) for p in pods[:2]] == [
+        ("node-1", ("10.244.1.2",), "web"), ("node-2", ("10.244.2.3",), "web")]
+    (web_svc,) = [r for r in records if isinstance(r, Service) and r.name == "web"]
+    assert sorted(web_svc.endpoints) == sorted(wl[p.name].uid for p in pods[:2])
     # The enrollment view the agent derives: namespace ambient, solo opted out.
     view = view_of(cfg)
     assert view.ambient("amb", pods[0].name) and not view.ambient("amb", "solo")
