@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
+from routing.records import Timeouts
 from waypoint import filters, message
 from waypoint.h2upstream import request_headers
 from waypoint.upstream import UpstreamError, UpstreamTimeout
@@ -23,9 +24,12 @@ from waypoint.upstream import UpstreamError, UpstreamTimeout
 _DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
 
 
-async def forward(proxy, st, req, body, sink, out, eps, timeouts, deadline,
-                  response_mod) -> bool:
+async def forward(proxy, st, req, body, sink, out, eps, rule, response_mod) -> bool:
+    """Send one request to an HTTP/2 port and stream the answer to `sink`.
+    Returns False when the client connection must close."""
     from waypoint.proxy import _budget, _with_deadline, _with_timeout
+    timeouts = rule.timeouts if rule is not None else Timeouts()
+    deadline = st.t0 + timeouts.request if timeouts.request else None
     headers = proxy._upstream_headers(st, req, out)
     if (message.get(headers, "expect") or "").lower() == "100-continue":
         headers = message.remove(headers, "expect")

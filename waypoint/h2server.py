@@ -71,6 +71,7 @@ class _Body:
         self.conn, self.sid = conn, sid
         self.chunks: asyncio.Queue = asyncio.Queue()
         self.trailers: list | None = None     # request trailers, set before the end
+        self.complete = False                 # the client ended the request
 
     async def read(self) -> bytes:
         item = await self.chunks.get()
@@ -260,6 +261,7 @@ def _dispatch(c: _Conn, ev, down, proxy) -> None:
     elif isinstance(ev, h2.events.StreamEnded):
         body = c.bodies.get(ev.stream_id)
         if body is not None:
+            body.complete = True
             body.chunks.put_nowait(None)
     elif isinstance(ev, h2.events.StreamReset):
         task = c.tasks.pop(ev.stream_id, None)
@@ -289,6 +291,25 @@ async def _run(c: _Conn, sid: int, down, proxy, req: RequestReceived, body: _Bod
         sink.abort()
         await c.flush()
     finally:
-        c.bodies.pop(sid, None)
         c.tasks.pop(sid, None)
         c.windows.pop(sid, None)
+        if c.bodies.pop(sid, None) is not None and not body.complete and not c.dead:
+            # Answered before the request body ended: ask the client to stop
+            # sending (RFC 9113 8.1, RST_STREAM NO_ERROR, as Envoy does) and
+            # give back the window of what was queued and never read.
+            _reset_unfinished(c, sid, body)
+            await c.flush()
+
+
+def _reset_unfinished(c: _Conn, sid: int, body: _Body) -> None:
+    flow = 0
+    while not body.chunks.empty():
+        item = body.chunks.get_nowait()
+        if isinstance(item, tuple):
+            flow += item[1]
+    try:
+        if flow:
+            c.h2.acknowledge_received_data(flow, sid)
+        c.h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        pass

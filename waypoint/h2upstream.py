@@ -35,7 +35,7 @@ from waypoint.upstream import IDLE_TIMEOUT, UpstreamProtocolError, UpstreamReset
 
 # Istio's protocol selection for HTTP/2: appProtocol values and port-name
 # prefixes (`<proto>` or `<proto>-<suffix>`).
-H2_APP_PROTOCOLS = frozenset({"http2", "grpc", "h2c", "kubernetes.io/h2c"})
+H2_APP_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c"})
 H2_NAME_PREFIXES = ("http2", "grpc", "h2c")
 # Per-stream receive window: Envoy's default initial_stream_window_size
 # (256 KiB) bounds what one upstream stream can buffer in us.

@@ -26,7 +26,7 @@ from core import authz
 from core import log as core_log
 from core.constants import WAYPOINT_GATEWAY_CLASS
 from routing.records import Timeouts
-from waypoint import filters, message
+from waypoint import filters, h2forward, message
 from waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
     service_port, workload_endpoint
 from waypoint.h2upstream import H2Pool, speaks_h2
@@ -262,12 +262,8 @@ class Proxy:
                        rule, response_mod, mirrors) -> bool:
         if st.backend is not None and not req.upgrade and \
                 speaks_h2(service_port(st.backend, st.backend_port)):
-            from waypoint import h2forward
-            return await h2forward.forward(
-                self, st, req, body, sink, out, eps,
-                rule.timeouts if rule is not None else Timeouts(),
-                st.t0 + rule.timeouts.request if rule is not None and rule.timeouts.request
-                else None, response_mod)
+            return await h2forward.forward(self, st, req, body, sink, out, eps, rule,
+                                           response_mod)
         headers = self._upstream_headers(st, req, out)
         headers, buffered, framing = await self._prepare_body(st, req, body, sink, headers)
         head_bytes = serialize_request_head(out, headers)

@@ -9,6 +9,8 @@ Paths (any method), every response ending with trailers `grpc-status: 0`,
 `grpc-message: ok`:
 - `/echo...`: the request body is the response body (streamed back as it arrives);
 - `/bytes/<n>`: <n> bytes of `pattern(n)`;
+- `/early`: body `early` and trailers at once, the request body is dropped;
+- `/reset`: RST_STREAM before any response;
 - anything else: a JSON body {protocol, method, path, headers, body_len}.
 A connection not starting with the HTTP/2 preface is read as HTTP/1.1,
 recorded with protocol "HTTP/1.1" and answered 200 with the same JSON (so a
@@ -174,17 +176,27 @@ class H2Backend:
                     s = streams[sid] = _Stream(h.get(":method"), h.get(":path"), h)
                     if s.path.startswith("/echo"):
                         start(sid, s)        # echo streams back while the body arrives
+                    elif s.path.startswith("/early"):
+                        s.out.put_nowait(b"early")    # answer without reading the body
+                        s.out.put_nowait(None)
+                        start(sid, s)
+                    elif s.path.startswith("/reset"):
+                        conn.reset_stream(sid)
                 elif isinstance(ev, h2.events.DataReceived):
                     s = streams[sid]
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    if s.path.startswith(("/early", "/reset")):
+                        continue
                     if s.path.startswith("/echo"):
                         s.out.put_nowait(ev.data)
                     else:
                         s.body += ev.data
-                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     streams[sid].trailers = dict(ev.headers)
                 elif isinstance(ev, h2.events.StreamEnded):
                     s = streams[sid]
+                    if s.path.startswith(("/early", "/reset")):
+                        continue
                     self.seen.append(Seen("HTTP/2", s.method, s.path, s.headers,
                                           bytes(s.body), s.trailers))
                     if s.path.startswith("/bytes/"):

@@ -95,8 +95,11 @@ async def h2_exchange(stream, path, *, method="POST", body=b"", trailers=None,
                     resp["trailers"] = dict(ev.headers)
                 elif isinstance(ev, h2.events.StreamEnded):
                     ended.set()
+                    window.set()       # a writer still waiting stops
                 elif isinstance(ev, h2.events.StreamReset):
-                    raise AssertionError(f"stream reset: {ev.error_code}")
+                    # after a complete response: "stop sending" (RFC 9113 8.1)
+                    assert ended.is_set() and ev.error_code == 0, f"reset {ev.error_code}"
+                    window.set()
                 elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                     window.set()
             out = conn.data_to_send()
@@ -106,6 +109,8 @@ async def h2_exchange(stream, path, *, method="POST", body=b"", trailers=None,
     async def writer():
         view = memoryview(body)
         while view:
+            if ended.is_set() or conn.streams.get(sid) is None or conn.streams[sid].closed:
+                return         # answered (and maybe reset) before the body ended
             n = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if n <= 0:
                 window.clear()
@@ -114,7 +119,7 @@ async def h2_exchange(stream, path, *, method="POST", body=b"", trailers=None,
             conn.send_data(sid, view[:n].tobytes())
             view = view[n:]
             await stream.write(conn.data_to_send())
-        if body or trailers:
+        if (body or trailers) and not ended.is_set():
             if trailers:
                 conn.send_headers(sid, trailers, end_stream=True)
             else:
@@ -321,3 +326,25 @@ async def test_sequential_streams_reuse_the_upstream_connection(h2backend):
     assert [(r[0], r[2]) for r in results] == [(200, f"msg-{i}".encode() * 1000) for i in range(3)]
     assert all(r[3]["grpc-status"] == "0" for r in results)
     assert h2backend.connections == 1
+
+
+async def test_answer_before_the_request_body_ends_is_delivered(h2backend):
+    mesh = Mesh()
+    h2_service(mesh, h2backend)
+    async with running_waypoint(mesh, plaintext=True) as wp:
+        s = await open_plain(wp.plaintext_port)
+        status, _, body, trailers = await h2_exchange(s, "/early", body=pattern(1024 * 1024))
+        s.close()
+        again = await h2_exchange(await open_plain(wp.plaintext_port), "/after", method="GET")
+    assert (status, body, trailers["grpc-status"]) == (200, b"early", "0")
+    assert again[0] == 200 and json.loads(again[2])["path"] == "/after"
+
+
+async def test_upstream_stream_reset_before_headers_is_502(h2backend):
+    mesh = Mesh()
+    h2_service(mesh, h2backend)
+    async with running_waypoint(mesh, plaintext=True) as wp:
+        s = await open_plain(wp.plaintext_port)
+        status, _, body, _ = await h2_exchange(s, "/reset", method="GET")
+        s.close()
+    assert status == 502 and b"connection termination" in body

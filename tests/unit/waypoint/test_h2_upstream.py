@@ -20,7 +20,8 @@ from waypoint.upstream import UpstreamReset
 @pytest.mark.parametrize("name,app,want", [
     ("grpc", "", True), ("grpc-api", "", True), ("http2", "", True), ("http2-x", "", True),
     ("h2c", "", True), ("h2c-web", "", True), ("x", "grpc", True), ("x", "http2", True),
-    ("x", "kubernetes.io/h2c", True), ("x", "GRPC", True),
+    ("x", "kubernetes.io/h2c", True), ("x", "GRPC", True), ("grpc-web", "", True),
+    ("x", "grpc-web", True),
     ("http", "", False), ("http-grpc", "", False), ("grpcx", "", False), ("tcp", "http", False),
     ("", "", False), ("https", "", False)])
 def test_protocol_selection(name, app, want):
