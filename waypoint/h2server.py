@@ -19,6 +19,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from core.pipe import READ_SIZE
+from waypoint.h2inbox import H2Inbox
 from waypoint.http1 import RequestReceived
 from waypoint.server import close_stream
 from waypoint.message import RequestHead
@@ -66,27 +67,12 @@ class _Conn:
                 self.dead = True
 
 
-class _Body:
+class _Body(H2Inbox):
     def __init__(self, conn: _Conn, sid: int) -> None:
         self.conn, self.sid = conn, sid
-        self.chunks: asyncio.Queue = asyncio.Queue()
+        self._init_inbox()
         self.trailers: list | None = None     # request trailers, set before the end
         self.complete = False                 # the client ended the request
-
-    async def read(self) -> bytes:
-        item = await self.chunks.get()
-        if item is None:
-            return b""
-        if isinstance(item, Exception):
-            raise item
-        data, flow = item
-        if flow:
-            try:
-                self.conn.h2.acknowledge_received_data(flow, self.sid)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                pass
-            await self.conn.flush()
-        return data
 
 
 class _Sink:

@@ -30,6 +30,7 @@ from h2.errors import ErrorCodes
 
 from core.pipe import READ_SIZE
 from waypoint import message
+from waypoint.h2inbox import H2Inbox
 from waypoint.message import Headers, RequestHead
 from waypoint.upstream import IDLE_TIMEOUT, UpstreamProtocolError, UpstreamReset
 
@@ -96,13 +97,14 @@ def trailer_block(headers: Headers) -> list[tuple[bytes, bytes]]:
             if k.lower() not in _FORBIDDEN and not k.startswith(":")]
 
 
-class H2Stream:
-    """One request/response exchange on an `H2Upstream`."""
+class H2Stream(H2Inbox):
+    """One request/response exchange on an `H2Upstream`; `read()` gives the
+    response body (b"" at its end) and raises UpstreamReset."""
 
     def __init__(self, conn: "H2Upstream", sid: int) -> None:
         self.conn, self.sid = conn, sid
         self.head: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.chunks: asyncio.Queue = asyncio.Queue()
+        self._init_inbox()
         self.window = asyncio.Event()
         self.trailers: Headers | None = None
         self.error: Exception | None = None
@@ -110,22 +112,6 @@ class H2Stream:
 
     async def response(self) -> tuple[int, Headers]:
         return await self.head
-
-    async def read(self) -> bytes:
-        """Response body bytes; b"" at its end. Raises UpstreamReset."""
-        item = await self.chunks.get()
-        if item is None:
-            return b""
-        if isinstance(item, Exception):
-            raise item
-        data, flow = item
-        if flow:
-            try:
-                self.conn.h2.acknowledge_received_data(flow, self.sid)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                pass
-            await self.conn.flush()
-        return data
 
     async def send(self, data: bytes) -> None:
         view = memoryview(data)

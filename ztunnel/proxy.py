@@ -145,11 +145,14 @@ class Proxy:
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
         o = self.opts
-        await self._serve_tcp(self.bind, o.outbound_port, lambda: self._outbound_end(None))
-        await self._serve_tcp(self.bind, o.inbound_port, lambda: self._plaintext_end(None))
+        await self._serve_tcp(self.bind, o.outbound_port,
+                              lambda: self._capture_end(self._outbound, None))
+        await self._serve_tcp(self.bind, o.inbound_port,
+                              lambda: self._capture_end(self._plaintext, None))
         for f in self.fixed_targets:
-            maker = self._outbound_end if f.kind == OUTBOUND else self._plaintext_end
-            await self._serve_tcp(self.bind, f.port, lambda t=f.target, m=maker: m(t))
+            handler = self._outbound if f.kind == OUTBOUND else self._plaintext
+            await self._serve_tcp(self.bind, f.port,
+                                  lambda t=f.target, h=handler: self._capture_end(h, t))
         if self.scope.pod_uid:
             self._listen_hbone(self.bind)
         self.reconcile()
@@ -327,22 +330,30 @@ class Proxy:
             LOG.debug("HBONE connection setup failed: %s", e)
             conn.close()
 
-    # -- outbound (15001) ----------------------------------------------------------
-    def _outbound_end(self, fixed: tuple[str, int] | None) -> TcpEnd:
+    # -- capture listeners (15001, 15006) ----------------------------------------
+    def _capture_end(self, handler, fixed: tuple[str, int] | None) -> TcpEnd:
+        """A captured connection: `handler(end, original destination)` runs
+        once the transport exists (`fixed` stands in for SO_ORIGINAL_DST in
+        the loopback test mode)."""
         end = CountingEnd()
-        end.made.add_done_callback(lambda _f: self._spawn(self._outbound(end, fixed)))
+        end.made.add_done_callback(lambda _f: self._spawn(self._captured(end, fixed, handler)))
         return end
 
-    async def _outbound(self, down: CountingEnd, fixed: tuple[str, int] | None) -> None:
+    async def _captured(self, down: CountingEnd, fixed: tuple[str, int] | None, handler) -> None:
         started = time.monotonic()
-        peer = down.transport.get_extra_info("peername")
         try:
             dst = fixed or original_dst(down.transport.get_extra_info("socket"))
         except OSError as e:
+            peer = down.transport.get_extra_info("peername")
             LOG.warning("no original destination (not a redirected connection?)",
                         extra={"fields": {"src.addr": hostport(*peer[:2]), "error": str(e)}})
             down.abort()
             return
+        await handler(down, dst, started)
+
+    # -- outbound (15001) ----------------------------------------------------------
+    async def _outbound(self, down: CountingEnd, dst: tuple[str, int], started: float) -> None:
+        peer = down.transport.get_extra_info("peername")
         view = self.shared.view()
         source = self.scope.source_for(view, peer[0])
         meta = telemetry.ConnectionMeta(reporter=telemetry.SOURCE, src_addr=hostport(*peer[:2]),
@@ -416,19 +427,8 @@ class Proxy:
                      response_bytes=stream.bytes_received, live=live)
 
     # -- plaintext inbound (15006) --------------------------------------------------
-    def _plaintext_end(self, fixed: tuple[str, int] | None) -> TcpEnd:
-        end = CountingEnd()
-        end.made.add_done_callback(lambda _f: self._spawn(self._plaintext(end, fixed)))
-        return end
-
-    async def _plaintext(self, down: CountingEnd, fixed: tuple[str, int] | None) -> None:
-        started = time.monotonic()
+    async def _plaintext(self, down: CountingEnd, dst: tuple[str, int], started: float) -> None:
         peer = down.transport.get_extra_info("peername")
-        try:
-            dst = fixed or original_dst(down.transport.get_extra_info("socket"))
-        except OSError:
-            down.abort()
-            return
         view = self.shared.view()
         d = inbound.decide_plaintext(view, dst=dst, src_addr=peer[:2],
                                      proxy_ports=self.opts.proxy_ports)
