@@ -353,6 +353,21 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
             stop(pod)
 
 
+def measure(results: dict, key: str, proc: subprocess.Popen, h1port: int, h2port: int,
+            host: str | None, args) -> None:
+    """wrk (and h2load when installed) through one running proxy, then stop it."""
+    try:
+        wait_http(h1port, host)
+        time.sleep(0.5)        # let every worker bind before measuring
+        pids = tree_pids(proc.pid)
+        results["runs"][key] = best_of(run_wrk, h1port, args, host, pids)
+        if shutil.which("h2load"):
+            results["h2"][key] = best_of(run_h2load, h2port, args, host, pids)
+    finally:
+        stop(proc)
+    print(key, results["runs"][key], flush=True)
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -414,29 +429,9 @@ def main() -> None:
             nport, n2port = free_port(), free_port()
             nginx = start_nginx(PROXY_CONF.format(dir=d, port=nport, h2port=n2port, backend=bport,
                                                   workers=w), d, f"proxy{w}")
-            try:
-                wait_http(nport)
-                results["runs"][f"nginx_w{w}"] = best_of(run_wrk, nport, args, None,
-                                                          tree_pids(nginx.pid))
-                if shutil.which("h2load"):
-                    results["h2"][f"nginx_w{w}"] = best_of(run_h2load, n2port, args, None,
-                                                           tree_pids(nginx.pid))
-            finally:
-                stop(nginx)
-            print(f"nginx w{w}", results["runs"][f"nginx_w{w}"], flush=True)
+            measure(results, f"nginx_w{w}", nginx, nport, n2port, None, args)
             wport = free_port()
-            wp = start_waypoint(d, wport, w)
-            try:
-                wait_http(wport, HOST)
-                time.sleep(0.5)        # let every worker bind before measuring
-                results["runs"][f"shoal_w{w}"] = best_of(run_wrk, wport, args, HOST,
-                                                          tree_pids(wp.pid))
-                if shutil.which("h2load"):
-                    results["h2"][f"shoal_w{w}"] = best_of(run_h2load, wport, args, HOST,
-                                                           tree_pids(wp.pid))
-            finally:
-                stop(wp)
-            print(f"shoal w{w}", results["runs"][f"shoal_w{w}"], flush=True)
+            measure(results, f"shoal_w{w}", start_waypoint(d, wport, w), wport, wport, HOST, args)
             n, s = results["runs"][f"nginx_w{w}"], results["runs"][f"shoal_w{w}"]
             results[f"ratio_rps_w{w}"] = round(s["rps"] / n["rps"], 3)
             h2n, h2s = results["h2"].get(f"nginx_w{w}"), results["h2"].get(f"shoal_w{w}")

@@ -364,7 +364,7 @@ class Proxy:
                                      local_ips=self._local_ips, proxy_ports=self.opts.proxy_ports,
                                      hbone_port=self.opts.hbone_port)
         except OutboundError as e:
-            self._finish(meta, down, None, started, error=f"{e.code}: {e.message}",
+            self._finish(meta, down, started, error=f"{e.code}: {e.message}",
                          flags=e.response_flag, reset=True)
             return
         meta = telemetry.ConnectionMeta(
@@ -383,20 +383,14 @@ class Proxy:
         try:
             up = await self._connect_tcp(*route.address)
         except (OSError, TimeoutError) as e:
-            self._finish(meta, down, None, started, error=f"connect {meta.dst_addr}: {e}",
+            self._finish(meta, down, started, error=f"connect {meta.dst_addr}: {e}",
                          flags="CONNECT", reset=True, opened=True)
             return
-        live = self._track(meta, lambda: down.bytes_read, lambda: up.bytes_read)
-        error = ""
-        try:
-            await pipe(down, up)
-        except PipeReset as e:
-            error = f"connection reset: {e}"
-        self._finish(meta, down, up, started, error=error, opened=True, live=live)
+        await self._relay(meta, down, up, lambda: up.bytes_read, started)
 
     async def _outbound_hbone(self, down, route, source, peer, meta, started) -> None:
         if source is None:
-            self._finish(meta, down, None, started, flags="IDENTITY_ERROR", reset=True,
+            self._finish(meta, down, started, flags="IDENTITY_ERROR", reset=True,
                          opened=True, error=f"unknown source workload {peer[0]}: no identity "
                          "to present for HBONE (is the pod in the config and on this node?)")
             return
@@ -409,22 +403,15 @@ class Proxy:
                 baggage=telemetry.baggage(source))
         except HboneError as e:
             flag = "DENY" if e.status == 401 else "CONNECT"
-            self._finish(meta, down, None, started, flags=flag, reset=True, opened=True,
+            self._finish(meta, down, started, flags=flag, reset=True, opened=True,
                          error=f"HBONE {route.authority} via {meta.dst_addr}: {e.reason}"
                          + (f" (status {e.status})" if e.status else ""))
             return
         except Exception as e:   # CertUnavailable
-            self._finish(meta, down, None, started, flags="IDENTITY_ERROR", reset=True,
+            self._finish(meta, down, started, flags="IDENTITY_ERROR", reset=True,
                          opened=True, error=str(e))
             return
-        live = self._track(meta, lambda: down.bytes_read, lambda: stream.bytes_received)
-        error = ""
-        try:
-            await pipe(down, stream)
-        except PipeReset as e:
-            error = f"connection reset: {e}"
-        self._finish(meta, down, None, started, error=error, opened=True,
-                     response_bytes=stream.bytes_received, live=live)
+        await self._relay(meta, down, stream, lambda: stream.bytes_received, started)
 
     # -- plaintext inbound (15006) --------------------------------------------------
     async def _plaintext(self, down: CountingEnd, dst: tuple[str, int], started: float) -> None:
@@ -439,25 +426,20 @@ class Proxy:
                                         dst_identity=d.workload.identity if d.workload else "")
         self._count(self.shared.metrics.tcp_opened, meta)
         if isinstance(d, inbound.Rejected):
-            self._finish(meta, down, None, started, error=d.reason, flags=d.response_flag,
+            self._finish(meta, down, started, error=d.reason, flags=d.response_flag,
                          reset=True, opened=True)
             return
         try:
             up = await self._connect_app(*d.upstream, client_ip=peer[0])
         except (OSError, TimeoutError) as e:
-            self._finish(meta, down, None, started, error=f"app unreachable: {e}",
+            self._finish(meta, down, started, error=f"app unreachable: {e}",
                          flags="CONNECT", reset=True, opened=True)
             return
         token = self.connections.register(dst[0], d.conn, lambda reason: up.abort())
-        live = self._track(meta, lambda: down.bytes_read, lambda: up.bytes_read)
-        error = ""
         try:
-            await pipe(down, up)
-        except PipeReset as e:
-            error = f"connection reset: {e}"
+            await self._relay(meta, down, up, lambda: up.bytes_read, started)
         finally:
             self.connections.release(token)
-        self._finish(meta, down, up, started, error=error, opened=True, live=live)
 
     # -- HBONE inbound (15008) ---------------------------------------------------------
     async def _on_connect(self, req: ConnectRequest, local_ip: str) -> Accept | Reject:
@@ -478,14 +460,14 @@ class Proxy:
             dst_identity=d.workload.identity if d.workload else "", mtls=True)
         self._count(self.shared.metrics.tcp_opened, meta)
         if isinstance(d, inbound.Rejected):
-            self._finish(meta, None, None, started, error=d.reason, flags=d.response_flag,
+            self._finish(meta, None, started, error=d.reason, flags=d.response_flag,
                          opened=True)
             return Reject(status=d.status, reason=d.reason)
         try:
             up = await self._connect_app(*d.upstream, client_ip=src_addr[0])
         except (OSError, TimeoutError) as e:
             reason = f"app {hostport(*d.upstream)} unreachable: {e}"
-            self._finish(meta, None, None, started, error=reason, flags="CONNECT", opened=True)
+            self._finish(meta, None, started, error=reason, flags="CONNECT", opened=True)
             return Reject(status=inbound.SERVICE_UNAVAILABLE, reason=reason)
         token = self.connections.register(local_ip, d.conn, lambda reason: up.abort())
         live = self._track(meta, lambda: up.bytes_written, lambda: up.bytes_read,
@@ -529,14 +511,26 @@ class Proxy:
         if amount:
             self.shared.metrics.inc(metric, telemetry.tcp_labels(meta, flags), amount)
 
-    def _finish(self, meta, down, up, started, *, error: str = "", flags: str = "-",
-                reset: bool = False, opened: bool = False, response_bytes: int | None = None,
+    async def _relay(self, meta, down, up, received: Callable[[], int], started: float) -> None:
+        """Pipe both ways (half-close aware) with live byte reports, then
+        record the connection; `received` reads what came back from `up`
+        (a TCP end or an HBONE stream)."""
+        live = self._track(meta, lambda: down.bytes_read, received)
+        error = ""
+        try:
+            await pipe(down, up)
+        except PipeReset as e:
+            error = f"connection reset: {e}"
+        self._finish(meta, down, started, error=error, opened=True,
+                     response_bytes=received(), live=live)
+
+    def _finish(self, meta, down, started, *, error: str = "", flags: str = "-",
+                reset: bool = False, opened: bool = False, response_bytes: int = 0,
                 live: LiveBytes | None = None) -> None:
         if reset and down is not None:
             down.abort()
         request = down.bytes_read if down is not None else 0
-        response = response_bytes if response_bytes is not None else \
-            (up.bytes_read if up is not None else 0)
+        response = response_bytes
         if not opened:
             self._count(self.shared.metrics.tcp_opened, meta, flags=flags)
         self._record(meta, started, request_bytes=request, response_bytes=response,

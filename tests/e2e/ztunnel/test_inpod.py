@@ -42,9 +42,8 @@ while True:
 """
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = InPodNode(tmp_path, workers=2)
+def running(n: InPodNode):
+    """Start a node for one test; show the ztunnel's log tail if it fails."""
     try:
         n.start()
         yield n
@@ -54,6 +53,11 @@ def node(tmp_path):
         raise
     finally:
         n.stop()
+
+
+@pytest.fixture
+def node(tmp_path):
+    yield from running(InPodNode(tmp_path, workers=2))
 
 
 def ports(found):
@@ -159,16 +163,7 @@ def test_app_sees_client_address_or_pod_address_without_routing(node):
 
 @pytest.fixture
 def mesh_node(tmp_path):
-    n = InPodNode(tmp_path, workers=1, ca=True)
-    try:
-        n.start()
-        yield n
-    except BaseException:
-        if n.ztunnel is not None:
-            print(n.logs_tail())
-        raise
-    finally:
-        n.stop()
+    yield from running(InPodNode(tmp_path, workers=1, ca=True))
 
 
 def test_hbone_inbound_app_sees_the_calling_pod_address(mesh_node):
