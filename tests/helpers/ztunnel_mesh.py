@@ -260,3 +260,15 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in body for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def echo_exact(sock: socket.socket, data: bytes) -> bytes:
+    """Send `data` and read back exactly as many bytes: TCP may deliver the
+    echo in pieces, so one recv() is not enough."""
+    sock.sendall(data)
+    got = bytearray()
+    while len(got) < len(data):
+        chunk = sock.recv(len(data) - len(got))
+        assert chunk, "tunnel closed while echoing"
+        got += chunk
+    return bytes(got)

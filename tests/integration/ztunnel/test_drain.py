@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers.ztunnel_mesh import Mesh
+from tests.helpers.ztunnel_mesh import Mesh, echo_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -48,16 +48,6 @@ def _wait_log(proc, needle: str, timeout: float) -> None:
                          f"{proc.tail()}")
 
 
-def _echo_chunk(sock: socket.socket, data: bytes) -> bytes:
-    sock.sendall(data)
-    got = bytearray()
-    while len(got) < len(data):
-        chunk = sock.recv(len(data) - len(got))
-        assert chunk, "tunnel closed while echoing"
-        got += chunk
-    return bytes(got)
-
-
 def test_long_lived_connection_survives_sigterm_of_destination_ztunnel(mesh):
     node_b = mesh.nodes["node-b"]
     sent = hashlib.sha256()
@@ -65,14 +55,14 @@ def test_long_lived_connection_survives_sigterm_of_destination_ztunnel(mesh):
     with mesh.connect("client", mesh.pods["echo-1"].ip, APP_PORT, timeout=15) as s:
         first = PREFIX + os.urandom(CHUNK)
         sent.update(first)
-        echoed.update(_echo_chunk(s, first))            # the tunnel is up
+        echoed.update(echo_exact(s, first))            # the tunnel is up
         os.kill(node_b.proc.pid, signal.SIGTERM)         # the supervisor: a node drain
         _wait_log(node_b.proc, "worker draining", timeout=10)
         stopped_at = time.monotonic()
         for _ in range(32):                               # 2 MiB more while it drains
             data = os.urandom(CHUNK)
             sent.update(data)
-            echoed.update(_echo_chunk(s, data))
+            echoed.update(echo_exact(s, data))
         s.shutdown(socket.SHUT_WR)
         assert s.recv(1) == b""                          # the app's FIN, not a reset
     assert echoed.hexdigest() == sent.hexdigest()

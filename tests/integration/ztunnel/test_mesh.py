@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.helpers.ztunnel_apps import expected_hash, xfer_client
-from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, metric_sum
+from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo_exact, metric_sum
 from tests.helpers.ztunnel_peers import Proc, wait_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -237,8 +237,7 @@ def test_open_connection_bytes_reported_while_open_then_exact(mesh):
         wait_until(reported, timeout=BYTES_REPORT_INTERVAL * 20, what="bytes of the open connection")
         assert all(series(nd, r, "istio_tcp_connections_closed_total")
                    == before[(nd, r, "istio_tcp_connections_closed_total")] for nd, r in sides)
-        s.sendall(b"tail")
-        assert s.recv(16) == b"tail"
+        assert echo_exact(s, b"tail") == b"tail"
     wait_until(lambda: all(series(nd, r, "istio_tcp_connections_closed_total")
                            == before[(nd, r, "istio_tcp_connections_closed_total")] + 1
                            for nd, r in sides), what="connection closed in metrics")
@@ -279,8 +278,7 @@ def test_authorization_policies_from_istio_docs(mesh):
 def test_policy_change_closes_now_denied_live_connection(mesh):
     s = mesh.connect("notsleep", VIP, 80)
     try:
-        s.sendall(b"hello")
-        assert s.recv(5) == b"hello"
+        assert echo_exact(s, b"hello") == b"hello"
         set_policies(mesh, deny_principal("deny-notsleep-live", "notsleep"))
         s.settimeout(POLICY_TIMEOUT)
         with pytest.raises((ConnectionResetError, BrokenPipeError)):
