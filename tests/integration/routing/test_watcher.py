@@ -181,7 +181,9 @@ def test_sighup_rereads_without_republishing_unchanged_config(mesh):
     watcher = start_watcher()
     view = attach_view(h.name)
     try:
-        wait_for(lambda: view.generation >= 1, "first generation")
+        # The writer publishes the table, then its status: wait for both.
+        wait_for(lambda: view.generation >= 1 and "applied_at" in view.status(),
+                 "first generation and its status")
         gen = view.generation
         applied = view.status()["applied_at"]
         watcher.send_signal(signal.SIGHUP)
