@@ -48,7 +48,7 @@ bench: host-deps venv
 	@mkdir -p benchmarks/out
 	$(PY) -m pytest -q benchmarks -o python_files="bench_*.py" --benchmark-enable --benchmark-only \
 	  --benchmark-json=benchmarks/out/results.json -p no:xdist
-	$(PY) -m benchmarks.report benchmarks/out
+	$(PY) -m shoal.benchmarks.report benchmarks/out
 
 clean:
 	rm -rf $(VENV) benchmarks/out .pytest_cache

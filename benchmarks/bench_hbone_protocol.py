@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 
-from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
-from core.hbone import events as ev
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone import events as ev
 
 STREAMS = 100
 MB = 1024 * 1024

@@ -17,10 +17,10 @@ import ssl
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.ca.authority import CertificateAuthority
-from core.identity import spiffe, tls
-from core.identity.certs import csr_pem, make_csr
-from core.identity.spiffe import Identity
+from shoal.controlplane.authority import CertificateAuthority
+from shoal.core.identity import spiffe, tls
+from shoal.core.identity.certs import csr_pem, make_csr
+from shoal.core.identity.spiffe import Identity
 from tests.helpers.pki import TestPKI, write_pem
 
 IDENT = Identity.parse("spiffe://cluster.local/ns/bench/sa/client")
@@ -90,10 +90,10 @@ def test_ca_request_over_mutual_tls(benchmark, tmp_path):
     """One certificate fetch end to end: TLS handshake to the CA, CSR, sign, answer."""
     import asyncio
 
-    from core.ca.authority import NODE_CN_PREFIX
-    from core.ca.server import CaServer
-    from core.identity.caclient import CaClient
-    from core.identity.certs import WorkloadCert, load_pem_certs
+    from shoal.controlplane.authority import NODE_CN_PREFIX
+    from shoal.controlplane.server import CaServer
+    from shoal.core.identity.caclient import CaClient
+    from shoal.core.identity.certs import WorkloadCert, load_pem_certs
 
     ca = CertificateAuthority.self_signed()
     loop = asyncio.new_event_loop()

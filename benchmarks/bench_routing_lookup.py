@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_routing_synth import synth_config
-from routing.incremental import IncrementalCompiler
-from routing.runtime import TableHandle, attach_view
-from routing.shm import TableWriter, lookup, split_root
-from routing.view import StaticView
+from shoal.benchmarks.bench_routing_synth import synth_config
+from shoal.routing.incremental import IncrementalCompiler
+from shoal.routing.runtime import TableHandle, attach_view
+from shoal.routing.shm import TableWriter, lookup, split_root
+from shoal.routing.view import StaticView
 
 N_WORKLOADS = 10_000
 LOOP = 100

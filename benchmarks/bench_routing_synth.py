@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.model import AuthorizationPolicy, ConfigSet, Meta, Namespace, Pod, Service, ServicePortSpec
-from routing.records import Rule, Source
+from shoal.core.model import AuthorizationPolicy, ConfigSet, Meta, Namespace, Pod, Service, ServicePortSpec
+from shoal.core.records import Rule, Source
 
 PODS_PER_NS = 1000
 PODS_PER_SERVICE = 10

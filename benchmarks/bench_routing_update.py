@@ -12,9 +12,9 @@ import itertools
 
 import pytest
 
-from benchmarks.bench_routing_synth import synth_config, synth_pod
-from routing.incremental import IncrementalCompiler
-from routing.shm import TableWriter, unlink
+from shoal.benchmarks.bench_routing_synth import synth_config, synth_pod
+from shoal.routing.incremental import IncrementalCompiler
+from shoal.routing.shm import TableWriter, unlink
 
 
 @pytest.fixture(scope="module", params=[1_000, 10_000, 100_000], ids=lambda n: f"{n}wl")

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from shards.heartbeat import HeartbeatTable
+from shoal.shards.heartbeat import HeartbeatTable
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_supervisor_stale_check_64_workers(benchmark, table):
 
 SCRIPT = r"""
 import sys, tempfile, timeit
-from core import metrics
+from shoal.core import metrics
 mode = sys.argv[1]
 if mode != "bare-child":
     metrics.use_dir(tempfile.mkdtemp())

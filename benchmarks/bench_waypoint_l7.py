@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 
-from core.authz import L4, L7, Request, evaluate
-from routing.records import (Authorization, BackendRef, Condition, HeaderMatch, HTTPRoute,
+from shoal.core.authz import L4, L7, Request, evaluate
+from shoal.core.records import (Authorization, BackendRef, Condition, HeaderMatch, HTTPRoute,
                              Operation, PathMatch, QueryParamMatch, RouteMatch, RouteRule,
                              Rule, Source)
-from waypoint.http1 import (H1ResponseParser, H1Server, serialize_request_head,
+from shoal.waypoint.http1 import (H1ResponseParser, H1Server, serialize_request_head,
                             strip_hop_by_hop)
-from waypoint.routes import RouteInput, RouteTable, pick_backend
+from shoal.waypoint.routes import RouteInput, RouteTable, pick_backend
 
 REQ = (b"GET /api/v1/items/42?page=2 HTTP/1.1\r\nHost: shop.default.svc.cluster.local:8080\r\n"
        b"User-Agent: wrk\r\nAccept: */*\r\nX-Request-Id: 0123456789abcdef\r\n"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
-from routing.records import Authorization, Rule, Service, ServicePort, Source, Workload
-from routing.view import StaticView
-from ztunnel import inbound, outbound
+from shoal.core.records import Authorization, Rule, Service, ServicePort, Source, Workload
+from shoal.routing.view import StaticView
+from shoal.ztunnel import inbound, outbound
 
 N_ENDPOINTS = 50
 

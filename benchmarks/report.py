@@ -1,6 +1,6 @@
 """Summarise a pytest-benchmark JSON run into a table and a plot.
 
-    python -m benchmarks.report benchmarks/out
+    python -m shoal.benchmarks.report benchmarks/out
 
 Writes benchmarks/out/summary.md and docs/img/cpu-studies.png; the curated
 figures with their context live in docs/benchmarks.md.

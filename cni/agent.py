@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
-from cni import enroll, protocol, redirect
-from cni.enroll import MeshView
-from cni.protocol import Reply, Request
-from cni.spec import ErrorCode
-from cni.zds import WorkloadInfo, ZdsError
-from cni.zds_server import NoZtunnel, PodEntry, ZdsServer
-from core import log
+from shoal.cni import enroll, protocol, redirect
+from shoal.cni.enroll import MeshView
+from shoal.cni.protocol import Reply, Request
+from shoal.cni.spec import ErrorCode
+from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
+from shoal.core import log
 
 # How often the agent looks for config changes and vanished pods. A label
 # added to a namespace takes effect within this delay (Istio reacts to
@@ -88,7 +88,7 @@ class ConfigWatcher:
         self._log = log.get("cni.agent")
 
     def _signature(self) -> tuple:
-        from core.model import yaml_files
+        from shoal.core.model import yaml_files
         files = yaml_files(self.path)
         return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
 
@@ -104,7 +104,7 @@ class ConfigWatcher:
         if sig == self._sig:
             return False
         self._sig = sig
-        from core.model import ConfigError, load_dir
+        from shoal.core.model import ConfigError, load_dir
         try:
             view = enroll.view_of(load_dir(self.path))
         except (ConfigError, OSError) as e:

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from cni import protocol
-from core import log
+from shoal.cni import protocol
+from shoal.core import log
 
 
 @click.group(name="node-agent")
@@ -34,7 +34,7 @@ def run(node, config_dir, socket_path, zds_path, state_path, require_ztunnel, lo
     """Run the node agent until SIGTERM."""
     import os
 
-    from cni.agent import AgentOptions, NodeAgent
+    from shoal.cni.agent import AgentOptions, NodeAgent
     log.setup(log_level)
     opts = AgentOptions(node=node, config_dir=config_dir, socket_path=socket_path,
                         zds_path=zds_path, require_ztunnel=require_ztunnel,

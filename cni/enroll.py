@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.constants import DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLUSTER, LABEL_DATAPLANE_MODE
-from core.model import ConfigSet, Deployment, Namespace, Pod, replica_pods
+from shoal.core.constants import DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLUSTER, LABEL_DATAPLANE_MODE
+from shoal.core.model import ConfigSet, Deployment, Namespace, Pod, replica_pods
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,5 +59,5 @@ def view_of(cfg: ConfigSet) -> MeshView:
 
 
 def workload_uid(namespace: str, name: str, cluster: str = DEFAULT_CLUSTER) -> str:
-    """The routing table's workload uid (routing/records.py `Workload.uid`)."""
+    """The routing table's workload uid (core/records.py `Workload.uid`)."""
     return f"{cluster}//Pod/{namespace}/{name}"

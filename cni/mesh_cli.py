@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import orjson
 
-from cni.mesh.mesh import DEFAULT_RUN_DIR
+from shoal.cni.mesh.mesh import DEFAULT_RUN_DIR
 
 
 def _default_source() -> str:
@@ -69,8 +69,8 @@ def mesh() -> None:
 @run_dir_option
 def up(sources, nodes, mesh_id, base, ztunnel, ztunnel_workers, run_dir) -> None:
     """Build the mesh: nodes, control plane, node agents, ztunnels, pods."""
-    from cni.mesh import plan
-    from cni.mesh.mesh import Mesh, MeshError, MeshOptions, load_docs
+    from shoal.cni.mesh import plan
+    from shoal.cni.mesh.mesh import Mesh, MeshError, MeshOptions, load_docs
     _need_root()
     sources = list(sources) or [_default_source()]
     try:
@@ -94,7 +94,7 @@ def up(sources, nodes, mesh_id, base, ztunnel, ztunnel_workers, run_dir) -> None
 @run_dir_option
 def down(run_dir) -> None:
     """Remove the mesh: processes, pods, namespaces, links, sockets, state."""
-    from cni.mesh.mesh import Mesh
+    from shoal.cni.mesh.mesh import Mesh
     _need_root()
     m = Mesh(run_dir)
     if not m.load():
@@ -113,7 +113,7 @@ def down(run_dir) -> None:
 @run_dir_option
 def status(output, run_dir) -> None:
     """Nodes, components, services and pods (IP, enrolled, identity)."""
-    from cni.mesh.mesh import Mesh, MeshError
+    from shoal.cni.mesh.mesh import Mesh, MeshError
     try:
         st = Mesh(run_dir).status()
     except MeshError as e:
@@ -130,7 +130,7 @@ def status(output, run_dir) -> None:
 @run_dir_option
 def exec(pod, command, run_dir) -> None:   # noqa: A001 - the kubectl verb
     """Run COMMAND inside POD's netns (NAMESPACE/NAME, NAME in default, or a Deployment)."""
-    from cni.mesh.mesh import Mesh, MeshError
+    from shoal.cni.mesh.mesh import Mesh, MeshError
     _need_root()
     try:
         code = Mesh(run_dir).exec(pod, list(command))
@@ -144,8 +144,8 @@ def exec(pod, command, run_dir) -> None:   # noqa: A001 - the kubectl verb
 @run_dir_option
 def apply(sources, run_dir) -> None:
     """Apply YAML to the running mesh (same kind/namespace/name replaces)."""
-    from cni.mesh import plan
-    from cni.mesh.mesh import Mesh, MeshError
+    from shoal.cni.mesh import plan
+    from shoal.cni.mesh.mesh import Mesh, MeshError
     _need_root()
     try:
         Mesh(run_dir).apply(list(sources), lambda step: click.echo(step, err=True))
@@ -165,8 +165,8 @@ def scale(target, replicas, run_dir) -> None:
     shoal mesh scale NAMESPACE/DEPLOYMENT --replicas N
     shoal mesh scale waypoint NAMESPACE/NAME N     (Gateway of class istio-waypoint)
     """
-    from cni.mesh import plan
-    from cni.mesh.mesh import Mesh, MeshError
+    from shoal.cni.mesh import plan
+    from shoal.cni.mesh.mesh import Mesh, MeshError
     _need_root()
     waypoint = target[0] == "waypoint" and len(target) > 1
     rest = list(target[1:] if waypoint else target)
@@ -195,8 +195,8 @@ def scale(target, replicas, run_dir) -> None:
 @click.pass_context
 def demo(ctx, nodes, run_dir) -> None:
     """`make demo`: the example mesh and a guided tour (mesh stays up)."""
-    from cni.mesh import demo as tour
-    from cni.mesh.mesh import Mesh
+    from shoal.cni.mesh import demo as tour
+    from shoal.cni.mesh.mesh import Mesh
     _need_root()
     m = Mesh(run_dir)
     if not m.load():

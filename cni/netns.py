@@ -22,7 +22,7 @@ import os
 import socket
 from typing import Iterator
 
-from core.constants import PROXY_MARK
+from shoal.core.constants import PROXY_MARK
 
 CLONE_NEWNET = 0x40000000
 # NSFS_MAGIC from linux/magic.h: what statfs reports for /proc/*/ns/* and

@@ -15,8 +15,8 @@ import socket
 import sys
 from typing import Mapping
 
-from cni import protocol, spec
-from cni.spec import CniError, Command, ErrorCode, Invocation
+from shoal.cni import protocol, spec
+from shoal.cni.spec import CniError, Command, ErrorCode, Invocation
 
 # How long the plugin waits for the agent. The agent installs nft rules
 # (~tens of ms) and waits for ztunnel's ack (ZDS_ACK_TIMEOUT, 5 s as in

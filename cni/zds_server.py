@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from cni import seqpacket, zds
-from cni.zds import WorkloadInfo, ZdsError
-from core import log
+from shoal.cni import seqpacket, zds
+from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core import log
 
 # Istio waits 5 s for each ack (ztunnelserver.go readWorkloadResponse).
 ACK_TIMEOUT_S = 5.0

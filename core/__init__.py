@@ -3,4 +3,4 @@
 Resource model, identity/CA/TLS, HBONE, metrics, logging, admin server, CLI.
 """
 
-__version__ = "0.1.0"
+from shoal import __version__  # noqa: F401  (one version, kept in shoal/__init__.py)

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs
 import httptools
 import orjson
 
-from core import metrics as core_metrics
-from core.log import LEVELS
+from shoal.core import metrics as core_metrics
+from shoal.core.log import LEVELS
 
 # A request line plus headers from curl or Prometheus is < 1 KiB; anything
 # near this is not an operator talking to us.

@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from routing.records import Authorization, Condition, Operation, Rule, Source
+from shoal.core.records import Authorization, Condition, Operation, Rule, Source
 
 L4 = "L4"
 L7 = "L7"

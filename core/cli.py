@@ -11,17 +11,17 @@ import importlib
 
 import click
 
-from core import __version__
+from shoal.core import __version__
 
 # command name -> "module:attribute" of a click command or group, and its help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("routing.cli:config", "Validate mesh config or dump a node's live routing table."),
-    "controlplane": ("core.ca.cli:controlplane", "Run the control plane (the CA on 15012)."),
-    "ztunnel": ("ztunnel.cli:ztunnel", "Run the L4 node proxy."),
-    "ztunnel-config": ("ztunnel.cli:ztunnel_config", "Inspect a running ztunnel (workloads, services, policies, certificates)."),
-    "waypoint": ("waypoint.cli:waypoint", "Run the L7 waypoint proxy."),
-    "node-agent": ("cni.cli:node_agent", "Run the CNI node agent (pod enrollment and redirection)."),
-    "mesh": ("cni.mesh_cli:mesh", "A local multi-node mesh on network namespaces."),
+    "config": ("shoal.routing.cli:config", "Validate mesh config or dump a node's live routing table."),
+    "controlplane": ("shoal.controlplane.cli:controlplane", "Run the control plane (the CA on 15012)."),
+    "ztunnel": ("shoal.ztunnel.cli:ztunnel", "Run the L4 node proxy."),
+    "ztunnel-config": ("shoal.ztunnel.cli:ztunnel_config", "Inspect a running ztunnel (workloads, services, policies, certificates)."),
+    "waypoint": ("shoal.waypoint.cli:waypoint", "Run the L7 waypoint proxy."),
+    "node-agent": ("shoal.cni.cli:node_agent", "Run the CNI node agent (pod enrollment and redirection)."),
+    "mesh": ("shoal.cni.mesh_cli:mesh", "A local multi-node mesh on network namespaces."),
 }
 
 

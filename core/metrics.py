@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from typing import Mapping
 
-from core import __version__
+from shoal.core import __version__
 
 UNKNOWN = "unknown"
 

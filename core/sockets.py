@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from core.constants import PROXY_MARK
+from shoal.core.constants import PROXY_MARK
 
 # Accept queue length. The kernel caps it at net.core.somaxconn (4096 on
 # current kernels); Envoy and ztunnel ask for 1024-and-up, and a short queue

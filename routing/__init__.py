@@ -10,7 +10,7 @@ Modules (public API in docs/internals.md):
 - liveness.py     is a reader / segment owner process alive (pid + start time)
 - view.py         BaseView lookups; StaticView (memory) and RoutingView (shm)
 - source.py       DirectorySource: YAML directory + inotify + overlay pods
-- watcher.py      the writer process (run_watcher); `python -m routing.watcher`
+- watcher.py      the writer process (run_watcher); `python -m shoal.routing.watcher`
 - runtime.py      TableHandle / run_watcher / attach_view
 - dump.py         dump_view(view) -> the /config_dump JSON
 - cli.py          `shoal config validate|dump`

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from core.constants import ADMIN_PORT
+from shoal.core.constants import ADMIN_PORT
 
 DUMP_TIMEOUT = 5.0      # seconds; the admin endpoint answers from memory
 
@@ -27,9 +27,9 @@ def config() -> None:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def validate(directory: str, overlay: str | None, output: str) -> None:
     """Validate DIRECTORY (Kubernetes YAML): exit 0 with a summary, or 1 listing every error."""
-    from core.model import ConfigError
-    from routing.compile import compile_config, records_by_kind
-    from routing.source import DirectorySource
+    from shoal.core.model import ConfigError
+    from shoal.routing.compile import compile_config, records_by_kind
+    from shoal.routing.source import DirectorySource
 
     source = DirectorySource(directory, overlay=overlay, use_inotify=False)
     try:

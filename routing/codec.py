@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import orjson
 
-from routing.index import INDEX_PREFIX, PREFIX_KIND
-from routing.records import RECORD_TYPES
+from shoal.routing.index import INDEX_PREFIX, PREFIX_KIND
+from shoal.core.records import RECORD_TYPES
 
 # int keys (Workload.services port maps) need OPT_NON_STR_KEYS; sorted keys
 # make equal records encode to equal bytes.

@@ -32,13 +32,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from core.constants import (DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLUSTER,
+from shoal.core.constants import (DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLUSTER,
                             DEFAULT_NETWORK, DEFAULT_TRUST_DOMAIN, HBONE_PORT,
                             LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME, LABEL_USE_WAYPOINT,
                             LABEL_USE_WAYPOINT_NAMESPACE)
-from core.model import (AuthorizationPolicy, ConfigError, ConfigSet, Deployment, FieldError,
+from shoal.core.model import (AuthorizationPolicy, ConfigError, ConfigSet, Deployment, FieldError,
                         Gateway, HTTPRoute, Namespace, Pod, Service, replica_pods)
-from routing import records as rec
+from shoal.core import records as rec
 
 ROOT_NAMESPACE = "istio-system"     # Istio's meshConfig.rootNamespace default
 SVC_DOMAIN = "svc.cluster.local"

@@ -1,7 +1,7 @@
 """The routing table as JSON for `/config_dump` and `shoal config dump`.
 
 Shape (every record is `routing.records.to_dict` output, field names as in
-routing/records.py; all sections come from ONE generation):
+core/records.py; all sections come from ONE generation):
 
     {
       "generation": 7,
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from routing.records import to_dict
+from shoal.core.records import to_dict
 
 SECTIONS = {"workloads": "workload", "services": "service", "policies": "authorization",
             "waypoints": "waypoint", "routes": "httproute", "namespaces": "namespace"}

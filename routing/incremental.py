@@ -22,13 +22,13 @@ from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from core.model import ConfigError, ConfigSet, FieldError, Pod
-from routing.codec import encode_value
-from routing.compile import (CompileOptions, NamespaceInput, compile_namespace, compile_pods,
+from shoal.core.model import ConfigError, ConfigSet, FieldError, Pod
+from shoal.routing.codec import encode_value
+from shoal.routing.compile import (CompileOptions, NamespaceInput, compile_namespace, compile_pods,
                              group_by_namespace, root_selector_policies, selects,
                              service_selectors, workload_uid)
-from routing.index import contributions, index_value, record_key
-from routing.records import HTTPRoute, Service
+from shoal.routing.index import contributions, index_value, record_key
+from shoal.core.records import HTTPRoute, Service
 
 
 _REPLICA_NAME = re.compile(r"^(.+)-[0-9a-f]{10}-[0-9]+$")
@@ -351,8 +351,8 @@ def _only_pods_differ(old: NamespaceInput, new: NamespaceInput) -> bool:
 
 def full_keyspace(records: Iterable[Any]) -> dict[str, bytes]:
     """Encoded key space of a record list (for tests: must equal the incremental one)."""
-    from routing.codec import encode_keyspace
-    from routing.index import build_keyspace
+    from shoal.routing.codec import encode_keyspace
+    from shoal.routing.index import build_keyspace
     return encode_keyspace(build_keyspace(records))
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-from routing.records import (Authorization, HTTPRoute, Namespace, Service, Waypoint,
+from shoal.core.records import (Authorization, HTTPRoute, Namespace, Service, Waypoint,
                              Workload)
 
 # record kind -> key prefix (the kinds of `items(kind)`; aliases below)

@@ -13,9 +13,9 @@ mappings stay valid after the unlink (routing/shm.py, invariant 6).
 
 from __future__ import annotations
 
-from routing.shm import DEFAULT_SIZE, NAME_PREFIX, TableWriter, cleanup_stale, unlink
-from routing.view import RoutingView
-from routing.watcher import run_watcher
+from shoal.routing.shm import DEFAULT_SIZE, NAME_PREFIX, TableWriter, cleanup_stale, unlink
+from shoal.routing.view import RoutingView
+from shoal.routing.watcher import run_watcher
 
 
 class TableHandle:

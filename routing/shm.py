@@ -70,8 +70,8 @@ from typing import Iterator
 import orjson
 import posix_ipc
 
-from routing import liveness
-from routing.liveness import PID_MASK, owner_alive, owner_word
+from shoal.routing import liveness
+from shoal.routing.liveness import PID_MASK, owner_alive, owner_word
 
 NAME_PREFIX = "/shoal-rt-"
 MAGIC = 0x31545248414F4853          # "SHOAHRT1"

@@ -36,9 +36,9 @@ import struct
 import time
 from pathlib import Path
 
-from core.model import ConfigError, ConfigSet, FieldError, Pod
-from core.model.loader import MAX_FILE_BYTES, finish, parse_text, yaml_files
-from core.model.resources import Note
+from shoal.core.model import ConfigError, ConfigSet, FieldError, Pod
+from shoal.core.model.loader import MAX_FILE_BYTES, finish, parse_text, yaml_files
+from shoal.core.model.resources import Note
 
 POLL_INTERVAL = 0.02        # fallback only: bounds change latency at 20 ms
 # A file modified less than this before we read it may change again with the

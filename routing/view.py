@@ -19,12 +19,12 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator
 
-from routing.codec import decode_value
-from routing.index import (PREFIX, build_keyspace, canonical_kind, record_key,
+from shoal.routing.codec import decode_value
+from shoal.routing.index import (PREFIX, build_keyspace, canonical_kind, record_key,
                            service_key_for_host)
-from routing.records import (Authorization, HTTPRoute, Namespace, Service, Waypoint,
+from shoal.core.records import (Authorization, HTTPRoute, Namespace, Service, Waypoint,
                              WaypointRef, Workload)
-from routing.shm import OFF_ROOT, TableReader, lookup, scan
+from shoal.routing.shm import OFF_ROOT, TableReader, lookup, scan
 
 _ROOT = struct.Struct("Q")          # the ROOT word, read natively (see routing/shm.py)
 

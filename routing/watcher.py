@@ -25,12 +25,12 @@ from typing import Any
 
 import orjson
 
-from core import log
-from core.model import ConfigError
-from routing.incremental import IncrementalCompiler, resource_key
-from routing.index import diff_keyspaces
-from routing.shm import STATUS_MAX, TableFullError, TableWriter
-from routing.source import DirectorySource
+from shoal.core import log
+from shoal.core.model import ConfigError
+from shoal.routing.incremental import IncrementalCompiler, resource_key
+from shoal.routing.index import diff_keyspaces
+from shoal.routing.shm import STATUS_MAX, TableFullError, TableWriter
+from shoal.routing.source import DirectorySource
 
 WAIT_SLICE = 0.5            # how long one wait may block before signal flags are checked
 MAX_STATUS_ERRORS = 20      # errors kept in the status area (all of them go to the log)
@@ -181,7 +181,7 @@ def run_watcher(source: Any, table_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m routing.watcher",
+    p = argparse.ArgumentParser(prog="python -m shoal.routing.watcher",
                                 description="Run the routing-table writer on a config directory.")
     p.add_argument("--table", required=True, help="shared memory name (TableHandle.name)")
     p.add_argument("--overlay", help="directory of Pods with IPs for Deployment replicas")

@@ -3,8 +3,8 @@
 Run an app (a `shards.app.App`) in N forked workers, each on uvloop with its
 own SO_REUSEPORT listeners:
 
-    from shards.options import supervisor_options, SupervisorOptions
-    from shards.runner import run_app
+    from shoal.shards.options import supervisor_options, SupervisorOptions
+    from shoal.shards.runner import run_app
     sys.exit(run_app(lambda: MyApp(...), supervisor_options_value))
 
 See docs/operations.md (signals, exit codes, flags, metrics) and

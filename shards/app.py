@@ -24,8 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from core.drain import DrainWatcher
-from core.sockets import SocketFactory
+from shoal.core.drain import DrainWatcher
+from shoal.core.sockets import SocketFactory
 
 
 class App:
@@ -75,7 +75,7 @@ class WorkerContext:
         Raises:
             OSError: the address cannot be bound.
         """
-        from shards.listener import Listener
+        from shoal.shards.listener import Listener
         factory = sockets or self.sockets
         sock = factory.listen(host, port)
         label = name or f"{host}:{port}"

@@ -29,7 +29,7 @@ import json
 import socket
 from typing import Callable
 
-from core.sockets import LISTEN_BACKLOG, CONNECT_TIMEOUT, SocketFactory, listener_key
+from shoal.core.sockets import LISTEN_BACKLOG, CONNECT_TIMEOUT, SocketFactory, listener_key
 
 ENV_LISTEN_FDS = "SHOAL_LISTEN_FDS"          # {"<slot>": {"<key>": fd}}
 ENV_UPGRADE_READY_FD = "SHOAL_UPGRADE_READY_FD"  # write b"1" once serving

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import click
 
-from core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
-from core.log import LEVELS
+from shoal.core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from shoal.core.log import LEVELS
 
 # SIGTERM drain: Kubernetes' default terminationGracePeriodSeconds is 30 s;
 # we must be done before the kubelet's SIGKILL, so 25 s leaves a margin.

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib
 
-from shards.app import EmptyView
-from shards.exitcodes import CONFIG_ERROR, SupervisorExit
+from shoal.shards.app import EmptyView
+from shoal.shards.exitcodes import CONFIG_ERROR, SupervisorExit
 
 
 def runtime():
     """The routing.runtime module. Raises SupervisorExit(CONFIG_ERROR) if absent."""
     try:
-        return importlib.import_module("routing.runtime")
+        return importlib.import_module("shoal.routing.runtime")
     except ImportError as e:
         raise SupervisorExit(CONFIG_ERROR, f"--config needs the routing table (routing.runtime): {e}")
 
@@ -37,7 +37,7 @@ def attach(name: str | None):
     """Worker, post-fork: a read-only RoutingView, or EmptyView."""
     if name is None:
         try:
-            from routing.view import StaticView
+            from shoal.routing.view import StaticView
         except ImportError:
             return EmptyView()
         return StaticView(generation=1, status=dict(EMPTY_STATUS))
@@ -55,7 +55,7 @@ def run_watcher(config: str, name: str) -> None:
 def dump(view) -> object:
     """`/config_dump` routing section: routing.dump.dump_view when present."""
     try:
-        dump_view = importlib.import_module("routing.dump").dump_view
+        dump_view = importlib.import_module("shoal.routing.dump").dump_view
     except (ImportError, AttributeError):
         return view.status() if hasattr(view, "status") else {}
     try:

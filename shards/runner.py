@@ -1,7 +1,7 @@
 """`run_app`: the one call a CLI makes to run an app under the supervisor.
 
-    from shards.options import supervisor_options, SupervisorOptions
-    from shards.runner import run_app
+    from shoal.shards.options import supervisor_options, SupervisorOptions
+    from shoal.shards.runner import run_app
 
     @click.command()
     @supervisor_options
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from core import log as core_log
-from shards import exitcodes
-from shards.app import App
-from shards.options import SupervisorOptions
-from shards.supervisor import Supervisor
+from shoal.core import log as core_log
+from shoal.shards import exitcodes
+from shoal.shards.app import App
+from shoal.shards.options import SupervisorOptions
+from shoal.shards.supervisor import Supervisor
 
 
 def run_app(app_factory: Callable[[], App], options: SupervisorOptions) -> int:

@@ -30,19 +30,19 @@ import sys
 import time
 from dataclasses import dataclass
 
-from core import log as core_log
-from core import metrics as core_metrics
-from core.drain import DrainMode
-from shards import exitcodes, routing_glue
-from shards.app import App
-from shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
+from shoal.core import log as core_log
+from shoal.core import metrics as core_metrics
+from shoal.core.drain import DrainMode
+from shoal.shards import exitcodes, routing_glue
+from shoal.shards.app import App
+from shoal.shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
                             encode_listen_fds, namespace_prefix, recv_message)
-from shards.heartbeat import HeartbeatTable
-from shards.options import MAX_WORKERS, SupervisorOptions
-from shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
+from shoal.shards.heartbeat import HeartbeatTable
+from shoal.shards.options import MAX_WORKERS, SupervisorOptions
+from shoal.shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
                          write_pidfile)
-from shards.signals import HANDLED, SignalQueue, reset_in_child
-from shards.worker import Worker
+from shoal.shards.signals import HANDLED, SignalQueue, reset_in_child
+from shoal.shards.worker import Worker
 
 # Longest the loop sleeps without an event: bounds how late a backoff
 # restart or a stale-heartbeat check can be (restart "within 1 s").

@@ -29,16 +29,16 @@ import signal
 import socket
 import time
 
-from core import drain as core_drain
-from core import log as core_log
-from core import metrics as core_metrics
-from core.admin import Endpoints, HttpProtocol
-from core.sockets import DefaultSocketFactory, SocketFactory
-from shards import exitcodes, routing_glue, signals
-from shards.app import App, WorkerContext
-from shards.handoff import SlotSocketFactory, send_message
-from shards.heartbeat import HeartbeatTable
-from shards.options import SupervisorOptions
+from shoal.core import drain as core_drain
+from shoal.core import log as core_log
+from shoal.core import metrics as core_metrics
+from shoal.core.admin import Endpoints, HttpProtocol
+from shoal.core.sockets import DefaultSocketFactory, SocketFactory
+from shoal.shards import exitcodes, routing_glue, signals
+from shoal.shards.app import App, WorkerContext
+from shoal.shards.handoff import SlotSocketFactory, send_message
+from shoal.shards.heartbeat import HeartbeatTable
+from shoal.shards.options import SupervisorOptions
 
 # How often a worker looks at the shared control word (log level). A read
 # of 8 bytes: cheap, and /logging changes reach every worker within this.

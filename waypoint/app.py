@@ -23,17 +23,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from core import log as core_log
-from core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
-from core.pipe import TcpEnd
-from routing.records import WaypointRef, spiffe_id
-from shards.app import App
-from waypoint.destination import NotForUs, resolve
-from waypoint.lb import MODES, ROUND_ROBIN
-from waypoint.proxy import Downstream, Proxy
-from waypoint.server import serve_stream
-from waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
-from waypoint.upstream import H1Pool, HboneConnector, TcpConnector
+from shoal.core import log as core_log
+from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shoal.core.pipe import TcpEnd
+from shoal.core.records import WaypointRef, spiffe_id
+from shoal.shards.app import App
+from shoal.waypoint.destination import NotForUs, resolve
+from shoal.waypoint.lb import MODES, ROUND_ROBIN
+from shoal.waypoint.proxy import Downstream, Proxy
+from shoal.waypoint.server import serve_stream
+from shoal.waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
+from shoal.waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 
 LOG = core_log.get("waypoint")
 # Accept queue of the HBONE listener: ztunnels open few, long-lived pooled
@@ -106,7 +106,7 @@ class WaypointApp(App):
         if o.hbone_port:
             await self._load_cert()
             if not o.upstream_plaintext:
-                from core.hbone.pool import HbonePool
+                from shoal.core.hbone.pool import HbonePool
                 pool = HbonePool(lambda _src: self._client_context(), log=LOG)
                 connector = HboneConnector(pool, o.identity, plaintext=plain)
         self.proxy = Proxy(view=ctx.routing, waypoint=self.ref, pool=H1Pool(connector),
@@ -171,11 +171,11 @@ class WaypointApp(App):
     async def _load_cert(self) -> None:
         o: WaypointOptions = self.options
         if o.cert_dir:
-            from core.identity.caclient import load_credential
+            from shoal.core.identity.caclient import load_credential
             self.cert = load_credential(o.cert_dir)
             return
-        from core.identity import CertManager
-        from core.identity.caclient import CaClient
+        from shoal.core.identity import CertManager
+        from shoal.core.identity.caclient import CaClient
         host, _, port = o.ca_address.rpartition(":")
         self.certs = CertManager(CaClient.from_dir((host, int(port)), o.ca_credential_dir),
                                  node_name=o.name)
@@ -194,7 +194,7 @@ class WaypointApp(App):
             if ctx is not None:
                 return ctx
         if self._client_ctx is None:
-            from core.identity.tls import client_context
+            from shoal.core.identity.tls import client_context
             self._client_ctx = client_context(self.cert)
         return self._client_ctx
 
@@ -206,13 +206,13 @@ class WaypointApp(App):
             if ctx is not None:
                 return ctx
         if self._server_ctx is None:
-            from core.identity.tls import server_context
+            from shoal.core.identity.tls import server_context
             self._server_ctx = server_context(self.cert)
         return self._server_ctx
 
     # -- listeners ---------------------------------------------------------------
     async def _listen_hbone(self) -> None:
-        from core.hbone.server import HboneServer
+        from shoal.core.hbone.server import HboneServer
         o: WaypointOptions = self.options
         self.hbone = HboneServer(self._on_connect, log=LOG)
         sock = self.ctx.sockets.listen(o.bind, o.hbone_port)
@@ -228,7 +228,7 @@ class WaypointApp(App):
                                                         backlog=HBONE_BACKLOG)
 
     async def _on_connect(self, req):
-        from core.hbone.server import Accept, Reject
+        from shoal.core.hbone.server import Accept, Reject
         view = self.ctx.routing
         if not view.generation:
             return Reject(503, "waypoint has no configuration yet (routing generation 0)")

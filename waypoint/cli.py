@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
-from shards.options import supervisor_options
-from waypoint.lb import MODES, ROUND_ROBIN
+from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shoal.shards.options import supervisor_options
+from shoal.waypoint.lb import MODES, ROUND_ROBIN
 
 
 @click.group()
@@ -41,8 +41,8 @@ def waypoint() -> None:
               help="One JSON line per request on the shoal.access logger.")
 def run(supervisor, **flags) -> None:
     """Run a waypoint: N workers sharing :15008 (SO_REUSEPORT)."""
-    from shards.runner import run_app
-    from waypoint.app import WaypointApp, WaypointOptions
+    from shoal.shards.runner import run_app
+    from shoal.waypoint.app import WaypointApp, WaypointOptions
     try:
         options = WaypointOptions(**flags)
     except ValueError as e:

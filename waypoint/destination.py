@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from routing.records import Service, ServicePort, Waypoint, Workload
+from shoal.core.records import Service, ServicePort, Waypoint, Workload
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

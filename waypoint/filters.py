@@ -22,10 +22,10 @@ from __future__ import annotations
 import random as _random
 from dataclasses import dataclass
 
-from routing.records import (HeaderModifier, HTTPFilter, PathModifier, RequestMirror,
+from shoal.core.records import (HeaderModifier, HTTPFilter, PathModifier, RequestMirror,
                              RequestRedirect, Retry, RouteMatch, RouteRule, URLRewrite)
-from waypoint import message
-from waypoint.message import Headers, RequestHead
+from shoal.waypoint import message
+from shoal.waypoint.message import Headers, RequestHead
 
 WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 
-from routing.records import Timeouts
-from waypoint import filters, message
-from waypoint.h2upstream import request_headers
-from waypoint.upstream import UpstreamError, UpstreamTimeout
+from shoal.core.records import Timeouts
+from shoal.waypoint import filters, message
+from shoal.waypoint.h2upstream import request_headers
+from shoal.waypoint.upstream import UpstreamError, UpstreamTimeout
 
 # Response headers that describe HTTP/1.1 framing, meaningless from HTTP/2.
 _DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
@@ -27,7 +27,7 @@ _DROP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "up
 async def forward(proxy, st, req, body, sink, out, eps, rule, response_mod) -> bool:
     """Send one request to an HTTP/2 port and stream the answer to `sink`.
     Returns False when the client connection must close."""
-    from waypoint.proxy import _budget, _with_deadline, _with_timeout
+    from shoal.waypoint.proxy import _budget, _with_deadline, _with_timeout
     timeouts = rule.timeouts if rule is not None else Timeouts()
     deadline = st.t0 + timeouts.request if timeouts.request else None
     headers = proxy._upstream_headers(st, req, out)

@@ -18,11 +18,11 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from core.pipe import READ_SIZE
-from waypoint.h2inbox import H2Inbox
-from waypoint.http1 import RequestReceived
-from waypoint.server import close_stream
-from waypoint.message import RequestHead
+from shoal.core.pipe import READ_SIZE
+from shoal.waypoint.h2inbox import H2Inbox
+from shoal.waypoint.http1 import RequestReceived
+from shoal.waypoint.server import close_stream
+from shoal.waypoint.message import RequestHead
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Per-stream receive window: Envoy's default initial_stream_window_size is

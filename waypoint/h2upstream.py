@@ -28,11 +28,11 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from core.pipe import READ_SIZE
-from waypoint import message
-from waypoint.h2inbox import H2Inbox
-from waypoint.message import Headers, RequestHead
-from waypoint.upstream import IDLE_TIMEOUT, UpstreamProtocolError, UpstreamReset
+from shoal.core.pipe import READ_SIZE
+from shoal.waypoint import message
+from shoal.waypoint.h2inbox import H2Inbox
+from shoal.waypoint.message import Headers, RequestHead
+from shoal.waypoint.upstream import IDLE_TIMEOUT, UpstreamProtocolError, UpstreamReset
 
 # Istio's protocol selection for HTTP/2: appProtocol values and port-name
 # prefixes (`<proto>` or `<proto>-<suffix>`).

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from waypoint.message import Headers, RequestHead, ResponseHead
+from shoal.waypoint.message import Headers, RequestHead, ResponseHead
 
 # Envoy's default `max_request_headers_kb` is 60 KiB; beyond it Envoy answers
 # 431, so clients tuned for Istio fit and oversized heads get the same code.

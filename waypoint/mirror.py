@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from waypoint import message
-from waypoint.http1 import (H1ResponseParser, MessageEnded, ResponseReceived,
+from shoal.waypoint import message
+from shoal.waypoint.http1 import (H1ResponseParser, MessageEnded, ResponseReceived,
                             serialize_request_head)
-from waypoint.message import RequestHead
+from shoal.waypoint.message import RequestHead
 
 # A mirror response slower than this is abandoned (and its connection closed).
 MIRROR_TIMEOUT = 30.0

@@ -22,23 +22,23 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from core import authz
-from core import log as core_log
-from core.constants import WAYPOINT_GATEWAY_CLASS
-from routing.records import Timeouts
-from waypoint import filters, h2forward, message
-from waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
+from shoal.core import authz
+from shoal.core import log as core_log
+from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
+from shoal.core.records import Timeouts
+from shoal.waypoint import filters, h2forward, message
+from shoal.waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host, \
     service_port, workload_endpoint
-from waypoint.h2upstream import H2Pool, speaks_h2
-from waypoint.http1 import (LAST_CHUNK, BodyReceived, H1ResponseParser, MessageEnded,
+from shoal.waypoint.h2upstream import H2Pool, speaks_h2
+from shoal.waypoint.http1 import (LAST_CHUNK, BodyReceived, H1ResponseParser, MessageEnded,
                             ResponseReceived, encode_chunk, serialize_request_head,
                             strip_hop_by_hop)
-from waypoint.lb import ROUND_ROBIN, Balancer
-from waypoint.message import RequestHead
-from waypoint.mirror import send_mirror
-from waypoint.routes import NoBackend, RouteInput, RouteTable, pick_backend
-from waypoint.telemetry import RequestRecord, Telemetry, traceparent, valid_traceparent
-from waypoint.upstream import (H1Pool, UpstreamConn, UpstreamError, UpstreamProtocolError,
+from shoal.waypoint.lb import ROUND_ROBIN, Balancer
+from shoal.waypoint.message import RequestHead
+from shoal.waypoint.mirror import send_mirror
+from shoal.waypoint.routes import NoBackend, RouteInput, RouteTable, pick_backend
+from shoal.waypoint.telemetry import RequestRecord, Telemetry, traceparent, valid_traceparent
+from shoal.waypoint.upstream import (H1Pool, UpstreamConn, UpstreamError, UpstreamProtocolError,
                                UpstreamReset, UpstreamTimeout)
 
 # Bodies declared up to this size are read before going upstream so that a
@@ -83,7 +83,7 @@ class Downstream:
 
 def _hbone_reset_errors() -> tuple:
     try:
-        from core.hbone import HboneError
+        from shoal.core.hbone import HboneError
         return _RESET_ERRORS + (HboneError,)
     except ImportError:
         return _RESET_ERRORS

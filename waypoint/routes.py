@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from routing.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
+from shoal.core.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
 
 # Sort key ranks (smaller first).
 _EXACT, _PREFIX, _REGEX = 0, 1, 2

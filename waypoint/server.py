@@ -16,11 +16,11 @@ import asyncio
 import dataclasses
 from collections import deque
 
-from core.pipe import READ_SIZE
-from waypoint.http1 import (LAST_CHUNK, BodyReceived, H1Server, MessageEnded, ProtocolFailed,
+from shoal.core.pipe import READ_SIZE
+from shoal.waypoint.http1 import (LAST_CHUNK, BodyReceived, H1Server, MessageEnded, ProtocolFailed,
                             RequestReceived, TunnelData, encode_chunk, serialize_response_head,
                             simple_response)
-from waypoint.proxy import Downstream, Proxy
+from shoal.waypoint.proxy import Downstream, Proxy
 
 # After a local reply (403, redirect...) the rest of the request body is read
 # and dropped to keep the connection usable, up to this much; a bigger body
@@ -37,7 +37,7 @@ IDLE_TIMEOUT = 75.0
 
 def _read_errors() -> tuple:
     try:
-        from core.hbone.errors import HboneError
+        from shoal.core.hbone.errors import HboneError
         return (TimeoutError, ConnectionError, OSError, HboneError)
     except ImportError:
         return (TimeoutError, ConnectionError, OSError)
@@ -327,7 +327,7 @@ async def close_stream(stream) -> None:
 async def serve_stream(stream, down: Downstream, proxy: Proxy) -> None:
     """Serve HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the
     client's first bytes), on one client byte stream."""
-    from waypoint import h2server
+    from shoal.waypoint import h2server
     first = await _peek(stream)
     if not first:
         await close_stream(stream)
@@ -357,5 +357,5 @@ async def _peek(stream) -> bytes:
 
 
 def h2_prefix(data: bytes) -> bool:
-    from waypoint.h2server import PREFACE
+    from shoal.waypoint.h2server import PREFACE
     return PREFACE.startswith(data[:24])

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from core.authz import spiffe_parts, strip_spiffe
-from routing.records import Service, Workload
+from shoal.core.authz import spiffe_parts, strip_spiffe
+from shoal.core.records import Service, Workload
 
 ACCESS_LOG = logging.getLogger("shoal.access")
 REPORTER = "waypoint"

@@ -18,9 +18,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from core.constants import HBONE_PORT
-from core.pipe import TcpEnd
-from waypoint.destination import Endpoint
+from shoal.core.constants import HBONE_PORT
+from shoal.core.pipe import TcpEnd
+from shoal.waypoint.destination import Endpoint
 
 # Idle upstream connections kept per endpoint: enough for a burst of
 # concurrent requests on one worker without reconnecting.
@@ -127,7 +127,7 @@ class HboneConnector:
     async def open(self, ep: Endpoint, *, source_ip: str = "", host: str = ""):
         if not ep.hbone:
             return await self.plaintext.open(ep, source_ip=source_ip)
-        from core.hbone import HboneError
+        from shoal.core.hbone import HboneError
         try:
             return await self.pool.open(
                 src=self.identity, dst_identities=(ep.workload.identity,),

@@ -26,11 +26,11 @@ import os
 import time
 from typing import Any, Callable
 
-from core import log as shoal_log
-from core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
-from shards.app import App
-from ztunnel.options import DEDICATED, ZtunnelOptions
-from ztunnel.proxy import Proxy, Scope, Shared
+from shoal.core import log as shoal_log
+from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
+from shoal.shards.app import App
+from shoal.ztunnel.options import DEDICATED, ZtunnelOptions
+from shoal.ztunnel.proxy import Proxy, Scope, Shared
 
 LOG = shoal_log.get("ztunnel")
 
@@ -70,7 +70,7 @@ class ZtunnelApp(App):
             await proxy.start()
             self.proxies[""] = proxy
         else:
-            from cni.inpod import InPodClient
+            from shoal.ztunnel.inpod import InPodClient
             self._zds = InPodClient(o.zds_socket, self._on_zds)
             self._tasks.append(asyncio.get_running_loop().create_task(self._zds.run()))
             await self._await_snapshot()
@@ -148,7 +148,7 @@ class ZtunnelApp(App):
 
     # -- in-pod mode ---------------------------------------------------------------
     async def _on_zds(self, event: Any) -> None:
-        from cni.inpod import SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
+        from shoal.ztunnel.inpod import SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
         if isinstance(event, WorkloadAdded):
             await self._add_pod(event.uid, event.netns_fd)
         elif isinstance(event, WorkloadDeleted):
@@ -161,7 +161,7 @@ class ZtunnelApp(App):
             self._kept = set()
 
     async def _add_pod(self, uid: str, netns_fd: int) -> None:
-        from ztunnel.podsockets import PodSocketFactory
+        from shoal.ztunnel.podsockets import PodSocketFactory
         self._kept = self._kept | {uid}
         if uid in self.proxies:
             return
@@ -196,8 +196,8 @@ class ZtunnelApp(App):
 
 def make_cert_manager(o: ZtunnelOptions):
     """The CA client (node credential) and the certificate manager."""
-    from core.identity import CertManager
-    from core.identity.caclient import CaClient
+    from shoal.core.identity import CertManager
+    from shoal.core.identity.caclient import CaClient
     if not o.ca_credential_dir:
         raise ValueError("--ca-credential is required: the node credential directory "
                          "(shoal controlplane issue-node-cert --node NODE --out DIR)")

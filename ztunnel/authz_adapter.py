@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from core import authz
-from routing.records import Authorization
-from ztunnel.inbound import ConnInfo
+from shoal.core import authz
+from shoal.core.records import Authorization
+from shoal.ztunnel.inbound import ConnInfo
 
 
 def evaluate_l4(policies: Iterable[Authorization], conn: ConnInfo) -> tuple[bool, str, str]:

@@ -9,9 +9,9 @@ import urllib.request
 import click
 import orjson
 
-from core.constants import ADMIN_PORT, CA_PORT
-from ztunnel import tables
-from ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
+from shoal.core.constants import ADMIN_PORT, CA_PORT
+from shoal.ztunnel import tables
+from shoal.ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
 
 # The admin endpoint answers from a local worker; a second is plenty.
 ADMIN_TIMEOUT = 5.0
@@ -23,7 +23,7 @@ def ztunnel() -> None:
 
 
 def _run_command():
-    from shards.options import supervisor_options
+    from shoal.shards.options import supervisor_options
 
     @ztunnel.command("run")
     @click.option("--node", required=True, help="Name of the node this ztunnel serves.")
@@ -52,9 +52,9 @@ def _run_command():
     def run(supervisor, node, mode, ca_address, ca_credential, zds_socket, bind, hbone_port,
             outbound_port, inbound_port, fixed, bytes_report_interval) -> None:
         """Run the ztunnel under the shards supervisor."""
-        from shards.runner import run_app
-        from ztunnel.app import ZtunnelApp
-        from ztunnel.options import SNAPSHOT_WAIT, FixedTarget, ZtunnelOptions
+        from shoal.shards.runner import run_app
+        from shoal.ztunnel.app import ZtunnelApp
+        from shoal.ztunnel.options import SNAPSHOT_WAIT, FixedTarget, ZtunnelOptions
         try:
             opts = ZtunnelOptions(node=node, mode=mode, ca_address=ca_address,
                                   ca_credential_dir=ca_credential, zds_socket=zds_socket,

@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ztunnel.inbound import Authorizer, ConnInfo, Rejected, authorize_l4, recheck
+from shoal.ztunnel.inbound import Authorizer, ConnInfo, Rejected, authorize_l4, recheck
 
 LATE_REJECTION = "AuthorizationPolicyLateRejection"
 

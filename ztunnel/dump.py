@@ -2,7 +2,7 @@
 
 Keys follow ztunnel's config dump: `workloads`, `services`, `policies`,
 `certificates`, plus shoal's `connections` and `routing` status. Record
-dicts use the field names of routing/records.py; maps keyed by port get
+dicts use the field names of core/records.py; maps keyed by port get
 string keys so any JSON encoder takes them.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from routing.dump import dump_view
+from shoal.routing.dump import dump_view
 
 
 def cert_entry(identity: str, cert: Any | None, state: str = "Available") -> dict[str, Any]:

@@ -24,9 +24,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core.constants import PROXY_PORTS
-from routing.records import Workload
-from ztunnel.outbound import hostport, waypoint_replicas
+from shoal.core.constants import PROXY_PORTS
+from shoal.core.records import Workload
+from shoal.ztunnel.outbound import hostport, waypoint_replicas
 
 # HTTP statuses of the CONNECT response (Istio's).
 OK = 200
@@ -96,7 +96,7 @@ def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, s
     Returns:
         (allowed, reason, policy key or "").
     """
-    from ztunnel import authz_adapter  # late: core.authz is another package
+    from shoal.ztunnel import authz_adapter  # late: core.authz is another package
     return authz_adapter.evaluate_l4(view.policies_for_workload(workload), conn)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+from shoal.core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
                             OUTBOUND_CAPTURE_PORT)
 
 DEDICATED = "dedicated"

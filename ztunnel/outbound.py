@@ -32,8 +32,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from core.constants import HBONE_PORT, PROXY_PORTS
-from routing.records import Service, Waypoint, Workload
+from shoal.core.constants import HBONE_PORT, PROXY_PORTS
+from shoal.core.records import Service, Waypoint, Workload
 
 # Route kinds.
 HBONE = "HBONE"            # mTLS + HTTP/2 CONNECT to a peer proxy's 15008

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from core.constants import INBOUND_ROUTE_TABLE, TPROXY_MARK
-from core.sockets import CONNECT_TIMEOUT, LISTEN_BACKLOG, set_keepalive
+from shoal.core.constants import INBOUND_ROUTE_TABLE, TPROXY_MARK
+from shoal.core.sockets import CONNECT_TIMEOUT, LISTEN_BACKLOG, set_keepalive
 
 # Linux socket options Python's socket module does not name
 # (include/uapi/linux/in.h, in6.h).
@@ -39,7 +39,7 @@ class SpoofUnavailable(OSError):
 
 class PodSocketFactory:
     def __init__(self, netns_fd: int, uid: str) -> None:
-        from cni.netns import NetnsSocketFactory
+        from shoal.cni.netns import NetnsSocketFactory
         self.inner = NetnsSocketFactory(netns_fd)
         self.netns_fd = netns_fd
         self.namespace_key = f"pod:{uid}"

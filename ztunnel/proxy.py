@@ -39,21 +39,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core import log as shoal_log
-from core.hbone import HboneError
-from core.hbone.pool import HbonePool
-from core.hbone.server import Accept, ConnectRequest, HboneServer, Reject
-from core.pipe import PipeReset, TcpEnd, pipe
-from core.sockets import LISTEN_BACKLOG, configure_accepted
-from routing.records import Workload
-from ztunnel import inbound, outbound, telemetry
-from ztunnel.connections import ConnectionManager
-from ztunnel.options import OUTBOUND, ZtunnelOptions
-from ztunnel.origdst import original_dst
-from ztunnel.outbound import OutboundError, hostport
-from ztunnel.podsockets import SpoofUnavailable
-from ztunnel.spoof import SpoofState
-from ztunnel.telemetry import LiveBytes
+from shoal.core import log as shoal_log
+from shoal.core.hbone import HboneError
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.server import Accept, ConnectRequest, HboneServer, Reject
+from shoal.core.pipe import PipeReset, TcpEnd, pipe
+from shoal.core.sockets import LISTEN_BACKLOG, configure_accepted
+from shoal.core.records import Workload
+from shoal.ztunnel import inbound, outbound, telemetry
+from shoal.ztunnel.connections import ConnectionManager
+from shoal.ztunnel.options import OUTBOUND, ZtunnelOptions
+from shoal.ztunnel.origdst import original_dst
+from shoal.ztunnel.outbound import OutboundError, hostport
+from shoal.ztunnel.podsockets import SpoofUnavailable
+from shoal.ztunnel.spoof import SpoofState
+from shoal.ztunnel.telemetry import LiveBytes
 
 ACCESS = shoal_log.get("access")
 LOG = shoal_log.get("ztunnel")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from routing.records import Service, Workload
+from shoal.core.records import Service, Workload
 
 UNKNOWN = "unknown"
 MUTUAL_TLS = "mutual_tls"

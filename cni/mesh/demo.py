@@ -18,8 +18,8 @@ from typing import Callable
 
 import orjson
 
-from cni.mesh import net
-from cni.mesh.mesh import Mesh
+from shoal.cni.mesh import net
+from shoal.cni.mesh.mesh import Mesh
 
 # A tour step that waits on the mesh gives up after this long (a fresh mesh
 # fetches certificates on first use, ~1 s per identity on 2 cores).

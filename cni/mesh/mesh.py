@@ -23,11 +23,11 @@ from typing import Callable
 import orjson
 import yaml
 
-from cni import chain
-from cni.mesh import net, plan, procs
-from cni.mesh.net import MeshError
-from cni.mesh.procs import ProcRecord
-from core.constants import (CA_PORT, DATAPLANE_NONE, LABEL_DATAPLANE_MODE,
+from shoal.cni import chain
+from shoal.cni.mesh import net, plan, procs
+from shoal.cni.mesh.net import MeshError
+from shoal.cni.mesh.procs import ProcRecord
+from shoal.core.constants import (CA_PORT, DATAPLANE_NONE, LABEL_DATAPLANE_MODE,
                             WAYPOINT_GATEWAY_CLASS)
 
 # How long `up` waits for each node's ztunnel to connect to its node agent.
@@ -57,7 +57,7 @@ Progress = Callable[[str], None]
 
 def shoal_argv() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "shoal")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "core.cli"]
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "shoal.core.cli"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -520,7 +520,7 @@ def chain_ip(result: dict) -> str:
 def load_docs(sources: list[str]) -> list[dict]:
     """Raw YAML documents of files/dirs, each remembering its directory
     (containers' relative paths start there)."""
-    from core.model import yaml_files
+    from shoal.core.model import yaml_files
     docs = []
     for src in sources:
         try:
@@ -542,7 +542,7 @@ def load_docs(sources: list[str]) -> list[dict]:
 
 
 def validate(docs: list[dict]) -> None:
-    from core.model import ConfigError, load_text
+    from shoal.core.model import ConfigError, load_text
     try:
         load_text(yaml.safe_dump_all(docs, sort_keys=False))
     except ConfigError as e:

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 
-from cni.mesh import plan
+from shoal.cni.mesh import plan
 
 # `ip`/`sysctl` calls are instant; bound them so a wedged kernel call shows
 # up as an error rather than a hung `mesh up`.

@@ -32,9 +32,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from core.constants import (DATAPLANE_NONE, LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME,
+from shoal.core.constants import (DATAPLANE_NONE, LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME,
                             WAYPOINT_GATEWAY_CLASS)
-from core.model import ANNOTATION_POD_IPS, replica_pods
+from shoal.core.model import ANNOTATION_POD_IPS, replica_pods
 
 MAX_NODES = 100                 # pod CIDRs 10.BASE.1-100.0/24 stay below the VIP range
 VIP_OFFSET = 128 * 256          # 10.BASE.128.0
@@ -159,7 +159,7 @@ def _waypoint_pods(doc: dict, source_dir: str, shoal: str) -> list[PodPlan]:
 
 def pods_of(docs: Iterable[dict], shoal: str = "shoal") -> list[PodPlan]:
     """Every pod the documents ask for, in document order (unplaced)."""
-    from core.model import Deployment, load_text
+    from shoal.core.model import Deployment, load_text
     out: list[PodPlan] = []
     for doc in docs:
         kind, meta = doc.get("kind"), doc.get("metadata") or {}

@@ -1,14 +1,14 @@
 """HBONE: Istio's HTTP/2 CONNECT tunnel over mutual TLS 1.3 (docs/hbone.md).
 
-    from core.hbone import HbonePool, HboneServer, ConnectRequest, Accept, Reject, HboneError
+    from shoal.core.hbone import HbonePool, HboneServer, ConnectRequest, Accept, Reject, HboneError
 
 The sans-IO core is `core.hbone.protocol`; the asyncio adapters are loaded
 lazily so that pure users (unit tests, tools) do not pull in asyncio/ssl.
 """
 
-from core.hbone.errors import (HboneError, LocalProtocolError, PeerIdentityError,
+from shoal.core.hbone.errors import (HboneError, LocalProtocolError, PeerIdentityError,
                                RemoteProtocolError, StreamResetError)
-from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
+from shoal.core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
 
 _LAZY = {
     "HboneStream": "core.hbone.stream", "HboneConnection": "core.hbone.connection",

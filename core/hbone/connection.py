@@ -27,14 +27,14 @@ from typing import Callable
 
 from h2.errors import ErrorCodes
 
-from core import log as shoal_log
-from core.hbone import events as ev
-from core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
+from shoal.core import log as shoal_log
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
                                StreamResetError)
-from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
-from core.hbone.settings import DEFAULT_SETTINGS, WRITE_HIGH_WATER, HboneSettings
-from core.hbone.stream import HboneStream
-from core.identity.spiffe import (IdentityError, verify_client_trust_domain,
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.settings import DEFAULT_SETTINGS, WRITE_HIGH_WATER, HboneSettings
+from shoal.core.hbone.stream import HboneStream
+from shoal.core.identity.spiffe import (IdentityError, verify_client_trust_domain,
                                   verify_server_identity)
 
 LOG = shoal_log.get("hbone")
@@ -119,7 +119,7 @@ class HboneConnection(asyncio.Protocol):
             elif self.trust_domain is not None:
                 self.peer_identity = verify_client_trust_domain(ssl_object, self.trust_domain)
             else:
-                from core.identity.spiffe import peer_identity
+                from shoal.core.identity.spiffe import peer_identity
                 self.peer_identity = peer_identity(ssl_object)
         except IdentityError as e:
             raise PeerIdentityError(f"{e} (check the peer's certificate and the expected "

@@ -26,11 +26,11 @@ import ssl
 import time
 from typing import Callable, Iterable
 
-from core.hbone import tlsio
-from core.hbone.connection import LOG, HboneConnection
-from core.hbone.errors import HboneError
-from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
-from core.hbone.stream import HboneStream
+from shoal.core.hbone import tlsio
+from shoal.core.hbone.connection import LOG, HboneConnection
+from shoal.core.hbone.errors import HboneError
+from shoal.core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
+from shoal.core.hbone.stream import HboneStream
 
 PoolKey = tuple[str, frozenset, tuple[str, int]]
 

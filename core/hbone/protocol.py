@@ -40,10 +40,10 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 
-from core.hbone import events as ev
-from core.hbone.h2fast import H2ConnectionFast
-from core.hbone.errors import LocalProtocolError, RemoteProtocolError
-from core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.h2fast import H2ConnectionFast
+from shoal.core.hbone.errors import LocalProtocolError, RemoteProtocolError
+from shoal.core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
                                  HboneSettings)
 
 # h2's default initial window (RFC 9113 §6.9.2); we grow the connection window

@@ -26,13 +26,13 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from core.hbone import events as ev
-from core.hbone import tlsio
-from core.hbone.connection import LOG, HboneConnection, _addr
-from core.hbone.errors import HboneError
-from core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
-from core.hbone.stream import HboneStream
-from core.pipe import PipeReset, endpoint, pipe
+from shoal.core.hbone import events as ev
+from shoal.core.hbone import tlsio
+from shoal.core.hbone.connection import LOG, HboneConnection, _addr
+from shoal.core.hbone.errors import HboneError
+from shoal.core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
+from shoal.core.hbone.stream import HboneStream
+from shoal.core.pipe import PipeReset, endpoint, pipe
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from h2.errors import ErrorCodes
 
-from core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
-from core.hbone.settings import READ_SIZE
+from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
+from shoal.core.hbone.settings import READ_SIZE
 
 if TYPE_CHECKING:
-    from core.hbone.connection import HboneConnection
+    from shoal.core.hbone.connection import HboneConnection
 
 
 class HboneStream:

@@ -17,7 +17,7 @@ import asyncio
 import ssl
 from typing import Callable
 
-from core.hbone.alloc import tune_allocator
+from shoal.core.hbone.alloc import tune_allocator
 
 # Decrypt up to this much per data_received call: large batches mean fewer
 # h2/Python round trips per byte (uvloop uses the same 256 KiB).

@@ -4,7 +4,7 @@ It authenticates with the node credential written by `shoal controlplane
 issue-node-cert` (cert-chain.pem, key.pem, root-cert.pem; Istio's node proxy
 uses a service-account token instead) and checks that the server is the
 control plane (`spiffe://<td>/ns/istio-system/sa/istiod`) before sending the
-CSR. The API is described in core/ca/server.py and docs/security.md.
+CSR. The API is described in controlplane/server.py and docs/security.md.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from core.identity import tls as shoal_tls
-from core.identity.certs import CertError, WorkloadCert, load_pem_certs
-from core.identity.spiffe import Identity, PeerVerificationError, verify_server_identity
+from shoal.core.identity import tls as shoal_tls
+from shoal.core.identity.certs import CertError, WorkloadCert, load_pem_certs
+from shoal.core.identity.spiffe import Identity, PeerVerificationError, verify_server_identity
 
 # Istio's istiod serves the CA; its SPIFFE identity is what we expect to reach.
 CONTROL_PLANE_NAMESPACE = "istio-system"

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.identity.spiffe import Identity, identity_of_cert
+from shoal.core.identity.spiffe import Identity, identity_of_cert
 
 
 class CertError(ValueError):

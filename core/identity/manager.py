@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from core import log
-from core.identity import tls as shoal_tls
-from core.identity.certs import CertError, WorkloadCert, csr_pem, make_csr, serial_hex
-from core.identity.spiffe import Identity
+from shoal.core import log
+from shoal.core.identity import tls as shoal_tls
+from shoal.core.identity.certs import CertError, WorkloadCert, csr_pem, make_csr, serial_hex
+from shoal.core.identity.spiffe import Identity
 
 # ztunnel renews at half-life: enough margin to ride out a CA outage of 12 h on 24 h certs.
 REFRESH_FRACTION = 0.5

@@ -31,7 +31,7 @@ import os
 import ssl
 from typing import Callable
 
-from core.identity.certs import WorkloadCert
+from shoal.core.identity.certs import WorkloadCert
 
 ALPN_H2 = "h2"
 

@@ -1,14 +1,14 @@
 """The config model: Kubernetes YAML -> typed, validated resources.
 
-    from core.model import load_dir, load_text, ConfigError
+    from shoal.core.model import load_dir, load_text, ConfigError
     cfg = load_dir("examples/bookinfo")      # ConfigSet; raises ConfigError (all errors)
     cfg.counts(), cfg.notes, cfg.of(Service)
 """
 
-from core.model.errors import ConfigError, FieldError
-from core.model.loader import SUPPORTED_KINDS, load_dir, load_text, yaml_files
-from core.model.parse_core import ANNOTATION_POD_IPS, replica_pods
-from core.model.resources import (AuthorizationPolicy, ConfigSet, Deployment, Gateway,
+from shoal.core.model.errors import ConfigError, FieldError
+from shoal.core.model.loader import SUPPORTED_KINDS, load_dir, load_text, yaml_files
+from shoal.core.model.parse_core import ANNOTATION_POD_IPS, replica_pods
+from shoal.core.model.resources import (AuthorizationPolicy, ConfigSet, Deployment, Gateway,
                                   HTTPRoute, Meta, Namespace, Note, Pod, Service,
                                   ServicePortSpec)
 

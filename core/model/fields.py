@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Any
 
-from core.model.errors import FieldError
+from shoal.core.model.errors import FieldError
 
 # RFC 1123 label / subdomain, as Kubernetes validates object names.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

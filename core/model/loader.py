@@ -15,14 +15,14 @@ from typing import Callable
 
 import yaml
 
-from core.constants import WAYPOINT_GATEWAY_CLASS
-from core.model.errors import ConfigError, FieldError
-from core.model.fields import DNS_SUBDOMAIN, MAX_NAME_LEN, Ctx
-from core.model.parse_authz import parse_authorization_policy
-from core.model.parse_core import (parse_deployment, parse_namespace, parse_pod,
+from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
+from shoal.core.model.errors import ConfigError, FieldError
+from shoal.core.model.fields import DNS_SUBDOMAIN, MAX_NAME_LEN, Ctx
+from shoal.core.model.parse_authz import parse_authorization_policy
+from shoal.core.model.parse_core import (parse_deployment, parse_namespace, parse_pod,
                                    parse_service)
-from core.model.parse_gateway import parse_gateway, parse_httproute
-from core.model.resources import ConfigSet, Gateway, Meta, Note, Resource
+from shoal.core.model.parse_gateway import parse_gateway, parse_httproute
+from shoal.core.model.resources import ConfigSet, Gateway, Meta, Note, Resource
 
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 16 * 1024 * 1024   # a config file larger than this is a mistake, not a mesh

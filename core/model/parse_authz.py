@@ -8,9 +8,9 @@ at most 16 targetRefs; ports are numeric strings; IP blocks parse as CIDRs.
 
 from __future__ import annotations
 
-from core.model.fields import MAX_PORT, Ctx, join
-from core.model.resources import AuthorizationPolicy, Meta
-from routing.records import Condition, Operation, Rule, Source, TargetRef
+from shoal.core.model.fields import MAX_PORT, Ctx, join
+from shoal.core.model.resources import AuthorizationPolicy, Meta
+from shoal.core.records import Condition, Operation, Rule, Source, TargetRef
 
 ACTIONS = ("ALLOW", "DENY", "AUDIT")
 MAX_TARGET_REFS = 16        # Istio's CRD limit

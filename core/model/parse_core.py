@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from core.model.fields import MAX_PORT, Ctx, join
-from core.model.resources import (Deployment, Meta, Namespace, Pod, Service,
+from shoal.core.model.fields import MAX_PORT, Ctx, join
+from shoal.core.model.resources import (Deployment, Meta, Namespace, Pod, Service,
                                   ServicePortSpec)
 
 # A Deployment replica's IPs: "10.0.0.5,10.0.0.6" (one entry per replica;

@@ -9,10 +9,10 @@ backendRequest <= request.
 
 from __future__ import annotations
 
-from core.constants import LABEL_WAYPOINT_FOR, WAYPOINT_GATEWAY_CLASS
-from core.model.fields import Ctx, join, parse_duration
-from core.model.resources import Gateway, HTTPRoute, Meta
-from routing.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, ParentRef,
+from shoal.core.constants import LABEL_WAYPOINT_FOR, WAYPOINT_GATEWAY_CLASS
+from shoal.core.model.fields import Ctx, join, parse_duration
+from shoal.core.model.resources import Gateway, HTTPRoute, Meta
+from shoal.core.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, ParentRef,
                              PathMatch, PathModifier, QueryParamMatch, RequestMirror,
                              RequestRedirect, Retry, RouteMatch, RouteRule, Timeouts, URLRewrite)
 

@@ -1,7 +1,7 @@
 """Typed, validated Kubernetes resources (what the parsers produce).
 
 Only the fields shoal uses are kept. Nested Istio / Gateway API structures
-reuse the compiled record types of routing/records.py (Rule, RouteRule, ...),
+reuse the compiled record types of core/records.py (Rule, RouteRule, ...),
 which are already plain validated values, so the compiler copies them as
 they are. Everything here is frozen: the loader is the only constructor.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from routing.records import ParentRef, Rule, RouteRule, TargetRef
+from shoal.core.records import ParentRef, Rule, RouteRule, TargetRef
 
 _RES = dict(frozen=True, slots=True, kw_only=True)
 

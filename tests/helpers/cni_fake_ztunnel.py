@@ -12,8 +12,8 @@ import sys
 
 import orjson
 
-from cni.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
-from cni.netns import NetnsSocketFactory, original_dst
+from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
+from shoal.cni.netns import NetnsSocketFactory, original_dst
 
 
 class Fake:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from core.hbone.pool import HbonePool
-from core.hbone.server import Accept, HboneServer, Reject
-from core.hbone.settings import HboneSettings
-from core.identity.tls import client_context, server_context
-from core.pipe import connect_tcp
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.server import Accept, HboneServer, Reject
+from shoal.core.hbone.settings import HboneSettings
+from shoal.core.identity.tls import client_context, server_context
+from shoal.core.pipe import connect_tcp
 from tests.helpers.pki import TestPKI
 
 CLIENT_ID = "spiffe://cluster.local/ns/client/sa/sleep"

@@ -33,9 +33,9 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 def start_shoal_tool(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    """`python -m core.hbone.tools ...`; returns (process, listening port)."""
+    """`python -m tests.helpers.hbone_tools ...`; returns (process, listening port)."""
     out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "core.hbone.tools", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.hbone_tools", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=out, text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):

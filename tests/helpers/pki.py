@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from core.identity.certs import WorkloadCert
-from core.identity.spiffe import Identity
+from shoal.core.identity.certs import WorkloadCert
+from shoal.core.identity.spiffe import Identity
 
 _DAY = dt.timedelta(days=1)
 

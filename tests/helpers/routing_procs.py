@@ -37,7 +37,7 @@ def check_value(data: bytes) -> int:
 
 
 def stress_writer(name: str, n_updates: int, stopfile: str) -> None:
-    from routing.shm import TableWriter
+    from shoal.routing.shm import TableWriter
     w = TableWriter.attach(name)
     rng = random.Random(1)
     w.apply({f"k/{i}": make_value(1, i, rng) for i in range(N_KEYS)} |
@@ -57,7 +57,7 @@ def stress_writer(name: str, n_updates: int, stopfile: str) -> None:
 
 
 def stress_reader(name: str, n_lookups: int) -> None:
-    from routing.shm import TableReader, lookup, split_root
+    from shoal.routing.shm import TableReader, lookup, split_root
     r = TableReader(name)
     rng = random.Random(os.getpid())
     keys = [f"k/{i}".encode() for i in range(N_KEYS)]
@@ -95,7 +95,7 @@ def stress_reader(name: str, n_lookups: int) -> None:
 
 def follow(name: str, kind: str, arg: str, seconds: float) -> None:
     """Print one JSON line per generation change with the lookup result."""
-    from routing.runtime import attach_view
+    from shoal.routing.runtime import attach_view
     view = attach_view(name)
     print(orjson.dumps({"ready": True}).decode(), flush=True)
     deadline = time.monotonic() + seconds
@@ -122,7 +122,7 @@ def follow(name: str, kind: str, arg: str, seconds: float) -> None:
 
 def idle_reader(name: str, tick: float) -> None:
     import select
-    from routing.runtime import attach_view
+    from shoal.routing.runtime import attach_view
     view = attach_view(name)
     print(orjson.dumps({"ready": True, "pid": os.getpid()}).decode(), flush=True)
     while True:

@@ -1,4 +1,4 @@
-"""Run the shards echo app (`python -m shards`) as a real process in tests.
+"""Run the shards echo app (`python -m tests.helpers.shards_echo`) as a real process in tests.
 
 Every port is a fresh free port; the supervisor gets its own session so a
 test can always end the whole tree by its process-group id.
@@ -116,7 +116,7 @@ def metrics_dirs(pid: int) -> list[str]:
 
 @dataclass
 class Shards:
-    """One supervisor started with `python -m shards`."""
+    """One supervisor started with `python -m tests.helpers.shards_echo`."""
     workers: int = 2
     extra: list[str] = field(default_factory=list)
     tmp: str = "/tmp"
@@ -128,7 +128,7 @@ class Shards:
         self.log_path = os.path.join(self.tmp, f"shards-{os.getpid()}-{self.echo}.log")
 
     def start(self, wait_ready: bool = True) -> "Shards":
-        cmd = [PYTHON, "-m", "shards", "--workers", str(self.workers), "--echo-port", str(self.echo),
+        cmd = [PYTHON, "-m", "tests.helpers.shards_echo", "--workers", str(self.workers), "--echo-port", str(self.echo),
                "--admin-port", str(self.admin), "--metrics-port", str(self.metrics),
                "--readiness-port", str(self.readiness), "--pidfile", self.pidfile,
                "--test-hooks", *self.extra]

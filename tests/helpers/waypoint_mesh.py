@@ -20,10 +20,10 @@ import random
 import socket
 import time
 
-from core.drain import DrainWatcher
-from core.sockets import DefaultSocketFactory
-from routing.records import (Service, ServicePort, Waypoint, WaypointRef, Workload)
-from routing.view import StaticView
+from shoal.core.drain import DrainWatcher
+from shoal.core.sockets import DefaultSocketFactory
+from shoal.core.records import (Service, ServicePort, Waypoint, WaypointRef, Workload)
+from shoal.routing.view import StaticView
 
 WP_NS, WP_NAME = "default", "waypoint"
 
@@ -106,8 +106,8 @@ class RunningWaypoint:
 async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir: str | None = None,
                            hbone_ca: tuple[str, str] | None = None,
                            upstream_plaintext: bool = True, metrics=None, **opts):
-    from shards.app import WorkerContext
-    from waypoint.app import WaypointApp, WaypointOptions
+    from shoal.shards.app import WorkerContext
+    from shoal.waypoint.app import WaypointApp, WaypointOptions
     reserved = []
     pport = hport = 0
     if plaintext:
@@ -124,8 +124,8 @@ async def running_waypoint(mesh: Mesh, *, plaintext: bool = True, hbone_cert_dir
                               hbone_port=hport, plaintext_port=pport, cert_dir=hbone_cert_dir,
                               upstream_plaintext=upstream_plaintext, **opts)
     if metrics is None:
-        import core.metrics
-        metrics = core.metrics.istio()
+        from shoal.core import metrics as core_metrics
+        metrics = core_metrics.istio()
     box = _ViewBox(mesh.view())
     ctx = WorkerContext(worker_id=0, routing=box, sockets=DefaultSocketFactory(),
                         drain=DrainWatcher(), metrics=metrics,

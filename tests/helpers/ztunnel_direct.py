@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 
-from core.ca.authority import CertificateAuthority
-from core.identity import CertManager
-from core.identity.caclient import SignResponse
-from core.identity.certs import load_pem_certs
-from core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
-from ztunnel.options import FixedTarget, ZtunnelOptions
-from ztunnel.proxy import Proxy, Scope, Shared
+from shoal.controlplane.authority import CertificateAuthority
+from shoal.core.identity import CertManager
+from shoal.core.identity.caclient import SignResponse
+from shoal.core.identity.certs import load_pem_certs
+from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
+from shoal.ztunnel.options import FixedTarget, ZtunnelOptions
+from shoal.ztunnel.proxy import Proxy, Scope, Shared
 
 
 class LocalCa:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from cni import chain
+from shoal.cni import chain
 from tests.helpers.cni_agent import CNI_PATH, ROOT, start_agent, wait_for
 from tests.helpers.cni_netns import sh, unique
 from tests.helpers.ztunnel_peers import Proc, free_port
 
-SHOAL = [sys.executable, "-m", "core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.core.cli"]
 PROXY_PORTS = (15001, 15006, 15008)
 # A ztunnel in-pod worker boots in about a second; the agent needs its ack.
 START_TIMEOUT = 30.0

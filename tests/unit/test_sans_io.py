@@ -17,7 +17,7 @@ SANS_IO_MODULES = [
     "core/hbone/events.py",
     "core/hbone/errors.py",
     "core/hbone/settings.py",
-    "routing/records.py",
+    "core/records.py",
     "routing/compile.py",
     "routing/incremental.py",
     "routing/codec.py",

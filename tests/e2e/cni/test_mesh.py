@@ -20,7 +20,7 @@ from tests.helpers.cni_agent import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SHOAL = [sys.executable, "-m", "core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.core.cli"]
 
 APP = """apiVersion: v1
 kind: Namespace
@@ -250,8 +250,8 @@ def test_mesh_network_without_ztunnel_and_down_leaves_nothing(mesh):
 
 def ztunnel_available():
     try:
-        import ztunnel.app  # noqa: F401
-        import ztunnel.cli  # noqa: F401  (the command the mesh runs)
+        import shoal.ztunnel.app  # noqa: F401
+        import shoal.ztunnel.cli  # noqa: F401  (the command the mesh runs)
         return True
     except Exception:
         return False

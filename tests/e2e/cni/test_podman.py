@@ -9,7 +9,7 @@ import subprocess
 import orjson
 import pytest
 
-from cni import chain
+from shoal.cni import chain
 from tests.helpers.cni_agent import (VENV_BIN, agent_state, events, start_agent,
                                      start_fake_ztunnel, wait_for)
 from tests.helpers.cni_netns import unique

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from cni import redirect
-from cni.netns import NetnsSocketFactory, netns_id, open_netns, original_dst
-from core.constants import PROXY_MARK
+from shoal.cni import redirect
+from shoal.cni.netns import NetnsSocketFactory, netns_id, open_netns, original_dst
+from shoal.core.constants import PROXY_MARK
 from tests.helpers.cni_netns import netns_pair, ns_listener, ns_socket, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -112,7 +112,7 @@ def test_rules_installed_and_removed(pod):
 def test_netns_identity(pod):
     name, _, fd = pod
     assert netns_id(fd) == netns_id(f"/run/netns/{name}")
-    from cni.netns import is_netns
+    from shoal.cni.netns import is_netns
     assert is_netns(fd)
     with open("/etc/hostname", "rb") as f:
         assert not is_netns(f.fileno())

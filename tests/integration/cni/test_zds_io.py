@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from cni.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
-from cni.netns import netns_id
-from cni.zds import WorkloadInfo, ZdsError
-from cni.zds_server import NoZtunnel, PodEntry, ZdsServer
+from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
+from shoal.cni.netns import netns_id
+from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

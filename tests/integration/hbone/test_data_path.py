@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from core.hbone.connection import HboneConnection
-from core.hbone.settings import MIB
+from shoal.core.hbone.connection import HboneConnection
+from shoal.core.hbone.settings import MIB
 from tests.helpers.hbone_net import HbonePair, digest, roundtrip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

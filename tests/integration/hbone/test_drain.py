@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from core.hbone.server import HboneServer
-from core.hbone.settings import MIB
+from shoal.core.hbone.server import HboneServer
+from shoal.core.hbone.settings import MIB
 from tests.helpers.hbone_net import HbonePair, digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from core.hbone.errors import StreamResetError
-from core.hbone.pool import HbonePool
-from core.hbone.settings import HboneSettings
-from core.identity.tls import client_context
+from shoal.core.hbone.errors import StreamResetError
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.settings import HboneSettings
+from shoal.core.identity.tls import client_context
 from tests.helpers.hbone_net import CLIENT_ID, SERVER_ID, HbonePair, digest, start_echo
 from tests.helpers.hbone_procs import (free_port, start_nghttpx, start_shoal_tool,
                                        start_tinyproxy, stop)
@@ -178,7 +178,7 @@ async def test_keepalive_detects_a_stopped_peer(tmp_path, pki_files):
 
 
 async def test_tools_pair_plaintext_in_plaintext_out(tmp_path, pki_files):
-    """`python -m core.hbone.tools` entry + exit processes: plaintext -> HBONE -> plaintext."""
+    """`python -m tests.helpers.hbone_tools` entry + exit processes: plaintext -> HBONE -> plaintext."""
     pki, server, client, sfiles, cfiles = pki_files
     echo, echo_port = await start_echo()
     exit_, eport = start_shoal_tool(["exit", "--listen", "127.0.0.1:0", "--cert", str(sfiles.cert),

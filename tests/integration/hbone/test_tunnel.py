@@ -8,11 +8,11 @@ import struct
 
 import pytest
 
-from core.hbone.errors import HboneError, PeerIdentityError, StreamResetError
-from core.hbone.protocol import _Stream
-from core.hbone.server import Accept, Reject
-from core.hbone.settings import MIB, STREAM_WINDOW
-from core.pipe import connect_tcp
+from shoal.core.hbone.errors import HboneError, PeerIdentityError, StreamResetError
+from shoal.core.hbone.protocol import _Stream
+from shoal.core.hbone.server import Accept, Reject
+from shoal.core.hbone.settings import MIB, STREAM_WINDOW
+from shoal.core.pipe import connect_tcp
 from tests.helpers.hbone_net import CLIENT_ID, HbonePair, digest, roundtrip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -96,7 +96,7 @@ async def test_pool_reuses_connection_and_keys_by_identity():
 
 
 async def test_idle_connection_released():
-    from core.hbone.settings import HboneSettings
+    from shoal.core.hbone.settings import HboneSettings
     async with HbonePair(settings=HboneSettings(pool_idle_timeout=0.2)) as rig:
         s = await rig.open()
         await roundtrip(s, b"bye")
@@ -140,7 +140,7 @@ async def _raw_request(rig, block):
     sid = h2c.get_next_available_stream_id()
     h2c.send_headers(sid, [(k.encode(), v.encode()) for k, v in block])
     conn.core._streams[sid] = _Stream()
-    from core.hbone.stream import HboneStream
+    from shoal.core.hbone.stream import HboneStream
     stream = conn.streams[sid] = HboneStream(conn, sid, "raw")
     conn.flush()
     with pytest.raises(HboneError) as info:
@@ -259,7 +259,7 @@ async def test_client_cert_from_other_ca_is_refused(hbone_logs):
     other = TestPKI(trust_domain="other.td")
     async with HbonePair() as rig:
         rig.pool.context_for = lambda src: __import__(
-            "core.identity.tls", fromlist=["x"]).client_context(
+            "shoal.core.identity.tls", fromlist=["x"]).client_context(
                 other.issue("spiffe://other.td/ns/a/sa/b").with_roots(rig.pki.roots))
         with pytest.raises(HboneError) as info:
             await rig.open(src="spiffe://other.td/ns/a/sa/b")
@@ -268,7 +268,7 @@ async def test_client_cert_from_other_ca_is_refused(hbone_logs):
 
 
 async def test_client_cert_from_other_trust_domain_same_ca_is_refused(hbone_logs):
-    from core.identity.tls import client_context
+    from shoal.core.identity.tls import client_context
     async with HbonePair() as rig:
         foreign = rig.pki.issue("spiffe://evil.td/ns/a/sa/b")
         rig.pool.context_for = lambda src: client_context(foreign)
@@ -279,7 +279,7 @@ async def test_client_cert_from_other_trust_domain_same_ca_is_refused(hbone_logs
 
 
 async def test_expired_client_cert_is_refused(hbone_logs):
-    from core.identity.tls import client_context
+    from shoal.core.identity.tls import client_context
     async with HbonePair() as rig:
         expired = rig.pki.issue(CLIENT_ID, expired=True)
         rig.pool.context_for = lambda src: client_context(expired)
@@ -300,7 +300,7 @@ async def test_server_with_unexpected_identity_is_refused_by_client(hbone_logs):
 
 async def test_garbage_instead_of_http2_gets_goaway(hbone_logs):
     import ssl
-    from core.identity.tls import client_context
+    from shoal.core.identity.tls import client_context
     async with HbonePair() as rig:
         ctx = client_context(rig.client_cert)
         reader, writer = await asyncio.open_connection("127.0.0.1", rig.port, ssl=ctx,
@@ -361,7 +361,7 @@ async def test_on_done_reports_byte_counts():
 
 
 async def test_pool_respects_peer_max_concurrent_streams():
-    from core.hbone.settings import HboneSettings
+    from shoal.core.hbone.settings import HboneSettings
     async with HbonePair(settings=HboneSettings(server_max_concurrent_streams=3)) as rig:
         first = await rig.open()
         await first.write(b"settle")

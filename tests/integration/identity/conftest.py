@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.identity import spiffe
-from core.identity.certs import serial_hex
+from shoal.core.identity import spiffe
+from shoal.core.identity.certs import serial_hex
 
 
 @dataclass

@@ -6,10 +6,10 @@ import ssl
 import orjson
 import pytest
 
-from core.ca.authority import NODE_CN_PREFIX, CertificateAuthority
-from core.ca.server import MAX_BODY_BYTES, CaServer, control_plane_context
-from core.identity.certs import WorkloadCert, load_pem_certs
-from core.identity.spiffe import Identity
+from shoal.controlplane.authority import NODE_CN_PREFIX, CertificateAuthority
+from shoal.controlplane.server import MAX_BODY_BYTES, CaServer, control_plane_context
+from shoal.core.identity.certs import WorkloadCert, load_pem_certs
+from shoal.core.identity.spiffe import Identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

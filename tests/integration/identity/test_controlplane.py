@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from core.identity.caclient import CaClient, CaError, load_credential
-from core.identity.certs import csr_pem, make_csr
-from core.identity.manager import CertManager
-from core.identity.spiffe import Identity, identity_of_cert
+from shoal.core.identity.caclient import CaClient, CaError, load_credential
+from shoal.core.identity.certs import csr_pem, make_csr
+from shoal.core.identity.manager import CertManager
+from shoal.core.identity.spiffe import Identity, identity_of_cert
 from tests.helpers.pki import TestPKI
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def shoal(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shoal.core.cli", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT, **kw)
 
 
@@ -81,13 +81,13 @@ def _start(tmp_path, *, cli_credentials: bool, extra: tuple[str, ...] = ()):
         else:  # the same code path, in-process (saves a Python start per credential)
             from click.testing import CliRunner
 
-            from core.ca.cli import controlplane
+            from shoal.controlplane.cli import controlplane
             res = CliRunner().invoke(controlplane, ["issue-node-cert", "--state-dir", str(state),
                                                     *extra, *args])
             assert res.exit_code == 0, res.output
     port_file = tmp_path / "port"
     log = open(tmp_path / "cp.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "controlplane", "run", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.core.cli", "controlplane", "run", "--port", "0",
                              "--host", "127.0.0.1", "--state-dir", str(state), "--config", str(config),
                              "--port-file", str(port_file), *extra], stderr=log, cwd=ROOT)
     deadline = time.monotonic() + 30

@@ -4,7 +4,7 @@ import ssl
 
 import pytest
 
-from core.identity import spiffe, tls
+from shoal.core.identity import spiffe, tls
 from tests.helpers.pki import TestPKI
 from tests.integration.identity.conftest import connect, roundtrip
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from core.identity import tls
+from shoal.core.identity import tls
 from tests.helpers.pki import TestPKI, write_pem
 from tests.integration.identity.conftest import connect
 

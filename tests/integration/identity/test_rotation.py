@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from core.ca import store
-from core.ca.authority import NODE_CN_PREFIX
-from core.ca.server import CaServer
-from core.identity import tls
-from core.identity.caclient import CaClient
-from core.identity.certs import WorkloadCert, load_pem_certs
-from core.identity.manager import CertManager
-from core.identity.spiffe import Identity, verify_server_identity
+from shoal.controlplane import store
+from shoal.controlplane.authority import NODE_CN_PREFIX
+from shoal.controlplane.server import CaServer
+from shoal.core.identity import tls
+from shoal.core.identity.caclient import CaClient
+from shoal.core.identity.certs import WorkloadCert, load_pem_certs
+from shoal.core.identity.manager import CertManager
+from shoal.core.identity.spiffe import Identity, verify_server_identity
 from tests.integration.identity.conftest import connect, roundtrip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from routing.liveness import owner_word
-from routing.runtime import attach_view
-from routing.shm import SLOTS_OFF, TableWriter, _Q, unlink
+from shoal.routing.liveness import owner_word
+from shoal.routing.runtime import attach_view
+from shoal.routing.shm import SLOTS_OFF, TableWriter, _Q, unlink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

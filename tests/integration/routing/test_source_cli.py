@@ -10,11 +10,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from routing.cli import config
-from routing.compile import compile_config
-from routing.dump import dump_view
-from routing.source import DirectorySource
-from routing.view import StaticView
+from shoal.routing.cli import config
+from shoal.routing.compile import compile_config
+from shoal.routing.dump import dump_view
+from shoal.routing.source import DirectorySource
+from shoal.routing.view import StaticView
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
 
@@ -92,7 +92,7 @@ def test_validate_lists_every_error_and_fails():
 def admin_server():
     # The body is what the real admin endpoint (core/admin.py) serves, so the
     # CLI is tested against the actual /config_dump shape.
-    from core.admin import Endpoints, Request
+    from shoal.core.admin import Endpoints, Request
 
     class App:
         def admin_sections(self):

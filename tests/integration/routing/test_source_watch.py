@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from routing.source import DirectorySource
+from shoal.routing.source import DirectorySource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

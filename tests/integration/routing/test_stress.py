@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from routing.runtime import TableHandle
+from shoal.routing.runtime import TableHandle
 
 ROOT = Path(__file__).resolve().parents[3]
 N_UPDATES = 10_000
@@ -30,7 +30,7 @@ def test_no_torn_or_mixed_reads_under_churn(tmp_path):
     try:
         writer = spawn("stress-writer", h.name, str(N_UPDATES), str(stopfile))
         deadline = time.monotonic() + 30
-        from routing.shm import TableReader, split_root
+        from shoal.routing.shm import TableReader, split_root
         probe = TableReader(h.name)
         while split_root(probe.root_word())[0] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)

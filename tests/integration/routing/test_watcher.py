@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from routing.runtime import TableHandle, attach_view
+from shoal.routing.runtime import TableHandle, attach_view
 
 ROOT = Path(__file__).resolve().parents[3]
 MESH = ROOT / "tests" / "fixtures" / "config" / "mesh"
@@ -53,7 +53,7 @@ def mesh(tmp_path):
     procs = []
 
     def start_watcher():
-        p = subprocess.Popen([sys.executable, "-m", "routing.watcher", "--table", h.name, str(cfg)],
+        p = subprocess.Popen([sys.executable, "-m", "shoal.routing.watcher", "--table", h.name, str(cfg)],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
         procs.append(p)
         return p
@@ -161,7 +161,7 @@ def test_dev_shm_clean_after_stop(tmp_path):
     shutil.copytree(MESH, tmp_path / "cfg")
     h = TableHandle.create(size=8 << 20, clean_stale=False)
     path = "/dev/shm" + h.name
-    watcher = subprocess.Popen([sys.executable, "-m", "routing.watcher", "--table", h.name,
+    watcher = subprocess.Popen([sys.executable, "-m", "shoal.routing.watcher", "--table", h.name,
                                 str(tmp_path / "cfg")], cwd=ROOT, stderr=subprocess.DEVNULL)
     view = attach_view(h.name)
     wait_for(lambda: view.generation >= 1, "first generation")

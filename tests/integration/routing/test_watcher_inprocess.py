@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from routing.runtime import TableHandle, attach_view
-from routing.source import DirectorySource
-from routing.watcher import MAX_STATUS_ERRORS, Watcher
+from shoal.routing.runtime import TableHandle, attach_view
+from shoal.routing.source import DirectorySource
+from shoal.routing.watcher import MAX_STATUS_ERRORS, Watcher
 
 MESH = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "config" / "mesh"
 

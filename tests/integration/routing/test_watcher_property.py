@@ -21,12 +21,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.model import ConfigError, load_text, replica_pods
-from routing.compile import compile_config
-from routing.incremental import full_keyspace
-from routing.runtime import TableHandle, attach_view
-from routing.source import DirectorySource
-from routing.watcher import Watcher
+from shoal.core.model import ConfigError, load_text, replica_pods
+from shoal.routing.compile import compile_config
+from shoal.routing.incremental import full_keyspace
+from shoal.routing.runtime import TableHandle, attach_view
+from shoal.routing.source import DirectorySource
+from shoal.routing.watcher import Watcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

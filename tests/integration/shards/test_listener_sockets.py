@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
-from core import sockets
-from core.sockets import DefaultSocketFactory, SocketOptions
-from shards.listener import Listener, stream_protocol
+from shoal.core import sockets
+from shoal.core.sockets import DefaultSocketFactory, SocketOptions
+from shoal.shards.listener import Listener, stream_protocol
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from core.sockets import DefaultSocketFactory, listener_key
-from shards.app import App
-from shards.handoff import SlotSocketFactory, namespace_prefix, send_message
-from shards.options import SupervisorOptions
-from shards.supervisor import Supervisor, WorkerProc
+from shoal.core.sockets import DefaultSocketFactory, listener_key
+from shoal.shards.app import App
+from shoal.shards.handoff import SlotSocketFactory, namespace_prefix, send_message
+from shoal.shards.options import SupervisorOptions
+from shoal.shards.supervisor import Supervisor, WorkerProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 

@@ -1,6 +1,6 @@
 """The supervisor with real processes: spread, restarts, hangs, signals, metrics.
 
-Each test starts `python -m shards` (the echo app) on free ports and ends
+Each test starts `python -m tests.helpers.shards_echo` (the echo app) on free ports and ends
 the process tree it started by its group id.
 """
 
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from shards import exitcodes
+from shoal.shards import exitcodes
 from tests.helpers.shards_proc import (ClientLoop, Shards, alive, ask, http, metrics_dirs,
                                        shm_segments, wait_for, worker_of)
 

@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from shards import exitcodes
+from shoal.shards import exitcodes
 from tests.helpers.shards_proc import Shards, http, wait_for
 
-pytest.importorskip("routing.runtime")
+pytest.importorskip("shoal.routing.runtime")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 NAMESPACE = """apiVersion: v1

@@ -11,9 +11,9 @@ import pytest
 
 from tests.helpers.shards_proc import Shards, wait_for
 
-pytest.importorskip("routing.runtime")
-from routing.liveness import PID_MASK  # noqa: E402
-from routing.shm import _SLOTS, MAX_READERS, OFF_ROOT, PAGE, SLOTS_OFF, _Q, split_root  # noqa: E402
+pytest.importorskip("shoal.routing.runtime")
+from shoal.routing.liveness import PID_MASK  # noqa: E402
+from shoal.routing.shm import _SLOTS, MAX_READERS, OFF_ROOT, PAGE, SLOTS_OFF, _Q, split_root  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -15,11 +15,11 @@ import h2.connection
 import h2.events
 import pytest
 
-from core.hbone.pool import HbonePool
-from core.hbone.server import Accept, HboneServer
-from core.identity.tls import client_context, server_context
-from core.pipe import connect_tcp
-from routing.records import ServicePort
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.server import Accept, HboneServer
+from shoal.core.identity.tls import client_context, server_context
+from shoal.core.pipe import connect_tcp
+from shoal.core.records import ServicePort
 from tests.helpers.pki import TestPKI
 from tests.helpers.waypoint_h2backend import H2Backend, pattern
 from tests.helpers.waypoint_mesh import Mesh, loopback_ip, running_waypoint

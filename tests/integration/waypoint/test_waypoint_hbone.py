@@ -16,15 +16,15 @@ import json
 
 import pytest
 
-from core.hbone import HboneError
-from core.hbone.pool import HbonePool
-from core.hbone.server import Accept, HboneServer
-from core.identity.tls import client_context, server_context
-from core.pipe import connect_tcp
-from routing.records import (Authorization, Operation, Rule, Source, TargetRef)
+from shoal.core.hbone import HboneError
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.server import Accept, HboneServer
+from shoal.core.identity.tls import client_context, server_context
+from shoal.core.pipe import connect_tcp
+from shoal.core.records import (Authorization, Operation, Rule, Source, TargetRef)
 from tests.helpers.pki import TestPKI
 from tests.helpers.waypoint_mesh import Mesh, running_waypoint
-from waypoint.http1 import BodyReceived, H1ResponseParser, MessageEnded, ResponseReceived
+from shoal.waypoint.http1 import BodyReceived, H1ResponseParser, MessageEnded, ResponseReceived
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -165,9 +165,9 @@ async def test_upstream_is_a_new_hbone_tunnel_to_the_pod(pki, cert_dir, backends
 async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
     import logging
 
-    import core.metrics
+    from shoal.core import metrics as core_metrics
     caplog.set_level(logging.INFO, logger="shoal.access")   # restored after the test
-    from waypoint.telemetry import AccessLog
+    from shoal.waypoint.telemetry import AccessLog
     mesh = Mesh()
     svc = mesh.service("echo", [backends("v1")])
     client = HboneClient(pki, CURL_ID)
@@ -181,7 +181,7 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
             wp.app.proxy.telemetry.flush()
     finally:
         await client.close()
-    text = core.metrics.render()[0].decode()
+    text = core_metrics.render()[0].decode()
     lines = [ln for ln in text.splitlines() if ln.startswith("istio_requests_total{")
              and 'reporter="waypoint"' in ln and 'destination_service="echo.default.svc.cluster.local"' in ln]
     assert any('response_code="418"' in ln and 'source_principal="spiffe://cluster.local/ns/default/sa/curl"' in ln

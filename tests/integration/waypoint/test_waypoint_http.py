@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from routing.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, HTTPRoute,
+from shoal.core.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, HTTPRoute,
                              ParentRef, PathMatch, PathModifier, RequestMirror, RequestRedirect,
                              Retry, RouteMatch, RouteRule, Timeouts, URLRewrite)
 from tests.helpers.waypoint_mesh import Mesh, running_waypoint

@@ -11,9 +11,9 @@ import hashlib
 
 import pytest
 
-from core import metrics as core_metrics
-from routing.records import (Authorization, Rule, Service, ServicePort, Source, Workload)
-from routing.view import StaticView
+from shoal.core import metrics as core_metrics
+from shoal.core.records import (Authorization, Rule, Service, ServicePort, Source, Workload)
+from shoal.routing.view import StaticView
 from tests.helpers.ztunnel_apps import expected_hash, pattern
 from tests.helpers.ztunnel_direct import LocalCa, ViewBox, start_proxy
 from tests.helpers.ztunnel_mesh import unique_prefix
@@ -183,8 +183,8 @@ async def test_service_without_healthy_endpoint_resets_and_says_so(rig, caplog):
 
 async def test_every_proxy_socket_carries_mark_0x539(rig):
     import socket as s
-    from core.constants import PROXY_MARK
-    from core.sockets import SO_MARK
+    from shoal.core.constants import PROXY_MARK
+    from shoal.core.sockets import SO_MARK
     for proxy in (rig.a, rig.b):
         socks = [*proxy._listeners, *proxy._hbone_socks.values()]
         assert socks
@@ -205,7 +205,7 @@ async def test_every_proxy_socket_carries_mark_0x539(rig):
 async def _connect_status(rig, authority, via=None):
     """Open a tunnel from node A as the client pod to `via`'s (default: the
     authority's) 15008; the CONNECT status (200 ok)."""
-    from core.hbone import HboneError
+    from shoal.core.hbone import HboneError
     await rig.a.shared.certs.fetch(rig.client.identity)
     ip = via or authority.rsplit(":", 1)[0]
     try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.authz import (L4, L7, Decision, Request, evaluate, host_match, ip_in_block,
+from shoal.core.authz import (L4, L7, Decision, Request, evaluate, host_match, ip_in_block,
                         path_match, rule_has_l7, spiffe_parts, string_match, strip_query)
-from routing.records import Authorization, Condition, Operation, Rule, Source
+from shoal.core.records import Authorization, Condition, Operation, Rule, Source
 
 CURL = "spiffe://cluster.local/ns/default/sa/curl"
 FOO_SA = "spiffe://cluster.local/ns/foo/sa/app"

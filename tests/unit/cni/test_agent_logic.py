@@ -7,10 +7,10 @@ import os
 import orjson
 import pytest
 
-from cni import agent as agent_mod
-from cni.agent import AgentOptions, NodeAgent
-from cni.protocol import Request
-from cni.zds_server import NoZtunnel
+from shoal.cni import agent as agent_mod
+from shoal.cni.agent import AgentOptions, NodeAgent
+from shoal.cni.protocol import Request
+from shoal.cni.zds_server import NoZtunnel
 
 NS = """apiVersion: v1
 kind: Namespace

@@ -3,10 +3,10 @@
 import pytest
 import yaml
 
-from cni import chain
-from cni.enroll import MeshView, PodFacts, view_of, workload_uid
-from cni.mesh import plan
-from core.model import load_text
+from shoal.cni import chain
+from shoal.cni.enroll import MeshView, PodFacts, view_of, workload_uid
+from shoal.cni.mesh import plan
+from shoal.core.model import load_text
 
 DOCS = list(yaml.safe_load_all("""
 apiVersion: v1
@@ -186,8 +186,8 @@ def test_config_docs_fill_addresses_and_validate():
     assert wp["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
     # The compiled workloads (what each node's ztunnel serves, what the CA
     # checks) carry each replica's own node and IP, under the Deployment's name.
-    from routing.compile import compile_config
-    from routing.records import Service, Workload
+    from shoal.routing.compile import compile_config
+    from shoal.core.records import Service, Workload
     records = compile_config(cfg)
     wl = {r.name: r for r in records if isinstance(r, Workload)}
     assert [(wl[p.name].node, wl[p.name].ips, wl[p.name].workload_name) for p in pods[:2]] == [

@@ -6,10 +6,10 @@ import os
 import pytest
 import yaml
 
-from cni.mesh import net, plan
-from core.model import load_text
-from routing.compile import compile_config
-from routing.records import Service, Workload
+from shoal.cni.mesh import net, plan
+from shoal.core.model import load_text
+from shoal.routing.compile import compile_config
+from shoal.core.records import Service, Workload
 
 GATEWAY = yaml.safe_load("""
 apiVersion: gateway.networking.k8s.io/v1

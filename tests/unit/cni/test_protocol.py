@@ -2,8 +2,8 @@
 
 import pytest
 
-from cni import protocol
-from cni.protocol import ProtocolError, Reply, Request
+from shoal.cni import protocol
+from shoal.cni.protocol import ProtocolError, Reply, Request
 
 
 def test_request_roundtrip_bytes():

@@ -3,8 +3,8 @@
 import orjson
 import pytest
 
-from cni import plugin, spec
-from cni.spec import CniError, Command, ErrorCode
+from shoal.cni import plugin, spec
+from shoal.cni.spec import CniError, Command, ErrorCode
 
 PREV = {"cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cni import redirect, zds
-from cni.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
+from shoal.cni import redirect, zds
+from shoal.cni.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
 
 INFO = WorkloadInfo(name="ratings-0", namespace="bookinfo", service_account="bookinfo-ratings")
 

@@ -5,11 +5,11 @@ import asyncio
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from core.hbone import events as ev
-from core.hbone.connection import HboneConnection
-from core.hbone.errors import PeerIdentityError, StreamResetError
-from core.hbone.protocol import HboneServerProtocol
-from core.hbone.settings import HboneSettings
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.connection import HboneConnection
+from shoal.core.hbone.errors import PeerIdentityError, StreamResetError
+from shoal.core.hbone.protocol import HboneServerProtocol
+from shoal.core.hbone.settings import HboneSettings
 from tests.helpers.pki import TestPKI
 
 SERVER_ID = "spiffe://cluster.local/ns/server/sa/echo"

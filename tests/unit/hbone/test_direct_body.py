@@ -7,11 +7,11 @@ import struct
 
 import pytest
 
-from core.hbone import events as ev
-from core.hbone.errors import RemoteProtocolError
-from core.hbone.h2fast import DIRECT_BODY_MIN
-from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
-from core.hbone.settings import MAX_FRAME_SIZE
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.errors import RemoteProtocolError
+from shoal.core.hbone.h2fast import DIRECT_BODY_MIN
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.settings import MAX_FRAME_SIZE
 
 
 def _xfer(src, dst):
@@ -137,7 +137,7 @@ def test_fast_send_path_matches_h2_bytes_and_windows():
 
 
 def test_allocator_tuning_applies_once_and_respects_env(monkeypatch):
-    from core.hbone import alloc
+    from shoal.core.hbone import alloc
     monkeypatch.setattr(alloc, "_done", False)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert alloc.tune_allocator() is False        # the operator's setting wins

@@ -3,8 +3,8 @@
 import hyperframe.frame as hf
 from hypothesis import given, settings, strategies as st
 
-from core.hbone.errors import RemoteProtocolError
-from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.errors import RemoteProtocolError
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -5,9 +5,9 @@ import hyperframe.frame as hf
 import pytest
 from h2.errors import ErrorCodes
 
-from core.hbone import events as ev
-from core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
-from core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 
 
 def _xfer(src, dst, one_byte=False):

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from core.pipe import PipeReset, pipe
+from shoal.core.pipe import PipeReset, pipe
 
 
 class FakeEnd:

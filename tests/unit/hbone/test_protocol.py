@@ -7,11 +7,11 @@ import hyperframe.frame as hf
 import pytest
 from h2.errors import ErrorCodes
 
-from core.hbone import events as ev
-from core.hbone.errors import LocalProtocolError, RemoteProtocolError
-from core.hbone.protocol import (HboneClientProtocol, HboneServerProtocol, _Stream,
+from shoal.core.hbone import events as ev
+from shoal.core.hbone.errors import LocalProtocolError, RemoteProtocolError
+from shoal.core.hbone.protocol import (HboneClientProtocol, HboneServerProtocol, _Stream,
                                  parse_authority)
-from core.hbone.settings import HboneSettings, MIB
+from shoal.core.hbone.settings import HboneSettings, MIB
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

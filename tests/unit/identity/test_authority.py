@@ -8,13 +8,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from core.ca import store
-from core.ca.authority import (DEFAULT_CERT_TTL, MAX_CERT_TTL, NODE_CN_PREFIX, CertificateAuthority,
+from shoal.controlplane import store
+from shoal.controlplane.authority import (DEFAULT_CERT_TTL, MAX_CERT_TTL, NODE_CN_PREFIX, CertificateAuthority,
                                SigningError, node_of_cert)
-from core.ca.nodeauth import Caller, ConfigIdentities, authorize
-from core.ca.server import HttpError, parse_head, response_bytes
-from core.identity.certs import csr_pem, load_pem_certs, make_csr
-from core.identity.spiffe import Identity, identity_of_cert
+from shoal.controlplane.nodeauth import Caller, ConfigIdentities, authorize
+from shoal.controlplane.server import HttpError, parse_head, response_bytes
+from shoal.core.identity.certs import csr_pem, load_pem_certs, make_csr
+from shoal.core.identity.spiffe import Identity, identity_of_cert
 from tests.helpers.pki import TestPKI
 
 T0 = 1_900_000_000.0

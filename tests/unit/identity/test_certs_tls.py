@@ -7,9 +7,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from core.identity import tls
-from core.identity.certs import CertError, WorkloadCert, make_csr
-from core.identity.spiffe import Identity
+from shoal.core.identity import tls
+from shoal.core.identity.certs import CertError, WorkloadCert, make_csr
+from shoal.core.identity.spiffe import Identity
 from tests.helpers.pki import TestPKI
 
 IDENT = Identity.parse("spiffe://cluster.local/ns/default/sa/sleep")

@@ -6,13 +6,13 @@ import datetime as dt
 import pytest
 from cryptography import x509
 
-from core.ca.authority import CertificateAuthority
-from core.identity.caclient import CaError, SignResponse
-from core.identity.certs import load_pem_certs
-from core.identity.manager import (BACKOFF_MAX, MAX_CONCURRENT_FETCHES, CertManager, CertState,
+from shoal.controlplane.authority import CertificateAuthority
+from shoal.core.identity.caclient import CaError, SignResponse
+from shoal.core.identity.certs import load_pem_certs
+from shoal.core.identity.manager import (BACKOFF_MAX, MAX_CONCURRENT_FETCHES, CertManager, CertState,
                                    CertUnavailable, Priority, backoff_delay,
                                    refresh_time)
-from core.identity.spiffe import Identity
+from shoal.core.identity.spiffe import Identity
 
 T0 = 1_900_000_000.0
 DAY = 86400.0

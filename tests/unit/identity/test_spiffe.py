@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.identity.spiffe import (Identity, IdentityError, PeerVerificationError, identity_of_cert,
+from shoal.core.identity.spiffe import (Identity, IdentityError, PeerVerificationError, identity_of_cert,
                                   peer_identity, verify_client_trust_domain, verify_server_identity)
 from tests.helpers.pki import TestPKI
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from core.model import ConfigError, Pod, load_dir, load_text
-from core.model.resources import Meta
-from routing.compile import compile_config
-from routing.incremental import IncrementalCompiler, full_keyspace
-from routing.records import WaypointRef
-from routing.view import StaticView
+from shoal.core.model import ConfigError, Pod, load_dir, load_text
+from shoal.core.model.resources import Meta
+from shoal.routing.compile import compile_config
+from shoal.routing.incremental import IncrementalCompiler, full_keyspace
+from shoal.core.records import WaypointRef
+from shoal.routing.view import StaticView
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
 
@@ -143,7 +143,7 @@ status: {podIP: 10.1.0.1}
 
 
 def test_extra_pods_give_replicas_their_ips(cfg):
-    from core.model import Deployment, replica_pods
+    from shoal.core.model import Deployment, replica_pods
     (d,) = cfg.of(Deployment)
     pods = replica_pods(d)
     extra = [dataclasses.replace(pods[0], ips=("10.0.1.77",))]
@@ -201,7 +201,7 @@ def test_incremental_route_follows_service_waypoint(cfg):
 
 def test_update_resources_matches_full_compile_over_random_changes(cfg):
     import random
-    from routing.incremental import resource_key
+    from shoal.routing.incremental import resource_key
     rng = random.Random(7)
     comp = IncrementalCompiler()
     comp.update(cfg)
@@ -241,8 +241,8 @@ def test_one_pod_change_touches_only_its_records(cfg):
 
 
 def test_explicit_pod_stands_for_replica_whatever_the_order(cfg):
-    from core.model import Deployment, replica_pods
-    from routing.incremental import resource_key
+    from shoal.core.model import Deployment, replica_pods
+    from shoal.routing.incremental import resource_key
     (d,) = cfg.of(Deployment)
     replica = replica_pods(d)[0]
     pod = dataclasses.replace(replica, ips=("10.0.1.55",), owner_deployment="")
@@ -258,7 +258,7 @@ def test_explicit_pod_stands_for_replica_whatever_the_order(cfg):
 
 
 def test_update_resources_overlay_pods(cfg):
-    from core.model import Deployment, replica_pods
+    from shoal.core.model import Deployment, replica_pods
     (d,) = cfg.of(Deployment)
     replica = replica_pods(d)[1]
     overlay = dataclasses.replace(replica, ips=("10.0.1.66",), node="node-z")

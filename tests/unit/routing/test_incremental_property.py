@@ -4,10 +4,10 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.model import ConfigError, Deployment, Namespace, Pod, Service, replica_pods
-from core.model.resources import Meta
-from routing.compile import compile_config
-from routing.incremental import IncrementalCompiler, full_keyspace
+from shoal.core.model import ConfigError, Deployment, Namespace, Pod, Service, replica_pods
+from shoal.core.model.resources import Meta
+from shoal.routing.compile import compile_config
+from shoal.routing.incremental import IncrementalCompiler, full_keyspace
 
 NS = ("a", "b")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from core.model import (AuthorizationPolicy, ConfigError, Deployment, Gateway, HTTPRoute, Pod,
+from shoal.core.model import (AuthorizationPolicy, ConfigError, Deployment, Gateway, HTTPRoute, Pod,
                         Service, load_dir, load_text, replica_pods)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"

@@ -5,15 +5,15 @@ import os
 
 import pytest
 
-from core.model import load_dir
-from routing import shm
-from routing.codec import decode_value, encode_value
-from routing.compile import compile_config
-from routing.incremental import IncrementalCompiler
-from routing.index import build_keyspace
-from routing.records import Namespace
-from routing.runtime import TableHandle, attach_view
-from routing.view import StaticView
+from shoal.core.model import load_dir
+from shoal.routing import shm
+from shoal.routing.codec import decode_value, encode_value
+from shoal.routing.compile import compile_config
+from shoal.routing.incremental import IncrementalCompiler
+from shoal.routing.index import build_keyspace
+from shoal.core.records import Namespace
+from shoal.routing.runtime import TableHandle, attach_view
+from shoal.routing.view import StaticView
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from core import admin
-from core.admin import Endpoints, HttpProtocol, Request
+from shoal.core import admin
+from shoal.core.admin import Endpoints, HttpProtocol, Request
 
 
 class MockTransport:

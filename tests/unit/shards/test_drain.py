@@ -2,8 +2,8 @@
 
 import asyncio
 
-from core import drain
-from core.drain import DrainMode
+from shoal.core import drain
+from shoal.core.drain import DrainMode
 
 
 async def test_trigger_waits_for_every_hold():

@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
-from core.sockets import DefaultSocketFactory, listener_key
-from shards import handoff
-from shards.handoff import SlotSocketFactory
+from shoal.core.sockets import DefaultSocketFactory, listener_key
+from shoal.shards import handoff
+from shoal.shards.handoff import SlotSocketFactory
 
 
 class FakeFactory:

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from shards import heartbeat
-from shards.heartbeat import HeartbeatTable
+from shoal.shards import heartbeat
+from shoal.shards.heartbeat import HeartbeatTable
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core import metrics
+from shoal.core import metrics
 
 
 def test_labels_default_to_unknown_and_extras_are_refused():

@@ -4,7 +4,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from shards.options import SupervisorOptions, supervisor_options
+from shoal.shards.options import SupervisorOptions, supervisor_options
 
 
 @pytest.mark.parametrize("kw, msg", [

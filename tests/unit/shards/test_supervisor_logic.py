@@ -3,12 +3,12 @@
 import os
 import signal
 
-from core.drain import DrainMode
-from shards import exitcodes
-from shards.app import App
-from shards.options import SupervisorOptions
-from shards.signals import HANDLED, SignalQueue
-from shards.supervisor import Supervisor, describe_status
+from shoal.core.drain import DrainMode
+from shoal.shards import exitcodes
+from shoal.shards.app import App
+from shoal.shards.options import SupervisorOptions
+from shoal.shards.signals import HANDLED, SignalQueue
+from shoal.shards.supervisor import Supervisor, describe_status
 
 
 def supervisor(workers=1):

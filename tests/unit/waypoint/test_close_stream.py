@@ -3,7 +3,7 @@ racing the last bytes)."""
 
 import asyncio
 
-from waypoint import server
+from shoal.waypoint import server
 
 
 class FakeStream:

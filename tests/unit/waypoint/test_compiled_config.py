@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import random
 
-from core.authz import L7, Request, evaluate
-from core.model.loader import load_text
-from routing.compile import compile_config
-from routing.view import StaticView
-from waypoint import message
-from waypoint.filters import plan
-from waypoint.message import RequestHead
-from waypoint.routes import RouteInput, RouteTable
+from shoal.core.authz import L7, Request, evaluate
+from shoal.core.model.loader import load_text
+from shoal.routing.compile import compile_config
+from shoal.routing.view import StaticView
+from shoal.waypoint import message
+from shoal.waypoint.filters import plan
+from shoal.waypoint.message import RequestHead
+from shoal.waypoint.routes import RouteInput, RouteTable
 
 YAML = """
 apiVersion: v1

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from routing.records import (Service, ServicePort, Waypoint, WaypointRef, Workload)
-from routing.view import StaticView
-from waypoint.destination import NotForUs, endpoints, resolve, resolve_host
-from waypoint.telemetry import RequestRecord, labels_for, traceparent, valid_traceparent
+from shoal.core.records import (Service, ServicePort, Waypoint, WaypointRef, Workload)
+from shoal.routing.view import StaticView
+from shoal.waypoint.destination import NotForUs, endpoints, resolve, resolve_host
+from shoal.waypoint.telemetry import RequestRecord, labels_for, traceparent, valid_traceparent
 
 WP = WaypointRef(namespace="default", name="waypoint")
 KEY = "default/echo.default.svc.cluster.local"
@@ -93,7 +93,7 @@ class _Metrics:
     """core.metrics.IstioMetrics without multiprocess files."""
 
     def __init__(self):
-        import core.metrics as cm
+        import shoal.core.metrics as cm
         self.m = cm.IstioMetrics()
 
     def __getattr__(self, name):
@@ -112,7 +112,7 @@ def _record(status=200, dur=3.0, resp=1024):
 def test_metrics_are_aggregated_then_flushed():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from waypoint.telemetry import AccessLog, Telemetry
+    from shoal.waypoint.telemetry import AccessLog, Telemetry
     clock = [0.0]
     m = _Metrics()
     t = Telemetry(m, access_log=False, log=AccessLog(lambda b: None), clock=lambda: clock[0])
@@ -144,7 +144,7 @@ def test_access_log_batches_whole_lines(caplog):
     import json
     import logging
 
-    from waypoint.telemetry import ACCESS_LOG_BATCH, AccessLog, access_fields
+    from shoal.waypoint.telemetry import ACCESS_LOG_BATCH, AccessLog, access_fields
     caplog.set_level(logging.INFO, logger="shoal.access")
     writes: list[bytes] = []
     now = [1000.0]

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from routing.records import (BackendRef, HeaderModifier, HTTPFilter, PathMatch, PathModifier,
+from shoal.core.records import (BackendRef, HeaderModifier, HTTPFilter, PathMatch, PathModifier,
                              RequestMirror, RequestRedirect, Retry, RouteMatch, RouteRule,
                              URLRewrite)
-from waypoint import message
-from waypoint.filters import (modify_headers, plan, redirect, retry_allowed, retry_backoff,
+from shoal.waypoint import message
+from shoal.waypoint.filters import (modify_headers, plan, redirect, retry_allowed, retry_backoff,
                               rewrite_path, should_mirror, url_rewrite)
-from waypoint.message import RequestHead
+from shoal.waypoint.message import RequestHead
 
 
 def head(target="/", host="echo.default:8080", headers=()):

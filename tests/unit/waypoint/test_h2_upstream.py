@@ -10,11 +10,11 @@ import h2.connection
 import h2.events
 import pytest
 
-from routing.records import ServicePort
-from waypoint.h2upstream import (H2Upstream, request_headers, response_headers, speaks_h2,
+from shoal.core.records import ServicePort
+from shoal.waypoint.h2upstream import (H2Upstream, request_headers, response_headers, speaks_h2,
                                  trailer_block)
-from waypoint.message import RequestHead
-from waypoint.upstream import UpstreamReset
+from shoal.waypoint.message import RequestHead
+from shoal.waypoint.upstream import UpstreamReset
 
 
 @pytest.mark.parametrize("name,app,want", [
@@ -134,8 +134,8 @@ async def test_connection_eof_fails_open_streams_and_marks_dead():
 
 
 async def test_pool_sweep_closes_idle_connections_only():
-    from waypoint.h2upstream import H2Pool
-    from waypoint.upstream import IDLE_TIMEOUT
+    from shoal.waypoint.h2upstream import H2Pool
+    from shoal.waypoint.upstream import IDLE_TIMEOUT
     busy, idle = H2Upstream(_Pipe(), "a"), H2Upstream(_Pipe(), "b")
     busy.streams[1] = object()
     pool = H2Pool(connector=None)

@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from waypoint.http1 import (LAST_CHUNK, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_REQUEST_LINE,
+from shoal.waypoint.http1 import (LAST_CHUNK, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_REQUEST_LINE,
                             BodyReceived, H1ResponseParser, H1Server, MessageEnded,
                             ProtocolFailed, RequestReceived, ResponseReceived, TunnelData,
                             encode_chunk, serialize_request_head, serialize_response_head,
                             simple_response, strip_hop_by_hop)
-from waypoint.message import RequestHead
+from shoal.waypoint.message import RequestHead
 
 
 def normalise(events):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from waypoint.http1 import (BodyReceived, H1ResponseParser, H1Server, MessageEnded,
+from shoal.waypoint.http1 import (BodyReceived, H1ResponseParser, H1Server, MessageEnded,
                             ProtocolFailed, RequestReceived)
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from waypoint.lb import (BASE_EJECTION_SECONDS, CONSECUTIVE_FAILURES, LEAST_REQUEST, Balancer)
+from shoal.waypoint.lb import (BASE_EJECTION_SECONDS, CONSECUTIVE_FAILURES, LEAST_REQUEST, Balancer)
 
 
 class Clock:

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from waypoint import message
+from shoal.waypoint import message
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 PURE = ["core/authz.py", "waypoint/routes.py", "waypoint/filters.py", "waypoint/http1.py",

@@ -12,9 +12,9 @@ from collections import Counter
 
 import pytest
 
-from routing.records import (BackendRef, HeaderMatch, HTTPRoute, PathMatch, QueryParamMatch,
+from shoal.core.records import (BackendRef, HeaderMatch, HTTPRoute, PathMatch, QueryParamMatch,
                              RouteMatch, RouteRule)
-from waypoint.routes import (NoBackend, RouteInput, RouteTable, hostname_score, path_matches,
+from shoal.waypoint.routes import (NoBackend, RouteInput, RouteTable, hostname_score, path_matches,
                              pick_backend)
 
 

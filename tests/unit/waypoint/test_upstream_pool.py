@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from waypoint.destination import Endpoint
-from waypoint.upstream import IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT, H1Pool
+from shoal.waypoint.destination import Endpoint
+from shoal.waypoint.upstream import IDLE_TIMEOUT, MAX_IDLE_PER_ENDPOINT, H1Pool
 
 
 class FakeStream:

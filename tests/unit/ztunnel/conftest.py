@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from routing.records import (Authorization, LoadBalancing, Rule, Service, ServicePort,
+from shoal.core.records import (Authorization, LoadBalancing, Rule, Service, ServicePort,
                              Source, Waypoint, WaypointRef, Workload)
-from routing.view import StaticView
+from shoal.routing.view import StaticView
 
 WP = WaypointRef(namespace="default", name="waypoint")
 WP_HOST = "waypoint.default.svc.cluster.local"

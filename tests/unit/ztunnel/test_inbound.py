@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from routing.records import Authorization, Operation, Rule, Source
+from shoal.core.records import Authorization, Operation, Rule, Source
 from tests.unit.ztunnel.conftest import (BEHIND_WP, CLIENT, SERVER_A, WAYPOINT, allow_from,
                                          make_view)
-from ztunnel import inbound
-from ztunnel.inbound import Accepted, ConnInfo, Rejected, decide_hbone, decide_plaintext
+from shoal.ztunnel import inbound
+from shoal.ztunnel.inbound import Accepted, ConnInfo, Rejected, decide_hbone, decide_plaintext
 
 SLEEP = CLIENT.identity
 SRC = ("10.0.0.1", 40000)

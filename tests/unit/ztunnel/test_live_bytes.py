@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ztunnel.telemetry import LiveBytes
+from shoal.ztunnel.telemetry import LiveBytes
 
 
 def test_deltas_sum_to_the_final_totals():

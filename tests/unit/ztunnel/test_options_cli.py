@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.unit.ztunnel.conftest import make_view
-from ztunnel import cli, dump
-from ztunnel.options import FixedTarget, ZtunnelOptions
-from ztunnel.origdst import parse_sockaddr_in
+from shoal.ztunnel import cli, dump
+from shoal.ztunnel.options import FixedTarget, ZtunnelOptions
+from shoal.ztunnel.origdst import parse_sockaddr_in
 
 
 def test_fixed_target_parse():

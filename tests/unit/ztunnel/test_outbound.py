@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from routing.records import LoadBalancing
+from shoal.core.records import LoadBalancing
 from tests.unit.ztunnel.conftest import (BEHIND_WP, CLIENT, ECHO, LEGACY, NAMED_OK,
                                          OTHER_NS_CLIENT, SERVER_A, SERVER_B, WAYPOINT, WP_POD,
                                          pod, svc)
-from routing.view import StaticView
-from ztunnel import outbound
-from ztunnel.outbound import HBONE, PLAINTEXT, OutboundError, resolve
+from shoal.routing.view import StaticView
+from shoal.ztunnel import outbound
+from shoal.ztunnel.outbound import HBONE, PLAINTEXT, OutboundError, resolve
 
 
 def test_pod_ip_goes_by_hbone_to_15008_with_pod_authority(view, rng):

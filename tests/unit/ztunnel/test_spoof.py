@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from ztunnel.spoof import SpoofState, spoofable
+from shoal.ztunnel.spoof import SpoofState, spoofable
 
 
 def test_spoofable_addresses():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from routing.records import Authorization
+from shoal.core.records import Authorization
 from tests.unit.ztunnel.conftest import make_view
-from ztunnel import dump, tables
+from shoal.ztunnel import dump, tables
 
 
 def _dump():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from routing.records import Authorization, Rule, Source
+from shoal.core.records import Authorization, Rule, Source
 from tests.unit.ztunnel.conftest import CLIENT, ECHO, SERVER_A, make_view
-from ztunnel import telemetry
-from ztunnel.connections import LATE_REJECTION, ConnectionManager
-from ztunnel.inbound import ConnInfo
+from shoal.ztunnel import telemetry
+from shoal.ztunnel.connections import LATE_REJECTION, ConnectionManager
+from shoal.ztunnel.inbound import ConnInfo
 
 
 def meta(**kw):

@@ -26,10 +26,10 @@ import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Union
 
-from cni import seqpacket, zds
-from cni.netns import is_netns
-from cni.zds import WorkloadInfo, ZdsError
-from core import log
+from shoal.cni import seqpacket, zds
+from shoal.cni.netns import is_netns
+from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core import log
 
 # ztunnel retries the connect with backoff up to 15 s (inpod/workloadmanager.rs).
 BACKOFF_INITIAL_S = 0.1

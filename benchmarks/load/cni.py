@@ -1,6 +1,6 @@
 """CNI load study (root): what capture adds to a pod's network setup.
 
-    python -m benchmarks.load_cni [--pods 20]
+    python -m shoal.benchmarks.load.cni [--pods 20]
 
 Per pod: CNI ADD then DEL through (a) bridge + host-local alone (the peer:
 Debian's Go plugins), (b) + shoal-cni for a pod outside the mesh (plugin +
@@ -24,7 +24,7 @@ import time
 
 import orjson
 
-from cni import chain
+from shoal.cni import chain
 from tests.helpers.cni_agent import (CNI_PATH, events, start_agent, start_fake_ztunnel,
                                      wait_for)
 from tests.helpers.cni_netns import unique

@@ -1,11 +1,11 @@
 """Load run: a shoal HBONE pair against two stunnels, same certificates, same run.
 
-    python -m benchmarks.load_hbone [--seconds 5] [--rounds 2] [--short-seconds 5]
+    python -m shoal.benchmarks.load.hbone [--seconds 5] [--rounds 2] [--short-seconds 5]
         [--baseline DIR]     # also run shoal from another source tree (before/after)
 
 Path under test (both variants, one process per side):
     iperf3 -c -> entry (plaintext in) -> mutual TLS 1.3 tunnel -> exit -> iperf3 -s
-- shoal:   `python -m core.hbone.tools entry|exit` (HBONE: TLS 1.3 + HTTP/2 CONNECT,
+- shoal:   `python -m tests.helpers.hbone_tools entry|exit` (HBONE: TLS 1.3 + HTTP/2 CONNECT,
            one stream per TCP connection on a pooled connection)
 - stunnel: stunnel4 client + server, TLS 1.3, AES-GCM suites, client certs required
            (a new TLS connection per TCP connection)
@@ -63,8 +63,8 @@ class Pair:
 
 
 def _start_tool(args: list[str], log: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
-    """`python -m core.hbone.tools ...` run from `cwd` (whose `core` package wins)."""
-    proc = subprocess.Popen([sys.executable, "-m", "core.hbone.tools", *args], cwd=cwd,
+    """`python -m tests.helpers.hbone_tools ...` run from `cwd` (whose `core` package wins)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.hbone_tools", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):

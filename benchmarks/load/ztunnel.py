@@ -1,6 +1,6 @@
 """Load run: two ztunnels against two stunnels and two haproxies, same run.
 
-    python -m benchmarks.load_ztunnel [--seconds 5] [--workers 2] [--idle-conns 10000]
+    python -m shoal.benchmarks.load.ztunnel [--seconds 5] [--workers 2] [--idle-conns 10000]
 
 Measures, on loopback, in one run (so ratios are fair; absolute numbers
 drift between machines and with other load on this 2-core box):

@@ -1,6 +1,6 @@
 """Waypoint load run: wrk through the waypoint vs nginx as a reverse proxy.
 
-    python -m benchmarks.load_waypoint [--duration 5] [--connections 32] [--plot]
+    python -m shoal.benchmarks.load.waypoint [--duration 5] [--connections 32] [--plot]
 
 Same run, same backend (nginx answering 1 KiB bodies), HTTP/1.1 keep-alive:
 - direct: wrk -> backend (the ceiling of this machine);
@@ -209,7 +209,7 @@ def start_nginx(conf: str, d: Path, name: str) -> subprocess.Popen:
 
 
 def start_waypoint(d: Path, port: int, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "core.cli", "waypoint", "run", "--name", "waypoint",
+    cmd = [sys.executable, "-m", "shoal.core.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", "0", "--plaintext-port", str(port),
            "--bind", "127.0.0.1", "--upstream-plaintext", "--no-access-log",
            "--config", str(d / "mesh"), "--workers", str(workers), "--admin-port", "0",
@@ -235,10 +235,10 @@ def write_cred(cert, d: Path) -> None:
 
 
 async def _hbone_client(port: int, authority: str, duration: float, conc: int, cred: str) -> dict:
-    from core.hbone.pool import HbonePool
-    from core.identity.caclient import load_credential
-    from core.identity.tls import client_context
-    from waypoint.http1 import H1ResponseParser, MessageEnded
+    from shoal.core.hbone.pool import HbonePool
+    from shoal.core.identity.caclient import load_credential
+    from shoal.core.identity.tls import client_context
+    from shoal.waypoint.http1 import H1ResponseParser, MessageEnded
     cert = load_credential(cred)
     pool = HbonePool(lambda _src: client_context(cert))
     req = f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
@@ -283,10 +283,10 @@ POD_IP = "127.0.77.77"
 async def _pod_server(backend_port: int, cred: str) -> None:
     import asyncio
 
-    from core.hbone.server import Accept, HboneServer
-    from core.identity.caclient import load_credential
-    from core.identity.tls import server_context
-    from core.pipe import connect_tcp
+    from shoal.core.hbone.server import Accept, HboneServer
+    from shoal.core.identity.caclient import load_credential
+    from shoal.core.identity.tls import server_context
+    from shoal.core.pipe import connect_tcp
     cert = load_credential(cred)
 
     async def handler(req):
@@ -312,7 +312,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
         (cfg / "mesh.yaml").write_text(MESH.format(backend=backend_port).replace(
             "istio.io/use-waypoint: waypoint}", "istio.io/use-waypoint: waypoint, "
             "istio.io/dataplane-mode: ambient}").replace("podIP: 127.0.0.1", f"podIP: {POD_IP}"))
-    cmd = [sys.executable, "-m", "core.cli", "waypoint", "run", "--name", "waypoint",
+    cmd = [sys.executable, "-m", "shoal.core.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", str(hport), "--cert-dir", str(d / "wp-cred"),
            "--bind", "127.0.0.1", "--no-access-log",
            "--config", str(cfg), "--workers", str(workers), "--admin-port", "0",
@@ -321,7 +321,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
         cmd.append("--upstream-plaintext")
     pod = None
     if upstream_hbone:
-        pod = subprocess.Popen([sys.executable, "-m", "benchmarks.load_waypoint", "--pod-server",
+        pod = subprocess.Popen([sys.executable, "-m", "shoal.benchmarks.load.waypoint", "--pod-server",
                                 f"{backend_port},{d / 'pod-cred'}"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         pod.stdout.readline()
@@ -336,7 +336,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
                 time.sleep(0.1)
         time.sleep(0.5)
         pids = tree_pids(wp.pid)
-        client = [sys.executable, "-m", "benchmarks.load_waypoint", "--hbone-client",
+        client = [sys.executable, "-m", "shoal.benchmarks.load.waypoint", "--hbone-client",
                   f"{hport},10.96.50.50:8080,{args.duration},16,{d / 'client-cred'}"]
         cpu0, t0 = cpu_seconds(pids), time.monotonic()
         out = subprocess.run(client, cwd=ROOT, capture_output=True, text=True,

@@ -6,7 +6,7 @@ round; rounds are interleaved across targets and the median round is kept.
 Targets: bare uvloop echo (one process, the peer), shards with 1 and with 2
 workers. Writes benchmarks/out/shards_load.json and docs/img/shards_load.png.
 
-    .venv/bin/python -m benchmarks.load_shards [--duration 1] [--rounds 5] [--concurrency 32]
+    .venv/bin/python -m shoal.benchmarks.load.shards [--duration 1] [--rounds 5] [--concurrency 32]
 
 The machine has 2 cores and the client needs one of them: 2 workers cannot
 double the rate here; the point is the framework's cost against the peer.
@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from benchmarks.bench_shards_accept import PEER, _serving
+from shoal.benchmarks.load.bench_shards_accept import PEER, _serving
 from tests.helpers.shards_proc import PYTHON, ROOT, Shards, free_port, wait_for
 
 

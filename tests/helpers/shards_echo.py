@@ -1,4 +1,4 @@
-"""A TCP echo app for exercising the supervisor (tests, `python -m shards`).
+"""A TCP echo app for exercising the supervisor (tests, `python -m tests.helpers.shards_echo`).
 
 Line protocol, one command per line:
     pid            -> "<pid> <worker_id> <generation>\\n"
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import click
 
-from shards import exitcodes
-from shards.app import App, WorkerContext
-from shards.listener import stream_protocol
-from shards.options import SupervisorOptions, supervisor_options
-from shards.runner import run_app
+from shoal.shards import exitcodes
+from shoal.shards.app import App, WorkerContext
+from shoal.shards.listener import stream_protocol
+from shoal.shards.options import SupervisorOptions, supervisor_options
+from shoal.shards.runner import run_app
 
 # A line longer than this is echoed in pieces' worth of limit: protects the
 # worker from a client sending an endless line.

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.constants import DEFAULT_TRUST_DOMAIN
+from shoal.core.constants import DEFAULT_TRUST_DOMAIN
 
 _REC = dict(frozen=True, slots=True, kw_only=True)
 

@@ -31,9 +31,9 @@ from typing import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from core.ca.authority import CertificateAuthority, SigningError, make_root
-from core.constants import DEFAULT_TRUST_DOMAIN
-from core.identity.certs import CertError, load_pem_certs
+from shoal.controlplane.authority import CertificateAuthority, SigningError, make_root
+from shoal.core.constants import DEFAULT_TRUST_DOMAIN
+from shoal.core.identity.certs import CertError, load_pem_certs
 
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 ROTATION_PHASES = ("add", "activate", "retire")

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core import log
-from core.ca.authority import SigningError
-from core.constants import DEFAULT_TRUST_DOMAIN
-from core.identity.spiffe import Identity
+from shoal.core import log
+from shoal.controlplane.authority import SigningError
+from shoal.core.constants import DEFAULT_TRUST_DOMAIN
+from shoal.core.identity.spiffe import Identity
 
 IdentitiesOnNode = Callable[[str], set[str]]
 
@@ -74,9 +74,9 @@ def _workloads_from_routing(config_dir: Path, overlay: Path | None, trust_domain
         core.model.ConfigError: the config is invalid (caller keeps the last good view).
     """
     try:
-        from routing.compile import CompileOptions, compile_config
-        from routing.records import Workload
-        from routing.source import DirectorySource
+        from shoal.routing.compile import CompileOptions, compile_config
+        from shoal.core.records import Workload
+        from shoal.routing.source import DirectorySource
     except ImportError:
         return None
     cfg, extra = DirectorySource(config_dir, overlay=overlay, use_inotify=False).load()

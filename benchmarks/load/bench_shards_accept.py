@@ -4,7 +4,7 @@ The peer is a one-process uvloop `asyncio.start_server` echo with no
 framework, in its own process; the ratio is the framework's per-connection
 overhead (slot listener, Listener accept loop, metrics, drain tracking).
 
-    .venv/bin/python -m pytest benchmarks/bench_shards_accept.py \
+    .venv/bin/python -m pytest benchmarks/load/bench_shards_accept.py \
         -o python_files='bench_*.py' --benchmark-enable -p no:xdist
 """
 

@@ -1,10 +1,10 @@
 """An HBONE pair for debugging and load runs: plaintext -> HBONE -> plaintext.
 
     # exit: terminate HBONE, forward each CONNECT to its :authority (or --target)
-    python -m core.hbone.tools exit --listen 127.0.0.1:15008 \
+    python -m tests.helpers.hbone_tools exit --listen 127.0.0.1:15008 \
         --cert server-cert.pem --key server-key.pem --ca ca.pem [--target 127.0.0.1:5201]
     # entry: accept plaintext, open one HBONE tunnel per TCP connection
-    python -m core.hbone.tools entry --listen 127.0.0.1:15001 --peer 127.0.0.1:15008 \
+    python -m tests.helpers.hbone_tools entry --listen 127.0.0.1:15001 --peer 127.0.0.1:15008 \
         --authority 127.0.0.1:5201 --expect spiffe://cluster.local/ns/x/sa/y \
         --cert client-cert.pem --key client-key.pem --ca ca.pem
 
@@ -24,13 +24,13 @@ import sys
 
 from cryptography.hazmat.primitives import serialization
 
-from core import log as shoal_log
-from core.hbone.pool import HbonePool
-from core.hbone.server import Accept, HboneServer, Reject
-from core.hbone.settings import HboneSettings
-from core.identity.certs import WorkloadCert, load_pem_certs
-from core.identity.tls import client_context, server_context
-from core.pipe import PipeReset, TcpEnd, connect_tcp, pipe
+from shoal.core import log as shoal_log
+from shoal.core.hbone.pool import HbonePool
+from shoal.core.hbone.server import Accept, HboneServer, Reject
+from shoal.core.hbone.settings import HboneSettings
+from shoal.core.identity.certs import WorkloadCert, load_pem_certs
+from shoal.core.identity.tls import client_context, server_context
+from shoal.core.pipe import PipeReset, TcpEnd, connect_tcp, pipe
 
 LOG = shoal_log.get("hbone.tools")
 _CONNS: list = []
@@ -132,7 +132,7 @@ def dump_state(conns) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m core.hbone.tools", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tests.helpers.hbone_tools", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("role", choices=["entry", "exit"])
     p.add_argument("--listen", required=True, help="host:port (port 0: pick one)")

@@ -26,13 +26,13 @@ import ssl
 
 import orjson
 
-from core import log
-from core.ca.authority import (ISTIOD_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, CertificateAuthority,
+from shoal.core import log
+from shoal.controlplane.authority import (ISTIOD_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, CertificateAuthority,
                                SigningError, node_of_cert)
-from core.ca.nodeauth import Caller, IdentitiesOnNode, authorize
-from core.identity import tls as shoal_tls
-from core.identity.certs import WorkloadCert, load_pem_certs
-from core.identity.spiffe import Identity, IdentityError, identity_of_cert, peer_certificate
+from shoal.controlplane.nodeauth import Caller, IdentitiesOnNode, authorize
+from shoal.core.identity import tls as shoal_tls
+from shoal.core.identity.certs import WorkloadCert, load_pem_certs
+from shoal.core.identity.spiffe import Identity, IdentityError, identity_of_cert, peer_certificate
 
 # Request head (request line + headers) larger than this is not our client.
 MAX_HEAD_BYTES = 16 * 1024

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from core.constants import DEFAULT_TRUST_DOMAIN
-from core.identity.certs import certs_pem, new_key
-from core.identity.spiffe import Identity, IdentityError, uri_sans
+from shoal.core.constants import DEFAULT_TRUST_DOMAIN
+from shoal.core.identity.certs import certs_pem, new_key
+from shoal.core.identity.spiffe import Identity, IdentityError, uri_sans
 
 # Istio's default workload certificate lifetime (SECRET_TTL / DEFAULT_WORKLOAD_CERT_TTL).
 DEFAULT_CERT_TTL = dt.timedelta(hours=24)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from core import log
-from core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN
+from shoal.core import log
+from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN
 
 # How often the running CA checks its files for a rotation or new cacerts.
 STATE_POLL_INTERVAL = 2.0
@@ -58,7 +58,7 @@ def controlplane() -> None:
 def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl, port_file,
         log_level) -> None:
     """Serve certificate requests from node proxies and waypoints."""
-    from core.ca.authority import MAX_CERT_TTL, MIN_CERT_TTL
+    from shoal.controlplane.authority import MAX_CERT_TTL, MIN_CERT_TTL
     log.setup(log_level)
     if not MIN_CERT_TTL <= cert_ttl <= MAX_CERT_TTL:
         raise click.BadParameter(f"must be between {MIN_CERT_TTL} and {MAX_CERT_TTL}", param_hint="--cert-ttl")
@@ -68,9 +68,9 @@ def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_
 
 async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl,
                  port_file) -> None:
-    from core.ca import store
-    from core.ca.nodeauth import ConfigIdentities
-    from core.ca.server import CaServer
+    from shoal.controlplane import store
+    from shoal.controlplane.nodeauth import ConfigIdentities
+    from shoal.controlplane.server import CaServer
     logger = log.get("ca")
     ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
     if config_dir:
@@ -132,10 +132,10 @@ async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def issue_node_cert(state_dir, cacerts, node, waypoint, service_account, trust_domain, out) -> None:
     """Write a node (or waypoint) credential: cert-chain.pem, key.pem, root-cert.pem."""
-    from core.ca import store
-    from core.ca.authority import (NODE_CN_PREFIX, SYSTEM_NAMESPACE, WAYPOINT_CN_PREFIX,
+    from shoal.controlplane import store
+    from shoal.controlplane.authority import (NODE_CN_PREFIX, SYSTEM_NAMESPACE, WAYPOINT_CN_PREFIX,
                                    ZTUNNEL_SERVICE_ACCOUNT)
-    from core.identity.spiffe import Identity
+    from shoal.core.identity.spiffe import Identity
     if bool(node) == bool(waypoint):
         raise click.UsageError("give exactly one of --node or --waypoint")
     if node:
@@ -173,8 +173,8 @@ def write_credential(out: Path, key, cert_chain, trust_bundle) -> None:
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 def rotate_root(state_dir, phase, trust_domain) -> None:
     """Rotate a self-signed root in three overlapping phases (running CAs reload)."""
-    from core.ca import store
-    from core.ca.authority import SigningError
+    from shoal.controlplane import store
+    from shoal.controlplane.authority import SigningError
     try:
         click.echo(store.rotate_root(state_dir, phase, trust_domain=trust_domain))
     except SigningError as e:

@@ -1,6 +1,6 @@
 """Routing-table load study: lookups, update cost vs size, memory, reload latency.
 
-    python -m benchmarks.load_routing [--sizes 1000,10000,100000] [--reloads 50]
+    python -m shoal.benchmarks.load.routing [--sizes 1000,10000,100000] [--reloads 50]
 
 Writes benchmarks/out/routing.json and docs/img/routing.png. Every figure is
 from this one run on this machine (2 cores shared with other work: noisy).
@@ -21,11 +21,11 @@ import time
 
 import orjson
 
-from benchmarks.bench_routing_synth import synth_config, synth_pod
-from routing.incremental import IncrementalCompiler
-from routing.runtime import TableHandle, attach_view
-from routing.shm import TableWriter, unlink
-from routing.view import StaticView
+from shoal.benchmarks.bench_routing_synth import synth_config, synth_pod
+from shoal.routing.incremental import IncrementalCompiler
+from shoal.routing.runtime import TableHandle, attach_view
+from shoal.routing.shm import TableWriter, unlink
+from shoal.routing.view import StaticView
 
 OUT = pathlib.Path("benchmarks/out")
 LOOKUPS = 200_000
@@ -116,7 +116,7 @@ def lookup_study() -> dict:
             n += len(ips)
         return n / (time.perf_counter() - t0)
 
-    from routing.shm import lookup, split_root
+    from shoal.routing.shm import lookup, split_root
     gen, root = split_root(view._reader.root_word())
     keys = [f"i/ip//{ip}".encode() for ip in ips]
     out = {"warm_routingview_per_s": rate(view.workload_by_ip),
@@ -188,7 +188,7 @@ def reload_study(reloads: int, namespaces: int = 10, pods: int = 100,
     for ns in range(namespaces):
         write_ns(d, ns, pods, 0)
     h = TableHandle.create(size=64 << 20, clean_stale=False)
-    watcher = subprocess.Popen([sys.executable, "-m", "routing.watcher", "--table", h.name, str(d)],
+    watcher = subprocess.Popen([sys.executable, "-m", "shoal.routing.watcher", "--table", h.name, str(d)],
                                stderr=subprocess.DEVNULL)
     view = attach_view(h.name)
     try:
