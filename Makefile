@@ -13,7 +13,7 @@ DEB_PKGS := iperf3 stunnel4 haproxy nginx-light socat nghttp2-client nghttp2-pro
 DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk nft ip \
               /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps
 
-.PHONY: demo test test-unit test-integration test-e2e bench host-deps venv clean
+.PHONY: demo test test-unit test-integration test-e2e bench bench-load host-deps venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,20 @@ bench: host-deps venv
 	$(PY) -m pytest -q benchmarks -o python_files="bench_*.py" --benchmark-enable --benchmark-only \
 	  --benchmark-json=benchmarks/out/results.json -p no:xdist
 	$(PY) -m shoal.benchmarks.report benchmarks/out
+
+# The headline load runs, REPEAT times each (same-run ratios against stunnel
+# and nginx), then docs/benchmarks.md's headline table and docs/img/headline.png.
+# Run on a quiet machine: about 4 minutes per repeat.
+REPEAT ?= 3
+RUNS := benchmarks/out/runs
+bench-load: host-deps venv
+	@rm -rf $(RUNS) && mkdir -p $(RUNS)
+	@for i in $$(seq 1 $(REPEAT)); do \
+	  $(PY) -m shoal.benchmarks.load.hbone --seconds 5 --rounds 1 --short-seconds 5 --out $(RUNS)/hbone-$$i.json >/dev/null && \
+	  $(PY) -m shoal.benchmarks.load.ztunnel --seconds 5 --idle-conns 1000 --plot '' --out $(RUNS)/ztunnel-$$i.json >/dev/null && \
+	  $(PY) -m shoal.benchmarks.load.waypoint --duration 5 --repeat 1 --out $(RUNS)/waypoint-$$i.json >/dev/null \
+	  || exit 1; echo "bench-load: run $$i of $(REPEAT) done"; done
+	$(PY) -m shoal.benchmarks.load.headline $(RUNS)
 
 clean:
 	rm -rf $(VENV) benchmarks/out .pytest_cache

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "out"
 HOST = "echo.default.svc.cluster.local:8080"
 
@@ -388,11 +388,12 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true",
                     help="re-plot benchmarks/out/load_waypoint.json without running")
     ap.add_argument("--no-hbone", action="store_true", help="skip the HBONE-mode run")
+    ap.add_argument("--out", type=Path, default=OUT / "load_waypoint.json")
     ap.add_argument("--hbone-client", help=argparse.SUPPRESS)
     ap.add_argument("--pod-server", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plot_only:
-        plot(json.loads((OUT / "load_waypoint.json").read_text()))
+        plot(json.loads(args.out.read_text()))
         return
     if args.pod_server:
         import asyncio
@@ -447,8 +448,8 @@ def main() -> None:
     finally:
         stop(backend)
         shutil.rmtree(d, ignore_errors=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "load_waypoint.json").write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if args.plot:
         plot(results)

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
@@ -315,17 +315,20 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--idle-conns", type=int, default=10000)
-    p.add_argument("--plot-only", action="store_true", help="re-plot benchmarks/out/ztunnel.json")
+    p.add_argument("--plot-only", action="store_true", help="re-plot the --out file")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ztunnel.json")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "ztunnel_bench.png",
+                   help="PNG to write ('' for none)")
     args = p.parse_args()
-    out = ROOT / "benchmarks" / "out"
     if args.plot_only:
-        result = json.loads((out / "ztunnel.json").read_text())
+        result = json.loads(args.out.read_text())
     else:
         result = run(args)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ztunnel.json").write_text(json.dumps(result, indent=2))
-    plot(result, ROOT / "docs" / "img" / "ztunnel_bench.png")
-    print(f"wrote {out / 'ztunnel.json'} and docs/img/ztunnel_bench.png")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    if str(args.plot):
+        plot(result, args.plot)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

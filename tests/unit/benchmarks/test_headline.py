@@ -1,0 +1,37 @@
+"""benchmarks/load/headline.py: same-run ratios, spread over runs, the doc block."""
+
+from shoal.benchmarks.load import headline
+
+HB = {"throughput": {"P1": {"shoal": {"gbit_s": 6.0, "cpu_s_per_gb_entry": 1.0, "cpu_s_per_gb_exit": 1.0},
+                            "stunnel": {"gbit_s": 4.0, "cpu_s_per_gb_entry": 2.0, "cpu_s_per_gb_exit": 2.0}}},
+      "short": {"shoal": {"conns_per_s": 100.0}, "stunnel": {"conns_per_s": 50.0}}}
+
+
+def test_ratio_is_taken_within_each_run_then_summarised():
+    slow = {"throughput": {"P1": {"shoal": {"gbit_s": 2.0, "cpu_s_per_gb_entry": 1, "cpu_s_per_gb_exit": 1},
+                                  "stunnel": {"gbit_s": 1.0, "cpu_s_per_gb_entry": 1, "cpu_s_per_gb_exit": 1}}}}
+    row = headline.ROWS[0]
+    shoal, peer, ratio = headline.figures(row, [HB, slow])
+    # 6/4 and 2/1: ratios per run, never a ratio of medians across runs.
+    assert ratio == [1.5, 2.0]
+    text, plotted = headline.table({"hbone": [HB, slow]})
+    assert "**1.75× (1.50×–2.00×)**" in text
+    assert plotted[0] == ("HBONE pair, iperf3 1 stream", 1.75, "≥ 1.0×")
+
+
+def test_missing_cases_are_left_out_not_zero():
+    text, plotted = headline.table({"hbone": [HB]})
+    assert "8 streams" not in text            # no P8 in this run
+    assert [p[0] for p in plotted] == ["HBONE pair, iperf3 1 stream",
+                                       "HBONE CPU per GB (entry + exit), 1 stream",
+                                       "HBONE short connections"]
+    assert plotted[1][1] == 0.5               # CPU: shoal/peer, lower is better
+
+
+def test_rewrite_replaces_only_the_marked_block():
+    doc = "# Benchmarks\n\nintro\n\n" + headline.BEGIN + "\nold\n" + headline.END + "\n\nrest\n"
+    new = headline.rewrite(doc, "new\n")
+    assert new == "# Benchmarks\n\nintro\n\n" + headline.BEGIN + "\nnew\n" + headline.END + "\n\nrest\n"
+    first = headline.rewrite("# Benchmarks\n\nintro\n", "t\n")
+    assert first.startswith("# Benchmarks\n\n## Headline (`make bench-load`)\n\n" + headline.BEGIN)
+    assert first.endswith("intro\n")
