@@ -2,7 +2,8 @@
 
 import orjson
 
-from shoal.cni import protocol, redirect, spec, zds
+from shoal.cni import protocol, redirect, spec
+from shoal.core import zds
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "0123456789abcdef", "CNI_NETNS": "/run/netns/pod",
        "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",

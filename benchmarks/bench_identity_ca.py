@@ -19,12 +19,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.controlplane.authority import CertificateAuthority
 from shoal.core.identity import spiffe, tls
-from shoal.core.identity.certs import csr_pem, make_csr
+from shoal.core.identity.certs import WorkloadCert, csr_pem, load_pem_certs, make_csr
 from shoal.core.identity.spiffe import Identity
-from tests.helpers.pki import TestPKI, write_pem
 
 IDENT = Identity.parse("spiffe://cluster.local/ns/bench/sa/client")
-SERVER = "spiffe://cluster.local/ns/bench/sa/server"
+SERVER = Identity.parse("spiffe://cluster.local/ns/bench/sa/server")
+
+
+def _issue(ca: CertificateAuthority, ident: Identity) -> WorkloadCert:
+    """A workload certificate from shoal's own CA (the installed package only:
+    an operator runs these studies without the repository's tests/)."""
+    key, csr = make_csr(ident)
+    signed = ca.sign_csr(csr_pem(csr), ident.uri)
+    return WorkloadCert.build(key, load_pem_certs(signed.cert_chain[0])[0], (),
+                              load_pem_certs(signed.trust_bundle[0]))
 
 
 def test_csr_create(benchmark):
@@ -43,7 +51,7 @@ def test_peer_raw_ecdsa_p256_sign(benchmark):
 
 
 def test_server_context_build(benchmark):
-    cert = TestPKI().issue(SERVER)
+    cert = _issue(CertificateAuthority.self_signed(), SERVER)
     benchmark(tls.server_context, cert)
 
 
@@ -66,22 +74,24 @@ def _handshake(client_ctx, server_ctx, check: bool) -> None:
         s_in.write(c_out.read())
         c_in.write(s_out.read())
     if check:
-        spiffe.verify_server_identity(client, (SERVER,))
+        spiffe.verify_server_identity(client, (SERVER.uri,))
         spiffe.verify_client_trust_domain(server, "cluster.local")
 
 
 def test_handshake_hbone_mutual_tls13(benchmark):
-    pki = TestPKI()
-    c, s = tls.client_context(pki.issue(IDENT)), tls.server_context(pki.issue(SERVER))
+    ca = CertificateAuthority.self_signed()
+    c, s = tls.client_context(_issue(ca, IDENT)), tls.server_context(_issue(ca, SERVER))
     benchmark(_handshake, c, s, True)
 
 
 def test_peer_handshake_stdlib_defaults(benchmark, tmp_path):
-    pki = TestPKI()
-    files = write_pem(pki.issue(SERVER), tmp_path, "server")
+    server = _issue(CertificateAuthority.self_signed(), SERVER)
+    (tmp_path / "key.pem").write_bytes(server.key_pem())
+    (tmp_path / "cert.pem").write_text(server.chain_pem())
+    (tmp_path / "ca.pem").write_text(server.roots_pem())
     s = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    s.load_cert_chain(files.cert, files.key)
-    c = ssl.create_default_context(cafile=str(files.ca))
+    s.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    c = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     c.check_hostname = False
     benchmark(_handshake, c, s, False)
 

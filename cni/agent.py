@@ -32,7 +32,7 @@ from shoal.cni import enroll, protocol, redirect
 from shoal.cni.enroll import MeshView
 from shoal.cni.protocol import Reply, Request
 from shoal.cni.spec import ErrorCode
-from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
 from shoal.core import log
 

@@ -39,7 +39,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from shoal.cni.netns import in_netns, open_netns
+from shoal.core.netns import in_netns, open_netns
 from shoal.core.constants import (DNS_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_ROUTE_TABLE,
                             MARK_MASK, OUTBOUND_CAPTURE_PORT, PROXY_MARK, TPROXY_MARK)
 

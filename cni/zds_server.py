@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal.cni import seqpacket, zds
-from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core import seqpacket, zds
+from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.core import log
 
 # Istio waits 5 s for each ack (ztunnelserver.go readWorkloadResponse).

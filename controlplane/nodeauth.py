@@ -10,10 +10,9 @@ mutual-TLS handshake with the caller's credential:
   identity its own credential carries (every replica shares it);
 - anything else is refused with 403 and the reason.
 
-`identities_on_node(node) -> set[str]` comes from the config (the routing
-compiler's workloads, `Workload.node` and `Workload.identity`, loaded with
-routing's DirectorySource so `--overlay` pods of Deployment replicas count),
-or is injected by tests.
+`identities_on_node(node) -> set[str]` comes from the config, read with the
+one config model (`core.model`: Pods, Deployment replicas and `--overlay`
+pods, with the precedence the routing compiler uses), or is injected by tests.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shoal.core import log
 from shoal.controlplane.authority import SigningError
+from shoal.core import log
 from shoal.core.constants import DEFAULT_TRUST_DOMAIN
-from shoal.core.identity.spiffe import Identity
+from shoal.core.identity.spiffe import Identity, IdentityError
+from shoal.core.model import ConfigError, Pod, effective_pods, load_dir, yaml_files
 
 IdentitiesOnNode = Callable[[str], set[str]]
 
@@ -66,45 +66,23 @@ def authorize(caller: Caller, wanted: Identity, identities_on_node: IdentitiesOn
 # --------------------------------------------------------------------------
 # The config directory as a source of (node -> identities)
 
-def _workloads_from_routing(config_dir: Path, overlay: Path | None, trust_domain: str):
-    """Compiled workloads via routing (the same compiler the proxies use).
+def identities_by_node(config_dir: Path, overlay: Path | None, trust_domain: str
+                       ) -> dict[str, set[str]]:
+    """node -> SPIFFE ids of the pods the config schedules there.
 
-    Returns None when the routing package is not importable.
     Raises:
         core.model.ConfigError: the config is invalid (caller keeps the last good view).
     """
-    try:
-        from shoal.routing.compile import CompileOptions, compile_config
-        from shoal.core.records import Workload
-        from shoal.routing.source import DirectorySource
-    except ImportError:
-        return None
-    cfg, extra = DirectorySource(config_dir, overlay=overlay, use_inotify=False).load()
-    records = compile_config(cfg, extra_pods=extra, options=CompileOptions(trust_domain=trust_domain))
-    return [r for r in records if isinstance(r, Workload)]
-
-
-def _pods_from_yaml(config_dir: Path, trust_domain: str) -> dict[str, set[str]]:
-    """Fallback without the routing package: Pods with spec.nodeName, from the YAML."""
-    import yaml
-    out: dict[str, set[str]] = {}
-    for path in sorted(config_dir.rglob("*.y*ml")):
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except (OSError, yaml.YAMLError) as e:
-            _log.warning("cannot read config file", extra={"fields": {"file": str(path), "error": str(e)}})
-            continue
-        for doc in docs:
-            if not isinstance(doc, dict) or doc.get("kind") != "Pod":
-                continue
-            meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
-            node = spec.get("nodeName")
-            if not node:
-                continue
-            sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-            ns = meta.get("namespace") or "default"
-            out.setdefault(node, set()).add(f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
-    return out
+    cfg = load_dir(config_dir)
+    # The overlay (a mesh builder's pods with IPs) may not exist yet.
+    extra = load_dir(overlay).of(Pod) if overlay is not None and overlay.exists() else []
+    by_node: dict[str, set[str]] = {}
+    for pod in effective_pods(cfg.resources, extra).values():
+        if pod.node:
+            identity = Identity(trust_domain=trust_domain, namespace=pod.meta.namespace,
+                                service_account=pod.service_account)
+            by_node.setdefault(pod.node, set()).add(identity.uri)
+    return by_node
 
 
 class ConfigIdentities:
@@ -123,8 +101,8 @@ class ConfigIdentities:
 
     def _dir_stamp(self) -> tuple:
         files = []
-        roots = [self.config_dir] + ([self.overlay] if self.overlay else [])
-        for p in sorted(f for r in roots for f in r.rglob("*.y*ml")):
+        roots = [r for r in (self.config_dir, self.overlay) if r is not None and r.exists()]
+        for p in sorted(f for r in roots for f in yaml_files(r)):
             try:
                 st = p.stat()
             except OSError:
@@ -133,21 +111,11 @@ class ConfigIdentities:
         return tuple(files)
 
     def _reload(self) -> None:
-        workloads = None
         try:
-            workloads = _workloads_from_routing(self.config_dir, self.overlay, self.trust_domain)
-        except Exception as e:  # a bad config (ConfigError) keeps the last good view
+            self._by_node = identities_by_node(self.config_dir, self.overlay, self.trust_domain)
+        except (ConfigError, OSError, IdentityError) as e:   # keep the last good view
             _log.warning("config refused; keeping the last good node view",
                          extra={"fields": {"config": str(self.config_dir), "error": str(e)}})
-            return
-        if workloads is None:
-            self._by_node = _pods_from_yaml(self.config_dir, self.trust_domain)
-            return
-        by_node: dict[str, set[str]] = {}
-        for w in workloads:
-            if w.node:
-                by_node.setdefault(w.node, set()).add(w.identity)
-        self._by_node = by_node
 
     def __call__(self, node: str) -> set[str]:
         now = self.clock()

@@ -37,7 +37,7 @@ from shoal.core.constants import (DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLU
                             LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME, LABEL_USE_WAYPOINT,
                             LABEL_USE_WAYPOINT_NAMESPACE)
 from shoal.core.model import (AuthorizationPolicy, ConfigError, ConfigSet, Deployment, FieldError,
-                        Gateway, HTTPRoute, Namespace, Pod, Service, replica_pods)
+                        Gateway, HTTPRoute, Namespace, Pod, Service, effective_pods)
 from shoal.core import records as rec
 
 ROOT_NAMESPACE = "istio-system"     # Istio's meshConfig.rootNamespace default
@@ -81,29 +81,14 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
             got = out[name] = NamespaceInput(name=name)
         return got
 
-    # Precedence for one (namespace, name): overlay pod > explicit Pod > Deployment
-    # replica, whatever the file order (a mesh builder writes Pods for replicas).
-    pods: dict[tuple[str, str], Pod] = {}
-    explicit: list[Pod] = []
     for r in resources:
         if isinstance(r, Namespace):
             ns_input(r.meta.name).namespace = r
-        elif isinstance(r, Pod):
-            explicit.append(r)
-        elif isinstance(r, Deployment):
-            for p in replica_pods(r):
-                pods[(p.meta.namespace, p.meta.name)] = p
-        else:
+        elif not isinstance(r, (Pod, Deployment)):
             bucket = {Service: "services", AuthorizationPolicy: "policies", Gateway: "gateways",
                       HTTPRoute: "routes"}[type(r)]
             getattr(ns_input(r.meta.namespace), bucket).append(r)
-    for p in (*explicit, *extra_pods):
-        key = (p.meta.namespace, p.meta.name)
-        replaced = pods.get(key)
-        if replaced is not None and replaced.owner_deployment and not p.owner_deployment:
-            # it stands for a replica: keep the Deployment as its workload name
-            p = dataclasses.replace(p, owner_deployment=replaced.owner_deployment)
-        pods[key] = p
+    pods = effective_pods(resources, extra_pods)
     for (ns, _), p in sorted(pods.items()):
         ns_input(ns).pods.append(p)
     for g in out.values():          # canonical order: equal inputs compare equal

@@ -1,5 +1,5 @@
 """`python -m shoal`: the same command line as the `shoal` console script."""
 
-from shoal.core.cli import main
+from shoal.cli import main
 
 main()

@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from shoal.core import authz
 from shoal.core.constants import PROXY_PORTS
 from shoal.core.records import Workload
 from shoal.ztunnel.outbound import hostport, waypoint_replicas
@@ -91,13 +92,21 @@ def parse_authority(authority: str) -> tuple[str, int] | None:
 
 
 def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, str, str]:
-    """Authorize `conn` against the destination's L4 policies.
+    """Authorize `conn` against the destination's L4 policies, Istio's L4 semantics.
+
+    Plaintext connections (15006) have no identity: `source_principal=None`,
+    so principals/namespaces never match them (Istio's `src_identity=None`).
 
     Returns:
         (allowed, reason, policy key or "").
     """
-    from shoal.ztunnel import authz_adapter  # late: core.authz is another package
-    return authz_adapter.evaluate_l4(view.policies_for_workload(workload), conn)
+    request = authz.Request(source_principal=conn.src_identity or None, source_ip=conn.src_ip,
+                            destination_ip=conn.dst_ip, destination_port=conn.dst_port)
+    decision = authz.evaluate(view.policies_for_workload(workload), request, layer=authz.L4)
+    reason = decision.reason
+    if decision.policy_key:
+        reason = f"{reason} {decision.policy_key}"
+    return decision.allowed, reason, decision.policy_key
 
 
 def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,

@@ -5,7 +5,7 @@
 
 `on_event` (sync or async) gets, in order:
 - `WorkloadAdded(uid, info, netns_fd, netns_path)`: build the pod's listeners
-  (e.g. with `cni.netns.NetnsSocketFactory(netns_fd)`). The fd is valid only
+  (e.g. with `core.netns.NetnsSocketFactory(netns_fd)`). The fd is valid only
   during the callback: `os.dup()` it to keep it. It was checked to be a
   network namespace.
 - `WorkloadKept(uid)`: during a snapshot, keep this pod's proxy as it is.
@@ -26,9 +26,9 @@ import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Union
 
-from shoal.cni import seqpacket, zds
-from shoal.cni.netns import is_netns
-from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core import seqpacket, zds
+from shoal.core.netns import is_netns
+from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.core import log
 
 # ztunnel retries the connect with backoff up to 15 s (inpod/workloadmanager.rs).

@@ -1,4 +1,4 @@
-"""Adapter: `cni.netns.NetnsSocketFactory` as a `core.sockets.SocketFactory`.
+"""Adapter: `core.netns.NetnsSocketFactory` as a `core.sockets.SocketFactory`.
 
 The CNI package's factory offers `listener()` / `socket()`; the proxy and
 shards expect `listen()` / `async connect()` plus a `namespace_key` so
@@ -39,7 +39,6 @@ class SpoofUnavailable(OSError):
 
 class PodSocketFactory:
     def __init__(self, netns_fd: int, uid: str) -> None:
-        from shoal.cni.netns import NetnsSocketFactory
         self.inner = NetnsSocketFactory(netns_fd)
         self.netns_fd = netns_fd
         self.namespace_key = f"pod:{uid}"

@@ -209,7 +209,7 @@ def start_nginx(conf: str, d: Path, name: str) -> subprocess.Popen:
 
 
 def start_waypoint(d: Path, port: int, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "shoal.core.cli", "waypoint", "run", "--name", "waypoint",
+    cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", "0", "--plaintext-port", str(port),
            "--bind", "127.0.0.1", "--upstream-plaintext", "--no-access-log",
            "--config", str(d / "mesh"), "--workers", str(workers), "--admin-port", "0",
@@ -312,7 +312,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
         (cfg / "mesh.yaml").write_text(MESH.format(backend=backend_port).replace(
             "istio.io/use-waypoint: waypoint}", "istio.io/use-waypoint: waypoint, "
             "istio.io/dataplane-mode: ambient}").replace("podIP: 127.0.0.1", f"podIP: {POD_IP}"))
-    cmd = [sys.executable, "-m", "shoal.core.cli", "waypoint", "run", "--name", "waypoint",
+    cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", str(hport), "--cert-dir", str(d / "wp-cred"),
            "--bind", "127.0.0.1", "--no-access-log",
            "--config", str(cfg), "--workers", str(workers), "--admin-port", "0",

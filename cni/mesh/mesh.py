@@ -57,7 +57,7 @@ Progress = Callable[[str], None]
 
 def shoal_argv() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "shoal")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "shoal.core.cli"]
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "shoal.cli"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

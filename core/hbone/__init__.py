@@ -11,10 +11,10 @@ from shoal.core.hbone.errors import (HboneError, LocalProtocolError, PeerIdentit
 from shoal.core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
 
 _LAZY = {
-    "HboneStream": "core.hbone.stream", "HboneConnection": "core.hbone.connection",
-    "HboneServer": "core.hbone.server", "ConnectRequest": "core.hbone.server",
-    "Accept": "core.hbone.server", "Reject": "core.hbone.server",
-    "HbonePool": "core.hbone.pool",
+    "HboneStream": "shoal.core.hbone.stream", "HboneConnection": "shoal.core.hbone.connection",
+    "HboneServer": "shoal.core.hbone.server", "ConnectRequest": "shoal.core.hbone.server",
+    "Accept": "shoal.core.hbone.server", "Reject": "shoal.core.hbone.server",
+    "HbonePool": "shoal.core.hbone.pool",
 }
 
 __all__ = ["DEFAULT_SETTINGS", "HboneError", "HboneSettings", "LocalProtocolError",

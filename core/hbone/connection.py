@@ -214,7 +214,7 @@ class HboneConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _stream_done(self, stream: HboneStream) -> None:
+    def stream_done(self, stream: HboneStream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             if not self.streams:

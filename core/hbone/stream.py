@@ -11,15 +11,31 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from h2.errors import ErrorCodes
 
 from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import READ_SIZE
 
-if TYPE_CHECKING:
-    from shoal.core.hbone.connection import HboneConnection
+
+class StreamOwner(Protocol):
+    """What a stream needs of the connection that carries it.
+
+    `core.hbone.connection.HboneConnection` is the one implementation; the
+    seam keeps the stream from importing the connection (which creates streams).
+    """
+    core: HboneClientProtocol | HboneServerProtocol   # the sans-IO HTTP/2 state
+    loop: asyncio.AbstractEventLoop
+    peer_identity: Any               # core.identity.Identity once the handshake is done
+    can_write: asyncio.Event         # clear while the transport is above its high-water mark
+
+    def flush(self) -> None:
+        """Write what the core has queued."""
+
+    def stream_done(self, stream: "HboneStream") -> None:
+        """The stream finished: forget it (and close a draining connection)."""
 
 
 class HboneStream:
@@ -33,7 +49,7 @@ class HboneStream:
         bytes_sent / bytes_received: tunnel payload bytes, for metrics.
     """
 
-    def __init__(self, conn: "HboneConnection", stream_id: int, authority: str) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, authority: str) -> None:
         self._conn = conn
         self._core = conn.core
         self.stream_id = stream_id
@@ -100,7 +116,7 @@ class HboneStream:
         if not self._done:
             self._done = True
             self._release_unread()
-            self._conn._stream_done(self)
+            self._conn.stream_done(self)
 
     # -- the application side -----------------------------------------------
 

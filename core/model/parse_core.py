@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from typing import Iterable
 
 from shoal.core.model.fields import MAX_PORT, Ctx, join
 from shoal.core.model.resources import (Deployment, Meta, Namespace, Pod, Service,
@@ -108,6 +110,32 @@ def replica_pods(d: Deployment) -> list[Pod]:
         ips = d.pod_ips[n] if n < len(d.pod_ips) else ()
         pods.append(Pod(meta=meta, node=d.node, service_account=d.service_account, ips=ips,
                         container_ports=dict(d.container_ports), owner_deployment=d.meta.name))
+    return pods
+
+
+def effective_pods(resources: Iterable[object], extra_pods: Iterable[Pod] = ()
+                   ) -> dict[tuple[str, str], Pod]:
+    """Every pod the config stands for, by (namespace, name).
+
+    Precedence for one (namespace, name): overlay pod (`extra_pods`, e.g. a
+    mesh builder's, with IPs) > explicit Pod > Deployment replica, whatever
+    the file order (a mesh builder writes Pods for replicas). A Pod that
+    stands for a replica keeps the Deployment as its owner.
+    """
+    pods: dict[tuple[str, str], Pod] = {}
+    explicit: list[Pod] = []
+    for r in resources:
+        if isinstance(r, Pod):
+            explicit.append(r)
+        elif isinstance(r, Deployment):
+            for p in replica_pods(r):
+                pods[(p.meta.namespace, p.meta.name)] = p
+    for p in (*explicit, *extra_pods):
+        key = (p.meta.namespace, p.meta.name)
+        replaced = pods.get(key)
+        if replaced is not None and replaced.owner_deployment and not p.owner_deployment:
+            p = dataclasses.replace(p, owner_deployment=replaced.owner_deployment)
+        pods[key] = p
     return pods
 
 

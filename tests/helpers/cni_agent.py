@@ -52,7 +52,7 @@ def start_agent(run_dir, config_dir, *, require_ztunnel=True) -> Proc:
     sock = os.path.join(run_dir, "pluginevent.sock")
     if os.path.exists(sock):
         os.unlink(sock)
-    args = [sys.executable, "-m", "shoal.core.cli", "node-agent", "run", "--node", "node-1",
+    args = [sys.executable, "-m", "shoal.cli", "node-agent", "run", "--node", "node-1",
             "--config", config_dir, "--socket", sock,
             "--zds-socket", os.path.join(run_dir, "ztunnel.sock"),
             "--require-ztunnel" if require_ztunnel else "--no-require-ztunnel"]

@@ -13,7 +13,7 @@ import sys
 import orjson
 
 from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
-from shoal.cni.netns import NetnsSocketFactory, original_dst
+from shoal.core.netns import NetnsSocketFactory, original_dst
 
 
 class Fake:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 from typing import Iterator
 
-from shoal.cni.netns import in_netns, open_netns
+from shoal.core.netns import in_netns, open_netns
 
 
 def sh(*args: str) -> str:

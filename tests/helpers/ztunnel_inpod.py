@@ -31,7 +31,7 @@ from tests.helpers.cni_agent import CNI_PATH, ROOT, start_agent, wait_for
 from tests.helpers.cni_netns import sh, unique
 from tests.helpers.ztunnel_peers import Proc, free_port
 
-SHOAL = [sys.executable, "-m", "shoal.core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.cli"]
 PROXY_PORTS = (15001, 15006, 15008)
 # A ztunnel in-pod worker boots in about a second; the agent needs its ack.
 START_TIMEOUT = 30.0

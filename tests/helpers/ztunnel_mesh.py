@@ -31,7 +31,7 @@ import yaml
 
 from tests.helpers.ztunnel_peers import Proc, free_port, python_app
 
-SHOAL = [sys.executable, "-m", "shoal.core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.cli"]
 ROOT = str(Path(__file__).resolve().parents[2])
 START_TIMEOUT = 30.0
 

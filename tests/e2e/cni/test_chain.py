@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from shoal.cni import chain, redirect
-from shoal.cni.netns import in_netns, open_netns
+from shoal.core.netns import in_netns, open_netns
 from tests.helpers.cni_agent import (CNI_PATH, agent_state, events, start_agent,
                                      start_fake_ztunnel, wait_for)
 from tests.helpers.cni_netns import sh, unique

@@ -20,7 +20,7 @@ from tests.helpers.cni_agent import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SHOAL = [sys.executable, "-m", "shoal.core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.cli"]
 
 APP = """apiVersion: v1
 kind: Namespace

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from shoal.cni import redirect
-from shoal.cni.netns import NetnsSocketFactory, netns_id, open_netns, original_dst
+from shoal.core.netns import NetnsSocketFactory, netns_id, open_netns, original_dst
 from shoal.core.constants import PROXY_MARK
 from tests.helpers.cni_netns import netns_pair, ns_listener, ns_socket, sh
 
@@ -112,7 +112,7 @@ def test_rules_installed_and_removed(pod):
 def test_netns_identity(pod):
     name, _, fd = pod
     assert netns_id(fd) == netns_id(f"/run/netns/{name}")
-    from shoal.cni.netns import is_netns
+    from shoal.core.netns import is_netns
     assert is_netns(fd)
     with open("/etc/hostname", "rb") as f:
         assert not is_netns(f.fileno())

@@ -33,7 +33,7 @@ from tests.helpers.cni_agent import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SHOAL = [sys.executable, "-m", "shoal.core.cli"]
+SHOAL = [sys.executable, "-m", "shoal.cli"]
 APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
 NS = "wp"
 # A false failure of the weighted split once in 10,000 runs: small enough

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from shoal.cni.netns import in_netns, open_netns
+from shoal.core.netns import in_netns, open_netns
 from tests.helpers.cni_netns import sh
 from tests.helpers.ztunnel_inpod import (PROXY_PORTS, InPodNode, deadline_poll, listeners,
                                          ns_popen, proxy_listeners, stop_popen)

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
-from shoal.cni.netns import netns_id
-from shoal.cni.zds import WorkloadInfo, ZdsError
+from shoal.core.netns import netns_id
+from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def shoal(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "shoal.core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT, **kw)
 
 
@@ -87,7 +87,7 @@ def _start(tmp_path, *, cli_credentials: bool, extra: tuple[str, ...] = ()):
             assert res.exit_code == 0, res.output
     port_file = tmp_path / "port"
     log = open(tmp_path / "cp.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.core.cli", "controlplane", "run", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "controlplane", "run", "--port", "0",
                              "--host", "127.0.0.1", "--state-dir", str(state), "--config", str(config),
                              "--port-file", str(port_file), *extra], stderr=log, cwd=ROOT)
     deadline = time.monotonic() + 30

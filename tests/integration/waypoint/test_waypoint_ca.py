@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[3]
 def controlplane(tmp_path):
     state, config = tmp_path / "state", tmp_path / "config"
     config.mkdir()
-    out = subprocess.run([sys.executable, "-m", "shoal.core.cli", "controlplane", "issue-node-cert",
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "controlplane", "issue-node-cert",
                           "--state-dir", str(state), "--waypoint", "default/waypoint",
                           "--out", str(tmp_path / "cred")], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.core.cli", "controlplane", "run", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "controlplane", "run", "--port", "0",
                              "--host", "127.0.0.1", "--state-dir", str(state), "--config",
                              str(config), "--port-file", str(port_file)], cwd=ROOT,
                             stderr=subprocess.DEVNULL)

@@ -89,7 +89,7 @@ def test_waypoint_run_under_the_supervisor(backends, tmp_path):
     (cfg / "mesh.yaml").write_text(CONFIG.format(p1=v1.port, ip1=v1.host, p2=v2.port, ip2=v2.host))
     sp, sm = reserve_port(), reserve_port("0.0.0.0")
     port, mport = sp.getsockname()[1], sm.getsockname()[1]
-    cmd = [sys.executable, "-m", "shoal.core.cli", "waypoint", "run", "--name", "waypoint",
+    cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", "0", "--plaintext-port", str(port),
            "--bind", "127.0.0.1", "--upstream-plaintext", "--config", str(cfg),
            "--workers", "2", "--admin-port", "0", "--readiness-port", "0",

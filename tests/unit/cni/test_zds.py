@@ -1,9 +1,10 @@
-"""cni.zds: ZDS messages, bytes and rules."""
+"""core.zds: ZDS messages, bytes and rules."""
 
 import pytest
 
-from shoal.cni import redirect, zds
-from shoal.cni.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
+from shoal.cni import redirect
+from shoal.core import zds
+from shoal.core.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
 
 INFO = WorkloadInfo(name="ratings-0", namespace="bookinfo", service_account="bookinfo-ratings")
 

@@ -152,6 +152,27 @@ spec: {nodeName: node-2}
     assert ids("node-3") == set()
 
 
+def test_config_identities_count_deployment_replicas_and_overlay_pods(tmp_path):
+    """The one model: replicas of a Deployment and a mesh builder's overlay
+    Pods (which override a replica of the same name) count, as in routing."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "deploy.yaml").write_text("""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: reviews}}
+  template:
+    metadata: {labels: {app: reviews}}
+    spec: {nodeName: node-1, serviceAccountName: reviews}
+""")
+    overlay = tmp_path / "overlay"
+    ids = ConfigIdentities(tmp_path / "cfg", overlay=overlay, clock=lambda: 0.0)
+    assert ids("node-1") == {ID.uri}      # the overlay does not exist yet: fine
+    assert ids("node-2") == set()
+
+
 def test_state_dir_creates_a_root_once_and_reloads_it(tmp_path):
     a = store.load_or_create(tmp_path, clock=lambda: T0)
     b = store.load_or_create(tmp_path, clock=lambda: T0)

@@ -13,7 +13,7 @@ import asyncio
 import os
 import socket
 
-from shoal.cni.zds import MAX_FDS, MAX_MESSAGE_BYTES
+from shoal.core.zds import MAX_FDS, MAX_MESSAGE_BYTES
 
 
 async def _ready(sock: socket.socket, write: bool) -> None:
