@@ -22,17 +22,26 @@ src/rbac.rs):
   Dry-run policies (`istio.io/dry-run`) are evaluated and reported in
   `Decision.shadow` but never enforced.
 
-Layer L4 (ztunnel) cannot see HTTP: a rule that uses an L7 attribute (hosts,
-methods, paths, requestPrincipals, remoteIpBlocks or a `when` key outside
-`L4_WHEN_KEYS`) never matches in an ALLOW policy, and in a DENY policy is
-evaluated with its L7 parts dropped. That is what istiod sends ztunnel: an
-Operation with only L7 fields becomes an empty match, which matches every
-connection, so such a DENY denies everything it applies to ("more restrictive
-than requested", fail closed).
+Layer L4 (ztunnel) cannot see HTTP. It evaluates what istiod sends it
+(pilot/pkg/serviceregistry/ambient/authorization.go `handleRule`, matched by
+ztunnel src/rbac.rs), and so does shoal:
+- ALLOW: a rule that uses any HTTP attribute (hosts, methods, paths,
+  requestPrincipals, remoteIpBlocks, trustDomains, their not* twins, or a
+  `when` key outside `L4_WHEN_KEYS`) is dropped: it never matches.
+- DENY: each `from` / `to` entry keeps only its L4 fields. An entry left with
+  none is an *empty match*, which ztunnel skips: it matches nothing. Entries
+  are OR-ed, so `to: [{methods: [GET]}, {ports: ["80"]}]` denies port 80
+  only; a rule whose `to` (or `from`) entries are all HTTP-only, or that has
+  an HTTP `when` key, never matches.
+- AUDIT and CUSTOM are not sent to ztunnel: ignored at L4. At L7 a CUSTOM
+  policy names an ext-authz provider; shoal configures none, so it denies
+  what its rules match, as Istio does for a provider it cannot find.
+`l4_status` gives the status message istiod writes for such policies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +55,7 @@ L7 = "L7"
 ALLOW = "ALLOW"
 DENY = "DENY"
 AUDIT = "AUDIT"
+CUSTOM = "CUSTOM"
 
 SPIFFE_PREFIX = "spiffe://"
 
@@ -122,6 +132,12 @@ def evaluate(policies: Iterable[Authorization], request: Request, layer: str = L
     allows: list[Authorization] = []
     deny_hit: Authorization | None = None
     for pol in policies:
+        if pol.action == CUSTOM:
+            if layer == L4:
+                continue    # istiod does not send CUSTOM to ztunnel
+            # No extension provider exists in shoal: Istio's builder then
+            # "will generate deny configs for the specified rules".
+            pol = _as_deny(pol)
         if pol.action == AUDIT:
             if layer == L7 and policy_matches(pol, request, layer):
                 audited.append(pol.key)
@@ -161,27 +177,52 @@ def rule_matches(rule: Rule, request: Request, layer: str = L7, *,
                  deny: bool = False, namespace: str = "") -> bool:
     """One rule: from (any) AND to (any) AND when (all).
 
-    At L4, a rule with L7 attributes never matches for ALLOW (`deny=False`)
-    and is matched without them for DENY. `namespace` is the policy's own
-    namespace, the default for bare serviceAccounts names.
+    At L4 the rule is matched as ztunnel matches istiod's translation of it
+    (module docstring); `deny` says whether it belongs to a DENY policy.
+    `namespace` is the policy's own namespace, the default for bare
+    serviceAccounts names.
     """
-    l4 = layer == L4
-    if l4 and not deny and rule_has_l7(rule):
-        return False
+    if layer == L4:
+        return _l4_rule_matches(rule, request, deny, namespace)
     if rule.from_:
         for s in rule.from_:
-            if _source_matches(s, request, l4, namespace):
+            if _source_matches(s, request, namespace):
                 break
         else:
             return False
     if rule.to:
         for o in rule.to:
-            if _operation_matches(o, request, l4):
+            if _operation_matches(o, request):
                 break
         else:
             return False
     for c in rule.when:
-        if not _condition_matches(c, request, l4):
+        if not _condition_matches(c, request):
+            return False
+    return True
+
+
+def _l4_rule_matches(rule: Rule, req: Request, deny: bool, namespace: str) -> bool:
+    # handleRule: an ALLOW rule with any HTTP attribute is dropped.
+    if not deny and rule_has_l7(rule):
+        return False
+    # Each group is one clause of matches; an empty match (an entry with no
+    # L4 field) is skipped, so a clause of only empty matches fails.
+    if rule.to:
+        for o in rule.to:
+            if (o.ports or o.not_ports) and _l4_operation_matches(o, req):
+                break
+        else:
+            return False
+    if rule.from_:
+        for s in rule.from_:
+            if _has_l4_source_field(s) and _l4_source_matches(s, req, namespace):
+                break
+        else:
+            return False
+    for c in rule.when:
+        # A non-L4 key becomes an empty match: its clause never matches.
+        if c.key not in L4_WHEN_KEYS or not _condition_matches(c, req):
             return False
     return True
 
@@ -189,13 +230,101 @@ def rule_matches(rule: Rule, request: Request, layer: str = L7, *,
 def rule_has_l7(rule: Rule) -> bool:
     """Whether the rule uses an attribute only an L7 proxy can evaluate."""
     for s in rule.from_:
-        if s.request_principals or s.not_request_principals or s.remote_ip_blocks \
-                or s.not_remote_ip_blocks:
+        if _source_http_fields(s):
             return True
     for o in rule.to:
-        if o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths:
+        if _operation_http_fields(o):
             return True
     return any(c.key not in L4_WHEN_KEYS for c in rule.when)
+
+
+# Istio's YAML names of the fields ztunnel cannot evaluate (istiod's
+# httpSources / httpOperations), in istiod's order.
+_SOURCE_HTTP_FIELDS = (("remote_ip_blocks", "remoteIpBlocks"),
+                       ("not_remote_ip_blocks", "notRemoteIpBlocks"),
+                       ("request_principals", "requestPrincipals"),
+                       ("not_request_principals", "notRequestPrincipals"),
+                       ("trust_domains", "trustDomains"),
+                       ("not_trust_domains", "notTrustDomains"))
+_OPERATION_HTTP_FIELDS = (("hosts", "hosts"), ("not_hosts", "notHosts"),
+                          ("methods", "methods"), ("not_methods", "notMethods"),
+                          ("paths", "paths"), ("not_paths", "notPaths"))
+
+
+def _source_http_fields(s: Source) -> list[str]:
+    return [name for attr, name in _SOURCE_HTTP_FIELDS if getattr(s, attr)]
+
+
+def _operation_http_fields(o: Operation) -> list[str]:
+    return [name for attr, name in _OPERATION_HTTP_FIELDS if getattr(o, attr)]
+
+
+def _has_l4_source_field(s: Source) -> bool:
+    return bool(s.principals or s.not_principals or s.namespaces or s.not_namespaces
+                or s.service_accounts or s.not_service_accounts or s.ip_blocks
+                or s.not_ip_blocks)
+
+
+def _as_deny(pol: Authorization) -> Authorization:
+    return dataclasses.replace(pol, action=DENY)
+
+
+# --------------------------------------------------------------------------
+# status: what istiod reports for a policy it sends (or not) to ztunnel
+
+STATUS_REASON = "UnsupportedValue"
+_HTTP_RULE_FMT = ("ztunnel does not support HTTP attributes (found: {found}). "
+                  "In ambient mode you must use a waypoint proxy to enforce HTTP rules. {tail}")
+_HTTP_DENY_NO_EFFECT = ("After omitting unsupported HTTP attributes, this DENY policy has no "
+                        "enforceable rules at ztunnel and will have no effect. Deploy a waypoint "
+                        "proxy and use a targetRef to enforce this policy.")
+_HTTP_DENY_MIXED = ("DENY policy with HTTP attributes is enforced without the HTTP rules. "
+                    "This will be more restrictive than requested.")
+_HTTP_ALLOW = ("Within an ALLOW policy, rules matching HTTP attributes are omitted. "
+               "This will be more restrictive than requested.")
+
+
+def l4_status(policy: Authorization) -> tuple[str, str] | None:
+    """istiod's status for `policy` at ztunnel: (reason, message), or None.
+
+    Mirrors convertAuthorizationPolicy: targetRef policies are not for
+    ztunnel (None); AUDIT and CUSTOM are not supported; HTTP attributes are
+    listed (sorted) with the consequence for this action.
+    """
+    if policy.target_refs:
+        return None
+    if policy.action in (AUDIT, CUSTOM):
+        return STATUS_REASON, f"ztunnel does not support the {policy.action} action"
+    found = sorted({name for r in policy.rules for name in _rule_http_attributes(r)})
+    if not found:
+        return None
+    if policy.action == DENY:
+        tail = _HTTP_DENY_MIXED if l4_has_effective_rules(policy) else _HTTP_DENY_NO_EFFECT
+    else:
+        tail = _HTTP_ALLOW
+    return STATUS_REASON, _HTTP_RULE_FMT.format(found=", ".join(found), tail=tail)
+
+
+def l4_has_effective_rules(policy: Authorization) -> bool:
+    """Whether some rule can still match at ztunnel (istiod's hasEffectiveRules)."""
+    for r in policy.rules:
+        if policy.action == ALLOW and rule_has_l7(r):
+            continue
+        if r.to and not any(o.ports or o.not_ports for o in r.to):
+            continue
+        if r.from_ and not any(_has_l4_source_field(s) for s in r.from_):
+            continue
+        if any(c.key not in L4_WHEN_KEYS for c in r.when):
+            continue
+        return True
+    return False
+
+
+def _rule_http_attributes(rule: Rule) -> list[str]:
+    out = [n for s in rule.from_ for n in _source_http_fields(s)]
+    out += [n for o in rule.to for n in _operation_http_fields(o)]
+    out += [c.key for c in rule.when if c.key not in L4_WHEN_KEYS]
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -219,7 +348,7 @@ def _field(values: Sequence[str], not_values: Sequence[str], one) -> bool:
     return True
 
 
-def _source_matches(s: Source, req: Request, l4: bool, namespace: str) -> bool:
+def _l4_source_matches(s: Source, req: Request, namespace: str) -> bool:
     # Each field is checked only when set: most sources use one or two.
     principal = strip_spiffe(req.source_principal)
     if (s.principals or s.not_principals) and not _field(
@@ -235,8 +364,16 @@ def _source_matches(s: Source, req: Request, l4: bool, namespace: str) -> bool:
     if (s.ip_blocks or s.not_ip_blocks) and not _field(
             s.ip_blocks, s.not_ip_blocks, lambda v: ip_in_block(req.source_ip, v)):
         return False
-    if l4:
-        return True   # requestPrincipals / remoteIpBlocks are dropped at L4 (DENY only)
+    return True
+
+
+def _source_matches(s: Source, req: Request, namespace: str) -> bool:
+    if not _l4_source_matches(s, req, namespace):
+        return False
+    if s.trust_domains or s.not_trust_domains:
+        td = trust_domain_of(strip_spiffe(req.source_principal))
+        if not _field(s.trust_domains, s.not_trust_domains, lambda v: string_match(v, td)):
+            return False
     if s.remote_ip_blocks or s.not_remote_ip_blocks:
         remote = req.remote_ip or req.source_ip
         if not _field(s.remote_ip_blocks, s.not_remote_ip_blocks,
@@ -247,12 +384,13 @@ def _source_matches(s: Source, req: Request, l4: bool, namespace: str) -> bool:
         lambda v: string_match(v, req.request_principal))
 
 
-def _operation_matches(o: Operation, req: Request, l4: bool) -> bool:
-    if (o.ports or o.not_ports) and not _field(
-            o.ports, o.not_ports, lambda v: _port_match(v, req.destination_port)):
+def _l4_operation_matches(o: Operation, req: Request) -> bool:
+    return _field(o.ports, o.not_ports, lambda v: _port_match(v, req.destination_port))
+
+
+def _operation_matches(o: Operation, req: Request) -> bool:
+    if (o.ports or o.not_ports) and not _l4_operation_matches(o, req):
         return False
-    if l4:
-        return True   # hosts / methods / paths are dropped at L4 (DENY only)
     if (o.methods or o.not_methods) and not _field(
             o.methods, o.not_methods, lambda v: req.method is not None and v == req.method):
         return False
@@ -265,9 +403,7 @@ def _operation_matches(o: Operation, req: Request, l4: bool) -> bool:
     return True
 
 
-def _condition_matches(c: Condition, req: Request, l4: bool) -> bool:
-    if l4 and c.key not in L4_WHEN_KEYS:
-        return True   # dropped at L4 (only reached for DENY)
+def _condition_matches(c: Condition, req: Request) -> bool:
     key = c.key
     if key in ("destination.port",):
         one = lambda v: _port_match(v, req.destination_port)  # noqa: E731
@@ -304,6 +440,13 @@ def strip_spiffe(principal: str | None) -> str | None:
     if principal is not None and principal.startswith(SPIFFE_PREFIX):
         return principal[len(SPIFFE_PREFIX):]
     return principal
+
+
+def trust_domain_of(principal: str | None) -> str | None:
+    """The trust domain of "td/ns/NS/sa/SA", None without a principal."""
+    if not principal:
+        return None
+    return principal.split("/", 1)[0]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -127,6 +127,8 @@ class Source:
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
 
 
 @dataclass(**_REC)
@@ -173,7 +175,7 @@ class Authorization:
     # GLOBAL (root namespace, no selector), NAMESPACE (no selector),
     # WORKLOAD_SELECTOR (selector), TARGET_REF (targetRefs: waypoints only).
     scope: str
-    action: str                    # ALLOW | DENY | AUDIT
+    action: str                    # ALLOW | DENY | AUDIT | CUSTOM
     selector: dict[str, str] = field(default_factory=dict)
     target_refs: tuple[TargetRef, ...] = ()
     # Istio: a policy with no rules matches nothing (so an ALLOW with none

@@ -44,9 +44,10 @@ def validate(directory: str, overlay: str | None, output: str) -> None:
                 click.echo(f"  {e}", err=True)
         sys.exit(1)
     counts = {k: len(v) for k, v in sorted(compiled.items())}
+    warnings = policy_warnings(compiled.get("policies", []))
     if output == "json":
         click.echo(orjson.dumps({"valid": True, "resources": cfg.counts(), "records": counts,
-                                 "notes": [str(n) for n in cfg.notes]}))
+                                 "notes": [str(n) for n in cfg.notes], "warnings": warnings}))
         return
     click.echo(f"{directory}: valid")
     for kind, n in cfg.counts().items():
@@ -54,6 +55,15 @@ def validate(directory: str, overlay: str | None, output: str) -> None:
     click.echo("compiled: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     for note in cfg.notes:
         click.echo(f"  note: {note}")
+    for w in warnings:
+        click.echo(f"  warning: AuthorizationPolicy/{w['policy']} ({w['ancestor']}): "
+                   f"{w['reason']}: {w['message']}")
+
+
+def policy_warnings(policies: list[Any]) -> list[dict[str, str]]:
+    """istiod's per-policy ztunnel status, for the policies that have one."""
+    from shoal.routing.dump import policy_status
+    return [st for st in (policy_status(p) for p in policies) if st is not None]
 
 
 @config.command()

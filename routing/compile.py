@@ -19,6 +19,10 @@ Istio semantics applied here (istiod's ambient index does the same):
   `<name>.<ns>.svc.cluster.local` on 15008 whose endpoints are the pods
   labelled `gateway.networking.k8s.io/gateway-name: <name>`; its VIPs come
   from the Gateway's `spec.addresses`.
+- `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` (istiod's flag, off by default): each
+  waypoint gets a synthetic ALLOW policy `istio_allow_waypoint_<ns>_<name>`
+  for its identity, listed in the policies of every workload it serves
+  (itself or through a Service), so it is OR-ed with their own ALLOWs.
 
 Records of one namespace depend only on that namespace's resources and on
 the root namespace's selector policies, which is what makes incremental
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -54,6 +59,18 @@ class CompileOptions:
     network: str = DEFAULT_NETWORK
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = ROOT_NAMESPACE
+    auto_allow_waypoint: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "CompileOptions":
+        """Options with istiod's environment switches applied (pass os.environ)."""
+        flag = environ.get(ENV_AUTO_ALLOW_WAYPOINT, "").strip().lower()
+        return cls(auto_allow_waypoint=flag in ("1", "t", "true"))
+
+
+# istiod's feature flag for the synthetic allow-from-waypoint policies.
+ENV_AUTO_ALLOW_WAYPOINT = "PILOT_AUTO_ALLOW_WAYPOINT_POLICY"
+IMPLICIT_WAYPOINT_POLICY_PREFIX = "istio_allow_waypoint_"   # '_' is illegal in k8s names
 
 
 @dataclass(slots=True, kw_only=True)
@@ -168,8 +185,23 @@ def compile_namespace(g: NamespaceInput, root_policies: list[AuthorizationPolicy
     out += services
     out += [_policy(p, options) for p in g.policies]
     out += [_waypoint(gw, options) for gw in g.gateways]
+    if options.auto_allow_waypoint:
+        out += [_implicit_waypoint_policy(gw, options) for gw in g.gateways]
     out += [_route(r) for r in g.routes]
     return out
+
+
+def implicit_waypoint_policy_key(ref: rec.WaypointRef) -> str:
+    return f"{ref.namespace}/{IMPLICIT_WAYPOINT_POLICY_PREFIX}{ref.namespace}_{ref.name}"
+
+
+def _implicit_waypoint_policy(gw: Gateway, options: CompileOptions) -> rec.Authorization:
+    ns = gw.meta.namespace
+    principal = f"{options.trust_domain}/ns/{ns}/sa/{gw.meta.name}"
+    return rec.Authorization(
+        name=f"{IMPLICIT_WAYPOINT_POLICY_PREFIX}{ns}_{gw.meta.name}", namespace=ns,
+        scope="WORKLOAD_SELECTOR", action="ALLOW",
+        rules=(rec.Rule(from_=(rec.Source(principals=(principal,)),)),))
 
 
 def workload_uid(namespace: str, name: str, options: CompileOptions) -> str:
@@ -265,12 +297,17 @@ def _workload(p: Pod, g: NamespaceInput, ns_labels: dict[str, str], services: li
     ambient = mode == DATAPLANE_AMBIENT or (
         mode != DATAPLANE_NONE and ns_labels.get(LABEL_DATAPLANE_MODE) == DATAPLANE_AMBIENT)
     workload_name = p.owner_deployment or p.meta.name
+    waypoint = _resolve_waypoint(labels, ns_labels, p.meta.namespace, LABEL_GATEWAY_NAME in labels)
+    if options.auto_allow_waypoint:
+        refs = {waypoint} | {_resolve_waypoint(s.meta.labels, ns_labels, s.meta.namespace, False)
+                             for s in services}
+        policy_keys = list(policy_keys) + [implicit_waypoint_policy_key(r) for r in refs if r]
     return rec.Workload(
         uid=workload_uid(p.meta.namespace, p.meta.name, options),
         name=p.meta.name, namespace=p.meta.namespace, ips=tuple(p.ips), network=options.network,
         node=p.node, service_account=p.service_account, trust_domain=options.trust_domain,
         labels=dict(labels), protocol="HBONE" if ambient else "TCP",
-        waypoint=_resolve_waypoint(labels, ns_labels, p.meta.namespace, LABEL_GATEWAY_NAME in labels),
+        waypoint=waypoint,
         canonical_name=_first_label(labels, CANONICAL_NAME_LABELS) or workload_name,
         canonical_revision=_first_label(labels, CANONICAL_REVISION_LABELS) or "latest",
         workload_name=workload_name, workload_type="deployment" if p.owner_deployment else "pod",

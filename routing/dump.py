@@ -13,15 +13,23 @@ core/records.py; all sections come from ONE generation):
       "namespaces": [Namespace, ...],
       "status":     {"generation", "source", "applied_at", "counts",
                      "error": null | {"code", "message", "errors": [
-                         {"file", "resource", "field", "message", ...}], "total", "at"}}
+                         {"file", "resource", "field", "message", ...}], "total", "at"},
+                     "policies": [{"policy", "ancestor", "reason", "message"}, ...]}
     }
+
+`status.policies` holds what istiod writes in an AuthorizationPolicy's status
+for ztunnel (ancestor "ztunnel"): HTTP attributes it cannot enforce, actions
+it does not support.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shoal.core.records import to_dict
+from shoal.core.authz import l4_status
+from shoal.core.records import Authorization, to_dict
+
+ZTUNNEL_ANCESTOR = "ztunnel"     # istiod's model.Ztunnel binding ancestor
 
 SECTIONS = {"workloads": "workload", "services": "service", "policies": "authorization",
             "waypoints": "waypoint", "routes": "httproute", "namespaces": "namespace"}
@@ -33,8 +41,19 @@ def dump_view(view: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"generation": view.generation}
     for section, kind in SECTIONS.items():
         out[section] = [json_safe(to_dict(r)) for r in items[kind]]
-    out["status"] = view.status()
+    status = dict(view.status() or {})
+    status["policies"] = [st for st in (policy_status(p) for p in items["authorization"])
+                          if st is not None]
+    out["status"] = status
     return out
+
+
+def policy_status(policy: Authorization) -> dict[str, str] | None:
+    """istiod's ztunnel binding status of one policy, None when it has none."""
+    st = l4_status(policy)
+    if st is None:
+        return None
+    return {"policy": policy.key, "ancestor": ZTUNNEL_ANCESTOR, "reason": st[0], "message": st[1]}
 
 
 def json_safe(value: Any) -> Any:

@@ -27,6 +27,7 @@ import orjson
 
 from shoal.core import log
 from shoal.core.model import ConfigError
+from shoal.routing.compile import CompileOptions
 from shoal.routing.incremental import IncrementalCompiler, resource_key
 from shoal.routing.index import diff_keyspaces
 from shoal.routing.shm import STATUS_MAX, TableFullError, TableWriter
@@ -48,7 +49,7 @@ class Watcher:
     def __init__(self, source: Any, table_name: str) -> None:
         self.source = source
         self.writer = TableWriter.attach(table_name)
-        self.compiler = IncrementalCompiler()
+        self.compiler = IncrementalCompiler(CompileOptions.from_env(os.environ))
         self._published_once = False
         self._good: dict[str, Any] = {}
         self._main: dict[tuple, Any] = {}
@@ -73,7 +74,7 @@ class Watcher:
                 self.writer.apply(changes)
         except TableFullError as exc:
             # The compiler already moved on; rebuild it and diff against the table next time.
-            self.compiler = IncrementalCompiler()
+            self.compiler = IncrementalCompiler(CompileOptions.from_env(os.environ))
             self._main, self._over = {}, {}
             self._published_once = False
             self._refuse_message(str(exc), exc.code)

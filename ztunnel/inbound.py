@@ -5,9 +5,13 @@ Pure logic, no I/O. It follows Istio ztunnel's `proxy/inbound.rs` and
 
 - HBONE: the CONNECT `:authority` must be an `ip:port` whose IP is the
   connection's destination IP (this workload), unless the local pod is the
-  waypoint of the target. A workload that has a waypoint accepts traffic
-  only from that waypoint. The source identity (from the client
+  waypoint of the target. The source identity (from the client
   certificate) is authorized against the destination's L4 policies.
+  There is no separate "only from its waypoint" check, as in ztunnel:
+  whether clients may bypass a workload's waypoint is up to its policies
+  (e.g. an ALLOW naming the waypoint, or istiod's synthetic
+  allow-from-waypoint policy, PILOT_AUTO_ALLOW_WAYPOINT_POLICY, see
+  routing/compile).
   Malformed: 400; denied: 401; unknown workload: 503 (the adapter answers
   503 too when the app is unreachable).
 - Plaintext (15006): authorized with no source identity.
@@ -150,10 +154,6 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
                         "not in the routing table (yet)")
     conn = ConnInfo(src_identity=src_identity, src_ip=src_addr[0], src_port=src_addr[1],
                     dst_ip=ip, dst_port=port)
-    if not waypoint_case:
-        rejected = _check_waypoint_bypass(view, workload, src_identity)
-        if rejected is not None:
-            return rejected
     allowed, reason, policy = authorize(view, workload, conn)
     if not allowed:
         return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY",
@@ -175,9 +175,6 @@ def decide_plaintext(view: Any, *, dst: tuple[str, int], src_addr: tuple[str, in
         return Rejected(status=SERVICE_UNAVAILABLE, reason=f"unknown workload {ip}")
     conn = ConnInfo(src_identity="", src_ip=src_addr[0], src_port=src_addr[1],
                     dst_ip=ip, dst_port=port)
-    rejected = _check_waypoint_bypass(view, workload, "")
-    if rejected is not None:
-        return rejected
     allowed, reason, policy = authorize(view, workload, conn)
     if not allowed:
         return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY",
@@ -197,16 +194,6 @@ def recheck(view: Any, workload_ip: str, conn: ConnInfo,
         return None
     return Rejected(status=UNAUTHORIZED, reason=reason, response_flag="DENY", policy=policy,
                     workload=workload)
-
-
-def _check_waypoint_bypass(view: Any, workload: Workload, src_identity: str) -> Rejected | None:
-    waypoint = view.waypoint_for_workload(workload)
-    if waypoint is None or src_identity == waypoint.identity:
-        return None
-    who = src_identity or "a plaintext client"
-    return Rejected(status=UNAUTHORIZED, response_flag="DENY", workload=workload,
-                    reason=f"{workload.namespace}/{workload.name} has waypoint {waypoint.key}: "
-                    f"traffic from {who} must come through it")
 
 
 def _local_is_waypoint_of(view: Any, local: Workload, target_ip: str) -> bool:

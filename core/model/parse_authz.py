@@ -1,9 +1,11 @@
 """security.istio.io AuthorizationPolicy (v1 and v1beta1) -> typed resource.
 
 Follows istio/api security/v1beta1/authorization_policy.proto and Istio's
-validation webhook: CUSTOM (ext-authz) is refused because shoal has no
-external authorizer; `selector` and `targetRef(s)` are mutually exclusive;
-at most 16 targetRefs; ports are numeric strings; IP blocks parse as CIDRs.
+validation webhook: CUSTOM needs a `provider` (it is accepted; ztunnel
+ignores it and core.authz explains what the waypoint does); `selector` and
+`targetRef(s)` are mutually exclusive; at most 16 targetRefs; ports are
+numeric strings; IP blocks parse as CIDRs; the `istio.io/dry-run`
+annotation is a Go `strconv.ParseBool` value.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from shoal.core.model.fields import MAX_PORT, Ctx, join
 from shoal.core.model.resources import AuthorizationPolicy, Meta
 from shoal.core.records import Condition, Operation, Rule, Source, TargetRef
 
-ACTIONS = ("ALLOW", "DENY", "AUDIT")
+ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 MAX_TARGET_REFS = 16        # Istio's CRD limit
 ANNOTATION_DRY_RUN = "istio.io/dry-run"
+# Go's strconv.ParseBool, which istiod uses for the dry-run annotation.
+PARSE_BOOL_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+PARSE_BOOL_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 # YAML field -> records.Source attribute
 _SOURCE_FIELDS = {
@@ -24,6 +29,7 @@ _SOURCE_FIELDS = {
     "serviceAccounts": "service_accounts", "notServiceAccounts": "not_service_accounts",
     "ipBlocks": "ip_blocks", "notIpBlocks": "not_ip_blocks",
     "remoteIpBlocks": "remote_ip_blocks", "notRemoteIpBlocks": "not_remote_ip_blocks",
+    "trustDomains": "trust_domains", "notTrustDomains": "not_trust_domains",
 }
 _OPERATION_FIELDS = {
     "hosts": "hosts", "notHosts": "not_hosts", "ports": "ports", "notPorts": "not_ports",
@@ -37,13 +43,16 @@ def parse_authorization_policy(ctx: Ctx, meta: Meta, doc: dict) -> Authorization
     ctx.known_keys(spec, "spec", frozenset({"selector", "targetRef", "targetRefs", "action",
                                             "provider", "rules"}))
     action = spec.get("action", "ALLOW")
-    if action == "CUSTOM":
-        ctx.err("spec.action", "CUSTOM (external authorization) is not supported by shoal; "
-                "use ALLOW, DENY or AUDIT")
-    elif action not in ACTIONS:
+    if action not in ACTIONS:
         ctx.err("spec.action", f"must be one of {', '.join(ACTIONS)}; got {action!r}")
     if "provider" in spec and action != "CUSTOM":
         ctx.err("spec.provider", "is only valid with action CUSTOM")
+    if action == "CUSTOM":
+        # Istio's webhook: CUSTOM needs the extension provider it delegates to.
+        provider = ctx.map(spec, "provider", "spec", required=True)
+        if provider:
+            ctx.known_keys(provider, "spec.provider", frozenset({"name"}))
+            ctx.str(provider, "name", "spec.provider", required=True)
     selector = None
     if "selector" in spec:
         sel = ctx.map(spec, "selector", "spec")
@@ -53,9 +62,21 @@ def parse_authorization_policy(ctx: Ctx, meta: Meta, doc: dict) -> Authorization
     if selector is not None and refs:
         ctx.err("spec.targetRefs", "cannot be combined with spec.selector")
     rules = tuple(_rule(ctx, r, p) for p, r in ctx.maps(spec, "rules", "spec"))
-    dry_run = meta.annotations.get(ANNOTATION_DRY_RUN, "false").lower() == "true"
+    dry_run = parse_dry_run(ctx, meta.annotations.get(ANNOTATION_DRY_RUN, ""))
     return AuthorizationPolicy(meta=meta, action=action if action in ACTIONS else "ALLOW",
                                selector=selector, target_refs=refs, rules=rules, dry_run=dry_run)
+
+
+def parse_dry_run(ctx: Ctx, value: str) -> bool:
+    """The annotation as istiod reads it: empty is unset (false), else ParseBool."""
+    if value == "" or value in PARSE_BOOL_FALSE:
+        return False
+    if value in PARSE_BOOL_TRUE:
+        return True
+    ctx.err(f"metadata.annotations[{ANNOTATION_DRY_RUN}]",
+            f"must be a boolean as Go's strconv.ParseBool reads it (1, t, T, TRUE, true, True, "
+            f"0, f, F, FALSE, false, False); got {value!r}")
+    return False
 
 
 def _target_refs(ctx: Ctx, spec: dict, meta: Meta) -> tuple[TargetRef, ...]:

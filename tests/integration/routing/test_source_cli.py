@@ -84,7 +84,7 @@ def test_validate_lists_every_error_and_fails():
     result = CliRunner().invoke(config, ["validate", str(FIXTURES / "bad")])
     assert result.exit_code == 1
     assert "Service/shop/broken spec.ports[0].targetPort" in result.output
-    assert "AuthorizationPolicy/shop/ext spec.action" in result.output
+    assert "AuthorizationPolicy/shop/ext metadata.annotations[istio.io/dry-run]" in result.output
     assert "spec.rules[0].timeouts.request" in result.output
 
 
@@ -136,3 +136,21 @@ def test_dump_table_and_json(admin_server):
 def test_dump_unreachable_admin_is_a_clear_error():
     result = CliRunner().invoke(config, ["dump", "--admin", "127.0.0.1:1"])
     assert result.exit_code == 2 and "cannot fetch" in result.output
+
+
+def test_validate_warns_like_istiod_for_http_attributes_at_ztunnel(tmp_path):
+    (tmp_path / "p.yaml").write_text("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+""")
+    result = CliRunner().invoke(config, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert ("warning: AuthorizationPolicy/shop/deny-get (ztunnel): UnsupportedValue: ztunnel "
+            "does not support HTTP attributes (found: methods)") in result.output
+    assert "this DENY policy has no enforceable rules at ztunnel" in result.output
+    data = orjson.loads(CliRunner().invoke(config, ["validate", "-o", "json", str(tmp_path)]).output)
+    assert data["warnings"][0]["policy"] == "shop/deny-get"

@@ -277,9 +277,12 @@ def test_l4_allow_other_rules_still_match():
     assert evaluate([p], req(), L4).allowed
 
 
-def test_l4_deny_with_only_l7_fields_denies_everything():
+def test_l4_deny_with_only_l7_fields_has_no_effect():
+    # istiod sends an empty match, which ztunnel skips (authorization.go
+    # "DENY policy with L4 From and L7-only To methods is a no-op").
     p = pol("deny-post", "DENY", [Rule(to=(Operation(methods=("POST",)),))])
-    assert not evaluate([p], req(method=None), L4).allowed
+    assert evaluate([p], req(method=None), L4).allowed
+    assert not evaluate([p], req(method="POST"), L7).allowed
     assert evaluate([p], req(method="GET"), L7).allowed
 
 
@@ -289,10 +292,12 @@ def test_l4_deny_keeps_its_l4_parts():
     assert evaluate([p], req(port=8000), L4).allowed
 
 
-def test_l4_deny_drops_unsupported_when_keys():
+def test_l4_deny_with_unsupported_when_key_never_matches():
+    # The HTTP `when` is an AND-ed clause holding one empty match: the rule
+    # can never match at ztunnel.
     p = pol("d", "DENY", [Rule(from_=(Source(namespaces=("dev",)),),
                                when=(Condition(key="request.headers[x]", values=("y",)),))])
-    assert not evaluate([p], req(principal=DEV_SA), L4).allowed
+    assert evaluate([p], req(principal=DEV_SA), L4).allowed
     assert evaluate([p], req(principal=CURL), L4).allowed
 
 

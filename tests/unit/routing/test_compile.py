@@ -271,3 +271,42 @@ def test_update_resources_overlay_pods(cfg):
     assert comp.keyspace == full_keyspace(compile_config(cfg, extra_pods=[moved]))
     comp.update_resources(extra_deletes=[("shop", replica.meta.name)])
     assert comp.keyspace == full_keyspace(compile_config(cfg))
+
+
+def test_implicit_allow_from_waypoint_policy_is_opt_in(cfg):
+    # istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY (policies.go
+    # implicitWaypointPolicy): an ALLOW for the waypoint's identity, listed by
+    # every workload the waypoint serves. Off by default.
+    from shoal.core.records import Authorization
+    from shoal.routing.compile import CompileOptions
+    key = "shop/istio_allow_waypoint_shop_shop-waypoint"
+    off = StaticView.from_records(compile_config(cfg))
+    assert all(key not in w.authorization_policies for w in off.items("workload"))
+    on_records = compile_config(cfg, options=CompileOptions.from_env(
+        {"PILOT_AUTO_ALLOW_WAYPOINT_POLICY": "true"}))
+    [pol] = [r for r in on_records if isinstance(r, Authorization) and r.key == key]
+    assert pol.action == "ALLOW" and pol.scope == "WORKLOAD_SELECTOR"
+    assert pol.rules[0].from_[0].principals == ("cluster.local/ns/shop/sa/shop-waypoint",)
+    on = StaticView.from_records(on_records)
+    served = [w for w in on.items("workload") if key in w.authorization_policies]
+    assert served and all(w.namespace == "shop" for w in served)
+    assert CompileOptions.from_env({}).auto_allow_waypoint is False
+
+
+def test_config_dump_status_carries_istiod_policy_status():
+    from shoal.routing.dump import dump_view
+    text = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop}
+spec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: fine, namespace: shop}
+spec: {rules: [{to: [{operation: {ports: ["80"]}}]}]}
+"""
+    status = dump_view(StaticView.from_records(compile_config(load_text(text))))["status"]
+    assert status["policies"] == [{"policy": "shop/ext", "ancestor": "ztunnel",
+                                   "reason": "UnsupportedValue",
+                                   "message": "ztunnel does not support the CUSTOM action"}]

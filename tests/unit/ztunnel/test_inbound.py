@@ -48,12 +48,26 @@ def test_unknown_local_workload_is_503():
     assert isinstance(d, Rejected) and d.status == 503
 
 
-def test_workload_behind_waypoint_accepts_only_the_waypoint():
+def test_workload_behind_waypoint_is_governed_by_its_policies():
+    # ztunnel has no waypoint-bypass check of its own (proxy/inbound.rs):
+    # without policies a direct client is accepted, like the waypoint.
     v = make_view()
     d = hb(v, authority="10.0.4.1:8080", local_ip="10.0.4.1")
-    assert isinstance(d, Rejected) and d.status == 401 and "waypoint" in d.reason
+    assert isinstance(d, Accepted) and d.workload == BEHIND_WP
     d = hb(v, authority="10.0.4.1:8080", local_ip="10.0.4.1", src=WAYPOINT.identity)
     assert isinstance(d, Accepted) and d.workload == BEHIND_WP
+
+
+def test_allow_naming_the_client_lets_it_bypass_the_waypoint():
+    # An ALLOW that names the client admits it even though the workload has
+    # a waypoint; a client it does not name is denied by the same policy.
+    allow = Authorization(name="sleep-only", namespace="default", scope="NAMESPACE",
+                          action="ALLOW", rules=(Rule(from_=(Source(principals=(
+                              SLEEP.removeprefix("spiffe://"),)),)),))
+    v = make_view([allow])
+    assert isinstance(hb(v, authority="10.0.4.1:8080", local_ip="10.0.4.1"), Accepted)
+    d = hb(v, authority="10.0.4.1:8080", local_ip="10.0.4.1", src=WAYPOINT.identity)
+    assert isinstance(d, Rejected) and d.status == 401 and d.response_flag == "DENY"
 
 
 def test_waypoint_pod_may_receive_for_its_targets():
@@ -107,10 +121,16 @@ def test_allow_port_and_l7_rule_never_matches_at_l4():
     assert hb(make_view([l7])).status == 401
 
 
-def test_deny_with_l7_field_denies_at_l4():
+def test_deny_with_only_l7_fields_has_no_effect_at_l4():
+    # istiod: "this DENY policy has no enforceable rules at ztunnel".
     l7 = Authorization(name="deny-get", namespace="default", scope="NAMESPACE", action="DENY",
                        rules=(Rule(to=(Operation(methods=("GET",)),)),))
-    assert hb(make_view([l7])).status == 401
+    assert isinstance(hb(make_view([l7])), Accepted)
+    l4_and_l7 = Authorization(name="deny-get-8080", namespace="default", scope="NAMESPACE",
+                              action="DENY", rules=(Rule(to=(Operation(methods=("GET",)),
+                                                             Operation(ports=("8080",)))),))
+    assert hb(make_view([l4_and_l7])).status == 401
+    assert isinstance(hb(make_view([l4_and_l7]), authority="10.0.1.1:9000"), Accepted)
 
 
 def test_policies_of_other_namespace_do_not_apply():
