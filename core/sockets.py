@@ -5,10 +5,9 @@ Apps never call `socket.socket()` themselves; they ask a `SocketFactory`
 a mesh proxy needs in one place and lets callers swap the factory:
 - `DefaultSocketFactory`: SO_REUSEPORT listeners, TCP_NODELAY, keepalive,
   optional SO_MARK / IP_TRANSPARENT / IP_FREEBIND.
-- a netns variant (added by cni/): subclass and override `_new_socket`,
-  the single place a socket is created, to create it inside a pod's
-  network namespace; set `namespace_key` so listeners opened in different
-  namespaces on the same address are told apart by the supervisor.
+- a netns variant (ztunnel/podsockets.py): creates every socket inside a
+  pod's network namespace; its `namespace_key` tells listeners opened in
+  different namespaces on the same address apart for the supervisor.
 - shards/ wraps a factory so a worker slot's listeners outlive the worker
   (see shards/handoff.py).
 """
@@ -66,6 +65,16 @@ class SocketFactory(Protocol):
 
     namespace_key: str
 
+    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+        """Return an unbound, unconnected TCP socket with the factory's
+        options (mark, namespace), for callers that connect it themselves
+        (the HBONE pool).
+
+        Raises:
+            OSError: an option cannot be set (e.g. SO_MARK without CAP_NET_ADMIN).
+        """
+        ...
+
     def listen(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
         """Return a bound, listening SO_REUSEPORT TCP socket.
 
@@ -97,8 +106,17 @@ class DefaultSocketFactory:
     def __init__(self, options: SocketOptions = SocketOptions()) -> None:
         self.options = options
 
-    def _new_socket(self, family: socket.AddressFamily) -> socket.socket:
-        # The one place a socket is created: a netns factory overrides this.
+    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+        sock = self._create(family)
+        try:
+            self._apply(sock, family)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _create(self, family: socket.AddressFamily) -> socket.socket:
+        # The one place a socket is created (a subclass may create it elsewhere).
         return socket.socket(family, socket.SOCK_STREAM)
 
     def _apply(self, sock: socket.socket, family: socket.AddressFamily) -> None:
@@ -117,7 +135,7 @@ class DefaultSocketFactory:
 
     def listen(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
         family = family_of(host)
-        sock = self._new_socket(family)
+        sock = self._create(family)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             # Before bind: the kernel only groups sockets that all set it.
@@ -135,7 +153,7 @@ class DefaultSocketFactory:
     async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,
                       timeout: float = CONNECT_TIMEOUT) -> socket.socket:
         family = family_of(host)
-        sock = self._new_socket(family)
+        sock = self._create(family)
         try:
             self._apply(sock, family)
             sock.setblocking(False)

@@ -105,6 +105,9 @@ class SlotSocketFactory:
             del self._keys[fd]
         self._notify(f"release {self.namespace_key}", [])
 
+    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+        return self.inner.new_socket(family)
+
     async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,
                       timeout: float = CONNECT_TIMEOUT) -> socket.socket:
         return await self.inner.connect(host, port, source=source, timeout=timeout)

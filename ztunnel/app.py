@@ -30,7 +30,8 @@ from shoal.core import log as shoal_log
 from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
 from shoal.shards.app import App
 from shoal.ztunnel.options import DEDICATED, ZtunnelOptions
-from shoal.ztunnel.proxy import Proxy, Scope, Shared
+from shoal.ztunnel.proxy.inputs import Scope, Shared
+from shoal.ztunnel.proxy.netns import Proxy
 
 LOG = shoal_log.get("ztunnel")
 
@@ -116,8 +117,8 @@ class ZtunnelApp(App):
         # The routing table itself is dumped once, under "routing", by core/admin.
         return {
             "certificates": lambda: self.certs.admin_section()["certificates"],
-            "connections": lambda: {uid or "node": {"inbound": p.connections.snapshot(),
-                                                    "pool": p.pool.stats()}
+            "connections": lambda: {uid or "node": {"inbound": p.inputs.connections.snapshot(),
+                                                    "pool": p.inputs.pool.stats()}
                                     for uid, p in self.proxies.items()},
             "ztunnel": lambda: {"node": self.options.node, "mode": self.options.mode,
                                 "proxies": sorted(uid or "node" for uid in self.proxies)},

@@ -43,12 +43,16 @@ class PodSocketFactory:
         self.netns_fd = netns_fd
         self.namespace_key = f"pod:{uid}"
 
-    def _new_socket(self, family: int) -> socket.socket:
-        return self.inner.socket(family)
-
-    def _apply(self, sock: socket.socket, family: int) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        set_keepalive(sock)
+    def new_socket(self, family: int) -> socket.socket:
+        """A TCP socket in the pod netns, marked 0x539, no delay, keepalive."""
+        sock = self.inner.socket(family)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def listen(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
         return self.inner.listener(host, port, backlog=backlog)
@@ -61,9 +65,8 @@ class PodSocketFactory:
         may retry without it), OSError/TimeoutError when the connect fails.
         """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self._new_socket(family)
+        sock = self.new_socket(family)
         try:
-            self._apply(sock, family)
             if source is not None:
                 _bind_transparent(sock, family, source)
             async with asyncio.timeout(timeout):

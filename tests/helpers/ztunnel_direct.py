@@ -1,7 +1,7 @@
 """In-process ztunnel rig: Proxy objects on one event loop, a real CA object.
 
 ztunnel's `tests/direct.rs` idea: no supervisor, no shared memory — two
-`ztunnel.proxy.Proxy` instances ("node-a", "node-b") over a `StaticView`, with
+`ztunnel.proxy.netns.Proxy` instances ("node-a", "node-b") over a `StaticView`, with
 certificates signed by an in-memory `core.ca.authority.CertificateAuthority`
 through the real `CertManager`. Real sockets on unique loopback IPs.
 """
@@ -16,7 +16,8 @@ from shoal.core.identity.caclient import SignResponse
 from shoal.core.identity.certs import load_pem_certs
 from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
 from shoal.ztunnel.options import FixedTarget, ZtunnelOptions
-from shoal.ztunnel.proxy import Proxy, Scope, Shared
+from shoal.ztunnel.proxy.inputs import Scope, Shared
+from shoal.ztunnel.proxy.netns import Proxy
 
 
 class LocalCa:

@@ -186,16 +186,16 @@ async def test_every_proxy_socket_carries_mark_0x539(rig):
     from shoal.core.constants import PROXY_MARK
     from shoal.core.sockets import SO_MARK
     for proxy in (rig.a, rig.b):
-        socks = [*proxy._listeners, *proxy._hbone_socks.values()]
+        socks = proxy.listening_sockets()
         assert socks
         assert all(x.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK for x in socks)
-        raw = proxy._raw_socket(s.AF_INET)          # what the HBONE pool connects
+        raw = proxy.inputs.sockets.new_socket(s.AF_INET)      # what the HBONE pool connects
         try:
             assert raw.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK
         finally:
             raw.close()
     # Upstream (app) connections: made through the same factory.
-    up = await rig.b.sockets.connect(rig.ip["echo-1"], APP_PORT)
+    up = await rig.b.inputs.sockets.connect(rig.ip["echo-1"], APP_PORT)
     try:
         assert up.getsockopt(s.SOL_SOCKET, SO_MARK) == PROXY_MARK
     finally:
@@ -206,12 +206,12 @@ async def _connect_status(rig, authority, via=None):
     """Open a tunnel from node A as the client pod to `via`'s (default: the
     authority's) 15008; the CONNECT status (200 ok)."""
     from shoal.core.hbone import HboneError
-    await rig.a.shared.certs.fetch(rig.client.identity)
+    await rig.a.inputs.certs.fetch(rig.client.identity)
     ip = via or authority.rsplit(":", 1)[0]
     try:
-        stream = await rig.a.pool.open(src=rig.client.identity,
-                                       dst_identities=(rig.echo[0].identity,),
-                                       address=(ip, rig.a.opts.hbone_port), authority=authority)
+        stream = await rig.a.inputs.pool.open(
+            src=rig.client.identity, dst_identities=(rig.echo[0].identity,),
+            address=(ip, rig.a.inputs.options.hbone_port), authority=authority)
     except HboneError as e:
         return e.status
     stream.close()

@@ -1,0 +1,186 @@
+"""One ztunnel proxy: the listeners of one network namespace (I/O adapter).
+
+A `Proxy` serves either the node's own netns (dedicated mode: the scope is
+every workload on the node) or one pod's netns (in-pod mode: the scope is
+that pod). Sockets come from the injected `SocketFactory`, so the same code
+runs in both; every socket carries SO_MARK 0x539 (the factory's options) so
+the pod's redirection rules skip it.
+
+Listeners, each served by its own class over the shared `ProxyInputs`:
+- 15001 outbound capture (`Outbound`): original destination from
+  SO_ORIGINAL_DST, or a TEST-ONLY fixed target (options.FixedTarget);
+- 15006 plaintext inbound (`InboundPassthrough`): authorized with no
+  identity, piped to the app;
+- 15008 HBONE inbound (`Inbound`): one listener per local workload IP in
+  dedicated mode, one for the pod in in-pod mode.
+
+Listeners are shards slot listeners: a drain (`close_listeners()`) leaves
+them to the slot's next worker; `close_listeners(release=True)` (a pod left
+the mesh) gives them up for good, the supervisor's copies included.
+
+In in-pod mode the inbound connection to the app (15006 and 15008) binds the
+original client address (IP_TRANSPARENT, mark 0x539, in the pod netns) so the
+app sees its real peer; the pod's policy routing brings the replies back.
+Without that routing or the capability: no spoofing, logged once per pod.
+
+Byte counters (istio_tcp_{received,sent}_bytes_total) of open connections
+are updated every `bytes_report_interval`, and settled exactly at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Awaitable, Callable
+
+from shoal.core import log as shoal_log
+from shoal.core.sockets import LISTEN_BACKLOG, SocketFactory
+from shoal.ztunnel.options import OUTBOUND
+from shoal.ztunnel.origdst import original_dst
+from shoal.ztunnel.outbound import hostport
+from shoal.ztunnel.proxy.inbound import Inbound, give_up
+from shoal.ztunnel.proxy.inputs import CountingEnd, ProxyInputs, Scope, Shared
+from shoal.ztunnel.proxy.outbound import Outbound
+from shoal.ztunnel.proxy.passthrough import InboundPassthrough
+
+LOG = shoal_log.get("ztunnel")
+
+# A captured connection's handler: (client end, original destination, accept time).
+Handler = Callable[[CountingEnd, tuple[str, int], float], Awaitable[None]]
+
+
+class Proxy:
+    """The listeners and connections of one netns (see module docstring)."""
+
+    def __init__(self, shared: Shared, sockets: SocketFactory, scope: Scope, *,
+                 fixed_targets: tuple = (), bind: str = "0.0.0.0") -> None:
+        self.inputs = ProxyInputs(shared, sockets, scope)
+        self.bind = bind
+        self.fixed_targets = fixed_targets
+        self.outbound = Outbound(self.inputs)
+        self.passthrough = InboundPassthrough(self.inputs)
+        self.inbound = Inbound(self.inputs)
+        self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._reporter: asyncio.Task | None = None
+
+    @property
+    def scope(self) -> Scope:
+        return self.inputs.scope
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> None:
+        o = self.inputs.options
+        await self._serve_tcp(o.outbound_port, self.outbound.handle, None)
+        await self._serve_tcp(o.inbound_port, self.passthrough.handle, None)
+        for f in self.fixed_targets:
+            handler = self.outbound.handle if f.kind == OUTBOUND else self.passthrough.handle
+            await self._serve_tcp(f.port, handler, f.target)
+        if self.scope.pod_uid:
+            self.inbound.listen(self.bind)
+        self.reconcile()
+        self._reporter = self.inputs.loop.create_task(self._report_bytes())
+
+    async def _serve_tcp(self, port: int, handler: Handler,
+                         fixed: tuple[str, int] | None) -> None:
+        sock = self.inputs.sockets.listen(self.bind, port)
+        self._listeners.append(sock)
+        # The server gets its own fd: closing the server stops accepting while
+        # `sock` stays open for the factory to give up (close_listener needs
+        # it open to know its key) or, on a drain, to leave to the slot.
+        served = sock.dup()
+        try:
+            # asyncio re-listens with its own default backlog (100) unless told.
+            server = await self.inputs.loop.create_server(
+                lambda: self._capture_end(handler, fixed), sock=served, backlog=LISTEN_BACKLOG)
+        except BaseException:
+            served.close()
+            raise
+        self._servers.append(server)
+
+    def listening_sockets(self) -> list[socket.socket]:
+        """Every listener this proxy holds (capture and HBONE)."""
+        return [*self._listeners, *self.inbound.sockets.values()]
+
+    def reconcile(self) -> None:
+        """Routing generation changed: HBONE listeners, certificates, live connections."""
+        pi = self.inputs
+        view = pi.view()
+        local = self.scope.local_workloads(view)
+        pi.local_ips = frozenset(ip for w in local for ip in w.ips)
+        for w in local:
+            pi.certs.prefetch(w.identity)
+        if not self.scope.pod_uid:
+            self.inbound.reconcile(set(pi.local_ips))
+        for conn, rejected in pi.connections.observe(view):
+            LOG.info("connection closed by a policy change", extra={"fields": {
+                "src.addr": f"{conn.src_ip}:{conn.src_port}", "src.identity": conn.src_identity,
+                "dst.addr": f"{conn.dst_ip}:{conn.dst_port}", "reason": rejected.reason,
+                "error": "AuthorizationPolicyLateRejection"}})
+
+    def ready(self) -> bool:
+        pi = self.inputs
+        return all(pi.certs.get(w.identity) is not None
+                   for w in self.scope.local_workloads(pi.view()))
+
+    def close_listeners(self, *, release: bool = False) -> None:
+        """Stop accepting. `release`: for good (the pod left the mesh), so the
+        shards slot gives the listeners up too; otherwise (a drain) the slot
+        keeps them for the next worker."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for sock in self._listeners:
+            give_up(self.inputs.sockets, sock, release)
+        self._listeners.clear()
+        self.inbound.stop_all(release=release)
+        if release:
+            forget = getattr(self.inputs.sockets, "release_namespace", None)
+            if forget is not None:
+                forget()
+
+    async def close(self, grace: float = 1.0) -> None:
+        """Stop accepting, give tunnels `grace` seconds, then close everything.
+
+        Inbound HBONE drains gracefully (GOAWAY NO_ERROR: the peers' running
+        tunnels finish, their new ones go to a new connection)."""
+        pi = self.inputs
+        deadline = time.monotonic() + grace
+        self.close_listeners()
+        await self.inbound.close(grace)
+        if pi.tasks:
+            await asyncio.wait(set(pi.tasks), timeout=max(0.0, deadline - time.monotonic()))
+        for t in list(pi.tasks):
+            t.cancel()
+        if self._reporter is not None:
+            self._reporter.cancel()
+        await pi.pool.close()
+
+    async def _report_bytes(self) -> None:
+        while True:
+            await asyncio.sleep(self.inputs.options.bytes_report_interval)
+            self.inputs.tracker.report()
+
+    # -- capture listeners (15001, 15006) ----------------------------------------
+    def _capture_end(self, handler: Handler, fixed: tuple[str, int] | None) -> CountingEnd:
+        """A captured connection: `handler(end, original destination)` runs
+        once the transport exists (`fixed` stands in for SO_ORIGINAL_DST in
+        the loopback test mode)."""
+        end = CountingEnd()
+        end.made.add_done_callback(
+            lambda _f: self.inputs.spawn(self._captured(end, fixed, handler)))
+        return end
+
+    async def _captured(self, down: CountingEnd, fixed: tuple[str, int] | None,
+                        handler: Handler) -> None:
+        started = time.monotonic()
+        try:
+            dst = fixed or original_dst(down.transport.get_extra_info("socket"))
+        except OSError as e:
+            peer = down.transport.get_extra_info("peername")
+            LOG.warning("no original destination (not a redirected connection?)",
+                        extra={"fields": {"src.addr": hostport(*peer[:2]), "error": str(e)}})
+            down.abort()
+            return
+        await handler(down, dst, started)
