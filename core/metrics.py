@@ -123,6 +123,13 @@ class IstioMetrics:
                                    ("worker",), multiprocess_mode="livesum", **c)
         self.worker_restarts = Counter("shoal_worker_restarts", "Workers replaced after dying or hanging",
                                        ("reason",), **c)
+        # Abuse and overload (core.hbone.h2limits, core.overload; docs/security.md).
+        self.h2_limit_closed = Counter("shoal_http2_limit_closed_connections",
+                                       "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) "
+                                       "for exceeding an abuse limit", ("limit",), **c)
+        self.overload_refused = Counter("shoal_overload_refused_connections",
+                                        "New connections refused at a worker's overload limit",
+                                        ("reason",), **c)
 
     def all(self) -> list:
         return [v for v in vars(self).values() if hasattr(v, "collect") and hasattr(v, "_name")]

@@ -28,6 +28,7 @@ from typing import Callable
 from h2.errors import ErrorCodes
 
 from shoal.core import log as shoal_log
+from shoal.core import overload
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
                                StreamResetError)
@@ -140,10 +141,15 @@ class HboneConnection(asyncio.Protocol):
         try:
             events = feed(arg)
         except RemoteProtocolError as e:
-            self.log.warning("HBONE peer %s sent invalid HTTP/2, closing: %s",
-                             _addr(self.peer_address), e.reason)
+            self.log.warning("HBONE peer %s: %s; closing", _addr(self.peer_address), e.reason,
+                             extra={"fields": {"peer": _addr(self.peer_address),
+                                               "peer_identity": str(self.peer_identity),
+                                               "limit": e.limit}})
+            if e.limit is not None:
+                overload.count_h2_limit(e.limit)
             self.flush()                       # the GOAWAY
-            self._die(e, abort=False)
+            # A peer that stopped reading would hold a graceful close open.
+            self._die(e, abort=e.limit == "outbound_control_frames")
             return
         for event in events:
             self._DISPATCH[type(event)](self, event)
@@ -168,8 +174,12 @@ class HboneConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         chunks = self.core.chunks_to_send()
-        if chunks and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(chunks)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if chunks:
+                t.writelines(chunks)
+            if not t.get_write_buffer_size():
+                self.core.output_drained()
 
     def open_stream(self, authority: str, headers=()) -> HboneStream:
         """Client: send a CONNECT; `await stream.wait_open()` for the 200."""

@@ -49,7 +49,13 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that are not valid HTTP/2 / HBONE; the connection is dead."""
+    """The peer sent bytes that are not valid HTTP/2 / HBONE, or exceeded one
+    of the abuse limits (`limit` names it, core.hbone.h2limits); the
+    connection is dead."""
+
+    def __init__(self, reason: str, *, limit: str | None = None, **kw) -> None:
+        super().__init__(reason, **kw)
+        self.limit = limit
 
 
 class PeerIdentityError(HboneError):

@@ -18,10 +18,11 @@ import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.errors import _error_code_from_int
-from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamState
+
+from shoal.core.hbone.h2limits import DEFAULT_LIMITS, GuardedFrameBuffer, GuardedH2Connection
 
 # DATA frames with at least this much payload are queued by reference (header
 # + the caller's buffer) instead of being copied four times by hyperframe/h2
@@ -41,7 +42,7 @@ _STREAM_SEND_OK = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 DIRECT_BODY_MIN = 32 * 1024
 
 
-class _FrameBuffer(FrameBuffer):
+class _FrameBuffer(GuardedFrameBuffer):
     """h2's frame buffer, with fewer copies of DATA bodies.
 
     - A DATA frame that is whole in the buffer is parsed with one copy instead
@@ -130,18 +131,20 @@ class _FrameBuffer(FrameBuffer):
         return new_frame if new_frame is not None else self.__next__()
 
 
-class H2ConnectionFast(H2Connection):
-    """h2's connection with DATA frame bodies queued by reference.
+class H2ConnectionFast(GuardedH2Connection):
+    """h2's connection (with shoal's abuse limits, core.hbone.h2limits) with
+    DATA frame bodies queued by reference.
 
     Output order is kept: h2 writes some frames straight into
     `_data_to_send`; those bytes are moved into `_chunks` before anything
     queued after them.
     """
 
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config=config)
+    frame_buffer_class = _FrameBuffer
+
+    def __init__(self, config: H2Configuration, *, limits=DEFAULT_LIMITS, **kw) -> None:
         self._chunks: list = []
-        self.incoming_buffer = _FrameBuffer(server=not config.client_side)
+        super().__init__(config, limits=limits, **kw)
 
     def send_data(self, stream_id, data, end_stream=False, pad_length=None) -> None:
         """h2's send_data; a large unpadded DATA frame without END_STREAM that
@@ -164,12 +167,14 @@ class H2ConnectionFast(H2Connection):
                 chunks.append(data)
                 self.outbound_flow_control_window -= n
                 stream.outbound_flow_control_window -= n
+                self.guard.data_frames_sent += 1     # WINDOW_UPDATE credit
                 return
         super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
 
     def _prepare_for_sending(self, frames) -> None:
         if not frames:
             return
+        self.guard.on_sent(frames)
         chunks = self._chunks
         if self._data_to_send:
             chunks.append(bytes(self._data_to_send))

@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import struct
@@ -42,6 +43,7 @@ from h2.settings import SettingCodes, Settings
 
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.h2fast import H2ConnectionFast
+from shoal.core.hbone.h2limits import HEADER_BLOCK_EXPANSION, FloodError
 from shoal.core.hbone.errors import LocalProtocolError, RemoteProtocolError
 from shoal.core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMIT, SEND_FRAME_SIZE,
                                  HboneSettings)
@@ -117,13 +119,20 @@ class _HboneCore:
 
     client_side = False
 
-    def __init__(self, settings: HboneSettings = DEFAULT_SETTINGS) -> None:
+    def __init__(self, settings: HboneSettings = DEFAULT_SETTINGS, *, clock=None) -> None:
         self.settings = settings
+        # A header block that cannot decode under our header-list limit is
+        # refused while it arrives (h2limits.HEADER_BLOCK_EXPANSION).
+        own_list = (settings.client_max_header_list if self.client_side
+                    else settings.server_max_header_list)
+        limits = dataclasses.replace(settings.h2_limits, max_header_block=min(
+            settings.h2_limits.max_header_block, HEADER_BLOCK_EXPANSION * own_list))
         self._h2 = H2ConnectionFast(H2Configuration(
             client_side=self.client_side, header_encoding=None,
             # We validate CONNECT requests ourselves so that a bad request
             # costs one stream (400), not the whole connection (h2 would GOAWAY).
-            validate_inbound_headers=False))
+            validate_inbound_headers=False), limits=limits, clock=clock)
+        # clock: seconds, monotonic (the rate limits' time); None: the real one.
         self._h2.local_settings = Settings(client=self.client_side,
                                            initial_values=self._local_settings())
         # h2 copied the frame limit from the settings it had at __init__; ours
@@ -135,6 +144,9 @@ class _HboneCore:
         self.goaway_received = False
         self.draining = False                  # we sent a graceful GOAWAY
         self._goaway_last_id: int | None = None
+        # Streams requested / reset within the current receive_data call.
+        self._batch_requests: set[int] = set()
+        self._batch_dropped: set[int] = set()
         self._dispatch = {
             h2e.RequestReceived: self._on_request,
             h2e.ResponseReceived: self._on_response,
@@ -190,24 +202,46 @@ class _HboneCore:
     def _receive(self, feed, arg) -> list[ev.Event]:
         try:
             h2_events = feed(arg)
+            out: list[ev.Event] = []
+            self._batch_requests.clear()
+            self._batch_dropped.clear()
+            for h2_event in h2_events:
+                handler = self._dispatch.get(type(h2_event))
+                if handler is not None:
+                    handler(h2_event, out)
         except h2x.ProtocolError as e:
             self.dead = True
             code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
             if self._h2.state_machine.state != ConnectionState.CLOSED:
-                # e.g. a bad preface: h2 raised before queueing its GOAWAY.
+                # e.g. a bad preface (h2 raised before queueing its GOAWAY),
+                # or a limit hit while we handled h2's events.
                 self._h2.close_connection(code)
-            raise RemoteProtocolError(f"peer sent invalid HTTP/2: {e}", error_code=code) from e
+            what = (f"peer exceeded the HTTP/2 {e}" if isinstance(e, FloodError)
+                    else f"peer sent invalid HTTP/2: {e}")
+            raise RemoteProtocolError(what, error_code=code,
+                                      limit=getattr(e, "limit", None)) from e
         finally:
             # h2 resets the HPACK limit to our advertised one when our SETTINGS
             # are acked; we keep a higher hard limit and refuse oversized header
             # blocks per stream instead (see settings.HEADER_DECODE_HARD_LIMIT).
             self._h2.decoder.max_header_list_size = HEADER_DECODE_HARD_LIMIT
-        out: list[ev.Event] = []
-        for h2_event in h2_events:
-            handler = self._dispatch.get(type(h2_event))
-            if handler is not None:
-                handler(h2_event, out)
+        if self._batch_dropped:
+            # Requests reset in the same read (rapid reset): the application
+            # never sees them, so no upstream work starts for them at all.
+            dropped = self._batch_dropped
+            out = [e for e in out if not (type(e) is ev.TunnelRequested
+                                          and e.stream_id in dropped)]
         return out
+
+    def output_drained(self) -> None:
+        """The transport has written everything queued: control frames the
+        peer has not read yet are no longer counted against it."""
+        self._h2.output_drained()
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams refused above SETTINGS_MAX_CONCURRENT_STREAMS (REFUSED_STREAM)."""
+        return self._h2.refused_streams
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (empty when nothing is queued)."""
@@ -363,6 +397,10 @@ class _HboneCore:
         s = self._streams.pop(e.stream_id, None)
         if s is None or s.state == CLOSED:
             return
+        if e.stream_id in self._batch_requests:
+            # Opened and reset in one read: drop both events (see _receive).
+            self._batch_dropped.add(e.stream_id)
+            return
         out.append(ev.StreamReset(stream_id=e.stream_id, error_code=int(e.error_code),
                                   remote=e.remote_reset))
 
@@ -516,9 +554,11 @@ class HboneServerProtocol(_HboneCore):
             self._streams[e.stream_id] = _Stream()
             self._respond_and_close(e.stream_id, status)
             out.append(ev.TunnelRejected(stream_id=e.stream_id, status=status, reason=reason))
+            self._h2.guard.glitch("malformed CONNECT requests")
             return
         # A request with END_STREAM is followed by h2's StreamEnded event.
         self._streams[e.stream_id] = _Stream()
+        self._batch_requests.add(e.stream_id)
         out.append(request)
 
     def _check_request(self, e: h2e.RequestReceived):

@@ -203,14 +203,21 @@ class HboneServer:
         task = conn.loop.create_task(self._serve(conn, stream, req))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A stream reset before we answered (rapid reset) cancels the
+        # handler: its upstream connect stops and its socket is released.
+        stream.on_fail = task.cancel
 
     async def _serve(self, conn: HboneConnection, stream: HboneStream,
                      req: ConnectRequest) -> None:
         try:
             decision = await self.handler(req)
+        except asyncio.CancelledError:
+            stream._finish()          # reset by the client while we decided
+            raise
         except Exception as e:   # a handler bug must cost one stream, not the server
             self.log.exception("HBONE handler failed for %s", req.authority)
             decision = Reject(503, f"handler error: {e}")
+        stream.on_fail = None
         if isinstance(decision, Reject) or stream._error is not None or conn.core.dead:
             self._reject(conn, stream, req, decision)
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.core.hbone.h2limits import DEFAULT_LIMITS, H2Limits
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -68,6 +70,7 @@ class HboneSettings:
     keepalive_interval: float = KEEPALIVE_INTERVAL
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     connect_timeout: float = CONNECT_TIMEOUT
+    h2_limits: H2Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         # RFC 9113 §6.5.2: windows are at most 2^31-1, frames 2^14..2^24-1.

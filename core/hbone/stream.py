@@ -65,6 +65,9 @@ class HboneStream:
         self._send_waiter: asyncio.Future | None = None
         self._opened: asyncio.Future = conn.loop.create_future()
         self._done = False
+        # Server: cancels the handler's work (authorization, upstream connect)
+        # if the stream dies before it was answered; cleared once answered.
+        self.on_fail = None
 
     # -- called by the connection (wire side) -------------------------------
 
@@ -79,6 +82,9 @@ class HboneStream:
     def _fail(self, error: HboneError) -> None:
         if self._error is None:
             self._error = error
+        abandon, self.on_fail = self.on_fail, None
+        if abandon is not None:
+            abandon()
         if not self._opened.done():
             self._opened.set_exception(error)
             self._opened.exception()          # never "exception not retrieved"

@@ -39,6 +39,9 @@ class FakeTransport:
     def set_write_buffer_limits(self, high=None, low=None):
         pass
 
+    def get_write_buffer_size(self):
+        return 0        # everything written goes to `out` at once
+
     def writelines(self, chunks):
         for c in chunks:
             self.out += c
