@@ -56,6 +56,7 @@ SANS_IO_MODULES = [
     "core/hbone/events.py",
     "core/hbone/errors.py",
     "core/hbone/settings.py",
+    "core/hbone/h2limits.py",
     "core/records.py",
     "core/zds.py",
     "routing/compile.py",
