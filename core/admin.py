@@ -24,7 +24,7 @@ import httptools
 import orjson
 
 from shoal.core import metrics as core_metrics
-from shoal.core.log import LEVELS
+from shoal.core.log import current_spec, parse_spec
 
 # A request line plus headers from curl or Prometheus is < 1 KiB; anything
 # near this is not an operator talking to us.
@@ -169,7 +169,15 @@ class Endpoints:
         return routes({"/healthz/ready": self.ready})
 
     def config_dump(self, req: Request) -> Response:
-        out: dict[str, object] = {"worker": self.info(), "routing": self.dump_routing(self.view())}
+        view = self.view()
+        out: dict[str, object] = {"worker": self.info(), "routing": self.dump_routing(view)}
+        # An app may lay out top-level keys itself (the ztunnel: Istio's layout).
+        admin_dump = getattr(self.app, "admin_dump", None)
+        if admin_dump is not None:
+            try:
+                out.update(admin_dump(view))
+            except Exception as e:
+                out["error"] = f"admin_dump: {e}"
         for name, fn in self.app.admin_sections().items():
             try:
                 out[name] = fn()
@@ -178,17 +186,19 @@ class Endpoints:
         return json_response(out)
 
     def logging(self, req: Request) -> Response:
+        """ztunnel's /logging: `level=info`, or per scope `level=access:debug,info`."""
         level = req.query.get("level")
         if level is None:
-            current = logging.getLogger("shoal").getEffectiveLevel()
-            name = next((k for k, v in LEVELS.items() if v == current), str(current))
-            return json_response({"level": name, "pid": os.getpid()})
+            return json_response({"level": current_spec(), "pid": os.getpid()})
         if req.method != "POST":
             return text("changing the level needs POST (curl -X POST ...)\n", 405)
-        if level.lower() not in LEVELS:
-            return text(f"unknown level {level!r}; use one of {', '.join(sorted(LEVELS))}\n", 400)
+        try:
+            parse_spec(level)
+        except ValueError as e:
+            return text(f"{e}\nusage: POST /logging?level=<level> or "
+                        "?level=<scope>:<level>,<level>\n", 400)
         self.set_log_level(level.lower())
-        return json_response({"level": level.lower(), "pid": os.getpid()})
+        return json_response({"level": current_spec(), "pid": os.getpid()})
 
     def quitquitquit(self, req: Request) -> Response:
         if req.method != "POST":

@@ -40,17 +40,17 @@ class JsonFormatter(logging.Formatter):
 
 def setup(level: str | None = None, stream=None) -> None:
     """Configure the root "shoal" logger once per process (post-fork too)."""
-    level = (level or os.environ.get("SHOAL_LOG_LEVEL") or "info").lower()
-    if level not in LEVELS:
-        raise ValueError(f"unknown log level {level!r}; use one of {sorted(LEVELS)}")
+    level = (level or os.environ.get("SHOAL_LOG_LEVEL") or os.environ.get("RUST_LOG")
+             or "info").lower()
+    default, scopes = parse_spec(level)
     root = logging.getLogger("shoal")
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
-    root.setLevel(LEVELS[level])
     root.propagate = False
+    apply_levels(default if default is not None else LEVELS["info"], scopes)
 
 
 def get(name: str) -> logging.Logger:
@@ -58,6 +58,62 @@ def get(name: str) -> logging.Logger:
 
 
 def set_level(level: str) -> None:
-    if level.lower() not in LEVELS:
-        raise ValueError(f"unknown log level {level!r}; use one of {sorted(LEVELS)}")
-    logging.getLogger("shoal").setLevel(LEVELS[level.lower()])
+    """Apply a level spec: "debug", or ztunnel's "access:debug,info" (see parse_spec)."""
+    default, scopes = parse_spec(level)
+    apply_levels(default, scopes)
+
+
+# Scopes whose level can be set on their own (the "shoal.<scope>" loggers);
+# the order is the wire order of the shared scope table (shards/heartbeat).
+SCOPES = ("access", "admin", "ca", "cni", "hbone", "identity", "routing", "supervisor",
+          "waypoint", "ztunnel", "tracing", "xds")
+_NAMES = {v: k for k, v in LEVELS.items() if k != "warn"}
+
+
+def parse_spec(spec: str) -> tuple[int | None, dict[str, int]]:
+    """ztunnel's /logging grammar: comma-separated `level` or `scope:level`.
+
+    Returns (default level or None, {scope: level}). Raises ValueError on an
+    unknown level or scope.
+    """
+    default: int | None = None
+    scopes: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in spec.lower().split(","))):
+        scope, sep, level = item.rpartition(":")
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; use one of {sorted(LEVELS)}")
+        if not sep:
+            default = LEVELS[level]
+        elif scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+        else:
+            scopes[scope] = LEVELS[level]
+    if default is None and not scopes:
+        raise ValueError("empty level; use e.g. info or access:debug,info")
+    return default, scopes
+
+
+def apply_levels(default: int | None, scopes: dict[str, int]) -> None:
+    """Set the root level (when given) and each scope's own level; scopes not
+    named inherit again (ztunnel replaces the whole filter the same way)."""
+    if default is not None:
+        logging.getLogger("shoal").setLevel(default)
+    for scope in SCOPES:
+        logging.getLogger(f"shoal.{scope}").setLevel(scopes.get(scope, logging.NOTSET))
+
+
+def scope_codes(scopes: dict[str, int]) -> bytes:
+    """The scope table as bytes (one per SCOPES entry; 0 = inherit)."""
+    return bytes(scopes.get(s, 0) for s in SCOPES)
+
+
+def scopes_of(codes: bytes) -> dict[str, int]:
+    return {s: c for s, c in zip(SCOPES, codes) if c}
+
+
+def current_spec() -> str:
+    """The levels in force, in ztunnel's syntax ("access:debug,info")."""
+    root = logging.getLogger("shoal").level
+    parts = [f"{s}:{_NAMES.get(lg.level, lg.level)}" for s in SCOPES
+             if (lg := logging.getLogger(f"shoal.{s}")).level != logging.NOTSET]
+    return ",".join(parts + [str(_NAMES.get(root, root))])

@@ -7,7 +7,8 @@ it are single instructions on x86-64 and arm64, hence never torn):
     4   u32 slot count
     8   i32 log level        the level every worker should run at
     12  u32 log sequence     bumped on each change; workers compare it
-    16.. 48 reserved
+    16  u8[32] scope levels  per core.log.SCOPES entry, 0 = inherit
+    48.. 16 reserved
     64  slot[i]: f64 monotonic stamp, i64 pid     (16 bytes each)
 
 The supervisor creates and unlinks the segment; workers write only their own
@@ -29,6 +30,8 @@ HEADER = 64
 SLOT = struct.Struct("<dq")   # stamp, pid
 CONTROL = struct.Struct("<iI")
 CONTROL_OFFSET = 8
+SCOPES_OFFSET = 16
+SCOPES_SIZE = 32              # room for core.log.SCOPES to grow
 
 PREFIX = "/shoal-hb-"
 SHM_DIR = "/dev/shm"
@@ -93,7 +96,11 @@ class HeartbeatTable:
     def last(self, index: int) -> float:
         return SLOT.unpack_from(self._mem, HEADER + index * SLOT.size)[0]
 
-    def set_log_level(self, level: int) -> None:
+    def set_log_level(self, level: int, scopes: bytes = b"") -> None:
+        """Publish a level (and per-scope levels); the sequence is bumped last."""
+        if len(scopes) > SCOPES_SIZE:
+            raise ValueError(f"at most {SCOPES_SIZE} scopes")
+        self._mem[SCOPES_OFFSET:SCOPES_OFFSET + SCOPES_SIZE] = scopes.ljust(SCOPES_SIZE, b"\0")
         _, seq = CONTROL.unpack_from(self._mem, CONTROL_OFFSET)
         CONTROL.pack_into(self._mem, CONTROL_OFFSET, level, (seq + 1) & 0xFFFFFFFF)
 
@@ -106,6 +113,10 @@ class HeartbeatTable:
     def log_control(self) -> tuple[int, int]:
         """(level, sequence); sequence 0 means never set."""
         return CONTROL.unpack_from(self._mem, CONTROL_OFFSET)
+
+    def log_scopes(self) -> bytes:
+        """The per-scope level bytes written with the last level."""
+        return bytes(self._mem[SCOPES_OFFSET:SCOPES_OFFSET + SCOPES_SIZE])
 
     # -- lifetime -----------------------------------------------------------
 

@@ -385,7 +385,7 @@ class Supervisor:
         level, seq = self.heartbeats.log_control()
         if seq != self._log_seq:
             self._log_seq = seq
-            logging.getLogger("shoal").setLevel(level)
+            core_log.apply_levels(level, core_log.scopes_of(self.heartbeats.log_scopes()))
 
     def _check_ready(self) -> None:
         if self.announced_ready or self.stopping is not None:

@@ -189,12 +189,16 @@ class Worker:
     def _apply_control(self, force: bool = False) -> None:
         level, seq = self.heartbeats.log_control()
         if seq and (force or seq != getattr(self, "_log_seq", 0)):
-            logging.getLogger("shoal").setLevel(level)
+            core_log.apply_levels(level, core_log.scopes_of(self.heartbeats.log_scopes()))
         self._log_seq = seq
 
     def set_log_level_everywhere(self, level: str) -> None:
-        core_log.set_level(level)
-        self.heartbeats.set_log_level(core_log.LEVELS[level])
+        """Apply a level spec ("debug" or "access:debug,info") in every worker."""
+        default, scopes = core_log.parse_spec(level)
+        if default is None:
+            default = logging.getLogger("shoal").level
+        core_log.apply_levels(default, scopes)
+        self.heartbeats.set_log_level(default, core_log.scope_codes(scopes))
 
     # -- drain ------------------------------------------------------------------
 

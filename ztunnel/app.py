@@ -113,6 +113,23 @@ class ZtunnelApp(App):
             return False
         return all(p.ready() for p in self.proxies.values())
 
+    def admin_dump(self, view: Any) -> dict[str, object]:
+        """The top-level /config_dump keys in ztunnel's layout (ztunnel/configdump)."""
+        from shoal.core.constants import DEFAULT_CLUSTER
+        from shoal.ztunnel import configdump
+        out = configdump.ztunnel_dump(view, DEFAULT_CLUSTER)
+        local = [w for w in view.items("workload") if w.node == self.options.node]
+        by_ip = {ip: w.uid for w in local for ip in w.ips}
+        inbound: dict[str, list] = {}
+        for p in self.proxies.values():
+            for c in p.connections.snapshot():
+                uid = by_ip.get(c["dst"].rpartition(":")[0])
+                if uid is not None:
+                    inbound.setdefault(uid, []).append(
+                        {"src": c["src"], "originalDst": c["dst"], "actualDst": c["dst"]})
+        out["workloadState"] = configdump.workload_state(local, inbound, {})
+        return out
+
     def admin_sections(self) -> dict[str, Callable[[], object]]:
         # The routing table itself is dumped once, under "routing", by core/admin.
         return {

@@ -1,14 +1,17 @@
-"""`shoal ztunnel run` and `shoal ztunnel-config workloads|services|policies|certificates`."""
+"""`shoal ztunnel run` and `shoal ztunnel-config all|workloads|services|policies|certificates|
+connections|log`."""
 
 from __future__ import annotations
 
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import click
 import orjson
 
+from shoal.core import log as core_log
 from shoal.core.constants import ADMIN_PORT, CA_PORT
 from shoal.ztunnel import tables
 from shoal.ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
@@ -82,38 +85,101 @@ def ztunnel_config() -> None:
     """Inspect a running ztunnel, like `istioctl ztunnel-config`."""
 
 
-def fetch_dump(address: str) -> dict:
-    url = f"http://{address}/config_dump"
+OUTPUTS = ("short", "table", "json", "yaml")   # short and table are the same summary
+
+
+def _admin_request(address: str, path: str, method: str = "GET") -> bytes:
+    url = f"http://{address}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=ADMIN_TIMEOUT) as resp:
-            return orjson.loads(resp.read())
+        req = urllib.request.Request(url, method=method)
+        with urllib.request.urlopen(req, timeout=ADMIN_TIMEOUT) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as e:
+        raise click.ClickException(f"{url}: {e.code} {e.read().decode(errors='replace').strip()}"
+                                   ) from None
     except (urllib.error.URLError, OSError) as e:
         raise click.ClickException(f"cannot read {url}: {e} (is `shoal ztunnel run` running "
                                    "on this host, with its admin port?)") from None
+
+
+def fetch_dump(address: str) -> dict:
+    try:
+        return orjson.loads(_admin_request(address, "/config_dump"))
     except orjson.JSONDecodeError as e:
-        raise click.ClickException(f"{url} did not return JSON: {e}") from None
+        raise click.ClickException(f"http://{address}/config_dump did not return JSON: {e}"
+                                   ) from None
+
+
+def emit(data: object, output: str) -> None:
+    """JSON or YAML of `data` (istioctl prints the section it summarises)."""
+    if output == "yaml":
+        import yaml
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+    else:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def common_options(fn):
+    """The flags every ztunnel-config command takes (one spelling everywhere)."""
+    fn = click.option("-o", "--output", type=click.Choice(OUTPUTS), default="short",
+                      show_default=True, help="short/table: a summary; json/yaml: the data.")(fn)
+    return click.option("--admin", default=f"127.0.0.1:{ADMIN_PORT}", show_default=True,
+                        envvar="SHOAL_ADMIN", help="Admin address (host:port) of the ztunnel.")(fn)
+
+
+def _data(dump: dict, name: str, namespace: str | None) -> object:
+    if name == "all":
+        return dump
+    if name == "connections":
+        states = (dump.get("workloadState") or {}).values()
+        return [s for s in states if not namespace or s["info"]["namespace"] == namespace]
+    items = dump.get(name, [])
+    if namespace and name != "certificates":
+        items = [i for i in items if i.get("namespace") == namespace]
+    return items
 
 
 def _table_command(name: str, with_namespace: bool = True):
-    @click.option("--admin", default=f"127.0.0.1:{ADMIN_PORT}", show_default=True,
-                  help="Admin address of the ztunnel.")
-    @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                  show_default=True)
+    @common_options
     def cmd(admin: str, output: str, namespace: str | None = None) -> None:
         dump = fetch_dump(admin)
-        section = tables.flatten(dump)
-        if output == "json":
-            click.echo(orjson.dumps(section.get(name, []), option=orjson.OPT_INDENT_2).decode())
+        if output in ("json", "yaml"):
+            emit(_data(dump, name, namespace), output)
             return
         fn = tables.TABLES[name]
-        click.echo(fn(section, namespace) if with_namespace else fn(section), nl=False)
+        click.echo(fn(dump, namespace) if with_namespace else fn(dump), nl=False)
 
-    cmd.__doc__ = f"List the {name} this ztunnel knows."
+    cmd.__doc__ = (f"List the {name} this ztunnel knows." if name != "all"
+                   else "Every summary: workloads, services, policies, certificates, connections.")
     if with_namespace:
         cmd = click.option("-n", "--namespace", default=None, help="Only this namespace.")(cmd)
     return ztunnel_config.command(name)(cmd)
 
 
-for _name in ("workloads", "services", "policies"):
+for _name in ("workloads", "services", "policies", "connections", "all"):
     _table_command(_name)
 _table_command("certificates", with_namespace=False)
+
+
+@ztunnel_config.command("log")
+@click.option("--level", default=None, help="Set levels, ztunnel's syntax: `info`, or per scope "
+              "`access:debug,info` (scopes: " + ", ".join(core_log.SCOPES) + ").")
+@click.option("--reset", is_flag=True, help="Back to level info with no scope overrides.")
+@common_options
+def log(admin: str, output: str, level: str | None, reset: bool) -> None:
+    """Show or set the ztunnel's log levels (POST /logging?level=...)."""
+    if reset:
+        level = "info"
+    if level is not None:
+        try:
+            core_log.parse_spec(level)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--level") from None
+        body = _admin_request(admin, f"/logging?level={urllib.parse.quote(level)}", "POST")
+    else:
+        body = _admin_request(admin, "/logging")
+    data = orjson.loads(body)
+    if output in ("json", "yaml"):
+        emit(data, output)
+    else:
+        click.echo(f"current log level is {data['level']}")

@@ -9,6 +9,7 @@ key and the SPIFFE URI as the only SAN, no subject.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from dataclasses import dataclass
 
@@ -63,6 +64,18 @@ def load_pem_certs(data: str | bytes) -> list[x509.Certificate]:
 
 def certs_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> str:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def cert_json(cert: x509.Certificate) -> dict[str, str]:
+    """One certificate as ztunnel's /config_dump shows it (admin.rs dump_cert):
+    base64 of the PEM, the serial in decimal, RFC 3339 times to the second."""
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    return {"pem": base64.b64encode(pem).decode(), "serialNumber": str(cert.serial_number),
+            "validFrom": cert.not_valid_before_utc.strftime(RFC3339),
+            "expirationTime": cert.not_valid_after_utc.strftime(RFC3339)}
+
+
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def serial_hex(cert: x509.Certificate) -> str:

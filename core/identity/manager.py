@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable
 
 from shoal.core import log
 from shoal.core.identity import tls as shoal_tls
-from shoal.core.identity.certs import CertError, WorkloadCert, csr_pem, make_csr, serial_hex
+from shoal.core.identity.certs import (CertError, WorkloadCert, cert_json, csr_pem, make_csr,
+                                       serial_hex)
 from shoal.core.identity.spiffe import Identity
 
 # ztunnel renews at half-life: enough margin to ride out a CA outage of 12 h on 24 h certs.
@@ -201,18 +202,18 @@ class CertManager:
         return rows
 
     def admin_section(self) -> dict:
-        """The "certificates" key of /config_dump (ztunnel's shape, simplified)."""
-        def cert_info(c) -> dict:
-            return {"serialNumber": serial_hex(c), "validFrom": c.not_valid_before_utc.isoformat(),
-                    "expirationTime": c.not_valid_after_utc.isoformat()}
+        """The "certificates" key of /config_dump, as ztunnel's admin.rs dumps
+        it: state "Unavailable: <reason>" on failure; each certificate with
+        its PEM (base64), decimal serial and RFC 3339 validity."""
         out = []
         for row, e in zip(self.list(), sorted(self._entries.values(), key=lambda e: e.identity.uri)):
-            item = {"identity": row["identity"], "state": row["state"], "certChain": [], "rootCerts": []}
+            state = row["state"]
+            if state == CertState.UNAVAILABLE.value and e.error:
+                state = f"{state}: {e.error}"
+            item = {"identity": row["identity"], "state": state, "certChain": [], "rootCerts": []}
             if e.cert:
-                item["certChain"] = [cert_info(c) for c in (e.cert.leaf, *e.cert.chain)]
-                item["rootCerts"] = [cert_info(c) for c in e.cert.roots]
-            if e.error:
-                item["error"] = e.error
+                item["certChain"] = [cert_json(c) for c in (e.cert.leaf, *e.cert.chain)]
+                item["rootCerts"] = [cert_json(c) for c in e.cert.roots]
             out.append(item)
         return {"node": self.node_name, "certificates": out}
 

@@ -359,3 +359,29 @@ def test_ztunnel_config_cli(mesh):
     out = subprocess.run([*SHOAL, "ztunnel-config", "certificates", "--admin", admin],
                          capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert "spiffe://cluster.local/ns/default/sa/echo-1" in out.stdout and "Leaf" in out.stdout
+
+
+def test_config_dump_in_ztunnel_layout_and_per_scope_logging(mesh):
+    # What `istioctl ztunnel-config` reads: top-level workloads, services,
+    # policies, certificates (decimal serials, base64 PEM), workloadState.
+    import base64
+    import urllib.request
+    admin = f"127.0.0.1:{mesh.nodes['node-b'].admin}"
+    with urllib.request.urlopen(f"http://{admin}/config_dump", timeout=10) as resp:
+        d = json.loads(resp.read())
+    echo = next(w for w in d["workloads"] if w["name"] == "echo-1")
+    assert echo["workloadIps"] == [mesh.pods["echo-1"].ip] and echo["status"] == "Healthy"
+    assert any(s["hostname"].startswith("echo.") for s in d["services"])
+    cert = next(c for c in d["certificates"]
+                if c["identity"] == "spiffe://cluster.local/ns/default/sa/echo-1")
+    leaf = cert["certChain"][0]
+    assert cert["state"] == "Available" and leaf["serialNumber"].isdigit()
+    assert base64.b64decode(leaf["pem"]).startswith(b"-----BEGIN CERTIFICATE-----")
+    assert leaf["validFrom"].endswith("Z") and cert["rootCerts"]
+    assert echo["uid"] in d["workloadState"]
+    out = subprocess.run([*SHOAL, "ztunnel-config", "log", "--level", "access:debug,info",
+                          "--admin", admin], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0 and "current log level is access:debug,info" in out.stdout
+    out = subprocess.run([*SHOAL, "ztunnel-config", "log", "--reset", "--admin", admin],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert "current log level is info" in out.stdout

@@ -258,7 +258,7 @@ async def test_admin_section_shape(env):
     assert section["node"] == "node-1"
     item = section["certificates"][0]
     assert item["identity"] == A.uri and item["state"] == CertState.AVAILABLE.value
-    assert item["certChain"][0]["serialNumber"] == cert.serial
+    assert item["certChain"][0]["serialNumber"] == str(cert.leaf.serial_number)
     assert len(item["rootCerts"]) == 1
 
 

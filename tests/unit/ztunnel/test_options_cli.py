@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.unit.ztunnel.conftest import make_view
-from shoal.ztunnel import cli, dump
+from shoal.ztunnel import cli
+from tests.unit.ztunnel.test_tables import make_dump
 from shoal.ztunnel.options import FixedTarget, ZtunnelOptions
 from shoal.ztunnel.origdst import parse_sockaddr_in
 
@@ -43,7 +44,7 @@ def test_sockaddr_in_decoding():
 
 @pytest.fixture
 def fake_admin(monkeypatch):
-    d = orjson.loads(orjson.dumps(dump.config_dump(make_view(), [])))
+    d = make_dump()
     monkeypatch.setattr(cli, "fetch_dump", lambda address: d)
 
 
@@ -54,7 +55,14 @@ def test_ztunnel_config_commands(fake_admin):
     out = runner.invoke(cli.ztunnel_config, ["services"])
     assert out.exit_code == 0 and "echo" in out.output
     out = runner.invoke(cli.ztunnel_config, ["workloads", "-o", "json"])
-    assert orjson.loads(out.output)[0]["uid"]
+    assert orjson.loads(out.output)[0]["uid"] and "workloadIps" in orjson.loads(out.output)[0]
+    import yaml
+    for name in ("workloads", "services", "policies", "certificates", "connections", "all"):
+        for fmt in ("short", "table", "json", "yaml"):
+            out = runner.invoke(cli.ztunnel_config, [name, "-o", fmt])
+            assert out.exit_code == 0, (name, fmt, out.output)
+            if fmt == "yaml":
+                yaml.safe_load(out.output)
 
 
 def test_ztunnel_config_unreachable_admin_is_a_clear_error():
