@@ -122,7 +122,7 @@ class ZtunnelApp(App):
         by_ip = {ip: w.uid for w in local for ip in w.ips}
         inbound: dict[str, list] = {}
         for p in self.proxies.values():
-            for c in p.connections.snapshot():
+            for c in p.inputs.connections.snapshot():
                 uid = by_ip.get(c["dst"].rpartition(":")[0])
                 if uid is not None:
                     inbound.setdefault(uid, []).append(
