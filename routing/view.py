@@ -33,6 +33,25 @@ _SERVES_WORKLOADS = frozenset({"workload", "all"})
 _SERVES_SERVICES = frozenset({"service", "all"})
 
 
+def target_port(service: Service, endpoint: Workload, port: int) -> int | None:
+    """The endpoint's port for service `port`, or None when it does not serve it.
+
+    Kubernetes' EndpointSlice rule: a numeric targetPort is every endpoint's
+    port; a named one is the pod's container port of that name, and a pod
+    that declares no such port is not an endpoint of that service port. The
+    compiler resolved names per pod into `Workload.services`, which wins.
+    A port the service does not declare has no endpoint; a service without
+    ports (known by its VIP only) passes the port through.
+    """
+    mapped = endpoint.services.get(service.key)
+    if mapped is not None and port in mapped:
+        return mapped[port] or port
+    for sp in service.ports:
+        if sp.port == port:
+            return sp.target_port or None      # 0: a name this pod does not declare
+    return None if service.ports else port
+
+
 class BaseView:
     """All lookups, written once over `_begin()`, `_get(key)` and `_scan(prefix)`."""
 
@@ -84,6 +103,16 @@ class BaseView:
     def endpoints(self, service: Service) -> list[Workload]:
         self._begin()
         return self._many("w/", service.endpoints)
+
+    def endpoints_for_port(self, service: Service, port: int) -> list[tuple[Workload, int]]:
+        """The service's endpoints that serve `port`, each with its target port
+        (Kubernetes' rule, see `target_port`); unhealthy ones included."""
+        out = []
+        for w in self.endpoints(service):
+            tp = target_port(service, w, port)
+            if tp is not None:
+                out.append((w, tp))
+        return out
 
     # -- policies ------------------------------------------------------------
     def policies_for_workload(self, w: Workload) -> list[Authorization]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shoal.core import log as core_log
+from shoal.core.addr import forwarded_for, parse_authority
 from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
@@ -176,8 +177,7 @@ class WaypointApp(App):
             return
         from shoal.core.identity import CertManager
         from shoal.core.identity.caclient import CaClient
-        host, _, port = o.ca_address.rpartition(":")
-        self.certs = CertManager(CaClient.from_dir((host, int(port)), o.ca_credential_dir),
+        self.certs = CertManager(CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir),
                                  node_name=o.name)
         self.cert = await self.certs.fetch(o.identity)
 
@@ -236,8 +236,8 @@ class WaypointApp(App):
             target = resolve(view, self.ref, req.host, req.port)
         except NotForUs as e:
             return Reject(e.status, e.reason)
-        fwd = req.forwarded_for
-        src_ip = _ip_of(fwd) if fwd else (req.peer_address[0] if req.peer_address else "")
+        client = forwarded_for(req.forwarded or "")
+        src_ip = client[0] if client else (req.peer_address[0] if req.peer_address else "")
         down = Downstream(source_principal=str(req.peer_identity) if req.peer_identity else None,
                           source_ip=src_ip, source_workload=view.workload_by_ip(src_ip),
                           target=target)
@@ -262,9 +262,3 @@ class _PlainConnection(TcpEnd):
         task = asyncio.ensure_future(serve_stream(self, down, self.app.proxy))
         self.app._tasks.add(task)
         task.add_done_callback(self.app._tasks.discard)
-
-
-def _ip_of(hostport: str) -> str:
-    if hostport.startswith("["):
-        return hostport[1:hostport.find("]")]
-    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport

@@ -112,17 +112,15 @@ def service_port(svc: Service, port: int) -> ServicePort | None:
 
 
 def endpoints(view, svc: Service, port: int, *, only_healthy: bool = True) -> list[Endpoint]:
-    """The service's endpoints for `port`, each with its resolved target port."""
-    sp = service_port(svc, port)
+    """The service's endpoints for `port`, each with its target port
+    (`View.endpoints_for_port`: a pod without a named targetPort is skipped)."""
     out: list[Endpoint] = []
-    for w in view.endpoints(svc):
+    for w, tport in view.endpoints_for_port(svc, port):
         if only_healthy and w.status != "HEALTHY" and \
                 svc.load_balancing.health_policy != "ALLOW_ALL":
             continue
-        if not w.ips:
-            continue
-        tport = w.services.get(svc.key, {}).get(port) or (sp.target_port if sp else 0) or port
-        out.append(Endpoint(ip=w.ips[0], port=tport, workload=w))
+        if w.ips:
+            out.append(Endpoint(ip=w.ips[0], port=tport, workload=w))
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random as _random
 from dataclasses import dataclass
 
+from shoal.core.addr import bracket, split_host_port
 from shoal.core.records import (HeaderModifier, HTTPFilter, PathModifier, RequestMirror,
                              RequestRedirect, Retry, RouteMatch, RouteRule, URLRewrite)
 from shoal.waypoint import message
@@ -81,7 +82,7 @@ def redirect(req: RequestHead, spec: RequestRedirect, match: RouteMatch | None,
              listener_port: int) -> Redirect:
     """The redirect response for `req` (Location and status)."""
     scheme = spec.scheme or req.scheme
-    host, _ = message.split_host_port(req.authority)
+    host, _ = split_host_port(req.authority)
     host = spec.hostname or host
     if spec.port:
         port = spec.port
@@ -90,7 +91,7 @@ def redirect(req: RequestHead, spec: RequestRedirect, match: RouteMatch | None,
     else:
         port = listener_port
     path = req.path if spec.path is None else rewrite_path(req.path, spec.path, match)
-    netloc = f"[{host}]" if ":" in host else host
+    netloc = bracket(host)
     if port and WELL_KNOWN_PORTS.get(scheme) != port:
         netloc = f"{netloc}:{port}"
     return Redirect(status=spec.status_code or 302,

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# One parser for every address (core.addr); waypoint/proxy.py still calls it
+# as message.split_host_port.
+from shoal.core.addr import split_host_port  # noqa: F401
+
 Headers = list[tuple[str, str]]
 
 
@@ -90,20 +94,3 @@ def as_dict(headers: Headers) -> dict[str, str]:
         out[lk] = f"{out[lk]},{v}" if lk in out else v
     return out
 
-
-def split_host_port(authority: str, default_port: int = 0) -> tuple[str, int]:
-    """"host:port" -> (host, port); IPv6 in brackets; bad port -> default."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        host = authority[1:end] if end > 0 else authority
-        rest = authority[end + 1:] if end > 0 else ""
-        port_s = rest[1:] if rest.startswith(":") else ""
-    elif authority.count(":") == 1:
-        host, port_s = authority.split(":")
-    else:
-        host, port_s = authority, ""
-    try:
-        port = int(port_s) if port_s else default_port
-    except ValueError:
-        port = default_port
-    return host, port

@@ -215,10 +215,10 @@ class ZtunnelApp(App):
 def make_cert_manager(o: ZtunnelOptions):
     """The CA client (node credential) and the certificate manager."""
     from shoal.core.identity import CertManager
+    from shoal.core.addr import parse_authority
     from shoal.core.identity.caclient import CaClient
     if not o.ca_credential_dir:
         raise ValueError("--ca-credential is required: the node credential directory "
                          "(shoal controlplane issue-node-cert --node NODE --out DIR)")
-    host, _, port = o.ca_address.rpartition(":")
-    ca = CaClient.from_dir((host, int(port)), o.ca_credential_dir)
+    ca = CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir)
     return CertManager(ca, node_name=o.node)

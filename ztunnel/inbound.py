@@ -24,14 +24,14 @@ policies change.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from shoal.core import authz
+from shoal.core.addr import hostport, parse_ip_port
 from shoal.core.constants import PROXY_PORTS
 from shoal.core.records import Workload
-from shoal.ztunnel.outbound import hostport, waypoint_replicas
+from shoal.ztunnel.outbound import waypoint_replicas
 
 # HTTP statuses of the CONNECT response (Istio's).
 OK = 200
@@ -78,23 +78,6 @@ class Rejected:
 Authorizer = Callable[[Any, Workload, ConnInfo], tuple[bool, str, str]]
 
 
-def parse_authority(authority: str) -> tuple[str, int] | None:
-    """`ip:port` or `[v6]:port` -> (ip, port); None when malformed."""
-    host, sep, port_s = authority.rpartition(":")
-    if not sep or not port_s.isdigit():
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    port = int(port_s)
-    if not 0 < port < 65536:
-        return None
-    return host, port
-
-
 def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, str, str]:
     """Authorize `conn` against the destination's L4 policies, Istio's L4 semantics.
 
@@ -130,11 +113,10 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
         local: the workload this proxy serves, when it is known without a
             lookup (in-pod mode: the pod whose netns accepted the connection).
     """
-    target = parse_authority(authority)
-    if target is None:
-        return Rejected(status=BAD_REQUEST, reason=f"malformed :authority {authority!r}: "
-                        "expected ip:port")
-    ip, port = target
+    try:
+        ip, port = parse_ip_port(authority)
+    except ValueError as e:
+        return Rejected(status=BAD_REQUEST, reason=f"malformed :authority {authority!r}: {e}")
     if port in proxy_ports:
         return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
                         "a proxy port (self call)")

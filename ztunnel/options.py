@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from shoal.core.addr import parse_authority, parse_ip_port
 from shoal.core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
                             OUTBOUND_CAPTURE_PORT)
 
@@ -47,9 +47,7 @@ class FixedTarget:
         try:
             kind, rest = spec.split(":", 1)
             lport, target = rest.split("=", 1)
-            ip, tport = target.rsplit(":", 1)
-            ipaddress.ip_address(ip.strip("[]"))
-            out = cls(kind=kind, port=int(lport), target=(ip.strip("[]"), int(tport)))
+            out = cls(kind=kind, port=int(lport), target=parse_ip_port(target))
         except ValueError as e:
             raise ValueError(f"bad --test-fixed-target {spec!r}: expected "
                              "outbound:LISTENPORT=IP:PORT ({e})") from None
@@ -99,9 +97,10 @@ class ZtunnelOptions:
         for name in ("hbone_port", "outbound_port", "inbound_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a TCP port")
-        host, sep, port = self.ca_address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"--ca-address {self.ca_address!r} must be host:port")
+        try:
+            parse_authority(self.ca_address)
+        except ValueError as e:
+            raise ValueError(f"--ca-address {self.ca_address!r} must be host:port ({e})") from None
         if not self.bytes_report_interval > 0:
             raise ValueError("--bytes-report-interval must be a positive number of seconds")
 

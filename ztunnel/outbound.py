@@ -32,6 +32,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from shoal.core.addr import hostport
 from shoal.core.constants import HBONE_PORT, PROXY_PORTS
 from shoal.core.records import Service, Waypoint, Workload
 
@@ -93,10 +94,6 @@ class Route:
     @property
     def hbone_addr(self) -> str:
         return self.authority
-
-
-def hostport(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _is_loopback(ip: str) -> bool:
@@ -235,37 +232,13 @@ def is_from_waypoint(view: Any, source: Workload | None, waypoint: Waypoint) -> 
     return any(ips.intersection(r.ips) for r in replicas)
 
 
-def target_port_for(service: Service, endpoint: Workload, port: int) -> int | None:
-    """The endpoint's port for service `port`, or None if it lacks it.
-
-    The endpoint's `services` map wins (it resolves named targetPorts per
-    pod); then the Service port's numeric targetPort.
-    """
-    mapped = endpoint.services.get(service.key)
-    if mapped is not None and port in mapped:
-        return mapped[port] or port
-    for sp in service.ports:
-        if sp.port == port:
-            if sp.target_port:
-                return sp.target_port
-            return None            # named target port this endpoint cannot resolve
-    if not service.ports:
-        return port                # a service without ports (e.g. from a VIP only)
-    return None
-
-
 def pick_endpoint(view: Any, service: Service, port: int, source: Workload | None,
                   rng: Random) -> tuple[Workload, int] | None:
     """Load balancing: (endpoint, target port) or None if none is eligible."""
     only_healthy = service.load_balancing.health_policy != "ALLOW_ALL"
     eligible: list[tuple[Workload, int]] = []
-    for ep in view.endpoints(service):
-        if ep is None or not ep.ips:
-            continue
-        if only_healthy and ep.status != "HEALTHY":
-            continue
-        tp = target_port_for(service, ep, port)
-        if tp is None:
+    for ep, tp in view.endpoints_for_port(service, port):
+        if not ep.ips or (only_healthy and ep.status != "HEALTHY"):
             continue
         eligible.append((ep, tp))
     eligible = _by_locality(eligible, service, source)
@@ -279,7 +252,8 @@ def _endpoint_summary(view: Any, service: Service, port: int) -> str:
     eps = view.endpoints(service)
     no_ip = sum(1 for e in eps if not e.ips)
     sick = sum(1 for e in eps if e.ips and e.status != "HEALTHY")
-    no_port = sum(1 for e in eps if e.ips and target_port_for(service, e, port) is None)
+    serving = {e.uid for e, _ in view.endpoints_for_port(service, port)}
+    no_port = sum(1 for e in eps if e.ips and e.uid not in serving)
     return (f"{len(service.endpoints)} endpoints, {len(eps)} known, {no_ip} without IP, "
             f"{sick} unhealthy, {no_port} without port {port}")
 

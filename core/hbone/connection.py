@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 
 from shoal.core import log as shoal_log
 from shoal.core import overload
+from shoal.core.addr import hostport
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
                                StreamResetError)
@@ -358,7 +359,4 @@ class HboneConnection(asyncio.Protocol):
 
 
 def _addr(address) -> str:
-    if not address:
-        return "?"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(address[0], address[1]) if address else "?"

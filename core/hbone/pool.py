@@ -26,6 +26,7 @@ import ssl
 import time
 from typing import Callable, Iterable
 
+from shoal.core.addr import forwarded
 from shoal.core.hbone import tlsio
 from shoal.core.hbone.connection import LOG, HboneConnection
 from shoal.core.hbone.errors import HboneError
@@ -42,17 +43,6 @@ OPEN_ATTEMPTS = 2
 def traceparent() -> str:
     """A random W3C traceparent (ztunnel: a random trace per connection)."""
     return f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-01"
-
-
-def forwarded(client: tuple[str, int] | str | None, host: str | None = None) -> str | None:
-    """`for="ip:port"` plus `;host=<service fqdn>` when a service was targeted."""
-    if client is None:
-        return None
-    if isinstance(client, tuple):
-        ip, port = client[0], client[1]
-        client = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    value = f'for="{client}"'
-    return f"{value};host={host}" if host else value
 
 
 class HbonePool:

@@ -29,8 +29,6 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
 import struct
 
 import h2.events as h2e
@@ -40,7 +38,7 @@ from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
-
+from shoal.core.addr import parse_authority
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.h2fast import H2ConnectionFast
 from shoal.core.hbone.h2limits import HEADER_BLOCK_EXPANSION, FloodError
@@ -54,9 +52,6 @@ _H2_DEFAULT_WINDOW = 65_535
 # RFC 9113 §6.5.2: each header field costs name + value + 32 octets.
 _HEADER_OVERHEAD = 32
 # RFC 1035 §2.3.4: names up to 253 characters, labels 1..63.
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
-                       r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$", re.I)
-
 PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
 
 
@@ -71,32 +66,6 @@ class _Stream:
         self.state = PENDING
         self.local_ended = False
         self.remote_ended = False
-
-
-def parse_authority(authority: str) -> tuple[str, int]:
-    """Split `ip:port`, `[v6]:port` or `name:port`.
-
-    Raises:
-        ValueError: with a sentence saying what is wrong.
-    """
-    if authority.startswith("["):
-        host, sep, rest = authority[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"bad IPv6 authority {authority!r}; expected [addr]:port")
-        ipaddress.IPv6Address(host)
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = authority.rpartition(":")
-        if not sep or not host or ":" in host:
-            raise ValueError(f"authority {authority!r} is not host:port")
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            if not _DNS_NAME.match(host):
-                raise ValueError(f"authority host {host!r} is neither an IP nor a DNS name")
-    if not port_s.isdigit() or len(port_s) > 5 or not 0 < int(port_s) < 65536:
-        raise ValueError(f"authority port {port_s!r} is not 1..65535")
-    return host, int(port_s)
 
 
 def _header_list_size(headers) -> int:

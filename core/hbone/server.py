@@ -26,6 +26,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from shoal.core.addr import parse_forwarded
 from shoal.core.hbone import events as ev
 from shoal.core.hbone import tlsio
 from shoal.core.hbone.connection import LOG, HboneConnection, _addr
@@ -92,16 +93,6 @@ class Reject:
 
 
 Handler = Callable[[ConnectRequest], Awaitable["Accept | Reject"]]
-
-
-def parse_forwarded(value: str) -> dict[str, str]:
-    """`for="1.2.3.4:5";host=x` -> {"for": "1.2.3.4:5", "host": "x"} (first element)."""
-    out: dict[str, str] = {}
-    for pair in value.split(",", 1)[0].split(";"):
-        key, sep, val = pair.strip().partition("=")
-        if sep:
-            out[key.lower()] = val.strip().strip('"')
-    return out
 
 
 class HboneServer:

@@ -9,8 +9,7 @@ from h2.errors import ErrorCodes
 
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.errors import LocalProtocolError, RemoteProtocolError
-from shoal.core.hbone.protocol import (HboneClientProtocol, HboneServerProtocol, _Stream,
-                                 parse_authority)
+from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol, _Stream
 from shoal.core.hbone.settings import HboneSettings, MIB
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -266,21 +265,6 @@ def test_client_refuses_bad_authority():
     with pytest.raises(LocalProtocolError) as info:
         c.open_tunnel("nohostport")
     assert info.value.status == 400
-
-
-@pytest.mark.parametrize("a,expect", [
-    ("10.0.0.1:80", ("10.0.0.1", 80)), ("[fd00::1]:15008", ("fd00::1", 15008)),
-    ("web.default.svc.cluster.local:80", ("web.default.svc.cluster.local", 80)),
-])
-def test_parse_authority_ok(a, expect):
-    assert parse_authority(a) == expect
-
-
-@pytest.mark.parametrize("a", ["", ":80", "1.2.3.4", "1.2.3.4:0", "1.2.3.4:65536", "[::1]80",
-                               "[zz]:80", "fd00::1:80", "a b:80", "1.2.3.4:8x"])
-def test_parse_authority_bad(a):
-    with pytest.raises(ValueError):
-        parse_authority(a)
 
 
 def test_protocol_module_is_sans_io():

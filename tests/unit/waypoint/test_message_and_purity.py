@@ -37,14 +37,6 @@ def test_header_helpers():
     assert message.as_dict(h) == {"host": "a", "x-multi": "1,2"}
 
 
-@pytest.mark.parametrize("authority,default,want", [
-    ("a.b:80", 0, ("a.b", 80)), ("a.b", 8080, ("a.b", 8080)), ("[::1]:443", 0, ("::1", 443)),
-    ("[::1]", 5, ("::1", 5)), ("a:bad", 7, ("a", 7)), ("10.0.0.1:15008", 0, ("10.0.0.1", 15008)),
-])
-def test_split_host_port(authority, default, want):
-    assert message.split_host_port(authority, default) == want
-
-
 def test_request_head_path_query_copy():
     r = message.RequestHead(method="GET", target="/a#frag", headers=[("h", "v")])
     assert r.path == "/a" and r.query == ""
