@@ -38,7 +38,18 @@ host-deps:
 demo: host-deps venv
 	$(VENV)/bin/shoal mesh demo
 
-test: host-deps venv
+# The folders as the wheel installs them (shoal.<folder>), for mypy, which
+# cannot follow setuptools' package-dir mapping. Checked: [tool.mypy] modules.
+TYPECHECK_ROOT := build/typecheck
+PACKAGE_DIRS := core routing shards controlplane ztunnel waypoint cni benchmarks
+
+typecheck: venv
+	@rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/shoal
+	@for d in $(PACKAGE_DIRS); do ln -s ../../../$$d $(TYPECHECK_ROOT)/shoal/$$d; done
+	@for f in shoal/*.py; do ln -s ../../../$$f $(TYPECHECK_ROOT)/shoal/; done
+	$(PY) -m mypy
+
+test: host-deps venv typecheck
 	$(PY) -m pytest -q -n 2 tests
 
 test-unit: venv
@@ -65,4 +76,4 @@ bench-load: host-deps venv
 	$(PY) -m shoal.benchmarks.load.headline $(RUNS)
 
 clean:
-	rm -rf $(VENV) benchmarks/out .pytest_cache
+	rm -rf $(VENV) benchmarks/out .pytest_cache $(TYPECHECK_ROOT)

@@ -28,6 +28,7 @@ from typing import Any
 
 from shoal.core.authz import l4_status
 from shoal.core.records import Authorization, to_dict
+from shoal.routing.view import View
 
 ZTUNNEL_ANCESTOR = "ztunnel"     # istiod's model.Ztunnel binding ancestor
 
@@ -35,7 +36,7 @@ SECTIONS = {"workloads": "workload", "services": "service", "policies": "authori
             "waypoints": "waypoint", "routes": "httproute", "namespaces": "namespace"}
 
 
-def dump_view(view: Any) -> dict[str, Any]:
+def dump_view(view: View) -> dict[str, Any]:
     """Plain-data dump of a RoutingView or StaticView (JSON-serialisable with orjson)."""
     items = view.items_many(SECTIONS.values())
     out: dict[str, Any] = {"generation": view.generation}

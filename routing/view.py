@@ -17,7 +17,7 @@ Returned records are immutable dataclasses; callers may keep them.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 from shoal.routing.codec import decode_value
 from shoal.routing.index import (PREFIX, build_keyspace, canonical_kind, record_key,
@@ -31,6 +31,44 @@ _ROOT = struct.Struct("Q")          # the ROOT word, read natively (see routing/
 # Which `istio.io/waypoint-for` values let a waypoint serve each target type.
 _SERVES_WORKLOADS = frozenset({"workload", "all"})
 _SERVES_SERVICES = frozenset({"service", "all"})
+
+
+class View(Protocol):
+    """The lookups a shard makes: the seam between the apps and the table.
+
+    Both stores implement it (`StaticView` in memory, `RoutingView` over
+    shared memory) through `BaseView`; the ztunnel and the waypoint take a
+    `View` and never know which. Each call sees one whole generation.
+    """
+
+    @property
+    def generation(self) -> int:
+        """0 until a config was published; then it grows with every update."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+    def quiesce(self) -> None:
+        """Between calls (a heartbeat tick): let the writer reclaim old generations."""
+        ...
+
+    def workload_by_ip(self, ip: str, network: str = "") -> Workload | None: ...
+    def workload_by_uid(self, uid: str) -> Workload | None: ...
+    def workloads_on_node(self, node: str) -> list[Workload]: ...
+    def service_by_vip(self, ip: str, network: str = "") -> Service | None: ...
+    def services_by_vip(self, ip: str, network: str = "") -> list[Service]: ...
+    def service_by_host(self, namespace: str, hostname: str) -> Service | None: ...
+    def endpoints(self, service: Service) -> list[Workload]: ...
+    def endpoints_for_port(self, service: Service, port: int) -> list[tuple[Workload, int]]: ...
+    def policies_for_workload(self, w: Workload) -> list[Authorization]: ...
+    def policies_for_target(self, kind: str, namespace: str, name: str) -> list[Authorization]: ...
+    def waypoint(self, ref: WaypointRef | None) -> Waypoint | None: ...
+    def waypoint_for_workload(self, w: Workload) -> Waypoint | None: ...
+    def waypoint_for_service(self, s: Service) -> Waypoint | None: ...
+    def routes_for_service(self, namespace: str, name: str) -> list[HTTPRoute]: ...
+    def routes_for_waypoint(self, wp: Waypoint) -> list[HTTPRoute]: ...
+    def namespace(self, name: str) -> Namespace | None: ...
+    def items(self, kind: str) -> list[Any]: ...
+    def items_many(self, kinds: Iterable[str]) -> dict[str, list[Any]]: ...
 
 
 def target_port(service: Service, endpoint: Workload, port: int) -> int | None:
@@ -71,6 +109,9 @@ class BaseView:
 
     def status(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def quiesce(self) -> None:
+        """Nothing to reclaim for an in-memory store."""
 
     # -- workloads ---------------------------------------------------------
     def workload_by_ip(self, ip: str, network: str = "") -> Workload | None:
@@ -160,7 +201,7 @@ class BaseView:
         self._begin()
         return list(self._scan(prefix))
 
-    def items_many(self, kinds) -> dict[str, list[Any]]:
+    def items_many(self, kinds: Iterable[str]) -> dict[str, list[Any]]:
         """`items` of several kinds from ONE generation (for dumps)."""
         prefixes = {k: PREFIX[canonical_kind(k)] for k in kinds}
         self._begin()
@@ -222,7 +263,7 @@ class StaticView(BaseView):
             yield self._space[key]
 
 
-__all__ = ["BaseView", "StaticView", "record_key"]
+__all__ = ["BaseView", "StaticView", "View", "record_key", "target_port"]
 
 
 # Decoded-record cache bound per view; a cleared cache only costs re-decoding.

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from shoal.core.drain import DrainWatcher
 from shoal.core.sockets import SocketFactory
+from shoal.routing.view import View
 
 
 class App:
@@ -55,7 +56,7 @@ class App:
 class WorkerContext:
     """Everything a worker gives its app (post-fork only)."""
     worker_id: int                 # the slot, 0..workers-1; stable across restarts
-    routing: Any                   # RoutingView (routing.runtime.attach_view) or EmptyView
+    routing: View                  # the table (RoutingView), or an empty StaticView without --config
     sockets: SocketFactory         # listeners survive worker restarts (shards/handoff.py)
     drain: DrainWatcher            # fires when the worker starts draining
     metrics: Any                   # core.metrics.IstioMetrics
@@ -102,24 +103,3 @@ class WorkerContext:
         if received:
             self._bytes[1].inc(received)
 
-
-class EmptyView:
-    """The routing view when no config source is given: an empty table.
-
-    Generation 1, not 0: there is no config to wait for, so the proxy is
-    ready with no routes (ztunnel without xDS behaves the same way).
-    """
-
-    generation = 1
-
-    def status(self) -> dict:
-        return {"generation": 1, "source": "none", "error": None}
-
-    def items(self, kind: str) -> list:
-        return []
-
-    def __getattr__(self, name: str):
-        # Every lookup of the documented RoutingView API finds nothing.
-        def nothing(*args, **kwargs):
-            return [] if name.startswith(("endpoints", "policies", "routes", "workloads")) else None
-        return nothing

@@ -176,9 +176,7 @@ class Worker:
     def _quiesce(self) -> None:
         # On the event loop, between lookups (never inside one): an 8-byte load,
         # plus an 8-byte store when the generation moved. Never blocks.
-        quiesce = getattr(self.view, "quiesce", None)   # EmptyView/StaticView: none
-        if quiesce is not None:
-            quiesce()
+        self.view.quiesce()
 
     def _report_active(self) -> None:
         # A gauge refreshed with the heartbeat, not per connection: exact

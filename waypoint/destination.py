@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shoal.core.records import Service, ServicePort, Waypoint, Workload
+from shoal.routing.view import View
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +58,7 @@ class NotForUs(Exception):
         self.status = status
 
 
-def uses_waypoint(view, wp: Waypoint, *, service: Service | None = None,
+def uses_waypoint(view: View, wp: Waypoint, *, service: Service | None = None,
                   workload: Workload | None = None) -> bool:
     if service is not None:
         got = view.waypoint_for_service(service)
@@ -68,7 +69,7 @@ def uses_waypoint(view, wp: Waypoint, *, service: Service | None = None,
     return got is not None and got.key == wp.key
 
 
-def resolve(view, wp: Waypoint | None, host: str, port: int) -> Target:
+def resolve(view: View, wp: Waypoint | None, host: str, port: int) -> Target:
     """The Target for `host:port` (a VIP or a pod IP).
 
     With `wp` None (plaintext test mode without a waypoint) any known
@@ -93,7 +94,7 @@ def resolve(view, wp: Waypoint | None, host: str, port: int) -> Target:
                    status=400)
 
 
-def resolve_host(view, namespace: str, host: str, port: int) -> Target | None:
+def resolve_host(view: View, namespace: str, host: str, port: int) -> Target | None:
     """Plaintext mode: a Host header naming a service (short name, name.ns
     or FQDN, resolved from `namespace`) or a VIP."""
     svc = view.service_by_vip(host) or view.service_by_host(namespace, host)
@@ -111,7 +112,7 @@ def service_port(svc: Service, port: int) -> ServicePort | None:
     return None
 
 
-def endpoints(view, svc: Service, port: int, *, only_healthy: bool = True) -> list[Endpoint]:
+def endpoints(view: View, svc: Service, port: int, *, only_healthy: bool = True) -> list[Endpoint]:
     """The service's endpoints for `port`, each with its target port
     (`View.endpoints_for_port`: a pod without a named targetPort is skipped)."""
     out: list[Endpoint] = []

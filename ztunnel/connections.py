@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from shoal.routing.view import View
 from shoal.ztunnel.inbound import Authorizer, ConnInfo, Rejected, authorize_l4, recheck
 
 LATE_REJECTION = "AuthorizationPolicyLateRejection"
@@ -47,7 +48,7 @@ class ConnectionManager:
     def release(self, token: int) -> None:
         self._live.pop(token, None)
 
-    def observe(self, view: Any) -> list[tuple[ConnInfo, Rejected]]:
+    def observe(self, view: View) -> list[tuple[ConnInfo, Rejected]]:
         """Re-check every connection if the generation moved since last call."""
         gen = view.generation
         if gen == self._generation:
@@ -56,7 +57,7 @@ class ConnectionManager:
         self._generation = gen
         return [] if first else self.recheck(view)
 
-    def recheck(self, view: Any) -> list[tuple[ConnInfo, Rejected]]:
+    def recheck(self, view: View) -> list[tuple[ConnInfo, Rejected]]:
         """Authorize every live connection again; close and return the denied."""
         closed = []
         for token, t in list(self._live.items()):

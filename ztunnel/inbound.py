@@ -25,12 +25,13 @@ policies change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from shoal.core import authz
 from shoal.core.addr import hostport, parse_ip_port
 from shoal.core.constants import PROXY_PORTS
 from shoal.core.records import Workload
+from shoal.routing.view import View
 from shoal.ztunnel.outbound import waypoint_replicas
 
 # HTTP statuses of the CONNECT response (Istio's).
@@ -75,10 +76,10 @@ class Rejected:
     workload: Workload | None = None
 
 
-Authorizer = Callable[[Any, Workload, ConnInfo], tuple[bool, str, str]]
+Authorizer = Callable[[View, Workload, ConnInfo], tuple[bool, str, str]]
 
 
-def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, str, str]:
+def authorize_l4(view: View, workload: Workload, conn: ConnInfo) -> tuple[bool, str, str]:
     """Authorize `conn` against the destination's L4 policies, Istio's L4 semantics.
 
     Plaintext connections (15006) have no identity: `source_principal=None`,
@@ -96,7 +97,7 @@ def authorize_l4(view: Any, workload: Workload, conn: ConnInfo) -> tuple[bool, s
     return decision.allowed, reason, decision.policy_key
 
 
-def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
+def decide_hbone(view: View, *, authority: str, local_ip: str, src_identity: str,
                  src_addr: tuple[str, int], authorize: Authorizer = authorize_l4,
                  proxy_ports: frozenset[int] = PROXY_PORTS,
                  local: Workload | None = None) -> Accepted | Rejected:
@@ -122,15 +123,11 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
                         "a proxy port (self call)")
     if local is None:
         local = view.workload_by_ip(local_ip)
-    waypoint_case = False
-    if ip != local_ip:
-        if local is None or not _local_is_waypoint_of(view, local, ip):
-            return Rejected(status=BAD_REQUEST, reason=f":authority {authority} does not name "
-                            f"this workload ({local_ip})")
-        waypoint_case = True
-        workload = local
-    else:
-        workload = local
+    waypoint_case = ip != local_ip
+    if waypoint_case and (local is None or not _local_is_waypoint_of(view, local, ip)):
+        return Rejected(status=BAD_REQUEST, reason=f":authority {authority} does not name "
+                        f"this workload ({local_ip})")
+    workload = local
     if workload is None:
         return Rejected(status=SERVICE_UNAVAILABLE, reason=f"unknown workload {local_ip}: "
                         "not in the routing table (yet)")
@@ -144,7 +141,7 @@ def decide_hbone(view: Any, *, authority: str, local_ip: str, src_identity: str,
                     via_waypoint_exception=waypoint_case)
 
 
-def decide_plaintext(view: Any, *, dst: tuple[str, int], src_addr: tuple[str, int],
+def decide_plaintext(view: View, *, dst: tuple[str, int], src_addr: tuple[str, int],
                      authorize: Authorizer = authorize_l4,
                      proxy_ports: frozenset[int] = PROXY_PORTS) -> Accepted | Rejected:
     """Decide one plaintext inbound connection (15006), with no identity."""
@@ -164,7 +161,7 @@ def decide_plaintext(view: Any, *, dst: tuple[str, int], src_addr: tuple[str, in
     return Accepted(upstream=dst, workload=workload, conn=conn)
 
 
-def recheck(view: Any, workload_ip: str, conn: ConnInfo,
+def recheck(view: View, workload_ip: str, conn: ConnInfo,
             authorize: Authorizer = authorize_l4) -> Rejected | None:
     """Re-authorize a live connection after a policy change (None: still allowed)."""
     workload = view.workload_by_ip(workload_ip)
@@ -178,7 +175,7 @@ def recheck(view: Any, workload_ip: str, conn: ConnInfo,
                     workload=workload)
 
 
-def _local_is_waypoint_of(view: Any, local: Workload, target_ip: str) -> bool:
+def _local_is_waypoint_of(view: View, local: Workload, target_ip: str) -> bool:
     """Is the local pod a replica of the waypoint serving `target_ip`?"""
     svc = view.service_by_vip(target_ip)
     if svc is not None:

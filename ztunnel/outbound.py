@@ -30,11 +30,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from shoal.core.addr import hostport
 from shoal.core.constants import HBONE_PORT, PROXY_PORTS
 from shoal.core.records import Service, Waypoint, Workload
+from shoal.routing.view import View
 
 # Route kinds.
 HBONE = "HBONE"            # mTLS + HTTP/2 CONNECT to a peer proxy's 15008
@@ -103,7 +104,7 @@ def _is_loopback(ip: str) -> bool:
         return False
 
 
-def resolve(view: Any, *, source: Workload | None, dst: tuple[str, int], rng: Random,
+def resolve(view: View, *, source: Workload | None, dst: tuple[str, int], rng: Random,
             local_ips: frozenset[str] = frozenset(),
             proxy_ports: frozenset[int] = PROXY_PORTS, network: str = "",
             hbone_port: int = HBONE_PORT) -> Route:
@@ -140,13 +141,9 @@ def resolve(view: Any, *, source: Workload | None, dst: tuple[str, int], rng: Ra
     return route
 
 
-def _service_by_vip(view: Any, ip: str, network: str, source: Workload | None) -> Service | None:
-    # The view returns one service per VIP; a view that knows collisions can
-    # offer `services_by_vip`, and then the client's namespace wins (Istio).
-    many = getattr(view, "services_by_vip", None)
-    if many is None:
-        return view.service_by_vip(ip, network)
-    candidates = list(many(ip, network))
+def _service_by_vip(view: View, ip: str, network: str, source: Workload | None) -> Service | None:
+    # Istio lets VIPs collide; then the client's namespace wins.
+    candidates = view.services_by_vip(ip, network)
     if not candidates:
         return None
     if source is not None:
@@ -156,7 +153,7 @@ def _service_by_vip(view: Any, ip: str, network: str, source: Workload | None) -
     return candidates[0]
 
 
-def _to_service(view: Any, source: Workload | None, service: Service,
+def _to_service(view: View, source: Workload | None, service: Service,
                 dst: tuple[str, int], rng: Random) -> Route:
     waypoint = view.waypoint_for_service(service)
     if waypoint is not None and not is_from_waypoint(view, source, waypoint):
@@ -175,7 +172,7 @@ def _to_service(view: Any, source: Workload | None, service: Service,
     return _to_workload(view, source, endpoint, dst, target_port, service=service, rng=rng)
 
 
-def _to_workload(view: Any, source: Workload | None, workload: Workload,
+def _to_workload(view: View, source: Workload | None, workload: Workload,
                  dst: tuple[str, int], target_port: int, *, service: Service | None,
                  rng: Random | None = None) -> Route:
     if service is None:
@@ -194,7 +191,7 @@ def _to_workload(view: Any, source: Workload | None, workload: Workload,
                  workload=workload, target_port=target_port)
 
 
-def _via_waypoint(view: Any, waypoint: Waypoint, target: tuple[str, int], rng: Random | None,
+def _via_waypoint(view: View, waypoint: Waypoint, target: tuple[str, int], rng: Random | None,
                   *, service: Service | None, workload: Workload | None) -> Route:
     replicas = waypoint_replicas(view, waypoint)
     if replicas is None:
@@ -212,7 +209,7 @@ def _via_waypoint(view: Any, waypoint: Waypoint, target: tuple[str, int], rng: R
                  workload=workload, waypoint=waypoint, target_port=target[1])
 
 
-def waypoint_replicas(view: Any, waypoint: Waypoint) -> list[Workload] | None:
+def waypoint_replicas(view: View, waypoint: Waypoint) -> list[Workload] | None:
     """Healthy replicas of a waypoint (None if its Service is unknown)."""
     if not waypoint.service:
         return None
@@ -223,7 +220,7 @@ def waypoint_replicas(view: Any, waypoint: Waypoint) -> list[Workload] | None:
     return [w for w in view.endpoints(svc) if w is not None and w.ips and w.status == "HEALTHY"]
 
 
-def is_from_waypoint(view: Any, source: Workload | None, waypoint: Waypoint) -> bool:
+def is_from_waypoint(view: View, source: Workload | None, waypoint: Waypoint) -> bool:
     """Is the source one of this waypoint's replicas (identity and IP, as Istio)?"""
     if source is None or source.identity != waypoint.identity:
         return False
@@ -232,7 +229,7 @@ def is_from_waypoint(view: Any, source: Workload | None, waypoint: Waypoint) -> 
     return any(ips.intersection(r.ips) for r in replicas)
 
 
-def pick_endpoint(view: Any, service: Service, port: int, source: Workload | None,
+def pick_endpoint(view: View, service: Service, port: int, source: Workload | None,
                   rng: Random) -> tuple[Workload, int] | None:
     """Load balancing: (endpoint, target port) or None if none is eligible."""
     only_healthy = service.load_balancing.health_policy != "ALLOW_ALL"
@@ -247,7 +244,7 @@ def pick_endpoint(view: Any, service: Service, port: int, source: Workload | Non
     return _weighted_pick_pairs(eligible, rng)
 
 
-def _endpoint_summary(view: Any, service: Service, port: int) -> str:
+def _endpoint_summary(view: View, service: Service, port: int) -> str:
     """Why no endpoint qualified, for the operator (counts per reason)."""
     eps = view.endpoints(service)
     no_ip = sum(1 for e in eps if not e.ips)
