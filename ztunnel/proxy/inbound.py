@@ -18,6 +18,7 @@ from typing import Any
 from shoal.core import log as shoal_log
 from shoal.core.hbone.server import Accept, ConnectRequest, HboneServer, Reject
 from shoal.core.sockets import configure_accepted
+from shoal.routing.view import View
 from shoal.ztunnel import inbound, telemetry
 from shoal.ztunnel.outbound import hostport
 from shoal.ztunnel.proxy.inputs import ProxyInputs
@@ -157,7 +158,7 @@ def give_up(sockets: Any, sock: socket.socket, release: bool) -> None:
     close(sock) if close else sock.close()
 
 
-def client_addr(view: Any, req: ConnectRequest, src_identity: str) -> tuple[str, int]:
+def client_addr(view: View, req: ConnectRequest, src_identity: str) -> tuple[str, int]:
     """The original client address: `forwarded: for=` when it names a workload
     with the peer's identity (the peer proxy vouches for it), else the peer."""
     fwd = req.forwarded_for

@@ -22,6 +22,7 @@ from shoal.core.hbone.pool import HbonePool
 from shoal.core.pipe import PipeReset, TcpEnd, pipe
 from shoal.core.records import Workload
 from shoal.core.sockets import SocketFactory
+from shoal.routing.view import View
 from shoal.ztunnel.connections import ConnectionManager
 from shoal.ztunnel.options import ZtunnelOptions
 from shoal.ztunnel.podsockets import SpoofUnavailable
@@ -37,19 +38,19 @@ class Scope:
     node: str
     pod_uid: str = ""
 
-    def local_workloads(self, view: Any) -> list[Workload]:
+    def local_workloads(self, view: View) -> list[Workload]:
         if self.pod_uid:
             w = view.workload_by_uid(self.pod_uid)
             return [w] if w is not None else []
         return [w for w in view.workloads_on_node(self.node) if w.protocol == "HBONE" and w.ips]
 
-    def source_for(self, view: Any, peer_ip: str) -> Workload | None:
+    def source_for(self, view: View, peer_ip: str) -> Workload | None:
         if self.pod_uid:
             return view.workload_by_uid(self.pod_uid)
         w = view.workload_by_ip(peer_ip)
         return w if w is not None and w.node == self.node else None
 
-    def workload_at(self, view: Any, local_ip: str) -> Workload | None:
+    def workload_at(self, view: View, local_ip: str) -> Workload | None:
         """The workload a connection to `local_ip` (an HBONE listener) reached."""
         if self.pod_uid:
             return view.workload_by_uid(self.pod_uid)
@@ -78,7 +79,7 @@ class CountingEnd(TcpEnd):
 class Shared:
     """What every proxy of a worker shares: view, certificates, metrics, options."""
 
-    def __init__(self, *, options: ZtunnelOptions, view: Callable[[], Any], certs: Any,
+    def __init__(self, *, options: ZtunnelOptions, view: Callable[[], View], certs: Any,
                  metrics: Any, rng: random.Random | None = None) -> None:
         self.options = options
         self.view = view
