@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from shoal.core import log as shoal_log
 from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
+from shoal.routing.view import View
 from shoal.shards.app import App
 from shoal.ztunnel.options import DEDICATED, ZtunnelOptions
 from shoal.ztunnel.proxy.inputs import Scope, Shared
@@ -113,7 +114,7 @@ class ZtunnelApp(App):
             return False
         return all(p.ready() for p in self.proxies.values())
 
-    def admin_dump(self, view: Any) -> dict[str, object]:
+    def admin_dump(self, view: View) -> dict[str, object]:
         """The top-level /config_dump keys in ztunnel's layout (ztunnel/configdump)."""
         from shoal.core.constants import DEFAULT_CLUSTER
         from shoal.ztunnel import configdump

@@ -31,6 +31,7 @@ from typing import Any
 
 from shoal.core.authz import ALLOW, DENY, L4_WHEN_KEYS, rule_has_l7
 from shoal.core.records import Authorization, Rule, Service, Source, Waypoint, Workload
+from shoal.routing.view import View
 
 HBONE_MTLS_PORT = 15008
 _SCOPES = {"GLOBAL": "Global", "NAMESPACE": "Namespace", "WORKLOAD_SELECTOR": "WorkloadSelector"}
@@ -217,7 +218,7 @@ def workload_state(workloads: Iterable[Workload], inbound: Mapping[str, list[dic
     return out
 
 
-def ztunnel_dump(view: Any, cluster: str) -> dict[str, Any]:
+def ztunnel_dump(view: View, cluster: str) -> dict[str, Any]:
     """workloads, services and policies of one routing generation."""
     items = view.items_many(("workload", "service", "authorization", "waypoint"))
     services = items["service"]
