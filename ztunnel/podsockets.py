@@ -19,6 +19,7 @@ import asyncio
 import socket
 
 from shoal.core.constants import INBOUND_ROUTE_TABLE, TPROXY_MARK
+from shoal.core.netns import NetnsSocketFactory
 from shoal.core.sockets import CONNECT_TIMEOUT, LISTEN_BACKLOG, set_keepalive
 
 # Linux socket options Python's socket module does not name

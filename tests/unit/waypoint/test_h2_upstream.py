@@ -140,7 +140,8 @@ async def test_pool_sweep_closes_idle_connections_only():
     busy.streams[1] = object()
     pool = H2Pool(connector=None)
     pool._conns = {"a": [busy], "b": [idle]}
-    now = max(busy.last_used, idle.last_used) + IDLE_TIMEOUT
+    # A millisecond past the timeout: (t + T) - t can round below T in floats.
+    now = max(busy.last_used, idle.last_used) + IDLE_TIMEOUT + 1e-3
     assert pool.sweep(now) == 1
     assert idle.dead and idle.stream.closed and not busy.dead
     assert pool.count() == 1
