@@ -33,6 +33,7 @@ from shoal.core.hbone.connection import LOG, HboneConnection, _addr
 from shoal.core.hbone.errors import HboneError
 from shoal.core.hbone.settings import DEFAULT_SETTINGS, HboneSettings
 from shoal.core.hbone.stream import HboneStream
+from shoal.core.overload import Overload, worker_overload
 from shoal.core.pipe import PipeReset, endpoint, pipe
 
 
@@ -95,6 +96,14 @@ class Reject:
 Handler = Callable[[ConnectRequest], Awaitable["Accept | Reject"]]
 
 
+class _Refused(asyncio.Protocol):
+    """A connection above the worker's overload limits: closed at once
+    (FIN, not RST: the client sees a clean refusal and may retry)."""
+
+    def connection_made(self, transport) -> None:
+        transport.close()
+
+
 class HboneServer:
     """Serves HBONE connections; one handler call per CONNECT.
 
@@ -105,10 +114,13 @@ class HboneServer:
     """
 
     def __init__(self, handler: Handler, *, settings: HboneSettings = DEFAULT_SETTINGS,
-                 log: logging.Logger = LOG) -> None:
+                 log: logging.Logger = LOG, overload: Overload | None = None) -> None:
         self.handler = handler
         self.settings = settings
         self.log = log
+        # The worker's limits, shared by all its HBONE servers (one per pod
+        # netns in ztunnel): core.overload.
+        self.overload = overload or worker_overload()
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -126,9 +138,19 @@ class HboneServer:
             ssl_context: core.identity.tls.server_context(cert).
             trust_domain: clients must be in it (the server cert's trust domain).
         """
-        return lambda: tlsio.server_protocol(
-            ssl_context, lambda: self._connection(trust_domain),
-            handshake_timeout=self.settings.connect_timeout, on_failure=self._handshake_failed)
+        overload = self.overload
+
+        def factory() -> asyncio.Protocol:
+            proto = tlsio.server_protocol(
+                ssl_context, lambda: self._connection(trust_domain),
+                handshake_timeout=self.settings.connect_timeout,
+                on_failure=self._handshake_failed,
+                on_handshake=lambda: overload.handshake_done(proto),
+                on_close=lambda _done: overload.closed(proto))
+            if overload.admit(proto, proto.evict) is not None:
+                return _Refused()
+            return proto
+        return factory
 
     async def listen(self, host: str | None, port: int, ssl_context: ssl.SSLContext, *,
                      trust_domain: str | None = None, sock=None, **kw) -> asyncio.AbstractServer:
@@ -154,11 +176,12 @@ class HboneServer:
         return conn
 
     def _handshake_failed(self, proto, exc: Exception) -> None:
+        if isinstance(exc, ConnectionAbortedError):
+            return          # evicted at the overload limit: core.overload logs those
         peer = _addr(proto.raw.get_extra_info("peername") if proto.raw else None)
         what = str(exc) or repr(exc)
         self.log.warning("HBONE TLS handshake from %s refused: %s", peer, what,
                          extra={"fields": {"peer": peer, "reason": what}})
-        self.connections.discard(proto.app)
 
     async def close(self, grace: float = 1.0) -> None:
         """Graceful shutdown: stop listening, GOAWAY(NO_ERROR) on every

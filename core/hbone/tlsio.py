@@ -20,14 +20,47 @@ from typing import Callable
 from shoal.core.hbone.alloc import tune_allocator
 
 # Decrypt up to this much per data_received call: large batches mean fewer
-# h2/Python round trips per byte (uvloop uses the same 256 KiB).
+# h2/Python round trips per byte (uvloop uses the same 256 KiB). The buffer
+# is one per process, not per connection: the app copies what it keeps
+# before data_received returns, so it is free again after each delivery.
 READ_BATCH = 256 * 1024
 # One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1).
 _RECORD = 16 * 1024
+# TLS record header: type (22 = handshake), version (2), length (2).
+_RECORD_HEADER = 5
+_HANDSHAKE = 0x16
 # For apps that take DATA bodies directly (`receive_buffer`): hand our batch
 # up after this much, so a large frame's header is seen early and the rest of
 # its body is decrypted into the app's buffer, not copied through ours.
 DIRECT_BATCH = _RECORD
+
+
+class _ReadBuffer:
+    """The process's READ_BATCH buffer, lent to one `_read_app` at a time.
+
+    Per connection it cost 256 KiB before the peer even sent a ClientHello
+    (2,250 silent connections: +692 MB). A nested read (an app that makes
+    another connection read from inside data_received) gets a buffer of its
+    own for that one call."""
+
+    def __init__(self) -> None:
+        self._buf: bytearray | None = None
+        self._busy = False
+
+    def take(self) -> bytearray:
+        if self._busy:
+            return bytearray(READ_BATCH)
+        self._busy = True
+        if self._buf is None:
+            self._buf = bytearray(READ_BATCH)
+        return self._buf
+
+    def give(self, buf: bytearray) -> None:
+        if buf is self._buf:
+            self._busy = False
+
+
+_READ_BUFFER = _ReadBuffer()
 
 
 class TlsTransport(asyncio.Transport):
@@ -87,39 +120,77 @@ class TlsTransport(asyncio.Transport):
 
 
 class _TlsProtocol(asyncio.Protocol):
-    """Runs the handshake, then encrypts/decrypts for `app`."""
+    """Runs the handshake, then encrypts/decrypts for `app`.
+
+    Memory before the handshake is what a peer without a certificate can
+    make us hold, so a server-side connection allocates nothing until the
+    peer's first bytes arrive (then the TLS objects), and the application
+    (`app_factory`: HTTP/2 state, stream tables) only once the handshake
+    passed. Reads borrow the process's one read buffer (_ReadBuffer).
+    """
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
-                 app: asyncio.Protocol, handshake_timeout: float) -> None:
+                 app: asyncio.Protocol | None = None, app_factory=None,
+                 handshake_timeout: float, on_close=None) -> None:
         tune_allocator()                  # once per process; see core.hbone.alloc
         self.loop = asyncio.get_running_loop()
         self.context = context
         self.server_side = server_side
         self.app = app
+        self._app_factory = app_factory
         self.handshake_timeout = handshake_timeout
         self.handshake: asyncio.Future = self.loop.create_future()
         self.raw: asyncio.Transport | None = None
         self.sslobj: ssl.SSLObject | None = None
         self.closing = False
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._buf = bytearray(READ_BATCH)
-        self._view = memoryview(self._buf)
+        self._in: ssl.MemoryBIO | None = None
+        self._out: ssl.MemoryBIO | None = None
         self._app_transport: TlsTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._direct = False
+        self._on_close = on_close         # (handshake_done: bool) -> None, once
+        self._handshook = False
 
     # -- raw TCP side -------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.raw = transport
+        self._timer = self.loop.call_later(self.handshake_timeout, self._handshake_timeout)
+        if not self.server_side:
+            self._start_tls()
+            self._do_handshake()          # the ClientHello
+
+    _hello: bytearray | None = None
+
+    def _have_client_hello(self, data) -> bool:
+        """Server: keep the first TLS record's bytes (the ClientHello, a few
+        hundred bytes) until it is whole; only then make the TLS objects
+        (~45 KiB in OpenSSL once it starts reading a record). Anything that
+        is not a TLS handshake record goes to OpenSSL at once for its error."""
+        if self._hello is None:
+            self._hello = bytearray()
+        hello = self._hello
+        hello += data
+        if hello[0] != _HANDSHAKE:
+            return True
+        if len(hello) < _RECORD_HEADER:
+            return False
+        need = _RECORD_HEADER + int.from_bytes(hello[3:5], "big")
+        return len(hello) >= need or need > _RECORD_HEADER + _RECORD
+
+    def _start_tls(self) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
         # server_hostname=None: no SNI (ztunnel sends none).
         self.sslobj = self.context.wrap_bio(self._in, self._out, server_side=self.server_side,
                                             server_hostname=None)
-        self._timer = self.loop.call_later(self.handshake_timeout, self._handshake_timeout)
-        self._do_handshake()
 
     def data_received(self, data: bytes) -> None:
+        if self.sslobj is None:
+            if self.closing or not self._have_client_hello(data):
+                return
+            data, self._hello = bytes(self._hello), None
+            self._start_tls()
         self._in.write(data)
         if not self.handshake.done():
             self._do_handshake()
@@ -127,6 +198,8 @@ class _TlsProtocol(asyncio.Protocol):
             self._read_app()
 
     def eof_received(self):
+        if self._in is None:
+            return False
         self._in.write_eof()
         if self.handshake.done() and self._app_transport is not None:
             self._read_app()
@@ -142,6 +215,9 @@ class _TlsProtocol(asyncio.Protocol):
             self.handshake.exception()
         elif self._app_transport is not None:
             self.app.connection_lost(exc)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self._handshook)
 
     def pause_writing(self) -> None:
         if self._app_transport is not None:
@@ -165,6 +241,9 @@ class _TlsProtocol(asyncio.Protocol):
             return
         self._flush()
         self._timer.cancel()
+        self._handshook = True
+        if self.app is None:
+            self.app = self._app_factory()
         self._app_transport = TlsTransport(self)
         self.handshake.set_result(self._app_transport)
         self._direct = hasattr(self.app, "receive_buffer")
@@ -173,12 +252,22 @@ class _TlsProtocol(asyncio.Protocol):
             self._read_app()
 
     def _fail_handshake(self, exc: Exception) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if not self.handshake.done():
             self.handshake.set_exception(exc)
             self.handshake.exception()
         self.closing = True
-        self.raw.close()
+        if self.raw is not None:
+            self.raw.close()
+
+    def evict(self) -> None:
+        """Abort an unfinished handshake (the worker needs the room)."""
+        if not self.handshake.done():
+            self._fail_handshake(ConnectionAbortedError(
+                "TLS handshake aborted: too many pending handshakes on this worker"))
+            if self.raw is not None:
+                self.raw.abort()
 
     def _handshake_timeout(self) -> None:
         if not self.handshake.done():
@@ -194,8 +283,15 @@ class _TlsProtocol(asyncio.Protocol):
         # DATA body); everything else is batched in our buffer. While the app
         # could start such a buffer, our batch is handed up after every
         # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
+        buf = _READ_BUFFER.take()
+        try:
+            self._read_batches(buf)
+        finally:
+            _READ_BUFFER.give(buf)
+
+    def _read_batches(self, buf: bytearray) -> None:
         direct = self._direct
-        view, size, n = self._view, len(self._buf), 0
+        view, size, n = memoryview(buf), len(buf), 0
         while True:
             if direct and n == 0:
                 target = self.app.receive_buffer()
@@ -204,7 +300,7 @@ class _TlsProtocol(asyncio.Protocol):
                         break
                     continue
             if n > size - _RECORD or (direct and n >= DIRECT_BATCH):
-                self._deliver(n)
+                self._deliver(view, n)
                 n = 0
                 continue
             try:
@@ -214,13 +310,13 @@ class _TlsProtocol(asyncio.Protocol):
             except ssl.SSLZeroReturnError:       # close_notify
                 break
             except ssl.SSLError as e:
-                self._deliver(n)
+                self._deliver(view, n)
                 self._read_failed(e)
                 return
             if not got:
                 break
             n += got
-        self._deliver(n)
+        self._deliver(view, n)
         self._flush()                            # key updates, etc.
 
     def _read_into(self, target: memoryview) -> bool:
@@ -254,11 +350,11 @@ class _TlsProtocol(asyncio.Protocol):
         self.app.connection_lost(e)
         self._app_transport = None
 
-    def _deliver(self, n: int) -> None:
+    def _deliver(self, view: memoryview, n: int) -> None:
         # A view into our reused buffer, not a copy: HBONE's app (h2) copies
         # what it keeps before returning. Other apps must do the same.
         if n and self._app_transport is not None and not self.closing:
-            self.app.data_received(self._view[:n])
+            self.app.data_received(view[:n])
 
     def app_write(self, data) -> None:
         if self.closing or self.raw.is_closing():
@@ -305,20 +401,26 @@ class _TlsProtocol(asyncio.Protocol):
         self.raw.close()
 
     def _flush(self) -> None:
-        if self._out.pending:
+        if self._out is not None and self._out.pending:
             self.raw.write(self._out.read())
 
 
 def server_protocol(context: ssl.SSLContext, app_factory: Callable[[], asyncio.Protocol], *,
                     handshake_timeout: float,
-                    on_failure: Callable[[_TlsProtocol, Exception], None]) -> _TlsProtocol:
-    """A protocol for a plain TCP server: TLS first, then `app_factory()`."""
-    proto = _TlsProtocol(context, server_side=True, app=app_factory(),
-                         handshake_timeout=handshake_timeout)
+                    on_failure: Callable[[_TlsProtocol, Exception], None],
+                    on_handshake: Callable[[], None] | None = None,
+                    on_close: Callable[[bool], None] | None = None) -> _TlsProtocol:
+    """A protocol for a plain TCP server: TLS first, then `app_factory()`
+    (called once the handshake passed). `on_handshake()` when it passed,
+    `on_close(handshake_done)` once when the TCP connection is gone."""
+    proto = _TlsProtocol(context, server_side=True, app_factory=app_factory,
+                         handshake_timeout=handshake_timeout, on_close=on_close)
 
     def done(f: asyncio.Future) -> None:
         if f.exception() is not None:
             on_failure(proto, f.exception())
+        elif on_handshake is not None:
+            on_handshake()
     proto.handshake.add_done_callback(done)
     return proto
 

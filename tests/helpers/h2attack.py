@@ -270,3 +270,40 @@ class HonestClient:
             await self.once()
             await asyncio.sleep(self.interval)
         await self.once()               # and once more after the attack
+
+
+def silent_connections(port: int, n: int, first: bytes = b"") -> list[socket.socket]:
+    """`n` TCP connections that never finish a ClientHello (no certificate
+    needed): they send `first` (e.g. the first byte of a TLS record) or nothing."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.connect(("127.0.0.1", port))
+        if first:
+            s.sendall(first)
+        socks.append(s)
+    return socks
+
+
+def wait_usage(pid: int, cond, timeout: float = 10.0) -> Usage:
+    """Poll the process's usage until `cond(usage)` holds (or the deadline)."""
+    end = time.monotonic() + timeout
+    u = usage(pid)
+    while not cond(u) and time.monotonic() < end:
+        time.sleep(0.05)
+        u = usage(pid)
+    return u
+
+
+def client_hello() -> bytes:
+    """A real TLS 1.3 ClientHello (ALPN h2), for connections that stop after it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()

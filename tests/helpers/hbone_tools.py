@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from shoal.core import log as shoal_log
 from shoal.core.hbone.pool import HbonePool
+from shoal.core.overload import MAX_PENDING_HANDSHAKES, Overload
 from shoal.core.hbone.server import Accept, HboneServer, Reject
 from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.certs import WorkloadCert, load_pem_certs
@@ -72,7 +73,9 @@ async def run_exit(args) -> None:
             return Reject(status=503, reason=f"upstream {host}:{port} unreachable: {e}")
         return Accept(upstream=upstream)
 
-    server = HboneServer(handler, settings=_settings(args))
+    overload = Overload(max_connections=args.max_connections,
+                        max_pending_handshakes=args.max_pending_handshakes)
+    server = HboneServer(handler, settings=_settings(args), overload=overload)
     _CONNS.append(server.connections)
     host, port = _hostport(args.listen)
     listener = await server.listen(host, port, server_context(cert),
@@ -144,6 +147,9 @@ def main(argv=None) -> None:
     p.add_argument("--expect", action="append", default=[],
                    help="entry: acceptable server SPIFFE ID (repeatable)")
     p.add_argument("--target", help="exit: forward every tunnel here instead of :authority")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="exit: overload limit (default: core.overload)")
+    p.add_argument("--max-pending-handshakes", type=int, default=MAX_PENDING_HANDSHAKES)
     p.add_argument("--keepalive-interval", type=float, default=10.0)
     p.add_argument("--keepalive-timeout", type=float, default=20.0)
     p.add_argument("--log-level", default="warning")
