@@ -13,6 +13,7 @@ import orjson
 from shoal.core.constants import ADMIN_PORT
 
 DUMP_TIMEOUT = 5.0      # seconds; the admin endpoint answers from memory
+KUBE_SYNC_TIMEOUT = 60.0    # the initial list of every kind; large clusters list in pages
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,9 +70,24 @@ def policy_warnings(policies: list[Any]) -> list[dict[str, str]]:
 @config.command()
 @click.option("--admin", default=f"127.0.0.1:{ADMIN_PORT}", show_default=True,
               help="Admin address (host:port) of a running ztunnel or waypoint.")
+@click.option("--config", "directory", type=click.Path(exists=True), default=None,
+              help="Compile this directory of YAML instead (no running node needed).")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Compile what this cluster's API serves instead (no running node needed).")
+@click.option("--kubernetes-api", is_flag=True, default=False,
+              help="As --kubeconfig, with the in-cluster account or $KUBECONFIG.")
 @click.option("-o", "--output", type=click.Choice(["json", "table"]), default="table")
-def dump(admin: str, output: str) -> None:
-    """Print the live routing table of a running node (GET /config_dump)."""
+def dump(admin: str, directory: str | None, kubeconfig: str | None, kubernetes_api: bool,
+         output: str) -> None:
+    """Print a routing table: a running node's (GET /config_dump), or one compiled
+    here from --config DIR or from the Kubernetes API (equal for the same objects)."""
+    if directory or kubeconfig or kubernetes_api:
+        data = _compile_offline(directory, kubeconfig)
+        if output == "json":
+            click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        else:
+            click.echo(render_tables(data))
+        return
     url = f"http://{admin}/config_dump"
     try:
         with urllib.request.urlopen(url, timeout=DUMP_TIMEOUT) as resp:
@@ -87,6 +103,49 @@ def dump(admin: str, output: str) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(render_tables(data))
+
+
+def _compile_offline(directory: str | None, kubeconfig: str | None) -> dict[str, Any]:
+    """The table's sections compiled from a directory or the API. No status or
+    generation: those belong to a running writer, and leaving them out makes
+    the two sources' dumps of the same objects byte for byte equal."""
+    from shoal.core.model import ConfigError
+    from shoal.routing.compile import compile_config, records_by_kind
+    from shoal.routing.dump import dump_view
+    from shoal.routing.view import StaticView
+
+    if directory:
+        from shoal.routing.source import DirectorySource
+        source: Any = DirectorySource(directory, use_inotify=False)
+    else:
+        from shoal.routing.kube.source import KubeSource
+        source = KubeSource(kubeconfig)
+        if not source.wait_synced(KUBE_SYNC_TIMEOUT):
+            bad = [h for h in source.health()["resources"] if not (h["synced"] or h["missing"])]
+            source.close()
+            click.echo(f"{source.describe()}: not synced after {KUBE_SYNC_TIMEOUT:.0f} s: "
+                       + "; ".join(f"{h['resource']}: {h['last_error'] or 'no answer'}" for h in bad),
+                       err=True)
+            sys.exit(2)
+    try:
+        cfg, extra = source.load()
+        records = compile_config(cfg, extra_pods=extra)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        source.close()
+    refused = source.refused() if hasattr(source, "refused") else []
+    for e in refused:
+        click.echo(f"refused: {e}", err=True)
+    data = dump_view(StaticView(**records_by_kind(records)))
+    data.pop("generation", None)
+    data.pop("status", None)
+    # creation_index is each source's own clock (file order, or creationTimestamp
+    # and arrival); the precedence it decides only needs the rank.
+    for rank, route in enumerate(sorted(data["routes"], key=lambda r: r["creation_index"])):
+        route["creation_index"] = rank
+    return data
 
 
 # section -> (column title, function of the record dict)

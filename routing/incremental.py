@@ -70,6 +70,10 @@ class IncrementalCompiler:
         """The full encoded key space of the last good config (read-only please)."""
         return self._encoded
 
+    def resource(self, key: tuple) -> Any | None:
+        """The resource in force for a `resource_key` (None: absent)."""
+        return self._resources.get(tuple(key))
+
     def records(self) -> list[Any]:
         return list(self._records.values())
 

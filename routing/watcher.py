@@ -6,6 +6,14 @@ A bad change is refused: its errors are logged (one JSON line each, with
 file, resource and field), stored in the table's status area (so the admin
 endpoint of any worker shows them) and the last good table stays in force.
 
+With the Kubernetes API as source (routing/kube/), the first publish waits
+for every kind's initial list; then each batch of watch events is applied
+with `IncrementalCompiler.update_resources` (O(change)). An object the
+compiler refuses (one IP claimed by two pods) is refused alone: the batch is
+applied again one object at a time and only the failing ones are held back,
+each listed in the status with its kind, namespace, name and field, next to
+the per-resource sync health.
+
 A restarted watcher takes the table over (routing/shm.py, invariant 7) and
 publishes only the difference between the table and the config, so readers
 keep routing throughout and see no change when there is none.
@@ -29,6 +37,7 @@ from shoal.core import log
 from shoal.core.model import ConfigError
 from shoal.routing.compile import CompileOptions
 from shoal.routing.incremental import IncrementalCompiler, resource_key
+from shoal.routing.kube import metrics as kube_metrics
 from shoal.routing.index import diff_keyspaces
 from shoal.routing.shm import STATUS_MAX, TableFullError, TableWriter
 from shoal.routing.source import DirectorySource
@@ -95,6 +104,68 @@ class Watcher:
             LOG.info("config note", extra={"fields": {"note": str(note)}})
         return True
 
+    def apply_changes(self) -> bool:
+        """Publish the source's pending changes (a source with `changes()`: the
+        Kubernetes API). False when nothing could be published."""
+        pending = self.source.changes()
+        applied = True
+        if len(pending):
+            try:
+                changes = self.compiler.update_resources(upserts=pending.upserts,
+                                                         deletes=pending.deletes).changes
+            except ConfigError:
+                changes = self._one_by_one(pending)
+            try:
+                if changes:
+                    self.writer.apply(changes)
+            except TableFullError as exc:
+                self._refuse_message(str(exc), exc.code)
+                self.compiler = IncrementalCompiler()   # rebuilt from the source on the next reload
+                self._published_once = False
+                return False
+            self._good.update(generation=self.writer.generation, applied_at=_now(),
+                              changed_keys=len(changes))
+            LOG.debug("changes applied", extra={"fields": {
+                "generation": self.writer.generation, "objects": len(pending),
+                "changed_keys": len(changes)}})
+        self._write_source_status()
+        return applied
+
+    def _one_by_one(self, pending) -> dict[str, bytes | None]:
+        """A batch the compiler refused: apply its objects one by one and hold
+        back only those that fail (the rest of the cluster's config applies)."""
+        merged: dict[str, bytes | None] = {}
+        items = [(resource_key(r), r) for r in pending.upserts] + [(k, None) for k in pending.deletes]
+        for key, r in items:
+            try:
+                delta = self.compiler.update_resources(upserts=[r] if r else [],
+                                                       deletes=[] if r else [key])
+            except ConfigError as exc:
+                for e in exc.errors:
+                    LOG.error("object refused", extra={"fields": e.to_dict()})
+                self.source.reject(key, self.compiler.resource(key), exc.errors)
+                continue
+            merged.update(delta.changes)
+        return merged
+
+    def _write_source_status(self) -> None:
+        """The Kubernetes source's health and refused objects, in the status area."""
+        health = getattr(self.source, "health", None)
+        if health is None:
+            return
+        info = health()
+        refused = [e.to_dict() for e in self.source.refused()]
+        for e in refused:
+            e.pop("file", None)
+            e.pop("document", None)
+        status = {**self._good, "error": None, "writer_pid": os.getpid(),
+                  "counts": info.pop("counts", self._good.get("counts")), "kubernetes": info,
+                  "refused": {"total": len(refused), "errors": refused[:MAX_STATUS_ERRORS]}}
+        while len(orjson.dumps(status, default=str)) > STATUS_MAX and status["refused"]["errors"]:
+            status["refused"]["errors"].pop()
+        self.writer.set_status(status)
+        kube_metrics.record(info, len(refused))
+
     def _compile(self, cfg, extra):
         """Full compile the first time, then only the resources that changed
         (the source returns unchanged resources as the same objects)."""
@@ -132,7 +203,14 @@ class Watcher:
         self.writer.set_status(status)
 
     def run(self) -> None:
-        self.reload()
+        synced = getattr(self.source, "wait_synced", None)
+        while synced is not None and not self.stop and not synced(WAIT_SLICE):
+            pass                # first publish only once every kind was listed
+        incremental = hasattr(self.source, "changes")
+        if not self.stop:
+            self.reload()
+            if incremental:
+                self._write_source_status()
         while not self.stop:
             changed = self.source.wait(WAIT_SLICE)
             if self.hup:
@@ -141,7 +219,10 @@ class Watcher:
                 LOG.info("SIGHUP: re-reading the config")
                 changed = True
             if changed and not self.stop:
-                self.reload()
+                if incremental and self._published_once:
+                    self.apply_changes()
+                else:
+                    self.reload()
 
     def close(self) -> None:
         self.writer.close()
@@ -151,6 +232,11 @@ class Watcher:
 
 
 def make_source(source: Any) -> Any:
+    """A source object from a `--config` value: a directory, or
+    `kubernetes:[KUBECONFIG]` for the Kubernetes API (routing/kube/)."""
+    if isinstance(source, str) and source.startswith("kubernetes:"):
+        from shoal.routing.kube.source import KubeSource, parse_spec
+        return KubeSource(parse_spec(source))
     if isinstance(source, (str, os.PathLike)):
         return DirectorySource(source)
     return source

@@ -31,10 +31,10 @@ MAX_WORKERS = 256
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorOptions:
-    workers: int = 0                      # 0: one per CPU
+    workers: int = 0                      # 0: the container's CPU limit (cpu_limit)
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
-    config: str | None = None             # directory of Kubernetes YAML, watched
+    config: str | None = None             # directory of Kubernetes YAML, or kubernetes:[KUBECONFIG]
     admin_port: int = ADMIN_PORT          # 0 disables; bound to 127.0.0.1
     metrics_port: int = METRICS_PORT      # 0 disables
     readiness_port: int = READINESS_PORT  # 0 disables
@@ -44,7 +44,7 @@ class SupervisorOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.workers <= MAX_WORKERS:
-            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS} (0: one per CPU)")
+            raise ValueError(f"--workers must be between 1 and {MAX_WORKERS} (0: the container's CPU limit)")
         if self.drain_timeout < 0:
             raise ValueError("--drain-timeout must be >= 0 seconds")
         if self.worker_timeout < 1:
@@ -57,8 +57,30 @@ class SupervisorOptions:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        return self.workers or cpu_limit()
 
+
+# cgroup v2 CPU quota of this container ("max 100000" when unlimited).
+CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def cpu_limit(cpu_max: str = CPU_MAX) -> int:
+    """Workers by default: the container's CPU limit (cgroup v2 `cpu.max`, quota /
+    period rounded up), else the CPUs this process may run on. A pod limited
+    to 2 CPUs on a 64-core node gets 2 workers, not 64 throttled ones."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return max(cpus, 1)
+    if quota == "max" or int(period) <= 0:
+        return max(cpus, 1)
+    return max(1, min(cpus, -(-int(quota) // int(period))))
+
+
+# `--config kubernetes:[KUBECONFIG]` selects the Kubernetes API source (routing/kube).
+KUBERNETES_SCHEME = "kubernetes:"
 
 FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "metrics_port",
          "readiness_port", "log_level", "pidfile")
@@ -67,7 +89,7 @@ FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "
 def supervisor_options(fn):
     """Add the supervisor flags to a click command; it receives `supervisor=`."""
     opts = [
-        click.option("--workers", type=int, default=0, show_default="one per CPU",
+        click.option("--workers", type=int, default=0, show_default="the container's CPU limit",
                      help="Worker processes (each binds its own SO_REUSEPORT listeners)."),
         click.option("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, show_default=True,
                      help="Seconds open connections get to finish on SIGTERM/SIGHUP/SIGUSR2."),
@@ -75,6 +97,11 @@ def supervisor_options(fn):
                      help="A worker silent this long is killed (SIGABRT, then SIGKILL) and replaced."),
         click.option("--config", type=click.Path(file_okay=False), default=None,
                      help="Directory of Kubernetes YAML (watched; SIGHUP re-reads it)."),
+        click.option("--kubernetes-api", is_flag=True, default=False,
+                     help="Read the config from the Kubernetes API (list + watch): in-cluster "
+                     "service account, else $KUBECONFIG, else ~/.kube/config."),
+        click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Read the config from the Kubernetes API of this kubeconfig."),
         click.option("--admin-port", type=int, default=ADMIN_PORT, show_default=True,
                      help="Admin server on 127.0.0.1 (0 disables)."),
         click.option("--metrics-port", type=int, default=METRICS_PORT, show_default=True,
@@ -90,6 +117,11 @@ def supervisor_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         values = {k: kwargs.pop(k) for k in FLAGS}
+        kube, kubeconfig = kwargs.pop("kubernetes_api"), kwargs.pop("kubeconfig")
+        if kube or kubeconfig:
+            if values["config"] is not None:
+                raise click.UsageError("--config and --kubernetes-api/--kubeconfig are exclusive")
+            values["config"] = KUBERNETES_SCHEME + (os.path.abspath(kubeconfig) if kubeconfig else "")
         try:
             kwargs["supervisor"] = SupervisorOptions(**values)
         except ValueError as e:

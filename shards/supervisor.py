@@ -38,7 +38,7 @@ from shoal.shards.app import App
 from shoal.shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
                             encode_listen_fds, namespace_prefix, recv_message)
 from shoal.shards.heartbeat import HeartbeatTable
-from shoal.shards.options import MAX_WORKERS, SupervisorOptions
+from shoal.shards.options import KUBERNETES_SCHEME, MAX_WORKERS, SupervisorOptions
 from shoal.shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
                          write_pidfile)
 from shoal.shards.signals import HANDLED, SignalQueue, reset_in_child
@@ -157,7 +157,8 @@ class Supervisor:
                 self.log.error(str(e))
         ready_fd = os.environ.pop(ENV_UPGRADE_READY_FD, None)
         self.upgrade_ready_fd = int(ready_fd) if ready_fd and ready_fd.isdigit() else None
-        if o.config is not None and not os.path.isdir(o.config):
+        if (o.config is not None and not o.config.startswith(KUBERNETES_SCHEME)
+                and not os.path.isdir(o.config)):
             raise exitcodes.SupervisorExit(exitcodes.CONFIG_ERROR,
                                            f"--config {o.config}: not a directory")
         try:

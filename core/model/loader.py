@@ -128,6 +128,17 @@ def parse_text(text: str, *, file: str, errors: list[FieldError], notes: list[No
     return out
 
 
+def parse_object(doc: object, *, file: str = "", index: int = 0
+                 ) -> tuple[Resource | None, list[FieldError], list[Note]]:
+    """One Kubernetes object (a decoded JSON/YAML mapping) through the same
+    validation as a file's documents: (resource or None, its errors, its notes).
+    The Kubernetes API source validates each watch event with it, alone."""
+    errors: list[FieldError] = []
+    notes: list[Note] = []
+    res = _parse_doc(doc, file, 0, errors, notes, index)
+    return (None if errors else res), errors, notes
+
+
 def _parse_doc(doc: object, file: str, n: int, errors: list[FieldError], notes: list[Note],
                index: int) -> Resource | None:
     if doc is None:

@@ -52,7 +52,18 @@ def parse_pod(ctx: Ctx, meta: Meta, doc: dict) -> Pod:
         ips.insert(0, primary)
     phase = ctx.str(status, "phase", "status", default="Running")
     return Pod(meta=meta, node=node, service_account=sa, ips=tuple(ips), container_ports=ports,
-               ready=phase in ("Running", ""))
+               ready=phase in ("Running", "") and _ready_condition(ctx, status)
+               and not ctx.str(ctx.map(doc, "metadata", ""), "deletionTimestamp", "metadata"))
+
+
+def _ready_condition(ctx: Ctx, status: dict) -> bool:
+    """The kubelet's Ready condition when the pod has one (a pod written by hand
+    has none: Running is then enough). A terminating pod (deletionTimestamp)
+    is not ready either, as Kubernetes drops it from EndpointSlices."""
+    for cpath, cond in ctx.maps(status, "conditions", "status"):
+        if ctx.str(cond, "type", cpath) == "Ready":
+            return ctx.str(cond, "status", cpath, choices=("True", "False", "Unknown")) == "True"
+    return True
 
 
 def parse_deployment(ctx: Ctx, meta: Meta, doc: dict) -> Deployment:

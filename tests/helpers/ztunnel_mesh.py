@@ -67,8 +67,13 @@ class Node:
 
 class Mesh:
     def __init__(self, tmp: Path, *, workers: int = 1, nodes=("node-a", "node-b"),
-                 hbone_port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 hbone_port: int | None = None, extra_args: tuple[str, ...] = (),
+                 api=None) -> None:
         self.tmp = Path(tmp)
+        # A KubeApiServer (tests/helpers/kube_apiserver.py): the ztunnels then read
+        # the config from the Kubernetes API only (--kubeconfig), not the directory.
+        self.api = api
+        self.kubeconfig = api.write_kubeconfig(str(self.tmp / "kubeconfig")) if api else None
         self.workers = workers
         self.extra_args = tuple(extra_args)     # more `ztunnel run` flags
         self.prefix = unique_prefix()
@@ -116,21 +121,26 @@ class Mesh:
     def policy(self, doc: dict) -> None:
         self.policies[doc["metadata"]["name"]] = doc
 
+    @staticmethod
+    def pod_doc(p: PodSpec, *, ready: bool = True) -> dict:
+        ports = [{"name": "tcp", "containerPort": p.port}] if p.port else []
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                "spec": {"nodeName": p.node, "serviceAccountName": p.sa,
+                         "containers": [{"name": "app", "ports": ports}]},
+                "status": {"podIP": p.ip, "phase": "Running",
+                           "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
     def write_config(self) -> None:
         docs = [{"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": ns, "labels": {"istio.io/dataplane-mode": "ambient"}}}
                 for ns in sorted({p.namespace for p in self.pods.values()})]
-        for p in self.pods.values():
-            ports = [{"name": "tcp", "containerPort": p.port}] if p.port else []
-            docs.append({"apiVersion": "v1", "kind": "Pod",
-                         "metadata": {"name": p.name, "namespace": p.namespace,
-                                      "labels": p.labels},
-                         "spec": {"nodeName": p.node, "serviceAccountName": p.sa,
-                                  "containers": [{"name": "app", "ports": ports}]},
-                         "status": {"podIP": p.ip, "phase": "Running"}})
+        docs += [self.pod_doc(p) for p in self.pods.values()]
         docs += self.services + self.extra_docs
         self._write("mesh.yaml", docs)
         self._write("policies.yaml", list(self.policies.values()))
+        for d in docs + list(self.policies.values()) if self.api else ():
+            self.api.apply(d)
 
     def _write(self, name: str, docs: list) -> None:
         tmp = self.config / f".{name}.tmp"
@@ -140,6 +150,8 @@ class Mesh:
     def apply_policies(self) -> None:
         """Rewrite the policy file (the ztunnels' watchers pick it up)."""
         self._write("policies.yaml", list(self.policies.values()))
+        for d in self.policies.values() if self.api else ():
+            self.api.apply(d)
 
     # -- processes -----------------------------------------------------------
     def fix(self, node: str, ip: str, port: int) -> int:
@@ -182,7 +194,8 @@ class Mesh:
 
     def start_node(self, name: str) -> None:
         n = self.nodes[name]
-        cmd = [*SHOAL, "ztunnel", "run", "--node", n.name, "--config", str(self.config),
+        source = ["--kubeconfig", self.kubeconfig] if self.api else ["--config", str(self.config)]
+        cmd = [*SHOAL, "ztunnel", "run", "--node", n.name, *source,
                "--ca-address", f"127.0.0.1:{self.ca_port}", "--ca-credential", str(n.cred),
                "--listen", n.proxy_ip, "--hbone-port", str(self.hbone_port),
                "--outbound-port", str(free_port()), "--inbound-port", str(free_port()),

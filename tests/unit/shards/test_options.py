@@ -1,5 +1,6 @@
 """shards.options: validation and the shared click flags."""
 
+import os
 import click
 import pytest
 from click.testing import CliRunner
@@ -17,9 +18,10 @@ def test_bad_values_are_refused_with_the_flag_name(kw, msg):
         SupervisorOptions(**kw)
 
 
-def test_worker_count_defaults_to_cpus():
+def test_worker_count_defaults_to_the_cpu_limit():
     import os
-    assert SupervisorOptions().worker_count == (os.cpu_count() or 1)
+    from shoal.shards.options import cpu_limit
+    assert SupervisorOptions().worker_count == cpu_limit()
     assert SupervisorOptions(workers=3).worker_count == 3
 
 
@@ -40,3 +42,18 @@ def test_decorator_builds_options_and_keeps_app_flags():
     r = CliRunner().invoke(run, ["--workers", "-2"])
     assert r.exit_code == 2 and "--workers" in r.output
     assert "--worker-timeout" in CliRunner().invoke(run, ["--help"]).output
+
+
+def test_cpu_limit_reads_the_cgroup_quota(tmp_path):
+    from shoal.shards.options import cpu_limit
+    cpus = len(os.sched_getaffinity(0))
+    f = tmp_path / "cpu.max"
+    f.write_text("max 100000\n")
+    assert cpu_limit(str(f)) == cpus                       # no limit: every CPU we may use
+    f.write_text("150000 100000\n")
+    assert cpu_limit(str(f)) == min(cpus, 2)               # 1.5 CPUs: rounded up
+    f.write_text("50000 100000\n")
+    assert cpu_limit(str(f)) == 1                          # under one CPU: still one worker
+    f.write_text("6400000 100000\n")
+    assert cpu_limit(str(f)) == cpus                       # a limit above the CPUs we have
+    assert cpu_limit(str(tmp_path / "absent")) == cpus     # cgroup v1 or no cgroupfs
