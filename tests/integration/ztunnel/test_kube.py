@@ -74,6 +74,9 @@ def test_traffic_between_pods_learned_from_the_api(mesh):
     d = mesh.config_dump("node-a")["routing"]
     assert d["status"]["source"].startswith("kubernetes:http://127.0.0.1:")
     assert d["status"]["kubernetes"]["synced"]
+    metrics = mesh.metrics("node-a")
+    assert 'shoal_kube_synced{resource="pods"} 1.0' in metrics
+    assert 'shoal_kube_objects{resource="services"} 1.0' in metrics
 
 
 def test_pod_add_ip_change_ready_flip_delete_reach_every_worker(mesh):
