@@ -275,6 +275,18 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def echo(mesh: Mesh, client: str, dst: tuple[str, int], payload: bytes = b"ping",
+         timeout: float = 10) -> bytes:
+    """Send `payload` from pod `client` to dst, half-close, read the reply to EOF."""
+    with mesh.connect(client, *dst, timeout=timeout) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
 def echo_exact(sock: socket.socket, data: bytes) -> bytes:
     """Send `data` and read back exactly as many bytes: TCP may deliver the
     echo in pieces, so one recv() is not enough."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import orjson
@@ -16,7 +15,8 @@ import yaml
 from shoal.routing.kube.source import KubeSource
 from shoal.routing.runtime import TableHandle, attach_view
 from shoal.routing.watcher import Watcher
-from tests.helpers.kube_apiserver import CORE, ISTIO, KubeApiServer
+from tests.helpers import shards_proc
+from tests.helpers.kube_apiserver import ISTIO, KubeApiServer
 
 ROOT = Path(__file__).resolve().parents[3]
 MESH = ROOT / "tests" / "fixtures" / "config" / "mesh"
@@ -26,13 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def wait_for(cond, what, timeout=DEADLINE):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    return shards_proc.wait_for(cond, timeout, what, interval=0.01)
 
 
 def ns(name):
@@ -255,7 +249,7 @@ def test_config_dump_from_the_api_equals_the_directory_dump(tmp_path):
         kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
 
         def dump(*flags):
-            out = subprocess.run([sys.executable, "-m", "shoal.core.cli", "config", "dump", *flags,
+            out = subprocess.run([sys.executable, "-m", "shoal.cli", "config", "dump", *flags,
                                   "-o", "json"], cwd=ROOT, capture_output=True, timeout=60)
             assert out.returncode == 0, out.stderr.decode()
             return orjson.loads(out.stdout)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import time
 import urllib.request
 
 import pytest
 
 from tests.helpers.kube_apiserver import KubeApiServer
-from tests.helpers.ztunnel_mesh import Mesh
+from tests.helpers.ztunnel_mesh import Mesh, echo
 from tests.helpers.ztunnel_peers import python_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -40,16 +39,6 @@ def mesh(tmp_path_factory):
         api.stop()
 
 
-def echo(mesh, payload=b"ping"):
-    with mesh.connect("client", VIP, 80, timeout=10) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
-
-
 def every_worker(mesh, node, check, what):
     """`check(dump)` holds in a /config_dump answered by each worker of `node`."""
     url = f"http://127.0.0.1:{mesh.nodes[node].admin}/config_dump"
@@ -70,7 +59,7 @@ def workload(dump, name):
 
 
 def test_traffic_between_pods_learned_from_the_api(mesh):
-    assert b"ping" in echo(mesh)
+    assert b"ping" in echo(mesh, "client", (VIP, 80))
     d = mesh.config_dump("node-a")["routing"]
     assert d["status"]["source"].startswith("kubernetes:http://127.0.0.1:")
     assert d["status"]["kubernetes"]["synced"]
@@ -91,7 +80,7 @@ def test_pod_add_ip_change_ready_flip_delete_reach_every_worker(mesh):
     # The moved pod serves traffic at its new address (learned from the API only).
     app = python_app("echo-9", f"{moved.ip}:{APP_PORT}", mesh.logs)
     try:
-        replies = {echo(mesh, b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n") for _ in range(20)}
+        replies = {echo(mesh, "client", (VIP, 80), b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n") for _ in range(20)}
         assert any(b"echo-9" in r for r in replies), replies
     finally:
         app.stop()

@@ -13,14 +13,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
 from tests.helpers.ztunnel_apps import expected_hash, xfer_client
-from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo_exact, metric_sum
+from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo, echo_exact, metric_sum
 from tests.helpers.ztunnel_peers import Proc, wait_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -83,16 +82,6 @@ def mesh(tmp_path_factory):
     finally:
         m.stop()
         iperf.stop()
-
-
-def echo(mesh, client, dst, payload=b"ping", timeout=10):
-    with mesh.connect(client, *dst, timeout=timeout) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 def set_policies(mesh, *docs):
