@@ -57,8 +57,7 @@ test-unit: venv
 
 bench: host-deps venv
 	@mkdir -p benchmarks/out
-	$(PY) -m pytest -q benchmarks -o python_files="bench_*.py" --benchmark-enable --benchmark-only \
-	  --benchmark-json=benchmarks/out/results.json -p no:xdist
+	$(VENV)/bin/shoal bench --json benchmarks/out/results.json
 	$(PY) -m shoal.benchmarks.report benchmarks/out
 
 # The headline load runs, REPEAT times each (same-run ratios against stunnel

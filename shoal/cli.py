@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "waypoint": ("shoal.waypoint.cli:waypoint", "Run the L7 waypoint proxy."),
     "node-agent": ("shoal.cni.cli:node_agent", "Run the CNI node agent (pod enrollment and redirection)."),
     "mesh": ("shoal.cni.mesh_cli:mesh", "A local multi-node mesh on network namespaces."),
+    "bench": ("shoal.benchmarks.cli:bench", "Run the CPU studies (pytest-benchmark) on this machine."),
 }
 
 
