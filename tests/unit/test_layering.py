@@ -2,7 +2,8 @@
 
 Each top folder is installed as `shoal.<folder>`. Imports run downward only:
 
-    shoal (the CLI) , benchmarks     may import everything below
+    shoal (the CLI)                   wires every package's commands (`shoal bench` too)
+    benchmarks                        the CPU studies: may import everything below
     controlplane, ztunnel, waypoint, cni    the apps: never each other
     shards                            supervisor and workers (runs the watcher)
     routing                           compiler, shared-memory table, watcher
@@ -38,7 +39,8 @@ LAYERS = {
     "routing": 1,
     "shards": 2,
     "controlplane": 3, "ztunnel": 3, "waypoint": 3, "cni": 3,
-    "shoal": 4, "benchmarks": 4,
+    "benchmarks": 4,
+    "shoal": 5,
 }
 # `shoal/__init__.py` itself (the version) is the parent of every module and
 # is imported before any of them: below everything, it imports nothing.
