@@ -130,6 +130,14 @@ class IstioMetrics:
         self.overload_refused = Counter("shoal_overload_refused_connections",
                                         "New connections refused at a worker's overload limit",
                                         ("reason",), **c)
+        # Certificates (core/identity/manager.py): the CA's reachability as the
+        # last request of any worker saw it, and each certificate's expiry, so
+        # an alert can fire well before a CA outage outlasts the certificates.
+        self.ca_reachable = Gauge("shoal_ca_reachable", "1 if the last CA request got an answer",
+                                  multiprocess_mode="livemostrecent", **c)
+        self.cert_expiry = Gauge("shoal_certificate_expiry_timestamp_seconds",
+                                 "Expiry (unix time) of the workload certificate held for an identity",
+                                 ("identity",), multiprocess_mode="livemax", **c)
 
     def all(self) -> list:
         return [v for v in vars(self).values() if hasattr(v, "collect") and hasattr(v, "_name")]

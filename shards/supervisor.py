@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
 from shoal.core.drain import DrainMode
+from shoal.core.identity.store import CertStore
 from shoal.shards import exitcodes, routing_glue
 from shoal.shards.app import App
 from shoal.shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
@@ -118,6 +119,11 @@ class Supervisor:
         self.heartbeats: HeartbeatTable | None = None
         self.table = None
         self.metrics_dir: str | None = None
+        # Removed on exit only while ours: a SIGUSR2 hands it to the new
+        # supervisor (counters go on from the old workers' totals), which
+        # owns it once ready.
+        self.owns_metrics_dir = False
+        self.cert_store: CertStore | None = None
 
     # -- main loop --------------------------------------------------------------
 
@@ -162,8 +168,10 @@ class Supervisor:
             raise exitcodes.SupervisorExit(exitcodes.CONFIG_ERROR,
                                            f"--config {o.config}: not a directory")
         try:
-            self.metrics_dir = core_metrics.create_dir()
+            self._metrics_dir()
             self.heartbeats = HeartbeatTable.create()
+            # The node's certificates outlive workers, reloads and upgrades.
+            self.cert_store = CertStore.adopt_or_create()
         except OSError as e:
             raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR, f"cannot set up: {e}") from e
         self.table = routing_glue.create_table(o.config)
@@ -173,6 +181,15 @@ class Supervisor:
         self.log.info("supervisor started", extra={"fields": {
             "workers": self.num_workers, "app": self.app.name,
             "inherited_listeners": sum(len(v) for v in self.slot_socks.values())}})
+
+    def _metrics_dir(self) -> None:
+        inherited = os.environ.get(core_metrics.ENV_DIR, "")
+        if self.upgrade_ready_fd is not None and inherited and os.path.isdir(inherited):
+            core_metrics.use_dir(inherited)     # an upgrade: the old workers' files stay summed
+            self.metrics_dir = inherited
+        else:
+            self.metrics_dir = core_metrics.create_dir()
+            self.owns_metrics_dir = True
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -396,6 +413,7 @@ class Supervisor:
         if len(ready_slots) < self.num_workers:
             return
         self.announced_ready = True
+        self.owns_metrics_dir = True
         if self.upgrade_ready_fd is not None:
             self._write_pidfile()
             try:
@@ -543,8 +561,10 @@ class Supervisor:
         if pid == 0:
             try:
                 os.close(rfd)
+                # The metrics dir and the certificate store pass on (in their env vars).
                 env = dict(os.environ, **{ENV_LISTEN_FDS: listen, ENV_UPGRADE_READY_FD: str(wfd)})
-                env.pop(core_metrics.ENV_DIR, None)
+                if self.cert_store is not None:
+                    os.set_inheritable(self.cert_store.fd, True)
                 for socks in self.slot_socks.values():
                     for sock in socks.values():
                         os.set_inheritable(sock.fileno(), True)
@@ -573,6 +593,7 @@ class Supervisor:
         os.close(up.ready_fd)
         up.done = True
         if data.startswith(b"1"):
+            self.owns_metrics_dir = False
             self.log.info("new supervisor ready; draining the old workers",
                           extra={"fields": {"new_pid": up.pid}})
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")
@@ -620,8 +641,10 @@ class Supervisor:
                 self.table.unlink()
             except Exception:
                 self.log.exception("routing table unlink failed")
-        if self.metrics_dir:
+        if self.metrics_dir and self.owns_metrics_dir:
             core_metrics.remove_dir(self.metrics_dir)
+        if self.cert_store is not None:
+            self.cert_store.close()
         self._remove_pidfile()
         self.signals.close()
         self.log.info("supervisor stopped", extra={"fields": {"exit_code": self.exit_code}})

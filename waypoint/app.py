@@ -177,8 +177,12 @@ class WaypointApp(App):
             return
         from shoal.core.identity import CertManager
         from shoal.core.identity.caclient import CaClient
+        from shoal.core.identity.store import CertStore
+        # The store shared by every worker of this waypoint: a restarted or
+        # reloaded worker starts on the certificate it holds, CA or no CA.
         self.certs = CertManager(CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir),
-                                 node_name=o.name)
+                                 node_name=o.name, store=CertStore.inherited(),
+                                 metrics=self.ctx.metrics)
         self.cert = await self.certs.fetch(o.identity)
 
     def _current_cert(self):

@@ -61,7 +61,7 @@ class ZtunnelApp(App):
     async def start(self, ctx) -> None:
         self.ctx = ctx
         o: ZtunnelOptions = self.options
-        self.certs = make_cert_manager(o)
+        self.certs = make_cert_manager(o, ctx.metrics)
         ctx.metrics.set_build("ztunnel")
         self.shared = Shared(options=o, view=lambda: ctx.routing, certs=self.certs,
                              metrics=ctx.metrics)
@@ -213,13 +213,15 @@ class ZtunnelApp(App):
         LOG.info("pod removed", extra={"fields": {"uid": uid, "worker": self.ctx.worker_id}})
 
 
-def make_cert_manager(o: ZtunnelOptions):
-    """The CA client (node credential) and the certificate manager."""
+def make_cert_manager(o: ZtunnelOptions, metrics=None):
+    """The CA client (node credential) and the certificate manager, sharing
+    the node's certificate store with the other workers (core/identity/store.py)."""
     from shoal.core.identity import CertManager
     from shoal.core.addr import parse_authority
     from shoal.core.identity.caclient import CaClient
+    from shoal.core.identity.store import CertStore
     if not o.ca_credential_dir:
         raise ValueError("--ca-credential is required: the node credential directory "
                          "(shoal controlplane issue-node-cert --node NODE --out DIR)")
     ca = CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir)
-    return CertManager(ca, node_name=o.node)
+    return CertManager(ca, node_name=o.node, store=CertStore.inherited(), metrics=metrics)

@@ -140,6 +140,17 @@ class H2ConnectionFast(GuardedH2Connection):
     queued after them.
     """
 
+    # h2 remembers how each closed stream ended (so a frame arriving on it
+    # just after the close gets a stream error, not a connection error) for
+    # the last 2**16 streams. On a pooled HBONE connection that carries one
+    # stream per proxied TCP connection, that history was the worker's
+    # memory growth: ~135 B per connection, linear up to 65,536 streams per
+    # pooled connection. Late frames arrive within a round trip of the
+    # close; 1,024 closes in one round trip is far beyond a node's rate, and
+    # caps the history at ~140 KiB per connection. (Rust's h2, under
+    # Istio's ztunnel, keeps only a handful of recently reset streams.)
+    MAX_CLOSED_STREAMS = 1024
+
     frame_buffer_class = _FrameBuffer
 
     def __init__(self, config: H2Configuration, *, limits=DEFAULT_LIMITS, **kw) -> None:

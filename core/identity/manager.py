@@ -13,6 +13,13 @@ Invariants (reference/istio-ztunnel.md §7):
   already established keep their own TLS session (an `ssl.SSLObject` holds a
   reference to the context it was made from), so nothing is dropped.
 - `forget`/`retain` drop identities no workload needs any more.
+- With a node store (core/identity/store.py), certificates outlive this
+  process: a new worker (restart, SIGHUP, SIGUSR2) adopts the valid ones
+  before it ever asks the CA, and a renewal is made once per node (the
+  store's lease), the other workers adopting it. So with the CA down, a node
+  that holds valid certificates keeps serving through worker restarts.
+- Retries are jittered (JITTER): after a CA outage, the nodes' retries do not
+  arrive in lock-step.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import random
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -43,6 +51,13 @@ MAX_CONCURRENT_FETCHES = 8
 TRUST_BUNDLE_POLL_INTERVAL = 60.0
 # The scheduler re-checks at least this often, so a clock jump is noticed.
 SCHEDULER_MAX_SLEEP = 5.0
+# Each retry delay is scaled by a random factor in [1 - JITTER, 1] ("equal
+# jitter"): spreads the retries of every node after a CA outage while keeping
+# the delay at least half the exponential value.
+JITTER = 0.5
+# While another process of the node holds the renewal lease, look at the
+# store again this often (a CA round trip takes tens of ms).
+LEASE_POLL = 0.1
 
 _log = log.get("identity")
 
@@ -74,8 +89,13 @@ def refresh_time(cert: WorkloadCert) -> float:
 
 
 def backoff_delay(failures: int) -> float:
-    """Delay before retry number `failures` (1-based)."""
+    """Delay before retry number `failures` (1-based), before jitter."""
     return min(BACKOFF_INITIAL * (2 ** max(failures - 1, 0)), BACKOFF_MAX)
+
+
+def jittered(delay: float, r: float) -> float:
+    """`delay` scaled into [(1 - JITTER) * delay, delay] by `r` in [0, 1]."""
+    return delay * (1.0 - JITTER * (1.0 - r))
 
 
 @dataclass(slots=True)
@@ -88,6 +108,7 @@ class _Entry:
     refresh_at: float = 0.0
     queued: Priority | None = None
     in_flight: bool = False
+    store_gen: int = -1          # the node store's generation when last looked at
     waiters: list[asyncio.Future] = field(default_factory=list)
     contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
@@ -102,6 +123,10 @@ class CertManager:
         clock: unix time (injectable; unit tests drive `tick()` by hand).
         background: run the renewal scheduler task (off in unit tests).
         ttl: lifetime to ask for (timedelta); None takes the CA's default (24 h).
+        store: the node's CertStore shared with the other processes, or None.
+        metrics: core.metrics.IstioMetrics for the CA reachability and
+            certificate expiry gauges, or None.
+        rng: returns a float in [0, 1) for the retry jitter.
 
     Create it anywhere (pre-fork is fine: nothing starts until the first
     fetch/prefetch, which must run inside the worker's event loop).
@@ -109,8 +134,12 @@ class CertManager:
 
     def __init__(self, ca_client: Any, *, node_name: str = "", clock: Callable[[], float] = time.time,
                  background: bool = True, ttl=None,
-                 max_concurrent: int = MAX_CONCURRENT_FETCHES) -> None:
+                 max_concurrent: int = MAX_CONCURRENT_FETCHES, store=None, metrics=None,
+                 rng: Callable[[], float] = random.random) -> None:
         self.ca = ca_client
+        self.store = store
+        self.metrics = metrics
+        self.rng = rng
         self.node_name = node_name
         self.clock = clock
         self.ttl = ttl
@@ -133,7 +162,7 @@ class CertManager:
             CertUnavailable: the CA refused or could not be reached.
         """
         entry = self._entry(Identity.of(identity))
-        cert = self._valid(entry)
+        cert = self._valid(entry) or self._adopt_stored(entry)
         if cert is not None:
             return cert
         fut = asyncio.get_running_loop().create_future()
@@ -144,19 +173,20 @@ class CertManager:
     def prefetch(self, identity: Identity | str) -> None:
         """Fetch ahead of need (Warmup); returns at once."""
         entry = self._entry(Identity.of(identity))
-        if entry.cert is None and not entry.in_flight:
+        if entry.cert is None and self._adopt_stored(entry) is None and not entry.in_flight:
             self._enqueue(entry, Priority.WARMUP)
 
     def get(self, identity: Identity | str) -> WorkloadCert | None:
         """The cached certificate if it is valid now, else None (never fetches)."""
         entry = self._entries.get(Identity.of(identity))
-        return None if entry is None else self._valid(entry)
+        return None if entry is None else (self._valid(entry) or self._adopt_stored(entry))
 
     def forget(self, identity: Identity | str) -> None:
         """No workload needs `identity` any more: drop its certificate."""
         entry = self._entries.pop(Identity.of(identity), None)
         if entry is not None:
             self._fail_waiters(entry, "identity forgotten")
+            self._report_expiry(entry.identity, None)
 
     def retain(self, identities: Iterable[Identity | str]) -> None:
         """Keep exactly these identities (prefetching new ones), forget the rest."""
@@ -286,7 +316,7 @@ class CertManager:
 
     def _context(self, ident: Identity, side: str) -> ssl.SSLContext | None:
         entry = self._entries.get(ident)
-        cert = None if entry is None else self._valid(entry)
+        cert = None if entry is None else (self._valid(entry) or self._adopt_stored(entry))
         if cert is None:
             return None
         ctx = entry.contexts.get(side)
@@ -337,6 +367,9 @@ class CertManager:
 
     async def _fetch_once(self, entry: _Entry) -> None:
         ident = entry.identity
+        claimed = self._claim(entry)
+        if claimed is not _CLAIMED:
+            return   # adopted a renewal from the store, or another process renews it
         self.fetches += 1
         try:
             key, csr = make_csr(ident)
@@ -346,22 +379,32 @@ class CertManager:
                 raise CertError("identity_mismatch",
                                 f"CA issued {cert.identity.uri} instead of {ident.uri}")
         except asyncio.CancelledError:
+            self._store_call("release", ident.uri)
             raise
         except Exception as e:  # the CA client's errors, bad answers: back off and retry
+            self._store_call("release", ident.uri)
+            self._report_ca(getattr(e, "status", 0) != 0)   # an HTTP refusal: the CA is up
             self._on_failure(entry, str(e))
             return
+        self._report_ca(True)
         if self._entries.get(ident) is not entry:
+            self._store_call("release", ident.uri)
             return  # forgotten while in flight
         self.apply_trust_bundle(cert.roots)
         self._bundle_checked = self.clock()   # the answer carried the current bundle
         if _ders(cert.roots) != _ders(self._roots):
             cert = cert.with_roots(self._roots)
+        self._store_call("put", cert)
         renewed = entry.cert is not None
+        self._install(entry, cert)
+        _log.info("certificate renewed" if renewed else "certificate issued", extra={"fields": {
+            "identity": ident.uri, "serial": cert.serial, "not_after": cert.not_after.isoformat()}})
+
+    def _install(self, entry: _Entry, cert: WorkloadCert) -> None:
         entry.cert, entry.contexts = cert, {}
         entry.state, entry.error, entry.failures = CertState.AVAILABLE, "", 0
         entry.refresh_at = refresh_time(cert)
-        _log.info("certificate renewed" if renewed else "certificate issued", extra={"fields": {
-            "identity": ident.uri, "serial": cert.serial, "not_after": cert.not_after.isoformat()}})
+        self._report_expiry(entry.identity, cert)
         for fut in entry.waiters:
             if not fut.done():
                 fut.set_result(cert)
@@ -369,9 +412,71 @@ class CertManager:
         if self._wake is not None:
             self._wake.set()
 
+    # -- the node store --------------------------------------------------------
+    def _adopt_stored(self, entry: _Entry) -> WorkloadCert | None:
+        """A valid certificate another process of the node put in the store
+        (checked only when the store changed: a generation read is one pread)."""
+        if self.store is None:
+            return None
+        gen = self._store_call("generation")
+        if gen is None or gen == entry.store_gen:
+            return None
+        entry.store_gen = gen
+        cert = self._store_call("get", entry.identity.uri, self.clock())
+        if cert is None:
+            return None
+        self._install(entry, self._with_current_roots(cert))
+        _log.info("certificate adopted from the node store", extra={"fields": {
+            "identity": entry.identity.uri, "serial": cert.serial,
+            "not_after": cert.not_after.isoformat()}})
+        return entry.cert
+
+    def _with_current_roots(self, cert: WorkloadCert) -> WorkloadCert:
+        if not self._roots:
+            self.apply_trust_bundle(cert.roots)
+        if _ders(cert.roots) != _ders(self._roots):
+            return cert.with_roots(self._roots)
+        return cert
+
+    def _claim(self, entry: _Entry) -> object:
+        """Before a CA request: adopt a newer stored certificate, or wait for
+        the process renewing it, or take the lease (returns _CLAIMED)."""
+        if self.store is None:
+            return _CLAIMED
+        newer_than = entry.cert.not_after.timestamp() if entry.cert is not None else 0.0
+        got = self._store_call("claim", entry.identity.uri, newer_than, self.clock())
+        if isinstance(got, WorkloadCert):
+            self._install(entry, self._with_current_roots(got))
+            return got
+        if got is not None:   # Busy: another process asks the CA right now
+            entry.refresh_at = self.clock() + LEASE_POLL
+            if self._wake is not None:
+                self._wake.set()
+            return got
+        return _CLAIMED
+
+    def _store_call(self, method: str, *args):
+        try:
+            return getattr(self.store, method)(*args)
+        except Exception as e:   # a broken store must not stop the CA path
+            _log.error("certificate store failed; using the CA only", extra={"fields": {
+                "operation": method, "error": str(e)}})
+            self.store = None
+            return None
+
+    # -- metrics -----------------------------------------------------------------
+    def _report_ca(self, reachable: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.ca_reachable.set(1 if reachable else 0)
+
+    def _report_expiry(self, ident: Identity, cert: WorkloadCert | None) -> None:
+        if self.metrics is not None:
+            self.metrics.cert_expiry.labels(ident.uri).set(
+                cert.not_after.timestamp() if cert is not None else 0)
+
     def _on_failure(self, entry: _Entry, reason: str) -> None:
         entry.failures += 1
-        delay = backoff_delay(entry.failures)
+        delay = jittered(backoff_delay(entry.failures), self.rng())
         entry.refresh_at = self.clock() + delay
         entry.error = reason
         if self._valid(entry) is None:
@@ -403,6 +508,9 @@ class CertManager:
                 await asyncio.wait_for(self._wake.wait(), max(delay, 0.01))
             except asyncio.TimeoutError:
                 pass
+
+
+_CLAIMED = object()
 
 
 def _ders(certs) -> tuple[bytes, ...]:

@@ -226,10 +226,16 @@ class LoopStats:
 
 
 class ClientLoop:
-    """Many short echo connections from a background thread, counting failures."""
+    """Many short echo connections from a background thread, counting failures.
 
-    def __init__(self, port: int, concurrency: int = 8, stop_on_refused: bool = False) -> None:
+    `host`/`source`: where to connect and the source address to bind (a
+    mesh client pod's IP); `ok_since(n)` waits for n more successes."""
+
+    def __init__(self, port: int, concurrency: int = 8, stop_on_refused: bool = False,
+                 host: str = "127.0.0.1", source: str | None = None) -> None:
         self.port = port
+        self.host = host
+        self.source = source
         self.concurrency = concurrency
         self.stop_on_refused = stop_on_refused
         self.stats = LoopStats()
@@ -244,6 +250,12 @@ class ClientLoop:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def ok_since(self, n: int, timeout: float = 15.0) -> None:
+        """Wait until `n` more connections succeeded than now."""
+        start = self.stats.ok
+        wait_for(lambda: self.stats.ok >= start + n, timeout,
+                 lambda: f"{n} more successful connections (stats {self.stats})")
+
     def stop(self) -> LoopStats:
         self._stop.set()
         self._thread.join(15)
@@ -257,7 +269,8 @@ class ClientLoop:
         while not self._stop.is_set():
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.port), 5)
+                    asyncio.open_connection(self.host, self.port,
+                                            local_addr=(self.source, 0) if self.source else None), 5)
                 writer.write(payload)
                 reply = await asyncio.wait_for(reader.readline(), 5)
                 writer.close()

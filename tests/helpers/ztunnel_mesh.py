@@ -233,6 +233,24 @@ class Mesh:
         if self.ca:
             self.ca.stop()
 
+    def worker_pids(self, node: str) -> set[int]:
+        """The node's ztunnel workers: the processes holding its admin
+        listener that have no child holding it (supervisors hold copies of
+        the slots' listeners; after SIGUSR2 two supervisors do)."""
+        import re
+        import subprocess
+        out = subprocess.run(["ss", "-ltnpH", f"( sport = :{self.nodes[node].admin} )"],
+                             capture_output=True, text=True).stdout
+        holders = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+        parents = set()
+        for pid in holders:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                parents.add(int(stat.rsplit(")", 1)[1].split()[1]))
+            except OSError:
+                pass
+        return holders - parents
+
     # -- clients ---------------------------------------------------------------
     def connect(self, client: str, ip: str, port: int, timeout: float = 10) -> socket.socket:
         """A TCP connection from pod `client` to ip:port, through its ztunnel."""

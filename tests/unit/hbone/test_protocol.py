@@ -276,3 +276,23 @@ def test_protocol_module_is_sans_io():
         elif isinstance(node, ast.ImportFrom):
             names.add((node.module or "").split(".")[0])
     assert not names & {"socket", "asyncio", "os", "signal", "mmap", "ssl", "time"}
+
+
+def test_closed_stream_history_is_bounded_on_a_long_lived_connection():
+    # One pooled connection carries one stream per proxied TCP connection:
+    # h2's memory of closed streams must not grow with every one of them.
+    from shoal.core.hbone.h2fast import H2ConnectionFast
+    c, s = _pair()
+    n = H2ConnectionFast.MAX_CLOSED_STREAMS + 500
+    for i in range(n):
+        sid, _ = _open(c, s)
+        if i % 2:
+            c.reset_stream(sid)
+            _xfer(c, s)
+        else:
+            c.end_stream(sid)
+            _xfer(c, s)
+            s.send_data(sid, b"x", end_stream=True)
+            _xfer(s, c)
+    assert c.open_streams == 0 and s.open_streams == 0
+    assert len(c._h2._closed_streams) == len(s._h2._closed_streams) == H2ConnectionFast.MAX_CLOSED_STREAMS

@@ -10,7 +10,7 @@ from shoal.controlplane.authority import CertificateAuthority
 from shoal.core.identity.caclient import CaError, SignResponse
 from shoal.core.identity.certs import load_pem_certs
 from shoal.core.identity.manager import (BACKOFF_MAX, MAX_CONCURRENT_FETCHES, CertManager, CertState,
-                                   CertUnavailable, Priority, backoff_delay,
+                                   CertUnavailable, Priority, backoff_delay, jittered,
                                    refresh_time)
 from shoal.core.identity.spiffe import Identity
 
@@ -66,7 +66,8 @@ def clock():
 @pytest.fixture
 async def env(clock):
     ca = FakeCA(clock)
-    mgr = CertManager(ca, node_name="node-1", clock=clock, background=False)
+    # rng 1.0: no jitter, so delays are exact (test_jitter covers the spread).
+    mgr = CertManager(ca, node_name="node-1", clock=clock, background=False, rng=lambda: 1.0)
     yield ca, mgr
     await mgr.close()
 
@@ -142,6 +143,11 @@ async def test_refused_fetch_raises_with_the_reason(env):
 def test_backoff_is_exponential_and_capped():
     assert [backoff_delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert backoff_delay(50) == BACKOFF_MAX == 150.0
+
+
+def test_jitter_spreads_retries_within_half_to_full_delay():
+    assert jittered(8.0, 0.0) == 4.0 and jittered(8.0, 1.0) == 8.0
+    assert jittered(8.0, 0.5) == 6.0
 
 
 async def test_at_most_eight_fetches_run_at_once(env):
