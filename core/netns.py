@@ -23,6 +23,7 @@ import socket
 from typing import Iterator
 
 from shoal.core.constants import PROXY_MARK
+from shoal.core.sockets import enable_listener_migration
 
 CLONE_NEWNET = 0x40000000
 # NSFS_MAGIC from linux/magic.h: what statfs reports for /proc/*/ns/* and
@@ -118,6 +119,8 @@ class NetnsSocketFactory:
         """A bound, listening, non-blocking TCP socket inside the pod netns."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with in_netns(self.netns_fd):
+            if reuse_port:
+                enable_listener_migration()   # this pod netns's own setting
             s = socket.socket(family, socket.SOCK_STREAM)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -195,3 +195,27 @@ def configure_accepted(sock: socket.socket) -> None:
 def listener_key(namespace_key: str, host: str, port: int) -> str:
     """Identity of a listener across worker generations (same ns + address)."""
     return f"{namespace_key}|{host}:{port}"
+
+
+# Linux >= 5.14: when a listener of an SO_REUSEPORT group closes, the kernel
+# moves its accept queue and its half-open handshakes to another listener of
+# the group instead of resetting them. A shard slot closed by SIGTTOU (or the
+# first workers to close on a stop) then loses no queued connection. The
+# setting is per network namespace, so it is set in every netns a proxy
+# listens in (the node's, and each enrolled pod's).
+TCP_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def enable_listener_migration() -> bool:
+    """Turn on TCP_MIGRATE_REQ in the calling thread's netns. Returns whether it
+    is on (False: an older kernel, or no permission; closing a listener may
+    then reset what is queued on it)."""
+    try:
+        with open(TCP_MIGRATE_REQ, "r+b", buffering=0) as f:
+            if f.read().strip() == b"1":
+                return True
+            f.seek(0)
+            f.write(b"1")
+        return True
+    except OSError:
+        return False

@@ -13,6 +13,8 @@ import os
 
 import posix_ipc
 
+from shoal.core.pids import alive  # noqa: F401  (re-exported: routing.shm uses liveness.alive)
+
 
 def cleanup_stale(prefix: str) -> list[str]:
     """Unlink segments of this prefix whose creator pid is dead; returns their names."""
@@ -66,19 +68,3 @@ def owner_alive(word: int) -> bool:
     if not tag or len(fields) <= _STARTTIME:
         return True
     return int(fields[_STARTTIME]) & PID_MASK == tag
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")

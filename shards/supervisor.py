@@ -34,6 +34,7 @@ from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
 from shoal.core.drain import DrainMode
 from shoal.core.identity.store import CertStore
+from shoal.core.sockets import enable_listener_migration
 from shoal.shards import exitcodes, routing_glue
 from shoal.shards.app import App
 from shoal.shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
@@ -175,6 +176,10 @@ class Supervisor:
         except OSError as e:
             raise exitcodes.SupervisorExit(exitcodes.SETUP_ERROR, f"cannot set up: {e}") from e
         self.table = routing_glue.create_table(o.config)
+        if not enable_listener_migration():
+            self.log.warning("cannot enable net.ipv4.tcp_migrate_req (kernel < 5.14 or no "
+                             "permission): a slot closed by SIGTTOU may reset connections "
+                             "queued on it")
         if self.upgrade_ready_fd is None:
             self._write_pidfile()
         self._spawn_watcher()

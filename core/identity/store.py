@@ -38,6 +38,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 
 from shoal.core.identity.certs import WorkloadCert, load_pem_certs
+from shoal.core.pids import alive
 
 ENV_FD = "SHOAL_CERT_STORE_FD"
 MAGIC = b"shoalcs1"
@@ -137,7 +138,7 @@ class CertStore:
             if cert is not None and cert.not_after.timestamp() > newer_than:
                 return cert
             pid, until = entry.get("lease") or (0, 0.0)
-            if pid != os.getpid() and until > now and _alive(pid):
+            if pid != os.getpid() and until > now and alive(pid):
                 return Busy(until)
             entry["lease"] = [os.getpid(), now + LEASE_SECONDS]
             doc[uri] = entry
@@ -235,12 +236,3 @@ def _valid(cert: WorkloadCert | None, now: float) -> WorkloadCert | None:
         return None
     return cert if cert.not_before.timestamp() <= now < cert.not_after.timestamp() else None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -259,3 +259,21 @@ def test_ttin_ttou_change_the_worker_count(shards):
     assert ask(s.echo, b"x") == b"x\n"
     assert s.stop() == exitcodes.OK
     assert_clean(s.pid)
+
+
+def test_ttou_under_load_loses_no_queued_connection(shards):
+    # The closed slot's accept queue moves to a live listener
+    # (net.ipv4.tcp_migrate_req, set by the supervisor) instead of being reset.
+    s = shards(workers=2)
+    with ClientLoop(s.echo, concurrency=16) as loop:
+        for _ in range(3):
+            s.signal(signal.SIGTTOU)
+            wait_for(lambda: len(s.worker_pids()) == 1, 10, "one worker after TTOU")
+            loop.ok_since(50)
+            s.signal(signal.SIGTTIN)
+            s.wait_workers(2)
+            loop.ok_since(50)
+        stats = loop.stop()
+    assert stats.refused == 0 and stats.reset == 0 and stats.other == [], stats
+    with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+        assert f.read().strip() == "1"
