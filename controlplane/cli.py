@@ -16,6 +16,16 @@ from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN
 
 # How often the running CA checks its files for a rotation or new cacerts.
 STATE_POLL_INTERVAL = 2.0
+# How often it stats the mesh config (node -> pods) for changes; a change is
+# parsed in a thread, never by a certificate request. Short, because a mesh
+# builder writes pods and then starts the node proxies that ask for them.
+CONFIG_POLL_INTERVAL = 0.25
+
+
+async def _watch_config(nodes) -> None:
+    while True:
+        await asyncio.to_thread(nodes.refresh)
+        await asyncio.sleep(CONFIG_POLL_INTERVAL)
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)?$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -74,7 +84,11 @@ async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_doma
     logger = log.get("ca")
     ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
     if config_dir:
-        nodes = ConfigIdentities(config_dir, overlay=overlay, trust_domain=trust_domain)
+        # Parsed here and in the poll loop below, never in a request.
+        nodes = ConfigIdentities(config_dir, overlay=overlay, trust_domain=trust_domain,
+                                 background=True)
+        await asyncio.to_thread(nodes.refresh)
+        config_watch = asyncio.create_task(_watch_config(nodes))  # noqa: F841 (held: an unreferenced task may be collected)
     else:
         logger.warning("no --config: node proxies can obtain no workload certificate")
         nodes = lambda node: set()  # noqa: E731

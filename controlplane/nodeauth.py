@@ -86,11 +86,17 @@ def identities_by_node(config_dir: Path, overlay: Path | None, trust_domain: str
 
 
 class ConfigIdentities:
-    """`identities_on_node` over a config directory, re-read when files change."""
+    """`identities_on_node` over a config directory, re-read when files change.
+
+    With `background=True` (the CA server) a request only reads the view
+    parsed last; `refresh()` is called by the server's own poll loop, off the
+    request path, so no CSR ever waits for YAML parsing. Otherwise (tools,
+    tests) a call re-checks the files at most every CONFIG_RESCAN_INTERVAL.
+    """
 
     def __init__(self, config_dir: str | os.PathLike, *, overlay: str | os.PathLike | None = None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, background: bool = False):
         self.config_dir = Path(config_dir)
         self.overlay = Path(overlay) if overlay else None
         self.trust_domain = trust_domain
@@ -98,6 +104,7 @@ class ConfigIdentities:
         self._stamp: tuple = ()
         self._checked = float("-inf")
         self._by_node: dict[str, set[str]] = {}
+        self.background = background
 
     def _dir_stamp(self) -> tuple:
         files = []
@@ -117,12 +124,19 @@ class ConfigIdentities:
             _log.warning("config refused; keeping the last good node view",
                          extra={"fields": {"config": str(self.config_dir), "error": str(e)}})
 
+    def refresh(self) -> bool:
+        """Re-read the config if its files changed; True if they had."""
+        stamp = self._dir_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        self._reload()
+        return True
+
     def __call__(self, node: str) -> set[str]:
-        now = self.clock()
-        if now - self._checked >= CONFIG_RESCAN_INTERVAL:
-            self._checked = now
-            stamp = self._dir_stamp()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self._reload()
+        if not self.background:
+            now = self.clock()
+            if now - self._checked >= CONFIG_RESCAN_INTERVAL:
+                self._checked = now
+                self.refresh()
         return set(self._by_node.get(node, ()))

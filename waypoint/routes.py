@@ -22,8 +22,8 @@ which case the waypoint forwards to the original service.
 Matching details:
 - PathPrefix is element-wise: "/foo" matches "/foo", "/foo/" and "/foo/bar"
   but not "/foobar"; a trailing "/" in the prefix is ignored.
-- RegularExpression (path, header, query) must match the whole value (RE2
-  full-match semantics, as in Envoy's safe_regex).
+- RegularExpression (path, header, query) must match the whole value, with
+  RE2 (core.regex: linear time, Envoy's safe_regex engine and semantics).
 - Header names are case-insensitive; several values are joined with ",".
 - Query parameter names are case-sensitive; only the first value counts.
 - Hostnames: "*.example.com" matches any host with that suffix and at least
@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import functools
 import random as _random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from shoal.core import regex
 from shoal.core.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
 
 # Sort key ranks (smaller first).
@@ -187,24 +187,14 @@ def path_matches(kind: str, value: str, path: str) -> bool:
             return True
         return path == prefix or path.startswith(prefix + "/")
     if kind == "RegularExpression":
-        rx = _regex(value)
-        return rx is not None and rx.fullmatch(path) is not None
+        return regex.fullmatch(value, path)
     return False
 
 
 def _value_matches(kind: str, want: str, actual: str) -> bool:
     if kind == "RegularExpression":
-        rx = _regex(want)
-        return rx is not None and rx.fullmatch(actual) is not None
+        return regex.fullmatch(want, actual)
     return actual == want
-
-
-@functools.lru_cache(maxsize=1024)
-def _regex(pattern: str) -> re.Pattern | None:
-    try:
-        return re.compile(pattern)
-    except re.error:
-        return None   # the compiler should have refused it; never match
 
 
 @functools.lru_cache(maxsize=1024)

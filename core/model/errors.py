@@ -7,8 +7,43 @@ operator fixes a manifest in one pass.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
+
+# A value quoted in an error message is cut to this many characters: a config
+# value may be megabytes (or, through YAML aliases, a graph that prints as
+# gigabytes); the message only has to let the operator find it.
+MAX_QUOTED = 80
+# Whole messages are capped too (they embed YAML parser text, names...).
+MAX_MESSAGE = 1024
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = MAX_QUOTED
+_REPR.maxother = MAX_QUOTED
+_REPR.maxlevel = 2
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def quote(value: Any) -> str:
+    """`repr(value)` for an error message, bounded however large `value` is
+    (reprlib stops at a few items per level), then cut to MAX_QUOTED."""
+    text = _REPR.repr(value)
+    if len(text) > MAX_QUOTED:
+        text = text[:MAX_QUOTED - 3] + "..."
+    return text
+
+
+def _cut(text: str) -> str:
+    """A name as written by the user, cut to MAX_QUOTED characters."""
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
+
+
+def clip(message: str) -> str:
+    """`message` cut to MAX_MESSAGE characters."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[:MAX_MESSAGE - 30] + f"... ({len(message)} characters)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,10 +65,14 @@ class FieldError:
     message: str
     document: int = 0
 
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE:
+            object.__setattr__(self, "message", clip(self.message))
+
     @property
     def resource(self) -> str:
-        ns = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.kind or '?'}/{ns}{self.name or '?'}"
+        ns = f"{_cut(self.namespace)}/" if self.namespace else ""
+        return f"{_cut(self.kind) or '?'}/{ns}{_cut(self.name) or '?'}"
 
     def __str__(self) -> str:
         where = f"{self.file or '<input>'}"

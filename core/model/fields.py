@@ -10,7 +10,8 @@ import ipaddress
 import re
 from typing import Any
 
-from shoal.core.model.errors import FieldError
+from shoal.core.model.errors import FieldError, quote
+from shoal.core.regex import RegexError, compile_regex
 
 # RFC 1123 label / subdomain, as Kubernetes validates object names.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -51,10 +52,10 @@ class Ctx:
                 self.err(where, "is required")
             return default
         if not isinstance(value, str):
-            self.err(where, f"must be a string, got {type(value).__name__} {value!r}")
+            self.err(where, f"must be a string, got {type(value).__name__} {quote(value)}")
             return default
         if choices is not None and value not in choices:
-            self.err(where, f"must be one of {', '.join(choices)}; got {value!r}")
+            self.err(where, f"must be one of {', '.join(choices)}; got {quote(value)}")
             return default
         return value
 
@@ -67,7 +68,7 @@ class Ctx:
                 self.err(where, "is required")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            self.err(where, f"must be an integer, got {value!r}")
+            self.err(where, f"must be an integer, got {quote(value)}")
             return default
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             self.err(where, f"must be between {lo} and {hi}; got {value}")
@@ -82,7 +83,7 @@ class Ctx:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.err(join(path, key), f"must be true or false, got {value!r}")
+            self.err(join(path, key), f"must be true or false, got {quote(value)}")
             return default
         return value
 
@@ -127,7 +128,7 @@ class Ctx:
         out = []
         for i, item in enumerate(self.list(obj, key, path, required=required)):
             if not isinstance(item, str):
-                self.err(join(join(path, key), i), f"must be a string, got {item!r}")
+                self.err(join(join(path, key), i), f"must be a string, got {quote(item)}")
                 continue
             out.append(item)
         return tuple(out)
@@ -137,8 +138,8 @@ class Ctx:
         out = {}
         for k, v in self.map(obj, key, path).items():
             if not isinstance(k, str) or not isinstance(v, str):
-                self.err(join(path, key) + f"[{k!r}]",
-                         f"keys and values must be strings (quote numbers and booleans); got {v!r}")
+                self.err(join(path, key) + f"[{quote(k)}]",
+                         f"keys and values must be strings (quote numbers and booleans); got {quote(v)}")
                 continue
             out[k] = v
         return out
@@ -154,7 +155,7 @@ class Ctx:
         try:
             ipaddress.ip_address(value)
         except ValueError:
-            self.err(path, f"{value!r} is not an IP address")
+            self.err(path, f"{quote(value)} is not an IP address")
             return False
         return True
 
@@ -162,15 +163,15 @@ class Ctx:
         try:
             ipaddress.ip_network(value, strict=False)
         except ValueError:
-            self.err(path, f"{value!r} is not an IP address or CIDR block")
+            self.err(path, f"{quote(value)} is not an IP address or CIDR block")
             return False
         return True
 
     def regex(self, value: str, path: str) -> bool:
         try:
-            re.compile(value)
-        except re.error as exc:
-            self.err(path, f"regular expression {value!r} does not compile: {exc}")
+            compile_regex(value)
+        except RegexError as exc:
+            self.err(path, f"regular expression {quote(value)} {exc}")
             return False
         return True
 
@@ -184,7 +185,7 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 def parse_duration(ctx: Ctx, value: Any, path: str) -> float | None:
     """Seconds of a Gateway API duration; None for "0s" (no timeout) or an error."""
     if not isinstance(value, str) or not _DURATION.match(value):
-        ctx.err(path, f"must be a duration like \"10s\", \"500ms\" or \"1m30s\"; got {value!r}")
+        ctx.err(path, f"must be a duration like \"10s\", \"500ms\" or \"1m30s\"; got {quote(value)}")
         return None
     seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
     return seconds or None

@@ -16,7 +16,7 @@ from typing import Callable
 import yaml
 
 from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
-from shoal.core.model.errors import ConfigError, FieldError
+from shoal.core.model.errors import ConfigError, FieldError, quote
 from shoal.core.model.fields import DNS_SUBDOMAIN, MAX_NAME_LEN, Ctx
 from shoal.core.model.parse_authz import parse_authorization_policy
 from shoal.core.model.parse_core import (parse_deployment, parse_namespace, parse_pod,
@@ -26,6 +26,17 @@ from shoal.core.model.resources import ConfigSet, Gateway, Meta, Note, Resource
 
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 16 * 1024 * 1024   # a config file larger than this is a mistake, not a mesh
+# Nesting of YAML collections. Kubernetes manifests nest ~10-15 levels (an
+# HTTPRoute's deepest field is at 8); libyaml and PyYAML's constructor recurse
+# per level, so 1 MB of "[[[[..." would exhaust the C stack without a bound.
+MAX_DEPTH = 64
+# YAML aliases may repeat a subtree; the "billion laughs" (CVE-2019-11253 in
+# kube-apiserver) nests them so a few hundred bytes expand to gigabytes. Like
+# go-yaml's fix (an allowed ratio of alias-decoded nodes), a document may
+# expand to at most ALIAS_EXPANSION times its own node count plus
+# ALIAS_EXPANSION_SLACK nodes; real manifests that reuse a block stay far below.
+ALIAS_EXPANSION = 10
+ALIAS_EXPANSION_SLACK = 10_000
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -51,7 +62,7 @@ def yaml_files(path: str | os.PathLike) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"config path {str(root)!r} is neither a file nor a directory")
+        raise FileNotFoundError(f"config path {quote(str(root))} is neither a file nor a directory")
     out = [p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()
            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return sorted(out)
@@ -110,7 +121,12 @@ def parse_text(text: str, *, file: str, errors: list[FieldError], notes: list[No
                start_index: int = 0) -> list[Resource]:
     """Every supported resource of one multi-document YAML text."""
     try:
+        check_shape(text)
         docs = list(yaml.load_all(text, Loader=_Loader))
+    except YamlShapeError as exc:
+        errors.append(FieldError(file=file, kind="", namespace="", name="", field="",
+                                 message=str(exc)))
+        return []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -137,6 +153,57 @@ def parse_object(doc: object, *, file: str = "", index: int = 0
     notes: list[Note] = []
     res = _parse_doc(doc, file, 0, errors, notes, index)
     return (None if errors else res), errors, notes
+
+
+class YamlShapeError(ValueError):
+    """The YAML is too deep or its aliases expand too far (see MAX_DEPTH)."""
+
+
+_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def check_shape(text: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH or whose aliases would expand
+    past the ALIAS_EXPANSION bound, before anything is built from it.
+
+    One pass over libyaml's events (iterative, no recursion): the size of each
+    anchored node is known when it ends, so an alias adds that size.
+
+    Raises:
+        YamlShapeError: with the line of the offending node.
+        yaml.YAMLError: the text is not YAML.
+    """
+    depth = nodes = expanded = 0
+    anchors: dict[str, int] = {}
+    open_nodes: list[tuple[str | None, int]] = []
+    for event in yaml.parse(text, Loader=_Loader):
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            nodes += 1
+            expanded += 1
+            if event.anchor:
+                anchors[event.anchor] = 1
+        elif kind in _STARTS:
+            nodes += 1
+            expanded += 1
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise YamlShapeError(f"YAML nested deeper than {MAX_DEPTH} levels at line "
+                                     f"{event.start_mark.line + 1}")
+            open_nodes.append((event.anchor, expanded - 1))
+        elif kind in _ENDS:
+            depth -= 1
+            anchor, start = open_nodes.pop()
+            if anchor:
+                anchors[anchor] = expanded - start
+        elif kind is yaml.AliasEvent:
+            expanded += anchors.get(event.anchor, 1)
+            if expanded > ALIAS_EXPANSION * nodes + ALIAS_EXPANSION_SLACK:
+                raise YamlShapeError(
+                    f"YAML aliases expand to more than {ALIAS_EXPANSION}x the document "
+                    f"(alias *{event.anchor[:40]} at line {event.start_mark.line + 1}); "
+                    f"write the repeated blocks out")
 
 
 def _parse_doc(doc: object, file: str, n: int, errors: list[FieldError], notes: list[Note],
@@ -168,12 +235,12 @@ def _parse_doc(doc: object, file: str, n: int, errors: list[FieldError], notes: 
     res = parser(ctx, meta, doc)
     if isinstance(res, Gateway) and res.class_name != WAYPOINT_GATEWAY_CLASS:
         notes.append(Note(file=file, resource=meta.ref, message=f"skipped: gatewayClassName "
-                          f"{res.class_name!r} is not {WAYPOINT_GATEWAY_CLASS!r} (not a waypoint)"))
+                          f"{quote(res.class_name)} is not {WAYPOINT_GATEWAY_CLASS!r} (not a waypoint)"))
         return None
     return res
 
 
 def _check_name(ctx: Ctx, name: str, path: str) -> None:
     if name and (len(name) > MAX_NAME_LEN or not DNS_SUBDOMAIN.match(name)):
-        ctx.err(path, f"{name!r} is not a valid name (lowercase letters, digits, '-' and '.', "
+        ctx.err(path, f"{quote(name)} is not a valid name (lowercase letters, digits, '-' and '.', "
                 f"at most {MAX_NAME_LEN} characters)")

@@ -10,6 +10,7 @@ annotation is a Go `strconv.ParseBool` value.
 
 from __future__ import annotations
 
+from shoal.core.model.errors import quote
 from shoal.core.model.fields import MAX_PORT, Ctx, join
 from shoal.core.model.resources import AuthorizationPolicy, Meta
 from shoal.core.records import Condition, Operation, Rule, Source, TargetRef
@@ -44,7 +45,7 @@ def parse_authorization_policy(ctx: Ctx, meta: Meta, doc: dict) -> Authorization
                                             "provider", "rules"}))
     action = spec.get("action", "ALLOW")
     if action not in ACTIONS:
-        ctx.err("spec.action", f"must be one of {', '.join(ACTIONS)}; got {action!r}")
+        ctx.err("spec.action", f"must be one of {', '.join(ACTIONS)}; got {quote(action)}")
     if "provider" in spec and action != "CUSTOM":
         ctx.err("spec.provider", "is only valid with action CUSTOM")
     if action == "CUSTOM":
@@ -75,7 +76,7 @@ def parse_dry_run(ctx: Ctx, value: str) -> bool:
         return True
     ctx.err(f"metadata.annotations[{ANNOTATION_DRY_RUN}]",
             f"must be a boolean as Go's strconv.ParseBool reads it (1, t, T, TRUE, true, True, "
-            f"0, f, F, FALSE, false, False); got {value!r}")
+            f"0, f, F, FALSE, false, False); got {quote(value)}")
     return False
 
 
@@ -132,7 +133,7 @@ def _operation(ctx: Ctx, op: dict, path: str) -> Operation:
     for key in ("ports", "notPorts"):
         for i, port in enumerate(values[_OPERATION_FIELDS[key]]):
             if not port.isdigit() or not 0 < int(port) <= MAX_PORT:
-                ctx.err(join(join(path, key), i), f"must be a port number as a string; got {port!r}")
+                ctx.err(join(join(path, key), i), f"must be a port number as a string; got {quote(port)}")
     if not any(values.values()):
         ctx.err(path, "must set at least one field (Istio refuses an empty operation)")
     return Operation(**values)

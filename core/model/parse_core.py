@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from typing import Iterable
 
+from shoal.core.model.errors import quote
 from shoal.core.model.fields import MAX_PORT, Ctx, join
 from shoal.core.model.resources import (Deployment, Meta, Namespace, Pod, Service,
                                   ServicePortSpec)
@@ -175,14 +176,14 @@ def _service_port(ctx: Ctx, p: dict, path: str, names: set[str]) -> ServicePortS
     port = ctx.port(p, "port", path, required=True)
     name = ctx.str(p, "name", path)
     if name in names:
-        ctx.err(join(path, "name"), f"duplicate port name {name!r}")
+        ctx.err(join(path, "name"), f"duplicate port name {quote(name)}")
     names.add(name)
     target = p.get("targetPort", port or None)    # default: the port itself
     tnum, tname = 0, ""
     if target is None:
         pass
     elif isinstance(target, bool) or not isinstance(target, (int, str)):
-        ctx.err(join(path, "targetPort"), f"must be a port number or a container port name; got {target!r}")
+        ctx.err(join(path, "targetPort"), f"must be a port number or a container port name; got {quote(target)}")
     elif isinstance(target, int) or target.isdigit():
         tnum = int(target)
         if not 1 <= tnum <= MAX_PORT:

@@ -10,6 +10,7 @@ backendRequest <= request.
 from __future__ import annotations
 
 from shoal.core.constants import LABEL_WAYPOINT_FOR, WAYPOINT_GATEWAY_CLASS
+from shoal.core.model.errors import quote
 from shoal.core.model.fields import Ctx, join, parse_duration
 from shoal.core.model.resources import Gateway, HTTPRoute, Meta
 from shoal.core.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, ParentRef,
@@ -40,7 +41,7 @@ def parse_gateway(ctx: Ctx, meta: Meta, doc: dict) -> Gateway:
     wp_for = meta.labels.get(LABEL_WAYPOINT_FOR, "service")
     if wp_for not in WAYPOINT_FOR:
         ctx.err(f"metadata.labels[{LABEL_WAYPOINT_FOR}]",
-                f"must be one of {', '.join(WAYPOINT_FOR)}; got {wp_for!r}")
+                f"must be one of {', '.join(WAYPOINT_FOR)}; got {quote(wp_for)}")
     addrs = []
     for apath, a in ctx.maps(spec, "addresses", "spec"):
         value = ctx.str(a, "value", apath, required=True)
@@ -100,7 +101,7 @@ def _match(ctx: Ctx, m: dict, path: str) -> RouteMatch:
     if ptype == "RegularExpression":
         ctx.regex(value, join(ppath, "value"))
     elif not value.startswith("/"):
-        ctx.err(join(ppath, "value"), f"must start with \"/\"; got {value!r}")
+        ctx.err(join(ppath, "value"), f"must start with \"/\"; got {quote(value)}")
     headers = tuple(HeaderMatch(**_name_value(ctx, h, hpath, regex=True))
                     for hpath, h in ctx.maps(m, "headers", path))
     params = tuple(QueryParamMatch(**_name_value(ctx, q, qpath, regex=True))
@@ -123,7 +124,7 @@ def _filter(ctx: Ctx, f: dict, path: str, meta: Meta) -> HTTPFilter | None:
     ftype = ctx.str(f, "type", path, required=True)
     if ftype not in FILTER_TYPES:
         if ftype:
-            ctx.err(join(path, "type"), f"filter {ftype!r} is not supported; use one of "
+            ctx.err(join(path, "type"), f"filter {quote(ftype)} is not supported; use one of "
                     f"{', '.join(FILTER_TYPES)}")
         return None
     field = _FILTER_FIELDS[ftype]
@@ -245,7 +246,7 @@ def _retry(ctx: Ctx, rule: dict, path: str) -> Retry | None:
     codes = []
     for i, code in enumerate(ctx.list(r, "codes", rpath)):
         if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
-            ctx.err(join(join(rpath, "codes"), i), f"must be an HTTP status 400-599; got {code!r}")
+            ctx.err(join(join(rpath, "codes"), i), f"must be an HTTP status 400-599; got {quote(code)}")
         else:
             codes.append(code)
     backoff = parse_duration(ctx, r["backoff"], join(rpath, "backoff")) if "backoff" in r else None
