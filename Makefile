@@ -5,13 +5,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-# Debian packages: real peers and tools the tests, demo and benchmarks run.
+# Debian packages: real peers and tools the tests, demo and benchmarks run;
+# gcc and libc6-dev build the static CNI plugin binary (setup.py).
 DEB_PKGS := iperf3 stunnel4 haproxy nginx-light socat nghttp2-client nghttp2-proxy \
             tinyproxy wrk nftables iproute2 containernetworking-plugins podman runc \
-            busybox-static curl openssl tcpdump procps
+            busybox-static curl openssl tcpdump procps \
+            gcc libc6-dev
 # One binary per package, to tell whether it is already installed.
 DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk nft ip \
-              /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps
+              /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps \
+              gcc /usr/include/stdio.h
 
 .PHONY: demo test test-unit test-integration test-e2e bench bench-load host-deps venv clean
 
@@ -25,7 +28,7 @@ venv: $(VENV)/.installed
 
 host-deps:
 	@missing=""; for p in $(DEB_PROBES); do \
-	  command -v $$p >/dev/null 2>&1 || test -x $$p || missing="$$missing $$p"; done; \
+	  command -v $$p >/dev/null 2>&1 || test -e $$p || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages (missing:$$missing)"; \

@@ -25,10 +25,9 @@ def test_cni_parse_add_invocation(benchmark):
 
 
 def test_cni_agent_request_roundtrip(benchmark):
-    req = protocol.Request(cmd="add", container_id="c", netns="/run/netns/pod",
-                           pod_name="reviews-v1-0", pod_namespace="bookinfo", ips=("10.244.1.5",))
-    out = benchmark(lambda: protocol.decode_request(protocol.encode_request(req)))
-    assert out == req
+    call = protocol.Call(env=ENV, stdin=CONF)
+    out = benchmark(lambda: protocol.decode_call(protocol.encode_call(call)))
+    assert out == call
 
 
 def test_cni_zds_add_decode(benchmark):

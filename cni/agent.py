@@ -1,10 +1,13 @@
 """The node agent (`shoal node-agent run`): enrolls pods on one node.
 
-It serves the CNI plugin (`cni.protocol` on a unix stream socket), decides
-enrollment from the mesh config (`cni.enroll`), installs or removes the
-pod's capture rules (`cni.redirect`), and hands enrolled pods' netns to the
-ztunnel(s) over ZDS (`cni.zds_server`). Its memory is a small JSON state file
-so a restarted agent knows which pods it captured.
+It serves the CNI plugin binary (`cni.protocol` on a unix stream socket;
+the CNI semantics are `cni.plugin`), decides enrollment from the mesh config
+(`cni.enroll`), installs or removes the pod's capture rules (`cni.redirect`),
+and hands enrolled pods' netns to the ztunnel(s) over ZDS (`cni.zds_server`).
+Its memory is a small JSON state file so a restarted agent knows which pods
+it captured. Next to its socket it keeps the enrollment snapshot the plugin
+reads while the agent is down, and it replays the ADDs the plugin journalled
+meanwhile (`pending/`), so a pod started then is captured once it is back.
 
 Invariants:
 - An ADD is confirmed only when the pod is captured: rules installed and,
@@ -16,6 +19,7 @@ Invariants:
 - Every pod operation runs under one lock, so plugin requests, config
   changes and reconciliation never interleave on a pod.
 - Apps never restart: enrollment changes only touch rules and ztunnel.
+- kube-system and `exclude_namespaces` (shoal's own) are never captured.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
-from shoal.cni import enroll, protocol, redirect
+from shoal.cni import enroll, plugin, protocol, redirect
 from shoal.cni.enroll import MeshView
-from shoal.cni.protocol import Reply, Request
-from shoal.cni.spec import ErrorCode
+from shoal.cni.plugin import OpResult, PodOp
+from shoal.cni.spec import CniError, ErrorCode, encode_error
 from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
 from shoal.core import log
@@ -40,9 +44,11 @@ from shoal.core import log
 # added to a namespace takes effect within this delay (Istio reacts to
 # informer events within ~1 s).
 RECONCILE_INTERVAL_S = 0.5
-# Plugin requests are one small JSON line; a client that sends nothing for
+# A plugin sends its request at once; a client that has not finished within
 # this long is not a plugin.
 REQUEST_TIMEOUT_S = 10.0
+# Istio's defaults: the cluster's own pods and the mesh's own namespace.
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +80,16 @@ class AgentOptions:
     zds_path: str = "/var/run/ztunnel/ztunnel.sock"
     state_path: str = "/var/run/shoal-cni/state.json"
     require_ztunnel: bool = True
+    exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     redirect: redirect.RedirectConfig = field(default_factory=redirect.RedirectConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.dirname(self.socket_path) or "."
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        return frozenset(self.exclude_namespaces) | plugin.ALWAYS_EXCLUDED
 
 
 class ConfigWatcher:
@@ -118,6 +133,14 @@ class ConfigWatcher:
         return changed
 
 
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class NodeAgent:
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
@@ -127,20 +150,24 @@ class NodeAgent:
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._snapshot_bytes = b""
+        self._socket_id: tuple[int, int] | None = None
         self._log = log.get("cni.agent")
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self.config.poll()
+        os.makedirs(self.opts.run_dir, exist_ok=True)
+        self.poll_config()
+        self._write_snapshot()
         self._load_state()
         await self.zds.start()
         await self.reconcile(repair=True)
-        os.makedirs(os.path.dirname(self.opts.socket_path) or ".", exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.opts.socket_path)
         self._server = await asyncio.start_unix_server(self._on_client, path=self.opts.socket_path)
         os.chmod(self.opts.socket_path, 0o600)
+        self._socket_id = _inode(self.opts.socket_path)
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._log.info("node agent ready", extra={"fields": {
             "node": self.opts.node, "socket": self.opts.socket_path, "zds": self.opts.zds_path,
@@ -151,7 +178,8 @@ class NodeAgent:
             t.cancel()
         if self._server:
             self._server.close()
-            with contextlib.suppress(FileNotFoundError):
+            # A newer agent (upgrade) may already serve the path: leave its socket.
+            if _inode(self.opts.socket_path) == self._socket_id:
                 os.unlink(self.opts.socket_path)
         await self.zds.close()
 
@@ -192,6 +220,28 @@ class NodeAgent:
 
     def _snapshot(self) -> list[PodEntry]:
         return [p.entry() for p in self.pods.values() if p.enrolled]
+
+    def poll_config(self) -> bool:
+        """Reload the mesh config if it changed; keep the plugin's snapshot current."""
+        changed = self.config.poll()
+        if changed:
+            self._write_snapshot()
+        return changed
+
+    def _write_snapshot(self) -> None:
+        data = enroll.snapshot(self.config.view, self.opts.excluded)
+        if data == self._snapshot_bytes:
+            return
+        path = os.path.join(self.opts.run_dir, protocol.SNAPSHOT_NAME)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)      # the plugin reads a whole old or a whole new file
+        self._snapshot_bytes = data
+
+    def wants(self, namespace: str, name: str) -> bool:
+        """Should this pod be captured now?"""
+        return namespace not in self.opts.excluded and self.config.view.ambient(namespace, name)
 
     # ---------------------------------------------------------------- enrollment
 
@@ -239,7 +289,7 @@ class NodeAgent:
                     del self.pods[cid]
                     changed = True
                     continue
-                want = self.config.view.ambient(pod.namespace, pod.name)
+                want = self.wants(pod.namespace, pod.name)
                 try:
                     if want and not pod.enrolled:
                         self.pods[cid] = await self._enroll(pod)
@@ -259,38 +309,77 @@ class NodeAgent:
         while True:
             await asyncio.sleep(RECONCILE_INTERVAL_S)
             try:
-                self.config.poll()
+                self.poll_config()
+                await self.replay_pending()
                 await self.reconcile()
             except Exception as e:  # noqa: BLE001 - the loop must survive
                 self._log.error("reconcile failed", extra={"fields": {"error": str(e)}})
+
+    async def replay_pending(self) -> None:
+        """ADDs the plugin passed through while we were down: handle them now,
+        so a pod that should be captured is (its apps already run, as when a
+        namespace is labelled later)."""
+        d = os.path.join(self.opts.run_dir, protocol.PENDING_DIR)
+        try:
+            names = sorted(n for n in os.listdir(d) if not n.startswith("."))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(d, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(protocol.MAX_REQUEST_BYTES + 1)
+                os.unlink(path)
+                call = protocol.decode_call(data)
+            except (OSError, protocol.ProtocolError) as e:
+                self._log.warning("pending ADD unreadable; dropped",
+                                  extra={"fields": {"path": path, "error": str(e)}})
+                continue
+            if not os.path.exists(call.env.get("CNI_NETNS", "")):
+                continue          # the sandbox is already gone
+            status, out = await plugin.serve(self.handle, call.env, call.stdin)
+            self._log.info("pending ADD replayed", extra={"fields": {
+                "container": call.env.get("CNI_CONTAINERID", ""), "status": status,
+                **({"error": out.decode(errors="replace").strip()} if status else {})}})
 
     # ---------------------------------------------------------------- plugin requests
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT_S)
+            data = await asyncio.wait_for(self._read_request(reader), REQUEST_TIMEOUT_S)
             try:
-                reply = await self.handle(protocol.decode_request(line))
+                call = protocol.decode_call(data)
+                status, out = await plugin.serve(self.handle, call.env, call.stdin)
             except protocol.ProtocolError as e:
-                reply = Reply(ok=False, code=ErrorCode.DECODE_FAILURE, error=str(e))
-            writer.write(protocol.encode_reply(reply))
+                status, out = 1, encode_error(CniError(ErrorCode.DECODE_FAILURE,
+                                                       "malformed plugin request", str(e)))
+            writer.write(protocol.encode_answer(protocol.Answer(status=status, stdout=out)))
             await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError):
             pass
         finally:
             writer.close()
 
-    async def handle(self, req: Request) -> Reply:
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> bytes:
+        """Everything up to the plugin's EOF (it shuts its write side)."""
+        data = bytearray()
+        while chunk := await reader.read(65536):
+            data += chunk
+            if len(data) > protocol.MAX_REQUEST_BYTES:
+                break             # decode_call names the limit
+        return bytes(data)
+
+    async def handle(self, req: PodOp) -> OpResult:
         if req.cmd == "status":
-            return Reply(ok=True)
+            return OpResult(ok=True)
         async with self._lock:
             return await {"add": self._add, "del": self._del, "check": self._check,
                           "gc": self._gc}[req.cmd](req)
 
-    async def _add(self, req: Request) -> Reply:
+    async def _add(self, req: PodOp) -> OpResult:
         # The pod may be newer than our last poll: decide on the current config.
-        if self.config.poll():
+        if self.poll_config():
             self._log.info("config reloaded")
         ns = req.pod_namespace or "default"
         name = req.pod_name or req.container_id[:12]
@@ -301,41 +390,41 @@ class NodeAgent:
         old = self.pods.get(req.container_id)
         if old and old.enrolled and old.netns == pod.netns:
             pod = replace(pod, enrolled=True)     # repeated ADD: refresh, idempotent
-        if self.config.view.ambient(ns, name):
+        if self.wants(ns, name):
             try:
                 pod = await self._enroll(pod)
             except NoZtunnel as e:
-                return Reply(ok=False, code=ErrorCode.TRY_AGAIN_LATER, error=str(e))
+                return OpResult(ok=False, code=ErrorCode.TRY_AGAIN_LATER, error=str(e))
             except (OSError, ZdsError, redirect.RedirectError, asyncio.TimeoutError) as e:
-                return Reply(ok=False, code=ErrorCode.AGENT_REFUSED,
-                             error=f"cannot capture pod {ns}/{name}: {e}")
+                return OpResult(ok=False, code=ErrorCode.AGENT_REFUSED,
+                                error=f"cannot capture pod {ns}/{name}: {e}")
         self.pods[req.container_id] = pod
         self._save_state()
-        return Reply(ok=True, enrolled=pod.enrolled)
+        return OpResult(ok=True, enrolled=pod.enrolled)
 
-    async def _del(self, req: Request) -> Reply:
+    async def _del(self, req: PodOp) -> OpResult:
         pod = self.pods.pop(req.container_id, None)
         if pod is not None:
             if pod.enrolled:
                 await self._release(pod)
             self._save_state()
-        return Reply(ok=True)
+        return OpResult(ok=True)
 
-    async def _check(self, req: Request) -> Reply:
+    async def _check(self, req: PodOp) -> OpResult:
         pod = self.pods.get(req.container_id)
         if pod is None or not pod.enrolled:
-            return Reply(ok=True)
+            return OpResult(ok=True)
         missing = await asyncio.to_thread(redirect.check, pod.netns, self.opts.redirect)
         if missing:
-            return Reply(ok=False, code=ErrorCode.REDIRECTION_MISSING,
-                         error=f"pod {pod.namespace}/{pod.name} is missing: {', '.join(missing)}")
-        return Reply(ok=True, enrolled=True)
+            return OpResult(ok=False, code=ErrorCode.REDIRECTION_MISSING,
+                            error=f"pod {pod.namespace}/{pod.name} is missing: {', '.join(missing)}")
+        return OpResult(ok=True, enrolled=True)
 
-    async def _gc(self, req: Request) -> Reply:
+    async def _gc(self, req: PodOp) -> OpResult:
         valid = {cid for cid, _ in req.valid}
         for cid in [c for c in self.pods if c not in valid]:
             pod = self.pods.pop(cid)
             if pod.enrolled:
                 await self._release(pod)
         self._save_state()
-        return Reply(ok=True)
+        return OpResult(ok=True)

@@ -29,8 +29,13 @@ def node_agent() -> None:
               help="Where the agent remembers its pods [default: next to --socket].")
 @click.option("--require-ztunnel/--no-require-ztunnel", default=True, show_default=True,
               help="Fail a pod's CNI ADD while no ztunnel is connected (Istio's behaviour).")
+@click.option("--exclude-namespace", "exclude_namespaces", multiple=True,
+              default=("kube-system", "istio-system"), show_default=True,
+              help="Never capture pods here (repeatable; kube-system always is). "
+                   "Put shoal's own namespace here.")
 @click.option("--log-level", default=None, help="trace|debug|info|warning|error")
-def run(node, config_dir, socket_path, zds_path, state_path, require_ztunnel, log_level) -> None:
+def run(node, config_dir, socket_path, zds_path, state_path, require_ztunnel, exclude_namespaces,
+        log_level) -> None:
     """Run the node agent until SIGTERM."""
     import os
 
@@ -38,6 +43,7 @@ def run(node, config_dir, socket_path, zds_path, state_path, require_ztunnel, lo
     log.setup(log_level)
     opts = AgentOptions(node=node, config_dir=config_dir, socket_path=socket_path,
                         zds_path=zds_path, require_ztunnel=require_ztunnel,
+                        exclude_namespaces=tuple(exclude_namespaces),
                         state_path=state_path or os.path.join(os.path.dirname(socket_path),
                                                               "state.json"))
     try:

@@ -10,8 +10,10 @@ the config as Pods here anyway).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from shoal.cni.protocol import SNAPSHOT_HEADER
 from shoal.core.constants import DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLUSTER, LABEL_DATAPLANE_MODE
 from shoal.core.model import ConfigSet, Deployment, Namespace, Pod, replica_pods
 
@@ -61,3 +63,28 @@ def view_of(cfg: ConfigSet) -> MeshView:
 def workload_uid(namespace: str, name: str, cluster: str = DEFAULT_CLUSTER) -> str:
     """The routing table's workload uid (core/records.py `Workload.uid`)."""
     return f"{cluster}//Pod/{namespace}/{name}"
+
+
+# What the plugin binary's `sscanf("%253s")` reads back: Kubernetes names
+# never hold blanks, but a hand-written config might; such lines are left out.
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
+def snapshot(view: MeshView, excluded: frozenset[str]) -> bytes:
+    """The enrollment snapshot the plugin reads while the agent is down.
+
+    Lines after the header: `ns NAME` for each ambient namespace and
+    `pod NS NAME ambient|none` for each pod with its own label (a pod label
+    wins, as in `MeshView.ambient`). Excluded namespaces never appear.
+    """
+    lines = [SNAPSHOT_HEADER]
+    for ns, labels in sorted(view.namespaces.items()):
+        if (ns not in excluded and _SNAPSHOT_NAME.fullmatch(ns)
+                and labels.get(LABEL_DATAPLANE_MODE) == DATAPLANE_AMBIENT):
+            lines.append(f"ns {ns}")
+    for (ns, name), pod in sorted(view.pods.items()):
+        mode = pod.labels.get(LABEL_DATAPLANE_MODE)
+        if (ns not in excluded and mode in (DATAPLANE_AMBIENT, DATAPLANE_NONE)
+                and _SNAPSHOT_NAME.fullmatch(ns) and _SNAPSHOT_NAME.fullmatch(name)):
+            lines.append(f"pod {ns} {name} {mode}")
+    return ("\n".join(lines) + "\n").encode()

@@ -1,153 +1,127 @@
-"""`shoal-cni`: the CNI plugin the container runtime runs, chained last.
+"""The CNI plugin's logic, run inside the node agent.
 
-It is thin, like istio-cni: parse and validate (`cni.spec`), ask the node
-agent over its unix socket (`cni.protocol`), print `prevResult` unchanged.
-The agent decides whether the pod is ambient; the plugin only enforces the
-one rule that matters for safety: **an ADD the agent did not confirm fails**,
-so the runtime tears the sandbox down and retries instead of starting an
-application whose traffic would leave the pod uncaptured.
+The binary the runtime executes (`shoal-cni`, `cni/native/shoal_cni.c`) only
+forwards its environment and stdin here (`cni.protocol`) and prints what
+comes back, as Istio's plugin forwards to its agent. So version negotiation,
+validation (`cni.spec`), the namespace exclusions and the prevResult
+passthrough all happen in Python, in one place, and the binary needs no
+Python on the node.
+
+The one rule that matters for safety: **an ADD for an ambient pod that the
+agent did not capture fails**, so the runtime tears the sandbox down and
+retries instead of starting an application whose traffic would leave the
+pod uncaptured.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping
 
-from shoal.cni import protocol, spec
+from shoal.cni import spec
 from shoal.cni.spec import CniError, Command, ErrorCode, Invocation
 
-# How long the plugin waits for the agent. The agent installs nft rules
-# (~tens of ms) and waits for ztunnel's ack (ZDS_ACK_TIMEOUT, 5 s as in
-# Istio), so 10 s bounds a healthy ADD with margin while still failing well
-# before the kubelet's 4 min CNI timeout, so the pod sandbox is retried.
-AGENT_TIMEOUT_S = 10.0
-# STATUS is a liveness probe of the agent; it must answer fast.
-STATUS_TIMEOUT_S = 2.0
+# Namespaces never captured whatever the config or labels say (Istio
+# excludes kube-system too); the plugin binary checks the same name.
+ALWAYS_EXCLUDED = frozenset({"kube-system"})
 
 
-def _agent_socket(inv: Invocation) -> str:
-    assert inv.config is not None
-    return os.path.join(inv.config.agent_run_dir, protocol.SOCKET_NAME)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodOp:
+    """What the agent does for one CNI command."""
+    cmd: str                       # add | del | check | status | gc
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    pod_name: str = ""
+    pod_namespace: str = ""
+    ips: tuple[str, ...] = ()
+    valid: tuple[tuple[str, str], ...] = ()
 
 
-def call_agent(path: str, req: protocol.Request, timeout: float) -> protocol.Reply:
-    """One request/reply with the node agent.
-
-    Raises:
-        OSError: the agent is unreachable or timed out.
-        protocol.ProtocolError: it answered garbage.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(protocol.encode_request(req))
-        reader = protocol.LineReader()
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise protocol.ProtocolError("agent closed the connection without a reply")
-            line = reader.feed(chunk)
-            if line is not None:
-                return protocol.decode_reply(line)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpResult:
+    ok: bool
+    enrolled: bool = False
+    code: int = 0
+    error: str = ""
 
 
-def _request(inv: Invocation, cmd: str) -> protocol.Request:
+Handler = Callable[[PodOp], Awaitable[OpResult]]
+
+
+def excluded(inv: Invocation) -> bool:
+    ns = inv.pod_namespace
+    return bool(ns) and (ns in ALWAYS_EXCLUDED
+                         or (inv.config is not None and ns in inv.config.exclude_namespaces))
+
+
+def _op(inv: Invocation, cmd: str) -> PodOp:
     prev = inv.config.prev_result if inv.config else None
-    return protocol.Request(
-        cmd=cmd, container_id=inv.container_id, netns=inv.netns, ifname=inv.ifname,
-        pod_name=inv.pod_name, pod_namespace=inv.pod_namespace, pod_uid=inv.pod_uid,
-        ips=tuple(spec.pod_ips(prev)))
+    return PodOp(cmd=cmd, container_id=inv.container_id, netns=inv.netns, ifname=inv.ifname,
+                 pod_name=inv.pod_name, pod_namespace=inv.pod_namespace,
+                 ips=tuple(spec.pod_ips(prev)))
 
 
-def _add(inv: Invocation) -> bytes:
+async def _add(inv: Invocation, handle: Handler) -> bytes:
     assert inv.config is not None
     result = inv.config.prev_result or spec.empty_result(inv.version)
-    if inv.pod_namespace and inv.pod_namespace in inv.config.exclude_namespaces:
-        return spec.encode_result(result)
-    path = _agent_socket(inv)
-    try:
-        reply = call_agent(path, _request(inv, "add"), AGENT_TIMEOUT_S)
-    except (OSError, protocol.ProtocolError) as e:
-        # Code 11: the runtime retries the sandbox; the pod never runs uncaptured.
-        raise CniError(ErrorCode.TRY_AGAIN_LATER, "node agent unreachable; pod not started",
-                       f"{path}: {e}; is `shoal node-agent run` up on this node?") from None
-    if not reply.ok:
-        raise CniError(reply.code or ErrorCode.AGENT_REFUSED,
-                       "node agent did not enroll the pod", reply.error)
+    if not excluded(inv):
+        res = await handle(_op(inv, "add"))
+        if not res.ok:
+            raise CniError(res.code or ErrorCode.AGENT_REFUSED,
+                           "node agent did not enroll the pod", res.error)
     return spec.encode_result(result)
 
 
-def _del(inv: Invocation) -> bytes:
-    # Best effort and idempotent (SPEC.md DEL): the agent reconciles pods
-    # whose netns vanished when it comes back, so an absent agent is fine.
-    try:
-        call_agent(_agent_socket(inv), _request(inv, "del"), AGENT_TIMEOUT_S)
-    except (OSError, protocol.ProtocolError):
-        pass
+async def _del(inv: Invocation, handle: Handler) -> bytes:
+    # Best effort and idempotent (SPEC.md DEL).
+    await handle(_op(inv, "del"))
     return b""
 
 
-def _check(inv: Invocation) -> bytes:
-    path = _agent_socket(inv)
-    try:
-        reply = call_agent(path, _request(inv, "check"), AGENT_TIMEOUT_S)
-    except (OSError, protocol.ProtocolError) as e:
-        raise CniError(ErrorCode.TRY_AGAIN_LATER, "node agent unreachable", f"{path}: {e}") from None
-    if not reply.ok:
-        raise CniError(reply.code or ErrorCode.REDIRECTION_MISSING,
-                       "pod capture is not in place", reply.error)
+async def _check(inv: Invocation, handle: Handler) -> bytes:
+    if not excluded(inv):
+        res = await handle(_op(inv, "check"))
+        if not res.ok:
+            raise CniError(res.code or ErrorCode.REDIRECTION_MISSING,
+                           "pod capture is not in place", res.error)
     return b""
 
 
-def _status(inv: Invocation) -> bytes:
-    path = _agent_socket(inv)
-    try:
-        reply = call_agent(path, protocol.Request(cmd="status"), STATUS_TIMEOUT_S)
-    except (OSError, protocol.ProtocolError) as e:
-        raise CniError(ErrorCode.NOT_AVAILABLE, "node agent not available", f"{path}: {e}") from None
-    if not reply.ok:
-        raise CniError(ErrorCode.NOT_AVAILABLE, "node agent not ready", reply.error)
+async def _status(inv: Invocation, handle: Handler) -> bytes:
+    res = await handle(PodOp(cmd="status"))
+    if not res.ok:
+        raise CniError(ErrorCode.NOT_AVAILABLE, "node agent not ready", res.error)
     return b""
 
 
-def _gc(inv: Invocation) -> bytes:
+async def _gc(inv: Invocation, handle: Handler) -> bytes:
     assert inv.config is not None
-    valid = tuple(spec.gc_valid_attachments(inv.config))
-    try:
-        call_agent(_agent_socket(inv), protocol.Request(cmd="gc", valid=valid), AGENT_TIMEOUT_S)
-    except (OSError, protocol.ProtocolError):
-        pass   # GC is advisory; the agent also reconciles on its own
+    await handle(PodOp(cmd="gc", valid=tuple(spec.gc_valid_attachments(inv.config))))
     return b""
 
 
-_HANDLERS = {Command.ADD: _add, Command.DEL: _del, Command.CHECK: _check,
-             Command.STATUS: _status, Command.GC: _gc,
-             Command.VERSION: lambda inv: spec.encode_version_info()}
+async def _version(inv: Invocation, handle: Handler) -> bytes:
+    return spec.encode_version_info()
 
 
-def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
-    """One plugin run: (exit status, stdout bytes). No printing, for tests."""
+_COMMANDS = {Command.ADD: _add, Command.DEL: _del, Command.CHECK: _check,
+             Command.STATUS: _status, Command.GC: _gc, Command.VERSION: _version}
+
+
+async def serve(handle: Handler, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    """One plugin run: (exit status, stdout bytes), as the binary must print them."""
     version = spec.LATEST_VERSION
+    is_del = env.get("CNI_COMMAND") == Command.DEL.value
     try:
         inv = spec.parse_invocation(env, stdin)
         version = inv.version
-        return 0, _HANDLERS[inv.command](inv)
+        return 0, await _COMMANDS[inv.command](inv, handle)
     except CniError as e:
-        return 1, spec.encode_error(e, version)
+        out = spec.encode_error(e, version)
     except Exception as e:  # noqa: BLE001 - a plugin must always answer in spec form
-        return 1, spec.encode_error(CniError(ErrorCode.INTERNAL, "internal error",
-                                             f"{type(e).__name__}: {e}"), version)
-
-
-def main() -> None:
-    stdin = sys.stdin.buffer.read(spec.MAX_CONFIG_BYTES + 1)
-    status, out = run(os.environ, stdin)
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    sys.exit(status)
-
-
-if __name__ == "__main__":
-    main()
+        out = spec.encode_error(CniError(ErrorCode.INTERNAL, "internal error",
+                                         f"{type(e).__name__}: {e}"), version)
+    # A DEL always succeeds: the runtime could otherwise never free the sandbox.
+    return (0, b"") if is_del else (1, out)

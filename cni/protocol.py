@@ -1,137 +1,109 @@
-"""The plugin ↔ node-agent wire protocol, pure.
+"""The plugin ↔ node-agent wire protocol, and the files they share. Pure.
 
-The CNI plugin is a short-lived process; the node agent owns every decision
-(is this pod ambient? install its rules, hand its netns to ztunnel). They talk
-over a unix stream socket (`<cni_agent_run_dir>/pluginevent.sock`, Istio's
-name) with one request and one reply per connection, each a single JSON
-object terminated by a newline. Istio POSTs JSON to `/cmdadd` over HTTP on the
-same kind of socket; we keep the body and drop the HTTP envelope.
+The CNI plugin (`cni/native/shoal_cni.c`, a static binary) forwards the
+runtime's whole request to the node agent and prints its answer, so the
+protocol carries exactly what a CNI plugin receives and returns. One
+exchange per connection on a unix stream socket
+(`<cni_agent_run_dir>/pluginevent.sock`, Istio's name):
 
-Request:  {"cmd": "add"|"del"|"check"|"status"|"gc", "container_id", "netns",
-           "ifname", "pod_name", "pod_namespace", "pod_uid", "ips": [..],
-           "valid": [[container_id, ifname], ..] (gc only)}
-Reply:    {"ok": bool, "enrolled": bool, "code": int, "error": str}
+    request:  b"SHOAL/1 " + JSON object of the CNI_* variables + b"\\n" + stdin bytes
+              (the plugin then shuts down its write side: EOF ends the request)
+    reply:    b"SHOAL/1 " + exit status (decimal) + b"\\n" + the bytes to print
+
+Istio's plugin POSTs JSON to `/cmdadd` over HTTP on the same kind of socket
+and keeps the decision logic on its side; ours moves the logic into the agent
+and keeps the framing to two header lines a C program writes without a
+JSON encoder for the body.
+
+Files in the same directory, for when the agent cannot answer:
+- `enrollment` (SNAPSHOT_NAME): which namespaces and pods are ambient,
+  written atomically by the agent whenever its view changes (`enroll.snapshot`).
+- `pending/<container id>` (PENDING_DIR): the request of an ADD the plugin
+  passed through while the agent was down; the agent replays it once back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
+from shoal.cni.spec import MAX_CONFIG_BYTES
+
 SOCKET_NAME = "pluginevent.sock"
-# A request carries a pod's names and IPs, a GC request up to a node's worth
-# of attachments (110 pods per node by Kubernetes' default, ~100 B each).
-MAX_MESSAGE_BYTES = 256 * 1024
-COMMANDS = frozenset({"add", "del", "check", "status", "gc"})
+SNAPSHOT_NAME = "enrollment"
+SNAPSHOT_HEADER = "shoal-enrollment 1"
+PENDING_DIR = "pending"
+MAGIC = b"SHOAL/1 "
+# The CNI_* variables are a handful of short strings; 64 KiB is generous and
+# still bounds what a stray client can make the agent buffer.
+MAX_ENV_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = len(MAGIC) + MAX_ENV_BYTES + 1 + MAX_CONFIG_BYTES
+# A reply echoes prevResult (at most the config) or carries an error object.
+MAX_REPLY_BYTES = MAX_CONFIG_BYTES + 4096
+# An exit status is a byte.
+MAX_STATUS = 255
 
 
 class ProtocolError(ValueError):
     """A malformed request or reply."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Request:
-    cmd: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    pod_name: str = ""
-    pod_namespace: str = ""
-    pod_uid: str = ""
-    ips: tuple[str, ...] = ()
-    valid: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.cmd not in COMMANDS:
-            raise ProtocolError(f"unknown command {self.cmd!r}")
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One plugin run as the runtime made it: its CNI_* env and stdin."""
+    env: dict[str, str]
+    stdin: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    ok: bool
-    enrolled: bool = False
-    code: int = 0
-    error: str = ""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the plugin prints and the status it exits with."""
+    status: int
+    stdout: bytes
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    data = orjson.dumps(obj) + b"\n"
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    return data
+def _header(data: bytes, limit: int) -> tuple[bytes, bytes]:
+    """(header after MAGIC, rest) of one message."""
+    if len(data) > limit:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {limit}")
+    if not data.startswith(MAGIC):
+        raise ProtocolError(f"message does not start with {MAGIC!r}")
+    head, sep, rest = data[len(MAGIC):].partition(b"\n")
+    if not sep:
+        raise ProtocolError("header line not terminated")
+    return head, rest
 
 
-def encode_request(req: Request) -> bytes:
-    return _line({"cmd": req.cmd, "container_id": req.container_id, "netns": req.netns,
-                  "ifname": req.ifname, "pod_name": req.pod_name,
-                  "pod_namespace": req.pod_namespace, "pod_uid": req.pod_uid,
-                  "ips": list(req.ips), "valid": [list(v) for v in req.valid]})
+def encode_call(call: Call) -> bytes:
+    env = orjson.dumps(call.env)
+    if len(env) > MAX_ENV_BYTES:
+        raise ProtocolError(f"environment of {len(env)} bytes exceeds {MAX_ENV_BYTES}")
+    return MAGIC + env + b"\n" + call.stdin
 
 
-def encode_reply(rep: Reply) -> bytes:
-    return _line({"ok": rep.ok, "enrolled": rep.enrolled, "code": rep.code, "error": rep.error})
-
-
-def _load(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    if not data.endswith(b"\n"):
-        raise ProtocolError("truncated message (no terminating newline)")
+def decode_call(data: bytes) -> Call:
+    head, stdin = _header(data, MAX_REQUEST_BYTES)
+    if len(head) > MAX_ENV_BYTES:
+        raise ProtocolError(f"environment exceeds {MAX_ENV_BYTES} bytes")
     try:
-        obj = orjson.loads(data)
+        env = orjson.loads(head)
     except orjson.JSONDecodeError as e:
-        raise ProtocolError(f"not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("message is not a JSON object")
-    return obj
+        raise ProtocolError(f"environment is not JSON: {e}") from None
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and k.startswith("CNI_") and isinstance(v, str) for k, v in env.items()):
+        raise ProtocolError("environment must be an object of CNI_* strings")
+    return Call(env=env, stdin=stdin)
 
 
-def _str(obj: dict[str, Any], key: str) -> str:
-    v = obj.get(key, "")
-    if not isinstance(v, str):
-        raise ProtocolError(f"{key!r} must be a string")
-    return v
+def encode_answer(ans: Answer) -> bytes:
+    if not 0 <= ans.status <= MAX_STATUS:
+        raise ProtocolError(f"exit status {ans.status} out of 0..{MAX_STATUS}")
+    return MAGIC + str(ans.status).encode() + b"\n" + ans.stdout
 
 
-def decode_request(data: bytes) -> Request:
-    obj = _load(data)
-    ips = obj.get("ips", [])
-    valid = obj.get("valid", [])
-    if not isinstance(ips, list) or not all(isinstance(i, str) for i in ips):
-        raise ProtocolError("'ips' must be a list of strings")
-    if not isinstance(valid, list) or not all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
-            for v in valid):
-        raise ProtocolError("'valid' must be a list of [container_id, ifname]")
-    return Request(cmd=_str(obj, "cmd"), container_id=_str(obj, "container_id"),
-                   netns=_str(obj, "netns"), ifname=_str(obj, "ifname"),
-                   pod_name=_str(obj, "pod_name"), pod_namespace=_str(obj, "pod_namespace"),
-                   pod_uid=_str(obj, "pod_uid"), ips=tuple(ips),
-                   valid=tuple((v[0], v[1]) for v in valid))
-
-
-def decode_reply(data: bytes) -> Reply:
-    obj = _load(data)
-    ok, enrolled, code = obj.get("ok"), obj.get("enrolled", False), obj.get("code", 0)
-    if not isinstance(ok, bool) or not isinstance(enrolled, bool) or not isinstance(code, int):
-        raise ProtocolError("reply needs bool 'ok', bool 'enrolled', int 'code'")
-    return Reply(ok=ok, enrolled=enrolled, code=code, error=_str(obj, "error"))
-
-
-class LineReader:
-    """Accumulates stream bytes until one newline-terminated message."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> bytes | None:
-        """Returns the complete message once its newline arrived, else None."""
-        self._buf += data
-        i = self._buf.find(b"\n")
-        if i < 0:
-            if len(self._buf) > MAX_MESSAGE_BYTES:
-                raise ProtocolError(f"message exceeds {MAX_MESSAGE_BYTES} bytes")
-            return None
-        return bytes(self._buf[: i + 1])
+def decode_answer(data: bytes) -> Answer:
+    head, stdout = _header(data, MAX_REPLY_BYTES)
+    if not head.isdigit() or int(head) > MAX_STATUS:
+        raise ProtocolError(f"bad exit status {head[:16]!r}")
+    return Answer(status=int(head), stdout=stdout)

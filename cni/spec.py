@@ -4,7 +4,7 @@ A CNI plugin is an executable: the runtime passes the network config as JSON
 on stdin and the parameters in `CNI_*` environment variables, and reads the
 result (or an error object) from stdout. This module turns (env, stdin) into
 a validated `Invocation` and results/errors into the exact bytes to print.
-No I/O: `cni.plugin` does that.
+No I/O: the node agent runs it for the plugin binary (`cni.plugin`).
 
 Rules (SPEC.md sections "Parameters", "Result", "Error"):
 - ADD, CHECK need CONTAINERID, NETNS, IFNAME; DEL needs CONTAINERID, IFNAME
@@ -39,6 +39,8 @@ MAX_CONFIG_BYTES = 1 << 20
 # GC attachment keys: spec-v1.1.0 says `cni.dev/attachments`; libcni sends
 # `cni.dev/valid-attachments` too (containernetworking/cni#1101).
 GC_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+# Where the node agent's socket is when the plugin config does not say.
+DEFAULT_AGENT_RUN_DIR = "/var/run/shoal-cni"
 
 
 class Command(enum.Enum):
@@ -96,7 +98,7 @@ class PluginConfig:
     name: str
     type: str
     # Directory holding the node agent's `pluginevent.sock` (Istio's key name).
-    agent_run_dir: str = "/var/run/shoal-cni"
+    agent_run_dir: str = DEFAULT_AGENT_RUN_DIR
     # Namespaces whose pods are never sent to the agent (the mesh's own pods).
     exclude_namespaces: tuple[str, ...] = ()
     prev_result: dict[str, Any] | None = None
@@ -175,7 +177,7 @@ def parse_config(stdin: bytes) -> PluginConfig:
     excl = raw.get("exclude_namespaces", [])
     if not isinstance(excl, list) or not all(isinstance(x, str) for x in excl):
         raise CniError(ErrorCode.INVALID_CONFIG, "exclude_namespaces must be a list of strings")
-    run_dir = raw.get("cni_agent_run_dir", PluginConfig.agent_run_dir)
+    run_dir = raw.get("cni_agent_run_dir", DEFAULT_AGENT_RUN_DIR)
     if not isinstance(run_dir, str) or not run_dir:
         raise CniError(ErrorCode.INVALID_CONFIG, "cni_agent_run_dir must be a non-empty string")
     return PluginConfig(cni_version=version, name=raw["name"], type=raw["type"],

@@ -6,7 +6,7 @@ Per pod: CNI ADD then DEL through (a) bridge + host-local alone (the peer:
 Debian's Go plugins), (b) + shoal-cni for a pod outside the mesh (plugin +
 agent round trip), (c) + shoal-cni for an ambient pod (nft transaction,
 policy routing, ZDS hand-off to a ztunnel stand-in and its ack). Also the
-bare exec cost of `VERSION` for shoal-cni (Python) against bridge (Go).
+bare exec cost of `VERSION` for shoal-cni (static C) against bridge (Go).
 Writes benchmarks/out/cni.json and docs/img/cni.png. 2 shared cores: noisy.
 """
 
@@ -25,7 +25,7 @@ import time
 import orjson
 
 from shoal.cni import chain
-from tests.helpers.cni_agent import (CNI_PATH, events, start_agent, start_fake_ztunnel,
+from tests.helpers.cni_agent import (CNI_PATH, PLUGIN, events, start_agent, start_fake_ztunnel,
                                      wait_for)
 from tests.helpers.cni_netns import unique
 
@@ -92,8 +92,7 @@ def main() -> None:
             "+shoal-cni (not ambient)": timed_pods(full, "plain", args.pods),
             "+shoal-cni (ambient)": timed_pods(full, "amb", args.pods),
             "exec_version_ms": {"bridge (Go)": exec_version("/usr/lib/cni/bridge"),
-                                "shoal-cni (Python)": exec_version(
-                                    os.path.join(os.path.dirname(sys.executable), "shoal-cni"))},
+                                "shoal-cni (C)": exec_version(PLUGIN)},
         }
     finally:
         zt.stop()

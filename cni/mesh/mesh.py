@@ -24,6 +24,7 @@ import orjson
 import yaml
 
 from shoal.cni import chain
+from shoal.cni.binary import plugin_dir
 from shoal.cni.mesh import net, plan, procs
 from shoal.cni.mesh.net import MeshError
 from shoal.cni.mesh.procs import ProcRecord
@@ -50,7 +51,8 @@ WAYPOINT_READY_PORT = 15021
 WAYPOINT_ENDPOINT_GRACE_S = 1.5
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-CNI_PATH = f"/usr/lib/cni:{os.path.dirname(sys.executable)}"
+# The standard plugins, then the built shoal-cni binary.
+CNI_PATH = f"/usr/lib/cni:{plugin_dir()}"
 
 Progress = Callable[[str], None]
 

@@ -10,9 +10,12 @@ import time
 
 import orjson
 
+from shoal.cni.binary import plugin_dir, plugin_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VENV_BIN = os.path.dirname(sys.executable)
-CNI_PATH = f"/usr/lib/cni:{VENV_BIN}"
+# The standard plugins, then the built shoal-cni binary (package data).
+CNI_PATH = f"/usr/lib/cni:{plugin_dir()}"
+PLUGIN = plugin_path()
 
 
 def wait_for(cond, timeout=10.0, what="condition"):
@@ -48,14 +51,20 @@ class Proc:
             return f.read().decode(errors="replace")
 
 
-def start_agent(run_dir, config_dir, *, require_ztunnel=True) -> Proc:
+def run_plugin(env: dict, stdin: bytes, binary: str = PLUGIN) -> tuple[int, bytes]:
+    """Execute the plugin binary as a runtime does: (exit status, stdout)."""
+    r = subprocess.run([binary], input=stdin, env=env, capture_output=True, timeout=30)
+    return r.returncode, r.stdout
+
+
+def start_agent(run_dir, config_dir, *, require_ztunnel=True, extra=()) -> Proc:
     sock = os.path.join(run_dir, "pluginevent.sock")
     if os.path.exists(sock):
         os.unlink(sock)
     args = [sys.executable, "-m", "shoal.cli", "node-agent", "run", "--node", "node-1",
             "--config", config_dir, "--socket", sock,
             "--zds-socket", os.path.join(run_dir, "ztunnel.sock"),
-            "--require-ztunnel" if require_ztunnel else "--no-require-ztunnel"]
+            "--require-ztunnel" if require_ztunnel else "--no-require-ztunnel", *extra]
     p = Proc(args, os.path.join(run_dir, "agent.log"))
     wait_for(lambda: os.path.exists(sock) or p.p.poll() is not None, what="agent socket")
     assert p.p.poll() is None, p.output()

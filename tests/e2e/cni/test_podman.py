@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from shoal.cni import chain
-from tests.helpers.cni_agent import (VENV_BIN, agent_state, events, start_agent,
+from tests.helpers.cni_agent import (CNI_PATH, agent_state, events, start_agent,
                                      start_fake_ztunnel, wait_for)
 from tests.helpers.cni_netns import unique
 
@@ -48,7 +48,7 @@ def test_podman_container_is_captured(tmp_path):
         f.write(orjson.dumps(conf))
     cc = tmp_path / "containers.conf"
     cc.write_text(f'[network]\nnetwork_backend = "cni"\nnetwork_config_dir = "{netd}"\n'
-                  f'cni_plugin_dirs = ["/usr/lib/cni", "{VENV_BIN}"]\n')
+                  f'cni_plugin_dirs = {orjson.dumps(CNI_PATH.split(":")).decode()}\n')
     agent = start_agent(run_dir, cfg)
     zt, zev = start_fake_ztunnel(run_dir)
     try:

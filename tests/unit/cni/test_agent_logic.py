@@ -9,7 +9,7 @@ import pytest
 
 from shoal.cni import agent as agent_mod
 from shoal.cni.agent import AgentOptions, NodeAgent
-from shoal.cni.protocol import Request
+from shoal.cni.plugin import PodOp as Request
 from shoal.cni.zds_server import NoZtunnel
 
 NS = """apiVersion: v1
@@ -59,7 +59,9 @@ def world(tmp_path, monkeypatch):
                         lambda path, c: [] if path in installed else ["nft table"])
     netns = tmp_path / "netns"
     netns.mkdir()
-    opts = AgentOptions(node="n1", config_dir=str(cfg), state_path=str(tmp_path / "state.json"))
+    (tmp_path / "run").mkdir()
+    opts = AgentOptions(node="n1", config_dir=str(cfg), state_path=str(tmp_path / "state.json"),
+                        socket_path=str(tmp_path / "run" / "pluginevent.sock"))
     a = NodeAgent(opts)
     a.zds = FakeZds()
     a.config.poll()
@@ -161,3 +163,51 @@ async def test_state_survives_restart(world):
     b = NodeAgent(a.opts)
     b._load_state()
     assert b.pods[req.container_id].enrolled and b._snapshot()[0].uid == "Kubernetes//Pod/amb/web"
+
+
+async def test_excluded_namespaces_never_captured(world):
+    a, installed, netns, cfg = world
+    (cfg / "sys.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system, labels: {istio.io/dataplane-mode: ambient}}\n"
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system, labels: {istio.io/dataplane-mode: ambient}}\n")
+    assert a.poll_config()
+    for ns in ("kube-system", "istio-system"):
+        rep = await a.handle(add_req(netns, ns, "x"))
+        assert rep.ok and not rep.enrolled
+    assert not installed and not a.zds.calls
+
+
+def test_snapshot_lists_what_the_plugin_needs(world):
+    a, _, _, _ = world
+    a._write_snapshot()
+    data = open(os.path.join(a.opts.run_dir, "enrollment"), "rb").read()
+    assert data == (b"shoal-enrollment 1\nns amb\npod amb opted-out none\n"
+                    b"pod plain opted-in ambient\n")
+
+
+def test_snapshot_leaves_out_excluded_and_unsafe_names():
+    from shoal.cni import enroll
+    from shoal.cni.enroll import MeshView, PodFacts
+    amb = {"istio.io/dataplane-mode": "ambient"}
+    view = MeshView(namespaces={"kube-system": amb, "bad ns": amb, "ok": amb},
+                    pods={("ok", "p q"): PodFacts(namespace="ok", name="p q", labels=amb)})
+    assert enroll.snapshot(view, frozenset({"kube-system"})) == b"shoal-enrollment 1\nns ok\n"
+
+
+async def test_pending_add_replayed_when_back(world):
+    from shoal.cni import protocol
+    a, installed, netns, _ = world
+    pending = netns.parent / "run" / "pending"
+    pending.mkdir()
+    (netns / "pod").touch()
+    stdin = orjson.dumps({"cniVersion": "1.0.0", "name": "n", "type": "shoal-cni",
+                          "prevResult": {"ips": [{"address": "10.0.0.7/24"}]}})
+    for cid, path in (("c-live", netns / "pod"), ("c-gone", netns / "gone")):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": str(path), "CNI_IFNAME": "eth0",
+               "CNI_ARGS": "K8S_POD_NAMESPACE=plain;K8S_POD_NAME=opted-in"}
+        (pending / cid).write_bytes(protocol.encode_call(protocol.Call(env=env, stdin=stdin)))
+    (pending / "junk").write_bytes(b"garbage")
+    await a.replay_pending()
+    assert list(pending.iterdir()) == []
+    assert set(a.pods) == {"c-live"} and a.pods["c-live"].enrolled
+    assert a.pods["c-live"].ips == ("10.0.0.7",) and str(netns / "pod") in installed

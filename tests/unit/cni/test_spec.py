@@ -3,8 +3,26 @@
 import orjson
 import pytest
 
+import asyncio
+
 from shoal.cni import plugin, spec
+from shoal.cni.plugin import OpResult
 from shoal.cni.spec import CniError, Command, ErrorCode
+
+
+class Agent:
+    """The handler plugin.serve calls: records ops, answers as told."""
+
+    def __init__(self, result=OpResult(ok=True)):
+        self.result, self.ops = result, []
+
+    async def __call__(self, op):
+        self.ops.append(op)
+        return self.result
+
+
+def run(env, stdin, agent=None):
+    return asyncio.run(plugin.serve(agent or Agent(), env, stdin))
 
 PREV = {"cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
@@ -25,7 +43,7 @@ def env(cmd, **extra):
 
 
 def test_version_output_bytes():
-    status, out = plugin.run({"CNI_COMMAND": "VERSION"}, b"")
+    status, out = run({"CNI_COMMAND": "VERSION"}, b"")
     assert status == 0
     assert out == (b'{"cniVersion":"1.1.0","supportedVersions":'
                    b'["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n')
@@ -38,7 +56,7 @@ def test_negotiated_versions_accepted(version):
 
 
 def test_incompatible_version_is_code_1_on_stdout():
-    status, out = plugin.run(env("ADD"), conf("0.2.0"))
+    status, out = run(env("ADD"), conf("0.2.0"))
     assert status == 1
     obj = orjson.loads(out)
     assert obj["code"] == 1 and obj["msg"] == "incompatible CNI versions"
@@ -64,7 +82,7 @@ def test_error_bytes_exact():
 
 
 def test_unknown_command_is_code_4():
-    status, out = plugin.run({"CNI_COMMAND": "FROB"}, conf())
+    status, out = run({"CNI_COMMAND": "FROB"}, conf())
     assert status == 1 and orjson.loads(out)["code"] == 4
 
 
@@ -122,35 +140,54 @@ def test_pod_identity_from_args():
 
 def test_add_excluded_namespace_echoes_prev_result_unchanged():
     raw = conf(prevResult=PREV, exclude_namespaces=["bookinfo"])
-    status, out = plugin.run(env("ADD"), raw)
+    status, out = run(env("ADD"), raw)
     assert status == 0
     assert orjson.loads(out) == PREV
     assert out == orjson.dumps(PREV) + b"\n"
 
 
-def test_add_without_agent_fails_try_again():
-    status, out = plugin.run(env("ADD"), conf(prevResult=PREV))
+def test_add_refused_by_agent_is_its_code():
+    agent = Agent(OpResult(ok=False, code=11, error="no ztunnel connected"))
+    status, out = run(env("ADD"), conf(prevResult=PREV), agent)
     assert status == 1
     obj = orjson.loads(out)
-    assert obj["code"] == 11 and obj["cniVersion"] == "1.0.0"
-    assert "node agent unreachable" in obj["msg"]
+    assert obj == {"cniVersion": "1.0.0", "code": 11, "msg": "node agent did not enroll the pod",
+                   "details": "no ztunnel connected"}
+    op = agent.ops[0]
+    assert (op.cmd, op.pod_namespace, op.pod_name, op.ips) == ("add", "bookinfo", "ratings-0",
+                                                               ("10.88.0.5",))
 
 
-def test_del_without_agent_succeeds_silently():
-    status, out = plugin.run(env("DEL"), conf(prevResult=PREV))
-    assert (status, out) == (0, b"")
+def test_add_accepted_echoes_prev_result():
+    status, out = run(env("ADD"), conf(prevResult=PREV))
+    assert (status, out) == (0, orjson.dumps(PREV) + b"\n")
 
 
-def test_status_without_agent_is_50():
-    status, out = plugin.run({"CNI_COMMAND": "STATUS"}, conf("1.1.0"))
+def test_kube_system_never_reaches_the_agent():
+    agent = Agent(OpResult(ok=False, code=11))
+    e = env("ADD", CNI_ARGS="K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns")
+    assert run(e, conf(prevResult=PREV), agent) == (0, orjson.dumps(PREV) + b"\n")
+    assert agent.ops == []
+
+
+def test_del_always_succeeds():
+    agent = Agent(OpResult(ok=False, code=999))
+    assert run(env("DEL"), conf(prevResult=PREV), agent) == (0, b"")
+    assert run(env("DEL"), b"not json", agent) == (0, b"")       # even a bad config
+
+
+def test_status_not_ready_is_50():
+    status, out = run({"CNI_COMMAND": "STATUS"}, conf("1.1.0"), Agent(OpResult(ok=False)))
     assert status == 1 and orjson.loads(out)["code"] == 50
 
 
-def test_gc_without_agent_succeeds():
+def test_gc_forwards_valid_attachments():
     raw = conf("1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
     inv = spec.parse_invocation({"CNI_COMMAND": "GC"}, raw)
     assert spec.gc_valid_attachments(inv.config) == [("c1", "eth0")]
-    assert plugin.run({"CNI_COMMAND": "GC"}, raw) == (0, b"")
+    agent = Agent()
+    assert run({"CNI_COMMAND": "GC"}, raw, agent) == (0, b"")
+    assert agent.ops[0].valid == (("c1", "eth0"),)
 
 
 def test_gc_spec_key_fallback():
@@ -164,9 +201,11 @@ def test_pod_ips_from_prev_result():
     assert spec.pod_ips({"ips": [{"address": "fd00::5/64"}, {"bogus": 1}]}) == ["fd00::5"]
 
 
-def test_add_first_in_chain_without_agent_still_fails():
-    status, out = plugin.run(env("ADD"), conf())
-    assert status == 1
+def test_add_first_in_chain_prints_empty_result():
+    status, out = run(env("ADD"), conf())
+    assert status == 0
+    assert orjson.loads(out) == {"cniVersion": "1.0.0", "interfaces": [], "ips": [], "routes": [],
+                                 "dns": {}}
 
 
 def test_spec_is_pure():
@@ -180,5 +219,5 @@ def test_spec_is_pure():
 
 
 def test_version_ignores_libcni_probe_stdin():
-    status, out = plugin.run({"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
+    status, out = run({"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
     assert status == 0 and b"supportedVersions" in out
