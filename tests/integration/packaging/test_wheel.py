@@ -2,8 +2,9 @@
 
 Built with pip from the checkout (as a user or CI would), then inspected and
 installed into an empty directory: nothing but `shoal` and its dist-info at
-the top level, the scripts `shoal` and `shoal-cni`, no test code, no load
-runs, and the installed package imports and runs from there alone.
+the top level, the script `shoal`, the CNI plugin binary `shoal/cni/bin/shoal-cni`
+(compiled C, package data), no test code, no load runs, and the installed
+package imports and runs from there alone.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def test_the_wheel_holds_only_the_shoal_package(wheel):
     assert not test_only, f"test-only code in the wheel: {test_only}"
 
 
-def test_the_console_scripts_are_shoal_and_shoal_cni(wheel):
+def test_the_console_script_is_shoal_and_the_plugin_is_a_binary(wheel):
     zf = zipfile.ZipFile(wheel)
     ep = next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))
     parser = configparser.ConfigParser()
     parser.read_string(zf.read(ep).decode())
-    assert dict(parser["console_scripts"]) == {"shoal": "shoal.cli:main",
-                                               "shoal-cni": "shoal.cni.plugin:main"}
+    assert dict(parser["console_scripts"]) == {"shoal": "shoal.cli:main"}
     assert not [s for s in parser.sections() if s != "console_scripts"]
+    info = zf.getinfo("shoal/cni/bin/shoal-cni")
+    assert (info.external_attr >> 16) & 0o111, "plugin binary not executable in the wheel"
+    assert zf.read(info)[:4] == b"\x7fELF"
 
 
 def test_the_installed_package_runs_on_its_own(wheel, tmp_path):
@@ -63,7 +66,9 @@ def test_the_installed_package_runs_on_its_own(wheel, tmp_path):
     top = {p.name for p in target.iterdir()}
     assert top - {"bin"} == {"shoal", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1]
                              + ".dist-info"}
-    assert {"shoal", "shoal-cni"} <= {p.name for p in (target / "bin").iterdir()}
+    assert "shoal" in {p.name for p in (target / "bin").iterdir()}
+    plugin = target / "shoal" / "cni" / "bin" / "shoal-cni"
+    assert os.access(plugin, os.X_OK)
     # Away from the checkout: the dependencies come from this venv, shoal from `target`.
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", "import shoal.cli, shoal.ztunnel.app, "
