@@ -2,11 +2,12 @@
 
     a_to_b, b_to_a = await core.pipe.pipe(a, b)
 
-An endpoint is anything with `async read(n) -> bytes` (b"" at EOF),
-`async write(data)` (returns once the data is accepted within the endpoint's
-buffer limit), `write_eof()` and `abort()`; `HboneStream` is one, `TcpEnd`
-(below) is the fast plaintext one, and an asyncio `(StreamReader,
-StreamWriter)` pair is wrapped in `StreamEnd` automatically.
+An endpoint is the `Endpoint` Protocol below: `async read(n) -> bytes` (b""
+at EOF), `async write(data)` (returns once the data is accepted within the
+endpoint's buffer limit), `write_eof()`, `abort()`, `close()` and `at_eof`;
+`HboneStream` is one, `TcpEnd` (below) is the fast plaintext one, and an
+asyncio `(StreamReader, StreamWriter)` pair is wrapped in `StreamEnd`
+automatically.
 
 Semantics (what a TCP proxy must preserve):
 - EOF on one side becomes a half-close on the other (FIN ↔ END_STREAM); the
@@ -23,6 +24,7 @@ import asyncio
 import socket
 import struct
 from collections import deque
+from typing import Protocol
 
 # One read is at most this much: big reads amortise per-call Python costs.
 READ_SIZE = 256 * 1024
@@ -32,6 +34,44 @@ READ_HIGH_WATER = 512 * 1024
 WRITE_HIGH_WATER = 1024 * 1024
 
 _LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class Endpoint(Protocol):
+    """One side of a byte stream (TCP connection, HBONE tunnel, ...)."""
+
+    async def read(self, n: int = READ_SIZE) -> bytes:
+        """Up to `n` bytes; b"" once the peer ended its side.
+
+        Raises:
+            ConnectionError (or the transport's error): the stream was reset.
+        """
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Queue `data`; returns once the endpoint's buffer is under its limit.
+
+        Raises:
+            ConnectionError: the stream is closed or was reset.
+        """
+        ...
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads EOF after what was written."""
+        ...
+
+    def abort(self) -> None:
+        """Reset (RST / RST_STREAM): unread and unsent bytes are dropped."""
+        ...
+
+    def close(self) -> None:
+        """Release the stream (gracefully when both sides ended)."""
+        ...
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the peer ended its side and every received byte was read
+        (an idle keep-alive connection in this state is dead)."""
+        ...
 
 
 class PipeReset(ConnectionError):
@@ -183,6 +223,10 @@ class TcpEnd(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
 
 class StreamEnd:
     """An asyncio (StreamReader, StreamWriter) pair as a pipe endpoint."""
@@ -210,8 +254,12 @@ class StreamEnd:
     def close(self) -> None:
         self.writer.close()
 
+    @property
+    def at_eof(self) -> bool:
+        return self.reader.at_eof()
 
-def endpoint(obj):
+
+def endpoint(obj) -> Endpoint:
     """`obj` as a pipe endpoint (wraps a (reader, writer) tuple)."""
     if isinstance(obj, tuple):
         return StreamEnd(*obj)

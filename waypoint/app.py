@@ -30,9 +30,10 @@ from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
 from shoal.shards.app import App
 from shoal.waypoint.destination import NotForUs, resolve
+from shoal.waypoint.downstream import Downstream
+from shoal.waypoint.frontdoor import serve_stream
 from shoal.waypoint.lb import MODES, ROUND_ROBIN
-from shoal.waypoint.proxy import Downstream, Proxy
-from shoal.waypoint.server import serve_stream
+from shoal.waypoint.proxy import Proxy
 from shoal.waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
 from shoal.waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 

@@ -1,7 +1,7 @@
-"""HTTP/2 (prior knowledge) server adapter on `h2`.
+"""HTTP/2 (prior knowledge) server side, on `h2`.
 
 Each HTTP/2 stream becomes one `Proxy.handle` call, running concurrently;
-upstream requests are HTTP/1.1, or HTTP/2 for HTTP/2 ports (h2forward.py;
+upstream requests are HTTP/1.1, or HTTP/2 for HTTP/2 ports (h2exchange.py;
 trailers pass through both ways, see docs/waypoint.md). Flow control bounds
 memory: request DATA is acknowledged only when the proxy reads it, and
 response DATA waits for the client's window.
@@ -19,9 +19,9 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from shoal.core.pipe import READ_SIZE
+from shoal.waypoint.downstream import close_stream
 from shoal.waypoint.h2inbox import H2Inbox
 from shoal.waypoint.http1 import RequestReceived
-from shoal.waypoint.server import close_stream
 from shoal.waypoint.message import RequestHead
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -36,10 +36,6 @@ MAX_CONCURRENT_STREAMS = 128
 # Connection-specific headers forbidden in HTTP/2 (RFC 9113 8.2.2).
 _FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "upgrade"})
-
-
-def is_preface(data: bytes) -> bool:
-    return data[:24] == PREFACE
 
 
 class _Conn:

@@ -98,10 +98,10 @@ def trailer_block(headers: Headers) -> list[tuple[bytes, bytes]]:
 
 
 class H2Stream(H2Inbox):
-    """One request/response exchange on an `H2Upstream`; `read()` gives the
+    """One request/response exchange on an `H2Connection`; `read()` gives the
     response body (b"" at its end) and raises UpstreamReset."""
 
-    def __init__(self, conn: "H2Upstream", sid: int) -> None:
+    def __init__(self, conn: "H2Connection", sid: int) -> None:
         self.conn, self.sid = conn, sid
         self.head: asyncio.Future = asyncio.get_running_loop().create_future()
         self._init_inbox()
@@ -165,7 +165,7 @@ class H2Stream(H2Inbox):
         self.window.set()
 
 
-class H2Upstream:
+class H2Connection:
     """One HTTP/2 client connection over a byte stream (TCP or HBONE)."""
 
     def __init__(self, stream, key: str) -> None:
@@ -294,10 +294,10 @@ class H2Pool:
 
     def __init__(self, connector) -> None:
         self.connector = connector
-        self._conns: dict[str, list[H2Upstream]] = {}
+        self._conns: dict[str, list[H2Connection]] = {}
         self._opening: dict[str, asyncio.Future] = {}
 
-    async def _conn(self, ep, source_ip: str, host: str) -> H2Upstream:
+    async def _conn(self, ep, source_ip: str, host: str) -> H2Connection:
         conns = [c for c in self._conns.get(ep.key, ()) if not c.dead]
         self._conns[ep.key] = conns
         for c in conns:
@@ -312,7 +312,7 @@ class H2Pool:
         self._opening[ep.key] = fut
         try:
             stream = await self.connector.open(ep, source_ip=source_ip, host=host)
-            c = H2Upstream(stream, ep.key)
+            c = H2Connection(stream, ep.key)
             c.start()
             await c.flush()
             if len(conns) < MAX_CONNS_PER_ENDPOINT:

@@ -1,4 +1,4 @@
-"""HTTP/1.1 server adapter: one client byte stream -> Proxy.handle per request.
+"""HTTP/1.1 server side: one client byte stream -> Proxy.handle per request.
 
 Thin by design: bytes go into `http1.H1Server`, its events drive the
 `Proxy`; the response sink frames bytes back. Works on any `core.pipe`
@@ -13,41 +13,16 @@ when we need the next event, so memory stays bounded by one read).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 
-from shoal.core.pipe import READ_SIZE
+from shoal.core.pipe import READ_SIZE, Endpoint
+from shoal.waypoint.downstream import (IDLE_TIMEOUT, MAX_DISCARD_BODY, READ_ERRORS, Downstream,
+                                       DownstreamClosed, close_stream)
 from shoal.waypoint.http1 import (LAST_CHUNK, BodyReceived, H1Server, MessageEnded, ProtocolFailed,
-                            RequestReceived, TunnelData, encode_chunk, serialize_response_head,
-                            simple_response)
-from shoal.waypoint.proxy import Downstream, Proxy
-
-# After a local reply (403, redirect...) the rest of the request body is read
-# and dropped to keep the connection usable, up to this much; a bigger body
-# closes the connection instead (Envoy behaves the same way).
-MAX_DISCARD_BODY = 1024 * 1024
-# After our last bytes and END_STREAM, how long the client may take to end
-# its side before the stream is reset (Envoy's delayed_close_timeout, 1 s).
-LINGER_S = 1.0
-# A client that sends nothing for this long between requests is closed
-# (Envoy's HTTP idle_timeout default is 1 h; a waypoint holds many client
-# connections, so we use a shorter value, like nginx's keepalive_timeout 75 s).
-IDLE_TIMEOUT = 75.0
-
-
-def _read_errors() -> tuple:
-    try:
-        from shoal.core.hbone.errors import HboneError
-        return (TimeoutError, ConnectionError, OSError, HboneError)
-    except ImportError:
-        return (TimeoutError, ConnectionError, OSError)
-
-
-_READ_ERRORS = _read_errors()
-
-
-class DownstreamClosed(ConnectionError):
-    """The client went away or broke the protocol in the middle of a request."""
+                                  RequestReceived, TunnelData, encode_chunk,
+                                  serialize_response_head, simple_response)
+from shoal.waypoint.message import Headers
+from shoal.waypoint.proxy import Proxy
 
 
 class H1Session:
@@ -56,7 +31,7 @@ class H1Session:
     __slots__ = ("stream", "down", "proxy", "parser", "events", "eof", "closed", "busy",
                  "__weakref__")
 
-    def __init__(self, stream, down: Downstream, proxy: Proxy) -> None:
+    def __init__(self, stream: Endpoint, down: Downstream, proxy: Proxy) -> None:
         self.stream = stream
         self.down = down
         self.proxy = proxy
@@ -78,7 +53,7 @@ class H1Session:
                         data = await self.stream.read(READ_SIZE)
                 else:
                     data = await self.stream.read(READ_SIZE)
-            except _READ_ERRORS:            # idle timeout, reset, or the tunnel died
+            except READ_ERRORS:            # idle timeout, reset, or the tunnel died
                 data = b""
             if not data:
                 self.eof = True
@@ -133,11 +108,12 @@ class H1Session:
 class _Body:
     """The current request's body as `read() -> bytes` (b"" at its end)."""
 
-    __slots__ = ("session", "ended")
+    __slots__ = ("session", "ended", "trailers")
 
     def __init__(self, session: H1Session) -> None:
         self.session = session
         self.ended = False
+        self.trailers: Headers | None = None     # HTTP/1.1 request trailers are dropped
 
     async def read(self) -> bytes:
         if self.ended:
@@ -297,65 +273,3 @@ class _Sink:
             except Exception:
                 pass
         return counts[0], counts[1]
-
-
-async def close_stream(stream) -> None:
-    """End a client stream we are done with, as Envoy closes a connection
-    (FIN, then `delayed_close_timeout`): our END_STREAM first, so what we
-    wrote last (a response, a 400, a GOAWAY) is delivered, then whatever the
-    client still sends is read and dropped until it ends its side or
-    LINGER_S passes. A reset right after the last bytes would let the
-    ztunnel reset the client's TCP connection before they reach it."""
-    try:
-        stream.write_eof()
-        async with asyncio.timeout(LINGER_S):
-            dropped = 0
-            while dropped <= MAX_DISCARD_BODY:
-                data = await stream.read(READ_SIZE)
-                if not data:
-                    break
-                dropped += len(data)
-    except Exception:           # TimeoutError included: the linger is over
-        pass
-    finally:
-        try:
-            stream.close()
-        except Exception:
-            pass
-
-
-async def serve_stream(stream, down: Downstream, proxy: Proxy) -> None:
-    """Serve HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the
-    client's first bytes), on one client byte stream."""
-    from shoal.waypoint import h2server
-    first = await _peek(stream)
-    if not first:
-        await close_stream(stream)
-        return
-    if h2server.is_preface(first):
-        await h2server.serve(stream, first, dataclasses.replace(down, protocol="http2"), proxy)
-        return
-    session = H1Session(stream, down, proxy)
-    session.events.extend(session.parser.receive_data(first))
-    await session.run()
-
-
-async def _peek(stream) -> bytes:
-    """The first bytes of a connection (b"" if it closed or stayed silent)."""
-    try:
-        async with asyncio.timeout(IDLE_TIMEOUT):
-            data = await stream.read(READ_SIZE)
-            # An HTTP/2 preface is 24 bytes: gather enough to tell.
-            while data and len(data) < 24 and h2_prefix(data):
-                more = await stream.read(READ_SIZE)
-                if not more:
-                    break
-                data += more
-    except _READ_ERRORS:
-        return b""
-    return data
-
-
-def h2_prefix(data: bytes) -> bool:
-    from shoal.waypoint.h2server import PREFACE
-    return PREFACE.startswith(data[:24])

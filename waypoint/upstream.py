@@ -19,8 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shoal.core.constants import HBONE_PORT
-from shoal.core.pipe import TcpEnd
-from shoal.waypoint.destination import Endpoint
+from shoal.core.hbone import HboneError
+from shoal.core.pipe import Endpoint, TcpEnd
+from shoal.waypoint.destination import Endpoint as UpstreamEndpoint
 
 # Idle upstream connections kept per endpoint: enough for a burst of
 # concurrent requests on one worker without reconnecting.
@@ -98,7 +99,7 @@ class TcpConnector:
         self.sockets = sockets
         self.timeout = timeout
 
-    async def open(self, ep: Endpoint, *, source_ip: str = "", host: str = ""):
+    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = ""):
         loop = asyncio.get_running_loop()
         try:
             if self.sockets is not None:
@@ -124,10 +125,9 @@ class HboneConnector:
         self.identity = identity
         self.plaintext = plaintext or TcpConnector()
 
-    async def open(self, ep: Endpoint, *, source_ip: str = "", host: str = ""):
+    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = ""):
         if not ep.hbone:
             return await self.plaintext.open(ep, source_ip=source_ip)
-        from shoal.core.hbone import HboneError
         try:
             return await self.pool.open(
                 src=self.identity, dst_identities=(ep.workload.identity,),
@@ -144,8 +144,8 @@ class HboneConnector:
 
 @dataclass(slots=True, eq=False)
 class UpstreamConn:
-    stream: object                 # core.pipe endpoint (TcpEnd, HboneStream)
-    endpoint: Endpoint
+    stream: Endpoint               # TcpEnd or HboneStream
+    endpoint: UpstreamEndpoint
     reused: bool = False
     idle_since: float = 0.0
     requests: int = 0
@@ -157,14 +157,14 @@ class H1Pool:
     clock: object = time.monotonic
     _idle: dict = field(default_factory=dict)
 
-    async def acquire(self, ep: Endpoint, *, source_ip: str = "", host: str = "",
+    async def acquire(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = "",
                       fresh: bool = False) -> UpstreamConn:
         if not fresh:
             idle = self._idle.get(ep.key)
             now = self.clock()
             while idle:
                 conn = idle.pop()
-                if now - conn.idle_since < IDLE_TIMEOUT and not _at_eof(conn.stream):
+                if now - conn.idle_since < IDLE_TIMEOUT and not conn.stream.at_eof:
                     conn.reused = True
                     return conn
                 _close(conn.stream)
@@ -213,14 +213,6 @@ class H1Pool:
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())
-
-
-def _at_eof(stream) -> bool:
-    at = getattr(stream, "at_eof", None)
-    if isinstance(at, bool):
-        return at
-    eof = getattr(stream, "_eof", False)
-    return bool(eof) and not getattr(stream, "_chunks", None)
 
 
 def _close(stream) -> None:

@@ -270,8 +270,6 @@ def _cycles() -> list[list[str]]:
 # Upstream interface). Not skipped quietly: the test below fails as soon as
 # one of them is gone, so its entry goes with it.
 PENDING_CYCLES = [
-    ["shoal.waypoint.h2forward", "shoal.waypoint.proxy"],
-    ["shoal.waypoint.h2server", "shoal.waypoint.server"],
 ]
 
 

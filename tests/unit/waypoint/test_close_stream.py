@@ -1,9 +1,9 @@
-"""waypoint.server.close_stream: FIN first, linger, then release (no reset
+"""waypoint.downstream.close_stream: FIN first, linger, then release (no reset
 racing the last bytes)."""
 
 import asyncio
 
-from shoal.waypoint import server
+from shoal.waypoint import downstream
 
 
 class FakeStream:
@@ -29,14 +29,14 @@ class FakeStream:
 
 def test_fin_then_drain_until_the_client_ends_then_close():
     s = FakeStream([b"late bytes", b"more"])
-    asyncio.run(server.close_stream(s))
+    asyncio.run(downstream.close_stream(s))
     assert s.calls == ["write_eof", "read", "read", "read", "close"]
 
 
 def test_a_client_that_never_ends_is_released_after_the_linger(monkeypatch):
-    monkeypatch.setattr(server, "LINGER_S", 0.05)
+    monkeypatch.setattr(downstream, "LINGER_S", 0.05)
     s = FakeStream([], hang=True)
-    asyncio.run(asyncio.wait_for(server.close_stream(s), 2))
+    asyncio.run(asyncio.wait_for(downstream.close_stream(s), 2))
     assert s.calls[0] == "write_eof" and s.calls[-1] == "close"
 
 
@@ -45,5 +45,5 @@ def test_errors_of_a_dead_stream_still_close_it():
         def write_eof(self):
             raise ConnectionResetError("gone")
     s = Dead([])
-    asyncio.run(server.close_stream(s))
+    asyncio.run(downstream.close_stream(s))
     assert s.calls == ["close"]

@@ -11,7 +11,7 @@ import h2.events
 import pytest
 
 from shoal.core.records import ServicePort
-from shoal.waypoint.h2upstream import (H2Upstream, request_headers, response_headers, speaks_h2,
+from shoal.waypoint.h2upstream import (H2Connection, request_headers, response_headers, speaks_h2,
                                  trailer_block)
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.upstream import UpstreamReset
@@ -85,7 +85,7 @@ def _server():
 
 async def test_client_gets_head_body_and_trailers():
     pipe = _Pipe()
-    c = H2Upstream(pipe, "10.0.0.1:80")
+    c = H2Connection(pipe, "10.0.0.1:80")
     c.start()
     await c.flush()
     head = RequestHead(method="GET", target="/x", authority="a")
@@ -108,7 +108,7 @@ async def test_client_gets_head_body_and_trailers():
 
 async def test_reset_before_headers_fails_the_stream():
     pipe = _Pipe()
-    c = H2Upstream(pipe, "10.0.0.1:80")
+    c = H2Connection(pipe, "10.0.0.1:80")
     c.start()
     s = await c.open_stream(request_headers(RequestHead(method="GET", target="/"), []),
                             end_stream=True)
@@ -123,7 +123,7 @@ async def test_reset_before_headers_fails_the_stream():
 
 async def test_connection_eof_fails_open_streams_and_marks_dead():
     pipe = _Pipe()
-    c = H2Upstream(pipe, "10.0.0.1:80")
+    c = H2Connection(pipe, "10.0.0.1:80")
     c.start()
     s = await c.open_stream(request_headers(RequestHead(method="GET", target="/"), []),
                             end_stream=True)
@@ -136,7 +136,7 @@ async def test_connection_eof_fails_open_streams_and_marks_dead():
 async def test_pool_sweep_closes_idle_connections_only():
     from shoal.waypoint.h2upstream import H2Pool
     from shoal.waypoint.upstream import IDLE_TIMEOUT
-    busy, idle = H2Upstream(_Pipe(), "a"), H2Upstream(_Pipe(), "b")
+    busy, idle = H2Connection(_Pipe(), "a"), H2Connection(_Pipe(), "b")
     busy.streams[1] = object()
     pool = H2Pool(connector=None)
     pool._conns = {"a": [busy], "b": [idle]}

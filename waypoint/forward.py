@@ -1,0 +1,259 @@
+"""The upstream half of the pipeline, written once for HTTP/1.1 and HTTP/2.
+
+    keep = await forwarder.forward(st, req, body, sink, out, eps, rule,
+                                   response_mod, mirrors)
+
+Once the route, backend and endpoints are known (proxy.py): the upstream
+headers (trace and request ids), the request body (read whole when small
+and sized, so a retry or a mirror can send it again; else streamed), the
+mirrors, then tries (endpoint choice by the load balancer, a per-try and
+a whole-request deadline, HTTPRoute retries with backoff) through the
+`Upstream` of the backend port's protocol, and the response streamed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Callable, Coroutine
+
+from shoal.core.records import Timeouts
+from shoal.waypoint import filters, message
+from shoal.waypoint.destination import Endpoint, service_port
+from shoal.waypoint.downstream import BodySource, ResponseSink
+from shoal.waypoint.exchange import RequestBody, Upstream, UpstreamRequest, UpstreamResponse
+from shoal.waypoint.h2upstream import speaks_h2
+from shoal.waypoint.http1 import RequestReceived, strip_hop_by_hop
+from shoal.waypoint.lookups import Lookups
+from shoal.waypoint.message import Headers, RequestHead
+from shoal.waypoint.mirror import send_mirror
+from shoal.waypoint.request import RequestState, local_reply
+from shoal.waypoint.telemetry import traceparent, valid_traceparent
+from shoal.waypoint.upstream import UpstreamError, UpstreamTimeout
+
+# Bodies declared up to this size are read before going upstream so that a
+# retry or a mirror can resend them; larger or chunked bodies stream and are
+# not retried (Envoy likewise stops retrying once its retry buffer overflows).
+RETRY_BUFFER_LIMIT = 64 * 1024
+# Mirrors in flight per worker; beyond this a mirror is skipped: a slow
+# mirror backend must never slow or grow the primary path.
+MAX_INFLIGHT_MIRRORS = 64
+
+
+class Forwarder:
+    """Sends requests to endpoints: `h1` for HTTP/1.1 ports, `h2` for HTTP/2 ones."""
+
+    def __init__(self, lookups: Lookups, *, h1: Upstream, h2: Upstream,
+                 rng: random.Random, clock: Callable[[], float]) -> None:
+        self.lookups = lookups
+        self.h1, self.h2 = h1, h2
+        self.rng = rng
+        self.clock = clock
+        self._mirrors: set[asyncio.Task] = set()
+
+    def upstream_for(self, svc: Any, port: int) -> Upstream:
+        """The Upstream for a Service port (Istio's protocol selection)."""
+        return self.h2 if svc is not None and speaks_h2(service_port(svc, port)) else self.h1
+
+    async def forward(self, st: RequestState, req: RequestReceived, body: BodySource,
+                      sink: ResponseSink, out: RequestHead, eps: list[Endpoint], rule: Any,
+                      response_mod: Any, mirrors: tuple) -> bool:
+        """Serve the request from one of `eps`. Returns False when the client
+        connection must close."""
+        upstream = self.h1 if req.upgrade else self.upstream_for(st.backend, st.backend_port)
+        headers = self._upstream_headers(st, req, out)
+        headers, rbody = await _prepare_body(st, req, body, sink, headers)
+        ureq = UpstreamRequest(head=out, headers=headers, body=rbody, upgrade=req.upgrade,
+                               source_ip=st.down.source_ip, host=st.target.name)
+        if mirrors and rbody.replayable:
+            self._start_mirrors(st, mirrors, ureq)
+        timeouts = rule.timeouts if rule is not None else Timeouts()
+        retry = rule.retry if (rule is not None and rbody.replayable) else None
+        deadline = st.t0 + timeouts.request if timeouts.request else None
+        try:
+            try:
+                resp = await self._exchange(st, upstream, ureq, eps, sink, timeouts, retry,
+                                            deadline)
+            except UpstreamError as e:
+                return await local_reply(st, sink, e.status, e.body.encode(), e.flags)
+            return await self._respond(st, req, sink, resp, response_mod, deadline, out.method)
+        finally:
+            st.request_bytes = max(st.request_bytes, rbody.sent)
+
+    async def _exchange(self, st: RequestState, upstream: Upstream, ureq: UpstreamRequest,
+                        eps: list[Endpoint], sink: ResponseSink, timeouts: Timeouts,
+                        retry: Any, deadline: float | None) -> UpstreamResponse:
+        """Tries (first + retries) until a response head worth returning.
+
+        Raises:
+            UpstreamError: the last try failed and no retry is left.
+        """
+        lb = self.lookups.balancer(st.backend.key if st.backend is not None
+                                   else st.target.address)
+        keys = [e.key for e in eps]
+        by_key = {e.key: e for e in eps}
+        tried: set[str] = set()
+        tries = 0
+        while True:
+            tries += 1
+            key = lb.pick(keys, exclude=frozenset(tried))
+            tried.add(key)
+            st.upstream, st.upstream_workload = key, by_key[key].workload
+            lb.started(key)
+            try:
+                budget = _budget(timeouts.backend_request, deadline, self.clock())
+                resp = await _with_timeout(
+                    upstream.exchange(by_key[key], ureq, sink.informational), budget)
+            except UpstreamError as e:
+                lb.finished(key, False, keys)
+                if retry is not None and e.retriable and \
+                        filters.retry_allowed(retry, tries, None) and \
+                        await self._backoff(retry, tries, deadline):
+                    continue
+                raise
+            status = resp.status
+            lb.finished(key, status < 500, keys)
+            if retry is not None and status in retry.codes and \
+                    filters.retry_allowed(retry, tries, status) and \
+                    self._backoff_fits(retry, tries, deadline):
+                resp.abort()
+                await self._backoff(retry, tries, deadline)
+                continue
+            return resp
+
+    def _backoff_fits(self, retry: Any, tries: int, deadline: float | None) -> bool:
+        delay = filters.retry_backoff(retry, tries)
+        return deadline is None or self.clock() + delay < deadline
+
+    async def _backoff(self, retry: Any, tries: int, deadline: float | None) -> bool:
+        """Wait before the next try; False when it would end past the deadline."""
+        if not self._backoff_fits(retry, tries, deadline):
+            return False
+        delay = filters.retry_backoff(retry, tries)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    async def _respond(self, st: RequestState, req: RequestReceived, sink: ResponseSink,
+                       resp: UpstreamResponse, response_mod: Any, deadline: float | None,
+                       method: str) -> bool:
+        status = resp.status
+        st.status = status
+        headers = resp.headers
+        if response_mod is not None:
+            headers = filters.modify_headers(headers, response_mod)
+        if status == 101 and req.upgrade:
+            await sink.start(101, headers, content_length=None, reason=resp.reason,
+                             no_body=True)
+            st.response_bytes, st.request_bytes = await sink.tunnel(*resp.upgraded())
+            await resp.finish()
+            return False
+        no_body = method == "HEAD" or status in (204, 304)
+        try:
+            await sink.start(status, headers, content_length=resp.content_length,
+                             reason=resp.reason, no_body=no_body)
+            while data := await _with_deadline(resp.read(), deadline, self.clock):
+                st.response_bytes += len(data)
+                if not no_body:
+                    await sink.send(data)
+            if resp.trailers:
+                await sink.trailers(resp.trailers)
+            await resp.finish()
+        except UpstreamError as e:
+            # The head is out: all we can do is cut the client off (Envoy: UR/UT).
+            st.flags = "UT" if isinstance(e, UpstreamTimeout) else "UR"
+            resp.abort()
+            sink.abort()
+            return False
+        except BaseException:
+            resp.abort()
+            raise
+        await sink.finish()
+        return not req.upgrade
+
+    def _upstream_headers(self, st: RequestState, req: RequestReceived,
+                          out: RequestHead) -> Headers:
+        headers = strip_hop_by_hop(out.headers, keep_upgrade=req.upgrade)
+        if message.get(headers, "host") is None:
+            headers.insert(0, ("host", out.authority or st.authority))
+        tp = message.get(headers, "traceparent")
+        if not valid_traceparent(tp):
+            tp = traceparent(self.rng)
+            headers = message.set_(headers, "traceparent", tp)
+        st.traceparent = tp
+        rid = message.get(headers, "x-request-id")
+        if not rid:
+            rid = f"{self.rng.getrandbits(128):032x}"
+            headers.append(("x-request-id", rid))
+        st.request_id = rid
+        return message.set_(headers, "x-forwarded-proto", out.scheme)
+
+    # -- mirrors ------------------------------------------------------------------
+    def _start_mirrors(self, st: RequestState, mirrors: tuple, ureq: UpstreamRequest) -> None:
+        for m in mirrors:
+            if len(self._mirrors) >= MAX_INFLIGHT_MIRRORS:
+                return
+            task = asyncio.ensure_future(send_mirror(self, st, m, ureq))
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+
+    def close(self) -> None:
+        for t in list(self._mirrors):
+            t.cancel()
+        self.h1.close()
+        self.h2.close()
+
+
+async def _prepare_body(st: RequestState, req: RequestReceived, body: BodySource,
+                        sink: ResponseSink, headers: Headers) -> tuple[Headers, RequestBody]:
+    """Decide how the request body goes upstream: read whole (small, sized:
+    retries and mirrors can resend it) or streamed."""
+    if (message.get(headers, "expect") or "").lower() == "100-continue":
+        # Envoy's default (proxy_100_continue off): answer 100 ourselves
+        # and do not pass Expect on, so the body can be read right away.
+        headers = message.remove(headers, "expect")
+        await sink.informational(100, [])
+    declared = req.content_length or 0
+    framing = "chunked" if req.chunked else ("length" if declared else "none")
+    if not req.upgrade and not req.chunked and declared <= RETRY_BUFFER_LIMIT:
+        buffered = await _read_all(body) if declared else b""
+        st.request_bytes = len(buffered)
+        headers = message.set_(headers, "content-length", str(len(buffered))) \
+            if buffered or declared else message.remove(headers, "content-length")
+        return headers, RequestBody(buffered=buffered, source=body, framing=framing)
+    if req.chunked:
+        headers = message.set_(headers, "transfer-encoding", "chunked")
+    return headers, RequestBody(source=body, framing=framing)
+
+
+def _budget(per_try: float | None, deadline: float | None, now: float) -> float | None:
+    budgets = [b for b in (per_try, (deadline - now) if deadline is not None else None)
+               if b is not None]
+    return min(budgets) if budgets else None
+
+
+async def _with_timeout(coro: Coroutine, budget: float | None) -> Any:
+    if budget is None:
+        return await coro
+    if budget <= 0:
+        coro.close()
+        raise UpstreamTimeout("request timeout already spent")
+    try:
+        async with asyncio.timeout(budget):
+            return await coro
+    except TimeoutError:
+        raise UpstreamTimeout(f"no response within {budget:.3f}s") from None
+
+
+async def _with_deadline(coro: Coroutine, deadline: float | None,
+                         clock: Callable[[], float]) -> Any:
+    if deadline is None:
+        return await coro
+    return await _with_timeout(coro, deadline - clock())
+
+
+async def _read_all(body: BodySource) -> bytes:
+    parts = []
+    while data := await body.read():
+        parts.append(data)
+    return b"".join(parts)
