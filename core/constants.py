@@ -16,6 +16,13 @@ DNS_PORT = 15053                # in-pod DNS proxy
 
 # Connections to these ports from the proxy itself would loop forever.
 PROXY_PORTS = frozenset({OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT})
+# Istio's "Ports used by Istio" (15004 and 15009 HBONE/debug, 15090 Envoy's
+# Prometheus): applications must not listen on them, and proxies do. An
+# inbound tunnel (CONNECT) or captured plaintext connection to one of them is
+# refused, so a mesh identity can never reach a proxy's admin, metrics or
+# readiness endpoint, nor its capture listeners, through the data path.
+RESERVED_PORTS = frozenset({ADMIN_PORT, OUTBOUND_CAPTURE_PORT, 15004, INBOUND_PLAINTEXT_PORT,
+                            HBONE_PORT, 15009, METRICS_PORT, READINESS_PORT, DNS_PORT, 15090})
 
 # SO_MARK on every socket a proxy opens, so the pod's redirection rules skip
 # the proxy's own traffic (istio-cni InpodMark); 0x111 marks connections whose

@@ -120,7 +120,7 @@ def decide_hbone(view: View, *, authority: str, local_ip: str, src_identity: str
         return Rejected(status=BAD_REQUEST, reason=f"malformed :authority {authority!r}: {e}")
     if port in proxy_ports:
         return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
-                        "a proxy port (self call)")
+                        "a port reserved for the proxy (self call)")
     if local is None:
         local = view.workload_by_ip(local_ip)
     waypoint_case = ip != local_ip
@@ -148,7 +148,7 @@ def decide_plaintext(view: View, *, dst: tuple[str, int], src_addr: tuple[str, i
     ip, port = dst
     if port in proxy_ports:
         return Rejected(status=BAD_REQUEST, reason=f"refusing {hostport(ip, port)}: "
-                        "a proxy port (self call)")
+                        "a port reserved for the proxy (self call)")
     workload = view.workload_by_ip(ip)
     if workload is None:
         return Rejected(status=SERVICE_UNAVAILABLE, reason=f"unknown workload {ip}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shoal.core.addr import parse_authority, parse_ip_port
-from shoal.core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+from shoal.core.constants import (CA_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, RESERVED_PORTS,
                             OUTBOUND_CAPTURE_PORT)
 
 DEDICATED = "dedicated"
@@ -108,3 +108,9 @@ class ZtunnelOptions:
     def proxy_ports(self) -> frozenset[int]:
         return frozenset({self.hbone_port, self.outbound_port, self.inbound_port,
                           *(f.port for f in self.fixed_targets)})
+
+    @property
+    def inbound_refused_ports(self) -> frozenset[int]:
+        """Ports no inbound tunnel or captured connection may reach: this
+        proxy's listeners and every port Istio reserves for its proxies."""
+        return self.proxy_ports | RESERVED_PORTS

@@ -123,7 +123,7 @@ class Inbound:
         local = view.workload_by_uid(pi.scope.pod_uid) if pi.scope.pod_uid else None
         d = inbound.decide_hbone(view, authority=req.authority, local_ip=local_ip,
                                  src_identity=src_identity, src_addr=src_addr,
-                                 proxy_ports=pi.options.proxy_ports, local=local)
+                                 proxy_ports=pi.options.inbound_refused_ports, local=local)
         src_w = view.workload_by_ip(src_addr[0])
         rec = pi.tracker.start(telemetry.ConnectionMeta(
             reporter=telemetry.DESTINATION, src_addr=hostport(*src_addr),

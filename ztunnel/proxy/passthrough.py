@@ -25,7 +25,7 @@ class InboundPassthrough:
         peer = down.transport.get_extra_info("peername")
         view = pi.view()
         d = inbound.decide_plaintext(view, dst=dst, src_addr=peer[:2],
-                                     proxy_ports=pi.options.proxy_ports)
+                                     proxy_ports=pi.options.inbound_refused_ports)
         rec = pi.tracker.start(telemetry.ConnectionMeta(
             reporter=telemetry.DESTINATION, src_addr=hostport(*peer[:2]), dst_addr=hostport(*dst),
             src_workload=view.workload_by_ip(peer[0]), dst_workload=d.workload,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from shoal.core.hbone import HboneError
 from shoal.core.hbone.server import Accept, Reject
 from shoal.core.records import Authorization, Rule
@@ -169,3 +171,22 @@ def test_forwarded_for_is_believed_only_for_the_peer_identity():
     assert client_addr(view, vouched, "spiffe://cluster.local/ns/x/sa/y") == ("10.0.0.1", 50000)
     unknown = connect_request("10.0.1.1:8080", forwarded="10.7.7.7:41000", peer=("10.0.5.5", 1))
     assert client_addr(view, unknown, CLIENT.identity) == ("10.0.5.5", 1)
+
+
+@pytest.mark.parametrize("port", [15000, 15020, 15021, 15053, 15090, 15001, 15006])
+async def test_hbone_to_a_port_reserved_for_the_proxy_is_refused(port):
+    # A valid identity's CONNECT to <pod IP>:15020 used to get 200 and the
+    # proxy's Prometheus output; no reserved port is reachable through a tunnel.
+    pi = FakeInputs(make_view())
+    answer = await Inbound(pi).on_connect(connect_request(f"10.0.1.1:{port}"), "10.0.1.1")
+    assert isinstance(answer, Reject) and answer.status == 400
+    assert "reserved for the proxy" in answer.reason
+    assert pi.connected == []
+
+
+@pytest.mark.parametrize("port", [15000, 15020, 15021])
+async def test_captured_plaintext_to_a_reserved_port_is_refused(port):
+    pi = FakeInputs(make_view(), app=FakeEnd([b"metrics"]))
+    down = FakeEnd([b"GET /metrics HTTP/1.1\r\n\r\n"])
+    await InboundPassthrough(pi).handle(down, (SERVER_A.ips[0], port), 100.0)
+    assert down.aborted and pi.connected == []
