@@ -1,4 +1,4 @@
-"""`shoal node-agent ...`: the CNI node agent's command line."""
+"""`shoal node-agent ...` and `shoal cni ...`: the CNI side's command line."""
 
 from __future__ import annotations
 
@@ -51,3 +51,73 @@ def run(node, config_dir, socket_path, zds_path, state_path, require_ztunnel, ex
     except OSError as e:
         click.echo(f"node agent failed: {e}", err=True)
         sys.exit(1)
+
+
+def _dirs(f):
+    """Options shared by install and uninstall; env names as Istio's install-cni."""
+    for opt in reversed([
+        click.option("--cni-bin-dir", default="/opt/cni/bin", show_default=True, envvar="CNI_BIN_DIR",
+                     help="The node's CNI plugin directory (as mounted here)."),
+        click.option("--cni-conf-dir", default="/etc/cni/net.d", show_default=True,
+                     envvar="CNI_NET_DIR", help="The node's CNI config directory (as mounted here)."),
+        click.option("--agent-run-dir", default="/var/run/shoal-cni", show_default=True,
+                     envvar="SHOAL_CNI_RUN_DIR",
+                     help="The node agent's directory (socket, snapshot); a host path, "
+                          "the plugin reads it on the node."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@click.group()
+def cni() -> None:
+    """shoal-cni on a node: install and keep it chained, uninstall, locate it."""
+
+
+@cni.command()
+@_dirs
+@click.option("--exclude-namespace", "exclude_namespaces", multiple=True,
+              default=("kube-system", "istio-system"), show_default=True,
+              envvar="SHOAL_CNI_EXCLUDE_NAMESPACES",
+              help="Namespaces the plugin never sends to the agent (kube-system always).")
+@click.option("--wait-for-agent/--no-wait-for-agent", default=True, show_default=True,
+              help="Chain only once the node agent wrote its enrollment snapshot.")
+@click.option("--keep-on-exit", is_flag=True, envvar="SHOAL_CNI_KEEP_ON_EXIT",
+              help="On SIGTERM leave the binary and chain in place (an upgrade by hand).")
+@click.option("--daemonset", default="", envvar="SHOAL_CNI_DAEMONSET",
+              help="In Kubernetes, our DaemonSet: on SIGTERM, uninstall only if it is gone "
+                   "or being deleted (else it is an upgrade).")
+@click.option("--namespace", default="", envvar="POD_NAMESPACE", help="The DaemonSet's namespace.")
+@click.option("--log-level", default=None, help="trace|debug|info|warning|error")
+def install(cni_bin_dir, cni_conf_dir, agent_run_dir, exclude_namespaces, wait_for_agent,
+            keep_on_exit, daemonset, namespace, log_level) -> None:
+    """Install shoal-cni, keep it chained until SIGTERM, then remove it (not on upgrade)."""
+    from shoal.cni.binary import PluginMissing
+    from shoal.cni.installer import Installer, InstallOptions
+    log.setup(log_level)
+    opts = InstallOptions(cni_bin_dir=cni_bin_dir, cni_conf_dir=cni_conf_dir,
+                          agent_run_dir=agent_run_dir, exclude_namespaces=tuple(exclude_namespaces),
+                          wait_for_agent=wait_for_agent, keep_on_exit=keep_on_exit,
+                          daemonset=daemonset, namespace=namespace)
+    try:
+        Installer(opts).run()
+    except (PluginMissing, OSError) as e:
+        click.echo(f"shoal cni install failed: {e}", err=True)
+        sys.exit(1)
+
+
+@cni.command()
+@_dirs
+def uninstall(cni_bin_dir, cni_conf_dir, agent_run_dir) -> None:
+    """Remove shoal-cni from the chain and the bin dir now (cleaning a node by hand)."""
+    from shoal.cni.installer import Installer, InstallOptions
+    log.setup(None)
+    Installer(InstallOptions(cni_bin_dir=cni_bin_dir, cni_conf_dir=cni_conf_dir,
+                             agent_run_dir=agent_run_dir, plugin_source="/dev/null")).uninstall()
+
+
+@cni.command("plugin-path")
+def plugin_path_cmd() -> None:
+    """Print the path of the built shoal-cni binary (package data)."""
+    from shoal.cni.binary import plugin_path
+    click.echo(plugin_path())

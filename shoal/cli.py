@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ztunnel-config": ("shoal.ztunnel.cli:ztunnel_config", "Inspect a running ztunnel (workloads, services, policies, certificates)."),
     "waypoint": ("shoal.waypoint.cli:waypoint", "Run the L7 waypoint proxy."),
     "node-agent": ("shoal.cni.cli:node_agent", "Run the CNI node agent (pod enrollment and redirection)."),
+    "cni": ("shoal.cni.cli:cni", "Install shoal-cni on a node (long-running), uninstall it, find the plugin."),
     "mesh": ("shoal.cni.mesh_cli:mesh", "A local multi-node mesh on network namespaces."),
     "bench": ("shoal.benchmarks.cli:bench", "Run the CPU studies (pytest-benchmark) on this machine."),
 }
