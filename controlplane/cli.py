@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -26,6 +27,12 @@ async def _watch_config(nodes) -> None:
     while True:
         await asyncio.to_thread(nodes.refresh)
         await asyncio.sleep(CONFIG_POLL_INTERVAL)
+
+
+# The ztunnel DaemonSet's account in deploy/ (namespace shoal-system).
+DEFAULT_NODE_ACCOUNT = "shoal-system/shoal-ztunnel"
+# The CA serves once the pods are listed; a cluster's first list may take a while.
+KUBE_SYNC_TIMEOUT = 120.0
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)?$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -65,34 +72,111 @@ def controlplane() -> None:
 @click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the bound port here once listening (for --port 0).")
 @click.option("--log-level", default=None)
+@click.option("--kubernetes-api", is_flag=True, default=False,
+              help="On a cluster: pods from the Kubernetes API (in-cluster account, else "
+              "$KUBECONFIG), callers authenticated by ServiceAccount token (TokenReview).")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="As --kubernetes-api, with this kubeconfig.")
+@click.option("--trusted-node-account", "trusted_nodes", multiple=True,
+              default=(DEFAULT_NODE_ACCOUNT,), show_default=True,
+              help="<namespace>/<serviceaccount> of the node proxies (may impersonate the "
+              "pods of their node; Istio's CA_TRUSTED_NODE_ACCOUNTS).")
+@click.option("--root-secret", default=None, metavar="NAMESPACE/NAME",
+              help="Keep the self-signed root in this Secret (created on first start).")
+@click.option("--root-configmap", default=None, metavar="NAMESPACE/NAME",
+              help="Publish the trust bundle (root-cert.pem) in this ConfigMap.")
 def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl, port_file,
-        log_level) -> None:
+        log_level, kubernetes_api, kubeconfig, trusted_nodes, root_secret, root_configmap) -> None:
     """Serve certificate requests from node proxies and waypoints."""
     from shoal.controlplane.authority import MAX_CERT_TTL, MIN_CERT_TTL
     log.setup(log_level)
     if not MIN_CERT_TTL <= cert_ttl <= MAX_CERT_TTL:
         raise click.BadParameter(f"must be between {MIN_CERT_TTL} and {MAX_CERT_TTL}", param_hint="--cert-ttl")
+    kube = KubeOptions(kubeconfig=kubeconfig, trusted_nodes=tuple(trusted_nodes),
+                       root_secret=_ref(root_secret, "--root-secret"),
+                       root_configmap=_ref(root_configmap, "--root-configmap")) \
+        if (kubernetes_api or kubeconfig) else None
+    if kube is None and (root_secret or root_configmap):
+        raise click.UsageError("--root-secret and --root-configmap need --kubernetes-api or --kubeconfig")
+    if kube is not None and config_dir:
+        raise click.UsageError("--config and --kubernetes-api/--kubeconfig are exclusive")
     asyncio.run(_serve(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl,
-                       port_file))
+                       port_file, kube))
+
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    kubeconfig: str | None
+    trusted_nodes: tuple[str, ...]
+    root_secret: tuple[str, str] | None
+    root_configmap: tuple[str, str] | None
+
+
+def _ref(value: str | None, flag: str) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    ns, sep, name = value.partition("/")
+    if not sep or not ns or not name:
+        raise click.BadParameter("use <namespace>/<name>", param_hint=flag)
+    return ns, name
+
+
+async def _kube_setup(kube: KubeOptions, state_dir: Path, cacerts, trust_domain: str, logger):
+    """Pods from the API, token authentication, and the root kept in a Secret."""
+    from shoal.controlplane import secretstore, store
+    from shoal.controlplane.kubepods import KubePods
+    from shoal.controlplane.tokenauth import TokenReviewer, authenticate_token
+    from shoal.routing.kube.kinds import POD
+    from shoal.routing.kube.source import KubeSource, make_client
+    client = make_client(kube.kubeconfig)
+    restored = False
+    if kube.root_secret and not store.cacerts_dir(state_dir, cacerts):
+        restored = await secretstore.restore_root(client, *kube.root_secret, state_dir)
+    ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
+    if kube.root_secret and not restored and not store.cacerts_dir(state_dir, cacerts):
+        if not await secretstore.save_root(client, *kube.root_secret, state_dir):
+            await secretstore.restore_root(client, *kube.root_secret, state_dir)
+            ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
+        logger.info("CA root saved in a Secret", extra={"fields": {
+            "secret": "/".join(kube.root_secret)}})
+    if kube.root_configmap:
+        await secretstore.publish_roots(client, *kube.root_configmap, "".join(ca.trust_bundle_pem))
+    source = KubeSource(kube.kubeconfig, kinds=(POD,)).start()
+    if not await asyncio.to_thread(source.wait_synced, KUBE_SYNC_TIMEOUT):
+        logger.warning("pods not listed yet; serving, node proxies may be refused until then",
+                       extra={"fields": {"kubernetes": source.health()}})
+    pods = KubePods(source, trust_domain)
+    reviewer = TokenReviewer(client)
+
+    async def token_auth(header: str):
+        return await authenticate_token(header, reviewer, trusted_nodes=kube.trusted_nodes,
+                                        node_of_pod=pods.node_of_pod, trust_domain=trust_domain)
+    return ca, pods, token_auth, source, client
 
 
 async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl,
-                 port_file) -> None:
+                 port_file, kube: "KubeOptions | None" = None) -> None:
     from shoal.controlplane import store
     from shoal.controlplane.nodeauth import ConfigIdentities
     from shoal.controlplane.server import CaServer
     logger = log.get("ca")
-    ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
-    if config_dir:
-        # Parsed here and in the poll loop below, never in a request.
-        nodes = ConfigIdentities(config_dir, overlay=overlay, trust_domain=trust_domain,
-                                 background=True)
-        await asyncio.to_thread(nodes.refresh)
-        config_watch = asyncio.create_task(_watch_config(nodes))  # noqa: F841 (held: an unreferenced task may be collected)
+    token_auth = source = client = None
+    if kube is not None:
+        ca, nodes, token_auth, source, client = await _kube_setup(kube, state_dir, cacerts,
+                                                                   trust_domain, logger)
     else:
-        logger.warning("no --config: node proxies can obtain no workload certificate")
-        nodes = lambda node: set()  # noqa: E731
-    server = CaServer(ca, nodes, default_ttl=cert_ttl)
+        ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
+        if config_dir:
+            # Parsed here and in the poll loop below, never in a request.
+            nodes = ConfigIdentities(config_dir, overlay=overlay, trust_domain=trust_domain,
+                                     background=True)
+            await asyncio.to_thread(nodes.refresh)
+            config_watch = asyncio.create_task(_watch_config(nodes))  # noqa: F841 (held: an unreferenced task may be collected)
+        else:
+            logger.warning("no --config: node proxies can obtain no workload certificate")
+            nodes = lambda node: set()  # noqa: E731
+    server = CaServer(ca, nodes, default_ttl=cert_ttl, token_auth=token_auth)
     bound = await server.start(host, port)
     if port_file:
         tmp = Path(str(port_file) + ".tmp")
@@ -120,10 +204,17 @@ async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_doma
             try:
                 server.reload_ca(store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts))
                 logger.info("CA reloaded", extra={"fields": {"roots": len(server.ca.roots)}})
+                if kube is not None and kube.root_configmap:
+                    from shoal.controlplane import secretstore
+                    await secretstore.publish_roots(client, *kube.root_configmap,
+                                                    "".join(server.ca.trust_bundle_pem))
             except Exception as e:  # keep serving with the last good CA
                 logger.error("CA reload failed; keeping the previous CA",
                              extra={"fields": {"error": str(e)}})
     await server.close()
+    if source is not None:
+        source.close()
+        await client.close()
 
 
 async def _either(a: asyncio.Event, b: asyncio.Event) -> None:

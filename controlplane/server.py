@@ -12,7 +12,9 @@ keeps the same roles with a small JSON API (docs/security.md):
     GET  /healthz/ready     200 {"status": "ok"}
 
 Every connection must present a node or waypoint credential (mutual TLS
-against the CA's trust bundle); one request per connection (`Connection:
+against the CA's trust bundle) or, on a cluster (`token_auth`), a
+ServiceAccount token as `authorization: Bearer` (controlplane/tokenauth.py);
+one request per connection (`Connection:
 close`), as certificate requests are rare. Each decision is logged as JSON.
 The TLS context is rebuilt when the CA files change (root rotation), so new
 connections see the new trust at once.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
+from typing import Awaitable, Callable
 
 import orjson
 
@@ -48,8 +51,9 @@ ALPN_HTTP11 = "http/1.1"
 
 _log = log.get("ca")
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 class HttpError(Exception):
@@ -119,10 +123,14 @@ class CaServer:
     """Serves the CA API. `reload_ca()` swaps in a new CA (root rotation)."""
 
     def __init__(self, ca: CertificateAuthority, identities_on_node: IdentitiesOnNode, *,
-                 default_ttl: dt.timedelta | None = None) -> None:
+                 default_ttl: dt.timedelta | None = None,
+                 token_auth: Callable[[str], Awaitable[Caller]] | None = None) -> None:
         self.ca = ca
         self.identities_on_node = identities_on_node
         self.default_ttl = default_ttl
+        # On a cluster: callers without a client certificate authenticate with
+        # `authorization: Bearer <ServiceAccount token>` (controlplane/tokenauth.py).
+        self.token_auth = token_auth
         self._ctx: ssl.SSLContext | None = None
         self._serving_not_after = 0.0
         self._serving_issued = 0.0
@@ -142,6 +150,8 @@ class CaServer:
         if self._ctx is None or now >= (self._serving_issued + self._serving_not_after) / 2:
             cert = self.serving_cert()
             self._ctx = control_plane_context(cert, server_side=True)
+            if self.token_auth is not None:
+                self._ctx.verify_mode = ssl.CERT_OPTIONAL
             self._ctx.sni_callback = self._pick_context
             self._serving_issued = cert.not_before.timestamp()
             self._serving_not_after = cert.not_after.timestamp()
@@ -191,10 +201,15 @@ class CaServer:
     async def _serve_one(self, reader, writer) -> tuple[int, dict]:
         fields: dict = {"peer": str(writer.get_extra_info("peername"))}
         try:
-            caller = self._caller(writer.get_extra_info("ssl_object"))
-            fields["caller"] = f"{caller.kind}:{caller.name}"
-            method, path, body = await self._read_request(reader)
+            method, path, headers, body = await self._read_request(reader)
             fields.update(method=method, path=path)
+            ssl_object = writer.get_extra_info("ssl_object")
+            if self.token_auth is not None and ssl_object.getpeercert(binary_form=True) is None:
+                caller = await self.token_auth(headers.get("authorization", ""))
+                fields["auth"] = "token"
+            else:
+                caller = self._caller(ssl_object)
+            fields["caller"] = f"{caller.kind}:{caller.name}"
             status, out = self._route(caller, method, path, body, fields)
         except (HttpError, SigningError) as e:
             status = e.status
@@ -216,7 +231,8 @@ class CaServer:
                                f"caller {ident.uri} is not in trust domain {self.ca.trust_domain!r}", 403)
         return Caller(kind=kind, name=name, identity=ident)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    async def _read_request(self, reader: asyncio.StreamReader
+                            ) -> tuple[str, str, dict[str, str], bytes]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -231,7 +247,7 @@ class CaServer:
         if length < 0 or length > MAX_BODY_BYTES:
             raise HttpError(413, "body_too_large", f"request body must be at most {MAX_BODY_BYTES} bytes")
         body = await reader.readexactly(length) if length else b""
-        return method, path, body
+        return method, path, headers, body
 
     def _route(self, caller: Caller, method: str, path: str, body: bytes, fields: dict) -> tuple[int, dict]:
         if path == "/v1/certificates":

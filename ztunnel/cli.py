@@ -35,9 +35,14 @@ def _run_command():
                   "inpod: listeners in every enrolled pod's netns (from the node agent).")
     @click.option("--ca-address", default=f"127.0.0.1:{CA_PORT}", show_default=True,
                   help="host:port of the control plane CA.")
-    @click.option("--ca-credential", type=click.Path(file_okay=False), required=True,
+    @click.option("--ca-credential", type=click.Path(file_okay=False), default=None,
                   help="Directory with the node credential from "
-                  "`shoal controlplane issue-node-cert --node NODE`.")
+                  "`shoal controlplane issue-node-cert --node NODE` (the local mesh).")
+    @click.option("--ca-token", type=click.Path(dir_okay=False), default=None,
+                  help="On a cluster: the projected ServiceAccount token (audience istio-ca) "
+                  "the CA checks with TokenReview, instead of --ca-credential.")
+    @click.option("--ca-root-cert", type=click.Path(dir_okay=False), default=None,
+                  help="With --ca-token: the CA's trust bundle (its root ConfigMap, mounted).")
     @click.option("--zds-socket", default=DEFAULT_ZDS_SOCKET, show_default=True,
                   help="The node agent's ZDS socket (inpod mode).")
     @click.option("--listen", "bind", default="0.0.0.0", show_default=True,
@@ -52,15 +57,20 @@ def _run_command():
                   show_default=True,
                   help="Seconds between byte-count metric updates of open connections.")
     @supervisor_options
-    def run(supervisor, node, mode, ca_address, ca_credential, zds_socket, bind, hbone_port,
+    def run(supervisor, node, mode, ca_address, ca_credential, ca_token, ca_root_cert, zds_socket,
+            bind, hbone_port,
             outbound_port, inbound_port, fixed, bytes_report_interval) -> None:
         """Run the ztunnel under the shards supervisor."""
         from shoal.shards.runner import run_app
         from shoal.ztunnel.app import ZtunnelApp
         from shoal.ztunnel.options import SNAPSHOT_WAIT, FixedTarget, ZtunnelOptions
+        if not ca_credential and not ca_token:
+            raise click.UsageError("give --ca-credential (the local mesh's node credential) or, "
+                                   "on a cluster, --ca-token and --ca-root-cert")
         try:
             opts = ZtunnelOptions(node=node, mode=mode, ca_address=ca_address,
-                                  ca_credential_dir=ca_credential, zds_socket=zds_socket,
+                                  ca_credential_dir=ca_credential, ca_token_file=ca_token,
+                                  ca_root_cert=ca_root_cert, zds_socket=zds_socket,
                                   bind=bind, hbone_port=hbone_port, outbound_port=outbound_port,
                                   inbound_port=inbound_port,
                                   fixed_targets=tuple(FixedTarget.parse(f) for f in fixed),

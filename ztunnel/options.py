@@ -66,6 +66,8 @@ class ZtunnelOptions:
         mode: "dedicated" (listeners in this netns) or "inpod" (per pod netns via ZDS).
         ca_address: host:port of the control plane CA.
         ca_credential_dir: where the node credential (node:<name>) is read from.
+        ca_token_file / ca_root_cert: on a cluster instead, the projected
+            ServiceAccount token (audience istio-ca) and the CA's trust bundle.
         bind: address of the capture listeners in dedicated mode.
         hbone_port / outbound_port / inbound_port: Istio's 15008/15001/15006.
         fixed_targets: TEST ONLY listeners with a fixed original destination.
@@ -79,6 +81,8 @@ class ZtunnelOptions:
     mode: str = DEDICATED
     ca_address: str = f"127.0.0.1:{CA_PORT}"
     ca_credential_dir: str | None = None
+    ca_token_file: str | None = None
+    ca_root_cert: str | None = None
     zds_socket: str = DEFAULT_ZDS_SOCKET
     bind: str = "0.0.0.0"
     hbone_port: int = HBONE_PORT
@@ -101,6 +105,10 @@ class ZtunnelOptions:
             parse_authority(self.ca_address)
         except ValueError as e:
             raise ValueError(f"--ca-address {self.ca_address!r} must be host:port ({e})") from None
+        if self.ca_credential_dir and self.ca_token_file:
+            raise ValueError("--ca-credential and --ca-token are exclusive")
+        if bool(self.ca_token_file) != bool(self.ca_root_cert):
+            raise ValueError("--ca-token needs --ca-root-cert (the CA's trust bundle) and back")
         if not self.bytes_report_interval > 0:
             raise ValueError("--bytes-report-interval must be a positive number of seconds")
 

@@ -170,6 +170,7 @@ class CaClient:
                 raise CaError(0, "ca_identity_mismatch", f"refusing to talk to the CA: {e}") from e
             data = orjson.dumps(body) if body is not None else b""
             head = (f"{method} {path} HTTP/1.1\r\nhost: istiod\r\ncontent-type: application/json\r\n"
+                    f"{self._auth_header()}"
                     f"content-length: {len(data)}\r\nconnection: close\r\n\r\n")
             writer.write(head.encode() + data)
             await writer.drain()
@@ -182,6 +183,68 @@ class CaClient:
         finally:
             writer.close()
         return _parse_response(raw)
+
+
+    def _auth_header(self) -> str:
+        return ""           # the client certificate is the credential
+
+
+class TokenCaClient(CaClient):
+    """On a cluster: authenticates with the pod's projected ServiceAccount token
+    (audience istio-ca) instead of a node credential, as Istio's ztunnel does.
+
+    The token file is read for every request (the kubelet rotates it), and the
+    CA is verified against the trust bundle the CA publishes (its ConfigMap,
+    mounted at `root_cert_file`; re-read when it changes, for a root rotation).
+    """
+
+    def __init__(self, address: tuple[str, int], token_file: str | Path,
+                 root_cert_file: str | Path, *, trust_domain: str,
+                 timeout: float = CA_REQUEST_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.token_file = Path(token_file)
+        self.root_cert_file = Path(root_cert_file)
+        self.server_identity = Identity(trust_domain=trust_domain,
+                                        namespace=CONTROL_PLANE_NAMESPACE,
+                                        service_account=CONTROL_PLANE_SERVICE_ACCOUNT)
+        self._roots_pem = ""
+        self._roots_stamp: tuple = ()
+        self._ctx = None
+        self._cred_dir = None
+
+    def update_roots(self, roots) -> None:
+        self._roots_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in roots)
+        self._ctx = None
+
+    def _context(self) -> ssl.SSLContext:
+        try:
+            st = self.root_cert_file.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as e:
+            raise CaError(0, "no_ca_roots", f"cannot read the CA trust bundle "
+                          f"{self.root_cert_file}: {e}") from e
+        if stamp != self._roots_stamp:
+            self._roots_pem = self.root_cert_file.read_text()
+            self._roots_stamp = stamp
+            self._ctx = None
+        if self._ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.check_hostname = False  # identity checked after the handshake
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.set_alpn_protocols(["http/1.1"])
+            ctx.load_verify_locations(cadata=self._roots_pem)
+            self._ctx = ctx
+        return self._ctx
+
+    def _auth_header(self) -> str:
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as e:
+            raise CaError(0, "no_token", f"cannot read the ServiceAccount token "
+                          f"{self.token_file}: {e} (is the projected token mounted?)") from e
+        return f"authorization: Bearer {token}\r\n"
 
 
 def _dir_stamp(directory: Path) -> tuple:

@@ -168,6 +168,14 @@ class ObjectStore:
         self._remember(key, errors)
         self.version += 1
 
+    def get(self, key: Key) -> Any | None:
+        """The valid resource held for a key (None: absent or never valid)."""
+        entry = self._entries.get(key)
+        return entry.resource if entry is not None else None
+
+    def valid(self, kind: str) -> list:
+        return [e.resource for k, e in self._entries.items() if k[0] == kind and e.resource is not None]
+
     def refused(self) -> list[FieldError]:
         return [e for errs in self._refused.values() for e in errs]
 

@@ -64,7 +64,7 @@ class Served:
 
 CORE = (Served("", "v1", "namespaces", "Namespace", namespaced=False),
         Served("", "v1", "pods", "Pod"), Served("", "v1", "services", "Service"),
-        Served("", "v1", "secrets", "Secret"),
+        Served("", "v1", "secrets", "Secret"), Served("", "v1", "configmaps", "ConfigMap"),
         Served("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"))
 ISTIO = (Served("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),)
 GATEWAY_API = (Served("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),

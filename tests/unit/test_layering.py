@@ -64,6 +64,8 @@ SANS_IO_MODULES = [
     "routing/compile.py",
     "routing/incremental.py",
     "routing/codec.py",
+    "routing/kube/store.py",
+    "controlplane/tokenauth.py",
     "core/model/parse_core.py",
     "core/model/parse_authz.py",
     "core/model/parse_gateway.py",
