@@ -34,6 +34,9 @@ from tests.helpers.ztunnel_peers import Proc, free_port, python_app
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 ROOT = str(Path(__file__).resolve().parents[2])
 START_TIMEOUT = 30.0
+# With a test API server: the node proxies' account and the CA's root ConfigMap.
+NODE_ACCOUNT = ("shoal-system", "shoal-ztunnel")
+ROOT_CONFIGMAP = "shoal-system/shoal-ca-root-cert"
 
 
 def unique_prefix() -> str:
@@ -165,10 +168,12 @@ class Mesh:
         self.write_config()
         state = self.tmp / "ca-state"
         port_file = self.tmp / "ca.port"
+        # With the API: pods from it, and node proxies authenticated by token.
+        source = (["--kubeconfig", self.kubeconfig, "--root-configmap", ROOT_CONFIGMAP]
+                  if self.api else ["--config", str(self.config)])
         self.ca = Proc("controlplane", [*SHOAL, "controlplane", "run", "--port", "0",
                                         "--host", "127.0.0.1", "--state-dir", str(state),
-                                        "--config", str(self.config),
-                                        "--port-file", str(port_file)], self.logs, cwd=ROOT)
+                                        *source, "--port-file", str(port_file)], self.logs, cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT
         while not port_file.exists():
             if self.ca.p.poll() is not None or time.monotonic() > deadline:
@@ -177,7 +182,10 @@ class Mesh:
         self.ca_port = int(port_file.read_text())
         self.ca_state = state
         for n in self.nodes.values():
-            self.issue_credential(["--node", n.name], n.cred)
+            if self.api:
+                self.node_token(n.name)
+            else:
+                self.issue_credential(["--node", n.name], n.cred)
         for p in self.pods.values():
             if p.port:
                 self.apps[p.name] = python_app(p.name, f"{p.ip}:{p.port}", self.logs)
@@ -185,6 +193,24 @@ class Mesh:
             self.start_node(n.name)
         for n in self.nodes.values():
             self.wait_ready(n.name)
+
+    def node_token(self, node: str) -> None:
+        """As the kubelet would: the node's ztunnel pod, and its projected token
+        (bound to that pod, audience istio-ca) that the TokenReview accepts."""
+        ns, sa = NODE_ACCOUNT
+        pod = f"{sa}-{node}"
+        self.api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
+                        "spec": {"nodeName": node, "serviceAccountName": sa},
+                        "status": {"phase": "Running"}})
+        token = f"token-{node}-{random.getrandbits(64):x}"
+        self.api.add_token(token, username=f"system:serviceaccount:{ns}:{sa}",
+                           audiences=["istio-ca"], pod=(ns, pod))
+        n = self.nodes[node]
+        n.cred.mkdir(parents=True, exist_ok=True)
+        (n.cred / "token").write_text(token)
+        cm_ns, cm_name = ROOT_CONFIGMAP.split("/")
+        (n.cred / "root-cert.pem").write_text(
+            self.api.get("configmaps", cm_ns, cm_name)["data"]["root-cert.pem"])
 
     def issue_credential(self, who: list[str], out: Path) -> None:
         import subprocess
@@ -196,7 +222,9 @@ class Mesh:
         n = self.nodes[name]
         source = ["--kubeconfig", self.kubeconfig] if self.api else ["--config", str(self.config)]
         cmd = [*SHOAL, "ztunnel", "run", "--node", n.name, *source,
-               "--ca-address", f"127.0.0.1:{self.ca_port}", "--ca-credential", str(n.cred),
+               "--ca-address", f"127.0.0.1:{self.ca_port}",
+               *(["--ca-token", str(n.cred / "token"), "--ca-root-cert", str(n.cred / "root-cert.pem")]
+                 if self.api else ["--ca-credential", str(n.cred)]),
                "--listen", n.proxy_ip, "--hbone-port", str(self.hbone_port),
                "--outbound-port", str(free_port()), "--inbound-port", str(free_port()),
                "--admin-port", str(n.admin), "--metrics-port", str(n.metrics),

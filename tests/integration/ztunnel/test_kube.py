@@ -1,6 +1,8 @@
 """Two `shoal ztunnel run --kubeconfig` nodes that learn pods and services
-only from the Kubernetes API (the test API server): traffic flows, and pod
-changes reach every worker of a running ztunnel."""
+only from the Kubernetes API (the test API server) and obtain their pods'
+certificates with a ServiceAccount token (the CA checks it with TokenReview
+and reads pods from the same API): traffic flows, and pod changes reach
+every worker of a running ztunnel."""
 
 from __future__ import annotations
 
