@@ -111,11 +111,7 @@ class CaClient:
     def _context(self) -> ssl.SSLContext:
         self._maybe_reload_credential()
         if self._ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-            ctx.check_hostname = False  # identity checked after the handshake
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.set_alpn_protocols(["http/1.1"])
+            ctx = _client_context()
             shoal_tls.load_trust_bundle(ctx, self.credential)
             shoal_tls.load_key_and_chain(ctx, self.credential)
             self._ctx = ctx
@@ -229,11 +225,7 @@ class TokenCaClient(CaClient):
             self._roots_stamp = stamp
             self._ctx = None
         if self._ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-            ctx.check_hostname = False  # identity checked after the handshake
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.set_alpn_protocols(["http/1.1"])
+            ctx = _client_context()
             ctx.load_verify_locations(cadata=self._roots_pem)
             self._ctx = ctx
         return self._ctx
@@ -245,6 +237,17 @@ class TokenCaClient(CaClient):
             raise CaError(0, "no_token", f"cannot read the ServiceAccount token "
                           f"{self.token_file}: {e} (is the projected token mounted?)") from e
         return f"authorization: Bearer {token}\r\n"
+
+
+def _client_context() -> ssl.SSLContext:
+    """TLS 1.3 to the CA, verifying its chain; its SPIFFE identity is checked
+    after the handshake (verify_server_identity), so no hostname check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def _dir_stamp(directory: Path) -> tuple:
