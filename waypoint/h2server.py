@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from shoal.core import overload
+from shoal.core.hbone.h2limits import FloodError, GuardedH2Connection
 from shoal.core.pipe import READ_SIZE
 from shoal.waypoint.downstream import close_stream
 from shoal.waypoint.h2inbox import H2Inbox
@@ -48,7 +49,9 @@ class _Conn:
                                         validate_inbound_headers=True,
                                         validate_outbound_headers=False,
                                         normalize_outbound_headers=False)
-        self.h2 = h2.connection.H2Connection(cfg)
+        # The same abuse limits as HBONE (rapid reset, floods, header block
+        # bytes, REFUSED_STREAM above MAX_CONCURRENT_STREAMS): core.hbone.h2limits.
+        self.h2 = GuardedH2Connection(cfg)
         self.windows: dict[int, asyncio.Event] = {}
         self.bodies: dict[int, "_Body"] = {}
         self.tasks: dict[int, asyncio.Task] = {}
@@ -61,6 +64,8 @@ class _Conn:
                 await self.stream.write(data)
             except Exception:
                 self.dead = True
+                return
+        self.h2.output_drained()        # the write returned: the peer is reading
 
 
 class _Body(H2Inbox):
@@ -205,7 +210,9 @@ async def serve(stream, first: bytes, down, proxy) -> None:
         while data:
             try:
                 events = c.h2.receive_data(data)
-            except h2.exceptions.ProtocolError:
+            except h2.exceptions.ProtocolError as e:
+                if isinstance(e, FloodError):     # GOAWAY(ENHANCE_YOUR_CALM) is queued
+                    overload.count_h2_limit(e.limit)
                 await c.flush()
                 break
             for ev in events:
