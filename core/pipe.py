@@ -78,7 +78,7 @@ class PipeReset(ConnectionError):
     """One side of a pipe was reset; both sides were aborted."""
 
 
-def abort_with_rst(transport: asyncio.BaseTransport) -> None:
+def abort_with_rst(transport: asyncio.WriteTransport) -> None:
     """Close a TCP transport with RST instead of FIN (SO_LINGER 0)."""
     if transport.is_closing():
         transport.abort()
@@ -131,6 +131,7 @@ class TcpEnd(asyncio.Protocol):
         self._queued += len(data)
         if self._queued >= READ_HIGH_WATER and not self._paused:
             self._paused = True
+            assert self.transport is not None     # data only comes once connected
             self.transport.pause_reading()
         self._wake()
 
@@ -192,6 +193,7 @@ class TcpEnd(asyncio.Protocol):
         self._queued -= len(data)
         if self._paused and self._queued < READ_HIGH_WATER // 2:
             self._paused = False
+            assert self.transport is not None     # paused only once connected
             self.transport.resume_reading()
         return data
 

@@ -65,7 +65,7 @@ class SocketFactory(Protocol):
 
     namespace_key: str
 
-    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+    def new_socket(self, family: int) -> socket.socket:
         """Return an unbound, unconnected TCP socket with the factory's
         options (mark, namespace), for callers that connect it themselves
         (the HBONE pool).
@@ -106,7 +106,7 @@ class DefaultSocketFactory:
     def __init__(self, options: SocketOptions = SocketOptions()) -> None:
         self.options = options
 
-    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+    def new_socket(self, family: int) -> socket.socket:
         sock = self._create(family)
         try:
             self._apply(sock, family)
@@ -115,11 +115,11 @@ class DefaultSocketFactory:
             raise
         return sock
 
-    def _create(self, family: socket.AddressFamily) -> socket.socket:
+    def _create(self, family: int) -> socket.socket:
         # The one place a socket is created (a subclass may create it elsewhere).
         return socket.socket(family, socket.SOCK_STREAM)
 
-    def _apply(self, sock: socket.socket, family: socket.AddressFamily) -> None:
+    def _apply(self, sock: socket.socket, family: int) -> None:
         o = self.options
         if o.mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, o.mark)

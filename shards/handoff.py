@@ -105,7 +105,7 @@ class SlotSocketFactory:
             del self._keys[fd]
         self._notify(f"release {self.namespace_key}", [])
 
-    def new_socket(self, family: socket.AddressFamily) -> socket.socket:
+    def new_socket(self, family: int) -> socket.socket:
         return self.inner.new_socket(family)
 
     async def connect(self, host: str, port: int, *, source: tuple[str, int] | None = None,

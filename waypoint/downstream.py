@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from shoal.core.hbone.errors import HboneError
 from shoal.core.pipe import READ_SIZE, Endpoint
+from shoal.core.records import Workload
 from shoal.waypoint.destination import Target
 from shoal.waypoint.message import Headers
 
@@ -39,7 +40,7 @@ class Downstream:
     """The client connection, fixed for its lifetime."""
     source_principal: str | None = None
     source_ip: str = ""
-    source_workload: object = None
+    source_workload: Workload | None = None
     target: Target | None = None     # None: plaintext mode, resolved per request by Host
     protocol: str = "http"           # Istio's request_protocol: "http" | "http2"
 

@@ -177,7 +177,7 @@ class Forwarder:
         if message.get(headers, "host") is None:
             headers.insert(0, ("host", out.authority or st.authority))
         tp = message.get(headers, "traceparent")
-        if not valid_traceparent(tp):
+        if tp is None or not valid_traceparent(tp):
             tp = traceparent(self.rng)
             headers = message.set_(headers, "traceparent", tp)
         st.traceparent = tp

@@ -18,6 +18,7 @@ from shoal.core.hbone.errors import HboneError
 from shoal.core.pipe import Endpoint
 from shoal.waypoint.destination import Endpoint as UpstreamEndpoint
 from shoal.waypoint.exchange import Informational, UpstreamRequest
+from shoal.waypoint.message import Headers
 from shoal.waypoint.http1 import (LAST_CHUNK, BodyReceived, H1ResponseParser, MessageEnded,
                                   ResponseReceived, encode_chunk, serialize_request_head,
                                   strip_hop_by_hop)
@@ -95,14 +96,14 @@ async def _read_head(conn: UpstreamConn, parser: H1ResponseParser,
             raise UpstreamProtocolError(str(e)) from None
         i = 0
         while i < len(events):
-            e = events[i]
-            if isinstance(e, ResponseReceived):
-                s = e.head.status
+            ev = events[i]
+            if isinstance(ev, ResponseReceived):
+                s = ev.head.status
                 if 100 <= s < 200 and s != 101:
-                    await informational(s, e.head.headers)
+                    await informational(s, ev.head.headers)
                     i += 2          # its MessageEnded follows
                     continue
-                return e, events[i + 1:]
+                return ev, events[i + 1:]
             i += 1
 
 
@@ -116,7 +117,7 @@ class H1Response:
         self.reason = resp.head.reason
         self.headers = strip_hop_by_hop(resp.head.headers, keep_upgrade=self.status == 101)
         self.content_length = resp.content_length
-        self.trailers = None
+        self.trailers: Headers | None = None     # HTTP/1.1 response trailers are dropped
         self._pending = list(pending)
         self._upgrade = upgrade
         self._ended = False

@@ -96,8 +96,9 @@ async def _head(stream: H2Stream, pump: asyncio.Future | None) -> tuple[int, Hea
     head = asyncio.ensure_future(stream.response())
     try:
         done, _ = await asyncio.wait({head, pump}, return_when=asyncio.FIRST_COMPLETED)
-        if head not in done and pump.exception() is not None:
-            raise pump.exception()
+        failed = pump.exception() if head not in done else None
+        if failed is not None:
+            raise failed
         return await head
     finally:
         if not head.done():

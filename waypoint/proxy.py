@@ -143,8 +143,10 @@ class Proxy:
                 if backend is None:
                     return await local_reply(st, sink, 500, b"", "NR")
         st.backend, st.backend_port = backend, port
-        eps = self.lookups.endpoints(backend, port) if backend is not None else \
-            workload_endpoint(target.workload, port)
+        if backend is not None:
+            eps = self.lookups.endpoints(backend, port)
+        else:       # a workload addressed directly (resolve gives one of the two)
+            eps = workload_endpoint(target.workload, port) if target.workload else []
         if not eps:
             return await local_reply(st, sink, 503, NO_HEALTHY_UPSTREAM, "UH")
         return await self.forwarder.forward(st, req, body, sink, out, eps, rule, response_mod,

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 from shoal.core.constants import HBONE_PORT
 from shoal.core.hbone import HboneError
@@ -92,6 +93,15 @@ class UpstreamTimeout(UpstreamError):
 # --------------------------------------------------------------------------
 # connectors
 
+class Connector(Protocol):
+    """Opens a byte stream to an endpoint (TCP, or an HBONE tunnel)."""
+
+    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "",
+                   host: str = "") -> Endpoint:
+        """Raises ConnectFailed (503 UF) when the endpoint cannot be reached."""
+        ...
+
+
 class TcpConnector:
     """Plaintext TCP to ip:port (endpoints outside the mesh, test mode)."""
 
@@ -99,7 +109,8 @@ class TcpConnector:
         self.sockets = sockets
         self.timeout = timeout
 
-    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = ""):
+    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "",
+                   host: str = "") -> Endpoint:
         loop = asyncio.get_running_loop()
         try:
             if self.sockets is not None:
@@ -125,8 +136,9 @@ class HboneConnector:
         self.identity = identity
         self.plaintext = plaintext or TcpConnector()
 
-    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = ""):
-        if not ep.hbone:
+    async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "",
+                   host: str = "") -> Endpoint:
+        if ep.workload is None or not ep.hbone:
             return await self.plaintext.open(ep, source_ip=source_ip)
         try:
             return await self.pool.open(
@@ -153,8 +165,8 @@ class UpstreamConn:
 
 @dataclass(slots=True)
 class H1Pool:
-    connector: object
-    clock: object = time.monotonic
+    connector: Connector
+    clock: Callable[[], float] = time.monotonic
     _idle: dict = field(default_factory=dict)
 
     async def acquire(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = "",

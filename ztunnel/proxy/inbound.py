@@ -12,6 +12,7 @@ after the app connect succeeded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from typing import Any
 
@@ -97,14 +98,14 @@ class Inbound:
             except Exception as e:   # CertUnavailable: the CA is down or refused
                 LOG.warning("no server certificate", extra={"fields": {
                     "workload": w.name, "identity": w.identity, "error": str(e)}})
-        if ctx is None:
+        if w is None or ctx is None:
             conn.close()
             return
         # The server runs the TLS handshake itself (and logs refusals).
         server = self._servers.get(local_ip)
         if server is None:
             server = self._servers[local_ip] = HboneServer(
-                lambda req, ip=local_ip: self.on_connect(req, ip), log=LOG)
+                functools.partial(self.on_connect, local_ip=local_ip), log=LOG)
         factory = server.protocol_factory(ctx, trust_domain=w.trust_domain)
         try:
             await pi.loop.connect_accepted_socket(factory, conn)

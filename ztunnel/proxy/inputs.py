@@ -74,6 +74,12 @@ class CountingEnd(TcpEnd):
         await super().write(data)
         self.bytes_written += len(data)
 
+    def info(self, name: str) -> Any:
+        """The transport's extra info ("peername", "socket"); handlers run
+        once the connection is made, so the transport is there."""
+        assert self.transport is not None
+        return self.transport.get_extra_info(name)
+
 
 class Shared:
     """What every proxy of a worker shares: view, certificates, metrics, options."""
@@ -134,7 +140,7 @@ class ProxyInputs:
         try:
             sock = await self.sockets.connect(host, port, source=source)
         except SpoofUnavailable as e:
-            self.spoof.failed(e.strerror)
+            self.spoof.failed(e.strerror or str(e))
             return await self.connect_tcp(host, port)
         _, end = await self.loop.create_connection(CountingEnd, sock=sock)
         return end

@@ -176,9 +176,9 @@ class Proxy:
                         handler: Handler) -> None:
         started = time.monotonic()
         try:
-            dst = fixed or original_dst(down.transport.get_extra_info("socket"))
+            dst = fixed or original_dst(down.info("socket"))
         except OSError as e:
-            peer = down.transport.get_extra_info("peername")
+            peer = down.info("peername")
             LOG.warning("no original destination (not a redirected connection?)",
                         extra={"fields": {"src.addr": hostport(*peer[:2]), "error": str(e)}})
             down.abort()

@@ -28,7 +28,7 @@ class Outbound:
     async def handle(self, down: CountingEnd, dst: tuple[str, int], started: float) -> None:
         """Route, connect and relay one captured connection to `dst`."""
         pi = self.inputs
-        peer = down.transport.get_extra_info("peername")
+        peer = down.info("peername")
         view = pi.view()
         source = pi.scope.source_for(view, peer[0])
         rec = pi.tracker.start(telemetry.ConnectionMeta(

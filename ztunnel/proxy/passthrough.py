@@ -22,7 +22,7 @@ class InboundPassthrough:
     async def handle(self, down: CountingEnd, dst: tuple[str, int], started: float) -> None:
         """Authorize, connect to the app and relay one connection to `dst`."""
         pi = self.inputs
-        peer = down.transport.get_extra_info("peername")
+        peer = down.info("peername")
         view = pi.view()
         d = inbound.decide_plaintext(view, dst=dst, src_addr=peer[:2],
                                      proxy_ports=pi.options.inbound_refused_ports)

@@ -49,6 +49,8 @@ class FakeEnd:
     def get_extra_info(self, name):
         return self.peer if name == "peername" else None
 
+    info = get_extra_info
+
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
