@@ -22,6 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 # A wheel build (isolated: pip fetches setuptools) and an install take a few
 # seconds each on this machine class.
 BUILD_TIMEOUT = 300
+# The build runs in the module's first test: give it the build's own bound,
+# not pytest's default per-test timeout.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 60)
 
 
 @pytest.fixture(scope="module")
