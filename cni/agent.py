@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 import os
 import signal
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,7 @@ from shoal.cni.spec import CniError, ErrorCode, encode_error
 from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
 from shoal.core import log
+from shoal.routing.kube import SCHEME as KUBERNETES_SCHEME
 
 # How often the agent looks for config changes and vanished pods. A label
 # added to a namespace takes effect within this delay (Istio reacts to
@@ -101,6 +103,7 @@ class ConfigWatcher:
         self.view = MeshView()
         self.error = ""
         self._log = log.get("cni.agent")
+        self._source: Any = None            # the KubeSource with --config kubernetes:
 
     def _signature(self) -> tuple:
         from shoal.core.model import yaml_files
@@ -111,6 +114,8 @@ class ConfigWatcher:
         """Reload if changed; True when the view changed. Bad config keeps the last good."""
         if not self.path:
             return False
+        if self.path.startswith(KUBERNETES_SCHEME):
+            return self._poll_api()
         try:
             sig = self._signature()
         except OSError as e:
@@ -128,6 +133,22 @@ class ConfigWatcher:
                             extra={"fields": {"path": self.path, "error": str(e)}})
             return False
         self.error = ""
+        changed = view != self.view
+        self.view = view
+        return changed
+
+
+    def _poll_api(self) -> bool:
+        """`--config kubernetes:[KUBECONFIG]`: Namespaces and Pods from the API
+        through the routing table's source (routing/kube), validated alike."""
+        if self._source is None:
+            from shoal.routing.kube.kinds import NAMESPACE, POD
+            from shoal.routing.kube.source import KubeSource, parse_spec
+            self._source = KubeSource(parse_spec(self.path), kinds=(NAMESPACE, POD)).start()
+        if not self._source.wait(0) or not self._source.store.synced:
+            return False
+        cfg, _ = self._source.load()
+        view = enroll.view_of(cfg)
         changed = view != self.view
         self.view = view
         return changed

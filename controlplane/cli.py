@@ -83,10 +83,11 @@ def controlplane() -> None:
               "pods of their node; Istio's CA_TRUSTED_NODE_ACCOUNTS).")
 @click.option("--root-secret", default=None, metavar="NAMESPACE/NAME",
               help="Keep the self-signed root in this Secret (created on first start).")
-@click.option("--root-configmap", default=None, metavar="NAMESPACE/NAME",
-              help="Publish the trust bundle (root-cert.pem) in this ConfigMap.")
+@click.option("--root-configmap", "root_configmaps", multiple=True, metavar="NAMESPACE/NAME",
+              help="Publish the trust bundle (root-cert.pem) in this ConfigMap (repeatable: "
+              "one per namespace whose proxies authenticate by token, as istio-ca-root-cert).")
 def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_ttl, port_file,
-        log_level, kubernetes_api, kubeconfig, trusted_nodes, root_secret, root_configmap) -> None:
+        log_level, kubernetes_api, kubeconfig, trusted_nodes, root_secret, root_configmaps) -> None:
     """Serve certificate requests from node proxies and waypoints."""
     from shoal.controlplane.authority import MAX_CERT_TTL, MIN_CERT_TTL
     log.setup(log_level)
@@ -94,9 +95,9 @@ def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_
         raise click.BadParameter(f"must be between {MIN_CERT_TTL} and {MAX_CERT_TTL}", param_hint="--cert-ttl")
     kube = KubeOptions(kubeconfig=kubeconfig, trusted_nodes=tuple(trusted_nodes),
                        root_secret=_ref(root_secret, "--root-secret"),
-                       root_configmap=_ref(root_configmap, "--root-configmap")) \
+                       root_configmaps=tuple(_ref(c, "--root-configmap") for c in root_configmaps)) \
         if (kubernetes_api or kubeconfig) else None
-    if kube is None and (root_secret or root_configmap):
+    if kube is None and (root_secret or root_configmaps):
         raise click.UsageError("--root-secret and --root-configmap need --kubernetes-api or --kubeconfig")
     if kube is not None and config_dir:
         raise click.UsageError("--config and --kubernetes-api/--kubeconfig are exclusive")
@@ -110,7 +111,7 @@ class KubeOptions:
     kubeconfig: str | None
     trusted_nodes: tuple[str, ...]
     root_secret: tuple[str, str] | None
-    root_configmap: tuple[str, str] | None
+    root_configmaps: tuple[tuple[str, str], ...]
 
 
 def _ref(value: str | None, flag: str) -> tuple[str, str] | None:
@@ -140,8 +141,8 @@ async def _kube_setup(kube: KubeOptions, state_dir: Path, cacerts, trust_domain:
             ca = store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts)
         logger.info("CA root saved in a Secret", extra={"fields": {
             "secret": "/".join(kube.root_secret)}})
-    if kube.root_configmap:
-        await secretstore.publish_roots(client, *kube.root_configmap, "".join(ca.trust_bundle_pem))
+    for ns, name in kube.root_configmaps:
+        await secretstore.publish_roots(client, ns, name, "".join(ca.trust_bundle_pem))
     source = KubeSource(kube.kubeconfig, kinds=(POD,)).start()
     if not await asyncio.to_thread(source.wait_synced, KUBE_SYNC_TIMEOUT):
         logger.warning("pods not listed yet; serving, node proxies may be refused until then",
@@ -204,9 +205,9 @@ async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_doma
             try:
                 server.reload_ca(store.load_or_create(state_dir, trust_domain=trust_domain, cacerts=cacerts))
                 logger.info("CA reloaded", extra={"fields": {"roots": len(server.ca.roots)}})
-                if kube is not None and kube.root_configmap:
+                for ns, name in kube.root_configmaps if kube is not None else ():
                     from shoal.controlplane import secretstore
-                    await secretstore.publish_roots(client, *kube.root_configmap,
+                    await secretstore.publish_roots(client, ns, name,
                                                     "".join(server.ca.trust_bundle_pem))
             except Exception as e:  # keep serving with the last good CA
                 logger.error("CA reload failed; keeping the previous CA",

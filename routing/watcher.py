@@ -37,6 +37,7 @@ from shoal.core import log
 from shoal.core.model import ConfigError
 from shoal.routing.compile import CompileOptions
 from shoal.routing.incremental import IncrementalCompiler, resource_key
+from shoal.routing import kube
 from shoal.routing.kube import metrics as kube_metrics
 from shoal.routing.index import diff_keyspaces
 from shoal.routing.shm import STATUS_MAX, TableFullError, TableWriter
@@ -234,7 +235,7 @@ class Watcher:
 def make_source(source: Any) -> Any:
     """A source object from a `--config` value: a directory, or
     `kubernetes:[KUBECONFIG]` for the Kubernetes API (routing/kube/)."""
-    if isinstance(source, str) and source.startswith("kubernetes:"):
+    if isinstance(source, str) and source.startswith(kube.SCHEME):
         from shoal.routing.kube.source import KubeSource, parse_spec
         return KubeSource(parse_spec(source))
     if isinstance(source, (str, os.PathLike)):

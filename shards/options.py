@@ -17,6 +17,7 @@ import click
 
 from shoal.core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
 from shoal.core.log import LEVELS
+from shoal.routing.kube import SCHEME
 
 # SIGTERM drain: Kubernetes' default terminationGracePeriodSeconds is 30 s;
 # we must be done before the kubelet's SIGKILL, so 25 s leaves a margin.
@@ -80,7 +81,7 @@ def cpu_limit(cpu_max: str = CPU_MAX) -> int:
 
 
 # `--config kubernetes:[KUBECONFIG]` selects the Kubernetes API source (routing/kube).
-KUBERNETES_SCHEME = "kubernetes:"
+KUBERNETES_SCHEME = SCHEME
 
 FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "metrics_port",
          "readiness_port", "log_level", "pidfile")

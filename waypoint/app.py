@@ -55,6 +55,8 @@ class WaypointOptions:
     cert_dir: str | None = None            # key.pem, cert-chain.pem, root-cert.pem
     ca_address: str = f"127.0.0.1:{CA_PORT}"
     ca_credential_dir: str | None = None
+    ca_token: str | None = None            # on a cluster: the projected token (audience istio-ca)
+    ca_root_cert: str | None = None        # ... and the CA's trust bundle
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     service_account: str = ""              # default: the Gateway name, as istiod does
     lb_mode: str = ROUND_ROBIN
@@ -71,10 +73,12 @@ class WaypointOptions:
             raise ValueError("nothing to serve: --hbone-port and --plaintext-port are both 0")
         if self.lb_mode not in MODES:
             raise ValueError(f"--lb-mode must be one of {', '.join(MODES)}")
-        if self.hbone_port and not (self.cert_dir or self.ca_credential_dir):
+        if bool(self.ca_token) != bool(self.ca_root_cert):
+            raise ValueError("--ca-token needs --ca-root-cert (the CA's trust bundle) and back")
+        if self.hbone_port and not (self.cert_dir or self.ca_credential_dir or self.ca_token):
             raise ValueError("HBONE needs a certificate: give --cert-dir (the waypoint's "
-                             "credential) or --ca-credential-dir (to ask the CA), or use "
-                             "--hbone-port 0 with --plaintext-port for a test listener")
+                             "credential), --ca-credential-dir or --ca-token (to ask the CA), "
+                             "or use --hbone-port 0 with --plaintext-port for a test listener")
 
     @property
     def identity(self) -> str:
@@ -177,12 +181,14 @@ class WaypointApp(App):
             self.cert = load_credential(o.cert_dir)
             return
         from shoal.core.identity import CertManager
-        from shoal.core.identity.caclient import CaClient
+        from shoal.core.identity.caclient import CaClient, TokenCaClient
         from shoal.core.identity.store import CertStore
+        address = parse_authority(o.ca_address)
+        ca = (TokenCaClient(address, o.ca_token, o.ca_root_cert, trust_domain=o.trust_domain)
+              if o.ca_token and o.ca_root_cert else CaClient.from_dir(address, o.ca_credential_dir))
         # The store shared by every worker of this waypoint: a restarted or
         # reloaded worker starts on the certificate it holds, CA or no CA.
-        self.certs = CertManager(CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir),
-                                 node_name=o.name, store=CertStore.inherited(),
+        self.certs = CertManager(ca, node_name=o.name, store=CertStore.inherited(),
                                  metrics=self.ctx.metrics)
         self.cert = await self.certs.fetch(o.identity)
 

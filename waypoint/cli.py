@@ -33,6 +33,11 @@ def waypoint() -> None:
               help="CA to fetch the waypoint certificate from (with --ca-credential-dir).")
 @click.option("--ca-credential-dir", type=click.Path(file_okay=False), default=None,
               help="Credential used to authenticate to the CA.")
+@click.option("--ca-token", type=click.Path(dir_okay=False), default=None,
+              help="On a cluster: the projected ServiceAccount token (audience istio-ca) "
+              "the CA checks with TokenReview, instead of --ca-credential-dir.")
+@click.option("--ca-root-cert", type=click.Path(dir_okay=False), default=None,
+              help="With --ca-token: the CA's trust bundle (its root ConfigMap, mounted).")
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
 @click.option("--service-account", default="", help="Identity of the replicas (default: --name).")
 @click.option("--lb-mode", type=click.Choice(MODES), default=ROUND_ROBIN, show_default=True,

@@ -6,3 +6,7 @@
 - source.py    KubeSource: the watcher's source (`--config kubernetes:[KUBECONFIG]`)
 - metrics.py   per-resource sync health as Prometheus series
 """
+
+# `--config kubernetes:[KUBECONFIG]` names this source (the empty path: the
+# in-cluster account, else $KUBECONFIG, else ~/.kube/config).
+SCHEME = "kubernetes:"

@@ -25,11 +25,11 @@ from typing import Any
 from lightkube import AsyncClient, KubeConfig
 
 from shoal.core.model import ConfigSet, FieldError, Pod
+from shoal.routing.kube import SCHEME
 from shoal.routing.kube.informer import Informer
 from shoal.routing.kube.kinds import WATCHED, Kind
 from shoal.routing.kube.store import Changes, Key, ObjectStore
 
-SCHEME = "kubernetes:"      # `--config kubernetes:[KUBECONFIG]` names this source
 # API requests other than watches: a list page of 500 pods is well under a
 # second on a healthy API server; 30 s lets a loaded one answer.
 REQUEST_TIMEOUT = 30.0
