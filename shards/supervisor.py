@@ -21,12 +21,10 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 
@@ -37,13 +35,14 @@ from shoal.core.identity.store import CertStore
 from shoal.core.sockets import enable_listener_migration
 from shoal.shards import exitcodes, routing_glue
 from shoal.shards.app import App
-from shoal.shards.handoff import (ENV_LISTEN_FDS, ENV_UPGRADE_READY_FD, decode_listen_fds,
-                            encode_listen_fds, namespace_prefix, recv_message)
+from shoal.shards.configwatcher import WatcherChild
+from shoal.shards.handoff import namespace_prefix, recv_message
 from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import KUBERNETES_SCHEME, MAX_WORKERS, SupervisorOptions
-from shoal.shards.proc import (_exit, _kill, _readable, describe_status, raise_fd_limit, remove_pidfile,
-                         write_pidfile)
-from shoal.shards.signals import HANDLED, SignalQueue, reset_in_child
+from shoal.shards.proc import (_exit, _kill, describe_status, raise_fd_limit, remove_pidfile,
+                               write_pidfile)
+from shoal.shards.signals import HANDLED, SignalQueue
+from shoal.shards.upgrade import Inherited, Upgrade
 from shoal.shards.worker import Worker
 
 # Longest the loop sleeps without an event: bounds how late a backoff
@@ -58,7 +57,8 @@ BOOT_BACKOFF_BASE = 0.1
 # delay doubles from this, up to RESTART_BACKOFF_MAX.
 RESTART_BACKOFF_BASE = 0.1
 RESTART_BACKOFF_MAX = 10.0
-# A worker up this long after "ready" resets its slot's crash streak.
+# A worker (or the config watcher) up this long after "ready" resets its
+# crash streak.
 STABLE_AFTER = 5.0
 # After SIGABRT a hung worker gets this long (to dump its stacks) before SIGKILL.
 ABORT_GRACE = 1.0
@@ -66,8 +66,6 @@ ABORT_GRACE = 1.0
 IMMEDIATE_STOP_GRACE = 2.0
 # Beyond --drain-timeout, time for workers to exit before SIGKILL.
 STOP_MARGIN = 2.0
-WATCHER_BACKOFF_BASE = 0.2
-WATCHER_BACKOFF_MAX = 10.0
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -82,13 +80,6 @@ class WorkerProc:
     retiring: bool = False
     ctrl_open: bool = True
     abort_at: float | None = None
-
-
-@dataclass(slots=True, kw_only=True, eq=False)
-class Upgrade:
-    pid: int
-    ready_fd: int
-    done: bool = False
 
 
 class Supervisor:
@@ -108,12 +99,9 @@ class Supervisor:
         self.stopping: DrainMode | None = None
         self.stop_deadline = 0.0
         self.exit_code: int | None = None
-        self.watcher_pid: int | None = None
-        self.watcher_started = 0.0
-        self.watcher_not_before = 0.0
-        self.watcher_streak = 0
-        self.upgrade: Upgrade | None = None
-        self.upgrade_ready_fd: int | None = None
+        self.watcher: WatcherChild | None = None     # with --config only
+        self.upgrade: Upgrade | None = None           # SIGUSR2: the new supervisor
+        self.inherited = Inherited(slot_socks={}, ready_fd=None)   # from an old supervisor
         self.announced_ready = False
         self._log_seq = 0
         self.cwd = os.getcwd()
@@ -156,14 +144,8 @@ class Supervisor:
         o = self.options
         self.signals.install()
         raise_fd_limit()
-        inherited = os.environ.pop(ENV_LISTEN_FDS, None)
-        if inherited:
-            try:
-                self.slot_socks = decode_listen_fds(inherited)
-            except ValueError as e:
-                self.log.error(str(e))
-        ready_fd = os.environ.pop(ENV_UPGRADE_READY_FD, None)
-        self.upgrade_ready_fd = int(ready_fd) if ready_fd and ready_fd.isdigit() else None
+        self.inherited = Inherited.from_environ(self.log)
+        self.slot_socks = self.inherited.slot_socks
         if (o.config is not None and not o.config.startswith(KUBERNETES_SCHEME)
                 and not os.path.isdir(o.config)):
             raise exitcodes.SupervisorExit(exitcodes.CONFIG_ERROR,
@@ -180,9 +162,12 @@ class Supervisor:
             self.log.warning("cannot enable net.ipv4.tcp_migrate_req (kernel < 5.14 or no "
                              "permission): a slot closed by SIGTTOU may reset connections "
                              "queued on it")
-        if self.upgrade_ready_fd is None:
+        if self.inherited.ready_fd is None:
             self._write_pidfile()
-        self._spawn_watcher()
+        if o.config is not None:
+            self.watcher = WatcherChild(o.config, log_level=o.log_level,
+                                        stable_after=STABLE_AFTER, log=self.log)
+            self._spawn_watcher()
         self.log.info("supervisor started", extra={"fields": {
             "workers": self.num_workers, "app": self.app.name,
             "inherited_listeners": sum(len(v) for v in self.slot_socks.values())}})
@@ -239,8 +224,8 @@ class Supervisor:
         if self.stopping is not None:
             return
         self.generation += 1
-        if self.watcher_pid is not None:
-            _kill(self.watcher_pid, signal.SIGHUP)
+        if self.watcher is not None:
+            self.watcher.send(signal.SIGHUP)
         self.log.info("reloading: rolling workers", extra={"fields": {"generation": self.generation}})
 
     def handle_ttin(self) -> None:
@@ -255,7 +240,10 @@ class Supervisor:
         if self.stopping is not None or self.upgrade is not None:
             self.log.warning("upgrade ignored: already stopping or upgrading")
             return
-        self._start_upgrade()
+        # The metrics dir and the certificate store pass on (in their env vars).
+        keep = [self.cert_store.fd] if self.cert_store is not None else []
+        self.upgrade = Upgrade.start(self.slot_socks, cwd=self.cwd, log=self.log, inherit_fds=keep,
+                                     close_in_child=self._close_ctrls)
 
     # -- stop ------------------------------------------------------------------------
 
@@ -278,8 +266,8 @@ class Supervisor:
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for w in self.workers.values():
             _kill(w.pid, sig)
-        if self.watcher_pid is not None:
-            _kill(self.watcher_pid, signal.SIGTERM)
+        if self.watcher is not None:
+            self.watcher.send(signal.SIGTERM)
 
     # -- stale workers ------------------------------------------------------------------
 
@@ -315,8 +303,8 @@ class Supervisor:
                 return
             if pid in self.workers:
                 self._worker_exited(self.workers.pop(pid), status)
-            elif pid == self.watcher_pid:
-                self._watcher_exited(status)
+            elif self.watcher is not None and pid == self.watcher.pid:
+                self.watcher.exited(status, restart=self.stopping is None)
             elif self.upgrade is not None and pid == self.upgrade.pid:
                 self._upgrade_exited(status)
             # else: an unknown child (we may be PID 1 in a container): reaped quietly
@@ -388,8 +376,7 @@ class Supervisor:
                 for w in members:
                     if w.generation != self.generation:
                         self._retire(w, "replaced by a newer generation")
-        if self.options.config is not None and self.watcher_pid is None \
-                and now >= self.watcher_not_before:
+        if self.watcher is not None and self.watcher.due(now):
             self._spawn_watcher()
 
     def _retire(self, w: WorkerProc, why: str) -> None:
@@ -419,14 +406,9 @@ class Supervisor:
             return
         self.announced_ready = True
         self.owns_metrics_dir = True
-        if self.upgrade_ready_fd is not None:
-            self._write_pidfile()
-            try:
-                os.write(self.upgrade_ready_fd, b"1")
-            except OSError:
-                pass
-            os.close(self.upgrade_ready_fd)
-            self.upgrade_ready_fd = None
+        if self.inherited.ready_fd is not None:
+            self._write_pidfile()      # ours now: the old supervisor removes nothing
+            self.inherited.announce_ready()
         self.log.info("supervisor ready", extra={"fields": {"workers": self.num_workers}})
 
     # -- spawning ------------------------------------------------------------------------
@@ -459,55 +441,30 @@ class Supervisor:
         self.log.info("worker started", extra={"fields": {"worker_pid": pid, "worker": slot,
                                                          "generation": self.generation}})
 
-    def _close_in_child(self, keep_slot: int | None) -> None:
-        """Post-fork: drop the supervisor's fds this child must not hold."""
+    def _close_ctrls(self) -> None:
         for w in self.workers.values():
             w.ctrl.close()
+
+    def _close_in_child(self, keep_slot: int | None) -> None:
+        """Post-fork: drop the supervisor's fds this child must not hold."""
+        self._close_ctrls()
         for slot, socks in self.slot_socks.items():
             if slot != keep_slot:
                 for sock in socks.values():
                     sock.close()
         self.signals.close()
-        for fd in (self.upgrade_ready_fd, self.upgrade.ready_fd if self.upgrade else None):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        if self.inherited.ready_fd is not None:
+            os.close(self.inherited.ready_fd)
+        if self.upgrade is not None:
+            self.upgrade.close_in_child()
+
+    @property
+    def watcher_pid(self) -> int | None:
+        return self.watcher.pid if self.watcher is not None else None
 
     def _spawn_watcher(self) -> None:
-        if self.options.config is None or self.table is None:
-            return
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                self._close_in_child(keep_slot=None)
-                reset_in_child()
-                core_log.setup(self.options.log_level)
-                routing_glue.run_watcher(self.options.config, self.table.name)
-                code = 0
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-            finally:
-                _exit(code)
-        self.watcher_pid = pid
-        self.watcher_started = time.monotonic()
-        self.log.info("config watcher started", extra={"fields": {"watcher_pid": pid,
-                                                                 "config": self.options.config}})
-
-    def _watcher_exited(self, status: int) -> None:
-        self.watcher_pid = None
-        if self.stopping is not None:
-            return
-        now = time.monotonic()
-        stable = now - self.watcher_started >= STABLE_AFTER
-        self.watcher_streak = 1 if stable else self.watcher_streak + 1
-        delay = min(WATCHER_BACKOFF_MAX, WATCHER_BACKOFF_BASE * 2 ** (self.watcher_streak - 1))
-        self.watcher_not_before = now + delay
-        self.log.error("config watcher exited; workers keep the last table; restarting",
-                       extra={"fields": {"status": describe_status(status), "restart_in_s": delay}})
+        if self.watcher is not None and self.table is not None:
+            self.watcher.spawn(self.table.name, lambda: self._close_in_child(keep_slot=None))
 
     # -- control messages from workers ------------------------------------------------------
 
@@ -557,64 +514,17 @@ class Supervisor:
             self.log.info("released listeners", extra={"fields": {
                 "worker": slot, "namespace": namespace_key, "listeners": len(keys)}})
 
-    # -- upgrade (SIGUSR2) ----------------------------------------------------------------------
-
-    def _start_upgrade(self) -> None:
-        rfd, wfd = os.pipe()
-        listen = encode_listen_fds(self.slot_socks)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(rfd)
-                # The metrics dir and the certificate store pass on (in their env vars).
-                env = dict(os.environ, **{ENV_LISTEN_FDS: listen, ENV_UPGRADE_READY_FD: str(wfd)})
-                if self.cert_store is not None:
-                    os.set_inheritable(self.cert_store.fd, True)
-                for socks in self.slot_socks.values():
-                    for sock in socks.values():
-                        os.set_inheritable(sock.fileno(), True)
-                os.set_inheritable(wfd, True)
-                for w in self.workers.values():
-                    w.ctrl.close()
-                reset_in_child()
-                os.chdir(self.cwd)
-                os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-            finally:
-                _exit(127)
-        os.close(wfd)
-        os.set_blocking(rfd, False)
-        self.upgrade = Upgrade(pid=pid, ready_fd=rfd)
-        self.log.info("upgrading: started a new supervisor", extra={"fields": {"new_pid": pid}})
+    # -- upgrade (SIGUSR2, shards/upgrade.py) ----------------------------------------------------
 
     def _upgrade_progress(self) -> None:
-        up = self.upgrade
-        try:
-            data = os.read(up.ready_fd, 16)
-        except BlockingIOError:
-            return
-        os.close(up.ready_fd)
-        up.done = True
-        if data.startswith(b"1"):
-            self.owns_metrics_dir = False
-            self.log.info("new supervisor ready; draining the old workers",
-                          extra={"fields": {"new_pid": up.pid}})
+        if self.upgrade.progress():
+            self.owns_metrics_dir = False      # the new supervisor adopted it
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")
-        else:
-            self.log.error("upgrade failed: the new supervisor exited before it was ready; "
-                           "still serving with this one", extra={"fields": {"new_pid": up.pid}})
 
     def _upgrade_exited(self, status: int) -> None:
-        up = self.upgrade
-        if not up.done and _readable(up.ready_fd):
-            self._upgrade_progress()
-        if not up.done:
-            os.close(up.ready_fd)
-            up.done = True
-            self.log.error("upgrade failed: the new supervisor exited before it was ready",
-                           extra={"fields": {"new_pid": up.pid, "status": describe_status(status)}})
+        if self.upgrade.exited(status):
+            self.owns_metrics_dir = False
+            self.begin_stop(DrainMode.GRACEFUL, "upgraded")
         if self.stopping is None:
             self.upgrade = None
 

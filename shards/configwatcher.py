@@ -1,0 +1,90 @@
+"""The config watcher child: the routing table's only writer.
+
+The supervisor forks it next to the workers (DESIGN.md, Processes) and owns
+nothing of its work: the child runs `routing.runtime.run_watcher` on the
+table the supervisor created. Here is the bookkeeping of that one child:
+start it, forward SIGHUP (re-read the config), and restart it with backoff
+when it dies. Shards keep routing with the last table meanwhile, so a dead
+watcher costs freshness, never traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Callable
+
+from shoal.core import log as core_log
+from shoal.shards import routing_glue
+from shoal.shards.proc import _exit, _kill, describe_status
+from shoal.shards.signals import reset_in_child
+
+# A watcher that dies again soon after a restart waits longer each time:
+# 0.2, 0.4, 0.8 ... s, at most WATCHER_BACKOFF_MAX (a config source that
+# keeps crashing it must not spin a core).
+WATCHER_BACKOFF_BASE = 0.2
+WATCHER_BACKOFF_MAX = 10.0
+
+
+class WatcherChild:
+    """At most one watcher process, restarted with backoff.
+
+    Args:
+        config: the `--config` source (a directory or kubernetes://...).
+        log_level: the level the child logs at.
+        stable_after: a watcher up this long resets the backoff.
+    """
+
+    def __init__(self, config: str, *, log_level: str, stable_after: float,
+                 log: logging.Logger) -> None:
+        self.config = config
+        self.log_level = log_level
+        self.stable_after = stable_after
+        self.log = log
+        self.pid: int | None = None
+        self.started = 0.0
+        self.not_before = 0.0
+        self.streak = 0
+
+    def due(self, now: float) -> bool:
+        """No watcher runs and its backoff has passed."""
+        return self.pid is None and now >= self.not_before
+
+    def spawn(self, table_name: str, close_in_child: Callable[[], None]) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                close_in_child()
+                reset_in_child()
+                core_log.setup(self.log_level)
+                routing_glue.run_watcher(self.config, table_name)
+                code = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                _exit(code)
+        self.pid = pid
+        self.started = time.monotonic()
+        self.log.info("config watcher started", extra={"fields": {"watcher_pid": pid,
+                                                                 "config": self.config}})
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.pid is not None:
+            _kill(self.pid, sig)
+
+    def exited(self, status: int, *, restart: bool) -> None:
+        """Reaped: schedule the restart (with backoff) unless we are stopping."""
+        self.pid = None
+        if not restart:
+            return
+        now = time.monotonic()
+        stable = now - self.started >= self.stable_after
+        self.streak = 1 if stable else self.streak + 1
+        delay = min(WATCHER_BACKOFF_MAX, WATCHER_BACKOFF_BASE * 2 ** (self.streak - 1))
+        self.not_before = now + delay
+        self.log.error("config watcher exited; workers keep the last table; restarting",
+                       extra={"fields": {"status": describe_status(status), "restart_in_s": delay}})
