@@ -80,6 +80,7 @@ class InPodClient:
         self._log = log.get("ztunnel.inpod")
         self.connected = asyncio.Event()      # first snapshot received
         self.connections = 0                  # successful connects, for tests/metrics
+        self.failures = 0                     # failed connects or lost connections
 
     async def run(self) -> None:
         """Connect, serve, reconnect on loss; returns only after `stop()`."""
@@ -92,6 +93,7 @@ class InPodClient:
             except (OSError, ZdsError) as e:
                 if self._stopping:
                     break
+                self.failures += 1
                 self._log.warning("node agent connection failed; retrying",
                                   extra={"fields": {"path": self.path, "error": str(e),
                                                     "retry_in_s": round(delay, 2)}})

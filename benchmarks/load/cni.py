@@ -25,8 +25,8 @@ import time
 import orjson
 
 from shoal.cni import chain
-from tests.helpers.cni_agent import (CNI_PATH, PLUGIN, events, start_agent, start_fake_ztunnel,
-                                     wait_for)
+from tests.helpers.cni_agent import CNI_PATH, PLUGIN, events, start_agent, start_fake_ztunnel
+from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import unique
 
 OUT = pathlib.Path("benchmarks/out")

@@ -23,7 +23,8 @@ import tempfile
 import time
 
 from shoal.benchmarks.load.bench_shards_accept import PEER, _serving
-from tests.helpers.shards_proc import PYTHON, ROOT, Shards, free_port, wait_for
+from tests.helpers.shards_proc import PYTHON, ROOT, Shards, free_port
+from tests.helpers.wait import wait_for
 
 
 async def _client(port: int, duration: float, concurrency: int) -> dict:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import orjson
+from tests.helpers.wait import wait_for
 
 from shoal.cni.binary import plugin_dir, plugin_path
 
@@ -16,17 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The standard plugins, then the built shoal-cni binary (package data).
 CNI_PATH = f"/usr/lib/cni:{plugin_dir()}"
 PLUGIN = plugin_path()
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Proc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import hyperframe.frame as hf
 
 from tests.helpers.h2raw import RawFrames, parse_frames
+from tests.helpers.wait import poll
 
 ENHANCE_YOUR_CALM = 0xB
 REFUSED_STREAM = 0x7
@@ -189,10 +190,10 @@ def too_many_streams(a: Attack, authority: str, limit: int = 200,
     f = a.frames
     ok = [f.new_id() for _ in range(limit)]
     a.send(b"".join(f.headers(sid, authority=authority) for sid in ok))
-    _wait(lambda: len(_responses(a)) >= limit, 20)
+    poll(lambda: len(_responses(a)) >= limit, 20)
     over = [f.new_id() for _ in range(extra)]
     a.send(b"".join(f.headers(sid, authority=authority) for sid in over))
-    _wait(lambda: len(refused(a)) >= extra or a.closed.is_set(), 20)
+    poll(lambda: len(refused(a)) >= extra or a.closed.is_set(), 20)
     return a, ok
 
 
@@ -208,17 +209,8 @@ def refused(a: Attack) -> list[int]:
 def echo_on(a: Attack, sid: int, payload: bytes = b"still alive", timeout: float = 10) -> bool:
     """DATA on an open tunnel comes back as DATA (the connection survived)."""
     a.send(a.frames.data(sid, payload))
-    return _wait(lambda: any(isinstance(fr, hf.DataFrame) and fr.stream_id == sid
+    return poll(lambda: any(isinstance(fr, hf.DataFrame) and fr.stream_id == sid
                              and payload in bytes(fr.data) for fr in a.parsed()), timeout)
-
-
-def _wait(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @dataclass

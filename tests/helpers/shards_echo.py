@@ -2,7 +2,8 @@
 
 Line protocol, one command per line:
     pid            -> "<pid> <worker_id> <generation>\\n"
-    sleep <secs>   -> waits, then "slept\\n" (a long-lived connection for drains)
+    sleep <secs>   -> "sleeping\\n" at once (the worker has the request), then
+                      waits, then "slept\\n" (a long-lived connection for drains)
     hang           -> blocks the worker's event loop (only with --test-hooks)
     crash          -> the worker exits at once, code 70 (only with --test-hooks)
     anything else  -> echoed back
@@ -70,6 +71,12 @@ class EchoApp(App):
         try:
             while line := await reader.readline():
                 received += len(line)
+                if line.startswith(b"sleep "):
+                    # Tell the client the request arrived: tests await this
+                    # instead of sleeping before they signal the supervisor.
+                    writer.write(b"sleeping\n")
+                    sent += len(b"sleeping\n")
+                    await writer.drain()
                 reply = await self.command(line.strip())
                 writer.write(reply)
                 sent += len(reply)

@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from shoal.cni import chain
-from tests.helpers.cni_agent import CNI_PATH, ROOT, start_agent, wait_for
+from tests.helpers.cni_agent import CNI_PATH, ROOT, start_agent
+from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import sh, unique
 from tests.helpers.ztunnel_peers import Proc, free_port
 

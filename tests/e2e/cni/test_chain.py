@@ -12,8 +12,8 @@ import pytest
 
 from shoal.cni import chain, redirect
 from shoal.core.netns import in_netns, open_netns
-from tests.helpers.cni_agent import (CNI_PATH, agent_state, events, start_agent,
-                                     start_fake_ztunnel, wait_for)
+from tests.helpers.cni_agent import CNI_PATH, agent_state, events, start_agent, start_fake_ztunnel
+from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import sh, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from shoal.cni import chain
-from tests.helpers.cni_agent import (CNI_PATH, agent_state, events, start_agent,
-                                     start_fake_ztunnel, wait_for)
+from tests.helpers.cni_agent import CNI_PATH, agent_state, events, start_agent, start_fake_ztunnel
+from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120),

@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from tests.helpers.cni_agent import wait_for
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

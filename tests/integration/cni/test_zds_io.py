@@ -10,6 +10,7 @@ from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, Worklo
 from shoal.core.netns import netns_id
 from shoal.core.zds import WorkloadInfo, ZdsError
 from shoal.cni.zds_server import NoZtunnel, PodEntry, ZdsServer
+from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -41,13 +42,6 @@ class Recorder:
         self.changed.set()
         if self.fail_on and ev.__class__ is self.fail_on:
             raise RuntimeError("cannot build listeners")
-
-
-async def until(cond, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -105,7 +99,7 @@ async def test_client_retries_until_agent_appears_and_resyncs(sock_path):
     rec = Recorder()
     client = InPodClient(sock_path, rec, backoff_initial=0.02, backoff_max=0.1)
     task = asyncio.create_task(client.run())
-    await asyncio.sleep(0.1)                 # agent not there yet: client retries
+    await until(lambda: client.failures >= 2, what="two failed connects (no agent yet)")
     pods = [pod("a")]
     server = ZdsServer(sock_path, lambda: list(pods))
     await server.start()

@@ -1,11 +1,9 @@
 """`shoal controlplane` as real processes: node credentials, node-scoped signing, rotation."""
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -16,6 +14,10 @@ from shoal.core.identity.certs import csr_pem, make_csr
 from shoal.core.identity.manager import CertManager
 from shoal.core.identity.spiffe import Identity, identity_of_cert
 from tests.helpers.pki import TestPKI
+from tests.helpers.wait import until, wait_for
+
+# The CA answers on a loaded machine within seconds; polling its log and bundle.
+CA_WAIT = 15.0
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -54,19 +56,6 @@ def shoal(*args, **kw):
                           timeout=60, cwd=ROOT, **kw)
 
 
-async def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def _start(tmp_path, *, cli_credentials: bool, extra: tuple[str, ...] = ()):
     """A controlplane process with node-1 and waypoint credentials in tmp_path."""
     state, config = tmp_path / "state", tmp_path / "config"
@@ -90,11 +79,12 @@ def _start(tmp_path, *, cli_credentials: bool, extra: tuple[str, ...] = ()):
     proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "controlplane", "run", "--port", "0",
                              "--host", "127.0.0.1", "--state-dir", str(state), "--config", str(config),
                              "--port-file", str(port_file), *extra], stderr=log, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
+
+    def started() -> bool:
         assert proc.poll() is None, (tmp_path / "cp.log").read_text()
-        assert time.monotonic() < deadline, "controlplane did not start"
-        time.sleep(0.05)
+        return port_file.exists()
+
+    wait_for(started, 30, "the controlplane's --port-file")
     return {"port": int(port_file.read_text()), "dir": tmp_path, "state": state, "config": config,
             "proc": proc, "log": tmp_path / "cp.log", "log_file": log}
 
@@ -151,8 +141,9 @@ async def test_node_gets_identities_of_its_pods_only(cp):
     assert e.value.status == 403 and e.value.code == "not_on_node"
     assert "node node-1 has no pod running as " + RATINGS.uri in str(e.value)
     # the refusal is logged as JSON with the reason
-    refusals = await wait_for(
-        lambda: [x for x in log_lines(cp["log"]) if x.get("code") == "not_on_node"], what="403 log line")
+    refusals = await until(
+        lambda: [x for x in log_lines(cp["log"]) if x.get("code") == "not_on_node"],
+        timeout=CA_WAIT, what="403 log line")
     assert refusals[0]["status"] == 403 and refusals[0]["caller"] == "node:node-1"
     assert refusals[0]["identity"] == RATINGS.uri
 
@@ -177,7 +168,7 @@ async def test_config_change_is_picked_up(fresh_cp):
             assert e.code == "not_on_node"
             return False
 
-    await wait_for(allowed, what="ratings allowed on node-1")
+    await until(allowed, timeout=CA_WAIT, what="ratings allowed on node-1")
 
 
 async def test_waypoint_credential_gets_only_its_own_identity(cp):
@@ -215,7 +206,7 @@ async def test_root_rotation_reaches_the_running_ca(fresh_cp):
     out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "add")
     assert out.returncode == 0, out.stderr
     # picked up by the CA's file poll (every 2 s)
-    bundle = await wait_for(lambda: _bundle_if(client, 2), what="2 roots in the bundle")
+    bundle = await until(lambda: _bundle_if(client, 2), timeout=CA_WAIT, what="2 roots in the bundle")
     out = shoal("controlplane", "rotate-root", "--state-dir", str(cp["state"]), "--phase", "activate")
     assert out.returncode == 0, out.stderr
     cp["proc"].send_signal(signal.SIGHUP)      # reload now instead of at the next file poll
@@ -225,7 +216,7 @@ async def test_root_rotation_reaches_the_running_ca(fresh_cp):
         resp = await client.sign(REVIEWS, csr_pem(make_csr(REVIEWS)[1]))
         return resp.cert_chain[0].issuer == bundle[1].subject
 
-    await wait_for(signed_by_new_root, what="leaf signed by the new root")
+    await until(signed_by_new_root, timeout=CA_WAIT, what="leaf signed by the new root")
 
 
 async def _bundle_if(client, n):

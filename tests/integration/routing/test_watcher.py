@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from shoal.routing.runtime import TableHandle, attach_view
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 MESH = ROOT / "tests" / "fixtures" / "config" / "mesh"
@@ -33,16 +34,6 @@ spec:
   clusterIP: 10.96.7.8
   ports: [{port: 80, targetPort: 99999}]
 """
-
-
-def wait_for(cond, what, timeout=DEADLINE):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -85,7 +76,7 @@ def test_hot_reload_reaches_reader_process(mesh):
     start_watcher()
     view = attach_view(h.name)
     try:
-        wait_for(lambda: view.generation >= 1, "first generation")
+        wait_for(lambda: view.generation >= 1, DEADLINE, "first generation")
         follower = start_follower("vip", "10.96.7.7", 3.0)
         t0 = time.time()
         (cfg / "50-added.yaml").write_text(NEW_SERVICE)
@@ -104,12 +95,12 @@ def test_bad_change_refused_old_table_stays_and_status_names_field(mesh):
     watcher = start_watcher()
     view = attach_view(h.name)
     try:
-        wait_for(lambda: view.generation >= 1, "first generation")
+        wait_for(lambda: view.generation >= 1, DEADLINE, "first generation")
         (cfg / "50-added.yaml").write_text(NEW_SERVICE)
-        wait_for(lambda: view.service_by_vip("10.96.7.7"), "good change")
+        wait_for(lambda: view.service_by_vip("10.96.7.7"), DEADLINE, "good change")
         gen = view.generation
         (cfg / "50-added.yaml").write_text(BAD_SERVICE)
-        status = wait_for(lambda: (s := view.status()).get("error") and s, "refusal in status")
+        status = wait_for(lambda: (s := view.status()).get("error") and s, DEADLINE, "refusal in status")
         err = status["error"]["errors"][0]
         assert err["file"].endswith("50-added.yaml")
         assert err["resource"] == "Service/shop/added"
@@ -119,7 +110,7 @@ def test_bad_change_refused_old_table_stays_and_status_names_field(mesh):
         assert view.service_by_vip("10.96.7.8") is None
         (cfg / "50-added.yaml").unlink()                               # fix it
         wait_for(lambda: view.status().get("error") is None and view.service_by_vip("10.96.7.7") is None,
-                 "recovery")
+                 DEADLINE, "recovery")
     finally:
         view.close()
         watcher.send_signal(signal.SIGTERM)
@@ -136,7 +127,7 @@ def test_watcher_killed_and_restarted_while_readers_read(mesh):
     first = start_watcher()
     view = attach_view(h.name)
     try:
-        wait_for(lambda: view.generation >= 1, "first generation")
+        wait_for(lambda: view.generation >= 1, DEADLINE, "first generation")
         gen = view.generation
         follower = start_follower("ip", "10.0.1.20", 4.0)      # the db pod, never changed
         first.kill()
@@ -145,10 +136,10 @@ def test_watcher_killed_and_restarted_while_readers_read(mesh):
         assert view.workload_by_ip("10.0.1.20").name == "db"
         start_watcher()
         # same config: the restarted writer publishes nothing new
-        wait_for(lambda: view.status().get("writer_pid") not in (None, first.pid), "new writer")
+        wait_for(lambda: view.status().get("writer_pid") not in (None, first.pid), DEADLINE, "new writer")
         assert view.generation == gen
         (cfg / "50-added.yaml").write_text(NEW_SERVICE)
-        wait_for(lambda: view.service_by_vip("10.96.7.7"), "change after restart")
+        wait_for(lambda: view.service_by_vip("10.96.7.7"), DEADLINE, "change after restart")
         lines = read_lines(follower)
         done = lines[-1]
         assert done["done"] and done["lookups"] > 100 and done["misses"] == 0, done
@@ -164,7 +155,7 @@ def test_dev_shm_clean_after_stop(tmp_path):
     watcher = subprocess.Popen([sys.executable, "-m", "shoal.routing.watcher", "--table", h.name,
                                 str(tmp_path / "cfg")], cwd=ROOT, stderr=subprocess.DEVNULL)
     view = attach_view(h.name)
-    wait_for(lambda: view.generation >= 1, "first generation")
+    wait_for(lambda: view.generation >= 1, DEADLINE, "first generation")
     assert os.path.exists(path)
     watcher.send_signal(signal.SIGTERM)
     assert watcher.wait(timeout=10) == 0
@@ -183,12 +174,12 @@ def test_sighup_rereads_without_republishing_unchanged_config(mesh):
     try:
         # The writer publishes the table, then its status: wait for both.
         wait_for(lambda: view.generation >= 1 and "applied_at" in view.status(),
-                 "first generation and its status")
+                 DEADLINE, "first generation and its status")
         gen = view.generation
         applied = view.status()["applied_at"]
         watcher.send_signal(signal.SIGHUP)
         (cfg / "50-added.yaml").write_text(NEW_SERVICE)
-        wait_for(lambda: view.service_by_vip("10.96.7.7"), "change after SIGHUP")
+        wait_for(lambda: view.service_by_vip("10.96.7.7"), DEADLINE, "change after SIGHUP")
         assert view.generation == gen + 1        # the HUP itself published nothing
         assert view.status()["applied_at"] >= applied
     finally:

@@ -15,8 +15,10 @@ import time
 import pytest
 
 from shoal.shards import exitcodes
+from shoal.shards.supervisor import LOOP_TICK
 from tests.helpers.shards_proc import (ClientLoop, Shards, alive, ask, http, metrics_dirs,
-                                       shm_segments, wait_for, worker_of)
+                                       shm_segments, worker_of)
+from tests.helpers.wait import poll, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -196,12 +198,13 @@ def test_sigquit_stops_fast_closing_open_connections(shards):
     s = shards(workers=1, extra=["--drain-timeout", "30"])
     conn = socket.create_connection(("127.0.0.1", s.echo), timeout=10)
     conn.sendall(b"sleep 30\n")
-    time.sleep(0.1)   # let the request reach the worker (not a sync point)
+    replies = conn.makefile("rb")
+    assert replies.readline() == b"sleeping\n"      # the worker holds the request
     t0 = time.monotonic()
     s.signal(signal.SIGQUIT)
     assert s.proc.wait(10) == exitcodes.OK
     assert time.monotonic() - t0 < 3.0
-    assert conn.recv(100) == b""
+    assert replies.read() == b""                    # closed, never answered
     conn.close()
     assert_clean(s.pid)
 
@@ -210,11 +213,12 @@ def test_sigterm_drains_open_connections_and_exits_0(shards):
     s = shards(workers=2, extra=["--drain-timeout", "5"])
     long = socket.create_connection(("127.0.0.1", s.echo), timeout=10)
     long.sendall(b"sleep 1.0\n")
-    time.sleep(0.1)   # let the request reach the worker before SIGTERM (not a sync point)
+    replies = long.makefile("rb")
+    assert replies.readline() == b"sleeping\n"     # the worker holds the request
     loop = ClientLoop(s.echo, stop_on_refused=True).__enter__()
     s.signal(signal.SIGTERM)
     # The in-flight request finishes during the drain.
-    assert long.makefile("rb").readline() == b"slept\n"
+    assert replies.readline() == b"slept\n"
     long.close()
     assert s.proc.wait(15) == exitcodes.OK
     stats = loop.stop()
@@ -254,7 +258,11 @@ def test_ttin_ttou_change_the_worker_count(shards):
     s.signal(signal.SIGTTOU)
     wait_for(lambda: len(s.worker_pids()) == 1, 10, "one worker after TTOU")
     s.signal(signal.SIGTTOU)   # never below one
-    time.sleep(0.5)            # give a wrong scale-down the chance to happen
+    wait_for(lambda: s.log().count("scaling down") == 2, 10, "the second SIGTTOU handled")
+    # A wrong scale-down would be logged in the same loop pass; a few passes
+    # (LOOP_TICK each) bound how long the absence must last.
+    assert not poll(lambda: s.log().count("retiring worker") > 1, 3 * LOOP_TICK), \
+        "the second SIGTTOU retired the last worker"
     assert len(s.worker_pids()) == 1
     assert ask(s.echo, b"x") == b"x\n"
     assert s.stop() == exitcodes.OK

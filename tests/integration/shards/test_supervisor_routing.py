@@ -10,7 +10,8 @@ import signal
 import pytest
 
 from shoal.shards import exitcodes
-from tests.helpers.shards_proc import Shards, http, wait_for
+from tests.helpers.shards_proc import Shards, http
+from tests.helpers.wait import wait_for
 
 pytest.importorskip("shoal.routing.runtime")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

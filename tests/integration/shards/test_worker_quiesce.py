@@ -9,7 +9,8 @@ import os
 import posix_ipc
 import pytest
 
-from tests.helpers.shards_proc import Shards, wait_for
+from tests.helpers.shards_proc import Shards
+from tests.helpers.wait import wait_for
 
 pytest.importorskip("shoal.routing.runtime")
 from shoal.routing.liveness import PID_MASK  # noqa: E402

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 from tests.helpers.ztunnel_apps import expected_hash, xfer_client
 from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo, echo_exact, metric_sum
 from tests.helpers.ztunnel_peers import Proc, wait_port
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -29,6 +31,9 @@ IPERF_VIP = "10.96.0.11"
 APP_PORT = 18080
 IPERF_PORT = 15201
 POLICY_TIMEOUT = 10.0
+# Policy and metric changes have no event to await from outside the ztunnel:
+# poll them (an echo may fail with OSError until the change lands).
+wait_until = functools.partial(wait_for, timeout=POLICY_TIMEOUT, interval=0.1, retry_on=(OSError,))
 # Short, so the test of byte counts of open connections waits little.
 BYTES_REPORT_INTERVAL = 0.3
 
@@ -91,19 +96,6 @@ def set_policies(mesh, *docs):
     mesh.apply_policies()
 
 
-def wait_until(fn, timeout=POLICY_TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if fn():
-                return
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s (last error: {last})")
-
-
 def denied(mesh, client):
     try:
         return echo(mesh, client, (VIP, 80), timeout=5) == b""
@@ -156,8 +148,15 @@ def test_1000_concurrent_connections(mesh):
     n = mesh.nodes["node-a"]
     lport, src = n.fixed[(VIP, 80)], mesh.pods["client"].ip
 
+    opened = 0
+    all_open = asyncio.Event()
+
     async def one(i, gate):
+        nonlocal opened
         r, w = await asyncio.open_connection(n.proxy_ip, lport, local_addr=(src, 0))
+        opened += 1
+        if opened == 1000:
+            all_open.set()
         await gate.wait()
         payload = (b"%06d" % i) * 170
         w.write(payload)
@@ -169,7 +168,7 @@ def test_1000_concurrent_connections(mesh):
     async def main():
         gate = asyncio.Event()
         tasks = [asyncio.create_task(one(i, gate)) for i in range(1000)]
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(all_open.wait(), 60)
         gate.set()     # all 1,000 are open at once, then all talk
         return await asyncio.wait_for(asyncio.gather(*tasks), 60)
 

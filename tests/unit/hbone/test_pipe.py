@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from shoal.core.pipe import PipeReset, pipe
+from tests.helpers.wait import until
 
 
 class FakeEnd:
@@ -57,9 +58,8 @@ async def test_half_close_keeps_other_direction_open():
     b = FakeEnd([b"r1", b"r2", b""])
     b.gate.clear()
     task = asyncio.ensure_future(pipe(a, b))
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert b.eof and not task.done()         # FIN forwarded, still running
+    await until(lambda: b.eof, what="a's FIN forwarded to b")
+    assert not task.done()                   # the other direction still runs
     b.gate.set()
     assert await task == (3, 4)
     assert bytes(a.written) == b"r1r2"

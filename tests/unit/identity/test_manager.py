@@ -13,6 +13,7 @@ from shoal.core.identity.manager import (BACKOFF_MAX, MAX_CONCURRENT_FETCHES, Ce
                                    CertUnavailable, Priority, backoff_delay, jittered,
                                    refresh_time)
 from shoal.core.identity.spiffe import Identity
+from tests.helpers.wait import until
 
 T0 = 1_900_000_000.0
 DAY = 86400.0
@@ -155,9 +156,8 @@ async def test_at_most_eight_fetches_run_at_once(env):
     ca.gate = asyncio.Event()
     idents = [Identity.parse(f"spiffe://cluster.local/ns/n/sa/s{i}") for i in range(20)]
     tasks = [asyncio.create_task(mgr.fetch(i)) for i in idents]
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert ca.running == MAX_CONCURRENT_FETCHES
+    await until(lambda: ca.running == MAX_CONCURRENT_FETCHES, what="the first fetches at the CA")
+    assert not any(t.done() for t in tasks)      # the other 12 wait for a slot
     ca.gate.set()
     certs = await asyncio.gather(*tasks)
     assert [c.identity for c in certs] == idents
@@ -170,13 +170,12 @@ async def test_realtime_goes_before_warmup(env):
     busy = [Identity.parse(f"spiffe://cluster.local/ns/n/sa/busy{i}") for i in range(8)]
     for i in busy:
         mgr.prefetch(i)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await until(lambda: ca.running == len(busy), what="the busy prefetches at the CA")
     warm = [Identity.parse(f"spiffe://cluster.local/ns/n/sa/w{i}") for i in range(3)]
     for i in warm:
         mgr.prefetch(i)
     urgent = asyncio.create_task(mgr.fetch(A))
-    await asyncio.sleep(0)
+    await until(lambda: A in mgr._entries, what="the urgent fetch queued")
     ca.gate.set()
     await urgent
     await mgr.idle()
@@ -207,8 +206,7 @@ async def test_forget_while_in_flight_fails_the_waiter(env):
     ca, mgr = env
     ca.gate = asyncio.Event()
     t = asyncio.create_task(mgr.fetch(A))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: ca.running == 1, what="the fetch in flight at the CA")
     mgr.forget(A)
     ca.gate.set()
     with pytest.raises(CertUnavailable):
