@@ -111,6 +111,9 @@ class Forwarder:
                         await self._backoff(retry, tries, deadline):
                     continue
                 raise
+            except BaseException:     # the client went away mid-request, say
+                lb.abandoned(key)
+                raise
             status = resp.status
             lb.finished(key, status < 500, keys)
             if retry is not None and status in retry.codes and \

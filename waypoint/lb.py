@@ -107,6 +107,13 @@ class Balancer:
             span = min(BASE_EJECTION_SECONDS * h.ejections, MAX_EJECTION_SECONDS)
             h.ejected_until = self.clock() + span
 
+    def abandoned(self, key) -> None:
+        """A request to `key` ended for a reason that says nothing about the
+        endpoint (the client left, the worker is closing): no longer active,
+        no outcome recorded."""
+        h = self._host(key)
+        h.active = max(h.active - 1, 0)
+
     def _may_eject(self, keys: Sequence) -> bool:
         now = self.clock()
         ejected = sum(1 for k in keys if self._host(k).ejected_until > now)

@@ -141,6 +141,20 @@ async def test_a_client_gone_mid_body_aborts_the_upstream_and_propagates():
     assert resp.aborted and not resp.finished
 
 
+async def test_a_client_gone_before_the_answer_leaves_the_endpoint_idle():
+    class ClientGone(FakeUpstream):
+        async def exchange(self, ep, req, informational):
+            self.calls.append((ep, req))
+            raise ConnectionResetError("client reset while its body was read")
+    fwd, st = rig(h1=ClientGone())
+    try:
+        await forward(fwd, st, request(chunked=True), FakeBody(b"x"), FakeSink())
+    except ConnectionResetError:
+        pass
+    lb = fwd.lookups.balancer(st.target.address)
+    assert all(lb._host(e.key).active == 0 for e in EPS)
+
+
 async def test_trailers_reach_the_client_and_head_responses_send_no_body():
     resp = FakeResponse(200, [b"data"], trailers=[("grpc-status", "0")])
     fwd, st = rig(h1=FakeUpstream(resp))

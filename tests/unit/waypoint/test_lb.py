@@ -32,6 +32,17 @@ def test_least_request_prefers_idle():
     assert picks == {"idle": 50}
 
 
+def test_an_abandoned_request_is_no_longer_active_and_no_failure():
+    b = Balancer(mode=LEAST_REQUEST, rng=random.Random(1))
+    for _ in range(CONSECUTIVE_FAILURES - 1):
+        b.started("a")
+        b.finished("a", False, ["a", "b"])
+    b.started("a")
+    b.abandoned("a")
+    assert b._host("a").active == 0 and b._host("a").failures == CONSECUTIVE_FAILURES - 1
+    assert not b.ejected("a")
+
+
 def test_unknown_mode_refused():
     with pytest.raises(ValueError):
         Balancer(mode="RANDOMISH")
