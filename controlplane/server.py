@@ -1,7 +1,14 @@
-"""The control plane's CA endpoint: JSON over HTTP/1.1 over mutual TLS (port 15012).
+"""The control plane's CA endpoint on port 15012, TLS 1.3, two protocols by ALPN.
 
-Istio serves `IstioCertificateService/CreateCertificate` over gRPC; shoal
-keeps the same roles with a small JSON API (docs/security.md):
+`h2`: Istio's gRPC `istio.v1.auth.IstioCertificateService/CreateCertificate`
+(controlplane/grpcserver.py, messages in core/identity/istioca.py), so
+Istio's ztunnel can use this CA: the caller authenticates with a client
+certificate (node or waypoint credential) or, when a token authenticator is
+configured, a `authorization: Bearer <token>`; a node asks for a pod's
+identity with the `ImpersonatedIdentity` metadata, as ztunnel does. The
+answer's `cert_chain` is leaf first, root last.
+
+`http/1.1`: shoal's JSON API (docs/security.md), client certificate required:
 
     POST /v1/certificates   {"csr": PEM, "identity": "spiffe://…", "ttl_seconds": 86400?}
         200 {"cert_chain": [leaf PEM, intermediates…], "trust_bundle": [root PEM…],
@@ -35,7 +42,12 @@ from shoal.controlplane.authority import (ISTIOD_SERVICE_ACCOUNT, SYSTEM_NAMESPA
 from shoal.controlplane.nodeauth import Caller, IdentitiesOnNode, authorize
 from shoal.core.identity import tls as shoal_tls
 from shoal.core.identity.certs import WorkloadCert, load_pem_certs
-from shoal.core.identity.spiffe import Identity, IdentityError, identity_of_cert, peer_certificate
+from shoal.controlplane.grpcserver import GrpcConnection
+from shoal.core.identity import istioca
+from shoal.core.identity.spiffe import (Identity, IdentityError, PeerVerificationError,
+                                        identity_of_cert, peer_certificate)
+
+
 
 # Request head (request line + headers) larger than this is not our client.
 MAX_HEAD_BYTES = 16 * 1024
@@ -48,6 +60,7 @@ REQUEST_TIMEOUT = 10.0
 # The CA's own serving certificate lifetime; re-issued at half-life.
 SERVING_CERT_TTL = dt.timedelta(hours=24)
 ALPN_HTTP11 = "http/1.1"
+ALPN_H2 = "h2"
 
 _log = log.get("ca")
 
@@ -109,6 +122,7 @@ def _context(cert: WorkloadCert, server_side: bool) -> ssl.SSLContext:
     ctx.set_alpn_protocols([ALPN_HTTP11])
     if server_side:
         ctx.num_tickets = 0     # one request per connection: resumption buys nothing
+        ctx.set_alpn_protocols([ALPN_H2, ALPN_HTTP11])
     shoal_tls.load_trust_bundle(ctx, cert)
     shoal_tls.load_key_and_chain(ctx, cert)
     return ctx
@@ -183,6 +197,13 @@ class CaServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN_H2:
+            try:
+                await GrpcConnection(reader, writer, self._grpc_handler(ssl_object)).serve()
+            finally:
+                writer.close()
+            return
         try:
             status, body = await asyncio.wait_for(self._serve_one(reader, writer), REQUEST_TIMEOUT)
         except asyncio.TimeoutError:
@@ -220,7 +241,11 @@ class CaServer:
         return status, out
 
     def _caller(self, ssl_object) -> Caller:
-        cert = peer_certificate(ssl_object)
+        try:
+            cert = peer_certificate(ssl_object)
+        except PeerVerificationError as e:
+            raise SigningError("no_client_certificate", f"{e}: present a node or waypoint "
+                               "credential", 403) from None
         kind, name = node_of_cert(cert)
         try:
             ident = identity_of_cert(cert)
@@ -284,3 +309,58 @@ class CaServer:
         return 200, {"cert_chain": list(signed.cert_chain), "trust_bundle": list(signed.trust_bundle),
                      "serial": signed.serial, "not_after": signed.not_after.isoformat()}
 
+
+    # -- gRPC (Istio's protocol) ---------------------------------------------
+    async def authenticate_grpc(self, ssl_object, headers: dict[str, str]) -> Caller:
+        """Who is calling: the client certificate, else (with `token_auth`,
+        controlplane/tokenauth.py) the `authorization: Bearer` token.
+
+        Raises:
+            SigningError: 401 when neither authenticates the caller.
+        """
+        if ssl_object is not None and ssl_object.getpeercert(binary_form=True):
+            return self._caller(ssl_object)
+        if self.token_auth is not None:
+            return await self.token_auth(headers.get("authorization", ""))
+        raise SigningError("no_credential", "no client certificate (this CA takes no tokens: "
+                           "present a node credential)", 401)
+
+    def _grpc_handler(self, ssl_object):
+        async def handle(headers: dict[str, str], message: bytes) -> tuple[int, str, bytes]:
+            fields: dict = {"protocol": "grpc", "path": headers.get(":path", "")}
+            try:
+                caller = await self.authenticate_grpc(ssl_object, headers)
+                fields["caller"] = f"{caller.kind}:{caller.name}"
+                status, msg, out = self._grpc_create(caller, message, fields)
+            except SigningError as e:
+                status, msg, out = _GRPC_STATUS.get(e.status, istioca.INVALID_ARGUMENT), str(e), b""
+                fields["code"] = e.code
+            fields["grpc_status"] = status
+            _log.log(20 if status == istioca.OK else 30, msg or "certificate request served",
+                     extra={"fields": fields})
+            return status, msg, out
+        return handle
+
+    def _grpc_create(self, caller: Caller, message: bytes, fields: dict) -> tuple[int, str, bytes]:
+        try:
+            req = istioca.IstioCertificateRequest.FromString(message)
+        except Exception as e:     # protobuf's DecodeError and friends
+            return istioca.INVALID_ARGUMENT, f"not an IstioCertificateRequest: {e}", b""
+        wanted_uri = istioca.impersonated_identity(req) or caller.identity.uri
+        fields["identity"] = wanted_uri
+        try:
+            wanted = Identity.parse(wanted_uri)
+        except IdentityError as e:
+            raise SigningError("bad_identity", f"requested identity is invalid: {e}") from e
+        ttl = dt.timedelta(seconds=req.validity_duration) if req.validity_duration > 0 \
+            else self.default_ttl
+        authorize(caller, wanted, self.identities_on_node)
+        signed = self.ca.sign_csr(req.csr, wanted.uri, ttl=ttl)
+        fields["serial"] = signed.serial
+        chain = list(signed.cert_chain) + [p for p in signed.trust_bundle
+                                           if p not in signed.cert_chain]
+        return istioca.OK, "", istioca.IstioCertificateResponse(cert_chain=chain).SerializeToString()
+
+
+_GRPC_STATUS = {400: istioca.INVALID_ARGUMENT, 401: istioca.UNAUTHENTICATED,
+                403: istioca.PERMISSION_DENIED, 500: istioca.INTERNAL, 503: istioca.UNAVAILABLE}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import click
 
 from shoal.core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
-from shoal.core.log import LEVELS
+from shoal.core.log import parse_spec
 from shoal.routing.kube import SCHEME
 
 # SIGTERM drain: Kubernetes' default terminationGracePeriodSeconds is 30 s;
@@ -53,8 +53,10 @@ class SupervisorOptions:
         for name in ("admin_port", "metrics_port", "readiness_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a TCP port (0 disables)")
-        if self.log_level.lower() not in LEVELS:
-            raise ValueError(f"--log-level must be one of {sorted(LEVELS)}")
+        try:
+            parse_spec(self.log_level)
+        except ValueError as e:
+            raise ValueError(f"--log-level: {e}") from None
 
     @property
     def worker_count(self) -> int:
@@ -109,8 +111,9 @@ def supervisor_options(fn):
                      help="Prometheus /metrics and /stats/prometheus (0 disables)."),
         click.option("--readiness-port", type=int, default=READINESS_PORT, show_default=True,
                      help="/healthz/ready (0 disables)."),
-        click.option("--log-level", type=click.Choice(sorted(LEVELS), case_sensitive=False),
-                     default="info", show_default=True, help="Initial log level (see /logging)."),
+        click.option("--log-level", default="info", show_default=True, envvar="RUST_LOG",
+                     help="Initial log levels, ztunnel's syntax: `info` or `access:debug,info` "
+                     "(env RUST_LOG; see /logging)."),
         click.option("--pidfile", type=click.Path(dir_okay=False), default=None,
                      help="Write the supervisor's pid here (kept across SIGUSR2 upgrades)."),
     ]

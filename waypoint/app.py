@@ -54,6 +54,7 @@ class WaypointOptions:
     upstream_plaintext: bool = False       # TEST/bench: no HBONE to endpoints
     cert_dir: str | None = None            # key.pem, cert-chain.pem, root-cert.pem
     ca_address: str = f"127.0.0.1:{CA_PORT}"
+    ca_protocol: str = "grpc"
     ca_credential_dir: str | None = None
     ca_token: str | None = None            # on a cluster: the projected token (audience istio-ca)
     ca_root_cert: str | None = None        # ... and the CA's trust bundle
@@ -77,7 +78,7 @@ class WaypointOptions:
             raise ValueError("--ca-token needs --ca-root-cert (the CA's trust bundle) and back")
         if self.hbone_port and not (self.cert_dir or self.ca_credential_dir or self.ca_token):
             raise ValueError("HBONE needs a certificate: give --cert-dir (the waypoint's "
-                             "credential), --ca-credential-dir or --ca-token (to ask the CA), "
+                             "credential), --ca-credential or --ca-token (to ask the CA), "
                              "or use --hbone-port 0 with --plaintext-port for a test listener")
 
     @property
@@ -181,11 +182,11 @@ class WaypointApp(App):
             self.cert = load_credential(o.cert_dir)
             return
         from shoal.core.identity import CertManager
-        from shoal.core.identity.caclient import CaClient, TokenCaClient
+        from shoal.core.identity.options import make_ca_client
         from shoal.core.identity.store import CertStore
-        address = parse_authority(o.ca_address)
-        ca = (TokenCaClient(address, o.ca_token, o.ca_root_cert, trust_domain=o.trust_domain)
-              if o.ca_token and o.ca_root_cert else CaClient.from_dir(address, o.ca_credential_dir))
+        ca = make_ca_client(o.ca_address, o.ca_protocol, credential_dir=o.ca_credential_dir,
+                            token_file=o.ca_token, root_cert=o.ca_root_cert,
+                            trust_domain=o.trust_domain)
         # The store shared by every worker of this waypoint: a restarted or
         # reloaded worker starts on the certificate it holds, CA or no CA.
         self.certs = CertManager(ca, node_name=o.name, store=CertStore.inherited(),

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shoal.core.constants import DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shoal.core.identity.options import ca_options
 from shoal.shards.options import supervisor_options
 from shoal.waypoint.lb import MODES, ROUND_ROBIN
 
@@ -29,13 +30,14 @@ def waypoint() -> None:
               help="TEST/bench only: plain TCP to endpoints instead of HBONE.")
 @click.option("--cert-dir", type=click.Path(file_okay=False), default=None,
               help="The waypoint's credential (key.pem, cert-chain.pem, root-cert.pem).")
-@click.option("--ca-address", default=f"127.0.0.1:{CA_PORT}", show_default=True,
-              help="CA to fetch the waypoint certificate from (with --ca-credential-dir).")
-@click.option("--ca-credential-dir", type=click.Path(file_okay=False), default=None,
-              help="Credential used to authenticate to the CA.")
+@ca_options
+@click.option("--ca-credential", "ca_credential_dir",
+              type=click.Path(file_okay=False), default=None, envvar="CA_CREDENTIAL",
+              help="Credential used to authenticate to the CA (from `shoal controlplane "
+              "issue-node-cert --waypoint NS/NAME`).")
 @click.option("--ca-token", type=click.Path(dir_okay=False), default=None,
               help="On a cluster: the projected ServiceAccount token (audience istio-ca) "
-              "the CA checks with TokenReview, instead of --ca-credential-dir.")
+              "the CA checks with TokenReview, instead of --ca-credential.")
 @click.option("--ca-root-cert", type=click.Path(dir_okay=False), default=None,
               help="With --ca-token: the CA's trust bundle (its root ConfigMap, mounted).")
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)

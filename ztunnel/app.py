@@ -217,16 +217,13 @@ def make_cert_manager(o: ZtunnelOptions, metrics=None):
     """The CA client (node credential) and the certificate manager, sharing
     the node's certificate store with the other workers (core/identity/store.py)."""
     from shoal.core.identity import CertManager
-    from shoal.core.addr import parse_authority
-    from shoal.core.identity.caclient import CaClient, TokenCaClient
+    from shoal.core.identity.options import make_ca_client
     from shoal.core.identity.store import CertStore
-    if o.ca_token_file and o.ca_root_cert:
-        ca: CaClient = TokenCaClient(parse_authority(o.ca_address), o.ca_token_file, o.ca_root_cert,
-                                     trust_domain=o.trust_domain)
-        return CertManager(ca, node_name=o.node, store=CertStore.inherited(), metrics=metrics)
-    if not o.ca_credential_dir:
+    if not o.ca_credential_dir and not (o.ca_token_file and o.ca_root_cert):
         raise ValueError("--ca-credential (the node credential directory from `shoal controlplane "
                          "issue-node-cert --node NODE --out DIR`) or, on a cluster, --ca-token "
                          "with --ca-root-cert is required")
-    ca = CaClient.from_dir(parse_authority(o.ca_address), o.ca_credential_dir)
+    ca = make_ca_client(o.ca_address, o.ca_protocol, credential_dir=o.ca_credential_dir,
+                        token_file=o.ca_token_file, root_cert=o.ca_root_cert,
+                        trust_domain=o.trust_domain)
     return CertManager(ca, node_name=o.node, store=CertStore.inherited(), metrics=metrics)

@@ -14,6 +14,7 @@ import orjson
 from shoal.core import log as core_log
 from shoal.core.constants import ADMIN_PORT, CA_PORT
 from shoal.ztunnel import tables
+from shoal.core.identity.options import ca_options
 from shoal.ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD
 
 # The admin endpoint answers from a local worker; a second is plenty.
@@ -29,13 +30,14 @@ def _run_command():
     from shoal.shards.options import supervisor_options
 
     @ztunnel.command("run")
-    @click.option("--node", required=True, help="Name of the node this ztunnel serves.")
+    @click.option("--node", required=True, envvar="NODE_NAME",
+                  help="Name of the node this ztunnel serves (env NODE_NAME, as ztunnel).")
     @click.option("--mode", type=click.Choice([DEDICATED, INPOD]), default=DEDICATED,
                   show_default=True, help="dedicated: listeners in this netns; "
                   "inpod: listeners in every enrolled pod's netns (from the node agent).")
-    @click.option("--ca-address", default=f"127.0.0.1:{CA_PORT}", show_default=True,
-                  help="host:port of the control plane CA.")
+    @ca_options
     @click.option("--ca-credential", type=click.Path(file_okay=False), default=None,
+                  envvar="CA_CREDENTIAL",
                   help="Directory with the node credential from "
                   "`shoal controlplane issue-node-cert --node NODE` (the local mesh).")
     @click.option("--ca-token", type=click.Path(dir_okay=False), default=None,
@@ -45,7 +47,7 @@ def _run_command():
                   help="With --ca-token: the CA's trust bundle (its root ConfigMap, mounted).")
     @click.option("--zds-socket", default=DEFAULT_ZDS_SOCKET, show_default=True,
                   help="The node agent's ZDS socket (inpod mode).")
-    @click.option("--listen", "bind", default="0.0.0.0", show_default=True,
+    @click.option("--bind", default="0.0.0.0", show_default=True,
                   help="Address of the capture listeners (dedicated mode).")
     @click.option("--hbone-port", type=int, default=15008, show_default=True)
     @click.option("--outbound-port", type=int, default=15001, show_default=True)
@@ -57,9 +59,9 @@ def _run_command():
                   show_default=True,
                   help="Seconds between byte-count metric updates of open connections.")
     @supervisor_options
-    def run(supervisor, node, mode, ca_address, ca_credential, ca_token, ca_root_cert, zds_socket,
-            bind, hbone_port,
-            outbound_port, inbound_port, fixed, bytes_report_interval) -> None:
+    def run(supervisor, node, mode, ca_address, ca_protocol, ca_credential, ca_token,
+            ca_root_cert, zds_socket, bind, hbone_port, outbound_port, inbound_port, fixed,
+            bytes_report_interval) -> None:
         """Run the ztunnel under the shards supervisor."""
         from shoal.shards.runner import run_app
         from shoal.ztunnel.app import ZtunnelApp
@@ -69,6 +71,7 @@ def _run_command():
                                    "on a cluster, --ca-token and --ca-root-cert")
         try:
             opts = ZtunnelOptions(node=node, mode=mode, ca_address=ca_address,
+                                  ca_protocol=ca_protocol,
                                   ca_credential_dir=ca_credential, ca_token_file=ca_token,
                                   ca_root_cert=ca_root_cert, zds_socket=zds_socket,
                                   bind=bind, hbone_port=hbone_port, outbound_port=outbound_port,

@@ -80,6 +80,7 @@ class ZtunnelOptions:
     node: str
     mode: str = DEDICATED
     ca_address: str = f"127.0.0.1:{CA_PORT}"
+    ca_protocol: str = "grpc"
     ca_credential_dir: str | None = None
     ca_token_file: str | None = None
     ca_root_cert: str | None = None

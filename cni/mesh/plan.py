@@ -145,7 +145,7 @@ def _waypoint_pods(doc: dict, source_dir: str, shoal: str) -> list[PodPlan]:
     ns, name = meta.get("namespace") or "default", meta["name"]
     argv = (shoal, "waypoint", "run", "--name", name, "--namespace", ns,
             "--config", "{config_dir}", "--ca-address", "{ca_address}",
-            "--ca-credential-dir", "{waypoint_cred:" + f"{ns}/{name}" + "}", "--workers", "1",
+            "--ca-credential", "{waypoint_cred:" + f"{ns}/{name}" + "}", "--workers", "1",
             "--admin-port", "15000")
     labels = {LABEL_GATEWAY_NAME: name, LABEL_DATAPLANE_MODE: DATAPLANE_NONE}
     return [PodPlan(namespace=ns, name=f"{name}-{i}", labels=dict(labels), service_account=name,

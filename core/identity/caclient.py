@@ -26,6 +26,10 @@ from shoal.core.identity.spiffe import Identity, PeerVerificationError, verify_s
 # Istio's istiod serves the CA; its SPIFFE identity is what we expect to reach.
 CONTROL_PLANE_NAMESPACE = "istio-system"
 CONTROL_PLANE_SERVICE_ACCOUNT = "istiod"
+# The protocols a proxy can speak to its CA: Istio's gRPC, or shoal's JSON API.
+GRPC = "grpc"
+JSON = "json"
+CA_PROTOCOLS = (GRPC, JSON)
 # A CA that does not answer in this time is treated as down (the manager backs off).
 CA_REQUEST_TIMEOUT = 10.0
 # The CA's answers are a few KiB; anything much larger is not the CA.
@@ -276,3 +280,4 @@ def _parse_response(raw: bytes) -> dict:
     if status != 200:
         raise CaError(status, str(out.get("code", "error")), str(out.get("error", f"CA answered {status}")))
     return out
+

@@ -255,6 +255,9 @@ class CertManager:
         self._queue = self._wake = None   # a later fetch starts fresh workers
         for e in self._entries.values():
             self._fail_waiters(e, "certificate manager closed")
+        close_client = getattr(self.ca, "close", None)   # the gRPC client holds a channel
+        if close_client is not None:
+            await close_client()
 
     # -- scheduling (tick/idle are public for tests with a fake clock) --------
     def tick(self) -> None:

@@ -225,7 +225,7 @@ class Mesh:
                "--ca-address", f"127.0.0.1:{self.ca_port}",
                *(["--ca-token", str(n.cred / "token"), "--ca-root-cert", str(n.cred / "root-cert.pem")]
                  if self.api else ["--ca-credential", str(n.cred)]),
-               "--listen", n.proxy_ip, "--hbone-port", str(self.hbone_port),
+               "--bind", n.proxy_ip, "--hbone-port", str(self.hbone_port),
                "--outbound-port", str(free_port()), "--inbound-port", str(free_port()),
                "--admin-port", str(n.admin), "--metrics-port", str(n.metrics),
                "--readiness-port", str(n.readiness), "--workers", str(self.workers),

@@ -1,5 +1,5 @@
 """The production certificate path: the waypoint asks the control plane's CA
-for its identity with a waypoint credential (`--ca-credential-dir`), then
+for its identity with a waypoint credential (`--ca-credential`), then
 serves HBONE with the certificate it got."""
 
 from __future__ import annotations
