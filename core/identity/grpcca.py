@@ -134,8 +134,9 @@ class GrpcCaClient:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=b"".join(r.public_bytes(pem) for r in roots),
                 private_key=key, certificate_chain=chain)
+            host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
             self._channel = grpc.aio.secure_channel(
-                f"{self.address[0]}:{self.address[1]}", creds,
+                f"{host}:{self.address[1]}", creds,
                 options=[("grpc.ssl_target_name_override", self.server_name),
                          ("grpc.default_authority", self.server_name)])
         return self._channel
