@@ -177,12 +177,15 @@ class FloodGuard:
             raise FloodError(limit, f"{what} above {bucket.burst} at once or "
                                     f"{bucket.rate:g}/s")
 
-    def on_frame(self, frame) -> None:
-        """Every received frame, before h2 handles it."""
+    def _check_outbound(self) -> None:
         if self.outbound_control > self.limits.max_outbound_control_frames:
             raise FloodError("outbound_control_frames",
                              f"{self.outbound_control} control frames queued that the peer "
                              f"did not read")
+
+    def on_frame(self, frame) -> None:
+        """Every received frame, before h2 handles it."""
+        self._check_outbound()
         kind = type(frame)
         if kind is hf.DataFrame or kind is hf.HeadersFrame or kind is hf.ContinuationFrame:
             self._payload(frame, kind)
@@ -198,6 +201,12 @@ class FloodGuard:
                                  f"frames for {self.data_frames_sent} DATA frames sent")
         elif isinstance(frame, _CONTROL):
             self._spend(self.control, "control_frames", "PING/SETTINGS/PRIORITY frames")
+
+    def on_data_payload(self) -> None:
+        """A DATA frame with payload, received on the fast path (h2fast):
+        what `on_frame` checks for it."""
+        self._check_outbound()
+        self.empty_in_a_row = 0
 
     def _payload(self, frame, kind) -> None:
         if kind is hf.HeadersFrame:
