@@ -138,11 +138,3 @@ class NetnsSocketFactory:
         return s
 
     tcp_listener = listener
-
-
-def original_dst(sock: socket.socket) -> tuple[str, int]:
-    """SO_ORIGINAL_DST of an accepted, REDIRECTed IPv4 connection."""
-    SO_ORIGINAL_DST = 80
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    port = int.from_bytes(raw[2:4], "big")
-    return socket.inet_ntoa(raw[4:8]), port

@@ -13,7 +13,8 @@ import sys
 import orjson
 
 from shoal.ztunnel.inpod import InPodClient, SnapshotDone, WorkloadAdded, WorkloadDeleted, WorkloadKept
-from shoal.core.netns import NetnsSocketFactory, original_dst
+from shoal.core.netns import NetnsSocketFactory
+from shoal.ztunnel.origdst import original_dst
 
 
 class Fake:

@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from shoal.cni import redirect
-from shoal.core.netns import NetnsSocketFactory, netns_id, open_netns, original_dst
+from shoal.core.netns import NetnsSocketFactory, netns_id, open_netns
+from shoal.ztunnel.origdst import original_dst
 from shoal.core.constants import PROXY_MARK
 from tests.helpers.cni_netns import netns_pair, ns_listener, ns_socket, sh
 
