@@ -66,12 +66,18 @@ def test_metrics_are_summed_over_workers(shards):
             if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
                 out += float(line.rsplit(" ", 1)[1])
         return out
-    before = scrape()
+    # A worker records a connection's bytes when it sees the client's close:
+    # the start-up probes (wait_workers) must all be recorded before the
+    # baseline, and each of the 40 below before the final scrape.
+    closed = lambda t: total("istio_tcp_connections_closed_total", t)  # noqa: E731
+    opened_n = lambda t: total("istio_tcp_connections_opened_total", t)  # noqa: E731
+
+    def settled():
+        t = scrape()
+        return t if closed(t) == opened_n(t) else None
+    before = wait_for(settled, 10, "the start-up probes to be recorded")
     served = {worker_of(s.echo)[0] for _ in range(40)}
     assert len(served) == 2
-    # A worker records a connection's bytes when it sees the client's close:
-    # wait until every one of the 40 is closed on the server side too.
-    closed = lambda t: total("istio_tcp_connections_closed_total", t)  # noqa: E731
     target = closed(before) + 40
 
     def all_closed():
