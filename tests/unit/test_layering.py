@@ -268,22 +268,10 @@ def _cycles() -> list[list[str]]:
     return found
 
 
-# Cycles that a change under way removes (issue 9 §4: the waypoint's one
-# Upstream interface). Not skipped quietly: the test below fails as soon as
-# one of them is gone, so its entry goes with it.
-PENDING_CYCLES = [
-]
-
-
 def test_no_import_cycles():
-    cycles = [c for c in _cycles() if c not in PENDING_CYCLES]
+    cycles = _cycles()
     assert not cycles, "import cycles (break them with a seam, not a lazy import):\n  " + \
         "\n  ".join(" <-> ".join(c) for c in cycles)
-
-
-@pytest.mark.parametrize("cycle", PENDING_CYCLES, ids=" <-> ".join)
-def test_pending_cycles_are_still_there(cycle):
-    assert cycle in _cycles(), f"{cycle} is gone: remove it from PENDING_CYCLES"
 
 
 def test_the_scanner_sees_every_kind_of_import():
