@@ -285,6 +285,9 @@ class BackendRef:
     port: int = 0
     weight: int = 1
     kind: str = "Service"
+    # Applied only when this backend is chosen, after the rule's own filters
+    # (Gateway API HTTPBackendRef.filters / GRPCBackendRef.filters).
+    filters: tuple[HTTPFilter, ...] = ()
 
 
 @dataclass(**_REC)
@@ -335,10 +338,17 @@ class HTTPRoute:
     hostnames: tuple[str, ...] = ()
     rules: tuple[RouteRule, ...] = ()
     creation_index: int = 0        # tie-break for Gateway API precedence (older first)
+    # "HTTPRoute" | "GRPCRoute": a GRPCRoute is compiled to the same rules
+    # (its method matches become path matches on "/<service>/<method>").
+    kind: str = "HTTPRoute"
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        # Kubernetes names never contain ":", so a GRPCRoute and an HTTPRoute
+        # of the same name stay apart.
+        if self.kind == "HTTPRoute":
+            return f"{self.namespace}/{self.name}"
+        return f"{self.namespace}/{self.kind}:{self.name}"
 
 
 @dataclass(**_REC)

@@ -72,10 +72,8 @@ def _decoder(cls: type) -> Callable[[dict], Any]:
     dec = _DECODERS.get(cls)
     if dec is not None:
         return dec
-    hints = typing.get_type_hints(cls)
-    convs = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls)}
-    plain = frozenset(k for k, c in convs.items() if c is None)
-    special = {k: c for k, c in convs.items() if c is not None}
+    plain: set[str] = set()
+    special: dict[str, Callable[[Any], Any]] = {}
 
     def decode(data: dict) -> Any:
         kw = {k: v for k, v in data.items() if k in plain}
@@ -85,7 +83,16 @@ def _decoder(cls: type) -> Callable[[dict], Any]:
                 kw[k] = None if v is None else conv(v)
         return cls(**kw)
 
+    # Registered before its fields are looked at: record types may nest
+    # themselves (a backendRef's filter mirrors to a backendRef).
     _DECODERS[cls] = decode
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        conv = _converter(hints[f.name])
+        if conv is None:
+            plain.add(f.name)
+        else:
+            special[f.name] = conv
     return decode
 
 

@@ -389,7 +389,8 @@ def _route(r: HTTPRoute) -> rec.HTTPRoute:
     return rec.HTTPRoute(name=r.meta.name, namespace=r.meta.namespace,
                          parent_refs=tuple(_replace(p, namespace=p.namespace or r.meta.namespace)
                                            for p in r.parent_refs),
-                         hostnames=r.hostnames, rules=r.rules, creation_index=r.meta.index)
+                         hostnames=r.hostnames, rules=r.rules, creation_index=r.meta.index,
+                         kind=r.meta.kind)
 
 
 def records_by_kind(records: Iterable[Any]) -> dict[str, list[Any]]:

@@ -13,6 +13,8 @@ Gateway API v1 semantics (apis/v1/httproute_types.go):
 - URLRewrite: hostname replaces Host; path as in RequestRedirect.
 - RequestMirror: a copy to another backend for `percent` of requests; the
   response is discarded.
+- Filters on a backendRef run only when that backend is chosen, after the
+  rule's filters (`plan_backend`).
 - Retry: `attempts` retries (so attempts + 1 tries), on the listed status
   codes or a connect failure/reset, with exponential backoff.
 """
@@ -23,7 +25,7 @@ import random as _random
 from dataclasses import dataclass
 
 from shoal.core.addr import bracket, split_host_port
-from shoal.core.records import (HeaderModifier, HTTPFilter, PathModifier, RequestMirror,
+from shoal.core.records import (BackendRef, HeaderModifier, HTTPFilter, PathModifier, RequestMirror,
                              RequestRedirect, Retry, RouteMatch, RouteRule, URLRewrite)
 from shoal.waypoint import message
 from shoal.waypoint.message import Headers, RequestHead
@@ -129,10 +131,28 @@ class Plan:
 def plan(req: RequestHead, rule: RouteRule, match: RouteMatch | None,
          listener_port: int, rng: _random.Random) -> Plan:
     """Apply every filter of `rule` in order and say what to do next."""
+    return _apply(req, rule.filters, match, listener_port, rng)
+
+
+def plan_backend(first: Plan, ref: BackendRef, match: RouteMatch | None,
+                 listener_port: int, rng: _random.Random) -> Plan:
+    """`first` (the rule's plan) with the filters of the chosen backendRef
+    applied after the rule's: request changes on top of the rule's, response
+    header changes after the rule's, mirrors added."""
+    if not ref.filters:
+        return first
+    more = _apply(first.request, ref.filters, match, listener_port, rng)
+    return Plan(request=more.request, redirect=more.redirect,
+                response_headers=_merge(first.response_headers, more.response_headers),
+                mirrors=first.mirrors + more.mirrors)
+
+
+def _apply(req: RequestHead, rule_filters: tuple[HTTPFilter, ...], match: RouteMatch | None,
+           listener_port: int, rng: _random.Random) -> Plan:
     cur = req
     response_mod: HeaderModifier | None = None
     mirrors: list[RequestMirror] = []
-    for f in rule.filters:
+    for f in rule_filters:
         t = f.type
         if t == "RequestHeaderModifier":
             cur = _with_headers(cur, modify_headers(cur.headers, f.request_header_modifier))
@@ -184,6 +204,6 @@ def filter_types(rule: RouteRule) -> tuple[str, ...]:
     return tuple(f.type for f in rule.filters)
 
 
-__all__ = ["HTTPFilter", "Plan", "Redirect", "filter_types", "modify_headers", "plan",
+__all__ = ["HTTPFilter", "Plan", "Redirect", "filter_types", "modify_headers", "plan", "plan_backend",
            "redirect", "retry_allowed", "retry_backoff", "rewrite_path", "should_mirror",
            "url_rewrite"]

@@ -16,7 +16,7 @@ from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
 from shoal.waypoint import message
 from shoal.waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host
 from shoal.waypoint.lb import ROUND_ROBIN, Balancer
-from shoal.waypoint.routes import RouteTable
+from shoal.waypoint.routes import RouteTable, routes_for_client
 
 # Caches keyed by routing generation: more than this many entries means
 # churn; start over rather than grow.
@@ -57,16 +57,19 @@ class Lookups:
             self._hosts.clear()
             self._endpoints.clear()
 
-    def route_table(self, target: Target) -> RouteTable | None:
+    def route_table(self, target: Target, client_namespace: str | None = None) -> RouteTable | None:
+        """The routes for a client of `client_namespace` (consumer routes
+        of that namespace, else the Service's producer routes)."""
         svc = target.service
         if svc is None:
             return None
-        key = (svc.key, target.port)
+        key = (svc.key, target.port, client_namespace)
         table = self._routes.get(key)
         if table is None:
             routes = [r for r in self.view.routes_for_service(svc.namespace, svc.name)
                       if _attached(r, svc, target.port)]
-            table = self._routes[key] = RouteTable(routes)
+            table = self._routes[key] = RouteTable(
+                routes_for_client(routes, svc.namespace, client_namespace))
         return table
 
     def policies(self, target: Target) -> list:
@@ -113,6 +116,14 @@ class Lookups:
                 target = None
             self._hosts[authority] = target
         return target
+
+
+def principal_namespace(principal: str | None) -> str | None:
+    """The namespace of a SPIFFE ID `spiffe://<td>/ns/<ns>/sa/<sa>`, else None."""
+    if not principal:
+        return None
+    parts = principal.split("/")
+    return parts[4] if len(parts) == 7 and parts[3] == "ns" else None
 
 
 def _attached(route: Any, svc: Any, port: int) -> bool:

@@ -33,7 +33,7 @@ from shoal.waypoint.h2exchange import H2Upstream
 from shoal.waypoint.h2upstream import H2Pool
 from shoal.waypoint.http1 import RequestReceived
 from shoal.waypoint.lb import ROUND_ROBIN
-from shoal.waypoint.lookups import Lookups
+from shoal.waypoint.lookups import Lookups, principal_namespace
 from shoal.waypoint.request import (NO_HEALTHY_UPSTREAM, NO_ROUTE, RBAC_DENIED, RequestState,
                                     local_reply)
 from shoal.waypoint.routes import NoBackend, RouteInput, pick_backend
@@ -115,7 +115,7 @@ class Proxy:
             if not decision.allowed:
                 return await local_reply(st, sink, 403, RBAC_DENIED, "RBAC")
         rule = match = route_ns = None
-        table = self.lookups.route_table(target)
+        table = self.lookups.route_table(target, principal_namespace(st.down.source_principal))
         if table:
             sel = table.select(RouteInput(method=head.method, path=head.path, query=head.query,
                                           host=authority, headers=hdict))
@@ -142,6 +142,9 @@ class Proxy:
                 port = ref.port or target.port
                 if backend is None:
                     return await local_reply(st, sink, 500, b"", "NR")
+                if ref.filters:
+                    plan = filters.plan_backend(plan, ref, match, target.port, self.rng)
+                    out, response_mod, mirrors = plan.request, plan.response_headers, plan.mirrors
         st.backend, st.backend_port = backend, port
         if backend is not None:
             eps = self.lookups.endpoints(backend, port)

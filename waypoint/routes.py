@@ -12,12 +12,21 @@ destination:
    does for Istio);
 3. a method match; 4. the most header matches; 5. the most query-param
    matches;
+(a GRPCRoute ranks its rules by the characters of a matching service,
+then of a matching method, then header matches: see
+core/model/parse_grpcroute.py)
 6. the oldest route (`creation_index`), then "{namespace}/{name}" in
    alphabetical order; 7. within a route, the first matching rule (and the
    first matching match of that rule).
 
 `RouteTable.select` returns the winning (route, rule, match) or None, in
 which case the waypoint forwards to the original service.
+
+Which routes a request sees (GEP-1294, "producer and consumer routes"):
+a route in the Service's own namespace (a producer route) applies to every
+client; a route in another namespace (a consumer route) applies only to
+clients of its own namespace, and for them replaces the producer routes.
+`routes_for_client` picks that set.
 
 Matching details:
 - PathPrefix is element-wise: "/foo" matches "/foo", "/foo/" and "/foo/bar"
@@ -38,11 +47,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+<<<<<<< HEAD
 from shoal.core import regex
+=======
+from shoal.core.model.parse_grpcroute import method_specificity
+>>>>>>> 68fe5d5 (GAMMA routing: GRPCRoute (method/service/header matches, filters, weights) compiled to route rules, backendRefs[].filters applied after the rule's, consumer routes apply only to clients of their namespace; codec decodes self-nesting record types)
 from shoal.core.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
 
 # Sort key ranks (smaller first).
 _EXACT, _PREFIX, _REGEX = 0, 1, 2
+_RANKS = {"Exact": _EXACT, "PathPrefix": _PREFIX, "RegularExpression": _REGEX}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +140,10 @@ class RouteTable:
 
 def _match_key(m: RouteMatch, route: HTTPRoute, rule_index: int, match_index: int) -> tuple:
     p = m.path
-    if p.type == "Exact":
+    if route.kind == "GRPCRoute":
+        service, method = method_specificity(p)
+        path_rank = (-service, -method, _RANKS[p.type])
+    elif p.type == "Exact":
         path_rank = (_EXACT, 0)
     elif p.type == "PathPrefix":
         path_rank = (_PREFIX, -len(p.value.rstrip("/") or "/"))
@@ -134,6 +151,18 @@ def _match_key(m: RouteMatch, route: HTTPRoute, rule_index: int, match_index: in
         path_rank = (_REGEX, -len(p.value))
     return (path_rank, 0 if m.method else 1, -len(m.headers), -len(m.query_params),
             route.creation_index, route.key, rule_index, match_index)
+
+
+def routes_for_client(routes: Sequence[HTTPRoute], service_namespace: str,
+                      client_namespace: str | None) -> list[HTTPRoute]:
+    """The routes of a Service that apply to a client of `client_namespace`
+    (None: unknown, e.g. plaintext): its consumer routes when it has any,
+    else the producer routes; routes of third namespaces never apply."""
+    if client_namespace and client_namespace != service_namespace:
+        consumer = [r for r in routes if r.namespace == client_namespace]
+        if consumer:
+            return consumer
+    return [r for r in routes if r.namespace == service_namespace]
 
 
 # --------------------------------------------------------------------------

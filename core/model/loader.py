@@ -22,6 +22,7 @@ from shoal.core.model.parse_authz import parse_authorization_policy
 from shoal.core.model.parse_core import (parse_deployment, parse_namespace, parse_pod,
                                    parse_service)
 from shoal.core.model.parse_gateway import parse_gateway, parse_httproute
+from shoal.core.model.parse_grpcroute import parse_grpcroute
 from shoal.core.model.resources import ConfigSet, Gateway, Meta, Note, Resource
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -52,6 +53,7 @@ _PARSERS: dict[tuple[str, str], tuple[Callable, bool]] = {
     ("Gateway", "gateway.networking.k8s.io/v1beta1"): (parse_gateway, True),
     ("HTTPRoute", "gateway.networking.k8s.io/v1"): (parse_httproute, True),
     ("HTTPRoute", "gateway.networking.k8s.io/v1beta1"): (parse_httproute, True),
+    ("GRPCRoute", "gateway.networking.k8s.io/v1"): (parse_grpcroute, True),
 }
 SUPPORTED_KINDS = tuple(sorted({k for k, _ in _PARSERS}))
 

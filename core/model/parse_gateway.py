@@ -25,9 +25,15 @@ MAX_MATCHES = 64            # ... for matches
 MAX_BACKENDS = 16           # ... for backendRefs
 MAX_PARENT_REFS = 32
 MAX_WEIGHT = 1_000_000
+MAX_FILTERS = 16            # ... for filters
 REPEATABLE_FILTERS = frozenset({"RequestMirror"})
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
                 "URLRewrite", "RequestMirror")
+# On a backendRef a filter runs once that backend is chosen: a redirect
+# there would answer without the backend, which only the rule can decide,
+# so (as Istio) it is refused; the others apply to the forwarded request.
+BACKEND_FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite",
+                        "RequestMirror")
 _FILTER_FIELDS = {"RequestHeaderModifier": "requestHeaderModifier",
                   "ResponseHeaderModifier": "responseHeaderModifier",
                   "RequestRedirect": "requestRedirect", "URLRewrite": "urlRewrite",
@@ -79,15 +85,18 @@ def _rule(ctx: Ctx, rule: dict, path: str, meta: Meta) -> RouteRule:
     ctx.known_keys(rule, path, _RULE_KEYS)
     matches = tuple(_match(ctx, m, mpath) for mpath, m in
                     ctx.maps(rule, "matches", path, max_items=MAX_MATCHES)) or (RouteMatch(),)
-    parsed = (_filter(ctx, item, fpath, meta) for fpath, item in ctx.maps(rule, "filters", path))
+    parsed = (_filter(ctx, item, fpath, meta) for fpath, item in
+              ctx.maps(rule, "filters", path, max_items=MAX_FILTERS))
     filters = tuple(f for f in parsed if f is not None)
     _check_filters(ctx, filters, matches, path)
-    backends = tuple(_backend(ctx, b, bpath, meta) for bpath, b in
-                     ctx.maps(rule, "backendRefs", path, max_items=MAX_BACKENDS))
+    backends = []
+    for bpath, b in ctx.maps(rule, "backendRefs", path, max_items=MAX_BACKENDS):
+        backends.append(_backend(ctx, b, bpath, meta, BACKEND_FILTER_TYPES))
+        _check_filters(ctx, backends[-1].filters, matches, bpath)
     if backends and any(f.type == "RequestRedirect" for f in filters):
         ctx.err(join(path, "backendRefs"), "must be empty when the rule has a RequestRedirect filter")
     return RouteRule(name=ctx.str(rule, "name", path), matches=matches, filters=filters,
-                     backend_refs=backends, timeouts=_timeouts(ctx, rule, path),
+                     backend_refs=tuple(backends), timeouts=_timeouts(ctx, rule, path),
                      retry=_retry(ctx, rule, path))
 
 
@@ -120,12 +129,13 @@ def _name_value(ctx: Ctx, item: dict, path: str, *, regex: bool) -> dict:
     return {"name": ctx.str(item, "name", path, required=True), "value": value, "type": mtype}
 
 
-def _filter(ctx: Ctx, f: dict, path: str, meta: Meta) -> HTTPFilter | None:
+def _filter(ctx: Ctx, f: dict, path: str, meta: Meta,
+            allowed: tuple[str, ...] = FILTER_TYPES) -> HTTPFilter | None:
     ftype = ctx.str(f, "type", path, required=True)
-    if ftype not in FILTER_TYPES:
+    if ftype not in allowed:
         if ftype:
-            ctx.err(join(path, "type"), f"filter {quote(ftype)} is not supported; use one of "
-                    f"{', '.join(FILTER_TYPES)}")
+            ctx.err(join(path, "type"), f"filter {quote(ftype)} is not supported here; use one of "
+                    f"{', '.join(allowed)}")
         return None
     field = _FILTER_FIELDS[ftype]
     body = ctx.map(f, field, path, required=True)
@@ -197,22 +207,38 @@ def _mirror(ctx: Ctx, body: dict, path: str, meta: Meta) -> RequestMirror:
     return RequestMirror(backend=backend, percent=percent)
 
 
-def _backend(ctx: Ctx, b: dict, path: str, meta: Meta) -> BackendRef:
-    ctx.known_keys(b, path, frozenset({"group", "kind", "name", "namespace", "port", "weight"}))
+def _backend(ctx: Ctx, b: dict, path: str, meta: Meta,
+             filter_types: tuple[str, ...] = ()) -> BackendRef:
+    """A backendRef; `filter_types` are the filters allowed on it (none for a
+    mirror's backendRef, which has no `filters` field)."""
+    keys = {"group", "kind", "name", "namespace", "port", "weight"}
+    ctx.known_keys(b, path, frozenset(keys | ({"filters"} if filter_types else set())))
     kind = ctx.str(b, "kind", path, default="Service", choices=("Service",))
     port = ctx.port(b, "port", path, required=kind == "Service")
+    filters: tuple[HTTPFilter, ...] = ()
+    if filter_types:
+        parsed = (_filter(ctx, item, fpath, meta, filter_types)
+                  for fpath, item in ctx.maps(b, "filters", path, max_items=MAX_FILTERS))
+        filters = tuple(f for f in parsed if f is not None)
+        _check_repeats(ctx, filters, path)
     return BackendRef(name=ctx.str(b, "name", path, required=True),
                       namespace=ctx.str(b, "namespace", path) or meta.namespace, port=port,
-                      weight=ctx.int(b, "weight", path, default=1, lo=0, hi=MAX_WEIGHT), kind=kind)
+                      weight=ctx.int(b, "weight", path, default=1, lo=0, hi=MAX_WEIGHT), kind=kind,
+                      filters=filters)
 
 
-def _check_filters(ctx: Ctx, filters: tuple[HTTPFilter, ...], matches: tuple[RouteMatch, ...],
-                   path: str) -> None:
+def _check_repeats(ctx: Ctx, filters: tuple[HTTPFilter, ...], path: str) -> set[str]:
     seen: set[str] = set()
     for f in filters:
         if f.type in seen and f.type not in REPEATABLE_FILTERS:
             ctx.err(join(path, "filters"), f"filter type {f.type} may appear only once per rule")
         seen.add(f.type)
+    return seen
+
+
+def _check_filters(ctx: Ctx, filters: tuple[HTTPFilter, ...], matches: tuple[RouteMatch, ...],
+                   path: str) -> None:
+    seen = _check_repeats(ctx, filters, path)
     if {"RequestRedirect", "URLRewrite"} <= seen:
         ctx.err(join(path, "filters"), "RequestRedirect and URLRewrite cannot be used in the same rule")
     for f in filters:

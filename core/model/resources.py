@@ -104,6 +104,7 @@ class Gateway:
 
 @dataclass(**_RES)
 class HTTPRoute:
+    """An HTTPRoute, or a GRPCRoute (`meta.kind`) already in HTTPRoute form."""
     meta: Meta
     parent_refs: tuple[ParentRef, ...] = ()
     hostnames: tuple[str, ...] = ()
