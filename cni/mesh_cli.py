@@ -155,6 +155,23 @@ def apply(sources, run_dir) -> None:
 
 
 @mesh.command()
+@click.option("-f", "--filename", "sources", multiple=True, required=True, type=click.Path(exists=True))
+@run_dir_option
+def delete(sources, run_dir) -> None:
+    """Remove the resources named in YAML from the running mesh."""
+    from shoal.cni.mesh import plan
+    from shoal.cni.mesh.mesh import Mesh, MeshError
+    _need_root()
+    try:
+        missing = Mesh(run_dir).delete(list(sources), lambda step: click.echo(step, err=True))
+    except (MeshError, plan.PlanError) as e:
+        _fail(e)
+    for ref in missing:
+        click.echo(f"not found: {ref}", err=True)
+    click.echo("deleted")
+
+
+@mesh.command()
 @click.argument("target", nargs=-1, required=True)
 @click.option("--replicas", type=int, help="The replica count (or give it after a waypoint's name).")
 @run_dir_option

@@ -399,6 +399,17 @@ class Mesh:
             merged[plan.doc_key(d)] = d
         self._apply_docs(list(merged.values()), progress)
 
+    def delete(self, sources: list[str], progress: Progress) -> list[str]:
+        """Remove the resources of `sources` (by kind/namespace/name, as
+        `kubectl delete -f`); returns the ones the mesh did not have."""
+        if not self.load():
+            raise MeshError(f"no mesh in {self.run_dir} (`shoal mesh up` first)")
+        gone = {plan.doc_key(d) for d in load_docs(sources)}
+        kept = [d for d in self.state["docs"] if plan.doc_key(d) not in gone]
+        had = {plan.doc_key(d) for d in self.state["docs"]}
+        self._apply_docs(kept, progress)
+        return ["/".join(k[1:]) for k in sorted(gone - had)]
+
     def scale(self, ref: str, replicas: int, progress: Progress) -> None:
         """Set a Deployment's replica count (like `kubectl scale`)."""
         if not self.load():
