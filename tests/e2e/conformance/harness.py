@@ -11,6 +11,7 @@ that comparison; `Mesh.expect` the retry loop.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,6 +29,24 @@ CONSUMER_NS = "gateway-conformance-mesh-consumer"
 REQUIRED_CONSECUTIVE = 3
 MAX_TIME_TO_CONSISTENCY_S = 30.0
 EXEC_TIMEOUT_S = 120       # one client run (a weight batch of a few hundred requests)
+# Weighted splits: a false failure once in 10,000 runs; with this many
+# requests the bounds still exclude an even split of a 70/30 route.
+SPLIT_ALPHA = 1e-4
+SPLIT_REQUESTS = 300
+
+
+def binomial_bounds(n: int, p: float, alpha: float) -> tuple[int, int]:
+    """The central interval holding a Binomial(n, p) count with probability >= 1 - alpha."""
+    pmf = [math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo, tail = 0, 0.0
+    while tail + pmf[lo] <= alpha / 2:
+        tail += pmf[lo]
+        lo += 1
+    hi, tail = n, 0.0
+    while tail + pmf[hi] <= alpha / 2:
+        tail += pmf[hi]
+        hi -= 1
+    return lo, hi
 
 
 @dataclass

@@ -8,8 +8,7 @@ metadata they received.
 
 import pytest
 
-from tests.e2e.conformance.harness import NS, Case
-from tests.e2e.conformance.test_gamma_http import SPLIT_ALPHA, SPLIT_REQUESTS, binomial_bounds
+from tests.e2e.conformance.harness import NS, SPLIT_ALPHA, SPLIT_REQUESTS, Case, binomial_bounds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

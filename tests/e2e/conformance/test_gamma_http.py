@@ -8,33 +8,13 @@ Every request takes the real path: client pod -> ztunnel -> HBONE ->
 waypoint -> HBONE -> ztunnel -> echo pod.
 """
 
-import math
-
 import pytest
 
-from tests.e2e.conformance.harness import CONSUMER_NS, NS, Case
+from tests.e2e.conformance.harness import (CONSUMER_NS, NS, SPLIT_ALPHA, SPLIT_REQUESTS, Case,
+                                             binomial_bounds)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 conformance = pytest.mark.conformance
-
-# A false failure once in 10,000 runs; the bounds still exclude an even split.
-SPLIT_ALPHA = 1e-4
-SPLIT_REQUESTS = 300
-
-
-def binomial_bounds(n, p, alpha):
-    """The central interval holding a Binomial(n, p) count with probability >= 1 - alpha."""
-    pmf = [math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, tail = 0, 0.0
-    while tail + pmf[lo] <= alpha / 2:
-        tail += pmf[lo]
-        lo += 1
-    hi, tail = n, 0.0
-    while tail + pmf[hi] <= alpha / 2:
-        tail += pmf[hi]
-        hi -= 1
-    return lo, hi
-
 
 def served_by(case, backend, **kw):
     return Case(name=case, backend=backend, namespace=NS, **kw)
@@ -121,8 +101,8 @@ def test_named_rule(routes):
 
 # ------------------------------------------------------------ redirects
 
-def redirect(case, path, status=302, **location):
-    return Case(name=case, host="echo", path=path, status=status, redirect=location)
+def redirect(case, request_path, status=302, **location):
+    return Case(name=case, host="echo", path=request_path, status=status, redirect=location)
 
 
 @pytest.mark.parametrize("manifest,path,status", [
