@@ -61,12 +61,17 @@ def parse_gateway(ctx: Ctx, meta: Meta, doc: dict) -> Gateway:
 
 
 def parse_httproute(ctx: Ctx, meta: Meta, doc: dict) -> HTTPRoute:
+    return parse_route(ctx, meta, doc, _rule)
+
+
+def parse_route(ctx: Ctx, meta: Meta, doc: dict, rule_parser) -> HTTPRoute:
+    """The spec common to HTTPRoute and GRPCRoute; `rule_parser` reads a rule."""
     spec = ctx.map(doc, "spec", "", required=True)
     ctx.known_keys(spec, "spec", frozenset({"parentRefs", "hostnames", "rules"}))
     parents = tuple(_parent(ctx, p, path) for path, p in
                     ctx.maps(spec, "parentRefs", "spec", max_items=MAX_PARENT_REFS))
     hostnames = ctx.strs(spec, "hostnames", "spec")
-    rules = tuple(_rule(ctx, r, path, meta) for path, r in
+    rules = tuple(rule_parser(ctx, r, path, meta) for path, r in
                   ctx.maps(spec, "rules", "spec", max_items=MAX_RULES))
     return HTTPRoute(meta=meta, parent_refs=parents, hostnames=hostnames, rules=rules)
 

@@ -28,8 +28,8 @@ import re
 
 from shoal.core.model.fields import Ctx, join
 from shoal.core.model.parse_gateway import (MAX_BACKENDS, MAX_FILTERS, MAX_MATCHES,
-                                            MAX_PARENT_REFS, MAX_RULES, _backend, _check_repeats,
-                                            _filter, _name_value, _parent)
+                                            _backend, _check_repeats, _filter, _name_value,
+                                            parse_route)
 from shoal.core.model.resources import HTTPRoute, Meta
 from shoal.core.records import HeaderMatch, PathMatch, RouteMatch, RouteRule
 
@@ -43,14 +43,7 @@ _RULE_KEYS = frozenset({"name", "matches", "filters", "backendRefs", "sessionPer
 
 
 def parse_grpcroute(ctx: Ctx, meta: Meta, doc: dict) -> HTTPRoute:
-    spec = ctx.map(doc, "spec", "", required=True)
-    ctx.known_keys(spec, "spec", frozenset({"parentRefs", "hostnames", "rules"}))
-    parents = tuple(_parent(ctx, p, path) for path, p in
-                    ctx.maps(spec, "parentRefs", "spec", max_items=MAX_PARENT_REFS))
-    hostnames = ctx.strs(spec, "hostnames", "spec")
-    rules = tuple(_rule(ctx, r, path, meta) for path, r in
-                  ctx.maps(spec, "rules", "spec", max_items=MAX_RULES))
-    return HTTPRoute(meta=meta, parent_refs=parents, hostnames=hostnames, rules=rules)
+    return parse_route(ctx, meta, doc, _rule)
 
 
 def _rule(ctx: Ctx, rule: dict, path: str, meta: Meta) -> RouteRule:

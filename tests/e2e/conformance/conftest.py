@@ -8,10 +8,8 @@ by writing the ConformanceReport there (report.py).
 
 import json
 import os
-import random
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -19,6 +17,7 @@ import pytest
 
 from tests.e2e.conformance import report
 from tests.e2e.conformance.harness import APPS, MANIFESTS, NS, Case, Mesh
+from tests.helpers.local_mesh import free_base
 
 REPORT_ENV = "SHOAL_CONFORMANCE_REPORT"
 _OUTCOMES: dict[str, str] = {}
@@ -62,15 +61,6 @@ def pytest_sessionfinish(session):
             json.dump(_OUTCOMES, f, indent=1, sort_keys=True)
 
 
-def _free_base():
-    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
-    for _ in range(50):
-        base = random.randint(200, 243)
-        if f" 10.{base}." not in used:
-            return base
-    pytest.skip("no free 10.BASE.0.0/16 for a mesh")
-
-
 @pytest.fixture(scope="session")
 def mesh():
     mid = "g" + secrets.token_hex(3)
@@ -82,7 +72,7 @@ def mesh():
             f.write(base.replace("{python}", sys.executable)
                     .replace("{echo}", os.path.join(APPS, "echo.py")))
         try:
-            m.shoal("up", "-f", tmp, "--nodes", "2", "--id", mid, "--cidr-base", str(_free_base()),
+            m.shoal("up", "-f", tmp, "--nodes", "2", "--id", mid, "--cidr-base", str(free_base()),
                     timeout=180)
             m.refresh()
             # Every echo answers through the waypoint before any test runs.

@@ -11,13 +11,14 @@ that comparison; `Mesh.expect` the retry loop.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from tests.helpers.local_mesh import binomial_bounds  # noqa: F401  (the tests use it from here)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "apps")
@@ -33,20 +34,6 @@ EXEC_TIMEOUT_S = 120       # one client run (a weight batch of a few hundred req
 # requests the bounds still exclude an even split of a 70/30 route.
 SPLIT_ALPHA = 1e-4
 SPLIT_REQUESTS = 300
-
-
-def binomial_bounds(n: int, p: float, alpha: float) -> tuple[int, int]:
-    """The central interval holding a Binomial(n, p) count with probability >= 1 - alpha."""
-    pmf = [math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, tail = 0, 0.0
-    while tail + pmf[lo] <= alpha / 2:
-        tail += pmf[lo]
-        lo += 1
-    hi, tail = n, 0.0
-    while tail + pmf[hi] <= alpha / 2:
-        tail += pmf[hi]
-        hi -= 1
-    return lo, hi
 
 
 @dataclass

@@ -15,9 +15,7 @@ its own mesh, and scaling runs last in file order.
 """
 
 import json
-import math
 import os
-import random
 import re
 import secrets
 import select
@@ -29,6 +27,7 @@ import time
 
 import pytest
 
+from tests.helpers.local_mesh import binomial_bounds, free_base
 from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -108,30 +107,6 @@ def settled(run_dir, pod, labels):
         if now != value:
             value, since = now, time.monotonic()
     return value
-
-
-def binomial_bounds(n, p, alpha):
-    """The central interval holding a Binomial(n, p) count with probability >= 1 - alpha."""
-    pmf = [math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo, tail = 0, 0.0
-    while tail + pmf[lo] <= alpha / 2:
-        tail += pmf[lo]
-        lo += 1
-    hi, tail = n, 0.0
-    while tail + pmf[hi] <= alpha / 2:
-        tail += pmf[hi]
-        hi -= 1
-    return lo, hi
-
-
-def free_base():
-    """A 10.BASE.0.0/16 no interface on the host uses (meshes of parallel tests)."""
-    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
-    for _ in range(50):
-        base = random.randint(200, 243)
-        if f" 10.{base}." not in used:
-            return base
-    pytest.skip("no free 10.BASE.0.0/16 for a mesh")
 
 
 # ------------------------------------------------------------------ the mesh
