@@ -47,11 +47,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-<<<<<<< HEAD
 from shoal.core import regex
-=======
 from shoal.core.model.parse_grpcroute import method_specificity
->>>>>>> 68fe5d5 (GAMMA routing: GRPCRoute (method/service/header matches, filters, weights) compiled to route rules, backendRefs[].filters applied after the rule's, consumer routes apply only to clients of their namespace; codec decodes self-nesting record types)
 from shoal.core.records import BackendRef, HTTPRoute, RouteMatch, RouteRule
 
 # Sort key ranks (smaller first).

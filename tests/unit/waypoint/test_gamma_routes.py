@@ -212,7 +212,7 @@ spec:
     assert "one or both" in errors["spec.rules[0].matches[0].method"]
     assert "spec.rules[0].matches[1].method.service" in errors
     assert "spec.rules[0].matches[1].method.method" in errors
-    assert "does not compile" in errors["spec.rules[0].matches[2].method.service"]
+    assert "not valid RE2" in errors["spec.rules[0].matches[2].method.service"]
     assert "spec.rules[0].matches[3].path" in errors             # no path match in gRPC
     assert "not supported here" in errors["spec.rules[0].filters[0].type"]
     assert "spec.rules[0].timeouts" in errors                    # no timeouts in GRPCRoute
