@@ -39,7 +39,7 @@ _SERVICE_RE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
 _METHOD_RE = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 MAX_GRPC_NAME = 1024      # CRD maxLength of service and method
 _ANY_PART = "[^/]+"       # one path element: a service or a method of any name
-_RULE_KEYS = frozenset({"name", "matches", "filters", "backendRefs", "sessionPersistence"})
+_RULE_KEYS = frozenset({"name", "matches", "filters", "backendRefs"})
 
 
 def parse_grpcroute(ctx: Ctx, meta: Meta, doc: dict) -> HTTPRoute:

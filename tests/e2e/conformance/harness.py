@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tests.helpers.local_mesh import binomial_bounds  # noqa: F401  (the tests use it from here)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "apps")
@@ -30,10 +29,11 @@ CONSUMER_NS = "gateway-conformance-mesh-consumer"
 REQUIRED_CONSECUTIVE = 3
 MAX_TIME_TO_CONSISTENCY_S = 30.0
 EXEC_TIMEOUT_S = 120       # one client run (a weight batch of a few hundred requests)
-# Weighted splits: a false failure once in 10,000 runs; with this many
-# requests the bounds still exclude an even split of a 70/30 route.
-SPLIT_ALPHA = 1e-4
-SPLIT_REQUESTS = 300
+# conformance/utils/weight: 500 requests, every backend's share within 5
+# percentage points of its weight, up to 10 tries before failing.
+SPLIT_REQUESTS = 500
+SPLIT_TOLERANCE = 0.05
+SPLIT_TRIES = 10
 
 
 @dataclass
@@ -162,3 +162,19 @@ class Mesh:
 
     def batch(self, case: Case, count: int, client: str = f"{NS}/echo-v1") -> list[dict]:
         return self.send(client, [case.request(count)])[0]
+
+    def expect_split(self, case: Case, weights: dict[str, float]) -> None:
+        """Batches of SPLIT_REQUESTS until one has every backend (pod name
+        prefix) within SPLIT_TOLERANCE of its weight; SPLIT_TRIES at most."""
+        errors = []
+        for _ in range(SPLIT_TRIES):
+            got = self.batch(case, SPLIT_REQUESTS)
+            bad = [r for r in got if check(case, r) is not None]
+            assert not bad, f"{len(bad)} failed requests, e.g. {check(case, bad[0])}"
+            shares = {b: sum(r["echo"]["hostname"].startswith(b + "-") for r in got) / len(got)
+                      for b in weights}
+            if sum(shares.values()) == 1 and \
+                    all(abs(shares[b] - w) <= SPLIT_TOLERANCE for b, w in weights.items()):
+                return
+            errors.append(shares)
+        raise AssertionError(f"no batch within {SPLIT_TOLERANCE:.0%} of {weights}: {errors}")

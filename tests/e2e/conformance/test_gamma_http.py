@@ -10,8 +10,7 @@ waypoint -> HBONE -> ztunnel -> echo pod.
 
 import pytest
 
-from tests.e2e.conformance.harness import (CONSUMER_NS, NS, SPLIT_ALPHA, SPLIT_REQUESTS, Case,
-                                             binomial_bounds)
+from tests.e2e.conformance.harness import CONSUMER_NS, NS, Case
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 conformance = pytest.mark.conformance
@@ -43,13 +42,7 @@ def test_weight(routes):
     mesh = routes("weight.yaml")
     probe = Case(name="weighted", namespace=NS)
     mesh.expect([probe])
-    got = mesh.batch(probe, SPLIT_REQUESTS)
-    assert all(r["code"] == 200 for r in got), [r for r in got if r["code"] != 200][:3]
-    v2 = sum(r["echo"]["hostname"].startswith("echo-v2-") for r in got)
-    v1 = sum(r["echo"]["hostname"].startswith("echo-v1-") for r in got)
-    assert v1 + v2 == SPLIT_REQUESTS
-    lo, hi = binomial_bounds(SPLIT_REQUESTS, 0.3, SPLIT_ALPHA)
-    assert lo <= v2 <= hi, f"echo-v2 served {v2}/{SPLIT_REQUESTS}, want {lo}..{hi} (weight 30%)"
+    mesh.expect_split(probe, {"echo-v1": 0.7, "echo-v2": 0.3})
 
 
 # ------------------------------------------------------------ matching
