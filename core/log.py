@@ -1,4 +1,5 @@
-"""Logging: JSON lines on stderr, one logger tree under "shoal".
+"""Logging: JSON lines on stderr (LOG_FORMAT=plain: ztunnel's text format),
+one logger tree under "shoal".
 
 Access logs go to the "shoal.access" logger so operators can route or
 silence them separately, like ztunnel's `access` tracing target.
@@ -38,7 +39,35 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def setup(level: str | None = None, stream=None) -> None:
+class PlainFormatter(logging.Formatter):
+    """ztunnel's text format (LOG_FORMAT=plain): time, level, scope, message,
+    then `key=value` fields; addresses and numbers bare, other strings quoted,
+    e.g. `... info access connection complete src.addr=10.0.0.1:5000
+    src.workload="sleep" ... bytes_sent=67 duration="13ms"`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        head = (f"{when}.{int(record.msecs):03d}000Z\t{record.levelname.lower()}\t"
+                f"{record.name.removeprefix('shoal.')}\t{record.getMessage()}")
+        fields = getattr(record, "fields", None) or {}
+        parts = [f"{k}={_plain_value(k, v)}" for k, v in fields.items()]
+        if record.exc_info:
+            parts.append(f"exception={orjson.dumps(self.formatException(record.exc_info)).decode()}")
+        return head + ("\t" + " ".join(parts) if parts else "")
+
+
+def _plain_value(key: str, value: object) -> str:
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, str) and key.endswith("addr"):
+        return value
+    return orjson.dumps(value if isinstance(value, str) else str(value)).decode()
+
+
+FORMATTERS = {"json": JsonFormatter, "plain": PlainFormatter}
+
+
+def setup(level: str | None = None, stream=None, fmt: str | None = None) -> None:
     """Configure the root "shoal" logger once per process (post-fork too)."""
     level = (level or os.environ.get("SHOAL_LOG_LEVEL") or os.environ.get("RUST_LOG")
              or "info").lower()
@@ -46,8 +75,11 @@ def setup(level: str | None = None, stream=None) -> None:
     root = logging.getLogger("shoal")
     for h in list(root.handlers):
         root.removeHandler(h)
+    fmt = (fmt or os.environ.get("LOG_FORMAT") or "json").lower()
+    if fmt not in FORMATTERS:
+        raise ValueError(f"unknown log format {fmt!r}; use one of {sorted(FORMATTERS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(FORMATTERS[fmt]())
     root.addHandler(handler)
     root.propagate = False
     apply_levels(default if default is not None else LEVELS["info"], scopes)

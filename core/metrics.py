@@ -82,6 +82,10 @@ def render() -> tuple[bytes, str]:
     """Prometheus text summed over every process writing to the dir."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     registry = CollectorRegistry()
+    # process_open_fds, process_resident_memory_bytes, ... of the answering
+    # process (ztunnel exports its process's; a worker holds the sockets).
+    from prometheus_client import ProcessCollector
+    ProcessCollector(registry=registry)
     if os.environ.get(ENV_DIR):
         from prometheus_client import multiprocess
         multiprocess.MultiProcessCollector(registry)
@@ -103,6 +107,12 @@ class IstioMetrics:
         self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent during TCP connections", TCP_LABELS, **c)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received during TCP connections",
                                     TCP_LABELS, **c)
+        # ztunnel's operational series (src/proxy/metrics.rs): connections that
+        # ended in an error (with the same labels), and sockets open now.
+        self.tcp_failed = Counter("istio_tcp_connections_failed", "TCP connections that failed",
+                                  TCP_LABELS, **c)
+        self.sockets_open = Gauge("istio_tcp_sockets_open", "Open TCP sockets", ("reporter",),
+                                  multiprocess_mode="livesum", **c)
         self.requests = Counter("istio_requests", "Requests handled", HTTP_LABELS, **c)
         self.request_duration = Histogram("istio_request_duration_milliseconds", "Request duration",
                                           HTTP_LABELS, buckets=DURATION_BUCKETS_MS, **c)

@@ -4,6 +4,12 @@ Labels follow ztunnel's `CommonTrafficLabels` (reference section 5): every
 missing value renders as "unknown"; `request_protocol` is always "tcp";
 `connection_security_policy` is "mutual_tls" for HBONE, else "unknown".
 
+Source identity labels come only from what was verified: the peer's mTLS
+certificate on inbound HBONE (a workload found by IP is used only when its
+identity is that certificate's), the local pod on outbound. A plaintext
+inbound connection has no verified source: its source labels, principal
+included, are "unknown" (an IP is not an identity).
+
 Byte counters use Istio's (Envoy's) meaning for both reporters:
 `istio_tcp_received_bytes_total` counts request bytes (client -> server),
 `istio_tcp_sent_bytes_total` response bytes (server -> client). From the
@@ -83,7 +89,7 @@ def _workload_labels(prefix: str, w: Workload | None, principal: str) -> dict[st
         f"{prefix}_canonical_service": _v(canonical),
         f"{prefix}_canonical_revision": _v(w.canonical_revision),
         f"{prefix}_workload_namespace": _v(w.namespace),
-        f"{prefix}_principal": _v(principal or w.identity),
+        f"{prefix}_principal": _v(principal),
         f"{prefix}_app": _v(canonical),
         f"{prefix}_version": _v(w.canonical_revision),
         f"{prefix}_cluster": CLUSTER,
@@ -126,7 +132,7 @@ def access_fields(meta: ConnectionMeta, *, bytes_sent: int, bytes_recv: int,
         "src.addr": meta.src_addr,
         "src.workload": src.name if src else None,
         "src.namespace": src.namespace if src else None,
-        "src.identity": meta.src_identity or (src.identity if src and meta.mtls else None),
+        "src.identity": meta.src_identity or None,
         "dst.addr": meta.dst_addr,
         "dst.hbone_addr": meta.hbone_addr or None,
         "dst.service": meta.dst_service.hostname if meta.dst_service else None,

@@ -28,7 +28,8 @@ class InboundPassthrough:
                                      proxy_ports=pi.options.inbound_refused_ports)
         rec = pi.tracker.start(telemetry.ConnectionMeta(
             reporter=telemetry.DESTINATION, src_addr=hostport(*peer[:2]), dst_addr=hostport(*dst),
-            src_workload=view.workload_by_ip(peer[0]), dst_workload=d.workload,
+            # Plaintext: nothing verifies who the peer is, so no source workload.
+            src_workload=None, dst_workload=d.workload,
             dst_identity=d.workload.identity if d.workload else ""), started)
         rec.open()
         if isinstance(d, inbound.Rejected):

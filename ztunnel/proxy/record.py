@@ -95,7 +95,9 @@ class ConnectionRecord:
         if meta is not None:
             self.meta = meta
         self.opened = True
-        self.tracker.count(self.tracker.metrics.tcp_opened, self.meta)
+        m = self.tracker.metrics
+        self.tracker.count(m.tcp_opened, self.meta)
+        m.inc(m.sockets_open, {"reporter": self.meta.reporter}, 1)
 
     def track(self, request: Callable[[], int], response: Callable[[], int],
               gone: Callable[[], bool] | None = None) -> None:
@@ -118,8 +120,12 @@ class ConnectionRecord:
         t = self.tracker
         if not self.opened:
             t.count(t.metrics.tcp_opened, self.meta, flags)
+        else:
+            t.metrics.inc(t.metrics.sockets_open, {"reporter": self.meta.reporter}, -1)
         labels = telemetry.tcp_labels(self.meta, flags)
         t.metrics.inc(t.metrics.tcp_closed, labels, 1)
+        if error or flags != NO_FLAGS:
+            t.metrics.inc(t.metrics.tcp_failed, labels, 1)
         new_request, new_response = request_bytes, response_bytes
         if self.live is not None:     # part of it was reported while it was open
             t._live.pop(self, None)

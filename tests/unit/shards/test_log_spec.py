@@ -34,3 +34,30 @@ def test_apply_and_current_spec_round_trip():
         assert core_log.current_spec() == "info"
     finally:
         core_log.set_level("info")
+
+
+def test_plain_format_is_ztuntels_text_access_line():
+    record = logging.LogRecord("shoal.access", logging.INFO, "x", 1, "connection complete", (), None)
+    record.created, record.msecs = 0.0, 5
+    record.fields = {"src.addr": "10.0.0.1:5000", "src.workload": "sleep", "bytes_sent": 67,
+                     "duration": "13ms", "direction": "outbound"}
+    line = core_log.PlainFormatter().format(record)
+    assert line == ('1970-01-01T00:00:00.005000Z\tinfo\taccess\tconnection complete\t'
+                    'src.addr=10.0.0.1:5000 src.workload="sleep" bytes_sent=67 duration="13ms" '
+                    'direction="outbound"')
+
+
+def test_log_format_from_env(monkeypatch):
+    import io
+    buf = io.StringIO()
+    monkeypatch.setenv("LOG_FORMAT", "plain")
+    try:
+        core_log.setup("info", stream=buf)
+        core_log.get("access").info("hello", extra={"fields": {"dst.addr": "1.2.3.4:80"}})
+        assert buf.getvalue().rstrip().endswith("\taccess\thello\tdst.addr=1.2.3.4:80")
+        monkeypatch.setenv("LOG_FORMAT", "xml")
+        with pytest.raises(ValueError):
+            core_log.setup("info", stream=buf)
+    finally:
+        monkeypatch.delenv("LOG_FORMAT")
+        core_log.setup("info")

@@ -15,12 +15,13 @@ class FakeMetrics:
     """Counts `inc` calls by (metric, reporter, response_flags)."""
 
     tcp_opened, tcp_closed, tcp_received, tcp_sent = "opened", "closed", "received", "sent"
+    tcp_failed, sockets_open = "failed", "sockets_open"
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], float] = {}
 
     def inc(self, metric, labels, amount=1) -> None:
-        key = (metric, labels["reporter"], labels["response_flags"])
+        key = (metric, labels["reporter"], labels.get("response_flags", "-"))
         self.counts[key] = self.counts.get(key, 0) + amount
 
     def total(self, metric: str) -> float:

@@ -31,7 +31,8 @@ def test_open_then_close_counts_each_once_and_logs_one_line(caplog):
     rec.close(request_bytes=10, response_bytes=20)
     rec.close(request_bytes=99, response_bytes=99)          # idempotent
     assert m.counts == {("opened", "source", "-"): 1, ("closed", "source", "-"): 1,
-                        ("received", "source", "-"): 10, ("sent", "source", "-"): 20}
+                        ("received", "source", "-"): 10, ("sent", "source", "-"): 20,
+                        ("sockets_open", "source", "-"): 0}      # +1 at open, -1 at close
     [line] = access_lines(caplog)
     assert line.levelno == logging.INFO
     assert line.fields["bytes_sent"] == 10 and line.fields["bytes_recv"] == 20
@@ -54,7 +55,9 @@ def test_refused_after_open_keeps_the_plain_open_and_flags_the_close():
     rec.open()
     refused = Refused("DENY", "HBONE 10.0.1.1:8080: denied (status 401)")
     rec.close(request_bytes=0, response_bytes=0, error=refused.error, flags=refused.flags)
-    assert m.counts == {("opened", "source", "-"): 1, ("closed", "source", "DENY"): 1}
+    # ztunnel's istio_tcp_connections_failed_total counts it, with the flags.
+    assert m.counts == {("opened", "source", "-"): 1, ("closed", "source", "DENY"): 1,
+                        ("failed", "source", "DENY"): 1, ("sockets_open", "source", "-"): 0}
 
 
 def test_open_replaces_the_labels_once_the_destination_is_known():
@@ -111,3 +114,20 @@ def test_records_are_distinct_keys():
     rec.track(lambda: 0, lambda: 0)
     other.track(lambda: 0, lambda: 0)
     assert tracker.open_count() == 2
+
+
+def test_plaintext_inbound_has_no_source_identity():
+    # An IP is not an identity: plaintext inbound reports unknown source labels.
+    meta = telemetry.ConnectionMeta(reporter=telemetry.DESTINATION, src_addr="10.0.0.1:5",
+                                    dst_addr="10.0.1.1:80")
+    labels = telemetry.tcp_labels(meta)
+    assert labels["source_principal"] == "unknown" and labels["source_workload"] == "unknown"
+    assert labels["connection_security_policy"] == "unknown"
+    assert "src.identity" not in telemetry.access_fields(meta, bytes_sent=0, bytes_recv=0,
+                                                         duration=0)
+    verified = telemetry.ConnectionMeta(reporter=telemetry.DESTINATION, src_addr="10.0.0.1:5",
+                                        dst_addr="10.0.1.1:80", mtls=True,
+                                        src_identity="spiffe://cluster.local/ns/a/sa/b")
+    labels = telemetry.tcp_labels(verified)
+    assert labels["source_principal"] == "spiffe://cluster.local/ns/a/sa/b"
+    assert labels["connection_security_policy"] == "mutual_tls"
