@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable
 
 from shoal.core import log as shoal_log
+from shoal.core.addr import split_host_port
 from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
 from shoal.routing.view import View
 from shoal.shards.app import App
@@ -124,7 +125,7 @@ class ZtunnelApp(App):
         inbound: dict[str, list] = {}
         for p in self.proxies.values():
             for c in p.inputs.connections.snapshot():
-                uid = by_ip.get(c["dst"].rpartition(":")[0])
+                uid = by_ip.get(split_host_port(c["dst"])[0])
                 if uid is not None:
                     inbound.setdefault(uid, []).append(
                         {"src": c["src"], "originalDst": c["dst"], "actualDst": c["dst"]})

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from shoal.core.addr import split_host_port
+
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -121,9 +123,9 @@ def connections(dump: dict[str, Any], namespace: str | None = None) -> str:
     names.update({ip: f"{w['name']}.{w['namespace']}" for w in dump.get("workloads", [])
                   for ip in w.get("workloadIps") or ()})
 
-    def lookup(addr: str) -> str:
-        ip, _, port = addr.rpartition(":")
-        return f"{names[ip]}:{port}" if ip in names else addr
+    def lookup(address: str) -> str:
+        ip, port = split_host_port(address)
+        return f"{names[ip]}:{port}" if ip in names else address
 
     rows = []
     states = sorted((dump.get("workloadState") or {}).values(),
