@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "apps")
 MANIFESTS = os.path.join(HERE, "manifests")
-SHOAL = [sys.executable, "-m", "shoal.core.cli", "mesh"]
+SHOAL = [sys.executable, "-m", "shoal.cli", "mesh"]
 NS = "gateway-conformance-mesh"
 CONSUMER_NS = "gateway-conformance-mesh-consumer"
 # conformance/utils/config/timeout.go: three successes in a row within 30 s.
