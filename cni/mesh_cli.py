@@ -124,6 +124,15 @@ def status(output, run_dir) -> None:
         _print_status(st)
 
 
+@mesh.command(hidden=True)
+@run_dir_option
+def kubelet(run_dir) -> None:
+    """The mesh's kubelet daemon (started by `mesh up`): restarts dead components."""
+    from shoal.cni.mesh.kubelet import Kubelet
+    from shoal.cni.mesh.mesh import Mesh
+    sys.exit(Kubelet(Mesh(run_dir)).run())
+
+
 @mesh.command(context_settings={"ignore_unknown_options": True})
 @click.argument("pod")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
@@ -238,7 +247,10 @@ def _print_status(st: dict) -> None:
                    f"ztunnel connections {n['ztunnels']}")
     down = [k for k, ok in st["components"].items() if not ok]
     click.echo(f"  components: {len(st['components']) - len(down)}/{len(st['components'])} running"
-               + (f" (down: {', '.join(down)})" if down else ""))
+               + (f" (down: {', '.join(down)})" if down else "")
+               + ("" if st.get("kubelet") else "; kubelet NOT running: nothing restarts them"))
+    for name, n in sorted(st.get("restarts", {}).items()):
+        click.echo(f"    {name:<28} {'running' if st['components'][name] else 'DOWN':<8} restarts {n}")
     click.echo("services:")
     for k, vip in sorted(st["services"].items()):
         click.echo(f"  {k:<32} {vip}")
@@ -246,4 +258,5 @@ def _print_status(st: dict) -> None:
     for p in st["pods"]:
         click.echo(f"  {p['pod']:<40} {p['node']:<8} {p['ip']:<14} "
                    f"{'ambient' if p['enrolled'] else 'plain':<8} "
-                   f"{'running' if p['running'] else 'STOPPED':<8} {p['identity']}")
+                   f"{'running' if p['running'] else 'STOPPED':<8} restarts {p.get('restarts', 0):<3} "
+                   f"{p['identity']}")

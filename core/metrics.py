@@ -16,12 +16,15 @@ ztunnel (`CommonTrafficLabels`):
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
 import shutil
 import tempfile
 from typing import Mapping
 
 from shoal.core import __version__
+from shoal.core.pids import alive
 
 UNKNOWN = "unknown"
 
@@ -49,11 +52,51 @@ SIZE_BUCKETS_BYTES = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000
 ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+DIR_PREFIX = "shoal-metrics-"
+# In each metrics dir: a file every process using the dir holds a shared
+# flock on (inherited by workers). A dir whose creator died (kill -9) is
+# removed by the next supervisor only when nobody holds it: after SIGUSR2 the
+# new supervisor uses the dir its dead predecessor created.
+OWNER_FILE = ".owner"
+_held: list[int] = []
+
+
 def create_dir() -> str:
     """Supervisor, before forking: a private dir, exported for children."""
-    path = tempfile.mkdtemp(prefix=f"shoal-metrics-{os.getpid()}-")
-    use_dir(path)
+    cleanup_stale()
+    path = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
+    adopt_dir(path)
     return path
+
+
+def adopt_dir(path: str) -> None:
+    """Use `path` (made by this process or handed over by SIGUSR2) and hold it."""
+    fd = os.open(os.path.join(path, OWNER_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held.append(fd)
+    use_dir(path)
+
+
+def cleanup_stale() -> list[str]:
+    """Remove metrics dirs left by supervisors that died without cleaning up."""
+    removed = []
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{DIR_PREFIX}*")):
+        pid = os.path.basename(path)[len(DIR_PREFIX):].split("-")[0]
+        if not pid.isdigit() or alive(int(pid)):
+            continue
+        try:
+            fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # not ours, or already gone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue   # in use (an upgraded supervisor)
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def use_dir(path: str) -> None:

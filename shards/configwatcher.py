@@ -18,7 +18,7 @@ from typing import Callable
 
 from shoal.core import log as core_log
 from shoal.shards import routing_glue
-from shoal.shards.proc import _exit, _kill, describe_status
+from shoal.shards.proc import _exit, _kill, describe_status, set_parent_death_signal
 from shoal.shards.signals import reset_in_child
 
 # A watcher that dies again soon after a restart waits longer each time:
@@ -59,6 +59,8 @@ class WatcherChild:
             try:
                 close_in_child()
                 reset_in_child()
+                # Dies with the supervisor (even on kill -9): never an orphan writer.
+                set_parent_death_signal(signal.SIGTERM)
                 core_log.setup(self.log_level)
                 routing_glue.run_watcher(self.config, table_name)
                 code = 0

@@ -175,7 +175,7 @@ class Supervisor:
     def _metrics_dir(self) -> None:
         inherited = os.environ.get(core_metrics.ENV_DIR, "")
         if self.inherited.ready_fd is not None and inherited and os.path.isdir(inherited):
-            core_metrics.use_dir(inherited)     # an upgrade: the old workers' files stay summed
+            core_metrics.adopt_dir(inherited)   # an upgrade: the old workers' files stay summed
             self.metrics_dir = inherited
         else:
             self.metrics_dir = core_metrics.create_dir()

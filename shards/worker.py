@@ -21,7 +21,6 @@ Fork contract (see also shards/app.py):
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import faulthandler
 import logging
 import os
@@ -39,13 +38,13 @@ from shoal.shards.app import App, WorkerContext
 from shoal.shards.handoff import SlotSocketFactory, send_message
 from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import SupervisorOptions
+from shoal.shards.proc import set_parent_death_signal
 
 # How often a worker looks at the shared control word (log level). A read
 # of 8 bytes: cheap, and /logging changes reach every worker within this.
 CONTROL_POLL_INTERVAL = 0.1
 # An IMMEDIATE drain (SIGQUIT) still lets the app close its own sockets.
 IMMEDIATE_GRACE = 0.5
-PR_SET_PDEATHSIG = 1
 
 
 class Worker:
@@ -75,7 +74,7 @@ class Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         core_log.setup(self.options.log_level)
         faulthandler.enable()   # a SIGABRT from the supervisor dumps every stack
-        _set_parent_death_signal(signal.SIGTERM)
+        set_parent_death_signal(signal.SIGTERM)
         import uvloop
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -229,12 +228,3 @@ class Worker:
             self.log.warning("drain deadline passed; closed open connections",
                              extra={"fields": {"aborted": aborted}})
         await asyncio.sleep(0)   # let aborts reach the transports
-
-
-def _set_parent_death_signal(sig: int) -> None:
-    """Linux: the kernel sends `sig` to us if the supervisor dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass

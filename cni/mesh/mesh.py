@@ -11,6 +11,9 @@ every step, so `down` can undo a half-finished `up`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -55,6 +58,17 @@ UNIX_PATH_MAX = 107
 CNI_PATH = f"/usr/lib/cni:{plugin_dir()}"
 
 Progress = Callable[[str], None]
+
+
+def _exclusive(method):
+    """Hold the run dir's state lock for the whole command: the kubelet
+    (cni/mesh/kubelet.py) skips its passes meanwhile, so it never restarts
+    what the command is stopping, nor writes the state under it."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.locked():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def shoal_argv() -> list[str]:
@@ -117,12 +131,28 @@ class Mesh:
     def node_index(self, node: str) -> int:
         return int(node.rsplit("-", 1)[1])
 
+    @contextlib.contextmanager
+    def locked(self, blocking: bool = True):
+        """The state lock (flock on run_dir/state.lock); yields whether it is held."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        fd = os.open(self.p("state.lock"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     def _record(self, rec: ProcRecord) -> None:
         self.state.setdefault("procs", {})[rec.name] = rec.to_json()
         self.save()
 
     # ------------------------------------------------------------ up
 
+    @_exclusive
     def up(self, sources: list[str], opts: MeshOptions, progress: Progress) -> None:
         if self.load():
             raise MeshError(f"a mesh is already up in {self.run_dir} (`shoal mesh down` first)")
@@ -151,6 +181,14 @@ class Mesh:
             for i in range(1, opts.nodes + 1):
                 self._wait_ztunnel(plan.node_name(i))
         self._reconcile_pods(pods, progress)
+        progress("kubelet: restarts dead components")
+        self._start_kubelet()
+
+    def _start_kubelet(self) -> None:
+        rec = procs.spawn("kubelet", [*shoal_argv(), "mesh", "kubelet", "--run-dir", self.run_dir],
+                          self.p("logs", "kubelet.log"))
+        self.state["kubelet_proc"] = rec.to_json()
+        self.save()
 
     def _plan(self, docs: list[dict]) -> list[plan.PodPlan]:
         """Place pods (each replica on its own), allocate VIPs; validate.
@@ -234,7 +272,10 @@ class Mesh:
               "--ca-credential", os.path.join(d, "cred"),
               "--zds-socket", os.path.join(d, "ztunnel.sock"), "--config", self.p("config"),
               "--workers", str(self.state["ztunnel_workers"])]
-        self._record(procs.spawn(f"ztunnel/{node}", zt, self.p("logs", f"ztunnel-{node}.log"), netns=ns))
+        pidfile = os.path.join(d, "ztunnel.pid")   # follows a SIGUSR2 upgrade
+        zt += ["--pidfile", pidfile]
+        self._record(procs.spawn(f"ztunnel/{node}", zt, self.p("logs", f"ztunnel-{node}.log"),
+                                 netns=ns, pidfile=pidfile))
 
     def agent_state(self, node: str) -> dict:
         try:
@@ -391,6 +432,7 @@ class Mesh:
 
     # ------------------------------------------------------------ apply / down
 
+    @_exclusive
     def apply(self, sources: list[str], progress: Progress) -> None:
         if not self.load():
             raise MeshError(f"no mesh in {self.run_dir} (`shoal mesh up` first)")
@@ -399,6 +441,7 @@ class Mesh:
             merged[plan.doc_key(d)] = d
         self._apply_docs(list(merged.values()), progress)
 
+    @_exclusive
     def delete(self, sources: list[str], progress: Progress) -> list[str]:
         """Remove the resources of `sources` (by kind/namespace/name, as
         `kubectl delete -f`); returns the ones the mesh did not have."""
@@ -410,6 +453,7 @@ class Mesh:
         self._apply_docs(kept, progress)
         return ["/".join(k[1:]) for k in sorted(gone - had)]
 
+    @_exclusive
     def scale(self, ref: str, replicas: int, progress: Progress) -> None:
         """Set a Deployment's replica count (like `kubectl scale`)."""
         if not self.load():
@@ -427,6 +471,7 @@ class Mesh:
             raise MeshError(f"no Deployment {ns or 'default'}/{name} in the mesh")
         self._apply_docs(docs, progress)
 
+    @_exclusive
     def scale_waypoint(self, ref: str, replicas: int, progress: Progress) -> None:
         """Set a waypoint's replica count; the others keep serving throughout."""
         if not self.load():
@@ -459,11 +504,15 @@ class Mesh:
         self.save()
         self._reconcile_pods(pods, progress)
 
+    @_exclusive
     def down(self, progress: Progress) -> list[str]:
         """Remove everything `up` made; returns the problems met (best effort)."""
         if not self.load():
             return []
         errors: list[str] = []
+        if self.state.get("kubelet_proc"):
+            progress("stopping the kubelet")
+            procs.stop([ProcRecord.from_json(self.state["kubelet_proc"])])
         for key in list(self.state.get("pods", {})):
             progress(f"pod {key}: removing")
             errors += self._delete_pod(key)
@@ -506,18 +555,23 @@ class Mesh:
             st = self.agent_state(plan.node_name(i))
             for p in st.get("pods", []):
                 enrolled[f"{p['namespace']}/{p['name']}"] = p["enrolled"]
-        comps = {n: procs.alive(ProcRecord.from_json(r)) for n, r in self.state["procs"].items()}
+        comps = {n: procs.running(ProcRecord.from_json(r)) for n, r in self.state["procs"].items()}
+        restarts = {n: st.get("restarts", 0) for n, st in self.state.get("kubelet", {}).items()}
+        kubelet = self.state.get("kubelet_proc")
         pods = [{"pod": k, "node": v["node"], "ip": v.get("ip", ""),
                  "enrolled": enrolled.get(k, False),
                  "identity": f"spiffe://cluster.local/ns/{v['namespace']}/sa/{v['service_account']}",
-                 "running": all(procs.alive(ProcRecord.from_json(r)) for r in v.get("procs", []))}
+                 "running": all(procs.running(ProcRecord.from_json(r)) for r in v.get("procs", [])),
+                 "restarts": sum(restarts.get(r["name"], 0) for r in v.get("procs", []))}
                 for k, v in sorted(self.state["pods"].items())]
         return {"id": self.mid, "run_dir": self.run_dir, "nodes": [
                     {"node": plan.node_name(i), "ip": plan.node_ip(self.base, i),
                      "pod_cidr": plan.pod_subnet(self.base, i),
                      "ztunnels": self.agent_state(plan.node_name(i)).get("ztunnels", 0)}
                     for i in range(1, self.state["nodes"] + 1)],
-                "components": comps, "services": self.state["vips"], "pods": pods}
+                "components": comps, "restarts": {n: restarts.get(n, 0) for n in comps},
+                "kubelet": bool(kubelet and procs.running(ProcRecord.from_json(kubelet))),
+                "services": self.state["vips"], "pods": pods}
 
 
 # ---------------------------------------------------------------- helpers

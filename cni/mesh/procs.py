@@ -27,13 +27,17 @@ class ProcRecord:
     start: int          # /proc/<pid>/stat field 22 (start time in clock ticks)
     argv: tuple[str, ...]
     log: str
+    # The supervisor's --pidfile (ztunnel): after a SIGUSR2 upgrade the
+    # serving supervisor is no longer the recorded pid but the one in it.
+    pidfile: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "ProcRecord":
-        return cls(name=d["name"], pid=d["pid"], start=d["start"], argv=tuple(d["argv"]), log=d["log"])
+        return cls(name=d["name"], pid=d["pid"], start=d["start"], argv=tuple(d["argv"]), log=d["log"],
+                   pidfile=d.get("pidfile", ""))
 
 
 def _stat_full(pid: int | str) -> tuple[str, int, int] | None:
@@ -76,8 +80,32 @@ def alive(rec: ProcRecord) -> bool:
     return bool(members(rec))
 
 
+def running(rec: ProcRecord) -> bool:
+    """The component itself runs: the recorded process, or the supervisor named
+    in its pidfile within the same process group (after SIGUSR2). Unlike
+    `alive`, leftovers of a dead component (draining workers) do not count,
+    so a kill -9 shows at once."""
+    st = _stat(rec.pid)
+    if st is not None and st[1] == rec.start and st[0] not in ("Z", "X"):
+        return True
+    if not rec.pidfile:
+        return False
+    try:
+        with open(rec.pidfile) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    full = _stat_full(pid) if pid else None
+    return bool(full and full[1] == rec.pid and full[2] >= rec.start and full[0] not in ("Z", "X"))
+
+
+def kill_group(rec: ProcRecord) -> None:
+    """SIGKILL what is left of a dead component's process group."""
+    _signal(rec, signal.SIGKILL)
+
+
 def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None,
-          cwd: str | None = None, env: dict[str, str] | None = None) -> ProcRecord:
+          cwd: str | None = None, env: dict[str, str] | None = None, pidfile: str = "") -> ProcRecord:
     """Start `argv` (inside `netns` via `ip netns exec`, which also applies
     /etc/netns/<netns>/ files) in a new session, output to `log_path`."""
     full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
@@ -87,7 +115,8 @@ def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None
                              cwd=cwd or None, env={**os.environ, **(env or {})},
                              start_new_session=True)
     st = _stat(p.pid)
-    return ProcRecord(name=name, pid=p.pid, start=st[1] if st else 0, argv=tuple(full), log=log_path)
+    return ProcRecord(name=name, pid=p.pid, start=st[1] if st else 0, argv=tuple(full), log=log_path,
+                      pidfile=pidfile)
 
 
 def stop(recs: list[ProcRecord], grace: float = STOP_GRACE_S) -> None:

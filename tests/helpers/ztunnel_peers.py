@@ -79,16 +79,24 @@ class Proc:
             return ""
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.p.wait(PROC_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(PROC_STOP_TIMEOUT)
+        # The group, even when its leader is gone: a supervisor started by
+        # SIGUSR2 lives on in it after the old one exited.
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.p.wait(PROC_STOP_TIMEOUT)
+            deadline = time.monotonic() + PROC_STOP_TIMEOUT
+            while time.monotonic() < deadline:
+                os.killpg(self.p.pid, 0)       # raises once the whole group is gone
+                time.sleep(0.05)
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait(PROC_STOP_TIMEOUT)
+        except ProcessLookupError:
+            pass
         self._log.close()
 
 

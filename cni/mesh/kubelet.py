@@ -1,0 +1,124 @@
+"""The local mesh's kubelet: `shoal mesh kubelet`, one daemon per mesh.
+
+In a cluster the kubelet restarts a dead container (CrashLoopBackOff) and
+reports the real state of each one. The local mesh has no kubelet, so this
+daemon plays that part for every process `shoal mesh` started: the control
+plane, each node's agent and ztunnel, and the containers of every pod
+(waypoint replicas included).
+
+Each pass (every POLL_S, so `shoal mesh status` is true within a second):
+- take the run dir's state lock (the `shoal mesh` commands hold it while they
+  change the mesh, so a pod being deleted is never "restarted");
+- a component whose process is gone (procs.running: the recorded pid, or the
+  supervisor in its pidfile after a SIGUSR2 upgrade) has what is left of its
+  process group killed (draining workers would otherwise linger as orphans)
+  and is started again with the same argv once its backoff allows;
+- restarts, the last exit and the next restart time go to state["kubelet"],
+  which `shoal mesh status` shows.
+
+Components run in their own sessions, so they outlive the kubelet (as
+containers outlive a kubelet restart); `shoal mesh status` shows whether the
+kubelet itself runs, and `shoal mesh up` / `down` start and stop it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from shoal.cni.mesh import procs
+from shoal.cni.mesh.procs import ProcRecord
+
+# How often the kubelet looks: `mesh status` must be true within 1 s, and a
+# dead component serving again within 2 s (a ztunnel boots in ~1 s).
+POLL_S = 0.1
+# Restart delays: the first at once (a kill -9 costs no extra time), then
+# doubling up to the cap, like the kubelet's CrashLoopBackOff (10 s .. 5 min)
+# scaled down for a local mesh.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+# Running this long resets a component's crash streak.
+STABLE_AFTER_S = 10.0
+
+
+def backoff(streak: int) -> float:
+    """Delay before restart number `streak` of a crash streak (1-based)."""
+    if streak <= 1:
+        return 0.0
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (streak - 2))
+
+
+def supervised(state: dict) -> dict[str, dict]:
+    """Every process record the kubelet looks after, by name."""
+    out = dict(state.get("procs", {}))
+    for pod in state.get("pods", {}).values():
+        for rec in pod.get("procs", []):
+            out[rec["name"]] = rec
+    return out
+
+
+def replace_record(state: dict, new: ProcRecord) -> None:
+    if new.name in state.get("procs", {}):
+        state["procs"][new.name] = new.to_json()
+        return
+    for pod in state.get("pods", {}).values():
+        recs = pod.get("procs", [])
+        for i, rec in enumerate(recs):
+            if rec["name"] == new.name:
+                recs[i] = new.to_json()
+                return
+
+
+class Kubelet:
+    """Args: mesh: a cni.mesh.mesh.Mesh on the run dir."""
+
+    def __init__(self, mesh) -> None:
+        self.mesh = mesh
+        self._stop = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+        while not self._stop:
+            if not os.path.exists(self.mesh.state_path):
+                return 0   # `mesh down` removed the mesh
+            with self.mesh.locked(blocking=False) as got:
+                if got and self.mesh.load():
+                    self.step()
+            time.sleep(POLL_S)
+        return 0
+
+    def step(self) -> None:
+        """One pass over every component (the lock is held, state loaded)."""
+        state = self.mesh.state
+        status = state.setdefault("kubelet", {})
+        now_wall = time.time()
+        changed = False
+        for name, raw in supervised(state).items():
+            rec = ProcRecord.from_json(raw)
+            st = status.setdefault(name, {"restarts": 0, "streak": 0, "state": "running"})
+            if procs.running(rec):
+                if st["state"] != "running":
+                    st["state"], changed = "running", True
+                if st["streak"] and now_wall - st.get("started_at", now_wall) >= STABLE_AFTER_S:
+                    st["streak"], changed = 0, True
+                continue
+            if st["state"] == "running":   # just died: clear its leftovers, plan the restart
+                procs.kill_group(rec)
+                st["streak"] += 1
+                st["state"] = "backoff"
+                st["last_exit_at"] = now_wall
+                st["restart_at"] = now_wall + backoff(st["streak"])
+                changed = True
+            if now_wall >= st["restart_at"]:
+                new = procs.spawn(rec.name, list(rec.argv), rec.log, pidfile=rec.pidfile)
+                replace_record(state, new)
+                st.update(state="running", restarts=st["restarts"] + 1, started_at=now_wall)
+                st.pop("restart_at", None)
+                changed = True
+        for name in set(status) - set(supervised(state)):
+            del status[name]   # deleted pods, stopped components
+            changed = True
+        if changed:
+            self.mesh.save()
