@@ -22,12 +22,12 @@ import asyncio
 import time
 
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from shoal.core.hbone.h2fast import BoundedH2Connection
 from shoal.core.pipe import READ_SIZE
 from shoal.waypoint import message
 from shoal.waypoint.h2inbox import H2Inbox
@@ -174,7 +174,7 @@ class H2Connection:
                                         validate_inbound_headers=True,
                                         validate_outbound_headers=False,
                                         normalize_outbound_headers=False)
-        self.h2 = h2.connection.H2Connection(cfg)
+        self.h2 = BoundedH2Connection(cfg)   # bounded closed-stream history
         self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})

@@ -22,11 +22,12 @@ import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
-from h2.connection import ConnectionState
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes, _error_code_from_int
 from h2.stream import StreamState
 
-from shoal.core.hbone.h2limits import DEFAULT_LIMITS, GuardedFrameBuffer, GuardedH2Connection
+from shoal.core.hbone.h2limits import (DEFAULT_LIMITS, MAX_CLOSED_STREAMS, GuardedFrameBuffer,
+                                       GuardedH2Connection)
 
 # DATA frames with at least this much payload are queued by reference (header
 # + the caller's buffer) instead of being copied four times by hyperframe/h2
@@ -139,6 +140,13 @@ class _FrameBuffer(GuardedFrameBuffer):
         return new_frame if new_frame is not None else self.__next__()
 
 
+class BoundedH2Connection(H2Connection):
+    """h2's connection with its closed-stream history bounded as in
+    GuardedH2Connection (for the waypoint's h2 upstream, which uses h2 directly)."""
+
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+
 class H2ConnectionFast(GuardedH2Connection):
     """h2's connection (with shoal's abuse limits, core.hbone.h2limits) with
     DATA frame bodies queued by reference.
@@ -148,16 +156,6 @@ class H2ConnectionFast(GuardedH2Connection):
     queued after them.
     """
 
-    # h2 remembers how each closed stream ended (so a frame arriving on it
-    # just after the close gets a stream error, not a connection error) for
-    # the last 2**16 streams. On a pooled HBONE connection that carries one
-    # stream per proxied TCP connection, that history was the worker's
-    # memory growth: ~135 B per connection, linear up to 65,536 streams per
-    # pooled connection. Late frames arrive within a round trip of the
-    # close; 1,024 closes in one round trip is far beyond a node's rate, and
-    # caps the history at ~140 KiB per connection. (Rust's h2, under
-    # Istio's ztunnel, keeps only a handful of recently reset streams.)
-    MAX_CLOSED_STREAMS = 1024
 
     frame_buffer_class = _FrameBuffer
 

@@ -266,6 +266,18 @@ class GuardedFrameBuffer(FrameBuffer):
         return super().__next__()
 
 
+# h2 remembers how each closed stream ended (so a frame arriving on it just
+# after the close gets a stream error, not a connection error) for the last
+# 2**16 streams. On a long-lived connection that carries one stream per
+# proxied TCP connection (a pooled HBONE connection) or per request (a
+# waypoint's h2 upstream), that history was the worker's memory growth: ~135 B
+# per stream, linear up to 65,536 streams per connection. Late frames arrive
+# within a round trip of the close; 1,024 closes in one round trip is far
+# beyond a node's rate, and caps the history at ~140 KiB per connection.
+# (Rust's h2, under Istio's ztunnel, keeps only a handful of reset streams.)
+MAX_CLOSED_STREAMS = 1024
+
+
 class GuardedH2Connection(H2Connection):
     """h2's connection with the limits of this module.
 
@@ -275,6 +287,7 @@ class GuardedH2Connection(H2Connection):
     """
 
     frame_buffer_class = GuardedFrameBuffer
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
     def __init__(self, config, *, limits: H2Limits = DEFAULT_LIMITS,
                  clock: Callable[[], float] | None = None) -> None:

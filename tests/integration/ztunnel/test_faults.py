@@ -70,6 +70,7 @@ def test_ca_down_kill9_of_a_worker_loses_only_its_in_flight_connections(mesh):
                      and len(mesh.worker_pids(node)) == 2, 15, f"{node}'s replacement worker")
             loop.ok_since(AFTER_FAULT)
         stats = loop.stop()
+    print(f"CA down + kill -9 of one worker per node: {stats}")   # docs/operations.md
     assert failures(stats) <= killed * CONCURRENCY, stats
     for node in ("node-a", "node-b"):
         log = mesh.nodes[node].proc.tail(5_000_000)
@@ -96,6 +97,7 @@ def test_ca_down_reload_and_upgrade_lose_nothing(mesh, sig):
                      and not (mesh.worker_pids(node) & old), 30, f"{node}'s new workers")
             loop.ok_since(AFTER_FAULT)
         stats = loop.stop()
+    print(f"CA down + {signal.Signals(sig).name} of both nodes: {stats}")   # docs/operations.md
     assert failures(stats) == 0, stats
     # Counters go on from their totals (SIGUSR2: the new supervisor adopted
     # the metrics directory with the old workers' files).
