@@ -46,6 +46,8 @@ WARMUP_FRACTION = 0.2
 MIXED_STREAMS = 8
 MIXED_CHUNK = 64 * 1024
 MIXED_BURST = 200
+# Samples between partial dumps of a long run (benchmarks/out/soak.json.partial).
+PARTIAL_EVERY = 10
 
 
 def slope_kib_per_1000(points: list[tuple[int, int]]) -> float:
@@ -111,6 +113,8 @@ def connection_phase(mesh: Mesh, args, pids: list[int]) -> dict:
         if done >= next_at[0]:
             next_at[0] = done + args.sample_every
             samples.append({"connections": done, "t": time.monotonic() - t0, "rss_kib": rss_of(pids)})
+            if len(samples) % PARTIAL_EVERY == 0:   # a long run killed midway keeps its data
+                Path(args.out + ".partial").write_text(json.dumps(samples))
     failed = asyncio.run(short_connections(host, port, source, args.connections, args.parallel,
                                            on_progress))
     samples.append({"connections": args.connections, "t": time.monotonic() - t0,

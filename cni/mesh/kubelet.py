@@ -49,6 +49,17 @@ def backoff(streak: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (streak - 2))
 
 
+def reap() -> None:
+    """Collect exited children (components this kubelet restarted): no zombies."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def supervised(state: dict) -> dict[str, dict]:
     """Every process record the kubelet looks after, by name."""
     out = dict(state.get("procs", {}))
@@ -86,6 +97,7 @@ class Kubelet:
             with self.mesh.locked(blocking=False) as got:
                 if got and self.mesh.load():
                     self.step()
+            reap()
             time.sleep(POLL_S)
         return 0
 
