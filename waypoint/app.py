@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shoal.core import log as core_log
-from shoal.core.addr import forwarded_for, parse_authority
 from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
@@ -248,7 +247,7 @@ class WaypointApp(App):
             target = resolve(view, self.ref, req.host, req.port)
         except NotForUs as e:
             return Reject(e.status, e.reason)
-        client = forwarded_for(req.forwarded or "")
+        client = req.forwarded_for
         src_ip = client[0] if client else (req.peer_address[0] if req.peer_address else "")
         down = Downstream(source_principal=str(req.peer_identity) if req.peer_identity else None,
                           source_ip=src_ip, source_workload=view.workload_by_ip(src_ip),

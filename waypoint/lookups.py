@@ -12,8 +12,8 @@ import random
 import time
 from typing import Any, Callable
 
+from shoal.core.addr import split_host_port
 from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
-from shoal.waypoint import message
 from shoal.waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host
 from shoal.waypoint.lb import ROUND_ROBIN, Balancer
 from shoal.waypoint.routes import RouteTable, routes_for_client
@@ -109,7 +109,7 @@ class Lookups:
         """Plaintext mode: the destination a Host header names (None: not ours)."""
         target = self._hosts.get(authority, False)
         if target is False:
-            host, port = message.split_host_port(authority, 0)
+            host, port = split_host_port(authority, 0)
             try:
                 target = resolve_host(self.view, self.namespace, host, port)
             except NotForUs:

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# One parser for every address (core.addr); waypoint/proxy.py still calls it
-# as message.split_host_port.
-from shoal.core.addr import split_host_port  # noqa: F401
-
 Headers = list[tuple[str, str]]
 
 

@@ -26,7 +26,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from shoal.core.addr import parse_forwarded
+from shoal.core.addr import forwarded_for
 from shoal.core.hbone import events as ev
 from shoal.core.hbone import tlsio
 from shoal.core.hbone.connection import LOG, HboneConnection, _addr
@@ -55,9 +55,10 @@ class ConnectRequest:
         return self.headers.get("forwarded")
 
     @property
-    def forwarded_for(self) -> str | None:
-        """The original client `ip:port` from `forwarded: for="..."` (or None)."""
-        return parse_forwarded(self.headers.get("forwarded", "")).get("for")
+    def forwarded_for(self) -> tuple[str, int] | None:
+        """The original client (ip, port) from `forwarded: for="..."` (port 0
+        when it names none), or None (core.addr.forwarded_for)."""
+        return forwarded_for(self.headers.get("forwarded", ""))
 
     @property
     def baggage(self) -> str | None:

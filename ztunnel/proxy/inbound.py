@@ -17,11 +17,11 @@ import socket
 from typing import Any
 
 from shoal.core import log as shoal_log
+from shoal.core.addr import hostport
 from shoal.core.hbone.server import Accept, ConnectRequest, HboneServer, Reject
 from shoal.core.sockets import configure_accepted
 from shoal.routing.view import View
 from shoal.ztunnel import inbound, telemetry
-from shoal.ztunnel.outbound import hostport
 from shoal.ztunnel.proxy.inputs import ProxyInputs
 
 LOG = shoal_log.get("ztunnel")
@@ -163,11 +163,9 @@ def client_addr(view: View, req: ConnectRequest, src_identity: str) -> tuple[str
     """The original client address: `forwarded: for=` when it names a workload
     with the peer's identity (the peer proxy vouches for it), else the peer."""
     fwd = req.forwarded_for
-    if fwd:
-        ip, _, port = fwd.rpartition(":")
-        ip = ip.strip("[]")
-        w = view.workload_by_ip(ip)
-        if w is not None and w.identity == src_identity and port.isdigit():
-            return ip, int(port)
+    if fwd is not None and fwd[1]:
+        w = view.workload_by_ip(fwd[0])
+        if w is not None and w.identity == src_identity:
+            return fwd
     peer = req.peer_address or ("", 0)
     return peer[0], peer[1]

@@ -35,10 +35,10 @@ import time
 from typing import Awaitable, Callable
 
 from shoal.core import log as shoal_log
+from shoal.core.addr import hostport
 from shoal.core.sockets import LISTEN_BACKLOG, SocketFactory
 from shoal.ztunnel.options import OUTBOUND
 from shoal.ztunnel.origdst import original_dst
-from shoal.ztunnel.outbound import hostport
 from shoal.ztunnel.proxy.inbound import Inbound, give_up
 from shoal.ztunnel.proxy.inputs import CountingEnd, ProxyInputs, Scope, Shared
 from shoal.ztunnel.proxy.outbound import Outbound

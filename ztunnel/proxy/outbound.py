@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from shoal.core.addr import hostport
 from shoal.core.hbone import HboneError
 from shoal.core.records import Workload
 from shoal.ztunnel import outbound, telemetry
-from shoal.ztunnel.outbound import OutboundError, Route, hostport
+from shoal.ztunnel.outbound import OutboundError, Route
 from shoal.ztunnel.proxy.inputs import CountingEnd, ProxyInputs, refuse, relay
 from shoal.ztunnel.proxy.record import ConnectionRecord, Refused
 

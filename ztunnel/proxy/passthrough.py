@@ -8,8 +8,8 @@ change can close it later.
 
 from __future__ import annotations
 
+from shoal.core.addr import hostport
 from shoal.ztunnel import inbound, telemetry
-from shoal.ztunnel.outbound import hostport
 from shoal.ztunnel.proxy.inputs import CountingEnd, ProxyInputs, refuse, relay
 
 

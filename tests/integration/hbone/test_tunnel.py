@@ -59,7 +59,7 @@ async def test_request_headers_reach_the_handler():
         b = await rig.open()
         r1, r2 = rig.requests
         assert r1.forwarded == 'for="10.1.2.3:41000";host=echo.server.svc.cluster.local'
-        assert r1.forwarded_for == "10.1.2.3:41000"
+        assert r1.forwarded_for == ("10.1.2.3", 41000)
         assert r1.baggage == "k8s.namespace.name=client,service.name=sleep"
         assert str(r1.peer_identity) == CLIENT_ID
         for r in (r1, r2):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from shoal.core.hbone import HboneError
-from shoal.core.hbone.server import Accept, Reject
+from shoal.core.hbone.server import Accept, ConnectRequest, Reject
 from shoal.core.records import Authorization, Rule
 from shoal.ztunnel.proxy.inbound import Inbound, client_addr
 from shoal.ztunnel.proxy.outbound import Outbound
@@ -131,9 +131,10 @@ async def test_passthrough_app_unreachable_is_connect():
 def connect_request(authority, *, peer=("10.0.0.1", 50000), identity=CLIENT.identity,
                     forwarded=None):
     host, _, port = authority.rpartition(":")
-    return SimpleNamespace(authority=authority, host=host, port=int(port),
-                           peer_identity=SimpleNamespace(uri=identity), peer_address=peer,
-                           forwarded_for=forwarded)
+    headers = {"forwarded": f'for="{forwarded}"'} if forwarded else {}
+    return ConnectRequest(authority=authority, host=host, port=int(port),
+                          peer_identity=SimpleNamespace(uri=identity), peer_address=peer,
+                          local_address=None, headers=headers)
 
 
 async def test_hbone_reject_answers_the_status_and_closes_the_record():
