@@ -66,8 +66,11 @@ def mesh() -> None:
 @click.option("--ztunnel/--no-ztunnel", default=True, show_default=True,
               help="Run a ztunnel per node (without: pods are enrolled but nothing proxies).")
 @click.option("--ztunnel-workers", default=1, show_default=True, type=int)
+@click.option("--kubeconfig", default="", type=click.Path(dir_okay=False),
+              help="Publish pods, services and policies to this Kubernetes API server (as a "
+              "kubelet would); the ztunnels then read only the API.")
 @run_dir_option
-def up(sources, nodes, mesh_id, base, ztunnel, ztunnel_workers, run_dir) -> None:
+def up(sources, nodes, mesh_id, base, ztunnel, ztunnel_workers, kubeconfig, run_dir) -> None:
     """Build the mesh: nodes, control plane, node agents, ztunnels, pods."""
     from shoal.cni.mesh import plan
     from shoal.cni.mesh.mesh import Mesh, MeshError, MeshOptions, load_docs
@@ -75,7 +78,7 @@ def up(sources, nodes, mesh_id, base, ztunnel, ztunnel_workers, run_dir) -> None
     sources = list(sources) or [_default_source()]
     try:
         opts = MeshOptions(run_dir=run_dir, mesh_id=mesh_id, base=base, nodes=nodes,
-                           ztunnel=ztunnel, ztunnel_workers=ztunnel_workers)
+                           ztunnel=ztunnel, ztunnel_workers=ztunnel_workers, kubeconfig=kubeconfig)
         npods = len(plan.pods_of(load_docs(sources)))
     except (MeshError, plan.PlanError) as e:
         _fail(e)

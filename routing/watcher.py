@@ -270,13 +270,16 @@ def run_watcher(source: Any, table_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m shoal.routing.watcher",
-                                description="Run the routing-table writer on a config directory.")
+                                description="Run the routing-table writer on a config directory "
+                                "or on the Kubernetes API (kubernetes:[KUBECONFIG]).")
     p.add_argument("--table", required=True, help="shared memory name (TableHandle.name)")
     p.add_argument("--overlay", help="directory of Pods with IPs for Deployment replicas")
     p.add_argument("config_dir")
     args = p.parse_args(argv)
     log.setup()
-    run_watcher(DirectorySource(args.config_dir, overlay=args.overlay), args.table)
+    source = (DirectorySource(args.config_dir, overlay=args.overlay) if args.overlay
+              else make_source(args.config_dir))
+    run_watcher(source, args.table)
 
 
 if __name__ == "__main__":

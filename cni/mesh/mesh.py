@@ -84,6 +84,7 @@ class MeshOptions:
     nodes: int = 2
     ztunnel: bool = True
     ztunnel_workers: int = 1
+    kubeconfig: str = ""        # publish to this API server; ztunnels read only it
 
     def __post_init__(self) -> None:
         if not (self.mesh_id.isalnum() and len(self.mesh_id) <= 8):
@@ -165,6 +166,8 @@ class Mesh:
         os.makedirs(self.run_dir, exist_ok=True)
         self.state = {"id": opts.mesh_id, "base": opts.base, "nodes": opts.nodes,
                       "ztunnel": opts.ztunnel, "ztunnel_workers": opts.ztunnel_workers,
+                      "kubeconfig": os.path.abspath(opts.kubeconfig) if opts.kubeconfig else "",
+                      "published": [],
                       "docs": docs, "vips": {}, "pods": {}, "procs": {}, "placement": {}}
         pods = self._plan(docs)
         self.save()
@@ -236,6 +239,10 @@ class Mesh:
         with open(tmp, "w") as f:
             yaml.safe_dump_all(docs, f, sort_keys=False)
         os.replace(tmp, self.p("config", "mesh.yaml"))
+        if self.state.get("kubeconfig"):
+            from shoal.cni.mesh.kubeapi import Publisher
+            self.state["published"] = Publisher(self.state["kubeconfig"]).sync(
+                docs, self.state.get("published", []))
 
     def _start_controlplane(self) -> None:
         sh = shoal_argv()
@@ -270,7 +277,9 @@ class Mesh:
         zt = [*sh, "ztunnel", "run", "--node", node, "--mode", "inpod",
               "--ca-address", f"{plan.controlplane_ip(self.base)}:{CA_PORT}",
               "--ca-credential", os.path.join(d, "cred"),
-              "--zds-socket", os.path.join(d, "ztunnel.sock"), "--config", self.p("config"),
+              "--zds-socket", os.path.join(d, "ztunnel.sock"),
+              *(["--kubeconfig", self.state["kubeconfig"]] if self.state.get("kubeconfig")
+                else ["--config", self.p("config")]),
               "--workers", str(self.state["ztunnel_workers"])]
         pidfile = os.path.join(d, "ztunnel.pid")   # follows a SIGUSR2 upgrade
         zt += ["--pidfile", pidfile]

@@ -80,7 +80,10 @@ class _Watch:
 
 class KubeApiServer:
     def __init__(self, *, crds: tuple[Served, ...] = ISTIO + GATEWAY_API, port: int = 0,
-                 bookmark_interval: float = BOOKMARK_INTERVAL) -> None:
+                 bookmark_interval: float = BOOKMARK_INTERVAL, host: str = "127.0.0.1",
+                 advertise: str = "") -> None:
+        self.host = host                         # where it listens
+        self.advertise = advertise or host       # the address kubeconfigs name
         self.served = {(s.group, s.version, s.plural): s for s in CORE + crds}
         self.port = port
         self.bookmark_interval = bookmark_interval
@@ -101,7 +104,7 @@ class KubeApiServer:
     # -- lifecycle ---------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.advertise}:{self.port}"
 
     def start(self) -> "KubeApiServer":
         ready = threading.Event()
@@ -122,7 +125,7 @@ class KubeApiServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
@@ -179,6 +182,24 @@ class KubeApiServer:
     def get(self, plural: str, namespace: str, name: str) -> dict | None:
         s = next(s for s in self.served.values() if s.plural == plural)
         return copy.deepcopy(self.objects[self._skey(s)].get((namespace if s.namespaced else "", name)))
+
+    def bulk_load(self, objs: list[dict]) -> None:
+        """Store many objects at once, without events (a cluster that already
+        exists when the watchers start): for load runs."""
+        def go():
+            for obj in objs:
+                s = self._served_for(obj)
+                md = obj.setdefault("metadata", {})
+                if s.namespaced:
+                    md.setdefault("namespace", "default")
+                self.rv += 1
+                md["resourceVersion"] = str(self.rv)
+                md.setdefault("uid", str(uuid.uuid4()))
+                md.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+                self.objects[self._skey(s)][(md.get("namespace", "") if s.namespaced else "",
+                                             md["name"])] = obj
+                self._sorted[self._skey(s)] = None
+        self.call(go)
 
     def compact(self) -> None:
         """Forget history: a watch from a version before now gets 410."""
@@ -467,8 +488,11 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--no-crds", action="store_true")
+    p.add_argument("--host", default="127.0.0.1", help="listen address")
+    p.add_argument("--advertise", default="", help="address in the kubeconfig (default --host)")
     args = p.parse_args()
-    srv = KubeApiServer(port=args.port, crds=() if args.no_crds else ISTIO + GATEWAY_API)
+    srv = KubeApiServer(port=args.port, crds=() if args.no_crds else ISTIO + GATEWAY_API,
+                        host=args.host, advertise=args.advertise)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(srv.start_async())
     srv.write_kubeconfig(args.kubeconfig)
