@@ -45,6 +45,10 @@ from shoal.routing.source import DirectorySource
 
 WAIT_SLICE = 0.5            # how long one wait may block before signal flags are checked
 MAX_STATUS_ERRORS = 20      # errors kept in the status area (all of them go to the log)
+# The Kubernetes source's health is rewritten at most this often (and at once
+# when the refused objects change): under a stream of pod events, encoding the
+# status and the metrics for every small batch cost more than the batch.
+SOURCE_STATUS_INTERVAL = 0.25
 
 LOG = log.get("routing.watcher")
 
@@ -66,6 +70,9 @@ class Watcher:
         self._over: dict[tuple, Any] = {}
         self.hup = False
         self.stop = False
+        self._status_at = float("-inf")
+        self._refused_count = 0
+        self._status_dirty = False
 
     def reload(self) -> bool:
         """Load, compile and publish; False (and the old table kept) on a bad config."""
@@ -149,13 +156,20 @@ class Watcher:
             merged.update(delta.changes)
         return merged
 
-    def _write_source_status(self) -> None:
+    def _write_source_status(self, force: bool = False) -> None:
         """The Kubernetes source's health and refused objects, in the status area."""
         health = getattr(self.source, "health", None)
         if health is None:
             return
+        refused_now = self.source.refused()
+        now = time.monotonic()
+        if (not force and len(refused_now) == self._refused_count
+                and now - self._status_at < SOURCE_STATUS_INTERVAL):
+            self._status_dirty = True
+            return
+        self._status_at, self._refused_count, self._status_dirty = now, len(refused_now), False
         info = health()
-        refused = [e.to_dict() for e in self.source.refused()]
+        refused = [e.to_dict() for e in refused_now]
         for e in refused:
             e.pop("file", None)
             e.pop("document", None)
@@ -211,9 +225,11 @@ class Watcher:
         if not self.stop:
             self.reload()
             if incremental:
-                self._write_source_status()
+                self._write_source_status(force=True)
         while not self.stop:
-            changed = self.source.wait(WAIT_SLICE)
+            changed = self.source.wait(SOURCE_STATUS_INTERVAL if self._status_dirty else WAIT_SLICE)
+            if incremental and self._status_dirty and not changed:
+                self._write_source_status(force=True)       # the last batch's health
             if self.hup:
                 self.hup = False
                 self.source.invalidate()

@@ -128,17 +128,24 @@ class Informer:
         self.relist.clear()
 
     async def _list(self) -> str:
+        """List in pages, each applied as it arrives (one page of raw objects in
+        memory at a time, not the whole cluster)."""
         self.relist.clear()
-        items: list[dict] = []
+        page: list[dict] = []
         listing = self.client.list(self.kind.resource, chunk_size=self.list_page,
                                    **({"namespace": "*"} if self.kind.namespaced else {}))
+        self._locked(self.store.begin_list, self.kind.kind)
         async for obj in listing:
-            items.append(dict(obj))
+            page.append(dict(obj))
+            if len(page) >= self.list_page:
+                self._locked(self.store.list_page, self.kind.kind, page)
+                page = []
+        self._locked(self.store.list_page, self.kind.kind, page)
         try:
             rv = listing.resourceVersion
         except NotReadyError:   # a server that sent no list version: watch from "now"
             rv = ""
-        self._locked(self.store.replace, self.kind.kind, items, rv)
+        self._locked(self.store.end_list, self.kind.kind, rv)
         return rv
 
     async def _watch(self, rv: str) -> None:

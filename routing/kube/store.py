@@ -83,26 +83,41 @@ class ObjectStore:
         self._pending: dict[Key, Any] = {}
         self._refused: dict[Key, list[FieldError]] = {}
         self._first_seen: dict[Key, int] = {}
+        self._listing: dict[str, set[Key]] = {}     # kind -> keys seen by the list in progress
         self.version = 0            # bumped on every change of state or health (for waiters)
 
     # -- input from the informers ---------------------------------------------
     def replace(self, kind: str, items: list[dict], resource_version: str) -> int:
         """Apply a complete list of one kind; returns how many keys changed."""
-        h = self.health[kind]
-        if h.synced or h.missing:
-            h.relists += 1
-        seen: set[Key] = set()
         before = len(self._pending)
+        self.begin_list(kind)
+        self.list_page(kind, items)
+        self.end_list(kind, resource_version)
+        return len(self._pending) - before
+
+    def begin_list(self, kind: str) -> None:
+        """A list of `kind` starts; pages follow (list_page), then end_list.
+        Applying page by page keeps only one page of raw objects in memory."""
+        self._listing[kind] = set()
+
+    def list_page(self, kind: str, items: list[dict]) -> None:
+        seen = self._listing[kind]
         for obj in items:
             key = self._apply(kind, obj)
             if key is not None:
                 seen.add(key)
+
+    def end_list(self, kind: str, resource_version: str) -> None:
+        """The list is complete: keys it did not name are deleted."""
+        h = self.health[kind]
+        if h.synced or h.missing:
+            h.relists += 1
+        seen = self._listing.pop(kind, set())
         for key in [k for k in self._entries if k[0] == kind and k not in seen]:
             self._delete(key)
         h.synced, h.missing, h.resource_version = True, False, resource_version
         h.objects = sum(1 for k in self._entries if k[0] == kind)
         self.version += 1
-        return len(self._pending) - before
 
     def event(self, kind: str, type_: str, obj: dict) -> None:
         """One watch event: ADDED, MODIFIED, DELETED or BOOKMARK."""

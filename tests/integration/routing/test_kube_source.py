@@ -123,6 +123,7 @@ def test_initial_sync_then_pod_add_ip_change_ready_flip_delete(rig):
     health = {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}
     assert all(h["synced"] for h in health.values()) and health["Pod"]["objects"] == 1
     assert rig.status()["counts"] == {"Namespace": 1, "Pod": 1, "Service": 1}
+    assert rig.published[0], "the first publish"
 
     rig.api.create(pod("web-2", "10.1.0.2"))
     wait_for(lambda: v.workload_by_ip("10.1.0.2"), "the new pod")
@@ -159,8 +160,10 @@ def test_dropped_watch_resumes_without_relist(rig):
     resumed = rig.watches("/api/v1/pods")[before:]
     assert resumed and int(resumed[0]["resourceVersion"]) >= int(rv)
     assert rig.lists("/api/v1/pods") == lists            # no re-list
-    pods = {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["Pod"]
-    assert pods["relists"] == 0 and pods["errors"] >= 1 and "watch" in pods["last_error"]
+    def pods():
+        return {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["Pod"]
+    wait_for(lambda: pods()["errors"] >= 1, "the dropped stream in the health")
+    assert pods()["relists"] == 0 and "watch" in pods()["last_error"]
 
 
 def test_410_gone_relists_and_publishes_only_the_difference(rig):
@@ -181,8 +184,8 @@ def test_410_gone_relists_and_publishes_only_the_difference(rig):
     workloads = {k for k in changed if k.startswith("w/")}
     assert len(workloads) == 2 and all(k.endswith(("/web-5", "/web-6")) for k in workloads), \
         sorted(changed)
-    pods = {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["Pod"]
-    assert pods["relists"] == 1
+    wait_for(lambda: {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}
+             ["Pod"]["relists"] == 1, "one re-list in the health")
 
 
 def test_invalid_authorization_policy_is_refused_alone(rig):
