@@ -70,6 +70,7 @@ class CertStore:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._gen = 0     # the generation last read (a write stores the next one)
 
     @classmethod
     def create(cls) -> "CertStore":
@@ -197,7 +198,7 @@ class CertStore:
         payload = orjson.dumps(doc) if doc else b""
         if len(payload) > MAX_STORE_BYTES:
             raise StoreError("certificate store full")
-        gen = (getattr(self, "_gen", 0) + 1) if generation is None else generation
+        gen = self._gen + 1 if generation is None else generation
         os.pwrite(self.fd, HEADER.pack(MAGIC, gen, len(payload)) + payload, 0)
         os.ftruncate(self.fd, HEADER.size + len(payload))
 
