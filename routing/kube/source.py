@@ -35,12 +35,17 @@ from shoal.routing.kube.store import Changes, Key, ObjectStore
 REQUEST_TIMEOUT = 30.0
 
 
-def client_config(kubeconfig: str | None = None) -> KubeConfig:
+# Where the kubelet mounts a pod's service account (token, ca.crt, namespace).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def client_config(kubeconfig: str | None = None, *,
+                  service_account: str = SERVICE_ACCOUNT_DIR) -> KubeConfig:
     """`kubeconfig` if given, else in-cluster (KUBERNETES_SERVICE_HOST and the
     service account's token and CA), else $KUBECONFIG, else ~/.kube/config."""
     if kubeconfig:
         return KubeConfig.from_file(kubeconfig)
-    return KubeConfig.from_env()
+    return KubeConfig.from_env(service_account=service_account)
 
 
 def make_client(kubeconfig: str | None = None) -> AsyncClient:
