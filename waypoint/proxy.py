@@ -191,4 +191,6 @@ class Proxy:
             flags=st.flags, duration_ms=(self.clock() - st.t0) * 1000.0,
             request_bytes=st.request_bytes, response_bytes=st.response_bytes,
             request_id=st.request_id, traceparent=st.traceparent, route=st.route,
-            policy=st.policy))
+            policy=st.policy, start_time=time.time() - (self.clock() - st.t0),
+            user_agent=message.get(h.headers, "user-agent") or "",
+            x_forwarded_for=message.get(h.headers, "x-forwarded-for") or ""))

@@ -80,6 +80,9 @@ class RequestRecord:
     traceparent: str = ""
     route: str = ""
     policy: str = ""
+    start_time: float = 0.0        # wall clock (unix seconds) the request arrived
+    user_agent: str = ""
+    x_forwarded_for: str = ""
 
 
 class _Agg:
@@ -247,8 +250,16 @@ def labels_for(r: RequestRecord) -> dict[str, str]:
 
 
 def access_fields(r: RequestRecord) -> dict[str, object]:
-    """The access log line (Envoy's default fields, JSON)."""
+    """The access log line: the keys of Istio's default JSON access log format
+    (start_time, method, path, protocol, response_code, response_flags,
+    bytes_received, bytes_sent, duration, x_forwarded_for, user_agent,
+    request_id, authority, upstream_host, route_name, ...), "-" for what is
+    absent as Envoy prints it, plus shoal's own (source_principal, policy...)."""
     return {
+        "start_time": _rfc3339_ms(r.start_time) if r.start_time else "-",
+        "duration": int(r.duration_ms),
+        "x_forwarded_for": r.x_forwarded_for or "-", "user_agent": r.user_agent or "-",
+        "downstream_remote_address": r.source_ip or "-",
         "method": r.method, "path": r.path, "authority": r.authority, "protocol": r.protocol,
         "response_code": r.status, "response_flags": r.flags,
         "duration_ms": round(r.duration_ms, 3), "bytes_received": r.request_bytes,
@@ -258,3 +269,9 @@ def access_fields(r: RequestRecord) -> dict[str, object]:
         "route_name": r.route or "-", "policy": r.policy or "-",
         "request_id": r.request_id, "traceparent": r.traceparent, "reporter": REPORTER,
     }
+
+
+def _rfc3339_ms(t: float) -> str:
+    """Envoy's %START_TIME% in its JSON default: 2026-12-04T23:00:00.123Z."""
+    import time as _time
+    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"

@@ -160,3 +160,23 @@ def test_access_log_batches_whole_lines(caplog):
     log.emit(access_fields(_record()))
     log.flush()
     assert sum(len(w.splitlines()) for w in writes) == 20     # silenced by the logger level
+
+
+# Istio's default JSON access log format (meshConfig accessLogEncoding: JSON).
+ISTIO_DEFAULT_KEYS = ("start_time", "method", "path", "protocol", "response_code",
+                      "response_flags", "bytes_received", "bytes_sent", "duration",
+                      "upstream_host", "user_agent", "x_forwarded_for", "request_id",
+                      "authority", "route_name", "downstream_remote_address")
+
+
+def test_access_log_has_istios_default_json_keys():
+    import dataclasses
+
+    from shoal.waypoint.telemetry import access_fields
+    r = dataclasses.replace(_record(dur=12.7), start_time=0.25, user_agent="curl/8.0",
+                            x_forwarded_for="10.0.0.9")
+    f = access_fields(r)
+    assert set(ISTIO_DEFAULT_KEYS) <= set(f)
+    assert f["start_time"] == "1970-01-01T00:00:00.250Z" and f["duration"] == 12
+    assert f["user_agent"] == "curl/8.0" and f["x_forwarded_for"] == "10.0.0.9"
+    assert access_fields(_record())["user_agent"] == "-"     # absent: "-" as Envoy prints
