@@ -33,7 +33,8 @@ from shoal.waypoint.downstream import Downstream
 from shoal.waypoint.frontdoor import serve_stream
 from shoal.waypoint.lb import MODES, ROUND_ROBIN
 from shoal.waypoint.proxy import Proxy
-from shoal.waypoint.telemetry import ACCESS_LOG_FLUSH, FLUSH_INTERVAL, Telemetry
+from shoal.waypoint.telemetry import (ACCESS_LOG_FLUSH, DEFAULT_TRACE_SAMPLING_PERCENT, FLUSH_INTERVAL,
+                                      Telemetry)
 from shoal.waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 
 LOG = core_log.get("waypoint")
@@ -61,6 +62,7 @@ class WaypointOptions:
     service_account: str = ""              # default: the Gateway name, as istiod does
     lb_mode: str = ROUND_ROBIN
     access_log: bool = True
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING_PERCENT   # % of new traces sampled
 
     def __post_init__(self) -> None:
         if not self.name or not self.namespace:
@@ -71,6 +73,8 @@ class WaypointOptions:
                 raise ValueError(f"--{flag.replace('_', '-')} must be a TCP port (0 disables)")
         if not self.hbone_port and not self.plaintext_port:
             raise ValueError("nothing to serve: --hbone-port and --plaintext-port are both 0")
+        if not 0.0 <= self.trace_sampling <= 100.0:
+            raise ValueError("--trace-sampling is a percentage between 0 and 100")
         if self.lb_mode not in MODES:
             raise ValueError(f"--lb-mode must be one of {', '.join(MODES)}")
         if bool(self.ca_token) != bool(self.ca_root_cert):
@@ -117,7 +121,7 @@ class WaypointApp(App):
                 connector = HboneConnector(pool, o.identity, plaintext=plain)
         self.proxy = Proxy(view=ctx.routing, waypoint=self.ref, pool=H1Pool(connector),
                            telemetry=telemetry, lb_mode=o.lb_mode, rng=random.Random(),
-                           namespace=o.namespace)
+                           namespace=o.namespace, trace_sampling=o.trace_sampling)
         if o.hbone_port:
             await self._listen_hbone()
         if o.plaintext_port:

@@ -44,6 +44,9 @@ def waypoint() -> None:
 @click.option("--service-account", default="", help="Identity of the replicas (default: --name).")
 @click.option("--lb-mode", type=click.Choice(MODES), default=ROUND_ROBIN, show_default=True,
               help="Endpoint load balancing.")
+@click.option("--trace-sampling", type=float, default=1.0, show_default=True,
+              help="Percent of new traces (requests without a traceparent) marked sampled, "
+              "Istio's meshConfig tracing.sampling; an incoming traceparent's flag is kept.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One JSON line per request on the shoal.access logger.")
 def run(supervisor, **flags) -> None:

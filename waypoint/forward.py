@@ -28,7 +28,8 @@ from shoal.waypoint.lookups import Lookups
 from shoal.waypoint.message import Headers, RequestHead
 from shoal.waypoint.mirror import send_mirror
 from shoal.waypoint.request import RequestState, local_reply
-from shoal.waypoint.telemetry import traceparent, valid_traceparent
+from shoal.waypoint.telemetry import (DEFAULT_TRACE_SAMPLING_PERCENT, child_traceparent,
+                                      traceparent, valid_traceparent)
 from shoal.waypoint.upstream import UpstreamError, UpstreamTimeout
 
 # Bodies declared up to this size are read before going upstream so that a
@@ -44,8 +45,10 @@ class Forwarder:
     """Sends requests to endpoints: `h1` for HTTP/1.1 ports, `h2` for HTTP/2 ones."""
 
     def __init__(self, lookups: Lookups, *, h1: Upstream, h2: Upstream,
-                 rng: random.Random, clock: Callable[[], float]) -> None:
+                 rng: random.Random, clock: Callable[[], float],
+                 trace_sampling: float = DEFAULT_TRACE_SAMPLING_PERCENT) -> None:
         self.lookups = lookups
+        self.trace_sampling = trace_sampling
         self.h1, self.h2 = h1, h2
         self.rng = rng
         self.clock = clock
@@ -181,8 +184,10 @@ class Forwarder:
             headers.insert(0, ("host", out.authority or st.authority))
         tp = message.get(headers, "traceparent")
         if tp is None or not valid_traceparent(tp):
-            tp = traceparent(self.rng)
-            headers = message.set_(headers, "traceparent", tp)
+            tp = traceparent(self.rng, self.trace_sampling)
+        else:
+            tp = child_traceparent(tp, self.rng)
+        headers = message.set_(headers, "traceparent", tp)
         st.traceparent = tp
         rid = message.get(headers, "x-request-id")
         if not rid:

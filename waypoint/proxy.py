@@ -37,7 +37,7 @@ from shoal.waypoint.lookups import Lookups, principal_namespace
 from shoal.waypoint.request import (NO_HEALTHY_UPSTREAM, NO_ROUTE, RBAC_DENIED, RequestState,
                                     local_reply)
 from shoal.waypoint.routes import NoBackend, RouteInput, pick_backend
-from shoal.waypoint.telemetry import RequestRecord, Telemetry
+from shoal.waypoint.telemetry import DEFAULT_TRACE_SAMPLING_PERCENT, RequestRecord, Telemetry
 from shoal.waypoint.upstream import H1Pool
 
 LOG = core_log.get("waypoint")
@@ -58,7 +58,8 @@ class Proxy:
     def __init__(self, *, view: Any, waypoint: Any = None, pool: H1Pool,
                  telemetry: Telemetry | None = None, lb_mode: str = ROUND_ROBIN,
                  rng: _random.Random | None = None, clock: Callable[[], float] = time.monotonic,
-                 namespace: str = "default") -> None:
+                 namespace: str = "default",
+                 trace_sampling: float = DEFAULT_TRACE_SAMPLING_PERCENT) -> None:
         self.view = view
         self.rng = rng or _random.Random()
         self.clock = clock
@@ -67,7 +68,8 @@ class Proxy:
         self.pool = pool
         self.h2pool = H2Pool(pool.connector)     # HTTP/2 ports
         self.forwarder = Forwarder(self.lookups, h1=H1Upstream(pool),
-                                   h2=H2Upstream(self.h2pool), rng=self.rng, clock=clock)
+                                   h2=H2Upstream(self.h2pool), rng=self.rng, clock=clock,
+                                   trace_sampling=trace_sampling)
         self.telemetry = telemetry or Telemetry()
         self.draining = False
         self.sessions: weakref.WeakSet = weakref.WeakSet()   # HTTP/1.1 client connections

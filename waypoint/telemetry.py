@@ -45,9 +45,31 @@ ACCESS_LOG_BATCH = 4096
 ACCESS_LOG_FLUSH = 0.2
 
 
-def traceparent(rng: _random.Random) -> str:
-    """A new W3C traceparent (version 00, sampled)."""
-    return f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-01"
+# Istio's default trace sampling (meshConfig defaultConfig.tracing.sampling): 1%.
+DEFAULT_TRACE_SAMPLING_PERCENT = 1.0
+SAMPLED = "01"
+NOT_SAMPLED = "00"
+
+
+def traceparent(rng: _random.Random, sampling_percent: float = 100.0) -> str:
+    """A new W3C traceparent (version 00) for a request that arrived without
+    one; sampled with probability `sampling_percent` / 100, as Envoy decides
+    for a trace it starts."""
+    flags = SAMPLED if rng.random() * 100.0 < sampling_percent else NOT_SAMPLED
+    return f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-{flags}"
+
+
+def child_traceparent(parent: str, rng: _random.Random) -> str:
+    """The traceparent the waypoint sends upstream for an incoming one: the
+    same trace id and flags (the caller's sampling decision is respected),
+    the waypoint's own span id as the new parent."""
+    version, trace_id, _, flags = parent.split("-")
+    return f"{version}-{trace_id}-{rng.getrandbits(64):016x}-{flags}"
+
+
+def is_sampled(value: str) -> bool:
+    """The W3C `sampled` bit of a valid traceparent's flags."""
+    return bool(int(value[-2:], 16) & 1)
 
 
 def valid_traceparent(value: str | None) -> bool:

@@ -180,3 +180,28 @@ def test_access_log_has_istios_default_json_keys():
     assert f["start_time"] == "1970-01-01T00:00:00.250Z" and f["duration"] == 12
     assert f["user_agent"] == "curl/8.0" and f["x_forwarded_for"] == "10.0.0.9"
     assert access_fields(_record())["user_agent"] == "-"     # absent: "-" as Envoy prints
+
+
+def test_new_traces_sampled_at_the_configured_rate():
+    import random
+
+    from shoal.waypoint.telemetry import is_sampled, traceparent, valid_traceparent
+    rng = random.Random(7)
+    tps = [traceparent(rng, 1.0) for _ in range(20000)]
+    assert all(valid_traceparent(t) for t in tps)
+    share = sum(map(is_sampled, tps)) / len(tps)
+    assert 0.005 < share < 0.015                      # Istio's default: 1%
+    assert not any(is_sampled(traceparent(rng, 0.0)) for _ in range(1000))
+    assert all(is_sampled(traceparent(rng, 100.0)) for _ in range(1000))
+
+
+def test_incoming_traceparent_keeps_trace_and_sampled_flag():
+    import random
+
+    from shoal.waypoint.telemetry import child_traceparent, is_sampled
+    rng = random.Random(1)
+    for flags in ("00", "01"):
+        parent = f"00-{'a' * 32}-{'b' * 16}-{flags}"
+        child = child_traceparent(parent, rng)
+        assert child.split("-")[1] == "a" * 32 and child.split("-")[2] != "b" * 16
+        assert is_sampled(child) is (flags == "01")
