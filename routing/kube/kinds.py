@@ -51,7 +51,9 @@ GATEWAY = Kind(kind="Gateway", group="gateway.networking.k8s.io", version="v1",
                plural="gateways", crd=True)
 HTTP_ROUTE = Kind(kind="HTTPRoute", group="gateway.networking.k8s.io", version="v1",
                   plural="httproutes", crd=True)
+GRPC_ROUTE = Kind(kind="GRPCRoute", group="gateway.networking.k8s.io", version="v1",
+                  plural="grpcroutes", crd=True)
 
 # The order of the initial sync: namespaces first, so the first table already
 # knows which namespaces are ambient.
-WATCHED = (NAMESPACE, POD, SERVICE, AUTHORIZATION_POLICY, GATEWAY, HTTP_ROUTE)
+WATCHED = (NAMESPACE, POD, SERVICE, AUTHORIZATION_POLICY, GATEWAY, GRPC_ROUTE, HTTP_ROUTE)

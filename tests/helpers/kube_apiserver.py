@@ -68,7 +68,8 @@ CORE = (Served("", "v1", "namespaces", "Namespace", namespaced=False),
         Served("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"))
 ISTIO = (Served("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),)
 GATEWAY_API = (Served("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
-               Served("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"))
+               Served("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+               Served("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import yaml
 
+from shoal.routing.kube.kinds import WATCHED
 from shoal.routing.kube.source import KubeSource
 from shoal.routing.runtime import TableHandle, attach_view
 from shoal.routing.watcher import Watcher
@@ -154,7 +155,7 @@ def test_dropped_watch_resumes_without_relist(rig):
     lists = rig.lists("/api/v1/pods")
     before = len(rig.watches("/api/v1/pods"))
     rv = rig.status()["kubernetes"]["resources"][1]["resource_version"]
-    assert rig.api.drop_watches() == 6
+    assert rig.api.drop_watches() == len(WATCHED)          # one watch per kind
     rig.api.create(pod("web-2", "10.1.0.2"))
     wait_for(lambda: rig.view.workload_by_ip("10.1.0.2"), "the pod created while cut off")
     resumed = rig.watches("/api/v1/pods")[before:]

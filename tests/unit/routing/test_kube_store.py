@@ -156,3 +156,14 @@ def test_refused_objects_are_bounded():
     for i in range(MAX_REFUSED + 10):
         s.event("AuthorizationPolicy", "ADDED", policy(f"p{i}", rv=str(i + 2), action="MAYBE"))
     assert len(s.refused()) == MAX_REFUSED
+
+
+def test_grpcroutes_are_watched_and_parsed_like_a_file():
+    s = synced_store()
+    s.event("GRPCRoute", "ADDED", {
+        "metadata": {"name": "g", "namespace": "demo", "resourceVersion": "2"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                 "rules": [{"matches": [{"method": {"service": "pkg.Svc"}}],
+                            "backendRefs": [{"name": "web", "port": 7070}]}]}})
+    (route,) = s.drain().upserts
+    assert route.meta.kind == "GRPCRoute" and route.rules[0].matches[0].path.value == "/pkg.Svc"
