@@ -31,7 +31,7 @@ def test_synced_only_after_every_kind_listed_or_missing():
         s.replace(k.kind, [], "5")
         assert not s.synced
     s.failed(WATCHED[-1].kind, "404", missing=True)
-    assert s.synced and s.health["HTTPRoute"].missing
+    assert s.synced and s.health[WATCHED[-1].kind].missing
 
 
 def test_list_items_get_kind_and_api_version_and_are_validated():
