@@ -143,10 +143,10 @@ def status(conflist: Mapping[str, Any], cni_path: str) -> None:
 
 
 def conflist(name: str, *, bridge: str, subnet: str, gateway: str, ipam_dir: str,
-             agent_run_dir: str, exclude_namespaces: tuple[str, ...] = (),
-             version: str = "1.0.0") -> dict[str, Any]:
-    """bridge + host-local + shoal-cni, as `istio-cni`'s installer would chain it."""
-    return {
+             agent_run_dir: str = "", exclude_namespaces: tuple[str, ...] = (),
+             version: str = "1.0.0", shoal: bool = True) -> dict[str, Any]:
+    """bridge + host-local (+ shoal-cni, as `shoal cni install` chains it)."""
+    conf = {
         "cniVersion": version, "name": name,
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
@@ -154,7 +154,9 @@ def conflist(name: str, *, bridge: str, subnet: str, gateway: str, ipam_dir: str
              "ipam": {"type": "host-local", "dataDir": ipam_dir,
                       "ranges": [[{"subnet": subnet, "gateway": gateway}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "shoal-cni", "cni_agent_run_dir": agent_run_dir,
-             "exclude_namespaces": list(exclude_namespaces)},
         ],
     }
+    if shoal:
+        conf["plugins"].append({"type": "shoal-cni", "cni_agent_run_dir": agent_run_dir,
+                                "exclude_namespaces": list(exclude_namespaces)})
+    return conf

@@ -26,19 +26,24 @@ Plus, with pyroute2 (`iptables_linux.go`): `ip rule fwmark 0x111/0xfff pref
 32764 lookup 100` and `ip route add local 0.0.0.0/0 dev lo table 100`, so
 replies to connections ztunnel opened with a spoofed source come back to it.
 
-Only `install`, `remove` and `check` do I/O (nft via nsenter, netlink via
-pyroute2); `ruleset()` is pure and unit-tested. pyroute2's sync IPRoute runs
-its own event loop, so call these from a worker thread, never from a
-coroutine.
+Only `install`, `remove` and `check` do I/O: install and remove enter the
+pod's netns on the calling thread and apply the table through libnftables
+(no process; `nft -f -` if the library is missing) and the routing through
+three hand-encoded netlink requests (`cni.netlink`); check reads with nft
+and pyroute2. `ruleset()` is pure and unit-tested. They block: call them
+from a worker thread, never from a coroutine.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import subprocess
 from dataclasses import dataclass
 
+from shoal.cni import netlink
 from shoal.core.netns import in_netns, open_netns
 from shoal.core.constants import (DNS_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_ROUTE_TABLE,
                             MARK_MASK, OUTBOUND_CAPTURE_PORT, PROXY_MARK, TPROXY_MARK)
@@ -151,19 +156,88 @@ def removal_script() -> str:
 # --------------------------------------------------------------------------
 # I/O
 
-def _nft(netns_path: str, script: str) -> None:
+class _LibNft:
+    """libnftables (what `nft` itself links) through ctypes: one transaction
+    per call, no process. Created inside the pod's netns on the calling
+    thread, so its netlink socket talks to that netns. The agent runs one
+    pod operation at a time, so one context per call is all the locking."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = (ctypes.c_uint32,)
+        for name in ("nft_ctx_buffer_error", "nft_ctx_buffer_output"):
+            getattr(lib, name).argtypes = (ctypes.c_void_p,)
+        lib.nft_run_cmd_from_buffer.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = (ctypes.c_void_p,)
+        lib.nft_ctx_free.argtypes = (ctypes.c_void_p,)
+        self.lib = lib
+
+    def run(self, script: str) -> None:
+        ctx = self.lib.nft_ctx_new(0)
+        if not ctx:
+            raise RedirectError("nft_ctx_new failed")
+        try:
+            self.lib.nft_ctx_buffer_error(ctx)
+            self.lib.nft_ctx_buffer_output(ctx)
+            if self.lib.nft_run_cmd_from_buffer(ctx, script.encode()) != 0:
+                err = (self.lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+                raise RedirectError(err.strip() or "nft transaction failed")
+        finally:
+            self.lib.nft_ctx_free(ctx)
+
+
+def _exec_nft(script: str) -> None:
+    """`nft -f -` from this thread (the child inherits the thread's netns)."""
     try:
-        r = subprocess.run(["nsenter", f"--net={netns_path}", "nft", "-f", "-"], input=script.encode(),
-                           capture_output=True, timeout=NFT_TIMEOUT_S, check=False)
+        r = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True,
+                           timeout=NFT_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise RedirectError(f"nft in {netns_path}: {e}") from None
+        raise RedirectError(f"nft: {e}") from None
     if r.returncode != 0:
-        raise RedirectError(f"nft in {netns_path} failed (is the netns alive, nftables installed?): "
-                            f"{r.stderr.decode(errors='replace').strip()}")
+        raise RedirectError(r.stderr.decode(errors="replace").strip())
+
+
+try:
+    _nft_apply = _LibNft().run
+except OSError:             # no libnftables: the nft binary does the same
+    _nft_apply = _exec_nft
+
+
+def _policy_routing(cfg: RedirectConfig, add: bool) -> None:
+    """ip rule + local route (and lo up), in the netns this thread is in."""
+    ok = frozenset({errno.EEXIST} if add else {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
+    with netlink.open_route_socket() as s:
+        if add:
+            # REDIRECT from OUTPUT delivers to 127.0.0.1: without lo up every
+            # captured connection would hang. Runtimes run the `loopback`
+            # plugin, but capture must not depend on it.
+            netlink.request(s, netlink.link_up(1))
+        netlink.request(s, netlink.fwmark_rule(2, add=add, mark=cfg.tproxy_mark, mask=cfg.mask,
+                                               priority=RULE_PRIORITY, table=cfg.route_table), ok)
+        netlink.request(s, netlink.local_default_route(3, add=add, table=cfg.route_table), ok)
+
+
+def _in_pod(netns_path: str, fn) -> None:
+    """Run fn on this thread inside the pod's netns; errors as RedirectError."""
+    try:
+        fd = open_netns(netns_path)
+    except OSError as e:
+        raise RedirectError(f"pod netns {netns_path}: {e}") from None
+    try:
+        with in_netns(fd):
+            fn()
+    except RedirectError as e:
+        raise RedirectError(f"in {netns_path}: {e}") from None
+    except OSError as e:
+        raise RedirectError(f"in {netns_path}: {e}") from None
+    finally:
+        os.close(fd)
 
 
 def _iproute(netns_path: str):
-    """A pyroute2 IPRoute bound to the pod netns.
+    """A pyroute2 IPRoute bound to the pod netns (for `check`, which reads).
 
     The netlink socket is created on this thread inside the netns (it stays
     bound to it). Not `IPRoute(netns=path)`: that forks a helper and creates
@@ -179,48 +253,29 @@ def _iproute(netns_path: str):
         os.close(fd)
 
 
-def _policy_routing(netns_path: str, cfg: RedirectConfig, add: bool) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-    ok = {errno.EEXIST} if add else {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
-    op = "add" if add else "del"
-    with _iproute(netns_path) as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        if add:
-            # REDIRECT from OUTPUT delivers to 127.0.0.1: without lo up every
-            # captured connection would hang. Runtimes run the `loopback`
-            # plugin, but capture must not depend on it.
-            ipr.link("set", index=lo, state="up")
-        for call in (
-            lambda: ipr.rule(op, fwmark=cfg.tproxy_mark, fwmask=cfg.mask,
-                             priority=RULE_PRIORITY, table=cfg.route_table),
-            lambda: ipr.route(op, dst="0.0.0.0/0", type="local", oif=lo,
-                              table=cfg.route_table, scope="host"),
-        ):
-            try:
-                call()
-            except NetlinkError as e:
-                if e.code not in ok:
-                    raise RedirectError(f"policy routing ({op}) in {netns_path}: {e}") from None
-
-
 def install(netns_path: str, cfg: RedirectConfig = RedirectConfig()) -> None:
-    """Capture the pod's traffic. Idempotent.
+    """Capture the pod's traffic. Idempotent. All of it on this thread inside
+    the pod's netns: one nft transaction, then three netlink requests.
 
     Raises:
         RedirectError: the pod is not captured (the caller must fail the ADD).
     """
-    _nft(netns_path, ruleset(cfg))
-    try:
-        _policy_routing(netns_path, cfg, add=True)
-    except Exception as e:
-        _nft(netns_path, removal_script())
-        raise RedirectError(str(e)) from None
+    def apply() -> None:
+        _nft_apply(ruleset(cfg))
+        try:
+            _policy_routing(cfg, add=True)
+        except OSError as e:
+            _nft_apply(removal_script())
+            raise RedirectError(f"policy routing: {e}") from None
+    _in_pod(netns_path, apply)
 
 
 def remove(netns_path: str, cfg: RedirectConfig = RedirectConfig()) -> None:
     """Release the pod (apps keep running; their new connections go direct)."""
-    _nft(netns_path, removal_script())
-    _policy_routing(netns_path, cfg, add=False)
+    def release() -> None:
+        _nft_apply(removal_script())
+        _policy_routing(cfg, add=False)
+    _in_pod(netns_path, release)
 
 
 def check(netns_path: str, cfg: RedirectConfig = RedirectConfig()) -> list[str]:

@@ -26,8 +26,7 @@ from typing import Callable
 import orjson
 import yaml
 
-from shoal.cni import chain
-from shoal.cni.binary import plugin_dir
+from shoal.cni import chain, conflist
 from shoal.cni.mesh import net, plan, procs
 from shoal.cni.mesh.net import MeshError
 from shoal.cni.mesh.procs import ProcRecord
@@ -54,8 +53,9 @@ WAYPOINT_READY_PORT = 15021
 WAYPOINT_ENDPOINT_GRACE_S = 1.5
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-# The standard plugins, then the built shoal-cni binary.
-CNI_PATH = f"/usr/lib/cni:{plugin_dir()}"
+# Where Debian's standard CNI plugins are; each node's own bin dir (where its
+# `shoal cni install` copies shoal-cni) follows on its CNI_PATH.
+STANDARD_CNI_DIR = "/usr/lib/cni"
 
 Progress = Callable[[str], None]
 
@@ -212,21 +212,38 @@ class Mesh:
         validate(plan.config_docs(docs, pods, alloc.by_key, {}))
         return pods
 
+    def conf_dir(self, node: str) -> str:
+        """The node's CNI config dir (its /etc/cni/net.d)."""
+        return self.p("net.d", node)
+
+    def cni_path(self, node: str) -> str:
+        return f"{STANDARD_CNI_DIR}:{os.path.join(self.node_dir(node), 'bin')}"
+
     def _write_conflists(self) -> None:
-        os.makedirs(self.p("net.d"), exist_ok=True)
+        """Each node's primary network, bridge + host-local, as a cluster's CNI
+        would leave it; the node's `shoal cni install` chains shoal-cni in."""
         for i in range(1, self.state["nodes"] + 1):
             node = plan.node_name(i)
-            conf = chain.conflist(f"{self.mid}-{node}", bridge="cni0",
+            os.makedirs(self.conf_dir(node), exist_ok=True)
+            conf = chain.conflist(f"{self.mid}-{node}", bridge="cni0", shoal=False,
                                   subnet=plan.pod_subnet(self.base, i),
                                   gateway=plan.pod_gateway(self.base, i),
                                   ipam_dir=self.p("ipam", node),
                                   agent_run_dir=os.path.join(self.node_dir(node), "cni"))
-            with open(self.p("net.d", f"{node}.conflist"), "wb") as f:
+            with open(os.path.join(self.conf_dir(node), "10-bridge.conflist"), "wb") as f:
                 f.write(orjson.dumps(conf, option=orjson.OPT_INDENT_2))
 
     def conflist(self, node: str) -> dict:
-        with open(self.p("net.d", f"{node}.conflist"), "rb") as f:
-            return orjson.loads(f.read())
+        """The network config the runtime would use on the node (its primary file)."""
+        d = self.conf_dir(node)
+        files = {}
+        for n in conflist.candidates(os.listdir(d)):
+            with open(os.path.join(d, n), "rb") as f:
+                files[n] = f.read()
+        name, errors = conflist.primary(files)
+        if name is None:
+            raise MeshError(f"no usable CNI config in {d}: {'; '.join(errors) or 'empty'}")
+        return conflist.parse(name, files[name])
 
     def _pod_ips(self) -> dict[str, str]:
         return {k: v["ip"] for k, v in self.state["pods"].items() if v.get("ip")}
@@ -272,6 +289,16 @@ class Mesh:
         rec = procs.spawn(f"node-agent/{node}", agent, self.p("logs", f"node-agent-{node}.log"), netns=ns)
         self._record(rec)
         _wait(lambda: os.path.exists(sock), rec, f"node agent on {node}", COMPONENT_READY_TIMEOUT_S)
+        # The same installer as on a cluster node: binary into the node's bin
+        # dir, chained into its config once the agent's snapshot exists.
+        inst = procs.spawn(f"cni-install/{node}",
+                           [*sh, "cni", "install", "--cni-bin-dir", os.path.join(d, "bin"),
+                            "--cni-conf-dir", self.conf_dir(node),
+                            "--agent-run-dir", os.path.join(d, "cni")],
+                           self.p("logs", f"cni-install-{node}.log"))
+        self._record(inst)
+        _wait(lambda: os.path.exists(os.path.join(d, "cni", "chain-ready")), inst,
+              f"shoal-cni install on {node}", COMPONENT_READY_TIMEOUT_S)
         if not self.state["ztunnel"]:
             return
         zt = [*sh, "ztunnel", "run", "--node", node, "--mode", "inpod",
@@ -353,7 +380,7 @@ class Mesh:
         att = self._attachment(rec)
         host = net.netns_path(net.node_netns(self.mid, self.node_index(p.node)))
         try:
-            result = chain.add(self.conflist(p.node), att, CNI_PATH, host_netns=host)
+            result = chain.add(self.conflist(p.node), att, self.cni_path(p.node), host_netns=host)
         except chain.ChainError as e:
             raise MeshError(f"pod {p.key}: {e}") from None
         rec["result"] = result
@@ -425,9 +452,9 @@ class Mesh:
         procs.stop([ProcRecord.from_json(r) for r in rec.get("procs", [])])
         errors = []
         node_ns = net.node_netns(self.mid, self.node_index(rec["node"]))
-        if net.exists(node_ns) and os.path.exists(self.p("net.d", f"{rec['node']}.conflist")):
+        if net.exists(node_ns) and os.path.isdir(self.conf_dir(rec["node"])):
             errors += [str(e) for e in chain.delete(self.conflist(rec["node"]), self._attachment(rec),
-                                                    CNI_PATH, rec.get("result"),
+                                                    self.cni_path(rec["node"]), rec.get("result"),
                                                     host_netns=net.netns_path(node_ns))]
         if net.exists(rec["netns"]):
             try:
