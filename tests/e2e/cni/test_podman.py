@@ -4,9 +4,9 @@ ztunnel: capture of enrolled containers, pass-through of the others (also
 while the agent is down), repair of the chain, byte-identical uninstall;
 and the plugin binary in a root with nothing but busybox.
 
-podman passes `K8S_POD_NAME` (the container name) but no namespace, so the
-agent sees podman containers in `default`; kube-system is driven through the
-same installed config by the libcni-equivalent runner (`cni.chain`)."""
+podman passes `K8S_POD_NAME` (the container name) and appends the
+`CNI_ARGS` of its own environment, which is how each container gets its
+`K8S_POD_NAMESPACE` here, as a kubelet's runtime would pass it."""
 
 import os
 import random
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from shoal.cni import chain, conflist, protocol
-from tests.helpers.cni_agent import PLUGIN, Proc, agent_state, events, start_agent, start_fake_ztunnel
+from tests.helpers.cni_agent import PLUGIN, Proc, events, start_agent, start_fake_ztunnel
 from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import unique
 
@@ -31,7 +31,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180),
 
 MESH = """apiVersion: v1
 kind: Namespace
-metadata: {name: default, labels: {istio.io/dataplane-mode: ambient}}
+metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
 ---
 apiVersion: v1
 kind: Namespace
@@ -39,7 +43,7 @@ metadata: {name: kube-system, labels: {istio.io/dataplane-mode: ambient}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: optout, namespace: default, labels: {istio.io/dataplane-mode: none}}
+metadata: {name: optout, namespace: amb, labels: {istio.io/dataplane-mode: none}}
 spec: {containers: [{name: c}]}
 """
 
@@ -109,10 +113,11 @@ def node(tmp_path):
         subprocess.run(["ip", "link", "del", d["br"]], capture_output=True)
 
 
-def podman(node, name, script):
-    """Run a busybox container named `name` (its K8S_POD_NAME) on the network."""
+def podman(node, namespace, name, script):
+    """Run a busybox container `name` (its K8S_POD_NAME) in `namespace` on the network."""
     # PATH without the venv: nothing of shoal's Python is reachable from the plugin.
     env = {**os.environ, "CONTAINERS_CONF": node["containers.conf"],
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={namespace}",
            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     return subprocess.run(
         ["podman", "--runtime", "runc", "--network-backend", "cni", "--cgroup-manager=cgroupfs",
@@ -142,40 +147,30 @@ def test_podman_on_an_installed_node(node):
         wait_for(lambda: any(e["type"] == "snapshot" for e in events(zev)), what="ztunnel snapshot")
 
         # Enrolled (its namespace is ambient): both connections end in the stand-in ztunnel.
-        r = podman(node, "web", probe)
+        r = podman(node, "amb", "web", probe)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["orig=198.51.100.7:8080", f"orig={node['gw']}:{host.port}"]
-        # Not enrolled (pod label none): untouched, it reaches the host directly.
-        r = podman(node, "optout", probe)
-        assert r.returncode == 0 and r.stdout.split() == ["host"], (r.stdout, r.stderr)
+        # Not enrolled: a plain namespace, a pod label `none`, kube-system even
+        # though labelled ambient. Untouched, they reach the host directly.
+        for ns, name in (("plain", "db"), ("amb", "optout"), ("kube-system", "coredns")):
+            r = podman(node, ns, name, probe)
+            assert r.returncode == 0 and r.stdout.split() == ["host"], (name, r.stdout, r.stderr)
         assert [e["type"] for e in events(zev)][1:] == ["add", "del"]   # only web was handed over
-
-        # kube-system, labelled ambient in the config: still never captured.
-        ns = unique("shks")
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        try:
-            with open(node["conf"], "rb") as f:
-                live = orjson.loads(f.read())
-            att = chain.Attachment(container_id=unique("cid"), netns=f"/run/netns/{ns}",
-                                   args={"K8S_POD_NAMESPACE": "kube-system", "K8S_POD_NAME": "coredns"})
-            res = chain.add(live, att, f"/usr/lib/cni:{node['bin']}")
-            assert res["ips"] and agent_state(node["run"])["pods"] == []
-            chain.delete(live, att, f"/usr/lib/cni:{node['bin']}", res)
-        finally:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        assert "kube-system" not in open(os.path.join(node["run"], "agent.log")).read()
 
         # The agent dies: the not-enrolled container still starts; the enrolled one
         # fails with the plugin's error (podman gives up; a kubelet retries).
         agent.stop(signal.SIGKILL)
-        r = podman(node, "optout", probe)
-        assert r.returncode == 0 and r.stdout.split() == ["host"], r.stderr
-        r = podman(node, "web", probe)
+        for ns, name in (("plain", "db"), ("amb", "optout"), ("kube-system", "coredns")):
+            r = podman(node, ns, name, probe)
+            assert r.returncode == 0 and r.stdout.split() == ["host"], (name, r.stderr)
+        r = podman(node, "amb", "web", probe)
         assert r.returncode != 0
         assert "node agent unreachable; pod in the ambient mesh not started" in r.stderr
         # Back: the enrolled one starts, captured.
         agent = start_agent(node["run"], node["cfg"])
         wait_for(lambda: [e["type"] for e in events(zev)].count("snapshot") >= 2, what="re-snapshot")
-        r = podman(node, "web", probe)
+        r = podman(node, "amb", "web", probe)
         assert r.returncode == 0 and r.stdout.split()[0] == "orig=198.51.100.7:8080", r.stderr
 
         # Another writer puts the network config back as it had it: repaired.
