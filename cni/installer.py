@@ -103,6 +103,8 @@ class Installer:
     def __post_init__(self) -> None:
         self._log = log.get("cni.install")
         self._source = self.opts.plugin_source or plugin_path()
+        self._want: bytes | None = None
+        self._installed_sig: tuple[int, int, int] | None = None
         self._load()
 
     # ------------------------------------------------------------ paths
@@ -137,15 +139,29 @@ class Installer:
 
     # ------------------------------------------------------------ install
 
+    def _binary_sig(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.p_binary())
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
     def ensure_binary(self) -> bool:
-        """The node's copy equals ours; True when it had to be (re)written."""
-        with open(self._source, "rb") as f:
-            want = f.read()
-        if _read(self.p_binary()) == want:
+        """The node's copy equals ours; True when it had to be (re)written.
+        Reads the node's copy only when its inode, size or mtime moved."""
+        if self._want is None:
+            with open(self._source, "rb") as f:
+                self._want = f.read()
+        sig = self._binary_sig()
+        if sig is not None and sig == self._installed_sig:
             return False
-        _write_atomic(self.p_binary(), want, 0o755)
-        self._log.info("plugin binary installed", extra={"fields": {"path": self.p_binary()}})
-        return True
+        if _read(self.p_binary()) != self._want:
+            _write_atomic(self.p_binary(), self._want, 0o755)
+            self._log.info("plugin binary installed", extra={"fields": {"path": self.p_binary()}})
+            self._installed_sig = self._binary_sig()
+            return True
+        self._installed_sig = sig
+        return False
 
     def reconcile(self) -> bool:
         """Bring the node to the installed state; True when the chain is in place."""
