@@ -190,6 +190,10 @@ def test_plugin_runs_in_a_root_without_python(node, tmp_path):
     """The static binary in a busybox-only chroot, talking to the agent whose
     socket is inside that root: no Python, no libc of the host needed."""
     root = node["rootfs"]
+
+    def in_root(env, stdin):
+        return subprocess.run(["/shoal-cni"], input=stdin, capture_output=True, env=env, timeout=10,
+                              preexec_fn=lambda: (os.chroot(root), os.chdir("/")))
     assert not any(os.path.exists(os.path.join(root, p)) for p in ("usr/bin/python3", "lib", "lib64"))
     shutil.copy(PLUGIN, os.path.join(root, "shoal-cni"))
     run_in = os.path.join(root, "run", "shoal-cni")
@@ -198,16 +202,13 @@ def test_plugin_runs_in_a_root_without_python(node, tmp_path):
     try:
         stdin = orjson.dumps({"cniVersion": "1.1.0", "name": "n", "type": "shoal-cni",
                               "cni_agent_run_dir": "/run/shoal-cni"})
-        r = subprocess.run(["chroot", root, "/shoal-cni"], input=stdin, capture_output=True,
-                           env={"CNI_COMMAND": "STATUS"}, timeout=10)
+        r = in_root({"CNI_COMMAND": "STATUS"}, stdin)
         assert (r.returncode, r.stdout) == (0, b""), r.stdout     # the agent answered, through the root
-        r = subprocess.run(["chroot", root, "/shoal-cni"], input=b"", capture_output=True,
-                           env={"CNI_COMMAND": "VERSION"}, timeout=10)
+        r = in_root({"CNI_COMMAND": "VERSION"}, b"")
         assert r.returncode == 0 and b'"supportedVersions"' in r.stdout
         agent.stop()
         assert os.path.exists(os.path.join(run_in, protocol.SNAPSHOT_NAME))
-        r = subprocess.run(["chroot", root, "/shoal-cni"], input=stdin, capture_output=True,
-                           env={"CNI_COMMAND": "STATUS"}, timeout=10)
+        r = in_root({"CNI_COMMAND": "STATUS"}, stdin)
         assert r.returncode == 1 and orjson.loads(r.stdout)["code"] == 50
     finally:
         agent.stop()
