@@ -104,6 +104,9 @@ class ConfigWatcher:
         self.error = ""
         self._log = log.get("cni.agent")
         self._source: Any = None            # the KubeSource with --config kubernetes:
+        # A view came from the source (the directory read, or the API synced):
+        # before that, an empty view means "unknown", not "nothing ambient".
+        self.loaded = not path
 
     def _signature(self) -> tuple:
         from shoal.core.model import yaml_files
@@ -135,6 +138,7 @@ class ConfigWatcher:
         self.error = ""
         changed = view != self.view
         self.view = view
+        self.loaded = True
         return changed
 
 
@@ -151,6 +155,7 @@ class ConfigWatcher:
         view = enroll.view_of(cfg)
         changed = view != self.view
         self.view = view
+        self.loaded = True
         return changed
 
 
@@ -180,7 +185,6 @@ class NodeAgent:
     async def start(self) -> None:
         os.makedirs(self.opts.run_dir, exist_ok=True)
         self.poll_config()
-        self._write_snapshot()
         self._load_state()
         await self.zds.start()
         await self.reconcile(repair=True)
@@ -245,7 +249,9 @@ class NodeAgent:
     def poll_config(self) -> bool:
         """Reload the mesh config if it changed; keep the plugin's snapshot current."""
         changed = self.config.poll()
-        if changed:
+        # Only a loaded view may replace the last snapshot (a restarting agent
+        # must not tell the plugin "nothing is ambient" before it knows).
+        if self.config.loaded and (changed or not self._snapshot_bytes):
             self._write_snapshot()
         return changed
 

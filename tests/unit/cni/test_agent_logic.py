@@ -211,3 +211,19 @@ async def test_pending_add_replayed_when_back(world):
     assert list(pending.iterdir()) == []
     assert set(a.pods) == {"c-live"} and a.pods["c-live"].enrolled
     assert a.pods["c-live"].ips == ("10.0.0.7",) and str(netns / "pod") in installed
+
+
+def test_unloaded_config_never_replaces_the_snapshot(tmp_path):
+    """A restarting agent whose config does not load keeps the last snapshot:
+    an empty view then means "unknown", not "nothing is ambient"."""
+    cfg, run = tmp_path / "cfg", tmp_path / "run"
+    cfg.mkdir()
+    run.mkdir()
+    (cfg / "bad.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 99999}]}\n")
+    (run / "enrollment").write_bytes(b"shoal-enrollment 1\nns amb\n")
+    a = NodeAgent(AgentOptions(node="n1", config_dir=str(cfg), socket_path=str(run / "pluginevent.sock")))
+    assert not a.poll_config() and not a.config.loaded
+    assert (run / "enrollment").read_bytes() == b"shoal-enrollment 1\nns amb\n"
+    (cfg / "bad.yaml").write_text(NS)
+    a.poll_config()
+    assert b"ns amb\n" in (run / "enrollment").read_bytes() and b"pod plain opted-in" in (run / "enrollment").read_bytes()
