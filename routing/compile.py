@@ -41,8 +41,8 @@ from shoal.core.constants import (DATAPLANE_AMBIENT, DATAPLANE_NONE, DEFAULT_CLU
                             DEFAULT_NETWORK, DEFAULT_TRUST_DOMAIN, HBONE_PORT,
                             LABEL_DATAPLANE_MODE, LABEL_GATEWAY_NAME, LABEL_USE_WAYPOINT,
                             LABEL_USE_WAYPOINT_NAMESPACE)
-from shoal.core.model import (AuthorizationPolicy, ConfigError, ConfigSet, Deployment, FieldError,
-                        Gateway, HTTPRoute, Namespace, Pod, Service, effective_pods)
+from shoal.core.model import (AuthorizationPolicy, ConfigError, ConfigSet, Deployment, EndpointSlice,
+                        FieldError, Gateway, HTTPRoute, Namespace, Pod, Service, effective_pods)
 from shoal.core import records as rec
 
 ROOT_NAMESPACE = "istio-system"     # Istio's meshConfig.rootNamespace default
@@ -83,6 +83,17 @@ class NamespaceInput:
     policies: list[AuthorizationPolicy] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
     routes: list[HTTPRoute] = field(default_factory=list)
+    slices: list[EndpointSlice] = field(default_factory=list)
+
+
+def slice_members(g: NamespaceInput) -> dict[str, set[str]]:
+    """Service name -> pod names its EndpointSlices list (Services without a
+    selector take their endpoints from these, as kube-proxy does)."""
+    out: dict[str, set[str]] = {}
+    for sl in g.slices:
+        if sl.service_name:
+            out.setdefault(sl.service_name, set()).update(sl.pods)
+    return out
 
 
 def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod] = ()
@@ -103,13 +114,13 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
             ns_input(r.meta.name).namespace = r
         elif not isinstance(r, (Pod, Deployment)):
             bucket = {Service: "services", AuthorizationPolicy: "policies", Gateway: "gateways",
-                      HTTPRoute: "routes"}[type(r)]
+                      HTTPRoute: "routes", EndpointSlice: "slices"}[type(r)]
             getattr(ns_input(r.meta.namespace), bucket).append(r)
     pods = effective_pods(resources, extra_pods)
     for (ns, _), p in sorted(pods.items()):
         ns_input(ns).pods.append(p)
     for g in out.values():          # canonical order: equal inputs compare equal
-        for bucket in (g.services, g.policies, g.gateways, g.routes):
+        for bucket in (g.services, g.policies, g.gateways, g.routes, g.slices):
             bucket.sort(key=lambda r: r.meta.name)
     return out
 
@@ -168,6 +179,13 @@ def compile_namespace(g: NamespaceInput, root_policies: list[AuthorizationPolicy
         [p for p in root_policies if g.name != options.root_namespace]
     index = _LabelIndex([p.meta.labels for p in g.pods])
     svc_pods = [index.matching(sel) for sel in selectors]          # service i -> pod indexes
+    members = slice_members(g)
+    if members:
+        position = {p.meta.name: i for i, p in enumerate(g.pods)}
+        for si, svc in enumerate(g.services):
+            if svc.selector is None:
+                svc_pods[si] = sorted(position[n] for n in members.get(svc.meta.name, ())
+                                      if n in position)
     pod_svcs: list[list[int]] = [[] for _ in g.pods]               # pod -> service indexes
     for si, pods in enumerate(svc_pods[:len(g.services)]):
         for pi in pods:
@@ -216,9 +234,11 @@ def compile_pods(g: NamespaceInput, pods: Iterable[Pod], root_policies: list[Aut
     selector_pols = [p for p in g.policies if p.selector] + \
         [p for p in root_policies if g.name != options.root_namespace]
     out = []
+    members = slice_members(g)
     for p in pods:
         labels = p.meta.labels
-        services = [s for s in g.services if _selects(s.selector, labels)]
+        services = [s for s in g.services if _selects(s.selector, labels)
+                    or (s.selector is None and p.meta.name in members.get(s.meta.name, ()))]
         pols = [f"{pol.meta.namespace}/{pol.meta.name}" for pol in selector_pols
                 if _selects(pol.selector, labels)]
         out.append(_workload(p, g, ns_labels, services, pols, options))

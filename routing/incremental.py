@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from shoal.core.model import ConfigError, ConfigSet, FieldError, Pod
 from shoal.routing.codec import encode_value
 from shoal.routing.compile import (CompileOptions, NamespaceInput, compile_namespace, compile_pods,
-                             group_by_namespace, root_selector_policies, selects,
+                             group_by_namespace, root_selector_policies, selects, slice_members,
                              service_selectors, workload_uid)
 from shoal.routing.index import contributions, index_value, record_key
 from shoal.core.records import HTTPRoute, Service
@@ -253,6 +253,9 @@ class IncrementalCompiler:
         changed = [n for n in names if old_pods.get(n) != new_pods.get(n)]
         if len(changed) * POD_PATH_MAX_FRACTION > max(len(new_pods), 1):
             return None
+        sliced = set().union(*slice_members(new).values()) if new.slices else set()
+        if sliced.intersection(changed):
+            return None         # an EndpointSlice names the pod: recompile the namespace
         opts = self.options
         out: dict[str, Any] = {}
         keys = set(self._ns_keys.get(new.name, ()))
@@ -350,7 +353,7 @@ def _group_of(key: tuple) -> str:
 def _only_pods_differ(old: NamespaceInput, new: NamespaceInput) -> bool:
     return (old.namespace == new.namespace and old.services == new.services
             and old.policies == new.policies and old.gateways == new.gateways
-            and old.routes == new.routes)
+            and old.routes == new.routes and old.slices == new.slices)
 
 
 def full_keyspace(records: Iterable[Any]) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
 from shoal.core.model.errors import ConfigError, FieldError, quote
 from shoal.core.model.fields import DNS_SUBDOMAIN, MAX_NAME_LEN, Ctx
 from shoal.core.model.parse_authz import parse_authorization_policy
-from shoal.core.model.parse_core import (parse_deployment, parse_namespace, parse_pod,
+from shoal.core.model.parse_core import (parse_deployment, parse_endpoint_slice, parse_namespace, parse_pod,
                                    parse_service)
 from shoal.core.model.parse_gateway import parse_gateway, parse_httproute
 from shoal.core.model.parse_grpcroute import parse_grpcroute
@@ -47,6 +47,7 @@ _PARSERS: dict[tuple[str, str], tuple[Callable, bool]] = {
     ("Pod", "v1"): (parse_pod, True),
     ("Service", "v1"): (parse_service, True),
     ("Deployment", "apps/v1"): (parse_deployment, True),
+    ("EndpointSlice", "discovery.k8s.io/v1"): (parse_endpoint_slice, True),
     ("AuthorizationPolicy", "security.istio.io/v1"): (parse_authorization_policy, True),
     ("AuthorizationPolicy", "security.istio.io/v1beta1"): (parse_authorization_policy, True),
     ("Gateway", "gateway.networking.k8s.io/v1"): (parse_gateway, True),

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from shoal.core.model.errors import quote
 from shoal.core.model.fields import MAX_PORT, Ctx, join
-from shoal.core.model.resources import (Deployment, Meta, Namespace, Pod, Service,
+from shoal.core.model.resources import (Deployment, EndpointSlice, Meta, Namespace, Pod, Service,
                                   ServicePortSpec)
 
 # A Deployment replica's IPs: "10.0.0.5,10.0.0.6" (one entry per replica;
@@ -208,3 +208,23 @@ def _protocol_from_name(name: str) -> str:
         if lowered == proto or lowered.startswith(proto + "-"):
             return proto
     return ""
+
+
+# The label that ties an EndpointSlice to its Service.
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+
+
+def parse_endpoint_slice(ctx: Ctx, meta: Meta, doc: dict) -> EndpointSlice:
+    pods: list[str] = []
+    for epath, ep in ctx.maps(doc, "endpoints", ""):
+        cond = ctx.map(ep, "conditions", epath)
+        ready = cond.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            ctx.err(join(join(epath, "conditions"), "ready"), f"must be true or false; got {ready!r}")
+        ref = ctx.map(ep, "targetRef", epath)
+        if ready is not False and ctx.str(ref, "kind", join(epath, "targetRef")) == "Pod":
+            name = ctx.str(ref, "name", join(epath, "targetRef"), required=True)
+            if name:
+                pods.append(name)
+    return EndpointSlice(meta=meta, service_name=meta.labels.get(LABEL_SERVICE_NAME, ""),
+                         pods=tuple(sorted(set(pods))))

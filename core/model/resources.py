@@ -111,7 +111,18 @@ class HTTPRoute:
     rules: tuple[RouteRule, ...] = ()
 
 
-Resource = Namespace | Pod | Deployment | Service | AuthorizationPolicy | Gateway | HTTPRoute
+@dataclass(**_RES)
+class EndpointSlice:
+    """The endpoints of a Service without a selector (`kubernetes.io/service-name`).
+    Only ready endpoints that name a Pod (`targetRef`) are kept: shoal's
+    endpoints are workloads."""
+    meta: Meta
+    service_name: str = ""
+    pods: tuple[str, ...] = ()
+
+
+Resource = (Namespace | Pod | Deployment | Service | AuthorizationPolicy | Gateway | HTTPRoute
+            | EndpointSlice)
 
 
 @dataclass(**_RES)

@@ -132,8 +132,12 @@ class Informer:
         memory at a time, not the whole cluster)."""
         self.relist.clear()
         page: list[dict] = []
-        listing = self.client.list(self.kind.resource, chunk_size=self.list_page,
-                                   **({"namespace": "*"} if self.kind.namespaced else {}))
+        gc = self.client._client
+        br = gc.prepare_request("list", res=self.kind.resource,
+                                namespace="*" if self.kind.namespaced else None,
+                                params={"limit": self.list_page,
+                                        "labelSelector": self.kind.label_selector or None})
+        listing = gc.list(br)
         self._locked(self.store.begin_list, self.kind.kind)
         async for obj in listing:
             page.append(dict(obj))
@@ -163,6 +167,7 @@ class Informer:
         br = gc.prepare_request("list", res=self.kind.resource, watch=True,
                                 namespace="*" if self.kind.namespaced else None,
                                 params={"resourceVersion": rv or None,
+                                        "labelSelector": self.kind.label_selector or None,
                                         "allowWatchBookmarks": "true",
                                         "timeoutSeconds": timeout})
         async for type_, obj in gc.watch(br, on_error=on_error):

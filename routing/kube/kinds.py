@@ -5,9 +5,11 @@ mappings, which go through the same parsers as a YAML file's documents
 (core/model), so there is one validation of a Pod, not two. Deployments are
 not watched: on a cluster the ReplicaSet controller makes real Pods.
 
-EndpointSlices (Services without a selector) are not read yet: the config
-model has no kind for them (core/model), so such a Service has no endpoints
-here, as it has none from a YAML directory.
+EndpointSlices are read only where they are not the EndpointSlice
+controller's (label `endpointslice.kubernetes.io/managed-by`): those mirror
+Services with a selector, whose endpoints shoal computes from the Pods, and
+watching them would double every pod event. What is left are the slices of
+Services without a selector, their only source of endpoints.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Kind:
     plural: str
     namespaced: bool = True
     crd: bool = False   # may be absent from a cluster (a CRD not installed): skipped, not fatal
+    label_selector: str = ""    # list and watch only the objects it selects
 
     @property
     def api_version(self) -> str:
@@ -54,6 +57,12 @@ HTTP_ROUTE = Kind(kind="HTTPRoute", group="gateway.networking.k8s.io", version="
 GRPC_ROUTE = Kind(kind="GRPCRoute", group="gateway.networking.k8s.io", version="v1",
                   plural="grpcroutes", crd=True)
 
+ENDPOINT_SLICE = Kind(kind="EndpointSlice", group="discovery.k8s.io", version="v1",
+                      plural="endpointslices",
+                      label_selector="endpointslice.kubernetes.io/managed-by!="
+                                     "endpointslice-controller.k8s.io")
+
 # The order of the initial sync: namespaces first, so the first table already
 # knows which namespaces are ambient.
-WATCHED = (NAMESPACE, POD, SERVICE, AUTHORIZATION_POLICY, GATEWAY, GRPC_ROUTE, HTTP_ROUTE)
+WATCHED = (NAMESPACE, POD, SERVICE, ENDPOINT_SLICE, AUTHORIZATION_POLICY, GATEWAY, GRPC_ROUTE,
+           HTTP_ROUTE)

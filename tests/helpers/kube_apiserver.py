@@ -76,6 +76,7 @@ GATEWAY_API = (Served("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
 class _Watch:
     served: Served
     namespace: str | None
+    selector: str = ""
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
@@ -309,7 +310,8 @@ class KubeApiServer:
     def _publish(self, s: Served, type_: str, obj: dict) -> None:
         self.log.append((self.rv, self._skey(s), type_, obj))
         for w in self.watches:
-            if w.served == s and (w.namespace is None or w.namespace == obj["metadata"].get("namespace")):
+            if w.served == s and (w.namespace is None or w.namespace == obj["metadata"].get("namespace")) \
+                    and selected(w.selector, obj):
                 w.queue.put_nowait((type_, obj))
 
     def _keys(self, s: Served) -> list[tuple[str, str]]:
@@ -389,7 +391,8 @@ class KubeApiServer:
         while i < len(keys) and (not limit or len(items) < limit):
             k = keys[i]
             i += 1
-            if namespace is None or k[0] == namespace:
+            if (namespace is None or k[0] == namespace) and selected(req.query.get("labelSelector", ""),
+                                                                     store[k]):
                 items.append(store[k])
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         if limit and i < len(keys):
@@ -405,7 +408,7 @@ class KubeApiServer:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(req)
         self._streams.add(resp)
-        w = _Watch(s, namespace)
+        w = _Watch(s, namespace, req.query.get("labelSelector", ""))
         since = int(rv_param)
         try:
             if since and since < self.compacted:
@@ -415,11 +418,12 @@ class KubeApiServer:
             self.watches.append(w)
             if since == 0:
                 for k in self._keys(s):
-                    if namespace is None or k[0] == namespace:
+                    if (namespace is None or k[0] == namespace) and selected(w.selector,
+                                                                             self.objects[self._skey(s)][k]):
                         await _line(resp, {"type": "ADDED", "object": self.objects[self._skey(s)][k]})
             else:
                 for rv, skey, type_, obj in self.log:
-                    if rv > since and skey == self._skey(s) and (
+                    if rv > since and skey == self._skey(s) and selected(w.selector, obj) and (
                             namespace is None or obj["metadata"].get("namespace") == namespace):
                         await _line(resp, {"type": type_, "object": obj})
                 # queued events were already replayed from the log
@@ -465,6 +469,21 @@ class KubeApiServer:
             status = {"authenticated": False, "error": "invalid bearer token"}
         return _json({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                       "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}, 201)
+
+
+def selected(selector: str, obj: dict) -> bool:
+    """`key=value` and `key!=value` terms of a label selector, comma-separated."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k) == v:
+                return False
+        elif "=" in term:
+            k, v = term.split("=", 1)
+            if labels.get(k.rstrip("=")) != v:
+                return False
+    return True
 
 
 async def _line(resp: web.StreamResponse, event: dict) -> None:

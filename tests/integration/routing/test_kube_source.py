@@ -263,3 +263,29 @@ def test_config_dump_from_the_api_equals_the_directory_dump(tmp_path):
     assert from_api["workloads"] and from_api["policies"] and from_api["waypoints"]
     assert from_api["routes"] == from_dir["routes"]
     assert from_api == from_dir
+
+
+def test_endpoint_slices_of_a_service_without_selector(rig):
+    rig.api.create({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "legacy", "namespace": "demo"},
+                    "spec": {"clusterIP": "10.96.0.99", "ports": [{"name": "http", "port": 80}]}})
+
+    def slice_of(name, pod, managed_by):
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "demo",
+                             "labels": {"kubernetes.io/service-name": "legacy",
+                                        "endpointslice.kubernetes.io/managed-by": managed_by}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True},
+                               "targetRef": {"kind": "Pod", "name": pod, "namespace": "demo"}}]}
+    # The EndpointSlice controller's slices (for Services with a selector) are not watched.
+    rig.api.create(slice_of("web-abcde", "web-1", "endpointslice-controller.k8s.io"))
+    rig.start()
+    assert rig.view.service_by_vip("10.96.0.99").endpoints == ()
+    rig.api.create(slice_of("legacy-1", "web-1", "my-controller"))
+    wait_for(lambda: rig.view.service_by_vip("10.96.0.99").endpoints ==
+             ("Kubernetes//Pod/demo/web-1",), "the slice's pod as endpoint")
+    health = {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["EndpointSlice"]
+    assert health["synced"]
+    wait_for(lambda: {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}
+             ["EndpointSlice"]["objects"] == 1, "one slice held (the controller's is not watched)")

@@ -310,3 +310,71 @@ spec: {rules: [{to: [{operation: {ports: ["80"]}}]}]}
     assert status["policies"] == [{"policy": "shop/ext", "ancestor": "ztunnel",
                                    "reason": "UnsupportedValue",
                                    "message": "ztunnel does not support the CUSTOM action"}]
+
+
+SLICED = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: ext, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: ext, labels: {app: db}}
+spec: {nodeName: n1, containers: [{name: db, ports: [{name: pg, containerPort: 5432}]}]}
+status: {podIP: 10.9.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: ext, labels: {app: db}}
+spec: {nodeName: n1}
+status: {podIP: 10.9.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: ext}
+spec:
+  clusterIP: 10.96.9.9
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-1, namespace: ext, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+endpoints:
+- addresses: [10.9.0.1]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: db-0, namespace: ext}
+- addresses: [10.9.0.2]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, name: db-1, namespace: ext}
+"""
+
+
+def test_a_service_without_selector_takes_endpoints_from_its_endpoint_slices():
+    from shoal.core.model import load_text
+    from shoal.routing.compile import compile_config, records_by_kind
+    by = records_by_kind(compile_config(load_text(SLICED)))
+    [svc] = by["services"]
+    assert svc.endpoints == ("Kubernetes//Pod/ext/db-0",)       # the unready one is left out
+    db0 = next(w for w in by["workloads"] if w.name == "db-0")
+    assert db0.services == {"ext/legacy.ext.svc.cluster.local": {5432: 5432}}
+
+
+def test_endpoint_slice_changes_compile_incrementally_like_a_full_compile():
+    import yaml
+    from shoal.core.model import load_text
+    from shoal.routing.compile import compile_config
+    from shoal.routing.incremental import IncrementalCompiler, full_keyspace
+    docs = list(yaml.safe_load_all(SLICED))
+    comp = IncrementalCompiler()
+    comp.update(load_text(SLICED))
+    docs[-1]["endpoints"][1]["conditions"]["ready"] = True        # db-1 becomes ready
+    cfg = load_text(yaml.safe_dump_all(docs))
+    comp.update(cfg)
+    assert comp.keyspace == full_keyspace(compile_config(cfg))
+    # and a change of a pod the slice names (the pod path must not drop it)
+    docs[1]["metadata"]["labels"]["v"] = "2"
+    cfg = load_text(yaml.safe_dump_all(docs))
+    slices_pod = [r for r in cfg.resources if r.meta.name == "db-0"]
+    comp.update_resources(upserts=slices_pod)
+    assert comp.keyspace == full_keyspace(compile_config(cfg))
