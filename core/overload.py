@@ -84,6 +84,16 @@ class Overload:
         self._pending[conn] = evict
         return None
 
+    def admit_plain(self) -> str | None:
+        """A connection without a handshake (a captured plaintext one) arrived:
+        None if taken (then `closed(conn)` follows), else why it was refused.
+        It counts against the same `max_connections` as HBONE ones: as
+        Envoy's global limit, it bounds the worker, whatever the listener."""
+        if self.connections >= self.max_connections:
+            return self._refuse("max_connections")
+        self.connections += 1
+        return None
+
     def handshake_done(self, conn: object) -> None:
         self._pending.pop(conn, None)
 

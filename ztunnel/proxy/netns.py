@@ -36,6 +36,7 @@ from typing import Awaitable, Callable
 
 from shoal.core import log as shoal_log
 from shoal.core.addr import hostport
+from shoal.core.overload import worker_overload
 from shoal.core.sockets import LISTEN_BACKLOG, SocketFactory
 from shoal.ztunnel.options import OUTBOUND
 from shoal.ztunnel.origdst import original_dst
@@ -174,6 +175,17 @@ class Proxy:
 
     async def _captured(self, down: CountingEnd, fixed: tuple[str, int] | None,
                         handler: Handler) -> None:
+        overload = worker_overload()
+        if overload.admit_plain() is not None:
+            down.close()                # FIN: a clean refusal the app may retry
+            return
+        try:
+            await self._captured_admitted(down, fixed, handler)
+        finally:
+            overload.closed(down)
+
+    async def _captured_admitted(self, down: CountingEnd, fixed: tuple[str, int] | None,
+                                 handler: Handler) -> None:
         started = time.monotonic()
         try:
             dst = fixed or original_dst(down.info("socket"))

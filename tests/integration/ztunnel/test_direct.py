@@ -18,6 +18,7 @@ from tests.helpers.ztunnel_apps import expected_hash, pattern
 from tests.helpers.ztunnel_direct import LocalCa, ViewBox, start_proxy
 from tests.helpers.ztunnel_mesh import unique_prefix
 from tests.helpers.ztunnel_peers import free_port, python_app
+from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -228,3 +229,26 @@ async def test_hbone_statuses_200_401_503_400(rig):
                          rules=(Rule(),))
     rig.view.view = rig.make_view([deny], generation=2)
     assert await _connect_status(rig, f"{ip}:{APP_PORT}") == 401
+
+
+async def test_capture_listener_counts_against_the_worker_connection_limit(rig, monkeypatch):
+    """15001 obeys core.overload like 15008: at the limit a new captured
+    connection is closed at once (FIN, no bytes); the one already in is kept."""
+    from shoal.core import overload
+    # Both rig nodes live in this process and share its Overload: the first
+    # captured connection on node-a plus its (pooled) HBONE connection into
+    # node-b fill a limit of two.
+    monkeypatch.setattr(overload, "_WORKER", overload.Overload(max_connections=2))
+    reader, writer = await rig.open((VIP, 80))
+    writer.write(b"first ")
+    await writer.drain()
+    r2, w2 = await rig.open((VIP, 80))
+    assert await asyncio.wait_for(r2.read(), 10) == b""      # refused: closed, nothing sent
+    w2.close()
+    assert overload._WORKER.refused == {"max_connections": 1}
+    writer.write(b"still served")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"first still served"
+    writer.close()
+    # The captured connection is released; the pooled HBONE one stays.
+    await until(lambda: overload._WORKER.connections == 1)
