@@ -196,9 +196,12 @@ def test_invalid_authorization_policy_is_refused_alone(rig):
     rig.api.create(bad)
     rig.api.create(policy("good"))
     rig.api.create(pod("web-2", "10.1.0.2"))
-    wait_for(lambda: rig.view.workload_by_ip("10.1.0.2") and rig.status()["refused"]["total"],
-             "the good changes and the refusal")
-    names = {p.name for p in rig.view.items_many(["authorization"])["authorization"]}
+    def policy_names():
+        return {p.name for p in rig.view.items_many(["authorization"])["authorization"]}
+    # Pods and policies arrive on separate watches: wait for each change.
+    wait_for(lambda: rig.view.workload_by_ip("10.1.0.2") and rig.status()["refused"]["total"]
+             and "good" in policy_names(), "the good changes and the refusal")
+    names = policy_names()
     assert "good" in names and "bad" not in names
     [err] = rig.status()["refused"]["errors"]
     assert (err["kind"], err["namespace"], err["name"], err["field"]) == (
