@@ -79,7 +79,10 @@ def _run_command():
                                   fixed_targets=tuple(FixedTarget.parse(f) for f in fixed),
                                   snapshot_wait=min(SNAPSHOT_WAIT,
                                                     supervisor.worker_timeout / 2),
-                                  bytes_report_interval=bytes_report_interval)
+                                  bytes_report_interval=bytes_report_interval,
+                                  service_ports=frozenset({supervisor.admin_port,
+                                                           supervisor.metrics_port,
+                                                           supervisor.readiness_port}))
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         sys.exit(run_app(lambda: ZtunnelApp(opts), supervisor))

@@ -76,6 +76,9 @@ class ZtunnelOptions:
             worker timeout, so the wait never looks like a hung worker).
         bytes_report_interval: seconds between byte-count reports of open
             connections.
+        service_ports: the supervisor's admin, metrics and readiness ports
+            as configured (they may differ from Istio's defaults): refused
+            to tunnels like every other port of the proxy.
     """
     node: str
     mode: str = DEDICATED
@@ -93,6 +96,7 @@ class ZtunnelOptions:
     trust_domain: str = "cluster.local"
     snapshot_wait: float = SNAPSHOT_WAIT
     bytes_report_interval: float = BYTES_REPORT_INTERVAL
+    service_ports: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.node:
@@ -116,7 +120,8 @@ class ZtunnelOptions:
     @property
     def proxy_ports(self) -> frozenset[int]:
         return frozenset({self.hbone_port, self.outbound_port, self.inbound_port,
-                          *(f.port for f in self.fixed_targets)})
+                          *(f.port for f in self.fixed_targets),
+                          *(p for p in self.service_ports if p)})
 
     @property
     def inbound_refused_ports(self) -> frozenset[int]:

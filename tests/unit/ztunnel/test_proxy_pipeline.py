@@ -191,3 +191,22 @@ async def test_captured_plaintext_to_a_reserved_port_is_refused(port):
     down = FakeEnd([b"GET /metrics HTTP/1.1\r\n\r\n"])
     await InboundPassthrough(pi).handle(down, (SERVER_A.ips[0], port), 100.0)
     assert down.aborted and pi.connected == []
+
+
+async def test_a_configured_metrics_port_is_refused_like_the_default():
+    """`--metrics-port 9464`: that port is the proxy's too, never the app's."""
+    from dataclasses import replace
+    pi = FakeInputs(make_view())
+    pi.options = replace(pi.options, service_ports=frozenset({9464, 0}))
+    answer = await Inbound(pi).on_connect(connect_request("10.0.1.1:9464"), "10.0.1.1")
+    assert isinstance(answer, Reject) and answer.status == 400
+    # Without that setting 9464 is an ordinary app port.
+    other = await Inbound(FakeInputs(make_view())).on_connect(
+        connect_request("10.0.1.1:9464"), "10.0.1.1")
+    assert not (isinstance(other, Reject) and "reserved" in other.reason)
+
+
+def test_ztunnel_run_passes_the_supervisor_ports_to_the_proxy():
+    from shoal.ztunnel.options import ZtunnelOptions
+    opts = ZtunnelOptions(node="n1", service_ports=frozenset({9464, 15000, 0}))
+    assert {9464, 15000} <= opts.inbound_refused_ports and 0 not in opts.inbound_refused_ports
