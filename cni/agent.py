@@ -410,6 +410,12 @@ class NodeAgent:
             self._log.info("config reloaded")
         ns = req.pod_namespace or "default"
         name = req.pod_name or req.container_id[:12]
+        if not self.config.loaded and ns not in self.opts.excluded:
+            # Before the first view (API not synced, config unreadable) we do
+            # not know whether the pod is ambient: the runtime retries.
+            return OpResult(ok=False, code=ErrorCode.TRY_AGAIN_LATER,
+                            error=f"mesh config not loaded yet ({self.config.error or 'syncing'}); "
+                                  f"pod {ns}/{name} not started")
         facts = self.config.view.facts(ns, name)
         pod = PodRecord(container_id=req.container_id, namespace=ns, name=name, netns=req.netns,
                         ifname=req.ifname or "eth0", ips=req.ips,

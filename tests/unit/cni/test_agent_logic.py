@@ -227,3 +227,20 @@ def test_unloaded_config_never_replaces_the_snapshot(tmp_path):
     (cfg / "bad.yaml").write_text(NS)
     a.poll_config()
     assert b"ns amb\n" in (run / "enrollment").read_bytes() and b"pod plain opted-in" in (run / "enrollment").read_bytes()
+
+
+async def test_no_pod_passes_before_the_config_is_loaded(tmp_path, monkeypatch):
+    """Not knowing the labels is not "not ambient": ADDs wait (code 11),
+    except in excluded namespaces."""
+    cfg, run, netns = tmp_path / "cfg", tmp_path / "run", tmp_path / "netns"
+    for d in (cfg, run, netns):
+        d.mkdir()
+    (cfg / "bad.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 99999}]}\n")
+    a = NodeAgent(AgentOptions(node="n1", config_dir=str(cfg), socket_path=str(run / "pluginevent.sock"),
+                               state_path=str(tmp_path / "state.json")))
+    a.zds = FakeZds()
+    rep = await a.handle(add_req(netns, "plain", "db"))
+    assert not rep.ok and rep.code == 11 and "not loaded" in rep.error and not a.pods
+    assert (await a.handle(add_req(netns, "kube-system", "coredns"))).ok
+    (cfg / "bad.yaml").write_text(NS)
+    assert (await a.handle(add_req(netns, "plain", "db"))).ok
