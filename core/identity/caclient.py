@@ -97,15 +97,7 @@ class CaClient:
         self._ctx = None
 
     def _maybe_reload_credential(self) -> None:
-        if self._cred_dir is None:
-            return
-        stamp = _dir_stamp(self._cred_dir)
-        if stamp != self._cred_stamp:
-            try:
-                self.set_credential(load_credential(self._cred_dir))
-                self._cred_stamp = stamp
-            except CertError:
-                pass  # half-written files: keep the last good credential, retry next time
+        maybe_reload_credential(self)
 
     def update_roots(self, roots) -> None:
         """Trust a new bundle for the CA connection (root rotation)."""
@@ -252,6 +244,21 @@ def _client_context() -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def maybe_reload_credential(client) -> None:
+    """Reload a CA client's node credential when its files changed (both CA
+    clients, JSON and gRPC, take a re-issued credential this way): the client
+    has `_cred_dir`, `_cred_stamp` and `set_credential`."""
+    if client._cred_dir is None:
+        return
+    stamp = _dir_stamp(client._cred_dir)
+    if stamp != client._cred_stamp:
+        try:
+            client.set_credential(load_credential(client._cred_dir))
+            client._cred_stamp = stamp
+        except CertError:
+            pass  # half-written files: keep the last good credential, retry next time
 
 
 def _dir_stamp(directory: Path) -> tuple:

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from shoal.core.identity import istioca
 from shoal.core.identity.caclient import (CA_REQUEST_TIMEOUT, CaError, SignResponse,
-                                          _dir_stamp, load_credential)
+                                          _dir_stamp, load_credential,
+                                          maybe_reload_credential)
 from shoal.core.identity.certs import CertError, WorkloadCert, load_pem_certs
 from shoal.core.identity.spiffe import Identity
 
@@ -109,15 +110,7 @@ class GrpcCaClient:
             asyncio.ensure_future(old.close(grace=self.timeout))
 
     def _maybe_reload_credential(self) -> None:
-        if self._cred_dir is None:
-            return
-        stamp = _dir_stamp(self._cred_dir)
-        if stamp != self._cred_stamp:
-            try:
-                self.set_credential(load_credential(self._cred_dir))
-                self._cred_stamp = stamp
-            except CertError:
-                pass   # half-written files: keep the last good credential
+        maybe_reload_credential(self)
 
     def _get_channel(self) -> grpc.aio.Channel:
         self._maybe_reload_credential()
