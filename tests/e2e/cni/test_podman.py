@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 
 import orjson
@@ -186,10 +187,13 @@ def test_podman_on_an_installed_node(node):
     assert os.listdir(node["bin"]) == []
 
 
-def test_plugin_runs_in_a_root_without_python(node, tmp_path):
+def test_plugin_runs_in_a_root_without_python(node):
     """The static binary in a busybox-only chroot, talking to the agent whose
     socket is inside that root: no Python, no libc of the host needed."""
-    root = node["rootfs"]
+    # A root of its own under a short path: the agent's socket lives inside
+    # it, and pytest's per-worker tmp paths overflow AF_UNIX's 108 bytes.
+    root = tempfile.mkdtemp(prefix="shoal-root-")
+    busybox_rootfs(root)
 
     def in_root(env, stdin):
         return subprocess.run(["/shoal-cni"], input=stdin, capture_output=True, env=env, timeout=10,
@@ -212,3 +216,4 @@ def test_plugin_runs_in_a_root_without_python(node, tmp_path):
         assert r.returncode == 1 and orjson.loads(r.stdout)["code"] == 50
     finally:
         agent.stop()
+        shutil.rmtree(root, ignore_errors=True)
