@@ -149,8 +149,9 @@ class HboneConnection(asyncio.Protocol):
             if e.limit is not None:
                 overload.count_h2_limit(e.limit)
             self.flush()                       # the GOAWAY
-            # A peer that stopped reading would hold a graceful close open.
-            self._die(e, abort=e.limit == "outbound_control_frames")
+            # A peer that stopped reading would hold a graceful close open;
+            # any other gets the GOAWAY before the socket goes (LINGER_CLOSE).
+            self._die(e, abort=e.limit == "outbound_control_frames", linger=True)
             return
         for event in events:
             self._DISPATCH[type(event)](self, event)
@@ -234,7 +235,7 @@ class HboneConnection(asyncio.Protocol):
                     self.on_idle(self)
                 self._close_if_drained()
 
-    def _die(self, error: HboneError, *, abort: bool) -> None:
+    def _die(self, error: HboneError, *, abort: bool, linger: bool = False) -> None:
         if self.error is None:
             self.error = error
         if not self.ready.done():
@@ -250,6 +251,8 @@ class HboneConnection(asyncio.Protocol):
         if self.transport is not None:
             if abort:
                 self.transport.abort()
+            elif linger and hasattr(self.transport, "linger_close"):
+                self.transport.linger_close()
             else:
                 self.transport.close()
 

@@ -33,6 +33,12 @@ _HANDSHAKE = 0x16
 # up after this much, so a large frame's header is seen early and the rest of
 # its body is decrypted into the app's buffer, not copied through ours.
 DIRECT_BATCH = _RECORD
+# After an error GOAWAY the peer may still be sending. Closing a socket with
+# unread bytes makes the kernel answer RST, which can destroy the GOAWAY
+# before the peer reads it. So, as Envoy's delayed close
+# (delayed_close_timeout, 1 s by default): send FIN, drop what arrives, and
+# close when the peer does or after this long.
+LINGER_CLOSE = 1.0
 
 
 class _ReadBuffer:
@@ -92,6 +98,10 @@ class TlsTransport(asyncio.Transport):
     def close(self) -> None:
         self._p.app_close()
 
+    def linger_close(self) -> None:
+        """Close after an error the peer must learn (see LINGER_CLOSE)."""
+        self._p.app_linger_close()
+
     def abort(self) -> None:
         self._p.closing = True
         self._p.raw.abort()
@@ -150,6 +160,7 @@ class _TlsProtocol(asyncio.Protocol):
         self._direct = False
         self._on_close = on_close         # (handshake_done: bool) -> None, once
         self._handshook = False
+        self._linger: asyncio.TimerHandle | None = None    # set while lingering
 
     # -- raw TCP side -------------------------------------------------------
 
@@ -186,6 +197,8 @@ class _TlsProtocol(asyncio.Protocol):
                                             server_hostname=None)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return                        # closing after an error: dropped
         if self.sslobj is None:
             if self.closing or not self._have_client_hello(data):
                 return
@@ -198,7 +211,7 @@ class _TlsProtocol(asyncio.Protocol):
             self._read_app()
 
     def eof_received(self):
-        if self._in is None:
+        if self._linger is not None or self._in is None:
             return False
         self._in.write_eof()
         if self.handshake.done() and self._app_transport is not None:
@@ -210,6 +223,8 @@ class _TlsProtocol(asyncio.Protocol):
         self.closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         if not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionResetError("closed during TLS handshake"))
             self.handshake.exception()
@@ -399,6 +414,22 @@ class _TlsProtocol(asyncio.Protocol):
             pass
         self._flush()
         self.raw.close()
+
+    def app_linger_close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.sslobj.unwrap()                 # queue close_notify
+        except (ssl.SSLError, ValueError):
+            pass
+        self._flush()
+        try:
+            self.raw.write_eof()                 # FIN after what is queued
+        except (OSError, RuntimeError, NotImplementedError):
+            self.raw.close()
+            return
+        self._linger = self.loop.call_later(LINGER_CLOSE, self.raw.close)
 
     def _flush(self) -> None:
         if self._out is not None and self._out.pending:
