@@ -405,25 +405,24 @@ class _TlsProtocol(asyncio.Protocol):
         self._flush()
 
     def app_close(self) -> None:
+        if self._close_notify():
+            self.raw.close()
+
+    def _close_notify(self) -> bool:
+        """Queue and flush close_notify once; False if already closing."""
         if self.closing:
-            return
+            return False
         self.closing = True
         try:
-            self.sslobj.unwrap()                 # queue close_notify
+            self.sslobj.unwrap()
         except (ssl.SSLError, ValueError):
             pass
         self._flush()
-        self.raw.close()
+        return True
 
     def app_linger_close(self) -> None:
-        if self.closing:
+        if not self._close_notify():
             return
-        self.closing = True
-        try:
-            self.sslobj.unwrap()                 # queue close_notify
-        except (ssl.SSLError, ValueError):
-            pass
-        self._flush()
         try:
             self.raw.write_eof()                 # FIN after what is queued
         except (OSError, RuntimeError, NotImplementedError):
