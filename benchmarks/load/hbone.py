@@ -205,15 +205,9 @@ def run_short(pair: Pair, target_port: int, seconds: float) -> dict:
     return uvloop.run(short_connections(pair.port, seconds))
 
 
-async def _serve_rr(ready_port: list) -> None:
-    server, port = await rr_server()
-    ready_port.append(port)
-    await asyncio.Event().wait()
-
-
 def start_rr_server(tmp: Path) -> tuple[subprocess.Popen, int]:
     code = ("import asyncio, sys, uvloop; sys.path.insert(0, %r)\n"
-            "from benchmarks.load_hbone import rr_server\n"
+            "from shoal.benchmarks.load.hbone import rr_server\n"
             "async def main():\n"
             "    s, p = await rr_server(); print(p, flush=True); await asyncio.Event().wait()\n"
             "uvloop.run(main())\n") % str(ROOT)

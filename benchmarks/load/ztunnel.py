@@ -317,7 +317,7 @@ def main() -> None:
     p.add_argument("--idle-conns", type=int, default=10000)
     p.add_argument("--plot-only", action="store_true", help="re-plot the --out file")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ztunnel.json")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "ztunnel_bench.png",
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "ztunnel_bench.png"),
                    help="PNG to write ('' for none)")
     args = p.parse_args()
     if args.plot_only:
@@ -326,8 +326,8 @@ def main() -> None:
         result = run(args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    if str(args.plot):
-        plot(result, args.plot)
+    if args.plot:       # Path('') would be '.', so the flag stays a str
+        plot(result, Path(args.plot))
     print(f"wrote {args.out}")
 
 
