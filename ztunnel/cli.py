@@ -12,7 +12,7 @@ import click
 import orjson
 
 from shoal.core import log as core_log
-from shoal.core.constants import ADMIN_PORT, CA_PORT
+from shoal.core.constants import ADMIN_PORT
 from shoal.ztunnel import tables
 from shoal.core.identity.options import ca_options
 from shoal.ztunnel.options import BYTES_REPORT_INTERVAL, DEDICATED, DEFAULT_ZDS_SOCKET, INPOD

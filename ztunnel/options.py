@@ -50,7 +50,7 @@ class FixedTarget:
             out = cls(kind=kind, port=int(lport), target=parse_ip_port(target))
         except ValueError as e:
             raise ValueError(f"bad --test-fixed-target {spec!r}: expected "
-                             "outbound:LISTENPORT=IP:PORT ({e})") from None
+                             f"outbound:LISTENPORT=IP:PORT ({e})") from None
         if kind not in (OUTBOUND, INBOUND_PLAINTEXT):
             raise ValueError(f"bad --test-fixed-target kind {kind!r}: "
                              f"use {OUTBOUND} or {INBOUND_PLAINTEXT}")

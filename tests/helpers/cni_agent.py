@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import orjson
 from tests.helpers.wait import wait_for

@@ -3,7 +3,6 @@ CNI chain gave them), services and namespaces to the test API server as a
 kubelet and the controllers would, and the ztunnels read only the API: the
 traffic between ambient pods flows on addresses they learned from it."""
 
-import os
 import subprocess
 import sys
 import urllib.request

@@ -19,7 +19,6 @@ def test_bad_values_are_refused_with_the_flag_name(kw, msg):
 
 
 def test_worker_count_defaults_to_the_cpu_limit():
-    import os
     from shoal.shards.options import cpu_limit
     assert SupervisorOptions().worker_count == cpu_limit()
     assert SupervisorOptions(workers=3).worker_count == 3
