@@ -16,21 +16,16 @@ import sys
 
 import pytest
 
+from tests.helpers.manifests import NAMESPACES, documents, http_deployment, http_service
 from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 
-APP = """apiVersion: v1
-kind: Namespace
-metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
-apiVersion: v1
+APP = documents(
+    NAMESPACES,
+    """apiVersion: v1
 kind: Pod
 metadata: {name: server, namespace: plain, labels: {app: server}}
 spec:
@@ -39,74 +34,25 @@ spec:
   - name: web
     command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]
     ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: plain}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
+""",
+    http_service("server", "plain"),
+    """apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: plain}
 spec:
   nodeName: node-2
   containers: [{name: c, command: [sleep, infinity]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: amb}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      serviceAccountName: web
-      nodeName: node-1
-      containers:
-      - name: web
-        command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: amb}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: spread, namespace: amb}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: spread}}
-  template:
-    metadata: {labels: {app: spread}}
-    spec:
-      serviceAccountName: spread
-      containers:
-      - name: web
-        command: [python3, -m, http.server, "8080", --bind, 0.0.0.0]
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: spread, namespace: amb}
-spec:
-  selector: {app: spread}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
+""",
+    http_deployment("web", "amb", node="node-1"),
+    http_deployment("spread", "amb", replicas=2),
+    """apiVersion: v1
 kind: Pod
 metadata: {name: caller, namespace: amb}
 spec:
   serviceAccountName: caller
   nodeName: node-2
   containers: [{name: c, command: [sleep, infinity]}]
-"""
+""")
 
 
 def shoal(*args, run_dir, timeout=120, check=True):

@@ -25,19 +25,13 @@ from shoal.cni import chain, conflist, protocol
 from tests.helpers.cni_agent import PLUGIN, Proc, events, start_agent, start_fake_ztunnel
 from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import unique
+from tests.helpers.manifests import NAMESPACES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180),
               pytest.mark.skipif(not shutil.which("podman") or not os.path.exists("/bin/busybox"),
                                  reason="needs podman and busybox-static")]
 
-MESH = """apiVersion: v1
-kind: Namespace
-metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
+MESH = NAMESPACES + """---
 apiVersion: v1
 kind: Namespace
 metadata: {name: kube-system, labels: {istio.io/dataplane-mode: ambient}}

@@ -12,17 +12,11 @@ import pytest
 
 from shoal.cni import protocol, spec
 from tests.helpers.cni_agent import run_plugin, start_agent, wait_for
+from tests.helpers.manifests import NAMESPACES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-CONFIG = """apiVersion: v1
-kind: Namespace
-metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
+CONFIG = NAMESPACES + """---
 apiVersion: v1
 kind: Pod
 metadata: {name: opted-in, namespace: plain, labels: {istio.io/dataplane-mode: ambient}}

@@ -11,15 +11,9 @@ from shoal.cni import agent as agent_mod
 from shoal.cni.agent import AgentOptions, NodeAgent
 from shoal.cni.plugin import PodOp as Request
 from shoal.cni.zds_server import NoZtunnel
+from tests.helpers.manifests import NAMESPACES
 
-NS = """apiVersion: v1
-kind: Namespace
-metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
+NS = NAMESPACES + """---
 apiVersion: v1
 kind: Pod
 metadata: {name: opted-out, namespace: amb, labels: {istio.io/dataplane-mode: none}}
