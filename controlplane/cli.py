@@ -95,7 +95,8 @@ def run(port, host, state_dir, config_dir, overlay, cacerts, trust_domain, cert_
         raise click.BadParameter(f"must be between {MIN_CERT_TTL} and {MAX_CERT_TTL}", param_hint="--cert-ttl")
     kube = KubeOptions(kubeconfig=kubeconfig, trusted_nodes=tuple(trusted_nodes),
                        root_secret=_ref(root_secret, "--root-secret"),
-                       root_configmaps=tuple(_ref(c, "--root-configmap") for c in root_configmaps)) \
+                       root_configmaps=tuple(ref for c in root_configmaps
+                                             if (ref := _ref(c, "--root-configmap")) is not None)) \
         if (kubernetes_api or kubeconfig) else None
     if kube is None and (root_secret or root_configmaps):
         raise click.UsageError("--root-secret and --root-configmap need --kubernetes-api or --kubeconfig")
@@ -215,6 +216,7 @@ async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_doma
     await server.close()
     if source is not None:
         source.close()
+    if client is not None:
         await client.close()
 
 

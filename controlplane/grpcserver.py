@@ -14,7 +14,7 @@ callable it is given, so authentication and signing stay in CaServer.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, cast
 from urllib.parse import quote
 
 import h2.config
@@ -75,7 +75,8 @@ class GrpcConnection:
     def _dispatch(self, events) -> bool:
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self._headers[ev.stream_id] = dict(ev.headers)
+                # header_encoding="utf-8" above: h2 hands out str pairs
+                self._headers[ev.stream_id] = dict(cast("list[tuple[str, str]]", ev.headers))
                 self._bodies[ev.stream_id] = bytearray()
             elif isinstance(ev, h2.events.DataReceived):
                 body = self._bodies.get(ev.stream_id)

@@ -36,9 +36,11 @@ def _converter(tp: Any) -> Callable[[Any], Any] | None:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        conv = _converter(inner[0])
-        return None if conv is None else (lambda v: None if v is None else conv(v))
-    if dataclasses.is_dataclass(tp):
+        opt = _converter(inner[0])
+        if opt is None:
+            return None
+        return lambda v: None if v is None else opt(v)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _decoder(tp)
     if origin is tuple:
         args = typing.get_args(tp)

@@ -113,9 +113,9 @@ def group_by_namespace(cfg: ConfigSet | Iterable[Any], extra_pods: Iterable[Pod]
         if isinstance(r, Namespace):
             ns_input(r.meta.name).namespace = r
         elif not isinstance(r, (Pod, Deployment)):
-            bucket = {Service: "services", AuthorizationPolicy: "policies", Gateway: "gateways",
-                      HTTPRoute: "routes", EndpointSlice: "slices"}[type(r)]
-            getattr(ns_input(r.meta.namespace), bucket).append(r)
+            kind = {Service: "services", AuthorizationPolicy: "policies", Gateway: "gateways",
+                    HTTPRoute: "routes", EndpointSlice: "slices"}[type(r)]
+            getattr(ns_input(r.meta.namespace), kind).append(r)
     pods = effective_pods(resources, extra_pods)
     for (ns, _), p in sorted(pods.items()):
         ns_input(ns).pods.append(p)
@@ -196,9 +196,9 @@ def compile_namespace(g: NamespaceInput, root_policies: list[AuthorizationPolicy
             pod_pols[pi].append(f"{pol.meta.namespace}/{pol.meta.name}")
     workloads = [_workload(p, g, ns_labels, [g.services[si] for si in pod_svcs[i]],
                            pod_pols[i], options) for i, p in enumerate(g.pods)]
-    for i, svc in enumerate(services):
+    for i, record in enumerate(services):
         eps = tuple(sorted(workloads[pi].uid for pi in svc_pods[i]))
-        services[i] = _replace(svc, endpoints=eps)
+        services[i] = _replace(record, endpoints=eps)
     out += workloads
     out += services
     out += [_policy(p, options) for p in g.policies]
@@ -307,7 +307,7 @@ def _resolve_waypoint(own: dict[str, str], ns_labels: dict[str, str], ns: str,
     ref = _waypoint_ref(own, ns)
     if ref is None:
         ref = _waypoint_ref(ns_labels, ns)
-    return None if ref == DATAPLANE_NONE else ref
+    return ref if isinstance(ref, rec.WaypointRef) else None   # None or DATAPLANE_NONE
 
 
 def _workload(p: Pod, g: NamespaceInput, ns_labels: dict[str, str], services: list[Service],
@@ -413,7 +413,7 @@ def _route(r: HTTPRoute) -> rec.HTTPRoute:
                          kind=r.meta.kind)
 
 
-def records_by_kind(records: Iterable[Any]) -> dict[str, list[Any]]:
+def records_by_kind(records: Iterable[Any]) -> dict[str, Any]:
     """Records grouped as StaticView's keyword arguments."""
     names = {rec.Workload: "workloads", rec.Service: "services", rec.Authorization: "policies",
              rec.Waypoint: "waypoints", rec.HTTPRoute: "routes", rec.Namespace: "namespaces"}

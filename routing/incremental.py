@@ -20,7 +20,7 @@ import dataclasses
 import re
 from collections import ChainMap
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from shoal.core.model import ConfigError, ConfigSet, FieldError, Pod
 from shoal.routing.codec import encode_value
@@ -115,7 +115,7 @@ class IncrementalCompiler:
         touched: dict[str, set[tuple]] = {}
         for key in changes:
             touched.setdefault(_group_of(key), set()).add(key)
-        candidates = {}
+        candidates: dict[str, NamespaceInput | None] = {}
         hints: dict[str, set[str]] = {}
         for ns, keys in touched.items():
             patched = self._patch_pods(ns, keys, changes)
@@ -151,13 +151,14 @@ class IncrementalCompiler:
     def _may_be_replica(self, ns: str, name: str) -> bool:
         """A Deployment could own a replica of this name (`<deploy>-<hash>-<n>`)."""
         m = _REPLICA_NAME.match(name)
-        return bool(m) and ("Deployment", ns, m.group(1)) in self._resources
+        return m is not None and ("Deployment", ns, m.group(1)) in self._resources
 
     def _apply(self, candidates: dict[str, NamespaceInput | None], *,
                resources: dict[tuple, Any] | None = None,
                resource_changes: dict[tuple, Any] | None = None,
                hints: dict[str, set[str]] | None = None) -> Delta:
-        groups = ChainMap(candidates, self._groups)
+        # cast, not a copy: the chain only reads self._groups (O(change) per update)
+        groups = ChainMap(candidates, cast("dict[str, NamespaceInput | None]", self._groups))
         root_g = groups.get(self.options.root_namespace)
         root_sel = root_selector_policies({self.options.root_namespace: root_g} if root_g else {},
                                           self.options)
@@ -181,11 +182,11 @@ class IncrementalCompiler:
             keys = {record_key(r) for r in new}
             ns_keys[ns] = keys
             for r in new:
-                key = record_key(r)
-                if self._records.get(key) != r:
-                    rec_changes[key] = r
-            for key in self._ns_keys.get(ns, set()) - keys:
-                rec_changes[key] = None
+                rkey = record_key(r)
+                if self._records.get(rkey) != r:
+                    rec_changes[rkey] = r
+            for rkey in self._ns_keys.get(ns, set()) - keys:
+                rec_changes[rkey] = None
         index_changes, contrib = self._reindex(rec_changes)
         self._check_ips(index_changes, rec_changes)
         changes = self._encode(rec_changes, index_changes)
@@ -199,16 +200,16 @@ class IncrementalCompiler:
         if resources is not None:
             self._resources = dict(resources)
             self._by_ns = {}
-            for key in resources:
-                self._by_ns.setdefault(_group_of(key), set()).add(key)
-        for key, r in (resource_changes or {}).items():
-            group = self._by_ns.setdefault(_group_of(key), set())
+            for res_key in resources:
+                self._by_ns.setdefault(_group_of(res_key), set()).add(res_key)
+        for res_key, r in (resource_changes or {}).items():
+            group = self._by_ns.setdefault(_group_of(res_key), set())
             if r is None:
-                self._resources.pop(key, None)
-                group.discard(key)
+                self._resources.pop(res_key, None)
+                group.discard(res_key)
             else:
-                self._resources[key] = r
-                group.add(key)
+                self._resources[res_key] = r
+                group.add(res_key)
         for ns, keys in ns_keys.items():
             if keys:
                 self._ns_keys[ns] = keys
@@ -302,7 +303,7 @@ class IncrementalCompiler:
         for r in rec_changes.values():
             if isinstance(r, Service):
                 overlay[(r.namespace, r.name)] = r
-        services = ChainMap(overlay, self._services)
+        services = ChainMap(overlay, cast("dict[tuple[str, str], Service | None]", self._services))
         redo = dict(rec_changes)
         for k in self._routes:      # a route's waypoint index follows its parent Service
             redo.setdefault(k, self._routes[k])

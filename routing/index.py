@@ -29,7 +29,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from shoal.core.records import (Authorization, HTTPRoute, Namespace, Service, Waypoint,
                              Workload)
@@ -76,7 +76,8 @@ def service_key_for_host(namespace: str, hostname: str) -> str:
     return f"s/{namespace}/{host}"
 
 
-def contributions(rec: Any, services: dict[tuple[str, str], Service]) -> list[tuple[str, str]]:
+def contributions(rec: Any, services: Mapping[tuple[str, str], Service | None]
+                  ) -> list[tuple[str, str]]:
     """The (index key, member) pairs one record adds to the secondary indexes.
 
     `services` maps (namespace, name) to Service records: a route attached to

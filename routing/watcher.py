@@ -27,7 +27,6 @@ import argparse
 import gc
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -299,4 +298,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

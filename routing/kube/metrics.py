@@ -23,8 +23,8 @@ def _metrics() -> dict[str, Any]:
     global _METRICS
     if _METRICS is None:
         from prometheus_client import Counter, Gauge
-        c = dict(registry=None)
-        g = dict(registry=None, multiprocess_mode="mostrecent")
+        c: dict[str, Any] = dict(registry=None)
+        g: dict[str, Any] = dict(registry=None, multiprocess_mode="mostrecent")
         _METRICS = {
             "synced": Gauge("shoal_kube_synced", "Initial list applied", ("resource",), **g),
             "missing": Gauge("shoal_kube_missing", "Resource not served by the API", ("resource",), **g),

@@ -68,7 +68,10 @@ class KubeSource:
         self._informers: list[Informer] = []
         self._thread: threading.Thread | None = None
         self._seen_version = -1
-        self._server = client_config(kubeconfig).get().cluster.server
+        context = client_config(kubeconfig).get()
+        if context is None:
+            raise ValueError("the kubeconfig names no current context")
+        self._server = context.cluster.server
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> "KubeSource":
