@@ -1,5 +1,5 @@
-"""Logging: JSON lines on stderr (LOG_FORMAT=plain: ztunnel's text format),
-one logger tree under "shoal".
+"""Logging: ztunnel's text format on stderr by default, JSON lines with
+LOG_FORMAT=json (or --log-format json), as ztunnel; one logger tree under "shoal".
 
 Access logs go to the "shoal.access" logger so operators can route or
 silence them separately, like ztunnel's `access` tracing target.
@@ -40,7 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class PlainFormatter(logging.Formatter):
-    """ztunnel's text format (LOG_FORMAT=plain): time, level, scope, message,
+    """ztunnel's text format (the default): time, level, scope, message,
     then `key=value` fields; addresses and numbers bare, other strings quoted,
     e.g. `... info access connection complete src.addr=10.0.0.1:5000
     src.workload="sleep" ... bytes_sent=67 duration="13ms"`."""
@@ -65,6 +65,7 @@ def _plain_value(key: str, value: object) -> str:
 
 
 FORMATTERS = {"json": JsonFormatter, "plain": PlainFormatter}
+DEFAULT_FORMAT = "plain"        # ztunnel's default; LOG_FORMAT=json for JSON lines
 
 
 def setup(level: str | None = None, stream=None, fmt: str | None = None) -> None:
@@ -75,7 +76,7 @@ def setup(level: str | None = None, stream=None, fmt: str | None = None) -> None
     root = logging.getLogger("shoal")
     for h in list(root.handlers):
         root.removeHandler(h)
-    fmt = (fmt or os.environ.get("LOG_FORMAT") or "json").lower()
+    fmt = (fmt or os.environ.get("LOG_FORMAT") or DEFAULT_FORMAT).lower()
     if fmt not in FORMATTERS:
         raise ValueError(f"unknown log format {fmt!r}; use one of {sorted(FORMATTERS)}")
     handler = logging.StreamHandler(stream or sys.stderr)

@@ -39,7 +39,12 @@ DESTINATION_LABELS = ("destination_service", "destination_service_namespace",
                       "destination_app", "destination_version", "destination_cluster")
 TCP_LABELS = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS,
               "request_protocol", "response_flags", "connection_security_policy")
-HTTP_LABELS = (*TCP_LABELS, "response_code")
+# Istio's stats filter adds `grpc_response_status` to every HTTP metric; it is
+# empty (not "unknown") for requests that are not gRPC.
+GRPC_STATUS_LABEL = "grpc_response_status"
+HTTP_LABELS = (*TCP_LABELS, "response_code", GRPC_STATUS_LABEL)
+# Labels whose absence renders as "" rather than UNKNOWN.
+EMPTY_WHEN_MISSING = frozenset({GRPC_STATUS_LABEL})
 
 # istio_request_duration_milliseconds: Envoy's default histogram buckets,
 # which Istio's stats plugin exports unchanged (milliseconds).
@@ -163,6 +168,11 @@ class IstioMetrics:
                                        buckets=SIZE_BUCKETS_BYTES, **c)
         self.response_bytes = Histogram("istio_response_bytes", "Response body sizes", HTTP_LABELS,
                                         buckets=SIZE_BUCKETS_BYTES, **c)
+        # gRPC requests only (Istio's stats filter): messages in each direction.
+        self.request_messages = Counter("istio_request_messages", "gRPC messages sent by clients",
+                                        HTTP_LABELS, **c)
+        self.response_messages = Counter("istio_response_messages",
+                                         "gRPC messages sent by servers", HTTP_LABELS, **c)
         # Gauge in "max" mode: every worker reports 1, the endpoint shows 1.
         self.build = Gauge("istio_build", "Istio component build info", ("component", "tag"),
                            multiprocess_mode="max", **c)
@@ -205,7 +215,8 @@ class IstioMetrics:
         if not labels.keys() <= set(names):
             extra = set(labels) - set(names)
             raise ValueError(f"{metric._name}: unknown labels {sorted(extra)}")
-        return tuple([str(labels.get(n) or UNKNOWN) for n in names])
+        return tuple([str(labels.get(n) or ("" if n in EMPTY_WHEN_MISSING else UNKNOWN))
+                      for n in names])
 
     def child(self, metric, labels: Mapping[str, str]):
         """The labelled child (bind once per connection on hot paths)."""

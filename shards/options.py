@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import click
 
 from shoal.core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from shoal.core import log as core_log
 from shoal.core.log import parse_spec
 from shoal.routing.kube import SCHEME
 
@@ -114,6 +115,10 @@ def supervisor_options(fn):
         click.option("--log-level", default="info", show_default=True, envvar="RUST_LOG",
                      help="Initial log levels, ztunnel's syntax: `info` or `access:debug,info` "
                      "(env RUST_LOG; see /logging)."),
+        click.option("--log-format", type=click.Choice(sorted(core_log.FORMATTERS)),
+                     default=None, envvar="LOG_FORMAT",
+                     help="Log lines as ztunnel's text (plain, the default) or JSON "
+                     "(env LOG_FORMAT, as ztunnel)."),
         click.option("--pidfile", type=click.Path(dir_okay=False), default=None,
                      help="Write the supervisor's pid here (kept across SIGUSR2 upgrades)."),
     ]
@@ -121,6 +126,9 @@ def supervisor_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         values = {k: kwargs.pop(k) for k in FLAGS}
+        log_format = kwargs.pop("log_format")
+        if log_format:      # every process of this supervisor reads it (core.log.setup)
+            os.environ["LOG_FORMAT"] = log_format
         kube, kubeconfig = kwargs.pop("kubernetes_api"), kwargs.pop("kubeconfig")
         if kube or kubeconfig:
             if values["config"] is not None:

@@ -10,6 +10,11 @@ import pytest
 
 ROOT = os.geteuid() == 0
 
+# shoal logs ztunnel's text format by default; the tests read the logs of the
+# processes they start as JSON lines, so every child asks for JSON (ztunnel's
+# LOG_FORMAT=json). Tests of the text format set their own.
+os.environ["LOG_FORMAT"] = "json"
+
 
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (network namespaces, nftables)")

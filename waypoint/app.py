@@ -35,6 +35,7 @@ from shoal.waypoint.lb import MODES, ROUND_ROBIN
 from shoal.waypoint.proxy import Proxy
 from shoal.waypoint.telemetry import (ACCESS_LOG_FLUSH, DEFAULT_TRACE_SAMPLING_PERCENT, FLUSH_INTERVAL,
                                       Telemetry)
+from shoal.waypoint.tracing import SpanExporter, otlp_config
 from shoal.waypoint.upstream import H1Pool, HboneConnector, TcpConnector
 
 LOG = core_log.get("waypoint")
@@ -63,6 +64,8 @@ class WaypointOptions:
     lb_mode: str = ROUND_ROBIN
     access_log: bool = True
     trace_sampling: float = DEFAULT_TRACE_SAMPLING_PERCENT   # % of new traces sampled
+    otlp_endpoint: str | None = None       # collector URL (else the OTEL_* variables)
+    otlp_protocol: str | None = None       # "grpc" | "http/protobuf" (else OTEL_*; grpc)
 
     def __post_init__(self) -> None:
         if not self.name or not self.namespace:
@@ -75,6 +78,7 @@ class WaypointOptions:
             raise ValueError("nothing to serve: --hbone-port and --plaintext-port are both 0")
         if not 0.0 <= self.trace_sampling <= 100.0:
             raise ValueError("--trace-sampling is a percentage between 0 and 100")
+        otlp_config(self.otlp_endpoint, self.otlp_protocol)     # raises on a bad value
         if self.lb_mode not in MODES:
             raise ValueError(f"--lb-mode must be one of {', '.join(MODES)}")
         if bool(self.ca_token) != bool(self.ca_root_cert):
@@ -104,13 +108,17 @@ class WaypointApp(App):
         self._hbone_listener = None
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
+        self.spans: SpanExporter | None = None
         self._socks: list[socket.socket] = []
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self, ctx) -> None:
         o: WaypointOptions = self.options
         self.ctx = ctx
-        telemetry = Telemetry(ctx.metrics, access_log=o.access_log)
+        otlp = otlp_config(o.otlp_endpoint, o.otlp_protocol)
+        if otlp is not None:    # per worker: the processor's thread does not survive a fork
+            self.spans = SpanExporter(otlp, canonical_service=o.name, namespace=o.namespace)
+        telemetry = Telemetry(ctx.metrics, access_log=o.access_log, spans=self.spans)
         plain = TcpConnector(sockets=ctx.sockets)
         connector = plain
         if o.hbone_port:
@@ -163,6 +171,14 @@ class WaypointApp(App):
             self._flusher.cancel()
         if self.certs is not None:
             await self.certs.close()
+        if self.spans is not None:
+            # The last spans go out within what is left of the drain time.
+            left = max(deadline - time.monotonic(), 0.0)
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    None, self.spans.shutdown), left)
+            except asyncio.TimeoutError:
+                LOG.warning("spans not exported before the drain deadline")
 
     def ready(self) -> bool:
         return self.proxy is not None

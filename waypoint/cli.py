@@ -47,6 +47,13 @@ def waypoint() -> None:
 @click.option("--trace-sampling", type=float, default=1.0, show_default=True,
               help="Percent of new traces (requests without a traceparent) marked sampled, "
               "Istio's meshConfig tracing.sampling; an incoming traceparent's flag is kept.")
+@click.option("--otlp-endpoint", default=None,
+              help="Export sampled spans to this OTLP collector, e.g. http://collector:4317 "
+              "(default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT; "
+              "none: no export).")
+@click.option("--otlp-protocol", type=click.Choice(["grpc", "http/protobuf"]), default=None,
+              help="OTLP transport (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc as "
+              "Istio's OpenTelemetry provider).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One JSON line per request on the shoal.access logger.")
 def run(supervisor, **flags) -> None:

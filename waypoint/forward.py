@@ -22,6 +22,7 @@ from shoal.waypoint import filters, message
 from shoal.waypoint.destination import Endpoint, service_port
 from shoal.waypoint.downstream import BodySource, ResponseSink
 from shoal.waypoint.exchange import RequestBody, Upstream, UpstreamRequest, UpstreamResponse
+from shoal.waypoint.grpcstats import MessageCounter, grpc_status
 from shoal.waypoint.h2upstream import speaks_h2
 from shoal.waypoint.http1 import RequestReceived, strip_hop_by_hop
 from shoal.waypoint.lookups import Lookups
@@ -65,6 +66,8 @@ class Forwarder:
         connection must close."""
         upstream = self.h1 if req.upgrade else self.upstream_for(st.backend, st.backend_port)
         headers = self._upstream_headers(st, req, out)
+        if st.grpc_in is not None:
+            body = CountedBody(body, st.grpc_in)
         headers, rbody = await _prepare_body(st, req, body, sink, headers)
         ureq = UpstreamRequest(head=out, headers=headers, body=rbody, upgrade=req.upgrade,
                                source_ip=st.down.source_ip, host=st.target.name)
@@ -154,14 +157,23 @@ class Forwarder:
             st.response_bytes, st.request_bytes = await sink.tunnel(*resp.upgraded())
             await resp.finish()
             return False
-        no_body = method == "HEAD" or status in (204, 304)
+        # A gRPC "trailers-only" answer (grpc-status in the head, an error
+        # usually) must reach the client as one HEADERS frame ending the
+        # stream: a status in an ordinary head is ignored by gRPC clients.
+        no_body = method == "HEAD" or status in (204, 304) or (
+            st.grpc_out is not None and message.get(headers, "grpc-status") is not None)
         try:
             await sink.start(status, headers, content_length=resp.content_length,
                              reason=resp.reason, no_body=no_body)
+            counter = st.grpc_out
             while data := await _with_deadline(resp.read(), deadline, self.clock):
                 st.response_bytes += len(data)
+                if counter is not None:
+                    counter.feed(data)
                 if not no_body:
                     await sink.send(data)
+            if counter is not None:
+                st.grpc_status = grpc_status(resp.trailers, resp.headers, status)
             if resp.trailers:
                 await sink.trailers(resp.trailers)
             await resp.finish()
@@ -186,6 +198,7 @@ class Forwarder:
         if tp is None or not valid_traceparent(tp):
             tp = traceparent(self.rng, self.trace_sampling)
         else:
+            st.parent_span = tp.split("-")[2]
             tp = child_traceparent(tp, self.rng)
         headers = message.set_(headers, "traceparent", tp)
         st.traceparent = tp
@@ -210,6 +223,24 @@ class Forwarder:
             t.cancel()
         self.h1.close()
         self.h2.close()
+
+
+class CountedBody:
+    """A gRPC request's body, its messages counted as they pass (BodySource)."""
+
+    __slots__ = ("source", "counter")
+
+    def __init__(self, source: BodySource, counter: MessageCounter) -> None:
+        self.source, self.counter = source, counter
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self.source.trailers
+
+    async def read(self) -> bytes:
+        data = await self.source.read()
+        self.counter.feed(data)
+        return data
 
 
 async def _prepare_body(st: RequestState, req: RequestReceived, body: BodySource,

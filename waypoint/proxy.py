@@ -28,6 +28,7 @@ from shoal.waypoint import filters, message
 from shoal.waypoint.destination import workload_endpoint
 from shoal.waypoint.downstream import BodySource, Downstream, ResponseSink
 from shoal.waypoint.forward import Forwarder
+from shoal.waypoint.grpcstats import MessageCounter, grpc_status, is_grpc
 from shoal.waypoint.h1exchange import H1Upstream
 from shoal.waypoint.h2exchange import H2Upstream
 from shoal.waypoint.h2upstream import H2Pool
@@ -80,6 +81,8 @@ class Proxy:
         """Serve one request. Returns False when the connection must close."""
         self.lookups.refresh()
         st = RequestState(down=down, head=req.head, t0=self.clock())
+        if is_grpc(message.get(req.head.headers, "content-type")):
+            st.grpc_in, st.grpc_out = MessageCounter(), MessageCounter()
         try:
             return await self._handle(st, req, body, sink)
         except (asyncio.CancelledError, ConnectionError):
@@ -183,6 +186,7 @@ class Proxy:
     # -- telemetry ----------------------------------------------------------------
     def _record(self, st: RequestState) -> None:
         h = st.head
+        grpc = st.grpc_in is not None and st.grpc_out is not None
         self.telemetry.record(RequestRecord(
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,
             source_workload=st.down.source_workload,
@@ -195,4 +199,8 @@ class Proxy:
             request_id=st.request_id, traceparent=st.traceparent, route=st.route,
             policy=st.policy, start_time=time.time() - (self.clock() - st.t0),
             user_agent=message.get(h.headers, "user-agent") or "",
-            x_forwarded_for=message.get(h.headers, "x-forwarded-for") or ""))
+            x_forwarded_for=message.get(h.headers, "x-forwarded-for") or "",
+            parent_span_id=st.parent_span,
+            grpc_status=(st.grpc_status or grpc_status(None, None, st.status or 0)) if grpc else "",
+            request_messages=st.grpc_in.count if st.grpc_in is not None else 0,
+            response_messages=st.grpc_out.count if st.grpc_out is not None else 0))

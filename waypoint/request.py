@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.waypoint.downstream import Downstream, ResponseSink
+from shoal.waypoint.grpcstats import MessageCounter
 from shoal.waypoint.message import Headers, RequestHead
 
 RBAC_DENIED = b"RBAC: access denied"
@@ -17,7 +18,8 @@ class RequestState:
     """One request as telemetry sees it (plain slots: written as we go)."""
     __slots__ = ("down", "head", "t0", "authority", "target", "backend", "upstream", "status",
                  "flags", "request_bytes", "response_bytes", "request_id", "traceparent",
-                 "route", "policy", "upstream_workload", "backend_port")
+                 "route", "policy", "upstream_workload", "backend_port", "parent_span",
+                 "grpc_in", "grpc_out", "grpc_status")
 
     def __init__(self, *, down: Downstream, head: RequestHead, t0: float) -> None:
         self.down, self.head, self.t0 = down, head, t0
@@ -31,6 +33,12 @@ class RequestState:
         self.flags = "-"
         self.request_bytes = self.response_bytes = 0
         self.request_id = self.traceparent = self.route = self.policy = ""
+        self.parent_span = ""                # the caller's span id (incoming traceparent)
+        # gRPC requests only: message counters (client -> upstream, back) and
+        # the response's grpc-status once seen.
+        self.grpc_in: MessageCounter | None = None
+        self.grpc_out: MessageCounter | None = None
+        self.grpc_status = ""
 
 
 async def local_reply(st: RequestState, sink: ResponseSink, status: int, body: bytes,

@@ -105,15 +105,21 @@ class RequestRecord:
     start_time: float = 0.0        # wall clock (unix seconds) the request arrived
     user_agent: str = ""
     x_forwarded_for: str = ""
+    parent_span_id: str = ""       # the caller's span id, from its traceparent
+    grpc_status: str = ""          # gRPC requests: the response's grpc-status ("" otherwise)
+    request_messages: int = 0      # gRPC messages client -> server
+    response_messages: int = 0     # gRPC messages server -> client
 
 
 class _Agg:
     """Counts for one label set since the last flush."""
-    __slots__ = ("children", "count", "dur", "dur_sum", "req", "req_sum", "resp", "resp_sum")
+    __slots__ = ("children", "count", "dur", "dur_sum", "req", "req_sum", "resp", "resp_sum",
+                 "msgs", "req_msgs", "resp_msgs")
 
-    def __init__(self, children, nd: int, ns: int) -> None:
+    def __init__(self, children, nd: int, ns: int, msgs=None) -> None:
         self.children = children
-        self.count = 0
+        self.msgs = msgs            # gRPC: (request, response) message counter children
+        self.count = self.req_msgs = self.resp_msgs = 0
         self.dur, self.req, self.resp = [0] * nd, [0] * ns, [0] * ns
         self.dur_sum = self.req_sum = self.resp_sum = 0.0
 
@@ -166,9 +172,10 @@ class Telemetry:
     """Records requests into core.metrics (when given) and the access log."""
 
     def __init__(self, metrics=None, *, access_log: bool = True, log: AccessLog | None = None,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, spans=None) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        self.spans = spans          # waypoint.tracing.SpanExporter, or None: no export
         self.log = log or AccessLog()
         self.clock = clock
         self._aggs: dict[tuple, _Agg] = {}
@@ -184,12 +191,14 @@ class Telemetry:
                 self.flush_metrics()
         if self.access_log:
             self.log.emit(access_fields(r))
+        if self.spans is not None and r.traceparent and is_sampled(r.traceparent):
+            self.spans.record(r)
 
     def _aggregate(self, r: RequestRecord) -> None:
         key = (r.source_principal, r.source_workload and r.source_workload.uid,
                r.destination and r.destination.key,
                r.destination_workload and r.destination_workload.uid,
-               r.protocol, r.status, r.flags)
+               r.protocol, r.status, r.flags, r.grpc_status)
         a = self._aggs.get(key)
         if a is None:
             if len(self._aggs) >= MAX_CACHED_LABEL_SETS:
@@ -199,8 +208,14 @@ class Telemetry:
             labels = labels_for(r)
             children = tuple(metric.labels(*m.values_for(metric, labels)) for metric in
                              (m.requests, m.request_duration, m.request_bytes, m.response_bytes))
-            a = self._aggs[key] = _Agg(children, len(self._dur_bounds), len(self._size_bounds))
+            values = m.values_for(m.requests, labels)
+            msgs = (m.request_messages.labels(*values), m.response_messages.labels(*values)) \
+                if r.grpc_status else None
+            a = self._aggs[key] = _Agg(children, len(self._dur_bounds), len(self._size_bounds),
+                                       msgs)
         a.count += 1
+        a.req_msgs += r.request_messages
+        a.resp_msgs += r.response_messages
         a.dur[bisect.bisect_left(self._dur_bounds, r.duration_ms)] += 1
         a.dur_sum += r.duration_ms
         a.req[bisect.bisect_left(self._size_bounds, r.request_bytes)] += 1
@@ -219,7 +234,10 @@ class Telemetry:
             _add(duration, a.dur, a.dur_sum)
             _add(req_bytes, a.req, a.req_sum)
             _add(resp_bytes, a.resp, a.resp_sum)
-            a.count = 0
+            if a.msgs is not None:
+                a.msgs[0].inc(a.req_msgs)
+                a.msgs[1].inc(a.resp_msgs)
+            a.count = a.req_msgs = a.resp_msgs = 0
             a.dur, a.req, a.resp = [0] * len(a.dur), [0] * len(a.req), [0] * len(a.resp)
             a.dur_sum = a.req_sum = a.resp_sum = 0.0
 
@@ -260,7 +278,8 @@ def _workload_labels(prefix: str, w: Workload | None, principal: str | None) -> 
 def labels_for(r: RequestRecord) -> dict[str, str]:
     labels = {"reporter": REPORTER, "request_protocol": r.protocol,
               "response_code": str(r.status), "response_flags": r.flags,
-              "connection_security_policy": "mutual_tls" if r.source_principal else "none"}
+              "connection_security_policy": "mutual_tls" if r.source_principal else "none",
+              "grpc_response_status": r.grpc_status}
     labels.update(_workload_labels("source", r.source_workload, r.source_principal))
     dst_principal = r.destination_workload.identity if r.destination_workload else None
     labels.update(_workload_labels("destination", r.destination_workload, dst_principal))

@@ -22,6 +22,7 @@ import random
 import threading
 from typing import Callable
 
+import httpx2       # lightkube's HTTP client: its transport errors are connection errors
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError, NotReadyError
 from lightkube.types import OnErrorAction, OnErrorResult
@@ -55,6 +56,20 @@ def status_code(exc: BaseException) -> int | None:
         return exc.status.code
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
+
+
+# Why a list/watch stream ended, in ztunnel's words (istio_xds_connection_
+# terminations_total{reason}): the transport failed, the API answered an
+# error, or we start over on purpose (410 Gone, SIGHUP).
+CONNECTION_ERROR, ERROR, RECONNECT = "ConnectionError", "Error", "Reconnect"
+
+
+def termination_reason(exc: BaseException) -> str:
+    if status_code(exc) is not None:
+        return ERROR
+    if isinstance(exc, (OSError, httpx2.TransportError)):
+        return CONNECTION_ERROR
+    return ERROR
 
 
 class Gone(Exception):
@@ -98,15 +113,18 @@ class Informer:
                 self._watching = asyncio.ensure_future(self._watch(rv))
                 await self._watching
             except Gone:
+                self._locked(self.store.terminated, self.kind.kind, RECONNECT)
                 continue
             except asyncio.CancelledError:
                 if self._relist_requested:
                     self._relist_requested = False
+                    self._locked(self.store.terminated, self.kind.kind, RECONNECT)
                     continue
                 raise
             except Exception as exc:    # any failure of one kind must not stop the others
                 code = status_code(exc)
                 if code == HTTP_GONE:       # a list page's continue token expired
+                    self._locked(self.store.terminated, self.kind.kind, RECONNECT)
                     continue
                 if code == HTTP_NOT_FOUND and self.kind.crd:
                     self._locked(self.store.failed, self.kind.kind,
@@ -115,6 +133,7 @@ class Informer:
                     await self._sleep(self.crd_recheck)
                     continue
                 attempt += 1
+                self._locked(self.store.terminated, self.kind.kind, termination_reason(exc))
                 self._locked(self.store.failed, self.kind.kind, _describe(exc))
                 await self._sleep(backoff_delay(attempt, self.rng))
             finally:
@@ -157,6 +176,7 @@ class Informer:
         def on_error(exc: Exception, count: int) -> OnErrorResult:
             if status_code(exc) == HTTP_GONE:
                 raise Gone() from exc
+            self._locked(self.store.terminated, self.kind.kind, termination_reason(exc))
             self._locked(self.store.failed, self.kind.kind, f"watch: {_describe(exc)}")
             return OnErrorResult(OnErrorAction.RETRY, sleep=backoff_delay(count, self.rng))
 

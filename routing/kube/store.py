@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from shoal.core.model import ConfigSet, FieldError
 from shoal.core.model.loader import parse_object
 from shoal.routing.kube.kinds import Kind
@@ -53,6 +55,12 @@ class KindHealth:
     bookmarks: int = 0
     errors: int = 0
     last_error: str = ""
+    # As ztunnel counts its xDS stream (istio_xds_* series): messages (list
+    # pages and watch events) and their bytes (the objects as JSON), and why
+    # list/watch streams ended: ConnectionError, Error, Reconnect.
+    messages: int = 0
+    message_bytes: int = 0
+    terminations: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +110,7 @@ class ObjectStore:
 
     def list_page(self, kind: str, items: list[dict]) -> None:
         seen = self._listing[kind]
+        self._received(kind, items)
         for obj in items:
             key = self._apply(kind, obj)
             if key is not None:
@@ -122,6 +131,7 @@ class ObjectStore:
     def event(self, kind: str, type_: str, obj: dict) -> None:
         """One watch event: ADDED, MODIFIED, DELETED or BOOKMARK."""
         h = self.health[kind]
+        self._received(kind, (obj,))
         rv = _meta(obj).get("resourceVersion") or h.resource_version
         h.resource_version = str(rv)
         if type_ == "BOOKMARK":
@@ -134,6 +144,17 @@ class ObjectStore:
         else:
             h.events += 1
             self._apply(kind, obj)
+        self.version += 1
+
+    def _received(self, kind: str, objs) -> None:
+        h = self.health[kind]
+        h.messages += 1
+        h.message_bytes += sum(len(orjson.dumps(o)) for o in objs)
+
+    def terminated(self, kind: str, reason: str) -> None:
+        """A list or watch stream of `kind` ended (ztunnel's termination reasons)."""
+        t = self.health[kind].terminations
+        t[reason] = t.get(reason, 0) + 1
         self.version += 1
 
     def failed(self, kind: str, message: str, *, missing: bool = False) -> None:

@@ -165,6 +165,10 @@ def test_dropped_watch_resumes_without_relist(rig):
         return {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["Pod"]
     wait_for(lambda: pods()["errors"] >= 1, "the dropped stream in the health")
     assert pods()["relists"] == 0 and "watch" in pods()["last_error"]
+    # ztunnel's istio_xds_connection_terminations_total{reason}: a cut stream
+    # is a ConnectionError; the list page and events are messages with bytes.
+    assert pods()["terminations"].get("ConnectionError", 0) >= 1, pods()["terminations"]
+    assert pods()["messages"] >= 2 and pods()["message_bytes"] > 0
 
 
 def test_410_gone_relists_and_publishes_only_the_difference(rig):
@@ -187,6 +191,8 @@ def test_410_gone_relists_and_publishes_only_the_difference(rig):
         sorted(changed)
     wait_for(lambda: {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}
              ["Pod"]["relists"] == 1, "one re-list in the health")
+    health = {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}["Pod"]
+    assert health["terminations"].get("Reconnect") == 1, health["terminations"]   # the 410
 
 
 def test_invalid_authorization_policy_is_refused_alone(rig):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import urllib.request
 
@@ -68,6 +69,9 @@ def test_traffic_between_pods_learned_from_the_api(mesh):
     metrics = mesh.metrics("node-a")
     assert 'shoal_kube_synced{resource="pods"} 1.0' in metrics
     assert 'shoal_kube_objects{resource="services"} 1.0' in metrics
+    # ztunnel's names for its config-source stream.
+    assert re.search(r'istio_xds_message_total\{url="pods"\} [1-9]', metrics), metrics
+    assert re.search(r'istio_xds_message_bytes_total\{url="pods"\} [1-9]', metrics)
 
 
 def test_pod_add_ip_change_ready_flip_delete_reach_every_worker(mesh):

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from shoal.core.metrics import IstioMetrics
+from shoal.routing.kube import metrics as kube_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "shoal-dashboard.json"
 PROMQL_WORDS = {"sum", "by", "rate", "topk", "histogram_quantile", "min", "max", "time", "le",
@@ -30,7 +31,7 @@ def exported() -> dict[str, set[str]]:
     """Series name -> its label names, as /metrics would show them."""
     m = IstioMetrics()
     registry = CollectorRegistry()
-    for metric in m.all():
+    for metric in [*m.all(), *kube_metrics.all_metrics()]:
         names = metric._labelnames
         (metric.labels(*["x"] * len(names)) if names else metric)
         registry.register(metric)
@@ -57,7 +58,7 @@ def test_every_queried_series_and_label_exists(title, expr):
     for name in names:
         assert name in series, f"{title}: {name} is not exported by shoal"
     for name, body in SELECTOR.findall(expr):
-        for label in re.findall(r"([a-z_]+)\s*=~?", body):
+        for label in re.findall(r"([a-z_]+)\s*[!=]~?", body):
             assert label in series[name], f"{title}: {name} has no label {label}"
     for group in BY.findall(expr):
         for label in (g.strip() for g in group.split(",")):
@@ -69,5 +70,8 @@ def test_every_queried_series_and_label_exists(title, expr):
 def test_dashboard_covers_ztunnel_and_waypoint():
     text = DASHBOARD.read_text()
     for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_failed_total",
-                 "istio_tcp_sockets_open", "istio_requests_total", "process_open_fds"):
+                 "istio_tcp_sockets_open", "istio_requests_total", "process_open_fds",
+                 "grpc_response_status", "istio_request_messages_total",
+                 "istio_response_messages_total", "istio_xds_connection_terminations_total",
+                 "istio_xds_message_total"):
         assert name in text

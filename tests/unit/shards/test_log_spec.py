@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 
+import orjson
 import pytest
 
 from shoal.core import log as core_log
@@ -50,14 +52,40 @@ def test_plain_format_is_ztuntels_text_access_line():
 def test_log_format_from_env(monkeypatch):
     import io
     buf = io.StringIO()
-    monkeypatch.setenv("LOG_FORMAT", "plain")
     try:
+        # ztunnel's default is its text format; LOG_FORMAT=json gives JSON lines.
+        monkeypatch.delenv("LOG_FORMAT", raising=False)
         core_log.setup("info", stream=buf)
         core_log.get("access").info("hello", extra={"fields": {"dst.addr": "1.2.3.4:80"}})
         assert buf.getvalue().rstrip().endswith("\taccess\thello\tdst.addr=1.2.3.4:80")
+        monkeypatch.setenv("LOG_FORMAT", "json")
+        buf.truncate(0)
+        buf.seek(0)
+        core_log.setup("info", stream=buf)
+        core_log.get("access").info("hello", extra={"fields": {"dst.addr": "1.2.3.4:80"}})
+        line = orjson.loads(buf.getvalue())
+        assert line["msg"] == "hello" and line["dst.addr"] == "1.2.3.4:80"
         monkeypatch.setenv("LOG_FORMAT", "xml")
         with pytest.raises(ValueError):
             core_log.setup("info", stream=buf)
     finally:
-        monkeypatch.delenv("LOG_FORMAT")
+        monkeypatch.undo()
         core_log.setup("info")
+
+
+def test_log_format_flag_reaches_every_child(monkeypatch):
+    """--log-format (env LOG_FORMAT) is exported for the workers and the watcher."""
+    import click
+    from click.testing import CliRunner
+
+    from shoal.shards.options import supervisor_options
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+
+    @click.command()
+    @supervisor_options
+    def cmd(supervisor):
+        click.echo(os.environ.get("LOG_FORMAT", "-"))
+
+    assert CliRunner().invoke(cmd, ["--log-format", "json"]).output.strip() == "json"
+    assert CliRunner().invoke(cmd, ["--log-format", "yaml"]).exit_code == 2
+    monkeypatch.undo()
