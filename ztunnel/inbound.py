@@ -30,7 +30,7 @@ from typing import Callable
 from shoal.core import authz
 from shoal.core.addr import hostport, parse_ip_port
 from shoal.core.constants import PROXY_PORTS
-from shoal.core.records import Workload
+from shoal.core.records import Service, Workload
 from shoal.routing.view import View
 from shoal.ztunnel.outbound import waypoint_replicas
 
@@ -187,3 +187,20 @@ def _local_is_waypoint_of(view: View, local: Workload, target_ip: str) -> bool:
         return False
     replicas = waypoint_replicas(view, waypoint) or []
     return any(r.uid == local.uid for r in replicas)
+
+
+def guess_service(view: View, workload: Workload | None, port: int) -> Service | None:
+    """The service an inbound connection to `workload`:`port` was for, for
+    telemetry (ztunnel's `guess_inbound_service`): the first service of the
+    workload with that target port. The connection carries the pod's
+    address, not the VIP the client dialled, so this is a guess when two
+    services share a target port (ztunnel takes the first one too)."""
+    if workload is None:
+        return None
+    for key, ports in sorted(workload.services.items()):
+        if port in ports.values():
+            namespace, _, hostname = key.partition("/")
+            svc = view.service_by_host(namespace, hostname)
+            if svc is not None:
+                return svc
+    return None

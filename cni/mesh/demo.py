@@ -9,6 +9,7 @@ removes it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import select
 import signal
@@ -154,16 +155,12 @@ class Tour:
         except OSError as e:
             self.verdict(False, f"cannot read {path}: {e}")
             return
-        try:
-            fields = orjson.loads(line)
-            shown = {k: fields[k] for k in ("src.addr", "src.identity", "dst.addr", "dst.service",
-                                            "dst.workload", "direction", "bytes_sent",
-                                            "bytes_recv", "duration") if k in fields}
-            self.echo("    " + " ".join(f"{k}={v}" for k, v in shown.items()))
-        except ValueError:
-            self.echo(f"    {line}")
-        self.verdict(bool(line), "the inbound connection to productpage is logged with its "
-                     "source identity")
+        # ztunnel's text format (LOG_FORMAT=json gives the same fields as JSON).
+        fields = _access_fields(line)
+        self.echo(f"    {line}")
+        self.verdict(bool(fields.get("src.identity")) and bool(fields.get("dst.service")),
+                     "the inbound connection to productpage is logged with its source identity "
+                     "and destination service")
 
     def workloads_table(self) -> None:
         node = self.m.find_pod("bookinfo/productpage-v1")["node"]
@@ -188,10 +185,30 @@ class Tour:
         tcp = [ln for ln in r.stdout.splitlines()
                if ln.startswith(("istio_tcp_connections_opened_total", "istio_tcp_sent_bytes_total"))]
         wanted = [ln for ln in tcp if "productpage" in ln] or tcp
-        for ln in wanted[:4]:
+        # One line per reporter: the destination side names the service too
+        # (ztunnel guesses it from the workload's target port).
+        shown = [next((ln for ln in wanted if f'reporter="{r}"' in ln), "")
+                 for r in ("source", "destination")]
+        for ln in filter(None, shown):
             # Whole lines: the source labels come late in the label set.
             self.echo(f"    {ln}")
-        self.verdict(bool(wanted), "Istio's TCP metrics count the traffic")
+        dest = shown[1]
+        self.verdict(all(shown) and 'destination_service="productpage.bookinfo.' in dest,
+                     "Istio's TCP metrics count the traffic, reported by both ztunnels "
+                     "with the destination service")
+
+
+def _access_fields(line: str) -> dict:
+    """The fields of one access-log line, text (ztunnel's) or JSON."""
+    if line.startswith("{"):
+        try:
+            return orjson.loads(line)
+        except ValueError:
+            return {}
+    out = {}
+    for m in re.finditer(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S+)', line.rpartition("\t")[2]):
+        out[m.group(1)] = m.group(2).strip('"')
+    return out
 
 
 def run(mesh: Mesh, echo: Callable[[str], None], policies_dir: str) -> bool:

@@ -131,7 +131,8 @@ class Inbound:
             dst_addr=hostport(local_ip, req.port), hbone_addr=req.authority,
             src_workload=src_w if src_w is not None and src_w.identity == src_identity else None,
             src_identity=src_identity, dst_workload=d.workload,
-            dst_identity=d.workload.identity if d.workload else "", mtls=True), started)
+            dst_identity=d.workload.identity if d.workload else "",
+            dst_service=inbound.guess_service(view, d.workload, req.port), mtls=True), started)
         rec.open()
         if isinstance(d, inbound.Rejected):
             rec.close(request_bytes=0, response_bytes=0, error=d.reason, flags=d.response_flag)

@@ -30,7 +30,8 @@ class InboundPassthrough:
             reporter=telemetry.DESTINATION, src_addr=hostport(*peer[:2]), dst_addr=hostport(*dst),
             # Plaintext: nothing verifies who the peer is, so no source workload.
             src_workload=None, dst_workload=d.workload,
-            dst_identity=d.workload.identity if d.workload else ""), started)
+            dst_identity=d.workload.identity if d.workload else "",
+            dst_service=inbound.guess_service(view, d.workload, dst[1])), started)
         rec.open()
         if isinstance(d, inbound.Rejected):
             refuse(rec, down, d.response_flag, d.reason)

@@ -168,7 +168,8 @@ def test_dropped_watch_resumes_without_relist(rig):
     # ztunnel's istio_xds_connection_terminations_total{reason}: a cut stream
     # is a ConnectionError; the list page and events are messages with bytes.
     assert pods()["terminations"].get("ConnectionError", 0) >= 1, pods()["terminations"]
-    assert pods()["messages"] >= 2 and pods()["message_bytes"] > 0
+    wait_for(lambda: pods()["messages"] >= 2 and pods()["message_bytes"] > 0,
+             "the list page and the event as messages")
 
 
 def test_410_gone_relists_and_publishes_only_the_difference(rig):

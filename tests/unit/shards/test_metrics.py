@@ -21,7 +21,11 @@ def test_istio_label_set_and_http_extras():
     for label in ("source_principal", "destination_principal", "destination_service_name",
                   "request_protocol", "response_flags", "connection_security_policy"):
         assert label in metrics.TCP_LABELS
-    assert metrics.HTTP_LABELS[-1] == "response_code"
+    assert metrics.HTTP_LABELS[-2:] == ("response_code", "grpc_response_status")
+    # Istio's stats filter: empty, not "unknown", on requests that are not gRPC.
+    m = metrics.istio()
+    values = dict(zip(metrics.HTTP_LABELS, m.values_for(m.requests, {"reporter": "waypoint"})))
+    assert values["grpc_response_status"] == "" and values["source_workload"] == "unknown"
     assert list(metrics.DURATION_BUCKETS_MS) == sorted(metrics.DURATION_BUCKETS_MS)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.core.records import Authorization, Operation, Rule, Source
-from tests.unit.ztunnel.conftest import (BEHIND_WP, CLIENT, SERVER_A, WAYPOINT, allow_from,
+from tests.unit.ztunnel.conftest import (BEHIND_WP, CLIENT, NAMED, NAMED_NOPORT, NAMED_OK, SERVER_A,
+                                         WAYPOINT, allow_from,
                                          make_view)
 from shoal.ztunnel import inbound
 from shoal.ztunnel.inbound import Accepted, ConnInfo, Rejected, decide_hbone, decide_plaintext
@@ -166,3 +167,14 @@ def test_recheck_after_policy_change():
                          action="DENY", rules=(Rule(from_=(Source(principals=(SLEEP.removeprefix("spiffe://"),)),)),))
     r = inbound.recheck(make_view([deny]), "10.0.1.1", d.conn)
     assert isinstance(r, Rejected) and r.policy == "default/deny-sleep"
+
+
+def test_guess_service_by_target_port_as_ztunnel():
+    """ztunnel's guess_inbound_service (src/proxy.rs): the destination
+    service of an inbound connection is the workload's service whose target
+    port is the connection's port, so reporter="destination" names it."""
+    view = make_view()
+    assert inbound.guess_service(view, NAMED_OK, 9090) == NAMED     # named targetPort resolved
+    assert inbound.guess_service(view, NAMED_OK, 9091) is None
+    assert inbound.guess_service(view, NAMED_NOPORT, 9090) is None
+    assert inbound.guess_service(view, None, 9090) is None
