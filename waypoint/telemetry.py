@@ -290,25 +290,51 @@ def labels_for(r: RequestRecord) -> dict[str, str]:
     return {k: v for k, v in labels.items() if v}
 
 
+# Envoy's %RESPONSE_CODE_DETAILS% for the answers the waypoint makes itself
+# (by response flag); an upstream's answer is "via_upstream".
+CODE_DETAILS = {"NR": "route_not_found", "UH": "no_healthy_upstream",
+                "UF": "upstream_reset_before_response_started{connection_failure}",
+                "UT": "response_timeout", "UR": "upstream_reset_after_response_started",
+                "DC": "downstream_remote_disconnect"}
+
+
+def response_code_details(r: RequestRecord) -> str:
+    if r.flags == "RBAC":
+        return f"rbac_access_denied_matched_policy[{r.policy or 'none'}]"
+    if r.flags in CODE_DETAILS:
+        return CODE_DETAILS[r.flags]
+    return "via_upstream" if r.upstream and r.status else "-"
+
+
 def access_fields(r: RequestRecord) -> dict[str, object]:
     """The access log line: the keys of Istio's default JSON access log format
     (start_time, method, path, protocol, response_code, response_flags,
-    bytes_received, bytes_sent, duration, x_forwarded_for, user_agent,
-    request_id, authority, upstream_host, route_name, ...), "-" for what is
-    absent as Envoy prints it, plus shoal's own (source_principal, policy...)."""
+    response_code_details, bytes_received, bytes_sent, duration,
+    x_forwarded_for, user_agent, request_id, authority, upstream_host,
+    upstream_cluster, route_name, requested_server_name, ...) with Envoy's
+    values ("HTTP/1.1", "-" for what is absent), plus shoal's own
+    (source_principal, policy, traceparent...)."""
+    port = r.authority.rpartition(":")[2] if ":" in r.authority else "80"
     return {
         "start_time": _rfc3339_ms(r.start_time) if r.start_time else "-",
         "duration": int(r.duration_ms),
         "x_forwarded_for": r.x_forwarded_for or "-", "user_agent": r.user_agent or "-",
         "downstream_remote_address": r.source_ip or "-",
-        "method": r.method, "path": r.path, "authority": r.authority, "protocol": r.protocol,
+        "method": r.method, "path": r.path, "authority": r.authority,
+        "protocol": "HTTP/2" if r.protocol == "http2" else "HTTP/1.1",
         "response_code": r.status, "response_flags": r.flags,
+        "response_code_details": response_code_details(r),
+        # HBONE carries no SNI and the waypoint closes no connection for policy.
+        "requested_server_name": "-", "connection_termination_details": "-",
         "duration_ms": round(r.duration_ms, 3), "bytes_received": r.request_bytes,
         "bytes_sent": r.response_bytes, "upstream_host": r.upstream or "-",
+        "upstream_cluster": (f"outbound|{port}||{r.destination.hostname}"
+                             if r.destination is not None else "-"),
         "downstream_peer": r.source_ip, "source_principal": r.source_principal or "-",
         "destination_service": r.destination.hostname if r.destination else "-",
         "route_name": r.route or "-", "policy": r.policy or "-",
         "request_id": r.request_id, "traceparent": r.traceparent, "reporter": REPORTER,
+        **({"grpc_status": r.grpc_status} if r.grpc_status else {}),
     }
 
 

@@ -166,7 +166,9 @@ def test_access_log_batches_whole_lines(caplog):
 ISTIO_DEFAULT_KEYS = ("start_time", "method", "path", "protocol", "response_code",
                       "response_flags", "bytes_received", "bytes_sent", "duration",
                       "upstream_host", "user_agent", "x_forwarded_for", "request_id",
-                      "authority", "route_name", "downstream_remote_address")
+                      "authority", "route_name", "downstream_remote_address",
+                      "response_code_details", "upstream_cluster", "requested_server_name",
+                      "connection_termination_details")
 
 
 def test_access_log_has_istios_default_json_keys():
@@ -180,6 +182,12 @@ def test_access_log_has_istios_default_json_keys():
     assert f["start_time"] == "1970-01-01T00:00:00.250Z" and f["duration"] == 12
     assert f["user_agent"] == "curl/8.0" and f["x_forwarded_for"] == "10.0.0.9"
     assert access_fields(_record())["user_agent"] == "-"     # absent: "-" as Envoy prints
+    # Envoy's %PROTOCOL% and %RESPONSE_CODE_DETAILS%.
+    assert f["protocol"] in ("HTTP/1.1", "HTTP/2")
+    denied = dataclasses.replace(_record(), status=403, flags="RBAC", policy="ns/deny-get",
+                                 upstream="")
+    assert access_fields(denied)["response_code_details"] == \
+        "rbac_access_denied_matched_policy[ns/deny-get]"
 
 
 def test_new_traces_sampled_at_the_configured_rate():
