@@ -25,6 +25,7 @@ from typing import Callable
 
 from shoal.core import log as core_log
 from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from shoal.core.authz import strip_spiffe
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
 from shoal.shards.app import App
@@ -269,8 +270,15 @@ class WaypointApp(App):
             return Reject(e.status, e.reason)
         client = req.forwarded_for
         src_ip = client[0] if client else (req.peer_address[0] if req.peer_address else "")
-        down = Downstream(source_principal=str(req.peer_identity) if req.peer_identity else None,
-                          source_ip=src_ip, source_workload=view.workload_by_ip(src_ip),
+        principal = str(req.peer_identity) if req.peer_identity else None
+        # Source labels only from the verified peer: the workload at the
+        # client address counts only when its identity is the certificate's
+        # (the forwarded address alone is not proof, as in ztunnel).
+        src_w = view.workload_by_ip(src_ip)
+        if src_w is not None and (principal is None or
+                                  strip_spiffe(src_w.identity) != strip_spiffe(principal)):
+            src_w = None
+        down = Downstream(source_principal=principal, source_ip=src_ip, source_workload=src_w,
                           target=target)
         proxy = self.proxy
         return Accept(serve=lambda stream: serve_stream(stream, down, proxy))

@@ -193,6 +193,31 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
                for f in fields), fields
 
 
+@pytest.mark.parametrize("sa,labelled", [("curl", True), ("impostor", False)])
+async def test_source_workload_only_with_the_verified_identity(pki, cert_dir, backends, sa,
+                                                               labelled):
+    """The workload at the forwarded client address labels the request only
+    when its identity is the peer certificate's (an address is not proof)."""
+    from shoal.core import metrics as core_metrics
+    from shoal.core.records import Workload
+    mesh = Mesh()
+    svc = mesh.service(f"echo-{sa}", [backends("v1")])
+    mesh.workloads.append(Workload(uid=f"Kubernetes//Pod/default/client-{sa}", name=f"client-{sa}",
+                                   namespace="default", ips=("10.244.0.9",), service_account=sa))
+    client = HboneClient(pki, CURL_ID)
+    try:
+        async with running_waypoint(mesh, plaintext=False, hbone_cert_dir=cert_dir) as wp:
+            s = await client.open(wp.hbone_port, f"{svc.vips[0]}:8080")
+            await request(s, "GET", "/who")
+            wp.app.proxy.telemetry.flush()
+    finally:
+        await client.close()
+    lines = [ln for ln in core_metrics.render()[0].decode().splitlines()
+             if ln.startswith("istio_requests_total{") and f'destination_service="{svc.hostname}"' in ln]
+    assert lines and all(f'source_principal="{CURL_ID}"' in ln for ln in lines), lines
+    assert all((f'source_workload="client-{sa}"' in ln) == labelled for ln in lines), lines
+
+
 async def test_http2_prior_knowledge_inside_the_tunnel(pki, cert_dir, backends):
     import h2.config
     import h2.connection
