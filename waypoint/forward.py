@@ -237,6 +237,10 @@ class CountedBody:
     def trailers(self) -> Headers | None:
         return self.source.trailers
 
+    @trailers.setter
+    def trailers(self, value: Headers | None) -> None:
+        self.source.trailers = value
+
     async def read(self) -> bytes:
         data = await self.source.read()
         self.counter.feed(data)
