@@ -20,16 +20,18 @@ LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO,
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; `extra={"fields": {...}}` adds keys."""
+    """One JSON object per line with ztunnel's keys (`level`, `time`, `scope`
+    as in the text format, e.g. "access", `message`) plus `pid`;
+    `extra={"fields": {...}}` adds keys."""
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
+            "level": record.levelname.lower(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "scope": record.name,
+            "scope": record.name.removeprefix("shoal."),
+            "message": record.getMessage(),
             "pid": record.process,
-            "msg": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if fields:

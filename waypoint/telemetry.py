@@ -138,6 +138,7 @@ class AccessLog:
         self._sec = -1
         self._stamp = ""
         self._pid = os.getpid()
+        self._scope = logger.name.removeprefix("shoal.")    # "access", as core/log.py
 
     def emit(self, fields: dict) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
@@ -146,9 +147,10 @@ class AccessLog:
         sec = int(now)
         if sec != self._sec:    # format the date once per second, not per line
             self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        line = orjson.dumps({"time": f"{self._stamp}.{int((now - sec) * 1000):03d}Z",
-                             "level": "info", "scope": self.logger.name, "pid": self._pid,
-                             "msg": "request", **fields}, default=str) + b"\n"
+        line = orjson.dumps({"level": "info",
+                             "time": f"{self._stamp}.{int((now - sec) * 1000):03d}Z",
+                             "scope": self._scope, "message": "request", "pid": self._pid,
+                             **fields}, default=str) + b"\n"
         if self._size + len(line) > ACCESS_LOG_BATCH:
             self.flush()
         if not self._buf:

@@ -116,7 +116,7 @@ def test_bad_change_refused_old_table_stays_and_status_names_field(mesh):
         watcher.send_signal(signal.SIGTERM)
         _, stderr = watcher.communicate(timeout=10)
     logged = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    refused = [line for line in logged if line["msg"] == "config refused"]
+    refused = [line for line in logged if line["message"] == "config refused"]
     assert refused and refused[0]["field"] == "spec.ports[0].targetPort"
     assert refused[0]["file"].endswith("50-added.yaml")
 

@@ -188,7 +188,7 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
                for ln in lines), lines
     assert "istio_request_duration_milliseconds_bucket" in text
     fields = [json.loads(line) for chunk in written for line in chunk.splitlines()]
-    assert any(f["path"] == "/metered" and f["response_code"] == 200 and f["scope"] == "shoal.access"
+    assert any(f["path"] == "/metered" and f["response_code"] == 200 and f["scope"] == "access"
                and f["source_principal"] == CURL_ID and f["downstream_peer"] == "10.244.0.9"
                for f in fields), fields
 

@@ -64,7 +64,7 @@ def test_log_format_from_env(monkeypatch):
         core_log.setup("info", stream=buf)
         core_log.get("access").info("hello", extra={"fields": {"dst.addr": "1.2.3.4:80"}})
         line = orjson.loads(buf.getvalue())
-        assert line["msg"] == "hello" and line["dst.addr"] == "1.2.3.4:80"
+        assert line["message"] == "hello" and line["scope"] == "access" and line["dst.addr"] == "1.2.3.4:80"
         monkeypatch.setenv("LOG_FORMAT", "xml")
         with pytest.raises(ValueError):
             core_log.setup("info", stream=buf)

@@ -154,7 +154,7 @@ def test_access_log_batches_whole_lines(caplog):
     assert writes and all(len(w) <= ACCESS_LOG_BATCH and w.endswith(b"\n") for w in writes)
     log.flush()
     lines = [json.loads(x) for w in writes for x in w.splitlines()]
-    assert len(lines) == 20 and lines[0]["scope"] == "shoal.access" and lines[0]["msg"] == "request"
+    assert len(lines) == 20 and lines[0]["scope"] == "access" and lines[0]["message"] == "request"
     assert lines[0]["time"] == "1970-01-01T00:16:40.000Z"
     caplog.set_level(logging.WARNING, logger="shoal.access")
     log.emit(access_fields(_record()))
