@@ -29,8 +29,7 @@ from shoal.waypoint.lookups import Lookups
 from shoal.waypoint.message import Headers, RequestHead
 from shoal.waypoint.mirror import send_mirror
 from shoal.waypoint.request import RequestState, local_reply
-from shoal.waypoint.telemetry import (DEFAULT_TRACE_SAMPLING_PERCENT, child_traceparent,
-                                      traceparent, valid_traceparent)
+from shoal.waypoint.telemetry import DEFAULT_TRACE_SAMPLING_PERCENT, trace_context
 from shoal.waypoint.upstream import UpstreamError, UpstreamTimeout
 
 # Bodies declared up to this size are read before going upstream so that a
@@ -194,14 +193,10 @@ class Forwarder:
         headers = strip_hop_by_hop(out.headers, keep_upgrade=req.upgrade)
         if message.get(headers, "host") is None:
             headers.insert(0, ("host", out.authority or st.authority))
-        tp = message.get(headers, "traceparent")
-        if tp is None or not valid_traceparent(tp):
-            tp = traceparent(self.rng, self.trace_sampling)
-        else:
-            st.parent_span = tp.split("-")[2]
-            tp = child_traceparent(tp, self.rng)
-        headers = message.set_(headers, "traceparent", tp)
-        st.traceparent = tp
+        if not st.traceparent:      # normally decided when the request arrived (proxy.py)
+            st.traceparent, st.parent_span = trace_context(
+                message.get(headers, "traceparent"), self.rng, self.trace_sampling)
+        headers = message.set_(headers, "traceparent", st.traceparent)
         rid = message.get(headers, "x-request-id")
         if not rid:
             rid = f"{self.rng.getrandbits(128):032x}"

@@ -38,7 +38,8 @@ from shoal.waypoint.lookups import Lookups, principal_namespace
 from shoal.waypoint.request import (NO_HEALTHY_UPSTREAM, NO_ROUTE, RBAC_DENIED, RequestState,
                                     local_reply)
 from shoal.waypoint.routes import NoBackend, RouteInput, pick_backend
-from shoal.waypoint.telemetry import DEFAULT_TRACE_SAMPLING_PERCENT, RequestRecord, Telemetry
+from shoal.waypoint.telemetry import (DEFAULT_TRACE_SAMPLING_PERCENT, RequestRecord, Telemetry,
+                                      trace_context)
 from shoal.waypoint.upstream import H1Pool
 
 LOG = core_log.get("waypoint")
@@ -83,6 +84,10 @@ class Proxy:
         st = RequestState(down=down, head=req.head, t0=self.clock())
         if is_grpc(message.get(req.head.headers, "content-type")):
             st.grpc_in, st.grpc_out = MessageCounter(), MessageCounter()
+        # The span exists from the start, as Envoy's: a request the waypoint
+        # answers itself (403, 404, 503) is traced too.
+        st.traceparent, st.parent_span = trace_context(
+            message.get(req.head.headers, "traceparent"), self.rng, self.forwarder.trace_sampling)
         try:
             return await self._handle(st, req, body, sink)
         except (asyncio.CancelledError, ConnectionError):

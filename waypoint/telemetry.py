@@ -67,6 +67,16 @@ def child_traceparent(parent: str, rng: _random.Random) -> str:
     return f"{version}-{trace_id}-{rng.getrandbits(64):016x}-{flags}"
 
 
+def trace_context(incoming: str | None, rng: _random.Random,
+                  sampling_percent: float) -> tuple[str, str]:
+    """(the traceparent to send upstream, the caller's span id or ""): an
+    incoming valid traceparent is continued under a new span id with its
+    sampled flag kept; otherwise a new trace, sampled at `sampling_percent`."""
+    if incoming is None or not valid_traceparent(incoming):
+        return traceparent(rng, sampling_percent), ""
+    return child_traceparent(incoming, rng), incoming.split("-")[2]
+
+
 def is_sampled(value: str) -> bool:
     """The W3C `sampled` bit of a valid traceparent's flags."""
     return bool(int(value[-2:], 16) & 1)

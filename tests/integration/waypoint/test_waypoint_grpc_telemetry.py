@@ -138,8 +138,14 @@ async def test_new_traces_sampled_at_the_configured_rate(backend):
         async with running_waypoint(mesh, plaintext=True, trace_sampling=100.0,
                                     otlp_endpoint=rx.endpoint) as wp:
             await call(wp.plaintext_port, "Missing", b"x")
-        spans = rx.wait_spans(1)
-    s = spans[0]
+            # A request the waypoint answers itself (no route: 404) is traced too.
+            from tests.integration.waypoint.conftest import Client
+            reply = await asyncio.to_thread(Client(wp.plaintext_port).get, "/", host="nowhere:80")
+            assert reply[0].status == 404
+        spans = rx.wait_spans(2)
+    local = next(x for x in spans if x.attributes["http.status_code"] == "404")
+    assert local.attributes["response_flags"] == "NR" and local.span.parent_span_id == b""
+    s = next(x for x in spans if x is not local)
     _, trace, span, flags = backend.traceparents[0].split("-")
     assert flags == "01" and s.span.trace_id.hex() == trace and s.span.span_id.hex() == span
     assert s.span.parent_span_id == b""            # a trace the waypoint started
