@@ -128,7 +128,9 @@ class Inbound:
         src_w = view.workload_by_ip(src_addr[0])
         rec = pi.tracker.start(telemetry.ConnectionMeta(
             reporter=telemetry.DESTINATION, src_addr=hostport(*src_addr),
-            dst_addr=hostport(local_ip, req.port), hbone_addr=req.authority,
+            # As ztunnel: dst.addr is the HBONE address reached (:15008), the
+            # target is dst.hbone_addr.
+            dst_addr=hostport(local_ip, pi.options.hbone_port), hbone_addr=req.authority,
             src_workload=src_w if src_w is not None and src_w.identity == src_identity else None,
             src_identity=src_identity, dst_workload=d.workload,
             dst_identity=d.workload.identity if d.workload else "",
