@@ -35,10 +35,16 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if fields:
-            out.update(fields)
+            for k, v in fields.items():
+                # A field never replaces the line's own keys (an error dict
+                # has its own "message"): it is kept as "field.<key>".
+                out[f"field.{k}" if k in _RESERVED else k] = v
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+_RESERVED = frozenset({"level", "time", "scope", "message", "pid"})
 
 
 class PlainFormatter(logging.Formatter):

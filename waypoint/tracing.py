@@ -113,9 +113,12 @@ class SpanExporter:
 
     def __init__(self, config: OtlpConfig, *, canonical_service: str, namespace: str,
                  exporter: Any = None) -> None:
+        from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        self._trace, self._span = trace, ReadableSpan     # looked up once, not per span
         self.canonical_service, self.namespace = canonical_service, namespace
         service = os.environ.get("OTEL_SERVICE_NAME") or f"{canonical_service}.{namespace}"
         self.resource = Resource.create({"service.name": service,
@@ -127,8 +130,8 @@ class SpanExporter:
 
     def record(self, r: Any) -> None:
         """Queue the span of request `r` (its traceparent is sampled)."""
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+        t = self._trace
+        SpanContext, TraceFlags, StatusCode = t.SpanContext, t.TraceFlags, t.StatusCode
         _, trace_hex, span_hex, flags = r.traceparent.split("-")
         trace_id, flags_i = int(trace_hex, 16), TraceFlags(int(flags, 16))
         context = SpanContext(trace_id, int(span_hex, 16), is_remote=False, trace_flags=flags_i)
@@ -137,11 +140,11 @@ class SpanExporter:
         attrs = span_attributes(r, canonical_service=self.canonical_service,
                                 namespace=self.namespace)
         start = int(r.start_time * 1e9)
-        self.processor.on_end(ReadableSpan(
+        self.processor.on_end(self._span(
             name=span_name(r.authority, r.destination.hostname if r.destination else ""),
             context=context, parent=parent, resource=self.resource, attributes=attrs,
-            kind=SpanKind.SERVER, instrumentation_scope=self.scope,
-            status=Status(StatusCode.ERROR) if "error" in attrs else Status(StatusCode.UNSET),
+            kind=t.SpanKind.SERVER, instrumentation_scope=self.scope,
+            status=t.Status(StatusCode.ERROR if "error" in attrs else StatusCode.UNSET),
             start_time=start, end_time=start + int(r.duration_ms * 1e6)))
 
     def shutdown(self) -> None:

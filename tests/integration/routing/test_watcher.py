@@ -117,7 +117,7 @@ def test_bad_change_refused_old_table_stays_and_status_names_field(mesh):
         _, stderr = watcher.communicate(timeout=10)
     logged = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     refused = [line for line in logged if line["message"] == "config refused"]
-    assert refused and refused[0]["field"] == "spec.ports[0].targetPort"
+    assert refused and refused[0]["field"] == "spec.ports[0].targetPort", stderr[-3000:]
     assert refused[0]["file"].endswith("50-added.yaml")
 
 

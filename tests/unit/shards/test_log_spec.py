@@ -65,6 +65,12 @@ def test_log_format_from_env(monkeypatch):
         core_log.get("access").info("hello", extra={"fields": {"dst.addr": "1.2.3.4:80"}})
         line = orjson.loads(buf.getvalue())
         assert line["message"] == "hello" and line["scope"] == "access" and line["dst.addr"] == "1.2.3.4:80"
+        # A field named like one of the line's own keys does not replace it.
+        buf.truncate(0)
+        buf.seek(0)
+        core_log.get("routing").error("config refused", extra={"fields": {"message": "bad port"}})
+        line = orjson.loads(buf.getvalue())
+        assert line["message"] == "config refused" and line["field.message"] == "bad port"
         monkeypatch.setenv("LOG_FORMAT", "xml")
         with pytest.raises(ValueError):
             core_log.setup("info", stream=buf)
