@@ -91,18 +91,13 @@ class Forwarder:
         Raises:
             UpstreamError: the last try failed and no retry is left.
         """
-        lb = self.lookups.balancer(st.backend.key if st.backend is not None
-                                   else st.target.address)
-        keys = [e.key for e in eps]
+        lb, keys = self.balancer(st, eps)
         by_key = {e.key: e for e in eps}
         tried: set[str] = set()
         tries = 0
         while True:
             tries += 1
-            key = lb.pick(keys, exclude=frozenset(tried))
-            tried.add(key)
-            st.upstream, st.upstream_workload = key, by_key[key].workload
-            lb.started(key)
+            key = self.pick(st, lb, keys, by_key, tried)
             try:
                 budget = _budget(timeouts.backend_request, deadline, self.clock())
                 resp = await _with_timeout(
@@ -126,6 +121,43 @@ class Forwarder:
                 await self._backoff(retry, tries, deadline)
                 continue
             return resp
+
+    def balancer(self, st: RequestState, eps: list[Endpoint]) -> tuple[Any, list[str]]:
+        """The load balancer of the request's backend and the endpoint keys."""
+        lb = self.lookups.balancer(st.backend.key if st.backend is not None
+                                   else st.target.address)
+        return lb, [e.key for e in eps]
+
+    @staticmethod
+    def pick(st: RequestState, lb: Any, keys: list[str], by_key: dict, tried: set) -> str:
+        """Choose the endpoint of the next try (one not tried yet when
+        another is available) and count it active."""
+        key = lb.pick(keys, exclude=frozenset(tried))
+        tried.add(key)
+        st.upstream, st.upstream_workload = key, by_key[key].workload
+        lb.started(key)
+        return key
+
+    def fast_headers(self, st: RequestState, req: RequestReceived, out: RequestHead,
+                     eps: list[Endpoint], rule: Any, mirrors: tuple) -> Headers | None:
+        """The upstream headers when this request can be forwarded without a
+        coroutine (fastpath.py): no body, no Expect, an HTTP/1.1 port over
+        plain TCP, no mirror, timeout or retry. None: it cannot."""
+        if req.upgrade or req.chunked or req.content_length or mirrors:
+            return None
+        if rule is not None and (rule.retry is not None or rule.timeouts.request
+                                 or rule.timeouts.backend_request):
+            return None
+        if self.upstream_for(st.backend, st.backend_port) is not self.h1:
+            return None
+        pool = getattr(self.h1, "pool", None)
+        if pool is None or not pool.connector.plain(eps):
+            return None
+        if message.get(out.headers, "expect") is not None:
+            return None
+        headers = self._upstream_headers(st, req, out)
+        # As _prepare_body does for a request without a body.
+        return message.remove(headers, "content-length")
 
     def _backoff_fits(self, retry: Any, tries: int, deadline: float | None) -> bool:
         delay = filters.retry_backoff(retry, tries)

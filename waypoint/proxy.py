@@ -94,12 +94,19 @@ class Proxy:
 
     # -- the pipeline -----------------------------------------------------------
     async def handle(self, down: Downstream, req: RequestReceived, body: BodySource,
-                     sink: ResponseSink) -> bool:
-        """Serve one request. Returns False when the connection must close."""
-        self.lookups.refresh()
-        st = RequestState(down=down, head=req.head, t0=self.clock())
+                     sink: ResponseSink, decided: tuple | None = None) -> bool:
+        """Serve one request. Returns False when the connection must close.
+
+        `decided`: (RequestState, decision) when `decide` already ran (the
+        fast path hands over a request it cannot finish itself)."""
+        if decided is None:
+            self.lookups.refresh()
+            st = RequestState(down=down, head=req.head, t0=self.clock())
+            d = None
+        else:
+            st, d = decided
         try:
-            return await self._handle(st, req, body, sink)
+            return await self._handle(st, req, body, sink, d)
         except (asyncio.CancelledError, ConnectionError):
             st.flags = "DC"       # downstream went away
             raise
@@ -113,11 +120,12 @@ class Proxy:
             except Exception:
                 return False
         finally:
-            self._record(st)
+            self.record(st)
 
     async def _handle(self, st: RequestState, req: RequestReceived, body: BodySource,
-                      sink: ResponseSink) -> bool:
-        d = self.decide(st, req)
+                      sink: ResponseSink, d: LocalAnswer | Plan | None) -> bool:
+        if d is None:
+            d = self.decide(st, req)
         if isinstance(d, LocalAnswer):
             return await local_reply(st, sink, d.status, d.body, d.flags, d.extra)
         return await self.forwarder.forward(st, req, body, sink, d.out, d.eps, d.rule,
@@ -210,7 +218,7 @@ class Proxy:
         self.telemetry.flush()
 
     # -- telemetry ----------------------------------------------------------------
-    def _record(self, st: RequestState) -> None:
+    def record(self, st: RequestState) -> None:
         h = st.head
         self.telemetry.record(RequestRecord(
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,

@@ -74,8 +74,9 @@ class H1Session:
             self.closed = True
             await close_stream(self.stream)
 
-    async def handle_event(self, ev) -> bool:
-        """Act on one parsed event; False when the connection must end."""
+    async def handle_event(self, ev, decided: tuple | None = None) -> bool:
+        """Act on one parsed event; False when the connection must end.
+        (`decided`: see Proxy.handle.)"""
         if isinstance(ev, ProtocolFailed):
             await self._write(simple_response(ev.status, ev.reason.encode(), close=True))
             return False
@@ -83,15 +84,15 @@ class H1Session:
             return True
         self.busy = True
         try:
-            return await self._serve(ev)
+            return await self._serve(ev, decided)
         finally:
             self.busy = False
 
-    async def _serve(self, ev: RequestReceived) -> bool:
+    async def _serve(self, ev: RequestReceived, decided: tuple | None = None) -> bool:
         body = _Body(self)
         sink = _Sink(self, ev)
         try:
-            keep = await self.proxy.handle(self.down, ev, body, sink)
+            keep = await self.proxy.handle(self.down, ev, body, sink, decided)
         except DownstreamClosed:
             return False
         if sink.aborted or not keep or not ev.keep_alive or sink.close_after:
