@@ -127,7 +127,7 @@ class Proxy:
         if d is None:
             d = self.decide(st, req)
         if isinstance(d, LocalAnswer):
-            return await local_reply(st, sink, d.status, d.body, d.flags, d.extra)
+            return await local_reply(st, sink, d.status, d.body, d.flags, list(d.extra))
         return await self.forwarder.forward(st, req, body, sink, d.out, d.eps, d.rule,
                                             d.response_mod, d.mirrors)
 
