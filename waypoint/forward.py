@@ -23,7 +23,7 @@ from shoal.waypoint.destination import Endpoint, service_port
 from shoal.waypoint.downstream import BodySource, ResponseSink
 from shoal.waypoint.exchange import RequestBody, Upstream, UpstreamRequest, UpstreamResponse
 from shoal.waypoint.h2upstream import speaks_h2
-from shoal.waypoint.http1 import RequestReceived, strip_hop_by_hop
+from shoal.waypoint.http1 import RequestReceived, hop_by_hop_names
 from shoal.waypoint.lookups import Lookups
 from shoal.waypoint.message import Headers, RequestHead
 from shoal.waypoint.mirror import send_mirror
@@ -155,9 +155,8 @@ class Forwarder:
             return None
         if message.get(out.headers, "expect") is not None:
             return None
-        headers = self._upstream_headers(st, req, out)
-        # As _prepare_body does for a request without a body.
-        return message.remove(headers, "content-length")
+        # Without Content-Length, as _prepare_body sends a request without a body.
+        return self._upstream_headers(st, req, out, drop_length=True)
 
     def _backoff_fits(self, retry: Any, tries: int, deadline: float | None) -> bool:
         delay = filters.retry_backoff(retry, tries)
@@ -209,24 +208,66 @@ class Forwarder:
         await sink.finish()
         return not req.upgrade
 
-    def _upstream_headers(self, st: RequestState, req: RequestReceived,
-                          out: RequestHead) -> Headers:
-        headers = strip_hop_by_hop(out.headers, keep_upgrade=req.upgrade)
-        if message.get(headers, "host") is None:
+    def _upstream_headers(self, st: RequestState, req: RequestReceived, out: RequestHead,
+                          drop_length: bool = False) -> Headers:
+        """The headers sent upstream, in one pass over the client's: without
+        hop-by-hop headers, Host added when absent, `traceparent` a child of
+        the client's (or a new trace), `x-request-id` kept or made,
+        `x-forwarded-proto` set; `drop_length` also drops Content-Length.
+        Existing headers keep their place; new ones go at the end in that
+        order (Host first)."""
+        drop = hop_by_hop_names(out.headers, keep_upgrade=req.upgrade)
+        headers: list = []
+        has_host = False
+        tps: list[str] = []
+        rids: list[str] = []
+        tp_at = xfp_at = -1
+        for k, v in out.headers:
+            lk = k.lower()
+            if lk in drop:
+                continue
+            if lk == "host":
+                has_host = True
+            elif lk == "traceparent":
+                tps.append(v)
+                if tp_at < 0:
+                    tp_at = len(headers)
+                    headers.append(None)         # its place, filled below
+                continue
+            elif lk == "x-request-id":
+                rids.append(v)
+            elif lk == "x-forwarded-proto":
+                if xfp_at < 0:
+                    xfp_at = len(headers)
+                    headers.append(None)
+                continue
+            elif drop_length and lk == "content-length":
+                continue
+            headers.append((k, v))
+        if not has_host:
             headers.insert(0, ("host", out.authority or st.authority))
-        tp = message.get(headers, "traceparent")
+            tp_at += tp_at >= 0
+            xfp_at += xfp_at >= 0
+        tp = ",".join(tps) if tps else None
         if tp is None or not valid_traceparent(tp):
             tp = traceparent(self.rng, self.trace_sampling)
         else:
             tp = child_traceparent(tp, self.rng)
-        headers = message.set_(headers, "traceparent", tp)
+        if tp_at >= 0:
+            headers[tp_at] = ("traceparent", tp)
+        else:
+            headers.append(("traceparent", tp))
         st.traceparent = tp
-        rid = message.get(headers, "x-request-id")
+        rid = ",".join(rids)
         if not rid:
             rid = f"{self.rng.getrandbits(128):032x}"
             headers.append(("x-request-id", rid))
         st.request_id = rid
-        return message.set_(headers, "x-forwarded-proto", out.scheme)
+        if xfp_at >= 0:
+            headers[xfp_at] = ("x-forwarded-proto", out.scheme)
+        else:
+            headers.append(("x-forwarded-proto", out.scheme))
+        return headers
 
     # -- mirrors ------------------------------------------------------------------
     def _start_mirrors(self, st: RequestState, mirrors: tuple, ureq: UpstreamRequest) -> None:

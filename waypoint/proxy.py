@@ -219,17 +219,20 @@ class Proxy:
 
     # -- telemetry ----------------------------------------------------------------
     def record(self, st: RequestState) -> None:
+        """The request's one telemetry record (metrics, access log)."""
         h = st.head
-        self.telemetry.record(RequestRecord(
+        t = self.telemetry
+        took = self.clock() - st.t0
+        t.record(RequestRecord(
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,
             source_workload=st.down.source_workload,
             destination=st.backend or (st.target.service if st.target else None),
             destination_workload=st.upstream_workload, upstream=st.upstream, method=h.method,
             path=h.target,
             authority=st.authority, protocol=st.down.protocol, status=st.status or 0,
-            flags=st.flags, duration_ms=(self.clock() - st.t0) * 1000.0,
+            flags=st.flags, duration_ms=took * 1000.0,
             request_bytes=st.request_bytes, response_bytes=st.response_bytes,
             request_id=st.request_id, traceparent=st.traceparent, route=st.route,
-            policy=st.policy, start_time=time.time() - (self.clock() - st.t0),
+            policy=st.policy, start_time=time.time() - took,
             user_agent=message.get(h.headers, "user-agent") or "",
             x_forwarded_for=message.get(h.headers, "x-forwarded-for") or ""))
