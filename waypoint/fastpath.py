@@ -341,6 +341,8 @@ class _Exchange:
         stream = conn.stream
         stream.receiver = self
         stream.transport.write(self.head_bytes)
+        if not self.fs._can_write:          # the client is still behind on the last one
+            self.hold_upstream(True)
 
     def upstream_data(self, data: bytes) -> None:
         """Response bytes from upstream (b"": it closed its side)."""
