@@ -29,6 +29,7 @@ from shoal.core.authz import strip_spiffe
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
 from shoal.shards.app import App
+from shoal.waypoint import fastpath
 from shoal.waypoint.destination import NotForUs, resolve
 from shoal.waypoint.downstream import Downstream
 from shoal.waypoint.frontdoor import serve_stream
@@ -284,6 +285,8 @@ class WaypointApp(App):
         return Accept(serve=lambda stream: serve_stream(stream, down, proxy))
 
     def _plain_protocol(self) -> asyncio.Protocol:
+        if fastpath.enabled():
+            return fastpath.FastSession(self.proxy, self._tasks)
         return _PlainConnection(self)
 
 

@@ -24,7 +24,7 @@ from shoal.waypoint.downstream import BodySource, ResponseSink
 from shoal.waypoint.exchange import RequestBody, Upstream, UpstreamRequest, UpstreamResponse
 from shoal.waypoint.grpcstats import MessageCounter, grpc_status
 from shoal.waypoint.h2upstream import speaks_h2
-from shoal.waypoint.http1 import RequestReceived, strip_hop_by_hop
+from shoal.waypoint.http1 import RequestReceived, hop_by_hop_names
 from shoal.waypoint.lookups import Lookups
 from shoal.waypoint.message import Headers, RequestHead
 from shoal.waypoint.mirror import send_mirror
@@ -93,18 +93,13 @@ class Forwarder:
         Raises:
             UpstreamError: the last try failed and no retry is left.
         """
-        lb = self.lookups.balancer(st.backend.key if st.backend is not None
-                                   else st.target.address)
-        keys = [e.key for e in eps]
+        lb, keys = self.balancer(st, eps)
         by_key = {e.key: e for e in eps}
         tried: set[str] = set()
         tries = 0
         while True:
             tries += 1
-            key = lb.pick(keys, exclude=frozenset(tried))
-            tried.add(key)
-            st.upstream, st.upstream_workload = key, by_key[key].workload
-            lb.started(key)
+            key = self.pick(st, lb, keys, by_key, tried)
             try:
                 budget = _budget(timeouts.backend_request, deadline, self.clock())
                 resp = await _with_timeout(
@@ -128,6 +123,42 @@ class Forwarder:
                 await self._backoff(retry, tries, deadline)
                 continue
             return resp
+
+    def balancer(self, st: RequestState, eps: list[Endpoint]) -> tuple[Any, list[str]]:
+        """The load balancer of the request's backend and the endpoint keys."""
+        lb = self.lookups.balancer(st.backend.key if st.backend is not None
+                                   else st.target.address)
+        return lb, [e.key for e in eps]
+
+    @staticmethod
+    def pick(st: RequestState, lb: Any, keys: list[str], by_key: dict, tried: set) -> str:
+        """Choose the endpoint of the next try (one not tried yet when
+        another is available) and count it active."""
+        key = lb.pick(keys, exclude=frozenset(tried))
+        tried.add(key)
+        st.upstream, st.upstream_workload = key, by_key[key].workload
+        lb.started(key)
+        return key
+
+    def fast_headers(self, st: RequestState, req: RequestReceived, out: RequestHead,
+                     eps: list[Endpoint], rule: Any, mirrors: tuple) -> Headers | None:
+        """The upstream headers when this request can be forwarded without a
+        coroutine (fastpath.py): no body, no Expect, an HTTP/1.1 port over
+        plain TCP, no mirror, timeout or retry. None: it cannot."""
+        if req.upgrade or req.chunked or req.content_length or mirrors:
+            return None
+        if rule is not None and (rule.retry is not None or rule.timeouts.request
+                                 or rule.timeouts.backend_request):
+            return None
+        if self.upstream_for(st.backend, st.backend_port) is not self.h1:
+            return None
+        pool = getattr(self.h1, "pool", None)
+        if pool is None or not pool.connector.plain(eps):
+            return None
+        if message.get(out.headers, "expect") is not None:
+            return None
+        # Without Content-Length, as _prepare_body sends a request without a body.
+        return self._upstream_headers(st, req, out, drop_length=True)
 
     def _backoff_fits(self, retry: Any, tries: int, deadline: float | None) -> bool:
         delay = filters.retry_backoff(retry, tries)
@@ -188,21 +219,63 @@ class Forwarder:
         await sink.finish()
         return not req.upgrade
 
-    def _upstream_headers(self, st: RequestState, req: RequestReceived,
-                          out: RequestHead) -> Headers:
-        headers = strip_hop_by_hop(out.headers, keep_upgrade=req.upgrade)
-        if message.get(headers, "host") is None:
+    def _upstream_headers(self, st: RequestState, req: RequestReceived, out: RequestHead,
+                          drop_length: bool = False) -> Headers:
+        """The headers sent upstream, in one pass over the client's: without
+        hop-by-hop headers, Host added when absent, `traceparent` a child of
+        the client's (or a new trace), `x-request-id` kept or made,
+        `x-forwarded-proto` set; `drop_length` also drops Content-Length.
+        Existing headers keep their place; new ones go at the end in that
+        order (Host first)."""
+        drop = hop_by_hop_names(out.headers, keep_upgrade=req.upgrade)
+        headers: list = []
+        has_host = False
+        tps: list[str] = []
+        rids: list[str] = []
+        tp_at = xfp_at = -1
+        for k, v in out.headers:
+            lk = k.lower()
+            if lk in drop:
+                continue
+            if lk == "host":
+                has_host = True
+            elif lk == "traceparent":
+                tps.append(v)
+                if tp_at < 0:
+                    tp_at = len(headers)
+                    headers.append(None)         # its place, filled below
+                continue
+            elif lk == "x-request-id":
+                rids.append(v)
+            elif lk == "x-forwarded-proto":
+                if xfp_at < 0:
+                    xfp_at = len(headers)
+                    headers.append(None)
+                continue
+            elif drop_length and lk == "content-length":
+                continue
+            headers.append((k, v))
+        if not has_host:
             headers.insert(0, ("host", out.authority or st.authority))
+            tp_at += tp_at >= 0
+            xfp_at += xfp_at >= 0
         if not st.traceparent:      # normally decided when the request arrived (proxy.py)
             st.traceparent, st.parent_span = trace_context(
-                message.get(headers, "traceparent"), self.rng, self.trace_sampling)
-        headers = message.set_(headers, "traceparent", st.traceparent)
-        rid = message.get(headers, "x-request-id")
+                ",".join(tps) if tps else None, self.rng, self.trace_sampling)
+        if tp_at >= 0:
+            headers[tp_at] = ("traceparent", st.traceparent)
+        else:
+            headers.append(("traceparent", st.traceparent))
+        rid = ",".join(rids)
         if not rid:
             rid = f"{self.rng.getrandbits(128):032x}"
             headers.append(("x-request-id", rid))
         st.request_id = rid
-        return message.set_(headers, "x-forwarded-proto", out.scheme)
+        if xfp_at >= 0:
+            headers[xfp_at] = ("x-forwarded-proto", out.scheme)
+        else:
+            headers.append(("x-forwarded-proto", out.scheme))
+        return headers
 
     # -- mirrors ------------------------------------------------------------------
     def _start_mirrors(self, st: RequestState, mirrors: tuple, ureq: UpstreamRequest) -> None:

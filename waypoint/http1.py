@@ -361,9 +361,10 @@ _STATUS_LINE = {code: f"HTTP/1.1 {code} {STATUS_REASONS.get(code, '')}\r\n".enco
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
-    """Drop hop-by-hop headers (RFC 9110 7.6.1), including those that
-    `Connection` names; keep Upgrade/Connection for a protocol switch."""
+def hop_by_hop_names(headers: Headers, keep_upgrade: bool = False) -> frozenset[str]:
+    """The lower-case names not to forward (RFC 9110 7.6.1): the hop-by-hop
+    ones and those that `Connection` names; Upgrade/Connection are kept for
+    a protocol switch."""
     drop = _DROP_UPGRADE if keep_upgrade else HOP_BY_HOP
     named = None
     for k, v in headers:
@@ -371,6 +372,12 @@ def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
             named = {t.strip().lower() for t in v.split(",")} - {""}
     if named:
         drop = drop | (named - {"upgrade", "connection"} if keep_upgrade else named)
+    return drop
+
+
+def strip_hop_by_hop(headers: Headers, keep_upgrade: bool = False) -> Headers:
+    """`headers` without those `hop_by_hop_names` gives."""
+    drop = hop_by_hop_names(headers, keep_upgrade)
     return [(k, v) for k, v in headers if k.lower() not in drop]
 
 

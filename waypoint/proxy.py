@@ -20,12 +20,12 @@ import asyncio
 import random as _random
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from shoal.core import authz
 from shoal.core import log as core_log
 from shoal.waypoint import filters, message
-from shoal.waypoint.destination import workload_endpoint
+from shoal.waypoint.destination import Endpoint, workload_endpoint
 from shoal.waypoint.downstream import BodySource, Downstream, ResponseSink
 from shoal.waypoint.forward import Forwarder
 from shoal.waypoint.grpcstats import MessageCounter, grpc_status, is_grpc
@@ -35,6 +35,7 @@ from shoal.waypoint.h2upstream import H2Pool
 from shoal.waypoint.http1 import RequestReceived
 from shoal.waypoint.lb import ROUND_ROBIN
 from shoal.waypoint.lookups import Lookups, principal_namespace
+from shoal.waypoint.message import RequestHead
 from shoal.waypoint.request import (NO_HEALTHY_UPSTREAM, NO_ROUTE, RBAC_DENIED, RequestState,
                                     local_reply)
 from shoal.waypoint.routes import NoBackend, RouteInput, pick_backend
@@ -51,7 +52,24 @@ LOG = core_log.get("waypoint")
 # for its whole drain time; short here so a scaled-down replica goes quickly).
 DRAIN_IDLE_GRACE_S = 2.0
 
-__all__ = ["Downstream", "Proxy"]
+__all__ = ["Downstream", "LocalAnswer", "Plan", "Proxy"]
+
+
+class LocalAnswer(NamedTuple):
+    """`Proxy.decide`: the waypoint answers itself (Envoy's local reply)."""
+    status: int
+    body: bytes
+    flags: str
+    extra: tuple = ()
+
+
+class Plan(NamedTuple):
+    """`Proxy.decide`: forward `out` to one of `eps`."""
+    out: RequestHead
+    eps: list[Endpoint]
+    rule: Any
+    response_mod: Any
+    mirrors: tuple
 
 
 class Proxy:
@@ -78,18 +96,19 @@ class Proxy:
 
     # -- the pipeline -----------------------------------------------------------
     async def handle(self, down: Downstream, req: RequestReceived, body: BodySource,
-                     sink: ResponseSink) -> bool:
-        """Serve one request. Returns False when the connection must close."""
-        self.lookups.refresh()
-        st = RequestState(down=down, head=req.head, t0=self.clock())
-        if is_grpc(message.get(req.head.headers, "content-type")):
-            st.grpc_in, st.grpc_out = MessageCounter(), MessageCounter()
-        # The span exists from the start, as Envoy's: a request the waypoint
-        # answers itself (403, 404, 503) is traced too.
-        st.traceparent, st.parent_span = trace_context(
-            message.get(req.head.headers, "traceparent"), self.rng, self.forwarder.trace_sampling)
+                     sink: ResponseSink, decided: tuple | None = None) -> bool:
+        """Serve one request. Returns False when the connection must close.
+
+        `decided`: (RequestState, decision) when `decide` already ran (the
+        fast path hands over a request it cannot finish itself)."""
+        if decided is None:
+            self.lookups.refresh()
+            st = self.begin(down, req.head)
+            d = None
+        else:
+            st, d = decided
         try:
-            return await self._handle(st, req, body, sink)
+            return await self._handle(st, req, body, sink, d)
         except (asyncio.CancelledError, ConnectionError):
             st.flags = "DC"       # downstream went away
             raise
@@ -103,34 +122,59 @@ class Proxy:
             except Exception:
                 return False
         finally:
-            self._record(st)
+            self.record(st)
+
+    def begin(self, down: Downstream, head: Any) -> RequestState:
+        """A new request's state (both paths): gRPC counters for a gRPC
+        request, and the trace context decided now, as Envoy's span starts
+        with the request: a request the waypoint answers itself (403, 404,
+        503) is traced too."""
+        st = RequestState(down=down, head=head, t0=self.clock())
+        if is_grpc(message.get(head.headers, "content-type")):
+            st.grpc_in, st.grpc_out = MessageCounter(), MessageCounter()
+        st.traceparent, st.parent_span = trace_context(
+            message.get(head.headers, "traceparent"), self.rng, self.forwarder.trace_sampling)
+        return st
 
     async def _handle(self, st: RequestState, req: RequestReceived, body: BodySource,
-                      sink: ResponseSink) -> bool:
-        head = st.head
+                      sink: ResponseSink, d: LocalAnswer | Plan | None) -> bool:
+        if d is None:
+            d = self.decide(st, req)
+        if isinstance(d, LocalAnswer):
+            return await local_reply(st, sink, d.status, d.body, d.flags, list(d.extra))
+        return await self.forwarder.forward(st, req, body, sink, d.out, d.eps, d.rule,
+                                            d.response_mod, d.mirrors)
+
+    def decide(self, st: RequestState, req: RequestReceived) -> LocalAnswer | Plan:
+        """Everything before the upstream exchange, without I/O: policy,
+        route, filters, backend and endpoints (fills `st` as it goes)."""
+        head = req.head
         authority = head.authority or message.get(head.headers, "host") or ""
         st.authority = authority
         target = st.down.target or self.lookups.target_from_host(authority)
         if target is None:
-            return await local_reply(st, sink, 404, NO_ROUTE, "NR")
+            return LocalAnswer(404, NO_ROUTE, "NR")
         st.target = target
-        hdict = message.as_dict(head.headers)
+        hdict = None
         pols = self.lookups.policies(target)
         if pols:
+            hdict = message.as_dict(head.headers)
             decision = authz.evaluate(pols, authz.Request(
                 source_principal=st.down.source_principal, source_ip=st.down.source_ip,
                 destination_ip=target.address, destination_port=target.port,
                 method=head.method, host=authority, path=head.target, headers=hdict), authz.L7)
             st.policy = decision.policy_key
             if not decision.allowed:
-                return await local_reply(st, sink, 403, RBAC_DENIED, "RBAC")
+                return LocalAnswer(403, RBAC_DENIED, "RBAC")
         rule = match = route_ns = None
         table = self.lookups.route_table(target, principal_namespace(st.down.source_principal))
         if table:
+            if hdict is None:
+                hdict = message.as_dict(head.headers)
             sel = table.select(RouteInput(method=head.method, path=head.path, query=head.query,
                                           host=authority, headers=hdict))
             if sel is None:
-                return await local_reply(st, sink, 404, NO_ROUTE, "NR")
+                return LocalAnswer(404, NO_ROUTE, "NR")
             rule, match, route_ns = sel.rule, sel.match, sel.route.namespace
             st.route = sel.route.key
         out = head
@@ -140,18 +184,18 @@ class Proxy:
         if rule is not None:
             plan = filters.plan(head, rule, match, target.port, self.rng)
             if plan.redirect is not None:
-                return await local_reply(st, sink, plan.redirect.status, b"", "-",
-                                         extra=[("location", plan.redirect.location)])
+                return LocalAnswer(plan.redirect.status, b"", "-",
+                                   (("location", plan.redirect.location),))
             out, response_mod, mirrors = plan.request, plan.response_headers, plan.mirrors
             if rule.backend_refs:
                 try:
                     ref = pick_backend(rule.backend_refs, self.rng)
                 except NoBackend:
-                    return await local_reply(st, sink, 500, b"", "NR")
+                    return LocalAnswer(500, b"", "NR")
                 backend = self.view.service_by_host(ref.namespace or route_ns, ref.name)
                 port = ref.port or target.port
                 if backend is None:
-                    return await local_reply(st, sink, 500, b"", "NR")
+                    return LocalAnswer(500, b"", "NR")
                 if ref.filters:
                     plan = filters.plan_backend(plan, ref, match, target.port, self.rng)
                     out, response_mod, mirrors = plan.request, plan.response_headers, plan.mirrors
@@ -161,9 +205,8 @@ class Proxy:
         else:       # a workload addressed directly (resolve gives one of the two)
             eps = workload_endpoint(target.workload, port) if target.workload else []
         if not eps:
-            return await local_reply(st, sink, 503, NO_HEALTHY_UPSTREAM, "UH")
-        return await self.forwarder.forward(st, req, body, sink, out, eps, rule, response_mod,
-                                            mirrors)
+            return LocalAnswer(503, NO_HEALTHY_UPSTREAM, "UH")
+        return Plan(out, eps, rule, response_mod, mirrors)
 
     # -- drain ----------------------------------------------------------------------
     def start_drain(self) -> None:
@@ -189,20 +232,23 @@ class Proxy:
         self.telemetry.flush()
 
     # -- telemetry ----------------------------------------------------------------
-    def _record(self, st: RequestState) -> None:
+    def record(self, st: RequestState) -> None:
+        """The request's one telemetry record (metrics, access log)."""
         h = st.head
         grpc = st.grpc_in is not None and st.grpc_out is not None
-        self.telemetry.record(RequestRecord(
+        t = self.telemetry
+        took = self.clock() - st.t0
+        t.record(RequestRecord(
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,
             source_workload=st.down.source_workload,
             destination=st.backend or (st.target.service if st.target else None),
             destination_workload=st.upstream_workload, upstream=st.upstream, method=h.method,
             path=h.target,
             authority=st.authority, protocol=st.down.protocol, status=st.status or 0,
-            flags=st.flags, duration_ms=(self.clock() - st.t0) * 1000.0,
+            flags=st.flags, duration_ms=took * 1000.0,
             request_bytes=st.request_bytes, response_bytes=st.response_bytes,
             request_id=st.request_id, traceparent=st.traceparent, route=st.route,
-            policy=st.policy, start_time=time.time() - (self.clock() - st.t0),
+            policy=st.policy, start_time=time.time() - took,
             user_agent=message.get(h.headers, "user-agent") or "",
             x_forwarded_for=message.get(h.headers, "x-forwarded-for") or "",
             parent_span_id=st.parent_span,

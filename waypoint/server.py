@@ -18,9 +18,9 @@ from collections import deque
 from shoal.core.pipe import READ_SIZE, Endpoint
 from shoal.waypoint.downstream import (IDLE_TIMEOUT, MAX_DISCARD_BODY, READ_ERRORS, Downstream,
                                        DownstreamClosed, close_stream)
-from shoal.waypoint.http1 import (LAST_CHUNK, BodyReceived, H1Server, MessageEnded, ProtocolFailed,
-                                  RequestReceived, TunnelData, encode_chunk,
-                                  serialize_response_head, simple_response)
+from shoal.waypoint.h1framing import ResponseFramer
+from shoal.waypoint.http1 import (BodyReceived, H1Server, MessageEnded, ProtocolFailed,
+                                  RequestReceived, TunnelData, simple_response)
 from shoal.waypoint.message import Headers
 from shoal.waypoint.proxy import Proxy
 
@@ -67,29 +67,32 @@ class H1Session:
             # close`, and Proxy.start_drain closes connections left idle.
             while True:
                 ev = await self._next(IDLE_TIMEOUT)
-                if ev is None:
+                if ev is None or not await self.handle_event(ev):
                     break
-                if isinstance(ev, ProtocolFailed):
-                    await self._write(simple_response(ev.status, ev.reason.encode(), close=True))
-                    break
-                if not isinstance(ev, RequestReceived):
-                    continue
-                self.busy = True
-                try:
-                    if not await self._serve(ev):
-                        break
-                finally:
-                    self.busy = False
         finally:
             self.proxy.sessions.discard(self)
             self.closed = True
             await close_stream(self.stream)
 
-    async def _serve(self, ev: RequestReceived) -> bool:
+    async def handle_event(self, ev, decided: tuple | None = None) -> bool:
+        """Act on one parsed event; False when the connection must end.
+        (`decided`: see Proxy.handle.)"""
+        if isinstance(ev, ProtocolFailed):
+            await self._write(simple_response(ev.status, ev.reason.encode(), close=True))
+            return False
+        if not isinstance(ev, RequestReceived):
+            return True
+        self.busy = True
+        try:
+            return await self._serve(ev, decided)
+        finally:
+            self.busy = False
+
+    async def _serve(self, ev: RequestReceived, decided: tuple | None = None) -> bool:
         body = _Body(self)
         sink = _Sink(self, ev)
         try:
-            keep = await self.proxy.handle(self.down, ev, body, sink)
+            keep = await self.proxy.handle(self.down, ev, body, sink, decided)
         except DownstreamClosed:
             return False
         if sink.aborted or not keep or not ev.keep_alive or sink.close_after:
@@ -144,66 +147,46 @@ class _Body:
 
 
 class _Sink:
-    """Frames one response for an HTTP/1.x client."""
+    """Writes one response to an HTTP/1.x client, framed by `ResponseFramer`."""
 
-    __slots__ = ("session", "req", "started", "chunked", "close_after", "aborted", "_head",
-                 "_trailers")
+    __slots__ = ("session", "req", "started", "aborted", "framer")
 
     def __init__(self, session: H1Session, req: RequestReceived) -> None:
         self.session = session
         self.req = req
         self.started = False
-        self.chunked = False
-        self.close_after = False
         self.aborted = False
-        self._head = b""
-        self._trailers = b""
+        self.framer = ResponseFramer(req, session.proxy.draining)
+
+    @property
+    def close_after(self) -> bool:
+        return self.framer.close_after
 
     async def informational(self, status: int, headers) -> None:
-        if status == 100 and self.req.http_version == "1.1":
-            await self.session._write(serialize_response_head(100, []))
+        data = self.framer.informational(status)
+        if data:
+            await self.session._write(data)
 
     async def start(self, status: int, headers, *, content_length: int | None,
                     reason: str = "", no_body: bool = False) -> None:
         self.started = True
-        if status == 101:
-            self._head = serialize_response_head(101, headers, reason)
-            return
-        if not no_body and content_length is None:
-            if self.req.http_version == "1.1":
-                headers = headers + [("transfer-encoding", "chunked")]
-                self.chunked = True
-            else:
-                self.close_after = True
-        if self.session.proxy.draining:
-            self.close_after = True    # Envoy's drain: close after this response
-        if not self.req.keep_alive or self.close_after:
-            headers = headers + [("connection", "close")]
-        elif self.req.http_version == "1.0":
-            headers = headers + [("connection", "keep-alive")]
-        self._head = serialize_response_head(status, headers, reason)
+        # Drain state is read when the head is built, as Envoy decides it.
+        self.framer.draining = self.session.proxy.draining
+        self.framer.start(status, headers, content_length=content_length, reason=reason,
+                          no_body=no_body)
 
     async def send(self, data: bytes) -> None:
-        if self.chunked:
-            data = encode_chunk(data)
-        if self._head:
-            data, self._head = self._head + data, b""
-        if not await self.session._write(data):
+        if not await self.session._write(self.framer.body(data)):
             raise DownstreamClosed("client went away while receiving the response")
 
     async def trailers(self, headers) -> None:
-        """Trailers from an HTTP/2 upstream: sent as chunked trailers
-        (RFC 9112 7.1.2); a sized or HTTP/1.0 response has no room for them."""
-        if self.chunked:
-            self._trailers = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+        self.framer.trailers(headers)
 
     async def finish(self) -> None:
-        tail = (b"0\r\n" + self._trailers + b"\r\n" if self._trailers else LAST_CHUNK) \
-            if self.chunked else b""
-        if self._head or tail:
-            data, self._head = self._head + tail, b""
+        data = self.framer.end()
+        if data:
             await self.session._write(data)
-        if self.close_after:
+        if self.framer.close_after:
             try:
                 self.session.stream.write_eof()
             except Exception:
@@ -214,10 +197,11 @@ class _Sink:
             self.abort()
             return False
         self.started = True
-        close = not self.req.keep_alive or self.req.upgrade or self.session.proxy.draining
-        if not await self.session._write(simple_response(status, body, close=close, extra=extra)):
+        self.framer.draining = self.session.proxy.draining
+        data, keep = self.framer.local(status, body, extra)
+        if not await self.session._write(data):
             return False
-        return not close
+        return keep
 
     def abort(self) -> None:
         self.aborted = True
@@ -231,8 +215,7 @@ class _Sink:
 
         Returns (bytes to the client, bytes from the client)."""
         s = self.session
-        head, self._head = self._head, b""
-        await s._write(head + first)
+        await s._write(self.framer.take_head() + first)
         counts = [len(first), 0]
 
         async def up_to_down():

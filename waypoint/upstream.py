@@ -101,9 +101,55 @@ class Connector(Protocol):
         """Raises ConnectFailed (503 UF) when the endpoint cannot be reached."""
         ...
 
+    def plain(self, eps) -> bool:
+        """Do all of `eps` get plain TCP connections (`PlainUpstream`)?"""
+        ...
+
+
+class PlainUpstream(TcpEnd):
+    """A plaintext upstream connection that can also be driven by callbacks.
+
+    While `receiver` is set (the fast path's exchange, fastpath.py), bytes,
+    EOF and loss go to it instead of the read queue; otherwise it is the
+    ordinary `TcpEnd` the coroutine path reads from.
+    """
+
+    receiver = None
+
+    def data_received(self, data: bytes) -> None:
+        r = self.receiver
+        if r is not None:
+            r.upstream_data(data)
+        else:
+            TcpEnd.data_received(self, data)
+
+    def eof_received(self) -> bool:
+        r = self.receiver
+        if r is not None:
+            self._eof = True
+            r.upstream_data(b"")
+            return True
+        return TcpEnd.eof_received(self)
+
+    def connection_lost(self, exc) -> None:
+        TcpEnd.connection_lost(self, exc)
+        r = self.receiver
+        if r is not None:
+            r.upstream_lost(exc)
+
+    @property
+    def idle_clean(self) -> bool:
+        """Nothing arrived while it sat idle: safe to send a request on."""
+        return not self._chunks and not self._eof and self.transport is not None \
+            and not self.transport.is_closing()
+
 
 class TcpConnector:
     """Plaintext TCP to ip:port (endpoints outside the mesh, test mode)."""
+
+    def plain(self, eps) -> bool:
+        """Do these endpoints get plain TCP connections (`PlainUpstream`)?"""
+        return True
 
     def __init__(self, sockets=None, timeout: float = CONNECT_TIMEOUT):
         self.sockets = sockets
@@ -115,10 +161,10 @@ class TcpConnector:
         try:
             if self.sockets is not None:
                 sock = await self.sockets.connect(ep.ip, ep.port, timeout=self.timeout)
-                _, proto = await loop.create_connection(TcpEnd, sock=sock)
+                _, proto = await loop.create_connection(PlainUpstream, sock=sock)
             else:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(TcpEnd, ep.ip, ep.port), self.timeout)
+                    loop.create_connection(PlainUpstream, ep.ip, ep.port), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise ConnectFailed(f"connect to {ep.key}: {e}") from None
         return proto
@@ -135,6 +181,9 @@ class HboneConnector:
         self.pool = pool
         self.identity = identity
         self.plaintext = plaintext or TcpConnector()
+
+    def plain(self, eps) -> bool:
+        return not any(ep.hbone for ep in eps)
 
     async def open(self, ep: UpstreamEndpoint, *, source_ip: str = "",
                    host: str = "") -> Endpoint:
@@ -172,7 +221,16 @@ class H1Pool:
     async def acquire(self, ep: UpstreamEndpoint, *, source_ip: str = "", host: str = "",
                       fresh: bool = False) -> UpstreamConn:
         if not fresh:
-            idle = self._idle.get(ep.key)
+            conn = self.take_idle(ep)
+            if conn is not None:
+                return conn
+        stream = await self.connector.open(ep, source_ip=source_ip, host=host)
+        return UpstreamConn(stream=stream, endpoint=ep)
+
+    def take_idle(self, ep: UpstreamEndpoint) -> UpstreamConn | None:
+        """A live idle connection to `ep` (marked reused), or None."""
+        idle = self._idle.get(ep.key)
+        if idle:
             now = self.clock()
             while idle:
                 conn = idle.pop()
@@ -180,8 +238,7 @@ class H1Pool:
                     conn.reused = True
                     return conn
                 _close(conn.stream)
-        stream = await self.connector.open(ep, source_ip=source_ip, host=host)
-        return UpstreamConn(stream=stream, endpoint=ep)
+        return None
 
     def release(self, conn: UpstreamConn, reusable: bool) -> None:
         if not reusable:

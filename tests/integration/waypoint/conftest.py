@@ -11,6 +11,25 @@ from tests.helpers.waypoint_backend import Backend
 from tests.helpers.waypoint_mesh import loopback_ip
 
 
+# The L7 behaviour tests run on both ways of serving the plaintext listener:
+# the callback fast path (waypoint/fastpath.py) and the coroutine path it
+# falls back to (SHOAL_WAYPOINT_FAST=0).
+BOTH_PATHS_MODULES = ("test_waypoint_http",)
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_PATHS_MODULES:
+        metafunc.fixturenames.append("serving_path")
+        metafunc.parametrize("serving_path", ["fast", "coroutine"], indirect=True)
+
+
+@pytest.fixture
+def serving_path(request, monkeypatch):
+    from shoal.waypoint.fastpath import FAST_ENV
+    monkeypatch.setenv(FAST_ENV, "1" if request.param == "fast" else "0")
+    return request.param
+
+
 @pytest.fixture
 def backends():
     made: list[Backend] = []
