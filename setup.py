@@ -1,4 +1,4 @@
-"""Build hooks: the HBONE data path's C extension, `shoal.core.hbone._native`
+"""Build hooks: the HBONE data path's C extension, `shoal.core.hbone.native._native`
 (core/hbone/native/_native.c; selected in core/hbone/fastpath.py), and the
 CNI plugin binary (cni/native/shoal_cni.c) compiled into the package as
 `shoal/cni/bin/shoal-cni` (package data).
@@ -26,7 +26,7 @@ TARGET = os.path.join(HERE, "cni", "bin", "shoal-cni")
 # Optional: on a Python whose _ssl layout it does not know (not CPython 3.11)
 # the module refuses to compile and HBONE keeps its pure-Python path
 # (tests/unit/hbone/test_native.py fails loudly if 3.11 lost it).
-NATIVE = Extension("shoal.core.hbone._native", sources=["core/hbone/native/_native.c"],
+NATIVE = Extension("shoal.core.hbone.native._native", sources=["core/hbone/native/_native.c"],
                    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                    libraries=["dl"], optional=True)
 CFLAGS = ["-Os", "-Wall", "-Wextra", "-std=c11", "-D_FORTIFY_SOURCE=2"]

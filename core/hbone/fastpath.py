@@ -23,7 +23,7 @@ def _load() -> ModuleType | None:
     if os.environ.get(ENV, "1") == "0":
         return None
     try:
-        from shoal.core.hbone import _native
+        import shoal.core.hbone.native._native as _native
     except ImportError as e:
         shoal_log.get("hbone").warning("HBONE native data path unavailable (%s); "
                                        "using the pure-Python one", e)

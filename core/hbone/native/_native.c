@@ -1,4 +1,4 @@
-/* shoal.core.hbone._native: the TLS record calls of HBONE's data path in C.
+/* shoal.core.hbone.native._native: the TLS record calls of HBONE's data path in C.
  *
  * HBONE's TLS runs on Python's ssl.SSLObject with memory BIOs
  * (core/hbone/tlsio.py). Each record call through `ssl` costs a Python

@@ -11,9 +11,9 @@ harness runs under callgrind for instruction counts (docs/bench/profiles/).
 - 1 KB round trips: 1 KB through a tunnel and 1 KB back, 100 per call;
 - bulk: 1 MiB through a tunnel, read out on the far side, WINDOW_UPDATEs back.
 
-    .venv/bin/python -m pytest benchmarks/bench_hbone_tls.py -o python_files='bench_*.py' \\
+    .venv/bin/python -m pytest benchmarks/load/bench_hbone_tls.py -o python_files='bench_*.py' \\
         --benchmark-enable -p no:xdist
-    .venv/bin/python -m shoal.benchmarks.bench_hbone_tls rr|bulk N   # one path, for callgrind
+    .venv/bin/python -m shoal.benchmarks.load.bench_hbone_tls rr|bulk N   # one path, for callgrind
 """
 
 from __future__ import annotations
