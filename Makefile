@@ -6,19 +6,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Debian packages: real peers and tools the tests, demo and benchmarks run;
-# gcc and libc6-dev build the static CNI plugin binary (setup.py).
+# gcc and libc6-dev build the static CNI plugin binary, python3-dev the HBONE
+# data path's C extension (setup.py).
 DEB_PKGS := iperf3 stunnel4 haproxy nginx-light socat nghttp2-client nghttp2-proxy \
             tinyproxy wrk nftables iproute2 containernetworking-plugins podman runc \
             busybox-static curl openssl tcpdump procps \
-            gcc libc6-dev
+            gcc libc6-dev python3-dev
 # One binary per package, to tell whether it is already installed.
 DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk nft ip \
               /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps \
-              gcc /usr/include/stdio.h
+              gcc /usr/include/stdio.h python3-config
 
-.PHONY: demo test test-unit test-integration test-e2e bench bench-load host-deps venv clean
+.PHONY: demo test test-python-path test-unit test-integration test-e2e bench bench-load host-deps venv clean
 
-$(VENV)/.installed: pyproject.toml setup.py cni/native/shoal_cni.c
+$(VENV)/.installed: pyproject.toml setup.py cni/native/shoal_cni.c core/hbone/native/_native.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,bench]'
@@ -54,6 +55,12 @@ typecheck: venv
 
 test: host-deps venv typecheck
 	$(PY) -m pytest -q -n 2 tests
+	$(MAKE) test-python-path
+
+# The HBONE data path's pure-Python fallback (core/hbone/fastpath.py), which
+# every other test run skips while the C module loads: its own pass.
+test-python-path: venv
+	SHOAL_NATIVE=0 $(PY) -m pytest -q -n 2 tests/unit/hbone tests/integration/hbone
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -1,5 +1,7 @@
-"""Build hook: compile the CNI plugin binary (cni/native/shoal_cni.c) into the
-package as `shoal/cni/bin/shoal-cni` (package data).
+"""Build hooks: the HBONE data path's C extension, `shoal.core.hbone.native._native`
+(core/hbone/native/_native.c; selected in core/hbone/fastpath.py), and the
+CNI plugin binary (cni/native/shoal_cni.c) compiled into the package as
+`shoal/cni/bin/shoal-cni` (package data).
 
 The container runtime runs the plugin on the node, outside any container and
 without Python, so it is C, linked statically against glibc when libc.a is
@@ -14,13 +16,19 @@ import os
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "cni", "native", "shoal_cni.c")
 SPEC = os.path.join(HERE, "cni", "spec.py")
 TARGET = os.path.join(HERE, "cni", "bin", "shoal-cni")
+# Optional: on a Python whose _ssl layout it does not know (not CPython 3.11)
+# the module refuses to compile and HBONE keeps its pure-Python path
+# (tests/unit/hbone/test_native.py fails loudly if 3.11 lost it).
+NATIVE = Extension("shoal.core.hbone.native._native", sources=["core/hbone/native/_native.c"],
+                   extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+                   libraries=["dl"], optional=True)
 CFLAGS = ["-Os", "-Wall", "-Wextra", "-std=c11", "-D_FORTIFY_SOURCE=2"]
 
 
@@ -61,4 +69,4 @@ class BuildPyWithPlugin(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithPlugin})
+setup(cmdclass={"build_py": BuildPyWithPlugin}, ext_modules=[NATIVE])

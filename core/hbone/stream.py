@@ -63,6 +63,8 @@ class HboneStream:
         self._error: HboneError | None = None
         self._read_waiter: asyncio.Future | None = None
         self._send_waiter: asyncio.Future | None = None
+        self._writing = False              # a write() is sending (or waiting to)
+        self._sink = None                  # set_sink (core.pipe): direct delivery
         self._opened: asyncio.Future = conn.loop.create_future()
         self._done = False
         # Server: cancels the handler's work (authorization, upstream connect)
@@ -72,6 +74,14 @@ class HboneStream:
     # -- called by the connection (wire side) -------------------------------
 
     def _feed(self, data: bytes, flow_controlled_length: int) -> None:
+        sink = self._sink
+        if sink is not None and not self._chunks and sink(data):
+            # Consumed as read() would: the window reopens now (the
+            # connection flushes after the events of this read).
+            self.bytes_received += len(data)
+            if flow_controlled_length:
+                self._core.acknowledge(self.stream_id, flow_controlled_length)
+            return
         self._chunks.append((data, flow_controlled_length))
         self._wake_reader()
 
@@ -166,6 +176,13 @@ class HboneStream:
         Raises:
             StreamResetError: the tunnel was reset or its connection died.
         """
+        self._writing = True
+        try:
+            await self._write(data)
+        finally:
+            self._writing = False
+
+    async def _write(self, data) -> None:
         view = data            # the object itself first: no copy for a whole frame
         while view:
             if self._error is not None:
@@ -186,6 +203,27 @@ class HboneStream:
                     self._send_waiter = None
         if not self._conn.can_write.is_set():
             await self._conn.can_write.wait()
+
+    def set_sink(self, sink) -> None:
+        """core.pipe's direct delivery: received data goes to `sink(data)`
+        (True: taken) while nothing is queued for read()."""
+        self._sink = sink
+
+    def write_nowait(self, data) -> bool:
+        """Send all of `data` now if the windows and the transport allow it
+        without waiting; False (nothing sent) otherwise, or on any error
+        (write() then raises it)."""
+        n = len(data)
+        if (self._writing or self._error is not None or not self._conn.can_write.is_set()
+                or self._core.send_window(self.stream_id) < n):
+            return False
+        try:
+            self._core.send_data(self.stream_id, data)
+        except LocalProtocolError:
+            return False
+        self.bytes_sent += n
+        self._conn.flush()
+        return True
 
     def write_eof(self) -> None:
         """Half-close: END_STREAM (the TCP FIN of the plaintext side)."""

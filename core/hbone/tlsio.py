@@ -9,6 +9,11 @@ all decrypted records available are handed up in one `data_received`.
 `TlsTransport` is what the application protocol (HboneConnection) sees; the
 `_TlsProtocol` sits on the TCP transport. TLS has no half-close, and HBONE
 needs none (half-close lives in HTTP/2 END_STREAM).
+
+After the handshake, the record calls (encrypt a batch of chunks, decrypt a
+batch) go to the C module of core/hbone/fastpath.py when it accepts the
+connection: the same OpenSSL calls on the same SSL object, without a Python
+call per record and an SSLWantReadError per batch (docs/bench/profiles/).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import ssl
 from typing import Callable
 
+from shoal.core.hbone import fastpath
 from shoal.core.hbone.alloc import tune_allocator
 
 # Decrypt up to this much per data_received call: large batches mean fewer
@@ -161,6 +167,8 @@ class _TlsProtocol(asyncio.Protocol):
         self._on_close = on_close         # (handshake_done: bool) -> None, once
         self._handshook = False
         self._linger: asyncio.TimerHandle | None = None    # set while lingering
+        self._native = None               # fastpath.native, once it accepted sslobj
+        self._ssl = None                  # sslobj's _ssl._SSLSocket, for _native
 
     # -- raw TCP side -------------------------------------------------------
 
@@ -195,6 +203,9 @@ class _TlsProtocol(asyncio.Protocol):
         # server_hostname=None: no SNI (ztunnel sends none).
         self.sslobj = self.context.wrap_bio(self._in, self._out, server_side=self.server_side,
                                             server_hostname=None)
+        native = fastpath.native
+        if native is not None and native.attach(self.sslobj._sslobj, self._in, self._out):
+            self._native, self._ssl = native, self.sslobj._sslobj
 
     def data_received(self, data: bytes) -> None:
         if self._linger is not None:
@@ -300,9 +311,35 @@ class _TlsProtocol(asyncio.Protocol):
         # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
         buf = _READ_BUFFER.take()
         try:
-            self._read_batches(buf)
+            if self._native is not None:
+                self._read_batches_native(buf)
+            else:
+                self._read_batches(buf)
         finally:
             _READ_BUFFER.give(buf)
+
+    def _read_batches_native(self, buf: bytearray) -> None:
+        """_read_batches in one C call per batch: the whole buffer, or
+        DIRECT_BATCH of it while the app may take a body directly."""
+        native, ssl_ = self._native, self._ssl
+        direct = self._direct
+        view = memoryview(buf)
+        batch = view[:DIRECT_BATCH] if direct else view
+        while True:
+            if direct:
+                target = self.app.receive_buffer()
+                if target is not None:
+                    if not self._read_into(target):
+                        break
+                    continue
+            n, status, error = native.read_into(ssl_, batch, 0)
+            self._deliver(view, n)
+            if error is not None:
+                self._read_failed(error)
+                return
+            if status != native.FULL or self.closing:
+                break
+        self._flush()                            # key updates, etc.
 
     def _read_batches(self, buf: bytearray) -> None:
         direct = self._direct
@@ -337,6 +374,8 @@ class _TlsProtocol(asyncio.Protocol):
     def _read_into(self, target: memoryview) -> bool:
         """Decrypt into the app's `target` until it is full or no more input
         is available; returns False when no more input is available."""
+        if self._native is not None:
+            return self._read_into_native(target)
         total, filled, more = len(target), 0, True
         read = self.sslobj.read
         try:
@@ -359,6 +398,16 @@ class _TlsProtocol(asyncio.Protocol):
             self.app.received_into(filled)
         return more and not self.closing
 
+    def _read_into_native(self, target: memoryview) -> bool:
+        filled, status, error = self._native.read_into(self._ssl, target, 0)
+        target.release()
+        if error is not None:
+            self._read_failed(error)
+            return False
+        if filled and self._app_transport is not None and not self.closing:
+            self.app.received_into(filled)
+        return status == self._native.FULL and not self.closing
+
     def _read_failed(self, e: ssl.SSLError) -> None:
         self.closing = True
         self.raw.abort()
@@ -374,6 +423,9 @@ class _TlsProtocol(asyncio.Protocol):
     def app_write(self, data) -> None:
         if self.closing or self.raw.is_closing():
             return
+        if self._native is not None:
+            self._write_native((data,))
+            return
         try:
             self.sslobj.write(data)
         except ssl.SSLError:
@@ -385,6 +437,9 @@ class _TlsProtocol(asyncio.Protocol):
         """Encrypt `chunks` in order: small ones coalesced into one record
         batch, large ones passed to OpenSSL as they are (no extra copy)."""
         if self.closing or self.raw.is_closing():
+            return
+        if self._native is not None:
+            self._write_native(chunks)
             return
         small: list = []
         write = self.sslobj.write
@@ -403,6 +458,17 @@ class _TlsProtocol(asyncio.Protocol):
             self.raw.abort()
             return
         self._flush()
+
+    def _write_native(self, chunks) -> None:
+        """Encrypt in C (small chunks gathered into full records) and write
+        every record queued, earlier ones (a handshake's) first."""
+        try:
+            records = self._native.write(self._ssl, chunks)
+        except ssl.SSLError:
+            self.raw.abort()
+            return
+        if records:
+            self.raw.write(records)
 
     def app_close(self) -> None:
         if self._close_notify():

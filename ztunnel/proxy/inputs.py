@@ -74,6 +74,15 @@ class CountingEnd(TcpEnd):
         await super().write(data)
         self.bytes_written += len(data)
 
+    def _taken(self, n: int) -> None:
+        self.bytes_read += n
+
+    def write_nowait(self, data) -> bool:
+        if not super().write_nowait(data):
+            return False
+        self.bytes_written += len(data)
+        return True
+
     def info(self, name: str) -> Any:
         """The transport's extra info ("peername", "socket"); handlers run
         once the connection is made, so the transport is there."""

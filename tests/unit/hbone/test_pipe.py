@@ -104,3 +104,75 @@ async def test_stream_end_tuple_is_wrapped():
     b = FakeEnd([b"zz", b""])
     assert await pipe((reader, w), b) == (3, 2)
     assert w.buf == b"zz" and w.eof and bytes(b.written) == b"abc"
+
+
+class MemoryTransport:
+    """What a TcpEnd writes to; `closing` after close/abort."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.eof = self.closing = False
+
+    def write(self, data):
+        self.out += data
+
+    def write_eof(self):
+        self.eof = True
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    abort = close
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def _tcp_end():
+    from shoal.core.pipe import TcpEnd
+    end, transport = TcpEnd(), MemoryTransport()
+    end.connection_made(transport)
+    return end, transport
+
+
+async def test_tcp_ends_deliver_directly_and_queue_in_order_under_backpressure():
+    """Data arriving while the other side can take it is written at once,
+    inside data_received (no task wakeup); while the other side is paused it
+    queues, and later arrivals queue behind it: the order never changes.
+    pipe()'s byte counts include both paths."""
+    a, ta = _tcp_end()
+    b, tb = _tcp_end()
+    task = asyncio.ensure_future(pipe(a, b))
+    await until(lambda: a._sink is not None, what="pipe wired the sinks")
+    a.data_received(b"one ")
+    assert tb.out == b"one "                       # synchronously: the direct path
+    b.pause_writing()
+    a.data_received(b"two ")                       # refused: b must not be written now
+    a.data_received(b"three ")                     # queued behind "two", not written first
+    assert tb.out == b"one "
+    await until(lambda: tb.out == b"one two three ", what="the queued path wrote both")
+    a.data_received(b"four ")                      # b still paused, a write waits: queued
+    assert tb.out == b"one two three "
+    b.resume_writing()
+    await until(lambda: tb.out == b"one two three four ", what="the queue drained in order")
+    a.data_received(b"five")
+    assert tb.out == b"one two three four five"    # direct again
+    b.data_received(b"back")
+    assert ta.out == b"back"
+    a.eof_received()
+    b.eof_received()
+    assert await task == (len(b"one two three four five"), len(b"back"))
+    assert tb.eof and ta.eof
+    assert a._sink is None and b._sink is None     # unwired once the pipe ended
