@@ -74,8 +74,15 @@ def _fprog(program) -> tuple[bytes, ctypes.Array]:
 
 
 def refuse_new_handshakes(sock: socket.socket) -> bool:
-    """Drop SYNs to this listener from now on (see above). False if the
-    socket is already closed or the kernel refused the filter."""
+    """Drop SYNs to this listener from now on (see above). False if it is
+    no TCP socket (the program reads TCP flags), is already closed, or the
+    kernel refused the filter."""
+    try:
+        if (sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM):
+            return False
+    except OSError:
+        return False
     prog, _buf = _fprog(DROP_BARE_SYN)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)

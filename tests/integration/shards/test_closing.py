@@ -19,11 +19,12 @@ NO_ANSWER_WITHIN = 0.5
 CLIENTS = 32
 
 
-def test_new_handshakes_refused_queued_ones_kept():
-    lst = DefaultSocketFactory().listen("127.0.0.1", 0)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_new_handshakes_refused_queued_ones_kept(host):
+    lst = DefaultSocketFactory().listen(host, 0)
     lst.setblocking(True)
     port = lst.getsockname()[1]
-    before = socket.create_connection(("127.0.0.1", port), timeout=5)
+    before = socket.create_connection((host, port), timeout=5)
     assert refuse_new_handshakes(lst)
     # The connection queued before the filter is still accepted and works.
     before.sendall(b"queued")
@@ -31,9 +32,16 @@ def test_new_handshakes_refused_queued_ones_kept():
     assert conn.recv(16) == b"queued"
     # A new SYN gets no answer: neither a connection nor a refusal.
     with pytest.raises(TimeoutError):
-        socket.create_connection(("127.0.0.1", port), timeout=NO_ANSWER_WITHIN)
+        socket.create_connection((host, port), timeout=NO_ANSWER_WITHIN)
     for s in (before, conn, lst):
         s.close()
+
+
+def test_only_tcp_sockets_get_the_filter():
+    # It reads TCP flags: on a UDP or Unix socket it would drop payload.
+    for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_UNIX, socket.SOCK_STREAM)):
+        with socket.socket(family, kind) as s:
+            assert not refuse_new_handshakes(s)
 
 
 def test_dropped_syns_reach_the_live_peer_after_close_none_reset():
