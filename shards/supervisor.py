@@ -11,7 +11,8 @@ Loop (STYLE.md rule 6), one pass at a time:
 Invariants:
 - A slot's listeners are never closed while the slot exists (handoff.py):
   restarts, SIGHUP rolls and SIGUSR2 upgrades reuse them, so no queued
-  connection is reset. TTOU and stopping close them (see docs/operations.md),
+  connection is reset. TTOU and stopping close them, first refusing new
+  handshakes on them (shards/closing.py, docs/operations.md),
   and so does a worker's "drop"/"release" (the app gave them up for good,
   e.g. a pod left the mesh: its ports must not stay bound).
 - SIGHUP bumps the generation; a slot's old worker retires only once the
@@ -41,6 +42,7 @@ from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import KUBERNETES_SCHEME, MAX_WORKERS, SupervisorOptions
 from shoal.shards.proc import (_exit, _kill, describe_status, raise_fd_limit, remove_pidfile,
                                write_pidfile)
+from shoal.shards.closing import HANDSHAKE_SETTLE, refuse_new_handshakes
 from shoal.shards.signals import HANDLED, SignalQueue
 from shoal.shards.upgrade import Inherited, Upgrade
 from shoal.shards.worker import Worker
@@ -112,6 +114,9 @@ class Supervisor:
         # supervisor (counters go on from the old workers' totals), which
         # owns it once ready.
         self.owns_metrics_dir = False
+        # True once a new supervisor (SIGUSR2) serves our listeners: stopping
+        # then must not touch the sockets themselves (shards/closing.py).
+        self.handed_over = False
         self.cert_store: CertStore | None = None
 
     # -- main loop --------------------------------------------------------------
@@ -262,7 +267,7 @@ class Supervisor:
                                                    "drain_timeout_s": grace}})
         # Our copies go first, so each worker's own close (after it took what
         # is queued) is the last reference and nothing queued is reset.
-        self._close_slots(lambda slot: True)
+        self._close_slots(lambda slot: True, last_reference=not self._listeners_shared())
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for w in self.workers.values():
             _kill(w.pid, sig)
@@ -362,7 +367,7 @@ class Supervisor:
         if self.stopping is not None:
             return
         now = time.monotonic()
-        self._close_slots(lambda slot: slot >= self.num_workers)
+        self._close_slots(lambda slot: slot >= self.num_workers, last_reference=True)
         for w in list(self.workers.values()):
             if w.slot >= self.num_workers and not w.retiring:
                 self._retire(w, "scale down")
@@ -385,8 +390,27 @@ class Supervisor:
                                                           "reason": why}})
         _kill(w.pid, signal.SIGTERM)
 
-    def _close_slots(self, which) -> None:
-        for slot in [s for s in self.slot_socks if which(s)]:
+    def _listeners_shared(self) -> bool:
+        """SIGUSR2: a new supervisor inherited our listeners (starting or serving)."""
+        return self.handed_over or (self.upgrade is not None and not self.upgrade.done)
+
+    def _close_slots(self, which, *, last_reference: bool) -> None:
+        """Close our copies of the listeners of the slots `which` selects.
+
+        `last_reference`: the slot's worker, told to stop next, holds the
+        only other copy (SIGTTOU, a stop without upgrade). The sockets then
+        refuse new handshakes and those under way get HANDSHAKE_SETTLE to
+        reach the accept queue before the worker takes it and closes, so no
+        connection is reset by the close (shards/closing.py). The
+        supervisor's loop pauses that long; it handles no traffic.
+        """
+        slots = [s for s in self.slot_socks if which(s)]
+        if last_reference and slots:
+            quiesced = [refuse_new_handshakes(sock)
+                        for slot in slots for sock in self.slot_socks[slot].values()]
+            if any(quiesced):
+                time.sleep(HANDSHAKE_SETTLE)
+        for slot in slots:
             for sock in self.slot_socks.pop(slot).values():
                 sock.close()
 
@@ -519,11 +543,13 @@ class Supervisor:
     def _upgrade_progress(self) -> None:
         if self.upgrade.progress():
             self.owns_metrics_dir = False      # the new supervisor adopted it
+            self.handed_over = True
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")
 
     def _upgrade_exited(self, status: int) -> None:
         if self.upgrade.exited(status):
             self.owns_metrics_dir = False
+            self.handed_over = True
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")
         if self.stopping is None:
             self.upgrade = None
@@ -548,7 +574,8 @@ class Supervisor:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        self._close_slots(lambda slot: True)
+        # The workers are gone: nobody would take what is queued anyway.
+        self._close_slots(lambda slot: True, last_reference=False)
         if self.heartbeats is not None:
             self.heartbeats.unlink()
         if self.table is not None:

@@ -40,6 +40,9 @@ LOG = shoal_log.get("ztunnel")
 # How often a worker looks at the routing generation. The read is one shared
 # memory load; 100 ms bounds how long a now-denied connection lives on.
 GENERATION_POLL_INTERVAL = 0.1
+# How often a booting worker looks for the first routing generation: the
+# watcher publishes within a fraction of a second, so a short poll.
+BOOT_POLL_INTERVAL = 0.01
 # A removed pod's open connections get this long before they are closed
 # (ztunnel drains a deleted pod's connections the same way, briefly).
 POD_CLOSE_GRACE = 1.0
@@ -67,6 +70,7 @@ class ZtunnelApp(App):
         self.shared = Shared(options=o, view=lambda: ctx.routing, certs=self.certs,
                              metrics=ctx.metrics)
         if o.mode == DEDICATED:
+            await self._await_routing()
             sockets = ctx.socket_factory(DefaultSocketFactory(PROXY_SOCKET_OPTIONS))
             proxy = Proxy(self.shared, sockets, Scope(node=o.node),
                           fixed_targets=o.fixed_targets, bind=o.bind)
@@ -80,6 +84,29 @@ class ZtunnelApp(App):
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_generation()))
         LOG.info("ztunnel worker serving", extra={"fields": {
             "node": o.node, "mode": o.mode, "worker": ctx.worker_id}})
+
+    async def _await_routing(self) -> None:
+        """Dedicated mode: hold `start()` until the routing table has a first
+        generation. The HBONE listeners are per local workload IP, from the
+        table; a worker that started on an empty table (after SIGUSR2 the new
+        supervisor's watcher publishes a fresh table while its workers boot)
+        would leave the slot's inherited listeners unused, so the framework
+        closes them and the worker opens new ones a moment later: the old
+        sockets' last close could reset a connection queued on them. Bounded
+        like the snapshot wait (a config that never loads only delays the boot)."""
+        view = self.ctx.routing
+        if view.generation:
+            return
+        t0 = time.monotonic()
+        deadline = t0 + self.options.snapshot_wait
+        while view.generation == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(BOOT_POLL_INTERVAL)
+        waited = round(time.monotonic() - t0, 3)
+        if view.generation == 0:
+            LOG.warning("no routing table yet; serving workloads as they come",
+                        extra={"fields": {"waited_s": waited}})
+        else:
+            LOG.info("first routing table arrived", extra={"fields": {"waited_s": waited}})
 
     async def _await_snapshot(self) -> None:
         """Hold `start()` until the node agent's first snapshot is applied:

@@ -18,10 +18,11 @@ OUTBOUND = "outbound"
 INBOUND_PLAINTEXT = "inbound-plaintext"
 
 
-# In-pod mode: how long a booting worker waits for the node agent's first
-# snapshot, so enrolled pods re-open the listeners the slot kept (restart,
-# SIGHUP) instead of new ones. The agent answers in milliseconds; this only
-# delays a boot while the agent is down (the client keeps retrying).
+# How long a booting worker waits for the node agent's first snapshot
+# (in-pod mode) or the first routing table (dedicated mode), so it re-opens
+# the listeners the slot kept (restart, SIGHUP, SIGUSR2) instead of new ones.
+# Both come in milliseconds; this only delays a boot while the agent is down
+# or the config does not load (the client keeps retrying).
 SNAPSHOT_WAIT = 3.0
 # How often an open connection's byte counts reach
 # istio_tcp_{received,sent}_bytes_total: ztunnel counts as data flows, so a
@@ -71,9 +72,10 @@ class ZtunnelOptions:
         bind: address of the capture listeners in dedicated mode.
         hbone_port / outbound_port / inbound_port: Istio's 15008/15001/15006.
         fixed_targets: TEST ONLY listeners with a fixed original destination.
-        snapshot_wait: in-pod mode, how long a booting worker waits for the
-            node agent's first snapshot (the CLI keeps it under half the
-            worker timeout, so the wait never looks like a hung worker).
+        snapshot_wait: how long a booting worker waits for its first state:
+            in-pod mode the node agent's snapshot, dedicated mode the first
+            routing table (the CLI keeps it under half the worker timeout,
+            so the wait never looks like a hung worker).
         bytes_report_interval: seconds between byte-count reports of open
             connections.
         service_ports: the supervisor's admin, metrics and readiness ports

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import hyperframe.frame as hf
 
 from tests.helpers.h2raw import RawFrames, parse_frames
+from tests.helpers.tlspump import TlsPump
 from tests.helpers.wait import poll
 
 ENHANCE_YOUR_CALM = 0xB
@@ -85,38 +86,20 @@ def tls_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     return ctx
 
 
-def connect(port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    return ctx.wrap_socket(raw)
-
-
 class Attack:
-    """One attacker connection: a reader thread keeps all the server sent."""
+    """One attacker connection (tests.helpers.tlspump: one thread owns the
+    TLS object); `received` keeps all the server sent."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
-        self.sock = connect(port, ctx)
+        self._conn = TlsPump(port, ctx)
         self.frames = RawFrames()
-        self.received = bytearray()
-        self.closed = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.received = self._conn.received
+        self.closed = self._conn.closed
         self.send(self.frames.preface())
-
-    def _read(self) -> None:
-        try:
-            while data := self.sock.recv(65536):
-                self.received += data
-        except (OSError, ssl.SSLError):
-            pass
-        self.closed.set()
 
     def send(self, data: bytes) -> bool:
         """False once the server has closed the connection."""
-        try:
-            self.sock.sendall(data)
-            return True
-        except (OSError, ssl.SSLError):
-            return False
+        return self._conn.send(data)
 
     def send_all(self, chunks, *, stop_when_closed: bool = True) -> int:
         """Send each chunk until the server closes; returns how many went."""
@@ -140,10 +123,7 @@ class Attack:
         return None
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self._conn.close()
 
 
 # -- the attacks: each returns the Attack (its connection) when done ----------

@@ -16,12 +16,6 @@ from tests.helpers.pki import TestPKI, write_pem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-# About 1 in 10 runs of any attack here: the attacker's reader thread sees a
-# clean EOF right after the server's first flight, not the GOAWAY the server
-# queued. The harness reads and writes one SSLSocket from two threads
-# (OpenSSL forbids that); to fix in tests/helpers/h2attack.py. Rerun until then.
-pytestmark.append(pytest.mark.flaky(reruns=2))
-
 # What one attack connection may leave behind in the server process. The
 # issue measured +108 MB and +10,000 fds (rapid reset), +67 MB (CONTINUATION).
 

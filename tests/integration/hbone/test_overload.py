@@ -4,6 +4,7 @@ few KiB each, the oldest is evicted at the pending-handshake limit (so an
 honest client still gets in), and at max_connections new connections are
 closed while established ones keep working."""
 
+import asyncio
 import socket
 
 import pytest
@@ -70,20 +71,23 @@ def test_connections_before_the_handshake_cost_under_16_kib(start, first):
             s.close()
 
 
-# Seen once in ~10 loaded runs: when 100 silent connections arrive while the
-# honest handshake is still in progress, the honest one is the oldest pending
-# and is evicted itself (the policy works as designed; the test's margin is
-# the machine's speed). Rerun until the test controls that ordering.
-@pytest.mark.flaky(reruns=2)
 def test_oldest_pending_handshake_evicted_honest_client_gets_in(start):
+    # Each arrival at the limit evicts the oldest pending handshake, so a
+    # handshake is only at risk while connections keep arriving behind it.
+    # The honest handshakes start between the floods, after them in the
+    # server's accept order (one FIFO queue): the test is about the policy,
+    # not about whether an honest handshake outruns 100 arrivals on a
+    # loaded machine (it need not: a flood that fast evicts anyone).
     proc, port, honest = start("--max-pending-handshakes", "100")
     stalled = atk.silent_connections(port, 300, atk.client_hello())
+    more: list[socket.socket] = []
     try:
-        honest.start()
+        asyncio.run(honest.once())                    # after 300 stalled ones
         more = atk.silent_connections(port, 300)      # keeps the limit under pressure
-        honest.stop()
-        assert not honest.failed and honest.ok >= 1
-        # The first stalled handshakes were evicted (closed by the server).
+        asyncio.run(honest.once())                    # and after 300 silent ones
+        assert not honest.failed and honest.ok == 2, honest.failed
+        # The first stalled handshakes were evicted (closed by the server,
+        # well before their 10 s handshake timeout).
         assert _closed_by_server(stalled[0])
         assert atk.usage(proc.pid).fds < 100 + 30
     finally:
@@ -92,7 +96,6 @@ def test_oldest_pending_handshake_evicted_honest_client_gets_in(start):
 
 
 def test_max_connections_refuses_new_keeps_established(start):
-    import asyncio
     from shoal.core.hbone.pool import HbonePool
     from shoal.core.identity.tls import client_context
 

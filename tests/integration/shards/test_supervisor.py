@@ -215,10 +215,6 @@ def test_sigquit_stops_fast_closing_open_connections(shards):
     assert_clean(s.pid)
 
 
-# Known race (docs/operations.md): at a full stop the last listener has no
-# live one to migrate its queue to; a handshake completing between its last
-# accept and its close is reset. Seen about once in a loaded run: rerun.
-@pytest.mark.flaky(reruns=2)
 def test_sigterm_drains_open_connections_and_exits_0(shards):
     s = shards(workers=2, extra=["--drain-timeout", "5"])
     long = socket.create_connection(("127.0.0.1", s.echo), timeout=10)
@@ -279,12 +275,11 @@ def test_ttin_ttou_change_the_worker_count(shards):
     assert_clean(s.pid)
 
 
-# Seen once in ~10 full runs (1 reset of 764): a connection in the closing
-# listener's SYN queue that tcp_migrate_req did not move. Open: rerun.
-@pytest.mark.flaky(reruns=2)
 def test_ttou_under_load_loses_no_queued_connection(shards):
-    # The closed slot's accept queue moves to a live listener
-    # (net.ipv4.tcp_migrate_req, set by the supervisor) instead of being reset.
+    # The closing slot's listener refuses new handshakes first (clients retry
+    # on a live one), its worker serves what is queued, and a handshake still
+    # under way at the close moves to a live listener (net.ipv4.tcp_migrate_req,
+    # set by the supervisor) instead of being reset (shards/closing.py).
     s = shards(workers=2)
     with ClientLoop(s.echo, concurrency=16) as loop:
         for _ in range(3):

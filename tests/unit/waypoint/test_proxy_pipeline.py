@@ -113,3 +113,49 @@ async def test_a_client_gone_is_recorded_as_dc():
     except ConnectionResetError:
         pass
     assert tel.records[0].flags == "DC"
+
+
+def _state(proxy, svc):
+    from shoal.waypoint.request import RequestState
+    req = request("GET")
+    return req, RequestState(down=down(svc), head=req.head, t0=0.0)
+
+
+def test_decide_gives_a_plan_or_the_local_answer_without_io():
+    from shoal.waypoint.proxy import LocalAnswer, Plan
+    proxy, tel = make()
+    req, st = _state(proxy, ECHO)
+    plan = proxy.decide(st, req)
+    assert type(plan) is Plan and [e.key for e in plan.eps] == ["10.0.0.1:8080"]
+    assert plan.out is req.head and plan.rule is None and plan.mirrors == ()
+    assert st.backend == ECHO and st.backend_port == 80
+    req, st = _state(proxy, EMPTY)
+    assert proxy.decide(st, req) == LocalAnswer(503, b"no healthy upstream", "UH")
+    denied, _ = make([DENY_ECHO])
+    req, st = _state(denied, ECHO)
+    assert denied.decide(st, req) == LocalAnswer(403, b"RBAC: access denied", "RBAC")
+    assert st.policy == "default/deny-echo"
+    assert tel.records == []          # deciding records nothing: handle() does, once
+
+
+def test_fast_headers_only_for_what_the_fast_path_serves_like_the_coroutine_path():
+    from shoal.core.records import Retry, RouteRule
+    from shoal.waypoint.upstream import TcpConnector
+    view = StaticView(workloads=[POD], services=[ECHO], policies=[])
+    proxy = Proxy(view=view, pool=H1Pool(connector=TcpConnector()), telemetry=Records(),
+                  rng=random.Random(3))
+    fwd = proxy.forwarder
+
+    def headers(req, rule=None, mirrors=()):
+        st = _state(proxy, ECHO)[1]
+        plan = proxy.decide(st, req)
+        return fwd.fast_headers(st, req, plan.out, plan.eps, rule, mirrors)
+    got = headers(request("GET", headers=[("content-length", "0"), ("connection", "x-hop"),
+                                          ("x-hop", "1")]))
+    names = [k for k, _ in got]
+    assert names == ["host", "traceparent", "x-request-id", "x-forwarded-proto"]
+    assert headers(request("POST", body_len=3)) is None
+    assert headers(request("POST", chunked=True)) is None
+    assert headers(request("GET", headers=[("expect", "100-continue")])) is None
+    assert headers(request("GET"), mirrors=("m",)) is None
+    assert headers(request("GET"), rule=RouteRule(retry=Retry())) is None
