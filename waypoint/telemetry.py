@@ -118,6 +118,7 @@ class RequestRecord:
     start_time: float = 0.0        # wall clock (unix seconds) the request arrived
     user_agent: str = ""
     x_forwarded_for: str = ""
+    local_address: str = ""        # "ip:port" the client called (the VIP or pod address)
     parent_span_id: str = ""       # the caller's span id, from its traceparent
     grpc_status: str = ""          # gRPC requests: the response's grpc-status ("" otherwise)
     request_messages: int = 0      # gRPC messages client -> server
@@ -335,6 +336,8 @@ def access_fields(r: RequestRecord) -> dict[str, object]:
         "duration": int(r.duration_ms),
         "x_forwarded_for": r.x_forwarded_for or "-", "user_agent": r.user_agent or "-",
         "downstream_remote_address": r.source_ip or "-",
+        # In Istio's waypoint the original destination the client dialled.
+        "downstream_local_address": r.local_address or "-",
         "method": r.method, "path": r.path, "authority": r.authority,
         "protocol": "HTTP/2" if r.protocol == "http2" else "HTTP/1.1",
         "response_code": r.status, "response_flags": r.flags,

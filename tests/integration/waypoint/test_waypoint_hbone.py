@@ -190,6 +190,7 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
     fields = [json.loads(line) for chunk in written for line in chunk.splitlines()]
     assert any(f["path"] == "/metered" and f["response_code"] == 200 and f["scope"] == "access"
                and f["source_principal"] == CURL_ID and f["downstream_peer"] == "10.244.0.9"
+               and f["downstream_local_address"] == f"{svc.vips[0]}:8080"
                for f in fields), fields
 
 

@@ -168,7 +168,7 @@ ISTIO_DEFAULT_KEYS = ("start_time", "method", "path", "protocol", "response_code
                       "upstream_host", "user_agent", "x_forwarded_for", "request_id",
                       "authority", "route_name", "downstream_remote_address",
                       "response_code_details", "upstream_cluster", "requested_server_name",
-                      "connection_termination_details")
+                      "connection_termination_details", "downstream_local_address")
 
 
 def test_access_log_has_istios_default_json_keys():
