@@ -124,6 +124,9 @@ class Supervisor:
     def run(self) -> int:
         try:
             self._setup()
+            # Workers at once, not after a first idle LOOP_TICK: a restarted
+            # node proxy serves that much sooner.
+            self.reconcile()
             while True:
                 self._wait(self._timeout())
                 for sig in self.signals.drain():

@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "soak.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "soak.png"))
     args = ap.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)   # partial dumps go there too
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     mesh = Mesh(Path(tempfile.mkdtemp(prefix="shoal-soak-")), workers=args.workers)
@@ -249,7 +250,6 @@ def main() -> None:
             out["mixed"] = mixed_phase(mesh, args.mixed_seconds, pids)
     finally:
         mesh.stop()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(args.plot))
     summary = {k: v for k, v in out["connections"].items() if k != "samples"}

@@ -29,6 +29,9 @@ import time
 
 from shoal.cni.mesh import procs
 from shoal.cni.mesh.procs import ProcRecord
+from shoal.core import log as core_log
+
+LOG = core_log.get("kubelet")
 
 # How often the kubelet looks: `mesh status` must be true within 1 s, and a
 # dead component serving again within 2 s (a ztunnel boots in ~1 s).
@@ -89,6 +92,7 @@ class Kubelet:
         self._stop = False
 
     def run(self) -> int:
+        core_log.setup()
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
         while not self._stop:
@@ -123,9 +127,15 @@ class Kubelet:
                 st["last_exit_at"] = now_wall
                 st["restart_at"] = now_wall + backoff(st["streak"])
                 changed = True
+                LOG.warning("component exited", extra={"fields": {
+                    "component": name, "pid": rec.pid, "streak": st["streak"],
+                    "restart_in_s": round(st["restart_at"] - now_wall, 2)}})
             if now_wall >= st["restart_at"]:
-                new = procs.spawn(rec.name, list(rec.argv), rec.log, pidfile=rec.pidfile)
+                new = procs.respawn(rec)
                 replace_record(state, new)
+                LOG.info("component restarted", extra={"fields": {
+                    "component": name, "pid": new.pid, "restarts": st["restarts"] + 1,
+                    "down_s": round(time.time() - st["last_exit_at"], 3)}})
                 st.update(state="running", restarts=st["restarts"] + 1, started_at=now_wall)
                 st.pop("restart_at", None)
                 changed = True

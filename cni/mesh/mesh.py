@@ -147,6 +147,11 @@ class Mesh:
         finally:
             os.close(fd)
 
+    def _spawn(self, name: str, argv: list[str], log: str, *, env: dict[str, str] | None = None,
+               **kw) -> ProcRecord:
+        return procs.spawn(name, argv, log, env={**procs.bytecode_env(self.run_dir), **(env or {})},
+                           **kw)
+
     def _record(self, rec: ProcRecord) -> None:
         self.state.setdefault("procs", {})[rec.name] = rec.to_json()
         self.save()
@@ -188,7 +193,7 @@ class Mesh:
         self._start_kubelet()
 
     def _start_kubelet(self) -> None:
-        rec = procs.spawn("kubelet", [*shoal_argv(), "mesh", "kubelet", "--run-dir", self.run_dir],
+        rec = self._spawn("kubelet", [*shoal_argv(), "mesh", "kubelet", "--run-dir", self.run_dir],
                           self.p("logs", "kubelet.log"))
         self.state["kubelet_proc"] = rec.to_json()
         self.save()
@@ -269,7 +274,7 @@ class Mesh:
             _run([*sh, "controlplane", "issue-node-cert", "--state-dir", ca, "--node", node,
                   "--out", os.path.join(self.node_dir(node), "cred")])
         port_file = self.p("ca", "port")
-        rec = procs.spawn("controlplane", [*sh, "controlplane", "run", "--state-dir", ca,
+        rec = self._spawn("controlplane", [*sh, "controlplane", "run", "--state-dir", ca,
                                            "--config", self.p("config"), "--port", str(CA_PORT),
                                            "--port-file", port_file],
                           self.p("logs", "controlplane.log"), netns=net.cp_netns(self.mid))
@@ -286,12 +291,12 @@ class Mesh:
         if not self.state["ztunnel"]:
             agent.append("--no-require-ztunnel")
         ns = net.node_netns(self.mid, self.node_index(node))
-        rec = procs.spawn(f"node-agent/{node}", agent, self.p("logs", f"node-agent-{node}.log"), netns=ns)
+        rec = self._spawn(f"node-agent/{node}", agent, self.p("logs", f"node-agent-{node}.log"), netns=ns)
         self._record(rec)
         _wait(lambda: os.path.exists(sock), rec, f"node agent on {node}", COMPONENT_READY_TIMEOUT_S)
         # The same installer as on a cluster node: binary into the node's bin
         # dir, chained into its config once the agent's snapshot exists.
-        inst = procs.spawn(f"cni-install/{node}",
+        inst = self._spawn(f"cni-install/{node}",
                            [*sh, "cni", "install", "--cni-bin-dir", os.path.join(d, "bin"),
                             "--cni-conf-dir", self.conf_dir(node),
                             "--agent-run-dir", os.path.join(d, "cni")],
@@ -310,7 +315,7 @@ class Mesh:
               "--workers", str(self.state["ztunnel_workers"])]
         pidfile = os.path.join(d, "ztunnel.pid")   # follows a SIGUSR2 upgrade
         zt += ["--pidfile", pidfile]
-        self._record(procs.spawn(f"ztunnel/{node}", zt, self.p("logs", f"ztunnel-{node}.log"),
+        self._record(self._spawn(f"ztunnel/{node}", zt, self.p("logs", f"ztunnel-{node}.log"),
                                  netns=ns, pidfile=pidfile))
 
     def agent_state(self, node: str) -> dict:
@@ -394,7 +399,7 @@ class Mesh:
                    "NODE_NAME": p.node, "SERVICE_ACCOUNT": p.service_account, **c.env}
             if p.owner.startswith("Gateway/"):
                 self._waypoint_cred(p)
-            r = procs.spawn(f"{p.key}/{c.name}", argv,
+            r = self._spawn(f"{p.key}/{c.name}", argv,
                             self.p("logs", f"{p.namespace}_{p.name}_{c.name}.log"),
                             netns=ns, cwd=c.cwd or None, env=env)
             rec["procs"].append(r.to_json())

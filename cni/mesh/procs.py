@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # SIGTERM lets ztunnel/waypoint drain (their default drain is 5 s) and
 # unlink their shared memory; past this we SIGKILL.
@@ -30,6 +30,9 @@ class ProcRecord:
     # The supervisor's --pidfile (ztunnel): after a SIGUSR2 upgrade the
     # serving supervisor is no longer the recorded pid but the one in it.
     pidfile: str = ""
+    # What it was started with beyond argv, so a restart is the same process.
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -37,7 +40,17 @@ class ProcRecord:
     @classmethod
     def from_json(cls, d: dict) -> "ProcRecord":
         return cls(name=d["name"], pid=d["pid"], start=d["start"], argv=tuple(d["argv"]), log=d["log"],
-                   pidfile=d.get("pidfile", ""))
+                   pidfile=d.get("pidfile", ""), env=dict(d.get("env", {})), cwd=d.get("cwd", ""))
+
+
+def bytecode_env(run_dir: str) -> dict[str, str]:
+    """Environment for the mesh's Python components: compiled bytecode kept in
+    the run dir. With PYTHONDONTWRITEBYTECODE set (and no __pycache__ in a
+    source checkout) every start compiled each shoal module again, ~30 % of a
+    component's boot CPU; a container image ships its bytecode, the local mesh
+    keeps it here (removed with the run dir), leaving the source tree clean."""
+    return {"PYTHONPYCACHEPREFIX": os.path.join(run_dir, "pycache"),
+            "PYTHONDONTWRITEBYTECODE": ""}     # empty: unset for Python
 
 
 def _stat_full(pid: int | str) -> tuple[str, int, int] | None:
@@ -116,7 +129,13 @@ def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None
                              start_new_session=True)
     st = _stat(p.pid)
     return ProcRecord(name=name, pid=p.pid, start=st[1] if st else 0, argv=tuple(full), log=log_path,
-                      pidfile=pidfile)
+                      pidfile=pidfile, env=dict(env or {}), cwd=cwd or "")
+
+
+def respawn(rec: ProcRecord) -> ProcRecord:
+    """Start a record's process again: same argv (netns included), env, cwd."""
+    return spawn(rec.name, list(rec.argv), rec.log, cwd=rec.cwd or None, env=rec.env,
+                 pidfile=rec.pidfile)
 
 
 def stop(recs: list[ProcRecord], grace: float = STOP_GRACE_S) -> None:
