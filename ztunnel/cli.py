@@ -4,9 +4,7 @@ connections|log`."""
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
+from urllib.parse import quote
 
 import click
 import orjson
@@ -105,6 +103,10 @@ OUTPUTS = ("short", "table", "json", "yaml")   # short and table are the same su
 
 
 def _admin_request(address: str, path: str, method: str = "GET") -> bytes:
+    # Here, not at the top: `ztunnel run` (whose boot time is a restart's
+    # outage) never loads the HTTP client.
+    import urllib.error
+    import urllib.request
     url = f"http://{address}{path}"
     try:
         req = urllib.request.Request(url, method=method)
@@ -191,7 +193,7 @@ def log(admin: str, output: str, level: str | None, reset: bool) -> None:
             core_log.parse_spec(level)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--level") from None
-        body = _admin_request(admin, f"/logging?level={urllib.parse.quote(level)}", "POST")
+        body = _admin_request(admin, f"/logging?level={quote(level)}", "POST")
     else:
         body = _admin_request(admin, "/logging")
     data = orjson.loads(body)
