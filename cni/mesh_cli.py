@@ -253,7 +253,8 @@ def _print_status(st: dict) -> None:
                + (f" (down: {', '.join(down)})" if down else "")
                + ("" if st.get("kubelet") else "; kubelet NOT running: nothing restarts them"))
     for name, n in sorted(st.get("restarts", {}).items()):
-        click.echo(f"    {name:<28} {'running' if st['components'][name] else 'DOWN':<8} restarts {n}")
+        click.echo(f"    {name:<28} {'running' if st['components'][name] else 'DOWN':<8} restarts {n}"
+                   + (" (standby ready)" if st.get("standby", {}).get(name) else ""))
     click.echo("services:")
     for k, vip in sorted(st["services"].items()):
         click.echo(f"  {k:<32} {vip}")

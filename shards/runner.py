@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from shoal.core import log as core_log
-from shoal.shards import exitcodes
+from shoal.shards import exitcodes, standby
 from shoal.shards.app import App
 from shoal.shards.options import SupervisorOptions
 from shoal.shards.supervisor import Supervisor
@@ -35,4 +36,8 @@ def run_app(app_factory: Callable[[], App], options: SupervisorOptions) -> int:
         log.error(f"cannot load the app: {e}", exc_info=True,
                   extra={"fields": {"exit_code": exitcodes.APP_LOAD_ERROR}})
         return exitcodes.APP_LOAD_ERROR
+    if os.environ.pop(standby.ENV, ""):
+        standby.preload()
+        standby.await_go()
+        log.info("standby activated")
     return Supervisor(app, options).run()

@@ -14,7 +14,12 @@ Each pass (every POLL_S, so `shoal mesh status` is true within a second):
   process group killed (draining workers would otherwise linger as orphans)
   and is started again with the same argv once its backoff allows;
 - restarts, the last exit and the next restart time go to state["kubelet"],
-  which `shoal mesh status` shows.
+  which `shoal mesh status` shows;
+- for each ztunnel it keeps a standby (shards/standby.py): the same command,
+  loaded and waiting. A dead ztunnel is replaced by sending it GO, so the
+  restart costs the supervisor's boot, not a Python start and its imports
+  (the bulk of the time to serve again, and several seconds on a loaded
+  machine). The next standby starts once the new ztunnel has settled.
 
 Components run in their own sessions, so they outlive the kubelet (as
 containers outlive a kubelet restart); `shoal mesh status` shows whether the
@@ -23,6 +28,7 @@ kubelet itself runs, and `shoal mesh up` / `down` start and stop it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -30,6 +36,7 @@ import time
 from shoal.cni.mesh import procs
 from shoal.cni.mesh.procs import ProcRecord
 from shoal.core import log as core_log
+from shoal.shards import standby
 
 LOG = core_log.get("kubelet")
 
@@ -43,6 +50,11 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 # Running this long resets a component's crash streak.
 STABLE_AFTER_S = 10.0
+# Components that get a standby: the shards proxies (shards/standby.py).
+STANDBY_PREFIXES = ("ztunnel/",)
+# A standby starts this long after its component did, not while the
+# component boots: its imports would take the CPU the boot needs.
+STANDBY_AFTER_S = 3.0
 
 
 def backoff(streak: int) -> float:
@@ -70,6 +82,10 @@ def supervised(state: dict) -> dict[str, dict]:
         for rec in pod.get("procs", []):
             out[rec["name"]] = rec
     return out
+
+
+def wants_standby(name: str) -> bool:
+    return name.startswith(STANDBY_PREFIXES)
 
 
 def replace_record(state: dict, new: ProcRecord) -> None:
@@ -119,6 +135,9 @@ class Kubelet:
                     st["state"], changed = "running", True
                 if st["streak"] and now_wall - st.get("started_at", now_wall) >= STABLE_AFTER_S:
                     st["streak"], changed = 0, True
+                since = st.get("started_at") or st.setdefault("seen_at", now_wall)
+                if wants_standby(name) and now_wall - since >= STANDBY_AFTER_S:
+                    changed |= self.keep_standby(rec)
                 continue
             if st["state"] == "running":   # just died: clear its leftovers, plan the restart
                 procs.kill_group(rec)
@@ -131,10 +150,12 @@ class Kubelet:
                     "component": name, "pid": rec.pid, "streak": st["streak"],
                     "restart_in_s": round(st["restart_at"] - now_wall, 2)}})
             if now_wall >= st["restart_at"]:
-                new = procs.respawn(rec)
+                new, how = self.activate_standby(rec), "standby"
+                if new is None:
+                    new, how = procs.respawn(rec), "new process"
                 replace_record(state, new)
                 LOG.info("component restarted", extra={"fields": {
-                    "component": name, "pid": new.pid, "restarts": st["restarts"] + 1,
+                    "component": name, "pid": new.pid, "restarts": st["restarts"] + 1, "as": how,
                     "down_s": round(time.time() - st["last_exit_at"], 3)}})
                 st.update(state="running", restarts=st["restarts"] + 1, started_at=now_wall)
                 st.pop("restart_at", None)
@@ -144,3 +165,29 @@ class Kubelet:
             changed = True
         if changed:
             self.mesh.save()
+
+    # -- standbys ----------------------------------------------------------------
+
+    def keep_standby(self, rec: ProcRecord) -> bool:
+        """Start a standby for `rec` unless one runs; True if the state changed."""
+        standbys = self.mesh.state.setdefault("standby", {})
+        raw = standbys.get(rec.name)
+        if raw and procs.running(ProcRecord.from_json(raw)):
+            return False
+        sb = procs.respawn(dataclasses.replace(rec, env={**rec.env, standby.ENV: "1"}))
+        standbys[rec.name] = sb.to_json()
+        return True
+
+    def activate_standby(self, rec: ProcRecord) -> ProcRecord | None:
+        """Send GO to `rec`'s standby if it is ready for it; the record of the
+        component it now is, or None (no standby: start a new process)."""
+        raw = self.mesh.state.get("standby", {}).pop(rec.name, None)
+        if raw is None:
+            return None
+        sb = ProcRecord.from_json(raw)
+        same = sb.argv == rec.argv and sb.env == {**rec.env, standby.ENV: "1"}
+        if not (same and procs.running(sb) and standby.ready(sb.pid)):
+            procs.kill_group(sb)   # still importing, or for another command line
+            return None
+        os.kill(sb.pid, standby.GO)
+        return dataclasses.replace(sb, env=rec.env)

@@ -30,6 +30,7 @@ from shoal.cni import chain, conflist
 from shoal.cni.mesh import net, plan, procs
 from shoal.cni.mesh.net import MeshError
 from shoal.cni.mesh.procs import ProcRecord
+from shoal.shards import standby
 from shoal.core.constants import (CA_PORT, DATAPLANE_NONE, LABEL_DATAPLANE_MODE,
                             WAYPOINT_GATEWAY_CLASS)
 
@@ -554,6 +555,8 @@ class Mesh:
         if self.state.get("kubelet_proc"):
             progress("stopping the kubelet")
             procs.stop([ProcRecord.from_json(self.state["kubelet_proc"])])
+        # The kubelet's standbys (loaded ztunnels waiting to take over).
+        procs.stop([ProcRecord.from_json(r) for r in self.state.get("standby", {}).values()])
         for key in list(self.state.get("pods", {})):
             progress(f"pod {key}: removing")
             errors += self._delete_pod(key)
@@ -611,6 +614,10 @@ class Mesh:
                      "ztunnels": self.agent_state(plan.node_name(i)).get("ztunnels", 0)}
                     for i in range(1, self.state["nodes"] + 1)],
                 "components": comps, "restarts": {n: restarts.get(n, 0) for n in comps},
+                # A loaded replacement waiting (cni/mesh/kubelet.py): its restart is fast.
+                "standby": {n: procs.running(r) and standby.ready(r.pid) for n, r in
+                            ((n, ProcRecord.from_json(raw))
+                             for n, raw in self.state.get("standby", {}).items())},
                 "kubelet": bool(kubelet and procs.running(ProcRecord.from_json(kubelet))),
                 "services": self.state["vips"], "pods": pods}
 

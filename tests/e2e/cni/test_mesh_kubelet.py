@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from shoal.cni.mesh import net, plan
+from shoal.cni.mesh import kubelet, net, plan
 from shoal.cni.mesh.mesh import Mesh
 from shoal.core.constants import CA_PORT
 from tests.e2e.cni.test_mesh import curl, mesh, shoal  # noqa: F401  (mesh: the fixture)
@@ -26,6 +26,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STATUS_WITHIN_S = 1.0
 RESTART_WITHIN_S = 2.0
 SERVING_WITHIN_S = 2.0
+# A standby starts kubelet.STANDBY_AFTER_S after its component and then
+# loads (a Python start and its imports: seconds on a loaded machine).
+STANDBY_WITHIN_S = 30.0
 # One probe attempt: short, so a refused or reset attempt is retried at once.
 PROBE_TIMEOUT_S = 1
 # Probes poll this often: cheap commands (curl, bash), no Python CLI, so the
@@ -94,6 +97,9 @@ def test_kill9_of_each_mesh_component_is_restarted_and_serving(mesh):
     probes = serving_probes(m, run)
     figures = {}
     for name in ("ztunnel/node-1", "node-agent/node-1", "controlplane"):
+        if kubelet.wants_standby(name):   # the kubelet's loaded replacement is ready
+            wait_for(lambda: m.status()["standby"].get(name), timeout=STANDBY_WITHIN_S,
+                     what=f"a standby for {name}")
         old = record(run, name)
         members = group_members(old["pid"])
         metrics_before = set(glob.glob(os.path.join(tempfile.gettempdir(), f"shoal-metrics-{old['pid']}-*")))
@@ -118,6 +124,9 @@ def test_kill9_of_each_mesh_component_is_restarted_and_serving(mesh):
             wait_for(lambda: not any(os.path.exists(d) for d in metrics_before), timeout=10,
                      what=f"{name}'s metrics dir removed")
     assert curl(run, "amb/caller", "http://web/")[0] == 0   # the mesh path, end to end
+    # The restarted ztunnel was the standby; the kubelet makes the next one.
+    wait_for(lambda: m.status()["standby"].get("ztunnel/node-1"), timeout=STANDBY_WITHIN_S,
+             what="the next standby for ztunnel/node-1")
     st = orjson.loads(shoal("status", "-o", "json", run_dir=run).stdout)
     assert st["kubelet"] is True
     for name in figures:
