@@ -135,7 +135,9 @@ class Kubelet:
                     st["state"], changed = "running", True
                 if st["streak"] and now_wall - st.get("started_at", now_wall) >= STABLE_AFTER_S:
                     st["streak"], changed = 0, True
-                since = st.get("started_at") or st.setdefault("seen_at", now_wall)
+                if "started_at" not in st and "seen_at" not in st:
+                    st["seen_at"], changed = now_wall, True   # kept: each pass reloads the state
+                since = st.get("started_at") or st["seen_at"]
                 if wants_standby(name) and now_wall - since >= STANDBY_AFTER_S:
                     changed |= self.keep_standby(rec)
                 continue
