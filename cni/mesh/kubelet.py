@@ -50,6 +50,11 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 # Running this long resets a component's crash streak.
 STABLE_AFTER_S = 10.0
+# How long a dead component's leftovers (draining workers, its config
+# watcher) get to vanish after SIGKILL before the restart: a ztunnel
+# restarted from a standby boots at once, and its cleanup of the dead one's
+# metrics directory skips a directory that a live worker still holds.
+GROUP_GONE_WAIT_S = 1.0
 # Components that get a standby: the shards proxies (shards/standby.py).
 STANDBY_PREFIXES = ("ztunnel/",)
 # A standby starts this long after its component did, not while the
@@ -142,7 +147,7 @@ class Kubelet:
                     changed |= self.keep_standby(rec)
                 continue
             if st["state"] == "running":   # just died: clear its leftovers, plan the restart
-                procs.kill_group(rec)
+                procs.kill_group(rec, wait=GROUP_GONE_WAIT_S)
                 st["streak"] += 1
                 st["state"] = "backoff"
                 st["last_exit_at"] = now_wall

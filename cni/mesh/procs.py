@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 # unlink their shared memory; past this we SIGKILL.
 STOP_GRACE_S = 8.0
 POLL_S = 0.05
+# A SIGKILLed process is gone within milliseconds: look that often.
+KILL_POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,9 +114,14 @@ def running(rec: ProcRecord) -> bool:
     return bool(full and full[1] == rec.pid and full[2] >= rec.start and full[0] not in ("Z", "X"))
 
 
-def kill_group(rec: ProcRecord) -> None:
-    """SIGKILL what is left of a dead component's process group."""
+def kill_group(rec: ProcRecord, wait: float = 0.0) -> None:
+    """SIGKILL what is left of a dead component's process group, and wait up
+    to `wait` s for it to be gone (a replacement then finds the locks and
+    directories of the dead one free to clean up)."""
     _signal(rec, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while members(rec) and time.monotonic() < deadline:
+        time.sleep(KILL_POLL_S)
 
 
 def spawn(name: str, argv: list[str], log_path: str, *, netns: str | None = None,
