@@ -179,8 +179,14 @@ class Kubelet:
         """Start a standby for `rec` unless one runs; True if the state changed."""
         standbys = self.mesh.state.setdefault("standby", {})
         raw = standbys.get(rec.name)
-        if raw and procs.running(ProcRecord.from_json(raw)):
-            return False
+        if raw:
+            sb = ProcRecord.from_json(raw)
+            since = procs.serving_since(rec)
+            if procs.running(sb) and (since is None or sb.start >= since):
+                return False
+            # Gone, or older than the component: a SIGUSR2 upgrade brought new
+            # code, which the standby loaded before it was installed.
+            procs.kill_group(sb)
         sb = procs.respawn(dataclasses.replace(rec, env={**rec.env, standby.ENV: "1"}))
         standbys[rec.name] = sb.to_json()
         return True

@@ -100,18 +100,27 @@ def running(rec: ProcRecord) -> bool:
     in its pidfile within the same process group (after SIGUSR2). Unlike
     `alive`, leftovers of a dead component (draining workers) do not count,
     so a kill -9 shows at once."""
+    return serving_since(rec) is not None
+
+
+def serving_since(rec: ProcRecord) -> int | None:
+    """Start time (clock ticks) of the process that is the component now (see
+    `running`): the recorded one, or after a SIGUSR2 upgrade the supervisor
+    in its pidfile; None if none runs."""
     st = _stat(rec.pid)
     if st is not None and st[1] == rec.start and st[0] not in ("Z", "X"):
-        return True
+        return rec.start
     if not rec.pidfile:
-        return False
+        return None
     try:
         with open(rec.pidfile) as f:
             pid = int(f.read().strip() or 0)
     except (OSError, ValueError):
-        return False
+        return None
     full = _stat_full(pid) if pid else None
-    return bool(full and full[1] == rec.pid and full[2] >= rec.start and full[0] not in ("Z", "X"))
+    if full and full[1] == rec.pid and full[2] >= rec.start and full[0] not in ("Z", "X"):
+        return full[2]
+    return None
 
 
 def kill_group(rec: ProcRecord, wait: float = 0.0) -> None:

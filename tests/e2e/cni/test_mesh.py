@@ -269,6 +269,11 @@ def _ztunnel_pid(run, node):
 
 @pytest.mark.timeout(170)
 @pytest.mark.skipif(not ztunnel_available(), reason="ztunnel not importable")
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 def test_mesh_ztunnel_upgrade_with_traffic_and_live_policy(mesh, tmp_path):
     run = mesh["run_dir"]
     shoal("up", "-f", mesh["app"], "--nodes", "2", "--id", mesh["id"], "--cidr-base",
@@ -284,6 +289,17 @@ def test_mesh_ztunnel_upgrade_with_traffic_and_live_policy(mesh, tmp_path):
     agent_log = open(os.path.join(run, "logs", "node-agent-node-1.log")).read()
     assert agent_log.count("ztunnel connected") >= 2, "the upgraded ztunnel never connected"
     assert codes and all(c == 0 for c in codes), f"requests failed during the upgrade: {codes}"
+    # The kubelet's standby for that ztunnel is younger than the upgraded
+    # supervisor (one loaded before the upgrade would bring the old code back).
+    from shoal.cni.mesh.mesh import Mesh
+    m = Mesh(run)
+    assert m.load()
+    upgraded = int(open(os.path.join(m.node_dir("node-1"), "ztunnel.pid")).read())
+
+    def fresh_standby():
+        sb = m.status()["standby"].get("ztunnel/node-1") and m.state["standby"]["ztunnel/node-1"]
+        return sb and sb["start"] >= _start_ticks(upgraded)
+    wait_for(fresh_standby, timeout=40, what="a standby started after the upgrade")
     # Authorization across nodes, applied live: DENY the caller's identity at web.
     policy = tmp_path / "deny.yaml"
     policy.write_text("""apiVersion: security.istio.io/v1
