@@ -17,7 +17,7 @@ DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk n
               /usr/lib/cni/bridge podman runc busybox curl openssl tcpdump ps \
               gcc /usr/include/stdio.h python3-config
 
-.PHONY: demo test test-python-path test-unit test-integration test-e2e bench bench-load host-deps venv clean
+.PHONY: bytecode demo test test-python-path test-unit test-integration test-e2e bench bench-load host-deps venv clean
 
 $(VENV)/.installed: pyproject.toml setup.py cni/native/shoal_cni.c core/hbone/native/_native.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,12 @@ typecheck: venv
 	@for f in shoal/*.py; do ln -s ../../../$$f $(TYPECHECK_ROOT)/shoal/; done
 	$(PY) -m mypy
 
-test: host-deps venv typecheck
+# The machines run with PYTHONDONTWRITEBYTECODE=1: without this step every
+# shoal process a test starts compiles its ~100 modules from source again.
+bytecode: venv
+	@$(PY) -m compileall -q -j 0 $(PACKAGE_DIRS) shoal tests >/dev/null
+
+test: host-deps venv typecheck bytecode
 	$(PY) -m pytest -q -n 2 tests
 	$(MAKE) test-python-path
 
