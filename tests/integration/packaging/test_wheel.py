@@ -3,7 +3,7 @@
 Built with pip from the checkout (as a user or CI would), then inspected and
 installed into an empty directory: nothing but `shoal` and its dist-info at
 the top level, the script `shoal`, the CNI plugin binary `shoal/cni/bin/shoal-cni`
-(compiled C, package data), no test code, no load runs, and the installed
+(compiled C, package data), the HBONE C extension (core/hbone/native), no test code, no load runs, and the installed
 package imports and runs from there alone.
 """
 
@@ -57,6 +57,9 @@ def test_the_console_script_is_shoal_and_the_plugin_is_a_binary(wheel):
     parser.read_string(zf.read(ep).decode())
     assert dict(parser["console_scripts"]) == {"shoal": "shoal.cli:main"}
     assert not [s for s in parser.sections() if s != "console_scripts"]
+    native = [n for n in zf.namelist() if n.startswith("shoal/core/hbone/native/_native.")
+              and n.endswith(".so")]
+    assert native, "the HBONE data path's C extension is missing from the wheel"
     info = zf.getinfo("shoal/cni/bin/shoal-cni")
     assert (info.external_attr >> 16) & 0o111, "plugin binary not executable in the wheel"
     assert zf.read(info)[:4] == b"\x7fELF"
