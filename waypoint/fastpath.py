@@ -204,17 +204,25 @@ class FastSession(TcpEnd):
         if not keep:
             self._end()
 
-    def done(self, st: RequestState, keep: bool) -> None:
-        """A fast exchange ended (its response written or given up)."""
+    def free(self) -> None:
+        """No exchange in progress: the next request may start."""
         self.exchange = None
         self.session.busy = False
+
+    def resume(self) -> None:
+        """Serve what queued behind the exchange that just ended."""
+        self.last_active = self.loop.time()
+        self._pump()
+
+    def done(self, st: RequestState, keep: bool) -> None:
+        """A fast exchange ended (its response written or given up)."""
+        self.free()
         self.served_fast += 1
         self.proxy.record(st)
         if not keep:
             self._end()
             return
-        self.last_active = self.loop.time()
-        self._pump()
+        self.resume()
 
     def _slow(self, ev, decided: tuple | None) -> None:
         """Serve `ev` on the coroutine path, then come back (if the
@@ -248,8 +256,7 @@ class FastSession(TcpEnd):
         if self._eof and not s.eof:
             s.eof = True
             s.events.extend(s.parser.receive_data(b""))
-        self.last_active = self.loop.time()
-        self._pump()
+        self.resume()
 
     def _end(self) -> None:
         """Close as the coroutine path does (close_stream: FIN, linger, close)."""
@@ -450,13 +457,11 @@ class _Exchange:
         self.lb.finished(self.key, False, self.keys)
         self.ended = True
         fs = self.fs
-        fs.exchange = None
-        fs.session.busy = False
+        fs.free()
         self.st.response_bytes = 0
         fs._local(self.st, self.req, err.status, err.body.encode(), err.flags, ())
-        if fs.mode == _FAST:
-            fs.last_active = fs.loop.time()
-            fs._pump()
+        if fs.mode == _FAST:           # _local closes the connection when not kept
+            fs.resume()
 
     def _cut(self, flags: str) -> None:
         """The head is out and the body cannot complete: reset both sides."""
@@ -477,8 +482,7 @@ class _Exchange:
         if self.conn is not None:
             self._release(None)
         self.st.flags = "DC"
-        self.fs.exchange = None
-        self.fs.session.busy = False
+        self.fs.free()
         self.fs.proxy.record(self.st)
 
     def hold_upstream(self, hold: bool) -> None:

@@ -176,33 +176,31 @@ class HboneStream:
         Raises:
             StreamResetError: the tunnel was reset or its connection died.
         """
-        self._writing = True
+        self._writing = True           # write_nowait must not overtake this write
         try:
-            await self._write(data)
+            view = data            # the object itself first: no copy for a whole frame
+            while view:
+                if self._error is not None:
+                    raise self._error
+                try:
+                    n = self._core.send_data(self.stream_id, view)
+                except LocalProtocolError as e:
+                    raise self._error or StreamResetError(
+                        f"tunnel {self.authority} closed: {e.reason}") from e
+                if n:
+                    self.bytes_sent += n
+                    view = memoryview(view)[n:]
+                    self._conn.flush()
+                if view:
+                    self._send_waiter = self._conn.loop.create_future()
+                    try:
+                        await self._send_waiter
+                    finally:
+                        self._send_waiter = None
+            if not self._conn.can_write.is_set():
+                await self._conn.can_write.wait()
         finally:
             self._writing = False
-
-    async def _write(self, data) -> None:
-        view = data            # the object itself first: no copy for a whole frame
-        while view:
-            if self._error is not None:
-                raise self._error
-            try:
-                n = self._core.send_data(self.stream_id, view)
-            except LocalProtocolError as e:
-                raise self._error or StreamResetError(f"tunnel {self.authority} closed: {e.reason}") from e
-            if n:
-                self.bytes_sent += n
-                view = memoryview(view)[n:]
-                self._conn.flush()
-            if view:
-                self._send_waiter = self._conn.loop.create_future()
-                try:
-                    await self._send_waiter
-                finally:
-                    self._send_waiter = None
-        if not self._conn.can_write.is_set():
-            await self._conn.can_write.wait()
 
     def set_sink(self, sink) -> None:
         """core.pipe's direct delivery: received data goes to `sink(data)`
