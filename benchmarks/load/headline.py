@@ -98,6 +98,18 @@ ROWS = [
         _wp("nginx_w1", "nginx", table="h2"), "req/s", "nginx, 1 worker", "≥ 0.3×"),
     Row("waypoint", "waypoint wrk, 2 workers", _wp("shoal_w2", "shoal"), _wp("nginx_w2", "nginx"),
         "req/s", "nginx, 2 workers", "—"),
+    # The full ambient path (HBONE in from a client ztunnel, HBONE out to the
+    # pod's): no peer speaks HBONE, so it stands beside nginx's plaintext
+    # proxy of the same run. Its load generator is Python (wrk cannot speak
+    # HBONE), so req/s is the client's limit as much as the waypoint's; the
+    # CPU per request is the waypoint's own.
+    Row("waypoint", "waypoint ambient path (HBONE in and out) 1 KB, 1 worker",
+        lambda r: r["hbone_in_hbone_out_w1"]["rps"], _wp("nginx_w1", "nginx"), "req/s",
+        "nginx plaintext proxy, 1 worker", "—"),
+    Row("waypoint", "waypoint ambient path CPU per request, 1 worker",
+        lambda r: r["hbone_in_hbone_out_w1"]["cpu_per_1k_rps"],
+        _wp("nginx_w1", "nginx", "cpu_per_1k_rps"), "vCPU per 1k req/s",
+        "nginx plaintext proxy, 1 worker", "—", higher_is_better=False),
 ]
 
 

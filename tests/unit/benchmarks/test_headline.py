@@ -1,5 +1,7 @@
 """benchmarks/load/headline.py: same-run ratios, spread over runs, the doc block."""
 
+import pytest
+
 from shoal.benchmarks.load import headline
 
 HB = {"throughput": {"P1": {"shoal": {"gbit_s": 6.0, "cpu_s_per_gb_entry": 1.0, "cpu_s_per_gb_exit": 1.0},
@@ -35,3 +37,13 @@ def test_rewrite_replaces_only_the_marked_block():
     first = headline.rewrite("# Benchmarks\n\nintro\n", "t\n")
     assert first.startswith("# Benchmarks\n\n## Headline (`make bench-load`)\n\n" + headline.BEGIN)
     assert first.endswith("intro\n")
+
+
+def test_ambient_path_is_reported_beside_the_plain_proxy():
+    wp = {"runs": {"nginx_w1": {"rps": 20000.0, "cpu_per_1k_rps": 0.025}},
+          "hbone_in_hbone_out_w1": {"rps": 500.0, "cpu_per_1k_rps": 0.75}}
+    text, plotted = headline.table({"waypoint": [wp]})
+    assert ("| waypoint ambient path (HBONE in and out) 1 KB, 1 worker | 500 req/s "
+            "| nginx plaintext proxy, 1 worker 20,000 | **0.03×** | — |") in text
+    cpu = next(p for p in plotted if p[0] == "waypoint ambient path CPU per request, 1 worker")
+    assert cpu[1] == pytest.approx(30.0) and cpu[2] == "—"     # shoal/peer: lower is better
