@@ -44,19 +44,11 @@ class WorkloadAdded:
     netns_path: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkloadKept:
-    uid: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkloadDeleted:
-    uid: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SnapshotDone:
-    pass
+# The other events are the ZDS messages themselves: they carry nothing the
+# ztunnel side adds (WorkloadAdded adds the received netns fd).
+WorkloadKept = zds.Keep
+WorkloadDeleted = zds.Del
+SnapshotDone = zds.SnapshotSent
 
 
 Event = Union[WorkloadAdded, WorkloadKept, WorkloadDeleted, SnapshotDone]
@@ -146,12 +138,9 @@ class InPodClient:
                     return "fd is not a network namespace"
                 event: Event = WorkloadAdded(uid=msg.uid, info=msg.info, netns_fd=fds[0],
                                              netns_path=msg.netns_path)
-            elif isinstance(msg, zds.Keep):
-                event = WorkloadKept(uid=msg.uid)
-            elif isinstance(msg, zds.Del):
-                event = WorkloadDeleted(uid=msg.uid)
             else:
-                event = SnapshotDone()
+                assert not isinstance(msg, (zds.Hello, zds.Ack))   # ClientState.check refused them
+                event = msg
             result = self._callback(event)
             if inspect.isawaitable(result):
                 await result
