@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qs
@@ -60,8 +61,7 @@ def json_response(obj: object, status: int = 200) -> Response:
 
 
 def _jsonable(obj: object) -> object:
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)

@@ -21,7 +21,7 @@ import glob
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from typing import Any, Mapping
 
 from shoal.core import __version__
 from shoal.core.pids import alive
@@ -149,7 +149,7 @@ class IstioMetrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
         self._children: dict[tuple, object] = {}
-        c = dict(registry=None)
+        c: dict[str, Any] = dict(registry=None)   # keyword arguments of every metric
         self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened", TCP_LABELS, **c)
         self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed", TCP_LABELS, **c)
         self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent during TCP connections", TCP_LABELS, **c)

@@ -31,6 +31,8 @@ CLONE_NEWNET = 0x40000000
 NSFS_MAGIC = 0x6E736673
 # ztunnel's in-pod listener backlog (inpod/config.rs).
 INPOD_LISTEN_BACKLOG = 128
+# NetnsSocketFactory's `socket` method shadows the module in its class body.
+Socket = socket.socket
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -115,7 +117,7 @@ class NetnsSocketFactory:
     connect_socket = socket
 
     def listener(self, host: str, port: int, *, backlog: int = INPOD_LISTEN_BACKLOG,
-                 reuse_port: bool = True, transparent: bool = False) -> socket.socket:
+                 reuse_port: bool = True, transparent: bool = False) -> Socket:
         """A bound, listening, non-blocking TCP socket inside the pod netns."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with in_netns(self.netns_fd):

@@ -21,7 +21,12 @@ async def _ready(sock: socket.socket, write: bool) -> None:
     fut = loop.create_future()
     add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
     fd = sock.fileno()   # captured: the socket may be closed while we wait
-    add(fd, lambda: fut.done() or fut.set_result(None))
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, wake)
     try:
         await fut
     finally:

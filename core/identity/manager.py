@@ -319,7 +319,9 @@ class CertManager:
 
     def _context(self, ident: Identity, side: str) -> ssl.SSLContext | None:
         entry = self._entries.get(ident)
-        cert = None if entry is None else (self._valid(entry) or self._adopt_stored(entry))
+        if entry is None:
+            return None
+        cert = self._valid(entry) or self._adopt_stored(entry)
         if cert is None:
             return None
         ctx = entry.contexts.get(side)
@@ -336,26 +338,29 @@ class CertManager:
             raise CertUnavailable(ident, "certificate not valid after fetch")
         return ctx
 
-    def _ensure_started(self) -> None:
+    def _ensure_started(self) -> asyncio.PriorityQueue:
         if self._queue is not None:
-            return
-        self._queue = asyncio.PriorityQueue()
-        self._wake = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._worker(), name=f"cert-fetch-{i}")
+            return self._queue
+        # The tasks are handed the queue and event they serve: close() drops
+        # them (a later fetch starts fresh ones) after cancelling the tasks.
+        queue = self._queue = asyncio.PriorityQueue()
+        wake = self._wake = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._worker(queue), name=f"cert-fetch-{i}")
                        for i in range(self._max_concurrent)]
         if self._background:
-            self._tasks.append(asyncio.create_task(self._scheduler(), name="cert-scheduler"))
+            self._tasks.append(asyncio.create_task(self._scheduler(wake), name="cert-scheduler"))
+        return queue
 
     def _enqueue(self, entry: _Entry, prio: Priority) -> None:
-        self._ensure_started()
+        queue = self._ensure_started()
         if entry.in_flight or (entry.queued is not None and entry.queued <= prio):
             return
         entry.queued = prio
-        self._queue.put_nowait((int(prio), next(self._seq), entry.identity))
+        queue.put_nowait((int(prio), next(self._seq), entry.identity))
 
-    async def _worker(self) -> None:
+    async def _worker(self, queue: asyncio.PriorityQueue) -> None:
         while True:
-            _, _, ident = await self._queue.get()
+            _, _, ident = await queue.get()
             try:
                 entry = self._entries.get(ident)
                 if entry is None or entry.in_flight or entry.queued is None:
@@ -366,7 +371,7 @@ class CertManager:
                 finally:
                     entry.in_flight = False
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _fetch_once(self, entry: _Entry) -> None:
         ident = entry.identity
@@ -495,7 +500,7 @@ class CertManager:
                 fut.set_exception(CertUnavailable(entry.identity, reason))
         entry.waiters.clear()
 
-    async def _scheduler(self) -> None:
+    async def _scheduler(self, wake: asyncio.Event) -> None:
         while True:
             self.tick()
             now = self.clock()
@@ -506,9 +511,9 @@ class CertManager:
                     _log.warning("trust bundle poll failed", extra={"fields": {"error": str(e)}})
             due = [e.refresh_at for e in self._entries.values() if not e.in_flight and e.queued is None]
             delay = min([SCHEDULER_MAX_SLEEP, *(max(d - now, 0.0) for d in due)])
-            self._wake.clear()
+            wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), max(delay, 0.01))
+                await asyncio.wait_for(wake.wait(), max(delay, 0.01))
             except asyncio.TimeoutError:
                 pass
 

@@ -37,4 +37,7 @@ def make_ca_client(address: str, protocol: str = GRPC, *, credential_dir: str | 
         return GrpcCaClient.with_token(target, token_file, root_cert)
     if token_file and root_cert:
         return TokenCaClient(target, token_file, root_cert, trust_domain=trust_domain)
+    if not credential_dir:
+        raise ValueError("the CA client needs --ca-credential (a node credential directory) "
+                         "or, on a cluster, --ca-token with --ca-root-cert")
     return CaClient.from_dir(target, credential_dir)

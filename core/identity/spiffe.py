@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 
 SPIFFE_SCHEME = "spiffe://"
 
@@ -114,7 +113,7 @@ class Identity:
 def uri_sans(cert: x509.Certificate) -> list[str]:
     """All URI SANs of a certificate (empty when it has no SAN extension)."""
     try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return list(ext.value.get_values_for_type(x509.UniformResourceIdentifier))

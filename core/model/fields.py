@@ -6,6 +6,7 @@ recording a `FieldError`, so a parser keeps going and reports all errors.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 from typing import Any
@@ -28,7 +29,12 @@ def join(path: str, key: str | int) -> str:
 
 
 class Ctx:
-    """Error sink plus typed getters for one resource."""
+    """Error sink plus typed getters for one resource.
+
+    The getters are named after the types they return (`ctx.str`, `ctx.int`),
+    which shadows those builtins in the class body: annotations after them
+    spell `builtins.str`.
+    """
 
     def __init__(self, errors: list[FieldError], *, file: str, document: int = 0,
                  kind: str = "", namespace: str = "", name: str = "") -> None:
@@ -59,8 +65,9 @@ class Ctx:
             return default
         return value
 
-    def int(self, obj: dict, key: str, path: str, *, required: bool = False, default: int = 0,
-            lo: int | None = None, hi: int | None = None) -> int:
+    def int(self, obj: dict, key: builtins.str, path: builtins.str, *,
+            required: builtins.bool = False, default: builtins.int = 0,
+            lo: builtins.int | None = None, hi: builtins.int | None = None) -> builtins.int:
         value = obj.get(key)
         where = join(path, key)
         if value is None:
@@ -75,10 +82,12 @@ class Ctx:
             return default
         return value
 
-    def port(self, obj: dict, key: str, path: str, *, required: bool = False) -> int:
+    def port(self, obj: dict, key: builtins.str, path: builtins.str, *,
+             required: builtins.bool = False) -> builtins.int:
         return self.int(obj, key, path, required=required, lo=1, hi=MAX_PORT)
 
-    def bool(self, obj: dict, key: str, path: str, default: bool = False) -> bool:
+    def bool(self, obj: dict, key: builtins.str, path: builtins.str,
+             default: builtins.bool = False) -> builtins.bool:
         value = obj.get(key)
         if value is None:
             return default
@@ -88,7 +97,8 @@ class Ctx:
         return value
 
     # -- containers ------------------------------------------------------------
-    def map(self, obj: dict, key: str, path: str, *, required: bool = False) -> dict:
+    def map(self, obj: dict, key: builtins.str, path: builtins.str, *,
+            required: builtins.bool = False) -> dict:
         value = obj.get(key)
         if value is None:
             if required:
@@ -99,8 +109,9 @@ class Ctx:
             return {}
         return value
 
-    def list(self, obj: dict, key: str, path: str, *, required: bool = False,
-             max_items: int | None = None) -> list:
+    def list(self, obj: dict, key: builtins.str, path: builtins.str, *,
+             required: builtins.bool = False,
+             max_items: builtins.int | None = None) -> builtins.list:
         value = obj.get(key)
         if value is None:
             if required:
@@ -113,7 +124,8 @@ class Ctx:
             self.err(join(path, key), f"has {len(value)} items; at most {max_items} allowed")
         return value
 
-    def maps(self, obj: dict, key: str, path: str, **kw) -> list[tuple[str, dict]]:
+    def maps(self, obj: dict, key: builtins.str, path: builtins.str,
+             **kw: Any) -> builtins.list[tuple[builtins.str, dict]]:
         """A list of mappings as (item path, item) pairs; bad items are reported."""
         out = []
         for i, item in enumerate(self.list(obj, key, path, **kw)):
@@ -124,7 +136,8 @@ class Ctx:
             out.append((where, item))
         return out
 
-    def strs(self, obj: dict, key: str, path: str, *, required: bool = False) -> tuple[str, ...]:
+    def strs(self, obj: dict, key: builtins.str, path: builtins.str, *,
+             required: builtins.bool = False) -> tuple[builtins.str, ...]:
         out = []
         for i, item in enumerate(self.list(obj, key, path, required=required)):
             if not isinstance(item, str):
@@ -133,7 +146,7 @@ class Ctx:
             out.append(item)
         return tuple(out)
 
-    def str_map(self, obj: dict, key: str, path: str) -> dict[str, str]:
+    def str_map(self, obj: dict, key: builtins.str, path: builtins.str) -> dict[builtins.str, builtins.str]:
         """Labels / annotations / matchLabels: str -> str (numbers are refused as K8s does)."""
         out = {}
         for k, v in self.map(obj, key, path).items():
@@ -144,14 +157,14 @@ class Ctx:
             out[k] = v
         return out
 
-    def known_keys(self, obj: dict, path: str, allowed: frozenset[str]) -> None:
+    def known_keys(self, obj: dict, path: builtins.str, allowed: frozenset[builtins.str]) -> None:
         """Reject unknown fields (the API server would, and a typo must not be silent)."""
         for k in obj:
             if k not in allowed:
                 self.err(join(path, str(k)), f"unknown field; expected one of {', '.join(sorted(allowed))}")
 
     # -- formats ---------------------------------------------------------------
-    def ip(self, value: str, path: str) -> bool:
+    def ip(self, value: builtins.str, path: builtins.str) -> builtins.bool:
         try:
             ipaddress.ip_address(value)
         except ValueError:
@@ -159,7 +172,7 @@ class Ctx:
             return False
         return True
 
-    def cidr(self, value: str, path: str) -> bool:
+    def cidr(self, value: builtins.str, path: builtins.str) -> builtins.bool:
         try:
             ipaddress.ip_network(value, strict=False)
         except ValueError:
@@ -167,7 +180,7 @@ class Ctx:
             return False
         return True
 
-    def regex(self, value: str, path: str) -> bool:
+    def regex(self, value: builtins.str, path: builtins.str) -> builtins.bool:
         try:
             compile_regex(value)
         except RegexError as exc:

@@ -147,8 +147,9 @@ def _filter(ctx: Ctx, f: dict, path: str, meta: Meta,
     bpath = join(path, field)
     if ftype in ("RequestHeaderModifier", "ResponseHeaderModifier"):
         mod = _header_modifier(ctx, body, bpath)
-        key = "request_header_modifier" if ftype.startswith("Request") else "response_header_modifier"
-        return HTTPFilter(type=ftype, **{key: mod})
+        if ftype.startswith("Request"):
+            return HTTPFilter(type=ftype, request_header_modifier=mod)
+        return HTTPFilter(type=ftype, response_header_modifier=mod)
     if ftype == "RequestRedirect":
         return HTTPFilter(type=ftype, request_redirect=_redirect(ctx, body, bpath))
     if ftype == "URLRewrite":
