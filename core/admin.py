@@ -14,11 +14,11 @@ connection, GET/POST, no bodies (these are operator and scraper endpoints).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 from urllib.parse import parse_qs
 
 import httptools
@@ -135,7 +135,11 @@ def routes(table: dict[str, Handler], *, index_title: str | None = None) -> Hand
     return handle
 
 
-class Endpoints:
+# The routing view a worker serves: routing's View, which core does not import.
+V = TypeVar("V")
+
+
+class Endpoints(Generic[V]):
     """The handlers, bound to one worker's state.
 
     Args:
@@ -147,7 +151,7 @@ class Endpoints:
         info: static facts about this worker for /config_dump.
     """
 
-    def __init__(self, *, app, view: Callable[[], object], dump_routing: Callable[[object], object],
+    def __init__(self, *, app, view: Callable[[], V], dump_routing: Callable[[V], object],
                  set_log_level: Callable[[str], None], quit: Callable[[], None],
                  info: Callable[[], dict], draining: Callable[[], bool]) -> None:
         self.app = app

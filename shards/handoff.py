@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Callable
+from typing import Callable, Sequence
 
 from shoal.core.sockets import LISTEN_BACKLOG, CONNECT_TIMEOUT, SocketFactory, listener_key
 
@@ -41,7 +41,7 @@ def namespace_prefix(namespace_key: str) -> str:
     return listener_key(namespace_key, "", 0).partition("|")[0] + "|"
 
 
-def send_message(ctrl: socket.socket, text: str, fds: list[int] = ()) -> None:
+def send_message(ctrl: socket.socket, text: str, fds: Sequence[int] = ()) -> None:
     if fds:
         socket.send_fds(ctrl, [text.encode()], list(fds))
     else:

@@ -137,7 +137,7 @@ class HeartbeatTable:
 
 def cleanup_stale() -> list[str]:
     """Unlink tables whose supervisor died without cleaning up (kill -9)."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(SHM_DIR)
     except OSError:

@@ -40,7 +40,7 @@ class Listener:
         self._on_close = on_close or (lambda s: s.close())
         self._log = log or logging.getLogger("shoal.listener")
         self._loop = asyncio.get_running_loop()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
         self._prune_at = 64
         self._pending = 0    # accepted, transport not made yet: a drain must wait for them
         self._closed = False

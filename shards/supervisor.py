@@ -34,6 +34,7 @@ from shoal.core import metrics as core_metrics
 from shoal.core.drain import DrainMode
 from shoal.core.identity.store import CertStore
 from shoal.core.sockets import enable_listener_migration
+from shoal.routing.runtime import TableHandle
 from shoal.shards import exitcodes, routing_glue
 from shoal.shards.app import App
 from shoal.shards.configwatcher import WatcherChild
@@ -108,7 +109,7 @@ class Supervisor:
         self._log_seq = 0
         self.cwd = os.getcwd()
         self.heartbeats: HeartbeatTable | None = None
-        self.table = None
+        self.table: TableHandle | None = None
         self.metrics_dir: str | None = None
         # Removed on exit only while ours: a SIGUSR2 hands it to the new
         # supervisor (counters go on from the old workers' totals), which
@@ -118,6 +119,12 @@ class Supervisor:
         # then must not touch the sockets themselves (shards/closing.py).
         self.handed_over = False
         self.cert_store: CertStore | None = None
+
+    @property
+    def _hb_table(self) -> HeartbeatTable:
+        """The heartbeat table, which _setup creates before the loop runs."""
+        assert self.heartbeats is not None, "the heartbeat table is created by _setup"
+        return self.heartbeats
 
     # -- main loop --------------------------------------------------------------
 
@@ -212,7 +219,7 @@ class Supervisor:
             if fd in ctrls:
                 self._read_ctrl(ctrls[fd])
             elif self.upgrade and fd == self.upgrade.ready_fd:
-                self._upgrade_progress()
+                self._upgrade_progress(self.upgrade)
 
     # -- signals ------------------------------------------------------------------
 
@@ -291,7 +298,7 @@ class Supervisor:
                 if now - w.abort_at >= ABORT_GRACE:
                     _kill(w.pid, signal.SIGKILL)
                 continue
-            silent = now - self.heartbeats.last(w.hb)
+            silent = now - self._hb_table.last(w.hb)
             if silent > self.options.worker_timeout:
                 self.log.error("worker hung: no heartbeat; sending SIGABRT then SIGKILL",
                                extra={"fields": {"worker_pid": w.pid, "worker": w.slot,
@@ -314,11 +321,11 @@ class Supervisor:
             elif self.watcher is not None and pid == self.watcher.pid:
                 self.watcher.exited(status, restart=self.stopping is None)
             elif self.upgrade is not None and pid == self.upgrade.pid:
-                self._upgrade_exited(status)
+                self._upgrade_exited(self.upgrade, status)
             # else: an unknown child (we may be PID 1 in a container): reaped quietly
 
     def _worker_exited(self, w: WorkerProc, status: int) -> None:
-        self.heartbeats.release(w.hb)
+        self._hb_table.release(w.hb)
         w.ctrl.close()
         core_metrics.mark_dead(w.pid)
         how = describe_status(status)
@@ -419,10 +426,10 @@ class Supervisor:
 
     def _follow_log_level(self) -> None:
         # /logging in any worker writes the shared word; follow it here too.
-        level, seq = self.heartbeats.log_control()
+        level, seq = self._hb_table.log_control()
         if seq != self._log_seq:
             self._log_seq = seq
-            core_log.apply_levels(level, core_log.scopes_of(self.heartbeats.log_scopes()))
+            core_log.apply_levels(level, core_log.scopes_of(self._hb_table.log_scopes()))
 
     def _check_ready(self) -> None:
         if self.announced_ready or self.stopping is not None:
@@ -442,9 +449,9 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        hb = self.heartbeats.allocate()
+        hb = self._hb_table.allocate()
         worker = Worker(app=self.app, options=self.options, slot=slot, generation=self.generation,
-                        hb_index=hb, heartbeats=self.heartbeats, ctrl=child,
+                        hb_index=hb, heartbeats=self._hb_table, ctrl=child,
                         inherited=dict(self.slot_socks.get(slot, {})),
                         table_name=getattr(self.table, "name", None), supervisor_pid=os.getpid())
         pid = os.fork()
@@ -462,7 +469,7 @@ class Supervisor:
         child.close()
         parent.setblocking(False)
         now = time.monotonic()
-        self.heartbeats.assign(hb, pid, now)
+        self._hb_table.assign(hb, pid, now)
         self.workers[pid] = WorkerProc(pid=pid, slot=slot, generation=self.generation, hb=hb,
                                        ctrl=parent, started=now)
         self.log.info("worker started", extra={"fields": {"worker_pid": pid, "worker": slot,
@@ -543,14 +550,14 @@ class Supervisor:
 
     # -- upgrade (SIGUSR2, shards/upgrade.py) ----------------------------------------------------
 
-    def _upgrade_progress(self) -> None:
-        if self.upgrade.progress():
+    def _upgrade_progress(self, upgrade: Upgrade) -> None:
+        if upgrade.progress():
             self.owns_metrics_dir = False      # the new supervisor adopted it
             self.handed_over = True
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")
 
-    def _upgrade_exited(self, status: int) -> None:
-        if self.upgrade.exited(status):
+    def _upgrade_exited(self, upgrade: Upgrade, status: int) -> None:
+        if upgrade.exited(status):
             self.owns_metrics_dir = False
             self.handed_over = True
             self.begin_stop(DrainMode.GRACEFUL, "upgraded")

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import logging
 import os
 import signal
 import socket
 import time
+from typing import Sequence
 
 from shoal.core import drain as core_drain
 from shoal.core import log as core_log
@@ -133,7 +135,7 @@ class Worker:
                 (o.metrics_port, o.bind, ep.metrics_handler(), "metrics"),
                 (o.readiness_port, o.bind, ep.readiness_handler(), "readiness")):
             if port:
-                self.ctx.serve(host, port, lambda h=handler: HttpProtocol(h, log), name=name)
+                self.ctx.serve(host, port, functools.partial(HttpProtocol, handler, log), name=name)
 
     def _release_unused(self) -> None:
         # Listeners the previous worker of this slot had and the app no
@@ -147,7 +149,7 @@ class Worker:
         return {"pid": os.getpid(), "worker_id": self.slot, "generation": self.generation,
                 "supervisor_pid": self.supervisor_pid, "app": self.app.name}
 
-    def _notify(self, text: str, fds: list[int] = ()) -> None:
+    def _notify(self, text: str, fds: Sequence[int] = ()) -> None:
         try:
             send_message(self.ctrl, text, fds)
         except OSError:
@@ -207,6 +209,7 @@ class Worker:
 
     async def _drain(self) -> None:
         """Stop accepting -> drain until the deadline -> force."""
+        assert self.mode is not None, "request_stop sets the mode before the stop event"
         graceful = self.mode is core_drain.DrainMode.GRACEFUL
         budget = self.options.drain_timeout if graceful else IMMEDIATE_GRACE
         deadline = time.monotonic() + budget
