@@ -1,9 +1,10 @@
 """Load run: a shoal HBONE pair against two stunnels, same certificates, same run.
 
     python -m shoal.benchmarks.load.hbone [--seconds 5] [--rounds 2] [--short-seconds 5]
-        [--baseline DIR]     # also run shoal from another source tree (before/after)
+        [--processes 1,2]    # shoal processes per side (SO_REUSEPORT), each a variant
+        [--baseline DIR]     # also run shoal from another checkout (before/after)
 
-Path under test (both variants, one process per side):
+Path under test (one process per side unless --processes says more):
     iperf3 -c -> entry (plaintext in) -> mutual TLS 1.3 tunnel -> exit -> iperf3 -s
 - shoal:   `python -m tests.helpers.hbone_tools entry|exit` (HBONE: TLS 1.3 + HTTP/2 CONNECT,
            one stream per TCP connection on a pooled connection)
@@ -28,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -49,51 +51,104 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Pair:
-    """Two proxy processes: entry (plaintext listener) and exit (to target)."""
+    """Two proxies: entry (plaintext listener) and exit (to target), each one
+    process or several (`pids`: every process of that side, for CPU)."""
 
-    def __init__(self, name: str, entry, exit_, port: int) -> None:
+    def __init__(self, name: str, entry, exit_, port: int, entry_pids=None,
+                 exit_pids=None) -> None:
         self.name, self.entry, self.exit, self.port = name, entry, exit_, port
+        self.entry_pids = entry_pids or [entry.pid]
+        self.exit_pids = exit_pids or [exit_.pid]
 
     def cpu(self) -> tuple[float, float]:
-        return cpu_seconds(self.entry.pid), cpu_seconds(self.exit.pid)
+        return (sum(cpu_seconds(p) for p in self.entry_pids),
+                sum(cpu_seconds(p) for p in self.exit_pids))
+
+    def cpu_per_process(self) -> tuple[list[float], list[float]]:
+        return ([cpu_seconds(p) for p in self.entry_pids],
+                [cpu_seconds(p) for p in self.exit_pids])
 
     def stop(self) -> None:
-        stop(self.entry)
+        stop(self.entry)          # the tool's workers die with it (PR_SET_PDEATHSIG)
         stop(self.exit)
 
 
-def _start_tool(args: list[str], log: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
-    """`python -m tests.helpers.hbone_tools ...` run from `cwd` (whose `core` package wins)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.hbone_tools", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("READY"):
-        proc.kill()
-        raise RuntimeError(f"tool in {cwd} did not start: {line!r} {log.read_text()[-2000:]}")
-    return proc, int(line.split()[1])
+# Runs `tests.helpers.hbone_tools` with `shoal.*` imported from another
+# checkout: its pyproject's package-dir maps shoal.<x> to folders, which the
+# installed editable finder (this checkout's) would otherwise answer for.
+_TREE_BOOTSTRAP = """
+import importlib.util, runpy, sys, tomllib
+root = sys.argv[1]
+dirs = tomllib.load(open(root + "/pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
+class Tree:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in dirs:
+            return None
+        where = root + "/" + dirs[name]
+        return importlib.util.spec_from_file_location(
+            name, where + "/__init__.py", submodule_search_locations=[where])
+sys.meta_path.insert(0, Tree)
+for name in [m for m in sys.modules if m.split(".")[0] in ("shoal", "tests")]:
+    del sys.modules[name]
+sys.path.insert(0, root)
+sys.argv = ["hbone_tools", *sys.argv[2:]]
+runpy.run_module("tests.helpers.hbone_tools", run_name="__main__", alter_sys=True)
+"""
 
 
-def start_shoal_baseline(root: Path):
-    """A starter for shoal as it is in another source tree (`--baseline`)."""
+def tool_command(root: Path) -> list[str]:
+    """The command that runs `tests.helpers.hbone_tools` from checkout `root`."""
+    if root == ROOT:
+        return [sys.executable, "-m", "tests.helpers.hbone_tools"]
+    return [sys.executable, "-c", _TREE_BOOTSTRAP, str(root)]
+
+
+def prepare_tree(root: Path) -> None:
+    """A checkout without its compiled HBONE C module gets it built in place
+    (a fresh `git worktree add` has only the source), so before and after
+    both run the native data path."""
+    if not (root / "pyproject.toml").exists():
+        raise SystemExit(f"--baseline {root}: not a shoal checkout (no pyproject.toml)")
+    src = root / "core" / "hbone" / "native" / "_native.c"
+    target = src.with_name("_native" + sysconfig.get_config_var("EXT_SUFFIX"))
+    if src.exists() and not target.exists():
+        # setup.py's flags, without setup.py: this venv's setuptools may not
+        # read that checkout's pyproject.toml.
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-std=gnu11",
+                        f"-I{sysconfig.get_paths()['include']}", str(src), "-ldl", "-o",
+                        str(target)], check=True)
+
+
+def _start_tool(args: list[str], log: Path, root: Path = ROOT):
+    """hbone_tools from checkout `root`: (process, port, pids of its workers)."""
+    proc, port = start_shoal_tool(args, log, command=tool_command(root), cwd=root)
+    return proc, port, proc.pids
+
+
+def shoal_starter(processes: int = 1, root: Path = ROOT, name: str = "shoal"):
+    """A starter for the shoal pair: `processes` per side, code from `root`."""
     def start(tmp: Path, files, target_port: int) -> Pair:
-        pair = start_shoal(tmp, files, target_port,
-                           starter=lambda a, log: _start_tool(a, log, root))
-        pair.name = "shoal_before"
-        return pair
+        s, c = files
+        more = ["--processes", str(processes)] if processes > 1 else []
+        exit_, eport, xpids = _start_tool(
+            ["exit", "--listen", "127.0.0.1:0", "--cert", str(s.cert), "--key", str(s.key),
+             "--ca", str(s.ca), "--target", f"127.0.0.1:{target_port}", *more],
+            tmp / f"{name}-exit.log", root)
+        try:
+            entry, nport, npids = _start_tool(
+                ["entry", "--listen", "127.0.0.1:0", "--peer", f"127.0.0.1:{eport}",
+                 "--authority", f"127.0.0.1:{target_port}", "--expect", SERVER_ID,
+                 "--cert", str(c.cert), "--key", str(c.key), "--ca", str(c.ca), *more],
+                tmp / f"{name}-entry.log", root)
+        except Exception:
+            stop(exit_)
+            raise
+        return Pair(name, entry, exit_, nport, npids, xpids)
     return start
 
 
-def start_shoal(tmp: Path, files, target_port: int, starter=start_shoal_tool) -> Pair:
-    s, c = files
-    exit_, eport = starter(["exit", "--listen", "127.0.0.1:0", "--cert", str(s.cert),
-                            "--key", str(s.key), "--ca", str(s.ca),
-                            "--target", f"127.0.0.1:{target_port}"], tmp / "exit.log")
-    entry, nport = starter(["entry", "--listen", "127.0.0.1:0", "--peer",
-                            f"127.0.0.1:{eport}", "--authority",
-                            f"127.0.0.1:{target_port}", "--expect", SERVER_ID,
-                            "--cert", str(c.cert), "--key", str(c.key), "--ca",
-                            str(c.ca)], tmp / "entry.log")
-    return Pair("shoal", entry, exit_, nport)
+start_shoal = shoal_starter()
 
 
 def start_stunnel(tmp: Path, files, target_port: int) -> Pair:
@@ -123,7 +178,9 @@ def start_iperf_server(attempts: int = 3) -> tuple[subprocess.Popen, int]:
     free_port() and iperf3's bind (other helpers test on this machine): retry."""
     for attempt in range(attempts):
         port = free_port()
-        proc = subprocess.Popen(["iperf3", "-s", "-p", str(port)],
+        # -B: loopback only (iperf3's default, a dual-stack [::] bind, can fail
+        # with EADDRINUSE on a machine whose IPv6 wildcard ports are taken).
+        proc = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             wait_port(port, proc)
@@ -146,12 +203,16 @@ def iperf(port: int, seconds: float, streams: int) -> dict:
 
 
 def throughput(pair: Pair, seconds: float, streams: int) -> dict:
-    e0, x0 = pair.cpu()
+    e0, x0 = pair.cpu_per_process()
     r = iperf(pair.port, seconds, streams)
-    e1, x1 = pair.cpu()
+    e1, x1 = pair.cpu_per_process()
     gb = r["bytes"] / 1e9
+    entry = [b - a for a, b in zip(e0, e1)]
+    exit_ = [b - a for a, b in zip(x0, x1)]
+    # Per process: whether the kernel's SO_REUSEPORT hash spread the load.
     return {"gbit_s": r["bits_per_second"] / 1e9, "bytes": r["bytes"],
-            "cpu_s_per_gb_entry": (e1 - e0) / gb, "cpu_s_per_gb_exit": (x1 - x0) / gb}
+            "cpu_s_per_gb_entry": sum(entry) / gb, "cpu_s_per_gb_exit": sum(exit_) / gb,
+            "cpu_s_per_process": {"entry": entry, "exit": exit_}}
 
 
 # -- short connections --------------------------------------------------------
@@ -215,6 +276,10 @@ def start_rr_server(tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
+def variant_name(processes: int) -> str:
+    return "shoal" if processes == 1 else f"shoal_{processes}proc"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
@@ -223,8 +288,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_hbone.json"))
     ap.add_argument("--plot", help="also write a PNG plot here (e.g. docs/img/hbone_load.png)")
     ap.add_argument("--streams", default="1,8", help="iperf3 -P values, comma-separated")
-    ap.add_argument("--baseline", help="a source tree (a copy of an older `core/`) whose "
-                    "HBONE pair also runs, as `shoal_before`, in the same rounds")
+    ap.add_argument("--processes", default="1",
+                    help="shoal processes per side, comma-separated: each count is a variant "
+                    "(`shoal` for 1, `shoal_<n>proc` for n), run in the same rounds")
+    ap.add_argument("--baseline", help="another shoal checkout (e.g. `git worktree add "
+                    "/tmp/before main`) whose HBONE pair also runs, one process per side, "
+                    "as `shoal_before`, in the same rounds")
     args = ap.parse_args(argv)
     for tool in ("iperf3", "stunnel4"):
         if shutil.which(tool) is None:
@@ -237,9 +306,16 @@ def main(argv=None) -> None:
     rr, rr_port = start_rr_server(tmp)
     results: dict = {"seconds": args.seconds, "rounds": args.rounds, "cores": os.cpu_count(),
                      "throughput": {}, "short": {}}
-    starters = {"shoal": start_shoal, "stunnel": start_stunnel}
+    starters = {}
+    for n in (int(x) for x in args.processes.split(",")):
+        starters[variant_name(n)] = shoal_starter(n, name=variant_name(n))
+    starters["stunnel"] = start_stunnel
     if args.baseline:
-        starters["shoal_before"] = start_shoal_baseline(Path(args.baseline).resolve())
+        before = Path(args.baseline).resolve()
+        prepare_tree(before)
+        starters["shoal_before"] = shoal_starter(1, before, "shoal_before")
+    if "shoal" not in starters:
+        sys.exit("--processes must include 1 (the one-process figure is the reference)")
     try:
         for streams in (int(x) for x in args.streams.split(",")):
             runs: dict[str, list] = {name: [] for name in starters}
@@ -278,17 +354,20 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
     keys = list(results["throughput"])
-    names = tuple(n for n in ("shoal_before", "shoal", "stunnel")
-                  if n in results["throughput"][keys[0]])
-    colors = {"shoal_before": "tab:orange", "shoal": "tab:blue", "stunnel": "tab:gray"}
+    first = results["throughput"][keys[0]]
+    names = tuple(n for n in ("shoal_before", "shoal", *sorted(
+        k for k in first if k.startswith("shoal_") and k.endswith("proc")), "stunnel")
+        if n in first)
+    colors = {"shoal_before": "tab:orange", "shoal": "tab:blue", "stunnel": "tab:gray",
+              "shoal_2proc": "tab:green", "shoal_4proc": "tab:olive"}
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(keys))]
         ax1.bar(xs, [results["throughput"][k][name]["gbit_s"] for k in keys], width,
-                label=name, color=colors[name])
+                label=name, color=colors.get(name))
         cpu = [results["throughput"][k][name]["cpu_s_per_gb_entry"] +
                results["throughput"][k][name]["cpu_s_per_gb_exit"] for k in keys]
-        ax2.bar(xs, cpu, width, label=name, color=colors[name])
+        ax2.bar(xs, cpu, width, label=name, color=colors.get(name))
     for ax, title in ((ax1, "iperf3 throughput (Gbit/s)"), (ax2, "CPU s per GB (entry+exit)")):
         ax.set_xticks(range(len(keys)), [f"{k[1:]} stream(s)" for k in keys])
         ax.set_title(title)
@@ -327,9 +406,13 @@ def _summary(runs: dict[str, list]) -> dict:
         out[name] = {k: statistics.mean(r[k] for r in rs)
                      for k in ("gbit_s", "cpu_s_per_gb_entry", "cpu_s_per_gb_exit")}
         out[name]["runs_gbit_s"] = [r["gbit_s"] for r in rs]
+        out[name]["cpu_s_per_process"] = [r["cpu_s_per_process"] for r in rs]
     out["ratio_gbit_s"] = out["shoal"]["gbit_s"] / out["stunnel"]["gbit_s"]
     if "shoal_before" in out:
         out["ratio_before_gbit_s"] = out["shoal_before"]["gbit_s"] / out["stunnel"]["gbit_s"]
+    for name in runs:
+        if name.startswith("shoal_") and name.endswith("proc"):
+            out[f"ratio_{name}_gbit_s"] = out[name]["gbit_s"] / out["stunnel"]["gbit_s"]
     return out
 
 

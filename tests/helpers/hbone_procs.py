@@ -32,16 +32,22 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def start_shoal_tool(args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    """`python -m tests.helpers.hbone_tools ...`; returns (process, listening port)."""
+def start_shoal_tool(args: list[str], log: Path, *, command: list[str] | None = None,
+                     cwd: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    """`python -m tests.helpers.hbone_tools ...` (or `command`, run in `cwd`);
+    returns (process, listening port). `process.pids` lists every worker
+    process (the tool's `--processes`), the process itself first."""
     out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.hbone_tools", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=out, text=True)
+    proc = subprocess.Popen([*(command or [sys.executable, "-m", "tests.helpers.hbone_tools"]),
+                             *args], cwd=cwd, stdout=subprocess.PIPE, stderr=out, text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):
         proc.kill()
         raise RuntimeError(f"tool did not start: {line!r} {log.read_text()[-2000:]}")
-    return proc, int(line.split()[1])
+    words = line.split()
+    # Tools older than `--processes` print only the port.
+    proc.pids = [int(p) for p in words[2].split(",")] if len(words) > 2 else [proc.pid]
+    return proc, int(words[1])
 
 
 def start_tinyproxy(tmp: Path, connect_port: int) -> tuple[subprocess.Popen, int]:

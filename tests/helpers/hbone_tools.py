@@ -8,8 +8,11 @@
         --authority 127.0.0.1:5201 --expect spiffe://cluster.local/ns/x/sa/y \
         --cert client-cert.pem --key client-key.pem --ca ca.pem
 
-One process, one event loop (uvloop), like one shoal worker. It prints
-`READY <port>` on stdout once listening (tests and benchmarks wait for it).
+One process, one event loop (uvloop), like one shoal worker; `--processes N`
+runs N of them on one port (SO_REUSEPORT, the kernel spreads connections by
+hash, as shoal's shards do), each with its own HBONE pool or server. It prints
+`READY <port> <pid>,<pid>...` on stdout once every process listens (tests and
+benchmarks wait for it; the pids are for per-process CPU accounting).
 The key file is only read here because this is a test/bench tool; shoal's
 proxies keep keys in memory (core.identity).
 """
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 
 from cryptography.hazmat.primitives import serialization
@@ -79,8 +83,8 @@ async def run_exit(args) -> None:
     _CONNS.append(server.connections)
     host, port = _hostport(args.listen)
     listener = await server.listen(host, port, server_context(cert),
-                                   trust_domain=cert.trust_domain)
-    print(f"READY {listener.sockets[0].getsockname()[1]}", flush=True)
+                                   trust_domain=cert.trust_domain, reuse_port=args.reuse_port)
+    args.ready(listener.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
 
 
@@ -113,8 +117,9 @@ async def run_entry(args) -> None:
         return end
 
     host, port = _hostport(args.listen)
-    server = await loop.create_server(factory, host, port, backlog=1024)
-    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    server = await loop.create_server(factory, host, port, backlog=1024,
+                                      reuse_port=args.reuse_port)
+    args.ready(server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
 
 
@@ -132,6 +137,67 @@ def dump_state(conns) -> None:
                   f"queued={sum(len(d) for d, _ in st._chunks)} eof={st._eof} err={st._error} "
                   f"read_wait={st._read_waiter is not None} send_wait={st._send_waiter is not None}"
                   f" state={conn.core.stream_state(sid)}", file=sys.stderr, flush=True)
+
+
+def _die_with_parent() -> None:
+    """A forked worker gets SIGTERM when the parent goes (PR_SET_PDEATHSIG),
+    so a killed parent leaves no worker holding the port."""
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def fork_workers(args) -> list[int]:
+    """`--processes N`: hold the port, fork N - 1 workers, and set `args.ready`.
+
+    Forked before any event loop exists, so each worker starts its own. The
+    port is held by a bound, non-listening SO_REUSEPORT socket until every
+    process listens on it; the parent prints READY only then, so no connection
+    meets a group that is still forming. Returns the children's pids (in the
+    parent; [] in a child and with one process)."""
+    if args.processes == 1:
+        args.reuse_port = None
+        args.ready = lambda port: print(f"READY {port} {os.getpid()}", flush=True)
+        return []
+    host, port = _hostport(args.listen)
+    hold = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    hold.bind((host, port))
+    port = hold.getsockname()[1]
+    args.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    args.reuse_port = True
+    parent = os.getpid()
+    rfd, wfd = os.pipe()
+    children: list[int] = []
+    for _ in range(args.processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            hold.close()
+            _die_with_parent()
+            if os.getppid() != parent:
+                os._exit(1)                  # the parent died before prctl
+
+            def child_ready(_port: int) -> None:
+                os.write(wfd, b"r")
+                os.close(wfd)
+            args.ready = child_ready
+            if args.profile:
+                args.profile += f".{os.getpid()}"
+            return []
+        children.append(pid)
+    os.close(wfd)
+
+    def ready(port: int) -> None:
+        # Each child writes one byte once it listens; EOF first means one died.
+        for _ in children:
+            if not os.read(rfd, 1):
+                sys.exit("hbone_tools: a worker process did not start")
+        os.close(rfd)
+        hold.close()
+        print(f"READY {port} {','.join(str(p) for p in (parent, *children))}", flush=True)
+    args.ready = ready
+    return children
 
 
 def main(argv=None) -> None:
@@ -152,11 +218,16 @@ def main(argv=None) -> None:
     p.add_argument("--max-pending-handshakes", type=int, default=MAX_PENDING_HANDSHAKES)
     p.add_argument("--keepalive-interval", type=float, default=10.0)
     p.add_argument("--keepalive-timeout", type=float, default=20.0)
+    p.add_argument("--processes", type=int, default=1,
+                   help="worker processes sharing the listening port (SO_REUSEPORT)")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--profile", help="write cProfile stats here on SIGTERM/SIGINT")
     args = p.parse_args(argv)
     if args.role == "entry" and not (args.peer and args.authority and args.expect):
         p.error("entry needs --peer, --authority and --expect")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
+    children = fork_workers(args)
     shoal_log.setup(args.log_level)
     import uvloop
     profiler = None
@@ -178,6 +249,8 @@ def main(argv=None) -> None:
         except asyncio.CancelledError:
             pass
     uvloop.run(run())
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)

@@ -17,6 +17,7 @@ from tests.helpers.hbone_net import CLIENT_ID, SERVER_ID, HbonePair, digest, sta
 from tests.helpers.hbone_procs import (free_port, start_nghttpx, start_shoal_tool,
                                        start_tinyproxy, stop)
 from tests.helpers.pki import TestPKI, write_pem
+from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -201,3 +202,60 @@ async def test_tools_pair_plaintext_in_plaintext_out(tmp_path, pki_files):
         stop(entry)
         stop(exit_)
         echo.close()
+
+
+async def test_tools_pair_with_two_processes_per_side(tmp_path, pki_files):
+    """`--processes 2`: two workers per side on one port (SO_REUSEPORT), each
+    carrying tunnels; the workers go when the tool is stopped."""
+    pki, server, client, sfiles, cfiles = pki_files
+    echo, echo_port = await start_echo()
+    exit_, eport = start_shoal_tool(["exit", "--listen", "127.0.0.1:0", "--cert", str(sfiles.cert),
+                                     "--key", str(sfiles.key), "--ca", str(sfiles.ca),
+                                     "--processes", "2"], tmp_path / "exit.log")
+    entry, nport = start_shoal_tool(["entry", "--listen", "127.0.0.1:0", "--peer",
+                                     f"127.0.0.1:{eport}", "--authority",
+                                     f"127.0.0.1:{echo_port}", "--expect", SERVER_ID, "--cert",
+                                     str(cfiles.cert), "--key", str(cfiles.key), "--ca",
+                                     str(cfiles.ca), "--processes", "2"], tmp_path / "entry.log")
+    workers = entry.pids + exit_.pids
+    try:
+        assert len(entry.pids) == len(exit_.pids) == 2
+        assert entry.pids[0] == entry.pid and exit_.pids[0] == exit_.pid
+
+        async def through(size: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", nport)
+            payload = os.urandom(size)
+            writer.write(payload)
+            writer.write_eof()
+            got = await asyncio.wait_for(reader.read(-1), 20)
+            assert digest(got) == digest(payload)
+            writer.close()
+        before = [_cpu_ticks(pid) for pid in workers]
+        # 32 connections from distinct ports: the kernel's hash puts some on
+        # each entry worker (all on one: 2^-31); 1 MiB each way costs every
+        # worker that carries some well over a clock tick. Each entry worker
+        # has its own pool, so the exit gets two HBONE connections, which the
+        # hash may put on one exit worker: the exit is only checked as a group.
+        await asyncio.gather(*(through(1024 * 1024) for _ in range(32)))
+        used = [_cpu_ticks(pid) - t0 for pid, t0 in zip(workers, before)]
+        assert all(used[:2]), f"an entry worker carried nothing: {used[:2]} ticks"
+        assert sum(used[2:]), "the exit workers carried nothing"
+    finally:
+        stop(entry)
+        stop(exit_)
+        echo.close()
+    for pid in workers[1:2] + workers[3:]:          # the forked ones die with their parent
+        await until(lambda: _gone(pid), timeout=10, what=f"worker {pid} to exit")
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie until its parent reaps it, or gone)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
