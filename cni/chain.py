@@ -146,7 +146,7 @@ def conflist(name: str, *, bridge: str, subnet: str, gateway: str, ipam_dir: str
              agent_run_dir: str = "", exclude_namespaces: tuple[str, ...] = (),
              version: str = "1.0.0", shoal: bool = True) -> dict[str, Any]:
     """bridge + host-local (+ shoal-cni, as `shoal cni install` chains it)."""
-    conf = {
+    conf: dict[str, Any] = {
         "cniVersion": version, "name": name,
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,

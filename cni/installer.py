@@ -273,10 +273,11 @@ class Installer:
         for s in stop_signals:
             signal.signal(s, lambda sig, _f: stopping.append(sig))
         watch = Watch([self.opts.cni_bin_dir, self.opts.cni_conf_dir, self.opts.agent_run_dir])
+        readable: list[Watch | int] = [watch, r]
         try:
             self._safe_reconcile()
             while not stopping:
-                ready, _, _ = select.select([watch, r], [], [], RESYNC_S)
+                ready, _, _ = select.select(readable, [], [], RESYNC_S)
                 if watch in ready:
                     # Debounce: let a multi-step write finish before reading.
                     while watch.drain() and not stopping:

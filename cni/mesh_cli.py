@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import orjson
@@ -34,8 +35,11 @@ class _Bar:
     def __init__(self, total: int, label: str) -> None:
         self.current = ""
         self.bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr,
-                                     item_show_func=lambda _: self.current, show_eta=False)
+                                     item_show_func=self._label, show_eta=False)
         self.bar.__enter__()
+
+    def _label(self, _item: int | None) -> str:
+        return self.current
 
     def __call__(self, step: str) -> None:
         self.current = step
@@ -46,7 +50,7 @@ class _Bar:
         self.bar.__exit__(None, None, None)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception | str) -> NoReturn:
     raise click.ClickException(str(e))
 
 

@@ -130,7 +130,7 @@ class ZdsServer:
         s.listen(LISTEN_BACKLOG)
         s.setblocking(False)
         self._listener = s
-        self._accept_task = asyncio.create_task(self._accept_loop())
+        self._accept_task = asyncio.create_task(self._accept_loop(s))
 
     async def close(self) -> None:
         if self._accept_task:
@@ -149,10 +149,10 @@ class ZdsServer:
     def ztunnels(self) -> int:
         return sum(1 for c in self._conns if c.ready.is_set())
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            sock, _ = await loop.sock_accept(self._listener)
+            sock, _ = await loop.sock_accept(listener)
             sock.setblocking(False)
             t = asyncio.create_task(self._serve(_Conn(sock)))
             self._tasks.add(t)

@@ -68,17 +68,17 @@ class Tour:
             walk(orjson.loads(body))
         except (ValueError, AttributeError):
             pass
-        nodes = {p["pod"].split("/")[1]: p["node"] for p in self.m.status()["pods"]}
+        nodes: dict[str, str] = {p["pod"].split("/")[1]: p["node"] for p in self.m.status()["pods"]}
         for s in served:
             pod = s.split("@")[1]
             self.echo(f"    {s:<60} on {nodes.get(pod, '?')}")
         # The claim is checked, not assumed: the hops must really span nodes
         # (examples/bookinfo pins sleep and productpage to different nodes).
-        hop_nodes = {nodes.get(s.split("@")[1]) for s in served} - {None}
-        hop_nodes.add(nodes.get("sleep"))
-        self.verdict(code == 200 and len(served) >= 4 and len(hop_nodes - {None}) >= 2,
+        hop_pods = [s.split("@")[1] for s in served] + ["sleep"]
+        hop_nodes = {nodes[pod] for pod in hop_pods if nodes.get(pod) is not None}
+        self.verdict(code == 200 and len(served) >= 4 and len(hop_nodes) >= 2,
                      f"HTTP {code}; {len(served)} services answered on "
-                     f"{len(hop_nodes - {None})} nodes ({', '.join(sorted(hop_nodes - {None}))})")
+                     f"{len(hop_nodes)} nodes ({', '.join(sorted(hop_nodes))})")
 
     def _cross_node_pair(self) -> tuple[str, str]:
         """A client pod and a service whose pods all run on other nodes."""
@@ -102,6 +102,7 @@ class Tour:
         # --immediate-mode: hand packets over at once, not per buffer timeout.
         dump = subprocess.Popen(["tcpdump", "-i", br, "--immediate-mode", "-U", "-s", "0",
                                  "-w", pcap, "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert dump.stderr is not None   # stderr=PIPE
         try:
             # tcpdump says "listening on ..." once the capture is armed.
             select.select([dump.stderr], [], [], STEP_TIMEOUT_S)

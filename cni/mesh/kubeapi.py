@@ -58,7 +58,10 @@ class Publisher:
             kind_name, ns, name = key.split("/", 2)
             kind = _KINDS[kind_name]
             try:
-                self.client.delete(kind.resource, name, **({"namespace": ns} if kind.namespaced else {}))
+                if kind.namespaced:
+                    self.client.delete(kind.resource, name, namespace=ns)
+                else:
+                    self.client.delete(kind.resource, name)
             except ApiError as e:
                 if e.status.code != HTTP_NOT_FOUND:
                     raise

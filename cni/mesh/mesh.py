@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 import yaml
@@ -373,7 +373,7 @@ class Mesh:
 
     def _create_pod(self, p: plan.PodPlan, services: list[tuple[str, str]]) -> None:
         ns = net.pod_netns(self.mid, p.namespace, p.name)
-        rec = {"namespace": p.namespace, "name": p.name, "node": p.node, "netns": ns,
+        rec: dict[str, Any] = {"namespace": p.namespace, "name": p.name, "node": p.node, "netns": ns,
                "container_id": uuid.uuid4().hex, "ip": "", "result": None, "procs": [],
                "owner": p.owner, "service_account": p.service_account}
         self.state["pods"][p.key] = rec
