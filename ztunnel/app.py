@@ -24,16 +24,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.core import log as shoal_log
 from shoal.core.addr import split_host_port
 from shoal.core.sockets import PROXY_SOCKET_OPTIONS, DefaultSocketFactory
 from shoal.routing.view import View
-from shoal.shards.app import App
+from shoal.shards.app import App, WorkerContext
 from shoal.ztunnel.options import DEDICATED, ZtunnelOptions
 from shoal.ztunnel.proxy.inputs import Scope, Shared
 from shoal.ztunnel.proxy.netns import Proxy
+
+if TYPE_CHECKING:
+    from shoal.core.identity import CertManager
+    from shoal.ztunnel.inpod import InPodClient
 
 LOG = shoal_log.get("ztunnel")
 
@@ -53,16 +57,16 @@ class ZtunnelApp(App):
 
     def __init__(self, options: ZtunnelOptions) -> None:
         super().__init__(options)
-        self.ctx = None
-        self.certs = None
+        self.ctx: WorkerContext            # set by start() (post-fork)
+        self.certs: CertManager | None = None
         self.proxies: dict[str, Proxy] = {}     # "" (dedicated) or pod uid -> proxy
         self._netns_fds: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
-        self._zds = None
+        self._zds: InPodClient | None = None
         self._kept: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------
-    async def start(self, ctx) -> None:
+    async def start(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         o: ZtunnelOptions = self.options
         self.certs = make_cert_manager(o, ctx.metrics)
@@ -78,9 +82,9 @@ class ZtunnelApp(App):
             self.proxies[""] = proxy
         else:
             from shoal.ztunnel.inpod import InPodClient
-            self._zds = InPodClient(o.zds_socket, self._on_zds)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._zds.run()))
-            await self._await_snapshot()
+            zds = self._zds = InPodClient(o.zds_socket, self._on_zds)
+            self._tasks.append(asyncio.get_running_loop().create_task(zds.run()))
+            await self._await_snapshot(zds)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_generation()))
         LOG.info("ztunnel worker serving", extra={"fields": {
             "node": o.node, "mode": o.mode, "worker": ctx.worker_id}})
@@ -108,7 +112,7 @@ class ZtunnelApp(App):
         else:
             LOG.info("first routing table arrived", extra={"fields": {"waited_s": waited}})
 
-    async def _await_snapshot(self) -> None:
+    async def _await_snapshot(self, zds: InPodClient) -> None:
         """Hold `start()` until the node agent's first snapshot is applied:
         the pods in it re-open their listeners from the ones this slot's
         previous worker left (restart, SIGHUP), which the framework closes
@@ -116,7 +120,7 @@ class ZtunnelApp(App):
         delays the boot (the client keeps retrying; pods come later)."""
         try:
             async with asyncio.timeout(self.options.snapshot_wait):
-                await self._zds.connected.wait()
+                await zds.connected.wait()
         except TimeoutError:
             LOG.warning("no snapshot from the node agent yet; serving pods as they come",
                         extra={"fields": {"zds_socket": self.options.zds_socket,
@@ -162,7 +166,7 @@ class ZtunnelApp(App):
     def admin_sections(self) -> dict[str, Callable[[], object]]:
         # The routing table itself is dumped once, under "routing", by core/admin.
         return {
-            "certificates": lambda: self.certs.admin_section()["certificates"],
+            "certificates": lambda: self.certs.admin_section()["certificates"] if self.certs else [],
             "connections": lambda: {uid or "node": {"inbound": p.inputs.connections.snapshot(),
                                                     "pool": p.inputs.pool.stats()}
                                     for uid, p in self.proxies.items()},
@@ -190,7 +194,7 @@ class ZtunnelApp(App):
         view = self.ctx.routing
         wanted = {w.identity for p in self.proxies.values()
                   for w in p.scope.local_workloads(view)}
-        if wanted or view.generation > 0:
+        if self.certs is not None and (wanted or view.generation > 0):
             self.certs.retain(wanted)
 
     # -- in-pod mode ---------------------------------------------------------------
@@ -241,7 +245,7 @@ class ZtunnelApp(App):
         LOG.info("pod removed", extra={"fields": {"uid": uid, "worker": self.ctx.worker_id}})
 
 
-def make_cert_manager(o: ZtunnelOptions, metrics=None):
+def make_cert_manager(o: ZtunnelOptions, metrics: Any = None) -> CertManager:
     """The CA client (node credential) and the certificate manager, sharing
     the node's certificate store with the other workers (core/identity/store.py)."""
     from shoal.core.identity import CertManager

@@ -29,7 +29,7 @@ IPV6_TRANSPARENT = 75
 IPV6_FREEBIND = 78
 # Addresses (TEST-NET / documentation ranges) whose route lookup with the
 # reply mark must land in the local table for spoofing to be safe.
-PROBE_ADDRESS = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+PROBE_ADDRESS: dict[int, str] = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
 # `ip route get` answers in milliseconds; a stuck one must not hold a connection.
 ROUTE_CHECK_TIMEOUT = 2.0
 

@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 
 def spoofable(client_ip: str, host: str) -> int | None:
@@ -32,6 +32,10 @@ def spoofable(client_ip: str, host: str) -> int | None:
     return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
 
 
+# `check(family)`: a coroutine (it runs as a task that concurrent connections share).
+RouteCheck = Callable[[int], Coroutine[Any, Any, str]]
+
+
 class SpoofState:
     """Whether one pod's inbound connections may spoof (see module docstring).
 
@@ -39,7 +43,7 @@ class SpoofState:
     not (e.g. `PodSocketFactory.spoof_routing`); None: never spoof.
     """
 
-    def __init__(self, check: Callable[[int], Awaitable[str]] | None, *,
+    def __init__(self, check: RouteCheck | None, *,
                  log: logging.Logger, pod: str) -> None:
         self._check = check
         self._log = log
@@ -50,20 +54,21 @@ class SpoofState:
 
     async def source(self, host: str, client_ip: str) -> tuple[str, int] | None:
         """The address to bind for a connect to `host`, or None (no spoofing)."""
-        family = spoofable(client_ip, host) if self._check is not None else None
+        if self._check is None:
+            return None
+        family = spoofable(client_ip, host)
         if family is None:
             return None
         ok = self._ok.get(family)
         if ok is None:
-            ok = await self._first_check(family)
+            ok = await self._first_check(self._check, family)
         return (client_ip, 0) if ok else None
 
-    async def _first_check(self, family: int) -> bool:
+    async def _first_check(self, check: RouteCheck, family: int) -> bool:
         """Once per family (concurrent connections share the check)."""
         pending = self._pending.get(family)
         if pending is None:
-            pending = self._pending[family] = asyncio.get_running_loop().create_task(
-                self._check(family))
+            pending = self._pending[family] = asyncio.get_running_loop().create_task(check(family))
         try:
             reason = await asyncio.shield(pending)
         except Exception as e:   # noqa: BLE001 - a failed check means no spoofing

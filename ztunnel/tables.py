@@ -9,7 +9,7 @@ so operators read them the same way.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from shoal.core.addr import split_host_port
 
@@ -152,5 +152,5 @@ def all_tables(dump: dict[str, Any], namespace: str | None = None) -> str:
     return "\n".join(parts)
 
 
-TABLES = {"workloads": workloads, "services": services, "policies": policies,
+TABLES: dict[str, Callable[..., str]] = {"workloads": workloads, "services": services, "policies": policies,
           "certificates": certificates, "connections": connections, "all": all_tables}
