@@ -46,6 +46,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from shoal.core.records import Authorization, Condition, Operation, Rule, Source
 
@@ -436,6 +437,10 @@ def _attribute(key: str, req: Request) -> str | None:
 # --------------------------------------------------------------------------
 # value matchers (public: the waypoint and ztunnel tests use them)
 
+@overload
+def strip_spiffe(principal: str) -> str: ...
+@overload
+def strip_spiffe(principal: None) -> None: ...
 def strip_spiffe(principal: str | None) -> str | None:
     if principal is not None and principal.startswith(SPIFFE_PREFIX):
         return principal[len(SPIFFE_PREFIX):]

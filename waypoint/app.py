@@ -21,14 +21,14 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from shoal.core import log as core_log
 from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN, HBONE_PORT
 from shoal.core.authz import strip_spiffe
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
-from shoal.shards.app import App
+from shoal.shards.app import App, WorkerContext
 from shoal.waypoint import fastpath
 from shoal.waypoint.destination import NotForUs, resolve
 from shoal.waypoint.downstream import Downstream
@@ -38,7 +38,11 @@ from shoal.waypoint.proxy import Proxy
 from shoal.waypoint.telemetry import (ACCESS_LOG_FLUSH, DEFAULT_TRACE_SAMPLING_PERCENT, FLUSH_INTERVAL,
                                       Telemetry)
 from shoal.waypoint.tracing import SpanExporter, otlp_config
-from shoal.waypoint.upstream import H1Pool, HboneConnector, TcpConnector
+from shoal.waypoint.upstream import Connector, H1Pool, HboneConnector, TcpConnector
+
+if TYPE_CHECKING:
+    from shoal.core.hbone.server import HboneServer
+    from shoal.core.identity import CertManager, WorkloadCert
 
 LOG = core_log.get("waypoint")
 # Accept queue of the HBONE listener: ztunnels open few, long-lived pooled
@@ -101,20 +105,21 @@ class WaypointApp(App):
     def __init__(self, options: WaypointOptions) -> None:
         super().__init__(options)
         self.ref = WaypointRef(namespace=options.namespace, name=options.name)
+        self.ctx: WorkerContext            # set by start() (post-fork)
         self.proxy: Proxy | None = None
-        self.hbone = None
-        self.certs = None
-        self.cert = None
+        self.hbone: HboneServer | None = None
+        self.certs: CertManager | None = None
+        self.cert: WorkloadCert | None = None
         self._client_ctx = None
         self._server_ctx = None
-        self._hbone_listener = None
+        self._hbone_listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self.spans: SpanExporter | None = None
         self._socks: list[socket.socket] = []
 
     # -- lifecycle -------------------------------------------------------------
-    async def start(self, ctx) -> None:
+    async def start(self, ctx: WorkerContext) -> None:
         o: WaypointOptions = self.options
         self.ctx = ctx
         otlp = otlp_config(o.otlp_endpoint, o.otlp_protocol)
@@ -122,7 +127,7 @@ class WaypointApp(App):
             self.spans = SpanExporter(otlp, canonical_service=o.name, namespace=o.namespace)
         telemetry = Telemetry(ctx.metrics, access_log=o.access_log, spans=self.spans)
         plain = TcpConnector(sockets=ctx.sockets)
-        connector = plain
+        connector: Connector = plain
         if o.hbone_port:
             await self._load_cert()
             if not o.upstream_plaintext:
@@ -210,9 +215,9 @@ class WaypointApp(App):
                             trust_domain=o.trust_domain)
         # The store shared by every worker of this waypoint: a restarted or
         # reloaded worker starts on the certificate it holds, CA or no CA.
-        self.certs = CertManager(ca, node_name=o.name, store=CertStore.inherited(),
-                                 metrics=self.ctx.metrics)
-        self.cert = await self.certs.fetch(o.identity)
+        certs = self.certs = CertManager(ca, node_name=o.name, store=CertStore.inherited(),
+                                         metrics=self.ctx.metrics)
+        self.cert = await certs.fetch(o.identity)
 
     def _current_cert(self):
         if self.certs is not None:
@@ -247,14 +252,15 @@ class WaypointApp(App):
     async def _listen_hbone(self) -> None:
         from shoal.core.hbone.server import HboneServer
         o: WaypointOptions = self.options
-        self.hbone = HboneServer(self._on_connect, log=LOG)
+        hbone = self.hbone = HboneServer(self._on_connect, log=LOG)
         sock = self.ctx.sockets.listen(o.bind, o.hbone_port)
         self._socks.append(sock)
+        assert self.cert is not None, "start() loads the certificate before the HBONE listener"
         trust_domain = self.cert.trust_domain
 
         def factory():
             # The TLS context is looked up per connection: certificate renewal.
-            return self.hbone.protocol_factory(self._server_context(),
+            return hbone.protocol_factory(self._server_context(),
                                                trust_domain=trust_domain)()
         loop = asyncio.get_running_loop()
         self._hbone_listener = await loop.create_server(factory, sock=sock,
@@ -285,6 +291,7 @@ class WaypointApp(App):
         return Accept(serve=lambda stream: serve_stream(stream, down, proxy))
 
     def _plain_protocol(self) -> asyncio.Protocol:
+        assert self.proxy is not None, "start() builds the proxy before it listens"
         if fastpath.enabled():
             return fastpath.FastSession(self.proxy, self._tasks)
         return _PlainConnection(self)

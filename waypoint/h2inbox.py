@@ -9,14 +9,25 @@ tuples, an exception, or None for the end.
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import h2.exceptions
+from h2.connection import H2Connection
+
+
+class H2Owner(Protocol):
+    """The connection a stream belongs to (either side's)."""
+
+    @property
+    def h2(self) -> H2Connection: ...
+
+    async def flush(self) -> None: ...
 
 
 class H2Inbox:
     """Base for a stream object with `conn` (`.h2`, async `.flush()`) and `sid`."""
 
-    conn: object
+    conn: H2Owner
     sid: int
 
     def _init_inbox(self) -> None:

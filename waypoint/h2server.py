@@ -232,6 +232,8 @@ async def serve(stream, first: bytes, down, proxy) -> None:
 
 
 def _dispatch(c: _Conn, ev, down, proxy) -> None:
+    body: _Body | None
+    task: asyncio.Task | None
     if isinstance(ev, h2.events.RequestReceived):
         sid = ev.stream_id
         body = c.bodies[sid] = _Body(c, sid)

@@ -101,6 +101,8 @@ class H2Stream(H2Inbox):
     """One request/response exchange on an `H2Connection`; `read()` gives the
     response body (b"" at its end) and raises UpstreamReset."""
 
+    conn: H2Connection
+
     def __init__(self, conn: "H2Connection", sid: int) -> None:
         self.conn, self.sid = conn, sid
         self.head: asyncio.Future = asyncio.get_running_loop().create_future()

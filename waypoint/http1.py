@@ -24,6 +24,7 @@ Rules of this module:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import httptools
 
@@ -408,7 +409,7 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def simple_response(status: int, body: bytes = b"", *, close: bool = False,
-                    extra: Headers = ()) -> bytes:
+                    extra: Sequence[tuple[str, str]] = ()) -> bytes:
     """A complete local response (errors, redirects, 403)."""
     headers: Headers = [("content-length", str(len(body)))]
     if body:

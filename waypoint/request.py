@@ -3,11 +3,11 @@ telemetry, and the waypoint's own answers (403, 404, 503...)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from shoal.waypoint.downstream import Downstream, ResponseSink
 from shoal.waypoint.grpcstats import MessageCounter
-from shoal.waypoint.message import Headers, RequestHead
+from shoal.waypoint.message import RequestHead
 
 RBAC_DENIED = b"RBAC: access denied"
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -42,7 +42,7 @@ class RequestState:
 
 
 async def local_reply(st: RequestState, sink: ResponseSink, status: int, body: bytes,
-                      flags: str, extra: Headers = ()) -> bool:
+                      flags: str, extra: Sequence[tuple[str, str]] = ()) -> bool:
     """Answer the request ourselves (Envoy's local reply) with response `flags`.
     Returns False when the client connection must close."""
     st.status, st.flags = status, flags

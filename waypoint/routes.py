@@ -63,7 +63,7 @@ class RouteInput:
     path: str                      # without query
     query: str = ""                # raw query string, no "?"
     host: str = ""                 # Host / :authority, port allowed
-    headers: Mapping[str, str] = None  # lower-case name -> joined value
+    headers: Mapping[str, str] | None = None  # lower-case name -> joined value
 
     def header(self, name: str) -> str | None:
         return (self.headers or {}).get(name.lower())
@@ -137,6 +137,7 @@ class RouteTable:
 
 def _match_key(m: RouteMatch, route: HTTPRoute, rule_index: int, match_index: int) -> tuple:
     p = m.path
+    path_rank: tuple[int, ...]
     if route.kind == "GRPCRoute":
         service, method = method_specificity(p)
         path_rank = (-service, -method, _RANKS[p.type])
