@@ -26,7 +26,9 @@ TARGET = os.path.join(HERE, "cni", "bin", "shoal-cni")
 # Optional: on a Python whose _ssl layout it does not know (not CPython 3.11)
 # the module refuses to compile and HBONE keeps its pure-Python path
 # (tests/unit/hbone/test_native.py fails loudly if 3.11 lost it).
-NATIVE = Extension("shoal.core.hbone.native._native", sources=["core/hbone/native/_native.c"],
+NATIVE = Extension("shoal.core.hbone.native._native",
+                   sources=["core/hbone/native/_native.c", "core/hbone/native/relay.c"],
+                   depends=["core/hbone/native/_native.h"],
                    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                    libraries=["dl"], optional=True)
 CFLAGS = ["-Os", "-Wall", "-Wextra", "-std=c11", "-D_FORTIFY_SOURCE=2"]

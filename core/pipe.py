@@ -125,6 +125,7 @@ class TcpEnd(asyncio.Protocol):
         self._drain_waiter: asyncio.Future | None = None
         self._can_write = True
         self._sink = None                 # set_sink: where arriving data goes directly
+        self.bytes_written = 0            # handed to the transport (write, write_nowait)
         self.made: asyncio.Future = self.loop.create_future()
         self.closed: asyncio.Future = self.loop.create_future()
 
@@ -197,6 +198,7 @@ class TcpEnd(asyncio.Protocol):
         if t is None or not self._can_write or self._drain_waiter is not None or t.is_closing():
             return False
         t.write(data)
+        self.bytes_written += len(data)
         return True
 
     async def read(self, n: int = READ_SIZE) -> bytes:
@@ -241,6 +243,7 @@ class TcpEnd(asyncio.Protocol):
                 self._drain_waiter = None
             if self._error is not None:
                 raise self._error
+        self.bytes_written += len(data)
 
     def write_eof(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -342,8 +345,8 @@ async def pipe(a, b) -> tuple[int, int]:
     direct = [end for end in (a, b) if hasattr(end, "set_sink")]
     pushed = [0, 0]                       # bytes delivered directly a→b, b→a
     if len(direct) == 2:
-        a.set_sink(_counted(b.write_nowait, pushed, 0))
-        b.set_sink(_counted(a.write_nowait, pushed, 1))
+        a.set_sink(_counted(b, pushed, 0))
+        b.set_sink(_counted(a, pushed, 1))
     ab = asyncio.ensure_future(_copy(a, b))
     ba = asyncio.ensure_future(_copy(b, a))
     try:
@@ -373,10 +376,17 @@ async def pipe(a, b) -> tuple[int, int]:
     return ab.result() + pushed[0], ba.result() + pushed[1]
 
 
-def _counted(write_nowait, pushed: list, i: int):
+def _counted(end, pushed: list, i: int):
+    write_nowait = end.write_nowait
+
     def push(data) -> bool:
         if write_nowait(data):
             pushed[i] += len(data)
             return True
         return False
+    if type(end).write_nowait is TcpEnd.write_nowait:
+        # What push does, for the C receive path of HBONE (core/hbone/native/
+        # relay.c): it checks write_nowait's conditions on `end` and does
+        # push's work itself, without calling push.
+        push.native_target = (end, pushed, i)      # type: ignore[attr-defined]
     return push

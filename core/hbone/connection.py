@@ -31,9 +31,10 @@ from shoal.core import log as shoal_log
 from shoal.core import overload
 from shoal.core.addr import hostport
 from shoal.core.hbone import events as ev
+from shoal.core.hbone import fastpath, h2fast
 from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
                                StreamResetError)
-from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.protocol import CLOSED, HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import DEFAULT_SETTINGS, WRITE_HIGH_WATER, HboneSettings
 from shoal.core.hbone.stream import HboneStream
 from shoal.core.identity.spiffe import (IdentityError, verify_client_trust_domain,
@@ -137,6 +138,17 @@ class HboneConnection(asyncio.Protocol):
 
     def received_into(self, n: int) -> None:
         self._handle(self.core.received_into, n)
+
+    # The optional C receive path of core.hbone.tlsio (core/hbone/native/
+    # relay.c): whole DATA frames for streams piped to a plain TCP end go
+    # straight to its socket; it does what data_received → _handle would.
+    def native_relay(self, sslsock, raw):
+        """The C relay for this connection's TLS (`sslsock`, on `raw`), or None."""
+        native = fastpath.native
+        if native is None or type(self)._handle is not HboneConnection._handle:
+            return None
+        return native.Relay(sslsock, self, raw, h2fast.RECV_OK_CONNECTION, h2fast.RECV_OK_STREAM,
+                            CLOSED, h2fast.DIRECT_BODY_MIN)
 
     def _handle(self, feed, arg) -> None:
         try:

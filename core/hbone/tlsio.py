@@ -130,6 +130,7 @@ class TlsTransport(asyncio.Transport):
     def set_protocol(self, protocol) -> None:
         self._p.app = protocol
         self._p._direct = hasattr(protocol, "receive_buffer")
+        self._p._start_relay()
 
     def get_protocol(self):
         return self._p.app
@@ -168,6 +169,7 @@ class _TlsProtocol(asyncio.Protocol):
         self._handshook = False
         self._linger: asyncio.TimerHandle | None = None    # set while lingering
         self._native = None               # fastpath.native, once it accepted sslobj
+        self._relay = None                # the app's C receive path (native_relay), if any
         self._ssl = None                  # sslobj's _ssl._SSLSocket, for _native
 
     # -- raw TCP side -------------------------------------------------------
@@ -232,6 +234,7 @@ class _TlsProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        self._relay = None
         if self._timer is not None:
             self._timer.cancel()
         if self._linger is not None:
@@ -274,8 +277,16 @@ class _TlsProtocol(asyncio.Protocol):
         self.handshake.set_result(self._app_transport)
         self._direct = hasattr(self.app, "receive_buffer")
         self.app.connection_made(self._app_transport)
+        self._start_relay()
         if self._in.pending:
             self._read_app()
+
+    def _start_relay(self) -> None:
+        """Ask the app for its C receive path (HboneConnection.native_relay)."""
+        make = getattr(self.app, "native_relay", None)
+        self._relay = None
+        if make is not None and self._native is not None and self._app_transport is not None:
+            self._relay = make(self._ssl, self.raw)
 
     def _fail_handshake(self, exc: Exception) -> None:
         if self._timer is not None:
@@ -311,12 +322,29 @@ class _TlsProtocol(asyncio.Protocol):
         # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
         buf = _READ_BUFFER.take()
         try:
-            if self._native is not None:
+            if self._relay is not None and self._app_transport is not None and not self.closing:
+                self._read_relayed(buf)
+            elif self._native is not None:
                 self._read_batches_native(buf)
             else:
                 self._read_batches(buf)
         finally:
             _READ_BUFFER.give(buf)
+
+    def _read_relayed(self, buf: bytearray) -> None:
+        """The app's C receive path first: it relays the frames it may take
+        and hands back, in order, the plaintext from the first it may not;
+        what is left of the input then takes the loop below."""
+        start, end, status, error = self._relay.read(buf)
+        if end > start and self._app_transport is not None and not self.closing:
+            self.app.data_received(memoryview(buf)[start:end])
+        if error is not None:
+            self._read_failed(error)
+            return
+        if status == self._native.FULL and not self.closing:
+            self._read_batches_native(buf)
+            return
+        self._flush()                            # key updates, etc.
 
     def _read_batches_native(self, buf: bytearray) -> None:
         """_read_batches in one C call per batch: the whole buffer, or

@@ -57,31 +57,20 @@ class Scope:
 
 
 class CountingEnd(TcpEnd):
-    """A TcpEnd that counts the bytes read from it (exact even after a reset)
-    and the bytes written to it (handed to the transport)."""
+    """A TcpEnd that counts the bytes read from it (exact even after a reset);
+    TcpEnd itself counts those written to it (`bytes_written`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bytes_read = 0
-        self.bytes_written = 0
 
     async def read(self, n: int = 256 * 1024) -> bytes:
         data = await super().read(n)
         self.bytes_read += len(data)
         return data
 
-    async def write(self, data) -> None:
-        await super().write(data)
-        self.bytes_written += len(data)
-
     def _taken(self, n: int) -> None:
         self.bytes_read += n
-
-    def write_nowait(self, data) -> bool:
-        if not super().write_nowait(data):
-            return False
-        self.bytes_written += len(data)
-        return True
 
     def info(self, name: str) -> Any:
         """The transport's extra info ("peername", "socket"); handlers run

@@ -28,18 +28,14 @@
 #include <dlfcn.h>
 #include <string.h>
 
+#include "_native.h"
+
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
 #error "the _ssl struct layout below is CPython 3.11's; other versions use the Python path"
 #endif
 
-typedef struct ssl_st SSL;
-typedef struct bio_st BIO;
 
 /* OpenSSL constants (openssl/ssl.h, bio.h): stable ABI values since 1.1. */
-#define SSL_ERROR_SSL 1
-#define SSL_ERROR_WANT_READ 2
-#define SSL_ERROR_SYSCALL 5
-#define SSL_ERROR_ZERO_RETURN 6
 #define BIO_CTRL_PENDING 10
 #define ERR_REASON_MASK 0x7FFFFF
 #define SSL_R_UNEXPECTED_EOF_WHILE_READING 294
@@ -49,11 +45,6 @@ typedef struct bio_st BIO;
  * record (a record per 9-byte header costs a seal and 22 bytes of overhead). */
 #define RECORD 16384
 
-/* read_into's status values (exported as NEED_INPUT, FULL, CLOSED, FAILED). */
-#define ST_NEED_INPUT 0    /* OpenSSL wants more ciphertext */
-#define ST_FULL 1          /* the buffer is full; more may be waiting */
-#define ST_CLOSED 2        /* close_notify received */
-#define ST_FAILED 3        /* TLS failure: the error is returned with the count */
 
 /* What CPython 3.11's Modules/_ssl.c declares; only the head is read. */
 typedef struct {
@@ -68,15 +59,15 @@ typedef struct {
 } MemoryBioHead;
 
 static int (*p_SSL_write_ex)(SSL *, const void *, size_t, size_t *);
-static int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
-static int (*p_SSL_get_error)(const SSL *, int);
+int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
+int (*p_SSL_get_error)(const SSL *, int);
 static void *(*p_SSL_get_ex_data)(const SSL *, int);
 static BIO *(*p_SSL_get_rbio)(const SSL *);
 static BIO *(*p_SSL_get_wbio)(const SSL *);
 static long (*p_BIO_ctrl)(BIO *, int, long, void *);
 static int (*p_BIO_read)(BIO *, void *, int);
 static unsigned long (*p_ERR_get_error)(void);
-static void (*p_ERR_clear_error)(void);
+void (*p_ERR_clear_error)(void);
 static const char *(*p_ERR_reason_error_string)(unsigned long);
 
 static PyTypeObject *sslsocket_type;     /* set by the first attach() that passes */
@@ -84,7 +75,7 @@ static PyObject *ssl_error, *ssl_eof_error;
 
 /* The SSL* of `obj`, or NULL with TypeError if `obj` is not an attached
  * _ssl._SSLSocket whose SSL still points back at it. */
-static SSL *ssl_of(PyObject *obj)
+SSL *ssl_of(PyObject *obj)
 {
     if (sslsocket_type == NULL || Py_TYPE(obj) != sslsocket_type) {
         PyErr_SetString(PyExc_TypeError, "not an attached _ssl._SSLSocket");
@@ -100,7 +91,7 @@ static SSL *ssl_of(PyObject *obj)
 
 /* The ssl.SSLError (SSLEOFError for a truncated stream, as _ssl maps it)
  * for a failed call, with OpenSSL's reason; clears OpenSSL's error queue. */
-static PyObject *ssl_exception(SSL *ssl, int ret)
+PyObject *ssl_exception(SSL *ssl, int ret)
 {
     int e = p_SSL_get_error(ssl, ret);
     unsigned long code = p_ERR_get_error();
@@ -356,7 +347,8 @@ PyMODINIT_FUNC PyInit__native(void)
             || PyModule_AddIntConstant(m, "FULL", ST_FULL) < 0
             || PyModule_AddIntConstant(m, "CLOSED", ST_CLOSED) < 0
             || PyModule_AddIntConstant(m, "FAILED", ST_FAILED) < 0
-            || PyModule_AddIntConstant(m, "RECORD", RECORD) < 0) {
+            || PyModule_AddIntConstant(m, "RECORD", RECORD) < 0
+            || relay_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,0 +1,42 @@
+/* What _native.c (the TLS record calls) shares with relay.c (the relay's
+ * receive half): the OpenSSL entry points it resolved, the SSL* check and
+ * the status values both report. Hidden: nothing here leaves the .so. */
+#ifndef SHOAL_HBONE_NATIVE_H
+#define SHOAL_HBONE_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#pragma GCC visibility push(hidden)
+
+typedef struct ssl_st SSL;
+typedef struct bio_st BIO;
+
+/* OpenSSL constants (openssl/ssl.h): stable ABI values since 1.1. */
+#define SSL_ERROR_SSL 1
+#define SSL_ERROR_WANT_READ 2
+#define SSL_ERROR_SYSCALL 5
+#define SSL_ERROR_ZERO_RETURN 6
+
+/* read_into's and Relay.read's status values (exported as NEED_INPUT, FULL,
+ * CLOSED, FAILED). */
+#define ST_NEED_INPUT 0    /* OpenSSL wants more ciphertext */
+#define ST_FULL 1          /* the buffer is full / handed over; more may be waiting */
+#define ST_CLOSED 2        /* close_notify received */
+#define ST_FAILED 3        /* TLS failure: the error is returned with the count */
+
+extern int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
+extern int (*p_SSL_get_error)(const SSL *, int);
+extern void (*p_ERR_clear_error)(void);
+
+/* The SSL* of an attached _ssl._SSLSocket, or NULL with TypeError. */
+SSL *ssl_of(PyObject *obj);
+/* The ssl.SSLError for a failed call (a new reference), or NULL. */
+PyObject *ssl_exception(SSL *ssl, int ret);
+
+/* relay.c: adds the Relay type to the module; -1 with an exception. */
+int relay_init(PyObject *module);
+
+#pragma GCC visibility pop
+
+#endif
