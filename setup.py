@@ -27,7 +27,8 @@ TARGET = os.path.join(HERE, "cni", "bin", "shoal-cni")
 # the module refuses to compile and HBONE keeps its pure-Python path
 # (tests/unit/hbone/test_native.py fails loudly if 3.11 lost it).
 NATIVE = Extension("shoal.core.hbone.native._native",
-                   sources=["core/hbone/native/_native.c", "core/hbone/native/relay.c"],
+                   sources=["core/hbone/native/_native.c", "core/hbone/native/attrs.c",
+                            "core/hbone/native/relay.c", "core/hbone/native/send.c"],
                    depends=["core/hbone/native/_native.h"],
                    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                    libraries=["dl"], optional=True)

@@ -384,6 +384,13 @@ def _counted(end, pushed: list, i: int):
             pushed[i] += len(data)
             return True
         return False
+    native_sink = getattr(end, "native_sink", None)
+    if native_sink is not None:
+        # The same push with its common case in C (HboneStream: core/hbone/
+        # native/send.c), or None where that does not apply.
+        sender = native_sink(push, pushed, i)
+        if sender is not None:
+            return sender
     if type(end).write_nowait is TcpEnd.write_nowait:
         # What push does, for the C receive path of HBONE (core/hbone/native/
         # relay.c): it checks write_nowait's conditions on `end` and does

@@ -34,8 +34,9 @@ from shoal.core.hbone import events as ev
 from shoal.core.hbone import fastpath, h2fast
 from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtocolError,
                                StreamResetError)
-from shoal.core.hbone.protocol import CLOSED, HboneClientProtocol, HboneServerProtocol
-from shoal.core.hbone.settings import DEFAULT_SETTINGS, WRITE_HIGH_WATER, HboneSettings
+from shoal.core.hbone.protocol import CLOSED, OPEN, HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.settings import (DEFAULT_SETTINGS, SEND_FRAME_SIZE, WRITE_HIGH_WATER,
+                                       HboneSettings)
 from shoal.core.hbone.stream import HboneStream
 from shoal.core.identity.spiffe import (IdentityError, verify_client_trust_domain,
                                   verify_server_identity)
@@ -149,6 +150,19 @@ class HboneConnection(asyncio.Protocol):
             return None
         return native.Relay(sslsock, self, raw, h2fast.RECV_OK_CONNECTION, h2fast.RECV_OK_STREAM,
                             CLOSED, h2fast.DIRECT_BODY_MIN)
+
+    def native_sender(self, stream: HboneStream, push, pushed: list, i: int):
+        """core.pipe's `push` into `stream` in C (core/hbone/native/send.c),
+        or None when this connection's TLS is not on the C record calls."""
+        native = fastpath.native
+        tls = getattr(self.transport, "native_tls", None)
+        parts = tls() if tls is not None else None
+        if native is None or parts is None or type(stream).write_nowait is not HboneStream.write_nowait:
+            return None
+        proto, sslsock, raw = parts
+        return native.Sender(stream, push, pushed, i, self, proto, sslsock, raw,
+                             h2fast.SEND_OK_CONNECTION, h2fast.SEND_OK_STREAM, OPEN,
+                             SEND_FRAME_SIZE)
 
     def _handle(self, feed, arg) -> None:
         try:

@@ -45,9 +45,11 @@ _STREAM_SEND_OK = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 # where it is, the stream machine stays and emits one DataReceived.
 _CONN_RECV_OK = _CONN_SEND_OK
 _STREAM_RECV_OK = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
-# The same, as tuples for the C receive path (core/hbone/native/relay.c).
+# The same, as tuples for the C relay (core/hbone/native/relay.c, send.c).
 RECV_OK_CONNECTION = tuple(_CONN_RECV_OK)
 RECV_OK_STREAM = tuple(_STREAM_RECV_OK)
+SEND_OK_CONNECTION = tuple(_CONN_SEND_OK)
+SEND_OK_STREAM = tuple(_STREAM_SEND_OK)
 # A DATA frame at least this large that has not fully arrived gets its own
 # body buffer, filled by the transport without further copies; below this the
 # per-frame bookkeeping costs more than the copy it saves.

@@ -207,6 +207,12 @@ class HboneStream:
         (True: taken) while nothing is queued for read()."""
         self._sink = sink
 
+    def native_sink(self, push, pushed: list, i: int):
+        """core.pipe's `push` into this stream (write_nowait, then
+        `pushed[i] += len(data)`) with its common case in C, or None."""
+        make = getattr(self._conn, "native_sender", None)
+        return make(self, push, pushed, i) if make is not None else None
+
     def write_nowait(self, data) -> bool:
         """Send all of `data` now if the windows and the transport allow it
         without waiting; False (nothing sent) otherwise, or on any error

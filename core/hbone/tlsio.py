@@ -135,6 +135,12 @@ class TlsTransport(asyncio.Transport):
     def get_protocol(self):
         return self._p.app
 
+    def native_tls(self):
+        """(protocol, _ssl socket, TCP transport) when this connection's
+        record calls are the C ones (for core/hbone/native/send.c), else None."""
+        p = self._p
+        return (p, p._ssl, p.raw) if p._native is not None else None
+
 
 class _TlsProtocol(asyncio.Protocol):
     """Runs the handshake, then encrypts/decrypts for `app`.

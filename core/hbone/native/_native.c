@@ -40,10 +40,6 @@
 #define ERR_REASON_MASK 0x7FFFFF
 #define SSL_R_UNEXPECTED_EOF_WHILE_READING 294
 
-/* One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1). Small
- * chunks are gathered to this size so a frame header and its payload share a
- * record (a record per 9-byte header costs a seal and 22 bytes of overhead). */
-#define RECORD 16384
 
 
 /* What CPython 3.11's Modules/_ssl.c declares; only the head is read. */
@@ -71,7 +67,8 @@ void (*p_ERR_clear_error)(void);
 static const char *(*p_ERR_reason_error_string)(unsigned long);
 
 static PyTypeObject *sslsocket_type;     /* set by the first attach() that passes */
-static PyObject *ssl_error, *ssl_eof_error;
+PyObject *ssl_error;
+static PyObject *ssl_eof_error;
 
 /* The SSL* of `obj`, or NULL with TypeError if `obj` is not an attached
  * _ssl._SSLSocket whose SSL still points back at it. */
@@ -114,7 +111,7 @@ static PyObject *raise_ssl(SSL *ssl, int ret)
     return NULL;
 }
 
-static int seal(SSL *ssl, const char *p, size_t n)
+int seal(SSL *ssl, const char *p, size_t n)
 {
     size_t done = 0;
     if (n == 0)
@@ -127,8 +124,38 @@ static int seal(SSL *ssl, const char *p, size_t n)
     return 1;
 }
 
+/* Encrypt n bytes at p as part of a stream of chunks: small pieces are
+ * gathered in stage (RECORD bytes, *staged used) into full records, whole
+ * records go straight from p. The caller seals what is left staged. */
+int gather(SSL *ssl, char *stage, size_t *staged, const char *p, size_t n)
+{
+    int ok = 1;
+    if (*staged) {
+        size_t take = n < RECORD - *staged ? n : RECORD - *staged;
+        memcpy(stage + *staged, p, take);
+        *staged += take;
+        p += take;
+        n -= take;
+        if (*staged == RECORD) {
+            ok = seal(ssl, stage, *staged);
+            *staged = 0;
+        }
+    }
+    if (ok && n >= RECORD) {
+        size_t bulk = n - n % RECORD;     /* whole records straight from the chunk */
+        ok = seal(ssl, p, bulk);
+        p += bulk;
+        n -= bulk;
+    }
+    if (ok && n) {
+        memcpy(stage + *staged, p, n);
+        *staged += n;
+    }
+    return ok;
+}
+
 /* Everything queued in the write BIO, as one bytes object. */
-static PyObject *drain(SSL *ssl)
+PyObject *drain(SSL *ssl)
 {
     BIO *out = p_SSL_get_wbio(ssl);
     long pending = p_BIO_ctrl(out, BIO_CTRL_PENDING, 0, NULL);
@@ -204,29 +231,7 @@ static PyObject *native_write(PyObject *mod, PyObject *args)
             ok = 0;
             break;
         }
-        const char *p = view.buf;
-        size_t n = (size_t)view.len;
-        if (staged) {
-            size_t take = n < RECORD - staged ? n : RECORD - staged;
-            memcpy(stage + staged, p, take);
-            staged += take;
-            p += take;
-            n -= take;
-            if (staged == RECORD) {
-                ok = seal(ssl, stage, staged);
-                staged = 0;
-            }
-        }
-        if (ok && n >= RECORD) {
-            size_t bulk = n - n % RECORD;     /* whole records straight from the chunk */
-            ok = seal(ssl, p, bulk);
-            p += bulk;
-            n -= bulk;
-        }
-        if (ok && n) {
-            memcpy(stage + staged, p, n);
-            staged += n;
-        }
+        ok = gather(ssl, stage, &staged, view.buf, (size_t)view.len);
         PyBuffer_Release(&view);
     }
     Py_DECREF(seq);
@@ -348,7 +353,7 @@ PyMODINIT_FUNC PyInit__native(void)
             || PyModule_AddIntConstant(m, "CLOSED", ST_CLOSED) < 0
             || PyModule_AddIntConstant(m, "FAILED", ST_FAILED) < 0
             || PyModule_AddIntConstant(m, "RECORD", RECORD) < 0
-            || relay_init(m) < 0) {
+            || relay_init(m) < 0 || send_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -25,6 +25,12 @@ typedef struct bio_st BIO;
 #define ST_CLOSED 2        /* close_notify received */
 #define ST_FAILED 3        /* TLS failure: the error is returned with the count */
 
+/* One TLS record carries at most 16 KiB of plaintext (RFC 8446 §5.1). Small
+ * chunks are gathered to this size so a frame header and its payload share a
+ * record (a record per 9-byte header costs a seal and 22 bytes of overhead). */
+#define RECORD 16384
+
+extern PyObject *ssl_error;     /* ssl.SSLError */
 extern int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
 extern int (*p_SSL_get_error)(const SSL *, int);
 extern void (*p_ERR_clear_error)(void);
@@ -34,8 +40,28 @@ SSL *ssl_of(PyObject *obj);
 /* The ssl.SSLError for a failed call (a new reference), or NULL. */
 PyObject *ssl_exception(SSL *ssl, int ret);
 
+/* Encrypt p[:n] as one or more records (1, or 0 with the SSLError raised). */
+int seal(SSL *ssl, const char *p, size_t n);
+/* Encrypt a piece of a chunk stream, gathering small pieces (see _native.c). */
+int gather(SSL *ssl, char *stage, size_t *staged, const char *p, size_t n);
+/* Every record queued in the write BIO, as bytes. */
+PyObject *drain(SSL *ssl);
+
+/* attrs.c: o.name as a C value, and back. */
+int get_ll(PyObject *o, PyObject *name, long long *out);
+int set_ll(PyObject *o, PyObject *name, long long value);
+int add_ll(PyObject *o, PyObject *name, long long n);
+int attr_true(PyObject *o, PyObject *name);     /* 1 truthy, 0 not */
+int attr_none(PyObject *o, PyObject *name);     /* 1 None, 0 not */
+int attr_empty(PyObject *o, PyObject *name);    /* 1 len() == 0, 0 not */
+int state_in(PyObject *o, PyObject *states);    /* o.state_machine.state in the tuple */
+int attrs_init(void);
+
 /* relay.c: adds the Relay type to the module; -1 with an exception. */
 int relay_init(PyObject *module);
+
+/* send.c: adds the Sender type to the module; -1 with an exception. */
+int send_init(PyObject *module);
 
 #pragma GCC visibility pop
 

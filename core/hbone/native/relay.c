@@ -74,88 +74,12 @@ typedef struct {
 /* Attribute names, interned once. */
 static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_conn_wm, *s_guard, *s_limits,
     *s_max_control, *s_streams, *s_core_streams, *s_dead, *s_draining, *s_goaway,
-    *s_state_machine, *s_state, *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
+    *s_state, *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
     *s_outbound_control, *s_max_frame, *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
     *s_native_target, *s_transport, *s_can_write, *s_drain_waiter, *s_is_closing,
     *s_write, *s_cws, *s_maxw, *s_processed, *s_empty, *s_bytes_written,
     *s_bytes_received, *s_acknowledge, *s_flush, *s_h2_chunks, *s_data_to_send,
     *s_get_write_buffer_size;
-
-static int get_ll(PyObject *o, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int set_ll(PyObject *o, PyObject *name, long long value)
-{
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_SetAttr(o, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-static int add_ll(PyObject *o, PyObject *name, long long n)
-{
-    long long v;
-    return get_ll(o, name, &v) < 0 ? -1 : set_ll(o, name, v + n);
-}
-
-/* 1 if o.name is truthy, 0 if not, -1 on error. */
-static int attr_true(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* 1 if o.name is None, 0 if not, -1 on error. */
-static int attr_none(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_None;
-    Py_DECREF(v);
-    return r;
-}
-
-/* 1 if len(o.name) == 0. */
-static int attr_empty(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    Py_ssize_t n = PyObject_Length(v);
-    Py_DECREF(v);
-    return n < 0 ? -1 : n == 0;
-}
-
-/* 1 if o.state_machine.state is one of `states` (identity: enum members). */
-static int state_in(PyObject *o, PyObject *states)
-{
-    PyObject *sm = PyObject_GetAttr(o, s_state_machine);
-    if (sm == NULL)
-        return -1;
-    PyObject *st = PyObject_GetAttr(sm, s_state);
-    Py_DECREF(sm);
-    if (st == NULL)
-        return -1;
-    int found = 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(states); i++)
-        found |= PyTuple_GET_ITEM(states, i) == st;
-    Py_DECREF(st);
-    return found;
-}
 
 #define CHECK(expr) do { int _c = (expr); if (_c <= 0) return _c; } while (0)
 #define CHECK_NOT(expr) do { int _c = (expr); if (_c != 0) return _c < 0 ? -1 : 0; } while (0)
@@ -588,13 +512,15 @@ static PyTypeObject RelayType = {
 
 int relay_init(PyObject *module)
 {
+    if (attrs_init() < 0)
+        return -1;
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_core, "core") NAME(s_h2, "_h2") NAME(s_incoming_buffer, "incoming_buffer")
     NAME(s_conn_wm, "_inbound_flow_control_window_manager") NAME(s_guard, "guard")
     NAME(s_limits, "limits") NAME(s_max_control, "max_outbound_control_frames")
     NAME(s_streams, "streams") NAME(s_core_streams, "_streams") NAME(s_dead, "dead")
     NAME(s_draining, "draining") NAME(s_goaway, "goaway_received")
-    NAME(s_state_machine, "state_machine") NAME(s_state, "state") NAME(s_data, "_data")
+    NAME(s_state, "state") NAME(s_data, "_data")
     NAME(s_body, "_body") NAME(s_headers_buffer, "_headers_buffer")
     NAME(s_preamble_len, "_preamble_len") NAME(s_outbound_control, "outbound_control")
     NAME(s_max_frame, "max_inbound_frame_size") NAME(s_ecl, "_expected_content_length")

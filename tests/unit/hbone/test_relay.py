@@ -197,3 +197,105 @@ async def test_relay_stops_when_the_sink_is_removed():
         assert [len(d) for d, _ in run.s._chunks] == [KB]
     finally:
         run.close()
+
+
+# -- the send half (core/hbone/native/send.c) ---------------------------------
+
+
+class SendRun:
+    """The client's tunnel fed by core.pipe's push, as a TcpEnd would; the
+    server's stream has no sink, so what arrives queues for read()."""
+
+    def __init__(self, native: bool) -> None:
+        self.native = native
+
+    async def start(self) -> None:
+        self.link = Link(PKI)
+        self.c, self.s = await self.link.open()
+        self.link.server._relay = None
+        self.pushed = [0, 0]
+        saved = fastpath.native
+        if not self.native:
+            fastpath.native = None        # _counted then gives the Python push
+        try:
+            self.push = _counted(self.c, self.pushed, 1)
+        finally:
+            fastpath.native = saved
+        assert (type(self.push).__name__ == "Sender") == self.native
+
+    def do(self, op) -> bool | None:
+        kind, arg = op
+        conn = self.link.client_conn
+        if kind == "push":
+            return self.push(bytes([arg % 251]) * arg)
+        if kind == "pushview":
+            return self.push(memoryview(b"v" * arg))
+        if kind == "pause":
+            conn.pause_writing()
+        elif kind == "resume":
+            conn.resume_writing()
+        elif kind == "eof":
+            self.c.write_eof()
+        elif kind == "writing":
+            self.c._writing = arg
+        elif kind == "read":
+            # The server reads everything queued: its WINDOW_UPDATEs go back.
+            while self.s._chunks:
+                data, fcl = self.s._chunks.popleft()
+                self.s._core.acknowledge(self.s.stream_id, fcl)
+            self.link.server.app.flush()
+        return None
+
+    def snapshot(self, result) -> dict:
+        records = [len(r) for r in self.link.c_tcp.out]
+        self.link.pump()
+        h2 = self.link.client_conn.core._h2
+        stream = h2.streams.get(self.c.stream_id)
+        guard = h2.guard
+        return {
+            "result": result,
+            "records": records,
+            "server_got": b"".join(bytes(d) for d, _ in self.s._chunks),
+            "server_eof": self.s._eof,
+            "windows": (h2.outbound_flow_control_window,
+                        stream.outbound_flow_control_window if stream else None),
+            "guard": (guard.data_frames_sent, guard.outbound_control, guard.window_updates),
+            "counts": (self.c.bytes_sent, tuple(self.pushed)),
+        }
+
+
+async def send_script(native: bool, ops):
+    run = SendRun(native)
+    await run.start()
+    snaps = [run.snapshot(run.do(op)) for op in ops]
+    return snaps, (run.push.frames if native else 0)
+
+
+async def compare_send(ops) -> int:
+    native, frames = await send_script(True, ops)
+    python, _ = await send_script(False, ops)
+    for i, (n, p) in enumerate(zip(native, python)):
+        assert n == p, f"step {i} {ops[i]}: {sorted(k for k in n if n[k] != p[k])} differ"
+    return frames
+
+
+async def test_small_chunks_are_framed_and_sealed_in_c():
+    ops = [("push", KB), ("push", 1), ("push", 16 * KB - 9), ("push", 16 * KB - 8),
+           ("push", 40 * KB), ("push", 256 * KB)]
+    assert await compare_send(ops) == len(ops)
+
+
+async def test_what_c_does_not_take_goes_through_python_push():
+    ops = [("push", KB), ("pushview", KB), ("push", 256 * KB + 1),
+           ("writing", True), ("push", KB), ("writing", False),
+           ("pause", None), ("push", KB), ("resume", None), ("push", KB),
+           ("eof", None), ("push", KB)]
+    assert await compare_send(ops) == 2       # the first and the one after resume
+
+
+async def test_send_windows_exhaust_and_reopen_as_h2():
+    """Past the server's 4 MiB stream window the push refuses (False), until
+    the server reads and its WINDOW_UPDATEs come back."""
+    ops = [("push", 256 * KB)] * 17 + [("read", None)] + [("push", 256 * KB)] * 3
+    frames = await compare_send(ops)
+    assert frames == 16 + 3

@@ -1,0 +1,342 @@
+/* Sender: the send half of a plain-socket-to-TLS relay (a TCP connection
+ * piped into a ztunnel's HBONE tunnel), in C.
+ *
+ * core.pipe gives the TCP end a sink, `push(data) -> bool`, that on the
+ * Python path runs HboneStream.write_nowait → _HboneCore.send_data →
+ * H2ConnectionFast.send_data → HboneConnection.flush → TlsTransport.writelines
+ * → the C record calls → the TCP transport, and counts what it pushed. A
+ * Sender is that sink with the common case in C: one unpadded DATA frame
+ * without END_STREAM, framed, accounted in h2's send windows, encrypted on
+ * the connection's SSL* and written, on the same Python objects and in the
+ * same way as the Python path; anything else calls the Python push.
+ *
+ * The frame is sent here only if all of these hold (else `fallback(data)`):
+ *   - data is bytes, 1 byte up to min(SETTINGS_MAX_FRAME_SIZE, send_max);
+ *   - HboneStream: no write() in progress, no error; the connection's
+ *     can_write set (transport under its high-water mark);
+ *   - _HboneCore: not dead, the stream OPEN and not ended locally;
+ *   - h2: the connection and the stream in states where sending DATA
+ *     changes nothing but the windows (h2fast's), both send windows >= len;
+ *     nothing queued in h2's output (so nothing is overtaken);
+ *   - TLS: the connection not closing, its TCP transport not closing.
+ * Sending: both send windows reduced, the guard's DATA count increased (the
+ * WINDOW_UPDATE credit), the stream's bytes_sent, the records written, the
+ * guard told when the TCP transport's buffer is empty (output_drained), the
+ * pipe's count increased. A TLS failure aborts the TCP transport, as
+ * _TlsProtocol._write_native does.
+ *
+ *   Sender(stream, fallback, pushed, index, conn, tls, sslsock, raw,
+ *          conn_states, stream_states, open, send_max)
+ *   sender(data) -> bool        (True: taken, as core.pipe's push)
+ */
+
+#include "_native.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+#define FRAME_HEADER 9
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *stream;         /* HboneStream */
+    PyObject *fallback;       /* core.pipe's push for it: the Python path */
+    PyObject *pushed;         /* core.pipe's list of pushed bytes */
+    Py_ssize_t index;         /* our slot in it */
+    PyObject *sid;            /* stream.stream_id */
+    PyObject *conn;           /* HboneConnection */
+    PyObject *core;           /* its _HboneCore */
+    PyObject *h2;             /* its H2ConnectionFast */
+    PyObject *guard;          /* h2.guard */
+    PyObject *can_write;      /* conn.can_write (asyncio.Event) */
+    PyObject *core_streams;   /* core._streams */
+    PyObject *h2_streams;     /* h2.streams */
+    PyObject *tls;            /* the connection's _TlsProtocol */
+    PyObject *sslsock;        /* its attached _ssl._SSLSocket */
+    PyObject *raw;            /* its TCP transport */
+    PyObject *conn_states, *stream_states, *open;
+    long long send_max;       /* SEND_FRAME_SIZE */
+    unsigned long long frames;
+} Sender;
+
+static PyObject *s_writing, *s_error, *s_value, *s_dead, *s_state, *s_local_ended,
+    *s_conn_window, *s_stream_window, *s_max_frame, *s_h2_chunks, *s_data_to_send,
+    *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
+    *s_data_frames_sent, *s_bytes_sent, *s_outbound_control, *s_core, *s_h2, *s_guard,
+    *s_can_write, *s_streams, *s_core_streams, *s_stream_id;
+
+static int call_true(PyObject *o, PyObject *method)
+{
+    PyObject *v = PyObject_CallMethodNoArgs(o, method);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+#define CHECK(expr) do { int _c = (expr); if (_c <= 0) return _c; } while (0)
+#define CHECK_NOT(expr) do { int _c = (expr); if (_c != 0) return _c < 0 ? -1 : 0; } while (0)
+
+/* May `n` bytes go out here (see the header)? 1 yes, 0 no, -1 error;
+ * on yes *h2s is the h2 stream (new reference) and the windows are read. */
+static int can_send(Sender *s, long long n, PyObject **h2s, long long *cw, long long *sw)
+{
+    long long max_frame;
+    CHECK_NOT(attr_true(s->stream, s_writing));
+    CHECK(attr_none(s->stream, s_error));
+    CHECK(attr_true(s->can_write, s_value));
+    CHECK_NOT(attr_true(s->core, s_dead));
+    PyObject *cs = PyDict_GetItemWithError(s->core_streams, s->sid);
+    if (cs == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *state = PyObject_GetAttr(cs, s_state);
+    if (state == NULL)
+        return -1;
+    int open = PyObject_RichCompareBool(state, s->open, Py_EQ);
+    Py_DECREF(state);
+    CHECK(open);
+    CHECK_NOT(attr_true(cs, s_local_ended));
+    CHECK(state_in(s->h2, s->conn_states));
+    CHECK(attr_empty(s->h2, s_h2_chunks));
+    CHECK(attr_empty(s->h2, s_data_to_send));
+    if (get_ll(s->h2, s_max_frame, &max_frame) < 0 || get_ll(s->h2, s_conn_window, cw) < 0)
+        return -1;
+    if (n > max_frame || n > s->send_max || n > *cw)
+        return 0;
+    CHECK_NOT(attr_true(s->tls, s_closing));
+    CHECK_NOT(call_true(s->raw, s_is_closing));
+    PyObject *st = PyDict_GetItemWithError(s->h2_streams, s->sid);
+    if (st == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int ok = state_in(st, s->stream_states);
+    if (ok > 0 && get_ll(st, s_stream_window, sw) < 0)
+        ok = -1;
+    if (ok > 0 && n > *sw)
+        ok = 0;
+    if (ok > 0) {
+        Py_INCREF(st);
+        *h2s = st;
+    }
+    return ok;
+}
+
+/* Frame, encrypt and write; then what HboneConnection.flush does after. */
+static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
+{
+    unsigned char header[FRAME_HEADER];
+    unsigned long id = PyLong_AsUnsignedLong(s->sid) & 0x7FFFFFFFUL;
+    if (PyErr_Occurred())
+        return -1;
+    header[0] = (unsigned char)(n >> 16);
+    header[1] = (unsigned char)(n >> 8);
+    header[2] = (unsigned char)n;
+    header[3] = 0;                  /* DATA */
+    header[4] = 0;                  /* no flags */
+    header[5] = (unsigned char)(id >> 24);
+    header[6] = (unsigned char)(id >> 16);
+    header[7] = (unsigned char)(id >> 8);
+    header[8] = (unsigned char)id;
+    char stage[RECORD];
+    size_t staged = 0;
+    p_ERR_clear_error();
+    PyObject *records = NULL;
+    if (gather(ssl, stage, &staged, (const char *)header, FRAME_HEADER)
+            && gather(ssl, stage, &staged, p, n) && (!staged || seal(ssl, stage, staged)))
+        records = drain(ssl);
+    PyObject *r;
+    if (records == NULL) {
+        if (!PyErr_ExceptionMatches(ssl_error))
+            return -1;
+        PyErr_Clear();
+        r = PyObject_CallMethodNoArgs(s->raw, s_abort);
+    } else {
+        r = PyBytes_GET_SIZE(records) ? PyObject_CallMethodOneArg(s->raw, s_write, records)
+                                      : Py_NewRef(Py_None);
+        Py_DECREF(records);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    PyObject *size = PyObject_CallMethodNoArgs(s->raw, s_get_write_buffer_size);
+    if (size == NULL)
+        return -1;
+    int drained = !PyObject_IsTrue(size);
+    Py_DECREF(size);
+    long long v;
+    if (drained && (get_ll(s->guard, s_outbound_control, &v) < 0
+                    || (v && set_ll(s->guard, s_outbound_control, 0) < 0)))
+        return -1;
+    return 0;
+}
+
+static PyObject *sender_push(Sender *s, PyObject *data)
+{
+    if (s->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Sender not initialised");
+        return NULL;
+    }
+    PyObject *h2s = NULL;
+    long long cw = 0, sw = 0, n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
+    SSL *ssl = ssl_of(s->sslsock);
+    if (ssl == NULL)
+        return NULL;
+    int ok = n > 0 ? can_send(s, n, &h2s, &cw, &sw) : 0;
+    if (ok < 0)
+        return NULL;
+    if (ok == 0)
+        return PyObject_CallOneArg(s->fallback, data);
+    /* _HboneCore.send_data → H2ConnectionFast.send_data's fast path. */
+    int failed = set_ll(s->h2, s_conn_window, cw - n) < 0 || set_ll(h2s, s_stream_window, sw - n) < 0
+                 || add_ll(s->guard, s_data_frames_sent, 1) < 0
+                 || add_ll(s->stream, s_bytes_sent, n) < 0
+                 || send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
+    Py_DECREF(h2s);
+    if (failed)
+        return NULL;
+    /* core.pipe's push: pushed[index] += len(data). */
+    PyObject *add = PyLong_FromLongLong(n), *sum;
+    if (add == NULL)
+        return NULL;
+    sum = PyNumber_Add(PyList_GET_ITEM(s->pushed, s->index), add);
+    Py_DECREF(add);
+    if (sum == NULL || PyList_SetItem(s->pushed, s->index, sum) < 0)
+        return NULL;
+    s->frames++;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *sender_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "Sender takes one argument: the data");
+        return NULL;
+    }
+    return sender_push((Sender *)self, args[0]);
+}
+
+static int sender_init(Sender *s, PyObject *args, PyObject *kw)
+{
+    PyObject *stream, *fallback, *pushed, *conn, *tls, *sslsock, *raw, *cst, *sst, *open;
+    Py_ssize_t index;
+    long long send_max;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Sender takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOO!nOOOOO!O!OL:Sender", &stream, &fallback, &PyList_Type, &pushed,
+                          &index, &conn, &tls, &sslsock, &raw, &PyTuple_Type, &cst,
+                          &PyTuple_Type, &sst, &open, &send_max))
+        return -1;
+    if (index < 0 || index >= PyList_GET_SIZE(pushed)) {
+        PyErr_SetString(PyExc_IndexError, "Sender index outside its list");
+        return -1;
+    }
+    if (ssl_of(sslsock) == NULL)
+        return -1;
+#define KEEP(field, value) do { PyObject *_v = (value); if (_v == NULL) return -1; \
+                                Py_XSETREF(s->field, _v); } while (0)
+    KEEP(stream, Py_NewRef(stream));
+    KEEP(fallback, Py_NewRef(fallback));
+    KEEP(pushed, Py_NewRef(pushed));
+    KEEP(tls, Py_NewRef(tls));
+    KEEP(sslsock, Py_NewRef(sslsock));
+    KEEP(raw, Py_NewRef(raw));
+    KEEP(conn_states, Py_NewRef(cst));
+    KEEP(stream_states, Py_NewRef(sst));
+    KEEP(open, Py_NewRef(open));
+    KEEP(sid, PyObject_GetAttr(stream, s_stream_id));
+    KEEP(core, PyObject_GetAttr(conn, s_core));
+    KEEP(can_write, PyObject_GetAttr(conn, s_can_write));
+    KEEP(core_streams, PyObject_GetAttr(s->core, s_core_streams));
+    KEEP(h2, PyObject_GetAttr(s->core, s_h2));
+    KEEP(h2_streams, PyObject_GetAttr(s->h2, s_streams));
+    KEEP(guard, PyObject_GetAttr(s->h2, s_guard));
+    KEEP(conn, Py_NewRef(conn));
+#undef KEEP
+    if (!PyDict_Check(s->core_streams) || !PyDict_Check(s->h2_streams)) {
+        PyErr_SetString(PyExc_TypeError, "Sender needs the stream tables as dicts");
+        return -1;
+    }
+    s->index = index;
+    s->send_max = send_max;
+    s->vectorcall = sender_vectorcall;
+    return 0;
+}
+
+static int sender_traverse(Sender *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->stream); Py_VISIT(s->fallback); Py_VISIT(s->pushed); Py_VISIT(s->sid);
+    Py_VISIT(s->conn); Py_VISIT(s->core); Py_VISIT(s->h2); Py_VISIT(s->guard);
+    Py_VISIT(s->can_write); Py_VISIT(s->core_streams); Py_VISIT(s->h2_streams);
+    Py_VISIT(s->tls); Py_VISIT(s->sslsock); Py_VISIT(s->raw);
+    Py_VISIT(s->conn_states); Py_VISIT(s->stream_states); Py_VISIT(s->open);
+    return 0;
+}
+
+static int sender_clear(Sender *s)
+{
+    Py_CLEAR(s->stream); Py_CLEAR(s->fallback); Py_CLEAR(s->pushed); Py_CLEAR(s->sid);
+    Py_CLEAR(s->conn); Py_CLEAR(s->core); Py_CLEAR(s->h2); Py_CLEAR(s->guard);
+    Py_CLEAR(s->can_write); Py_CLEAR(s->core_streams); Py_CLEAR(s->h2_streams);
+    Py_CLEAR(s->tls); Py_CLEAR(s->sslsock); Py_CLEAR(s->raw);
+    Py_CLEAR(s->conn_states); Py_CLEAR(s->stream_states); Py_CLEAR(s->open);
+    return 0;
+}
+
+static void sender_dealloc(Sender *s)
+{
+    PyObject_GC_UnTrack(s);
+    sender_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyMemberDef sender_members[] = {
+    {"frames", T_ULONGLONG, offsetof(Sender, frames), READONLY, "DATA frames sent in C"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.core.hbone.native._native.Sender",
+    .tp_doc = "core.pipe's push into an HBONE stream, with its common case in C (see send.c)",
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Sender, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)sender_init,
+    .tp_dealloc = (destructor)sender_dealloc,
+    .tp_traverse = (traverseproc)sender_traverse,
+    .tp_clear = (inquiry)sender_clear,
+    .tp_members = sender_members,
+};
+
+int send_init(PyObject *module)
+{
+#define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    NAME(s_writing, "_writing") NAME(s_error, "_error") NAME(s_value, "_value")
+    NAME(s_dead, "dead") NAME(s_state, "state") NAME(s_local_ended, "local_ended")
+    NAME(s_conn_window, "outbound_flow_control_window")
+    NAME(s_stream_window, "outbound_flow_control_window")
+    NAME(s_max_frame, "max_outbound_frame_size") NAME(s_h2_chunks, "_chunks")
+    NAME(s_data_to_send, "_data_to_send") NAME(s_closing, "closing")
+    NAME(s_is_closing, "is_closing") NAME(s_write, "write") NAME(s_abort, "abort")
+    NAME(s_get_write_buffer_size, "get_write_buffer_size")
+    NAME(s_data_frames_sent, "data_frames_sent") NAME(s_bytes_sent, "bytes_sent")
+    NAME(s_outbound_control, "outbound_control") NAME(s_core, "core") NAME(s_h2, "_h2")
+    NAME(s_guard, "guard") NAME(s_can_write, "can_write") NAME(s_streams, "streams")
+    NAME(s_core_streams, "_streams") NAME(s_stream_id, "stream_id")
+#undef NAME
+    if (PyType_Ready(&SenderType) < 0)
+        return -1;
+    Py_INCREF(&SenderType);
+    if (PyModule_AddObject(module, "Sender", (PyObject *)&SenderType) < 0) {
+        Py_DECREF(&SenderType);
+        return -1;
+    }
+    return 0;
+}
