@@ -1,6 +1,8 @@
 """HTTP/2 (prior knowledge) server side, on `h2`.
 
-Each HTTP/2 stream becomes one `Proxy.handle` call, running concurrently;
+Each HTTP/2 stream becomes one `Proxy.handle` call, running concurrently
+(a task per stream), except body-less requests the callback fast path
+(h2fastpath.py) forwards without a task;
 upstream requests are HTTP/1.1, or HTTP/2 for HTTP/2 ports (h2exchange.py;
 trailers pass through both ways, see docs/waypoint.md). Flow control bounds
 memory: request DATA is acknowledged only when the proxy reads it, and
@@ -18,9 +20,11 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from shoal.core import overload
-from shoal.core.hbone.h2limits import FloodError, GuardedH2Connection
+from shoal.core.hbone.h2limits import FloodError
 from shoal.core.pipe import READ_SIZE
 from shoal.waypoint.downstream import close_stream
+from shoal.waypoint.h2conn import DownstreamH2Connection
+from shoal.waypoint.h2fastpath import H2Fast, header_block
 from shoal.waypoint.h2inbox import H2Inbox
 from shoal.waypoint.http1 import RequestReceived
 from shoal.waypoint.message import RequestHead
@@ -34,9 +38,6 @@ CONNECTION_WINDOW = 1024 * 1024
 # Concurrent streams per client connection (Envoy's default is 2^31-1; we
 # bound it since every stream is a task with buffers).
 MAX_CONCURRENT_STREAMS = 128
-# Connection-specific headers forbidden in HTTP/2 (RFC 9113 8.2.2).
-_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                        "upgrade"})
 
 
 class _Conn:
@@ -50,12 +51,14 @@ class _Conn:
                                         validate_outbound_headers=False,
                                         normalize_outbound_headers=False)
         # The same abuse limits as HBONE (rapid reset, floods, header block
-        # bytes, REFUSED_STREAM above MAX_CONCURRENT_STREAMS): core.hbone.h2limits.
-        self.h2 = GuardedH2Connection(cfg)
+        # bytes, REFUSED_STREAM above MAX_CONCURRENT_STREAMS): core.hbone.h2limits;
+        # plus the response fast path h2fastpath.py uses (h2conn.py).
+        self.h2 = DownstreamH2Connection(cfg)
         self.windows: dict[int, asyncio.Event] = {}
         self.bodies: dict[int, "_Body"] = {}
         self.tasks: dict[int, asyncio.Task] = {}
         self.dead = False
+        self.fast: H2Fast | None = None     # body-less requests served from callbacks
 
     async def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -88,9 +91,7 @@ class _Sink:
 
     async def start(self, status: int, headers, *, content_length, reason="", no_body=False):
         self.started = True
-        hdrs = [(b":status", str(status).encode())]
-        hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
-                 if k.lower() not in _FORBIDDEN]
+        hdrs = [(b":status", str(status).encode())] + header_block(headers)
         self.conn.h2.send_headers(self.sid, hdrs, end_stream=no_body)
         self.ended = no_body
         self.remaining = None if no_body else content_length
@@ -132,8 +133,7 @@ class _Sink:
         if self.ended:
             return
         self.ended = True
-        block = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers
-                 if k.lower() not in _FORBIDDEN]
+        block = header_block(headers)
         try:
             self.conn.h2.send_headers(self.sid, block, end_stream=True)
         except h2.exceptions.StreamClosedError:
@@ -205,6 +205,7 @@ async def serve(stream, first: bytes, down, proxy) -> None:
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
     c.h2.initiate_connection()
     c.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+    c.fast = H2Fast.attach(c, stream, proxy)
     data = first
     try:
         while data:
@@ -224,6 +225,8 @@ async def serve(stream, first: bytes, down, proxy) -> None:
                 data = b""
     finally:
         c.dead = True
+        if c.fast is not None:
+            c.fast.closed()
         for t in c.tasks.values():
             t.cancel()
         for b in c.bodies.values():
@@ -236,8 +239,14 @@ def _dispatch(c: _Conn, ev, down, proxy) -> None:
     task: asyncio.Task | None
     if isinstance(ev, h2.events.RequestReceived):
         sid = ev.stream_id
+        req = _request(ev)
+        decided = None
+        if c.fast is not None and ev.stream_ended is not None:
+            decided = c.fast.request(sid, down, req)
+            if decided is None:
+                return                  # served from callbacks (h2fastpath.py)
         body = c.bodies[sid] = _Body(c, sid)
-        task = asyncio.ensure_future(_run(c, sid, down, proxy, _request(ev), body))
+        task = asyncio.ensure_future(_run(c, sid, down, proxy, req, body, decided))
         c.tasks[sid] = task
     elif isinstance(ev, h2.events.DataReceived):
         body = c.bodies.get(ev.stream_id)
@@ -255,26 +264,33 @@ def _dispatch(c: _Conn, ev, down, proxy) -> None:
             body.complete = True
             body.chunks.put_nowait(None)
     elif isinstance(ev, h2.events.StreamReset):
+        if c.fast is not None and c.fast.reset(ev.stream_id):
+            return
         task = c.tasks.pop(ev.stream_id, None)
         if task is not None:
             task.cancel()
     elif isinstance(ev, h2.events.WindowUpdated):
+        if c.fast is not None:
+            c.fast.window_opened(ev.stream_id)
         if ev.stream_id == 0:
             for e in c.windows.values():
                 e.set()
         elif ev.stream_id in c.windows:
             c.windows[ev.stream_id].set()
     elif isinstance(ev, h2.events.RemoteSettingsChanged):
+        if c.fast is not None:
+            c.fast.window_opened(0)
         for e in c.windows.values():
             e.set()
     elif isinstance(ev, h2.events.ConnectionTerminated):
         c.dead = True
 
 
-async def _run(c: _Conn, sid: int, down, proxy, req: RequestReceived, body: _Body) -> None:
+async def _run(c: _Conn, sid: int, down, proxy, req: RequestReceived, body: _Body,
+               decided: tuple | None = None) -> None:
     sink = _Sink(c, sid)
     try:
-        await proxy.handle(down, req, body, sink)
+        await proxy.handle(down, req, body, sink, decided)
         await sink.finish()
     except asyncio.CancelledError:
         pass

@@ -387,12 +387,14 @@ def measure(results: dict, key: str, proc: subprocess.Popen, h1port: int, h2port
         wait_http(h1port, host)
         time.sleep(0.5)        # let every worker bind before measuring
         pids = tree_pids(proc.pid)
-        results["runs"][key] = best_of(run_wrk, h1port, args, host, pids)
-        if shutil.which("h2load"):
+        if "wrk" in args.tools:
+            results["runs"][key] = best_of(run_wrk, h1port, args, host, pids)
+            print(key, results["runs"][key], flush=True)
+        if "h2load" in args.tools and shutil.which("h2load"):
             results["h2"][key] = best_of(run_h2load, h2port, args, host, pids)
+            print(key, "h2load", results["h2"][key], flush=True)
     finally:
         stop(proc)
-    print(key, results["runs"][key], flush=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -415,6 +417,9 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true",
                     help="re-plot benchmarks/out/load_waypoint.json without running")
     ap.add_argument("--no-hbone", action="store_true", help="skip the HBONE-mode run")
+    ap.add_argument("--tools", default="wrk,h2load",
+                    help="load generators for the plain cases: wrk, h2load or both "
+                         "(e.g. --tools h2load --no-hbone for the HTTP/2 rows alone)")
     ap.add_argument("--out", type=Path, default=OUT / "load_waypoint.json")
     ap.add_argument("--client-procs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                     help="HBONE load-generator processes (default: half the cores)")
@@ -443,8 +448,9 @@ def main() -> None:
     (d / "mesh" / "mesh.yaml").write_text(MESH.format(backend=bport))
     try:
         wait_http(bport)
-        results["runs"]["direct"] = best_of(run_wrk, bport, args, None, [])
-        print("direct", results["runs"]["direct"], flush=True)
+        if "wrk" in args.tools:
+            results["runs"]["direct"] = best_of(run_wrk, bport, args, None, [])
+            print("direct", results["runs"]["direct"], flush=True)
         for w in (int(x) for x in args.workers.split(",")):
             nport, n2port = free_port(), free_port()
             nginx = start_nginx(PROXY_CONF.format(dir=d, port=nport, h2port=n2port, backend=bport,
@@ -452,12 +458,13 @@ def main() -> None:
             measure(results, f"nginx_w{w}", nginx, nport, n2port, None, args)
             wport = free_port()
             measure(results, f"shoal_w{w}", start_waypoint(d, wport, w), wport, wport, HOST, args)
-            n, s = results["runs"][f"nginx_w{w}"], results["runs"][f"shoal_w{w}"]
-            results[f"ratio_rps_w{w}"] = round(s["rps"] / n["rps"], 3)
+            n, s = results["runs"].get(f"nginx_w{w}"), results["runs"].get(f"shoal_w{w}")
+            if n and s:
+                results[f"ratio_rps_w{w}"] = round(s["rps"] / n["rps"], 3)
             h2n, h2s = results["h2"].get(f"nginx_w{w}"), results["h2"].get(f"shoal_w{w}")
             if h2n and h2s and h2n["rps"]:
                 results[f"ratio_h2_rps_w{w}"] = round(h2s["rps"] / h2n["rps"], 3)
-            if s["cpu_per_1k_rps"] and n["cpu_per_1k_rps"]:
+            if n and s and s["cpu_per_1k_rps"] and n["cpu_per_1k_rps"]:
                 results[f"ratio_cpu_per_1k_w{w}"] = round(s["cpu_per_1k_rps"] / n["cpu_per_1k_rps"], 2)
         if not args.no_hbone:
             results["hbone_in_plain_out_w1"] = run_hbone(d, args, 1, False, bport)

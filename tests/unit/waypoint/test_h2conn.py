@@ -1,0 +1,130 @@
+"""waypoint/h2conn.py: the response fast path queues the bytes h2 would queue
+and leaves h2's state as h2 would leave it (two connections fed the same
+client bytes, one answered through h2's methods, one through the fast ones)."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from shoal.waypoint.h2conn import DownstreamH2Connection
+
+SERVER_CFG = dict(client_side=False, header_encoding=None, validate_inbound_headers=True,
+                  validate_outbound_headers=False, normalize_outbound_headers=False)
+REQUEST = [(":method", "GET"), (":path", "/x"), (":scheme", "http"), (":authority", "echo:8080")]
+
+
+def _pair(n_streams: int = 1, end_stream: bool = True, window: int | None = None):
+    """Two identical servers that received the same requests (stream 1, 3...)."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    if window is not None:
+        client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    for i in range(n_streams):
+        client.send_headers(1 + 2 * i, REQUEST, end_stream=end_stream)
+    wire = client.data_to_send()
+    servers = []
+    for _ in range(2):
+        s = DownstreamH2Connection(h2.config.H2Configuration(**SERVER_CFG))
+        s.initiate_connection()
+        s.receive_data(wire)
+        s.data_to_send()
+        servers.append(s)
+    return servers
+
+
+def _state(s: DownstreamH2Connection) -> tuple:
+    streams = {sid: (st.state_machine.state, st.state_machine.headers_sent,
+                     st.state_machine.stream_closed_by, st.outbound_flow_control_window,
+                     st.request_method)
+               for sid, st in s.streams.items()}
+    return (streams, s.outbound_flow_control_window, s.guard.streams_opened,
+            s.guard.data_frames_sent, s.open_inbound_streams, dict(s._closed_streams),
+            s.encoder.header_table.dynamic_entries)
+
+
+def _block(status: bytes = b"200", extra: int = 0) -> list:
+    block = [(b":status", status), (b"content-type", b"text/plain"),
+             (b"content-length", b"5"), (b"x-backend", b"v1")]
+    block += [(b"x-filler-%d" % i, b"y" * 200) for i in range(extra)]
+    return block
+
+
+@pytest.mark.parametrize("data,end", [(b"hello", True), (b"hello", False), (b"", True),
+                                      (None, True), (None, False)])
+def test_send_response_matches_h2(data, end):
+    slow, fast = _pair()
+    slow.send_headers(1, _block(), end_stream=end and data is None)
+    if data is not None:
+        slow.send_data(1, data, end_stream=end)
+    assert fast.send_response(1, _block(), data, end)
+    assert fast.data_to_send() == slow.data_to_send()
+    assert _state(fast) == _state(slow)
+
+
+def test_a_header_block_past_the_max_frame_size_is_split_as_h2_splits_it():
+    slow, fast = _pair()
+    big = _block(extra=120)                 # ~26 KB of fields, above 16 KiB
+    slow.send_headers(1, big)
+    slow.send_data(1, b"hello", end_stream=True)
+    assert fast.send_response(1, big, b"hello", True)
+    out = fast.data_to_send()
+    assert out == slow.data_to_send()
+    assert out[3] == 0x1 and out[4] == 0x0      # HEADERS without END_HEADERS first
+
+
+def test_send_body_matches_h2_and_the_closed_stream_is_forgotten_the_same_way():
+    slow, fast = _pair(n_streams=2)
+    for s in (slow, fast):
+        s.send_headers(1, _block())
+    slow.send_data(1, b"abc")
+    slow.send_data(1, b"de", end_stream=True)
+    assert fast.send_body(1, b"abc", False) and fast.send_body(1, b"de", True)
+    assert fast.data_to_send() == slow.data_to_send()
+    assert _state(fast) == _state(slow)
+    # An empty DATA with END_STREAM is h2's end_stream.
+    for s in (slow, fast):
+        s.send_headers(3, _block())
+    slow.end_stream(3)
+    assert fast.send_body(3, b"", True)
+    assert fast.data_to_send() == slow.data_to_send()
+    assert _state(fast) == _state(slow) and 1 not in fast.streams and 3 not in fast.streams
+
+
+def test_the_fast_path_declines_what_it_does_not_cover():
+    (s,) = _pair()[:1]
+    assert not s.send_response(1, _block(b"103"), None, False)    # informational
+    assert not s.send_response(9, _block(), b"x", True)           # no such stream
+    assert not s.send_body(1, b"x", False)                        # head not sent yet
+    (open_req,) = _pair(end_stream=False)[:1]                      # request body to come
+    assert not open_req.send_response(1, _block(), b"x", True)
+    (small,) = _pair(window=3)[:1]                    # window too small
+    before = _state(small)
+    assert not small.send_response(1, _block(), b"hello", True)
+    assert _state(small) == before and small.data_to_send() == b""
+    assert small.send_response(1, _block(), b"hel", False)         # what fits goes
+    assert not small.send_body(1, b"lo", True)
+    assert not small.send_response(1, _block(), None, True)        # HEADERS already sent
+
+
+def test_the_client_decodes_what_the_fast_path_sent():
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for sid in (1, 3):
+        client.send_headers(sid, REQUEST, end_stream=True)
+    server = DownstreamH2Connection(h2.config.H2Configuration(**SERVER_CFG))
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    for sid in (1, 3):                    # the second block uses the dynamic table
+        assert server.send_response(sid, _block(), b"hello", True)
+    events = client.receive_data(server.data_to_send())
+    got = [(type(e).__name__, e.stream_id) for e in events
+           if not isinstance(e, (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged))]
+    assert got == [("ResponseReceived", 1), ("DataReceived", 1), ("StreamEnded", 1),
+                   ("ResponseReceived", 3), ("DataReceived", 3), ("StreamEnded", 3)]
+    heads = [e.headers for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert heads[0] == heads[1] == [(b":status", b"200"), (b"content-type", b"text/plain"),
+                                    (b"content-length", b"5"), (b"x-backend", b"v1")]

@@ -1,0 +1,121 @@
+"""The waypoint's client-side HTTP/2 connection: h2's, with a response fast path.
+
+h2 spends about as much CPU queueing one small response (HEADERS, then one
+DATA) as the rest of the proxied request costs (state machines, frame
+objects, validation flags, logging calls; docs/bench/waypoint.md). For the
+plain case, the first response HEADERS on a stream whose request has ended
+(HALF_CLOSED_REMOTE) and DATA that fits both windows and the client's max
+frame size, `send_response` and `send_body` queue the same bytes h2 would,
+with the same effects on h2's state:
+- the HEADERS block from h2's own HPACK encoder (its dynamic table is the
+  connection's), split into HEADERS + CONTINUATION at max_outbound_frame_size
+  as h2 splits it, END_HEADERS on the last, END_STREAM on the first;
+- the stream machine's `headers_sent` (response_sent), and CLOSED with
+  `stream_closed_by = SEND_END_STREAM` on END_STREAM (send_end_stream; h2
+  forgets closed streams lazily, the same way for both paths);
+- both outbound windows reduced by the DATA length;
+- the abuse guard's counts (a HEADERS frame, a DATA frame), as `on_sent`.
+The connection machine's SEND_HEADERS / SEND_DATA inputs leave SERVER_OPEN
+where it is and call nothing (h2/connection.py's table), so they are skipped.
+Anything else returns False without touching anything: the caller then
+uses h2's methods. The tests compare both paths byte for byte.
+Pure module: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from h2.connection import ConnectionState
+from h2.stream import StreamClosedBy, StreamState
+
+from shoal.core.hbone.h2limits import GuardedH2Connection
+
+_HEADER = struct.Struct(">HBBBL")        # length (24 bits as 16 + 8), type, flags, stream
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+_OPEN = ConnectionState.SERVER_OPEN
+_REMOTE_DONE = StreamState.HALF_CLOSED_REMOTE
+
+
+def _frame(kind: int, flags: int, sid: int, payload) -> bytes:
+    n = len(payload)
+    return _HEADER.pack(n >> 8, n & 0xFF, kind, flags, sid) + payload
+
+
+class DownstreamH2Connection(GuardedH2Connection):
+    """GuardedH2Connection (h2 with shoal's abuse limits) plus `send_response`
+    and `send_body` (see the module docstring)."""
+
+    def _plain_stream(self, sid: int):
+        """The stream if its response may take the fast path, else None."""
+        if self.state_machine.state is not _OPEN:
+            return None
+        stream = self.streams.get(sid)
+        if stream is None or stream.state_machine.state is not _REMOTE_DONE:
+            return None
+        return stream
+
+    def _fits(self, stream, n: int) -> bool:
+        return n <= self.outbound_flow_control_window and \
+            n <= stream.outbound_flow_control_window and n <= self.max_outbound_frame_size
+
+    def send_response(self, sid: int, block: list, data: bytes | None,
+                      end_stream: bool) -> bool:
+        """h2's `send_headers(sid, block, end_stream=...)` for a final
+        response (`block` starts with a non-1xx `:status`), followed, when
+        `data` is not None, by `send_data(sid, data, end_stream=...)`
+        (then END_STREAM goes on the DATA, not the HEADERS). False: not
+        the plain case, nothing queued."""
+        stream = self._plain_stream(sid)
+        if stream is None:
+            return False
+        sm = stream.state_machine
+        if sm.headers_sent or block[0][1][:1] == b"1":
+            return False
+        n = 0 if data is None else len(data)
+        if n and not self._fits(stream, n):
+            return False
+        encoded = self.encoder.encode(block)
+        size = self.max_outbound_frame_size
+        head_flags = _END_STREAM if end_stream and data is None else 0
+        if len(encoded) <= size:
+            out = _frame(_HEADERS, head_flags | _END_HEADERS, sid, encoded)
+        else:
+            parts = [encoded[i:i + size] for i in range(0, len(encoded), size)]
+            frames = [_frame(_HEADERS, head_flags, sid, parts[0])]
+            frames += [_frame(_CONTINUATION, 0, sid, p) for p in parts[1:-1]]
+            frames.append(_frame(_CONTINUATION, _END_HEADERS, sid, parts[-1]))
+            out = b"".join(frames)
+        sm.headers_sent = True
+        stream.request_method = None        # as send_headers: the block has no :method
+        self.guard.streams_opened += 1
+        if data is not None:
+            out += _frame(_DATA, _END_STREAM if end_stream else 0, sid, data)
+            self.outbound_flow_control_window -= n
+            stream.outbound_flow_control_window -= n
+            self.guard.data_frames_sent += 1
+        if end_stream:
+            sm.state = StreamState.CLOSED
+            sm.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+        self._data_to_send += out
+        return True
+
+    def send_body(self, sid: int, data: bytes, end_stream: bool) -> bool:
+        """h2's `send_data(sid, data, end_stream=...)` after the response
+        HEADERS. False: not the plain case (or it would not fit), nothing queued."""
+        stream = self._plain_stream(sid)
+        if stream is None or not stream.state_machine.headers_sent:
+            return False
+        n = len(data)
+        if not self._fits(stream, n):
+            return False
+        self._data_to_send += _frame(_DATA, _END_STREAM if end_stream else 0, sid, data)
+        self.outbound_flow_control_window -= n
+        stream.outbound_flow_control_window -= n
+        self.guard.data_frames_sent += 1
+        if end_stream:
+            sm = stream.state_machine
+            sm.state = StreamState.CLOSED
+            sm.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+        return True
