@@ -19,6 +19,16 @@ The connection machine's SEND_HEADERS / SEND_DATA inputs leave SERVER_OPEN
 where it is and call nothing (h2/connection.py's table), so they are skipped.
 Anything else returns False without touching anything: the caller then
 uses h2's methods. The tests compare both paths byte for byte.
+
+Receiving, a whole HEADERS frame that opens a new client stream (flags
+END_HEADERS, with or without END_STREAM; no padding, no priority, no
+CONTINUATION pending; under the header-block and concurrent-stream limits)
+skips hyperframe's frame objects and h2's dispatch, and keeps everything
+that has an effect: the abuse guard's accounting, h2's HPACK decoder, the
+connection machine's RECV_HEADERS input, h2's own stream creation and
+`receive_headers` (state machine, inbound header validation, events). Any
+other frame, or any doubt, goes through h2's path; errors are raised and
+turned into GOAWAY exactly as h2's `receive_data` does.
 Pure module: no I/O.
 """
 
@@ -26,14 +36,20 @@ from __future__ import annotations
 
 import struct
 
-from h2.connection import ConnectionState
+import h2.exceptions as h2x
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
+from h2.errors import ErrorCodes
 from h2.stream import StreamClosedBy, StreamState
+from hyperframe.exceptions import InvalidPaddingError
 
 from shoal.core.hbone.h2limits import GuardedH2Connection
 
 _HEADER = struct.Struct(">HBBBL")        # length (24 bits as 16 + 8), type, flags, stream
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
+# Flags of a HEADERS frame the receive fast path takes: a whole block, with
+# or without END_STREAM, and nothing else (PADDED and PRIORITY go to h2).
+_PLAIN_HEADERS_FLAGS = frozenset({_END_HEADERS, _END_HEADERS | _END_STREAM})
 _OPEN = ConnectionState.SERVER_OPEN
 _REMOTE_DONE = StreamState.HALF_CLOSED_REMOTE
 
@@ -46,6 +62,62 @@ def _frame(kind: int, flags: int, sid: int, payload) -> bytes:
 class DownstreamH2Connection(GuardedH2Connection):
     """GuardedH2Connection (h2 with shoal's abuse limits) plus `send_response`
     and `send_body` (see the module docstring)."""
+
+    def receive_data(self, data) -> list:
+        """h2's receive_data, with new-stream HEADERS frames taken by
+        `_new_stream_headers` (see the module docstring)."""
+        buf = self.incoming_buffer
+        buf.add_data(data)
+        buf.max_frame_size = self.max_inbound_frame_size
+        events: list = []
+        try:
+            while True:
+                got = self._new_stream_headers(buf)
+                if got is not None:
+                    events += got
+                    continue
+                try:
+                    frame = buf.__next__()
+                except StopIteration:
+                    return events
+                events += self._receive_frame(frame)
+        except InvalidPaddingError as e:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise h2x.ProtocolError("Received frame with invalid padding.") from e
+        except h2x.ProtocolError as e:
+            self._terminate_connection(e.error_code)
+            raise
+
+    def _new_stream_headers(self, buf) -> list | None:
+        """The events of the next frame if it is a plain HEADERS frame opening
+        a new client stream, as h2 would give them; None (nothing consumed)
+        for anything else."""
+        b = buf._data
+        if len(b) < 9 or b[3] != _HEADERS or b[4] not in _PLAIN_HEADERS_FLAGS \
+                or buf._headers_buffer:
+            return None
+        n = (b[0] << 16) | (b[1] << 8) | b[2]
+        if n > buf.max_frame_size or n > buf.max_header_block or len(b) < 9 + n:
+            return None
+        sid = int.from_bytes(b[5:9], "big") & 0x7FFFFFFF
+        if (not sid & 1 or sid <= self.highest_inbound_stream_id or sid in self.streams
+                or self.state_machine.state is not _OPEN or self.config.client_side
+                or self.open_inbound_streams >= self.local_settings.max_concurrent_streams):
+            return None
+        end_stream = bool(b[4] & _END_STREAM)
+        block = bytes(b[9:9 + n])
+        del b[:9 + n]
+        guard = self.guard                  # FloodGuard.on_frame for a HEADERS frame
+        guard._check_outbound()
+        guard.streams_opened += 1
+        guard.empty_in_a_row = 0            # END_HEADERS is set
+        headers = _decode_headers(self.decoder, block)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(sid, AllowedStreamIDs.ODD)
+        frames, stream_events = stream.receive_headers(headers, end_stream,
+                                                       self.config.header_encoding)
+        self._prepare_for_sending(frames)
+        return events + stream_events
 
     def _plain_stream(self, sid: int):
         """The stream if its response may take the fast path, else None."""

@@ -4,13 +4,19 @@ client bytes, one answered through h2's methods, one through the fast ones)."""
 
 from __future__ import annotations
 
+import re
+
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
+import hyperframe.frame as hf
 import pytest
 
+from shoal.core.hbone.h2limits import GuardedH2Connection
 from shoal.waypoint.h2conn import DownstreamH2Connection
+from tests.helpers.h2raw import PREFACE, RawFrames
 
 SERVER_CFG = dict(client_side=False, header_encoding=None, validate_inbound_headers=True,
                   validate_outbound_headers=False, normalize_outbound_headers=False)
@@ -128,3 +134,135 @@ def test_the_client_decodes_what_the_fast_path_sent():
     heads = [e.headers for e in events if isinstance(e, h2.events.ResponseReceived)]
     assert heads[0] == heads[1] == [(b":status", b"200"), (b"content-type", b"text/plain"),
                                     (b"content-length", b"5"), (b"x-backend", b"v1")]
+
+
+# -- receiving ---------------------------------------------------------------------
+
+def _ev(events) -> list:
+    out = []
+    for e in events:
+        d = {k: repr(v) for k, v in vars(e).items()
+             if k not in ("stream_ended", "priority_updated")}
+        if getattr(e, "stream_ended", None) is not None:
+            d["stream_ended"] = e.stream_ended.stream_id
+        out.append((type(e).__name__, d))
+    return out
+
+
+def _recv_state(s) -> tuple:
+    streams = {sid: (st.state_machine.state, st.state_machine.headers_received,
+                     st.inbound_flow_control_window, st._expected_content_length)
+               for sid, st in s.streams.items()}
+    g = s.guard
+    return (streams, s.highest_inbound_stream_id, g.streams_opened, g.empty_in_a_row,
+            s.refused_streams, s.decoder.header_table.dynamic_entries, s.state_machine.state)
+
+
+def _servers(max_streams: int | None = None):
+    out = []
+    for cls in (DownstreamH2Connection, GuardedH2Connection):
+        s = cls(h2.config.H2Configuration(**SERVER_CFG))
+        if max_streams is not None:
+            s.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+        s.initiate_connection()
+        s.data_to_send()
+        out.append(s)
+    return out
+
+
+def _feed_both(wire: bytes, *, one_byte: bool = False, max_streams: int | None = None):
+    got = []
+    for s in _servers(max_streams):
+        events, error = [], None
+        chunks = [wire[i:i + 1] for i in range(len(wire))] if one_byte else [wire]
+        try:
+            for c in chunks:
+                events += s.receive_data(c)
+        except h2.exceptions.ProtocolError as e:
+            error = (type(e).__name__, re.sub(r"0x[0-9a-f]+", "0x?", str(e)))
+        got.append((_ev(events), error, s.data_to_send(), _recv_state(s)))
+    return got
+
+
+def _client_wire(n: int = 3, body_on: tuple = (), extra_headers=()) -> bytes:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for i in range(n):
+        sid = 1 + 2 * i
+        hdrs = REQUEST + [("user-agent", "test"), *extra_headers] + \
+            ([("content-length", "3")] if i in body_on else [])
+        client.send_headers(sid, hdrs, end_stream=i not in body_on)
+        if i in body_on:
+            client.send_data(sid, b"abc", end_stream=True)
+    return client.data_to_send()
+
+
+@pytest.mark.parametrize("one_byte", [False, True])
+def test_new_stream_headers_give_h2s_events_and_state(one_byte):
+    fast, slow = _feed_both(_client_wire(4, body_on=(1,)), one_byte=one_byte)
+    assert fast == slow
+    assert [name for name, _ in fast[0]].count("RequestReceived") == 4
+
+
+def test_headers_h2_must_see_go_to_h2():
+    raw = RawFrames()
+    block = raw.enc.encode(REQUEST)
+    padded = hf.HeadersFrame(1, data=block, pad_length=4, flags=["END_HEADERS", "END_STREAM",
+                                                                 "PADDED"]).serialize()
+    prio = hf.HeadersFrame(3, data=raw.enc.encode(REQUEST), stream_weight=16,
+                           flags=["END_HEADERS", "END_STREAM", "PRIORITY"]).serialize()
+    cont_block = raw.enc.encode(REQUEST)
+    split = raw.headers(5, cont_block[:4], end_headers=False, end_stream=True) + \
+        raw.continuation(5, cont_block[4:], end_headers=True)
+    wire = PREFACE + hf.SettingsFrame(0).serialize() + padded + prio + split
+    fast, slow = _feed_both(wire)
+    assert fast == slow
+    assert [e[1]["stream_id"] for e in fast[0] if e[0] == "RequestReceived"] == ["1", "3", "5"]
+
+
+@pytest.mark.parametrize("bad", [
+    [(":method", "GET"), (":path", "/x"), (":scheme", "http"), ("Upper", "x")],   # validation
+    [(":method", "GET"), (":scheme", "http")],                                   # no :path
+    [(":method", "GET"), (":path", "/x"), (":scheme", "http"), ("connection", "close")],
+])
+def test_a_bad_request_block_is_the_same_connection_error(bad):
+    raw = RawFrames()
+    wire = PREFACE + hf.SettingsFrame(0).serialize() + \
+        raw.headers(1, raw.enc.encode(REQUEST), end_stream=True) + \
+        raw.headers(3, raw.enc.encode(bad), end_stream=True) + \
+        raw.headers(5, raw.enc.encode(REQUEST), end_stream=True)
+    fast, slow = _feed_both(wire)
+    assert fast == slow
+    assert fast[1] is not None and fast[2]        # an error, and a GOAWAY queued
+
+
+def test_hpack_garbage_reused_and_even_ids_are_handled_as_h2_does():
+    raw = RawFrames()
+    ok = raw.headers(3, raw.enc.encode(REQUEST), end_stream=True)
+    for tail, connection_error in (
+            (raw.headers(5, b"\xff\xff\xff\xff", end_stream=True), True),     # bad HPACK
+            (ok, False),                           # id 3 again: h2 resets that stream
+            (raw.headers(1, RawFrames().enc.encode(REQUEST), end_stream=True), True),  # lower id
+            (raw.headers(8, RawFrames().enc.encode(REQUEST), end_stream=True), True)):  # even id
+        wire = PREFACE + hf.SettingsFrame(0).serialize() + ok + tail
+        fast, slow = _feed_both(wire)
+        assert fast == slow
+        assert (fast[1] is not None) == connection_error
+
+
+def test_streams_above_the_limit_are_refused_the_same_way():
+    fast, slow = _feed_both(_client_wire(5), max_streams=2)
+    assert fast == slow
+    assert fast[3][4] == 3                  # refused_streams: 3, 4 and 5th request
+
+
+def test_plain_request_headers_skip_h2s_frame_dispatch(monkeypatch):
+    seen = []
+    orig = GuardedH2Connection._receive_headers_frame
+    monkeypatch.setattr(GuardedH2Connection, "_receive_headers_frame",
+                        lambda self, frame: seen.append(type(self).__name__) or orig(self, frame))
+    _feed_both(_client_wire(3))
+    # The first HEADERS moves the connection machine from IDLE to SERVER_OPEN:
+    # h2 takes it; the fast path takes the others.
+    assert seen == ["DownstreamH2Connection"] + ["GuardedH2Connection"] * 3
