@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from shoal.core import log as core_log
 from shoal.waypoint import filters
@@ -37,7 +37,7 @@ def enabled() -> bool:
 class ClientSide(Protocol):
     """What an `Exchange` needs of the client it answers."""
 
-    proxy: "Proxy"  # noqa: F821 (proxy.Proxy; not imported: it imports nothing of ours)
+    proxy: Any                  # proxy.Proxy (which imports the coroutine path)
 
     def write_blocked(self) -> bool:
         """The client's transport is above its high-water mark."""
@@ -76,10 +76,12 @@ class Exchange:
                  response_mod, head_bytes: bytes) -> None:
         self.fs, self.st, self.req = fs, st, req
         self.eps, self.response_mod, self.head_bytes = eps, response_mod, head_bytes
-        self.conn: UpstreamConn | None = None
-        self.parser: H1ResponseParser | None = None
-        self.framer = None                 # the client's framer, made with the head
-        self.resp: ResponseReceived | None = None
+        # Set as the exchange goes (None until then): typed Any, read on
+        # every callback without a None check where the order guarantees them.
+        self.conn: Any = None              # UpstreamConn once connected
+        self.parser: Any = None            # H1ResponseParser once the head is written
+        self.framer: Any = None            # the client's framer, made with the head
+        self.resp: Any = None              # ResponseReceived once the head came
         self.no_body = False
         self.skip_end = False
         self.fresh_tried = False
@@ -125,9 +127,9 @@ class Exchange:
     def _send(self, conn: UpstreamConn) -> None:
         self.conn = conn
         self.parser = H1ResponseParser(self.req.head.method)
-        stream = conn.stream
+        stream = cast(PlainUpstream, conn.stream)
         stream.receiver = self
-        stream.transport.write(self.head_bytes)
+        cast(asyncio.Transport, stream.transport).write(self.head_bytes)
         if self.fs.write_blocked():         # the client is still behind on the last one
             self.hold_upstream(True)
 
@@ -267,10 +269,11 @@ class Exchange:
         if conn is None or hold == self.held or conn.stream.transport is None:
             return
         self.held = hold
+        transport = conn.stream.transport
         if hold:
-            conn.stream.transport.pause_reading()
+            transport.pause_reading()
         else:
-            conn.stream.transport.resume_reading()
+            transport.resume_reading()
 
     def _release(self, reusable: bool | None) -> None:
         """Give the connection back (None: it is broken, reset it)."""

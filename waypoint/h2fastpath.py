@@ -99,7 +99,7 @@ class H2Fast:
         s = _Stream(self, sid)
         try:
             d = proxy.decide(st, req)
-            if type(d) is LocalAnswer:
+            if isinstance(d, LocalAnswer):
                 s.local(st, d.status, d.body, d.flags, d.extra)
                 return None
             headers = None

@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from shoal.core.constants import HBONE_PORT
 from shoal.core.hbone import HboneError
@@ -114,7 +114,7 @@ class PlainUpstream(TcpEnd):
     ordinary `TcpEnd` the coroutine path reads from.
     """
 
-    receiver = None
+    receiver: Any = None      # fastexchange.Exchange while it drives this connection
 
     def data_received(self, data: bytes) -> None:
         r = self.receiver
