@@ -20,8 +20,9 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from shoal.core import overload
-from shoal.core.hbone.h2limits import FloodError
+from shoal.core.hbone.h2limits import FloodError, GuardedH2Connection
 from shoal.core.pipe import READ_SIZE
+from shoal.waypoint import fastexchange
 from shoal.waypoint.downstream import close_stream
 from shoal.waypoint.h2conn import DownstreamH2Connection
 from shoal.waypoint.h2fastpath import H2Fast, header_block
@@ -52,8 +53,9 @@ class _Conn:
                                         normalize_outbound_headers=False)
         # The same abuse limits as HBONE (rapid reset, floods, header block
         # bytes, REFUSED_STREAM above MAX_CONCURRENT_STREAMS): core.hbone.h2limits;
-        # plus the response fast path h2fastpath.py uses (h2conn.py).
-        self.h2 = DownstreamH2Connection(cfg)
+        # with the fast paths on, plus h2conn.py's HEADERS shortcuts.
+        cls = DownstreamH2Connection if fastexchange.enabled() else GuardedH2Connection
+        self.h2 = cls(cfg)
         self.windows: dict[int, asyncio.Event] = {}
         self.bodies: dict[int, "_Body"] = {}
         self.tasks: dict[int, asyncio.Task] = {}

@@ -208,13 +208,16 @@ def start_nginx(conf: str, d: Path, name: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_waypoint(d: Path, port: int, workers: int) -> subprocess.Popen:
+def start_waypoint(d: Path, port: int, workers: int, general: bool = False) -> subprocess.Popen:
+    """`general`: SHOAL_WAYPOINT_FAST=0, the coroutine path alone."""
     cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", "0", "--plaintext-port", str(port),
            "--bind", "127.0.0.1", "--upstream-plaintext", "--no-access-log",
            "--config", str(d / "mesh"), "--workers", str(workers), "--admin-port", "0",
            "--metrics-port", "0", "--readiness-port", "0", "--log-level", "warning"]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, SHOAL_WAYPOINT_FAST="0") if general else None
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
 
 
 # -- HBONE mode ---------------------------------------------------------------
@@ -417,6 +420,9 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true",
                     help="re-plot benchmarks/out/load_waypoint.json without running")
     ap.add_argument("--no-hbone", action="store_true", help="skip the HBONE-mode run")
+    ap.add_argument("--general", action="store_true",
+                    help="also measure shoal with SHOAL_WAYPOINT_FAST=0 (the coroutine path "
+                         "the fast paths fall back to), key shoal_general_wN")
     ap.add_argument("--tools", default="wrk,h2load",
                     help="load generators for the plain cases: wrk, h2load or both "
                          "(e.g. --tools h2load --no-hbone for the HTTP/2 rows alone)")
@@ -458,12 +464,21 @@ def main() -> None:
             measure(results, f"nginx_w{w}", nginx, nport, n2port, None, args)
             wport = free_port()
             measure(results, f"shoal_w{w}", start_waypoint(d, wport, w), wport, wport, HOST, args)
+            if args.general:
+                gport = free_port()
+                measure(results, f"shoal_general_w{w}", start_waypoint(d, gport, w, general=True),
+                        gport, gport, HOST, args)
             n, s = results["runs"].get(f"nginx_w{w}"), results["runs"].get(f"shoal_w{w}")
             if n and s:
                 results[f"ratio_rps_w{w}"] = round(s["rps"] / n["rps"], 3)
             h2n, h2s = results["h2"].get(f"nginx_w{w}"), results["h2"].get(f"shoal_w{w}")
             if h2n and h2s and h2n["rps"]:
                 results[f"ratio_h2_rps_w{w}"] = round(h2s["rps"] / h2n["rps"], 3)
+            for kind, table in (("rps", "runs"), ("h2_rps", "h2")):
+                g, peer = (results[table].get(f"shoal_general_w{w}"),
+                           results[table].get(f"nginx_w{w}"))
+                if g and peer and peer["rps"]:
+                    results[f"ratio_{kind}_general_w{w}"] = round(g["rps"] / peer["rps"], 3)
             if n and s and s["cpu_per_1k_rps"] and n["cpu_per_1k_rps"]:
                 results[f"ratio_cpu_per_1k_w{w}"] = round(s["cpu_per_1k_rps"] / n["cpu_per_1k_rps"], 2)
         if not args.no_hbone:
