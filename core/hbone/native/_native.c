@@ -12,6 +12,9 @@
  *   write(sslsock, chunks) -> bytes          encrypt chunks, return the records
  *   read_into(sslsock, buffer, offset) -> (n, status, error)
  *                                            decrypt until buffer full / no input
+ *   Channel(sslsock, inbio, outbio)          after the handshake, the SSL on a
+ *                                            buffer BIO of its own (channel.c)
+ *   body(n) -> bytearray                     not zero-filled (channel.c)
  *
  * The SSL* is reached through CPython 3.11's `_ssl._SSLSocket` struct
  * (Modules/_ssl.c: PyObject_HEAD, PyObject *Socket, SSL *ssl, ...). attach()
@@ -58,10 +61,10 @@ static int (*p_SSL_write_ex)(SSL *, const void *, size_t, size_t *);
 int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
 int (*p_SSL_get_error)(const SSL *, int);
 static void *(*p_SSL_get_ex_data)(const SSL *, int);
-static BIO *(*p_SSL_get_rbio)(const SSL *);
-static BIO *(*p_SSL_get_wbio)(const SSL *);
-static long (*p_BIO_ctrl)(BIO *, int, long, void *);
-static int (*p_BIO_read)(BIO *, void *, int);
+BIO *(*p_SSL_get_rbio)(const SSL *);
+BIO *(*p_SSL_get_wbio)(const SSL *);
+long (*p_BIO_ctrl)(BIO *, int, long, void *);
+int (*p_BIO_read)(BIO *, void *, int);
 static unsigned long (*p_ERR_get_error)(void);
 void (*p_ERR_clear_error)(void);
 static const char *(*p_ERR_reason_error_string)(unsigned long);
@@ -116,6 +119,8 @@ int seal(SSL *ssl, const char *p, size_t n)
     size_t done = 0;
     if (n == 0)
         return 1;
+    if (!channel_reserve(ssl, n))        /* a Channel: room for the records */
+        return 0;
     int r = p_SSL_write_ex(ssl, p, n, &done);
     if (r <= 0 || done != n) {
         raise_ssl(ssl, r);
@@ -157,6 +162,10 @@ int gather(SSL *ssl, char *stage, size_t *staged, const char *p, size_t n)
 /* Everything queued in the write BIO, as one bytes object. */
 PyObject *drain(SSL *ssl)
 {
+    PyObject *chan = channel_drain(ssl);
+    if (chan != Py_None)
+        return chan;                     /* the Channel's records, or NULL */
+    Py_DECREF(chan);
     BIO *out = p_SSL_get_wbio(ssl);
     long pending = p_BIO_ctrl(out, BIO_CTRL_PENDING, 0, NULL);
     if (pending <= 0)
@@ -316,7 +325,7 @@ static int resolve(void)
     SYM(SSL_get_rbio) SYM(SSL_get_wbio) SYM(BIO_ctrl) SYM(BIO_read)
     SYM(ERR_get_error) SYM(ERR_clear_error) SYM(ERR_reason_error_string)
 #undef SYM
-    return 1;
+    return channel_resolve(h);
 }
 
 static PyMethodDef methods[] = {
@@ -353,7 +362,7 @@ PyMODINIT_FUNC PyInit__native(void)
             || PyModule_AddIntConstant(m, "CLOSED", ST_CLOSED) < 0
             || PyModule_AddIntConstant(m, "FAILED", ST_FAILED) < 0
             || PyModule_AddIntConstant(m, "RECORD", RECORD) < 0
-            || relay_init(m) < 0 || send_init(m) < 0) {
+            || relay_init(m) < 0 || send_init(m) < 0 || channel_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -46,6 +46,20 @@ int seal(SSL *ssl, const char *p, size_t n);
 int gather(SSL *ssl, char *stage, size_t *staged, const char *p, size_t n);
 /* Every record queued in the write BIO, as bytes. */
 PyObject *drain(SSL *ssl);
+extern BIO *(*p_SSL_get_rbio)(const SSL *);
+extern BIO *(*p_SSL_get_wbio)(const SSL *);
+extern long (*p_BIO_ctrl)(BIO *, int, long, void *);
+extern int (*p_BIO_read)(BIO *, void *, int);
+
+/* channel.c: the SSL's own buffer BIO after the handshake (Channel).
+ * channel_reserve: before sealing n bytes, room for their records (1, or 0
+ * with MemoryError); a no-op without a Channel. channel_drain: the records
+ * queued (new reference, NULL on error), or Py_None (a new reference) if
+ * `ssl` has no Channel. */
+int channel_reserve(SSL *ssl, size_t n);
+PyObject *channel_drain(SSL *ssl);
+int channel_resolve(void *libssl);   /* its OpenSSL symbols: 1, or 0 with ImportError */
+int channel_init(PyObject *module);  /* adds Channel and body(); -1 with an exception */
 
 /* attrs.c: o.name as a C value, and back. */
 int get_ll(PyObject *o, PyObject *name, long long *out);

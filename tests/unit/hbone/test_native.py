@@ -213,3 +213,145 @@ def test_attach_refuses_anything_but_the_sslobjects_own_bios():
         native.write(object(), [b"x"])
     with pytest.raises(TypeError):
         native.read_into(b"not an ssl object", bytearray(1), 0)
+
+
+# -- Channel: the SSL on its own buffer BIO after the handshake ---------------
+
+def _channel(pair: Pair, side: str):
+    sslsock = pair.attach(side)
+    return sslsock, native.Channel(sslsock, *pair.bios[side])
+
+
+def _recv_into(chan, wire: bytes, step: int) -> None:
+    """Feed `wire` the way the transport does: recv_into get_buffer()."""
+    for i in range(0, len(wire), step):
+        part = wire[i:i + step]
+        view = chan.get_buffer()
+        assert len(view) >= len(part)
+        view[:len(part)] = part
+        chan.received(len(part))
+
+
+@pytest.mark.parametrize("chunks", CHUNKS)
+def test_channel_write_gives_the_same_records_as_the_memory_bio(chunks):
+    pair = Pair()
+    sslsock, chan = _channel(pair, "c")
+    out = native.write(sslsock, chunks)
+    assert type(out) is bytes
+    pair.bios["s"][0].write(out)
+    assert Pair.read_python(pair.s) == b"".join(bytes(c) for c in chunks)
+    total = sum(len(c) for c in chunks)
+    assert records(out) == [RECORD] * (total // RECORD) + ([total % RECORD] if total % RECORD else [])
+    assert chan.output() == b""
+
+
+def test_channel_takes_what_the_memory_bios_held():
+    pair = Pair()
+    pair.s.write(b"early")                          # from the peer, not read yet
+    pair.move("s", "c")
+    pair.c.write(b"queued")                         # ours, not flushed yet
+    sslsock, chan = _channel(pair, "c")
+    assert chan.pending > 0 and not pair.bios["c"][0].pending
+    buf = bytearray(100)
+    assert native.read_into(sslsock, buf, 0) == (5, native.NEED_INPUT, None)
+    assert buf[:5] == b"early"
+    out = native.write(sslsock, [b"-then"])         # what was queued goes first
+    pair.bios["s"][0].write(out)
+    assert Pair.read_python(pair.s) == b"queued-then"
+
+
+@pytest.mark.parametrize("step", [7, 5000, RECORD + RECORD_OVERHEAD, 1 << 20])
+def test_channel_read_into_decrypts_socket_reads_in_any_pieces(step):
+    pair = Pair()
+    payload = os.urandom(RECORD * 5 + 123)
+    pair.c.write(payload)
+    wire = pair.bios["c"][1].read()
+    sslsock, chan = _channel(pair, "s")
+    buf = bytearray(len(payload) + 100)
+    got = 0
+    for i in range(0, len(wire), step):
+        _recv_into(chan, wire[i:i + step], step)
+        n, status, error = native.read_into(sslsock, buf, got)
+        assert error is None and status == native.NEED_INPUT
+        got += n
+        chan.release()
+    assert bytes(buf[:got]) == payload
+    assert chan.pending == 0
+
+
+def test_channel_release_keeps_a_partial_record():
+    pair = Pair()
+    pair.c.write(b"split across reads")
+    wire = pair.bios["c"][1].read()
+    sslsock, chan = _channel(pair, "s")
+    _recv_into(chan, wire[:10], 10)
+    assert native.read_into(sslsock, bytearray(100), 0) == (0, native.NEED_INPUT, None)
+    chan.release()                                  # 10 bytes unread: kept
+    chan.feed(wire[10:])
+    buf = bytearray(100)
+    assert native.read_into(sslsock, buf, 0)[0] == 18 and buf[:18] == b"split across reads"
+
+
+def test_channel_close_notify_and_alerts_come_out_of_output():
+    pair = Pair()
+    sslsock, chan = _channel(pair, "c")
+    with pytest.raises(ssl.SSLError):
+        pair.c.unwrap()                             # close_notify, then wants the peer's
+    alert = chan.output()
+    assert alert[:1] == b"\x17" and chan.output() == b""
+    pair.bios["s"][0].write(alert)
+    assert native.read_into(pair.attach("s"), bytearray(10), 0) == (0, native.CLOSED, None)
+
+
+def test_channel_eof_in_a_record_is_an_eof_error():
+    pair = Pair()
+    pair.c.write(b"cut short")
+    wire = pair.bios["c"][1].read()
+    sslsock, chan = _channel(pair, "s")
+    chan.feed(wire[:-4])
+    chan.write_eof()
+    n, status, error = native.read_into(sslsock, bytearray(100), 0)
+    assert (n, status) == (0, native.FAILED)
+    assert isinstance(error, ssl.SSLEOFError)
+
+
+def test_channel_refuses_bios_that_are_not_the_sslobjects_own():
+    pair = Pair()
+    cin, cout = pair.bios["c"]
+    sslsock = pair.attach("c")
+    with pytest.raises(TypeError):
+        native.Channel(sslsock, cout, cin)
+    with pytest.raises(TypeError):
+        native.Channel(sslsock, *pair.bios["s"])
+    with pytest.raises(TypeError):
+        native.Channel(object(), cin, cout)
+    chan = native.Channel(sslsock, cin, cout)
+    with pytest.raises(ValueError):
+        chan.received(len(chan.get_buffer()) + 1)
+    with pytest.raises(TypeError):                  # the SSL's BIOs are no longer these
+        native.Channel(sslsock, cin, cout)
+
+
+def test_channel_outlives_or_predeceases_its_ssl():
+    """The BIO's buffers belong to the BIO: freeing either holder first is safe."""
+    pair = Pair()
+    _, chan = _channel(pair, "c")
+    del pair                                        # the SSL goes first
+    assert chan.output() == b""
+    chan.feed(b"x")
+    assert chan.pending == 1
+    pair = Pair()
+    sslsock, chan = _channel(pair, "c")
+    del chan                                        # the Channel goes first
+    pair.bios["s"][0].write(native.write(sslsock, [b"still works"]))
+    assert Pair.read_python(pair.s) == b"still works"
+
+
+def test_body_is_a_bytearray_of_the_size_asked():
+    if native is None:
+        pytest.skip("native path off (SHOAL_NATIVE=0)")
+    body = native.body(40000)
+    assert type(body) is bytearray and len(body) == 40000
+    assert native.body(0) == bytearray()
+    with pytest.raises(ValueError):
+        native.body(-1)
