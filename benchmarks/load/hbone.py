@@ -116,8 +116,9 @@ def prepare_tree(root: Path) -> None:
         # setup.py's flags, without setup.py: this venv's setuptools may not
         # read that checkout's pyproject.toml.
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-std=gnu11",
-                        f"-I{sysconfig.get_paths()['include']}", str(src), "-ldl", "-o",
-                        str(target)], check=True)
+                        f"-I{sysconfig.get_paths()['include']}",
+                        *map(str, sorted(src.parent.glob("*.c"))), "-ldl", "-o", str(target)],
+                       check=True)
 
 
 def _start_tool(args: list[str], log: Path, root: Path = ROOT):
