@@ -355,3 +355,14 @@ def test_body_is_a_bytearray_of_the_size_asked():
     assert native.body(0) == bytearray()
     with pytest.raises(ValueError):
         native.body(-1)
+
+
+def test_channel_keeps_the_order_of_records_sealed_outside_native_write():
+    """Python's own SSLObject.write (as unwrap() writes its alert) goes to
+    the Channel's overflow buffer; later records must follow it."""
+    pair = Pair()
+    sslsock, chan = _channel(pair, "c")
+    pair.c.write(b"python ")
+    out = native.write(sslsock, [b"then ", b"native"])
+    pair.bios["s"][0].write(out)
+    assert Pair.read_python(pair.s) == b"python then native"
