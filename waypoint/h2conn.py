@@ -29,6 +29,12 @@ connection machine's RECV_HEADERS input, h2's own stream creation and
 `receive_headers` (state machine, inbound header validation, events). Any
 other frame, or any doubt, goes through h2's path; errors are raised and
 turned into GOAWAY exactly as h2's `receive_data` does.
+
+A header block made only of one-byte indexed fields (a client repeating a
+request: h2load, a poller) does not change the HPACK table, so decoding it
+again gives the same fields until the table changes; the last such block
+of a connection is kept with its fields and reused while the decoder has
+decoded nothing else and its table size was not set (`_CountingDecoder`).
 Pure module: no I/O.
 """
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 import struct
 
 import h2.exceptions as h2x
+from hpack import Decoder
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
 from h2.errors import ErrorCodes
 from h2.stream import StreamClosedBy, StreamState
@@ -50,6 +57,29 @@ _END_STREAM, _END_HEADERS = 0x1, 0x4
 # Flags of a HEADERS frame the receive fast path takes: a whole block, with
 # or without END_STREAM, and nothing else (PADDED and PRIORITY go to h2).
 _PLAIN_HEADERS_FLAGS = frozenset({_END_HEADERS, _END_HEADERS | _END_STREAM})
+# Bytes that are each a whole HPACK indexed header field (RFC 7541 6.1:
+# high bit set, index 1..126; 0x80 is an error, 0xFF continues the index).
+_ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
+
+
+class _CountingDecoder(Decoder):
+    """hpack's decoder, counting what may have changed its table: every
+    decode, and every table size set."""
+
+    generation = 0
+
+    def decode(self, data, raw=False):
+        self.generation += 1
+        return super().decode(data, raw)
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.generation += 1
+        self.header_table.maxsize = value
 _OPEN = ConnectionState.SERVER_OPEN
 _REMOTE_DONE = StreamState.HALF_CLOSED_REMOTE
 
@@ -62,6 +92,15 @@ def _frame(kind: int, flags: int, sid: int, payload) -> bytes:
 class DownstreamH2Connection(GuardedH2Connection):
     """GuardedH2Connection (h2 with shoal's abuse limits) plus `send_response`
     and `send_body` (see the module docstring)."""
+
+    def __init__(self, config, **kw) -> None:
+        super().__init__(config, **kw)
+        old, dec = self.decoder, _CountingDecoder()
+        dec.max_header_list_size = old.max_header_list_size
+        dec.max_allowed_table_size = old.max_allowed_table_size
+        self.decoder = dec
+        # (block, decoder generation, fields) of the last all-indexed block.
+        self._indexed: tuple[bytes, int, tuple] | None = None
 
     def receive_data(self, data) -> list:
         """h2's receive_data, with new-stream HEADERS frames taken by
@@ -111,13 +150,24 @@ class DownstreamH2Connection(GuardedH2Connection):
         guard._check_outbound()
         guard.streams_opened += 1
         guard.empty_in_a_row = 0            # END_HEADERS is set
-        headers = _decode_headers(self.decoder, block)
+        headers = self._decode(block)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._get_or_create_stream(sid, AllowedStreamIDs.ODD)
         frames, stream_events = stream.receive_headers(headers, end_stream,
                                                        self.config.header_encoding)
         self._prepare_for_sending(frames)
         return events + stream_events
+
+    def _decode(self, block: bytes) -> list:
+        """h2's `_decode_headers`, reusing the last all-indexed block's fields."""
+        dec = self.decoder
+        last = self._indexed
+        if last is not None and last[1] == dec.generation and last[0] == block:
+            return list(last[2])
+        headers = _decode_headers(dec, block)
+        if not block.translate(None, _ONE_BYTE_INDEXED):
+            self._indexed = (block, dec.generation, tuple(headers))
+        return headers
 
     def _plain_stream(self, sid: int):
         """The stream if its response may take the fast path, else None."""

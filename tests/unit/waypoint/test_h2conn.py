@@ -266,3 +266,34 @@ def test_plain_request_headers_skip_h2s_frame_dispatch(monkeypatch):
     # The first HEADERS moves the connection machine from IDLE to SERVER_OPEN:
     # h2 takes it; the fast path takes the others.
     assert seen == ["DownstreamH2Connection"] + ["GuardedH2Connection"] * 3
+
+
+def test_a_repeated_indexed_block_is_decoded_once_and_table_changes_are_seen():
+    raw = RawFrames()
+    first = raw.enc.encode(REQUEST + [("x-a", "1")])          # literals: fill the table
+    again = raw.enc.encode(REQUEST + [("x-a", "1")])          # now all indexed
+    assert first != again and all(0x80 < b < 0xFF for b in again)
+    new = raw.enc.encode(REQUEST + [("x-a", "2")])            # a literal: the table changes
+    after = raw.enc.encode(REQUEST + [("x-a", "1")])          # indexed, other indices now
+    wire = PREFACE + hf.SettingsFrame(0).serialize() + b"".join(
+        raw.headers(sid, block, end_stream=True)
+        for sid, block in ((1, first), (3, again), (5, again), (7, new), (9, after), (11, after)))
+    fast, slow = _feed_both(wire)
+    assert fast == slow
+    fields = [e[1]["headers"] for e in fast[0] if e[0] == "RequestReceived"]
+    assert len(fields) == 6 and fields[3] != fields[4] == fields[0]
+    s = _servers()[0]
+    s.receive_data(wire)
+    assert s.decoder.generation == 4      # blocks 1, 3, 7, 9: 5 and 11 were reused
+
+
+def test_a_table_size_change_drops_the_reused_block():
+    s = _servers()[0]
+    raw = RawFrames()
+    s.receive_data(PREFACE + hf.SettingsFrame(0).serialize()
+                   + raw.headers(1, raw.enc.encode(REQUEST), end_stream=True)
+                   + raw.headers(3, raw.enc.encode(REQUEST), end_stream=True))
+    gen = s.decoder.generation
+    s.decoder.header_table_size = 4096    # the same size: only the reuse is dropped
+    s.receive_data(raw.headers(5, raw.enc.encode(REQUEST), end_stream=True))
+    assert s.decoder.generation == gen + 2
