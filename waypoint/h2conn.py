@@ -35,18 +35,26 @@ request: h2load, a poller) does not change the HPACK table, so decoding it
 again gives the same fields until the table changes; the last such block
 of a connection is kept with its fields and reused while the decoder has
 decoded nothing else and its table size was not set (`_CountingDecoder`).
+h2's inbound validation of those fields is a pure function of the fields
+and of flags that are the same for every new stream's request, so the
+fields as h2 validated them the first time are reused too.
+Sending, likewise: a response block that h2's encoder turned into one-byte
+indexed fields only (a backend repeating its headers) encodes to the same
+bytes while the encoder's table is unchanged (`_CountingEncoder`); the
+last such block and its bytes are reused.
 Pure module: no I/O.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import h2.exceptions as h2x
-from hpack import Decoder
+from hpack import Decoder, Encoder
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
 from h2.errors import ErrorCodes
-from h2.stream import StreamClosedBy, StreamState
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 from hyperframe.exceptions import InvalidPaddingError
 
 from shoal.core.hbone.h2limits import GuardedH2Connection
@@ -80,6 +88,26 @@ class _CountingDecoder(Decoder):
     def header_table_size(self, value: int) -> None:
         self.generation += 1
         self.header_table.maxsize = value
+
+
+class _CountingEncoder(Encoder):
+    """hpack's encoder, counting what may have changed its table (as
+    `_CountingDecoder`)."""
+
+    generation = 0
+
+    def encode(self, headers, huffman=True):
+        self.generation += 1
+        return super().encode(headers, huffman)
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.generation += 1
+        Encoder.header_table_size.fset(self, value)    # type: ignore[attr-defined]
 _OPEN = ConnectionState.SERVER_OPEN
 _REMOTE_DONE = StreamState.HALF_CLOSED_REMOTE
 
@@ -98,9 +126,14 @@ class DownstreamH2Connection(GuardedH2Connection):
         old, dec = self.decoder, _CountingDecoder()
         dec.max_header_list_size = old.max_header_list_size
         dec.max_allowed_table_size = old.max_allowed_table_size
-        self.decoder = dec
-        # (block, decoder generation, fields) of the last all-indexed block.
-        self._indexed: tuple[bytes, int, tuple] | None = None
+        self.decoder = self._dec = dec
+        # Nothing was encoded yet: a fresh encoder is the same as h2's.
+        self.encoder = self._enc = _CountingEncoder()
+        # (block, decoder generation, fields, validated fields or None) of
+        # the last all-indexed request block.
+        self._indexed: tuple[bytes, int, tuple, tuple | None] | None = None
+        # (fields, encoder generation, block) of the last all-indexed response head.
+        self._indexed_out: tuple[list, int, bytes] | None = None
 
     def receive_data(self, data) -> list:
         """h2's receive_data, with new-stream HEADERS frames taken by
@@ -150,24 +183,60 @@ class DownstreamH2Connection(GuardedH2Connection):
         guard._check_outbound()
         guard.streams_opened += 1
         guard.empty_in_a_row = 0            # END_HEADERS is set
-        headers = self._decode(block)
+        headers, checked = self._decode(block)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._get_or_create_stream(sid, AllowedStreamIDs.ODD)
+        if checked is not None:
+            return events + self._receive_checked(stream, headers, end_stream, checked)
         frames, stream_events = stream.receive_headers(headers, end_stream,
                                                        self.config.header_encoding)
         self._prepare_for_sending(frames)
+        last = self._indexed
+        if last is not None and last[0] is block:
+            # The fields as h2 validated them, for the next stream with this block.
+            head: Any = stream_events[0]        # RequestReceived
+            self._indexed = (block, last[1], last[2], tuple(head.headers))
         return events + stream_events
 
-    def _decode(self, block: bytes) -> list:
-        """h2's `_decode_headers`, reusing the last all-indexed block's fields."""
-        dec = self.decoder
+    @staticmethod
+    def _receive_checked(stream, headers: list, end_stream: bool, checked: tuple) -> list:
+        """h2's `H2Stream.receive_headers` for a request block it validated
+        before (the same fields, the same flags: a new stream's request
+        HEADERS): the same transitions, events and content-length, the
+        validated fields reused instead of validated again."""
+        sm = stream.state_machine
+        events = sm.process_input(StreamInputs.RECV_HEADERS)
+        if end_stream:
+            ended = sm.process_input(StreamInputs.RECV_END_STREAM)
+            events[0].stream_ended = ended[0]
+            events += ended
+        stream._initialize_content_length(headers)
+        head: Any = events[0]               # RequestReceived
+        head.headers = list(checked)
+        return events
+
+    def _decode(self, block: bytes) -> tuple[Any, tuple | None]:
+        """h2's `_decode_headers`, reusing the last all-indexed block's
+        fields; with them, as h2 validated them (None: not yet)."""
+        dec = self._dec
         last = self._indexed
         if last is not None and last[1] == dec.generation and last[0] == block:
-            return list(last[2])
+            return list(last[2]), last[3]
         headers = _decode_headers(dec, block)
         if not block.translate(None, _ONE_BYTE_INDEXED):
-            self._indexed = (block, dec.generation, tuple(headers))
-        return headers
+            self._indexed = (block, dec.generation, tuple(headers), None)
+        return headers, None
+
+    def _encode(self, fields: list) -> bytes:
+        """h2's encoder on `fields`, reusing the last all-indexed result."""
+        enc = self._enc
+        last = self._indexed_out
+        if last is not None and last[1] == enc.generation and last[0] == fields:
+            return last[2]
+        encoded = enc.encode(fields)
+        if not encoded.translate(None, _ONE_BYTE_INDEXED):
+            self._indexed_out = (list(fields), enc.generation, encoded)
+        return encoded
 
     def _plain_stream(self, sid: int):
         """The stream if its response may take the fast path, else None."""
@@ -198,7 +267,7 @@ class DownstreamH2Connection(GuardedH2Connection):
         n = 0 if data is None else len(data)
         if n and not self._fits(stream, n):
             return False
-        encoded = self.encoder.encode(block)
+        encoded = self._encode(block)
         size = self.max_outbound_frame_size
         head_flags = _END_STREAM if end_stream and data is None else 0
         if len(encoded) <= size:

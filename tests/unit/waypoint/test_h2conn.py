@@ -297,3 +297,35 @@ def test_a_table_size_change_drops_the_reused_block():
     s.decoder.header_table_size = 4096    # the same size: only the reuse is dropped
     s.receive_data(raw.headers(5, raw.enc.encode(REQUEST), end_stream=True))
     assert s.decoder.generation == gen + 2
+
+
+def test_repeated_response_heads_reuse_their_bytes_and_see_table_changes():
+    slow, fast = _pair(n_streams=6)
+    blocks = [_block(), _block(), _block(), _block(b"404"), _block(), _block()]
+    for i, block in enumerate(blocks):
+        sid = 1 + 2 * i
+        slow.send_headers(sid, block)
+        slow.send_data(sid, b"hello", end_stream=True)
+        assert fast.send_response(sid, block, b"hello", True)
+        assert fast.data_to_send() == slow.data_to_send()
+    assert _state(fast) == _state(slow)
+    # Encoded: 1 (literals), 2 (all indexed: kept, 3 reuses it), 4 (another
+    # :status), 5 (the 200 head again; 6 reuses it).
+    assert fast.encoder.generation == 5
+    gen = fast.encoder.generation
+    fast.encoder.header_table_size = 4096          # what h2 does on the client's SETTINGS
+    assert fast.encoder.generation == gen + 1      # so the next head is encoded again
+
+
+def test_a_reused_block_with_and_without_end_stream_gives_h2s_events():
+    raw = RawFrames()
+    block = raw.enc.encode(REQUEST + [("content-length", "3")])
+    again = raw.enc.encode(REQUEST + [("content-length", "3")])
+    wire = PREFACE + hf.SettingsFrame(0).serialize() + raw.headers(1, block) + \
+        raw.data(1, b"abc", end_stream=True) + raw.headers(3, again) + \
+        raw.data(3, b"abc", end_stream=True) + raw.headers(5, again) + \
+        raw.data(5, b"abcd", end_stream=True)          # more than its content-length
+    fast, slow = _feed_both(wire, one_byte=True)
+    assert fast == slow
+    assert [e[0] for e in fast[0]].count("RequestReceived") == 3
+    assert fast[1] is not None                        # stream 5's body: h2's error
