@@ -299,3 +299,33 @@ async def test_send_windows_exhaust_and_reopen_as_h2():
     ops = [("push", 256 * KB)] * 17 + [("read", None)] + [("push", 256 * KB)] * 3
     frames = await compare_send(ops)
     assert frames == 16 + 3
+
+
+async def test_ztunnels_counting_end_takes_both_c_halves():
+    """ztunnel's CountingEnd (its byte counts are the connection's metrics)
+    must stay a plain TcpEnd to the C relay: both halves apply to it."""
+    from shoal.ztunnel.proxy.inputs import CountingEnd
+    run = Run(True)
+    await run.start()
+    try:
+        theirs, mine = socket.socketpair()
+        _, end = await asyncio.get_running_loop().create_connection(CountingEnd, sock=mine)
+        pushed = [0, 0]
+        run.s.set_sink(_counted(end, pushed, 0))
+        sender = _counted(run.s, pushed, 1)
+        end.set_sink(sender)
+        run.send(("data", KB))
+        run.deliver(0)
+        assert run.frames == 1 and end.bytes_written == KB and pushed[0] == KB
+        theirs.sendall(b"r" * 100)
+        for _ in range(100):
+            if run.link.s_tcp.out:
+                break
+            await asyncio.sleep(0)
+        assert sender.frames == 1 and end.bytes_read == 100 and pushed[1] == 100
+        run.link.pump()
+        assert bytes(run.c._chunks[0][0]) == b"r" * 100
+        end.transport.close()
+        theirs.close()
+    finally:
+        run.close()

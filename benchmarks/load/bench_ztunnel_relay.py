@@ -1,0 +1,85 @@
+"""CPU cost of a ztunnel pair's relay per 1 KB request, in one process: the
+plain socket → HBONE → plain socket path with and without its C halves
+(core/hbone/native/relay.c, send.c).
+
+The HBONE pair of bench_hbone_tls (two real HboneConnections on real tlsio
+TLS 1.3, joined in memory), with each tunnel piped (core.pipe's sinks, as
+`pipe()` installs them) to a TcpEnd on a real socket pair: the "app" writes
+1 KB on the client side, it crosses both proxies to the server-side app,
+which answers 1 KB. Per round trip that is each ztunnel's receive and send
+half once in each direction, without the load run's processes and event
+loop wakeups, so callgrind can count it (docs/bench/profiles/):
+
+    valgrind --tool=callgrind .venv/bin/python -m shoal.benchmarks.load.bench_ztunnel_relay c 20
+    (and 220; `records` instead of `c`: the C record calls only, as before the relay)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+from shoal.benchmarks.load.bench_hbone_tls import KB, Link
+from shoal.core.hbone import fastpath
+from shoal.core.hbone.connection import HboneConnection
+from shoal.core.pipe import TcpEnd, _counted
+
+# A round trip's bytes are on the other side's socket after at most this many
+# loop iterations (one for the TcpEnd's read); more means something broke.
+MAX_SPINS = 100
+
+
+class Relay:
+    """Both ztunnels' relays on one in-memory HBONE link."""
+
+    async def start(self, pki) -> None:
+        self.link = Link(pki)
+        self.c, self.s = await self.link.open()
+        loop = asyncio.get_running_loop()
+        self.app_c, mine_c = socket.socketpair()
+        self.app_s, mine_s = socket.socketpair()
+        _, self.end_c = await loop.create_connection(TcpEnd, sock=mine_c)
+        _, self.end_s = await loop.create_connection(TcpEnd, sock=mine_s)
+        pushed = [0, 0, 0, 0]
+        for end, stream, i in ((self.end_c, self.c, 0), (self.end_s, self.s, 2)):
+            stream.set_sink(_counted(end, pushed, i))
+            end.set_sink(_counted(stream, pushed, i + 1))
+
+    async def _through(self, app: socket.socket, out: list, peer: socket.socket, payload: bytes):
+        app.sendall(payload)
+        for _ in range(MAX_SPINS):
+            if out:
+                break
+            await asyncio.sleep(0)
+        else:
+            raise RuntimeError("the proxy did not pick up the request")
+        self.link.pump()
+        got = 0
+        while got < len(payload):
+            got += len(peer.recv(65536))
+
+    async def round_trips(self, n: int, payload: bytes = b"q" * KB) -> None:
+        for _ in range(n):
+            await self._through(self.app_c, self.link.c_tcp.out, self.app_s, payload)
+            await self._through(self.app_s, self.link.s_tcp.out, self.app_c, payload)
+
+
+def main() -> None:
+    from tests.helpers.pki import TestPKI
+    mode, n = sys.argv[1], int(sys.argv[2])
+    if mode == "records":
+        HboneConnection.native_relay = lambda self, sslsock, raw: None        # type: ignore
+        HboneConnection.native_sender = lambda self, *a: None                 # type: ignore
+    elif mode == "python":
+        fastpath.native = None
+    loop = asyncio.new_event_loop()
+    relay = Relay()
+    loop.run_until_complete(relay.start(TestPKI()))
+    loop.run_until_complete(relay.round_trips(n))
+    if mode == "c":
+        assert relay.link.server._relay.frames >= n and relay.link.client._relay.frames >= n
+
+
+if __name__ == "__main__":
+    main()
