@@ -163,7 +163,6 @@ static int commit(Relay *r, PyObject *sid, const char *payload, long long n, PyO
                   PyObject *hs, PyObject *stream_wm, PyObject *target, PyObject *t,
                   long long conn_cws, long long stream_cws, int *flush)
 {
-    (void)h2s;
     long long v, cmax, cproc, smax, sproc;
     PyObject *end = PyTuple_GET_ITEM(target, 0);
     /* FloodGuard.on_data_payload (the outbound check passed in conn_ready),
@@ -186,11 +185,21 @@ static int commit(Relay *r, PyObject *sid, const char *payload, long long n, PyO
             || add_ll(hs, s_bytes_received, n) < 0)
         return -1;
     /* _HboneCore.acknowledge → h2's acknowledge_received_data: both
-     * managers' process_bytes; h2 itself when either would send an update. */
+     * managers' process_bytes; h2 itself when either would send an update,
+     * or when the write (Python: the transport, its protocol) closed the
+     * connection or the stream: then acknowledge's own checks (core.dead,
+     * stream.open) decide what is counted. */
+    int still = attr_true(r->core, s_dead);
+    if (still < 0)
+        return -1;
+    still = still ? 0 : state_in(h2s, r->stream_states);
+    if (still < 0)
+        return -1;
     if (get_ll(r->conn_wm, s_maxw, &cmax) < 0 || get_ll(r->conn_wm, s_processed, &cproc) < 0
             || get_ll(stream_wm, s_maxw, &smax) < 0 || get_ll(stream_wm, s_processed, &sproc) < 0)
         return -1;
-    if (would_update(conn_cws - n, cmax, cproc + n) || would_update(stream_cws - n, smax, sproc + n)) {
+    if (!still || would_update(conn_cws - n, cmax, cproc + n)
+            || would_update(stream_cws - n, smax, sproc + n)) {
         PyObject *size = PyLong_FromLongLong(n);
         if (size == NULL)
             return -1;

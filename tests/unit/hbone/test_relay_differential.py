@@ -1,0 +1,565 @@
+"""An adversarial, differential test of the C receive relay (core/hbone/
+native/relay.c) against the pure-Python path (SHOAL_NATIVE=0's).
+
+The server is a real HboneConnection on real TLS 1.3 (in memory, as in
+benchmarks/load/bench_hbone_tls.py) with tunnels piped (core.pipe's sink) to
+TcpEnds on real socket pairs. After the tunnels are open, the client side is
+raw: it writes arbitrary HTTP/2 frames (valid and hostile, seeded random), in
+TLS records cut at arbitrary plaintext offsets, and reads what the server
+sends back as frames. Each script runs twice: with the C relay, and with the
+C module switched off entirely (fastpath.native = None). After every step
+both runs must agree on the bytes on every plain socket, the bytes queued for
+read(), the frames the server sent, both h2 inbound windows of every stream,
+the flood guard, every byte count, the stream and connection states and the
+connection's error; no exception may escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import random
+import socket
+import ssl
+import struct
+import sys
+import tracemalloc
+
+import pytest
+from h2.connection import ConnectionState
+from h2.stream import StreamState
+
+from shoal.core.hbone import fastpath, tlsio
+from shoal.core.hbone.connection import HboneConnection
+from shoal.core.hbone.settings import HboneSettings
+from shoal.core.identity.tls import client_context, server_context
+from shoal.core.pipe import TcpEnd, _counted
+from tests.helpers.pki import TestPKI
+
+pytestmark = pytest.mark.skipif(fastpath.native is None, reason="native path off (SHOAL_NATIVE=0)")
+
+SERVER_ID = "spiffe://cluster.local/ns/t/sa/server"
+CLIENT_ID = "spiffe://cluster.local/ns/t/sa/client"
+KB = 1024
+DATA, HEADERS, PRIORITY, RST, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 2, 3, 4, 6, 7, 8
+END_STREAM, PADDED = 0x1, 0x8
+TUNNELS = 3                 # opened before the raw part: stream ids 1, 3, 5
+PIPED = (0, 1)              # of which these go to TcpEnds (the third queues for read())
+_CONTEXTS: list = []
+
+
+def contexts():
+    """The client's and server's TLS contexts, made once (issuing is slow)."""
+    if not _CONTEXTS:
+        pki = TestPKI()
+        _CONTEXTS.extend([client_context(pki.issue(CLIENT_ID)),
+                          server_context(pki.issue(SERVER_ID))])
+    return _CONTEXTS
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes = b"", length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    return struct.pack(">I", n)[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
+
+
+def data(sid: int, n: int, flags: int = 0, pad: int = 0, fill: int = 0x61) -> bytes:
+    body = bytes((fill + i) % 256 for i in range(n))
+    if flags & PADDED:
+        body = bytes([pad]) + body + b"\0" * pad
+    return frame(DATA, flags, sid, body)
+
+
+class _Wire:
+    """`MemoryTcp` of the bench harness: what a _TlsProtocol writes."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closing = False
+
+    def write(self, b) -> None:
+        self.out.append(bytes(b))
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def write_eof(self) -> None:
+        self.closing = True
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class Hook:
+    """A TcpEnd's transport with a callback inside write (re-entrancy)."""
+
+    def __init__(self, real, on_write) -> None:
+        self._real, self.on_write = real, on_write
+
+    def write(self, b) -> None:
+        self._real.write(b)
+        self.on_write()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class Run:
+    """One server connection, tunnels open and piped, client side raw."""
+
+    def __init__(self, relay: bool, settings: HboneSettings) -> None:
+        self.relay, self.settings = relay, settings
+        self.sent = bytearray()              # server → client plaintext not yet parsed
+
+    async def start(self, monkeypatch) -> None:
+        if not self.relay:
+            monkeypatch.setattr(fastpath, "native", None)
+        cctx, sctx = contexts()
+        self.accepted: list = []
+
+        def on_request(conn, stream, req):
+            conn.core.accept(req.stream_id)
+            conn.flush()
+            self.accepted.append(stream)
+        self.client_conn = HboneConnection(client=True, expected_identities=(SERVER_ID,))
+        self.client = tlsio._TlsProtocol(cctx, server_side=False, app=self.client_conn,
+                                         handshake_timeout=10)
+        self.server = tlsio.server_protocol(
+            sctx, lambda: HboneConnection(client=False, on_request=on_request,
+                                          settings=self.settings),
+            handshake_timeout=10, on_failure=lambda proto, exc: None)
+        self.c_tcp, self.s_tcp = _Wire(), _Wire()
+        self.server.connection_made(self.s_tcp)
+        self.client.connection_made(self.c_tcp)
+        self.pump()
+        cs = [self.client_conn.open_stream(f"10.0.0.{i}:80") for i in range(TUNNELS)]
+        self.pump()
+        for c in cs:
+            await c.wait_open()
+        monkeypatch.undo()
+        assert (self.server._relay is not None) == self.relay
+        self.conn = self.server.app
+        h2 = self.conn.core._h2
+        # The flood guard's token buckets read the clock: make it the same in
+        # both runs (a second per call: the buckets refill).
+        ticks = iter(range(10**9))
+        h2.guard.clock = lambda: float(next(ticks))
+        h2.guard.limits = dataclasses.replace(h2.guard.limits, window_updates_per_data_frame=10**6)
+        self.streams = list(self.accepted)
+        self.ends, self.socks, self.pushed = [], [], []
+        loop = asyncio.get_running_loop()
+        for i in PIPED:
+            mine, theirs = socket.socketpair()
+            mine.setblocking(False)
+            _, end = await loop.create_connection(TcpEnd, sock=theirs)
+            pushed = [0, 0]
+            self.streams[i].set_sink(_counted(end, pushed, 0))
+            self.ends.append(end)
+            self.socks.append(mine)
+            self.pushed.append(pushed)
+        self.plain = [bytearray() for _ in PIPED]
+        self.s_tcp.out.clear()
+        self.raw_client = self.client.sslobj
+
+    def close(self) -> None:
+        for end in self.ends:
+            if end.transport is not None:
+                end.transport.close()
+        for s in self.socks:
+            s.close()
+
+    def pump(self) -> None:
+        """Both sides' writes to the other until neither has any (set-up only)."""
+        while self.c_tcp.out or self.s_tcp.out:
+            for src, dst in ((self.c_tcp, self.server), (self.s_tcp, self.client)):
+                if src.out:
+                    b = b"".join(src.out)
+                    src.out.clear()
+                    dst.data_received(b)
+
+    # -- the raw client ------------------------------------------------------
+
+    def write(self, frames, cuts, per_frame: bool = False) -> None:
+        """`frames` to the server as TLS records cut at the plaintext offsets
+        `cuts` (and between frames if `per_frame`)."""
+        plaintext = b"".join(frames)
+        if per_frame:
+            ends = [0]
+            for f in frames:
+                ends.append(ends[-1] + len(f))
+            cuts = [*cuts, *ends]
+        edges = [0, *sorted(c for c in cuts if 0 < c < len(plaintext)), len(plaintext)]
+        records = []
+        for a, b in zip(edges, edges[1:]):
+            if b > a:
+                self.raw_client.write(plaintext[a:b])
+                records.append(self.client._out.read())
+        self.records = records
+
+    def deliver(self, together: bool) -> None:
+        """The records to the server: in one read, or one read each."""
+        if together:
+            self.server.data_received(b"".join(self.records))
+        else:
+            for r in self.records:
+                self.server.data_received(r)
+        self.records = []
+
+    def frames_sent(self) -> list[bytes]:
+        """The whole frames the server sent since the last call."""
+        ct = b"".join(self.s_tcp.out)
+        self.s_tcp.out.clear()
+        if ct:
+            self.client._in.write(ct)
+        while True:
+            try:
+                got = self.raw_client.read(1 << 20)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not got:
+                break
+            self.sent += got
+        out, b = [], self.sent
+        while len(b) >= 9:
+            n = int.from_bytes(b[:3], "big")
+            if len(b) < 9 + n:
+                break
+            out.append(bytes(b[:9 + n]))
+            del b[:9 + n]
+        return out
+
+    def snapshot(self) -> dict:
+        for i, s in enumerate(self.socks):
+            while True:
+                try:
+                    got = s.recv(1 << 20)
+                except (BlockingIOError, OSError):
+                    break
+                if not got:
+                    break
+                self.plain[i] += got
+        conn, core = self.conn, self.conn.core
+        h2 = core._h2
+        g = h2.guard
+
+        def wm(m):
+            return (m.current_window_size, m.max_window_size, m._bytes_processed)
+        return {
+            "plain": [bytes(p) for p in self.plain],
+            "ends": [(e.bytes_written, e.transport is None or e.transport.is_closing())
+                     for e in self.ends],
+            "pushed": [tuple(p) for p in self.pushed],
+            "queued": {s.stream_id: ([bytes(d) for d, _ in s._chunks], [f for _, f in s._chunks],
+                                     s.bytes_received, s._eof, str(s._error))
+                       for s in self.streams},
+            "sent": sorted(self.frames_sent()),
+            "conn_window": wm(h2._inbound_flow_control_window_manager),
+            "h2_streams": {sid: (st.state_machine.state, wm(st._inbound_window_manager))
+                           for sid, st in h2.streams.items()},
+            "h2_state": h2.state_machine.state,
+            "h2_buffer": bytes(h2.incoming_buffer._data),
+            "guard": (g.empty_in_a_row, g.outbound_control, g.data_frames_sent,
+                      g.window_updates, g.streams_opened),
+            "core": (core.dead, core.goaway_received,
+                     sorted((sid, s.state) for sid, s in core._streams.items())),
+            "conn": (str(conn.error), sorted(conn.streams), self.server.closing),
+        }
+
+
+async def run_script(relay: bool, script, settings, monkeypatch, hooks=None):
+    """Run `script` (steps of (plaintext-builder, cuts, together)); the
+    snapshot after each step, and how many frames C relayed."""
+    run = Run(relay, settings)
+    await run.start(monkeypatch)
+    try:
+        if hooks is not None:
+            hooks(run)
+        snaps = []
+        for build, cuts, together in script:
+            frames = build(run)
+            run.write(frames, cuts, per_frame=not together)
+            run.deliver(together)
+            await asyncio.sleep(0)            # the loop runs the transports' callbacks
+            await asyncio.sleep(0)
+            snaps.append(run.snapshot())
+        return snaps, (run.server._relay.frames if run.server._relay is not None else 0)
+    finally:
+        run.close()
+
+
+async def compare(script, monkeypatch, settings=HboneSettings(), hooks=None) -> int:
+    native, frames = await run_script(True, script, settings, monkeypatch, hooks)
+    python, none = await run_script(False, script, settings, monkeypatch, hooks)
+    assert none == 0
+    for i, (n, p) in enumerate(zip(native, python)):
+        assert n == p, f"step {i}: {sorted(k for k in n if n[k] != p[k])} differ: " + \
+            str({k: (n[k], p[k]) for k in n if n[k] != p[k]})[:2000]
+    return frames
+
+
+def const(*frames: bytes):
+    return lambda run: list(frames)
+
+
+# -- random scripts ----------------------------------------------------------
+#
+# Delivery: `together` puts a step's records in one read (one batch for the
+# Python path, which parses the whole batch before it dispatches any event);
+# otherwise every frame is in records of its own, each in its own read. The
+# C relay acts frame by frame, so it equals the Python path exactly when each
+# read holds one frame; with several frames in a read the two legitimately
+# differ where an event changes how a later frame of the same read is taken
+# (see test_batch_divergences_are_only_per_frame_ordering), so batches are
+# compared exactly only for scripts without such frames.
+
+SIDS = (1, 3, 5)
+
+
+def random_frame(rnd: random.Random, hostile: bool) -> bytes:
+    """One client frame: mostly DATA on the tunnels, every other kind too."""
+    sid = rnd.choice(SIDS)
+    r = rnd.random()
+    if r < 0.58:
+        n = rnd.choice((1, 2, 9, 100, 1000, 4 * KB, 16 * KB - 1, 16 * KB))
+        return data(sid, n, fill=rnd.randrange(256))
+    if r < 0.66:
+        return data(sid, rnd.choice((5, 300)), PADDED, pad=rnd.choice((0, 1, 40)))
+    if r < 0.70:
+        # Empty DATA: more than H2Limits.max_consecutive_empty_frames in a
+        # row is a flood (a connection error), so only hostile scripts have it.
+        return data(sid, 0) if hostile else data(sid, 0, PADDED, pad=3) + data(sid, 1)
+    if r < 0.76:
+        return frame(PING, 0, 0, rnd.randbytes(8))
+    if r < 0.80:
+        return frame(SETTINGS, 0, 0, b"")
+    if r < 0.84:
+        return frame(WINDOW_UPDATE, 0, rnd.choice((0, sid)), struct.pack(">I", rnd.randrange(1, 5000)))
+    if r < 0.88:
+        return frame(PRIORITY, 0, sid, struct.pack(">IB", 0, 15))
+    if r < 0.92:
+        return frame(0x42, 0xFF, sid, b"x" * rnd.randrange(20))    # unknown type: ignored
+    if not hostile:
+        return data(sid, rnd.choice((1, 77)), fill=rnd.randrange(256))
+    if r < 0.94:
+        return data(sid, rnd.choice((0, 10)), END_STREAM)
+    if r < 0.95:
+        return frame(RST, 0, sid, struct.pack(">I", 8))
+    if r < 0.96:
+        return frame(GOAWAY, 0, 0, struct.pack(">II", 5, 0))
+    if r < 0.97:
+        return data(rnd.choice((7, 99)), rnd.choice((1, 50)))       # idle stream
+    if r < 0.98:
+        return frame(DATA, 0, sid, b"", length=(1 << 24) - 1)       # over max frame size
+    if r < 0.99:
+        return data(0, 10)                                          # DATA on stream 0
+    return frame(DATA, PADDED, sid, bytes([200]) + b"x" * 10)      # pad past the frame
+
+
+def random_script(seed: int, steps: int, hostile: bool, together=None):
+    rnd = random.Random(seed)
+    script = []
+    for _ in range(steps):
+        frames = [random_frame(rnd, hostile) for _ in range(rnd.randrange(1, 12))]
+        size = sum(map(len, frames))
+        cuts = [rnd.randrange(size) for _ in range(rnd.choice((0, 1, 3, 8)))]
+        script.append((const(*frames), cuts, rnd.random() < 0.5 if together is None else together))
+    return script
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_random_valid_frames_same_as_python(seed, monkeypatch):
+    frames = await compare(random_script(seed, 25, hostile=False), monkeypatch)
+    assert frames > 0
+
+
+@pytest.mark.parametrize("seed", range(100, 108))
+async def test_random_hostile_frames_same_as_python(seed, monkeypatch):
+    await compare(random_script(seed, 25, hostile=True, together=False), monkeypatch)
+
+
+async def test_batch_divergences_are_only_per_frame_ordering(monkeypatch):
+    """In one read, DATA for a tunnel then a connection error: the Python
+    path's batch raises before any of its events reach the tunnel (the
+    bytes are dropped with the connection); the relay had already delivered
+    them, as the Python path does when they come in a read of their own."""
+    script = [(const(data(1, 3), data(99, 1)), [], True)]
+    native, _ = await run_script(True, script, HboneSettings(), monkeypatch)
+    python, _ = await run_script(False, script, HboneSettings(), monkeypatch)
+    split, _ = await run_script(False, [(const(data(1, 3), data(99, 1)), [], False)],
+                                HboneSettings(), monkeypatch)
+    assert native[0]["plain"][0] == split[0]["plain"][0] == data(1, 3)[9:]
+    assert python[0]["plain"][0] == b""
+    assert native[0]["conn"] == python[0]["conn"] == split[0]["conn"]
+
+
+async def test_split_at_every_byte_boundary(monkeypatch):
+    """The same frames, cut into two TLS records at each plaintext offset,
+    delivered in one read and in two."""
+    seq = [data(1, 3), frame(PING, 0, 0, b"12345678"), data(3, 20), data(1, 7, PADDED, pad=2),
+           data(1, 0), data(3, 1), frame(0x42, 0, 1, b"z"), data(5, 4),
+           frame(SETTINGS, 0, 0, b""), data(1, 11)]
+    size = sum(map(len, seq))
+    script = [(const(*seq), [k], together) for k in range(1, size) for together in (True, False)]
+    frames = await compare(script, monkeypatch)
+    assert frames > 0
+
+
+async def test_small_windows_exhausted_and_overrun(monkeypatch):
+    """The smallest windows RFC 9113 allows; the third tunnel is never read,
+    so its window runs out and the peer then overruns it (FLOW_CONTROL_ERROR)."""
+    settings = HboneSettings(stream_window=65_535, connection_window=4 * 65_535,
+                             max_frame_size=16_384)
+    script = [(const(*[data(1, 16 * KB)] * 3, data(5, 16 * KB)), [], False),
+              (const(*[data(5, 16 * KB)] * 2), [7, 16 * KB + 20], False),
+              (const(*[data(3, 16 * KB)] * 4, data(1, 100)), [], False),
+              (const(data(5, 16 * KB - 1)), [], False),          # 65535 exactly: window 0
+              (const(data(1, 10), data(5, 1)), [], False)]       # one byte over
+    await compare(script, monkeypatch, settings)
+
+
+# -- the sink's transport misbehaving inside write ---------------------------
+
+def _hooked(action):
+    """Hooks that wrap the first piped TcpEnd's transport: `action(run)`
+    runs inside its third write."""
+    def install(run):
+        end = run.ends[0]
+        count = [0]
+
+        def on_write():
+            count[0] += 1
+            if count[0] == 3:
+                action(run)
+        end.transport = Hook(end.transport, on_write)
+    return install
+
+
+def _close_plain(run):
+    run.ends[0].transport._real.close()
+
+
+def _abort_connection(run):
+    run.conn.transport.abort()
+
+
+def _close_connection(run):
+    run.conn.close()
+
+
+def _reset_tunnel(run):
+    run.streams[0].abort()
+
+
+def _drop_sink(run):
+    run.streams[0].set_sink(None)
+
+
+def _pause(run):
+    run.ends[0].pause_writing()
+
+
+@pytest.mark.parametrize("action", [_close_plain, _abort_connection, _close_connection,
+                                    _reset_tunnel, _drop_sink, _pause])
+async def test_sink_write_tears_things_down(action, monkeypatch):
+    burst = [f for i in range(8) for f in (data(1, 100 + i), data(3, 50))]
+    script = [(const(*burst), [], False), (const(*burst), [333], False)]
+    await compare(script, monkeypatch, hooks=_hooked(action))
+
+
+async def test_sink_write_raising_fails_the_read_in_both_paths(monkeypatch):
+    """A transport.write that raises: the exception leaves data_received on
+    both paths (the event loop then closes the TCP connection), nothing is
+    swallowed, and what happened before it is counted the same."""
+    def boom(run):
+        raise RuntimeError("write failed")
+    results = []
+    for relay in (True, False):
+        run = Run(relay, HboneSettings())
+        await run.start(monkeypatch)
+        try:
+            _hooked(boom)(run)
+            run.write([data(1, 10)] * 5, [])
+            with pytest.raises(RuntimeError, match="write failed"):
+                run.deliver(True)
+            await asyncio.sleep(0)
+            results.append((run.snapshot()["plain"], run.ends[0].bytes_written))
+        finally:
+            run.close()
+    payload = data(1, 10)[9:]
+    assert results[0] == results[1] == ([payload * 3, b""], 20)
+
+
+# -- plain sockets that die during relay writes ------------------------------
+
+async def test_plain_peer_reset_during_a_batch(monkeypatch):
+    """The plain side's peer is gone (RST) before a batch arrives: the first
+    write fails inside the relay, the transport closes, the rest of the batch
+    queues for read() exactly as on the Python path; the other tunnel on the
+    connection goes on undisturbed."""
+    def kill(run):
+        s = run.socks[0]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        run.socks[0] = socket.socket()      # snapshot reads nothing from it
+        run.socks[0].setblocking(False)
+    burst = [f for i in range(20) for f in (data(1, 4 * KB, fill=i), data(3, KB, fill=i))]
+    script = [(const(data(1, 10), data(3, 10)), [], True),
+              (lambda run: (kill(run), burst)[1], [], True),
+              (const(*burst), [5000], False)]
+    frames = await compare(script, monkeypatch)
+    assert frames >= 2
+
+
+# -- references ---------------------------------------------------------------
+
+async def test_relay_leaks_no_references_or_memory(monkeypatch):
+    """Thousands of frames through Relay.read: the objects it touches keep
+    their reference counts and no memory stays allocated."""
+    run = Run(True, HboneSettings())
+    await run.start(monkeypatch)
+    try:
+        conn, core = run.conn, run.conn.core
+        h2 = core._h2
+        hs, end = run.streams[0], run.ends[0]
+        objs = [conn, core, h2, h2.guard, h2._inbound_flow_control_window_manager,
+                h2.streams[1], h2.streams[1]._inbound_window_manager, h2.incoming_buffer,
+                hs, hs._sink, hs._sink.native_target, end, end.transport, run.pushed[0],
+                conn.streams, core._streams, h2.streams, core._streams[1], run.server._relay,
+                ConnectionState.SERVER_OPEN, StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL]
+
+        def batch():
+            run.write([data(1, 64, fill=i) for i in range(200)], [])
+            run.deliver(True)
+            run.frames_sent()
+            assert run.socks[0].recv(1 << 20) == b"".join(data(1, 64, fill=i)[9:]
+                                                         for i in range(200))
+        batch()
+        gc.collect()
+        before = [sys.getrefcount(o) for o in objs]
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        frames0 = run.server._relay.frames
+        for _ in range(20):
+            batch()
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")
+                    if s.size_diff > 0)
+        tracemalloc.stop()
+        after = [sys.getrefcount(o) for o in objs]
+        assert run.server._relay.frames - frames0 == 4000
+        assert [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b] == []
+        assert grown < 64 * KB, f"{grown} bytes still allocated after 4000 frames"
+    finally:
+        run.close()
+
