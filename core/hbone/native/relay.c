@@ -127,8 +127,9 @@ static int end_writable(PyObject *end, PyObject **transport)
         ok = attr_none(end, s_drain_waiter);
     if (ok > 0) {
         PyObject *c = PyObject_CallMethodNoArgs(t, s_is_closing);
-        ok = c == NULL ? -1 : !PyObject_IsTrue(c);
+        int closing = c == NULL ? -1 : PyObject_IsTrue(c);
         Py_XDECREF(c);
+        ok = closing < 0 ? -1 : !closing;
     }
     if (ok > 0)
         *transport = t;
@@ -238,8 +239,9 @@ static int take_frame(Relay *r, PyObject *sid, const char *payload, long long n,
         ok = attr_none(h2s, s_ecl);
     if (ok > 0) {
         PyObject *state = PyObject_GetAttr(cs, s_state);
-        ok = state == NULL ? -1 : !PyObject_RichCompareBool(state, r->closed, Py_EQ);
+        int closed = state == NULL ? -1 : PyObject_RichCompareBool(state, r->closed, Py_EQ);
         Py_XDECREF(state);
+        ok = closed < 0 ? -1 : !closed;
     }
     if (ok > 0)
         ok = attr_empty(hs, s_chunks);
@@ -334,8 +336,11 @@ static int finish(Relay *r, int flush)
     PyObject *size = PyObject_CallMethodNoArgs(r->raw, s_get_write_buffer_size);
     if (size == NULL)
         return -1;
-    int drained = !PyObject_IsTrue(size);
+    int queued = PyObject_IsTrue(size);
     Py_DECREF(size);
+    if (queued < 0)
+        return -1;
+    int drained = !queued;
     long long v;
     if (drained && (get_ll(r->guard, s_outbound_control, &v) < 0
                     || (v && set_ll(r->guard, s_outbound_control, 0) < 0)))

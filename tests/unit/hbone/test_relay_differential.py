@@ -563,3 +563,47 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
     finally:
         run.close()
 
+
+# -- errors raised by the objects the relay asks ------------------------------
+
+class Bad:
+    """A value whose truth or equality raises (a broken transport or state)."""
+
+    def __bool__(self):
+        raise ValueError("no truth")
+
+    def __eq__(self, other):
+        raise ValueError("no equality")
+
+    __hash__ = object.__hash__
+
+
+def _bad_is_closing(run):
+    hook = run.ends[0].transport = Hook(run.ends[0].transport, lambda: None)
+    hook.is_closing = lambda: Bad()
+
+
+def _bad_state(run):
+    run.conn.core._streams[1].state = Bad()
+
+
+def _bad_buffer_size(run):
+    run.s_tcp.get_write_buffer_size = lambda: Bad()
+
+
+@pytest.mark.parametrize("breaks", [_bad_is_closing, _bad_state, _bad_buffer_size])
+async def test_errors_of_python_objects_propagate_as_on_the_python_path(breaks, monkeypatch):
+    """The relay reads truth values and compares states of Python objects;
+    when that raises, the exception leaves Relay.read as it leaves the
+    Python path (never a result returned with an exception still set, which
+    CPython turns into SystemError)."""
+    for relay in (True, False):
+        run = Run(relay, HboneSettings())
+        await run.start(monkeypatch)
+        try:
+            breaks(run)
+            run.write([data(1, 10)], [])
+            with pytest.raises(ValueError, match="no truth|no equality"):
+                run.deliver(True)
+        finally:
+            run.close()
