@@ -377,15 +377,39 @@ def random_script(seed: int, steps: int, hostile: bool, together=None):
     return script
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 async def test_random_valid_frames_same_as_python(seed, monkeypatch):
     frames = await compare(random_script(seed, 25, hostile=False), monkeypatch)
     assert frames > 0
 
 
-@pytest.mark.parametrize("seed", range(100, 108))
+@pytest.mark.parametrize("seed", range(100, 105))
 async def test_random_hostile_frames_same_as_python(seed, monkeypatch):
     await compare(random_script(seed, 25, hostile=True, together=False), monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(200, 204))
+async def test_random_hostile_batches(seed, monkeypatch):
+    """Hostile frames in batches: nothing escapes, the connection ends (or
+    not) with the same error, and each plain socket got what the Python
+    path delivered, or more: the bytes the relay took before the frame that
+    killed the connection, which the Python path's batch drops."""
+    script = random_script(seed, 25, hostile=True, together=True)
+    native, _ = await run_script(True, script, HboneSettings(), monkeypatch)
+    python, _ = await run_script(False, script, HboneSettings(), monkeypatch)
+    for n, p in zip(native, python):
+        assert n["conn"] == p["conn"]
+        assert n["h2_state"] == p["h2_state"]
+        for got, want in zip(n["plain"], p["plain"]):
+            assert got.startswith(want)
+        if n["conn"][0] == "None":
+            # A stream the same read closed (RST_STREAM, END_STREAM) was
+            # open when the relay acknowledged its DATA, closed when the
+            # Python path's batch did: only its dead window manager differs.
+            for snap in (n, p):
+                snap["h2_streams"] = {sid: v for sid, v in snap["h2_streams"].items()
+                                      if v[0] is not StreamState.CLOSED}
+            assert n == p
 
 
 async def test_batch_divergences_are_only_per_frame_ordering(monkeypatch):
@@ -550,16 +574,16 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
         tracemalloc.start()
         snap0 = tracemalloc.take_snapshot()
         frames0 = run.server._relay.frames
-        for _ in range(20):
+        for _ in range(10):
             batch()
         gc.collect()
         grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")
                     if s.size_diff > 0)
         tracemalloc.stop()
         after = [sys.getrefcount(o) for o in objs]
-        assert run.server._relay.frames - frames0 == 4000
+        assert run.server._relay.frames - frames0 == 2000
         assert [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b] == []
-        assert grown < 64 * KB, f"{grown} bytes still allocated after 4000 frames"
+        assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 frames"
     finally:
         run.close()
 
