@@ -163,8 +163,11 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
     PyObject *size = PyObject_CallMethodNoArgs(s->raw, s_get_write_buffer_size);
     if (size == NULL)
         return -1;
-    int drained = !PyObject_IsTrue(size);
+    int queued = PyObject_IsTrue(size);
     Py_DECREF(size);
+    if (queued < 0)
+        return -1;
+    int drained = !queued;
     long long v;
     if (drained && (get_ll(s->guard, s_outbound_control, &v) < 0
                     || (v && set_ll(s->guard, s_outbound_control, 0) < 0)))
