@@ -31,6 +31,7 @@ from h2.connection import ConnectionState
 from h2.settings import SettingCodes
 from h2.stream import StreamState
 
+from shoal.benchmarks.load.bench_hbone_tls import MemoryTcp
 from shoal.core.hbone import fastpath, tlsio
 from shoal.core.hbone.connection import HboneConnection
 from shoal.core.hbone.settings import HboneSettings
@@ -71,35 +72,11 @@ def data(sid: int, n: int, flags: int = 0, pad: int = 0, fill: int = 0x61) -> by
     return frame(DATA, flags, sid, body)
 
 
-class _Wire:
-    """`MemoryTcp` of the bench harness: what a _TlsProtocol writes."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.closing = False
-
-    def write(self, b) -> None:
-        self.out.append(bytes(b))
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
+class _Wire(MemoryTcp):
+    """The bench harness's in-memory TCP, with a FIN (linger close)."""
 
     def write_eof(self) -> None:
         self.closing = True
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class Hook:
@@ -118,6 +95,8 @@ class Hook:
 
 class Run:
     """One server connection, tunnels open and piped, client side raw."""
+
+    client_native = False          # the client's TLS on the C module too
 
     def __init__(self, relay: bool, settings: HboneSettings) -> None:
         self.relay, self.settings = relay, settings
@@ -140,9 +119,18 @@ class Run:
             sctx, lambda: HboneConnection(client=False, on_request=on_request,
                                           settings=self.settings),
             handshake_timeout=10, on_failure=lambda proto, exc: None)
-        self.c_tcp, self.s_tcp = _Wire(), _Wire()
+        self.c_tcp, self.s_tcp = _Wire("client"), _Wire("server")
         self.server.connection_made(self.s_tcp)
-        self.client.connection_made(self.c_tcp)
+        # The raw client writes and reads through its ssl.SSLObject and
+        # MemoryBIOs: it stays off the C module (whose Channel BIO replaces
+        # them after the handshake) unless it is the side under test.
+        native = fastpath.native
+        if not self.client_native:
+            fastpath.native = None
+        try:
+            self.client.connection_made(self.c_tcp)
+        finally:
+            fastpath.native = native
         self.pump()
         cs = [self.client_conn.open_stream(f"10.0.0.{i}:80") for i in range(TUNNELS)]
         self.pump()
@@ -652,6 +640,10 @@ def send_op(rnd: random.Random):
 
 
 class SendRun(Run):
+    @property
+    def client_native(self) -> bool:
+        return self.relay
+
     def setup_push(self) -> None:
         self.c, self.s = self.client_streams[2], self.streams[2]
         self.push_pushed = [0, 0]
