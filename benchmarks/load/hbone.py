@@ -73,9 +73,9 @@ class Pair:
         stop(self.exit)
 
 
-# Runs `tests.helpers.hbone_tools` with `shoal.*` imported from another
-# checkout: its pyproject's package-dir maps shoal.<x> to folders, which the
-# installed editable finder (this checkout's) would otherwise answer for.
+# Runs a module (argv[2]) with `shoal.*` and `tests.*` imported from another
+# checkout (argv[1]): its pyproject's package-dir maps shoal.<x> to folders,
+# which the installed editable finder (this checkout's) would otherwise answer for.
 _TREE_BOOTSTRAP = """
 import importlib.util, runpy, sys, tomllib
 root = sys.argv[1]
@@ -92,16 +92,20 @@ sys.meta_path.insert(0, Tree)
 for name in [m for m in sys.modules if m.split(".")[0] in ("shoal", "tests")]:
     del sys.modules[name]
 sys.path.insert(0, root)
-sys.argv = ["hbone_tools", *sys.argv[2:]]
-runpy.run_module("tests.helpers.hbone_tools", run_name="__main__", alter_sys=True)
+module = sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def tool_command(root: Path) -> list[str]:
-    """The command that runs `tests.helpers.hbone_tools` from checkout `root`."""
+def tool_command(root: Path, module: str = "tests.helpers.hbone_tools") -> list[str]:
+    """The command that runs `module` (python -m) with checkout `root`'s code,
+    e.g. `shoal.benchmarks.load.bench_hbone_tls` under callgrind for a
+    before/after instruction count."""
     if root == ROOT:
-        return [sys.executable, "-m", "tests.helpers.hbone_tools"]
-    return [sys.executable, "-c", _TREE_BOOTSTRAP, str(root)]
+        return [sys.executable, "-m", module]
+    return [sys.executable, "-c", _TREE_BOOTSTRAP, str(root), module]
+
 
 
 def prepare_tree(root: Path) -> None:
@@ -200,7 +204,11 @@ def iperf(port: int, seconds: float, streams: int) -> dict:
     if "error" in data:
         raise RuntimeError(f"iperf3: {data['error']}")
     recv = data["end"]["sum_received"]
-    return {"bits_per_second": recv["bits_per_second"], "bytes": recv["bytes"]}
+    cpu = data["end"].get("cpu_utilization_percent", {})
+    return {"bits_per_second": recv["bits_per_second"], "bytes": recv["bytes"],
+            "seconds": recv.get("seconds", seconds),
+            "client_cores": cpu.get("host_total", 0.0) / 100,
+            "server_cores": cpu.get("remote_total", 0.0) / 100}
 
 
 def throughput(pair: Pair, seconds: float, streams: int) -> dict:
@@ -211,9 +219,13 @@ def throughput(pair: Pair, seconds: float, streams: int) -> dict:
     entry = [b - a for a, b in zip(e0, e1)]
     exit_ = [b - a for a, b in zip(x0, x1)]
     # Per process: whether the kernel's SO_REUSEPORT hash spread the load.
+    # Cores: where the machine's CPU went during the run (the load generator
+    # and the target share the cores with the proxies).
     return {"gbit_s": r["bits_per_second"] / 1e9, "bytes": r["bytes"],
             "cpu_s_per_gb_entry": sum(entry) / gb, "cpu_s_per_gb_exit": sum(exit_) / gb,
-            "cpu_s_per_process": {"entry": entry, "exit": exit_}}
+            "cpu_s_per_process": {"entry": entry, "exit": exit_},
+            "cores": {"entry": sum(entry) / r["seconds"], "exit": sum(exit_) / r["seconds"],
+                      "iperf3_client": r["client_cores"], "iperf3_server": r["server_cores"]}}
 
 
 # -- short connections --------------------------------------------------------
@@ -282,6 +294,13 @@ def variant_name(processes: int) -> str:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--print-command"]:
+        # `--print-command DIR MODULE`: the command line that runs MODULE with
+        # checkout DIR's code (e.g. bench_hbone_tls under valgrind, before/after).
+        import shlex
+        print(shlex.join(tool_command(Path(argv[1]).resolve(), argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=2)
@@ -325,14 +344,12 @@ def main(argv=None) -> None:
                     runs[name].append(_attempt(start, tmp, files, iperf_port, args.seconds,
                                                streams, results))
             results["throughput"][f"P{streams}"] = _summary(runs)
-        runs = {"shoal": [], "stunnel": []}
-        for start in (start_shoal, start_stunnel):
+        for name, start in starters.items():         # every variant, one run each
             pair = start(tmp, files, rr_port)
             try:
-                runs[pair.name].append(run_short(pair, rr_port, args.short_seconds))
+                results["short"][name] = run_short(pair, rr_port, args.short_seconds)
             finally:
                 pair.stop()
-        results["short"] = {k: v[0] for k, v in runs.items()}
         s, t = results["short"]["shoal"], results["short"]["stunnel"]
         results["short"]["ratio"] = {
             "conns_per_s": s["conns_per_s"] / t["conns_per_s"],
@@ -408,6 +425,8 @@ def _summary(runs: dict[str, list]) -> dict:
                      for k in ("gbit_s", "cpu_s_per_gb_entry", "cpu_s_per_gb_exit")}
         out[name]["runs_gbit_s"] = [r["gbit_s"] for r in rs]
         out[name]["cpu_s_per_process"] = [r["cpu_s_per_process"] for r in rs]
+        out[name]["cores"] = {k: statistics.mean(r["cores"][k] for r in rs)
+                              for k in rs[0]["cores"]}
     out["ratio_gbit_s"] = out["shoal"]["gbit_s"] / out["stunnel"]["gbit_s"]
     if "shoal_before" in out:
         out["ratio_before_gbit_s"] = out["shoal_before"]["gbit_s"] / out["stunnel"]["gbit_s"]

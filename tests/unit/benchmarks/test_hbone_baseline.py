@@ -44,3 +44,12 @@ def test_this_checkout_runs_the_module_directly():
 def test_prepare_tree_refuses_a_directory_that_is_no_checkout(tmp_path):
     with pytest.raises(SystemExit, match="not a shoal checkout"):
         hbone.prepare_tree(tmp_path)
+
+
+def test_print_command_names_the_checkout_and_module(tmp_path, capsys):
+    _checkout(tmp_path, "before")
+    hbone.main(["--print-command", str(tmp_path), "tests.helpers.hbone_tools"])
+    cmd = capsys.readouterr().out.strip()
+    out = subprocess.run(f"{cmd} extra", shell=True, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[:2] == ["READY", "before"] and out[-1] == "extra"
