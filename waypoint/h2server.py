@@ -148,7 +148,7 @@ class _Sink:
             try:
                 self.conn.h2.end_stream(self.sid)
             except h2.exceptions.StreamClosedError:
-                return
+                pass        # reset: by the client, or by abort() (its RST_STREAM is queued)
             await self.conn.flush()
 
     async def local(self, status: int, body: bytes, extra) -> bool:

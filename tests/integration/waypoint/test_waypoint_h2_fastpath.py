@@ -14,9 +14,11 @@ import asyncio
 import json
 import logging
 import socket
+import struct
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import pytest
@@ -79,6 +81,8 @@ class H2Client:
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.StreamEnded):
                     r["ended"] = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    r["reset"], r["code"] = True, ev.error_code
             if out := self.h2.data_to_send():
                 self.sock.sendall(out)
 
@@ -207,3 +211,57 @@ async def test_a_stream_reset_mid_exchange_is_one_dc_record(backends, path, capl
         c.close()
     assert status(after) == 200
     assert got == [("/after", "-"), ("/slow/400", "DC")]
+
+
+async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backends, path,
+                                                                           caplog):
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    v1 = backends("v1")
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    written: list[bytes] = []
+    async with running_waypoint(mesh) as wp:
+        wp.app.proxy.telemetry.log = AccessLog(written.append)
+        c = H2Client(wp.plaintext_port)
+        for p in ("/slow/400", "/slow/401"):
+            await asyncio.to_thread(c.start, p)
+        await until(lambda: v1.hits["/slow/400"] and v1.hits["/slow/401"],
+                    what="both requests at the backend")
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()                         # a reset, not a half-close
+
+        def lines():
+            wp.app.proxy.telemetry.flush()
+            return sorted((x["path"], x["response_flags"])
+                          for chunk in written for x in map(json.loads, chunk.splitlines()))
+        await until(lambda: len(lines()) == 2, what=lambda: f"two records, got {lines()}")
+        got = lines()
+    assert got == [("/slow/400", "DC"), ("/slow/401", "DC")]
+
+
+async def test_an_upstream_cut_mid_body_resets_the_stream_and_logs_ur(path, caplog):
+    from tests.integration.waypoint.test_waypoint_fastpath import _CutBackend
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    backend = _CutBackend()
+    mesh = Mesh()
+
+    class B:
+        host, port, name = "127.0.0.1", backend.port, "v1"
+    mesh.service("echo", [B])
+    written: list[bytes] = []
+    try:
+        async with running_waypoint(mesh) as wp:
+            wp.app.proxy.telemetry.log = AccessLog(written.append)
+            c = H2Client(wp.plaintext_port)
+            (r,) = await asyncio.to_thread(c.get, "/cut")
+            (after,) = await asyncio.to_thread(c.get, "/nowhere", authority="nowhere:8080")
+            c.close()
+            wp.app.proxy.telemetry.flush()
+    finally:
+        backend.close()
+    assert r["reset"] and r["code"] == h2.errors.ErrorCodes.INTERNAL_ERROR
+    assert status(r) == 200 and r["body"] == b"0123456789"
+    assert status(after) == 404               # the connection lives on
+    assert [(f["path"], f["response_code"], f["response_flags"], f["bytes_sent"])
+            for f in (json.loads(x) for chunk in written for x in chunk.splitlines())] == [
+        ("/cut", 200, "UR", 10), ("/nowhere", 404, "NR", 8)]
