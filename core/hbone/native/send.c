@@ -181,6 +181,10 @@ static PyObject *sender_push(Sender *s, PyObject *data)
         PyErr_SetString(PyExc_ValueError, "Sender not initialised");
         return NULL;
     }
+    if (s->index >= PyList_GET_SIZE(s->pushed)) {     /* Python code may shrink the list */
+        PyErr_SetString(PyExc_IndexError, "Sender index outside its list");
+        return NULL;
+    }
     PyObject *h2s = NULL;
     long long cw = 0, sw = 0, n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
     SSL *ssl = ssl_of(s->sslsock);

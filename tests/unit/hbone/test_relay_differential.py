@@ -734,3 +734,18 @@ async def test_send_half_errors_propagate_as_on_the_python_path(monkeypatch):
                 run.push(b"x" * 100)
         finally:
             run.close()
+
+
+async def test_sender_checks_its_list_index_on_every_push(monkeypatch):
+    """core.pipe's count list is the Sender's only by convention: a shorter
+    list is an IndexError before anything is sent, not a read past its end."""
+    run = SendRun(True, HboneSettings())
+    await run.start(monkeypatch)
+    try:
+        run.setup_push()
+        run.push_pushed.clear()
+        with pytest.raises(IndexError):
+            run.push(b"x" * 100)
+        assert run.c.bytes_sent == 0 and not run.c_tcp.out
+    finally:
+        run.close()
