@@ -1,6 +1,7 @@
 """Waypoint load run: wrk through the waypoint vs nginx as a reverse proxy.
 
     python -m shoal.benchmarks.load.waypoint [--duration 5] [--connections 32] [--plot]
+        [--tools wrk,h2load] [--general] [--no-hbone] [--workers 1,2]
 
 Same run, same backend (nginx answering 1 KiB bodies), HTTP/1.1 keep-alive:
 - direct: wrk -> backend (the ceiling of this machine);
