@@ -749,3 +749,42 @@ async def test_sender_checks_its_list_index_on_every_push(monkeypatch):
         assert run.c.bytes_sent == 0 and not run.c_tcp.out
     finally:
         run.close()
+
+
+async def test_sender_leaks_no_references_or_memory(monkeypatch):
+    """Thousands of pushes through the C Sender (the server reads them out
+    between batches): the objects it touches keep their reference counts and
+    no memory stays allocated."""
+    run = SendRun(True, HboneSettings())
+    await run.start(monkeypatch)
+    try:
+        run.setup_push()
+        client = run.client_conn
+        h2 = client.core._h2
+        objs = [run.c, client, client.core, h2, h2.guard, h2.streams[5], client.core._streams[5],
+                client.can_write, run.push_pushed, run.client._ssl, run.c_tcp, run.push,
+                ConnectionState.CLIENT_OPEN, StreamState.OPEN]
+        payload = b"p" * 100
+
+        def batch():
+            for _ in range(200):
+                assert run.push(payload) is True
+            run.do(("read",))
+        batch()
+        gc.collect()
+        before = [sys.getrefcount(o) for o in objs]
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        frames0 = run.push.frames
+        for _ in range(10):
+            batch()
+        gc.collect()
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")
+                    if s.size_diff > 0)
+        tracemalloc.stop()
+        after = [sys.getrefcount(o) for o in objs]
+        assert run.push.frames - frames0 == 2000
+        assert [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b] == []
+        assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 pushes"
+    finally:
+        run.close()
