@@ -27,6 +27,8 @@ import sys
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from h2.connection import ConnectionState
 from h2.settings import SettingCodes
 from h2.stream import StreamState
@@ -356,8 +358,8 @@ def random_frame(rnd: random.Random, hostile: bool) -> bytes:
     return frame(DATA, PADDED, sid, bytes([200]) + b"x" * 10)      # pad past the frame
 
 
-def random_script(seed: int, steps: int, hostile: bool, together=None):
-    rnd = random.Random(seed)
+def random_script(seed, steps: int, hostile: bool, together=None):
+    rnd = seed if isinstance(seed, random.Random) else random.Random(seed)
     script = []
     for _ in range(steps):
         frames = [random_frame(rnd, hostile) for _ in range(rnd.randrange(1, 12))]
@@ -376,6 +378,20 @@ async def test_random_valid_frames_same_as_python(seed, monkeypatch):
 @pytest.mark.parametrize("seed", range(100, 105))
 async def test_random_hostile_frames_same_as_python(seed, monkeypatch):
     await compare(random_script(seed, 25, hostile=True, together=False), monkeypatch)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rnd=st.randoms(use_true_random=False), hostile=st.booleans())
+def test_frames_drawn_by_hypothesis_same_as_python(rnd, hostile):
+    """The same scripts, drawn (and shrunk, on failure) by hypothesis:
+    valid frames in any delivery, hostile ones a frame per read."""
+    script = random_script(rnd, rnd.randrange(1, 10), hostile, together=False if hostile else None)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            loop.run_until_complete(compare(script, mp))
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize("seed", range(200, 204))
