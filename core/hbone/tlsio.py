@@ -359,29 +359,40 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         # DATA body); everything else is batched in our buffer. While the app
         # could start such a buffer, our batch is handed up after every
         # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
+        relay = self._relay
+        if relay is not None and self._app_transport is not None and not self.closing:
+            # The app's C receive path (HboneConnection.native_relay): it
+            # relays the frames it may take and hands back, in order, the
+            # plaintext from the first it may not (None: nothing left).
+            rest = relay.feed()
+            if rest is None:
+                return
+            if rest is not NotImplemented:       # NotImplemented: its buffer is busy
+                self._relayed_rest(*rest)
+                return
         buf = _READ_BUFFER.take()
         try:
-            if self._relay is not None and self._app_transport is not None and not self.closing:
-                self._read_relayed(buf)
-            elif self._native is not None:
+            if self._native is not None:
                 self._read_batches_native(buf)
             else:
                 self._read_batches(buf)
         finally:
             _READ_BUFFER.give(buf)
 
-    def _read_relayed(self, buf: bytearray) -> None:
-        """The app's C receive path first: it relays the frames it may take
-        and hands back, in order, the plaintext from the first it may not;
-        what is left of the input then takes the loop below."""
-        start, end, status, error = self._relay.read(buf)
-        if end > start and self._app_transport is not None and not self.closing:
-            self.app.data_received(memoryview(buf)[start:end])
+    def _relayed_rest(self, rest: bytes, status: int, error) -> None:
+        """What the relay's feed() left: the plaintext to the app, then the
+        rest of the input through the loop below."""
+        if rest and self._app_transport is not None and not self.closing:
+            self.app.data_received(rest)
         if error is not None:
             self._read_failed(error)
             return
         if status == self._native.FULL and not self.closing:
-            self._read_batches_native(buf)
+            buf = _READ_BUFFER.take()
+            try:
+                self._read_batches_native(buf)
+            finally:
+                _READ_BUFFER.give(buf)
             return
         self._flush()                            # key updates, etc.
 

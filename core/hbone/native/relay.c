@@ -34,10 +34,14 @@
  * and the connection flushes, as on the Python path.
  *
  *   Relay(sslsock, conn, raw, conn_states, stream_states, closed, keep_max)
- *   read(buffer) -> (start, end, status, error)
- *       buffer[start:end] is plaintext for the Python path (deliver it first);
- *       status FULL: more may be waiting (go on in Python), NEED_INPUT,
- *       CLOSED (close_notify) or FAILED with the ssl.SSLError in `error`.
+ *   feed() -> None | (rest, status, error) | NotImplemented
+ *       decrypts what the SSL's read BIO holds. None: every frame was taken
+ *       and OpenSSL wants more input (the TLS output, e.g. a key update, is
+ *       written too, as _TlsProtocol._flush does). Else `rest` is plaintext
+ *       for the Python path (deliver it first); status FULL: more may be
+ *       waiting (go on in Python), NEED_INPUT, CLOSED (close_notify) or
+ *       FAILED with the ssl.SSLError in `error`. NotImplemented: the
+ *       module's read buffer is in use (a nested call): nothing was read.
  */
 
 #include "_native.h"
@@ -348,23 +352,18 @@ static int finish(Relay *r, int flush)
     return 0;
 }
 
-static PyObject *relay_read(Relay *r, PyObject *arg)
+/* Decrypt into buf, taking what may be taken; buf[*pos:*have] is left for
+ * the Python path, *status and *error (a new reference or NULL) as feed()
+ * returns them. 0, or -1 with an exception. */
+static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_out,
+               size_t *have_out, int *status_out, PyObject **error_out)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    SSL *ssl = ssl_of(r->sslsock);
-    if (ssl == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    unsigned char *buf = view.buf;
-    size_t size = (size_t)view.len, have = 0, pos = 0;
+    size_t have = 0, pos = 0;
     int status = ST_FULL, taken = 0, flush = 0;
     PyObject *error = NULL;
     int ready = conn_ready(r);
     if (ready < 0)
-        goto fail;
+        return -1;
     p_ERR_clear_error();
     while (ready && have < size) {
         size_t got = 0;
@@ -377,7 +376,7 @@ static PyObject *relay_read(Relay *r, PyObject *arg)
                 status = ST_CLOSED;
             } else {
                 if ((error = ssl_exception(ssl, ret)) == NULL)
-                    goto fail;
+                    return -1;
                 status = ST_FAILED;
             }
             break;
@@ -396,16 +395,55 @@ static PyObject *relay_read(Relay *r, PyObject *arg)
     }
     if (taken && finish(r, flush) < 0)
         goto fail;
-    PyBuffer_Release(&view);
-    if (error == NULL) {
-        Py_INCREF(Py_None);
-        error = Py_None;
-    }
-    return Py_BuildValue("(nniN)", (Py_ssize_t)pos, (Py_ssize_t)have, status, error);
+    *pos_out = pos;
+    *have_out = have;
+    *status_out = status;
+    *error_out = error;
+    return 0;
 fail:
     Py_XDECREF(error);
-    PyBuffer_Release(&view);
-    return NULL;
+    return -1;
+}
+
+/* feed()'s buffer: one per process, as tlsio's READ_BATCH buffer (frames
+ * taken are written out before feed() returns; the rest is copied out). */
+#define FEED_BUFFER (256 * 1024)
+static unsigned char feed_buffer[FEED_BUFFER];
+static int feed_busy;
+
+/* feed() -> None | (rest, status, error) | NotImplemented (see the header). */
+static PyObject *relay_feed(Relay *r, PyObject *unused)
+{
+    (void)unused;
+    if (feed_busy)
+        Py_RETURN_NOTIMPLEMENTED;
+    SSL *ssl = ssl_of(r->sslsock);
+    if (ssl == NULL)
+        return NULL;
+    size_t pos, have;
+    int status;
+    PyObject *error;
+    feed_busy = 1;
+    int rc = run(r, ssl, feed_buffer, FEED_BUFFER, &pos, &have, &status, &error);
+    feed_busy = 0;
+    if (rc < 0)
+        return NULL;
+    if (pos == have && status == ST_NEED_INPUT) {
+        PyObject *records = drain(ssl), *res = Py_None;
+        if (records == NULL)
+            return NULL;
+        if (PyBytes_GET_SIZE(records))
+            res = PyObject_CallMethodOneArg(r->raw, s_write, records);
+        else
+            Py_INCREF(res);
+        Py_DECREF(records);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(y#iN)", (const char *)feed_buffer + pos, (Py_ssize_t)(have - pos),
+                         status, error != NULL ? error : Py_NewRef(Py_None));
 }
 
 static PyObject *getattr_chain(PyObject *o, PyObject *a, PyObject *b)
@@ -488,19 +526,18 @@ static void relay_dealloc(Relay *r)
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
-static PyObject *relay_read_checked(Relay *r, PyObject *arg)
+static PyObject *relay_feed_checked(Relay *r, PyObject *unused)
 {
     if (r->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "Relay not initialised");
         return NULL;
     }
-    return relay_read(r, arg);
+    return relay_feed(r, unused);
 }
 
 static PyMethodDef relay_methods[] = {
-    {"read", (PyCFunction)relay_read_checked, METH_O,
-     "read(buffer) -> (start, end, status, error): decrypt, relay what may be relayed, "
-     "hand buffer[start:end] back"},
+    {"feed", (PyCFunction)relay_feed_checked, METH_NOARGS,
+     "feed() -> None | (rest, status, error) | NotImplemented: decrypt, relay, hand back the rest"},
     {NULL, NULL, 0, NULL},
 };
 
