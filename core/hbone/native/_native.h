@@ -18,7 +18,7 @@ typedef struct bio_st BIO;
 #define SSL_ERROR_SYSCALL 5
 #define SSL_ERROR_ZERO_RETURN 6
 
-/* read_into's and Relay.read's status values (exported as NEED_INPUT, FULL,
+/* read_into's and Relay.feed's status values (exported as NEED_INPUT, FULL,
  * CLOSED, FAILED). */
 #define ST_NEED_INPUT 0    /* OpenSSL wants more ciphertext */
 #define ST_FULL 1          /* the buffer is full / handed over; more may be waiting */

@@ -4,7 +4,7 @@
  * Python's path per DATA frame is about forty calls: _TlsProtocol →
  * HboneConnection → _HboneCore → H2ConnectionFast._open_stream_data → the
  * event → HboneStream._feed → core.pipe's sink → TcpEnd.write_nowait →
- * uvloop, then the acknowledgement through h2's window managers. Relay.read
+ * uvloop, then the acknowledgement through h2's window managers. Relay.feed
  * does the same for the common case with no bytecode: it decrypts, walks the
  * whole frames and, for each one it may take, does exactly what that chain
  * does, on the same Python objects (the h2 window managers' fields, the
