@@ -10,7 +10,7 @@ them in `Workload.services`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.core.records import Service, ServicePort, Waypoint, Workload
 from shoal.routing.view import View
@@ -38,10 +38,12 @@ class Endpoint:
     ip: str
     port: int                      # target port on the pod
     workload: Workload | None = None
+    # "ip:port", made once: the load balancer and the pools look it up
+    # several times per request.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.ip}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.ip}:{self.port}")
 
     @property
     def hbone(self) -> bool:

@@ -88,8 +88,7 @@ class Exchange:
         self.ended = False
         self.held = False
         fwd = fs.proxy.forwarder
-        self.lb, self.keys = fwd.balancer(st, eps)
-        by_key = {e.key: e for e in eps}
+        self.lb, self.keys, by_key = fwd.balancer(st, eps)
         self.key = fwd.pick(st, self.lb, self.keys, by_key, set())
         ep = by_key[self.key]
         pool = fs.proxy.pool

@@ -19,11 +19,10 @@ from typing import Any, Callable, Coroutine
 
 from shoal.core.records import Timeouts
 from shoal.waypoint import filters, message
-from shoal.waypoint.destination import Endpoint, service_port
+from shoal.waypoint.destination import Endpoint
 from shoal.waypoint.downstream import BodySource, ResponseSink
 from shoal.waypoint.exchange import RequestBody, Upstream, UpstreamRequest, UpstreamResponse
 from shoal.waypoint.grpcstats import MessageCounter, grpc_status
-from shoal.waypoint.h2upstream import speaks_h2
 from shoal.waypoint.http1 import RequestReceived, hop_by_hop_names
 from shoal.waypoint.lookups import Lookups
 from shoal.waypoint.message import Headers, RequestHead
@@ -56,7 +55,7 @@ class Forwarder:
 
     def upstream_for(self, svc: Any, port: int) -> Upstream:
         """The Upstream for a Service port (Istio's protocol selection)."""
-        return self.h2 if svc is not None and speaks_h2(service_port(svc, port)) else self.h1
+        return self.h2 if svc is not None and self.lookups.speaks_h2(svc, port) else self.h1
 
     async def forward(self, st: RequestState, req: RequestReceived, body: BodySource,
                       sink: ResponseSink, out: RequestHead, eps: list[Endpoint], rule: Any,
@@ -93,8 +92,7 @@ class Forwarder:
         Raises:
             UpstreamError: the last try failed and no retry is left.
         """
-        lb, keys = self.balancer(st, eps)
-        by_key = {e.key: e for e in eps}
+        lb, keys, by_key = self.balancer(st, eps)
         tried: set[str] = set()
         tries = 0
         while True:
@@ -124,14 +122,17 @@ class Forwarder:
                 continue
             return resp
 
-    def balancer(self, st: RequestState, eps: list[Endpoint]) -> tuple[Any, list[str]]:
-        """The load balancer of the request's backend and the endpoint keys."""
+    def balancer(self, st: RequestState,
+                 eps: list[Endpoint]) -> tuple[Any, tuple[str, ...], dict[str, Endpoint]]:
+        """The load balancer of the request's backend, the endpoint keys and
+        key -> Endpoint (shared per generation: read only)."""
         lb = self.lookups.balancer(st.backend.key if st.backend is not None
                                    else st.target.address)
-        return lb, [e.key for e in eps]
+        return (lb, *self.lookups.endpoint_index(eps))
 
     @staticmethod
-    def pick(st: RequestState, lb: Any, keys: list[str], by_key: dict, tried: set) -> str:
+    def pick(st: RequestState, lb: Any, keys: tuple[str, ...], by_key: dict,
+             tried: set) -> str:
         """Choose the endpoint of the next try (one not tried yet when
         another is available) and count it active."""
         key = lb.pick(keys, exclude=frozenset(tried))

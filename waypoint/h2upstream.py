@@ -59,7 +59,10 @@ def speaks_h2(port) -> bool:
     if (port.app_protocol or "").lower() in H2_APP_PROTOCOLS:
         return True
     name = (port.name or "").lower()
-    return any(name == p or name.startswith(p + "-") for p in H2_NAME_PREFIXES)
+    return name in H2_NAME_PREFIXES or name.startswith(_H2_NAME_DASHED)
+
+
+_H2_NAME_DASHED = tuple(p + "-" for p in H2_NAME_PREFIXES)
 
 
 def request_headers(head: RequestHead, headers: Headers) -> list[tuple[bytes, bytes]]:

@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from shoal.core.addr import split_host_port
 from shoal.core.constants import WAYPOINT_GATEWAY_CLASS
-from shoal.waypoint.destination import Endpoint, NotForUs, Target, endpoints, resolve_host
+from shoal.waypoint.destination import (Endpoint, NotForUs, Target, endpoints, resolve_host,
+                                        service_port)
+from shoal.waypoint.h2upstream import speaks_h2
 from shoal.waypoint.lb import ROUND_ROBIN, Balancer
 from shoal.waypoint.routes import RouteTable, routes_for_client
 
@@ -44,18 +46,25 @@ class Lookups:
         self._policies: dict = {}
         self._hosts: dict = {}       # plaintext mode: Host -> Target
         self._endpoints: dict = {}   # (service key, port) -> [Endpoint]
+        self._h2: dict = {}          # (service key, port) -> speaks HTTP/2 upstream
+        # id(endpoint list) -> (that list, its keys, key -> Endpoint), for the
+        # lists `endpoints` returned this generation; the entry holds the list
+        # so its id cannot be reused while the entry lives.
+        self._ep_index: dict = {}
 
     def refresh(self) -> None:
         """Drop the caches when the routing generation moved (or they grew too big)."""
         gen = self.view.generation
         if gen != self._cache_gen or \
                 len(self._routes) + len(self._policies) + len(self._hosts) + \
-                len(self._endpoints) > MAX_CACHE_ENTRIES:
+                len(self._endpoints) + len(self._h2) > MAX_CACHE_ENTRIES:
             self._cache_gen = gen
             self._routes.clear()
             self._policies.clear()
             self._hosts.clear()
             self._endpoints.clear()
+            self._h2.clear()
+            self._ep_index.clear()
 
     def route_table(self, target: Target, client_namespace: str | None = None) -> RouteTable | None:
         """The routes for a client of `client_namespace` (consumer routes
@@ -94,10 +103,28 @@ class Lookups:
         eps = self._endpoints.get(key)
         if eps is None:
             eps = self._endpoints[key] = endpoints(self.view, svc, port)
+            self._ep_index[id(eps)] = (eps, *_index(eps))
             b = self._balancers.get(svc.key)
             if b is not None:     # endpoints changed: drop state of departed pods
                 b.forget([e.key for e in eps])
         return eps
+
+    def endpoint_index(self, eps: list[Endpoint]) -> tuple[tuple[str, ...], dict[str, Endpoint]]:
+        """`eps`' keys and key -> Endpoint: made once per generation for the
+        lists `endpoints` returned, else (a workload addressed directly) now.
+        Callers must not change what they get."""
+        entry = self._ep_index.get(id(eps))
+        if entry is not None and entry[0] is eps:
+            return entry[1], entry[2]
+        return _index(eps)
+
+    def speaks_h2(self, svc: Any, port: int) -> bool:
+        """Does `svc`'s `port` take HTTP/2 upstream (h2upstream.speaks_h2)?"""
+        key = (svc.key, port)
+        h2 = self._h2.get(key)
+        if h2 is None:
+            h2 = self._h2[key] = speaks_h2(service_port(svc, port))
+        return h2
 
     def balancer(self, key: str) -> Balancer:
         b = self._balancers.get(key)
@@ -116,6 +143,10 @@ class Lookups:
                 target = None
             self._hosts[authority] = target
         return target
+
+
+def _index(eps: list[Endpoint]) -> tuple[tuple[str, ...], dict[str, Endpoint]]:
+    return tuple(e.key for e in eps), {e.key: e for e in eps}
 
 
 def principal_namespace(principal: str | None) -> str | None:
