@@ -20,6 +20,13 @@ def service(app_protocol: str | None, endpoints: tuple = ()) -> Service:
                    endpoints=endpoints)
 
 
+def pod_view(svc: Service, target_port: int, generation: int) -> StaticView:
+    """`svc` with one pod behind it listening on `target_port`."""
+    w = Workload(uid="u1", name="p", namespace="default", ips=("10.0.0.1",),
+                 services={"default/echo.default.svc.cluster.local": {80: target_port}})
+    return StaticView(services=(svc,), workloads=(w,), generation=generation)
+
+
 def test_speaks_h2_is_cached_within_a_generation_and_recomputed_on_a_new_one():
     h1_svc, grpc_svc = service(None), service("grpc")
     lookups = Lookups(StaticView(services=(h1_svc,), generation=1), rng=random.Random(1))
@@ -58,29 +65,23 @@ def test_endpoints_are_rebuilt_on_a_new_generation():
     # Endpoint keys live on the Endpoint objects, which the per-generation
     # endpoint cache rebuilds: a pod's new port shows up in its key.
     svc = service(None, endpoints=("u1",))
-    w = Workload(uid="u1", name="p", namespace="default", ips=("10.0.0.1",),
-                 services={"default/echo.default.svc.cluster.local": {80: 8080}})
-    lookups = Lookups(StaticView(services=(svc,), workloads=(w,), generation=1))
+    lookups = Lookups(pod_view(svc, 8080, generation=1))
     lookups.refresh()
     assert [e.key for e in lookups.endpoints(svc, 80)] == ["10.0.0.1:8080"]
-    w2 = Workload(uid="u1", name="p", namespace="default", ips=("10.0.0.1",),
-                  services={"default/echo.default.svc.cluster.local": {80: 9090}})
-    lookups.view = StaticView(services=(svc,), workloads=(w2,), generation=2)
+    lookups.view = pod_view(svc, 9090, generation=2)
     lookups.refresh()
     assert [e.key for e in lookups.endpoints(svc, 80)] == ["10.0.0.1:9090"]
 
 
 def test_endpoint_index_is_shared_within_a_generation_and_dropped_on_a_new_one():
     svc = service(None, endpoints=("u1",))
-    w = Workload(uid="u1", name="p", namespace="default", ips=("10.0.0.1",),
-                 services={"default/echo.default.svc.cluster.local": {80: 8080}})
-    lookups = Lookups(StaticView(services=(svc,), workloads=(w,), generation=1))
+    lookups = Lookups(pod_view(svc, 8080, generation=1))
     lookups.refresh()
     eps = lookups.endpoints(svc, 80)
     keys, by_key = lookups.endpoint_index(eps)
     assert keys == ("10.0.0.1:8080",) and by_key == {"10.0.0.1:8080": eps[0]}
     assert lookups.endpoint_index(eps)[1] is by_key            # made once
-    lookups.view = StaticView(services=(svc,), workloads=(w,), generation=2)
+    lookups.view = pod_view(svc, 8080, generation=2)
     lookups.refresh()
     again = lookups.endpoint_index(eps)
     assert again[1] is not by_key and again == (keys, by_key)  # the old list: made anew
