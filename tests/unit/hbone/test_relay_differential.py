@@ -554,7 +554,7 @@ async def test_plain_peer_reset_during_a_batch(monkeypatch):
 # -- references ---------------------------------------------------------------
 
 async def test_relay_leaks_no_references_or_memory(monkeypatch):
-    """Thousands of frames through Relay.read: the objects it touches keep
+    """Thousands of frames through Relay.feed: the objects it touches keep
     their reference counts and no memory stays allocated."""
     run = Run(True, HboneSettings())
     await run.start(monkeypatch)
@@ -624,7 +624,7 @@ def _bad_buffer_size(run):
 @pytest.mark.parametrize("breaks", [_bad_is_closing, _bad_state, _bad_buffer_size])
 async def test_errors_of_python_objects_propagate_as_on_the_python_path(breaks, monkeypatch):
     """The relay reads truth values and compares states of Python objects;
-    when that raises, the exception leaves Relay.read as it leaves the
+    when that raises, the exception leaves Relay.feed as it leaves the
     Python path (never a result returned with an exception still set, which
     CPython turns into SystemError)."""
     for relay in (True, False):
