@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shoal.core.addr import hostport
 from shoal.core.records import Service, ServicePort, Waypoint, Workload
 from shoal.routing.view import View
 
@@ -23,6 +24,12 @@ class Target:
     port: int                      # the port the client called
     service: Service | None = None
     workload: Workload | None = None
+    # "address:port" for the access log, made once: a Target lives for its
+    # routing generation (lookups.py) or its tunnel, not for one request.
+    local_address: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "local_address", hostport(self.address, self.port))
 
     @property
     def name(self) -> str:

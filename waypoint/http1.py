@@ -386,7 +386,7 @@ _DROP_UPGRADE = HOP_BY_HOP - {"upgrade", "connection"}
 
 
 def _header_block(headers: Headers) -> bytes:
-    return "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
 
 
 def serialize_request_head(head: RequestHead, headers: Headers) -> bytes:

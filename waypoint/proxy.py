@@ -23,7 +23,6 @@ import weakref
 from typing import Any, Callable, NamedTuple
 
 from shoal.core import authz
-from shoal.core.addr import hostport
 from shoal.core import log as core_log
 from shoal.waypoint import filters, message
 from shoal.waypoint.destination import Endpoint, workload_endpoint
@@ -252,7 +251,7 @@ class Proxy:
             policy=st.policy, start_time=time.time() - took,
             user_agent=message.get(h.headers, "user-agent") or "",
             x_forwarded_for=message.get(h.headers, "x-forwarded-for") or "",
-            local_address=hostport(st.target.address, st.target.port) if st.target else "",
+            local_address=st.target.local_address if st.target else "",
             parent_span_id=st.parent_span,
             grpc_status=(st.grpc_status or grpc_status(None, None, st.status or 0)) if grpc else "",
             request_messages=st.grpc_in.count if st.grpc_in is not None else 0,

@@ -7,15 +7,15 @@ import random
 
 from shoal.core.records import Service, ServicePort, Workload
 from shoal.routing.view import StaticView
-from shoal.waypoint.destination import Endpoint
+from shoal.waypoint.destination import Endpoint, Target
 from shoal.waypoint.forward import Forwarder
 from shoal.waypoint.lookups import Lookups
 from tests.unit.waypoint.fakes import FakeUpstream
 
 
-def service(app_protocol: str | None, endpoints: tuple = ()) -> Service:
+def service(app_protocol: str | None, endpoints: tuple = (), vip: str = "10.96.0.10") -> Service:
     return Service(name="echo", namespace="default", hostname="echo.default.svc.cluster.local",
-                   vips=("10.96.0.10",), ports=(ServicePort(port=80, target_port=8080,
+                   vips=(vip,), ports=(ServicePort(port=80, target_port=8080,
                                                             app_protocol=app_protocol),),
                    endpoints=endpoints)
 
@@ -94,3 +94,19 @@ def test_endpoint_index_of_a_list_it_did_not_make_is_computed_each_time():
     eps = [Endpoint(ip="10.0.0.9", port=80)]
     a, b = lookups.endpoint_index(eps), lookups.endpoint_index(eps)
     assert a == b == (("10.0.0.9:80",), {"10.0.0.9:80": eps[0]}) and a[1] is not b[1]
+
+
+def test_target_local_address_is_made_once_and_ignored_by_equality():
+    t = Target(address="fd00::10", port=80)
+    assert t.local_address == "[fd00::10]:80"
+    assert t == Target(address="fd00::10", port=80) and "local_address" not in repr(t)
+
+
+def test_the_target_of_a_host_follows_the_generation():
+    lookups = Lookups(StaticView(services=(service(None),), generation=1))
+    lookups.refresh()
+    assert lookups.target_from_host("echo").local_address == "10.96.0.10:80"
+    lookups.view = StaticView(services=(service(None, vip="10.96.0.11"),), generation=2)
+    assert lookups.target_from_host("echo").local_address == "10.96.0.10:80"   # same generation
+    lookups.refresh()
+    assert lookups.target_from_host("echo").local_address == "10.96.0.11:80"
