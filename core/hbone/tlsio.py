@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from shoal.core.hbone import fastpath
 from shoal.core.hbone.alloc import tune_allocator
+
+if TYPE_CHECKING:
+    from shoal.core.hbone.native._native import Channel
 
 # Decrypt up to this much per data_received call: large batches mean fewer
 # h2/Python round trips per byte (uvloop uses the same 256 KiB). The buffer
@@ -169,25 +172,31 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.context = context
         self.server_side = server_side
-        self.app = app
+        # An asyncio.Protocol; HboneConnection's also has receive_buffer,
+        # received_into and native_relay, which are looked up with hasattr.
+        self.app: Any = app
         self._app_factory = app_factory
         self.handshake_timeout = handshake_timeout
         self.handshake: asyncio.Future = self.loop.create_future()
-        self.raw: asyncio.Transport | None = None
-        self.sslobj: ssl.SSLObject | None = None
+        # raw and _timer are set by connection_made, the first call asyncio
+        # makes; sslobj, _in and _out by _start_tls, before any TLS work
+        # (data_received tests sslobj for None to know whether it ran).
+        self.raw: asyncio.Transport = None          # type: ignore[assignment]  # see above
+        self.sslobj: ssl.SSLObject = None           # type: ignore[assignment]  # see above
         self.closing = False
-        self._in: ssl.MemoryBIO | None = None
-        self._out: ssl.MemoryBIO | None = None
+        self._in: ssl.MemoryBIO = None              # type: ignore[assignment]  # see above
+        self._out: ssl.MemoryBIO = None             # type: ignore[assignment]  # see above
         self._app_transport: TlsTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle = None     # type: ignore[assignment]  # see above
         self._direct = False
         self._on_close = on_close         # (handshake_done: bool) -> None, once
         self._handshook = False
         self._linger: asyncio.TimerHandle | None = None    # set while lingering
-        self._native = None               # fastpath.native, once it accepted sslobj
-        self._relay = None                # the app's C receive path (native_relay), if any
-        self._ssl = None                  # sslobj's _ssl._SSLSocket, for _native
-        self._chan = None                 # _native.Channel, after the handshake
+        # fastpath.native (a module, so Any to mypy), once it accepted sslobj
+        self._native: Any = None
+        self._relay: Any = None           # the app's C receive path (native_relay), if any
+        self._ssl: Any = None             # sslobj's _ssl._SSLSocket, for _native
+        self._chan: Channel | None = None  # _native.Channel, after the handshake
 
     # -- raw TCP side -------------------------------------------------------
 
@@ -223,8 +232,11 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self.sslobj = self.context.wrap_bio(self._in, self._out, server_side=self.server_side,
                                             server_hostname=None)
         native = fastpath.native
-        if native is not None and native.attach(self.sslobj._sslobj, self._in, self._out):
-            self._native, self._ssl = native, self.sslobj._sslobj
+        # _sslobj: the _ssl._SSLSocket under ssl.SSLObject, private to ssl
+        # and absent from typeshed; _native.attach checks its layout.
+        sslsock = self.sslobj._sslobj               # type: ignore[attr-defined]  # see above
+        if native is not None and native.attach(sslsock, self._in, self._out):
+            self._native, self._ssl = native, sslsock
 
     def get_buffer(self, sizehint: int) -> memoryview:
         chan = self._chan
@@ -249,7 +261,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         if self.sslobj is None:
             if self.closing or not self._have_client_hello(data):
                 return
-            data, self._hello = bytes(self._hello), None
+            data, self._hello = bytes(cast(bytearray, self._hello)), None
             self._start_tls()
         self._in.write(data)
         if not self.handshake.done():
@@ -434,7 +446,8 @@ class _TlsProtocol(asyncio.BufferedProtocol):
                 n = 0
                 continue
             try:
-                got = self.sslobj.read(size - n, view[n:])
+                # with a buffer, read() returns the count (typeshed: bytes only)
+                got: int = self.sslobj.read(size - n, view[n:])  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:       # close_notify
@@ -459,7 +472,8 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         try:
             while filled < total:
                 try:
-                    got = read(total - filled, target[filled:])
+                    # with a buffer, read() returns the count (typeshed: bytes only)
+                    got: int = read(total - filled, target[filled:])  # type: ignore[assignment]
                 except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                     more = False
                     break
@@ -597,7 +611,8 @@ def server_protocol(context: ssl.SSLContext, app_factory: Callable[[], asyncio.P
 
     def done(f: asyncio.Future) -> None:
         if f.exception() is not None:
-            on_failure(proto, f.exception())
+            # set_exception is only ever given an Exception here (typeshed: BaseException)
+            on_failure(proto, f.exception())  # type: ignore[arg-type]
         elif on_handshake is not None:
             on_handshake()
     proto.handshake.add_done_callback(done)
@@ -613,5 +628,6 @@ async def connect(loop: asyncio.AbstractEventLoop, app: asyncio.Protocol,
     if sock is not None:
         await loop.create_connection(lambda: proto, sock=sock)
     else:
-        await loop.create_connection(lambda: proto, host, port)
+        # host/port None with no sock: the loop raises its ValueError
+        await loop.create_connection(lambda: proto, host, port)  # type: ignore[arg-type]
     return await proto.handshake
