@@ -23,7 +23,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from h2.errors import ErrorCodes
 
@@ -38,7 +38,7 @@ from shoal.core.hbone.protocol import CLOSED, OPEN, HboneClientProtocol, HboneSe
 from shoal.core.hbone.settings import (DEFAULT_SETTINGS, SEND_FRAME_SIZE, WRITE_HIGH_WATER,
                                        HboneSettings)
 from shoal.core.hbone.stream import HboneStream
-from shoal.core.identity.spiffe import (IdentityError, verify_client_trust_domain,
+from shoal.core.identity.spiffe import (Identity, IdentityError, verify_client_trust_domain,
                                   verify_server_identity)
 
 LOG = shoal_log.get("hbone")
@@ -69,7 +69,7 @@ class HboneConnection(asyncio.Protocol):
         self.on_idle = on_idle
         self.log = log
         self.transport: asyncio.Transport | None = None
-        self.peer_identity = None
+        self.peer_identity: Identity | None = None
         self.peer_address = None
         self.local_address = None
         self.streams: dict[int, HboneStream] = {}
@@ -85,7 +85,9 @@ class HboneConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    # asyncio.Protocol declares a BaseTransport; ours is always a Transport
+    # (tlsio.TlsTransport), whose write side flush() uses.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.peer_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
@@ -211,7 +213,8 @@ class HboneConnection(asyncio.Protocol):
 
     def open_stream(self, authority: str, headers=()) -> HboneStream:
         """Client: send a CONNECT; `await stream.wait_open()` for the 200."""
-        stream_id = self.core.open_tunnel(authority, headers)
+        # open_stream is the client's: its core is an HboneClientProtocol
+        stream_id = self.core.open_tunnel(authority, headers)  # type: ignore[union-attr]
         stream = self.streams[stream_id] = HboneStream(self, stream_id, authority)
         self.flush()
         return stream
@@ -328,8 +331,8 @@ class HboneConnection(asyncio.Protocol):
 
     def _on_window(self, e: ev.WindowOpened) -> None:
         if e.stream_id == 0:
-            for stream in self.streams.values():
-                stream._wake_sender()
+            for each in self.streams.values():
+                each._wake_sender()
         else:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
@@ -348,7 +351,8 @@ class HboneConnection(asyncio.Protocol):
 
     def _on_requested(self, e: ev.TunnelRequested) -> None:
         if self.on_request is None:
-            self.core.reject(e.stream_id, 503)
+            # TunnelRequested comes only from a server's HboneServerProtocol core
+            self.core.reject(e.stream_id, 503)  # type: ignore[union-attr]
             return
         stream = self.streams[e.stream_id] = HboneStream(self, e.stream_id, e.authority)
         self.on_request(self, stream, e)
@@ -378,7 +382,8 @@ class HboneConnection(asyncio.Protocol):
     def _ignore(self, e: ev.Event) -> None:
         pass
 
-    _DISPATCH = {
+    # event type -> handler; each handler takes the one event type it is keyed by
+    _DISPATCH: dict[type, Callable[[HboneConnection, Any], None]] = {
         ev.DataReceived: _on_data, ev.StreamEnded: _on_ended, ev.StreamReset: _on_reset,
         ev.WindowOpened: _on_window, ev.TunnelOpened: _on_opened,
         ev.TunnelRefused: _on_refused, ev.TunnelRequested: _on_requested,

@@ -16,6 +16,7 @@ Pure module: no I/O.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import h2.events as h2e
 import h2.exceptions as h2x
@@ -168,6 +169,8 @@ class H2ConnectionFast(GuardedH2Connection):
 
 
     frame_buffer_class = _FrameBuffer
+    # what frame_buffer_class makes (h2 declares its base, FrameBuffer)
+    incoming_buffer: _FrameBuffer
 
     def __init__(self, config: H2Configuration, *, limits=DEFAULT_LIMITS, **kw) -> None:
         self._chunks: list = []
@@ -214,7 +217,8 @@ class H2ConnectionFast(GuardedH2Connection):
             chunks.append(bytes(self._data_to_send))
             self._data_to_send = bytearray()
         for f in frames:
-            data = getattr(f, "data", None)
+            # bytes on a DataFrame (the only type whose data is read below)
+            data: Any = getattr(f, "data", None)
             if type(f) is hyperframe.frame.DataFrame and not f.pad_length \
                     and len(data) >= ZERO_COPY_MIN:
                 n = len(data)
@@ -334,4 +338,5 @@ def _data_frame_repr(self) -> str:
 # and hyperframe's DataFrame repr re-serialises and hex-encodes the whole body:
 # that was ~25% of an HBONE receiver's CPU (cProfile, docs/bench/hbone.md).
 # The replacement only changes how a DATA frame prints.
-hyperframe.frame.DataFrame._body_repr = _data_frame_repr
+# Replacing the method on the class is the point (mypy forbids it by default).
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign]

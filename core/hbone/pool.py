@@ -172,7 +172,9 @@ class HbonePool:
 
     async def _socket(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self.socket_factory(family)
+        factory = self.socket_factory
+        assert factory is not None          # _connect calls this only when it is set
+        sock = factory(family)
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (host, port))

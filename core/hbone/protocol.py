@@ -128,7 +128,7 @@ class _HboneCore:
             h2e.ConnectionTerminated: self._on_terminated,
         }
 
-    def _local_settings(self) -> dict[int, int]:
+    def _local_settings(self) -> dict[SettingCodes, int]:
         s = self.settings
         return {SettingCodes.INITIAL_WINDOW_SIZE: s.stream_window,
                 SettingCodes.MAX_FRAME_SIZE: s.max_frame_size}
@@ -398,7 +398,9 @@ class _HboneCore:
                 out.append(ev.StreamReset(stream_id=sid, remote=True,
                                           error_code=int(ErrorCodes.REFUSED_STREAM)))
         extra = (e.additional_data or b"").decode("latin-1", "replace")
-        out.append(ev.ConnectionClosed(error_code=int(e.error_code),
+        # h2 sets error_code on every ConnectionTerminated it emits (from the
+        # GOAWAY frame); typeshed-wise the event's field defaults to None.
+        out.append(ev.ConnectionClosed(error_code=int(e.error_code),  # type: ignore[arg-type]
                                        last_stream_id=last, reason=extra))
 
     def _on_request(self, e, out: list) -> None:   # pragma: no cover - role specific
@@ -413,7 +415,7 @@ class HboneClientProtocol(_HboneCore):
 
     client_side = True
 
-    def _local_settings(self) -> dict[int, int]:
+    def _local_settings(self) -> dict[SettingCodes, int]:
         values = super()._local_settings()
         values[SettingCodes.ENABLE_PUSH] = 0
         values[SettingCodes.MAX_HEADER_LIST_SIZE] = self.settings.client_max_header_list
@@ -475,7 +477,7 @@ class HboneServerProtocol(_HboneCore):
 
     client_side = False
 
-    def _local_settings(self) -> dict[int, int]:
+    def _local_settings(self) -> dict[SettingCodes, int]:
         values = super()._local_settings()
         values[SettingCodes.MAX_CONCURRENT_STREAMS] = self.settings.server_max_concurrent_streams
         values[SettingCodes.MAX_HEADER_LIST_SIZE] = self.settings.server_max_header_list

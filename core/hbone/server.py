@@ -128,7 +128,7 @@ class HboneServer:
         self.draining = False
 
     def protocol_factory(self, ssl_context: ssl.SSLContext, *,
-                         trust_domain: str | None = None) -> Callable[[], asyncio.Protocol]:
+                         trust_domain: str | None = None) -> Callable[[], asyncio.BaseProtocol]:
         """A protocol factory for a *plain* `loop.create_server(...)`.
 
         TLS runs in our own layer (core.hbone.tlsio) so that every refused
@@ -141,7 +141,7 @@ class HboneServer:
         """
         overload = self.overload
 
-        def factory() -> asyncio.Protocol:
+        def factory() -> asyncio.BaseProtocol:
             proto = tlsio.server_protocol(
                 ssl_context, lambda: self._connection(trust_domain),
                 handshake_timeout=self.settings.connect_timeout,
@@ -236,7 +236,8 @@ class HboneServer:
         if isinstance(decision, Reject) or stream._error is not None or conn.core.dead:
             self._reject(conn, stream, req, decision)
             return
-        conn.core.accept(req.stream_id, decision.headers)
+        # a server's HboneConnection has an HboneServerProtocol core
+        conn.core.accept(req.stream_id, decision.headers)  # type: ignore[union-attr]
         conn.flush()
         try:
             if decision.serve is not None:

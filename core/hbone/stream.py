@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from h2.errors import ErrorCodes
 
@@ -69,7 +69,8 @@ class HboneStream:
         self._done = False
         # Server: cancels the handler's work (authorization, upstream connect)
         # if the stream dies before it was answered; cleared once answered.
-        self.on_fail = None
+        # called (no arguments) once when the stream fails, e.g. a handler task's cancel
+        self.on_fail: Callable[[], object] | None = None
 
     # -- called by the connection (wire side) -------------------------------
 
