@@ -60,6 +60,7 @@ def test_the_console_script_is_shoal_and_the_plugin_is_a_binary(wheel):
     native = [n for n in zf.namelist() if n.startswith("shoal/core/hbone/native/_native.")
               and n.endswith(".so")]
     assert native, "the HBONE data path's C extension is missing from the wheel"
+    assert "shoal/core/hbone/native/_native.pyi" in zf.namelist(), "the C extension's stub"
     info = zf.getinfo("shoal/cni/bin/shoal-cni")
     assert (info.external_attr >> 16) & 0o111, "plugin binary not executable in the wheel"
     assert zf.read(info)[:4] == b"\x7fELF"
