@@ -349,6 +349,14 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         if self.raw is not None:
             self.raw.close()
 
+    def abandon(self) -> None:
+        """The caller of `connect` stopped waiting: close the connection,
+        whether the handshake is still running or has just finished."""
+        if self._handshook:
+            self.app_close()
+        else:
+            self._fail_handshake(ConnectionAbortedError("TLS handshake abandoned by its caller"))
+
     def evict(self) -> None:
         """Abort an unfinished handshake (the worker needs the room)."""
         if not self.handshake.done():
@@ -630,4 +638,12 @@ async def connect(loop: asyncio.AbstractEventLoop, app: asyncio.Protocol,
     else:
         # host/port None with no sock: the loop raises its ValueError
         await loop.create_connection(lambda: proto, host, port)  # type: ignore[arg-type]
-    return await proto.handshake
+    try:
+        return await proto.handshake
+    except asyncio.CancelledError:
+        # The caller gave up (its task was cancelled): nobody will own this
+        # connection, so close it now rather than when the handshake ends
+        # (a set_result on the cancelled future would then fail in
+        # data_received and leave the close to the loop's error path).
+        proto.abandon()
+        raise
