@@ -57,13 +57,18 @@ class FastSession(TcpEnd):
     `H1Session` reads them; both share one parser and one event queue.
     """
 
+    # Both are made in connection_made, which asyncio calls before any other
+    # callback of the protocol: every method below runs with them set.
+    transport: asyncio.Transport
+    session: H1Session
+
     def __init__(self, proxy: Proxy, tasks: set) -> None:
         super().__init__()
         self.proxy = proxy
         self.tasks = tasks                    # the app's: drain waits for them
         self.mode = _FAST
         self.sniffed = False                  # first bytes seen (HTTP/2 or not)
-        self.session: H1Session | None = None
+        self.session = None                   # type: ignore[assignment]  # see above
         self.exchange: Exchange | None = None
         self.last_active = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -174,7 +179,7 @@ class FastSession(TcpEnd):
         st = proxy.begin(self.session.down, req.head)
         try:
             d = proxy.decide(st, req)
-            if type(d) is LocalAnswer:
+            if isinstance(d, LocalAnswer):
                 self._local(st, req, d.status, d.body, d.flags, d.extra)
                 return
             headers = proxy.forwarder.fast_headers(st, req, d.out, d.eps, d.rule, d.mirrors)
