@@ -390,6 +390,10 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             if rest is not NotImplemented:       # NotImplemented: its buffer is busy
                 self._relayed_rest(*rest)
                 return
+        self._read_batched()
+
+    def _read_batched(self) -> None:
+        """Decrypt what is buffered into the process's read buffer, batch by batch."""
         buf = _READ_BUFFER.take()
         try:
             if self._native is not None:
@@ -408,11 +412,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             self._read_failed(error)
             return
         if status == self._native.FULL and not self.closing:
-            buf = _READ_BUFFER.take()
-            try:
-                self._read_batches_native(buf)
-            finally:
-                _READ_BUFFER.give(buf)
+            self._read_batched()                 # the relay exists only on the C path
             return
         self._flush()                            # key updates, etc.
 

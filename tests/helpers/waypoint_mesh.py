@@ -14,6 +14,7 @@ the routing view between requests.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -151,3 +152,8 @@ def loopback_ip() -> str:
     loopback_ip.n = getattr(loopback_ip, "n", 0) + 1
     base = 20 + os.getpid() % 200
     return f"127.{base}.{loopback_ip.n // 250}.{loopback_ip.n % 250 + 1}"
+
+
+def access_lines(written: list[bytes]) -> list[dict]:
+    """The access-log records an `AccessLog(written.append)` wrote, parsed."""
+    return [json.loads(line) for chunk in written for line in chunk.splitlines()]

@@ -11,7 +11,6 @@ through the coroutine path only).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import struct
@@ -22,7 +21,7 @@ import pytest
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from shoal.waypoint.telemetry import AccessLog
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import Mesh, access_lines, running_waypoint
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -36,10 +35,6 @@ def fast_path_on(monkeypatch):
 
 def fast_sessions(wp) -> list[FastSession]:
     return [s.stream for s in wp.app.proxy.sessions if isinstance(s.stream, FastSession)]
-
-
-def access_lines(written: list[bytes]) -> list[dict]:
-    return [json.loads(line) for chunk in written for line in chunk.splitlines()]
 
 
 async def test_keepalive_gets_are_served_without_a_coroutine(backends):

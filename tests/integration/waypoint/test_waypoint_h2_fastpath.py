@@ -27,7 +27,7 @@ from shoal.waypoint import h2fastpath
 from shoal.waypoint.fastexchange import FAST_ENV
 from shoal.waypoint.telemetry import AccessLog
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import Mesh, access_lines, running_waypoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -205,7 +205,7 @@ async def test_a_stream_reset_mid_exchange_is_one_dc_record(backends, path, capl
 
         def lines():
             wp.app.proxy.telemetry.flush()
-            return [json.loads(x) for chunk in written for x in chunk.splitlines()]
+            return access_lines(written)
         await until(lambda: len(lines()) == 2, what=lambda: f"two access-log lines, got {lines()}")
         got = sorted((f["path"], f["response_flags"]) for f in lines())
         c.close()
@@ -232,8 +232,7 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
 
         def lines():
             wp.app.proxy.telemetry.flush()
-            return sorted((x["path"], x["response_flags"])
-                          for chunk in written for x in map(json.loads, chunk.splitlines()))
+            return sorted((x["path"], x["response_flags"]) for x in access_lines(written))
         await until(lambda: len(lines()) == 2, what=lambda: f"two records, got {lines()}")
         got = lines()
     assert got == [("/slow/400", "DC"), ("/slow/401", "DC")]
@@ -263,5 +262,5 @@ async def test_an_upstream_cut_mid_body_resets_the_stream_and_logs_ur(path, capl
     assert status(r) == 200 and r["body"] == b"0123456789"
     assert status(after) == 404               # the connection lives on
     assert [(f["path"], f["response_code"], f["response_flags"], f["bytes_sent"])
-            for f in (json.loads(x) for chunk in written for x in chunk.splitlines())] == [
+            for f in access_lines(written)] == [
         ("/cut", 200, "UR", 10), ("/nowhere", 404, "NR", 8)]

@@ -553,6 +553,30 @@ async def test_plain_peer_reset_during_a_batch(monkeypatch):
 
 # -- references ---------------------------------------------------------------
 
+# Batches run while references and memory are watched (after one to warm up).
+LEAK_BATCHES = 10
+
+
+def _leaks(objs: list, batch, frames):
+    """Run `batch` once to warm up, then LEAK_BATCHES times watched: the
+    reference-count changes of `objs` as (index, change), the bytes still
+    allocated, and how much the `frames()` counter moved."""
+    batch()
+    gc.collect()
+    before = [sys.getrefcount(o) for o in objs]
+    tracemalloc.start()
+    snap0 = tracemalloc.take_snapshot()
+    frames0 = frames()
+    for _ in range(LEAK_BATCHES):
+        batch()
+    gc.collect()
+    grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(snap0, "filename")
+                if d.size_diff > 0)
+    tracemalloc.stop()
+    after = [sys.getrefcount(o) for o in objs]
+    return [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b], grown, \
+        frames() - frames0
+
 async def test_relay_leaks_no_references_or_memory(monkeypatch):
     """Thousands of frames through Relay.feed: the objects it touches keep
     their reference counts and no memory stays allocated."""
@@ -574,21 +598,9 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
             run.frames_sent()
             assert run.socks[0].recv(1 << 20) == b"".join(data(1, 64, fill=i)[9:]
                                                          for i in range(200))
-        batch()
-        gc.collect()
-        before = [sys.getrefcount(o) for o in objs]
-        tracemalloc.start()
-        snap0 = tracemalloc.take_snapshot()
-        frames0 = run.server._relay.frames
-        for _ in range(10):
-            batch()
-        gc.collect()
-        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")
-                    if s.size_diff > 0)
-        tracemalloc.stop()
-        after = [sys.getrefcount(o) for o in objs]
-        assert run.server._relay.frames - frames0 == 2000
-        assert [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b] == []
+        leaked, grown, taken = _leaks(objs, batch, lambda: run.server._relay.frames)
+        assert taken == 2000
+        assert leaked == []
         assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 frames"
     finally:
         run.close()
@@ -786,21 +798,9 @@ async def test_sender_leaks_no_references_or_memory(monkeypatch):
             for _ in range(200):
                 assert run.push(payload) is True
             run.do(("read",))
-        batch()
-        gc.collect()
-        before = [sys.getrefcount(o) for o in objs]
-        tracemalloc.start()
-        snap0 = tracemalloc.take_snapshot()
-        frames0 = run.push.frames
-        for _ in range(10):
-            batch()
-        gc.collect()
-        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")
-                    if s.size_diff > 0)
-        tracemalloc.stop()
-        after = [sys.getrefcount(o) for o in objs]
-        assert run.push.frames - frames0 == 2000
-        assert [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b] == []
+        leaked, grown, taken = _leaks(objs, batch, lambda: run.push.frames)
+        assert taken == 2000
+        assert leaked == []
         assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 pushes"
     finally:
         run.close()
