@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 
 from shoal.core.drain import DrainWatcher
@@ -157,3 +158,38 @@ def loopback_ip() -> str:
 def access_lines(written: list[bytes]) -> list[dict]:
     """The access-log records an `AccessLog(written.append)` wrote, parsed."""
     return [json.loads(line) for chunk in written for line in chunk.splitlines()]
+
+
+def capture_access_log(wp) -> list[bytes]:
+    """Send the running waypoint's access log into a list (read it with
+    `access_lines` after `wp.app.proxy.telemetry.flush()`)."""
+    from shoal.waypoint.telemetry import AccessLog
+    written: list[bytes] = []
+    wp.app.proxy.telemetry.log = AccessLog(written.append)
+    return written
+
+
+class CutBackend:
+    """A backend (usable as one in `Mesh.service`) that announces 1000 body
+    bytes, sends 10 and closes: an upstream cut mid-body."""
+
+    host, name = "127.0.0.1", "v1"
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((self.host, 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+
+    def close(self) -> None:
+        self.sock.close()

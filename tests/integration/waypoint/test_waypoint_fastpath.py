@@ -19,9 +19,9 @@ import threading
 import pytest
 
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
-from shoal.waypoint.telemetry import AccessLog
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import Mesh, access_lines, running_waypoint
+from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
+                                         running_waypoint)
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -102,6 +102,8 @@ class _StaleBackend:
     closes that connection when its second request arrives (an idle
     keep-alive the server dropped while our request was on its way)."""
 
+    host, name = "127.0.0.1", "v1"          # usable as a backend in Mesh.service
+
     BODY = b"fresh"
 
     def __init__(self) -> None:
@@ -146,10 +148,7 @@ class _StaleBackend:
 async def test_a_stale_pooled_connection_is_replaced_once():
     backend = _StaleBackend()
     mesh = Mesh()
-
-    class B:
-        host, port, name = "127.0.0.1", backend.port, "v1"
-    mesh.service("echo", [B])
+    mesh.service("echo", [backend])
     try:
         async with running_waypoint(mesh) as wp:
             c = Client(wp.plaintext_port)
@@ -163,41 +162,14 @@ async def test_a_stale_pooled_connection_is_replaced_once():
     assert backend.connections == 2 and backend.requests == 3
 
 
-class _CutBackend:
-    """Announces 1000 body bytes, sends 10, closes."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 async def test_upstream_cut_mid_body_resets_the_client_and_logs_ur(caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
-    backend = _CutBackend()
+    backend = CutBackend()
     mesh = Mesh()
-
-    class B:
-        host, port, name = "127.0.0.1", backend.port, "v1"
-    mesh.service("echo", [B])
-    written: list[bytes] = []
+    mesh.service("echo", [backend])
     try:
         async with running_waypoint(mesh) as wp:
-            wp.app.proxy.telemetry.log = AccessLog(written.append)
+            written = capture_access_log(wp)
 
             def go():
                 with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
@@ -223,9 +195,8 @@ async def test_a_client_resetting_mid_exchange_is_one_dc_record(backends, caplog
     v1 = backends("v1")
     mesh = Mesh()
     mesh.service("echo", [v1])
-    written: list[bytes] = []
     async with running_waypoint(mesh) as wp:
-        wp.app.proxy.telemetry.log = AccessLog(written.append)
+        written = capture_access_log(wp)
         reader, writer = await asyncio.open_connection("127.0.0.1", wp.plaintext_port)
         writer.write(b"GET /slow/300 HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
         await writer.drain()

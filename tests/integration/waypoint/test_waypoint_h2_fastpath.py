@@ -25,9 +25,9 @@ import pytest
 
 from shoal.waypoint import h2fastpath
 from shoal.waypoint.fastexchange import FAST_ENV
-from shoal.waypoint.telemetry import AccessLog
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import Mesh, access_lines, running_waypoint
+from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
+                                         running_waypoint)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -194,9 +194,8 @@ async def test_a_stream_reset_mid_exchange_is_one_dc_record(backends, path, capl
     v1 = backends("v1")
     mesh = Mesh()
     mesh.service("echo", [v1])
-    written: list[bytes] = []
     async with running_waypoint(mesh) as wp:
-        wp.app.proxy.telemetry.log = AccessLog(written.append)
+        written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         slow = await asyncio.to_thread(c.start, "/slow/400")
         await until(lambda: v1.hits["/slow/400"], what="the request at the backend")
@@ -219,9 +218,8 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
     v1 = backends("v1")
     mesh = Mesh()
     mesh.service("echo", [v1])
-    written: list[bytes] = []
     async with running_waypoint(mesh) as wp:
-        wp.app.proxy.telemetry.log = AccessLog(written.append)
+        written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         for p in ("/slow/400", "/slow/401"):
             await asyncio.to_thread(c.start, p)
@@ -239,18 +237,13 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
 
 
 async def test_an_upstream_cut_mid_body_resets_the_stream_and_logs_ur(path, caplog):
-    from tests.integration.waypoint.test_waypoint_fastpath import _CutBackend
     caplog.set_level(logging.INFO, logger="shoal.access")
-    backend = _CutBackend()
+    backend = CutBackend()
     mesh = Mesh()
-
-    class B:
-        host, port, name = "127.0.0.1", backend.port, "v1"
-    mesh.service("echo", [B])
-    written: list[bytes] = []
+    mesh.service("echo", [backend])
     try:
         async with running_waypoint(mesh) as wp:
-            wp.app.proxy.telemetry.log = AccessLog(written.append)
+            written = capture_access_log(wp)
             c = H2Client(wp.plaintext_port)
             (r,) = await asyncio.to_thread(c.get, "/cut")
             (after,) = await asyncio.to_thread(c.get, "/nowhere", authority="nowhere:8080")

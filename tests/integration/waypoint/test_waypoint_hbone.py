@@ -23,7 +23,7 @@ from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import connect_tcp
 from shoal.core.records import (Authorization, Operation, Rule, Source, TargetRef)
 from tests.helpers.pki import TestPKI
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import Mesh, capture_access_log, running_waypoint
 from shoal.waypoint.http1 import BodyReceived, H1ResponseParser, MessageEnded, ResponseReceived
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -167,14 +167,12 @@ async def test_metrics_and_access_log(pki, cert_dir, backends, caplog):
 
     from shoal.core import metrics as core_metrics
     caplog.set_level(logging.INFO, logger="shoal.access")   # restored after the test
-    from shoal.waypoint.telemetry import AccessLog
     mesh = Mesh()
     svc = mesh.service("echo", [backends("v1")])
     client = HboneClient(pki, CURL_ID)
-    written: list[bytes] = []
     try:
         async with running_waypoint(mesh, plaintext=False, hbone_cert_dir=cert_dir) as wp:
-            wp.app.proxy.telemetry.log = AccessLog(written.append)
+            written = capture_access_log(wp)
             s = await client.open(wp.hbone_port, f"{svc.vips[0]}:8080")
             await request(s, "GET", "/metered")
             await request(s, "GET", "/status/418")
