@@ -161,9 +161,12 @@ def test_pending_add_reaches_the_agent_once_back(run_dir):
     agent = start_agent(d, cfg)
     try:
         state = os.path.join(d, "state.json")
+        # The agent takes the pending file before it serves the ADD and
+        # writes its state after: an empty pending/ does not mean the state
+        # file exists yet, so both are polled with the file's absence as "not yet".
         wait_for(lambda: not os.listdir(os.path.join(d, protocol.PENDING_DIR)), what="replay")
         wait_for(lambda: [p["name"] for p in orjson.loads(open(state, "rb").read())["pods"]] == ["db"],
-                 what="pod recorded")
+                 what="pod recorded", retry_on=(FileNotFoundError,))
     finally:
         agent.stop()
 
