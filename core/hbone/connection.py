@@ -82,6 +82,7 @@ class HboneConnection(asyncio.Protocol):
         self._ping: tuple[bytes, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._drain_requested = False
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -107,7 +108,7 @@ class HboneConnection(asyncio.Protocol):
             return
         self.core.initiate()
         if self._drain_requested:
-            self.core.start_drain()
+            self._begin_drain()
         self.flush()
         self._schedule_keepalive()
         if not self.ready.done():
@@ -233,18 +234,32 @@ class HboneConnection(asyncio.Protocol):
         return limit - len(self.streams)
 
     def start_drain(self) -> None:
-        """Graceful shutdown (server role): GOAWAY(NO_ERROR); open tunnels go
-        on, new CONNECTs are refused (REFUSED_STREAM, the client retries
-        elsewhere); the connection closes itself after its last stream."""
+        """Graceful shutdown (server role): GOAWAY(NO_ERROR) in two steps
+        (core.hbone.protocol): open tunnels go on, CONNECTs already on the
+        wire are served, later ones refused (REFUSED_STREAM, the client
+        retries elsewhere); the connection closes itself after its last stream."""
         if self.transport is None:
             self._drain_requested = True        # before the handshake finished
             return
+        self._begin_drain()
+        self.flush()
+        self._close_if_drained()
+
+    def _begin_drain(self) -> None:
         self.core.start_drain()
+        if self._drain_timer is None:
+            # A client that does not answer the announcement's PING is as
+            # dead as one that ignores a keepalive: stop waiting for it then.
+            self._drain_timer = self.loop.call_later(self.settings.keepalive_timeout,
+                                                     self._finish_drain)
+
+    def _finish_drain(self) -> None:
+        self.core.finish_drain()
         self.flush()
         self._close_if_drained()
 
     def _close_if_drained(self) -> None:
-        closing = self.core.draining or (self.client and self.core.goaway_received)
+        closing = self.core.drained or (self.client and self.core.goaway_received)
         if closing and not self.streams and not self.core.open_streams and not self.core.dead:
             self.close()
 
@@ -273,6 +288,8 @@ class HboneConnection(asyncio.Protocol):
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         for stream in list(self.streams.values()):
             stream._fail(StreamResetError(f"tunnel {stream.authority}: {error.reason}",
                                           error_code=error.error_code))

@@ -18,12 +18,15 @@ Invariants:
   reset; `open_streams` is its size (the pool's load measure);
 - after a RemoteProtocolError the connection is dead: h2 has queued a GOAWAY,
   which the adapter must still send before closing;
-- graceful shutdown (RFC 9113 §6.8): the server's `start_drain()` sends
-  GOAWAY(NO_ERROR, last processed stream) and keeps every stream up to it
-  working; later CONNECTs get RST_STREAM REFUSED_STREAM; `drained` tells the
-  adapter when the last stream is gone (then `close()`). A client receiving
-  such a GOAWAY refuses (StreamReset REFUSED_STREAM, safe to retry) only its
-  streams above the last id; the others complete normally.
+- graceful shutdown (RFC 9113 §6.8), in two steps as ztunnel's h2 crate
+  does: the server's `start_drain()` announces GOAWAY(NO_ERROR, 2^31-1) with
+  a PING and goes on serving; when the PING's ACK shows the client has read
+  the announcement (or the adapter gives up waiting: `finish_drain()`), the
+  final GOAWAY names the last stream processed, later CONNECTs get
+  RST_STREAM REFUSED_STREAM, and `drained` tells the adapter when the last
+  stream is gone (then `close()`). A client receiving a GOAWAY refuses
+  (StreamReset REFUSED_STREAM, safe to retry) only its streams above the
+  last id; the others complete normally.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from shoal.core.hbone.settings import (DEFAULT_SETTINGS, HEADER_DECODE_HARD_LIMI
 _H2_DEFAULT_WINDOW = 65_535
 # RFC 9113 §6.5.2: each header field costs name + value + 32 octets.
 _HEADER_OVERHEAD = 32
-# RFC 1035 §2.3.4: names up to 253 characters, labels 1..63.
+# The graceful shutdown's first GOAWAY names the highest stream id there is
+# (RFC 9113 §6.8): "stop opening streams", while nothing sent is refused yet.
+GOAWAY_ANNOUNCE_ID = 2**31 - 1
 PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
 
 
@@ -112,7 +117,9 @@ class _HboneCore:
         self.dead = False
         self.goaway_received = False
         self.draining = False                  # we sent a graceful GOAWAY
-        self._goaway_last_id: int | None = None
+        self._goaway_last_id: int | None = None    # set by the final GOAWAY
+        self._drain_ping: bytes | None = None      # the announcement's PING
+        self._drain_reason = b""
         # Streams requested / reset within the current receive_data call.
         self._batch_requests: set[int] = set()
         self._batch_dropped: set[int] = set()
@@ -237,21 +244,32 @@ class _HboneCore:
                                       last_stream_id=self._goaway_last_id)
 
     def start_drain(self, reason: str = "graceful shutdown") -> None:
-        """Graceful shutdown: queue GOAWAY(NO_ERROR, last stream processed).
-
-        Streams up to that id keep working both ways (data, half-close,
-        resets); new CONNECTs are refused with RST_STREAM REFUSED_STREAM.
-        Once `drained`, the adapter calls `close()`. Idempotent."""
+        """Graceful shutdown, first step: queue GOAWAY(NO_ERROR, 2^31-1) and a
+        PING. Every stream keeps working and CONNECTs still arrive: one the
+        client sent before it read the announcement is served, not refused
+        (a client refused twice in a row, e.g. by two draining workers during
+        an upgrade, gives up). Idempotent."""
         if self.dead or self.draining:
             return
         self.draining = True
+        self._drain_reason = reason.encode()[:256]
+        self._h2.send_graceful_goaway(GOAWAY_ANNOUNCE_ID, self._drain_reason)
+        self._drain_ping = self.ping()
+
+    def finish_drain(self) -> None:
+        """Second step, at the PING's ACK (the core does it) or when the
+        adapter stops waiting for it: GOAWAY(NO_ERROR, last stream
+        processed); later CONNECTs are refused. Idempotent."""
+        if self.dead or not self.draining or self._goaway_last_id is not None:
+            return
+        self._drain_ping = None
         self._goaway_last_id = self._h2.highest_inbound_stream_id
-        self._h2.send_graceful_goaway(self._goaway_last_id, reason.encode()[:256])
+        self._h2.send_graceful_goaway(self._goaway_last_id, self._drain_reason)
 
     @property
     def drained(self) -> bool:
-        """Draining and no stream is left: time to close the connection."""
-        return self.draining and not self._streams
+        """The final GOAWAY is out and no stream is left: time to close."""
+        return self._goaway_last_id is not None and not self._streams
 
     @property
     def open_streams(self) -> int:
@@ -384,6 +402,8 @@ class _HboneCore:
         out.append(ev.SettingsChanged(max_concurrent_streams=mcs.new_value if mcs else None))
 
     def _on_ping_ack(self, e: h2e.PingAckReceived, out: list) -> None:
+        if self._drain_ping is not None and e.ping_data == self._drain_ping:
+            self.finish_drain()         # the client has read the announcement
         out.append(ev.PingAcked(payload=e.ping_data))
 
     def _on_terminated(self, e: h2e.ConnectionTerminated, out: list) -> None:
@@ -515,7 +535,7 @@ class HboneServerProtocol(_HboneCore):
             pass
 
     def _on_request(self, e: h2e.RequestReceived, out: list) -> None:
-        if self.draining and e.stream_id > (self._goaway_last_id or 0):
+        if self._goaway_last_id is not None and e.stream_id > self._goaway_last_id:
             # Sent before the client saw our GOAWAY: not processed, so the
             # client may retry it on another connection (RFC 9113 §8.7).
             self.reset_stream(e.stream_id, ErrorCodes.REFUSED_STREAM)

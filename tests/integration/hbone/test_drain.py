@@ -144,23 +144,63 @@ async def test_grace_over_resets_what_is_left(hbone_logs):
         assert "resetting 1 tunnels" in hbone_logs.text
 
 
-async def test_connect_crossing_the_goaway_is_retried_on_a_new_connection(hbone_logs):
+async def _echo(stream, payload: bytes = b"ping") -> bytes:
+    await stream.write(payload)
+    stream.write_eof()
+    got = b""
+    while data := await stream.read():
+        got += data
+    return got
+
+
+async def test_connect_crossing_the_goaway_is_served_on_its_connection(hbone_logs):
     """The client sends a CONNECT before it read the server's GOAWAY: the
-    server refuses it (REFUSED_STREAM, unprocessed) and the pool sends it
-    again on a new connection; the caller never sees the refusal."""
+    drain announces itself first (GOAWAY 2^31-1 and a PING) and names the
+    last stream only at the PING's ACK, so that CONNECT is served where it
+    went. A single GOAWAY naming the last stream at once would refuse it,
+    and a client refused twice in a row (two draining workers during an
+    upgrade) resets its caller."""
     async with HbonePair() as rig:
         old = await rig.open()
         (server_conn,) = rig.server.connections
         server_conn.start_drain()          # GOAWAY written; the client has not read it
         new = await rig.open()             # no await before its HEADERS go out
+        assert rig.pool.connections_opened == 1
+        assert len(rig.requests) == 2
+        assert "REFUSED_STREAM" not in hbone_logs.text
+        for stream in (old, new):
+            assert await _echo(stream) == b"ping"
+        await asyncio.wait_for(server_conn.closed, 5)
+
+
+async def test_connect_crossing_the_final_goaway_is_retried_on_a_new_connection(hbone_logs):
+    """A server that stopped waiting for the announcement's ACK refuses what
+    comes after its final GOAWAY (REFUSED_STREAM, unprocessed): the pool
+    sends it again on a new connection; the caller never sees the refusal."""
+    async with HbonePair() as rig:
+        old = await rig.open()
+        (server_conn,) = rig.server.connections
+        server_conn.start_drain()
+        server_conn._finish_drain()        # what its timer does when no ACK comes
+        new = await rig.open()
         assert rig.pool.connections_opened == 2
         assert len(rig.requests) == 2      # the refused CONNECT never reached the handler
         assert "REFUSED_STREAM" in hbone_logs.text
         for stream in (old, new):
-            await stream.write(b"ping")
-            stream.write_eof()
-            got = b""
-            while data := await stream.read():
-                got += data
-            assert got == b"ping"
+            assert await _echo(stream) == b"ping"
+        await asyncio.wait_for(server_conn.closed, 5)
+
+
+async def test_connection_accepted_by_a_draining_server_serves_its_first_connect(hbone_logs):
+    """A worker that is told to drain may already have accepted a connection
+    still in its TLS handshake (an upgrade: old and new workers share the
+    listening socket). Its first CONNECT follows the handshake at once; it
+    must be served, not refused."""
+    async with HbonePair() as rig:
+        rig.server.draining = True         # as HboneServer.close() sets it, listener kept
+        stream = await rig.open()
+        (server_conn,) = rig.server.connections
+        assert server_conn.core.draining
+        assert await _echo(stream) == b"ping"
+        assert rig.pool.connections_opened == 1 and len(rig.requests) == 1
         await asyncio.wait_for(server_conn.closed, 5)

@@ -7,7 +7,7 @@ from h2.errors import ErrorCodes
 
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
-from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
+from shoal.core.hbone.protocol import GOAWAY_ANNOUNCE_ID, HboneClientProtocol, HboneServerProtocol
 
 
 def _xfer(src, dst, one_byte=False):
@@ -42,6 +42,16 @@ def _open(c, s, one_byte=False):
     return sid
 
 
+def _drain(c, s, one_byte=False):
+    """Both steps of the server's graceful shutdown: the announcement and
+    its PING go to the client, its ACK comes back, the final GOAWAY goes
+    out. Returns the client's events."""
+    s.start_drain()
+    got = _xfer(s, c, one_byte)
+    _xfer(c, s, one_byte)                            # the PING's ACK
+    return got + _xfer(s, c, one_byte)
+
+
 def _frames(data: bytes):
     out = []
     while data:
@@ -52,28 +62,54 @@ def _frames(data: bytes):
     return out
 
 
-def test_start_drain_sends_goaway_no_error_with_last_processed_stream():
+def test_drain_announces_then_names_the_last_processed_stream_at_the_ping_ack():
     c, s = _pair()
     first, second = _open(c, s), _open(c, s)
     s.start_drain()
     frames = _frames(s.data_to_send())
-    goaways = [f for f in frames if isinstance(f, hf.GoAwayFrame)]
-    assert len(goaways) == 1
-    assert goaways[0].error_code == 0
-    assert goaways[0].last_stream_id == second > first
+    assert [(type(f), getattr(f, "last_stream_id", None), getattr(f, "error_code", None))
+            for f in frames] == [(hf.GoAwayFrame, GOAWAY_ANNOUNCE_ID, 0), (hf.PingFrame, None, None)]
+    assert "ACK" not in frames[1].flags
     assert s.draining and not s.dead and not s.drained
     s.start_drain()                                  # idempotent: no second frame
     assert s.data_to_send() == b""
+    c.receive_data(b"".join(f.serialize() for f in frames))
+    s.receive_data(c.data_to_send())                 # the PING's ACK
+    goaways = [f for f in _frames(s.data_to_send()) if isinstance(f, hf.GoAwayFrame)]
+    assert [(g.last_stream_id, g.error_code) for g in goaways] == [(second, 0)]
+    assert second > first and not s.drained          # both tunnels still open
+    s.finish_drain()                                 # idempotent too
+    assert s.data_to_send() == b""
+
+
+@pytest.mark.parametrize("one_byte", [False, True])
+def test_connect_crossing_the_announcement_is_served(one_byte):
+    """The client opened a tunnel before it read the announcement: the
+    server processes it (a single GOAWAY naming the last id would have
+    refused it) and the final GOAWAY names it."""
+    c, s = _pair(one_byte)
+    s.start_drain()
+    announcement = s.data_to_send()
+    late = c.open_tunnel("10.0.0.6:80")
+    assert [e.stream_id for e in _of(_xfer(c, s, one_byte), ev.TunnelRequested)] == [late]
+    s.accept(late)
+    c.receive_data(announcement)
+    assert c.goaway_received and c.stream_state(late) == "PENDING"
+    assert _of(_xfer(s, c, one_byte), ev.TunnelOpened)
+    _xfer(c, s, one_byte)                            # the PING's ACK
+    closed = _of(_xfer(s, c, one_byte), ev.ConnectionClosed)
+    assert [e.last_stream_id for e in closed] == [late]
+    assert c.stream_state(late) == "OPEN" and s.stream_state(late) == "OPEN"
 
 
 @pytest.mark.parametrize("one_byte", [False, True])
 def test_open_streams_complete_both_ways_after_goaway(one_byte):
     c, s = _pair(one_byte)
     sid = _open(c, s, one_byte)
-    s.start_drain()
-    closed = _of(_xfer(s, c, one_byte), ev.ConnectionClosed)
-    assert closed == [ev.ConnectionClosed(error_code=0, last_stream_id=sid,
-                                          reason="graceful shutdown")]
+    closed = _of(_drain(c, s, one_byte), ev.ConnectionClosed)
+    assert closed == [ev.ConnectionClosed(error_code=0, last_stream_id=last,
+                                          reason="graceful shutdown")
+                      for last in (GOAWAY_ANNOUNCE_ID, sid)]
     assert c.goaway_received and c.stream_state(sid) == "OPEN"
     # client -> server data, then the client's half-close
     assert c.send_data(sid, b"request") == 7
@@ -93,8 +129,7 @@ def test_open_streams_complete_both_ways_after_goaway(one_byte):
 def test_flow_control_keeps_working_during_drain():
     c, s = _pair()
     sid = _open(c, s)
-    s.start_drain()
-    _xfer(s, c)
+    _drain(c, s)
     window = c.send_window(sid)
     payload = b"x" * window
     assert c.send_data(sid, payload) == window
@@ -111,7 +146,7 @@ def test_flow_control_keeps_working_during_drain():
 def test_server_may_half_close_first_during_drain():
     c, s = _pair()
     sid = _open(c, s)
-    s.start_drain()
+    _drain(c, s)
     s.end_stream(sid)
     assert _of(_xfer(s, c), ev.StreamEnded)
     assert c.send_data(sid, b"late", end_stream=True) == 4
@@ -123,8 +158,7 @@ def test_server_may_half_close_first_during_drain():
 def test_reset_during_drain_counts_as_the_stream_ending():
     c, s = _pair()
     sid = _open(c, s)
-    s.start_drain()
-    _xfer(s, c)
+    _drain(c, s)
     c.reset_stream(sid, ErrorCodes.CANCEL)
     resets = _of(_xfer(c, s), ev.StreamReset)
     assert [r.error_code for r in resets] == [ErrorCodes.CANCEL]
@@ -132,11 +166,12 @@ def test_reset_during_drain_counts_as_the_stream_ending():
 
 
 @pytest.mark.parametrize("one_byte", [False, True])
-def test_connect_after_goaway_is_refused_with_refused_stream(one_byte):
+def test_connect_after_the_final_goaway_is_refused_with_refused_stream(one_byte):
     c, s = _pair(one_byte)
     kept = _open(c, s, one_byte)
     s.start_drain()
-    late = c.open_tunnel("10.0.0.6:80")             # sent before the GOAWAY arrived
+    s.finish_drain()                                  # stopped waiting for the ACK
+    late = c.open_tunnel("10.0.0.6:80")             # sent before the GOAWAYs arrived
     got = _xfer(c, s, one_byte)
     assert not _of(got, ev.TunnelRequested)           # the handler never sees it
     rst = [f for f in _frames(s.data_to_send()) if isinstance(f, hf.RstStreamFrame)]
@@ -148,13 +183,14 @@ def test_client_refuses_only_streams_above_last_stream_id():
     c, s = _pair()
     kept = _open(c, s)
     s.start_drain()
-    late = c.open_tunnel("10.0.0.6:80")               # crosses the GOAWAY
+    s.finish_drain()
+    late = c.open_tunnel("10.0.0.6:80")               # crosses the final GOAWAY
     pending = c.data_to_send()
     got = _xfer(s, c)
     resets = _of(got, ev.StreamReset)
     assert resets == [ev.StreamReset(stream_id=late, remote=True,
                                      error_code=ErrorCodes.REFUSED_STREAM)]
-    assert _of(got, ev.ConnectionClosed)[0].last_stream_id == kept
+    assert [e.last_stream_id for e in _of(got, ev.ConnectionClosed)] == [GOAWAY_ANNOUNCE_ID, kept]
     assert c.stream_state(kept) == "OPEN" and c.stream_state(late) == "CLOSED"
     # The server refuses the late HEADERS too; the client ignores that RST.
     s.receive_data(pending)
@@ -170,6 +206,7 @@ def test_close_after_drain_does_not_raise_last_stream_id():
     c, s = _pair()
     sid = _open(c, s)
     s.start_drain()
+    s.finish_drain()
     s.data_to_send()
     c.open_tunnel("10.0.0.6:80")                     # refused: higher id seen by h2
     _xfer(c, s)
@@ -191,12 +228,13 @@ def test_error_goaway_still_kills_every_stream():
         c.send_data(sid, b"x")
 
 
-def test_drain_before_any_stream_is_drained_at_once():
+def test_drain_before_any_stream_is_drained_once_the_ping_comes_back():
     c, s = _pair()
     s.start_drain()
+    assert not s.drained                             # a CONNECT may be on the wire
+    got = _drain(c, s)
     assert s.drained
-    got = _xfer(s, c)
-    assert _of(got, ev.ConnectionClosed)[0].last_stream_id == 0
+    assert [e.last_stream_id for e in _of(got, ev.ConnectionClosed)] == [GOAWAY_ANNOUNCE_ID, 0]
 
 
 def test_refused_errors_are_retryable_others_not():
