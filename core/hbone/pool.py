@@ -7,6 +7,14 @@ Invariants (as ztunnel's pool.rs):
 - a connection carries at most `max_streams_per_connection` (100) streams
   and never more than the peer's SETTINGS_MAX_CONCURRENT_STREAMS; the next
   open then creates another connection;
+- spreading (shoal's own rule, settings.POOL_SPREAD_*): while a key has fewer
+  than `pool_spread_connections` (4) live connections and the least-loaded one
+  already carries `pool_spread_streams` (2), the next open creates another
+  connection, so one worker's tunnels to a peer reach several of the peer's
+  workers (the kernel's SO_REUSEPORT hash picks one per TCP connection);
+  otherwise a stream goes on the least-loaded connection with room. A spread
+  connection that fails costs nothing: the tunnel goes on an existing
+  connection and that key does not spread for `pool_spread_backoff`;
 - one connection attempt per key at a time (a per-key lock), so a burst of
   opens on a cold key makes one handshake, not N;
 - a connection with no streams for `pool_idle_timeout` (5 min) is closed;
@@ -67,6 +75,7 @@ class HbonePool:
         self.log = log
         self._conns: dict[PoolKey, list[HboneConnection]] = {}
         self._locks: dict[PoolKey, asyncio.Lock] = {}
+        self._no_spread_until: dict[PoolKey, float] = {}
         self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
         self.connections_opened = 0
 
@@ -129,22 +138,47 @@ class HbonePool:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             conn = self._pick(key)
-            if conn is None:
+            if conn is not None:
+                return conn
+            try:
                 conn = await self._connect(key, src)
-                self._conns.setdefault(key, []).append(conn)
+            except HboneError as e:
+                # A connection opened only to spread: the existing ones serve.
+                conn = self._pick(key, spread=False)
+                if conn is None:
+                    raise
+                self.log.info("HBONE: no extra connection to %s:%d (%s); not spreading for "
+                              "%gs", key[2][0], key[2][1], e.reason,
+                              self.settings.pool_spread_backoff)
+                self._no_spread_until[key] = time.monotonic() + self.settings.pool_spread_backoff
+                return conn
+            self._conns.setdefault(key, []).append(conn)
             return conn
 
-    def _pick(self, key: PoolKey) -> HboneConnection | None:
+    def _pick(self, key: PoolKey, spread: bool = True) -> HboneConnection | None:
+        """The connection for the next stream of `key`, or None: open one."""
         conns = self._conns.get(key)
         if not conns:
             return None
         live = [c for c in conns if c.usable]
         if len(live) != len(conns):
             self._conns[key] = live
-        for conn in live:
-            if conn.capacity > 0:
-                return conn
-        return None
+        best = None
+        for conn in live:             # least loaded with room; the oldest on ties
+            if conn.capacity > 0 and (best is None or len(conn.streams) < len(best.streams)):
+                best = conn
+        if (best is not None and spread and len(live) < self.settings.pool_spread_connections
+                and len(best.streams) >= self.settings.pool_spread_streams
+                and not self._spread_backing_off(key)):
+            return None
+        return best
+
+    def _spread_backing_off(self, key: PoolKey) -> bool:
+        until = self._no_spread_until.get(key)
+        if until is not None and time.monotonic() >= until:
+            del self._no_spread_until[key]
+            until = None
+        return until is not None
 
     async def _connect(self, key: PoolKey, src) -> HboneConnection:
         host, port = key[2]
@@ -206,6 +240,7 @@ class HbonePool:
                 conns.remove(conn)
                 if not conns:
                     del self._conns[key]
+                    self._no_spread_until.pop(key, None)
         conn.close()
 
     def stats(self) -> dict:

@@ -35,6 +35,23 @@ HEADER_DECODE_HARD_LIMIT = 256 * KIB
 # POOL_MAX_STREAMS_PER_CONNECTION: after 100 streams the pool opens a new
 # connection (also never more than the peer's SETTINGS_MAX_CONCURRENT_STREAMS).
 MAX_STREAMS_PER_CONNECTION = 100
+# Spreading (shoal's, not ztunnel's): a key's first POOL_SPREAD_CONNECTIONS
+# connections take at most POOL_SPREAD_STREAMS streams each before the next
+# one opens; past that, a stream goes to the least-loaded connection (still at
+# most MAX_STREAMS_PER_CONNECTION each). Why: one HBONE connection is served by
+# one worker process on each side (the peer's SO_REUSEPORT hash picks one per
+# TCP connection), so a worker whose tunnels to a peer share one connection
+# puts all of them on one peer worker, i.e. one core (Istio #51305 is the same
+# effect on Envoy's threads). With 4 connections per worker and key the
+# kernel's hash leaves a 2-worker peer idle with probability 1/8, not 1/2; two
+# streams per connection keep a key with one or two tunnels (most keys) on one
+# connection, as before. Measured in docs/bench/hbone.md (8 streams, 2 workers).
+POOL_SPREAD_CONNECTIONS = 4
+POOL_SPREAD_STREAMS = 2
+# A spread connection that failed (peer at its connection or handshake limit,
+# unreachable) is not tried again for this long: the tunnel goes on an existing
+# connection, and later opens must not each pay a failed handshake.
+POOL_SPREAD_BACKOFF = 30.0
 # ztunnel's server advertises 200 concurrent streams.
 SERVER_MAX_CONCURRENT_STREAMS = 200
 # POOL_UNUSED_RELEASE_TIMEOUT: idle pooled connections are closed after 5 min.
@@ -63,6 +80,9 @@ class HboneSettings:
     connection_window: int = CONNECTION_WINDOW
     max_frame_size: int = MAX_FRAME_SIZE
     max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION
+    pool_spread_connections: int = POOL_SPREAD_CONNECTIONS
+    pool_spread_streams: int = POOL_SPREAD_STREAMS
+    pool_spread_backoff: float = POOL_SPREAD_BACKOFF
     server_max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS
     client_max_header_list: int = CLIENT_MAX_HEADER_LIST
     server_max_header_list: int = SERVER_MAX_HEADER_LIST
@@ -80,14 +100,15 @@ class HboneSettings:
             raise ValueError("connection_window must be >= stream_window and < 2^31")
         if not 16_384 <= self.max_frame_size <= 2**24 - 1:
             raise ValueError(f"max_frame_size {self.max_frame_size} out of 16384..2^24-1")
-        if self.max_streams_per_connection < 1 or self.server_max_concurrent_streams < 1:
-            raise ValueError("stream limits must be >= 1")
+        if min(self.max_streams_per_connection, self.server_max_concurrent_streams,
+               self.pool_spread_connections, self.pool_spread_streams) < 1:
+            raise ValueError("stream and connection limits must be >= 1")
         if min(self.client_max_header_list, self.server_max_header_list) < 1024:
             raise ValueError("header list limits must be >= 1 KiB")
         if self.server_max_header_list > HEADER_DECODE_HARD_LIMIT:
             raise ValueError(f"server_max_header_list above {HEADER_DECODE_HARD_LIMIT}")
         for name in ("pool_idle_timeout", "keepalive_interval", "keepalive_timeout",
-                     "connect_timeout"):
+                     "connect_timeout", "pool_spread_backoff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -78,3 +79,26 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def socket_owner(pids: list[int], local_port: int, remote_port: int) -> int | None:
+    """Which of `pids` holds the TCP socket local_port <-> remote_port (e.g.
+    which SO_REUSEPORT worker accepted a connection): /proc/net/tcp{,6}
+    gives the socket's inode, /proc/<pid>/fd the process holding it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (int(local.rsplit(":", 1)[1], 16) == local_port
+                    and int(remote.rsplit(":", 1)[1], 16) == remote_port and inode != "0"):
+                inodes.add(f"socket:[{inode}]")
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        for fd in fds.iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue            # closed meanwhile
+    return None

@@ -14,7 +14,7 @@ import pytest
 
 from shoal.core.hbone import fastpath
 from shoal.core.hbone.errors import StreamResetError
-from shoal.core.hbone.settings import MIB
+from shoal.core.hbone.settings import MIB, HboneSettings
 from tests.helpers.hbone_net import HbonePair, digest, roundtrip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
@@ -41,7 +41,8 @@ async def test_target_reset_mid_relay_spares_the_other_tunnels():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
     srv = await asyncio.start_server(dying, "127.0.0.1", 0)
-    async with HbonePair() as rig:
+    # pool spreading off: the point is tunnels beside the dying one on one connection
+    async with HbonePair(settings=HboneSettings(pool_spread_connections=1)) as rig:
         doomed = await rig.open(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}")
         others = [await rig.open() for _ in range(3)]
         assert len({s._conn for s in [doomed, *others]}) == 1      # one HBONE connection

@@ -11,7 +11,7 @@ import pytest
 from shoal.core.hbone.errors import HboneError, PeerIdentityError, StreamResetError
 from shoal.core.hbone.protocol import _Stream
 from shoal.core.hbone.server import Accept, Reject
-from shoal.core.hbone.settings import MIB, STREAM_WINDOW
+from shoal.core.hbone.settings import MIB, STREAM_WINDOW, HboneSettings
 from shoal.core.pipe import connect_tcp
 from tests.helpers.hbone_net import CLIENT_ID, HbonePair, digest, roundtrip
 from tests.helpers.wait import log_line
@@ -71,8 +71,12 @@ async def test_request_headers_reach_the_handler():
         b.close()
 
 
+# ztunnel's rule alone: spreading (its own tests below) off.
+NO_SPREAD = HboneSettings(pool_spread_connections=1)
+
+
 async def test_101_streams_open_a_second_pooled_connection():
-    async with HbonePair() as rig:
+    async with HbonePair(settings=NO_SPREAD) as rig:
         streams = await asyncio.gather(*(rig.open() for _ in range(101)))
         assert rig.pool.connections_opened == 2
         assert sorted(len(c) for c in rig.pool.stats().values()) == [2]
@@ -97,7 +101,6 @@ async def test_pool_reuses_connection_and_keys_by_identity():
 
 
 async def test_idle_connection_released():
-    from shoal.core.hbone.settings import HboneSettings
     async with HbonePair(settings=HboneSettings(pool_idle_timeout=0.2)) as rig:
         s = await rig.open()
         await roundtrip(s, b"bye")
@@ -361,8 +364,8 @@ async def test_on_done_reports_byte_counts():
 
 
 async def test_pool_respects_peer_max_concurrent_streams():
-    from shoal.core.hbone.settings import HboneSettings
-    async with HbonePair(settings=HboneSettings(server_max_concurrent_streams=3)) as rig:
+    settings = HboneSettings(server_max_concurrent_streams=3, pool_spread_connections=1)
+    async with HbonePair(settings=settings) as rig:
         first = await rig.open()
         await first.write(b"settle")
         assert await first.read() == b"settle"   # the server's SETTINGS have arrived
