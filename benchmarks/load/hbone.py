@@ -2,7 +2,7 @@
 
     python -m shoal.benchmarks.load.hbone [--seconds 5] [--rounds 2] [--short-seconds 5]
         [--processes 1,2]    # shoal processes per side (SO_REUSEPORT), each a variant
-        [--baseline DIR]     # also run shoal from another checkout (before/after)
+        [--baseline DIR]     # also run shoal from another checkout (before/after), same counts
 
 Path under test (one process per side unless --processes says more):
     iperf3 -c -> entry (plaintext in) -> mutual TLS 1.3 tunnel -> exit -> iperf3 -s
@@ -312,8 +312,8 @@ def main(argv=None) -> None:
                     help="shoal processes per side, comma-separated: each count is a variant "
                     "(`shoal` for 1, `shoal_<n>proc` for n), run in the same rounds")
     ap.add_argument("--baseline", help="another shoal checkout (e.g. `git worktree add "
-                    "/tmp/before main`) whose HBONE pair also runs, one process per side, "
-                    "as `shoal_before`, in the same rounds")
+                    "/tmp/before main`) whose HBONE pair also runs, with each --processes "
+                    "count, as `shoal_before` (`shoal_before_<n>proc`), in the same rounds")
     args = ap.parse_args(argv)
     for tool in ("iperf3", "stunnel4"):
         if shutil.which(tool) is None:
@@ -333,7 +333,9 @@ def main(argv=None) -> None:
     if args.baseline:
         before = Path(args.baseline).resolve()
         prepare_tree(before)
-        starters["shoal_before"] = shoal_starter(1, before, "shoal_before")
+        for n in (int(x) for x in args.processes.split(",")):
+            name = variant_name(n).replace("shoal", "shoal_before", 1)
+            starters[name] = shoal_starter(n, before, name)
     if "shoal" not in starters:
         sys.exit("--processes must include 1 (the one-process figure is the reference)")
     try:
