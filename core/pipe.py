@@ -34,6 +34,8 @@ import struct
 from collections import deque
 from typing import Protocol
 
+from shoal.core.hbone import fastpath
+
 # One read is at most this much: big reads amortise per-call Python costs.
 READ_SIZE = 256 * 1024
 # A TcpEnd stops reading its socket while this much is queued and unread.
@@ -143,10 +145,16 @@ class TcpEnd(asyncio.Protocol):
             self.made.set_result(self)
 
     def data_received(self, data: bytes) -> None:
+        # While piped, the transport calls the C TcpPump (set_sink) instead,
+        # which does exactly this.
         sink = self._sink
         if sink is not None and not self._chunks and sink(data):
             self._taken(len(data))
             return
+        self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
+        """Keep `data` for read(); stop reading at READ_HIGH_WATER."""
         self._chunks.append(data)
         self._queued += len(data)
         if self._queued >= READ_HIGH_WATER and not self._paused:
@@ -186,12 +194,38 @@ class TcpEnd(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
+    # The attribute `_taken` adds to (a subclass's count of bytes read), or
+    # None: the C TcpPump then counts without calling `_taken`.
+    taken_counter: str | None = None
+
     def _taken(self, n: int) -> None:
-        """`n` bytes went to the sink without a read() (a counting hook)."""
+        """`n` bytes went to the sink without a read() (counted in `taken_counter`)."""
+        name = self.taken_counter
+        if name is not None:
+            setattr(self, name, getattr(self, name) + n)
 
     # endpoint interface
     def set_sink(self, sink) -> None:
         self._sink = sink
+        self._pump(sink)
+
+    def _pump(self, sink) -> None:
+        """While piped, the transport's protocol is a C TcpPump doing what
+        data_received does (core/hbone/native/plain.c); self again after."""
+        transport, native = self.transport, fastpath.native
+        if (native is None or transport is None or not hasattr(transport, "set_protocol")
+                or type(self).data_received is not TcpEnd.data_received):
+            return               # no C module, or a subclass that reads its own way
+        current = transport.get_protocol()
+        if current is not self and getattr(current, "end", None) is not self:
+            return               # someone else's protocol now: not ours to replace
+        if sink is None:
+            if current is not self:
+                transport.set_protocol(self)
+            return
+        taken = None if type(self)._taken is TcpEnd._taken else self._taken
+        transport.set_protocol(native.TcpPump(self, sink, self._chunks, taken,
+                                              self.taken_counter))
 
     def write_nowait(self, data) -> bool:
         t = self.transport

@@ -77,6 +77,9 @@ int relay_init(PyObject *module);
 /* send.c: adds the Sender type to the module; -1 with an exception. */
 int send_init(PyObject *module);
 
+/* plain.c: adds the TcpPump type to the module; -1 with an exception. */
+int plain_init(PyObject *module);
+
 #pragma GCC visibility pop
 
 #endif

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import random
 import socket
 import ssl
 import struct
-import sys
-import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +36,7 @@ from shoal.core.hbone.connection import HboneConnection
 from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import TcpEnd, _counted
+from tests.helpers.leaks import leaks
 from tests.helpers.pki import TestPKI
 
 pytestmark = pytest.mark.skipif(fastpath.native is None, reason="native path off (SHOAL_NATIVE=0)")
@@ -553,30 +551,6 @@ async def test_plain_peer_reset_during_a_batch(monkeypatch):
 
 # -- references ---------------------------------------------------------------
 
-# Batches run while references and memory are watched (after one to warm up).
-LEAK_BATCHES = 10
-
-
-def _leaks(objs: list, batch, frames):
-    """Run `batch` once to warm up, then LEAK_BATCHES times watched: the
-    reference-count changes of `objs` as (index, change), the bytes still
-    allocated, and how much the `frames()` counter moved."""
-    batch()
-    gc.collect()
-    before = [sys.getrefcount(o) for o in objs]
-    tracemalloc.start()
-    snap0 = tracemalloc.take_snapshot()
-    frames0 = frames()
-    for _ in range(LEAK_BATCHES):
-        batch()
-    gc.collect()
-    grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(snap0, "filename")
-                if d.size_diff > 0)
-    tracemalloc.stop()
-    after = [sys.getrefcount(o) for o in objs]
-    return [(i, a - b) for i, (a, b) in enumerate(zip(after, before)) if a != b], grown, \
-        frames() - frames0
-
 async def test_relay_leaks_no_references_or_memory(monkeypatch):
     """Thousands of frames through Relay.feed: the objects it touches keep
     their reference counts and no memory stays allocated."""
@@ -598,7 +572,7 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
             run.frames_sent()
             assert run.socks[0].recv(1 << 20) == b"".join(data(1, 64, fill=i)[9:]
                                                          for i in range(200))
-        leaked, grown, taken = _leaks(objs, batch, lambda: run.server._relay.frames)
+        leaked, grown, taken = leaks(objs, batch, lambda: run.server._relay.frames)
         assert taken == 2000
         assert leaked == []
         assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 frames"
@@ -798,7 +772,7 @@ async def test_sender_leaks_no_references_or_memory(monkeypatch):
             for _ in range(200):
                 assert run.push(payload) is True
             run.do(("read",))
-        leaked, grown, taken = _leaks(objs, batch, lambda: run.push.frames)
+        leaked, grown, taken = leaks(objs, batch, lambda: run.push.frames)
         assert taken == 2000
         assert leaked == []
         assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 pushes"

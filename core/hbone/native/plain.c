@@ -1,0 +1,207 @@
+/* TcpPump: a piped TcpEnd's reading side in C (core/pipe.py).
+ *
+ * While core.pipe has given a TcpEnd a sink, every read of its socket runs
+ * TcpEnd.data_received: a Python frame that hands the bytes to the sink (for
+ * a ztunnel, send.c's Sender, which frames and seals them in C) and then one
+ * more for the `_taken` hook (CountingEnd's byte count, the connection's
+ * metrics). TcpEnd.set_sink installs a TcpPump as its transport's protocol
+ * instead (transport.set_protocol) and puts itself back when the sink goes:
+ * data_received is then one C call that does exactly what the Python one
+ * does, on the same objects:
+ *
+ *     if not end._chunks and sink(data): taken(len(data)) / end.<counter> += len(data)
+ *     else: end._queue(data)        (queue for read(), pause reading at the mark)
+ *
+ * `sink` is the TcpEnd's `_sink` (set_sink keeps the pump only while that is
+ * the sink it was made with), `chunks` its `_chunks` deque (made once, never
+ * replaced). `taken` is the end's `_taken` when a subclass overrides it,
+ * else None; `counter` the attribute TcpEnd._taken adds to (its class's
+ * `taken_counter`), or None. Every other protocol callback (EOF, connection
+ * lost, pause and resume of writing) is the TcpEnd's own, called as is.
+ *
+ *   TcpPump(end, sink, chunks, taken, counter)
+ */
+
+#include "_native.h"
+
+#include <stddef.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *end;       /* the TcpEnd */
+    PyObject *sink;      /* its _sink */
+    PyObject *chunks;    /* its _chunks (collections.deque) */
+    PyObject *taken;     /* its overriding _taken, or None */
+    PyObject *counter;   /* the attribute TcpEnd._taken counts in, or None */
+} TcpPump;
+
+static PyObject *s_queue, *s_eof_received, *s_connection_lost, *s_pause_writing,
+    *s_resume_writing;
+
+static PyObject *pump_data_received(TcpPump *p, PyObject *data)
+{
+    if (p->end == NULL) {
+        PyErr_SetString(PyExc_ValueError, "TcpPump not initialised");
+        return NULL;
+    }
+    Py_ssize_t queued = PyObject_Length(p->chunks);
+    if (queued < 0)
+        return NULL;
+    if (queued == 0) {
+        PyObject *r = PyObject_CallOneArg(p->sink, data);
+        if (r == NULL)
+            return NULL;
+        int took = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (took < 0)
+            return NULL;
+        if (took) {
+            Py_ssize_t n = PyObject_Length(data);
+            if (n < 0)
+                return NULL;
+            if (p->taken != Py_None) {
+                PyObject *size = PyLong_FromSsize_t(n);
+                if (size == NULL)
+                    return NULL;
+                r = PyObject_CallOneArg(p->taken, size);
+                Py_DECREF(size);
+                if (r == NULL)
+                    return NULL;
+                Py_DECREF(r);
+            } else if (p->counter != Py_None && add_ll(p->end, p->counter, n) < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    return PyObject_CallMethodOneArg(p->end, s_queue, data);
+}
+
+static PyObject *pump_eof_received(TcpPump *p, PyObject *unused)
+{
+    (void)unused;
+    return PyObject_CallMethodNoArgs(p->end, s_eof_received);
+}
+
+static PyObject *pump_connection_lost(TcpPump *p, PyObject *exc)
+{
+    return PyObject_CallMethodOneArg(p->end, s_connection_lost, exc);
+}
+
+static PyObject *pump_pause_writing(TcpPump *p, PyObject *unused)
+{
+    (void)unused;
+    return PyObject_CallMethodNoArgs(p->end, s_pause_writing);
+}
+
+static PyObject *pump_resume_writing(TcpPump *p, PyObject *unused)
+{
+    (void)unused;
+    return PyObject_CallMethodNoArgs(p->end, s_resume_writing);
+}
+
+static int pump_init(TcpPump *p, PyObject *args, PyObject *kw)
+{
+    PyObject *end, *sink, *chunks, *taken, *counter;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "TcpPump takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOO:TcpPump", &end, &sink, &chunks, &taken, &counter))
+        return -1;
+    if (!PyCallable_Check(sink) || (taken != Py_None && !PyCallable_Check(taken))) {
+        PyErr_SetString(PyExc_TypeError, "TcpPump needs a callable sink and taken (or None)");
+        return -1;
+    }
+    if (counter != Py_None && !PyUnicode_Check(counter)) {
+        PyErr_SetString(PyExc_TypeError, "TcpPump's counter is an attribute name or None");
+        return -1;
+    }
+    Py_XSETREF(p->end, Py_NewRef(end));
+    Py_XSETREF(p->sink, Py_NewRef(sink));
+    Py_XSETREF(p->chunks, Py_NewRef(chunks));
+    Py_XSETREF(p->taken, Py_NewRef(taken));
+    Py_XSETREF(p->counter, Py_NewRef(counter));
+    return 0;
+}
+
+static int pump_traverse(TcpPump *p, visitproc visit, void *arg)
+{
+    Py_VISIT(p->end); Py_VISIT(p->sink); Py_VISIT(p->chunks); Py_VISIT(p->taken);
+    Py_VISIT(p->counter);
+    return 0;
+}
+
+static int pump_clear(TcpPump *p)
+{
+    Py_CLEAR(p->end); Py_CLEAR(p->sink); Py_CLEAR(p->chunks); Py_CLEAR(p->taken);
+    Py_CLEAR(p->counter);
+    return 0;
+}
+
+static void pump_dealloc(TcpPump *p)
+{
+    PyObject_GC_UnTrack(p);
+    pump_clear(p);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyObject *pump_get_end(TcpPump *p, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(p->end != NULL ? p->end : Py_None);
+}
+
+static PyObject *pump_get_sink(TcpPump *p, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(p->sink != NULL ? p->sink : Py_None);
+}
+
+static PyGetSetDef pump_getset[] = {
+    {"end", (getter)pump_get_end, NULL, "the TcpEnd", NULL},
+    {"sink", (getter)pump_get_sink, NULL, "the sink it was made with", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef pump_methods[] = {
+    {"data_received", (PyCFunction)pump_data_received, METH_O,
+     "TcpEnd.data_received while piped, in C"},
+    {"eof_received", (PyCFunction)pump_eof_received, METH_NOARGS, "the TcpEnd's"},
+    {"connection_lost", (PyCFunction)pump_connection_lost, METH_O, "the TcpEnd's"},
+    {"pause_writing", (PyCFunction)pump_pause_writing, METH_NOARGS, "the TcpEnd's"},
+    {"resume_writing", (PyCFunction)pump_resume_writing, METH_NOARGS, "the TcpEnd's"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TcpPumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.core.hbone.native._native.TcpPump",
+    .tp_doc = "a piped TcpEnd's protocol, data_received in C (see plain.c)",
+    .tp_basicsize = sizeof(TcpPump),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)pump_init,
+    .tp_dealloc = (destructor)pump_dealloc,
+    .tp_traverse = (traverseproc)pump_traverse,
+    .tp_clear = (inquiry)pump_clear,
+    .tp_methods = pump_methods,
+    .tp_getset = pump_getset,
+};
+
+int plain_init(PyObject *module)
+{
+#define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    NAME(s_queue, "_queue") NAME(s_eof_received, "eof_received")
+    NAME(s_connection_lost, "connection_lost") NAME(s_pause_writing, "pause_writing")
+    NAME(s_resume_writing, "resume_writing")
+#undef NAME
+    if (PyType_Ready(&TcpPumpType) < 0)
+        return -1;
+    Py_INCREF(&TcpPumpType);
+    if (PyModule_AddObject(module, "TcpPump", (PyObject *)&TcpPumpType) < 0) {
+        Py_DECREF(&TcpPumpType);
+        return -1;
+    }
+    return 0;
+}
