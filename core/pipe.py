@@ -207,9 +207,9 @@ class TcpEnd(asyncio.Protocol):
     # endpoint interface
     def set_sink(self, sink) -> None:
         self._sink = sink
-        self._pump(sink)
+        self._read_into(sink)
 
-    def _pump(self, sink) -> None:
+    def _read_into(self, sink) -> None:
         """While piped, the transport's protocol is a C TcpPump doing what
         data_received does (core/hbone/native/plain.c); self again after."""
         transport, native = self.transport, fastpath.native
