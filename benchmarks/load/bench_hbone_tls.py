@@ -86,14 +86,18 @@ class Link:
         self.client.connection_made(self.c_tcp)
         self.pump()
 
-    def pump(self) -> None:
-        """Deliver writes both ways until neither side has anything to send."""
+    def pump(self, read: int | None = None) -> None:
+        """Deliver writes both ways until neither side has anything to send,
+        in reads of at most `read` bytes if given (as a socket's reads cut
+        them), else everything written in one read."""
         while self.c_tcp.out or self.s_tcp.out:
             for src, dst in ((self.c_tcp, self.server), (self.s_tcp, self.client)):
                 if src.out:
                     data = b"".join(src.out)
                     src.out.clear()
-                    dst.data_received(data)
+                    step = read or len(data)
+                    for i in range(0, len(data), step):
+                        dst.data_received(data[i:i + step])
 
     async def open(self):
         stream = self.client_conn.open_stream("10.0.0.5:8080")

@@ -12,6 +12,11 @@ loop wakeups, so callgrind can count it (docs/bench/profiles/):
 
     valgrind --tool=callgrind .venv/bin/python -m shoal.benchmarks.load.bench_ztunnel_relay c 20
     (and 220; `records` instead of `c`: the C record calls only, as before the relay)
+
+`bulk` after the count makes it N MiB from the client's app to the server's
+(`c 1 bulk` and `c 9 bulk` for the cost per MiB), the link cutting the
+ciphertext into reads of WIRE_READ bytes as a loopback socket does, so the
+256 KiB DATA frames the client sends arrive in pieces, as in the load runs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from shoal.core.pipe import TcpEnd, _counted
 # A request is on the other side's socket after a loop iteration or two (the
 # TcpEnd's read); this many without it means something broke.
 MAX_SPINS = 100
+MIB = 1024 * 1024
+# The bulk run's TCP reads: what a loopback socket read returned in the load
+# runs (64 KiB, the usual skb coalescing), smaller than a DATA frame.
+WIRE_READ = 64 * 1024
+# The bulk run's app writes: a socket pair takes about this much at once.
+APP_WRITE = 128 * 1024
 
 
 class Relay:
@@ -65,6 +76,28 @@ class Relay:
                 continue
         raise RuntimeError("the request did not get through both proxies")
 
+    async def bulk(self, mib: int) -> None:
+        """`mib` MiB from the client's app to the server's app."""
+        payload = memoryview(bytes(range(256)) * (MIB // 256))
+        for _ in range(mib):
+            sent = got = spins = 0
+            while got < MIB:
+                spins += 1
+                if spins > MAX_SPINS * 100:
+                    raise RuntimeError(f"bulk stalled at {got} of {MIB} bytes")
+                if sent < MIB:
+                    try:
+                        sent += self.app_c.send(payload[sent:sent + APP_WRITE])
+                    except BlockingIOError:
+                        pass
+                await asyncio.sleep(0)
+                self.link.pump(WIRE_READ)
+                try:
+                    while got < MIB:
+                        got += len(self.app_s.recv(MIB))
+                except BlockingIOError:
+                    pass
+
     async def round_trips(self, n: int, payload: bytes = b"q" * KB) -> None:
         for _ in range(n):
             await self._through(self.app_c, self.app_s, payload)
@@ -82,6 +115,9 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     relay = Relay()
     loop.run_until_complete(relay.start(TestPKI()))
+    if sys.argv[3:] == ["bulk"]:
+        loop.run_until_complete(relay.bulk(n))
+        return
     loop.run_until_complete(relay.round_trips(n))
     if mode == "c":
         assert relay.link.server._relay.frames >= n and relay.link.client._relay.frames >= n

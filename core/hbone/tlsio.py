@@ -385,11 +385,9 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             # relays the frames it may take and hands back, in order, the
             # plaintext from the first it may not (None: nothing left).
             rest = relay.feed()
-            if rest is None:
-                return
-            if rest is not NotImplemented:       # NotImplemented: its buffer is busy
+            if rest is not None:
                 self._relayed_rest(*rest)
-                return
+            return
         self._read_batched()
 
     def _read_batched(self) -> None:

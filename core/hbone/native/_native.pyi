@@ -40,10 +40,12 @@ class Channel:
 class Relay:
     """The HBONE connection's C receive path (relay.c)."""
     frames: int
+    parts: int
+    part_left: int
     def __init__(self, sslsock: object, conn: object, raw: object,
                  conn_states: tuple[Any, ...], stream_states: tuple[Any, ...],
                  closed: object, keep_max: int, /) -> None: ...
-    # feed() -> None | (rest, status, error) | NotImplemented
+    # feed() -> None | (rest, status, error)
     def feed(self) -> Any: ...
 
 class Sender:

@@ -19,7 +19,9 @@
  *     no DATA body being filled, no header block, preface done); the flood
  *     guard under its outbound control-frame limit (h2fast's rules);
  *   - the frame: DATA, no flags (no END_STREAM, no padding), payload > 0,
- *     within SETTINGS_MAX_FRAME_SIZE, whole;
+ *     within SETTINGS_MAX_FRAME_SIZE, whole, or at least keep_max long
+ *     (then it is relayed in pieces as it arrives: see "a large DATA frame
+ *     in pieces" below);
  *   - h2's stream: OPEN or HALF_CLOSED_LOCAL, no content-length, both
  *     inbound windows large enough;
  *   - shoal's: the core's stream not CLOSED, an HboneStream with a sink
@@ -34,14 +36,16 @@
  * and the connection flushes, as on the Python path.
  *
  *   Relay(sslsock, conn, raw, conn_states, stream_states, closed, keep_max)
- *   feed() -> None | (rest, status, error) | NotImplemented
+ *   feed() -> None | (rest, status, error)
  *       decrypts what the SSL's read BIO holds. None: every frame was taken
  *       and OpenSSL wants more input (the TLS output, e.g. a key update, is
- *       written too, as _TlsProtocol._flush does). Else `rest` is plaintext
- *       for the Python path (deliver it first); status FULL: more may be
- *       waiting (go on in Python), NEED_INPUT, CLOSED (close_notify) or
- *       FAILED with the ssl.SSLError in `error`. NotImplemented: the
- *       module's read buffer is in use (a nested call): nothing was read.
+ *       written too, as _TlsProtocol._flush does), or this relay's feed()
+ *       is already running further up the stack (it goes on with what came).
+ *       Else `rest` is plaintext for the Python path (deliver it first);
+ *       status FULL: more may be waiting (go on in Python), NEED_INPUT,
+ *       CLOSED (close_notify) or FAILED with the ssl.SSLError in `error`.
+ *       While a frame is relayed in pieces, every byte of it goes through
+ *       feed(): the Python path must not read from this SSL by itself.
  */
 
 #include "_native.h"
@@ -53,6 +57,10 @@
 
 #define FRAME_HEADER 9
 #define TYPE_DATA 0x0
+#define BIO_CTRL_PENDING 10     /* openssl/bio.h */
+/* At most this much of a frame's body is decrypted into one piece (one
+ * write to the plain socket): tlsio's READ_BATCH, uvloop's read size. */
+#define PIECE_MAX (256 * 1024)
 
 typedef struct {
     PyObject_HEAD
@@ -73,6 +81,15 @@ typedef struct {
     long long max_control;    /* guard.limits.max_outbound_control_frames */
     size_t keep_max;          /* a partial DATA frame below this waits for its rest */
     unsigned long long frames;   /* frames taken here (tests, benchmarks) */
+    unsigned long long parts;    /* of which relayed in pieces */
+    uint32_t part_sid;           /* the frame in pieces (if part_left): its stream, */
+    long long part_len;          /* its length */
+    long long part_left;         /* and its bytes still to come */
+    unsigned char prefix[9];     /* the DATA header handed back before the rest */
+    int prefixed;                /* (when set) */
+    int busy;                    /* in feed(): a nested feed() of this relay does nothing */
+    unsigned char *carry;        /* a partial frame kept between feeds (< keep_max + header), */
+    size_t carry_len;
 } Relay;
 
 /* Attribute names, interned once. */
@@ -162,134 +179,310 @@ static int list_add(PyObject *list, PyObject *index, long long n)
     return PyList_SetItem(list, i, sum);      /* steals sum */
 }
 
-/* Take the frame: 1, or -1 on error (the Python objects then hold what was
- * done so far, as after an exception on the Python path). */
-static int commit(Relay *r, PyObject *sid, const char *payload, long long n, PyObject *h2s,
-                  PyObject *hs, PyObject *stream_wm, PyObject *target, PyObject *t,
-                  long long conn_cws, long long stream_cws, int *flush)
+/* What a frame (or a piece of one) is taken with: new references, released
+ * by let_go. */
+typedef struct {
+    PyObject *h2s, *hs, *stream_wm, *target, *t;
+    long long conn_cws, stream_cws;
+} Take;
+
+static void let_go(Take *k)
 {
-    long long v, cmax, cproc, smax, sproc;
-    PyObject *end = PyTuple_GET_ITEM(target, 0);
-    /* FloodGuard.on_data_payload (the outbound check passed in conn_ready),
-     * then both WindowManager.window_consumed. */
-    if (get_ll(r->guard, s_empty, &v) < 0 || (v && set_ll(r->guard, s_empty, 0) < 0)
-            || set_ll(r->conn_wm, s_cws, conn_cws - n) < 0
-            || set_ll(stream_wm, s_cws, stream_cws - n) < 0)
-        return -1;
-    /* The sink: TcpEnd.write_nowait and core.pipe's count, then _feed's. */
-    PyObject *data = PyBytes_FromStringAndSize(payload, (Py_ssize_t)n);
-    if (data == NULL)
-        return -1;
-    PyObject *res = PyObject_CallMethodOneArg(t, s_write, data);
-    Py_DECREF(data);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    if (add_ll(end, s_bytes_written, n) < 0
-            || list_add(PyTuple_GET_ITEM(target, 1), PyTuple_GET_ITEM(target, 2), n) < 0
-            || add_ll(hs, s_bytes_received, n) < 0)
-        return -1;
-    /* _HboneCore.acknowledge → h2's acknowledge_received_data: both
-     * managers' process_bytes; h2 itself when either would send an update,
-     * or when the write (Python: the transport, its protocol) closed the
-     * connection or the stream: then acknowledge's own checks (core.dead,
-     * stream.open) decide what is counted. */
-    int still = attr_true(r->core, s_dead);
-    if (still < 0)
-        return -1;
-    still = still ? 0 : state_in(h2s, r->stream_states);
-    if (still < 0)
-        return -1;
-    if (get_ll(r->conn_wm, s_maxw, &cmax) < 0 || get_ll(r->conn_wm, s_processed, &cproc) < 0
-            || get_ll(stream_wm, s_maxw, &smax) < 0 || get_ll(stream_wm, s_processed, &sproc) < 0)
-        return -1;
-    if (!still || would_update(conn_cws - n, cmax, cproc + n)
-            || would_update(stream_cws - n, smax, sproc + n)) {
-        PyObject *size = PyLong_FromLongLong(n);
-        if (size == NULL)
-            return -1;
-        res = PyObject_CallMethodObjArgs(r->core, s_acknowledge, sid, size, NULL);
-        Py_DECREF(size);
-        if (res == NULL)
-            return -1;
-        Py_DECREF(res);
-        *flush = 1;
-        return 1;
-    }
-    if (set_ll(r->conn_wm, s_processed, cproc + n) < 0 || set_ll(stream_wm, s_processed, sproc + n) < 0)
-        return -1;
-    return 1;
+    Py_CLEAR(k->t);
+    Py_CLEAR(k->target);
+    Py_CLEAR(k->stream_wm);
+    Py_CLEAR(k->h2s);
+    Py_CLEAR(k->hs);
 }
 
-/* Take one whole flagless DATA frame if every condition holds: 1 taken,
- * 0 not (nothing changed), -1 error. */
-static int take_frame(Relay *r, PyObject *sid, const char *payload, long long n, int *flush)
+/* Every condition of the header for `n` bytes of stream `sid` (the windows
+ * only if `window`: a frame relayed in pieces consumed them at its header):
+ * 1 with *k filled, 0 not (k empty), -1 error (k empty). */
+static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
 {
-    PyObject *h2s, *cs, *hs, *stream_wm = NULL, *sink = NULL, *target = NULL, *t = NULL;
-    long long conn_cws = 0, stream_cws = 0;
+    PyObject *cs, *sink = NULL;
+    memset(k, 0, sizeof *k);
     int ok = conn_ready(r);
     if (ok <= 0)
         return ok;
     /* Borrowed from the dicts; nothing below runs Python until the write. */
-    if ((h2s = PyDict_GetItemWithError(r->h2_streams, sid)) == NULL
+    if ((k->h2s = PyDict_GetItemWithError(r->h2_streams, sid)) == NULL
             || (cs = PyDict_GetItemWithError(r->core_streams, sid)) == NULL
-            || (hs = PyDict_GetItemWithError(r->streams, sid)) == NULL)
+            || (k->hs = PyDict_GetItemWithError(r->streams, sid)) == NULL) {
+        k->h2s = k->hs = NULL;
         return PyErr_Occurred() ? -1 : 0;
-    Py_INCREF(h2s);
+    }
+    Py_INCREF(k->h2s);
     Py_INCREF(cs);
-    Py_INCREF(hs);
-    ok = state_in(h2s, r->stream_states);
+    Py_INCREF(k->hs);
+    ok = state_in(k->h2s, r->stream_states);
     if (ok > 0)
-        ok = attr_none(h2s, s_ecl);
+        ok = attr_none(k->h2s, s_ecl);
     if (ok > 0) {
         PyObject *state = PyObject_GetAttr(cs, s_state);
         int closed = state == NULL ? -1 : PyObject_RichCompareBool(state, r->closed, Py_EQ);
         Py_XDECREF(state);
         ok = closed < 0 ? -1 : !closed;
     }
+    Py_DECREF(cs);
     if (ok > 0)
-        ok = attr_empty(hs, s_chunks);
-    if (ok > 0 && (sink = PyObject_GetAttr(hs, s_sink)) == NULL)
+        ok = attr_empty(k->hs, s_chunks);
+    if (ok > 0 && (sink = PyObject_GetAttr(k->hs, s_sink)) == NULL)
         ok = -1;
     if (ok > 0 && sink != Py_None)
-        ok = _PyObject_LookupAttr(sink, s_native_target, &target);
+        ok = _PyObject_LookupAttr(sink, s_native_target, &k->target);
     else if (ok > 0)
         ok = 0;
-    if (ok > 0 && !(PyTuple_Check(target) && PyTuple_GET_SIZE(target) == 3
-                    && PyList_Check(PyTuple_GET_ITEM(target, 1))))
+    Py_XDECREF(sink);
+    if (ok > 0 && !(PyTuple_Check(k->target) && PyTuple_GET_SIZE(k->target) == 3
+                    && PyList_Check(PyTuple_GET_ITEM(k->target, 1))))
         ok = 0;
     if (ok > 0)
-        ok = end_writable(PyTuple_GET_ITEM(target, 0), &t);
-    if (ok > 0 && (stream_wm = PyObject_GetAttr(h2s, s_stream_wm)) == NULL)
+        ok = end_writable(PyTuple_GET_ITEM(k->target, 0), &k->t);
+    if (ok > 0 && (k->stream_wm = PyObject_GetAttr(k->h2s, s_stream_wm)) == NULL)
         ok = -1;
-    if (ok > 0 && (get_ll(r->conn_wm, s_cws, &conn_cws) < 0
-                   || get_ll(stream_wm, s_cws, &stream_cws) < 0))
+    if (ok > 0 && window && (get_ll(r->conn_wm, s_cws, &k->conn_cws) < 0
+                             || get_ll(k->stream_wm, s_cws, &k->stream_cws) < 0))
         ok = -1;
-    if (ok > 0 && (conn_cws < n || stream_cws < n))
+    if (ok > 0 && window && (k->conn_cws < n || k->stream_cws < n))
         ok = 0;                       /* h2 raises FlowControlError: its path */
     if (ok <= 0)
-        goto out;
-
-    /* Taken: what _open_stream_data, _feed, the sink and acknowledge do. */
-    ok = commit(r, sid, payload, n, h2s, hs, stream_wm, target, t, conn_cws, stream_cws, flush);
-out:
-    Py_XDECREF(t);
-    Py_XDECREF(target);
-    Py_XDECREF(sink);
-    Py_XDECREF(stream_wm);
-    Py_DECREF(h2s);
-    Py_DECREF(cs);
-    Py_DECREF(hs);
+        let_go(k);
     return ok;
 }
 
-/* Take whole frames from buf[*pos:have]: 0 when the rest is a partial frame
- * that may still be taken once whole, 1 at a frame for the Python path,
- * -1 on error. */
+/* h2's _open_stream_data for a frame of n bytes: FloodGuard.on_data_payload
+ * (the outbound check passed in conn_ready), both windows consumed. */
+static int consume(Relay *r, Take *k, long long n)
+{
+    long long v;
+    if (get_ll(r->guard, s_empty, &v) < 0 || (v && set_ll(r->guard, s_empty, 0) < 0)
+            || set_ll(r->conn_wm, s_cws, k->conn_cws - n) < 0
+            || set_ll(k->stream_wm, s_cws, k->stream_cws - n) < 0)
+        return -1;
+    return 0;
+}
+
+/* The sink for `data` (bytes, len n): TcpEnd.write_nowait and core.pipe's
+ * count, then HboneStream._feed's. */
+static int deliver(Relay *r, Take *k, PyObject *data, long long n)
+{
+    (void)r;
+    PyObject *res = PyObject_CallMethodOneArg(k->t, s_write, data);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    PyObject *target = k->target;
+    if (add_ll(PyTuple_GET_ITEM(target, 0), s_bytes_written, n) < 0
+            || list_add(PyTuple_GET_ITEM(target, 1), PyTuple_GET_ITEM(target, 2), n) < 0
+            || add_ll(k->hs, s_bytes_received, n) < 0)
+        return -1;
+    return 0;
+}
+
+/* _HboneCore.acknowledge(sid, n) → h2's acknowledge_received_data: both
+ * managers' process_bytes; h2 itself when either would send an update, or
+ * when the write (Python: the transport, its protocol) closed the
+ * connection or the stream: then acknowledge's own checks (core.dead,
+ * stream.open) decide what is counted. */
+static int ack(Relay *r, PyObject *sid, Take *k, long long n, int *flush)
+{
+    long long ccws, scws, cmax, cproc, smax, sproc;
+    int still = attr_true(r->core, s_dead);
+    if (still < 0)
+        return -1;
+    still = still ? 0 : state_in(k->h2s, r->stream_states);
+    if (still < 0)
+        return -1;
+    if (get_ll(r->conn_wm, s_cws, &ccws) < 0 || get_ll(r->conn_wm, s_maxw, &cmax) < 0
+            || get_ll(r->conn_wm, s_processed, &cproc) < 0
+            || get_ll(k->stream_wm, s_cws, &scws) < 0 || get_ll(k->stream_wm, s_maxw, &smax) < 0
+            || get_ll(k->stream_wm, s_processed, &sproc) < 0)
+        return -1;
+    if (!still || would_update(ccws, cmax, cproc + n) || would_update(scws, smax, sproc + n)) {
+        PyObject *size = PyLong_FromLongLong(n);
+        if (size == NULL)
+            return -1;
+        PyObject *res = PyObject_CallMethodObjArgs(r->core, s_acknowledge, sid, size, NULL);
+        Py_DECREF(size);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        *flush = 1;
+        return 0;
+    }
+    if (set_ll(r->conn_wm, s_processed, cproc + n) < 0 || set_ll(k->stream_wm, s_processed, sproc + n) < 0)
+        return -1;
+    return 0;
+}
+
+/* Take one whole flagless DATA frame if every condition holds: 1 taken,
+ * 0 not (nothing changed), -1 error (the Python objects then hold what was
+ * done so far, as after an exception on the Python path). */
+static int take_frame(Relay *r, PyObject *sid, const char *payload, long long n, int *flush)
+{
+    Take k;
+    int ok = lookup(r, sid, n, 1, &k);
+    if (ok <= 0)
+        return ok;
+    PyObject *data = NULL;
+    ok = -1;
+    if (consume(r, &k, n) == 0 && (data = PyBytes_FromStringAndSize(payload, (Py_ssize_t)n)) != NULL
+            && deliver(r, &k, data, n) == 0 && ack(r, sid, &k, n, flush) == 0)
+        ok = 1;
+    Py_XDECREF(data);
+    let_go(&k);
+    return ok;
+}
+
+/* -- a large DATA frame in pieces -------------------------------------------
+ *
+ * A large frame is rarely whole in one read (a 256 KiB frame spans several
+ * socket reads), so one whose header may be taken is relayed as its bytes
+ * arrive: at the header, the conditions above for the whole frame and its
+ * windows consumed (what h2 does once the frame is whole); each piece
+ * written as it is decrypted, after the same conditions but the windows;
+ * when the last piece is written, the whole frame acknowledged. Once whole,
+ * everything is as if the Python path had taken the frame.
+ *
+ * If a condition fails before a piece (the stream reset, the plain socket
+ * closing or paused, the connection draining...), the rest goes to the
+ * Python path as what the Python path would see had the peer split the
+ * frame there: the bytes written so far are acknowledged, the rest's window
+ * given back, and a DATA header for the rest (same stream, no flags) is put
+ * before it. */
+
+/* Relay the piece `data` (n bytes) of the frame in pieces: 1 written, 0 a
+ * condition failed (nothing done), -1 error. */
+static int piece(Relay *r, PyObject *data, long long n, int *flush)
+{
+    Take k;
+    PyObject *sid = PyLong_FromUnsignedLong(r->part_sid);
+    if (sid == NULL)
+        return -1;
+    int ok = lookup(r, sid, n, 0, &k);
+    if (ok > 0) {
+        ok = deliver(r, &k, data, n) == 0 ? 1 : -1;
+        if (ok > 0) {
+            r->part_left -= n;
+            if (r->part_left == 0) {
+                r->frames++;
+                if (ack(r, sid, &k, r->part_len, flush) < 0)
+                    ok = -1;
+            }
+        }
+        let_go(&k);
+    }
+    Py_DECREF(sid);
+    return ok;
+}
+
+/* Start the frame in pieces: its header's conditions for all n bytes, the
+ * windows consumed, and the `have` bytes already here written. 1 started,
+ * 0 not (nothing changed), -1 error. */
+static int start_part(Relay *r, uint32_t id, const char *payload, long long n, long long have,
+                      int *flush)
+{
+    Take k;
+    PyObject *sid = PyLong_FromUnsignedLong(id);
+    if (sid == NULL)
+        return -1;
+    int ok = lookup(r, sid, n, 1, &k);
+    Py_DECREF(sid);
+    if (ok <= 0)
+        return ok;
+    ok = consume(r, &k, n) == 0 ? 1 : -1;
+    let_go(&k);
+    if (ok < 0)
+        return -1;
+    r->part_sid = id;
+    r->part_len = r->part_left = n;
+    r->parts++;
+    if (!have)
+        return 1;
+    PyObject *data = PyBytes_FromStringAndSize(payload, (Py_ssize_t)have);
+    if (data == NULL)
+        return -1;
+    ok = piece(r, data, have, flush);
+    Py_DECREF(data);
+    /* A condition the header passed fails only if the header's own Python
+     * calls changed it; then the rest (all of it) is the Python path's. */
+    return ok;
+}
+
+/* Hand the rest of the frame in pieces to the Python path (see above):
+ * r->prefix gets the rest's DATA header. 0, or -1 on error. */
+static int hand_back(Relay *r, int *flush)
+{
+    long long left = r->part_left, done = r->part_len - left, v;
+    PyObject *sid = PyLong_FromUnsignedLong(r->part_sid), *h2s;
+    if (sid == NULL)
+        return -1;
+    r->part_left = 0;
+    int rc = -1;
+    if (get_ll(r->conn_wm, s_cws, &v) < 0 || set_ll(r->conn_wm, s_cws, v + left) < 0)
+        goto out;
+    if ((h2s = PyDict_GetItemWithError(r->h2_streams, sid)) != NULL) {
+        Py_INCREF(h2s);
+        PyObject *wm = PyObject_GetAttr(h2s, s_stream_wm);
+        Py_DECREF(h2s);
+        int bad = wm == NULL || get_ll(wm, s_cws, &v) < 0 || set_ll(wm, s_cws, v + left) < 0;
+        Py_XDECREF(wm);
+        if (bad)
+            goto out;
+    } else if (PyErr_Occurred()) {
+        goto out;
+    }
+    if (done) {
+        PyObject *size = PyLong_FromLongLong(done);
+        PyObject *res = size == NULL ? NULL
+            : PyObject_CallMethodObjArgs(r->core, s_acknowledge, sid, size, NULL);
+        Py_XDECREF(size);
+        if (res == NULL)
+            goto out;
+        Py_DECREF(res);
+        *flush = 1;
+    }
+    unsigned char *h = r->prefix;
+    h[0] = (unsigned char)(left >> 16);
+    h[1] = (unsigned char)(left >> 8);
+    h[2] = (unsigned char)left;
+    h[3] = TYPE_DATA;
+    h[4] = 0;
+    h[5] = (unsigned char)(r->part_sid >> 24);
+    h[6] = (unsigned char)(r->part_sid >> 16);
+    h[7] = (unsigned char)(r->part_sid >> 8);
+    h[8] = (unsigned char)r->part_sid;
+    r->prefixed = 1;
+    rc = 0;
+out:
+    Py_DECREF(sid);
+    return rc;
+}
+
+/* Take whole frames (and pieces) from buf[*pos:have]: 0 when the rest is a
+ * partial frame that may still be taken once whole (or all was taken),
+ * 1 at a frame for the Python path, -1 on error. */
 static int walk(Relay *r, const unsigned char *buf, size_t have, size_t *pos, int *taken,
                 int *flush)
 {
     long long max_frame;
+    if (r->part_left && *pos < have) {
+        size_t m = have - *pos < (size_t)r->part_left ? have - *pos : (size_t)r->part_left;
+        PyObject *data = PyBytes_FromStringAndSize((const char *)buf + *pos, (Py_ssize_t)m);
+        if (data == NULL)
+            return -1;
+        int ok = piece(r, data, (long long)m, flush);
+        Py_DECREF(data);
+        if (ok < 0)
+            return -1;
+        if (ok == 0)
+            return hand_back(r, flush) < 0 ? -1 : 1;
+        *pos += m;
+        *taken = 1;
+        if (r->part_left)
+            return 0;
+    }
     if (get_ll(r->h2, s_max_frame, &max_frame) < 0)
         return -1;
     while (have - *pos >= FRAME_HEADER) {
@@ -297,10 +490,26 @@ static int walk(Relay *r, const unsigned char *buf, size_t have, size_t *pos, in
         size_t n = ((size_t)h[0] << 16) | ((size_t)h[1] << 8) | h[2];
         if (h[3] != TYPE_DATA || h[4] != 0 || n == 0 || (long long)n > max_frame)
             return 1;
-        if (have - *pos - FRAME_HEADER < n)
-            return n < r->keep_max ? 0 : 1;     /* large: h2 gives it a body buffer */
         uint32_t id = (((uint32_t)h[5] << 24) | ((uint32_t)h[6] << 16) | ((uint32_t)h[7] << 8)
                        | h[8]) & 0x7FFFFFFF;
+        size_t got = have - *pos - FRAME_HEADER;
+        if (got < n) {
+            if (n < r->keep_max)
+                return 0;           /* small: wait for the rest, then take it whole */
+            int ok = start_part(r, id, (const char *)h + FRAME_HEADER, (long long)n,
+                                (long long)got, flush);
+            if (ok < 0)
+                return -1;
+            if (ok == 0 && !r->part_left)
+                return 1;           /* not taken: the Python path's */
+            *taken = 1;
+            if (ok == 0) {          /* started, then its first piece refused */
+                *pos += FRAME_HEADER;
+                return hand_back(r, flush) < 0 ? -1 : 1;
+            }
+            *pos = have;
+            return 0;
+        }
         PyObject *sid = PyLong_FromUnsignedLong(id);
         if (sid == NULL)
             return -1;
@@ -352,39 +561,114 @@ static int finish(Relay *r, int flush)
     return 0;
 }
 
+/* SSL_read_ex's outcome as feed()'s status (*error: a new reference). */
+static int read_status(SSL *ssl, int ret, PyObject **error)
+{
+    int e = p_SSL_get_error(ssl, ret);
+    if (e == SSL_ERROR_WANT_READ)
+        return ST_NEED_INPUT;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return ST_CLOSED;
+    if ((*error = ssl_exception(ssl, ret)) == NULL)
+        return -1;
+    return ST_FAILED;
+}
+
+/* In the body of the frame in pieces with nothing buffered: decrypt the
+ * next piece straight into the bytes object that is written (no copy
+ * through the read buffer). 1 a piece written, or refused and put in
+ * buf[0:*have] for hand_back (r->prefixed); 0 no more input (*status,
+ * *error set); -1 error. */
+static int body_piece(Relay *r, SSL *ssl, unsigned char *buf, size_t *have_out, int *status,
+                      PyObject **error, int *flush)
+{
+    /* Room for what is buffered (ciphertext: at least the plaintext in it),
+     * at least a record, at most the frame's rest and PIECE_MAX. */
+    long long want = p_BIO_ctrl(p_SSL_get_rbio(ssl), BIO_CTRL_PENDING, 0, NULL);
+    if (want < RECORD)
+        want = RECORD;
+    if (want > PIECE_MAX)
+        want = PIECE_MAX;
+    if (want > r->part_left)
+        want = r->part_left;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)want);
+    if (data == NULL)
+        return -1;
+    size_t have = 0;
+    int ret = 1, ok = 1;
+    while (have < (size_t)want) {
+        size_t got = 0;
+        ret = p_SSL_read_ex(ssl, PyBytes_AS_STRING(data) + have, (size_t)want - have, &got);
+        if (ret <= 0)
+            break;
+        have += got;
+    }
+    if (ret <= 0 && (*status = read_status(ssl, ret, error)) < 0) {
+        Py_DECREF(data);
+        return -1;
+    }
+    if (have) {
+        if (have < (size_t)want && _PyBytes_Resize(&data, (Py_ssize_t)have) < 0)
+            return -1;
+        ok = piece(r, data, (long long)have, flush);
+        if (ok == 0) {              /* refused: the Python path's, after its header */
+            memcpy(buf, PyBytes_AS_STRING(data), have);
+            *have_out = have;
+            ok = hand_back(r, flush) < 0 ? -1 : 1;
+        }
+    }
+    Py_DECREF(data);
+    if (ok < 0)
+        return -1;
+    return ret > 0 || r->prefixed ? 1 : 0;
+}
+
 /* Decrypt into buf, taking what may be taken; buf[*pos:*have] is left for
- * the Python path, *status and *error (a new reference or NULL) as feed()
- * returns them. 0, or -1 with an exception. */
+ * the Python path (after r->prefix if r->prefixed), *status and *error
+ * (a new reference or NULL) as feed() returns them. 0, or -1 with an
+ * exception. */
 static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_out,
                size_t *have_out, int *status_out, PyObject **error_out)
 {
     size_t have = 0, pos = 0;
     int status = ST_FULL, taken = 0, flush = 0;
     PyObject *error = NULL;
-    int ready = conn_ready(r);
+    /* A frame in pieces checks its conditions itself (and hands back). */
+    int ready = r->part_left ? 1 : conn_ready(r);
     if (ready < 0)
         return -1;
+    if (r->carry != NULL) {         /* the partial frame the last feed kept */
+        memcpy(buf, r->carry, r->carry_len);
+        have = r->carry_len;
+        PyMem_Free(r->carry);       /* held between reads only: idle connections hold none */
+        r->carry = NULL;
+        r->carry_len = 0;
+    }
+    int keep = ready && have;       /* buf[pos:have] is a partial frame C may take */
     p_ERR_clear_error();
-    while (ready && have < size) {
+    while (ready && have < size && !r->prefixed) {
+        if (r->part_left && pos == have) {
+            pos = have = 0;
+            int ok = body_piece(r, ssl, buf, &have, &status, &error, &flush);
+            if (ok < 0)
+                goto fail;
+            taken = 1;
+            if (ok == 0 || r->prefixed)
+                break;
+            continue;
+        }
         size_t got = 0;
         int ret = p_SSL_read_ex(ssl, buf + have, size - have, &got);
         if (ret <= 0) {
-            int e = p_SSL_get_error(ssl, ret);
-            if (e == SSL_ERROR_WANT_READ) {
-                status = ST_NEED_INPUT;
-            } else if (e == SSL_ERROR_ZERO_RETURN) {
-                status = ST_CLOSED;
-            } else {
-                if ((error = ssl_exception(ssl, ret)) == NULL)
-                    return -1;
-                status = ST_FAILED;
-            }
+            if ((status = read_status(ssl, ret, &error)) < 0)
+                return -1;
             break;
         }
         have += got;
         int w = walk(r, buf, have, &pos, &taken, &flush);
         if (w < 0)
             goto fail;
+        keep = w == 0;
         if (w > 0)
             break;                  /* ST_FULL: Python goes on from buf[pos:] */
         if (pos) {                  /* keep the partial frame at the start */
@@ -392,6 +676,19 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
             have -= pos;
             pos = 0;
         }
+    }
+    if (r->prefixed) {
+        status = ST_FULL;           /* Python goes on with the frame's rest */
+    } else if (keep && status == ST_NEED_INPUT && pos < have && !r->part_left) {
+        /* A partial frame C may take once whole: kept for the next feed, so
+         * that h2's buffer stays empty and the next read is C's too. */
+        if ((r->carry = PyMem_Malloc(have - pos)) == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        memcpy(r->carry, buf + pos, have - pos);
+        r->carry_len = have - pos;
+        have = pos;
     }
     if (taken && finish(r, flush) < 0)
         goto fail;
@@ -406,44 +703,66 @@ fail:
 }
 
 /* feed()'s buffer: one per process, as tlsio's READ_BATCH buffer (frames
- * taken are written out before feed() returns; the rest is copied out). */
+ * taken are written out before feed() returns; the rest is copied out). A
+ * nested call (a feed from inside another's write) gets one of its own. */
 #define FEED_BUFFER (256 * 1024)
 static unsigned char feed_buffer[FEED_BUFFER];
 static int feed_busy;
 
-/* feed() -> None | (rest, status, error) | NotImplemented (see the header). */
+/* feed() -> None | (rest, status, error) (see the header). */
 static PyObject *relay_feed(Relay *r, PyObject *unused)
 {
     (void)unused;
-    if (feed_busy)
-        Py_RETURN_NOTIMPLEMENTED;
     SSL *ssl = ssl_of(r->sslsock);
     if (ssl == NULL)
         return NULL;
+    if (r->busy)
+        Py_RETURN_NONE;             /* the outer feed() goes on with what came */
+    unsigned char *buf = feed_buffer;
+    if (feed_busy && (buf = PyMem_RawMalloc(FEED_BUFFER)) == NULL)
+        return PyErr_NoMemory();
+    int nested = buf != feed_buffer;
     size_t pos, have;
     int status;
-    PyObject *error;
-    feed_busy = 1;
-    int rc = run(r, ssl, feed_buffer, FEED_BUFFER, &pos, &have, &status, &error);
-    feed_busy = 0;
+    PyObject *error, *res = NULL;
+    feed_busy = r->busy = 1;
+    r->prefixed = 0;
+    int rc = run(r, ssl, buf, FEED_BUFFER, &pos, &have, &status, &error);
+    r->busy = 0;
+    if (!nested)
+        feed_busy = 0;
     if (rc < 0)
-        return NULL;
-    if (pos == have && status == ST_NEED_INPUT) {
-        PyObject *records = drain(ssl), *res = Py_None;
+        goto out;
+    if (pos == have && status == ST_NEED_INPUT && !r->prefixed) {
+        PyObject *records = drain(ssl);
         if (records == NULL)
-            return NULL;
+            goto out;
+        res = Py_None;
         if (PyBytes_GET_SIZE(records))
             res = PyObject_CallMethodOneArg(r->raw, s_write, records);
         else
             Py_INCREF(res);
         Py_DECREF(records);
         if (res == NULL)
-            return NULL;
+            goto out;
         Py_DECREF(res);
-        Py_RETURN_NONE;
+        res = Py_NewRef(Py_None);
+        goto out;
     }
-    return Py_BuildValue("(y#iN)", (const char *)feed_buffer + pos, (Py_ssize_t)(have - pos),
-                         status, error != NULL ? error : Py_NewRef(Py_None));
+    size_t extra = r->prefixed ? FRAME_HEADER : 0;
+    PyObject *rest = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(extra + have - pos));
+    if (rest == NULL) {
+        Py_XDECREF(error);
+        goto out;
+    }
+    memcpy(PyBytes_AS_STRING(rest), r->prefix, extra);
+    memcpy(PyBytes_AS_STRING(rest) + extra, buf + pos, have - pos);
+    r->prefixed = 0;
+    res = Py_BuildValue("(NiN)", rest, status, error != NULL ? error : Py_NewRef(Py_None));
+out:
+    if (nested)
+        PyMem_RawFree(buf);
+    return res;
 }
 
 static PyObject *getattr_chain(PyObject *o, PyObject *a, PyObject *b)
@@ -523,6 +842,7 @@ static void relay_dealloc(Relay *r)
 {
     PyObject_GC_UnTrack(r);
     relay_clear(r);
+    PyMem_Free(r->carry);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -537,12 +857,16 @@ static PyObject *relay_feed_checked(Relay *r, PyObject *unused)
 
 static PyMethodDef relay_methods[] = {
     {"feed", (PyCFunction)relay_feed_checked, METH_NOARGS,
-     "feed() -> None | (rest, status, error) | NotImplemented: decrypt, relay, hand back the rest"},
+     "feed() -> None | (rest, status, error): decrypt, relay, hand back the rest"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef relay_members[] = {
     {"frames", T_ULONGLONG, offsetof(Relay, frames), READONLY, "DATA frames relayed in C"},
+    {"parts", T_ULONGLONG, offsetof(Relay, parts), READONLY,
+     "DATA frames whose relay in pieces started (counted in frames once whole)"},
+    {"part_left", T_LONGLONG, offsetof(Relay, part_left), READONLY,
+     "bytes of the frame in pieces still to come (0: none in flight)"},
     {NULL, 0, 0, 0, NULL},
 };
 
