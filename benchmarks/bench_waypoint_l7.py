@@ -115,7 +115,7 @@ class _Bare:
     """The peer: httptools with callbacks that only collect, no events."""
 
     def __init__(self) -> None:
-        self.headers = []
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def on_url(self, url):
         self.url = url

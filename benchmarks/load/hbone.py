@@ -128,7 +128,8 @@ def prepare_tree(root: Path) -> None:
 def _start_tool(args: list[str], log: Path, root: Path = ROOT):
     """hbone_tools from checkout `root`: (process, port, pids of its workers)."""
     proc, port = start_shoal_tool(args, log, command=tool_command(root), cwd=root)
-    return proc, port, proc.pids
+    pids: list[int] = proc.pids  # type: ignore[attr-defined]  # set by start_shoal_tool
+    return proc, port, pids
 
 
 def shoal_starter(processes: int = 1, root: Path = ROOT, name: str = "shoal"):
@@ -191,7 +192,7 @@ def start_iperf_server(attempts: int = 3) -> tuple[subprocess.Popen, int]:
             wait_port(port, proc)
             return proc, port
         except RuntimeError:
-            err = proc.stderr.read().strip()
+            err = proc.stderr.read().strip() if proc.stderr is not None else ""
             print(f"iperf3 -s on port {port} failed ({err}); retrying", file=sys.stderr)
     raise RuntimeError("iperf3 -s did not start")
 
@@ -286,6 +287,7 @@ def start_rr_server(tmp: Path) -> tuple[subprocess.Popen, int]:
             "    s, p = await rr_server(); print(p, flush=True); await asyncio.Event().wait()\n"
             "uvloop.run(main())\n") % str(ROOT)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 
 

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             r = subprocess.Popen([sys.executable, "-m", "shoal.benchmarks.load.kubernetes", "--reader",
                                   handle.name, str(args.samples), "13"], stdout=subprocess.PIPE, text=True)
             procs.append(r)
-            assert r.stdout.readline().strip() == "ready"
+            assert r.stdout is not None and r.stdout.readline().strip() == "ready"
             readers.append(r)
         sent = []
         for j in range(args.samples):

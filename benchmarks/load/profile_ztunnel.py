@@ -52,11 +52,11 @@ def main() -> None:
     mesh, iperf = build_mesh(Path(tempfile.mkdtemp(prefix="shoal-profile-")),
                              int(os.environ.get("W", "1")))
     try:
-        a, b = mesh.nodes["node-a"], mesh.nodes["node-b"]
+        a = mesh.nodes["node-a"]
         client = mesh.pods["client"].ip
         host, port = a.proxy_ip, a.fixed[(VIP, 80)]
         asyncio.run(_paced_rr(host, port, 100, 1, client))          # warm: pool, certificates
-        ta, tb = tree(a.proc.pid), tree(b.proc.pid)
+        ta, tb = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
         c0a, c0b, t0 = cpu_seconds(ta), cpu_seconds(tb), time.monotonic()
         time.sleep(IDLE_SECONDS)
         wall = time.monotonic() - t0

@@ -48,11 +48,11 @@ def measure(workers: int, seconds: float, conns: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-scaling-"))
     mesh, iperf = build_mesh(tmp, workers)
     try:
-        a, b = mesh.nodes["node-a"], mesh.nodes["node-b"]
+        a = mesh.nodes["node-a"]
         client = mesh.pods["client"].ip
         host, port = a.proxy_ip, a.fixed[(VIP, 80)]
         asyncio.run(_closed_loop(host, port, client, conns, 0.5))      # warm: pools, certs
-        ta, tb = tree(a.proc.pid), tree(b.proc.pid)
+        ta, tb = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
         ca, cb, t0, g0 = cpu_seconds(ta), cpu_seconds(tb), time.monotonic(), time.process_time()
         done = asyncio.run(_closed_loop(host, port, client, conns, seconds))
         wall = time.monotonic() - t0

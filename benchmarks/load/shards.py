@@ -66,6 +66,7 @@ def main() -> None:
     targets: dict[str, int] = {}
     port = free_port()
     peer = subprocess.Popen([PYTHON, "-c", PEER, str(port)], cwd=ROOT, stdout=subprocess.PIPE)
+    assert peer.stdout is not None
     peer.stdout.readline()
     targets["bare uvloop (peer)"] = port
     started = []

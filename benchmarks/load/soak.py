@@ -91,7 +91,7 @@ async def short_connections(host, port, source, total, parallel, on_progress) ->
     return failed
 
 
-def rss_of(pids: list[int]) -> dict[int, int]:
+def rss_of(pids: list[int]) -> dict[str, int]:
     out = {}
     for pid in pids:
         try:
@@ -120,8 +120,8 @@ def connection_phase(mesh: Mesh, args, pids: list[int]) -> dict:
     samples.append({"connections": args.connections, "t": time.monotonic() - t0,
                     "rss_kib": rss_of(pids)})
     per_worker = {}
-    for pid in pids:
-        pid = str(pid)
+    for worker in pids:
+        pid = str(worker)
         pts = [(s["connections"], s["rss_kib"][pid]) for s in samples if pid in s["rss_kib"]]
         warm = [p for p in pts if p[0] >= WARMUP_FRACTION * args.connections]
         per_worker[pid] = {
@@ -176,8 +176,8 @@ def mixed_phase(mesh: Mesh, seconds: float, pids: list[int]) -> dict:
     counts = asyncio.run(_mixed(node.proxy_ip, node.fixed[(VIP, 80)], mesh.pods["client"].ip,
                                 seconds, pids, samples))
     per_worker = {}
-    for pid in pids:
-        pid = str(pid)
+    for worker in pids:
+        pid = str(worker)
         pts = [(s["t"], s["rss_kib"][pid]) for s in samples if pid in s["rss_kib"]]
         warm = [p for p in pts if p[0] >= WARMUP_FRACTION * seconds]
         per_worker[pid] = {"rss_start_kib": pts[0][1], "rss_end_kib": pts[-1][1],

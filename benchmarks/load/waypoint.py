@@ -152,7 +152,10 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def parse_wrk(text: str) -> dict:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m is None:
+        raise RuntimeError(f"wrk printed no Requests/sec: {text[-500:]!r}")
+    rps = float(m.group(1))
     lat = {}
     for pct, val, unit in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", text):
         lat[pct] = float(val) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -358,6 +361,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
         pod = subprocess.Popen([sys.executable, "-m", "shoal.benchmarks.load.waypoint", "--pod-server",
                                 f"{backend_port},{d / 'pod-cred'}"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert pod.stdout is not None
         pod.stdout.readline()
     wp = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

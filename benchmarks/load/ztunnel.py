@@ -89,7 +89,7 @@ def memory(pid: int) -> dict:
 
 def workers_of(mesh: Mesh, node: str) -> list[int]:
     n = mesh.nodes[node]
-    sup = n.proc.pid
+    sup = mesh.supervisor_pid(node)
     # Workers (and the supervisor's handoff copies) hold the admin listener;
     # the config watcher holds none.
     return sorted(listener_pids(n.admin) - {sup})
@@ -193,9 +193,10 @@ def run(args) -> dict:
     out: dict = {"machine": {"cpus": os.cpu_count(), "workers_per_ztunnel": args.workers},
                  "seconds": args.seconds}
     try:
-        a, b = mesh.nodes["node-a"], mesh.nodes["node-b"]
+        a = mesh.nodes["node-a"]
         client_ip, iperf_ip, echo_ip = (mesh.pods[p].ip for p in ("client", "iperf", "echo"))
-        paths = {"direct": (iperf_ip, IPERF_PORT, None)}
+        # name -> (host, port, source address to bind or None)
+        paths: dict[str, tuple[str, int, str | None]] = {"direct": (iperf_ip, IPERF_PORT, None)}
         hp = (free_port(), free_port())
         procs += haproxy_pair(*hp, (iperf_ip, IPERF_PORT), tmp)
         paths["haproxy x2"] = ("127.0.0.1", hp[0], None)
@@ -227,7 +228,7 @@ def run(args) -> dict:
             print(f"connections/s {name}: {rate[name]:.0f}", flush=True)
         out["connection_rate"] = rate
 
-        zt_a, zt_b = tree(a.proc.pid), tree(b.proc.pid)
+        zt_a, zt_b = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
         cpu = {"ztunnel x2": cpu_under_load(zt_a, zt_b, *echo_paths["ztunnel x2"][:2],
                                             args.seconds * 2, client_ip),
                "stunnel x2": cpu_under_load([stp[1].pid], [stp[0].pid],

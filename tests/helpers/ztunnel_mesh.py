@@ -261,6 +261,12 @@ class Mesh:
         if self.ca:
             self.ca.stop()
 
+    def supervisor_pid(self, node: str) -> int:
+        """The pid of the node's ztunnel supervisor (the mesh is started)."""
+        proc = self.nodes[node].proc
+        assert proc is not None, f"{node} is not started"
+        return proc.pid
+
     def worker_pids(self, node: str) -> set[int]:
         """The node's ztunnel workers: the processes holding its admin
         listener that have no child holding it (supervisors hold copies of
