@@ -1,5 +1,6 @@
 """Build hooks: the HBONE data path's C extension, `shoal.core.hbone.native._native`
-(core/hbone/native/_native.c; selected in core/hbone/fastpath.py), and the
+(core/hbone/native/_native.c; selected in core/hbone/fastpath.py), the
+waypoint's HTTP/1.1 heads, `shoal.waypoint.native._h1`, and the
 CNI plugin binary (cni/native/shoal_cni.c) compiled into the package as
 `shoal/cni/bin/shoal-cni` (package data).
 
@@ -34,6 +35,11 @@ NATIVE = Extension("shoal.core.hbone.native._native",
                    depends=["core/hbone/native/_native.h"],
                    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                    libraries=["dl"], optional=True)
+# The waypoint's HTTP/1.1 heads (waypoint/native/_h1.c; selected in
+# waypoint/h1native.py): optional for the same reason, the Python parsers stay.
+H1 = Extension("shoal.waypoint.native._h1", sources=["waypoint/native/_h1.c"],
+               extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+               libraries=["dl"], optional=True)
 CFLAGS = ["-Os", "-Wall", "-Wextra", "-std=c11", "-D_FORTIFY_SOURCE=2"]
 
 
@@ -74,4 +80,4 @@ class BuildPyWithPlugin(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithPlugin}, ext_modules=[NATIVE])
+setup(cmdclass={"build_py": BuildPyWithPlugin}, ext_modules=[NATIVE, H1])

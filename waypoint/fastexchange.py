@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 from shoal.core import log as core_log
 from shoal.waypoint import filters
+from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import (BodyReceived, H1ResponseParser, MessageEnded, RequestReceived,
                                   ResponseReceived, strip_hop_by_hop)
 from shoal.waypoint.request import RequestState
@@ -38,6 +39,7 @@ class ClientSide(Protocol):
     """What an `Exchange` needs of the client it answers."""
 
     proxy: Any                  # proxy.Proxy (which imports the coroutine path)
+    native_h1: bool             # an HTTP/1.x client whose responses C may frame (h1native.py)
 
     def write_blocked(self) -> bool:
         """The client's transport is above its high-water mark."""
@@ -69,8 +71,8 @@ class Exchange:
     write, the response parsed and written back as it arrives."""
 
     __slots__ = ("fs", "st", "req", "eps", "response_mod", "head_bytes", "lb", "keys", "key",
-                 "conn", "parser", "framer", "resp", "no_body", "skip_end", "fresh_tried",
-                 "ended", "held")
+                 "conn", "parser", "native", "framer", "resp", "no_body", "skip_end",
+                 "fresh_tried", "ended", "held")
 
     def __init__(self, fs: ClientSide, st: RequestState, req: RequestReceived, eps: list,
                  response_mod, head_bytes: bytes) -> None:
@@ -80,6 +82,7 @@ class Exchange:
         # every callback without a None check where the order guarantees them.
         self.conn: Any = None              # UpstreamConn once connected
         self.parser: Any = None            # H1ResponseParser once the head is written
+        self.native: Any = None            # or _h1.Response (h1native.py) instead
         self.framer: Any = None            # the client's framer, made with the head
         self.resp: Any = None              # ResponseReceived once the head came
         self.no_body = False
@@ -125,7 +128,16 @@ class Exchange:
 
     def _send(self, conn: UpstreamConn) -> None:
         self.conn = conn
-        self.parser = H1ResponseParser(self.req.head.method)
+        req = self.req
+        if native is not None and self.fs.native_h1 and self.response_mod is None \
+                and req.head.method != "HEAD":
+            # Parsed and framed in C; it hands anything unusual back before
+            # writing a byte (_native_data).
+            self.native = native.Response(req.http_version == "1.1", req.keep_alive)
+            self.parser = None
+        else:
+            self.native = None
+            self.parser = H1ResponseParser(req.head.method)
         stream = cast(PlainUpstream, conn.stream)
         stream.receiver = self
         cast(asyncio.Transport, stream.transport).write(self.head_bytes)
@@ -135,7 +147,10 @@ class Exchange:
     def upstream_data(self, data: bytes) -> None:
         """Response bytes from upstream (b"": it closed its side)."""
         try:
-            self._parse(data)
+            if self.native is not None:
+                self._native_data(data)
+            else:
+                self._parse(data)
         except Exception:
             LOG.exception("response handling failed inside the waypoint")
             self._cut("UR")
@@ -176,6 +191,40 @@ class Exchange:
                 return
         if out:
             self.fs.client_write(b"".join(out))
+
+    def _native_data(self, data: bytes) -> None:
+        """`upstream_data` while C parses and frames (the same outcomes as
+        `_parse` + `_head` + `_finish`, proved in tests/unit/waypoint/test_h1native.py)."""
+        nat = self.native
+        out, code = nat.feed(data, self.fs.proxy.draining)
+        if code & native.FALLBACK:
+            # Nothing went to the client: the Python parser takes every
+            # byte so far (and the EOF, if that is what this was).
+            self.native = None
+            self.parser = H1ResponseParser(self.req.head.method)
+            raw = nat.raw
+            if raw:
+                self._parse(raw)
+            if not data and not self.ended:
+                self._parse(b"")
+            return
+        st = self.st
+        if code & native.HEAD:
+            status = st.status = nat.status
+            self.resp = nat
+            self.lb.finished(self.key, status < 500, self.keys)
+        st.response_bytes = nat.body_bytes
+        if out:
+            self.fs.client_write(out)
+        if code & native.CUT:
+            self._failed(UpstreamProtocolError("malformed or truncated upstream response"))
+        elif code & native.DONE:
+            self._release(nat.reusable)
+            fs = self.fs
+            if nat.close_after:
+                fs.write_eof()
+            self.ended = True
+            fs.done(st, self.req.keep_alive and not nat.close_after)
 
     def framer_for(self):
         if self.framer is None:
@@ -232,6 +281,7 @@ class Exchange:
         if conn is not None and conn.reused and not self.fresh_tried:
             self.fresh_tried = True
             self.parser = None
+            self.native = None
             self.framer = None
             self._connect(conn.endpoint)
             return

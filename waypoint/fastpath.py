@@ -38,7 +38,10 @@ from shoal.waypoint.downstream import IDLE_TIMEOUT, Downstream, close_stream
 from shoal.waypoint.fastexchange import FAST_ENV, LOG, Exchange, enabled
 from shoal.waypoint.frontdoor import h2_prefix, serve_stream
 from shoal.waypoint.h1framing import ResponseFramer
-from shoal.waypoint.http1 import ProtocolFailed, RequestReceived, serialize_request_head
+from shoal.waypoint.h1native import native
+from shoal.waypoint.http1 import (MESSAGE_ENDED, ProtocolFailed, RequestReceived,
+                                  serialize_request_head)
+from shoal.waypoint.message import RequestHead
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.server import H1Session
@@ -61,6 +64,8 @@ class FastSession(TcpEnd):
     # callback of the protocol: every method below runs with them set.
     transport: asyncio.Transport
     session: H1Session
+    # fastexchange.Exchange may parse and frame the response in C (h1native.py).
+    native_h1 = native is not None
 
     def __init__(self, proxy: Proxy, tasks: set) -> None:
         super().__init__()
@@ -102,6 +107,14 @@ class FastSession(TcpEnd):
                     serve_stream(self, self.session.down, self.proxy)))
                 return
         s = self.session
+        if native is not None and self.exchange is None and not s.events and s.parser.idle:
+            # One whole body-less request head in this read (the common
+            # keep-alive case): parsed in C. Anything else: None, and the
+            # same bytes go to the Python parser below.
+            t = native.parse_request(data)
+            if t is not None:
+                self._native_request(*t)
+                return
         s.events.extend(s.parser.receive_data(data))
         if self.exchange is None:
             self._pump()
@@ -169,6 +182,20 @@ class FastSession(TcpEnd):
                 self._slow(ev, None)
             # Anything else (the MessageEnded after a body-less request) is
             # the end of a request already served.
+
+    def _native_request(self, method: str, target: str, headers: list, host: str,
+                        version: str, keep_alive: bool, content_length: int | None) -> None:
+        """A request parse_request took: the event H1Server would have made."""
+        self._request(RequestReceived(
+            head=RequestHead(method=method, target=target, headers=headers, authority=host),
+            http_version=version, keep_alive=keep_alive, upgrade=False, chunked=False,
+            content_length=content_length))
+        if self.mode == _SLOW:
+            # The coroutine path reads the request's end from the queue, as
+            # after H1Server's RequestReceived.
+            self.session.events.append(MESSAGE_ENDED)
+        elif self.exchange is None:
+            self._pump()
 
     def _request(self, req: RequestReceived) -> None:
         if req.upgrade or req.chunked or req.content_length:

@@ -187,6 +187,7 @@ class _Stream:
     """One callback-served stream: `fastexchange.ClientSide` for its exchange."""
 
     __slots__ = ("fast", "sid", "proxy", "exchange", "out")
+    native_h1 = False           # its responses are framed as HTTP/2 (H2Framer), not in C
 
     def __init__(self, fast: H2Fast, sid: int) -> None:
         self.fast, self.sid = fast, sid

@@ -107,7 +107,7 @@ class H1Server:
     """Parses a client's byte stream into request events."""
 
     __slots__ = ("_parser", "_events", "_url", "_headers", "_head_bytes", "_incomplete",
-                 "_in_head", "_tunnel", "_failed", "_chunked", "_clen", "_host")
+                 "_in_head", "_in_message", "_tunnel", "_failed", "_chunked", "_clen", "_host")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -117,6 +117,7 @@ class H1Server:
         self._head_bytes = 0
         self._incomplete = 0
         self._in_head = False
+        self._in_message = False
         self._tunnel = False
         self._failed = False
         self._chunked = False
@@ -126,6 +127,13 @@ class H1Server:
     @property
     def tunneling(self) -> bool:
         return self._tunnel
+
+    @property
+    def idle(self) -> bool:
+        """Between messages, nothing partial held: the next bytes may be
+        parsed elsewhere (the C head parser, h1native.py) without this
+        parser missing them."""
+        return not (self._in_message or self._tunnel or self._failed)
 
     def receive_data(self, data: bytes) -> list:
         """Feed bytes (b"" for EOF) and get the events they complete."""
@@ -168,6 +176,7 @@ class H1Server:
     # -- httptools callbacks ------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._in_message = True
         self._incomplete = 0
         self._url = bytearray()
         self._headers = []
@@ -215,6 +224,7 @@ class H1Server:
         self._events.append(BodyReceived(body))
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._events.append(MESSAGE_ENDED)
 
 
