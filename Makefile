@@ -62,10 +62,12 @@ test: host-deps venv typecheck bytecode
 	$(PY) -m pytest -q -n 2 tests
 	$(MAKE) test-python-path
 
-# The HBONE data path's pure-Python fallback (core/hbone/fastpath.py), which
-# every other test run skips while the C module loads: its own pass.
+# The pure-Python fallbacks of the C paths (HBONE's data path,
+# core/hbone/fastpath.py; the waypoint's HTTP/1.1 heads, waypoint/h1native.py),
+# which every other test run skips while the C modules load: their own pass.
 test-python-path: venv
-	SHOAL_NATIVE=0 $(PY) -m pytest -q -n 2 tests/unit/hbone tests/integration/hbone
+	SHOAL_NATIVE=0 $(PY) -m pytest -q -n 2 tests/unit/hbone tests/integration/hbone \
+	    tests/unit/waypoint tests/integration/waypoint
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

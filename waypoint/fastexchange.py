@@ -31,6 +31,11 @@ LOG = core_log.get("waypoint")
 FAST_ENV = "SHOAL_WAYPOINT_FAST"
 
 
+# Response.feed's codes (bits), read once.
+_FALLBACK, _HEAD, _DONE, _CUT = (native.FALLBACK, native.HEAD, native.DONE, native.CUT) \
+    if native is not None else (0, 0, 0, 0)
+
+
 def enabled() -> bool:
     return os.environ.get(FAST_ENV, "1") != "0"
 
@@ -197,7 +202,7 @@ class Exchange:
         `_parse` + `_head` + `_finish`, proved in tests/unit/waypoint/test_h1native.py)."""
         nat = self.native
         out, code = nat.feed(data, self.fs.proxy.draining)
-        if code & native.FALLBACK:
+        if code & _FALLBACK:
             # Nothing went to the client: the Python parser takes every
             # byte so far (and the EOF, if that is what this was).
             self.native = None
@@ -209,16 +214,16 @@ class Exchange:
                 self._parse(b"")
             return
         st = self.st
-        if code & native.HEAD:
+        if code & _HEAD:
             status = st.status = nat.status
             self.resp = nat
             self.lb.finished(self.key, status < 500, self.keys)
         st.response_bytes = nat.body_bytes
         if out:
             self.fs.client_write(out)
-        if code & native.CUT:
+        if code & _CUT:
             self._failed(UpstreamProtocolError("malformed or truncated upstream response"))
-        elif code & native.DONE:
+        elif code & _DONE:
             self._release(nat.reusable)
             fs = self.fs
             if nat.close_after:

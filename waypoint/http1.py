@@ -242,7 +242,7 @@ class H1ResponseParser:
     """
 
     __slots__ = ("_parser", "_events", "_headers", "_head_bytes", "_no_body", "_done",
-                 "_chunked", "_clen", "_reason", "_head_seen", "upgraded", "clean")
+                 "_chunked", "_clen", "_reason", "_head_seen", "_trailers", "upgraded", "clean")
 
     def __init__(self, request_method: str = "GET") -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -255,6 +255,7 @@ class H1ResponseParser:
         self._clen: int | None = None
         self._reason = ""
         self._head_seen = False
+        self._trailers = -1        # trailer fields seen (-1: still in the head)
         self.upgraded = b""
         # False once bytes arrive after the response ended (e.g. a body sent
         # with a 204): the connection must not be reused.
@@ -299,16 +300,25 @@ class H1ResponseParser:
         self._head_bytes = 0
         self._chunked = False
         self._clen = None
+        self._reason = ""
+        self._trailers = -1
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status.decode("latin-1")
+        # llhttp hands a reason split over two reads in two pieces.
+        self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._done:
             return
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_COUNT:
+        if self._head_bytes > MAX_HEADER_BYTES or \
+                len(self._headers) + max(self._trailers, 0) >= MAX_HEADER_COUNT:
             raise _Limit(502, "upstream response headers too large")
+        if self._trailers >= 0:
+            # Trailers of a chunked body: counted against the limits, not
+            # forwarded (the head they would join may be out already).
+            self._trailers += 1
+            return
         n = name.decode("latin-1")
         v = value.decode("latin-1")
         ln = n.lower()
@@ -324,6 +334,7 @@ class H1ResponseParser:
             return
         p = self._parser
         status = p.get_status_code()
+        self._trailers = 0
         head = ResponseHead(status=status, headers=self._headers, reason=self._reason)
         self._events.append(ResponseReceived(
             head=head, http_version=p.get_http_version(), keep_alive=p.should_keep_alive(),

@@ -128,11 +128,15 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     parse_t *c = (parse_t *)p;
     if (c->open != 1) {
         c->field.at = NULL;
+        c->field.len = 0;
         c->value.at = NULL;
         c->value.len = 0;
         c->open = 1;
     }
-    extend(&c->field, at, len);
+    if (c->headers_done)        /* trailers may span reads: only their size counts */
+        c->field.len += len;
+    else
+        extend(&c->field, at, len);
     return 0;
 }
 
@@ -140,7 +144,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     parse_t *c = (parse_t *)p;
     c->open = 2;
-    extend(&c->value, at, len);
+    if (c->headers_done)
+        c->value.len += len;
+    else
+        extend(&c->value, at, len);
     return 0;
 }
 
@@ -277,6 +284,7 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
         return PyErr_NoMemory();
     }
     PyObject *result = NULL;
+    PyObject *clen = NULL;      /* 0 when a Content-Length: 0 came, else None */
     reset(c, HTTP_REQUEST, NULL);
     const char *data = buf.buf;
     size_t len = (size_t)buf.len;
@@ -287,7 +295,6 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
     if (c->url.len > max_request_line || c->upgrade || is(c->method, "connect") ||
         c->major != 1 || c->minor > 1)
         goto none;
-    PyObject *clen = Py_None;
     span_t host = {NULL, 0};
     for (size_t i = 0; i < c->count; i++) {
         span_t n = c->names[i];
@@ -295,7 +302,7 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
             goto none;          /* a body, or a smuggling attempt: Python's call */
         if (is(n, "content-length")) {
             unsigned long long v;
-            if (clen != Py_None || !digits(c->values[i], &v) || v != 0)
+            if (clen != NULL || !digits(c->values[i], &v) || v != 0)
                 goto none;
             clen = PyLong_FromLong(0);
             if (clen == NULL)
@@ -304,6 +311,8 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
             host = c->values[i];
         }
     }
+    if (clen == NULL)
+        clen = Py_NewRef(Py_None);
     PyObject *headers = PyList_New((Py_ssize_t)c->count);
     if (headers == NULL) {
         Py_DECREF(clen);
@@ -326,6 +335,7 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
                            c->keep_alive ? Py_True : Py_False, clen);
     goto done;
 none:
+    Py_XDECREF(clen);
     result = Py_NewRef(Py_None);
 done:
     PyMem_Free(c);
@@ -555,12 +565,16 @@ static int run(Response *r, const char *data, size_t len)
         /* EOF: ends a close-delimited body, cuts any other. */
         if (!r->have_clen && !r->resp_chunked)
             return finish(r) < 0 ? -1 : R_DONE;
+        r->out_len = 0;         /* a held head never goes out before a cut */
         return r->failed = 1, R_CUT;
     }
     int had_head = c->headers_done;
+    unsigned long long body_before = r->body_bytes;
     int err = p_execute((llhttp_t *)c, data, len);
-    if (r->fallback)
+    if (r->fallback) {
+        r->out_len = 0;
         return R_FALLBACK;
+    }
     if (err == HPE_PAUSED && c->message_done) {
         if (finish(r) < 0)
             return -1;
@@ -569,12 +583,17 @@ static int run(Response *r, const char *data, size_t len)
         return (had_head ? 0 : R_HEAD) | R_DONE;
     }
     if (err != HPE_OK) {
-        if (!c->headers_done) {
+        if (!had_head) {
+            /* Python's parser fails this read before it reports the head
+             * (its events come after the whole read): its answer, a 502
+             * or a retry, not a cut. */
             r->fallback = 1;
+            r->out_len = 0;
             return R_FALLBACK;
         }
         r->failed = 1;
         r->out_len = 0;         /* as the Python path: nothing of this read */
+        r->body_bytes = body_before;
         return (had_head ? 0 : R_HEAD) | R_CUT;
     }
     if (!c->headers_done) {

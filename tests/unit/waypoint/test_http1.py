@@ -259,3 +259,28 @@ def test_bytes_after_the_response_mark_it_unclean(extra):
     assert q.clean
     q.receive_data(b"late")
     assert not q.clean
+
+
+def test_a_reason_phrase_split_over_two_reads_is_whole():
+    # llhttp hands the reason in two pieces; the second must not replace the first.
+    p = H1ResponseParser("GET")
+    assert p.receive_data(b"HTTP/1.1 503 Serv") == []
+    head = p.receive_data(b"ice Unavailable\r\ncontent-length: 0\r\n\r\n")[0].head
+    assert head.reason == "Service Unavailable"
+
+
+def test_trailers_are_not_added_to_the_response_head():
+    # A chunked body's trailers arrive after the head was reported (in the
+    # same read, before the events are read): they must not join it.
+    p = H1ResponseParser("GET")
+    events = p.receive_data(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                            b"1\r\na\r\n0\r\nx-sum: 1\r\n\r\n")
+    assert events[0].head.headers == [("transfer-encoding", "chunked")]
+    assert [type(e).__name__ for e in events[1:]] == ["BodyReceived", "MessageEnded"]
+
+
+def test_trailers_count_against_the_header_limit():
+    p = H1ResponseParser("GET")
+    p.receive_data(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n")
+    with pytest.raises(ValueError):
+        p.receive_data(b"".join(b"t%d: v\r\n" % i for i in range(MAX_HEADER_COUNT)) + b"\r\n")
