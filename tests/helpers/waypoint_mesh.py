@@ -169,6 +169,40 @@ def capture_access_log(wp) -> list[bytes]:
     return written
 
 
+class ThreadedBackend:
+    """A raw-socket backend (usable as one in `Mesh.service`): a thread per
+    connection runs `serve(conn)`, which subclasses give."""
+
+    host, name = "127.0.0.1", "v1"
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((self.host, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            self.serve(conn)
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class CutBackend:
     """A backend (usable as one in `Mesh.service`) that announces 1000 body
     bytes, sends 10 and closes: an upstream cut mid-body."""

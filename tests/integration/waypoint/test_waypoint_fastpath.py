@@ -14,14 +14,13 @@ import asyncio
 import logging
 import socket
 import struct
-import threading
 
 import pytest
 
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
-                                         running_waypoint)
+from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ThreadedBackend, access_lines,
+                                         capture_access_log, running_waypoint)
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -97,52 +96,32 @@ async def test_local_answers_and_pipelining_on_the_fast_path(backends):
     assert out.rstrip().endswith(b"}") and b"connection: close" in out.split(b'"/b"')[1]
 
 
-class _StaleBackend:
+class _StaleBackend(ThreadedBackend):
     """Answers the first request of each connection with keep-alive, then
     closes that connection when its second request arrives (an idle
     keep-alive the server dropped while our request was on its way)."""
 
-    host, name = "127.0.0.1", "v1"          # usable as a backend in Mesh.service
-
     BODY = b"fresh"
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
+        super().__init__()
         self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        buf, answered = b"", 0
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+            data = conn.recv(65536)
+            if not data:
                 return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            buf, answered = b"", 0
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    _, buf = buf.split(b"\r\n\r\n", 1)
-                    self.requests += 1
-                    if answered:
-                        return                   # close without answering
-                    answered += 1
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(self.BODY), self.BODY))
-
-    def close(self) -> None:
-        self.sock.close()
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                self.requests += 1
+                if answered:
+                    return                   # close without answering
+                answered += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(self.BODY), self.BODY))
 
 
 async def test_a_stale_pooled_connection_is_replaced_once():

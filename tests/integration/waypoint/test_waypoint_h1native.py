@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -22,7 +21,7 @@ from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import H1ResponseParser, MessageEnded
 from shoal.waypoint.telemetry import access_fields, labels_for
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
@@ -57,50 +56,32 @@ SCRIPT = [
 PART_GAP_S = 0.02
 
 
-class ScriptedBackend:
+class ScriptedBackend(ThreadedBackend):
     """Answers request i with SCRIPT[i]'s parts, records what it received."""
 
-    host, name = "127.0.0.1", "v1"          # usable as a backend in Mesh.service
-
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
+        super().__init__()
         self.received: list[bytes] = []
         self.next = 0
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        buf = b""
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+            data = conn.recv(65536)
+            if not data:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            buf = b""
-            while True:
-                data = conn.recv(65536)
-                if not data:
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                self.received.append(head)
+                _, parts, close = SCRIPT[self.next]
+                self.next += 1
+                for i, part in enumerate(parts):
+                    if i:
+                        time.sleep(PART_GAP_S)
+                    conn.sendall(part)
+                if close:
                     return
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    head, buf = buf.split(b"\r\n\r\n", 1)
-                    self.received.append(head)
-                    _, parts, close = SCRIPT[self.next]
-                    self.next += 1
-                    for i, part in enumerate(parts):
-                        if i:
-                            time.sleep(PART_GAP_S)
-                        conn.sendall(part)
-                    if close:
-                        return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def converse(port: int) -> list[bytes]:

@@ -11,10 +11,8 @@ has written nothing, so the Python parser, given the same bytes, decides.
 
 from __future__ import annotations
 
-import gc
 import random
 import sys
-import tracemalloc
 
 import pytest
 
@@ -25,6 +23,7 @@ from shoal.waypoint.http1 import (MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_REQUES
                                   ProtocolFailed, RequestReceived, ResponseReceived,
                                   strip_hop_by_hop)
 from shoal.waypoint.message import RequestHead
+from tests.helpers.leaks import leaks
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 
@@ -333,10 +332,6 @@ def test_response_fuzz_agrees_with_python():
 
 # -- memory -----------------------------------------------------------------------
 
-# Rounds watched after a warm-up one.
-LEAK_ROUNDS = 5
-
-
 def test_no_references_or_memory_kept():
     """Thousands of parses: the inputs keep their reference counts and no
     memory stays allocated."""
@@ -358,19 +353,10 @@ def test_no_references_or_memory_kept():
             f.feed(RESPONSES[16], False)
             f.raw
 
-    batch()
-    gc.collect()
-    before = [sys.getrefcount(o) for o in (request, sized, bad, response)]
     nones = sys.getrefcount(None)
-    tracemalloc.start()
-    snap = tracemalloc.take_snapshot()
-    for _ in range(LEAK_ROUNDS):
-        batch()
-    gc.collect()
-    grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(snap, "filename")
-                if d.size_diff > 0)
-    tracemalloc.stop()
-    assert [sys.getrefcount(o) for o in (request, sized, bad, response)] == before
-    # None is shared by everything running: only a per-call loss shows.
-    assert abs(sys.getrefcount(None) - nones) < 100
+    leaked, grown, _ = leaks([request, sized, bad, response], batch, lambda: 0)
+    assert leaked == []
     assert grown < 16 * 1024, grown
+    # None is shared by everything running (tracemalloc's snapshots move
+    # it by a few hundred): only a per-call loss (over 10,000 here) shows.
+    assert abs(sys.getrefcount(None) - nones) < 1000
