@@ -18,16 +18,30 @@ def test_ratio_is_taken_within_each_run_then_summarised():
     assert ratio == [1.5, 2.0]
     text, plotted = headline.table({"hbone": [HB, slow]})
     assert "**1.75× (1.50×–2.00×)**" in text
-    assert plotted[0] == ("HBONE pair, iperf3 1 stream", 1.75, "≥ 1.0×")
+    assert plotted[0] == ("HBONE pair, iperf3 1 stream, 1 worker per side", 1.75, "≥ 1.0×")
 
 
 def test_missing_cases_are_left_out_not_zero():
     text, plotted = headline.table({"hbone": [HB]})
     assert "8 streams" not in text            # no P8 in this run
-    assert [p[0] for p in plotted] == ["HBONE pair, iperf3 1 stream",
-                                       "HBONE CPU per GB (entry + exit), 1 stream",
+    assert [p[0] for p in plotted] == ["HBONE pair, iperf3 1 stream, 1 worker per side",
+                                       "HBONE CPU per GB (entry + exit), 1 stream, 1 worker per side",
                                        "HBONE short connections"]
     assert plotted[1][1] == 0.5               # CPU: shoal/peer, lower is better
+
+
+def test_two_workers_per_side_are_reported_as_such_beside_one():
+    """stunnel's threads use both cores; shoal as deployed runs a worker per
+    core: the `--processes 1,2` run gives both rows, each labelled."""
+    run = {"throughput": {"P8": {
+        "shoal": {"gbit_s": 3.0, "cpu_s_per_gb_entry": 2.0, "cpu_s_per_gb_exit": 2.0},
+        "shoal_2proc": {"gbit_s": 4.5, "cpu_s_per_gb_entry": 1.5, "cpu_s_per_gb_exit": 1.5},
+        "stunnel": {"gbit_s": 4.0, "cpu_s_per_gb_entry": 1.5, "cpu_s_per_gb_exit": 1.5}}}}
+    text, plotted = headline.table({"hbone": [run]})
+    got = dict((p[0], p[1]) for p in plotted)
+    assert got["HBONE pair, iperf3 8 streams, 1 worker per side"] == 0.75
+    assert got["HBONE pair, iperf3 8 streams, 2 workers per side"] == 1.125
+    assert got["HBONE CPU per GB (entry + exit), 8 streams, 2 workers per side"] == 1.0
 
 
 def test_rewrite_replaces_only_the_marked_block():
