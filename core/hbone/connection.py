@@ -53,11 +53,13 @@ class HboneConnection(asyncio.Protocol):
         trust_domain: server only: required client trust domain (None: any).
         on_request: server only: called with (connection, TunnelRequested).
         on_idle: called when the last stream is released (pool idle timer).
+        on_stream_done: called with each released stream (pool: tunnel lifetimes).
     """
 
     def __init__(self, *, client: bool, settings: HboneSettings = DEFAULT_SETTINGS,
                  expected_identities=(), trust_domain: str | None = None,
                  on_request: Callable | None = None, on_idle: Callable | None = None,
+                 on_stream_done: Callable[[HboneStream], None] | None = None,
                  log: logging.Logger = LOG) -> None:
         self.loop = asyncio.get_running_loop()
         self.client = client
@@ -67,6 +69,7 @@ class HboneConnection(asyncio.Protocol):
         self.trust_domain = trust_domain
         self.on_request = on_request
         self.on_idle = on_idle
+        self.on_stream_done = on_stream_done
         self.log = log
         self.transport: asyncio.Transport | None = None
         self.peer_identity: Identity | None = None
@@ -273,6 +276,8 @@ class HboneConnection(asyncio.Protocol):
     def stream_done(self, stream: HboneStream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+            if self.on_stream_done is not None:
+                self.on_stream_done(stream)
             if not self.streams:
                 self.idle_since = time.monotonic()
                 if self.on_idle is not None:

@@ -12,9 +12,12 @@ Invariants (as ztunnel's pool.rs):
   already carries `pool_spread_streams` (2), the next open creates another
   connection, so one worker's tunnels to a peer reach several of the peer's
   workers (the kernel's SO_REUSEPORT hash picks one per TCP connection);
-  otherwise a stream goes on the least-loaded connection with room. A spread
-  connection that fails costs nothing: the tunnel goes on an existing
-  connection and that key does not spread for `pool_spread_backoff`;
+  otherwise a stream goes on the least-loaded connection with room. A key
+  whose tunnels end young (`pool_short_tunnel`, 1 s: request traffic, which
+  shares TLS records and reads best on one connection) packs instead, on the
+  oldest connection with room (ztunnel's rule), for `pool_spread_backoff`
+  (30 s). A spread connection that fails costs nothing: the tunnel goes on an
+  existing connection and that key does not spread for `pool_spread_backoff`;
 - one connection attempt per key at a time (a per-key lock), so a burst of
   opens on a cold key makes one handshake, not N;
 - a connection with no streams for `pool_idle_timeout` (5 min) is closed;
@@ -150,7 +153,7 @@ class HbonePool:
                 self.log.info("HBONE: no extra connection to %s:%d (%s); not spreading for "
                               "%gs", key[2][0], key[2][1], e.reason,
                               self.settings.pool_spread_backoff)
-                self._no_spread_until[key] = time.monotonic() + self.settings.pool_spread_backoff
+                self._hold_spreading(key)
                 return conn
             self._conns.setdefault(key, []).append(conn)
             return conn
@@ -163,22 +166,32 @@ class HbonePool:
         live = [c for c in conns if c.usable]
         if len(live) != len(conns):
             self._conns[key] = live
+        spread = spread and not self._spread_held(key)
         best = None
-        for conn in live:             # least loaded with room; the oldest on ties
-            if conn.capacity > 0 and (best is None or len(conn.streams) < len(best.streams)):
-                best = conn
-        if (best is not None and spread and len(live) < self.settings.pool_spread_connections
-                and len(best.streams) >= self.settings.pool_spread_streams
-                and not self._spread_backing_off(key)):
+        for conn in live:
+            if conn.capacity > 0:
+                if not spread:
+                    return conn       # pack: the oldest with room
+                if best is None or len(conn.streams) < len(best.streams):
+                    best = conn       # spread: the least loaded, the oldest on ties
+        if (best is not None and len(live) < self.settings.pool_spread_connections
+                and len(best.streams) >= self.settings.pool_spread_streams):
             return None
         return best
 
-    def _spread_backing_off(self, key: PoolKey) -> bool:
+    def _hold_spreading(self, key: PoolKey) -> None:
+        self._no_spread_until[key] = time.monotonic() + self.settings.pool_spread_backoff
+
+    def _spread_held(self, key: PoolKey) -> bool:
         until = self._no_spread_until.get(key)
         if until is not None and time.monotonic() >= until:
             del self._no_spread_until[key]
             until = None
         return until is not None
+
+    def _stream_done(self, key: PoolKey, stream: HboneStream) -> None:
+        if time.monotonic() - stream.opened_at < self.settings.pool_short_tunnel:
+            self._hold_spreading(key)
 
     async def _connect(self, key: PoolKey, src) -> HboneConnection:
         host, port = key[2]
@@ -188,7 +201,8 @@ class HbonePool:
         def factory() -> HboneConnection:
             return HboneConnection(client=True, settings=self.settings,
                                    expected_identities=tuple(key[1]),
-                                   on_idle=self._on_idle, log=self.log)
+                                   on_idle=self._on_idle, log=self.log,
+                                   on_stream_done=lambda stream: self._stream_done(key, stream))
         conn = factory()
         try:
             async with asyncio.timeout(self.settings.connect_timeout):

@@ -48,9 +48,17 @@ MAX_STREAMS_PER_CONNECTION = 100
 # connection, as before. Measured in docs/bench/hbone.md (8 streams, 2 workers).
 POOL_SPREAD_CONNECTIONS = 4
 POOL_SPREAD_STREAMS = 2
-# A spread connection that failed (peer at its connection or handshake limit,
-# unreachable) is not tried again for this long: the tunnel goes on an existing
-# connection, and later opens must not each pay a failed handshake.
+# Spreading pays for long tunnels (bulk: a core per peer worker) and costs
+# short ones: request tunnels packed on one connection share its TLS records
+# and reads, and spread over 4 they cost 14% more CPU per connection
+# (docs/bench/hbone.md). A tunnel that ends younger than this marks its key as
+# request traffic: the key packs (ztunnel's rule: the oldest connection with
+# room) instead of spreading, for POOL_SPREAD_BACKOFF.
+POOL_SHORT_TUNNEL = 1.0
+# How long a reason not to spread holds for a key: a short tunnel ended (above),
+# or an extra connection failed (peer at its connection or handshake limit,
+# unreachable), after which the tunnel goes on an existing connection and
+# later opens must not each pay a failed handshake.
 POOL_SPREAD_BACKOFF = 30.0
 # ztunnel's server advertises 200 concurrent streams.
 SERVER_MAX_CONCURRENT_STREAMS = 200
@@ -83,6 +91,7 @@ class HboneSettings:
     pool_spread_connections: int = POOL_SPREAD_CONNECTIONS
     pool_spread_streams: int = POOL_SPREAD_STREAMS
     pool_spread_backoff: float = POOL_SPREAD_BACKOFF
+    pool_short_tunnel: float = POOL_SHORT_TUNNEL
     server_max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS
     client_max_header_list: int = CLIENT_MAX_HEADER_LIST
     server_max_header_list: int = SERVER_MAX_HEADER_LIST
@@ -107,6 +116,8 @@ class HboneSettings:
             raise ValueError("header list limits must be >= 1 KiB")
         if self.server_max_header_list > HEADER_DECODE_HARD_LIMIT:
             raise ValueError(f"server_max_header_list above {HEADER_DECODE_HARD_LIMIT}")
+        if self.pool_short_tunnel < 0:
+            raise ValueError("pool_short_tunnel must be >= 0 (0: no tunnel counts as short)")
         for name in ("pool_idle_timeout", "keepalive_interval", "keepalive_timeout",
                      "connect_timeout", "pool_spread_backoff"):
             if getattr(self, name) <= 0:

@@ -10,6 +10,7 @@ the TLS transport to drain below its high-water mark.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any, Callable, Protocol
 
@@ -47,6 +48,8 @@ class HboneStream:
         peer_identity: the SPIFFE identity of the other proxy (core.identity.Identity).
         response_headers: headers of the 200 (client side), e.g. `baggage`.
         bytes_sent / bytes_received: tunnel payload bytes, for metrics.
+        opened_at: `time.monotonic()` when the stream was created (the pool
+            tells short request tunnels from long ones by it).
     """
 
     def __init__(self, conn: StreamOwner, stream_id: int, authority: str) -> None:
@@ -58,6 +61,7 @@ class HboneStream:
         self.response_headers: dict[str, str] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.opened_at = time.monotonic()
         self._chunks: deque = deque()
         self._eof = False
         self._error: HboneError | None = None

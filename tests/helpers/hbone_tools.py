@@ -32,7 +32,7 @@ from shoal.core import log as shoal_log
 from shoal.core.hbone.pool import HbonePool
 from shoal.core.overload import MAX_PENDING_HANDSHAKES, Overload
 from shoal.core.hbone.server import Accept, HboneServer, Reject
-from shoal.core.hbone.settings import HboneSettings
+from shoal.core.hbone.settings import POOL_SPREAD_CONNECTIONS, POOL_SPREAD_STREAMS, HboneSettings
 from shoal.core.identity.certs import WorkloadCert, load_pem_certs
 from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import PipeReset, TcpEnd, connect_tcp, pipe
@@ -62,7 +62,9 @@ def _hostport(value: str) -> tuple[str, int]:
 
 def _settings(args) -> HboneSettings:
     return HboneSettings(keepalive_interval=args.keepalive_interval,
-                         keepalive_timeout=args.keepalive_timeout)
+                         keepalive_timeout=args.keepalive_timeout,
+                         pool_spread_connections=args.pool_spread_connections,
+                         pool_spread_streams=args.pool_spread_streams)
 
 
 async def run_exit(args) -> None:
@@ -218,6 +220,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-pending-handshakes", type=int, default=MAX_PENDING_HANDSHAKES)
     p.add_argument("--keepalive-interval", type=float, default=10.0)
     p.add_argument("--keepalive-timeout", type=float, default=20.0)
+    p.add_argument("--pool-spread-connections", type=int, default=POOL_SPREAD_CONNECTIONS,
+                   help="entry: connections per key the pool spreads over (1: ztunnel's rule)")
+    p.add_argument("--pool-spread-streams", type=int, default=POOL_SPREAD_STREAMS,
+                   help="entry: streams per connection before the pool spreads to another")
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes sharing the listening port (SO_REUSEPORT)")
     p.add_argument("--log-level", default="warning")

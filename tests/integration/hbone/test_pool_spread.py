@@ -51,13 +51,17 @@ async def test_a_key_with_few_tunnels_keeps_one_connection():
         assert rig.pool.connections_opened == 1
 
 
+# The tests that close tunnels at once and still mean long ones.
+NO_SHORT = HboneSettings(pool_short_tunnel=0)
+
+
 async def test_past_spreading_a_stream_goes_on_the_least_loaded_connection():
-    async with HbonePair() as rig:
+    async with HbonePair(settings=NO_SHORT) as rig:
         streams = [await rig.open() for _ in range(5 * POOL_SPREAD_CONNECTIONS)]
         assert rig.pool.connections_opened == POOL_SPREAD_CONNECTIONS
         assert per_connection(rig) == [5] * POOL_SPREAD_CONNECTIONS
-        # free two slots on one connection: the next two tunnels go there
-        conn = streams[0]._conn
+        # free two slots on the newest connection: the next two tunnels go there
+        conn = streams[-1]._conn
         mine = [s for s in streams if s._conn is conn][:2]
         for s in mine:
             s.close()                   # released at once (stream_done)
@@ -66,6 +70,32 @@ async def test_past_spreading_a_stream_goes_on_the_least_loaded_connection():
         assert {s._conn for s in more} == {conn}
         assert per_connection(rig) == [5] * POOL_SPREAD_CONNECTIONS
         assert rig.pool.connections_opened == POOL_SPREAD_CONNECTIONS
+
+
+async def test_a_key_whose_tunnels_end_young_packs_on_the_oldest_connection():
+    """Request traffic: tunnels that end within POOL_SHORT_TUNNEL share one
+    connection's TLS records and reads, as ztunnel packs them."""
+    async with HbonePair() as rig:
+        burst = await asyncio.gather(*(rig.open() for _ in range(BUSY)))
+        assert rig.pool.connections_opened == POOL_SPREAD_CONNECTIONS   # no history yet
+        oldest = next(iter(rig.pool._conns.values()))[0]
+        assert await roundtrip(burst[-1], b"short") == b"short"
+        for s in burst:
+            s.close()                   # young: the key is request traffic now
+        again = [await rig.open() for _ in range(BUSY)]
+        assert {s._conn for s in again} == {oldest}
+        assert rig.pool.connections_opened == POOL_SPREAD_CONNECTIONS
+        assert per_connection(rig) == [0] * (POOL_SPREAD_CONNECTIONS - 1) + [BUSY]
+
+
+async def test_tunnels_that_lived_long_leave_spreading_on():
+    """The control: the same closes, but no tunnel counts as short."""
+    async with HbonePair(settings=NO_SHORT) as rig:
+        burst = await asyncio.gather(*(rig.open() for _ in range(BUSY)))
+        for s in burst:
+            s.close()
+        again = [await rig.open() for _ in range(BUSY)]
+        assert len({s._conn for s in again}) == POOL_SPREAD_CONNECTIONS
 
 
 @pytest.fixture
