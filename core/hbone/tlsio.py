@@ -329,6 +329,11 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self._direct = hasattr(self.app, "receive_buffer")
         self.app.connection_made(self._app_transport)
         self._start_relay()
+        get_protocol = getattr(self.raw, "get_protocol", None)    # not on in-memory test transports
+        if self._chan is not None and get_protocol is not None and get_protocol() is self:
+            # Reading in C from now on (core/hbone/native/tlspump.c): what
+            # get_buffer, buffer_updated and _read_app do, without their frames.
+            self.raw.set_protocol(self._native.TlsPump(self))
         if (self._chan or self._in).pending:
             self._read_app()
 

@@ -80,6 +80,9 @@ int send_init(PyObject *module);
 /* plain.c: adds the TcpPump type to the module; -1 with an exception. */
 int plain_init(PyObject *module);
 
+/* tlspump.c: adds the TlsPump type to the module; -1 with an exception. */
+int tlspump_init(PyObject *module);
+
 #pragma GCC visibility pop
 
 #endif

@@ -1,8 +1,9 @@
 # Types of the C module shoal.core.hbone.native._native (_native.c, channel.c,
-# relay.c, send.c, plain.c), from their method tables and docstrings. The `object`
+# relay.c, send.c, plain.c, tlspump.c), from their method tables and docstrings. The `object`
 # arguments are what the C code takes by reference: an ssl.SSLObject's
 # `_sslobj` (_ssl._SSLSocket), ssl.MemoryBIO, the HBONE connection and stream,
 # the TLS protocol and its TCP transport.
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -68,3 +69,8 @@ class TcpPump:
     def connection_lost(self, exc: BaseException | None, /) -> None: ...
     def pause_writing(self) -> None: ...
     def resume_writing(self) -> None: ...
+
+class TlsPump(asyncio.BufferedProtocol):
+    """An HBONE connection's TLS protocol with its reading in C (tlspump.c)."""
+    proto: Any
+    def __init__(self, proto: object, /) -> None: ...

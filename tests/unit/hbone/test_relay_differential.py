@@ -73,10 +73,30 @@ def data(sid: int, n: int, flags: int = 0, pad: int = 0, fill: int = 0x61) -> by
 
 
 class _Wire(MemoryTcp):
-    """The bench harness's in-memory TCP, with a FIN (linger close)."""
+    """The bench harness's in-memory TCP, with a FIN (linger close) and a
+    protocol the TLS layer may replace (its C TlsPump, tlspump.c)."""
+
+    protocol = None
 
     def write_eof(self) -> None:
         self.closing = True
+
+    def get_protocol(self):
+        return self.protocol
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def read(self, data: bytes) -> None:
+        """`data` arrives, as a loop that lends buffers delivers it: into
+        the protocol's get_buffer(), then buffer_updated(n)."""
+        while data:
+            buf = self.protocol.get_buffer(-1)
+            n = min(len(buf), len(data))
+            assert n > 0
+            buf[:n] = data[:n]
+            self.protocol.buffer_updated(n)
+            data = data[n:]
 
 
 class Hook:
@@ -120,6 +140,7 @@ class Run:
                                           settings=self.settings),
             handshake_timeout=10, on_failure=lambda proto, exc: None)
         self.c_tcp, self.s_tcp = _Wire("client"), _Wire("server")
+        self.s_tcp.protocol = self.server
         self.server.connection_made(self.s_tcp)
         # The raw client writes and reads through its ssl.SSLObject and
         # MemoryBIOs: it stays off the C module (whose Channel BIO replaces
@@ -139,6 +160,9 @@ class Run:
         self.client_streams = cs
         monkeypatch.undo()
         assert (self.server._relay is not None) == self.relay
+        # Reads go through the C TlsPump on the native path, the protocol's
+        # own get_buffer/buffer_updated on the Python one.
+        assert (type(self.s_tcp.protocol).__name__ == "TlsPump") == self.relay
         self.conn = self.server.app
         h2 = self.conn.core._h2
         # The flood guard's token buckets read the clock: make it the same in
@@ -200,10 +224,10 @@ class Run:
     def deliver(self, together: bool) -> None:
         """The records to the server: in one read, or one read each."""
         if together:
-            self.server.data_received(b"".join(self.records))
+            self.s_tcp.read(b"".join(self.records))
         else:
             for r in self.records:
-                self.server.data_received(r)
+                self.s_tcp.read(r)
         self.records = []
 
     def frames_sent(self) -> list[bytes]:
@@ -552,7 +576,7 @@ async def test_plain_peer_reset_during_a_batch(monkeypatch):
 # -- references ---------------------------------------------------------------
 
 async def test_relay_leaks_no_references_or_memory(monkeypatch):
-    """Thousands of frames through Relay.feed: the objects it touches keep
+    """Thousands of frames through TlsPump and Relay.feed: the objects they touch keep
     their reference counts and no memory stays allocated."""
     run = Run(True, HboneSettings())
     await run.start(monkeypatch)
@@ -564,6 +588,7 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
                 h2.streams[1], h2.streams[1]._inbound_window_manager, h2.incoming_buffer,
                 hs, hs._sink, hs._sink.native_target, end, end.transport, run.pushed[0],
                 conn.streams, core._streams, h2.streams, core._streams[1], run.server._relay,
+                run.s_tcp.protocol, run.server._chan,
                 ConnectionState.SERVER_OPEN, StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL]
 
         def batch():
