@@ -187,7 +187,7 @@ class FastSession(TcpEnd):
                         version: str, keep_alive: bool, content_length: int | None) -> None:
         """A request parse_request took: the event H1Server would have made."""
         self._request(RequestReceived(
-            head=RequestHead(method=method, target=target, headers=headers, authority=host),
+            head=RequestHead(method, target, headers, "http", host),
             http_version=version, keep_alive=keep_alive, upgrade=False, chunked=False,
             content_length=content_length))
         if self.mode == _SLOW:

@@ -50,7 +50,9 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
 # --------------------------------------------------------------------------
 # events
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: made for every request, and a frozen dataclass sets each field
+# through object.__setattr__ (about twice the cost). Treat it as read-only.
+@dataclass(slots=True, kw_only=True)
 class RequestReceived:
     head: RequestHead
     http_version: str            # "1.1" | "1.0"
