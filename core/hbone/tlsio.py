@@ -385,20 +385,14 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         # could start such a buffer, our batch is handed up after every
         # DIRECT_BATCH bytes, so at most that much of a body takes the copy path.
         relay = self._relay
-        while relay is not None and self._app_transport is not None and not self.closing:
+        if relay is not None and self._app_transport is not None and not self.closing:
             # The app's C receive path (HboneConnection.native_relay): it
             # relays the frames it may take and hands back, in order, the
             # plaintext from the first it may not (None: nothing left).
             rest = relay.feed()
-            if rest is None or not self._relayed_rest(*rest):
-                return
-            # The app took what the relay could not (a control frame, a
-            # frame for a stream without a plain socket): the relay goes on
-            # with the next read, unless it had nothing to hand over (it
-            # could not start: the app's frame buffer holds a partial frame).
-            if not rest[0]:
-                break
-            relay = self._relay
+            if rest is not None:
+                self._relayed_rest(*rest)
+            return
         self._read_batched()
 
     def _read_batched(self) -> None:
@@ -412,18 +406,33 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         finally:
             _READ_BUFFER.give(buf)
 
-    def _relayed_rest(self, rest: bytes, status: int, error) -> bool:
-        """What the relay's feed() left: the plaintext to the app; True if
-        more input may be waiting (read on), else the reading is over."""
-        if rest and self._app_transport is not None and not self.closing:
-            self.app.data_received(rest)
-        if error is not None:
-            self._read_failed(error)
-            return False
-        if status == self._native.FULL and not self.closing:
-            return True
-        self._flush()                            # key updates, etc.
-        return False
+    def _relayed_rest(self, rest: bytes, status: int, error) -> None:
+        """What the relay's feed() left: the plaintext to the app, then the
+        rest of the input (also called by core/hbone/native/tlspump.c).
+
+        The app takes what the relay could not (a control frame, a frame
+        for a stream without a plain socket); then the relay goes on with
+        the rest of the read, unless it handed nothing over (it could not
+        start: the app's frame buffer holds a partial frame), in which case
+        the loop below reads on in Python. A loop, not a recursion: a read
+        may hold thousands of control frames."""
+        while True:
+            if rest and self._app_transport is not None and not self.closing:
+                self.app.data_received(rest)
+            if error is not None:
+                self._read_failed(error)
+                return
+            if status != self._native.FULL or self.closing:
+                self._flush()                    # key updates, etc.
+                return
+            relay = self._relay
+            if not rest or relay is None or self._app_transport is None:
+                self._read_batched()             # the relay exists only on the C path
+                return
+            more = relay.feed()
+            if more is None:
+                return
+            rest, status, error = more
 
     def _read_batches_native(self, buf: bytearray) -> None:
         """_read_batches in one C call per batch: the whole buffer, or
