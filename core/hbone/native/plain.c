@@ -38,12 +38,20 @@ typedef struct {
 static PyObject *s_queue, *s_eof_received, *s_connection_lost, *s_pause_writing,
     *s_resume_writing;
 
+/* 1 if __init__ ran (and tp_clear did not undo it), else 0 with ValueError:
+ * every callback checks before it touches a field. */
+static int ready(TcpPump *p)
+{
+    if (p->end != NULL)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "TcpPump not initialised");
+    return 0;
+}
+
 static PyObject *pump_data_received(TcpPump *p, PyObject *data)
 {
-    if (p->end == NULL) {
-        PyErr_SetString(PyExc_ValueError, "TcpPump not initialised");
+    if (!ready(p))
         return NULL;
-    }
     Py_ssize_t queued = PyObject_Length(p->chunks);
     if (queued < 0)
         return NULL;
@@ -80,23 +88,31 @@ static PyObject *pump_data_received(TcpPump *p, PyObject *data)
 static PyObject *pump_eof_received(TcpPump *p, PyObject *unused)
 {
     (void)unused;
+    if (!ready(p))
+        return NULL;
     return PyObject_CallMethodNoArgs(p->end, s_eof_received);
 }
 
 static PyObject *pump_connection_lost(TcpPump *p, PyObject *exc)
 {
+    if (!ready(p))
+        return NULL;
     return PyObject_CallMethodOneArg(p->end, s_connection_lost, exc);
 }
 
 static PyObject *pump_pause_writing(TcpPump *p, PyObject *unused)
 {
     (void)unused;
+    if (!ready(p))
+        return NULL;
     return PyObject_CallMethodNoArgs(p->end, s_pause_writing);
 }
 
 static PyObject *pump_resume_writing(TcpPump *p, PyObject *unused)
 {
     (void)unused;
+    if (!ready(p))
+        return NULL;
     return PyObject_CallMethodNoArgs(p->end, s_resume_writing);
 }
 
