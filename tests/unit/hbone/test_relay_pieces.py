@@ -22,12 +22,14 @@ import random
 
 import pytest
 from h2.stream import StreamState
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shoal.core.hbone import fastpath, h2fast
 from shoal.core.hbone.settings import HboneSettings
 from tests.helpers.leaks import leaks
 from tests.unit.hbone.test_relay_differential import (DATA, KB, PING, SETTINGS, SIDS, WINDOW_UPDATE,
-                                                       Hook, Run, data, frame)
+                                                       Hook, Run, data, frame, random_frame)
 
 pytestmark = pytest.mark.skipif(fastpath.native is None, reason="native path off (SHOAL_NATIVE=0)")
 
@@ -319,3 +321,52 @@ async def test_window_updates_and_frames_around_pieces(monkeypatch):
         assert same(n, p), f"step {i}: " + diff(n, p)
     assert native[-1]["_relay"][1] >= 4
     assert "FLOW_CONTROL" in native[-1]["conn"][0].upper().replace(" ", "_")
+
+
+# -- drawn scripts ---------------------------------------------------------------
+
+# Large frames (in pieces when cut) between the random frames of
+# test_relay_differential; with small windows some overrun them.
+LARGE_SIZES = (LARGE, LARGE + 1, 64 * KB, 100 * KB + 3, 200 * KB, 256 * KB - 1)
+BETWEEN = (None, read_out, _pause, lambda run: run.ends[0].resume_writing(),
+           lambda run: run.ends[1].pause_writing())
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(rnd=st.randoms(use_true_random=False), hostile=st.booleans(), small=st.booleans())
+def test_pieces_drawn_by_hypothesis_same_as_python(rnd, hostile, small):
+    """Scripts drawn (and shrunk) by hypothesis: large frames among random
+    ones (hostile too), every frame in records of its own cut anywhere, each
+    record a read; between steps the reader reads or a plain side pauses or
+    resumes. With every frame whole after each step, both paths agree."""
+    settings_ = (HboneSettings(stream_window=65_535 * 2, connection_window=65_535 * 6,
+                               max_frame_size=256 * KB) if small else HboneSettings())
+    steps, actions = [], []
+    for _ in range(rnd.randrange(1, 6)):
+        frames = [data(rnd.choice(SIDS), rnd.choice(LARGE_SIZES), fill=rnd.randrange(256))
+                  if rnd.random() < 0.3 else random_frame(rnd, hostile)
+                  for _ in range(rnd.randrange(1, 8))]
+        size = sum(map(len, frames))
+        ends = [0]
+        for f in frames:
+            ends.append(ends[-1] + len(f))
+        cuts = [rnd.randrange(1, size) for _ in range(rnd.choice((0, 2, 10)))]
+        steps.append((frames, cuts + ends))
+        actions.append(rnd.choice(BETWEEN))
+
+    def between(run, i):
+        if actions[i] is not None:
+            actions[i](run)
+
+    async def both(mp):
+        native = await run_steps(True, steps, mp, settings_, between)
+        python = await run_steps(False, steps, mp, settings_, between)
+        for i, (n, p) in enumerate(zip(native, python)):
+            assert same(n, p), f"step {i}: " + diff(n, p)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            loop.run_until_complete(both(mp))
+    finally:
+        loop.close()
