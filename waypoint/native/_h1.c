@@ -248,19 +248,31 @@ static span_t strip(span_t s)
     return s;
 }
 
-/* http1.py's Content-Length rule for a stripped value of ASCII digits:
- * 1 and *out set; 0 when it is not one (the Python path decides then). */
-static int digits(span_t s, unsigned long long *out)
+/* http1.py's Content-Length test, `v.strip().isdigit()`, for ASCII: any
+ * number of digits (llhttp takes leading zeros and lengths up to 2**64). */
+static int all_digits(span_t s)
 {
     s = strip(s);
-    if (s.len == 0 || s.len > 18)
+    if (s.len == 0)
         return 0;
-    unsigned long long v = 0;
-    for (size_t i = 0; i < s.len; i++) {
+    for (size_t i = 0; i < s.len; i++)
         if (s.at[i] < '0' || s.at[i] > '9')
             return 0;
+    return 1;
+}
+
+/* Its value when it has at most 18 digits (no overflow): 1 and *out set;
+ * 0 otherwise (a request then goes to the Python path, which decides). */
+static int digits(span_t s, unsigned long long *out)
+{
+    if (!all_digits(s))
+        return 0;
+    s = strip(s);
+    if (s.len > 18)
+        return 0;
+    unsigned long long v = 0;
+    for (size_t i = 0; i < s.len; i++)
         v = v * 10 + (unsigned)(s.at[i] - '0');
-    }
     *out = v;
     return 1;
 }
@@ -388,13 +400,12 @@ static int response_head(parse_t *c)
         return -1;
     }
     /* Content-Length and chunked as http1.H1ResponseParser reads them. */
-    unsigned long long v;
     int have = 0, chunked = 0;
     ssize_t conn = -1;
     for (size_t i = 0; i < c->count; i++) {
         span_t n = c->names[i];
         if (is(n, "content-length")) {
-            have = digits(c->values[i], &v);
+            have = all_digits(c->values[i]);
             if (!have) {
                 span_t t = strip(c->values[i]);
                 for (size_t j = 0; j < t.len; j++)

@@ -206,6 +206,10 @@ RESPONSES = [
     b"HTTP/1.1 200 OK\r\nContent-Le",
     b"garbage\r\n\r\n",
     b"",
+    # A Content-Length of more than 18 digits: llhttp and Python
+    # take it (leading zeros, or a length up to 2**64), so it is sized.
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000005\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000000000000\r\n\r\npartial",
 ]
 
 # The client's request: (HTTP/1.1?, keep-alive?, proxy draining?)
