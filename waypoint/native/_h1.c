@@ -549,13 +549,13 @@ static int run(Response *r, const char *data, size_t len)
     if (!c->headers_done) {
         /* Before the head: keep every byte and parse them all again from
          * the start, so each span lies in one buffer (a head split over
-         * reads is rare; MAX_RAW_HEAD bounds the rework). */
+         * reads is rare; MAX_RAW_HEAD bounds the rework). This read is
+         * kept whatever its size: a FALLBACK hands .raw over whole, and
+         * a fast upstream's first read (head and body) may be larger. */
         if (len == 0) {
             r->fallback = 1;    /* EOF before the head: Python's error */
             return R_FALLBACK;
         }
-        if (r->raw_len + len > MAX_RAW_HEAD)
-            return r->fallback = 1, R_FALLBACK;
         if (r->raw_len + len > r->raw_cap) {
             size_t cap = r->raw_cap ? r->raw_cap : 4096;
             while (cap < r->raw_len + len)
@@ -609,6 +609,8 @@ static int run(Response *r, const char *data, size_t len)
     }
     if (!c->headers_done) {
         r->out_len = 0;
+        if (r->raw_len > MAX_RAW_HEAD)
+            return r->fallback = 1, R_FALLBACK;
         return 0;               /* the head is not complete yet */
     }
     return had_head ? 0 : R_HEAD;
@@ -630,6 +632,11 @@ static PyObject *Response_feed(Response *r, PyObject *const *args, Py_ssize_t na
     r->draining = PyObject_IsTrue(args[1]) == 1;
     int code = run(r, buf.buf, (size_t)buf.len);
     PyBuffer_Release(&buf);
+    if (r->c->headers_done && !r->fallback && r->raw != NULL) {
+        PyMem_Free(r->raw);     /* only a FALLBACK before the head needs it */
+        r->raw = NULL;
+        r->raw_len = r->raw_cap = 0;
+    }
     if (code < 0)
         return PyErr_NoMemory();
     return result(r, code);

@@ -309,6 +309,33 @@ def test_responses_framed_as_python_frames_them_at_every_split(data, client):
         assert outcomes == {"fallback"}             # both framings: Python's 502
 
 
+def test_a_first_read_larger_than_the_kept_head_is_framed_or_handed_over_whole():
+    """A fast upstream's first read can carry the head and more body than
+    C keeps for a fallback (asyncio and uvloop read up to 256 KiB): it is
+    framed as Python frames it, never handed over without its bytes."""
+    body = b"x" * (2 * MAX_HEADER_BYTES + 64 * 1024 + 1)
+    for data in (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body)
+                 + body + b"\r\n0\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body):
+        for client in CLIENTS:
+            reads = [data, b""]
+            assert native_response(reads, *client) == python_response(reads, *client)
+
+
+def test_a_head_that_never_completes_goes_to_python_with_every_byte():
+    """The bound on re-parsed head bytes hands over what came, all of it."""
+    r = native.Response(True, True)
+    sent = [b"HTTP/1.1 200 OK\r\n"] + [b"X: " + b"v" * 60000 for _ in range(4)]
+    for i, data in enumerate(sent):
+        out, code = r.feed(data, False)
+        assert out == b""
+        if code & native.FALLBACK:
+            break
+    assert code == native.FALLBACK
+    assert r.raw == b"".join(sent[:i + 1])
+
+
 def test_cut_after_the_head_writes_nothing_of_that_read():
     r = native.Response(True, True)
     out, code = r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", False)
