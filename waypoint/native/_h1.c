@@ -589,8 +589,11 @@ static int run(Response *r, const char *data, size_t len)
     if (err == HPE_PAUSED && c->message_done) {
         if (finish(r) < 0)
             return -1;
-        if (p_error_pos((llhttp_t *)c) != data + len)
-            r->clean = 0;       /* bytes after the response: not reusable */
+        /* Bytes after the response: not reusable, unless they are empty
+         * lines, which llhttp (and so the Python parser) skips. */
+        for (const char *q = p_error_pos((llhttp_t *)c); q < data + len; q++)
+            if (*q != '\r' && *q != '\n')
+                r->clean = 0;
         return (had_head ? 0 : R_HEAD) | R_DONE;
     }
     if (err != HPE_OK) {

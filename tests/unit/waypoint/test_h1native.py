@@ -210,6 +210,10 @@ RESPONSES = [
     # take it (leading zeros, or a length up to 2**64), so it is sized.
     b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000005\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000000000000\r\n\r\npartial",
+    # Empty lines after the body: llhttp skips them before a next message,
+    # so the connection stays reusable; anything else after the body does not.
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\nH",
 ]
 
 # The client's request: (HTTP/1.1?, keep-alive?, proxy draining?)
