@@ -507,6 +507,10 @@ static PyObject *Response_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     static char *names[] = {"client_http11", "client_keep_alive", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "pp", names, &http11, &keep_alive))
         return NULL;
+    if (p_init == NULL) {       /* no llhttp bound: a call would jump to NULL */
+        PyErr_SetString(PyExc_RuntimeError, "init() has not succeeded");
+        return NULL;
+    }
     Response *r = (Response *)type->tp_alloc(type, 0);
     if (r == NULL)
         return NULL;
@@ -629,10 +633,13 @@ static PyObject *Response_feed(Response *r, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_RuntimeError, "feed after the response ended");
         return NULL;
     }
+    int draining = PyObject_IsTrue(args[1]);
+    if (draining < 0)
+        return NULL;
     Py_buffer buf;
     if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0)
         return NULL;
-    r->draining = PyObject_IsTrue(args[1]) == 1;
+    r->draining = draining;
     int code = run(r, buf.buf, (size_t)buf.len);
     PyBuffer_Release(&buf);
     if (r->c->headers_done && !r->fallback && r->raw != NULL) {
@@ -763,6 +770,7 @@ static PyObject *init(PyObject *self, PyObject *arg)
     }
 #define SYM(var, name) \
     if ((*(void **)&var = dlsym(h, name)) == NULL) { \
+        p_init = NULL;          /* the others may be missing: nothing is usable */ \
         PyErr_Format(PyExc_ImportError, "llhttp symbol %s missing", name); \
         return NULL; \
     }

@@ -24,3 +24,47 @@ def test_the_c_heads_load_on_this_build():
     # CPython 3.11 with httptools 0.9 (pyproject.toml's pin): the module is
     # built by `pip install -e .` and must pass its ABI self-test.
     assert probe(SHOAL_NATIVE="1") == "True"
+
+
+MISUSE = """
+from shoal.waypoint.native import _h1
+for call in (lambda: _h1.Response(True, True), lambda: _h1.parse_request(b"GET / HTTP/1.1\\r\\n\\r\\n")):
+    try:
+        call()
+    except RuntimeError as e:
+        print("refused:", e)
+try:
+    _h1.init("/nonexistent/parser.so")
+except ImportError:
+    print("init failed")
+"""
+
+
+def test_the_module_refuses_work_until_llhttp_is_bound():
+    """Used without a successful init() (h1native.py never does), it raises;
+    it never calls through a NULL llhttp pointer."""
+    out = subprocess.run([sys.executable, "-c", MISUSE], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["refused: init() has not succeeded"] * 2 + ["init failed"]
+
+
+def test_an_exception_from_the_draining_flag_propagates():
+    from shoal.waypoint.h1native import native
+    if native is None:
+        return
+
+    class Bad:
+        def __bool__(self):
+            raise ZeroDivisionError
+
+    r = native.Response(True, True)
+    try:
+        r.feed(b"HTTP/1.1 200 OK\r\n", Bad())
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("feed swallowed the exception")
+    # Nothing of the refused read was taken.
+    assert r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False)[1] == \
+        native.HEAD | native.DONE
