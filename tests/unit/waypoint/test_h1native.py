@@ -15,6 +15,8 @@ import random
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from shoal.waypoint.h1framing import ResponseFramer
 from shoal.waypoint.h1native import native
@@ -395,3 +397,64 @@ def test_no_references_or_memory_kept():
     # None is shared by everything running (tracemalloc's snapshots move
     # it by a few hundred): only a per-call loss (over 10,000 here) shows.
     assert abs(sys.getrefcount(None) - nones) < 1000
+
+
+# -- generated heads (hypothesis) --------------------------------------------------
+# Heads built from the pieces smuggling and parser differentials are made
+# of: framing headers repeated or misspelt, separators and line ends of
+# every kind, hostile bytes in names, values, targets and reasons.
+
+PROPERTY_EXAMPLES = 150
+
+_BYTES = hs.sampled_from([b"\x00", b"\r", b"\n", b" ", b"\t", b"\x0b", b"\x7f", b"\x80", b"\xa0",
+                          b"\xff", b",", b";", b":", b"=", b"0", b"1", b"9", b"a", b"Z", b"-"])
+_NAMES = hs.sampled_from([b"Host", b"host", b"Content-Length", b"content-length",
+                          b"Transfer-Encoding", b"Connection", b"Upgrade", b"Expect", b"TE",
+                          b"Keep-Alive", b"Proxy-Connection", b"Trailer", b"X-A", b"Content-Length ",
+                          b"Transfer_Encoding", b" Host", b"X\x00", b""])
+_VALUES = hs.sampled_from([b"0", b"00", b"5", b" 0 ", b"0, 0", b"+0", b"-1", b"chunked",
+                           b"gzip, chunked", b"chunked, gzip", b"CHUNKED", b"close", b"keep-alive",
+                           b"upgrade", b"Upgrade, X-A", b"websocket", b"100-continue", b"a",
+                           b"", b"caf\xe9", b"0000000000000000000000", b"18446744073709551616"])
+_VALUE = hs.lists(hs.one_of(_VALUES, _BYTES), max_size=3).map(b"".join)
+_EOL = hs.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n "])
+_SEP = hs.sampled_from([b": ", b":", b" : ", b":\t", b"::"])
+_HEADER = hs.tuples(_NAMES, _SEP, _VALUE, _EOL).map(b"".join)
+
+
+@hs.composite
+def request_heads(draw) -> bytes:
+    method = draw(hs.sampled_from([b"GET", b"POST", b"HEAD", b"OPTIONS", b"CONNECT", b"PRI",
+                                   b"get", b"DELETE", b"G\x00T"]))
+    target = draw(hs.sampled_from([b"/", b"*", b"/a?b#c", b"http://h/p", b"h:443", b"//x",
+                                   b"/\x7f", b"/a b", b""]))
+    version = draw(hs.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/0.9",
+                                    b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 "]))
+    head = method + draw(hs.sampled_from([b" ", b"  ", b"\t"])) + target + b" " + version
+    head += draw(_EOL) + b"".join(draw(hs.lists(_HEADER, max_size=6))) + draw(_EOL)
+    return head + draw(hs.sampled_from([b"", b"", b"0\r\n\r\n", b"G", b"\r\n", b"abc"]))
+
+
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
+@given(request_heads())
+def test_generated_request_heads_agree_with_python(data):
+    check_request(data)
+
+
+@hs.composite
+def response_heads(draw) -> bytes:
+    status = draw(hs.sampled_from([b"200", b"201", b"206", b"404", b"503", b"999", b"100",
+                                   b"101", b"204", b"304", b"20", b"2000", b"abc"]))
+    reason = draw(hs.sampled_from([b" OK", b" ", b"", b" caf\xe9", b" a\tb", b" \x00",
+                                   b" \x7f"]))
+    version = draw(hs.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2"]))
+    head = version + b" " + status + reason + draw(_EOL)
+    head += b"".join(draw(hs.lists(_HEADER, max_size=6))) + draw(_EOL)
+    return head + draw(hs.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n",
+                                        b"0\r\nX: 1\r\n\r\n", b"zz\r\n", b"ok\r\n", b"x" * 70]))
+
+
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
+@given(response_heads(), hs.integers(min_value=0), hs.sampled_from(CLIENTS))
+def test_generated_responses_agree_with_python_at_a_split(data, at, client):
+    check_response(reads_of(data, at % (len(data) + 1)), client)
