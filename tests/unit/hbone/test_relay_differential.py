@@ -186,6 +186,19 @@ class Run:
         self.s_tcp.out.clear()
         self.raw_client = self.client.sslobj
 
+    def relay_objects(self) -> list:
+        """What the C receive path (TlsPump, Relay.feed) touches on the
+        first piped tunnel, for the leak tests."""
+        conn, core = self.conn, self.conn.core
+        h2 = core._h2
+        hs, end = self.streams[0], self.ends[0]
+        return [conn, core, h2, h2.guard, h2._inbound_flow_control_window_manager,
+                h2.streams[1], h2.streams[1]._inbound_window_manager, h2.incoming_buffer,
+                hs, hs._sink, hs._sink.native_target, end, end.transport, self.pushed[0],
+                conn.streams, core._streams, h2.streams, core._streams[1], self.server._relay,
+                self.s_tcp.protocol, self.server._chan,
+                ConnectionState.SERVER_OPEN, StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL]
+
     def close(self) -> None:
         for end in self.ends:
             if end.transport is not None:
@@ -581,15 +594,7 @@ async def test_relay_leaks_no_references_or_memory(monkeypatch):
     run = Run(True, HboneSettings())
     await run.start(monkeypatch)
     try:
-        conn, core = run.conn, run.conn.core
-        h2 = core._h2
-        hs, end = run.streams[0], run.ends[0]
-        objs = [conn, core, h2, h2.guard, h2._inbound_flow_control_window_manager,
-                h2.streams[1], h2.streams[1]._inbound_window_manager, h2.incoming_buffer,
-                hs, hs._sink, hs._sink.native_target, end, end.transport, run.pushed[0],
-                conn.streams, core._streams, h2.streams, core._streams[1], run.server._relay,
-                run.s_tcp.protocol, run.server._chan,
-                ConnectionState.SERVER_OPEN, StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL]
+        objs = run.relay_objects()
 
         def batch():
             run.write([data(1, 64, fill=i) for i in range(200)], [])

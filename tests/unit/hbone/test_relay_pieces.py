@@ -230,13 +230,7 @@ async def test_pieces_leak_no_references_or_memory(monkeypatch):
     run = Run(True, HboneSettings())
     await run.start(monkeypatch)
     try:
-        conn, core = run.conn, run.conn.core
-        h2 = core._h2
-        hs, end = run.streams[0], run.ends[0]
-        objs = [conn, core, h2, h2.guard, h2._inbound_flow_control_window_manager,
-                h2.streams[1], h2.streams[1]._inbound_window_manager, h2.incoming_buffer,
-                hs, hs._sink, hs._sink.native_target, end, end.transport, run.pushed[0],
-                conn.streams, core._streams, h2.streams, core._streams[1], run.server._relay]
+        objs = run.relay_objects()
         # (no more per batch than a socket pair's buffer holds: the batch
         # reads the socket without running the loop)
         frames = [data(1, 40 * KB, fill=i) for i in range(3)]
