@@ -28,15 +28,20 @@ def test_the_c_heads_load_on_this_build():
 
 MISUSE = """
 from shoal.waypoint.native import _h1
-for call in (lambda: _h1.Response(True, True), lambda: _h1.parse_request(b"GET / HTTP/1.1\\r\\n\\r\\n")):
+def refused():
+    for call in (lambda: _h1.Response(True, True),
+                 lambda: _h1.parse_request(b"GET / HTTP/1.1\\r\\n\\r\\n")):
+        try:
+            call()
+        except RuntimeError as e:
+            print("refused:", e)
+refused()
+for path in ("/nonexistent/parser.so", _h1.__file__):    # absent; no llhttp in it
     try:
-        call()
-    except RuntimeError as e:
-        print("refused:", e)
-try:
-    _h1.init("/nonexistent/parser.so")
-except ImportError:
-    print("init failed")
+        _h1.init(path)
+    except ImportError:
+        print("init failed")
+refused()
 """
 
 
@@ -46,7 +51,20 @@ def test_the_module_refuses_work_until_llhttp_is_bound():
     out = subprocess.run([sys.executable, "-c", MISUSE], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["refused: init() has not succeeded"] * 2 + ["init failed"]
+    refused = ["refused: init() has not succeeded"] * 2
+    assert out.stdout.splitlines() == refused + ["init failed"] * 2 + refused
+
+
+def test_another_httptools_release_falls_back_with_a_warning():
+    """Its llhttp may lay out its structs otherwise: the Python parsers
+    serve, and the log says why."""
+    code = ("import httptools; httptools.__version__ = '0.10.0'\n"
+            "from shoal.waypoint.h1native import native; print(native is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "True"
+    assert "httptools 0.10.0 is not a verified release" in out.stderr
+    assert "using the pure-Python one" in out.stderr
 
 
 def test_an_exception_from_the_draining_flag_propagates():
