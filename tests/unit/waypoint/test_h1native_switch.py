@@ -61,7 +61,7 @@ def test_another_httptools_release_falls_back_with_a_warning():
     code = ("import httptools; httptools.__version__ = '0.10.0'\n"
             "from shoal.waypoint.h1native import native; print(native is None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+                         env={**os.environ, "SHOAL_NATIVE": "1"}, timeout=60, check=True)
     assert out.stdout.strip() == "True"
     assert "httptools 0.10.0 is not a verified release" in out.stderr
     assert "using the pure-Python one" in out.stderr
