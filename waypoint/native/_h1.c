@@ -44,9 +44,11 @@
 /* Slots reserved for llhttp_settings_t (llhttp 9 has 25 callbacks); the
  * extra ones stay NULL should a later version append callbacks. */
 #define SETTINGS_SLOTS 64
-/* Longest response head kept for the Python parser before it is complete:
- * http1.MAX_INCOMPLETE_HEAD_BYTES bounds the Python side the same way. */
-#define MAX_RAW_HEAD (2 * 60 * 1024 + 64 * 1024)
+/* Most response head bytes kept while the head is incomplete. Each read
+ * parses them all again (run()), so a head dribbled in small reads costs
+ * the square of this: past it the incremental Python parser takes over.
+ * 16 KiB holds typical heads whole; larger split ones are rare. */
+#define MAX_RAW_HEAD (16 * 1024)
 /* Header spans of one head: http1.MAX_HEADER_COUNT (100) plus one, so the
  * header past the limit is seen and refused. */
 #define MAX_SPANS 128

@@ -26,7 +26,7 @@ from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
 
-# Above _h1.c's MAX_RAW_HEAD (184 KiB), below a 256 KiB socket read.
+# Above _h1.c's MAX_RAW_HEAD (16 KiB), below a 256 KiB socket read.
 LARGE_BODY = 200 * 1024
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -342,6 +342,21 @@ def test_a_head_that_never_completes_goes_to_python_with_every_byte():
     assert r.raw == b"".join(sent[:i + 1])
 
 
+def test_a_head_dribbled_in_small_reads_goes_to_python_early():
+    """C parses a split head again from its start at every read: a hostile
+    upstream sending a long head a few bytes per read would cost the square
+    of its length. Past 16 KiB kept the incremental Python parser takes it."""
+    r = native.Response(True, True)
+    head = b"HTTP/1.1 200 OK\r\nX: " + b"v" * 60000
+    for at in range(0, len(head), 64):
+        out, code = r.feed(head[at:at + 64], False)
+        if code & native.FALLBACK:
+            break
+    assert code == native.FALLBACK and out == b""
+    assert 16 * 1024 < len(r.raw) <= 16 * 1024 + 64
+    assert r.raw == head[:len(r.raw)]
+
+
 def test_cut_after_the_head_writes_nothing_of_that_read():
     r = native.Response(True, True)
     out, code = r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", False)
