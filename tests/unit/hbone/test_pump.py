@@ -335,7 +335,9 @@ class TcpRun(Run):
 # Sends stay small (one segment on loopback, so chunking is the same in both
 # runs) and their total under READ_HIGH_WATER (the mark is the scripted
 # test's: where a pause falls would depend on the kernel's chunking).
-SEND = st.tuples(st.just("send"), st.integers(1, 16 * KB))
+# (hypothesis draws mostly small integers: large sizes are also named)
+SEND = st.tuples(st.just("send"), st.one_of(st.integers(1, 16 * KB),
+                                            st.sampled_from((4 * KB, 9 * KB, 16 * KB))))
 STEP = st.one_of(
     SEND, SEND,
     st.tuples(st.just("mode"), st.sampled_from(["take", "refuse"])),
