@@ -40,7 +40,8 @@ MAX_HEADER_COUNT = 100
 MAX_REQUEST_LINE = 16 * 1024
 # Memory backstop for a head that never completes (a header line without
 # end is buffered inside llhttp before any callback): at most this many raw
-# bytes may arrive while one head is incomplete.
+# bytes may arrive while one head is incomplete (a request's or an
+# upstream response's).
 MAX_INCOMPLETE_HEAD_BYTES = 2 * MAX_HEADER_BYTES + 64 * 1024
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
@@ -244,7 +245,8 @@ class H1ResponseParser:
     """
 
     __slots__ = ("_parser", "_events", "_headers", "_head_bytes", "_no_body", "_done",
-                 "_chunked", "_clen", "_reason", "_head_seen", "_trailers", "upgraded", "clean")
+                 "_chunked", "_clen", "_reason", "_head_seen", "_trailers", "_incomplete",
+                 "upgraded", "clean")
 
     def __init__(self, request_method: str = "GET") -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -258,6 +260,7 @@ class H1ResponseParser:
         self._reason = ""
         self._head_seen = False
         self._trailers = -1        # trailer fields seen (-1: still in the head)
+        self._incomplete = 0       # bytes received while the head is incomplete
         self.upgraded = b""
         # False once bytes arrive after the response ended (e.g. a body sent
         # with a 204): the connection must not be reused.
@@ -278,6 +281,11 @@ class H1ResponseParser:
         try:
             if data:
                 self._parser.feed_data(data)
+                if self._trailers < 0:
+                    # httptools holds a header until it ends: as H1Server.
+                    self._incomplete += len(data)
+                    if self._incomplete > MAX_INCOMPLETE_HEAD_BYTES:
+                        raise _Limit(502, "upstream response head too large")
         except httptools.HttpParserUpgrade as up:
             offset = up.args[0] if up.args else len(data)
             self.upgraded = bytes(data[offset:])
@@ -337,6 +345,7 @@ class H1ResponseParser:
         p = self._parser
         status = p.get_status_code()
         self._trailers = 0
+        self._incomplete = 0
         head = ResponseHead(status=status, headers=self._headers, reason=self._reason)
         self._events.append(ResponseReceived(
             head=head, http_version=p.get_http_version(), keep_alive=p.should_keep_alive(),

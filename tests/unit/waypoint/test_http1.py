@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from shoal.waypoint import http1
 from shoal.waypoint.http1 import (LAST_CHUNK, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_REQUEST_LINE,
                             BodyReceived, H1ResponseParser, H1Server, MessageEnded,
                             ProtocolFailed, RequestReceived, ResponseReceived, TunnelData,
@@ -284,3 +285,28 @@ def test_trailers_count_against_the_header_limit():
     p.receive_data(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n")
     with pytest.raises(ValueError):
         p.receive_data(b"".join(b"t%d: v\r\n" % i for i in range(MAX_HEADER_COUNT)) + b"\r\n")
+
+
+def test_response_head_that_never_ends_is_refused_at_the_memory_bound():
+    """An upstream sending one endless header value: httptools holds the
+    value until it ends, so the bytes of an incomplete head are bounded as
+    for requests (MAX_INCOMPLETE_HEAD_BYTES), and the caller answers 502."""
+    p = H1ResponseParser("GET")
+    start = b"HTTP/1.1 200 OK\r\nX: "
+    p.receive_data(start)
+    sent = len(start)
+    with pytest.raises(ValueError, match="too large"):
+        while sent <= 2 * http1.MAX_INCOMPLETE_HEAD_BYTES:
+            sent += 4096
+            p.receive_data(b"v" * 4096)
+    assert http1.MAX_INCOMPLETE_HEAD_BYTES < sent <= http1.MAX_INCOMPLETE_HEAD_BYTES + 4096
+
+
+def test_response_bound_counts_only_the_head():
+    """A body, however long, and heads that do end are not held to it."""
+    p = H1ResponseParser("GET")
+    p.receive_data(b"HTTP/1.1 100 Continue\r\n\r\n")
+    p.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
+    for _ in range(256):
+        p.receive_data(b"b" * 4096)
+    assert p.clean
