@@ -130,8 +130,10 @@ class Run:
         self.app.close()
 
 
-async def run_script(pump: bool, kind, ops):
-    run = Run(pump, kind)
+async def run_script(pump: bool, kind, ops, rig=None):
+    """Each op of `ops` on a fresh `rig` (Run, or TcpRun for a real TCP
+    connection); the end's state after every step."""
+    run = (rig or Run)(pump, kind)
     await run.start()
     try:
         snaps = []
@@ -347,19 +349,6 @@ STEP = st.one_of(
 LAST = st.tuples(st.sampled_from(["peer_close", "peer_reset", "abort", "fail"]), st.none())
 
 
-async def run_tcp_script(pump: bool, kind, ops):
-    run = TcpRun(pump, kind)
-    await run.start()
-    try:
-        snaps = []
-        for op in ops:
-            await run.do(op)
-            snaps.append(run.snapshot())
-        return snaps
-    finally:
-        run.close()
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loop=st.sampled_from(sorted(LOOPS)), kind=st.sampled_from([TcpEnd, CountingEnd]),
        steps=st.lists(STEP, max_size=12), last=st.lists(LAST, max_size=1),
@@ -371,7 +360,7 @@ def test_drawn_scripts_on_tcp_same_as_python(loop, kind, steps, last, reads_afte
     ops = steps + last + ([("read", 64 * KB)] * 2 if reads_after else [])
     assert sum(arg for op, arg in ops if op == "send") < READ_HIGH_WATER
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        native = runner.run(run_tcp_script(True, kind, ops))
-        python = runner.run(run_tcp_script(False, kind, ops))
+        native = runner.run(run_script(True, kind, ops, TcpRun))
+        python = runner.run(run_script(False, kind, ops, TcpRun))
     for i, (n, p) in enumerate(zip(native, python)):
         assert n == p, f"step {i} {ops[i]}: {sorted(k for k in n if n[k] != p[k])} differ"
