@@ -160,6 +160,12 @@ def access_lines(written: list[bytes]) -> list[dict]:
     return [json.loads(line) for chunk in written for line in chunk.splitlines()]
 
 
+def flushed_access_lines(wp, written: list[bytes]) -> list[dict]:
+    """`access_lines(written)` once the waypoint has flushed its telemetry."""
+    wp.app.proxy.telemetry.flush()
+    return access_lines(written)
+
+
 def capture_access_log(wp) -> list[bytes]:
     """Send the running waypoint's access log into a list (read it with
     `access_lines` after `wp.app.proxy.telemetry.flush()`)."""
@@ -199,31 +205,24 @@ class ThreadedBackend:
     def serve(self, conn: socket.socket) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-class CutBackend:
-    """A backend (usable as one in `Mesh.service`) that announces 1000 body
-    bytes, sends 10 and closes: an upstream cut mid-body."""
-
-    host, name = "127.0.0.1", "v1"
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((self.host, 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+    @staticmethod
+    def request_heads(conn: socket.socket):
+        """Each request head (without its blank line) the peer sends on
+        `conn`, bodyless requests assumed, until it closes."""
+        buf = b""
+        while data := conn.recv(65536):
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                yield head
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CutBackend(ThreadedBackend):
+    """Announces 1000 body bytes, sends 10 and closes: an upstream cut mid-body."""
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")

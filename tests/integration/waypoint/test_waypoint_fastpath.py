@@ -108,20 +108,12 @@ class _StaleBackend(ThreadedBackend):
         self.requests = 0
 
     def serve(self, conn: socket.socket) -> None:
-        buf, answered = b"", 0
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)
-                self.requests += 1
-                if answered:
-                    return                   # close without answering
-                answered += 1
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                             % (len(self.BODY), self.BODY))
+        for answered, _ in enumerate(self.request_heads(conn)):
+            self.requests += 1
+            if answered:
+                return                       # close without answering
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(self.BODY), self.BODY))
 
 
 async def test_a_stale_pooled_connection_is_replaced_once():

@@ -73,23 +73,16 @@ class ScriptedBackend(ThreadedBackend):
         self.next = 0
 
     def serve(self, conn: socket.socket) -> None:
-        buf = b""
-        while True:
-            data = conn.recv(65536)
-            if not data:
+        for head in self.request_heads(conn):
+            self.received.append(head)
+            _, parts, close = SCRIPT[self.next]
+            self.next += 1
+            for i, part in enumerate(parts):
+                if i:
+                    time.sleep(PART_GAP_S)
+                conn.sendall(part)
+            if close:
                 return
-            buf += data
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                self.received.append(head)
-                _, parts, close = SCRIPT[self.next]
-                self.next += 1
-                for i, part in enumerate(parts):
-                    if i:
-                        time.sleep(PART_GAP_S)
-                    conn.sendall(part)
-                if close:
-                    return
 
 
 def converse(port: int) -> list[bytes]:

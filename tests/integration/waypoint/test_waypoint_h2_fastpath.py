@@ -27,7 +27,7 @@ from shoal.waypoint import h2fastpath
 from shoal.waypoint.fastexchange import FAST_ENV
 from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
-                                         running_waypoint)
+                                         flushed_access_lines, running_waypoint)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -203,8 +203,7 @@ async def test_a_stream_reset_mid_exchange_is_one_dc_record(backends, path, capl
         (after,) = await asyncio.to_thread(c.get, "/after")
 
         def lines():
-            wp.app.proxy.telemetry.flush()
-            return access_lines(written)
+            return flushed_access_lines(wp, written)
         await until(lambda: len(lines()) == 2, what=lambda: f"two access-log lines, got {lines()}")
         got = sorted((f["path"], f["response_flags"]) for f in lines())
         c.close()
@@ -229,8 +228,8 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
         c.close()                         # a reset, not a half-close
 
         def lines():
-            wp.app.proxy.telemetry.flush()
-            return sorted((x["path"], x["response_flags"]) for x in access_lines(written))
+            return sorted((x["path"], x["response_flags"])
+                          for x in flushed_access_lines(wp, written))
         await until(lambda: len(lines()) == 2, what=lambda: f"two records, got {lines()}")
         got = lines()
     assert got == [("/slow/400", "DC"), ("/slow/401", "DC")]
