@@ -31,7 +31,7 @@ NATIVE = Extension("shoal.core.hbone.native._native",
                    sources=["core/hbone/native/_native.c", "core/hbone/native/attrs.c",
                             "core/hbone/native/relay.c", "core/hbone/native/send.c",
                             "core/hbone/native/plain.c", "core/hbone/native/tlspump.c",
-                            "core/hbone/native/channel.c"],
+                            "core/hbone/native/channel.c", "core/hbone/native/flow.c"],
                    depends=["core/hbone/native/_native.h"],
                    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                    libraries=["dl"], optional=True)

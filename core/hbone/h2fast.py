@@ -9,7 +9,10 @@ Four changes, all invisible on the wire (measured in docs/bench/hbone.md):
   the per-request cost of a small-payload tunnel was mostly this;
 - DATA bodies are parsed with one copy instead of two, and large ones are
   decrypted straight into their own buffer (`_FrameBuffer`, `body_buffer`);
-- a DATA frame prints as its length (h2 formats every received frame).
+- a DATA frame prints as its length (h2 formats every received frame);
+- the flow-control windows (both send windows, both inbound WindowManagers)
+  are fields of C structs when the C module loads (core/hbone/native/flow.c),
+  so the C data paths reach them by pointer, not by attribute lookups.
 Pure module: no I/O.
 """
 
@@ -23,9 +26,11 @@ import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection
 from h2.errors import ErrorCodes, _error_code_from_int
-from h2.stream import StreamState
+from h2.exceptions import StreamIDTooLowError
+from h2.stream import H2Stream, StreamState
+from h2.windows import WindowManager
 
 from shoal.core.hbone import fastpath
 from shoal.core.hbone.h2limits import (DEFAULT_LIMITS, MAX_CLOSED_STREAMS, GuardedFrameBuffer,
@@ -60,6 +65,34 @@ DIRECT_BODY_MIN = 32 * 1024
 # once full), so the C module's uninitialised bytearray saves bytearray()'s
 # zero-fill: one pass over every received byte (docs/bench/profiles/).
 _new_body = fastpath.native.body if fastpath.native is not None else bytearray
+
+
+class _PythonFields:
+    """The pure-Python path's stand-in for the C field bases: adds nothing."""
+
+    __slots__ = ()
+
+
+# The C structs that hold the windows (flow.c) when the C module loads; on the
+# pure-Python path the attributes stay in the instance dicts, as in h2.
+_native = fastpath.native
+_WindowBase: Any = _native.Window if _native is not None else _PythonFields
+_StreamBase: Any = _native.StreamWindows if _native is not None else _PythonFields
+_ConnectionBase: Any = _native.ConnectionWindows if _native is not None else _PythonFields
+
+
+class _WindowManager(_WindowBase, WindowManager):
+    """h2's WindowManager; its three counters are C fields (flow.c)."""
+
+
+class _H2Stream(_StreamBase, H2Stream):
+    """h2's stream; its send window and inbound WindowManager are C fields."""
+
+    def __init__(self, stream_id: int, config: H2Configuration, inbound_window_size: int,
+                 outbound_window_size: int) -> None:
+        super().__init__(stream_id, config=config, inbound_window_size=inbound_window_size,
+                         outbound_window_size=outbound_window_size)
+        self._inbound_window_manager = _WindowManager(inbound_window_size)
 
 
 class _FrameBuffer(GuardedFrameBuffer):
@@ -158,7 +191,7 @@ class BoundedH2Connection(H2Connection):
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
 
-class H2ConnectionFast(GuardedH2Connection):
+class H2ConnectionFast(_ConnectionBase, GuardedH2Connection):
     """h2's connection (with shoal's abuse limits, core.hbone.h2limits) with
     DATA frame bodies queued by reference.
 
@@ -175,6 +208,29 @@ class H2ConnectionFast(GuardedH2Connection):
     def __init__(self, config: H2Configuration, *, limits=DEFAULT_LIMITS, **kw) -> None:
         self._chunks: list = []
         super().__init__(config, limits=limits, **kw)
+        # Fresh, as h2 made it (nothing received yet): the same window in C fields.
+        self._inbound_flow_control_window_manager = _WindowManager(
+            max_window_size=self.local_settings.initial_window_size)
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """h2 4.4's _begin_new_stream (h2 is pinned to 4.4.x), making an
+        _H2Stream: the same checks, the same stream, its windows in C fields."""
+        outbound = self._stream_id_is_outbound(stream_id)
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if (stream_id % 2) != int(allowed_ids):
+            raise h2x.ProtocolError("Invalid stream ID for peer.")
+        s = _H2Stream(stream_id, config=self.config,
+                      inbound_window_size=self.local_settings.initial_window_size,
+                      outbound_window_size=self.remote_settings.initial_window_size)
+        s.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = s
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
+        return s
 
     def send_data(self, stream_id, data, end_stream=False, pad_length=None) -> None:
         """h2's send_data; an unpadded DATA frame without END_STREAM that

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import h2.exceptions as h2x
 import hyperframe.frame as hf
@@ -36,6 +36,8 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamClosedBy
+
+from shoal.core.hbone import fastpath
 
 # Stream resets received, as a token bucket: nghttp2's defaults since 1.57
 # (nghttp2_option_set_stream_reset_rate_limit; Node's streamResetBurst/Rate):
@@ -154,7 +156,19 @@ class TokenBucket:
         return True
 
 
-class FloodGuard:
+class _PythonCounters:
+    """The pure-Python path's stand-in for the C counters: adds nothing."""
+
+    __slots__ = ()
+
+
+# data_frames_sent, empty_in_a_row and outbound_control as C fields
+# (core/hbone/native/flow.c) when the C module loads: its data paths count
+# every DATA frame in them by pointer.
+_GuardBase: Any = fastpath.native.GuardCounters if fastpath.native is not None else _PythonCounters
+
+
+class FloodGuard(_GuardBase):
     """Counts what the peer makes us do; raises FloodError past a limit."""
 
     def __init__(self, limits: H2Limits = DEFAULT_LIMITS, *, server: bool,

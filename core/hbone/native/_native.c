@@ -362,7 +362,7 @@ PyMODINIT_FUNC PyInit__native(void)
             || PyModule_AddIntConstant(m, "CLOSED", ST_CLOSED) < 0
             || PyModule_AddIntConstant(m, "FAILED", ST_FAILED) < 0
             || PyModule_AddIntConstant(m, "RECORD", RECORD) < 0
-            || relay_init(m) < 0 || send_init(m) < 0 || plain_init(m) < 0 || tlspump_init(m) < 0
+            || flow_init(m) < 0 || relay_init(m) < 0 || send_init(m) < 0 || plain_init(m) < 0 || tlspump_init(m) < 0
             || channel_init(m) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -71,6 +71,30 @@ int attr_empty(PyObject *o, PyObject *name);    /* 1 len() == 0, 0 not */
 int state_in(PyObject *o, PyObject *states);    /* o.state_machine.state in the tuple */
 int attrs_init(void);
 
+/* flow.c: h2's windows and the FloodGuard's counters as C fields (the
+ * bases of h2fast's and h2limits' classes). The *_fields functions give the
+ * struct of an object of that kind, or NULL if its counters are Python's. */
+typedef struct {
+    PyObject_HEAD
+    long long max_window;     /* WindowManager.max_window_size */
+    long long current;        /* .current_window_size */
+    long long processed;      /* ._bytes_processed */
+} WindowFields;
+typedef struct {
+    PyObject_HEAD
+    long long outbound;       /* outbound_flow_control_window */
+    PyObject *inbound;        /* the inbound WindowManager */
+} FlowFields;
+typedef struct {
+    PyObject_HEAD
+    long long data_frames_sent, empty_in_a_row, outbound_control;
+} GuardFields;
+WindowFields *window_fields(PyObject *o);   /* NULL-safe */
+FlowFields *stream_fields(PyObject *o);
+FlowFields *connection_fields(PyObject *o);
+GuardFields *guard_fields(PyObject *o);
+int flow_init(PyObject *module);
+
 /* relay.c: adds the Relay type to the module; -1 with an exception. */
 int relay_init(PyObject *module);
 

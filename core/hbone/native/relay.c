@@ -69,8 +69,9 @@ typedef struct {
     PyObject *core;           /* its _HboneCore */
     PyObject *h2;             /* its H2ConnectionFast */
     PyObject *fbuf;           /* h2.incoming_buffer */
-    PyObject *conn_wm;        /* h2's connection inbound WindowManager */
+    FlowFields *h2_windows;   /* h2's windows (flow.c): h2 itself */
     PyObject *guard;          /* h2.guard (FloodGuard) */
+    GuardFields *counters;    /* its counters (flow.c): guard itself */
     PyObject *raw;            /* the TCP transport under the TLS */
     PyObject *streams;        /* conn.streams: HboneStream by id */
     PyObject *core_streams;   /* core._streams: _Stream by id */
@@ -93,12 +94,12 @@ typedef struct {
 } Relay;
 
 /* Attribute names, interned once. */
-static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_conn_wm, *s_guard, *s_limits,
+static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_guard, *s_limits,
     *s_max_control, *s_streams, *s_core_streams, *s_dead, *s_draining, *s_goaway,
     *s_state, *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
-    *s_outbound_control, *s_max_frame, *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
+    *s_max_frame, *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
     *s_native_target, *s_transport, *s_can_write, *s_drain_waiter, *s_is_closing,
-    *s_write, *s_cws, *s_maxw, *s_processed, *s_empty, *s_bytes_written,
+    *s_write, *s_cws, *s_bytes_written,
     *s_bytes_received, *s_acknowledge, *s_flush, *s_h2_chunks, *s_data_to_send,
     *s_get_write_buffer_size;
 
@@ -120,9 +121,7 @@ static int conn_ready(Relay *r)
         return -1;
     if (v != 0)
         return 0;
-    if (get_ll(r->guard, s_outbound_control, &v) < 0)
-        return -1;
-    return v <= r->max_control;
+    return r->counters->outbound_control <= r->max_control;
 }
 
 /* h2's WindowManager._maybe_update_window: would processing bring a
@@ -180,10 +179,11 @@ static int list_add(PyObject *list, PyObject *index, long long n)
 }
 
 /* What a frame (or a piece of one) is taken with: new references, released
- * by let_go. */
+ * by let_go; cw and sw are the counters (flow.c) of conn_wm and stream_wm,
+ * h2's inbound WindowManagers, held here in case Python replaces them. */
 typedef struct {
-    PyObject *h2s, *hs, *stream_wm, *target, *t;
-    long long conn_cws, stream_cws;
+    PyObject *h2s, *hs, *conn_wm, *stream_wm, *target, *t;
+    WindowFields *cw, *sw;
 } Take;
 
 static void let_go(Take *k)
@@ -191,6 +191,7 @@ static void let_go(Take *k)
     Py_CLEAR(k->t);
     Py_CLEAR(k->target);
     Py_CLEAR(k->stream_wm);
+    Py_CLEAR(k->conn_wm);
     Py_CLEAR(k->h2s);
     Py_CLEAR(k->hs);
 }
@@ -239,12 +240,16 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
         ok = 0;
     if (ok > 0)
         ok = end_writable(PyTuple_GET_ITEM(k->target, 0), &k->t);
-    if (ok > 0 && (k->stream_wm = PyObject_GetAttr(k->h2s, s_stream_wm)) == NULL)
-        ok = -1;
-    if (ok > 0 && window && (get_ll(r->conn_wm, s_cws, &k->conn_cws) < 0
-                             || get_ll(k->stream_wm, s_cws, &k->stream_cws) < 0))
-        ok = -1;
-    if (ok > 0 && window && (k->conn_cws < n || k->stream_cws < n))
+    /* Windows whose counters are not C's (never made so by h2fast): Python's. */
+    FlowFields *sf = ok > 0 ? stream_fields(k->h2s) : NULL;
+    if (ok > 0 && ((k->sw = window_fields(sf == NULL ? NULL : sf->inbound)) == NULL
+                   || (k->cw = window_fields(r->h2_windows->inbound)) == NULL))
+        ok = 0;
+    if (ok > 0) {
+        k->stream_wm = Py_NewRef(sf->inbound);
+        k->conn_wm = Py_NewRef(r->h2_windows->inbound);
+    }
+    if (ok > 0 && window && (k->cw->current < n || k->sw->current < n))
         ok = 0;                       /* h2 raises FlowControlError: its path */
     if (ok <= 0)
         let_go(k);
@@ -253,14 +258,11 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
 
 /* h2's _open_stream_data for a frame of n bytes: FloodGuard.on_data_payload
  * (the outbound check passed in conn_ready), both windows consumed. */
-static int consume(Relay *r, Take *k, long long n)
+static void consume(Relay *r, Take *k, long long n)
 {
-    long long v;
-    if (get_ll(r->guard, s_empty, &v) < 0 || (v && set_ll(r->guard, s_empty, 0) < 0)
-            || set_ll(r->conn_wm, s_cws, k->conn_cws - n) < 0
-            || set_ll(k->stream_wm, s_cws, k->stream_cws - n) < 0)
-        return -1;
-    return 0;
+    r->counters->empty_in_a_row = 0;
+    k->cw->current -= n;
+    k->sw->current -= n;
 }
 
 /* The sink for `data` (bytes, len n): TcpEnd.write_nowait and core.pipe's
@@ -287,19 +289,15 @@ static int deliver(Relay *r, Take *k, PyObject *data, long long n)
  * stream.open) decide what is counted. */
 static int ack(Relay *r, PyObject *sid, Take *k, long long n, int *flush)
 {
-    long long ccws, scws, cmax, cproc, smax, sproc;
+    WindowFields *cw = k->cw, *sw = k->sw;
     int still = attr_true(r->core, s_dead);
     if (still < 0)
         return -1;
     still = still ? 0 : state_in(k->h2s, r->stream_states);
     if (still < 0)
         return -1;
-    if (get_ll(r->conn_wm, s_cws, &ccws) < 0 || get_ll(r->conn_wm, s_maxw, &cmax) < 0
-            || get_ll(r->conn_wm, s_processed, &cproc) < 0
-            || get_ll(k->stream_wm, s_cws, &scws) < 0 || get_ll(k->stream_wm, s_maxw, &smax) < 0
-            || get_ll(k->stream_wm, s_processed, &sproc) < 0)
-        return -1;
-    if (!still || would_update(ccws, cmax, cproc + n) || would_update(scws, smax, sproc + n)) {
+    if (!still || would_update(cw->current, cw->max_window, cw->processed + n)
+            || would_update(sw->current, sw->max_window, sw->processed + n)) {
         PyObject *size = PyLong_FromLongLong(n);
         if (size == NULL)
             return -1;
@@ -311,8 +309,8 @@ static int ack(Relay *r, PyObject *sid, Take *k, long long n, int *flush)
         *flush = 1;
         return 0;
     }
-    if (set_ll(r->conn_wm, s_processed, cproc + n) < 0 || set_ll(k->stream_wm, s_processed, sproc + n) < 0)
-        return -1;
+    cw->processed += n;
+    sw->processed += n;
     return 0;
 }
 
@@ -327,7 +325,8 @@ static int take_frame(Relay *r, PyObject *sid, const char *payload, long long n,
         return ok;
     PyObject *data = NULL;
     ok = -1;
-    if (consume(r, &k, n) == 0 && (data = PyBytes_FromStringAndSize(payload, (Py_ssize_t)n)) != NULL
+    consume(r, &k, n);
+    if ((data = PyBytes_FromStringAndSize(payload, (Py_ssize_t)n)) != NULL
             && deliver(r, &k, data, n) == 0 && ack(r, sid, &k, n, flush) == 0)
         ok = 1;
     Py_XDECREF(data);
@@ -391,10 +390,8 @@ static int start_part(Relay *r, uint32_t id, const char *payload, long long n, l
     Py_DECREF(sid);
     if (ok <= 0)
         return ok;
-    ok = consume(r, &k, n) == 0 ? 1 : -1;
+    consume(r, &k, n);
     let_go(&k);
-    if (ok < 0)
-        return -1;
     r->part_sid = id;
     r->part_len = r->part_left = n;
     r->parts++;
@@ -410,23 +407,39 @@ static int start_part(Relay *r, uint32_t id, const char *payload, long long n, l
     return ok;
 }
 
+/* wm.current_window_size += n: on its C fields, or on the attributes of a
+ * manager that is not h2fast's. */
+static int window_give_back(PyObject *wm, long long n)
+{
+    WindowFields *w = window_fields(wm);
+    if (w != NULL) {
+        w->current += n;
+        return 0;
+    }
+    if (wm == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "h2 connection without its inbound window");
+        return -1;
+    }
+    return add_ll(wm, s_cws, n);
+}
+
 /* Hand the rest of the frame in pieces to the Python path (see above):
  * r->prefix gets the rest's DATA header. 0, or -1 on error. */
 static int hand_back(Relay *r, int *flush)
 {
-    long long left = r->part_left, done = r->part_len - left, v;
+    long long left = r->part_left, done = r->part_len - left;
     PyObject *sid = PyLong_FromUnsignedLong(r->part_sid), *h2s;
     if (sid == NULL)
         return -1;
     r->part_left = 0;
     int rc = -1;
-    if (get_ll(r->conn_wm, s_cws, &v) < 0 || set_ll(r->conn_wm, s_cws, v + left) < 0)
+    if (window_give_back(r->h2_windows->inbound, left) < 0)
         goto out;
     if ((h2s = PyDict_GetItemWithError(r->h2_streams, sid)) != NULL) {
         Py_INCREF(h2s);
         PyObject *wm = PyObject_GetAttr(h2s, s_stream_wm);
         Py_DECREF(h2s);
-        int bad = wm == NULL || get_ll(wm, s_cws, &v) < 0 || set_ll(wm, s_cws, v + left) < 0;
+        int bad = wm == NULL || window_give_back(wm, left) < 0;
         Py_XDECREF(wm);
         if (bad)
             goto out;
@@ -553,11 +566,8 @@ static int finish(Relay *r, int flush)
     Py_DECREF(size);
     if (queued < 0)
         return -1;
-    int drained = !queued;
-    long long v;
-    if (drained && (get_ll(r->guard, s_outbound_control, &v) < 0
-                    || (v && set_ll(r->guard, s_outbound_control, 0) < 0)))
-        return -1;
+    if (!queued)                    /* FloodGuard.output_drained */
+        r->counters->outbound_control = 0;
     return 0;
 }
 
@@ -802,9 +812,13 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
     KEEP(h2, PyObject_GetAttr(r->core, s_h2));
     KEEP(h2_streams, PyObject_GetAttr(r->h2, s_streams));
     KEEP(fbuf, PyObject_GetAttr(r->h2, s_incoming_buffer));
-    KEEP(conn_wm, PyObject_GetAttr(r->h2, s_conn_wm));
     KEEP(guard, PyObject_GetAttr(r->h2, s_guard));
 #undef KEEP
+    if ((r->h2_windows = connection_fields(r->h2)) == NULL
+            || (r->counters = guard_fields(r->guard)) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Relay needs h2fast's connection (its windows in C)");
+        return -1;
+    }
     PyObject *limit = getattr_chain(r->guard, s_limits, s_max_control);
     if (limit == NULL)
         return -1;
@@ -823,7 +837,7 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
 static int relay_traverse(Relay *r, visitproc visit, void *arg)
 {
     Py_VISIT(r->sslsock); Py_VISIT(r->conn); Py_VISIT(r->core); Py_VISIT(r->h2);
-    Py_VISIT(r->fbuf); Py_VISIT(r->conn_wm); Py_VISIT(r->guard); Py_VISIT(r->raw);
+    Py_VISIT(r->fbuf); Py_VISIT(r->guard); Py_VISIT(r->raw);
     Py_VISIT(r->streams); Py_VISIT(r->core_streams); Py_VISIT(r->h2_streams);
     Py_VISIT(r->conn_states); Py_VISIT(r->stream_states); Py_VISIT(r->closed);
     return 0;
@@ -832,7 +846,7 @@ static int relay_traverse(Relay *r, visitproc visit, void *arg)
 static int relay_clear(Relay *r)
 {
     Py_CLEAR(r->sslsock); Py_CLEAR(r->conn); Py_CLEAR(r->core); Py_CLEAR(r->h2);
-    Py_CLEAR(r->fbuf); Py_CLEAR(r->conn_wm); Py_CLEAR(r->guard); Py_CLEAR(r->raw);
+    Py_CLEAR(r->fbuf); Py_CLEAR(r->guard); Py_CLEAR(r->raw);
     Py_CLEAR(r->streams); Py_CLEAR(r->core_streams); Py_CLEAR(r->h2_streams);
     Py_CLEAR(r->conn_states); Py_CLEAR(r->stream_states); Py_CLEAR(r->closed);
     return 0;
@@ -891,20 +905,19 @@ int relay_init(PyObject *module)
         return -1;
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_core, "core") NAME(s_h2, "_h2") NAME(s_incoming_buffer, "incoming_buffer")
-    NAME(s_conn_wm, "_inbound_flow_control_window_manager") NAME(s_guard, "guard")
+    NAME(s_guard, "guard")
     NAME(s_limits, "limits") NAME(s_max_control, "max_outbound_control_frames")
     NAME(s_streams, "streams") NAME(s_core_streams, "_streams") NAME(s_dead, "dead")
     NAME(s_draining, "draining") NAME(s_goaway, "goaway_received")
     NAME(s_state, "state") NAME(s_data, "_data")
     NAME(s_body, "_body") NAME(s_headers_buffer, "_headers_buffer")
-    NAME(s_preamble_len, "_preamble_len") NAME(s_outbound_control, "outbound_control")
+    NAME(s_preamble_len, "_preamble_len")
     NAME(s_max_frame, "max_inbound_frame_size") NAME(s_ecl, "_expected_content_length")
     NAME(s_stream_wm, "_inbound_window_manager") NAME(s_sink, "_sink")
     NAME(s_chunks, "_chunks") NAME(s_native_target, "native_target")
     NAME(s_transport, "transport") NAME(s_can_write, "_can_write")
     NAME(s_drain_waiter, "_drain_waiter") NAME(s_is_closing, "is_closing")
-    NAME(s_write, "write") NAME(s_cws, "current_window_size") NAME(s_maxw, "max_window_size")
-    NAME(s_processed, "_bytes_processed") NAME(s_empty, "empty_in_a_row")
+    NAME(s_write, "write") NAME(s_cws, "current_window_size")
     NAME(s_bytes_written, "bytes_written") NAME(s_bytes_received, "bytes_received")
     NAME(s_acknowledge, "acknowledge") NAME(s_flush, "flush") NAME(s_h2_chunks, "_chunks")
     NAME(s_data_to_send, "_data_to_send") NAME(s_get_write_buffer_size, "get_write_buffer_size")

@@ -49,7 +49,9 @@ typedef struct {
     PyObject *conn;           /* HboneConnection */
     PyObject *core;           /* its _HboneCore */
     PyObject *h2;             /* its H2ConnectionFast */
+    FlowFields *h2_windows;   /* its windows (flow.c): h2 itself */
     PyObject *guard;          /* h2.guard */
+    GuardFields *counters;    /* its counters (flow.c): guard itself */
     PyObject *can_write;      /* conn.can_write (asyncio.Event) */
     PyObject *core_streams;   /* core._streams */
     PyObject *h2_streams;     /* h2.streams */
@@ -62,9 +64,9 @@ typedef struct {
 } Sender;
 
 static PyObject *s_writing, *s_error, *s_value, *s_dead, *s_state, *s_local_ended,
-    *s_conn_window, *s_stream_window, *s_max_frame, *s_h2_chunks, *s_data_to_send,
+    *s_max_frame, *s_h2_chunks, *s_data_to_send,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
-    *s_data_frames_sent, *s_bytes_sent, *s_outbound_control, *s_core, *s_h2, *s_guard,
+    *s_bytes_sent, *s_core, *s_h2, *s_guard,
     *s_can_write, *s_streams, *s_core_streams, *s_stream_id;
 
 static int call_true(PyObject *o, PyObject *method)
@@ -81,8 +83,9 @@ static int call_true(PyObject *o, PyObject *method)
 #define CHECK_NOT(expr) do { int _c = (expr); if (_c != 0) return _c < 0 ? -1 : 0; } while (0)
 
 /* May `n` bytes go out here (see the header)? 1 yes, 0 no, -1 error;
- * on yes *h2s is the h2 stream (new reference) and the windows are read. */
-static int can_send(Sender *s, long long n, PyObject **h2s, long long *cw, long long *sw)
+ * on yes *h2s is the h2 stream (new reference) and *sw its windows (flow.c;
+ * a stream whose windows are not C's is the Python path's). */
+static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
 {
     long long max_frame;
     CHECK_NOT(attr_true(s->stream, s_writing));
@@ -102,9 +105,9 @@ static int can_send(Sender *s, long long n, PyObject **h2s, long long *cw, long 
     CHECK(state_in(s->h2, s->conn_states));
     CHECK(attr_empty(s->h2, s_h2_chunks));
     CHECK(attr_empty(s->h2, s_data_to_send));
-    if (get_ll(s->h2, s_max_frame, &max_frame) < 0 || get_ll(s->h2, s_conn_window, cw) < 0)
+    if (get_ll(s->h2, s_max_frame, &max_frame) < 0)
         return -1;
-    if (n > max_frame || n > s->send_max || n > *cw)
+    if (n > max_frame || n > s->send_max || n > s->h2_windows->outbound)
         return 0;
     CHECK_NOT(attr_true(s->tls, s_closing));
     CHECK_NOT(call_true(s->raw, s_is_closing));
@@ -112,9 +115,7 @@ static int can_send(Sender *s, long long n, PyObject **h2s, long long *cw, long 
     if (st == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int ok = state_in(st, s->stream_states);
-    if (ok > 0 && get_ll(st, s_stream_window, sw) < 0)
-        ok = -1;
-    if (ok > 0 && n > *sw)
+    if (ok > 0 && ((*sw = stream_fields(st)) == NULL || n > (*sw)->outbound))
         ok = 0;
     if (ok > 0) {
         Py_INCREF(st);
@@ -167,11 +168,8 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
     Py_DECREF(size);
     if (queued < 0)
         return -1;
-    int drained = !queued;
-    long long v;
-    if (drained && (get_ll(s->guard, s_outbound_control, &v) < 0
-                    || (v && set_ll(s->guard, s_outbound_control, 0) < 0)))
-        return -1;
+    if (!queued)                    /* FloodGuard.output_drained */
+        s->counters->outbound_control = 0;
     return 0;
 }
 
@@ -186,19 +184,21 @@ static PyObject *sender_push(Sender *s, PyObject *data)
         return NULL;
     }
     PyObject *h2s = NULL;
-    long long cw = 0, sw = 0, n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
+    FlowFields *sw = NULL;
+    long long n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
     SSL *ssl = ssl_of(s->sslsock);
     if (ssl == NULL)
         return NULL;
-    int ok = n > 0 ? can_send(s, n, &h2s, &cw, &sw) : 0;
+    int ok = n > 0 ? can_send(s, n, &h2s, &sw) : 0;
     if (ok < 0)
         return NULL;
     if (ok == 0)
         return PyObject_CallOneArg(s->fallback, data);
     /* _HboneCore.send_data → H2ConnectionFast.send_data's fast path. */
-    int failed = set_ll(s->h2, s_conn_window, cw - n) < 0 || set_ll(h2s, s_stream_window, sw - n) < 0
-                 || add_ll(s->guard, s_data_frames_sent, 1) < 0
-                 || add_ll(s->stream, s_bytes_sent, n) < 0
+    s->h2_windows->outbound -= n;
+    sw->outbound -= n;
+    s->counters->data_frames_sent++;    /* WINDOW_UPDATE credit */
+    int failed = add_ll(s->stream, s_bytes_sent, n) < 0
                  || send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
     Py_DECREF(h2s);
     if (failed)
@@ -264,6 +264,11 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     KEEP(guard, PyObject_GetAttr(s->h2, s_guard));
     KEEP(conn, Py_NewRef(conn));
 #undef KEEP
+    if ((s->h2_windows = connection_fields(s->h2)) == NULL
+            || (s->counters = guard_fields(s->guard)) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Sender needs h2fast's connection (its windows in C)");
+        return -1;
+    }
     if (!PyDict_Check(s->core_streams) || !PyDict_Check(s->h2_streams)) {
         PyErr_SetString(PyExc_TypeError, "Sender needs the stream tables as dicts");
         return -1;
@@ -327,14 +332,11 @@ int send_init(PyObject *module)
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_writing, "_writing") NAME(s_error, "_error") NAME(s_value, "_value")
     NAME(s_dead, "dead") NAME(s_state, "state") NAME(s_local_ended, "local_ended")
-    NAME(s_conn_window, "outbound_flow_control_window")
-    NAME(s_stream_window, "outbound_flow_control_window")
     NAME(s_max_frame, "max_outbound_frame_size") NAME(s_h2_chunks, "_chunks")
     NAME(s_data_to_send, "_data_to_send") NAME(s_closing, "closing")
     NAME(s_is_closing, "is_closing") NAME(s_write, "write") NAME(s_abort, "abort")
     NAME(s_get_write_buffer_size, "get_write_buffer_size")
-    NAME(s_data_frames_sent, "data_frames_sent") NAME(s_bytes_sent, "bytes_sent")
-    NAME(s_outbound_control, "outbound_control") NAME(s_core, "core") NAME(s_h2, "_h2")
+    NAME(s_bytes_sent, "bytes_sent") NAME(s_core, "core") NAME(s_h2, "_h2")
     NAME(s_guard, "guard") NAME(s_can_write, "can_write") NAME(s_streams, "streams")
     NAME(s_core_streams, "_streams") NAME(s_stream_id, "stream_id")
 #undef NAME

@@ -325,14 +325,19 @@ async def run_script(relay: bool, script, settings, monkeypatch, hooks=None):
         run.close()
 
 
-async def compare(script, monkeypatch, settings=HboneSettings(), hooks=None) -> int:
+async def compare_snaps(script, monkeypatch, settings=HboneSettings(), hooks=None):
+    """Both runs, equal at every step: the frames C relayed and the snapshots."""
     native, frames = await run_script(True, script, settings, monkeypatch, hooks)
     python, none = await run_script(False, script, settings, monkeypatch, hooks)
     assert none == 0
     for i, (n, p) in enumerate(zip(native, python)):
         assert n == p, f"step {i}: {sorted(k for k in n if n[k] != p[k])} differ: " + \
             str({k: (n[k], p[k]) for k in n if n[k] != p[k]})[:2000]
-    return frames
+    return frames, native
+
+
+async def compare(script, monkeypatch, settings=HboneSettings(), hooks=None) -> int:
+    return (await compare_snaps(script, monkeypatch, settings, hooks))[0]
 
 
 def const(*frames: bytes):
@@ -808,3 +813,127 @@ async def test_sender_leaks_no_references_or_memory(monkeypatch):
         assert grown < 64 * KB, f"{grown} bytes still allocated after 2000 pushes"
     finally:
         run.close()
+
+
+# -- flow control at its edges (the windows are C fields: core/hbone/native/flow.c)
+
+def _frames(sid: int, total: int, fill: int = 0x61) -> list[bytes]:
+    """`total` bytes of DATA on `sid` in frames of at most 16 KiB."""
+    out = []
+    while total > 0:
+        n = min(total, 16 * KB)
+        out.append(data(sid, n, fill=fill))
+        total -= n
+    return out
+
+
+# h2's WindowManager sends a WINDOW_UPDATE when the bytes processed reach half
+# the window, or when the window is empty and more than min(1024, window / 4)
+# were processed. With a 65,535-byte stream window the first is at 32,767
+# bytes; with a 100,000-byte connection window of which the unread tunnel
+# (stream 5) holds 65,535, the second is at the last 34,465 bytes.
+SMALL = HboneSettings(stream_window=65_535, connection_window=100_000, max_frame_size=16_384)
+
+
+def _updates(snap, sid: int) -> int:
+    """WINDOW_UPDATE frames for `sid` the server sent in that step."""
+    return sum(1 for f in snap["sent"] if f[3] == WINDOW_UPDATE
+               and int.from_bytes(f[5:9], "big") == sid)
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1])
+async def test_stream_window_update_at_its_threshold(offset, monkeypatch):
+    half = 65_535 // 2
+    script = [(const(*_frames(1, half + offset)), [], False),
+              (const(data(1, 1)), [], False),
+              (const(data(1, 1), data(3, 1)), [], False)]
+    frames, snaps = await compare_snaps(script, monkeypatch, SMALL)
+    assert frames > 0
+    step = max(0, -offset)                  # where the total reaches half the window
+    assert [_updates(s, 1) for s in snaps] == [int(i == step) for i in range(3)]
+
+
+@pytest.mark.parametrize("last", [1, 2, 1024, 1025])
+async def test_connection_window_update_when_empty(last, monkeypatch):
+    """The unread tunnel holds most of the connection window; the piped ones
+    empty it, the last frame exactly: WINDOW_UPDATE (connection) at zero."""
+    rest = 100_000 - 65_535 - 30_000
+    script = [(const(*_frames(5, 65_535)), [], False),
+              (const(*_frames(1, 30_000)), [], False),
+              (const(*_frames(3, rest - last)), [], False),
+              (const(data(3, last)), [], False),
+              (const(data(1, 10)), [], False)]
+    frames, snaps = await compare_snaps(script, monkeypatch, SMALL)
+    assert frames > 0
+    assert [_updates(s, 0) for s in snaps] == [0, 0, 0, 1, 0]
+    assert snaps[3]["conn_window"][0] > 0
+
+
+def _reset_by_server(run):
+    run.streams[0].abort()
+    run.conn.flush()
+    return []
+
+
+async def test_stream_reset_mid_window(monkeypatch):
+    """A tunnel reset by the peer and one reset by the server, each with half
+    its window consumed; DATA for them after the reset, the other tunnel on."""
+    script = [(const(*_frames(1, 30_000), *_frames(3, 30_000)), [], False),
+              (const(frame(RST, 0, 3, struct.pack(">I", 8))), [], False),
+              (_reset_by_server, [], False),
+              (const(data(3, 5000), data(1, 5000), data(1, 100)), [], False),
+              (const(*_frames(3, 10)), [], False)]
+    await compare(script, monkeypatch, SMALL)
+
+
+def _initial_window(size: int):
+    """The server changes SETTINGS_INITIAL_WINDOW_SIZE; the client's ACK
+    makes h2 move every stream's inbound window by the difference."""
+    def build(run):
+        from h2.settings import SettingCodes as codes
+        run.conn.core._h2.update_settings({codes.INITIAL_WINDOW_SIZE: size})
+        run.conn.flush()
+        return [frame(SETTINGS, 0x1, 0)]
+    return build
+
+
+@pytest.mark.parametrize("size", [65_535, 1024 * 1024])
+async def test_initial_window_changed_mid_transfer(size, monkeypatch):
+    settings = HboneSettings(stream_window=200_000, connection_window=2_000_000)
+    script = [(const(*_frames(1, 90_000), *_frames(3, 40_000), *_frames(5, 20_000)), [], False),
+              (_initial_window(size), [], False),
+              (const(*_frames(1, 60_000), *_frames(3, 60_000)), [], False),
+              (const(*_frames(1, 40_000)), [], False)]
+    frames, snaps = await compare_snaps(script, monkeypatch, settings)
+    assert frames > 0
+    assert snaps[0]["h2_streams"][5][1][1] == 200_000        # (state, (current, max, processed))
+    assert snaps[1]["h2_streams"][5][1][1] == size
+
+
+def _unpipe(run):
+    run.streams[0].set_sink(None)
+    return [data(1, 300), data(1, 5000)]
+
+
+def _python_reads(run):
+    """What HboneStream.read's caller does: take the queued chunks, their
+    bytes acknowledged (WINDOW_UPDATEs when due)."""
+    s = run.streams[0]
+    while s._chunks:
+        _, fcl = s._chunks.popleft()
+        s._core.acknowledge(s.stream_id, fcl)
+    run.conn.flush()
+    return [data(1, 7)]
+
+
+async def test_unpipe_then_python_reads(monkeypatch):
+    script = [(const(*_frames(1, 20_000)), [], False),
+              (_unpipe, [], False),
+              (const(*_frames(1, 30_000)), [], False),
+              (_python_reads, [], False),
+              (_python_reads, [], False)]
+    frames, snaps = await compare_snaps(script, monkeypatch, SMALL)
+    assert frames > 0
+    assert len(snaps[2]["queued"][1][0]) > 0                 # unpiped: queued for read()
+    assert _updates(snaps[3], 1) == 1                        # read: its window reopened
+    assert snaps[4]["queued"][1][0] == [data(1, 7)[9:]]     # only what came after the read

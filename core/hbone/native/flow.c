@@ -1,0 +1,147 @@
+/* HTTP/2 flow-control windows and flood-guard counters stored in C structs.
+ *
+ * The C data paths (relay.c, send.c) read and change, per DATA frame, h2's
+ * windows (the connection's and the stream's send windows, both inbound
+ * WindowManagers) and shoal's FloodGuard counters. As Python attributes each
+ * of those is a dict lookup after a type lookup (PyObject_GetAttr, about a
+ * dozen per frame and side: docs/bench/profiles/README.md). Here they are
+ * fields of C structs, the bases of h2fast's subclasses of h2's objects
+ * (_WindowManager, _H2Stream, H2ConnectionFast) and of h2limits.FloodGuard:
+ * Python reads and writes them as before, through member descriptors, and the
+ * C paths through a pointer. One storage, so there is nothing to sync: after
+ * a C step the objects hold exactly what the Python path would have made.
+ *
+ *   Window             max_window_size, current_window_size, _bytes_processed
+ *   StreamWindows      outbound_flow_control_window, _inbound_window_manager
+ *   ConnectionWindows  outbound_flow_control_window,
+ *                      _inbound_flow_control_window_manager
+ *   GuardCounters      data_frames_sent, empty_in_a_row, outbound_control
+ */
+
+#include "_native.h"
+
+#include <stddef.h>
+#include <structmember.h>
+
+static PyMemberDef window_members[] = {
+    {"max_window_size", T_LONGLONG, offsetof(WindowFields, max_window), 0, NULL},
+    {"current_window_size", T_LONGLONG, offsetof(WindowFields, current), 0, NULL},
+    {"_bytes_processed", T_LONGLONG, offsetof(WindowFields, processed), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject WindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.core.hbone.native._native.Window",
+    .tp_doc = "An h2 WindowManager's counters, in C (base of h2fast._WindowManager)",
+    .tp_basicsize = sizeof(WindowFields),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_members = window_members,
+};
+
+static int flow_traverse(FlowFields *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->inbound);
+    return 0;
+}
+
+static int flow_clear(FlowFields *f)
+{
+    Py_CLEAR(f->inbound);
+    return 0;
+}
+
+static void flow_dealloc(FlowFields *f)
+{
+    PyObject_GC_UnTrack(f);
+    flow_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+/* The inbound manager is T_OBJECT_EX: h2 always has one; deleting it makes
+ * reads raise AttributeError, as deleting h2's attribute would. */
+static PyMemberDef stream_members[] = {
+    {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
+    {"_inbound_window_manager", T_OBJECT_EX, offsetof(FlowFields, inbound), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef connection_members[] = {
+    {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
+    {"_inbound_flow_control_window_manager", T_OBJECT_EX, offsetof(FlowFields, inbound), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FLOW_TYPE(var, name, doc, members)                                    \
+    static PyTypeObject var = {                                               \
+        PyVarObject_HEAD_INIT(NULL, 0)                                        \
+        .tp_name = "shoal.core.hbone.native._native." name,                   \
+        .tp_doc = doc,                                                        \
+        .tp_basicsize = sizeof(FlowFields),                                   \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
+        .tp_new = PyType_GenericNew,                                          \
+        .tp_dealloc = (destructor)flow_dealloc,                               \
+        .tp_traverse = (traverseproc)flow_traverse,                           \
+        .tp_clear = (inquiry)flow_clear,                                      \
+        .tp_members = members,                                                \
+    }
+
+FLOW_TYPE(StreamWindowsType, "StreamWindows",
+          "An h2 stream's windows, in C (base of h2fast._H2Stream)", stream_members);
+FLOW_TYPE(ConnectionWindowsType, "ConnectionWindows",
+          "An h2 connection's windows, in C (base of h2fast.H2ConnectionFast)",
+          connection_members);
+
+static PyMemberDef guard_members[] = {
+    {"data_frames_sent", T_LONGLONG, offsetof(GuardFields, data_frames_sent), 0, NULL},
+    {"empty_in_a_row", T_LONGLONG, offsetof(GuardFields, empty_in_a_row), 0, NULL},
+    {"outbound_control", T_LONGLONG, offsetof(GuardFields, outbound_control), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.core.hbone.native._native.GuardCounters",
+    .tp_doc = "A FloodGuard's per-frame counters, in C (base of h2limits.FloodGuard)",
+    .tp_basicsize = sizeof(GuardFields),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_members = guard_members,
+};
+
+WindowFields *window_fields(PyObject *o)
+{
+    return o != NULL && PyObject_TypeCheck(o, &WindowType) ? (WindowFields *)o : NULL;
+}
+
+FlowFields *stream_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &StreamWindowsType) ? (FlowFields *)o : NULL;
+}
+
+FlowFields *connection_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &ConnectionWindowsType) ? (FlowFields *)o : NULL;
+}
+
+GuardFields *guard_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &GuardType) ? (GuardFields *)o : NULL;
+}
+
+int flow_init(PyObject *module)
+{
+    PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &GuardType};
+    const char *names[] = {"Window", "StreamWindows", "ConnectionWindows", "GuardCounters"};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        if (PyType_Ready(types[i]) < 0)
+            return -1;
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(module, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
