@@ -19,7 +19,7 @@ DEB_PROBES := iperf3 stunnel4 haproxy nginx socat h2load nghttpx tinyproxy wrk n
 
 .PHONY: bytecode demo test test-python-path test-unit test-integration test-e2e bench bench-load host-deps venv clean
 
-$(VENV)/.installed: pyproject.toml setup.py cni/native/shoal_cni.c $(wildcard core/hbone/native/*.c core/hbone/native/*.h waypoint/native/*.c)
+$(VENV)/.installed: pyproject.toml setup.py cni/native/shoal_cni.c $(wildcard core/hbone/native/*.c core/hbone/native/*.h waypoint/native/*.c waypoint/native/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,bench]'

@@ -37,7 +37,8 @@ NATIVE = Extension("shoal.core.hbone.native._native",
                    libraries=["dl"], optional=True)
 # The waypoint's HTTP/1.1 heads (waypoint/native/_h1.c; selected in
 # waypoint/h1native.py): optional for the same reason, the Python parsers stay.
-H1 = Extension("shoal.waypoint.native._h1", sources=["waypoint/native/_h1.c"],
+H1 = Extension("shoal.waypoint.native._h1", sources=["waypoint/native/_h1.c", "waypoint/native/plan.c"],
+               depends=["waypoint/native/_h1.h"],
                extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                libraries=["dl"], optional=True)
 CFLAGS = ["-Os", "-Wall", "-Wextra", "-std=c11", "-D_FORTIFY_SOURCE=2"]

@@ -42,6 +42,7 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import (MESSAGE_ENDED, ProtocolFailed, RequestReceived,
                                   serialize_request_head)
 from shoal.waypoint.message import RequestHead
+from shoal.waypoint.planpath import Plan
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.server import H1Session
@@ -111,10 +112,20 @@ class FastSession(TcpEnd):
             # One whole body-less request head in this read (the common
             # keep-alive case): parsed in C. Anything else: None, and the
             # same bytes go to the Python parser below.
-            t = native.parse_request(data)
-            if t is not None:
-                self._native_request(*t)
-                return
+            plans = self.proxy.plans
+            if plans is None:
+                t = native.parse_request(data)
+                if t is not None:
+                    self._native_request(*t)
+                    return
+            else:
+                t = plans.request(data)
+                if t is not None:
+                    if t[0] is None:
+                        self._native_request(*t[1])
+                    else:
+                        self._planned(*t)
+                    return
         s.events.extend(s.parser.receive_data(data))
         if self.exchange is None:
             self._pump()
@@ -189,7 +200,7 @@ class FastSession(TcpEnd):
         self._request(RequestReceived(
             head=RequestHead(method, target, headers, "http", host),
             http_version=version, keep_alive=keep_alive, upgrade=False, chunked=False,
-            content_length=content_length))
+            content_length=content_length), plannable=True)
         if self.mode == _SLOW:
             # The coroutine path reads the request's end from the queue, as
             # after H1Server's RequestReceived.
@@ -197,7 +208,24 @@ class FastSession(TcpEnd):
         elif self.exchange is None:
             self._pump()
 
-    def _request(self, req: RequestReceived) -> None:
+    def _planned(self, plan: Plan, parsed: tuple, head_bytes: bytes, request_id: str,
+                 traceparent: str, parent_span: str) -> None:
+        """A request served from a plan (planpath.py): what Proxy.begin,
+        Proxy.decide and Forwarder.fast_headers would have given, from it
+        and from plan.c (the upstream head and its ids)."""
+        method, target, headers, host, version, keep_alive, content_length = parsed
+        head = RequestHead(method, target, headers, "http", host)
+        req = RequestReceived(head=head, http_version=version, keep_alive=keep_alive,
+                              upgrade=False, chunked=False, content_length=content_length)
+        proxy = self.proxy
+        st = RequestState(down=self.session.down, head=head, t0=proxy.clock())
+        st.authority, st.target, st.route = host, plan.target, plan.route
+        st.backend, st.backend_port = plan.backend, plan.port
+        st.traceparent, st.parent_span, st.request_id = traceparent, parent_span, request_id
+        self.session.busy = True
+        self.exchange = Exchange(self, st, req, plan.eps, None, head_bytes)
+
+    def _request(self, req: RequestReceived, plannable: bool = False) -> None:
         if req.upgrade or req.chunked or req.content_length:
             self._slow(req, None)      # a body or a tunnel: the coroutine path reads it
             return
@@ -219,6 +247,9 @@ class FastSession(TcpEnd):
         if headers is None:
             self._slow(req, (st, d))
             return
+        if plannable and proxy.plans is not None:
+            # Its Host is the one plan.c reads: the key the next such request finds.
+            proxy.plans.install(st, req, d)
         self.session.busy = True
         self.exchange = Exchange(self, st, req, d.eps, d.response_mod,
                                   serialize_request_head(d.out, headers))

@@ -36,6 +36,7 @@ from shoal.waypoint.http1 import RequestReceived
 from shoal.waypoint.lb import ROUND_ROBIN
 from shoal.waypoint.lookups import Lookups, principal_namespace
 from shoal.waypoint.message import RequestHead
+from shoal.waypoint.planpath import PlanCache, plans_enabled
 from shoal.waypoint.request import (NO_HEALTHY_UPSTREAM, NO_ROUTE, RBAC_DENIED, RequestState,
                                     local_reply)
 from shoal.waypoint.routes import NoBackend, RouteInput, pick_backend
@@ -92,6 +93,8 @@ class Proxy:
                                    trace_sampling=trace_sampling)
         self.telemetry = telemetry or Telemetry()
         self.draining = False
+        # Decisions reused by the HTTP/1.1 fast path (planpath.py), or None.
+        self.plans: PlanCache | None = PlanCache(self) if plans_enabled() else None
         self.sessions: weakref.WeakSet = weakref.WeakSet()   # HTTP/1.1 client connections
 
     # -- the pipeline -----------------------------------------------------------

@@ -93,7 +93,7 @@ class RouteTable:
     Build once per routing generation (cheap) and call `select` per request.
     """
 
-    __slots__ = ("_entries", "_routes", "_any_hostnames")
+    __slots__ = ("_entries", "_routes", "_any_hostnames", "reads_headers")
 
     def __init__(self, routes: Sequence[HTTPRoute]):
         entries: list[_Entry] = []
@@ -105,6 +105,9 @@ class RouteTable:
         self._entries = tuple(entries)
         self._routes = tuple(routes)
         self._any_hostnames = any(r.hostnames for r in routes)
+        # Does `select` look at headers or the query (else its answer is a
+        # function of host, method and path: planpath.py caches it)?
+        self.reads_headers = any(e.match.headers or e.match.query_params for e in entries)
 
     def __bool__(self) -> bool:
         return bool(self._entries)

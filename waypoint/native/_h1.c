@@ -32,15 +32,10 @@
  * settings layout and the parser size hold (load.py falls back otherwise).
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <dlfcn.h>
-#include <stdint.h>
-#include <string.h>
+#include "_h1.h"
 
-/* Room reserved for llhttp_t (llhttp 9: about 80 bytes on x86-64); init()
- * measures what llhttp_init really clears and refuses a larger struct. */
-#define LLH_RESERVED 256
+#include <dlfcn.h>
+
 /* Slots reserved for llhttp_settings_t (llhttp 9 has 25 callbacks); the
  * extra ones stay NULL should a later version append callbacks. */
 #define SETTINGS_SLOTS 64
@@ -49,10 +44,6 @@
  * the square of this: past it the incremental Python parser takes over.
  * 16 KiB holds typical heads whole; larger split ones are rare. */
 #define MAX_RAW_HEAD (16 * 1024)
-/* Header spans of one head: http1.MAX_HEADER_COUNT (100) plus one, so the
- * header past the limit is seen and refused. */
-#define MAX_SPANS 128
-
 /* llhttp 9's settings table, by index (llhttp.h, struct llhttp_settings_s). */
 enum { CB_URL = 2, CB_STATUS = 3, CB_METHOD = 4,
        CB_HEADER_FIELD = 6, CB_HEADER_VALUE = 7, CB_HEADERS_COMPLETE = 10,
@@ -81,21 +72,6 @@ static int (*p_status_code)(llhttp_t *);
 static const char *(*p_error_pos)(const llhttp_t *);
 
 static size_t max_header_bytes = 60 * 1024, max_header_count = 100, max_request_line = 16 * 1024;
-
-typedef struct { const char *at; size_t len; } span_t;
-
-/* One parse: the llhttp_t first, so a callback's parser pointer is this. */
-typedef struct {
-    _Alignas(16) unsigned char llh[LLH_RESERVED];
-    span_t url, status, method, field, value;
-    span_t names[MAX_SPANS], values[MAX_SPANS];
-    size_t count, head_bytes;
-    int open;                   /* 1: a field span is open, 2: a value span */
-    int headers_done, message_done, too_big, odd;
-    int keep_alive, upgrade, major, minor, status_code;
-    /* response framing, after the head */
-    struct Response *resp;
-} parse_t;
 
 static void extend(span_t *s, const char *at, size_t len)
 {
@@ -217,7 +193,7 @@ static void reset(parse_t *c, int type, struct Response *resp)
 }
 
 /* ASCII case-insensitive comparison of a span with a lower-case name. */
-static int is(span_t s, const char *name)
+int is(span_t s, const char *name)
 {
     size_t n = strlen(name);
     if (s.len != n)
@@ -239,7 +215,7 @@ static int py_space(unsigned char ch)
            ch == 0x85 || ch == 0xa0;
 }
 
-static span_t strip(span_t s)
+span_t strip(span_t s)
 {
     while (s.len && py_space((unsigned char)s.at[0])) {
         s.at++;
@@ -279,12 +255,73 @@ static int digits(span_t s, unsigned long long *out)
     return 1;
 }
 
-static PyObject *latin1(span_t s)
+PyObject *latin1(span_t s)
 {
     return PyUnicode_DecodeLatin1(s.len ? s.at : "", (Py_ssize_t)s.len, NULL);
 }
 
 /* -- requests ------------------------------------------------------------- */
+
+int one_request(parse_t *c, const char *data, size_t len, span_t *host, int *clen0)
+{
+    reset(c, HTTP_REQUEST, NULL);
+    *clen0 = 0;
+    host->at = NULL;
+    host->len = 0;
+    int err = len ? p_execute((llhttp_t *)c, data, len) : HPE_OK;
+    /* Exactly one whole message, nothing after it. */
+    if (err != HPE_PAUSED || !c->message_done || p_error_pos((llhttp_t *)c) != data + len)
+        return 0;
+    if (c->url.len > max_request_line || c->upgrade || is(c->method, "connect") ||
+        c->major != 1 || c->minor > 1)
+        return 0;
+    for (size_t i = 0; i < c->count; i++) {
+        span_t n = c->names[i];
+        if (is(n, "transfer-encoding"))
+            return 0;           /* a body, or a smuggling attempt: Python's call */
+        if (is(n, "content-length")) {
+            unsigned long long v;
+            if (*clen0 || !digits(c->values[i], &v) || v != 0)
+                return 0;
+            *clen0 = 1;
+        } else if (is(n, "host")) {
+            *host = c->values[i];
+        }
+    }
+    return 1;
+}
+
+PyObject *request_tuple(parse_t *c, span_t host, int clen0)
+{
+    PyObject *clen = clen0 ? PyLong_FromLong(0) : Py_NewRef(Py_None);
+    if (clen == NULL)
+        return NULL;
+    PyObject *headers = PyList_New((Py_ssize_t)c->count);
+    if (headers == NULL) {
+        Py_DECREF(clen);
+        return NULL;
+    }
+    for (size_t i = 0; i < c->count; i++) {
+        PyObject *k = latin1(c->names[i]), *v = k ? latin1(c->values[i]) : NULL;
+        PyObject *t = v ? PyTuple_Pack(2, k, v) : NULL;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (t == NULL) {
+            Py_DECREF(headers);
+            Py_DECREF(clen);
+            return NULL;
+        }
+        PyList_SET_ITEM(headers, (Py_ssize_t)i, t);
+    }
+    return Py_BuildValue("(NNNNsON)", latin1(c->method), latin1(c->url), headers,
+                         latin1(host), c->minor ? "1.1" : "1.0",
+                         c->keep_alive ? Py_True : Py_False, clen);
+}
+
+int llhttp_bound(void)
+{
+    return p_init != NULL;
+}
 
 static PyObject *parse_request(PyObject *self, PyObject *arg)
 {
@@ -297,61 +334,10 @@ static PyObject *parse_request(PyObject *self, PyObject *arg)
         PyBuffer_Release(&buf);
         return PyErr_NoMemory();
     }
-    PyObject *result = NULL;
-    PyObject *clen = NULL;      /* 0 when a Content-Length: 0 came, else None */
-    reset(c, HTTP_REQUEST, NULL);
-    const char *data = buf.buf;
-    size_t len = (size_t)buf.len;
-    int err = len ? p_execute((llhttp_t *)c, data, len) : HPE_OK;
-    /* Exactly one whole message, nothing after it. */
-    if (err != HPE_PAUSED || !c->message_done || p_error_pos((llhttp_t *)c) != data + len)
-        goto none;
-    if (c->url.len > max_request_line || c->upgrade || is(c->method, "connect") ||
-        c->major != 1 || c->minor > 1)
-        goto none;
-    span_t host = {NULL, 0};
-    for (size_t i = 0; i < c->count; i++) {
-        span_t n = c->names[i];
-        if (is(n, "transfer-encoding"))
-            goto none;          /* a body, or a smuggling attempt: Python's call */
-        if (is(n, "content-length")) {
-            unsigned long long v;
-            if (clen != NULL || !digits(c->values[i], &v) || v != 0)
-                goto none;
-            clen = PyLong_FromLong(0);
-            if (clen == NULL)
-                goto done;
-        } else if (is(n, "host")) {
-            host = c->values[i];
-        }
-    }
-    if (clen == NULL)
-        clen = Py_NewRef(Py_None);
-    PyObject *headers = PyList_New((Py_ssize_t)c->count);
-    if (headers == NULL) {
-        Py_DECREF(clen);
-        goto done;
-    }
-    for (size_t i = 0; i < c->count; i++) {
-        PyObject *k = latin1(c->names[i]), *v = k ? latin1(c->values[i]) : NULL;
-        PyObject *t = v ? PyTuple_Pack(2, k, v) : NULL;
-        Py_XDECREF(k);
-        Py_XDECREF(v);
-        if (t == NULL) {
-            Py_DECREF(headers);
-            Py_DECREF(clen);
-            goto done;
-        }
-        PyList_SET_ITEM(headers, (Py_ssize_t)i, t);
-    }
-    result = Py_BuildValue("(NNNNsON)", latin1(c->method), latin1(c->url), headers,
-                           latin1(host), c->minor ? "1.1" : "1.0",
-                           c->keep_alive ? Py_True : Py_False, clen);
-    goto done;
-none:
-    Py_XDECREF(clen);
-    result = Py_NewRef(Py_None);
-done:
+    span_t host;
+    int clen0;
+    PyObject *result = one_request(c, buf.buf, (size_t)buf.len, &host, &clen0)
+        ? request_tuple(c, host, clen0) : Py_NewRef(Py_None);
     PyMem_Free(c);
     PyBuffer_Release(&buf);
     return result;
@@ -854,6 +840,7 @@ PyMODINIT_FUNC PyInit__h1(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Response", (PyObject *)&ResponseType) < 0 ||
+        plan_init(m) < 0 ||
         PyModule_AddIntConstant(m, "FALLBACK", R_FALLBACK) < 0 ||
         PyModule_AddIntConstant(m, "HEAD", R_HEAD) < 0 ||
         PyModule_AddIntConstant(m, "DONE", R_DONE) < 0 ||

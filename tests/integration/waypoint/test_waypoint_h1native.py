@@ -20,6 +20,7 @@ from shoal.waypoint import fastexchange, fastpath
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import H1ResponseParser, MessageEnded
+from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
 
@@ -215,6 +216,9 @@ async def run_once(monkeypatch, use_native: bool):
 
 async def test_c_heads_and_python_heads_give_the_same_bytes_and_records(monkeypatch):
     monkeypatch.setenv(FAST_ENV, "1")
+    # The heads alone (plans, which parse in plan.c, have their own test:
+    # test_waypoint_plans.py).
+    monkeypatch.setenv(PLANS_ENV, "0")
     c = await run_once(monkeypatch, True)
     py = await run_once(monkeypatch, False)
     got, upstream, telemetry, counting = c

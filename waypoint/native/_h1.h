@@ -1,0 +1,59 @@
+/* What _h1.c (llhttp, the two heads) shares with plan.c (the plan path's
+ * upstream head and ids). Hidden: nothing here leaves the .so. */
+#ifndef SHOAL_WAYPOINT_H1_H
+#define SHOAL_WAYPOINT_H1_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#pragma GCC visibility push(hidden)
+
+/* Room reserved for llhttp_t (llhttp 9: about 80 bytes on x86-64); init()
+ * measures what llhttp_init really clears and refuses a larger struct. */
+#define LLH_RESERVED 256
+/* Header spans of one head: http1.MAX_HEADER_COUNT (100) plus one, so the
+ * header past the limit is seen and refused. */
+#define MAX_SPANS 128
+
+typedef struct { const char *at; size_t len; } span_t;
+
+/* One parse: the llhttp_t first, so a callback's parser pointer is this. */
+typedef struct {
+    _Alignas(16) unsigned char llh[LLH_RESERVED];
+    span_t url, status, method, field, value;
+    span_t names[MAX_SPANS], values[MAX_SPANS];
+    size_t count, head_bytes;
+    int open;                   /* 1: a field span is open, 2: a value span */
+    int headers_done, message_done, too_big, odd;
+    int keep_alive, upgrade, major, minor, status_code;
+    /* response framing, after the head */
+    struct Response *resp;
+} parse_t;
+
+/* 1 when `data` is exactly one whole body-less request head that
+ * parse_request takes (its rules: see _h1.c), with *host the last Host
+ * value and *clen0 set when a `Content-Length: 0` came; 0 otherwise (the
+ * Python parser's), -1 with an exception. Spans point into `data`. */
+int one_request(parse_t *c, const char *data, size_t len, span_t *host, int *clen0);
+/* parse_request's tuple (method, target, headers, host, version,
+ * keep_alive, content_length) for a parse one_request took. */
+PyObject *request_tuple(parse_t *c, span_t host, int clen0);
+
+/* 1 once init() bound llhttp and proved its ABI, else 0. */
+int llhttp_bound(void);
+
+/* ASCII case-insensitive comparison of a span with a lower-case name. */
+int is(span_t s, const char *name);
+/* The span without Python's str.strip() whitespace at either end. */
+span_t strip(span_t s);
+/* The span as a str (latin-1, every byte round-trips). */
+PyObject *latin1(span_t s);
+
+/* plan.c: adds seed() and plan_request() to the module; -1 with an exception. */
+int plan_init(PyObject *module);
+
+#pragma GCC visibility pop
+
+#endif

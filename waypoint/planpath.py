@@ -1,0 +1,114 @@
+"""Plans: a request decision made once in Python, reused by C for the same
+(method, target, Host) within one routing generation.
+
+    plans = PlanCache(proxy)              # one per worker (Proxy makes it)
+    t = plans.request(data)               # a client read on the fast path
+    plans.install(st, req, decision)      # after Proxy.decide forwarded it
+
+On the HTTP/1.1 fast path (fastpath.py) every request used to run
+Proxy.begin, Proxy.decide, Forwarder.fast_headers and the head serializer:
+about a dozen Python calls that give the same answer for every request to
+one URL in one routing generation. When that answer cannot depend on
+anything else, it is kept as a `Plan`, and the next request with the same
+method, target and Host is served from it: `_h1.plan_request` (plan.c)
+parses the read, finds the plan and builds the upstream head with the ids
+Forwarder._upstream_headers would make (a new span, the request id), in
+one call; Python then only starts the exchange (fastexchange.Exchange) and
+records the request, as before.
+
+A decision is kept only when it is a pure function of (generation, method,
+target, Host) for a plaintext client (no peer identity, no target of its
+own):
+- no L7 AuthorizationPolicy applies to the destination (a policy may read
+  the source address or any header);
+- the HTTPRoutes of the destination match on nothing but host, method and
+  path (no header or query match), and the chosen rule has no filter
+  (header changes, redirects, rewrites, mirrors), no timeout, no retry and
+  at most one backendRef, itself without filters;
+- Forwarder.fast_headers took it (HTTP/1.1 backend over plain TCP...).
+Everything else, and every head plan.c does not take (see there), goes
+the way it went before. A new routing generation drops every plan before
+the next request is looked up; `MAX_PLANS` bounds the table.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from shoal.waypoint.h1native import native
+from shoal.waypoint.lookups import principal_namespace
+
+# Environment switch: "0" keeps no plans (every request decided in Python,
+# as before; for A/B runs). SHOAL_NATIVE=0 turns them off too.
+PLANS_ENV = "SHOAL_WAYPOINT_PLANS"
+# Plans kept per worker. A plan is a few hundred bytes; a waypoint serving
+# more distinct URLs than this per generation (query strings that change
+# per request, say) starts the table over rather than grow it: those
+# requests then cost what they cost without plans.
+MAX_PLANS = 1024
+
+
+def plans_enabled() -> bool:
+    return native is not None and os.environ.get(PLANS_ENV, "1") != "0"
+
+
+class Plan:
+    """What a request served from a plan needs of the decision."""
+
+    __slots__ = ("target", "backend", "port", "route", "eps")
+
+    def __init__(self, target: Any, backend: Any, port: int, route: str, eps: list) -> None:
+        self.target, self.backend, self.port, self.route, self.eps = \
+            target, backend, port, route, eps
+
+
+class PlanCache:
+    """The worker's plans, keyed "METHOD TARGET HOST" (plan.c's key)."""
+
+    def __init__(self, proxy: Any) -> None:
+        if native is None:
+            raise RuntimeError("plans need the native HTTP/1.1 module (h1native.py)")
+        native.seed(os.urandom(32))     # in the worker: ids differ between workers
+        self.proxy = proxy
+        self.sampling = float(proxy.forwarder.trace_sampling)
+        self.plans: dict[str, Plan] = {}
+        self.generation = -1
+
+    def request(self, data: bytes) -> tuple | None:
+        """`_h1.plan_request` on this read, with the plans of the current
+        generation (see plan.c for what it returns)."""
+        gen = self.proxy.view.generation
+        if gen != self.generation:
+            self.plans.clear()
+            self.generation = gen
+        return native.plan_request(data, self.plans, self.sampling)  # type: ignore[union-attr]
+
+    def install(self, st: Any, req: Any, d: Any) -> None:
+        """Keep `d` (a proxy.Plan for `req`, decided with `st`) when nothing
+        but (method, target, Host) decided it."""
+        head = req.head
+        if d.out is not head or d.response_mod is not None or d.mirrors or st.policy:
+            return
+        down = st.down
+        if down.target is not None or down.source_principal is not None:
+            return
+        target = st.target
+        lookups = self.proxy.lookups
+        if lookups.policies(target):
+            return
+        rule = d.rule
+        if rule is not None:
+            if rule.filters or rule.retry is not None or rule.timeouts.request \
+                    or rule.timeouts.backend_request or len(rule.backend_refs) > 1 \
+                    or any(ref.filters for ref in rule.backend_refs):
+                return
+        table = lookups.route_table(target, principal_namespace(down.source_principal))
+        if table is not None and table.reads_headers:
+            return
+        if self.proxy.view.generation != self.generation:
+            return                      # decided under another generation
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.clear()
+        self.plans[f"{head.method} {head.target} {head.authority}"] = Plan(
+            target, st.backend, st.backend_port, st.route, d.eps)
