@@ -1,0 +1,211 @@
+"""Plans (waypoint/planpath.py, native/plan.c) through a real waypoint.
+
+The same conversation with plans and without (SHOAL_WAYPOINT_PLANS=0, the
+decision made in Python for every request) gives the client the same bytes,
+the backend the same heads (the random ids put aside) and telemetry the same
+records; a new routing generation (a route, a policy) takes effect on the
+next request; a policy, a header-match route, a mirror and a body are never
+served from a plan and behave as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+import pytest
+
+from shoal.core.records import (Authorization, BackendRef, HeaderMatch, HTTPFilter, HTTPRoute,
+                                Operation, ParentRef, PathMatch, RequestMirror, RouteMatch,
+                                RouteRule, Rule, TargetRef)
+from shoal.waypoint.fastpath import FAST_ENV, FastSession
+from shoal.waypoint.h1native import native
+from shoal.waypoint.planpath import PLANS_ENV
+from shoal.waypoint.telemetry import access_fields, labels_for
+from tests.helpers.wait import until
+from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
+from tests.integration.waypoint.conftest import Client
+from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
+              pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
+
+# (path, extra request headers, the backend's answer); each path comes back
+# later in the conversation, so the plans run serves the repeats from plans.
+CONVERSATION = [
+    ("/a", "", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("/a", "X-Request-Id: mine\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("/a", f"traceparent: {TP}\r\nConnection: X-Gone\r\nX-Gone: 1\r\n",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes"),
+    ("/b?q=1", "User-Agent: plans\r\nX-Forwarded-For: 10.1.1.1\r\n",
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ("/b?q=1", "x-forwarded-proto: https\r\n",
+     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"),
+    ("/a", "", b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    ("/b?q=1", "", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ("/a", "", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+]
+
+
+class ScriptedBackend(ThreadedBackend):
+    """Answers the i-th request head with CONVERSATION[i]'s answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+
+    def serve(self, conn: socket.socket) -> None:
+        for head in self.request_heads(conn):
+            self.received.append(head)
+            conn.sendall(CONVERSATION[len(self.received) - 1][2])
+
+
+def converse(port: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        got = []
+        for path, extra, _ in CONVERSATION:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: echo:8080\r\n{extra}\r\n".encode())
+            got.append(read_response(s))
+        return got
+
+
+def mask(text: str) -> str:
+    """The ids each run makes at random: new trace ids, span ids, request ids."""
+    text = re.sub(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]",
+                  lambda m: m.group(0)[:36] + "<span>" + m.group(0)[-3:]
+                  if m.group(0).startswith(TP[:36]) else "<trace>", text)
+    return re.sub(r"(?<![-0-9a-f])[0-9a-f]{32}(?![-0-9a-f])", "<rid>", text)
+
+
+async def run(monkeypatch, plans: bool):
+    monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
+    served = []
+    real = FastSession._planned
+
+    def planned(self, *a):
+        served.append(a[1][1])
+        return real(self, *a)
+    monkeypatch.setattr(FastSession, "_planned", planned)
+    backend = ScriptedBackend()
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    records = []
+    try:
+        async with running_waypoint(mesh) as wp:
+            tel = wp.app.proxy.telemetry
+            record = tel.record
+            monkeypatch.setattr(tel, "record", lambda r: (records.append(r), record(r)))
+            got = await asyncio.to_thread(converse, wp.plaintext_port)
+            await until(lambda: len(records) == len(CONVERSATION))
+    finally:
+        backend.close()
+    heads = [mask(h.decode("latin-1")) for h in backend.received]
+    timeless = {"start_time", "duration", "duration_ms"}
+    port = f"127.0.0.1:{backend.port}"
+
+    def same_run(v):
+        if not isinstance(v, str):
+            return v
+        return re.sub(r"^10\.96\.\d+\.\d+:", "<vip>:", mask(v).replace(port, "<backend>"))
+    telemetry = [({k: same_run(v) for k, v in access_fields(r).items() if k not in timeless},
+                  {k: same_run(v) for k, v in labels_for(r).items()}) for r in records]
+    return got, heads, telemetry, served
+
+
+async def test_plans_give_the_same_bytes_and_records_as_python_decisions(monkeypatch):
+    monkeypatch.setenv(FAST_ENV, "1")
+    got, heads, telemetry, served = await run(monkeypatch, True)
+    py_got, py_heads, py_telemetry, py_served = await run(monkeypatch, False)
+    # Every repeat of a URL came from its plan; nothing without plans.
+    assert served == ["/a", "/a", "/b?q=1", "/a", "/b?q=1", "/a"] and py_served == []
+    assert got == py_got
+    assert heads == py_heads
+    assert telemetry == py_telemetry
+    # What the conversation is meant to show, on both.
+    assert [g.split(b"\r\n", 1)[0][9:12] for g in got] == \
+        [b"200", b"200", b"200", b"200", b"503", b"404", b"204", b"200"]
+    assert "X-Request-Id: mine\r\n" in heads[1] and "X-Gone" not in heads[2]
+    assert f"traceparent: {TP[:36]}<span>-01" in heads[2]
+    assert "x-forwarded-proto: http" in heads[4] and "https" not in heads[4]
+    assert [t[0]["response_code"] for t in telemetry] == [200, 200, 200, 200, 503, 404, 204, 200]
+
+
+def route(*rules):
+    return HTTPRoute(name="r", namespace="default",
+                     parent_refs=(ParentRef(kind="Service", name="echo", namespace="default"),),
+                     rules=tuple(rules))
+
+
+def to(name: str) -> BackendRef:
+    return BackendRef(name=name, namespace="default", port=8080)
+
+
+def plan_keys(wp) -> list[str]:
+    return sorted(wp.app.proxy.plans.plans)
+
+
+async def test_a_new_generation_takes_effect_on_the_next_request(monkeypatch, backends):
+    monkeypatch.setenv(FAST_ENV, "1")
+    mesh = Mesh()
+    mesh.service("echo", [backends("v1")])
+    mesh.service("other", [backends("v2")])
+    async with running_waypoint(mesh) as wp:
+        c = Client(wp.plaintext_port)
+
+        def who():
+            r, _ = c.get("/p")
+            return r.status, r.getheader("x-backend")
+        assert await asyncio.to_thread(lambda: [who(), who()]) == [(200, "v1")] * 2
+        assert plan_keys(wp) == ["GET /p echo:8080"]
+        mesh.route(route(RouteRule(backend_refs=(to("other"),))))
+        wp.set_view(mesh.view())
+        assert await asyncio.to_thread(lambda: [who(), who()]) == [(200, "v2")] * 2
+        mesh.policy(Authorization(
+            name="deny-p", namespace="default", scope="TARGET_REF", action="DENY",
+            target_refs=(TargetRef(kind="Service", name="echo"),),
+            rules=(Rule(to=(Operation(paths=("/p",)),)),)))
+        wp.set_view(mesh.view())
+        assert await asyncio.to_thread(lambda: [who(), who()]) == [(403, None)] * 2
+        assert plan_keys(wp) == []
+        c.close()
+
+
+async def test_what_plans_never_serve_behaves_as_before(monkeypatch, backends):
+    """A header-match route, a mirror and a body: decided per request."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    mesh = Mesh()
+    mesh.service("echo", [backends("v1")])
+    mesh.service("other", [backends("v2")])
+    mirror = backends("m")
+    mesh.service("mirror", [mirror])
+    mesh.route(route(
+        RouteRule(matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/h"),
+                                      headers=(HeaderMatch(name="x-v", value="2"),)),),
+                  backend_refs=(to("other"),)),
+        RouteRule(matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/m")),),
+                  filters=(HTTPFilter(type="RequestMirror",
+                                      request_mirror=RequestMirror(backend=to("mirror"))),),
+                  backend_refs=(to("echo"),)),
+        RouteRule(backend_refs=(to("echo"),))))
+    async with running_waypoint(mesh) as wp:
+        c = Client(wp.plaintext_port)
+
+        def go():
+            out = []
+            for hdrs in ({}, {"x-v": "2"}, {}, {"x-v": "2"}):
+                r, _ = c.get("/h", headers=hdrs)
+                out.append(r.getheader("x-backend"))
+            for _ in range(2):
+                r, _ = c.get("/m")
+                out.append(r.getheader("x-backend"))
+            r, body = c.json("/body", method="POST", body=b"payload")
+            out.append(body["body"])
+            r, body = c.json("/body", method="POST", body=b"again")
+            out.append(body["body"])
+            return out
+        got = await asyncio.to_thread(go)
+        await until(lambda: mirror.hits["/m"] == 2)
+        assert plan_keys(wp) == []      # the table reads headers: nothing is kept
+        c.close()
+    assert got == ["v1", "v2", "v1", "v2", "v1", "v1", "payload", "again"]
