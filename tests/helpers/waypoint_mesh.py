@@ -76,6 +76,23 @@ class Mesh:
                           routes=self.routes, generation=self._generation)
 
 
+async def recorded_conversation(monkeypatch, backend, converse, records: list):
+    """`converse(port)` (in a thread) through a waypoint whose one service,
+    "echo", is `backend`: what it returns; every telemetry record goes to
+    `records` too. The backend is closed after."""
+    import asyncio
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    try:
+        async with running_waypoint(mesh) as wp:
+            tel = wp.app.proxy.telemetry
+            real = tel.record
+            monkeypatch.setattr(tel, "record", lambda r: (records.append(r), real(r)))
+            return await asyncio.to_thread(converse, wp.plaintext_port)
+    finally:
+        backend.close()
+
+
 def reserve_port(host: str = "127.0.0.1") -> socket.socket:
     """A bound, non-listening SO_REUSEPORT socket: its port is ours until
     closed, and a listener may bind it too (only the listener accepts)."""

@@ -22,7 +22,7 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import H1ResponseParser, MessageEnded
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
-from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
+from tests.helpers.waypoint_mesh import ThreadedBackend, recorded_conversation
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
@@ -186,17 +186,8 @@ async def run_once(monkeypatch, use_native: bool):
     monkeypatch.setattr(fastexchange, "native", counting if use_native else None)
     monkeypatch.setattr(FastSession, "native_h1", use_native)
     backend = ScriptedBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    records = []
-    try:
-        async with running_waypoint(mesh) as wp:
-            tel = wp.app.proxy.telemetry
-            real = tel.record
-            monkeypatch.setattr(tel, "record", lambda r: (records.append(r), real(r)))
-            got = await asyncio.to_thread(converse, wp.plaintext_port)
-    finally:
-        backend.close()
+    records: list = []
+    got = await recorded_conversation(monkeypatch, backend, converse, records)
     upstream = [re.sub(rb"(traceparent: 00-[0-9a-f]{32}-)[0-9a-f]{16}", rb"\1<span>", h)
                 for h in backend.received]
     timeless = {"start_time", "duration", "duration_ms"}

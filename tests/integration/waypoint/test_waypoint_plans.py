@@ -24,7 +24,8 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import Mesh, ThreadedBackend, running_waypoint
+from tests.helpers.waypoint_mesh import (Mesh, ThreadedBackend, recorded_conversation,
+                                         running_waypoint)
 from tests.integration.waypoint.conftest import Client
 from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
 
@@ -88,18 +89,9 @@ async def run(monkeypatch, plans: bool):
         return real(self, *a)
     monkeypatch.setattr(FastSession, "_planned", planned)
     backend = ScriptedBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    records = []
-    try:
-        async with running_waypoint(mesh) as wp:
-            tel = wp.app.proxy.telemetry
-            record = tel.record
-            monkeypatch.setattr(tel, "record", lambda r: (records.append(r), record(r)))
-            got = await asyncio.to_thread(converse, wp.plaintext_port)
-            await until(lambda: len(records) == len(CONVERSATION))
-    finally:
-        backend.close()
+    records: list = []
+    got = await recorded_conversation(monkeypatch, backend, converse, records)
+    assert len(records) == len(CONVERSATION)
     heads = [mask(h.decode("latin-1")) for h in backend.received]
     timeless = {"start_time", "duration", "duration_ms"}
     port = f"127.0.0.1:{backend.port}"
