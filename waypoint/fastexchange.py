@@ -36,6 +36,17 @@ _FALLBACK, _HEAD, _DONE, _CUT = (native.FALLBACK, native.HEAD, native.DONE, nati
     if native is not None else (0, 0, 0, 0)
 
 
+def take_clean(pool, ep) -> UpstreamConn | None:
+    """An idle pooled connection to `ep` that callbacks can drive (a
+    `PlainUpstream` on which nothing arrived while idle), or None."""
+    conn = pool.take_idle(ep)
+    while conn is not None and not (isinstance(conn.stream, PlainUpstream)
+                                    and conn.stream.idle_clean):
+        pool.discard(conn)
+        conn = pool.take_idle(ep)
+    return conn
+
+
 def enabled() -> bool:
     return os.environ.get(FAST_ENV, "1") != "0"
 
@@ -80,7 +91,9 @@ class Exchange:
                  "fresh_tried", "ended", "held")
 
     def __init__(self, fs: ClientSide, st: RequestState, req: RequestReceived, eps: list,
-                 response_mod, head_bytes: bytes) -> None:
+                 response_mod, head_bytes: bytes, picked: tuple | None = None) -> None:
+        """`picked`: (balancer, keys, key -> Endpoint, key, idle connection
+        or None) when the caller chose the endpoint (FastSession._planned)."""
         self.fs, self.st, self.req = fs, st, req
         self.eps, self.response_mod, self.head_bytes = eps, response_mod, head_bytes
         # Set as the exchange goes (None until then): typed Any, read on
@@ -95,20 +108,37 @@ class Exchange:
         self.fresh_tried = False
         self.ended = False
         self.held = False
-        fwd = fs.proxy.forwarder
-        self.lb, self.keys, by_key = fwd.balancer(st, eps)
-        self.key = fwd.pick(st, self.lb, self.keys, by_key, set())
-        ep = by_key[self.key]
-        pool = fs.proxy.pool
-        conn = pool.take_idle(ep)
-        while conn is not None and not (isinstance(conn.stream, PlainUpstream)
-                                        and conn.stream.idle_clean):
-            pool.discard(conn)
-            conn = pool.take_idle(ep)
+        if picked is not None:
+            self.lb, self.keys, by_key, self.key, conn = picked
+            ep = by_key[self.key]
+        else:
+            fwd = fs.proxy.forwarder
+            self.lb, self.keys, by_key = fwd.balancer(st, eps)
+            self.key = fwd.pick(st, self.lb, self.keys, by_key, set())
+            ep = by_key[self.key]
+            conn = take_clean(fs.proxy.pool, ep)
         if conn is not None:
             self._send(conn)
         else:
             self._connect(ep)
+
+    @classmethod
+    def adopt(cls, fs: ClientSide, st: RequestState, req: RequestReceived, eps: list,
+              head_bytes: bytes, lb, keys: tuple, key: str, conn: UpstreamConn, nat,
+              head: bool, held: bool) -> Exchange:
+        """The exchange a CExchange (native/cexchange.c) started, from where
+        it is: the head written on `conn`, the response fed to `nat` so far
+        (its head handled when `head`), reading upstream paused when `held`."""
+        self = cls.__new__(cls)
+        self.fs, self.st, self.req = fs, st, req
+        self.eps, self.response_mod, self.head_bytes = eps, None, head_bytes
+        self.lb, self.keys, self.key, self.conn = lb, keys, key, conn
+        self.parser, self.native, self.framer = None, nat, None
+        self.resp = nat if head else None
+        self.no_body = self.skip_end = self.fresh_tried = self.ended = False
+        self.held = held
+        cast(PlainUpstream, conn.stream).receiver = self
+        return self
 
     # -- upstream --------------------------------------------------------------------
     def _connect(self, ep) -> None:
@@ -200,8 +230,12 @@ class Exchange:
     def _native_data(self, data: bytes) -> None:
         """`upstream_data` while C parses and frames (the same outcomes as
         `_parse` + `_head` + `_finish`, proved in tests/unit/waypoint/test_h1native.py)."""
+        out, code = self.native.feed(data, self.fs.proxy.draining)
+        self._native_result(data, out, code)
+
+    def _native_result(self, data: bytes, out: bytes, code: int) -> None:
+        """What `native.feed(data)` returned, acted on."""
         nat = self.native
-        out, code = nat.feed(data, self.fs.proxy.draining)
         if code & _FALLBACK:
             # Nothing went to the client: the Python parser takes every
             # byte so far (and the EOF, if that is what this was).

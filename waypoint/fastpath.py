@@ -32,10 +32,11 @@ the coroutine path; the test suites run both ways).
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 from shoal.core.pipe import TcpEnd
 from shoal.waypoint.downstream import IDLE_TIMEOUT, Downstream, close_stream
-from shoal.waypoint.fastexchange import FAST_ENV, LOG, Exchange, enabled
+from shoal.waypoint.fastexchange import FAST_ENV, LOG, Exchange, enabled, take_clean
 from shoal.waypoint.frontdoor import h2_prefix, serve_stream
 from shoal.waypoint.h1framing import ResponseFramer
 from shoal.waypoint.h1native import native
@@ -46,7 +47,7 @@ from shoal.waypoint.planpath import Plan
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.server import H1Session
-from shoal.waypoint.upstream import UpstreamError
+from shoal.waypoint.upstream import PlainUpstream, UpstreamError
 
 __all__ = ["FAST_ENV", "FastSession", "enabled"]
 
@@ -75,7 +76,7 @@ class FastSession(TcpEnd):
         self.mode = _FAST
         self.sniffed = False                  # first bytes seen (HTTP/2 or not)
         self.session = None                   # type: ignore[assignment]  # see above
-        self.exchange: Exchange | None = None
+        self.exchange: Any = None            # an Exchange, or a CExchange (_planned)
         self.last_active = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._held = False                    # reading paused behind a queued request
@@ -210,20 +211,86 @@ class FastSession(TcpEnd):
 
     def _planned(self, plan: Plan, parsed: tuple, head_bytes: bytes, request_id: str,
                  traceparent: str, parent_span: str) -> None:
-        """A request served from a plan (planpath.py): what Proxy.begin,
-        Proxy.decide and Forwarder.fast_headers would have given, from it
-        and from plan.c (the upstream head and its ids)."""
+        """A request served from a plan (planpath.py): Proxy.begin,
+        Proxy.decide and Forwarder.fast_headers were plan.c's (the upstream
+        head and its ids). With an idle upstream connection, the response is
+        handled by a CExchange (native/cexchange.c) until it ends
+        (`_c_done`) or needs Python (`_c_adopt`); else by an Exchange."""
+        proxy = self.proxy
+        t0 = proxy.clock()
+        lb = proxy.lookups.balancer(plan.lb_key)
+        keys = plan.keys
+        key = lb.pick(keys)
+        lb.started(key)
+        conn = take_clean(proxy.pool, plan.by_key[key])
+        self.session.busy = True
+        if conn is None or parsed[0] == "HEAD" or not self.native_h1:
+            st, req = self._plan_state(plan, parsed, request_id, traceparent, parent_span, t0,
+                                       key)
+            self.exchange = Exchange(self, st, req, plan.eps, None, head_bytes,
+                                     picked=(lb, keys, plan.by_key, key, conn))
+            return
+        nat = native.Response(parsed[4] == "1.1", parsed[5])
+        stream = cast(PlainUpstream, conn.stream)
+        transport = cast(asyncio.Transport, stream.transport)
+        cex = native.CExchange(self, transport, self.transport, nat, proxy, lb, key, keys,
+                               (plan, parsed, head_bytes, request_id, traceparent, parent_span,
+                                t0, key, conn, nat))
+        stream.receiver = cex
+        self.exchange = cex
+        transport.write(head_bytes)
+        if not self._can_write:         # the client is still behind on the last one
+            cex.hold_upstream(True)
+
+    def _plan_state(self, plan: Plan, parsed: tuple, request_id: str, traceparent: str,
+                    parent_span: str, t0: float, key: str) -> tuple[RequestState,
+                                                                    RequestReceived]:
+        """The RequestState and RequestReceived the Python path would have
+        made for a request served from `plan`, sent to endpoint `key`."""
         method, target, headers, host, version, keep_alive, content_length = parsed
         head = RequestHead(method, target, headers, "http", host)
         req = RequestReceived(head=head, http_version=version, keep_alive=keep_alive,
                               upgrade=False, chunked=False, content_length=content_length)
-        proxy = self.proxy
-        st = RequestState(down=self.session.down, head=head, t0=proxy.clock())
+        st = RequestState(down=self.session.down, head=head, t0=t0)
         st.authority, st.target, st.route = host, plan.target, plan.route
         st.backend, st.backend_port = plan.backend, plan.port
         st.traceparent, st.parent_span, st.request_id = traceparent, parent_span, request_id
-        self.session.busy = True
-        self.exchange = Exchange(self, st, req, plan.eps, None, head_bytes)
+        st.upstream, st.upstream_workload = key, plan.by_key[key].workload
+        return st, req
+
+    def _c_done(self, cex) -> None:
+        """A CExchange's response ended (Exchange._native_result's DONE)."""
+        plan, parsed, _, rid, tp, parent, t0, key, conn, nat = cex.state
+        stream = conn.stream
+        stream.receiver = None
+        if cex.held and stream.transport is not None:
+            stream.transport.resume_reading()
+        self.proxy.pool.release(conn, nat.reusable)
+        close_after = nat.close_after
+        if close_after:
+            self.write_eof()
+        st, req = self._plan_state(plan, parsed, rid, tp, parent, t0, key)
+        st.status, st.response_bytes = nat.status, nat.body_bytes
+        self.done(st, req.keep_alive and not close_after)
+
+    def _c_adopt(self, cex, what: str, *args) -> None:
+        """A CExchange met what Exchange handles in Python: an Exchange
+        takes over (see cexchange.c) and handles `what`."""
+        plan, parsed, head_bytes, rid, tp, parent, t0, key, conn, nat = cex.state
+        st, req = self._plan_state(plan, parsed, rid, tp, parent, t0, key)
+        if cex.head:
+            st.status = nat.status
+        st.response_bytes = nat.body_bytes
+        ex = Exchange.adopt(self, st, req, plan.eps, head_bytes,
+                            self.proxy.lookups.balancer(plan.lb_key), plan.keys, key, conn, nat,
+                            cex.head, cex.held)
+        self.exchange = ex
+        if what == "result":
+            ex._native_result(*args)
+        elif what == "lost":
+            ex.upstream_lost(args[0])
+        else:
+            ex.client_lost()
 
     def _request(self, req: RequestReceived, plannable: bool = False) -> None:
         if req.upgrade or req.chunked or req.content_length:

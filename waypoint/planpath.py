@@ -56,11 +56,15 @@ def plans_enabled() -> bool:
 class Plan:
     """What a request served from a plan needs of the decision."""
 
-    __slots__ = ("target", "backend", "port", "route", "eps")
+    __slots__ = ("target", "backend", "port", "route", "eps", "lb_key", "keys", "by_key")
 
-    def __init__(self, target: Any, backend: Any, port: int, route: str, eps: list) -> None:
+    def __init__(self, target: Any, backend: Any, port: int, route: str, eps: list,
+                 keys: tuple, by_key: dict) -> None:
         self.target, self.backend, self.port, self.route, self.eps = \
             target, backend, port, route, eps
+        # Forwarder.balancer's: the balancer's key, the endpoint keys, key -> Endpoint.
+        self.lb_key = backend.key if backend is not None else target.address
+        self.keys, self.by_key = keys, by_key
 
 
 class PlanCache:
@@ -111,4 +115,4 @@ class PlanCache:
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
         self.plans[f"{head.method} {head.target} {head.authority}"] = Plan(
-            target, st.backend, st.backend_port, st.route, d.eps)
+            target, st.backend, st.backend_port, st.route, d.eps, *lookups.endpoint_index(d.eps))

@@ -54,6 +54,10 @@ PyObject *latin1(span_t s);
 /* plan.c: adds seed() and plan_request() to the module; -1 with an exception. */
 int plan_init(PyObject *module);
 
+/* cexchange.c: adds the CExchange type, given Response.feed's code bits
+ * (FALLBACK, HEAD, DONE, CUT); -1 with an exception. */
+int cexchange_init(PyObject *module, long fallback, long head, long done, long cut);
+
 #pragma GCC visibility pop
 
 #endif

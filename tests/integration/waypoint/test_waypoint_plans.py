@@ -11,8 +11,11 @@ served from a plan and behave as before.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
+import struct
+import time
 
 import pytest
 
@@ -24,29 +27,44 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (Mesh, ThreadedBackend, recorded_conversation,
+from tests.helpers.waypoint_mesh import (Mesh, ThreadedBackend, access_lines,
+                                         capture_access_log, recorded_conversation,
                                          running_waypoint)
 from tests.integration.waypoint.conftest import Client
-from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
+from tests.integration.waypoint.test_waypoint_h1native import TP, read_response, same_chunking
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
 
-# (path, extra request headers, the backend's answer); each path comes back
-# later in the conversation, so the plans run serves the repeats from plans.
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+# (path, extra request headers, the backend's answer in parts (sent as
+# separate writes), close after it?); each path comes back later in the
+# conversation, so the plans run serves the repeats from plans, the last
+# ones through what a CExchange hands to Python (a 1xx, a close-delimited
+# body, a reused connection closed before the head, a cut).
 CONVERSATION = [
-    ("/a", "", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
-    ("/a", "X-Request-Id: mine\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ("/a", "", [OK], False),
+    ("/a", "X-Request-Id: mine\r\n", [OK], False),
     ("/a", f"traceparent: {TP}\r\nConnection: X-Gone\r\nX-Gone: 1\r\n",
-     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes"),
+     [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes"], False),
     ("/b?q=1", "User-Agent: plans\r\nX-Forwarded-For: 10.1.1.1\r\n",
-     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+     [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"], False),
     ("/b?q=1", "x-forwarded-proto: https\r\n",
-     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"),
-    ("/a", "", b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-    ("/b?q=1", "", b"HTTP/1.1 204 No Content\r\n\r\n"),
-    ("/a", "", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+     [b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"], False),
+    ("/a", "", [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"], False),
+    ("/b?q=1", "", [b"HTTP/1.1 204 No Content\r\n\r\n"], False),
+    ("/a", "", [b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"], False),
+    ("/b?q=1", "", [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil", b" eof"], True),
+    ("/a", "", [OK], False),
+    ("/a", "", [], True),               # closed unanswered: retried on a fresh connection
+    (None, "", [OK], False),            # (that retry's answer)
+    ("/a", "", [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"], True),
 ]
+STATUSES = [b"200", b"200", b"200", b"200", b"503", b"404", b"204", b"100", b"200", b"200",
+            b"200", b"200"]
+# Between the parts of one answer, so they are separate reads at the waypoint.
+PART_GAP_S = 0.02
 
 
 class ScriptedBackend(ThreadedBackend):
@@ -59,15 +77,22 @@ class ScriptedBackend(ThreadedBackend):
     def serve(self, conn: socket.socket) -> None:
         for head in self.request_heads(conn):
             self.received.append(head)
-            conn.sendall(CONVERSATION[len(self.received) - 1][2])
+            _, _, parts, close = CONVERSATION[len(self.received) - 1]
+            for i, part in enumerate(parts):
+                if i:
+                    time.sleep(PART_GAP_S)
+                conn.sendall(part)
+            if close:
+                return
 
 
 def converse(port: int) -> list[bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         got = []
-        for path, extra, _ in CONVERSATION:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: echo:8080\r\n{extra}\r\n".encode())
-            got.append(read_response(s))
+        for path, extra, _, _ in CONVERSATION:
+            if path is not None:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: echo:8080\r\n{extra}\r\n".encode())
+                got.append(read_response(s))
         return got
 
 
@@ -81,17 +106,18 @@ def mask(text: str) -> str:
 
 async def run(monkeypatch, plans: bool):
     monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
-    served = []
-    real = FastSession._planned
-
-    def planned(self, *a):
-        served.append(a[1][1])
-        return real(self, *a)
-    monkeypatch.setattr(FastSession, "_planned", planned)
+    served: list = []
+    for name, log in (("_planned", lambda a: served.append(a[1][1])),
+                      ("_c_done", lambda a: served.append("done")),
+                      ("_c_adopt", lambda a: served.append(a[1]))):
+        def spy(self, *a, _real=getattr(FastSession, name), _log=log):
+            _log(a)
+            return _real(self, *a)
+        monkeypatch.setattr(FastSession, name, spy)
     backend = ScriptedBackend()
     records: list = []
     got = await recorded_conversation(monkeypatch, backend, converse, records)
-    assert len(records) == len(CONVERSATION)
+    assert len(records) == len(CONVERSATION) - 1
     heads = [mask(h.decode("latin-1")) for h in backend.received]
     timeless = {"start_time", "duration", "duration_ms"}
     port = f"127.0.0.1:{backend.port}"
@@ -110,17 +136,27 @@ async def test_plans_give_the_same_bytes_and_records_as_python_decisions(monkeyp
     got, heads, telemetry, served = await run(monkeypatch, True)
     py_got, py_heads, py_telemetry, py_served = await run(monkeypatch, False)
     # Every repeat of a URL came from its plan; nothing without plans.
-    assert served == ["/a", "/a", "/b?q=1", "/a", "/b?q=1", "/a"] and py_served == []
+    # Every repeat came from its plan; responses ended in C (done) or were
+    # handed to Python: the 204, the 100, the EOF before the head (then
+    # retried on a fresh connection), the cut. The one after the
+    # close-delimited answer had no idle connection: an Exchange's.
+    assert served == ["/a", "done", "/a", "done", "/b?q=1", "done", "/a", "done",
+                      "/b?q=1", "result", "/a", "result", "/b?q=1", "done", "/a",
+                      "/a", "result", "/a", "result"]
+    assert py_served == []
     assert got == py_got
     assert heads == py_heads
     assert telemetry == py_telemetry
     # What the conversation is meant to show, on both.
-    assert [g.split(b"\r\n", 1)[0][9:12] for g in got] == \
-        [b"200", b"200", b"200", b"200", b"503", b"404", b"204", b"200"]
+    assert [g.split(b"\r\n", 1)[0][9:12] for g in got] == STATUSES
+    assert got[7].endswith(b"\r\n\r\nyes") and b"\r\n9\r\nuntil eof<end>" in same_chunking(got[8])
+    assert heads[10] == heads[11]                  # the retry sent the same head
     assert "X-Request-Id: mine\r\n" in heads[1] and "X-Gone" not in heads[2]
     assert f"traceparent: {TP[:36]}<span>-01" in heads[2]
     assert "x-forwarded-proto: http" in heads[4] and "https" not in heads[4]
-    assert [t[0]["response_code"] for t in telemetry] == [200, 200, 200, 200, 503, 404, 204, 200]
+    assert [t[0]["response_code"] for t in telemetry] == \
+        [200, 200, 200, 200, 503, 404, 204, 200, 200, 200, 200, 200]
+    assert [t[0]["response_flags"] for t in telemetry][-1] == "UR"
 
 
 def route(*rules):
@@ -131,6 +167,10 @@ def route(*rules):
 
 def to(name: str) -> BackendRef:
     return BackendRef(name=name, namespace="default", port=8080)
+
+
+def fast_sessions(wp) -> list[FastSession]:
+    return [s.stream for s in wp.app.proxy.sessions if isinstance(s.stream, FastSession)]
 
 
 def plan_keys(wp) -> list[str]:
@@ -201,3 +241,34 @@ async def test_what_plans_never_serve_behaves_as_before(monkeypatch, backends):
         assert plan_keys(wp) == []      # the table reads headers: nothing is kept
         c.close()
     assert got == ["v1", "v2", "v1", "v2", "v1", "v1", "payload", "again"]
+
+
+async def test_a_client_resetting_mid_exchange_from_a_plan_is_one_dc_record(monkeypatch,
+                                                                             backends, caplog):
+    """The client leaves while a CExchange waits for the answer: Python
+    takes the exchange over and makes the one DC record, as without plans."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    mesh = Mesh()
+    mesh.service("echo", [backends("v1")])
+    request = b"GET /slow/300 HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
+    async with running_waypoint(mesh) as wp:
+        written = capture_access_log(wp)
+        reader, writer = await asyncio.open_connection("127.0.0.1", wp.plaintext_port)
+        writer.write(request)
+        await reader.readuntil(b"}")            # the first answer, whole (a JSON body)
+        assert plan_keys(wp) == ["GET /slow/300 echo:8080"]
+        writer.write(request)
+        await writer.drain()
+        await until(lambda: any(type(f.exchange).__name__ == "CExchange"
+                                for f in fast_sessions(wp)), what="the request from its plan")
+        writer.get_extra_info("socket").setsockopt(   # a reset, not a half-close
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+        def recorded():
+            wp.app.proxy.telemetry.flush()
+            return len(access_lines(written)) == 2
+        await until(recorded, what="the access-log lines")
+    assert [(f["path"], f["response_code"], f["response_flags"])
+            for f in access_lines(written)] == [("/slow/300", 200, "-"), ("/slow/300", 0, "DC")]

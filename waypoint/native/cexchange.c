@@ -1,0 +1,257 @@
+/* CExchange: the response half of a request served from a plan, in C
+ * (waypoint/planpath.py, fastpath.FastSession._planned).
+ *
+ * fastexchange.Exchange handles every upstream read in four Python calls
+ * (the connection's data_received, upstream_data, _native_data, the client
+ * write) plus its bookkeeping. For a request served from a plan, whose
+ * upstream connection is already open, the pooled PlainUpstream's receiver
+ * is a CExchange instead: each read is Response.feed (_h1.c) and the client
+ * transport's write, in C. Python is called back only for what Exchange
+ * does in Python anyway:
+ *
+ *   head arrived      balancer.finished(key, status < 500, keys)
+ *   response ended    session._c_done(self)      (pool, close, telemetry)
+ *   anything else     session._c_adopt(self, what, *args): a fallback to
+ *                     the Python parser, a cut, the upstream or the client
+ *                     lost; a fastexchange.Exchange takes over the
+ *                     exchange from the state it is in (nothing was written
+ *                     for the event being handed over) and handles it.
+ *
+ *   CExchange(session, upstream_transport, client_transport, response, proxy,
+ *             balancer, key, keys, state)
+ *
+ * `state` is the session's (what it needs to finish or adopt the
+ * exchange); this code only keeps it. Client backpressure pauses reading
+ * upstream (hold_upstream), as Exchange does.
+ */
+
+#include "_h1.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *session, *utransport, *ctransport, *response, *proxy, *lb, *key, *keys, *state;
+    int head, ended, held;
+} CExchange;
+
+static PyObject *s_feed, *s_write, *s_draining, *s_status, *s_finished, *s_c_done, *s_c_adopt,
+    *s_pause_reading, *s_resume_reading, *w_result, *w_lost, *w_client;
+static long f_fallback, f_head, f_done, f_cut;
+
+static int ready(CExchange *x)
+{
+    if (x->session != NULL)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "CExchange not initialised");
+    return 0;
+}
+
+/* Hand the exchange to Python: session._c_adopt(self, what, *more). */
+static PyObject *adopt(CExchange *x, PyObject *what, PyObject *a, PyObject *b, PyObject *c)
+{
+    x->ended = 1;
+    PyObject *args[6] = {x->session, (PyObject *)x, what, a, b, c};
+    size_t n = c != NULL ? 6 : (b != NULL ? 5 : (a != NULL ? 4 : 3));
+    return PyObject_VectorcallMethod(s_c_adopt, args, n, NULL);
+}
+
+static PyObject *cx_upstream_data(CExchange *x, PyObject *data)
+{
+    if (!ready(x))
+        return NULL;
+    if (x->ended)
+        Py_RETURN_NONE;
+    PyObject *draining = PyObject_GetAttr(x->proxy, s_draining);
+    if (draining == NULL)
+        return NULL;
+    PyObject *args[3] = {x->response, data, draining};
+    PyObject *r = PyObject_VectorcallMethod(s_feed, args, 3,
+                                            NULL);
+    Py_DECREF(draining);
+    if (r == NULL)
+        return NULL;
+    PyObject *out = PyTuple_GET_ITEM(r, 0);
+    long code = PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
+    PyObject *ret = NULL;
+    if (code & (f_fallback | f_cut)) {
+        /* Exchange._native_result decides, on exactly what feed returned. */
+        ret = adopt(x, w_result, data, out, PyTuple_GET_ITEM(r, 1));
+        Py_DECREF(r);
+        return ret;
+    }
+    if (code & f_head) {
+        x->head = 1;
+        PyObject *status = PyObject_GetAttr(x->response, s_status);
+        long s = status != NULL ? PyLong_AsLong(status) : -1;
+        Py_XDECREF(status);
+        if (s == -1 && PyErr_Occurred())
+            goto done;
+        PyObject *fargs[4] = {x->lb, x->key, s < 500 ? Py_True : Py_False, x->keys};
+        PyObject *f = PyObject_VectorcallMethod(s_finished, fargs,
+                                                4, NULL);
+        if (f == NULL)
+            goto done;
+        Py_DECREF(f);
+    }
+    if (PyBytes_GET_SIZE(out)) {
+        PyObject *w = PyObject_CallMethodOneArg(x->ctransport, s_write, out);
+        if (w == NULL)
+            goto done;
+        Py_DECREF(w);
+    }
+    if (code & f_done) {
+        x->ended = 1;
+        ret = PyObject_CallMethodOneArg(x->session, s_c_done, (PyObject *)x);
+        goto done;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    Py_DECREF(r);
+    return ret;
+}
+
+static PyObject *cx_upstream_lost(CExchange *x, PyObject *exc)
+{
+    if (!ready(x))
+        return NULL;
+    if (x->ended)
+        Py_RETURN_NONE;
+    return adopt(x, w_lost, exc, NULL, NULL);
+}
+
+static PyObject *cx_client_lost(CExchange *x, PyObject *unused)
+{
+    (void)unused;
+    if (!ready(x))
+        return NULL;
+    if (x->ended)
+        Py_RETURN_NONE;
+    return adopt(x, w_client, NULL, NULL, NULL);
+}
+
+static PyObject *cx_hold_upstream(CExchange *x, PyObject *arg)
+{
+    if (!ready(x))
+        return NULL;
+    int hold = PyObject_IsTrue(arg);
+    if (hold < 0)
+        return NULL;
+    if (hold == x->held || x->ended)
+        Py_RETURN_NONE;
+    x->held = hold;
+    return PyObject_CallMethodNoArgs(x->utransport, hold ? s_pause_reading : s_resume_reading);
+}
+
+static int cx_init(CExchange *x, PyObject *args, PyObject *kw)
+{
+    PyObject *v[9];
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "CExchange takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:CExchange", &v[0], &v[1], &v[2], &v[3], &v[4],
+                          &v[5], &v[6], &v[7], &v[8]))
+        return -1;
+    Py_XSETREF(x->session, Py_NewRef(v[0]));
+    Py_XSETREF(x->utransport, Py_NewRef(v[1]));
+    Py_XSETREF(x->ctransport, Py_NewRef(v[2]));
+    Py_XSETREF(x->response, Py_NewRef(v[3]));
+    Py_XSETREF(x->proxy, Py_NewRef(v[4]));
+    Py_XSETREF(x->lb, Py_NewRef(v[5]));
+    Py_XSETREF(x->key, Py_NewRef(v[6]));
+    Py_XSETREF(x->keys, Py_NewRef(v[7]));
+    Py_XSETREF(x->state, Py_NewRef(v[8]));
+    x->head = x->ended = x->held = 0;
+    return 0;
+}
+
+static int cx_traverse(CExchange *x, visitproc visit, void *arg)
+{
+    Py_VISIT(x->session); Py_VISIT(x->utransport); Py_VISIT(x->ctransport);
+    Py_VISIT(x->response); Py_VISIT(x->proxy); Py_VISIT(x->lb); Py_VISIT(x->key);
+    Py_VISIT(x->keys); Py_VISIT(x->state);
+    return 0;
+}
+
+static int cx_clear(CExchange *x)
+{
+    Py_CLEAR(x->session); Py_CLEAR(x->utransport); Py_CLEAR(x->ctransport);
+    Py_CLEAR(x->response); Py_CLEAR(x->proxy); Py_CLEAR(x->lb); Py_CLEAR(x->key);
+    Py_CLEAR(x->keys); Py_CLEAR(x->state);
+    return 0;
+}
+
+static void cx_dealloc(CExchange *x)
+{
+    PyObject_GC_UnTrack(x);
+    cx_clear(x);
+    Py_TYPE(x)->tp_free((PyObject *)x);
+}
+
+static PyObject *cx_get_state(CExchange *x, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(x->state != NULL ? x->state : Py_None);
+}
+
+static PyObject *cx_get_head(CExchange *x, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(x->head);
+}
+
+static PyObject *cx_get_held(CExchange *x, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(x->held);
+}
+
+static PyGetSetDef cx_getset[] = {
+    {"state", (getter)cx_get_state, NULL, "the session's state of this exchange", NULL},
+    {"head", (getter)cx_get_head, NULL, "the response head arrived", NULL},
+    {"held", (getter)cx_get_held, NULL, "reading upstream is paused (client backpressure)",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef cx_methods[] = {
+    {"upstream_data", (PyCFunction)cx_upstream_data, METH_O,
+     "response bytes from upstream (b'': it closed its side)"},
+    {"upstream_lost", (PyCFunction)cx_upstream_lost, METH_O, "the upstream connection was lost"},
+    {"client_lost", (PyCFunction)cx_client_lost, METH_NOARGS, "the client went away"},
+    {"hold_upstream", (PyCFunction)cx_hold_upstream, METH_O,
+     "client backpressure: pause (True) or resume reading upstream"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CExchangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.waypoint.native._h1.CExchange",
+    .tp_doc = "the response half of a request served from a plan (see cexchange.c)",
+    .tp_basicsize = sizeof(CExchange),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cx_init,
+    .tp_dealloc = (destructor)cx_dealloc,
+    .tp_traverse = (traverseproc)cx_traverse,
+    .tp_clear = (inquiry)cx_clear,
+    .tp_methods = cx_methods,
+    .tp_getset = cx_getset,
+};
+
+int cexchange_init(PyObject *module, long fallback, long head, long done, long cut)
+{
+#define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
+    NAME(s_feed, "feed") NAME(s_write, "write") NAME(s_draining, "draining")
+    NAME(s_status, "status") NAME(s_finished, "finished") NAME(s_c_done, "_c_done")
+    NAME(s_c_adopt, "_c_adopt") NAME(s_pause_reading, "pause_reading")
+    NAME(s_resume_reading, "resume_reading") NAME(w_result, "result") NAME(w_lost, "lost")
+    NAME(w_client, "client")
+#undef NAME
+    f_fallback = fallback;
+    f_head = head;
+    f_done = done;
+    f_cut = cut;
+    if (PyType_Ready(&CExchangeType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "CExchange", (PyObject *)&CExchangeType);
+}
