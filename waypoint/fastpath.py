@@ -32,6 +32,7 @@ the coroutine path; the test suites run both ways).
 from __future__ import annotations
 
 import asyncio
+from types import ModuleType
 from typing import Any, cast
 
 from shoal.core.pipe import TcpEnd
@@ -230,10 +231,11 @@ class FastSession(TcpEnd):
             self.exchange = Exchange(self, st, req, plan.eps, None, head_bytes,
                                      picked=(lb, keys, plan.by_key, key, conn))
             return
-        nat = native.Response(parsed[4] == "1.1", parsed[5])
+        h1 = cast(ModuleType, native)           # plans exist only with it (planpath.py)
+        nat = h1.Response(parsed[4] == "1.1", parsed[5])
         stream = cast(PlainUpstream, conn.stream)
         transport = cast(asyncio.Transport, stream.transport)
-        cex = native.CExchange(self, transport, self.transport, nat, proxy, lb, key, keys,
+        cex = h1.CExchange(self, transport, self.transport, nat, proxy, lb, key, keys,
                                (plan, parsed, head_bytes, request_id, traceparent, parent_span,
                                 t0, key, conn, nat))
         stream.receiver = cex

@@ -34,6 +34,7 @@ the next request is looked up; `MAX_PLANS` bounds the table.
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Any
 
 from shoal.waypoint.h1native import native
@@ -73,6 +74,7 @@ class PlanCache:
     def __init__(self, proxy: Any) -> None:
         if native is None:
             raise RuntimeError("plans need the native HTTP/1.1 module (h1native.py)")
+        self.native: ModuleType = native
         native.seed(os.urandom(32))     # in the worker: ids differ between workers
         self.proxy = proxy
         self.sampling = float(proxy.forwarder.trace_sampling)
@@ -86,7 +88,7 @@ class PlanCache:
         if gen != self.generation:
             self.plans.clear()
             self.generation = gen
-        return native.plan_request(data, self.plans, self.sampling)  # type: ignore[union-attr]
+        return self.native.plan_request(data, self.plans, self.sampling)
 
     def install(self, st: Any, req: Any, d: Any) -> None:
         """Keep `d` (a proxy.Plan for `req`, decided with `st`) when nothing

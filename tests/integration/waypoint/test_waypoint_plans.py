@@ -11,10 +11,12 @@ served from a plan and behave as before.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import socket
 import struct
+import sys
 import time
 
 import pytest
@@ -272,3 +274,41 @@ async def test_a_client_resetting_mid_exchange_from_a_plan_is_one_dc_record(monk
         await until(recorded, what="the access-log lines")
     assert [(f["path"], f["response_code"], f["response_flags"])
             for f in access_lines(written)] == [("/slow/300", 200, "-"), ("/slow/300", 0, "DC")]
+
+
+class Fixed(ThreadedBackend):
+    """1 KiB answers, keep-alive."""
+
+    def serve(self, conn: socket.socket) -> None:
+        for _ in self.request_heads(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024)
+
+
+def keepalive_gets(port: int, n: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(n):
+            s.sendall(b"GET /k HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+            read_response(s)
+
+
+async def test_thousands_of_plan_served_requests_keep_no_references(monkeypatch):
+    """What a request served from a plan holds (its plan, its connection,
+    C objects) is let go when it ends: the plan's reference count and the
+    number of live objects do not grow with the requests."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    backend = Fixed()
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    try:
+        async with running_waypoint(mesh, access_log=False) as wp:
+            port = wp.plaintext_port
+            await asyncio.to_thread(keepalive_gets, port, 200)
+            plan = wp.app.proxy.plans.plans["GET /k echo:8080"]
+            gc.collect()
+            refs, objects = sys.getrefcount(plan), len(gc.get_objects())
+            await asyncio.to_thread(keepalive_gets, port, 3000)
+            gc.collect()
+            assert sys.getrefcount(plan) == refs
+            assert len(gc.get_objects()) - objects < 300      # not one per request
+    finally:
+        backend.close()
