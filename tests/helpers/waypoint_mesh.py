@@ -237,6 +237,28 @@ class ThreadedBackend:
         self.sock.close()
 
 
+class ScriptedBackend(ThreadedBackend):
+    """Answers the i-th request head (on any connection) with `answers[i]`:
+    (the parts it sends, pausing `gap` seconds between them so they arrive
+    as separate reads; close the connection after it?). Records the heads."""
+
+    def __init__(self, answers: list, gap: float) -> None:
+        super().__init__()
+        self.answers, self.gap = answers, gap
+        self.received: list[bytes] = []
+
+    def serve(self, conn: socket.socket) -> None:
+        for head in self.request_heads(conn):
+            self.received.append(head)
+            parts, close = self.answers[len(self.received) - 1]
+            for i, part in enumerate(parts):
+                if i:
+                    time.sleep(self.gap)
+                conn.sendall(part)
+            if close:
+                return
+
+
 class CutBackend(ThreadedBackend):
     """Announces 1000 body bytes, sends 10 and closes: an upstream cut mid-body."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import time
 
 import pytest
 
@@ -22,7 +21,7 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.http1 import H1ResponseParser, MessageEnded
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
-from tests.helpers.waypoint_mesh import ThreadedBackend, recorded_conversation
+from tests.helpers.waypoint_mesh import ScriptedBackend, recorded_conversation
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
@@ -63,27 +62,6 @@ SCRIPT = [
 # chunked bodies are compared re-chunked, same_chunking; it only makes
 # split heads and bodies likely).
 PART_GAP_S = 0.02
-
-
-class ScriptedBackend(ThreadedBackend):
-    """Answers request i with SCRIPT[i]'s parts, records what it received."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
-        self.next = 0
-
-    def serve(self, conn: socket.socket) -> None:
-        for head in self.request_heads(conn):
-            self.received.append(head)
-            _, parts, close = SCRIPT[self.next]
-            self.next += 1
-            for i, part in enumerate(parts):
-                if i:
-                    time.sleep(PART_GAP_S)
-                conn.sendall(part)
-            if close:
-                return
 
 
 def converse(port: int) -> list[bytes]:
@@ -185,7 +163,7 @@ async def run_once(monkeypatch, use_native: bool):
     monkeypatch.setattr(fastpath, "native", counting if use_native else None)
     monkeypatch.setattr(fastexchange, "native", counting if use_native else None)
     monkeypatch.setattr(FastSession, "native_h1", use_native)
-    backend = ScriptedBackend()
+    backend = ScriptedBackend([(parts, close) for _, parts, close in SCRIPT], PART_GAP_S)
     records: list = []
     got = await recorded_conversation(monkeypatch, backend, converse, records)
     upstream = [re.sub(rb"(traceparent: 00-[0-9a-f]{32}-)[0-9a-f]{16}", rb"\1<span>", h)

@@ -17,7 +17,6 @@ import re
 import socket
 import struct
 import sys
-import time
 
 import pytest
 
@@ -29,7 +28,7 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (Mesh, ThreadedBackend, access_lines,
+from tests.helpers.waypoint_mesh import (Mesh, ScriptedBackend, ThreadedBackend, access_lines,
                                          capture_access_log, recorded_conversation,
                                          running_waypoint)
 from tests.integration.waypoint.conftest import Client
@@ -69,25 +68,6 @@ STATUSES = [b"200", b"200", b"200", b"200", b"503", b"404", b"204", b"100", b"20
 PART_GAP_S = 0.02
 
 
-class ScriptedBackend(ThreadedBackend):
-    """Answers the i-th request head with CONVERSATION[i]'s answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
-
-    def serve(self, conn: socket.socket) -> None:
-        for head in self.request_heads(conn):
-            self.received.append(head)
-            _, _, parts, close = CONVERSATION[len(self.received) - 1]
-            for i, part in enumerate(parts):
-                if i:
-                    time.sleep(PART_GAP_S)
-                conn.sendall(part)
-            if close:
-                return
-
-
 def converse(port: int) -> list[bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         got = []
@@ -116,7 +96,8 @@ async def run(monkeypatch, plans: bool):
             _log(a)
             return _real(self, *a)
         monkeypatch.setattr(FastSession, name, spy)
-    backend = ScriptedBackend()
+    backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
+                              PART_GAP_S)
     records: list = []
     got = await recorded_conversation(monkeypatch, backend, converse, records)
     assert len(records) == len(CONVERSATION) - 1
