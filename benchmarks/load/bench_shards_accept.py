@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from tests.helpers.shards_proc import PYTHON, ROOT, Shards, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.shards_proc import PYTHON, ROOT, Shards
 from tests.helpers.wait import wait_for
 
 PEER = r"""

@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.hbone_procs import free_port, start_shoal_tool, stop, wait_port  # noqa: E402
+from tests.helpers.hbone_procs import start_shoal_tool, stop, wait_port  # noqa: E402
+from tests.helpers.ports import free_port  # noqa: E402
 from tests.helpers.pki import TestPKI, write_pem  # noqa: E402
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"

@@ -23,7 +23,8 @@ import tempfile
 import time
 
 from shoal.benchmarks.load.bench_shards_accept import PEER, _serving
-from tests.helpers.shards_proc import PYTHON, ROOT, Shards, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.shards_proc import PYTHON, ROOT, Shards
 from tests.helpers.wait import wait_for
 
 

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
-from tests.helpers.ztunnel_peers import (Proc, free_port, haproxy_pair, iperf3_run,  # noqa: E402
+from tests.helpers.ports import free_port  # noqa: E402
+from tests.helpers.ztunnel_peers import (Proc, haproxy_pair, iperf3_run,  # noqa: E402
                                          iperf3_server, stunnel_pair)
 
 APP_PORT = 18080

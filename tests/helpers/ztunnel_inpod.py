@@ -30,7 +30,8 @@ from shoal.cni import chain
 from tests.helpers.cni_agent import CNI_PATH, ROOT, start_agent
 from tests.helpers.wait import wait_for
 from tests.helpers.cni_netns import sh, unique
-from tests.helpers.ztunnel_peers import Proc, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.ztunnel_peers import Proc
 
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 PROXY_PORTS = (15001, 15006, 15008)

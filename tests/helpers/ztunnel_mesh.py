@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.ztunnel_peers import Proc, free_port, python_app
+from tests.helpers.ports import free_port
+from tests.helpers.ztunnel_peers import Proc, python_app
 
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 ROOT = str(Path(__file__).resolve().parents[2])

@@ -1,7 +1,7 @@
 """Real peer programs for ztunnel tests and benchmarks: processes, ports, peers.
 
 - `Proc`: a subprocess with a log file, stopped (TERM, then KILL) on `stop()`.
-- `free_port()`, `wait_port()`: ports are never fixed (tests run in parallel).
+- `wait_port()`: wait for a listener (ports come from tests.helpers.ports).
 - iperf3 server/client, a haproxy pair (plaintext, two hops) and a stunnel
   pair (mutual TLS 1.3, two hops): the peers load_ztunnel.py compares with.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -21,26 +20,6 @@ from pathlib import Path
 from tests.helpers.pki import TestPKI, write_pem
 
 PROC_STOP_TIMEOUT = 5.0
-
-
-# Free ports are picked below the kernel's ephemeral range (32768+ here), so
-# the source ports of other tests' client connections cannot take them
-# between the pick and the bind.
-PORT_RANGE = (12000, 32000)
-_rng = random.Random(os.getpid() ^ time.monotonic_ns())
-
-
-def free_port(host: str = "0.0.0.0") -> int:
-    """A port nothing listens on (bindable on the wildcard address)."""
-    for _ in range(1000):
-        port = _rng.randrange(*PORT_RANGE)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0, proc: "Proc | None" = None) -> None:

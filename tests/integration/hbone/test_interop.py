@@ -14,8 +14,8 @@ from shoal.core.hbone.pool import HbonePool
 from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.tls import client_context
 from tests.helpers.hbone_net import CLIENT_ID, SERVER_ID, HbonePair, digest, start_echo
-from tests.helpers.hbone_procs import (free_port, start_nghttpx, start_shoal_tool,
-                                       start_tinyproxy, stop)
+from tests.helpers.ports import free_port
+from tests.helpers.hbone_procs import start_nghttpx, start_shoal_tool, start_tinyproxy, stop
 from tests.helpers.pki import TestPKI, write_pem
 from tests.helpers.wait import until
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from shoal.core.sockets import DefaultSocketFactory, listener_key
+from tests.helpers.ports import free_port
 from shoal.shards.app import App
 from shoal.shards.handoff import SlotSocketFactory, namespace_prefix, send_message
 from shoal.shards.options import SupervisorOptions
@@ -24,12 +25,6 @@ class NsFactory(DefaultSocketFactory):
     def __init__(self, key: str) -> None:
         super().__init__()
         self.namespace_key = key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def is_closed(sock: socket.socket) -> bool:

@@ -17,7 +17,8 @@ from shoal.routing.view import StaticView
 from tests.helpers.ztunnel_apps import expected_hash, pattern
 from tests.helpers.ztunnel_direct import LocalCa, ViewBox, start_proxy
 from tests.helpers.ztunnel_mesh import unique_prefix
-from tests.helpers.ztunnel_peers import free_port, python_app
+from tests.helpers.ports import free_port
+from tests.helpers.ztunnel_peers import python_app
 from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh
-from tests.helpers.ztunnel_peers import Proc, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.ztunnel_peers import Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 

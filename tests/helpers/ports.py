@@ -1,0 +1,72 @@
+"""One picker of free TCP ports for every test helper.
+
+A test that starts a process must name its ports before the process binds
+them, so between the pick and the bind nothing holds the port. Three things
+could take it in that window, and each has its answer here:
+- a client connection's source port: ports are picked below the kernel's
+  ephemeral range, which the kernel never hands out as source ports;
+- another pytest-xdist worker of the same run picking the same number:
+  each worker walks a slice of the range of its own;
+- the same process picking a number twice before binding it (a mesh names
+  a dozen ports before starting anything): a worker walks its slice in
+  order, so a number comes round again only after the whole slice.
+Why it matters: shoal's listeners set SO_REUSEPORT, so two processes of the
+same user that bind one port do not fail, they share it silently (and a
+listener on 127.0.0.1 takes every loopback connection from one on the
+wildcard address): a test then talks to another test's server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+# The range starts well above the well-known and registered ports that the
+# machine's own daemons (and the e2e tests' fixed ports: 15001, 15006,
+# 15008, 15021, 15090...) use.
+LOW_PORT = 16000
+_FALLBACK_EPHEMERAL_LOW = 32768
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_EPHEMERAL_LOW
+
+
+def _slice() -> tuple[int, int]:
+    """[low, high) of the ports this xdist worker (or this lone run) owns."""
+    low, high = LOW_PORT, _ephemeral_low()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")        # "gw3"
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (high - low) // max(count, 1)
+    return low + index * size, low + (index + 1) * size
+
+
+_LOW, _HIGH = _slice()
+# Where this process starts its walk: runs in other checkouts on the same
+# machine (not xdist siblings) then start apart.
+_next = _LOW + (os.getpid() ^ time.monotonic_ns()) % (_HIGH - _LOW)
+_lock = threading.Lock()
+
+
+def free_port(host: str = "0.0.0.0") -> int:
+    """A port nothing is bound to now, not handed out before by this process
+    (until its slice wraps)."""
+    global _next
+    with _lock:
+        for _ in range(_HIGH - _LOW):
+            port = _next
+            _next = _LOW if _next + 1 >= _HIGH else _next + 1
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in [{_LOW}, {_HIGH})")
