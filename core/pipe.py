@@ -70,6 +70,12 @@ class Endpoint(Protocol):
     #     nothing is queued; True means fn took it (counts as read).
     #   write_nowait(data) -> bool: take all of `data` now, or nothing (False)
     #     if it would have to wait or the endpoint failed (write() then says why).
+    # Optional, backpressure without a copy task (a source that can stop
+    # reading, a destination that can tell it when to start again):
+    #   hold_reading() / release_reading(): stop / restart reading the peer.
+    #   write_held(data, source) -> bool: write_nowait, and also while the
+    #     endpoint's buffer is over its limit: then `data` goes out all the
+    #     same and `source` is held until the buffer drains.
 
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF after what was written."""
@@ -122,7 +128,8 @@ class TcpEnd(asyncio.Protocol):
         self._queued = 0
         self._eof = False
         self._error: Exception | None = None
-        self._paused = False
+        self._paused = False              # reading stopped: READ_HIGH_WATER queued
+        self._held = False                # reading stopped: hold_reading (the sink's backpressure)
         self._read_waiter: asyncio.Future | None = None
         self._drain_waiter: asyncio.Future | None = None
         self._can_write = True
@@ -160,8 +167,29 @@ class TcpEnd(asyncio.Protocol):
         if self._queued >= READ_HIGH_WATER and not self._paused:
             self._paused = True
             assert self.transport is not None     # data only comes once connected
-            self.transport.pause_reading()
+            if not self._held:
+                self.transport.pause_reading()
         self._wake()
+
+    def hold_reading(self) -> bool:
+        """Stop reading the socket until release_reading() (the sink's
+        destination is over its buffer limit). True if it was not held yet."""
+        if self._held:
+            return False
+        self._held = True
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            t.pause_reading()
+        return True
+
+    def release_reading(self) -> None:
+        """Read again (unless READ_HIGH_WATER bytes still wait for read())."""
+        if not self._held:
+            return
+        self._held = False
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            t.resume_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -262,7 +290,8 @@ class TcpEnd(asyncio.Protocol):
         if self._paused and self._queued < READ_HIGH_WATER // 2:
             self._paused = False
             assert self.transport is not None     # paused only once connected
-            self.transport.resume_reading()
+            if not self._held and not self.transport.is_closing():
+                self.transport.resume_reading()
         return data
 
     async def write(self, data) -> None:
@@ -379,8 +408,8 @@ async def pipe(a, b) -> tuple[int, int]:
     direct = [end for end in (a, b) if hasattr(end, "set_sink")]
     pushed = [0, 0]                       # bytes delivered directly a→b, b→a
     if len(direct) == 2:
-        a.set_sink(_counted(b, pushed, 0))
-        b.set_sink(_counted(a, pushed, 1))
+        a.set_sink(_counted(b, pushed, 0, a))
+        b.set_sink(_counted(a, pushed, 1, b))
     ab = asyncio.ensure_future(_copy(a, b))
     ba = asyncio.ensure_future(_copy(b, a))
     try:
@@ -410,11 +439,18 @@ async def pipe(a, b) -> tuple[int, int]:
     return ab.result() + pushed[0], ba.result() + pushed[1]
 
 
-def _counted(end, pushed: list, i: int):
+def _counted(end, pushed: list, i: int, source=None):
+    """The sink `source` pushes into `end` with: True when `end` took the
+    data (counted in pushed[i]). Where `source` can be held and `end` can
+    hold it, data goes out even while `end` is over its buffer limit and
+    `source` stops reading until it drains, so backpressure needs no copy
+    task (a held source's next read waits in the kernel, not in a queue)."""
     write_nowait = end.write_nowait
+    write_held = getattr(end, "write_held", None)
+    hold = source if write_held is not None and hasattr(source, "hold_reading") else None
 
     def push(data) -> bool:
-        if write_nowait(data):
+        if write_nowait(data) if hold is None else write_held(data, hold):
             pushed[i] += len(data)
             return True
         return False
@@ -422,7 +458,7 @@ def _counted(end, pushed: list, i: int):
     if native_sink is not None:
         # The same push with its common case in C (HboneStream: core/hbone/
         # native/send.c), or None where that does not apply.
-        sender = native_sink(push, pushed, i)
+        sender = native_sink(push, pushed, i, hold)
         if sender is not None:
             return sender
     if type(end).write_nowait is TcpEnd.write_nowait:

@@ -37,7 +37,7 @@ from shoal.core.hbone.errors import (HboneError, PeerIdentityError, RemoteProtoc
 from shoal.core.hbone.protocol import CLOSED, OPEN, HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import (DEFAULT_SETTINGS, SEND_FRAME_SIZE, WRITE_HIGH_WATER,
                                        HboneSettings)
-from shoal.core.hbone.stream import HboneStream
+from shoal.core.hbone.stream import HOLD_SEND_WINDOW, HboneStream
 from shoal.core.identity.spiffe import (Identity, IdentityError, verify_client_trust_domain,
                                   verify_server_identity)
 
@@ -157,18 +157,22 @@ class HboneConnection(asyncio.Protocol):
         return native.Relay(sslsock, self, raw, h2fast.RECV_OK_CONNECTION, h2fast.RECV_OK_STREAM,
                             CLOSED, h2fast.DIRECT_BODY_MIN)
 
-    def native_sender(self, stream: HboneStream, push, pushed: list, i: int):
+    def native_sender(self, stream: HboneStream, push, pushed: list, i: int, source=None):
         """core.pipe's `push` into `stream` in C (core/hbone/native/send.c),
-        or None when this connection's TLS is not on the C record calls."""
+        or None when this connection's TLS is not on the C record calls.
+        With `source`, the push is write_held's (holds `source`)."""
         native = fastpath.native
         tls = getattr(self.transport, "native_tls", None)
         parts = tls() if tls is not None else None
-        if native is None or parts is None or type(stream).write_nowait is not HboneStream.write_nowait:
+        if (native is None or parts is None
+                or type(stream)._send_now is not HboneStream._send_now
+                or type(stream).write_nowait is not HboneStream.write_nowait
+                or type(stream).write_held is not HboneStream.write_held):
             return None
         proto, sslsock, raw = parts
         return native.Sender(stream, push, pushed, i, self, proto, sslsock, raw,
                              h2fast.SEND_OK_CONNECTION, h2fast.SEND_OK_STREAM, OPEN,
-                             SEND_FRAME_SIZE)
+                             SEND_FRAME_SIZE, source, HOLD_SEND_WINDOW)
 
     def _handle(self, feed, arg) -> None:
         try:
@@ -203,6 +207,8 @@ class HboneConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        for stream in list(self.streams.values()):
+            stream._release_held()          # sources held over the mark (write_held)
 
     # -- used by streams, pool and server -----------------------------------
 
@@ -353,12 +359,12 @@ class HboneConnection(asyncio.Protocol):
 
     def _on_window(self, e: ev.WindowOpened) -> None:
         if e.stream_id == 0:
-            for each in self.streams.values():
-                each._wake_sender()
+            for each in list(self.streams.values()):
+                each._window_opened()
         else:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
-                stream._wake_sender()
+                stream._window_opened()
 
     def _on_opened(self, e: ev.TunnelOpened) -> None:
         stream = self.streams.get(e.stream_id)

@@ -20,6 +20,12 @@ from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetE
 from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import READ_SIZE
 
+# A piped source (write_held) stops reading once less send window than this
+# is left: its next socket read (uvloop's are up to 256 KiB) would not fit,
+# would be refused and queued, and the pipe's Python copy task would send
+# the queue. Held, the bytes wait in the kernel until the window opens.
+HOLD_SEND_WINDOW = READ_SIZE
+
 
 class StreamOwner(Protocol):
     """What a stream needs of the connection that carries it.
@@ -69,6 +75,8 @@ class HboneStream:
         self._send_waiter: asyncio.Future | None = None
         self._writing = False              # a write() is sending (or waiting to)
         self._sink = None                  # set_sink (core.pipe): direct delivery
+        self._held = None                  # the source write_held stopped reading
+        self._held_for_window = False      # ... until a WINDOW_UPDATE (too, if over the mark)
         self._opened: asyncio.Future = conn.loop.create_future()
         self._done = False
         # Server: cancels the handler's work (authorization, upstream connect)
@@ -106,6 +114,7 @@ class HboneStream:
         self._release_unread()
         self._wake_reader()
         self._wake_sender()
+        self._release_held()
         self._finish()
 
     def _release_unread(self) -> None:
@@ -133,10 +142,40 @@ class HboneStream:
         if w is not None and not w.done():
             w.set_result(None)
 
+    def _window_opened(self) -> None:
+        self._wake_sender()
+        self._held_for_window = False
+        self._release_held()
+
+    def _hold(self, source) -> None:
+        """Stop `source` reading until the transport is under its mark and,
+        if the window was short, a WINDOW_UPDATE came (the C Sender calls
+        this too: send.c)."""
+        if self._held is None and self._error is None and source.hold_reading():
+            self._held = source
+            self._held_for_window = self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW
+
+    def _release_held(self, force: bool = False) -> None:
+        """Let the held source read again once what held it is over: the
+        transport drained (resume_writing) and, if the window was short,
+        any WINDOW_UPDATE came (not only one past HOLD_SEND_WINDOW: a peer
+        whose windows never grow that far must not stall the tunnel); or
+        at once when the stream failed or finished (`force`: the pipe then
+        sees why)."""
+        source = self._held
+        if source is None:
+            return
+        if force or self._error is not None or (self._conn.can_write.is_set()
+                                                and not self._held_for_window):
+            self._held = None
+            self._held_for_window = False
+            source.release_reading()
+
     def _finish(self) -> None:
         if not self._done:
             self._done = True
             self._release_unread()
+            self._release_held(force=True)
             self._conn.stream_done(self)
 
     # -- the application side -----------------------------------------------
@@ -212,18 +251,31 @@ class HboneStream:
         (True: taken) while nothing is queued for read()."""
         self._sink = sink
 
-    def native_sink(self, push, pushed: list, i: int):
-        """core.pipe's `push` into this stream (write_nowait, then
-        `pushed[i] += len(data)`) with its common case in C, or None."""
+    def native_sink(self, push, pushed: list, i: int, source=None):
+        """core.pipe's `push` into this stream (write_nowait, or write_held
+        with `source`, then `pushed[i] += len(data)`) with its common case
+        in C, or None."""
         make = getattr(self._conn, "native_sender", None)
-        return make(self, push, pushed, i) if make is not None else None
+        return make(self, push, pushed, i, source) if make is not None else None
 
     def write_nowait(self, data) -> bool:
         """Send all of `data` now if the windows and the transport allow it
         without waiting; False (nothing sent) otherwise, or on any error
         (write() then raises it)."""
+        return self._send_now(data, None)
+
+    def write_held(self, data, source) -> bool:
+        """write_nowait, and also while the transport is above its
+        high-water mark: `data` then goes out all the same (the transport
+        holds one read more than its mark). After a send that leaves the
+        transport over its mark or less than HOLD_SEND_WINDOW of window,
+        `source` (a core.pipe TcpEnd) stops reading until both recover."""
+        return self._send_now(data, source)
+
+    def _send_now(self, data, source) -> bool:
         n = len(data)
-        if (self._writing or self._error is not None or not self._conn.can_write.is_set()
+        over = not self._conn.can_write.is_set()
+        if (self._writing or self._error is not None or (over and source is None)
                 or self._core.send_window(self.stream_id) < n):
             return False
         try:
@@ -232,6 +284,9 @@ class HboneStream:
             return False
         self.bytes_sent += n
         self._conn.flush()
+        if source is not None and (not self._conn.can_write.is_set()
+                                   or self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW):
+            self._hold(source)
         return True
 
     def write_eof(self) -> None:

@@ -10,10 +10,22 @@
  * the connection's SSL* and written, on the same Python objects and in the
  * same way as the Python path; anything else calls the Python push.
  *
+ * Backpressure (HboneStream.write_held, given a `source`: the TcpEnd that
+ * pushes): while the TLS transport is above its high-water mark the frame
+ * goes out all the same; after a frame that leaves the transport over its
+ * mark or less than `hold_window` of send window, the source is held
+ * (stream._hold(source): it stops reading its socket; the stream releases
+ * it when the window opens or the transport drains). Without this the next
+ * read did not fit, the push refused, the TcpEnd queued, and the pipe's
+ * Python copy task sent the queue through h2 until it was empty: under
+ * bulk load, most of the time. Now the next read waits in the kernel and
+ * the C path takes it when reading resumes.
+ *
  * The frame is sent here only if all of these hold (else `fallback(data)`):
  *   - data is bytes, 1 byte up to min(SETTINGS_MAX_FRAME_SIZE, send_max);
  *   - HboneStream: no write() in progress, no error; the connection's
- *     can_write set (transport under its high-water mark);
+ *     can_write set (transport under its high-water mark), or a source
+ *     to hold;
  *   - _HboneCore: not dead, the stream OPEN and not ended locally;
  *   - h2: the connection and the stream in states where sending DATA
  *     changes nothing but the windows (h2fast's), both send windows >= len;
@@ -22,11 +34,11 @@
  * Sending: both send windows reduced, the guard's DATA count increased (the
  * WINDOW_UPDATE credit), the stream's bytes_sent, the records written, the
  * guard told when the TCP transport's buffer is empty (output_drained), the
- * pipe's count increased. A TLS failure aborts the TCP transport, as
- * _TlsProtocol._write_native does.
+ * pipe's count increased; the source held (above). A TLS
+ * failure aborts the TCP transport, as _TlsProtocol._write_native does.
  *
  *   Sender(stream, fallback, pushed, index, conn, tls, sslsock, raw,
- *          conn_states, stream_states, open, send_max)
+ *          conn_states, stream_states, open, send_max, source, hold_window)
  *   sender(data) -> bool        (True: taken, as core.pipe's push)
  */
 
@@ -59,7 +71,9 @@ typedef struct {
     PyObject *sslsock;        /* its attached _ssl._SSLSocket */
     PyObject *raw;            /* its TCP transport */
     PyObject *conn_states, *stream_states, *open;
+    PyObject *source;         /* the TcpEnd to hold under backpressure, or None */
     long long send_max;       /* SEND_FRAME_SIZE */
+    long long hold_window;    /* stream.HOLD_SEND_WINDOW */
     unsigned long long frames;
 } Sender;
 
@@ -67,7 +81,7 @@ static PyObject *s_writing, *s_error, *s_value, *s_dead, *s_state, *s_local_ende
     *s_max_frame, *s_h2_chunks, *s_data_to_send,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
     *s_bytes_sent, *s_core, *s_h2, *s_guard,
-    *s_can_write, *s_streams, *s_core_streams, *s_stream_id;
+    *s_can_write, *s_streams, *s_core_streams, *s_stream_id, *s__hold;
 
 static int call_true(PyObject *o, PyObject *method)
 {
@@ -90,7 +104,11 @@ static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
     long long max_frame;
     CHECK_NOT(attr_true(s->stream, s_writing));
     CHECK(attr_none(s->stream, s_error));
-    CHECK(attr_true(s->can_write, s_value));
+    int can_write = attr_true(s->can_write, s_value);
+    if (can_write < 0)
+        return -1;
+    if (!can_write && s->source == Py_None)
+        return 0;
     CHECK_NOT(attr_true(s->core, s_dead));
     PyObject *cs = PyDict_GetItemWithError(s->core_streams, s->sid);
     if (cs == NULL)
@@ -197,12 +215,27 @@ static PyObject *sender_push(Sender *s, PyObject *data)
     /* _HboneCore.send_data → H2ConnectionFast.send_data's fast path. */
     s->h2_windows->outbound -= n;
     sw->outbound -= n;
+    long long left = s->h2_windows->outbound < sw->outbound ? s->h2_windows->outbound
+                                                            : sw->outbound;
     s->counters->data_frames_sent++;    /* WINDOW_UPDATE credit */
     int failed = add_ll(s->stream, s_bytes_sent, n) < 0
                  || send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
     Py_DECREF(h2s);
     if (failed)
         return NULL;
+    if (s->source != Py_None) {
+        /* HboneStream._send_now after the flush: hold the source if the
+         * transport is over its mark or the window short. */
+        int can_write = attr_true(s->can_write, s_value);
+        if (can_write < 0)
+            return NULL;
+        if (!can_write || left < s->hold_window) {
+            PyObject *r = PyObject_CallMethodOneArg(s->stream, s__hold, s->source);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+    }
     /* core.pipe's push: pushed[index] += len(data). */
     PyObject *add = PyLong_FromLongLong(n), *sum;
     if (add == NULL)
@@ -228,15 +261,17 @@ static PyObject *sender_vectorcall(PyObject *self, PyObject *const *args, size_t
 static int sender_init(Sender *s, PyObject *args, PyObject *kw)
 {
     PyObject *stream, *fallback, *pushed, *conn, *tls, *sslsock, *raw, *cst, *sst, *open;
+    PyObject *source = Py_None;
+    long long hold_window = 0;
     Py_ssize_t index;
     long long send_max;
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "Sender takes no keyword arguments");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOO!nOOOOO!O!OL:Sender", &stream, &fallback, &PyList_Type, &pushed,
-                          &index, &conn, &tls, &sslsock, &raw, &PyTuple_Type, &cst,
-                          &PyTuple_Type, &sst, &open, &send_max))
+    if (!PyArg_ParseTuple(args, "OOO!nOOOOO!O!OL|OL:Sender", &stream, &fallback, &PyList_Type,
+                          &pushed, &index, &conn, &tls, &sslsock, &raw, &PyTuple_Type, &cst,
+                          &PyTuple_Type, &sst, &open, &send_max, &source, &hold_window))
         return -1;
     if (index < 0 || index >= PyList_GET_SIZE(pushed)) {
         PyErr_SetString(PyExc_IndexError, "Sender index outside its list");
@@ -255,6 +290,7 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     KEEP(conn_states, Py_NewRef(cst));
     KEEP(stream_states, Py_NewRef(sst));
     KEEP(open, Py_NewRef(open));
+    KEEP(source, Py_NewRef(source));
     KEEP(sid, PyObject_GetAttr(stream, s_stream_id));
     KEEP(core, PyObject_GetAttr(conn, s_core));
     KEEP(can_write, PyObject_GetAttr(conn, s_can_write));
@@ -275,6 +311,7 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     }
     s->index = index;
     s->send_max = send_max;
+    s->hold_window = hold_window;
     s->vectorcall = sender_vectorcall;
     return 0;
 }
@@ -286,6 +323,7 @@ static int sender_traverse(Sender *s, visitproc visit, void *arg)
     Py_VISIT(s->can_write); Py_VISIT(s->core_streams); Py_VISIT(s->h2_streams);
     Py_VISIT(s->tls); Py_VISIT(s->sslsock); Py_VISIT(s->raw);
     Py_VISIT(s->conn_states); Py_VISIT(s->stream_states); Py_VISIT(s->open);
+    Py_VISIT(s->source);
     return 0;
 }
 
@@ -296,6 +334,7 @@ static int sender_clear(Sender *s)
     Py_CLEAR(s->can_write); Py_CLEAR(s->core_streams); Py_CLEAR(s->h2_streams);
     Py_CLEAR(s->tls); Py_CLEAR(s->sslsock); Py_CLEAR(s->raw);
     Py_CLEAR(s->conn_states); Py_CLEAR(s->stream_states); Py_CLEAR(s->open);
+    Py_CLEAR(s->source);
     return 0;
 }
 
@@ -339,6 +378,7 @@ int send_init(PyObject *module)
     NAME(s_bytes_sent, "bytes_sent") NAME(s_core, "core") NAME(s_h2, "_h2")
     NAME(s_guard, "guard") NAME(s_can_write, "can_write") NAME(s_streams, "streams")
     NAME(s_core_streams, "_streams") NAME(s_stream_id, "stream_id")
+    NAME(s__hold, "_hold")
 #undef NAME
     if (PyType_Ready(&SenderType) < 0)
         return -1;

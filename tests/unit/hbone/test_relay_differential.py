@@ -35,6 +35,7 @@ from shoal.core.hbone import fastpath, tlsio
 from shoal.core.hbone.connection import HboneConnection
 from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.tls import client_context, server_context
+from shoal.core.hbone.stream import HOLD_SEND_WINDOW
 from shoal.core.pipe import TcpEnd, _counted
 from tests.helpers.leaks import leaks
 from tests.helpers.pki import TestPKI
@@ -681,11 +682,20 @@ class SendRun(Run):
     def client_native(self) -> bool:
         return self.relay
 
-    def setup_push(self) -> None:
+    async def setup_push(self) -> None:
         self.c, self.s = self.client_streams[2], self.streams[2]
         self.push_pushed = [0, 0]
-        self.push = _counted(self.c, self.push_pushed, 1)
+        # The pushing TcpEnd, on a real socket: write_held holds it (its
+        # transport stops reading) under backpressure.
+        self.src_sock, theirs = socket.socketpair()
+        _, self.src = await asyncio.get_running_loop().create_connection(TcpEnd, sock=theirs)
+        self.push = _counted(self.c, self.push_pushed, 1, self.src)
         assert (type(self.push).__name__ == "Sender") == self.relay
+
+    def close(self) -> None:
+        super().close()
+        self.src.transport.close()
+        self.src_sock.close()
 
     def do(self, op):
         kind, arg = op[0], op[1:]
@@ -734,6 +744,7 @@ class SendRun(Run):
                         st.state_machine.state if st else None),
             "guard": (g.data_frames_sent, g.outbound_control, g.window_updates),
             "counts": (self.c.bytes_sent, tuple(self.push_pushed)),
+            "held": (self.c._held is self.src, self.src._held, self.src.transport.is_reading()),
         }
 
 
@@ -741,7 +752,7 @@ async def send_script(relay: bool, ops, monkeypatch):
     run = SendRun(relay, HboneSettings())
     await run.start(monkeypatch)
     try:
-        run.setup_push()
+        await run.setup_push()
         return [run.do(op) for op in ops], (run.push.frames if relay else 0)
     finally:
         run.close()
@@ -758,6 +769,56 @@ async def test_send_half_random_ops_same_as_python(seed, monkeypatch):
         assert n == p, f"step {i} {ops[i]}: " + str({k: (n[k], p[k]) for k in n if n[k] != p[k]})[:1500]
 
 
+async def compare_send(ops, monkeypatch) -> tuple[list, int]:
+    native, frames = await send_script(True, ops, monkeypatch)
+    python, _ = await send_script(False, ops, monkeypatch)
+    for i, (n, p) in enumerate(zip(native, python)):
+        assert n == p, f"step {i} {ops[i]}: " + str({k: (n[k], p[k]) for k in n if n[k] != p[k]})[:1500]
+    return native, frames
+
+
+FREE, HELD = (False, False, True), (True, True, False)      # (stream holds it, end held, reading)
+
+
+async def test_send_half_sends_over_the_mark_and_holds_the_source_until_it_drains(monkeypatch):
+    """The transport over its high-water mark (pause_writing): C still
+    frames and seals (no Python copy task takes over) and the pushing
+    TcpEnd's transport stops reading; resume_writing releases it."""
+    ops = [("push", 100), ("pause",), ("push", 1000), ("push", 16 * KB), ("resume",),
+           ("push", 100)]
+    snaps, frames = await compare_send(ops, monkeypatch)
+    assert frames == 4
+    assert [s["held"] for s in snaps] == [FREE, FREE, HELD, HELD, FREE, FREE]
+    assert [s["result"] for s in snaps] == [True, None, True, True, None, True]
+
+
+async def test_send_half_holds_the_source_while_the_window_is_short(monkeypatch):
+    """Less than HOLD_SEND_WINDOW of send window left after a push: the
+    source is held (its next read would not fit); a transport drain does
+    not release it, the WINDOW_UPDATE the server's read sends does."""
+    ops = [("push", 256 * KB)] * 16 + [("push", 1), ("pause",), ("resume",), ("read",),
+                                       ("push", 256 * KB)]
+    snaps, frames = await compare_send(ops, monkeypatch)
+    assert HOLD_SEND_WINDOW == 256 * KB       # 4 MiB stream window: 15 pushes leave exactly that
+    assert [s["held"] for s in snaps] == [FREE] * 15 + [HELD] * 4 + [FREE, FREE]
+    assert snaps[16]["result"] is False        # no window: refused, still held
+    assert frames == 17
+
+
+@pytest.mark.parametrize("end", [("reset",), ("eof",), ("writing", True), ("drain",),
+                                 ("window", 70_000), ("max_frame", 16_384)])
+async def test_send_half_held_then_stream_changes(end, monkeypatch):
+    """Held over the mark, then the stream is reset (released: the pipe
+    sees the error), ended, written by a write() in progress, the
+    connection drained or the peer's settings changed; then the drain."""
+    ops = [("pause",), ("push", 1000), end, ("push", 100), ("resume",), ("push", 100)]
+    snaps, _ = await compare_send(ops, monkeypatch)
+    assert snaps[1]["held"] == HELD
+    if end == ("reset",):
+        assert snaps[2]["held"] == FREE and snaps[3]["result"] is False
+    assert snaps[4]["held"] == FREE
+
+
 async def test_send_half_errors_propagate_as_on_the_python_path(monkeypatch):
     """The TCP transport's buffer size whose truth raises: the push raises
     it on both paths (the C Sender returned True with the error still set)."""
@@ -765,7 +826,7 @@ async def test_send_half_errors_propagate_as_on_the_python_path(monkeypatch):
         run = SendRun(relay, HboneSettings())
         await run.start(monkeypatch)
         try:
-            run.setup_push()
+            await run.setup_push()
             run.c_tcp.get_write_buffer_size = lambda: Bad()
             with pytest.raises(ValueError, match="no truth"):
                 run.push(b"x" * 100)
@@ -779,7 +840,7 @@ async def test_sender_checks_its_list_index_on_every_push(monkeypatch):
     run = SendRun(True, HboneSettings())
     await run.start(monkeypatch)
     try:
-        run.setup_push()
+        await run.setup_push()
         run.push_pushed.clear()
         with pytest.raises(IndexError):
             run.push(b"x" * 100)
@@ -795,7 +856,7 @@ async def test_sender_leaks_no_references_or_memory(monkeypatch):
     run = SendRun(True, HboneSettings())
     await run.start(monkeypatch)
     try:
-        run.setup_push()
+        await run.setup_push()
         client = run.client_conn
         h2 = client.core._h2
         objs = [run.c, client, client.core, h2, h2.guard, h2.streams[5], client.core._streams[5],
