@@ -29,6 +29,7 @@ path, in order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 from collections import deque
@@ -445,12 +446,11 @@ def _counted(end, pushed: list, i: int, source=None):
     hold it, data goes out even while `end` is over its buffer limit and
     `source` stops reading until it drains, so backpressure needs no copy
     task (a held source's next read waits in the kernel, not in a queue)."""
-    write_nowait = end.write_nowait
-    write_held = getattr(end, "write_held", None)
-    hold = source if write_held is not None and hasattr(source, "hold_reading") else None
+    hold = source if hasattr(end, "write_held") and hasattr(source, "hold_reading") else None
+    send = end.write_nowait if hold is None else functools.partial(end.write_held, source=hold)
 
     def push(data) -> bool:
-        if write_nowait(data) if hold is None else write_held(data, hold):
+        if send(data):
             pushed[i] += len(data)
             return True
         return False
