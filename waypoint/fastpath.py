@@ -236,8 +236,8 @@ class FastSession(TcpEnd):
         stream = cast(PlainUpstream, conn.stream)
         transport = cast(asyncio.Transport, stream.transport)
         cex = h1.CExchange(self, transport, self.transport, nat, proxy, lb, key, keys,
-                               (plan, parsed, head_bytes, request_id, traceparent, parent_span,
-                                t0, key, conn, nat))
+                           (plan, parsed, head_bytes, request_id, traceparent, parent_span,
+                            t0, key, conn, nat), proxy.telemetry.tally, plan.slots, t0)
         stream.receiver = cex
         self.exchange = cex
         transport.write(head_bytes)
@@ -271,9 +271,28 @@ class FastSession(TcpEnd):
         close_after = nat.close_after
         if close_after:
             self.write_eof()
-        st, req = self._plan_state(plan, parsed, rid, tp, parent, t0, key)
+        keep = parsed[5] and not close_after
+        if cex.counted:         # in the telemetry tally already (cexchange.c)
+            self.free()
+            self.served_fast += 1
+            if keep:
+                self.resume()
+            else:
+                self._end()
+            return
+        st, _ = self._plan_state(plan, parsed, rid, tp, parent, t0, key)
         st.status, st.response_bytes = nat.status, nat.body_bytes
-        self.done(st, req.keep_alive and not close_after)
+        self.done(st, keep)
+
+    def _c_slot(self, cex) -> int:
+        """The telemetry tally slot for a CExchange's response (its plan's
+        slots remember it), -1 when there is none left."""
+        plan, parsed, _, rid, tp, parent, t0, key, _, nat = cex.state
+        st, _ = self._plan_state(plan, parsed, rid, tp, parent, t0, key)
+        st.status, st.response_bytes = nat.status, nat.body_bytes
+        slot = self.proxy.telemetry.slot(self.proxy.record_of(st))
+        plan.slots[(key, nat.status)] = slot
+        return slot
 
     def _c_adopt(self, cex, what: str, *args) -> None:
         """A CExchange met what Exchange handles in Python: an Exchange

@@ -34,6 +34,7 @@ the next request is looked up; `MAX_PLANS` bounds the table.
 from __future__ import annotations
 
 import os
+import time
 from types import ModuleType
 from typing import Any
 
@@ -57,15 +58,19 @@ def plans_enabled() -> bool:
 class Plan:
     """What a request served from a plan needs of the decision."""
 
-    __slots__ = ("target", "backend", "port", "route", "eps", "lb_key", "keys", "by_key")
+    __slots__ = ("target", "backend", "port", "route", "eps", "lb_key", "keys", "by_key",
+                 "slots")
 
     def __init__(self, target: Any, backend: Any, port: int, route: str, eps: list,
-                 keys: tuple, by_key: dict) -> None:
+                 keys: tuple, by_key: dict, counted: bool) -> None:
         self.target, self.backend, self.port, self.route, self.eps = \
             target, backend, port, route, eps
         # Forwarder.balancer's: the balancer's key, the endpoint keys, key -> Endpoint.
         self.lb_key = backend.key if backend is not None else target.address
         self.keys, self.by_key = keys, by_key
+        # (endpoint key, status) -> the telemetry tally's slot, when requests
+        # served from this plan are counted in C (Telemetry.counts_in_c).
+        self.slots: dict | None = {} if counted else None
 
 
 class PlanCache:
@@ -116,5 +121,7 @@ class PlanCache:
             return                      # decided under another generation
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
+        keys, by_key = lookups.endpoint_index(d.eps)
         self.plans[f"{head.method} {head.target} {head.authority}"] = Plan(
-            target, st.backend, st.backend_port, st.route, d.eps, *lookups.endpoint_index(d.eps))
+            target, st.backend, st.backend_port, st.route, d.eps, keys, by_key,
+            self.proxy.telemetry.counts_in_c and self.proxy.clock is time.monotonic)

@@ -237,11 +237,13 @@ class Proxy:
     # -- telemetry ----------------------------------------------------------------
     def record(self, st: RequestState) -> None:
         """The request's one telemetry record (metrics, access log)."""
+        self.telemetry.record(self.record_of(st))
+
+    def record_of(self, st: RequestState) -> RequestRecord:
         h = st.head
         grpc = st.grpc_in is not None and st.grpc_out is not None
-        t = self.telemetry
         took = self.clock() - st.t0
-        t.record(RequestRecord(
+        return RequestRecord(
             source_principal=st.down.source_principal, source_ip=st.down.source_ip,
             source_workload=st.down.source_workload,
             destination=st.backend or (st.target.service if st.target else None),
@@ -258,4 +260,4 @@ class Proxy:
             parent_span_id=st.parent_span,
             grpc_status=(st.grpc_status or grpc_status(None, None, st.status or 0)) if grpc else "",
             request_messages=st.grpc_in.count if st.grpc_in is not None else 0,
-            response_messages=st.grpc_out.count if st.grpc_out is not None else 0))
+            response_messages=st.grpc_out.count if st.grpc_out is not None else 0)

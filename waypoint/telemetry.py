@@ -25,11 +25,13 @@ import os
 import random as _random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from shoal.core.authz import spiffe_parts, strip_spiffe
 from shoal.core.records import Service, Workload
+from shoal.waypoint.h1native import native
 
 ACCESS_LOG = logging.getLogger("shoal.access")
 REPORTER = "waypoint"
@@ -196,9 +198,33 @@ class Telemetry:
         self.clock = clock
         self._aggs: dict[tuple, _Agg] = {}
         self._last_flush = clock()
+        # Requests counted in C (native/tally.c, for plan-served requests
+        # when there is no access log or span to write): slot -> its _Agg.
+        self.tally: Any = None
+        self._slot_aggs: list[_Agg] = []
+        self._slots: dict[tuple, int] = {}
         if metrics is not None:
             self._dur_bounds = list(metrics.request_duration._upper_bounds)
             self._size_bounds = list(metrics.request_bytes._upper_bounds)
+            if native is not None:
+                self.tally = native.Tally(self._dur_bounds, self._size_bounds)
+
+    @property
+    def counts_in_c(self) -> bool:
+        """May requests be counted in the C tally (nothing but metrics to
+        make of them: no access log, no span export)?"""
+        return self.tally is not None and not self.access_log and self.spans is None
+
+    def slot(self, r: RequestRecord) -> int:
+        """The tally slot of `r`'s label set (-1: none left, record it)."""
+        key = _agg_key(r)
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slot_aggs) >= MAX_CACHED_LABEL_SETS:
+                return -1
+            slot = self._slots[key] = len(self._slot_aggs)
+            self._slot_aggs.append(self._agg_for(key, r))
+        return slot
 
     def record(self, r: RequestRecord) -> None:
         if self.metrics is not None:
@@ -210,11 +236,8 @@ class Telemetry:
         if self.spans is not None and r.traceparent and is_sampled(r.traceparent):
             self.spans.record(r)
 
-    def _aggregate(self, r: RequestRecord) -> None:
-        key = (r.source_principal, r.source_workload and r.source_workload.uid,
-               r.destination and r.destination.key,
-               r.destination_workload and r.destination_workload.uid,
-               r.protocol, r.status, r.flags, r.grpc_status)
+    def _agg_for(self, key: tuple, r: RequestRecord) -> _Agg:
+        """The aggregate of `r`'s label set (`key`), made when new."""
         a = self._aggs.get(key)
         if a is None:
             if len(self._aggs) >= MAX_CACHED_LABEL_SETS:
@@ -229,6 +252,13 @@ class Telemetry:
                 if r.grpc_status else None
             a = self._aggs[key] = _Agg(children, len(self._dur_bounds), len(self._size_bounds),
                                        msgs)
+        return a
+
+    def _aggregate(self, r: RequestRecord) -> None:
+        key = _agg_key(r)
+        a = self._aggs.get(key)
+        if a is None:
+            a = self._agg_for(key, r)
         a.count += 1
         a.req_msgs += r.request_messages
         a.resp_msgs += r.response_messages
@@ -242,7 +272,18 @@ class Telemetry:
     def flush_metrics(self) -> None:
         """Move the aggregated counts into the prometheus values."""
         self._last_flush = self.clock()
-        for a in self._aggs.values():
+        if self.tally is not None:
+            for slot, n, dur, dur_sum, req, req_sum, resp, resp_sum in self.tally.take():
+                a = self._slot_aggs[slot]
+                a.count += n
+                _fold(a.dur, dur)
+                _fold(a.req, req)
+                _fold(a.resp, resp)
+                a.dur_sum += dur_sum
+                a.req_sum += req_sum
+                a.resp_sum += resp_sum
+        # A slot's aggregate may have left _aggs (its bound): flushed all the same.
+        for a in (*self._aggs.values(), *self._slot_aggs):
             if not a.count:
                 continue
             requests, duration, req_bytes, resp_bytes = a.children
@@ -261,6 +302,19 @@ class Telemetry:
         if self.metrics is not None:
             self.flush_metrics()
         self.log.flush()
+
+
+def _agg_key(r: RequestRecord) -> tuple:
+    """What tells `r`'s label set from another's."""
+    return (r.source_principal, r.source_workload and r.source_workload.uid,
+            r.destination and r.destination.key,
+            r.destination_workload and r.destination_workload.uid,
+            r.protocol, r.status, r.flags, r.grpc_status)
+
+
+def _fold(into: list[int], counts: list[int]) -> None:
+    for i, n in enumerate(counts):
+        into[i] += n
 
 
 def _add(hist_child, counts: list[int], total: float) -> None:

@@ -54,6 +54,13 @@ PyObject *latin1(span_t s);
 /* plan.c: adds seed() and plan_request() to the module; -1 with an exception. */
 int plan_init(PyObject *module);
 
+/* tally.c: request metrics per label-set slot (Tally). tally_add counts
+ * one request (0, or -1 with an exception); tally_init_module adds the type. */
+typedef struct Tally Tally;
+extern PyTypeObject TallyType;
+int tally_add(Tally *t, Py_ssize_t slot, double dur_ms, double req, double resp);
+int tally_init_module(PyObject *module);
+
 /* cexchange.c: adds the CExchange type, given Response.feed's code bits
  * (FALLBACK, HEAD, DONE, CUT); -1 with an exception. */
 int cexchange_init(PyObject *module, long fallback, long head, long done, long cut);

@@ -18,22 +18,31 @@
  *                     for the event being handed over) and handles it.
  *
  *   CExchange(session, upstream_transport, client_transport, response, proxy,
- *             balancer, key, keys, state)
+ *             balancer, key, keys, state, tally, slots, t0)
  *
  * `state` is the session's (what it needs to finish or adopt the
- * exchange); this code only keeps it. Client backpressure pauses reading
+ * exchange); this code only keeps it. With a `tally` (tally.c) and the
+ * plan's `slots` ((key, status) -> slot, filled by session._c_slot(self)
+ * the first time), a response that ends here is counted in the tally (its
+ * duration from `t0`, time.monotonic's clock) and `counted` says so: the
+ * session then makes no Python telemetry record of it. Client backpressure pauses reading
  * upstream (hold_upstream), as Exchange does.
  */
 
 #include "_h1.h"
 
+#include <time.h>
+
 typedef struct {
     PyObject_HEAD
     PyObject *session, *utransport, *ctransport, *response, *proxy, *lb, *key, *keys, *state;
-    int head, ended, held;
+    PyObject *tally, *slots;
+    double t0;
+    long status;
+    int head, ended, held, counted;
 } CExchange;
 
-static PyObject *s_feed, *s_write, *s_draining, *s_status, *s_finished, *s_c_done, *s_c_adopt,
+static PyObject *s_feed, *s_write, *s_body_bytes, *s_c_slot, *s_draining, *s_status, *s_finished, *s_c_done, *s_c_adopt,
     *s_pause_reading, *s_resume_reading, *w_result, *w_lost, *w_client;
 static long f_fallback, f_head, f_done, f_cut;
 
@@ -52,6 +61,52 @@ static PyObject *adopt(CExchange *x, PyObject *what, PyObject *a, PyObject *b, P
     PyObject *args[6] = {x->session, (PyObject *)x, what, a, b, c};
     size_t n = c != NULL ? 6 : (b != NULL ? 5 : (a != NULL ? 4 : 3));
     return PyObject_VectorcallMethod(s_c_adopt, args, n, NULL);
+}
+
+/* time.monotonic() */
+static double monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The ended response into the tally, when there is one (tally.c). */
+static int count(CExchange *x)
+{
+    if (x->tally == Py_None || x->slots == Py_None)
+        return 0;
+    PyObject *status = PyLong_FromLong(x->status);
+    PyObject *k = status != NULL ? PyTuple_Pack(2, x->key, status) : NULL;
+    Py_XDECREF(status);
+    if (k == NULL)
+        return -1;
+    PyObject *slot = PyDict_GetItemWithError(x->slots, k);     /* borrowed */
+    Py_DECREF(k);
+    if (slot != NULL) {
+        Py_INCREF(slot);
+    } else {
+        if (PyErr_Occurred())
+            return -1;
+        slot = PyObject_CallMethodOneArg(x->session, s_c_slot, (PyObject *)x);
+        if (slot == NULL)
+            return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(slot);
+    Py_DECREF(slot);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0)
+        return 0;               /* no slot left: the session records it */
+    PyObject *bb = PyObject_GetAttr(x->response, s_body_bytes);
+    double body = bb != NULL ? PyFloat_AsDouble(bb) : -1.0;
+    Py_XDECREF(bb);
+    if (body == -1.0 && PyErr_Occurred())
+        return -1;
+    if (tally_add((Tally *)x->tally, n, (monotonic() - x->t0) * 1000.0, 0.0, body) < 0)
+        return -1;
+    x->counted = 1;
+    return 0;
 }
 
 static PyObject *cx_upstream_data(CExchange *x, PyObject *data)
@@ -85,6 +140,7 @@ static PyObject *cx_upstream_data(CExchange *x, PyObject *data)
         Py_XDECREF(status);
         if (s == -1 && PyErr_Occurred())
             goto done;
+        x->status = s;
         PyObject *fargs[4] = {x->lb, x->key, s < 500 ? Py_True : Py_False, x->keys};
         PyObject *f = PyObject_VectorcallMethod(s_finished, fargs,
                                                 4, NULL);
@@ -100,6 +156,8 @@ static PyObject *cx_upstream_data(CExchange *x, PyObject *data)
     }
     if (code & f_done) {
         x->ended = 1;
+        if (count(x) < 0)
+            goto done;
         ret = PyObject_CallMethodOneArg(x->session, s_c_done, (PyObject *)x);
         goto done;
     }
@@ -143,14 +201,20 @@ static PyObject *cx_hold_upstream(CExchange *x, PyObject *arg)
 
 static int cx_init(CExchange *x, PyObject *args, PyObject *kw)
 {
-    PyObject *v[9];
+    PyObject *v[11];
+    double t0;
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "CExchange takes no keyword arguments");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOOOO:CExchange", &v[0], &v[1], &v[2], &v[3], &v[4],
-                          &v[5], &v[6], &v[7], &v[8]))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOd:CExchange", &v[0], &v[1], &v[2], &v[3], &v[4],
+                          &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &t0))
         return -1;
+    if ((v[9] != Py_None && !PyObject_TypeCheck(v[9], &TallyType)) ||
+        (v[10] != Py_None && !PyDict_Check(v[10]))) {
+        PyErr_SetString(PyExc_TypeError, "CExchange's tally is a Tally or None, slots a dict");
+        return -1;
+    }
     Py_XSETREF(x->session, Py_NewRef(v[0]));
     Py_XSETREF(x->utransport, Py_NewRef(v[1]));
     Py_XSETREF(x->ctransport, Py_NewRef(v[2]));
@@ -160,7 +224,11 @@ static int cx_init(CExchange *x, PyObject *args, PyObject *kw)
     Py_XSETREF(x->key, Py_NewRef(v[6]));
     Py_XSETREF(x->keys, Py_NewRef(v[7]));
     Py_XSETREF(x->state, Py_NewRef(v[8]));
-    x->head = x->ended = x->held = 0;
+    Py_XSETREF(x->tally, Py_NewRef(v[9]));
+    Py_XSETREF(x->slots, Py_NewRef(v[10]));
+    x->t0 = t0;
+    x->status = 0;
+    x->head = x->ended = x->held = x->counted = 0;
     return 0;
 }
 
@@ -168,7 +236,7 @@ static int cx_traverse(CExchange *x, visitproc visit, void *arg)
 {
     Py_VISIT(x->session); Py_VISIT(x->utransport); Py_VISIT(x->ctransport);
     Py_VISIT(x->response); Py_VISIT(x->proxy); Py_VISIT(x->lb); Py_VISIT(x->key);
-    Py_VISIT(x->keys); Py_VISIT(x->state);
+    Py_VISIT(x->keys); Py_VISIT(x->state); Py_VISIT(x->tally); Py_VISIT(x->slots);
     return 0;
 }
 
@@ -176,7 +244,7 @@ static int cx_clear(CExchange *x)
 {
     Py_CLEAR(x->session); Py_CLEAR(x->utransport); Py_CLEAR(x->ctransport);
     Py_CLEAR(x->response); Py_CLEAR(x->proxy); Py_CLEAR(x->lb); Py_CLEAR(x->key);
-    Py_CLEAR(x->keys); Py_CLEAR(x->state);
+    Py_CLEAR(x->keys); Py_CLEAR(x->state); Py_CLEAR(x->tally); Py_CLEAR(x->slots);
     return 0;
 }
 
@@ -205,7 +273,14 @@ static PyObject *cx_get_held(CExchange *x, void *unused)
     return PyBool_FromLong(x->held);
 }
 
+static PyObject *cx_get_counted(CExchange *x, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(x->counted);
+}
+
 static PyGetSetDef cx_getset[] = {
+    {"counted", (getter)cx_get_counted, NULL, "the response was counted in the tally", NULL},
     {"state", (getter)cx_get_state, NULL, "the session's state of this exchange", NULL},
     {"head", (getter)cx_get_head, NULL, "the response head arrived", NULL},
     {"held", (getter)cx_get_held, NULL, "reading upstream is paused (client backpressure)",
@@ -241,7 +316,8 @@ static PyTypeObject CExchangeType = {
 int cexchange_init(PyObject *module, long fallback, long head, long done, long cut)
 {
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
-    NAME(s_feed, "feed") NAME(s_write, "write") NAME(s_draining, "draining")
+    NAME(s_feed, "feed") NAME(s_write, "write") NAME(s_body_bytes, "body_bytes")
+    NAME(s_c_slot, "_c_slot") NAME(s_draining, "draining")
     NAME(s_status, "status") NAME(s_finished, "finished") NAME(s_c_done, "_c_done")
     NAME(s_c_adopt, "_c_adopt") NAME(s_pause_reading, "pause_reading")
     NAME(s_resume_reading, "resume_reading") NAME(w_result, "result") NAME(w_lost, "lost")

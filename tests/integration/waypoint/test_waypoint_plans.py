@@ -20,6 +20,7 @@ import sys
 
 import pytest
 
+from shoal.core import metrics as core_metrics
 from shoal.core.records import (Authorization, BackendRef, HeaderMatch, HTTPFilter, HTTPRoute,
                                 Operation, ParentRef, PathMatch, RequestMirror, RouteMatch,
                                 RouteRule, Rule, TargetRef)
@@ -293,3 +294,54 @@ async def test_thousands_of_plan_served_requests_keep_no_references(monkeypatch)
             assert len(gc.get_objects()) - objects < 300      # not one per request
     finally:
         backend.close()
+
+
+def echo_samples() -> dict[str, float]:
+    """The waypoint's HTTP metric samples for the echo service (durations
+    by count only: their buckets depend on the machine's speed)."""
+    out = {}
+    for ln in core_metrics.render()[0].decode().splitlines():
+        m = re.match(r"(istio_\w+)\{(.*)\} (\S+)$", ln)
+        if m and 'destination_service="echo.default.svc.cluster.local"' in m.group(2) and \
+                not m.group(1).startswith(("istio_request_duration_milliseconds_bucket",
+                                           "istio_request_duration_milliseconds_sum")):
+            out[f"{m.group(1)}{{{m.group(2)}}}"] = float(m.group(3))
+    return out
+
+
+async def metric_deltas(monkeypatch, plans: bool):
+    monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
+    counted: list[bool] = []
+    real = FastSession._c_done
+
+    def spy(self, cex):
+        counted.append(cex.counted)
+        return real(self, cex)
+    monkeypatch.setattr(FastSession, "_c_done", spy)
+    before = echo_samples()
+    backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
+                              PART_GAP_S)
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    try:
+        async with running_waypoint(mesh, access_log=False) as wp:
+            await asyncio.to_thread(converse, wp.plaintext_port)
+            wp.app.proxy.telemetry.flush_metrics()
+            after = echo_samples()
+    finally:
+        backend.close()
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}, \
+        counted
+
+
+async def test_requests_counted_in_c_give_the_same_metrics(monkeypatch):
+    """Without an access log, responses that end in a CExchange are counted
+    in the C tally: after a flush, the same series with the same values."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    c, counted = await metric_deltas(monkeypatch, True)
+    py, py_counted = await metric_deltas(monkeypatch, False)
+    assert counted == [True] * 5 and py_counted == []
+    assert c == py
+    total = {k: v for k, v in c.items() if k.startswith("istio_requests_total")}
+    assert sum(total.values()) == len(CONVERSATION) - 1
+    assert any('response_code="503"' in k for k in total)
