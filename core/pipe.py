@@ -76,7 +76,8 @@ class Endpoint(Protocol):
     #   hold_reading() / release_reading(): stop / restart reading the peer.
     #   write_held(data, source) -> bool: write_nowait, and also while the
     #     endpoint's buffer is over its limit: then `data` goes out all the
-    #     same and `source` is held until the buffer drains.
+    #     same; `source` is held while the endpoint could not take its next
+    #     read at once (buffer over its limit, flow-control window short).
 
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF after what was written."""
