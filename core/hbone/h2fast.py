@@ -11,8 +11,9 @@ Four changes, all invisible on the wire (measured in docs/bench/hbone.md):
   decrypted straight into their own buffer (`_FrameBuffer`, `body_buffer`);
 - a DATA frame prints as its length (h2 formats every received frame);
 - the flow-control windows (both send windows, both inbound WindowManagers)
-  are fields of C structs when the C module loads (core/hbone/native/flow.c),
-  so the C data paths reach them by pointer, not by attribute lookups.
+  and the state machines' states are fields of C structs when the C module
+  loads (core/hbone/native/flow.c), so the C data paths reach them by
+  pointer, not by attribute lookups.
 Pure module: no I/O.
 """
 
@@ -26,10 +27,10 @@ import h2.exceptions as h2x
 import hyperframe.exceptions
 import hyperframe.frame
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes, _error_code_from_int
 from h2.exceptions import StreamIDTooLowError
-from h2.stream import H2Stream, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamState
 from h2.windows import WindowManager
 
 from shoal.core.hbone import fastpath
@@ -79,19 +80,31 @@ _native = fastpath.native
 _WindowBase: Any = _native.Window if _native is not None else _PythonFields
 _StreamBase: Any = _native.StreamWindows if _native is not None else _PythonFields
 _ConnectionBase: Any = _native.ConnectionWindows if _native is not None else _PythonFields
+_StateBase: Any = _native.StateMachine if _native is not None else _PythonFields
 
 
 class _WindowManager(_WindowBase, WindowManager):
     """h2's WindowManager; its three counters are C fields (flow.c)."""
 
 
+class _ConnectionStateMachine(_StateBase, H2ConnectionStateMachine):
+    """h2's connection state machine; its state is a C field."""
+
+
+class _StreamStateMachine(_StateBase, H2StreamStateMachine):
+    """h2's stream state machine; its state is a C field."""
+
+
 class _H2Stream(_StreamBase, H2Stream):
-    """h2's stream; its send window and inbound WindowManager are C fields."""
+    """h2's stream; its send window, inbound WindowManager and state
+    machine are C fields."""
 
     def __init__(self, stream_id: int, config: H2Configuration, inbound_window_size: int,
                  outbound_window_size: int) -> None:
         super().__init__(stream_id, config=config, inbound_window_size=inbound_window_size,
                          outbound_window_size=outbound_window_size)
+        # Fresh, as h2 made them (IDLE, nothing received): the same in C fields.
+        self.state_machine = _StreamStateMachine(stream_id)
         self._inbound_window_manager = _WindowManager(inbound_window_size)
 
 
@@ -208,7 +221,8 @@ class H2ConnectionFast(_ConnectionBase, GuardedH2Connection):
     def __init__(self, config: H2Configuration, *, limits=DEFAULT_LIMITS, **kw) -> None:
         self._chunks: list = []
         super().__init__(config, limits=limits, **kw)
-        # Fresh, as h2 made it (nothing received yet): the same window in C fields.
+        # Fresh, as h2 made them (IDLE, nothing received): the same in C fields.
+        self.state_machine = _ConnectionStateMachine()
         self._inbound_flow_control_window_manager = _WindowManager(
             max_window_size=self.local_settings.initial_window_size)
 

@@ -84,7 +84,19 @@ typedef struct {
     PyObject_HEAD
     long long outbound;       /* outbound_flow_control_window */
     PyObject *inbound;        /* the inbound WindowManager */
+    PyObject *state_machine;  /* h2's state machine (its state in a StateFields) */
+    /* A stream's only: */
+    PyObject *expected_length;     /* _expected_content_length (int or None) */
+    /* A connection's only: */
+    PyObject *chunks;              /* H2ConnectionFast._chunks (list) */
+    PyObject *data_to_send;        /* h2's _data_to_send (bytearray) */
+    long long max_inbound_frame;   /* max_inbound_frame_size */
+    long long max_outbound_frame;  /* max_outbound_frame_size */
 } FlowFields;
+typedef struct {
+    PyObject_HEAD
+    PyObject *state;          /* h2's state machine's state (an enum member) */
+} StateFields;
 typedef struct {
     PyObject_HEAD
     long long data_frames_sent, empty_in_a_row, outbound_control;
@@ -93,6 +105,12 @@ WindowFields *window_fields(PyObject *o);   /* NULL-safe */
 FlowFields *stream_fields(PyObject *o);
 FlowFields *connection_fields(PyObject *o);
 GuardFields *guard_fields(PyObject *o);
+/* o.state_machine.state (borrowed; may be NULL if deleted) of an h2 stream or
+ * connection whose state lives in C; NULL (no exception) if it does not. */
+PyObject *flow_state(PyObject *o);
+/* 1 if h2's queued output (its _chunks and _data_to_send) is empty, 0 if
+ * not, -1 error. */
+int output_empty(FlowFields *h2);
 int flow_init(PyObject *module);
 
 /* relay.c: adds the Relay type to the module; -1 with an exception. */

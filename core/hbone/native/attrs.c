@@ -68,6 +68,13 @@ int attr_empty(PyObject *o, PyObject *name)
 /* 1 if o.state_machine.state is one of `states` (identity: enum members). */
 int state_in(PyObject *o, PyObject *states)
 {
+    PyObject *state = flow_state(o);      /* h2fast's objects: by pointer */
+    if (state != NULL) {
+        int found = 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(states); i++)
+            found |= PyTuple_GET_ITEM(states, i) == state;
+        return found;
+    }
     PyObject *sm = PyObject_GetAttr(o, name_state_machine);
     if (sm == NULL)
         return -1;

@@ -12,10 +12,17 @@
  * a C step the objects hold exactly what the Python path would have made.
  *
  *   Window             max_window_size, current_window_size, _bytes_processed
- *   StreamWindows      outbound_flow_control_window, _inbound_window_manager
+ *   StreamWindows      outbound_flow_control_window, _inbound_window_manager,
+ *                      state_machine, _expected_content_length
  *   ConnectionWindows  outbound_flow_control_window,
- *                      _inbound_flow_control_window_manager
+ *                      _inbound_flow_control_window_manager, state_machine,
+ *                      _chunks, _data_to_send (the output queue),
+ *                      max_inbound_frame_size, max_outbound_frame_size
+ *   StateMachine       state (h2's connection and stream state machines)
  *   GuardCounters      data_frames_sent, empty_in_a_row, outbound_control
+ *
+ * The state checks of the C paths (is the stream OPEN?) read the state the
+ * same way: connection or stream → state_machine → state, three pointers.
  */
 
 #include "_native.h"
@@ -30,25 +37,39 @@ static PyMemberDef window_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject WindowType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal.core.hbone.native._native.Window",
-    .tp_doc = "An h2 WindowManager's counters, in C (base of h2fast._WindowManager)",
-    .tp_basicsize = sizeof(WindowFields),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_new = PyType_GenericNew,
-    .tp_members = window_members,
-};
+/* A base type of plain counters (no references: no GC). */
+#define COUNTERS_TYPE(var, name, doc, fields, members)                        \
+    static PyTypeObject var = {                                               \
+        PyVarObject_HEAD_INIT(NULL, 0)                                        \
+        .tp_name = "shoal.core.hbone.native._native." name,                   \
+        .tp_doc = doc,                                                        \
+        .tp_basicsize = sizeof(fields),                                       \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,                 \
+        .tp_new = PyType_GenericNew,                                          \
+        .tp_members = members,                                                \
+    }
+
+COUNTERS_TYPE(WindowType, "Window",
+              "An h2 WindowManager's counters, in C (base of h2fast._WindowManager)",
+              WindowFields, window_members);
 
 static int flow_traverse(FlowFields *f, visitproc visit, void *arg)
 {
     Py_VISIT(f->inbound);
+    Py_VISIT(f->state_machine);
+    Py_VISIT(f->expected_length);
+    Py_VISIT(f->chunks);
+    Py_VISIT(f->data_to_send);
     return 0;
 }
 
 static int flow_clear(FlowFields *f)
 {
     Py_CLEAR(f->inbound);
+    Py_CLEAR(f->state_machine);
+    Py_CLEAR(f->expected_length);
+    Py_CLEAR(f->chunks);
+    Py_CLEAR(f->data_to_send);
     return 0;
 }
 
@@ -64,12 +85,19 @@ static void flow_dealloc(FlowFields *f)
 static PyMemberDef stream_members[] = {
     {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
     {"_inbound_window_manager", T_OBJECT_EX, offsetof(FlowFields, inbound), 0, NULL},
+    {"state_machine", T_OBJECT_EX, offsetof(FlowFields, state_machine), 0, NULL},
+    {"_expected_content_length", T_OBJECT_EX, offsetof(FlowFields, expected_length), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyMemberDef connection_members[] = {
     {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
     {"_inbound_flow_control_window_manager", T_OBJECT_EX, offsetof(FlowFields, inbound), 0, NULL},
+    {"state_machine", T_OBJECT_EX, offsetof(FlowFields, state_machine), 0, NULL},
+    {"_chunks", T_OBJECT_EX, offsetof(FlowFields, chunks), 0, NULL},
+    {"_data_to_send", T_OBJECT_EX, offsetof(FlowFields, data_to_send), 0, NULL},
+    {"max_inbound_frame_size", T_LONGLONG, offsetof(FlowFields, max_inbound_frame), 0, NULL},
+    {"max_outbound_frame_size", T_LONGLONG, offsetof(FlowFields, max_outbound_frame), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -93,6 +121,43 @@ FLOW_TYPE(ConnectionWindowsType, "ConnectionWindows",
           "An h2 connection's windows, in C (base of h2fast.H2ConnectionFast)",
           connection_members);
 
+static int state_traverse(StateFields *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->state);
+    return 0;
+}
+
+static int state_clear(StateFields *f)
+{
+    Py_CLEAR(f->state);
+    return 0;
+}
+
+static void state_dealloc(StateFields *f)
+{
+    PyObject_GC_UnTrack(f);
+    state_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyMemberDef state_members[] = {
+    {"state", T_OBJECT_EX, offsetof(StateFields, state), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject StateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal.core.hbone.native._native.StateMachine",
+    .tp_doc = "An h2 state machine's state, in C (base of h2fast's state machines)",
+    .tp_basicsize = sizeof(StateFields),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)state_dealloc,
+    .tp_traverse = (traverseproc)state_traverse,
+    .tp_clear = (inquiry)state_clear,
+    .tp_members = state_members,
+};
+
 static PyMemberDef guard_members[] = {
     {"data_frames_sent", T_LONGLONG, offsetof(GuardFields, data_frames_sent), 0, NULL},
     {"empty_in_a_row", T_LONGLONG, offsetof(GuardFields, empty_in_a_row), 0, NULL},
@@ -100,15 +165,9 @@ static PyMemberDef guard_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject GuardType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal.core.hbone.native._native.GuardCounters",
-    .tp_doc = "A FloodGuard's per-frame counters, in C (base of h2limits.FloodGuard)",
-    .tp_basicsize = sizeof(GuardFields),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_new = PyType_GenericNew,
-    .tp_members = guard_members,
-};
+COUNTERS_TYPE(GuardType, "GuardCounters",
+              "A FloodGuard's per-frame counters, in C (base of h2limits.FloodGuard)",
+              GuardFields, guard_members);
 
 WindowFields *window_fields(PyObject *o)
 {
@@ -125,6 +184,38 @@ FlowFields *connection_fields(PyObject *o)
     return PyObject_TypeCheck(o, &ConnectionWindowsType) ? (FlowFields *)o : NULL;
 }
 
+PyObject *flow_state(PyObject *o)
+{
+    if (!PyObject_TypeCheck(o, &StreamWindowsType) && !PyObject_TypeCheck(o, &ConnectionWindowsType))
+        return NULL;
+    PyObject *sm = ((FlowFields *)o)->state_machine;
+    if (sm == NULL || !PyObject_TypeCheck(sm, &StateType))
+        return NULL;
+    return ((StateFields *)sm)->state;
+}
+
+/* len(o) == 0 for the output queue's list and bytearray (any other object:
+ * its len(); unset: AttributeError, as h2's attribute would). */
+static int is_empty(PyObject *o, const char *name)
+{
+    if (o == NULL) {
+        PyErr_Format(PyExc_AttributeError, "h2 connection has no %s", name);
+        return -1;
+    }
+    if (PyList_CheckExact(o))
+        return PyList_GET_SIZE(o) == 0;
+    if (PyByteArray_CheckExact(o))
+        return PyByteArray_GET_SIZE(o) == 0;
+    Py_ssize_t n = PyObject_Length(o);
+    return n < 0 ? -1 : n == 0;
+}
+
+int output_empty(FlowFields *h2)
+{
+    int e = is_empty(h2->chunks, "_chunks");
+    return e > 0 ? is_empty(h2->data_to_send, "_data_to_send") : e;
+}
+
 GuardFields *guard_fields(PyObject *o)
 {
     return PyObject_TypeCheck(o, &GuardType) ? (GuardFields *)o : NULL;
@@ -132,8 +223,10 @@ GuardFields *guard_fields(PyObject *o)
 
 int flow_init(PyObject *module)
 {
-    PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &GuardType};
-    const char *names[] = {"Window", "StreamWindows", "ConnectionWindows", "GuardCounters"};
+    PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
+                             &GuardType};
+    const char *names[] = {"Window", "StreamWindows", "ConnectionWindows", "StateMachine",
+                           "GuardCounters"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

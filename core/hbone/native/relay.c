@@ -89,6 +89,8 @@ typedef struct {
     unsigned char prefix[9];     /* the DATA header handed back before the rest */
     int prefixed;                /* (when set) */
     int busy;                    /* in feed(): a nested feed() of this relay does nothing */
+    int fresh;                   /* conn_ready held and no Python ran since: the next
+                                  * lookup need not ask again */
     unsigned char *carry;        /* a partial frame kept between feeds (< keep_max + header), */
     size_t carry_len;
 } Relay;
@@ -97,10 +99,10 @@ typedef struct {
 static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_guard, *s_limits,
     *s_max_control, *s_streams, *s_core_streams, *s_dead, *s_draining, *s_goaway,
     *s_state, *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
-    *s_max_frame, *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
+    *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
     *s_native_target, *s_transport, *s_can_write, *s_drain_waiter, *s_is_closing,
     *s_write, *s_cws, *s_bytes_written,
-    *s_bytes_received, *s_acknowledge, *s_flush, *s_h2_chunks, *s_data_to_send,
+    *s_bytes_received, *s_acknowledge, *s_flush,
     *s_get_write_buffer_size;
 
 #define CHECK(expr) do { int _c = (expr); if (_c <= 0) return _c; } while (0)
@@ -203,7 +205,8 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
 {
     PyObject *cs, *sink = NULL;
     memset(k, 0, sizeof *k);
-    int ok = conn_ready(r);
+    int ok = r->fresh ? 1 : conn_ready(r);
+    r->fresh = 0;                   /* what follows may run Python (the write) */
     if (ok <= 0)
         return ok;
     /* Borrowed from the dicts; nothing below runs Python until the write. */
@@ -217,8 +220,10 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
     Py_INCREF(cs);
     Py_INCREF(k->hs);
     ok = state_in(k->h2s, r->stream_states);
-    if (ok > 0)
-        ok = attr_none(k->h2s, s_ecl);
+    FlowFields *sf = ok > 0 ? stream_fields(k->h2s) : NULL;
+    if (ok > 0)                     /* no content-length (a field of h2fast's streams) */
+        ok = sf != NULL && sf->expected_length != NULL ? sf->expected_length == Py_None
+                                                       : attr_none(k->h2s, s_ecl);
     if (ok > 0) {
         PyObject *state = PyObject_GetAttr(cs, s_state);
         int closed = state == NULL ? -1 : PyObject_RichCompareBool(state, r->closed, Py_EQ);
@@ -241,7 +246,6 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
     if (ok > 0)
         ok = end_writable(PyTuple_GET_ITEM(k->target, 0), &k->t);
     /* Windows whose counters are not C's (never made so by h2fast): Python's. */
-    FlowFields *sf = ok > 0 ? stream_fields(k->h2s) : NULL;
     if (ok > 0 && ((k->sw = window_fields(sf == NULL ? NULL : sf->inbound)) == NULL
                    || (k->cw = window_fields(r->h2_windows->inbound)) == NULL))
         ok = 0;
@@ -496,8 +500,7 @@ static int walk(Relay *r, const unsigned char *buf, size_t have, size_t *pos, in
         if (r->part_left)
             return 0;
     }
-    if (get_ll(r->h2, s_max_frame, &max_frame) < 0)
-        return -1;
+    max_frame = r->h2_windows->max_inbound_frame;
     while (have - *pos >= FRAME_HEADER) {
         const unsigned char *h = buf + *pos;
         size_t n = ((size_t)h[0] << 16) | ((size_t)h[1] << 8) | h[2];
@@ -542,10 +545,10 @@ static int walk(Relay *r, const unsigned char *buf, size_t have, size_t *pos, in
 static int finish(Relay *r, int flush)
 {
     if (!flush) {
-        int e1 = attr_empty(r->h2, s_h2_chunks), e2 = e1 > 0 ? attr_empty(r->h2, s_data_to_send) : e1;
-        if (e2 < 0)
+        int empty = output_empty(r->h2_windows);
+        if (empty < 0)
             return -1;
-        flush = !e2;
+        flush = !empty;
     }
     if (flush) {
         PyObject *res = PyObject_CallMethodNoArgs(r->conn, s_flush);
@@ -647,6 +650,8 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
     int ready = r->part_left ? 1 : conn_ready(r);
     if (ready < 0)
         return -1;
+    /* Until the first frame is taken only OpenSSL runs: no Python. */
+    r->fresh = ready && !r->part_left;
     if (r->carry != NULL) {         /* the partial frame the last feed kept */
         memcpy(buf, r->carry, r->carry_len);
         have = r->carry_len;
@@ -738,7 +743,7 @@ static PyObject *relay_feed(Relay *r, PyObject *unused)
     feed_busy = r->busy = 1;
     r->prefixed = 0;
     int rc = run(r, ssl, buf, FEED_BUFFER, &pos, &have, &status, &error);
-    r->busy = 0;
+    r->busy = r->fresh = 0;
     if (!nested)
         feed_busy = 0;
     if (rc < 0)
@@ -912,15 +917,15 @@ int relay_init(PyObject *module)
     NAME(s_state, "state") NAME(s_data, "_data")
     NAME(s_body, "_body") NAME(s_headers_buffer, "_headers_buffer")
     NAME(s_preamble_len, "_preamble_len")
-    NAME(s_max_frame, "max_inbound_frame_size") NAME(s_ecl, "_expected_content_length")
+    NAME(s_ecl, "_expected_content_length")
     NAME(s_stream_wm, "_inbound_window_manager") NAME(s_sink, "_sink")
     NAME(s_chunks, "_chunks") NAME(s_native_target, "native_target")
     NAME(s_transport, "transport") NAME(s_can_write, "_can_write")
     NAME(s_drain_waiter, "_drain_waiter") NAME(s_is_closing, "is_closing")
     NAME(s_write, "write") NAME(s_cws, "current_window_size")
     NAME(s_bytes_written, "bytes_written") NAME(s_bytes_received, "bytes_received")
-    NAME(s_acknowledge, "acknowledge") NAME(s_flush, "flush") NAME(s_h2_chunks, "_chunks")
-    NAME(s_data_to_send, "_data_to_send") NAME(s_get_write_buffer_size, "get_write_buffer_size")
+    NAME(s_acknowledge, "acknowledge") NAME(s_flush, "flush")
+    NAME(s_get_write_buffer_size, "get_write_buffer_size")
 #undef NAME
     if (PyType_Ready(&RelayType) < 0)
         return -1;

@@ -78,7 +78,6 @@ typedef struct {
 } Sender;
 
 static PyObject *s_writing, *s_error, *s_value, *s_dead, *s_state, *s_local_ended,
-    *s_max_frame, *s_h2_chunks, *s_data_to_send,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
     *s_bytes_sent, *s_core, *s_h2, *s_guard,
     *s_can_write, *s_streams, *s_core_streams, *s_stream_id, *s__hold;
@@ -101,7 +100,6 @@ static int call_true(PyObject *o, PyObject *method)
  * a stream whose windows are not C's is the Python path's). */
 static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
 {
-    long long max_frame;
     CHECK_NOT(attr_true(s->stream, s_writing));
     CHECK(attr_none(s->stream, s_error));
     int can_write = attr_true(s->can_write, s_value);
@@ -121,11 +119,8 @@ static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
     CHECK(open);
     CHECK_NOT(attr_true(cs, s_local_ended));
     CHECK(state_in(s->h2, s->conn_states));
-    CHECK(attr_empty(s->h2, s_h2_chunks));
-    CHECK(attr_empty(s->h2, s_data_to_send));
-    if (get_ll(s->h2, s_max_frame, &max_frame) < 0)
-        return -1;
-    if (n > max_frame || n > s->send_max || n > s->h2_windows->outbound)
+    CHECK(output_empty(s->h2_windows));
+    if (n > s->h2_windows->max_outbound_frame || n > s->send_max || n > s->h2_windows->outbound)
         return 0;
     CHECK_NOT(attr_true(s->tls, s_closing));
     CHECK_NOT(call_true(s->raw, s_is_closing));
@@ -371,8 +366,7 @@ int send_init(PyObject *module)
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     NAME(s_writing, "_writing") NAME(s_error, "_error") NAME(s_value, "_value")
     NAME(s_dead, "dead") NAME(s_state, "state") NAME(s_local_ended, "local_ended")
-    NAME(s_max_frame, "max_outbound_frame_size") NAME(s_h2_chunks, "_chunks")
-    NAME(s_data_to_send, "_data_to_send") NAME(s_closing, "closing")
+    NAME(s_closing, "closing")
     NAME(s_is_closing, "is_closing") NAME(s_write, "write") NAME(s_abort, "abort")
     NAME(s_get_write_buffer_size, "get_write_buffer_size")
     NAME(s_bytes_sent, "bytes_sent") NAME(s_core, "core") NAME(s_h2, "_h2")
