@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
 import h2.events as h2e
 import h2.exceptions as h2x
@@ -43,6 +44,7 @@ from h2.settings import SettingCodes, Settings
 
 from shoal.core.addr import parse_authority
 from shoal.core.hbone import events as ev
+from shoal.core.hbone import fastpath
 from shoal.core.hbone.h2fast import H2ConnectionFast
 from shoal.core.hbone.h2limits import HEADER_BLOCK_EXPANSION, FloodError
 from shoal.core.hbone.errors import LocalProtocolError, RemoteProtocolError
@@ -62,10 +64,29 @@ PENDING, OPEN, CLOSED = "PENDING", "OPEN", "CLOSED"
 
 
 
-class _Stream:
-    """Per-stream bookkeeping: state plus which halves are closed."""
+class _PythonStreamFields:
+    """The pure-Python path's stand-in for the C CoreStream: the same fields."""
 
     __slots__ = ("state", "local_ended", "remote_ended")
+
+
+class _PythonCoreFlags:
+    """The pure-Python path's stand-in for the C CoreFlags: adds nothing."""
+
+    __slots__ = ()
+
+
+# The fields the C data paths read per DATA frame (core/hbone/native/flow.c),
+# as C struct fields when the C module loads: reached by pointer there.
+_StreamFields: Any = fastpath.native.CoreStream if fastpath.native is not None \
+    else _PythonStreamFields
+_CoreFlags: Any = fastpath.native.CoreFlags if fastpath.native is not None else _PythonCoreFlags
+
+
+class _Stream(_StreamFields):
+    """Per-stream bookkeeping: state plus which halves are closed."""
+
+    __slots__ = ()
 
     def __init__(self) -> None:
         self.state = PENDING
@@ -88,7 +109,7 @@ def _split(headers) -> tuple[dict[bytes, bytes], dict[str, str]]:
     return pseudo, regular
 
 
-class _HboneCore:
+class _HboneCore(_CoreFlags):
     """What client and server share: h2 setup, flow control, data, resets."""
 
     client_side = False

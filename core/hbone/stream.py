@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 from h2.errors import ErrorCodes
 
+from shoal.core.hbone import fastpath
 from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
 from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import READ_SIZE
@@ -45,7 +46,20 @@ class StreamOwner(Protocol):
         """The stream finished: forget it (and close a draining connection)."""
 
 
-class HboneStream:
+class _PythonTunnelFields:
+    """The pure-Python path's stand-in for the C TunnelFields: adds nothing."""
+
+    __slots__ = ()
+
+
+# bytes_sent, bytes_received, _chunks, _sink, _error and _writing as C struct
+# fields (core/hbone/native/flow.c) when the C module loads: the C data paths
+# read and count them per DATA frame by pointer.
+_TunnelFields: Any = fastpath.native.TunnelFields if fastpath.native is not None \
+    else _PythonTunnelFields
+
+
+class HboneStream(_TunnelFields):
     """A CONNECT tunnel. Created by `HbonePool.open()` or given to server handlers.
 
     Attributes:

@@ -101,6 +101,29 @@ typedef struct {
     PyObject_HEAD
     long long data_frames_sent, empty_in_a_row, outbound_control;
 } GuardFields;
+/* shoal's per-frame fields (flow.c): the HBONE core's connection flags
+ * (protocol._HboneCore), its per-stream record (protocol._Stream) and the
+ * tunnel (stream.HboneStream). The chars are Python bools (T_BOOL). */
+typedef struct {
+    PyObject_HEAD
+    char dead, draining, goaway_received;
+} CoreFields;
+typedef struct {
+    PyObject_HEAD
+    PyObject *state;          /* PENDING, OPEN or CLOSED */
+    char local_ended, remote_ended;
+} CoreStreamFields;
+typedef struct {
+    PyObject_HEAD
+    long long bytes_sent, bytes_received;
+    PyObject *chunks;         /* _chunks: the deque read() takes from */
+    PyObject *sink;           /* _sink: core.pipe's, or NULL/None */
+    PyObject *error;          /* _error: NULL/None or the HboneError */
+    char writing;             /* _writing */
+} TunnelFields;
+CoreFields *core_fields(PyObject *o);
+CoreStreamFields *core_stream_fields(PyObject *o);
+TunnelFields *tunnel_fields(PyObject *o);
 WindowFields *window_fields(PyObject *o);   /* NULL-safe */
 FlowFields *stream_fields(PyObject *o);
 FlowFields *connection_fields(PyObject *o);

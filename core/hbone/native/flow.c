@@ -1,4 +1,5 @@
-/* HTTP/2 flow-control windows and flood-guard counters stored in C structs.
+/* HTTP/2 flow-control windows, flood-guard counters and the HBONE core's
+ * per-frame fields stored in C structs.
  *
  * The C data paths (relay.c, send.c) read and change, per DATA frame, h2's
  * windows (the connection's and the stream's send windows, both inbound
@@ -20,6 +21,10 @@
  *                      max_inbound_frame_size, max_outbound_frame_size
  *   StateMachine       state (h2's connection and stream state machines)
  *   GuardCounters      data_frames_sent, empty_in_a_row, outbound_control
+ *   CoreFlags          dead, draining, goaway_received (protocol._HboneCore)
+ *   CoreStream         state, local_ended, remote_ended (protocol._Stream)
+ *   TunnelFields       bytes_sent, bytes_received, _chunks, _sink, _error,
+ *                      _writing (stream.HboneStream)
  *
  * The state checks of the C paths (is the stream OPEN?) read the state the
  * same way: connection or stream → state_machine → state, three pointers.
@@ -184,6 +189,105 @@ FlowFields *connection_fields(PyObject *o)
     return PyObject_TypeCheck(o, &ConnectionWindowsType) ? (FlowFields *)o : NULL;
 }
 
+static PyMemberDef core_members[] = {
+    {"dead", T_BOOL, offsetof(CoreFields, dead), 0, NULL},
+    {"draining", T_BOOL, offsetof(CoreFields, draining), 0, NULL},
+    {"goaway_received", T_BOOL, offsetof(CoreFields, goaway_received), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+COUNTERS_TYPE(CoreType, "CoreFlags",
+              "The HBONE core's connection flags, in C (base of protocol._HboneCore)",
+              CoreFields, core_members);
+
+/* Objects with references (GC): their traverse, clear and dealloc. */
+#define GC_FUNCS(prefix, type, ...)                                           \
+    static int prefix##_traverse(type *f, visitproc visit, void *arg)         \
+    {                                                                         \
+        PyObject *refs[] = {__VA_ARGS__};                                     \
+        for (size_t i = 0; i < sizeof refs / sizeof *refs; i++)               \
+            Py_VISIT(refs[i]);                                                \
+        return 0;                                                             \
+    }                                                                         \
+    static int prefix##_clear(type *f);                                       \
+    static void prefix##_dealloc(type *f)                                     \
+    {                                                                         \
+        PyObject_GC_UnTrack(f);                                               \
+        prefix##_clear(f);                                                    \
+        Py_TYPE(f)->tp_free((PyObject *)f);                                   \
+    }
+
+#define GC_TYPE(var, name, doc, fields, prefix, members)                      \
+    static PyTypeObject var = {                                               \
+        PyVarObject_HEAD_INIT(NULL, 0)                                        \
+        .tp_name = "shoal.core.hbone.native._native." name,                   \
+        .tp_doc = doc,                                                        \
+        .tp_basicsize = sizeof(fields),                                       \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
+        .tp_new = PyType_GenericNew,                                          \
+        .tp_dealloc = (destructor)prefix##_dealloc,                           \
+        .tp_traverse = (traverseproc)prefix##_traverse,                       \
+        .tp_clear = (inquiry)prefix##_clear,                                  \
+        .tp_members = members,                                                \
+    }
+
+GC_FUNCS(cstream, CoreStreamFields, f->state)
+static int cstream_clear(CoreStreamFields *f)
+{
+    Py_CLEAR(f->state);
+    return 0;
+}
+
+static PyMemberDef cstream_members[] = {
+    {"state", T_OBJECT_EX, offsetof(CoreStreamFields, state), 0, NULL},
+    {"local_ended", T_BOOL, offsetof(CoreStreamFields, local_ended), 0, NULL},
+    {"remote_ended", T_BOOL, offsetof(CoreStreamFields, remote_ended), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+GC_TYPE(CoreStreamType, "CoreStream",
+        "The HBONE core's per-stream record, in C (base of protocol._Stream)",
+        CoreStreamFields, cstream, cstream_members);
+
+GC_FUNCS(tunnel, TunnelFields, f->chunks, f->sink, f->error)
+static int tunnel_clear(TunnelFields *f)
+{
+    Py_CLEAR(f->chunks);
+    Py_CLEAR(f->sink);
+    Py_CLEAR(f->error);
+    return 0;
+}
+
+/* _sink and _error are T_OBJECT: unset reads as None, as they start. */
+static PyMemberDef tunnel_members[] = {
+    {"bytes_sent", T_LONGLONG, offsetof(TunnelFields, bytes_sent), 0, NULL},
+    {"bytes_received", T_LONGLONG, offsetof(TunnelFields, bytes_received), 0, NULL},
+    {"_chunks", T_OBJECT_EX, offsetof(TunnelFields, chunks), 0, NULL},
+    {"_sink", T_OBJECT, offsetof(TunnelFields, sink), 0, NULL},
+    {"_error", T_OBJECT, offsetof(TunnelFields, error), 0, NULL},
+    {"_writing", T_BOOL, offsetof(TunnelFields, writing), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+GC_TYPE(TunnelType, "TunnelFields",
+        "An HBONE tunnel's per-frame fields, in C (base of stream.HboneStream)",
+        TunnelFields, tunnel, tunnel_members);
+
+CoreFields *core_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &CoreType) ? (CoreFields *)o : NULL;
+}
+
+CoreStreamFields *core_stream_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &CoreStreamType) ? (CoreStreamFields *)o : NULL;
+}
+
+TunnelFields *tunnel_fields(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &TunnelType) ? (TunnelFields *)o : NULL;
+}
+
 PyObject *flow_state(PyObject *o)
 {
     if (!PyObject_TypeCheck(o, &StreamWindowsType) && !PyObject_TypeCheck(o, &ConnectionWindowsType))
@@ -224,9 +328,9 @@ GuardFields *guard_fields(PyObject *o)
 int flow_init(PyObject *module)
 {
     PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
-                             &GuardType};
+                             &GuardType, &CoreType, &CoreStreamType, &TunnelType};
     const char *names[] = {"Window", "StreamWindows", "ConnectionWindows", "StateMachine",
-                           "GuardCounters"};
+                           "GuardCounters", "CoreFlags", "CoreStream", "TunnelFields"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

@@ -72,6 +72,7 @@ typedef struct {
     FlowFields *h2_windows;   /* h2's windows (flow.c): h2 itself */
     PyObject *guard;          /* h2.guard (FloodGuard) */
     GuardFields *counters;    /* its counters (flow.c): guard itself */
+    CoreFields *flags;        /* the core's flags (flow.c): core itself */
     PyObject *raw;            /* the TCP transport under the TLS */
     PyObject *streams;        /* conn.streams: HboneStream by id */
     PyObject *core_streams;   /* core._streams: _Stream by id */
@@ -97,12 +98,12 @@ typedef struct {
 
 /* Attribute names, interned once. */
 static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_guard, *s_limits,
-    *s_max_control, *s_streams, *s_core_streams, *s_dead, *s_draining, *s_goaway,
-    *s_state, *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
-    *s_ecl, *s_stream_wm, *s_sink, *s_chunks,
+    *s_max_control, *s_streams, *s_core_streams, 
+    *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
+    *s_ecl, *s_stream_wm,
     *s_native_target, *s_transport, *s_can_write, *s_drain_waiter, *s_is_closing,
     *s_write, *s_cws, *s_bytes_written,
-    *s_bytes_received, *s_acknowledge, *s_flush,
+    *s_acknowledge, *s_flush,
     *s_get_write_buffer_size;
 
 #define CHECK(expr) do { int _c = (expr); if (_c <= 0) return _c; } while (0)
@@ -112,9 +113,8 @@ static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_guard, *s_limits,
 static int conn_ready(Relay *r)
 {
     long long v;
-    CHECK_NOT(attr_true(r->core, s_dead));
-    CHECK_NOT(attr_true(r->core, s_draining));
-    CHECK_NOT(attr_true(r->core, s_goaway));
+    if (r->flags->dead || r->flags->draining || r->flags->goaway_received)
+        return 0;
     CHECK(state_in(r->h2, r->conn_states));
     CHECK(attr_empty(r->fbuf, s_data));
     CHECK(attr_none(r->fbuf, s_body));
@@ -186,6 +186,7 @@ static int list_add(PyObject *list, PyObject *index, long long n)
 typedef struct {
     PyObject *h2s, *hs, *conn_wm, *stream_wm, *target, *t;
     WindowFields *cw, *sw;
+    TunnelFields *tunnel;     /* hs's fields (flow.c) */
 } Take;
 
 static void let_go(Take *k)
@@ -224,21 +225,29 @@ static int lookup(Relay *r, PyObject *sid, long long n, int window, Take *k)
     if (ok > 0)                     /* no content-length (a field of h2fast's streams) */
         ok = sf != NULL && sf->expected_length != NULL ? sf->expected_length == Py_None
                                                        : attr_none(k->h2s, s_ecl);
+    /* shoal's records whose fields are not C's (flow.c): the Python path's. */
+    CoreStreamFields *csf = ok > 0 ? core_stream_fields(cs) : NULL;
+    if (ok > 0 && (csf == NULL || csf->state == NULL
+                   || (k->tunnel = tunnel_fields(k->hs)) == NULL || k->tunnel->chunks == NULL))
+        ok = 0;
     if (ok > 0) {
-        PyObject *state = PyObject_GetAttr(cs, s_state);
-        int closed = state == NULL ? -1 : PyObject_RichCompareBool(state, r->closed, Py_EQ);
-        Py_XDECREF(state);
+        PyObject *state = Py_NewRef(csf->state);
+        int closed = PyObject_RichCompareBool(state, r->closed, Py_EQ);
+        Py_DECREF(state);
         ok = closed < 0 ? -1 : !closed;
     }
     Py_DECREF(cs);
-    if (ok > 0)
-        ok = attr_empty(k->hs, s_chunks);
-    if (ok > 0 && (sink = PyObject_GetAttr(k->hs, s_sink)) == NULL)
-        ok = -1;
-    if (ok > 0 && sink != Py_None)
+    if (ok > 0) {                   /* nothing queued for read() */
+        Py_ssize_t queued = PyObject_Length(k->tunnel->chunks);
+        ok = queued < 0 ? -1 : queued == 0;
+    }
+    if (ok > 0 && (sink = k->tunnel->sink) != NULL && sink != Py_None) {
+        Py_INCREF(sink);
         ok = _PyObject_LookupAttr(sink, s_native_target, &k->target);
-    else if (ok > 0)
+    } else if (ok > 0) {
+        sink = NULL;
         ok = 0;
+    }
     Py_XDECREF(sink);
     if (ok > 0 && !(PyTuple_Check(k->target) && PyTuple_GET_SIZE(k->target) == 3
                     && PyList_Check(PyTuple_GET_ITEM(k->target, 1))))
@@ -281,8 +290,9 @@ static int deliver(Relay *r, Take *k, PyObject *data, long long n)
     PyObject *target = k->target;
     if (add_ll(PyTuple_GET_ITEM(target, 0), s_bytes_written, n) < 0
             || list_add(PyTuple_GET_ITEM(target, 1), PyTuple_GET_ITEM(target, 2), n) < 0
-            || add_ll(k->hs, s_bytes_received, n) < 0)
+)
         return -1;
+    k->tunnel->bytes_received += n;
     return 0;
 }
 
@@ -294,10 +304,7 @@ static int deliver(Relay *r, Take *k, PyObject *data, long long n)
 static int ack(Relay *r, PyObject *sid, Take *k, long long n, int *flush)
 {
     WindowFields *cw = k->cw, *sw = k->sw;
-    int still = attr_true(r->core, s_dead);
-    if (still < 0)
-        return -1;
-    still = still ? 0 : state_in(k->h2s, r->stream_states);
+    int still = r->flags->dead ? 0 : state_in(k->h2s, r->stream_states);
     if (still < 0)
         return -1;
     if (!still || would_update(cw->current, cw->max_window, cw->processed + n)
@@ -820,8 +827,10 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
     KEEP(guard, PyObject_GetAttr(r->h2, s_guard));
 #undef KEEP
     if ((r->h2_windows = connection_fields(r->h2)) == NULL
-            || (r->counters = guard_fields(r->guard)) == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Relay needs h2fast's connection (its windows in C)");
+            || (r->counters = guard_fields(r->guard)) == NULL
+            || (r->flags = core_fields(r->core)) == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Relay needs h2fast's connection and the HBONE core (their fields in C)");
         return -1;
     }
     PyObject *limit = getattr_chain(r->guard, s_limits, s_max_control);
@@ -912,18 +921,17 @@ int relay_init(PyObject *module)
     NAME(s_core, "core") NAME(s_h2, "_h2") NAME(s_incoming_buffer, "incoming_buffer")
     NAME(s_guard, "guard")
     NAME(s_limits, "limits") NAME(s_max_control, "max_outbound_control_frames")
-    NAME(s_streams, "streams") NAME(s_core_streams, "_streams") NAME(s_dead, "dead")
-    NAME(s_draining, "draining") NAME(s_goaway, "goaway_received")
-    NAME(s_state, "state") NAME(s_data, "_data")
+    NAME(s_streams, "streams") NAME(s_core_streams, "_streams")
+    NAME(s_data, "_data")
     NAME(s_body, "_body") NAME(s_headers_buffer, "_headers_buffer")
     NAME(s_preamble_len, "_preamble_len")
     NAME(s_ecl, "_expected_content_length")
-    NAME(s_stream_wm, "_inbound_window_manager") NAME(s_sink, "_sink")
-    NAME(s_chunks, "_chunks") NAME(s_native_target, "native_target")
+    NAME(s_stream_wm, "_inbound_window_manager")
+    NAME(s_native_target, "native_target")
     NAME(s_transport, "transport") NAME(s_can_write, "_can_write")
     NAME(s_drain_waiter, "_drain_waiter") NAME(s_is_closing, "is_closing")
     NAME(s_write, "write") NAME(s_cws, "current_window_size")
-    NAME(s_bytes_written, "bytes_written") NAME(s_bytes_received, "bytes_received")
+    NAME(s_bytes_written, "bytes_written")
     NAME(s_acknowledge, "acknowledge") NAME(s_flush, "flush")
     NAME(s_get_write_buffer_size, "get_write_buffer_size")
 #undef NAME

@@ -64,6 +64,8 @@ typedef struct {
     FlowFields *h2_windows;   /* its windows (flow.c): h2 itself */
     PyObject *guard;          /* h2.guard */
     GuardFields *counters;    /* its counters (flow.c): guard itself */
+    TunnelFields *tunnel;     /* the stream's fields (flow.c): stream itself */
+    CoreFields *flags;        /* the core's flags (flow.c): core itself */
     PyObject *can_write;      /* conn.can_write (asyncio.Event) */
     PyObject *core_streams;   /* core._streams */
     PyObject *h2_streams;     /* h2.streams */
@@ -77,9 +79,9 @@ typedef struct {
     unsigned long long frames;
 } Sender;
 
-static PyObject *s_writing, *s_error, *s_value, *s_dead, *s_state, *s_local_ended,
+static PyObject *s_value,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
-    *s_bytes_sent, *s_core, *s_h2, *s_guard,
+    *s_core, *s_h2, *s_guard,
     *s_can_write, *s_streams, *s_core_streams, *s_stream_id, *s__hold;
 
 static int call_true(PyObject *o, PyObject *method)
@@ -100,24 +102,30 @@ static int call_true(PyObject *o, PyObject *method)
  * a stream whose windows are not C's is the Python path's). */
 static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
 {
-    CHECK_NOT(attr_true(s->stream, s_writing));
-    CHECK(attr_none(s->stream, s_error));
+    if (s->tunnel->writing || (s->tunnel->error != NULL && s->tunnel->error != Py_None))
+        return 0;
     int can_write = attr_true(s->can_write, s_value);
     if (can_write < 0)
         return -1;
     if (!can_write && s->source == Py_None)
         return 0;
-    CHECK_NOT(attr_true(s->core, s_dead));
+    if (s->flags->dead)
+        return 0;
     PyObject *cs = PyDict_GetItemWithError(s->core_streams, s->sid);
     if (cs == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *state = PyObject_GetAttr(cs, s_state);
-    if (state == NULL)
-        return -1;
+    CoreStreamFields *csf = core_stream_fields(cs);     /* not C's: the Python path's */
+    if (csf == NULL || csf->state == NULL)
+        return 0;
+    PyObject *state = Py_NewRef(csf->state);
+    Py_INCREF(cs);
     int open = PyObject_RichCompareBool(state, s->open, Py_EQ);
     Py_DECREF(state);
+    int ended = csf->local_ended;
+    Py_DECREF(cs);
     CHECK(open);
-    CHECK_NOT(attr_true(cs, s_local_ended));
+    if (ended)
+        return 0;
     CHECK(state_in(s->h2, s->conn_states));
     CHECK(output_empty(s->h2_windows));
     if (n > s->h2_windows->max_outbound_frame || n > s->send_max || n > s->h2_windows->outbound)
@@ -213,8 +221,8 @@ static PyObject *sender_push(Sender *s, PyObject *data)
     long long left = s->h2_windows->outbound < sw->outbound ? s->h2_windows->outbound
                                                             : sw->outbound;
     s->counters->data_frames_sent++;    /* WINDOW_UPDATE credit */
-    int failed = add_ll(s->stream, s_bytes_sent, n) < 0
-                 || send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
+    s->tunnel->bytes_sent += n;
+    int failed = send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
     Py_DECREF(h2s);
     if (failed)
         return NULL;
@@ -296,8 +304,11 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     KEEP(conn, Py_NewRef(conn));
 #undef KEEP
     if ((s->h2_windows = connection_fields(s->h2)) == NULL
-            || (s->counters = guard_fields(s->guard)) == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Sender needs h2fast's connection (its windows in C)");
+            || (s->counters = guard_fields(s->guard)) == NULL
+            || (s->tunnel = tunnel_fields(s->stream)) == NULL
+            || (s->flags = core_fields(s->core)) == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Sender needs h2fast's connection, the HBONE core and stream in C fields");
         return -1;
     }
     if (!PyDict_Check(s->core_streams) || !PyDict_Check(s->h2_streams)) {
@@ -364,12 +375,11 @@ static PyTypeObject SenderType = {
 int send_init(PyObject *module)
 {
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
-    NAME(s_writing, "_writing") NAME(s_error, "_error") NAME(s_value, "_value")
-    NAME(s_dead, "dead") NAME(s_state, "state") NAME(s_local_ended, "local_ended")
+    NAME(s_value, "_value")
     NAME(s_closing, "closing")
     NAME(s_is_closing, "is_closing") NAME(s_write, "write") NAME(s_abort, "abort")
     NAME(s_get_write_buffer_size, "get_write_buffer_size")
-    NAME(s_bytes_sent, "bytes_sent") NAME(s_core, "core") NAME(s_h2, "_h2")
+    NAME(s_core, "core") NAME(s_h2, "_h2")
     NAME(s_guard, "guard") NAME(s_can_write, "can_write") NAME(s_streams, "streams")
     NAME(s_core_streams, "_streams") NAME(s_stream_id, "stream_id")
     NAME(s__hold, "_hold")
