@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
 
 import h2.events as h2e
 import h2.exceptions as h2x
@@ -77,10 +77,15 @@ class _PythonCoreFlags:
 
 
 # The fields the C data paths read per DATA frame (core/hbone/native/flow.c),
-# as C struct fields when the C module loads: reached by pointer there.
-_StreamFields: Any = fastpath.native.CoreStream if fastpath.native is not None \
-    else _PythonStreamFields
-_CoreFlags: Any = fastpath.native.CoreFlags if fastpath.native is not None else _PythonCoreFlags
+# as C struct fields when the C module loads: reached by pointer there. (mypy
+# checks against the Python stand-ins, which have the same fields.)
+if TYPE_CHECKING:
+    _StreamFields = _PythonStreamFields
+    _CoreFlags = _PythonCoreFlags
+else:
+    _StreamFields = fastpath.native.CoreStream if fastpath.native is not None \
+        else _PythonStreamFields
+    _CoreFlags = fastpath.native.CoreFlags if fastpath.native is not None else _PythonCoreFlags
 
 
 class _Stream(_StreamFields):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from h2.errors import ErrorCodes
 
@@ -54,9 +54,13 @@ class _PythonTunnelFields:
 
 # bytes_sent, bytes_received, _chunks, _sink, _error and _writing as C struct
 # fields (core/hbone/native/flow.c) when the C module loads: the C data paths
-# read and count them per DATA frame by pointer.
-_TunnelFields: Any = fastpath.native.TunnelFields if fastpath.native is not None \
-    else _PythonTunnelFields
+# read and count them per DATA frame by pointer. (mypy checks against the
+# Python stand-in.)
+if TYPE_CHECKING:
+    _TunnelFields = _PythonTunnelFields
+else:
+    _TunnelFields = fastpath.native.TunnelFields if fastpath.native is not None \
+        else _PythonTunnelFields
 
 
 class HboneStream(_TunnelFields):
