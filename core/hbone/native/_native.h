@@ -124,7 +124,7 @@ typedef struct {
 CoreFields *core_fields(PyObject *o);
 CoreStreamFields *core_stream_fields(PyObject *o);
 TunnelFields *tunnel_fields(PyObject *o);
-WindowFields *window_fields(PyObject *o);   /* NULL-safe */
+WindowFields *window_fields(PyObject *o);   /* all of these: NULL-safe */
 FlowFields *stream_fields(PyObject *o);
 FlowFields *connection_fields(PyObject *o);
 GuardFields *guard_fields(PyObject *o);

@@ -74,3 +74,51 @@ class TlsPump(asyncio.BufferedProtocol):
     """An HBONE connection's TLS protocol with its reading in C (tlspump.c)."""
     proto: Any
     def __init__(self, proto: object, /) -> None: ...
+
+# flow.c: the per-frame fields of h2's and shoal's objects as C struct fields;
+# base classes only (h2fast, h2limits, protocol and stream subclass them).
+class Window:
+    max_window_size: int
+    current_window_size: int
+    _bytes_processed: int
+
+class StreamWindows:
+    outbound_flow_control_window: int
+    _inbound_window_manager: Any
+    state_machine: Any
+    _expected_content_length: int | None
+
+class ConnectionWindows:
+    outbound_flow_control_window: int
+    _inbound_flow_control_window_manager: Any
+    state_machine: Any
+    _chunks: list[Any]
+    _data_to_send: bytearray
+    max_inbound_frame_size: int
+    max_outbound_frame_size: int
+
+class StateMachine:
+    state: Any
+
+class GuardCounters:
+    data_frames_sent: int
+    empty_in_a_row: int
+    outbound_control: int
+
+class CoreFlags:
+    dead: bool
+    draining: bool
+    goaway_received: bool
+
+class CoreStream:
+    state: str
+    local_ended: bool
+    remote_ended: bool
+
+class TunnelFields:
+    bytes_sent: int
+    bytes_received: int
+    _chunks: Any
+    _sink: Any
+    _error: Any
+    _writing: bool

@@ -28,12 +28,71 @@
  *
  * The state checks of the C paths (is the stream OPEN?) read the state the
  * same way: connection or stream → state_machine → state, three pointers.
+ * The types holding references are GC types whose traverse, clear and
+ * dealloc follow their member tables (the T_OBJECT and T_OBJECT_EX fields).
  */
 
 #include "_native.h"
 
 #include <stddef.h>
+#include <string.h>
 #include <structmember.h>
+
+/* The C type of `o` among this file's: the first static type in its bases
+ * (Python's subclasses are heap types). */
+static PyTypeObject *fields_type(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    while (t != NULL && (t->tp_flags & Py_TPFLAGS_HEAPTYPE))
+        t = t->tp_base;
+    return t;
+}
+
+/* Each reference field of o (its C type's T_OBJECT / T_OBJECT_EX members). */
+#define EACH_REF(o, slot)                                                     \
+    for (PyMemberDef *_m = fields_type(o)->tp_members; _m->name != NULL; _m++) \
+        if (_m->type == T_OBJECT || _m->type == T_OBJECT_EX)                  \
+            for (PyObject **slot = (PyObject **)((char *)(o) + _m->offset); slot; slot = NULL)
+
+static int fields_traverse(PyObject *o, visitproc visit, void *arg)
+{
+    EACH_REF(o, ref)
+        Py_VISIT(*ref);
+    return 0;
+}
+
+static int fields_clear(PyObject *o)
+{
+    EACH_REF(o, ref)
+        Py_CLEAR(*ref);
+    return 0;
+}
+
+static void fields_dealloc(PyObject *o)
+{
+    PyObject_GC_UnTrack(o);
+    fields_clear(o);
+    Py_TYPE(o)->tp_free(o);
+}
+
+/* A base type of fields: GC if it holds references. */
+#define FIELDS_TYPE(var, name, doc, fields, members, flags, ...)              \
+    static PyTypeObject var = {                                               \
+        PyVarObject_HEAD_INIT(NULL, 0)                                        \
+        .tp_name = "shoal.core.hbone.native._native." name,                   \
+        .tp_doc = doc,                                                        \
+        .tp_basicsize = sizeof(fields),                                       \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | (flags),       \
+        .tp_new = PyType_GenericNew,                                          \
+        .tp_members = members,                                                \
+        __VA_ARGS__                                                           \
+    }
+#define COUNTERS_TYPE(var, name, doc, fields, members)                        \
+    FIELDS_TYPE(var, name, doc, fields, members, 0)
+#define REFS_TYPE(var, name, doc, fields, members)                            \
+    FIELDS_TYPE(var, name, doc, fields, members, Py_TPFLAGS_HAVE_GC,          \
+                .tp_dealloc = fields_dealloc, .tp_traverse = fields_traverse,  \
+                .tp_clear = fields_clear)
 
 static PyMemberDef window_members[] = {
     {"max_window_size", T_LONGLONG, offsetof(WindowFields, max_window), 0, NULL},
@@ -41,52 +100,12 @@ static PyMemberDef window_members[] = {
     {"_bytes_processed", T_LONGLONG, offsetof(WindowFields, processed), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
-/* A base type of plain counters (no references: no GC). */
-#define COUNTERS_TYPE(var, name, doc, fields, members)                        \
-    static PyTypeObject var = {                                               \
-        PyVarObject_HEAD_INIT(NULL, 0)                                        \
-        .tp_name = "shoal.core.hbone.native._native." name,                   \
-        .tp_doc = doc,                                                        \
-        .tp_basicsize = sizeof(fields),                                       \
-        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,                 \
-        .tp_new = PyType_GenericNew,                                          \
-        .tp_members = members,                                                \
-    }
-
 COUNTERS_TYPE(WindowType, "Window",
               "An h2 WindowManager's counters, in C (base of h2fast._WindowManager)",
               WindowFields, window_members);
 
-static int flow_traverse(FlowFields *f, visitproc visit, void *arg)
-{
-    Py_VISIT(f->inbound);
-    Py_VISIT(f->state_machine);
-    Py_VISIT(f->expected_length);
-    Py_VISIT(f->chunks);
-    Py_VISIT(f->data_to_send);
-    return 0;
-}
-
-static int flow_clear(FlowFields *f)
-{
-    Py_CLEAR(f->inbound);
-    Py_CLEAR(f->state_machine);
-    Py_CLEAR(f->expected_length);
-    Py_CLEAR(f->chunks);
-    Py_CLEAR(f->data_to_send);
-    return 0;
-}
-
-static void flow_dealloc(FlowFields *f)
-{
-    PyObject_GC_UnTrack(f);
-    flow_clear(f);
-    Py_TYPE(f)->tp_free((PyObject *)f);
-}
-
-/* The inbound manager is T_OBJECT_EX: h2 always has one; deleting it makes
- * reads raise AttributeError, as deleting h2's attribute would. */
+/* The inbound manager and the state machine are T_OBJECT_EX: h2 always has
+ * them; deleting one makes reads raise AttributeError, as with h2's own. */
 static PyMemberDef stream_members[] = {
     {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
     {"_inbound_window_manager", T_OBJECT_EX, offsetof(FlowFields, inbound), 0, NULL},
@@ -94,6 +113,9 @@ static PyMemberDef stream_members[] = {
     {"_expected_content_length", T_OBJECT_EX, offsetof(FlowFields, expected_length), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+REFS_TYPE(StreamWindowsType, "StreamWindows",
+          "An h2 stream's windows and state, in C (base of h2fast._H2Stream)",
+          FlowFields, stream_members);
 
 static PyMemberDef connection_members[] = {
     {"outbound_flow_control_window", T_LONGLONG, offsetof(FlowFields, outbound), 0, NULL},
@@ -105,63 +127,17 @@ static PyMemberDef connection_members[] = {
     {"max_outbound_frame_size", T_LONGLONG, offsetof(FlowFields, max_outbound_frame), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
-#define FLOW_TYPE(var, name, doc, members)                                    \
-    static PyTypeObject var = {                                               \
-        PyVarObject_HEAD_INIT(NULL, 0)                                        \
-        .tp_name = "shoal.core.hbone.native._native." name,                   \
-        .tp_doc = doc,                                                        \
-        .tp_basicsize = sizeof(FlowFields),                                   \
-        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
-        .tp_new = PyType_GenericNew,                                          \
-        .tp_dealloc = (destructor)flow_dealloc,                               \
-        .tp_traverse = (traverseproc)flow_traverse,                           \
-        .tp_clear = (inquiry)flow_clear,                                      \
-        .tp_members = members,                                                \
-    }
-
-FLOW_TYPE(StreamWindowsType, "StreamWindows",
-          "An h2 stream's windows, in C (base of h2fast._H2Stream)", stream_members);
-FLOW_TYPE(ConnectionWindowsType, "ConnectionWindows",
-          "An h2 connection's windows, in C (base of h2fast.H2ConnectionFast)",
-          connection_members);
-
-static int state_traverse(StateFields *f, visitproc visit, void *arg)
-{
-    Py_VISIT(f->state);
-    return 0;
-}
-
-static int state_clear(StateFields *f)
-{
-    Py_CLEAR(f->state);
-    return 0;
-}
-
-static void state_dealloc(StateFields *f)
-{
-    PyObject_GC_UnTrack(f);
-    state_clear(f);
-    Py_TYPE(f)->tp_free((PyObject *)f);
-}
+REFS_TYPE(ConnectionWindowsType, "ConnectionWindows",
+          "An h2 connection's windows, state, output, in C (base of h2fast.H2ConnectionFast)",
+          FlowFields, connection_members);
 
 static PyMemberDef state_members[] = {
     {"state", T_OBJECT_EX, offsetof(StateFields, state), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
-static PyTypeObject StateType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal.core.hbone.native._native.StateMachine",
-    .tp_doc = "An h2 state machine's state, in C (base of h2fast's state machines)",
-    .tp_basicsize = sizeof(StateFields),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_dealloc = (destructor)state_dealloc,
-    .tp_traverse = (traverseproc)state_traverse,
-    .tp_clear = (inquiry)state_clear,
-    .tp_members = state_members,
-};
+REFS_TYPE(StateType, "StateMachine",
+          "An h2 state machine's state, in C (base of h2fast's state machines)",
+          StateFields, state_members);
 
 static PyMemberDef guard_members[] = {
     {"data_frames_sent", T_LONGLONG, offsetof(GuardFields, data_frames_sent), 0, NULL},
@@ -169,25 +145,9 @@ static PyMemberDef guard_members[] = {
     {"outbound_control", T_LONGLONG, offsetof(GuardFields, outbound_control), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
 COUNTERS_TYPE(GuardType, "GuardCounters",
               "A FloodGuard's per-frame counters, in C (base of h2limits.FloodGuard)",
               GuardFields, guard_members);
-
-WindowFields *window_fields(PyObject *o)
-{
-    return o != NULL && PyObject_TypeCheck(o, &WindowType) ? (WindowFields *)o : NULL;
-}
-
-FlowFields *stream_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &StreamWindowsType) ? (FlowFields *)o : NULL;
-}
-
-FlowFields *connection_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &ConnectionWindowsType) ? (FlowFields *)o : NULL;
-}
 
 static PyMemberDef core_members[] = {
     {"dead", T_BOOL, offsetof(CoreFields, dead), 0, NULL},
@@ -195,48 +155,9 @@ static PyMemberDef core_members[] = {
     {"goaway_received", T_BOOL, offsetof(CoreFields, goaway_received), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
 COUNTERS_TYPE(CoreType, "CoreFlags",
               "The HBONE core's connection flags, in C (base of protocol._HboneCore)",
               CoreFields, core_members);
-
-/* Objects with references (GC): their traverse, clear and dealloc. */
-#define GC_FUNCS(prefix, type, ...)                                           \
-    static int prefix##_traverse(type *f, visitproc visit, void *arg)         \
-    {                                                                         \
-        PyObject *refs[] = {__VA_ARGS__};                                     \
-        for (size_t i = 0; i < sizeof refs / sizeof *refs; i++)               \
-            Py_VISIT(refs[i]);                                                \
-        return 0;                                                             \
-    }                                                                         \
-    static int prefix##_clear(type *f);                                       \
-    static void prefix##_dealloc(type *f)                                     \
-    {                                                                         \
-        PyObject_GC_UnTrack(f);                                               \
-        prefix##_clear(f);                                                    \
-        Py_TYPE(f)->tp_free((PyObject *)f);                                   \
-    }
-
-#define GC_TYPE(var, name, doc, fields, prefix, members)                      \
-    static PyTypeObject var = {                                               \
-        PyVarObject_HEAD_INIT(NULL, 0)                                        \
-        .tp_name = "shoal.core.hbone.native._native." name,                   \
-        .tp_doc = doc,                                                        \
-        .tp_basicsize = sizeof(fields),                                       \
-        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
-        .tp_new = PyType_GenericNew,                                          \
-        .tp_dealloc = (destructor)prefix##_dealloc,                           \
-        .tp_traverse = (traverseproc)prefix##_traverse,                       \
-        .tp_clear = (inquiry)prefix##_clear,                                  \
-        .tp_members = members,                                                \
-    }
-
-GC_FUNCS(cstream, CoreStreamFields, f->state)
-static int cstream_clear(CoreStreamFields *f)
-{
-    Py_CLEAR(f->state);
-    return 0;
-}
 
 static PyMemberDef cstream_members[] = {
     {"state", T_OBJECT_EX, offsetof(CoreStreamFields, state), 0, NULL},
@@ -244,19 +165,9 @@ static PyMemberDef cstream_members[] = {
     {"remote_ended", T_BOOL, offsetof(CoreStreamFields, remote_ended), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
-
-GC_TYPE(CoreStreamType, "CoreStream",
-        "The HBONE core's per-stream record, in C (base of protocol._Stream)",
-        CoreStreamFields, cstream, cstream_members);
-
-GC_FUNCS(tunnel, TunnelFields, f->chunks, f->sink, f->error)
-static int tunnel_clear(TunnelFields *f)
-{
-    Py_CLEAR(f->chunks);
-    Py_CLEAR(f->sink);
-    Py_CLEAR(f->error);
-    return 0;
-}
+REFS_TYPE(CoreStreamType, "CoreStream",
+          "The HBONE core's per-stream record, in C (base of protocol._Stream)",
+          CoreStreamFields, cstream_members);
 
 /* _sink and _error are T_OBJECT: unset reads as None, as they start. */
 static PyMemberDef tunnel_members[] = {
@@ -268,31 +179,29 @@ static PyMemberDef tunnel_members[] = {
     {"_writing", T_BOOL, offsetof(TunnelFields, writing), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+REFS_TYPE(TunnelType, "TunnelFields",
+          "An HBONE tunnel's per-frame fields, in C (base of stream.HboneStream)",
+          TunnelFields, tunnel_members);
 
-GC_TYPE(TunnelType, "TunnelFields",
-        "An HBONE tunnel's per-frame fields, in C (base of stream.HboneStream)",
-        TunnelFields, tunnel, tunnel_members);
-
-CoreFields *core_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &CoreType) ? (CoreFields *)o : NULL;
-}
-
-CoreStreamFields *core_stream_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &CoreStreamType) ? (CoreStreamFields *)o : NULL;
-}
-
-TunnelFields *tunnel_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &TunnelType) ? (TunnelFields *)o : NULL;
-}
+#define FIELDS_OF(fn, type, var)                                              \
+    type *fn(PyObject *o)                                                     \
+    {                                                                         \
+        return o != NULL && PyObject_TypeCheck(o, &var) ? (type *)o : NULL;   \
+    }
+FIELDS_OF(window_fields, WindowFields, WindowType)
+FIELDS_OF(stream_fields, FlowFields, StreamWindowsType)
+FIELDS_OF(connection_fields, FlowFields, ConnectionWindowsType)
+FIELDS_OF(guard_fields, GuardFields, GuardType)
+FIELDS_OF(core_fields, CoreFields, CoreType)
+FIELDS_OF(core_stream_fields, CoreStreamFields, CoreStreamType)
+FIELDS_OF(tunnel_fields, TunnelFields, TunnelType)
 
 PyObject *flow_state(PyObject *o)
 {
-    if (!PyObject_TypeCheck(o, &StreamWindowsType) && !PyObject_TypeCheck(o, &ConnectionWindowsType))
+    FlowFields *f = stream_fields(o);
+    if (f == NULL && (f = connection_fields(o)) == NULL)
         return NULL;
-    PyObject *sm = ((FlowFields *)o)->state_machine;
+    PyObject *sm = f->state_machine;
     if (sm == NULL || !PyObject_TypeCheck(sm, &StateType))
         return NULL;
     return ((StateFields *)sm)->state;
@@ -320,22 +229,16 @@ int output_empty(FlowFields *h2)
     return e > 0 ? is_empty(h2->data_to_send, "_data_to_send") : e;
 }
 
-GuardFields *guard_fields(PyObject *o)
-{
-    return PyObject_TypeCheck(o, &GuardType) ? (GuardFields *)o : NULL;
-}
-
 int flow_init(PyObject *module)
 {
     PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
                              &GuardType, &CoreType, &CoreStreamType, &TunnelType};
-    const char *names[] = {"Window", "StreamWindows", "ConnectionWindows", "StateMachine",
-                           "GuardCounters", "CoreFlags", "CoreStream", "TunnelFields"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;
         Py_INCREF(types[i]);
-        if (PyModule_AddObject(module, names[i], (PyObject *)types[i]) < 0) {
+        if (PyModule_AddObject(module, strrchr(types[i]->tp_name, '.') + 1,
+                               (PyObject *)types[i]) < 0) {
             Py_DECREF(types[i]);
             return -1;
         }
