@@ -310,6 +310,9 @@ class FastSession(TcpEnd):
             ex._native_result(*args)
         elif what == "lost":
             ex.upstream_lost(args[0])
+        elif what == "error":       # a bug while handling a read: as Exchange.upstream_data
+            LOG.error("response handling failed inside the waypoint", exc_info=args[0])
+            ex._cut("UR")
         else:
             ex.client_lost()
 

@@ -43,7 +43,7 @@ typedef struct {
 } CExchange;
 
 static PyObject *s_feed, *s_write, *s_body_bytes, *s_c_slot, *s_draining, *s_status, *s_finished, *s_c_done, *s_c_adopt,
-    *s_pause_reading, *s_resume_reading, *w_result, *w_lost, *w_client;
+    *s_pause_reading, *s_resume_reading, *w_result, *w_lost, *w_client, *w_error;
 static long f_fallback, f_head, f_done, f_cut;
 
 static int ready(CExchange *x)
@@ -109,12 +109,35 @@ static int count(CExchange *x)
     return 0;
 }
 
+static PyObject *handle(CExchange *x, PyObject *data);
+
+/* As Exchange.upstream_data: a failure while handling a read (a bug) costs
+ * this request, cut off (UR), never the connection's callbacks; Python
+ * takes over: session._c_adopt(self, "error", exception). Past the end
+ * (the pool and the record are Python's, in _c_done) it propagates. */
 static PyObject *cx_upstream_data(CExchange *x, PyObject *data)
 {
     if (!ready(x))
         return NULL;
     if (x->ended)
         Py_RETURN_NONE;
+    PyObject *r = handle(x, data);
+    if (r != NULL || x->ended || !PyErr_ExceptionMatches(PyExc_Exception))
+        return r;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    r = adopt(x, w_error, value, NULL, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return r;
+}
+
+static PyObject *handle(CExchange *x, PyObject *data)
+{
     PyObject *draining = PyObject_GetAttr(x->proxy, s_draining);
     if (draining == NULL)
         return NULL;
@@ -321,7 +344,7 @@ int cexchange_init(PyObject *module, long fallback, long head, long done, long c
     NAME(s_status, "status") NAME(s_finished, "finished") NAME(s_c_done, "_c_done")
     NAME(s_c_adopt, "_c_adopt") NAME(s_pause_reading, "pause_reading")
     NAME(s_resume_reading, "resume_reading") NAME(w_result, "result") NAME(w_lost, "lost")
-    NAME(w_client, "client")
+    NAME(w_client, "client") NAME(w_error, "error")
 #undef NAME
     f_fallback = fallback;
     f_head = head;

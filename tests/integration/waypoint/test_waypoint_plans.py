@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import logging
 import re
 import socket
@@ -21,11 +22,12 @@ import sys
 import pytest
 
 from shoal.core import metrics as core_metrics
-from shoal.core.records import (Authorization, BackendRef, HeaderMatch, HTTPFilter, HTTPRoute,
-                                Operation, ParentRef, PathMatch, RequestMirror, RouteMatch,
-                                RouteRule, Rule, TargetRef)
+from shoal.core.records import (Authorization, BackendRef, HeaderMatch, HeaderModifier,
+                                HTTPFilter, HTTPRoute, Operation, ParentRef, PathMatch,
+                                RequestMirror, RouteMatch, RouteRule, Rule, TargetRef)
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from shoal.waypoint.h1native import native
+from shoal.waypoint.lb import Balancer
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
@@ -345,3 +347,65 @@ async def test_requests_counted_in_c_give_the_same_metrics(monkeypatch):
     total = {k: v for k, v in c.items() if k.startswith("istio_requests_total")}
     assert sum(total.values()) == len(CONVERSATION) - 1
     assert any('response_code="503"' in k for k in total)
+
+
+async def test_filters_and_weighted_backends_are_decided_per_request(monkeypatch, backends):
+    """A rule with a header filter, and one splitting traffic by weight:
+    each request gets the filter and its own weighted pick (a plan would
+    send every request to the backend the first one drew)."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    mesh = Mesh()
+    v1, v2 = backends("v1"), backends("v2")
+    mesh.service("echo", [v1])
+    mesh.service("one", [v1])
+    mesh.service("two", [v2])
+    mesh.route(route(
+        RouteRule(matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/f")),),
+                  filters=(HTTPFilter(type="RequestHeaderModifier",
+                                      request_header_modifier=HeaderModifier(
+                                          set=(("x-added", "yes"),))),),
+                  backend_refs=(to("echo"),)),
+        RouteRule(backend_refs=(BackendRef(name="one", namespace="default", port=8080),
+                                BackendRef(name="two", namespace="default", port=8080)))))
+    async with running_waypoint(mesh) as wp:
+        c = Client(wp.plaintext_port)
+
+        def go():
+            added = [c.json("/f")[1]["headers"].get("x-added") for _ in range(3)]
+            split = [c.get("/w")[0].getheader("x-backend") for _ in range(40)]
+            return added, split
+        added, split = await asyncio.to_thread(go)
+        assert plan_keys(wp) == []
+        c.close()
+    assert added == ["yes"] * 3
+    assert set(split) == {"v1", "v2"}       # 40 even draws: both (1 in 2**39 fails)
+
+
+async def test_a_failure_inside_a_cexchange_costs_one_request(monkeypatch, backends, caplog):
+    """As with Exchange: an exception while a response is handled (here the
+    balancer's, at the head) cuts that client off (UR), is logged, and the
+    waypoint serves the next request as ever."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    mesh = Mesh()
+    mesh.service("echo", [backends("v1")])
+    async with running_waypoint(mesh) as wp:
+        written = capture_access_log(wp)
+        c = Client(wp.plaintext_port)
+        await asyncio.to_thread(c.get, "/x")            # plan made, connection pooled
+        real = Balancer.finished
+
+        def broken(self, *a):
+            monkeypatch.setattr(Balancer, "finished", real)
+            raise RuntimeError("a bug")
+        monkeypatch.setattr(Balancer, "finished", broken)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            await asyncio.to_thread(c.get, "/x")
+        c.close()
+        again = Client(wp.plaintext_port)
+        r, _ = await asyncio.to_thread(again.get, "/x")
+        again.close()
+        wp.app.proxy.telemetry.flush()
+    assert r.status == 200
+    assert [f["response_flags"] for f in access_lines(written)] == ["-", "UR", "-"]
+    assert "response handling failed inside the waypoint" in caplog.text
