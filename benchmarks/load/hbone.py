@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.hbone_procs import start_shoal_tool, stop, wait_port  # noqa: E402
+from tests.helpers.hbone_procs import start_shoal_tool, stop, wait_listener  # noqa: E402
 from tests.helpers.ports import free_port  # noqa: E402
 from tests.helpers.pki import TestPKI, write_pem  # noqa: E402
 
@@ -175,7 +175,11 @@ def start_stunnel(tmp: Path, files, target_port: int) -> Pair:
     for name, port in (("s", sport), ("c", cport)):
         p = subprocess.Popen(["stunnel4", str(tmp / f"stunnel-{name}.conf")],
                              stdout=subprocess.DEVNULL, stderr=open(tmp / f"stunnel-{name}.log", "w"))
-        wait_port(port, p)
+        # Never a probe connection: stunnel-c would carry it on to iperf3 -s
+        # a moment later, into the run (iperf3 took it for a data stream
+        # without the test's cookie and aborted the test: "control socket
+        # has closed unexpectedly").
+        wait_listener(port, p)
         procs.append(p)
     return Pair("stunnel", procs[1], procs[0], cport)
 
@@ -190,7 +194,7 @@ def start_iperf_server(attempts: int = 3) -> tuple[subprocess.Popen, int]:
         proc = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_port(port, proc)
+            wait_listener(port, proc)          # a probe would count as a test of its own
             return proc, port
         except RuntimeError:
             err = proc.stderr.read().strip() if proc.stderr is not None else ""

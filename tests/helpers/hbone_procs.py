@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers.ports import free_port
+from tests.helpers.ports import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,18 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def wait_listener(port: int, proc: subprocess.Popen | None = None,
+                  timeout: float = 10.0) -> None:
+    """wait_port without connecting (tests.helpers.ports.listening): for a
+    proxy's front port, where a probe would reach the backend as a stray
+    client."""
+    def exited() -> str | None:
+        if proc is None or proc.poll() is None:
+            return None
+        return f"{proc.args[0]} exited with {proc.returncode}"
+    wait_listening("127.0.0.1", port, timeout, exited=exited)
 
 
 def start_shoal_tool(args: list[str], log: Path, *, command: list[str] | None = None,

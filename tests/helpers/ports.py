@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -70,3 +71,56 @@ def free_port(host: str = "0.0.0.0") -> int:
                     continue
             return port
     raise RuntimeError(f"no free port in [{_LOW}, {_HIGH})")
+
+
+# /proc/net/tcp's state column for a listening socket (include/net/tcp_states.h).
+_TCP_LISTEN = "0A"
+# Between two looks at the socket tables while waiting for a listener.
+_LISTEN_POLL = 0.05
+
+
+def _hex_address(host: str) -> str:
+    """`host` (IPv4) as /proc/net/tcp writes it: the 32-bit word in host order."""
+    return "%08X" % int.from_bytes(socket.inet_aton(host), sys.byteorder)
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether a TCP socket of this network namespace listens on host:port
+    (or on the wildcard address, IPv4 or dual-stack IPv6).
+
+    Read from /proc/net/tcp{,6} instead of connecting: a test connection to
+    a proxy's front port is relayed to its backend, where it arrives later
+    as a stray client (iperf3 -s takes it for a test of its own, or for one
+    of the running test's data streams, and aborts that test)."""
+    want = {f"{_hex_address(host)}:{port:04X}", f"00000000:{port:04X}",
+            f"{'0' * 32}:{port:04X}"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)                                     # the header line
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == _TCP_LISTEN and fields[1] in want:
+                        return True
+        except FileNotFoundError:                           # no IPv6 in this kernel
+            continue
+    return False
+
+
+def wait_listening(host: str, port: int, timeout: float = 10.0, *,
+                   exited=lambda: None) -> None:
+    """Poll `listening(host, port)` without ever connecting.
+
+    Raises:
+        RuntimeError: `exited()` returned a message (the process died).
+        TimeoutError: no listener within `timeout` s.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gone = exited()
+        if gone:
+            raise RuntimeError(gone)
+        if listening(host, port):
+            return
+        time.sleep(_LISTEN_POLL)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")

@@ -1,7 +1,9 @@
 """Real peer programs for ztunnel tests and benchmarks: processes, ports, peers.
 
 - `Proc`: a subprocess with a log file, stopped (TERM, then KILL) on `stop()`.
-- `wait_port()`: wait for a listener (ports come from tests.helpers.ports).
+- `wait_port()`: wait for a listener (ports come from tests.helpers.ports);
+  `wait_listener()` the same without connecting, for the peers' front ports
+  and iperf3 -s (a probe would reach iperf3 as a stray test).
 - iperf3 server/client, a haproxy pair (plaintext, two hops) and a stunnel
   pair (mutual TLS 1.3, two hops): the peers load_ztunnel.py compares with.
 """
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.pki import TestPKI, write_pem
+from tests.helpers.ports import wait_listening
 
 PROC_STOP_TIMEOUT = 5.0
 
@@ -35,6 +38,17 @@ def wait_port(host: str, port: int, timeout: float = 10.0, proc: "Proc | None" =
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s"
                        + (f"\n{proc.tail()}" if proc else ""))
+
+
+def wait_listener(host: str, port: int, proc: "Proc", timeout: float = 10.0) -> None:
+    """wait_port without a probe connection (tests.helpers.ports.listening):
+    through a proxy pair, a probe reaches the backend (iperf3 -s) a moment
+    later as a stray client, which can abort the run then under way."""
+    def exited() -> str | None:
+        if proc.p.poll() is None:
+            return None
+        return f"{proc.name} exited {proc.p.returncode}:\n{proc.tail()}"
+    wait_listening(host, port, timeout, exited=exited)
 
 
 class Proc:
@@ -91,7 +105,7 @@ def python_app(name: str, bind: str, logdir: Path) -> Proc:
 
 def iperf3_server(host: str, port: int, logdir: Path) -> Proc:
     proc = Proc(f"iperf3-{port}", ["iperf3", "-s", "-B", host, "-p", str(port)], logdir)
-    wait_port(host, port, proc=proc)
+    wait_listener(host, port, proc)
     return proc
 
 
@@ -147,8 +161,8 @@ backend app
             head = text.split("frontend a")[0]
             part.write_text(head + "frontend b" + text.split("frontend b")[1])
         procs.append(Proc(name, ["haproxy", "-f", str(part), "-db"], logdir))
-    wait_port("127.0.0.1", front, proc=procs[0])
-    wait_port("127.0.0.1", mid, proc=procs[1])
+    wait_listener("127.0.0.1", front, procs[0])
+    wait_listener("127.0.0.1", mid, procs[1])
     return procs
 
 
@@ -182,6 +196,6 @@ sslVersionMin = TLSv1.3
 """)
     procs = [Proc("stunnel-server", ["stunnel4", str(server)], logdir),
              Proc("stunnel-client", ["stunnel4", str(client)], logdir)]
-    wait_port("127.0.0.1", mid, proc=procs[0])
-    wait_port("127.0.0.1", front, proc=procs[1])
+    wait_listener("127.0.0.1", mid, procs[0])
+    wait_listener("127.0.0.1", front, procs[1])
     return procs

@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers.ztunnel_apps import expected_hash, xfer_client
 from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo, echo_exact, metric_sum
-from tests.helpers.ztunnel_peers import Proc, wait_port
+from tests.helpers.ztunnel_peers import Proc, wait_listener
 from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -81,7 +81,7 @@ def mesh(tmp_path_factory):
     iperf = Proc("iperf3-server", ["iperf3", "-s", "-B", m.pods["iperf"].ip,
                                    "-p", str(IPERF_PORT)], m.logs)
     try:
-        wait_port(m.pods["iperf"].ip, IPERF_PORT, proc=iperf)
+        wait_listener(m.pods["iperf"].ip, IPERF_PORT, iperf)   # a probe would be a test
         m.start()
         yield m
     finally:
