@@ -810,10 +810,12 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
         return -1;
     if (ssl_of(sslsock) == NULL)
         return -1;
+    /* Not initialised (feed refuses) until every check below passed: a
+     * failed __init__ must not leave the field pointers of another call. */
+    Py_CLEAR(r->conn);
 #define KEEP(field, value) do { PyObject *_v = (value); if (_v == NULL) return -1; \
                                 Py_XSETREF(r->field, _v); } while (0)
     KEEP(sslsock, Py_NewRef(sslsock));
-    KEEP(conn, Py_NewRef(conn));
     KEEP(raw, Py_NewRef(raw));
     KEEP(conn_states, Py_NewRef(cstates));
     KEEP(stream_states, Py_NewRef(sstates));
@@ -825,7 +827,6 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
     KEEP(h2_streams, PyObject_GetAttr(r->h2, s_streams));
     KEEP(fbuf, PyObject_GetAttr(r->h2, s_incoming_buffer));
     KEEP(guard, PyObject_GetAttr(r->h2, s_guard));
-#undef KEEP
     if ((r->h2_windows = connection_fields(r->h2)) == NULL
             || (r->counters = guard_fields(r->guard)) == NULL
             || (r->flags = core_fields(r->core)) == NULL) {
@@ -845,6 +846,8 @@ static int relay_init_obj(Relay *r, PyObject *args, PyObject *kw)
         return -1;
     }
     r->keep_max = keep > 0 ? (size_t)keep : 0;
+    KEEP(conn, Py_NewRef(conn));
+#undef KEEP
     return 0;
 }
 

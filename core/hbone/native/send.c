@@ -194,16 +194,24 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
     return 0;
 }
 
+/* 1 with IndexError if pushed[index] is not there (Python code may shrink
+ * the list), else 0. */
+static int index_out(Sender *s)
+{
+    if (s->index < PyList_GET_SIZE(s->pushed))
+        return 0;
+    PyErr_SetString(PyExc_IndexError, "Sender index outside its list");
+    return 1;
+}
+
 static PyObject *sender_push(Sender *s, PyObject *data)
 {
     if (s->conn == NULL) {
         PyErr_SetString(PyExc_ValueError, "Sender not initialised");
         return NULL;
     }
-    if (s->index >= PyList_GET_SIZE(s->pushed)) {     /* Python code may shrink the list */
-        PyErr_SetString(PyExc_IndexError, "Sender index outside its list");
+    if (index_out(s))           /* before anything is sent */
         return NULL;
-    }
     PyObject *h2s = NULL;
     FlowFields *sw = NULL;
     long long n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
@@ -239,7 +247,10 @@ static PyObject *sender_push(Sender *s, PyObject *data)
             Py_DECREF(r);
         }
     }
-    /* core.pipe's push: pushed[index] += len(data). */
+    /* core.pipe's push: pushed[index] += len(data), on the list as it is
+     * now (the write and _hold ran Python: IndexError, as the Python push's). */
+    if (index_out(s))
+        return NULL;
     PyObject *add = PyLong_FromLongLong(n), *sum;
     if (add == NULL)
         return NULL;
@@ -282,6 +293,9 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     }
     if (ssl_of(sslsock) == NULL)
         return -1;
+    /* Not initialised (sender_push refuses) until every check below passed:
+     * a failed __init__ must not leave the field pointers of another call. */
+    Py_CLEAR(s->conn);
 #define KEEP(field, value) do { PyObject *_v = (value); if (_v == NULL) return -1; \
                                 Py_XSETREF(s->field, _v); } while (0)
     KEEP(stream, Py_NewRef(stream));
@@ -301,8 +315,6 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     KEEP(h2, PyObject_GetAttr(s->core, s_h2));
     KEEP(h2_streams, PyObject_GetAttr(s->h2, s_streams));
     KEEP(guard, PyObject_GetAttr(s->h2, s_guard));
-    KEEP(conn, Py_NewRef(conn));
-#undef KEEP
     if ((s->h2_windows = connection_fields(s->h2)) == NULL
             || (s->counters = guard_fields(s->guard)) == NULL
             || (s->tunnel = tunnel_fields(s->stream)) == NULL
@@ -319,6 +331,8 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     s->send_max = send_max;
     s->hold_window = hold_window;
     s->vectorcall = sender_vectorcall;
+    KEEP(conn, Py_NewRef(conn));
+#undef KEEP
     return 0;
 }
 

@@ -22,6 +22,8 @@ import random
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -847,6 +849,83 @@ async def test_sender_checks_its_list_index_on_every_push(monkeypatch):
         assert run.c.bytes_sent == 0 and not run.c_tcp.out
     finally:
         run.close()
+
+
+async def test_sender_rechecks_its_list_index_after_python_ran(monkeypatch):
+    """The count list shrunk by Python that the push itself runs (here the
+    TCP transport's write, after the frame went out): IndexError on both
+    paths (the Python push's `pushed[i] += n`), not a read of the emptied
+    list's missing items (a segfault)."""
+    for relay in (True, False):
+        run = SendRun(relay, HboneSettings())
+        await run.start(monkeypatch)
+        try:
+            await run.setup_push()
+            write = run.c_tcp.write
+
+            def shrinking(records):
+                run.push_pushed.clear()
+                write(records)
+            run.c_tcp.write = shrinking
+            with pytest.raises(IndexError):
+                run.push(b"x" * 100)
+            assert run.c.bytes_sent == 100 and run.push_pushed == []
+        finally:
+            run.close()
+
+
+# A Relay and a Sender whose __init__ failed (on objects whose fields are not
+# C's: the first checks pass, the field pointers are then missing) and that
+# are used after it: each must raise, not follow those pointers. The Relay
+# made that way; each of them made right first, then made wrong.
+HALF_MADE = """
+import asyncio
+from types import SimpleNamespace as NS
+from shoal.benchmarks.load.bench_hbone_tls import Link
+from shoal.core.hbone import fastpath, protocol
+from tests.helpers.pki import TestPKI
+
+native = fastpath.native
+
+
+async def main():
+    link = Link(TestPKI())
+    c, _ = await link.open()
+    proto, sslsock, raw = link.client_conn.transport.native_tls()
+    record = protocol._Stream()
+    record.state = "OPEN"
+    h2 = NS(streams={}, incoming_buffer=NS(), guard=NS(), state_machine=NS(state=1))
+    conn = NS(core=NS(_streams={1: record}, _h2=h2), streams={}, can_write=NS(_value=True))
+    relay_args = (sslsock, conn, raw, (1,), (), "CLOSED", 1)
+    sender_args = (NS(stream_id=1), print, [0], 0, conn, proto, sslsock, raw, (1,), (), "OPEN", 1)
+    fresh = native.Relay.__new__(native.Relay)
+    made = [(fresh, relay_args, fresh.feed),
+            (link.client._relay, relay_args, link.client._relay.feed)]
+    sender = link.client_conn.native_sender(c, print, [0], 0)
+    made.append((sender, sender_args, lambda: sender(b"x")))
+    for obj, args, use in made:
+        try:
+            obj.__init__(*args)
+        except TypeError as e:
+            print(type(obj).__name__, "init:", e)
+        try:
+            use()
+        except ValueError as e:
+            print(e)
+
+asyncio.run(main())
+"""
+
+
+def test_a_failed_init_leaves_relay_and_sender_unusable():
+    # In a child: the failure this guards against is a segfault.
+    r = subprocess.run([sys.executable, "-c", HALF_MADE], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    relay = "Relay init: Relay needs h2fast's connection and the HBONE core (their fields in C)"
+    sender = "Sender init: Sender needs h2fast's connection, the HBONE core and stream in C fields"
+    assert r.stdout.splitlines() == [relay, "Relay not initialised", relay,
+                                     "Relay not initialised", sender, "Sender not initialised"]
 
 
 async def test_sender_leaks_no_references_or_memory(monkeypatch):
