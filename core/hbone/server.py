@@ -74,12 +74,14 @@ class Accept:
     """Answer 200, then either pipe the tunnel to `upstream` (a pipe endpoint,
     e.g. a TcpEnd or a (reader, writer) pair) or hand it to `serve`
     (`async (HboneStream) -> None`, e.g. a waypoint's HTTP server).
-    `on_done(sent_to_client, received_from_client)` reports byte counts."""
+    `on_done(sent_to_client, received_from_client, error)` reports byte
+    counts and, when the tunnel ended in a reset, why ("" when it ended
+    cleanly): ztunnel's inbound access log names the error of a failed copy."""
 
     upstream: Any = None
     serve: Callable[[HboneStream], Awaitable[None]] | None = None
     headers: tuple[tuple[str, str], ...] = ()        # e.g. (("baggage", "..."),)
-    on_done: Callable[[int, int], None] | None = None
+    on_done: Callable[[int, int, str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,7 @@ class HboneServer:
         # a server's HboneConnection has an HboneServerProtocol core
         conn.core.accept(req.stream_id, decision.headers)  # type: ignore[union-attr]
         conn.flush()
+        error = ""
         try:
             if decision.serve is not None:
                 await decision.serve(stream)
@@ -249,10 +252,11 @@ class HboneServer:
             self.log.debug("tunnel %s from %s reset: %s", req.authority,
                            _addr(req.peer_address), e)
             sent, received = stream.bytes_sent, stream.bytes_received
+            error = f"connection reset: {e}"
         finally:
             stream.close()
         if decision.on_done is not None:
-            decision.on_done(sent, received)
+            decision.on_done(sent, received, error)
 
     def _reject(self, conn, stream, req, decision) -> None:
         if not isinstance(decision, Reject):      # tunnel died while deciding

@@ -2,11 +2,13 @@
 
     python -m tests.helpers.ztunnel_apps serve --bind IP:PORT --name NAME
 
-One asyncio server, three behaviours chosen by the first bytes a client sends:
+One asyncio server, four behaviours chosen by the first bytes a client sends:
 - `GET ` / `HEAD`: a minimal HTTP/1.1 answer "hello from NAME" (for curl);
 - `XFER <n> <seed>\n`: read n bytes (until the client's half-close), answer
   "<sha256 of them>\n" then n pseudo-random bytes from <seed>, then FIN —
   byte-exact transfers both ways with half-close;
+- `RSET`: reset the connection (SO_LINGER 0, close) without reading what
+  follows: a destination that drops bytes it was sent;
 - anything else: echo until EOF, then FIN.
 """
 
@@ -16,6 +18,8 @@ import argparse
 import asyncio
 import hashlib
 import random
+import socket
+import struct
 import sys
 
 CHUNK = 1 << 20        # 1 MiB writes: large enough that Python overhead is small
@@ -67,6 +71,11 @@ async def _handle(reader, writer, name: str) -> None:
         first = await reader.read(4)
         if first in (b"GET ", b"HEAD"):
             await _http(first, reader, writer, name)
+        elif first == b"RSET":
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                       struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
         elif first == b"XFER":
             line = first + await reader.readline()
             await _xfer(line, reader, writer)

@@ -149,9 +149,9 @@ class Inbound:
         rec.track(lambda: up.bytes_written, lambda: up.bytes_read,
                   gone=lambda: up.transport is None or up.transport.is_closing())
 
-        def done(sent: int, received: int) -> None:
+        def done(sent: int, received: int, error: str) -> None:
             pi.connections.release(token)
-            rec.close(request_bytes=received, response_bytes=sent)
+            rec.close(request_bytes=received, response_bytes=sent, error=error)
         bag = telemetry.baggage(d.workload)
         return Accept(upstream=up, on_done=done, headers=(("baggage", bag),) if bag else ())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 
 import pytest
 
@@ -181,6 +182,29 @@ async def test_service_without_healthy_endpoint_resets_and_says_so(rig, caplog):
             raise ConnectionResetError("closed without data")
     assert any("NO_HEALTHY_UPSTREAM" in str(getattr(r, "fields", {}).get("error", ""))
                for r in caplog.records)
+
+
+async def test_app_reset_reaches_the_client_and_both_logs(rig, caplog):
+    """The app resets without reading (RST, bytes unread): the destination
+    ztunnel resets the tunnel, the source ztunnel resets the client (as
+    ztunnel: never a clean end for bytes that were not delivered), and both
+    ends' connection records carry the error, each once."""
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    reader, writer = await rig.open((rig.ip["echo-1"], APP_PORT))
+    writer.write(b"RSET" + b"x" * (4 << 20))
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(writer.drain(), 20)
+        await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+
+    def completions(direction):
+        return [r for r in caplog.records if r.getMessage() == "connection complete"
+                and getattr(r, "fields", {}).get("direction") == direction]
+    await until(lambda: completions("outbound") and completions("inbound"), 10,
+                "both connection records closed")
+    (src,), (dst,) = completions("outbound"), completions("inbound")
+    assert "reset" in str(src.fields.get("error", "")), src.fields
+    assert "reset" in str(dst.fields.get("error", "")), dst.fields
 
 
 async def test_every_proxy_socket_carries_mark_0x539(rig):

@@ -159,10 +159,24 @@ async def test_hbone_accept_tracks_bytes_until_done():
     answer = await Inbound(pi).on_connect(connect_request("10.0.1.1:8080"), "10.0.1.1")
     assert isinstance(answer, Accept) and answer.upstream is app
     assert len(pi.connections) == 1 and pi.tracker.open_count() == 1
-    answer.on_done(30, 12)
+    answer.on_done(30, 12, "")
     assert len(pi.connections) == 0 and pi.tracker.open_count() == 0
     assert (pi.metrics.total("received"), pi.metrics.total("sent")) == (12, 30)
     assert pi.metrics.counts[("closed", "destination", "-")] == 1
+
+
+async def test_hbone_tunnel_reset_is_counted_once_as_failed():
+    """A tunnel that ended in a reset (the app or the client reset): closed
+    once, failed once, its bytes once; a second report changes nothing."""
+    pi = FakeInputs(make_view(), app=FakeEnd())
+    answer = await Inbound(pi).on_connect(connect_request("10.0.1.1:8080"), "10.0.1.1")
+    assert isinstance(answer, Accept)
+    answer.on_done(30, 12, "connection reset: [Errno 104] Connection reset by peer")
+    answer.on_done(30, 12, "connection reset: again")
+    assert pi.metrics.counts[("closed", "destination", "-")] == 1
+    assert pi.metrics.counts[("failed", "destination", "-")] == 1
+    assert (pi.metrics.total("received"), pi.metrics.total("sent")) == (12, 30)
+    assert pi.tracker.open_count() == 0
 
 
 def test_forwarded_for_is_believed_only_for_the_peer_identity():
