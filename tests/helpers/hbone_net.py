@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 
 from shoal.core.hbone.pool import HbonePool
 from shoal.core.hbone.server import Accept, HboneServer, Reject
 from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.tls import client_context, server_context
-from shoal.core.pipe import connect_tcp
+from shoal.core.pipe import TcpEnd, connect_tcp
 from tests.helpers.pki import TestPKI
 
 CLIENT_ID = "spiffe://cluster.local/ns/client/sa/sleep"
@@ -104,6 +105,17 @@ async def roundtrip(stream, payload: bytes, chunk: int = 64 * 1024) -> bytes:
         got += data
     await sender
     return bytes(got)
+
+
+async def plain_end() -> tuple[socket.socket, TcpEnd]:
+    """A TcpEnd on a loopback TCP connection, and that connection's other
+    socket (non-blocking, for loop.sock_* calls): the plain side of an entry."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        mine = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    mine.setblocking(False)
+    _, end = await asyncio.get_running_loop().create_connection(TcpEnd, sock=theirs)
+    return mine, end
 
 
 def digest(data: bytes) -> str:

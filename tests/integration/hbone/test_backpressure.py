@@ -17,8 +17,8 @@ import pytest
 
 from shoal.core.hbone import fastpath
 from shoal.core.hbone.settings import MIB
-from shoal.core.pipe import PipeReset, TcpEnd, pipe
-from tests.helpers.hbone_net import HbonePair
+from shoal.core.pipe import PipeReset, pipe
+from tests.helpers.hbone_net import HbonePair, plain_end
 from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -56,12 +56,8 @@ async def _held_tunnel(rig: HbonePair, target: GatedTarget, port: int):
     """A TcpEnd on a loopback TCP connection piped into a tunnel to the
     target; the payload (then FIN) sent into it until the end is held."""
     stream = await rig.open(f"127.0.0.1:{port}")
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        mine = socket.create_connection(listener.getsockname())
-        theirs, _ = listener.accept()
-    mine.setblocking(False)
+    mine, end = await plain_end()
     loop = asyncio.get_running_loop()
-    _, end = await loop.create_connection(TcpEnd, sock=theirs)
     piped = asyncio.ensure_future(pipe(end, stream))
     payload = os.urandom(PAYLOAD)
 

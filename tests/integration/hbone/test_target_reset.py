@@ -15,8 +15,8 @@ import struct
 import pytest
 
 from shoal.core.hbone.settings import MIB
-from shoal.core.pipe import PipeReset, TcpEnd, pipe
-from tests.helpers.hbone_net import HbonePair
+from shoal.core.pipe import PipeReset, pipe
+from tests.helpers.hbone_net import HbonePair, plain_end
 from tests.helpers.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -75,12 +75,7 @@ async def _client_tunnel(rig: HbonePair, port: int):
     """A TcpEnd on a loopback TCP connection (`mine` is its client socket)
     piped into a tunnel to 127.0.0.1:`port`; returns (mine, end, pipe task)."""
     stream = await rig.open(f"127.0.0.1:{port}")
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        mine = socket.create_connection(listener.getsockname())
-        theirs, _ = listener.accept()
-    mine.setblocking(False)
-    loop = asyncio.get_running_loop()
-    _, end = await loop.create_connection(TcpEnd, sock=theirs)
+    mine, end = await plain_end()
     return mine, end, asyncio.ensure_future(pipe(end, stream))
 
 
@@ -98,22 +93,35 @@ async def _read_to_end(sock: socket.socket) -> bytes:
     return bytes(got)
 
 
-async def test_target_reset_before_reading_resets_the_client():
+async def _expect_reset(piped: asyncio.Future, sending: asyncio.Future,
+                        mine: socket.socket) -> None:
+    """The entry's pipe failed, and the client learns it: its send or its
+    read fails with a reset (never a clean end)."""
+    with pytest.raises(PipeReset):
+        await asyncio.wait_for(piped, DEADLINE)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        await asyncio.wait_for(sending, DEADLINE)
+        await asyncio.wait_for(_read_to_end(mine), DEADLINE)
+    mine.close()
+
+
+@pytest.mark.parametrize("when", ["accepted", "entry_held"])
+async def test_target_reset_mid_send_resets_the_client(when):
+    """The target resets without reading while the client sends 24 MiB: as
+    soon as it accepted, or once the entry's plain end is held (backpressure,
+    no copy task). No byte may be reported delivered; the client gets a reset."""
     target = ResettingTarget()
     port = await target.start()
     try:
         async with HbonePair() as rig:
             mine, end, piped = await _client_tunnel(rig, port)
             sending = asyncio.ensure_future(_send_all(mine, os.urandom(PAYLOAD)))
-            await asyncio.wait_for(target.accepted.wait(), DEADLINE)
+            if when == "accepted":
+                await asyncio.wait_for(target.accepted.wait(), DEADLINE)
+            else:
+                await until(lambda: end._held, DEADLINE, "the entry's plain end held")
             target.reset.set()
-            with pytest.raises(PipeReset):
-                await asyncio.wait_for(piped, DEADLINE)
-            # The client learns it: its send or its read fails with a reset.
-            with pytest.raises((ConnectionResetError, BrokenPipeError)):
-                await asyncio.wait_for(sending, DEADLINE)
-                await asyncio.wait_for(_read_to_end(mine), DEADLINE)
-            mine.close()
+            await _expect_reset(piped, sending, mine)
     finally:
         target.close()
 
@@ -150,28 +158,5 @@ async def test_client_reset_resets_the_target():
                 await asyncio.wait_for(piped, DEADLINE)
             ended = await asyncio.wait_for(target.ended, DEADLINE)
             assert isinstance(ended, ConnectionResetError), ended
-    finally:
-        target.close()
-
-
-
-async def test_target_reset_while_the_entry_is_held_resets_the_client():
-    """The target reads nothing, so the entry's plain end ends up held
-    (backpressure, no copy task); then the target resets: no byte of the
-    payload may be reported delivered, the client gets the reset."""
-    target = ResettingTarget()
-    port = await target.start()
-    try:
-        async with HbonePair() as rig:
-            mine, end, piped = await _client_tunnel(rig, port)
-            sending = asyncio.ensure_future(_send_all(mine, os.urandom(PAYLOAD)))
-            await until(lambda: end._held, DEADLINE, "the entry's plain end held")
-            target.reset.set()
-            with pytest.raises(PipeReset):
-                await asyncio.wait_for(piped, DEADLINE)
-            with pytest.raises((ConnectionResetError, BrokenPipeError)):
-                await asyncio.wait_for(sending, DEADLINE)
-                await asyncio.wait_for(_read_to_end(mine), DEADLINE)
-            mine.close()
     finally:
         target.close()
