@@ -19,6 +19,8 @@
 
 #include "_h1.h"
 
+#include <math.h>
+
 /* Histogram buckets per metric: Istio's duration histogram has 20 (with
  * +Inf), the size ones 10; more than this is refused at construction. */
 #define MAX_BUCKETS 32
@@ -97,6 +99,16 @@ static int bounds(PyObject *seq, double *out, int *n)
         }
     }
     Py_DECREF(f);
+    /* bucket() gives len(bounds) for a value above every bound, one past
+     * the counts; +Inf last (prometheus' rule) is what keeps it in range,
+     * and bisect_left's answer is only the linear scan's on sorted bounds. */
+    int sorted = 1;
+    for (Py_ssize_t i = 1; i < len; i++)
+        sorted &= out[i - 1] <= out[i];
+    if (!sorted || !(isinf(out[len - 1]) && out[len - 1] > 0)) {
+        PyErr_SetString(PyExc_ValueError, "histogram bounds must be sorted, +Inf last");
+        return -1;
+    }
     *n = (int)len;
     return 0;
 }
@@ -110,8 +122,14 @@ static int tally_init(Tally *t, PyObject *args, PyObject *kw)
     }
     if (!PyArg_ParseTuple(args, "OO:Tally", &d, &s))
         return -1;
-    if (bounds(d, t->dbounds, &t->nd) < 0 || bounds(s, t->sbounds, &t->ns) < 0)
-        return -1;
+    double db[MAX_BUCKETS], sb[MAX_BUCKETS];
+    int nd, ns;
+    if (bounds(d, db, &nd) < 0 || bounds(s, sb, &ns) < 0)
+        return -1;              /* a refused __init__ leaves the tally as it was */
+    memcpy(t->dbounds, db, sizeof db);
+    memcpy(t->sbounds, sb, sizeof sb);
+    t->nd = nd;
+    t->ns = ns;
     PyMem_Free(t->slots);
     t->slots = NULL;
     t->nslots = 0;

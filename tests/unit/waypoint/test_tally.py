@@ -56,3 +56,23 @@ def test_bad_slots_and_bounds_are_refused():
         native.Tally(list(range(33)), SIZE)
     t.add(4095, 1.0, 0, 0)
     assert [e[:2] for e in t.take()] == [(4095, 1)]
+
+
+def test_bounds_without_a_last_infinity_are_refused():
+    """bisect_left puts a value above every bound at index len(bounds):
+    with the 32 bounds the C arrays hold and no +Inf last, that count
+    would land past the duration array (in the request-size counts)."""
+    finite = [float(b) for b in range(1, 33)]
+    for dur, size in ((finite, SIZE), (DUR, SIZE[:-1]), ([2.0, 1.0, math.inf], SIZE)):
+        with pytest.raises(ValueError):
+            native.Tally(dur, size)
+    t = native.Tally([*finite[:31], math.inf], SIZE)
+    t.add(0, 1e9, 0, 0)
+    _, count, dur, _, req, _, resp, _ = t.take()[0]
+    assert count == 1 and dur[-1] == 1 and sum(dur) == 1
+    assert req == python_counts([0], SIZE) and resp == python_counts([0], SIZE)
+    # A refused __init__ keeps the bounds the tally had.
+    with pytest.raises(ValueError):
+        t.__init__(DUR, finite)
+    t.add(1, 7.0, 0, 0)
+    assert t.take()[0][2] == python_counts([7.0], [*finite[:31], math.inf])
