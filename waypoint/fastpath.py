@@ -307,7 +307,11 @@ class FastSession(TcpEnd):
                             cex.head, cex.held)
         self.exchange = ex
         if what == "result":
-            ex._native_result(*args)
+            try:
+                ex._native_result(*args)
+            except Exception:       # as Exchange.upstream_data around the same call
+                LOG.exception("response handling failed inside the waypoint")
+                ex._cut("UR")
         elif what == "lost":
             ex.upstream_lost(args[0])
         elif what == "error":       # a bug while handling a read: as Exchange.upstream_data

@@ -147,8 +147,18 @@ static PyObject *handle(CExchange *x, PyObject *data)
     Py_DECREF(draining);
     if (r == NULL)
         return NULL;
+    if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != 2 ||
+        !PyBytes_Check(PyTuple_GET_ITEM(r, 0))) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "Response.feed did not give (bytes, code)");
+        return NULL;
+    }
     PyObject *out = PyTuple_GET_ITEM(r, 0);
     long code = PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
+    if (code == -1 && PyErr_Occurred()) {
+        Py_DECREF(r);
+        return NULL;
+    }
     PyObject *ret = NULL;
     if (code & (f_fallback | f_cut)) {
         /* Exchange._native_result decides, on exactly what feed returned. */
@@ -178,9 +188,12 @@ static PyObject *handle(CExchange *x, PyObject *data)
         Py_DECREF(w);
     }
     if (code & f_done) {
-        x->ended = 1;
+        /* Not ended until counted: a failed count is a failure while
+         * handling the read (cut, UR), not an exchange that ended and
+         * was never given back (its client connection held for good). */
         if (count(x) < 0)
             goto done;
+        x->ended = 1;
         ret = PyObject_CallMethodOneArg(x->session, s_c_done, (PyObject *)x);
         goto done;
     }

@@ -261,11 +261,14 @@ async def test_a_client_resetting_mid_exchange_from_a_plan_is_one_dc_record(monk
 
 
 class Fixed(ThreadedBackend):
-    """1 KiB answers, keep-alive."""
+    """1 KiB answers, keep-alive (the waypoint may reset a connection)."""
 
     def serve(self, conn: socket.socket) -> None:
-        for _ in self.request_heads(conn):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024)
+        try:
+            for _ in self.request_heads(conn):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024)
+        except ConnectionResetError:
+            pass
 
 
 def keepalive_gets(port: int, n: int) -> None:
@@ -409,3 +412,62 @@ async def test_a_failure_inside_a_cexchange_costs_one_request(monkeypatch, backe
     assert r.status == 200
     assert [f["response_flags"] for f in access_lines(written)] == ["-", "UR", "-"]
     assert "response handling failed inside the waypoint" in caplog.text
+
+
+def read_to_end(s: socket.socket) -> bytes:
+    """Every byte until the waypoint closes or resets the connection
+    (socket.timeout: it did neither)."""
+    raw = b""
+    while True:
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            return raw
+        if not data:
+            return raw
+        raw += data
+
+
+async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(monkeypatch,
+                                                                               caplog):
+    """A bug in a Python call a CExchange makes (here the telemetry slot
+    lookup when the response ends) costs that one request, as
+    Exchange.upstream_data makes it: logged, the client cut off (UR). The
+    connection is not left holding an exchange that never ends (its next
+    request unanswered, never closed), and the worker serves on."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    caplog.set_level(logging.ERROR, logger="shoal.waypoint")
+    backend = Fixed()
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    request = b"GET /k HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
+    try:
+        async with running_waypoint(mesh, access_log=False) as wp:
+            telemetry = wp.app.proxy.telemetry
+            assert telemetry.counts_in_c
+            real = type(telemetry).slot
+            calls: list = []
+
+            def slot_once_broken(self, r):
+                calls.append(r)
+                if len(calls) == 1:
+                    raise RuntimeError("a telemetry bug")
+                return real(self, r)
+            monkeypatch.setattr(type(telemetry), "slot", slot_once_broken)
+
+            def first_then_from_plan() -> bytes:
+                with socket.create_connection(("127.0.0.1", wp.plaintext_port),
+                                              timeout=10) as s:
+                    s.sendall(request)
+                    assert read_response(s).endswith(b"x" * 1024)
+                    s.sendall(request)          # served from the plan: the slot raises
+                    return read_to_end(s)
+            await asyncio.to_thread(first_then_from_plan)
+            assert len(calls) == 1
+            assert any("response handling failed" in r.getMessage() and r.exc_info
+                       and "a telemetry bug" in str(r.exc_info[1]) for r in caplog.records)
+            # The worker serves on, from the plan, counted in C.
+            assert await asyncio.to_thread(keepalive_gets, wp.plaintext_port, 3) is None
+            assert len(calls) == 2
+    finally:
+        backend.close()
