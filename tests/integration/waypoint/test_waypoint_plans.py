@@ -471,3 +471,60 @@ async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(mon
             assert len(calls) == 2
     finally:
         backend.close()
+
+
+async def test_a_failure_after_a_cexchange_hands_over_is_cut_as_in_exchange(monkeypatch,
+                                                                              caplog):
+    """A 204 from a plan-served request goes to the Python parser (adopt
+    "result"); a bug there (the balancer's, at the head) is caught where
+    Exchange.upstream_data catches it: logged, that client cut off (UR),
+    not escaping into asyncio as the upstream protocol's fatal error."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    caplog.set_level(logging.INFO)
+    backend = ResetTolerant([([OK], False), ([b"HTTP/1.1 204 No Content\r\n\r\n"], False),
+                             ([OK], False)], PART_GAP_S)
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    request = b"GET /n HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
+    try:
+        async with running_waypoint(mesh) as wp:
+            written = capture_access_log(wp)
+            real = Balancer.finished
+
+            def broken(self, *a):
+                monkeypatch.setattr(Balancer, "finished", real)
+                raise RuntimeError("a bug")
+
+            def converse_and_break() -> tuple[bytes, bytes]:
+                with socket.create_connection(("127.0.0.1", wp.plaintext_port),
+                                              timeout=10) as s:
+                    s.sendall(request)
+                    first = read_response(s)
+                    monkeypatch.setattr(Balancer, "finished", broken)
+                    s.sendall(request)
+                    return first, read_to_end(s)
+            first, cut = await asyncio.to_thread(converse_and_break)
+            again = await asyncio.to_thread(lambda: converse_one(wp.plaintext_port, request))
+            wp.app.proxy.telemetry.flush()
+    finally:
+        backend.close()
+    assert first.endswith(b"ok") and cut == b"" and again.endswith(b"ok")
+    assert [f["response_flags"] for f in access_lines(written)] == ["-", "UR", "-"]
+    assert "response handling failed inside the waypoint" in caplog.text
+    assert "Fatal error" not in caplog.text
+
+
+class ResetTolerant(ScriptedBackend):
+    """A ScriptedBackend whose connection the waypoint may reset (a cut)."""
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            super().serve(conn)
+        except ConnectionResetError:
+            pass
+
+
+def converse_one(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        return read_response(s)
