@@ -11,6 +11,8 @@ from shoal.waypoint.h1native import native
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 
+DONE = 4        # Response.feed's code bit (_h1.c R_DONE; checked below when native loads)
+
 
 class Session:
     """The three calls a CExchange makes on its FastSession."""
@@ -58,7 +60,7 @@ def exchange(response) -> tuple[Session, object]:
 @pytest.mark.parametrize("answer, error", [
     (None, TypeError),                          # not a tuple: was read as one (a crash)
     ((b"",), TypeError),
-    (("text", native.DONE), TypeError),
+    (("text", DONE), TypeError),
     ((b"", "not a code"), TypeError),           # was an unchecked error, then all bits set
     (MemoryError(), MemoryError),
 ])
@@ -76,10 +78,14 @@ def test_a_failed_count_at_the_end_is_handed_over_as_an_error():
     to give the connection back (its client would wait for good)."""
     s = Session()
     tally = native.Tally([1.0, float("inf")], [1.0, float("inf")])
-    cex = native.CExchange(s, None, None, Answers((b"", native.DONE)), Proxy(), None, "ep", (),
+    cex = native.CExchange(s, None, None, Answers((b"", DONE)), Proxy(), None, "ep", (),
                            None, tally, {}, 0.0)
     assert cex.upstream_data(b"x") is None
     assert [str(e) for e in s.failed] == ["a telemetry bug"] and s.done == 0
     assert s.failed[0].__traceback__ is not None and not cex.counted
     cex.upstream_lost(None)
     assert len(s.failed) == 1 and tally.take() == []
+
+
+def test_done_is_the_modules_bit():
+    assert native.DONE == DONE
