@@ -303,13 +303,16 @@ async def test_thousands_of_plan_served_requests_keep_no_references(monkeypatch)
 
 def echo_samples() -> dict[str, float]:
     """The waypoint's HTTP metric samples for the echo service (durations
-    by count only: their buckets depend on the machine's speed)."""
+    by count only: their buckets depend on the machine's speed; no
+    `_created` timestamps: a series new in the first run but not in the
+    second would differ when this test runs first in its process)."""
     out = {}
     for ln in core_metrics.render()[0].decode().splitlines():
         m = re.match(r"(istio_\w+)\{(.*)\} (\S+)$", ln)
         if m and 'destination_service="echo.default.svc.cluster.local"' in m.group(2) and \
                 not m.group(1).startswith(("istio_request_duration_milliseconds_bucket",
-                                           "istio_request_duration_milliseconds_sum")):
+                                           "istio_request_duration_milliseconds_sum")) and \
+                not m.group(1).endswith("_created"):
             out[f"{m.group(1)}{{{m.group(2)}}}"] = float(m.group(3))
     return out
 
