@@ -328,7 +328,10 @@ static PyObject *plan_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     key = plan_key(c, host);
     if (key == NULL)
         goto done;
-    plan = PyDict_GetItemWithError(args[1], key);       /* borrowed */
+    /* Owned: the answer's tuple is allocated after the lookup, and the
+     * collection that may start could run Python (a finaliser, a gc
+     * callback) that drops the plan from `plans`. */
+    plan = Py_XNewRef(PyDict_GetItemWithError(args[1], key));
     if (plan == NULL) {
         if (PyErr_Occurred())
             goto done;
@@ -350,6 +353,7 @@ static PyObject *plan_request(PyObject *self, PyObject *const *args, Py_ssize_t 
 miss:
     result = Py_BuildValue("(OO)", Py_None, parsed);
 done:
+    Py_XDECREF(plan);
     Py_XDECREF(parsed);
     Py_XDECREF(key);
     PyBuffer_Release(&buf);

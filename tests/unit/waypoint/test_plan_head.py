@@ -14,6 +14,7 @@ import gc
 import os
 import random
 import re
+import subprocess
 import sys
 
 import pytest
@@ -207,3 +208,42 @@ def test_no_references_or_memory_kept():
     assert leaked == []
     assert grown < 16 * 1024, grown
     assert abs(sys.getrefcount(None) - nones) < 1000
+
+
+# Run in a child: without the fix the answer holds a freed object.
+_GC_DROPS_THE_PLAN = r"""
+import gc, weakref
+from shoal.waypoint.h1native import native
+native.seed(b"\x01" * 32)
+class P:
+    pass
+bad = []
+for threshold in range(1, 16):
+    plans = {"GET /a h": P()}
+    alive = weakref.ref(plans["GET /a h"])
+    armed = []
+    def drop(phase, info, plans=plans, armed=armed):
+        if phase == "start" and armed:
+            plans.clear()
+    gc.collect()
+    gc.callbacks.append(drop)
+    armed.append(1)
+    gc.set_threshold(threshold)
+    t = native.plan_request(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", plans, 0.0)
+    gc.set_threshold(700)
+    armed.clear()
+    gc.callbacks.remove(drop)
+    if t[0] is not None and alive() is None:
+        bad.append(threshold)
+        t = None    # leak the tuple: its first item is freed memory
+print("bad", bad)
+"""
+
+
+def test_a_collection_that_drops_the_plan_mid_call_leaves_the_answer_whole():
+    """plan_request allocates its answer after the lookup; a collection
+    starting there may run Python (a finaliser, a gc callback) that drops
+    the plan from the table: the answer still holds a live plan."""
+    out = subprocess.run([sys.executable, "-c", _GC_DROPS_THE_PLAN], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.stdout.strip() == "bad []", (out.returncode, out.stdout, out.stderr[-2000:])
