@@ -39,7 +39,8 @@ NATIVE = Extension("shoal.core.hbone.native._native",
 # waypoint/h1native.py): optional for the same reason, the Python parsers stay.
 H1 = Extension("shoal.waypoint.native._h1",
                sources=["waypoint/native/_h1.c", "waypoint/native/plan.c",
-                        "waypoint/native/cexchange.c", "waypoint/native/tally.c"],
+                        "waypoint/native/cexchange.c", "waypoint/native/tally.c",
+                        "waypoint/native/cend.c"],
                depends=["waypoint/native/_h1.h"],
                extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                libraries=["dl"], optional=True)

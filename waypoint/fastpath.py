@@ -41,6 +41,7 @@ from shoal.waypoint.fastexchange import FAST_ENV, LOG, Exchange, enabled, take_c
 from shoal.waypoint.frontdoor import h2_prefix, serve_stream
 from shoal.waypoint.h1framing import ResponseFramer
 from shoal.waypoint.h1native import native
+from shoal.waypoint.lb import Balancer
 from shoal.waypoint.http1 import (MESSAGE_ENDED, ProtocolFailed, RequestReceived,
                                   serialize_request_head)
 from shoal.waypoint.message import RequestHead
@@ -48,11 +49,16 @@ from shoal.waypoint.planpath import Plan
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.server import H1Session
-from shoal.waypoint.upstream import PlainUpstream, UpstreamError
+from shoal.waypoint.upstream import MAX_IDLE_PER_ENDPOINT, H1Pool, PlainUpstream, UpstreamError
 
 __all__ = ["FAST_ENV", "FastSession", "enabled"]
 
-_FAST, _SLOW, _CLOSING = 0, 1, 2
+_FAST, _SLOW, _CLOSING = 0, 1, 2   # cend.c reads `mode`: _FAST must stay 0
+
+if native is not None:
+    # A CExchange ends the common plan-served request itself (native/cend.c),
+    # on these types' state exactly as Balancer.finished and H1Pool.release do.
+    native.configure_end(Balancer, H1Pool, MAX_IDLE_PER_ENDPOINT)
 
 
 class FastSession(TcpEnd):

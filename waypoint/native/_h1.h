@@ -65,6 +65,14 @@ int tally_init_module(PyObject *module);
  * (FALLBACK, HEAD, DONE, CUT); -1 with an exception. */
 int cexchange_init(PyObject *module, long fallback, long head, long done, long cut);
 
+/* cend.c: a plan-served request's common end on the Python objects' state.
+ * Each returns 1 (done), 0 (not the common case: nothing changed, call
+ * Python) or -1 with an exception; cend_init adds configure_end(). */
+int cend_finished_ok(PyObject *lb, PyObject *key);
+int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *state, int held,
+              int counted);
+int cend_init(PyObject *module);
+
 #pragma GCC visibility pop
 
 #endif

@@ -9,8 +9,10 @@
  * transport's write, in C. Python is called back only for what Exchange
  * does in Python anyway:
  *
- *   head arrived      balancer.finished(key, status < 500, keys)
- *   response ended    session._c_done(self)      (pool, close, telemetry)
+ *   head arrived      balancer.finished(key, status < 500, keys), unless
+ *                     cend.c did the common case (a status < 500)
+ *   response ended    session._c_done(self)      (pool, close, telemetry),
+ *                     unless cend.c did the common case (counted, kept)
  *   anything else     session._c_adopt(self, what, *args): a fallback to
  *                     the Python parser, a cut, the upstream or the client
  *                     lost; a fastexchange.Exchange takes over the
@@ -39,7 +41,7 @@ typedef struct {
     PyObject *tally, *slots;
     double t0;
     long status;
-    int head, ended, held, counted;
+    int head, ended, held, counted, ended_in_c;
 } CExchange;
 
 static PyObject *s_feed, *s_write, *s_body_bytes, *s_c_slot, *s_draining, *s_status, *s_finished, *s_c_done, *s_c_adopt,
@@ -174,12 +176,16 @@ static PyObject *handle(CExchange *x, PyObject *data)
         if (s == -1 && PyErr_Occurred())
             goto done;
         x->status = s;
-        PyObject *fargs[4] = {x->lb, x->key, s < 500 ? Py_True : Py_False, x->keys};
-        PyObject *f = PyObject_VectorcallMethod(s_finished, fargs,
-                                                4, NULL);
-        if (f == NULL)
+        int in_c = s < 500 ? cend_finished_ok(x->lb, x->key) : 0;     /* cend.c */
+        if (in_c < 0)
             goto done;
-        Py_DECREF(f);
+        if (!in_c) {
+            PyObject *fargs[4] = {x->lb, x->key, s < 500 ? Py_True : Py_False, x->keys};
+            PyObject *f = PyObject_VectorcallMethod(s_finished, fargs, 4, NULL);
+            if (f == NULL)
+                goto done;
+            Py_DECREF(f);
+        }
     }
     if (PyBytes_GET_SIZE(out)) {
         PyObject *w = PyObject_CallMethodOneArg(x->ctransport, s_write, out);
@@ -193,8 +199,13 @@ static PyObject *handle(CExchange *x, PyObject *data)
          * was never given back (its client connection held for good). */
         if (count(x) < 0)
             goto done;
+        int in_c = cend_done(x->session, x->proxy, x->response, x->state, x->held, x->counted);
+        if (in_c < 0)
+            goto done;
         x->ended = 1;
-        ret = PyObject_CallMethodOneArg(x->session, s_c_done, (PyObject *)x);
+        x->ended_in_c = in_c;
+        ret = in_c ? Py_NewRef(Py_None)
+                   : PyObject_CallMethodOneArg(x->session, s_c_done, (PyObject *)x);
         goto done;
     }
     ret = Py_NewRef(Py_None);
@@ -264,7 +275,7 @@ static int cx_init(CExchange *x, PyObject *args, PyObject *kw)
     Py_XSETREF(x->slots, Py_NewRef(v[10]));
     x->t0 = t0;
     x->status = 0;
-    x->head = x->ended = x->held = x->counted = 0;
+    x->head = x->ended = x->held = x->counted = x->ended_in_c = 0;
     return 0;
 }
 
@@ -315,7 +326,15 @@ static PyObject *cx_get_counted(CExchange *x, void *unused)
     return PyBool_FromLong(x->counted);
 }
 
+static PyObject *cx_get_ended_in_c(CExchange *x, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(x->ended_in_c);
+}
+
 static PyGetSetDef cx_getset[] = {
+    {"ended_in_c", (getter)cx_get_ended_in_c, NULL,
+     "the response's end was handled in C (cend.c), without session._c_done", NULL},
     {"counted", (getter)cx_get_counted, NULL, "the response was counted in the tally", NULL},
     {"state", (getter)cx_get_state, NULL, "the session's state of this exchange", NULL},
     {"head", (getter)cx_get_head, NULL, "the response head arrived", NULL},

@@ -319,13 +319,14 @@ def echo_samples() -> dict[str, float]:
 
 async def metric_deltas(monkeypatch, plans: bool):
     monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
-    counted: list[bool] = []
-    real = FastSession._c_done
+    cexes: list = []
+    real = FastSession._planned
 
-    def spy(self, cex):
-        counted.append(cex.counted)
-        return real(self, cex)
-    monkeypatch.setattr(FastSession, "_c_done", spy)
+    def spy(self, *a):
+        real(self, *a)
+        if type(self.exchange).__name__ == "CExchange":
+            cexes.append(self.exchange)
+    monkeypatch.setattr(FastSession, "_planned", spy)
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
@@ -338,6 +339,8 @@ async def metric_deltas(monkeypatch, plans: bool):
             after = echo_samples()
     finally:
         backend.close()
+    # (counted in the tally, its end handled in C (cend.c) without _c_done)
+    counted = [(c.counted, c.ended_in_c) for c in cexes if c.counted or c.ended_in_c]
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}, \
         counted
 
@@ -348,7 +351,9 @@ async def test_requests_counted_in_c_give_the_same_metrics(monkeypatch):
     monkeypatch.setenv(FAST_ENV, "1")
     c, counted = await metric_deltas(monkeypatch, True)
     py, py_counted = await metric_deltas(monkeypatch, False)
-    assert counted == [True] * 5 and py_counted == []
+    # All five counted in C; the close-delimited one (Connection: close)
+    # ended through _c_done, the others (the 503 too) in C.
+    assert counted == [(True, True)] * 4 + [(True, False)] and py_counted == []
     assert c == py
     total = {k: v for k, v in c.items() if k.startswith("istio_requests_total")}
     assert sum(total.values()) == len(CONVERSATION) - 1
@@ -531,3 +536,85 @@ def converse_one(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(request)
         return read_response(s)
+
+
+class Answering(ThreadedBackend):
+    """Keep-alive answers with one status; counts the requests it got and,
+    with `close_idle`, closes each connection once it answered (a backend
+    closing its idle keep-alive connections)."""
+
+    def __init__(self, status: bytes, close_idle: bool = False) -> None:
+        super().__init__()
+        self.status, self.close_idle, self.requests = status, close_idle, 0
+
+    def serve(self, conn: socket.socket) -> None:
+        for _ in self.request_heads(conn):
+            self.requests += 1
+            conn.sendall(b"HTTP/1.1 " + self.status + b" X\r\nContent-Length: 2\r\n\r\nok")
+            if self.close_idle:
+                return
+
+
+async def pool_and_balancer_run(monkeypatch, plans: bool, bad_status: bytes,
+                                close_idle: bool, n: int):
+    """`n` keep-alive GETs on one client connection to a service with a
+    good and a bad endpoint, without an access log (so plan-served
+    responses end in C, cend.c): the statuses, the requests each endpoint
+    got, the upstream connections they saw and how the ends went."""
+    monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
+    cexes: list = []
+    real = FastSession._planned
+
+    def spy(self, *a):
+        real(self, *a)
+        if type(self.exchange).__name__ == "CExchange":
+            cexes.append(self.exchange)
+    monkeypatch.setattr(FastSession, "_planned", spy)
+    good, bad = Answering(b"200", close_idle), Answering(bad_status, close_idle)
+    mesh = Mesh()
+    mesh.service("echo", [good, bad])
+    statuses = []
+    try:
+        async with running_waypoint(mesh, access_log=False) as wp:
+            pool = wp.app.proxy.pool
+            reader, writer = await asyncio.open_connection("127.0.0.1", wp.plaintext_port)
+            for _ in range(n):
+                writer.write(b"GET /p HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                statuses.append(head[9:12])
+                if close_idle:      # the backend's FIN reached the pooled connection
+                    await until(lambda: all(c.stream.at_eof for q in pool._idle.values()
+                                            for c in q), what="the idle connection closed")
+            writer.close()
+            idle = pool.idle_count()
+    finally:
+        good.sock.close()
+        bad.sock.close()
+    return statuses, (good.requests, bad.requests, good.connections, bad.connections, idle), \
+        [c.ended_in_c for c in cexes]
+
+
+async def test_outlier_ejection_and_pool_reuse_are_the_same_when_ends_are_in_c(monkeypatch):
+    """The bad endpoint's 5xx go to Balancer.finished: it is ejected after
+    CONSECUTIVE_FAILURES of them with plans as without; the 200s end in C
+    and their connections are reused from the pool as before."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    c = await pool_and_balancer_run(monkeypatch, True, b"503", False, 20)
+    py = await pool_and_balancer_run(monkeypatch, False, b"503", False, 20)
+    assert c[:2] == py[:2]
+    assert c[0].count(b"503") == 5 and c[0][-8:] == [b"200"] * 8     # ejected after the 5th
+    assert c[1][:4] == (15, 5, 1, 1)       # one upstream connection each, reused
+    assert True in c[2] and py[2] == []
+
+
+async def test_a_backend_closing_idle_pooled_connections_is_the_same(monkeypatch):
+    """Each pooled connection is closed by the backend while idle: the next
+    request opens a new one (no CExchange on a dead connection), with plans
+    as without."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    c = await pool_and_balancer_run(monkeypatch, True, b"200", True, 6)
+    py = await pool_and_balancer_run(monkeypatch, False, b"200", True, 6)
+    assert c[:2] == py[:2]
+    assert c[0] == [b"200"] * 6 and c[1][:4] == (3, 3, 3, 3)
+    assert c[2] == [] and py[2] == []
