@@ -55,10 +55,6 @@ __all__ = ["FAST_ENV", "FastSession", "enabled"]
 
 _FAST, _SLOW, _CLOSING = 0, 1, 2   # cend.c reads `mode`: _FAST must stay 0
 
-if native is not None:
-    # A CExchange ends the common plan-served request itself (native/cend.c),
-    # on these types' state exactly as Balancer.finished and H1Pool.release do.
-    native.configure_end(Balancer, H1Pool, MAX_IDLE_PER_ENDPOINT)
 
 
 class FastSession(TcpEnd):
@@ -460,3 +456,10 @@ class FastSession(TcpEnd):
     def _track(self, fut: asyncio.Future) -> None:
         self.tasks.add(fut)
         fut.add_done_callback(self.tasks.discard)
+
+
+if native is not None:
+    # A CExchange ends the common plan-served request itself (native/cend.c),
+    # on these types' state exactly as Balancer.finished, H1Pool.release and
+    # FastSession._c_done do.
+    native.configure_end(Balancer, H1Pool, FastSession, MAX_IDLE_PER_ENDPOINT)

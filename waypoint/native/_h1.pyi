@@ -61,7 +61,8 @@ class CExchange:
     def ended_in_c(self) -> bool: ...
 
 # cend.c: the balancer and pool types whose state a CExchange updates itself
-def configure_end(balancer_type: type, pool_type: type, max_idle_per_endpoint: int, /) -> None: ...
+def configure_end(balancer_type: type, pool_type: type, session_type: type,
+                  max_idle_per_endpoint: int, /) -> None: ...
 
 class Tally:
     """Request metrics counted per label-set slot (tally.c)."""

@@ -24,17 +24,22 @@
  *                      loop.time()), which _pump would then find idle.
  *
  * Only the exact types fastpath registers with configure_end (Balancer,
- * H1Pool) are handled here: a subclass or another pool goes to Python.
+ * H1Pool, FastSession), with the methods they had then, are handled here:
+ * a subclass, another pool or a method replaced since goes to Python.
  */
 
 #include "_h1.h"
 
-static PyTypeObject *balancer_type, *pool_type;
+static PyTypeObject *balancer_type, *pool_type, *session_type;
+/* Balancer.finished, H1Pool.release, FastSession._c_done as registered:
+ * one replaced on its class (instrumentation, a test's spy or fault) is
+ * called instead of being bypassed. */
+static PyObject *finished_fn, *release_fn, *c_done_fn;
 static Py_ssize_t max_idle = -1;
 static PyObject *s_hosts, *s_active, *s_failures, *s_idle, *s_endpoint, *s_key, *s_clock,
     *s_receiver, *s_stream, *s_requests, *s_idle_since, *s_append, *s_reusable, *s_close_after,
     *s_mode, *s_session, *s_events, *s_eof, *s_held, *s_exchange, *s_busy, *s_served_fast,
-    *s_last_active, *s_loop, *s_time, *s_pool;
+    *s_last_active, *s_loop, *s_time, *s_pool, *s_finished, *s_release, *s_c_done;
 
 static int ready_names(void)
 {
@@ -49,18 +54,20 @@ static int ready_names(void)
     NAME(s_session, "session") NAME(s_events, "events") NAME(s_eof, "eof")
     NAME(s_held, "_held") NAME(s_exchange, "exchange") NAME(s_busy, "busy")
     NAME(s_served_fast, "served_fast") NAME(s_last_active, "last_active") NAME(s_loop, "loop")
-    NAME(s_time, "time") NAME(s_pool, "pool")
+    NAME(s_pool, "pool") NAME(s_finished, "finished")
+    NAME(s_release, "release") NAME(s_c_done, "_c_done") NAME(s_time, "time")
 #undef NAME
     return 0;
 }
 
-/* configure_end(balancer_type, pool_type, max_idle_per_endpoint) */
+/* configure_end(balancer_type, pool_type, session_type, max_idle_per_endpoint) */
 static PyObject *configure_end(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *b, *p;
+    PyObject *b, *p, *f;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O!O!n:configure_end", &PyType_Type, &b, &PyType_Type, &p, &n))
+    if (!PyArg_ParseTuple(args, "O!O!O!n:configure_end", &PyType_Type, &b, &PyType_Type, &p,
+                          &PyType_Type, &f, &n))
         return NULL;
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "max_idle_per_endpoint must be >= 0");
@@ -68,10 +75,33 @@ static PyObject *configure_end(PyObject *self, PyObject *args)
     }
     if (ready_names() < 0)
         return NULL;
+    PyObject *fin = PyObject_GetAttr(b, s_finished), *rel = PyObject_GetAttr(p, s_release),
+             *done = PyObject_GetAttr(f, s_c_done);
+    if (fin == NULL || rel == NULL || done == NULL) {
+        Py_XDECREF(fin); Py_XDECREF(rel); Py_XDECREF(done);
+        return NULL;
+    }
+    Py_XSETREF(finished_fn, fin);
+    Py_XSETREF(release_fn, rel);
+    Py_XSETREF(c_done_fn, done);
     Py_XSETREF(balancer_type, (PyTypeObject *)Py_NewRef(b));
     Py_XSETREF(pool_type, (PyTypeObject *)Py_NewRef(p));
+    Py_XSETREF(session_type, (PyTypeObject *)Py_NewRef(f));
     max_idle = n;
     Py_RETURN_NONE;
+}
+
+/* `o` is exactly of `type` and type.name is still `fn`: 1, 0, -1 with an exception. */
+static int registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject *fn)
+{
+    if (type == NULL || Py_TYPE(o) != type)
+        return 0;
+    PyObject *now = PyObject_GetAttr((PyObject *)type, name);
+    if (now == NULL)
+        return -1;
+    int r = now == fn;
+    Py_DECREF(now);
+    return r;
 }
 
 /* An int attribute as a C long; -1 with an exception, or *ok = 0 when it is not an exact int. */
@@ -112,8 +142,9 @@ static int set_long(PyObject *o, PyObject *name, long v)
 
 int cend_finished_ok(PyObject *lb, PyObject *key)
 {
-    if (balancer_type == NULL || Py_TYPE(lb) != balancer_type)
-        return 0;
+    int mine = registered(lb, balancer_type, s_finished, finished_fn);
+    if (mine <= 0)
+        return mine;
     PyObject *hosts = PyObject_GetAttr(lb, s_hosts);
     if (hosts == NULL)
         return -1;
@@ -143,7 +174,7 @@ int cend_finished_ok(PyObject *lb, PyObject *key)
 static PyObject *idle_room(PyObject *pool, PyObject *conn, PyObject **idle_dict)
 {
     *idle_dict = NULL;
-    if (pool_type == NULL || Py_TYPE(pool) != pool_type)
+    if (registered(pool, pool_type, s_release, release_fn) <= 0)
         return NULL;
     PyObject *idle = PyObject_GetAttr(pool, s_idle);
     if (idle == NULL)
@@ -214,6 +245,9 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     int close_after = true_attr(response, s_close_after);
     if (close_after != 0)
         return close_after < 0 ? -1 : 0;
+    int mine = registered(session, session_type, s_c_done, c_done_fn);
+    if (mine <= 0)
+        return mine;
     int idle_now = session_idle(session);
     if (idle_now <= 0)
         return idle_now;
@@ -265,7 +299,8 @@ out:
 
 static PyMethodDef cend_methods[] = {
     {"configure_end", configure_end, METH_VARARGS,
-     "configure_end(balancer_type, pool_type, max_idle_per_endpoint): the types whose state "
+     "configure_end(balancer_type, pool_type, session_type, max_idle_per_endpoint): the types "
+     "whose state "
      "a CExchange may update itself at a request's end (cend.c)"},
     {NULL, NULL, 0, NULL},
 };

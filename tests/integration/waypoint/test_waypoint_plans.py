@@ -319,14 +319,13 @@ def echo_samples() -> dict[str, float]:
 
 async def metric_deltas(monkeypatch, plans: bool):
     monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
-    cexes: list = []
-    real = FastSession._planned
+    counted: list[bool] = []
+    real = FastSession._c_done
 
-    def spy(self, *a):
-        real(self, *a)
-        if type(self.exchange).__name__ == "CExchange":
-            cexes.append(self.exchange)
-    monkeypatch.setattr(FastSession, "_planned", spy)
+    def spy(self, cex):
+        counted.append(cex.counted)
+        return real(self, cex)
+    monkeypatch.setattr(FastSession, "_c_done", spy)
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
@@ -339,8 +338,6 @@ async def metric_deltas(monkeypatch, plans: bool):
             after = echo_samples()
     finally:
         backend.close()
-    # (counted in the tally, its end handled in C (cend.c) without _c_done)
-    counted = [(c.counted, c.ended_in_c) for c in cexes if c.counted or c.ended_in_c]
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}, \
         counted
 
@@ -351,9 +348,7 @@ async def test_requests_counted_in_c_give_the_same_metrics(monkeypatch):
     monkeypatch.setenv(FAST_ENV, "1")
     c, counted = await metric_deltas(monkeypatch, True)
     py, py_counted = await metric_deltas(monkeypatch, False)
-    # All five counted in C; the close-delimited one (Connection: close)
-    # ended through _c_done, the others (the 503 too) in C.
-    assert counted == [(True, True)] * 4 + [(True, False)] and py_counted == []
+    assert counted == [True] * 5 and py_counted == []
     assert c == py
     total = {k: v for k, v in c.items() if k.startswith("istio_requests_total")}
     assert sum(total.values()) == len(CONVERSATION) - 1

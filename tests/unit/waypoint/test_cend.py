@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from shoal.core.metrics import DURATION_BUCKETS_MS, SIZE_BUCKETS_BYTES
-from shoal.waypoint import fastpath  # noqa: F401  (registers the types: configure_end)
+from shoal.waypoint import fastpath
 from shoal.waypoint.h1native import native
 from shoal.waypoint.lb import CONSECUTIVE_FAILURES, Balancer
 from shoal.waypoint.upstream import MAX_IDLE_PER_ENDPOINT, H1Pool, UpstreamConn
@@ -61,6 +61,15 @@ class Session:
 
     def _c_adopt(self, cex, what, *args) -> None:
         self.calls.append(what)
+
+
+@pytest.fixture(autouse=True)
+def stand_in_session():
+    """cend.c ends only for the registered session type (FastSession in
+    the waypoint): here the stand-in, put back after."""
+    native.configure_end(Balancer, H1Pool, Session, MAX_IDLE_PER_ENDPOINT)
+    yield
+    native.configure_end(Balancer, H1Pool, fastpath.FastSession, MAX_IDLE_PER_ENDPOINT)
 
 
 class Rig:
@@ -192,8 +201,27 @@ def test_a_balancer_subclass_or_an_unknown_endpoint_is_left_to_python():
     assert r.host().active == 0 and r.host().failures == 0   # Balancer._host made it
 
 
+def test_a_method_replaced_on_its_class_is_called_not_bypassed(monkeypatch):
+    seen = []
+    real_finished, real_release = Balancer.finished, H1Pool.release
+    monkeypatch.setattr(Balancer, "finished",
+                        lambda self, *a: (seen.append("finished"), real_finished(self, *a)))
+    r = Rig()
+    r.cex.upstream_data(OK)
+    assert seen == ["finished"] and r.cex.ended_in_c
+    monkeypatch.setattr(H1Pool, "release",
+                        lambda self, *a: (seen.append("release"), real_release(self, *a)))
+    r = Rig()
+    r.cex.upstream_data(OK)
+    left_to_python(r)
+    monkeypatch.setattr(Session, "_c_done", lambda self, cex: self.calls.append("spy"))
+    r = Rig()
+    r.cex.upstream_data(OK)
+    assert r.session.calls == ["spy"] and not r.cex.ended_in_c
+
+
 def test_configure_end_checks_its_arguments():
     with pytest.raises(TypeError):
-        native.configure_end(object(), H1Pool, 1)
+        native.configure_end(object(), H1Pool, Session, 1)
     with pytest.raises(ValueError):
-        native.configure_end(Balancer, H1Pool, -1)
+        native.configure_end(Balancer, H1Pool, Session, -1)
