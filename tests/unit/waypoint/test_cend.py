@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -225,3 +226,23 @@ def test_configure_end_checks_its_arguments():
         native.configure_end(object(), H1Pool, Session, 1)
     with pytest.raises(ValueError):
         native.configure_end(Balancer, H1Pool, Session, -1)
+
+
+@pytest.mark.parametrize("active,failures,ejections", [(1, 0, 0), (2, 3, 0), (0, 4, 1), (1, 1, 2)])
+def test_the_c_end_leaves_what_balancer_finished_and_pool_release_leave(active, failures,
+                                                                        ejections):
+    """Differential: cend.c restates Balancer.finished's and H1Pool.release's
+    success path; a change to either in Python must show here, not drift."""
+    c_side, py_side = Rig(), Rig()
+    for r in (c_side, py_side):
+        h = r.host()
+        h.active, h.failures, h.ejections, h.ejected_until = active, failures, ejections, 5.0
+    c_side.cex.upstream_data(OK)
+    ended_in_c(c_side)
+    py_side.lb.finished(KEY, True, (KEY,))
+    py_side.pool.release(py_side.conn, True)
+    assert asdict(c_side.host()) == asdict(py_side.host())
+    assert (c_side.conn.requests, c_side.conn.idle_since) == \
+        (py_side.conn.requests, py_side.conn.idle_since)
+    assert [c is c_side.conn for c in c_side.pool._idle[KEY]] == \
+        [c is py_side.conn for c in py_side.pool._idle[KEY]]
