@@ -17,6 +17,12 @@ through `h2` with the frames h2server's `_Sink` would send:
   until the client's WINDOW_UPDATE (or SETTINGS) and holds the upstream
   read meanwhile, so memory stays bounded by one upstream read;
 - the waypoint's own answers (404, 403, 503...) as `_Sink.local`.
+A request whose (method, :path, :authority) has a plan (planpath.py) for
+a plaintext client skips Proxy.begin, Proxy.decide and fast_headers: its
+upstream head comes from `_h1.plan_h2` (plan.c, the HTTP/1.1 plan path's
+head builder on h2's fields) and, with the C tally on, it is counted there
+(`_Stream.done`); a request decided in Python here may leave a plan, as on
+the HTTP/1.1 path.
 Every other request of the connection takes h2server's task per stream,
 with the decision already made. Writes are batched: the responses completed
 in one pass of the event loop leave in one write (h2 still serialises
@@ -37,9 +43,10 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from shoal.waypoint import fastexchange
-from shoal.waypoint.fastexchange import LOG, Exchange
+from shoal.waypoint.fastexchange import LOG, Exchange, take_clean
 from shoal.waypoint.http1 import RequestReceived, serialize_request_head
 from shoal.waypoint.message import Headers
+from shoal.waypoint.planpath import Plan
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.upstream import UpstreamError
@@ -88,12 +95,22 @@ class H2Fast:
         return fast
 
     # -- requests ----------------------------------------------------------------
-    def request(self, sid: int, down: Any, req: RequestReceived) -> tuple | None:
+    def request(self, sid: int, down: Any, req: RequestReceived,
+                fields: list | None = None) -> tuple | None:
         """Serve a body-less request from callbacks if it qualifies.
+        `fields`: h2's for it (pseudo-headers first), for the plan lookup.
 
         Returns None when it is served (or answered) here, else the
         (RequestState, decision) to hand to the task per stream."""
         proxy = self.proxy
+        plans = proxy.plans
+        if plans is not None and down.target is None and down.source_principal is None:
+            t = plans.request_h2(fields) if fields is not None else None
+            if t is not None:
+                self._planned(sid, down, req, *t)
+                return None
+        else:
+            plans = None
         proxy.lookups.refresh()
         st = proxy.begin(down, req.head)
         s = _Stream(self, sid)
@@ -113,10 +130,35 @@ class H2Fast:
             return None
         if headers is None:
             return (st, d)
+        if plans is not None:
+            plans.install(st, req, d)
         self.streams[sid] = s
         s.exchange = Exchange(s, st, req, d.eps, d.response_mod,
                               serialize_request_head(d.out, headers))
         return None
+
+    def _planned(self, sid: int, down: Any, req: RequestReceived, plan: Plan,
+                 head_bytes: bytes, request_id: str, traceparent: str,
+                 parent_span: str) -> None:
+        """Forward a request served from `plan`: the RequestState the
+        Python path would have made, the endpoint picked as
+        FastSession._planned picks it, the head plan.c built."""
+        proxy = self.proxy
+        st = RequestState(down=down, head=req.head, t0=proxy.clock())
+        lb = proxy.lookups.balancer(plan.lb_key)
+        keys = plan.keys
+        key = lb.pick(keys)
+        lb.started(key)
+        conn = take_clean(proxy.pool, plan.by_key[key])
+        st.authority, st.target, st.route = req.head.authority, plan.target, plan.route
+        st.backend, st.backend_port = plan.backend, plan.port
+        st.traceparent, st.parent_span, st.request_id = traceparent, parent_span, request_id
+        st.upstream, st.upstream_workload = key, plan.by_key[key].workload
+        s = _Stream(self, sid)
+        s.plan = plan
+        self.streams[sid] = s
+        s.exchange = Exchange(s, st, req, plan.eps, None, head_bytes,
+                              picked=(lb, keys, plan.by_key, key, conn))
 
     # -- h2 events for fast streams -------------------------------------------------
     def reset(self, sid: int) -> bool:
@@ -186,7 +228,7 @@ class H2Fast:
 class _Stream:
     """One callback-served stream: `fastexchange.ClientSide` for its exchange."""
 
-    __slots__ = ("fast", "sid", "proxy", "exchange", "out")
+    __slots__ = ("fast", "sid", "proxy", "exchange", "out", "plan")
     native_h1 = False           # its responses are framed as HTTP/2 (H2Framer), not in C
 
     def __init__(self, fast: H2Fast, sid: int) -> None:
@@ -194,6 +236,7 @@ class _Stream:
         self.proxy = fast.proxy
         self.exchange: Exchange | None = None
         self.out: H2Framer | None = None
+        self.plan: Plan | None = None       # served from this plan (planpath.py)
 
     def write_blocked(self) -> bool:
         return self.fast.write_blocked()
@@ -215,8 +258,27 @@ class _Stream:
     def done(self, st: RequestState, keep: bool) -> None:
         self.free()
         self.fast.served_fast += 1
-        self.proxy.record(st)
+        plan = self.plan
+        if plan is None or plan.slots is None or not self._tally(st, plan.slots):
+            self.proxy.record(st)
         self.fast.flush_soon()
+
+    def _tally(self, st: RequestState, slots: dict) -> bool:
+        """Count `st` in the telemetry tally (native/tally.c) as the record
+        would count it; False when its label set has no slot (record it).
+        `slots` is the plan's; HTTP/1.1's CExchange keys it (endpoint,
+        status), these keys also hold what tells an HTTP/2 record's label
+        set from those: the protocol and the flags."""
+        proxy = self.proxy
+        k = (st.upstream, st.status, st.flags, st.down.protocol)
+        slot = slots.get(k)
+        if slot is None:
+            slot = slots[k] = proxy.telemetry.slot(proxy.record_of(st))
+        if slot < 0:
+            return False
+        proxy.telemetry.tally.add(slot, (proxy.clock() - st.t0) * 1000.0,
+                                  float(st.request_bytes), float(st.response_bytes))
+        return True
 
     def answer_failed(self, st: RequestState, req: RequestReceived, err: UpstreamError) -> None:
         self.free()

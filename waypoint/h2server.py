@@ -244,7 +244,7 @@ def _dispatch(c: _Conn, ev, down, proxy) -> None:
         req = _request(ev)
         decided = None
         if c.fast is not None and ev.stream_ended is not None:
-            decided = c.fast.request(sid, down, req)
+            decided = c.fast.request(sid, down, req, ev.headers)
             if decided is None:
                 return                  # served from callbacks (h2fastpath.py)
         body = c.bodies[sid] = _Body(c, sid)

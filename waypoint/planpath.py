@@ -89,11 +89,21 @@ class PlanCache:
     def request(self, data: bytes) -> tuple | None:
         """`_h1.plan_request` on this read, with the plans of the current
         generation (see plan.c for what it returns)."""
+        return self.native.plan_request(data, self._current(), self.sampling)
+
+    def request_h2(self, fields: list) -> tuple | None:
+        """`_h1.plan_h2` on an HTTP/2 request's fields (h2's, pseudo-headers
+        first): None, or (plan, upstream head, request id, traceparent,
+        parent span) as plan_request gives them for HTTP/1.1 (see plan.c)."""
+        return self.native.plan_h2(fields, self._current(), self.sampling)
+
+    def _current(self) -> dict[str, Plan]:
+        """The plans, dropped first if the routing generation moved on."""
         gen = self.proxy.view.generation
         if gen != self.generation:
             self.plans.clear()
             self.generation = gen
-        return self.native.plan_request(data, self.plans, self.sampling)
+        return self.plans
 
     def install(self, st: Any, req: Any, d: Any) -> None:
         """Keep `d` (a proxy.Plan for `req`, decided with `st`) when nothing
@@ -101,6 +111,8 @@ class PlanCache:
         head = req.head
         if d.out is not head or d.response_mod is not None or d.mirrors or st.policy:
             return
+        if not head.authority:
+            return      # Host (or nothing) routed it: not the key's host
         down = st.down
         if down.target is not None or down.source_principal is not None:
             return

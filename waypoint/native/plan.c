@@ -231,7 +231,9 @@ static int build_head(parse_t *c, span_t host, double sampling, ids_t *ids)
             kind[i] = K_KEEP;
             if (is(n, "host"))
                 has_host = 1;
-            else if (is(n, "x-request-id")) {
+            else if (is(n, "x-request-id") && c->values[i].len) {
+                /* An empty one is kept and a new id added after, as
+                 * Forwarder._upstream_headers does (its join is falsy). */
                 have_rid = 1;
                 span_t v = c->values[i];
                 if (v.len > sizeof ids->rid)
@@ -360,11 +362,160 @@ done:
     return result;
 }
 
+/* -- HTTP/2 requests (h2fastpath.py) ----------------------------------------------- */
+
+/* A bytes object's span; 0 when `o` is not bytes. */
+static int bytes_span(PyObject *o, span_t *s)
+{
+    if (!PyBytes_CheckExact(o))
+        return 0;
+    *s = (span_t){PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o)};
+    return 1;
+}
+
+static int has_byte(span_t s, char b)
+{
+    return s.len && memchr(s.at, b, s.len) != NULL;
+}
+
+/* CR, LF or NUL: bytes no head should carry. The Python path copies fields
+ * as they are; these go there, so the plan path never writes them. */
+static int has_ctl(span_t s)
+{
+    return has_byte(s, '\r') || has_byte(s, '\n') || has_byte(s, '\0');
+}
+
+/* Fill `c` from h2's request fields (pseudo-headers first, as h2 validated
+ * them) the way h2server._request turns them into a RequestHead; *host is
+ * :authority. 1 when a plan may serve it, 0 when the Python path must: a
+ * field that is not (bytes, bytes), a pseudo-header other than :method,
+ * :path, :scheme and :authority or one twice, :scheme other than "http"
+ * (x-forwarded-proto is the scheme; plan heads say http), no :authority
+ * (Host then decides: the Python path's), a space in :method or :path
+ * (the plan key would be ambiguous), CR, LF or NUL anywhere, more fields
+ * than MAX_SPANS. */
+/* The four pseudo-headers and MAX_SPANS fields. */
+#define MAX_H2_FIELDS (MAX_SPANS + 4)
+
+static int h2_fields(parse_t *c, PyObject *fields, span_t *host, PyObject **held,
+                     size_t *nheld)
+{
+    span_t method = {NULL, 0}, path = {NULL, 0}, scheme = {NULL, 0}, authority = {NULL, 0};
+    int seen = 0;
+    Py_ssize_t n = PyList_GET_SIZE(fields);
+    c->count = 0;
+    if (n > MAX_H2_FIELDS)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* Owned: the spans point into the bytes this tuple holds, and
+         * making the key may start a collection that runs Python (a
+         * finaliser) which could change the caller's list. Nothing in this
+         * loop runs Python. */
+        PyObject *f = held[(*nheld)++] = Py_NewRef(PyList_GET_ITEM(fields, i));
+        span_t name, value;
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2 ||
+            !bytes_span(PyTuple_GET_ITEM(f, 0), &name) ||
+            !bytes_span(PyTuple_GET_ITEM(f, 1), &value) || has_ctl(name) || has_ctl(value))
+            return 0;
+        if (name.len && name.at[0] == ':') {
+            span_t *slot;
+            int bit;
+            if (c->count)
+                return 0;       /* h2 refuses this; never trust it here */
+            if (is(name, ":method"))
+                slot = &method, bit = 1;
+            else if (is(name, ":path"))
+                slot = &path, bit = 2;
+            else if (is(name, ":scheme"))
+                slot = &scheme, bit = 4;
+            else if (is(name, ":authority"))
+                slot = &authority, bit = 8;
+            else
+                return 0;
+            if (seen & bit)
+                return 0;
+            seen |= bit;
+            *slot = value;
+            continue;
+        }
+        if (c->count == MAX_SPANS)
+            return 0;
+        c->names[c->count] = name;
+        c->values[c->count] = value;
+        c->count++;
+    }
+    if (seen != 15 || scheme.len != 4 || memcmp(scheme.at, "http", 4) != 0 || authority.len == 0 ||
+        method.len == 0 || path.len == 0 || has_byte(method, ' ') || has_byte(path, ' '))
+        return 0;
+    c->method = method;
+    c->url = path;
+    *host = authority;
+    return 1;
+}
+
+static PyObject *plan_h2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "plan_h2(fields: list, plans: dict, sampling_percent)");
+        return NULL;
+    }
+    if (!seeded) {
+        PyErr_SetString(PyExc_RuntimeError, "seed() has not succeeded");
+        return NULL;
+    }
+    double sampling = PyFloat_AsDouble(args[2]);
+    if (sampling == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (PyDict_GET_SIZE(args[1]) == 0)
+        Py_RETURN_NONE;
+    PyObject *held[MAX_H2_FIELDS];
+    size_t nheld = 0;
+    PyObject *result = NULL, *key = NULL, *plan = NULL;
+    parse_t *c = &parse;
+    span_t host;
+    if (!h2_fields(c, args[0], &host, held, &nheld)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    key = plan_key(c, host);
+    if (key == NULL)
+        goto done;
+    plan = Py_XNewRef(PyDict_GetItemWithError(args[1], key));
+    if (plan == NULL) {
+        if (!PyErr_Occurred())
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    ids_t ids;
+    int built = build_head(c, host, sampling, &ids);
+    if (built < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (built == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = Py_BuildValue("(ONNNN)", plan, PyBytes_FromStringAndSize(hb, (Py_ssize_t)hb_len),
+                           latin1((span_t){ids.rid, ids.rid_len}),
+                           latin1((span_t){ids.tp, ids.tp_len}), latin1(ids.parent));
+done:
+    Py_XDECREF(plan);
+    Py_XDECREF(key);
+    while (nheld)
+        Py_DECREF(held[--nheld]);
+    return result;
+}
+
 static PyMethodDef plan_methods[] = {
     {"seed", seed, METH_O, "seed(32 bytes from os.urandom): the id generator of this process"},
     {"plan_request", (PyCFunction)(void (*)(void))plan_request, METH_FASTCALL,
      "plan_request(data, plans, sampling_percent) -> None | (None, parsed) | "
      "(plan, parsed, upstream_head, request_id, traceparent, parent_span)"},
+    {"plan_h2", (PyCFunction)(void (*)(void))plan_h2, METH_FASTCALL,
+     "plan_h2(fields, plans, sampling_percent) -> None | "
+     "(plan, upstream_head, request_id, traceparent, parent_span)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -79,7 +79,7 @@ def same(data: bytes, sampling: float = 1.0) -> None:
     c, rid, tp, parent = c_head(data, sampling)
     assert parent == py_parent
     incoming = message.get(native.parse_request(data)[2], "x-request-id")
-    if incoming is not None:
+    if incoming:            # an empty one is kept, and a new id made
         assert rid == py_rid == incoming
     else:
         assert HEX32.fullmatch(rid) and HEX32.fullmatch(py_rid)
@@ -114,6 +114,7 @@ CHOSEN = [
     b"HEAD /h HTTP/1.1\r\nHost: h\r\nUpgrade-Insecure-Requests: 1\r\n\r\n",
     b"DELETE /d HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\nContent-Type: text/grpc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: \r\nA: b\r\n\r\n",    # empty: a new one added
 ]
 
 
