@@ -27,7 +27,13 @@ own):
   at most one backendRef, itself without filters;
 - Forwarder.fast_headers took it (HTTP/1.1 backend over plain TCP...).
 Everything else, and every head plan.c does not take (see there), goes
-the way it went before. A new routing generation drops every plan before
+the way it went before.
+
+HTTP/2 clients (h2fastpath.py) use the same plans: `request_h2` looks up
+a body-less request's (method, :path, :authority) and plan.c builds the
+same upstream head from h2's fields (h2 keeps the connection: HPACK,
+streams, windows). A plan left by either protocol serves both: the
+decision depends on neither. A new routing generation drops every plan before
 the next request is looked up; `MAX_PLANS` bounds the table.
 """
 
