@@ -5,12 +5,15 @@ every request decided in Python) gives the client the same answers, the
 backend the same heads (the random ids put aside) and telemetry the same
 records; without an access log the C tally gives the same metrics; the
 repeats of a URL are the ones served from plans, and an HTTP/2 request
-finds a plan an HTTP/1.1 request left (and the other way round).
+finds a plan an HTTP/1.1 request left (and the other way round); a
+plan-served stream under a tiny client window, reset by the client or cut
+by the upstream ends as any fast stream does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 
@@ -22,7 +25,9 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.h2fastpath import H2Fast
 from shoal.waypoint.planpath import PLANS_ENV
 from shoal.waypoint.telemetry import access_fields, labels_for
-from tests.helpers.waypoint_mesh import (Mesh, ScriptedBackend, recorded_conversation,
+from tests.helpers.wait import until
+from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ScriptedBackend, capture_access_log,
+                                         flushed_access_lines, recorded_conversation,
                                          running_waypoint)
 from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
 from tests.integration.waypoint.test_waypoint_h2_fastpath import H2Client
@@ -208,3 +213,89 @@ async def test_h1_and_h2_requests_share_plans(monkeypatch):
     assert served == ["/h1"] and h1_served == ["/h2"]
     assert [r.protocol for r in records] == ["http", "http2", "http2", "http"]
     assert all("x-request-id: " in h.decode() for h in backend.received)
+
+
+def status(r: dict) -> int:
+    return int(r["headers"][b":status"])
+
+
+async def test_a_plan_served_stream_under_a_tiny_window_gets_its_whole_body(monkeypatch,
+                                                                            backends):
+    monkeypatch.setenv(FAST_ENV, "1")
+    monkeypatch.setenv(PLANS_ENV, "1")
+    served = spy_plans(monkeypatch)
+    mesh = Mesh()
+    mesh.service("echo", [backends("v1")])
+    async with running_waypoint(mesh) as wp:
+        c = H2Client(wp.plaintext_port, window=100)
+        try:
+            got = [await asyncio.to_thread(c.get, "/bytes/70000") for _ in range(2)]
+        finally:
+            c.close()
+    assert served == ["/bytes/70000"]
+    assert [(status(r), r["body"]) for (r,) in got] == [(200, b"x" * 70000)] * 2
+
+
+async def test_a_plan_served_stream_reset_mid_exchange_is_one_dc_record(monkeypatch, backends,
+                                                                        caplog):
+    caplog.set_level(logging.INFO, logger="shoal.access")
+    monkeypatch.setenv(FAST_ENV, "1")
+    monkeypatch.setenv(PLANS_ENV, "1")
+    served = spy_plans(monkeypatch)
+    v1 = backends("v1")
+    mesh = Mesh()
+    mesh.service("echo", [v1])
+    async with running_waypoint(mesh) as wp:
+        written = capture_access_log(wp)
+        c = H2Client(wp.plaintext_port)
+        try:
+            (first,) = await asyncio.to_thread(c.get, "/slow/400")
+            slow = await asyncio.to_thread(c.start, "/slow/400")
+            await until(lambda: v1.hits["/slow/400"] == 2, what="the second at the backend")
+            await asyncio.to_thread(c.reset, slow)
+            (after,) = await asyncio.to_thread(c.get, "/after")
+
+            def lines():
+                return flushed_access_lines(wp, written)
+            await until(lambda: len(lines()) == 3, what=lambda: f"three lines, got {lines()}")
+            got = [(f["path"], f["response_flags"]) for f in lines()]
+        finally:
+            c.close()
+    assert served == ["/slow/400"]
+    assert status(first) == 200 and status(after) == 200
+    assert sorted(got) == [("/after", "-"), ("/slow/400", "-"), ("/slow/400", "DC")]
+
+
+async def cut_metrics(monkeypatch, plans: bool):
+    monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
+    served = spy_plans(monkeypatch)
+    before = echo_samples()
+    backend = CutBackend()
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    try:
+        async with running_waypoint(mesh, access_log=False) as wp:
+            c = H2Client(wp.plaintext_port)
+            try:
+                got = [await asyncio.to_thread(c.get, "/cut") for _ in range(2)]
+            finally:
+                c.close()
+            wp.app.proxy.telemetry.flush_metrics()
+            after = echo_samples()
+    finally:
+        backend.close()
+    deltas = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    return deltas, served, [(r["reset"], r["body"]) for (r,) in got]
+
+
+async def test_an_upstream_cut_on_a_plan_served_stream_is_counted_as_ur(monkeypatch):
+    """The tally counts the cut response under its own label set (flag UR),
+    as the Python record does."""
+    monkeypatch.setenv(FAST_ENV, "1")
+    c, served, got = await cut_metrics(monkeypatch, True)
+    py, py_served, py_got = await cut_metrics(monkeypatch, False)
+    assert (served, py_served) == (["/cut"], [])
+    assert got == py_got == [(True, b"0123456789")] * 2
+    assert c == py
+    assert [v for k, v in c.items() if k.startswith("istio_requests_total")
+            and 'response_flags="UR"' in k] == [2.0]
