@@ -141,6 +141,13 @@ int relay_init(PyObject *module);
 
 /* send.c: adds the Sender type to the module; -1 with an exception. */
 int send_init(PyObject *module);
+/* If `sender` is a Sender whose C path may send the n bytes at
+ * room + SENDER_ROOM now, frame them as one DATA frame with its header
+ * written into room[0:SENDER_ROOM], seal header and payload where they lie
+ * and send: 1. 0 if not (nothing changed: give the bytes to the Sender, whose
+ * Python path takes them), -1 with an exception. */
+#define SENDER_ROOM 9     /* an HTTP/2 frame header */
+int sender_push_room(PyObject *sender, char *room, Py_ssize_t n);
 
 /* plain.c: adds the TcpPump type to the module; -1 with an exception. */
 int plain_init(PyObject *module);

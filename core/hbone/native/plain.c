@@ -19,6 +19,15 @@
  * `taken_counter`), or None. Every other protocol callback (EOF, connection
  * lost, pause and resume of writing) is the TcpEnd's own, called as is.
  *
+ * On uvloop the pump is also a buffered protocol (get_buffer /
+ * buffer_updated; asyncio's own loop keeps calling data_received): the
+ * socket is read into one buffer per process with SENDER_ROOM bytes free in
+ * front, and a read that send.c's Sender may send at once is framed there,
+ * its DATA header written into that room, and sealed where it lies: no bytes
+ * object per read (uvloop's copy out of its own buffer) and no copy of the
+ * frame's first record into the Sender's stage. Any other read becomes bytes
+ * and goes the data_received way above.
+ *
  *   TcpPump(end, sink, chunks, taken, counter)
  */
 
@@ -35,6 +44,19 @@ typedef struct {
     PyObject *counter;   /* the attribute TcpEnd._taken counts in, or None */
 } TcpPump;
 
+/* What one read may take: a whole read must fit one DATA frame
+ * (settings.SEND_FRAME_SIZE, the Sender's send_max) or the Sender refuses it;
+ * uvloop's own reads are 256,000 bytes. */
+#define PUMP_READ (256 * 1024)
+
+/* The read buffer, lent to one read at a time: uvloop's alloc callback
+ * (get_buffer), the recv and its read callback (buffer_updated) run back to
+ * back for one socket, and buffer_updated is done with it when it returns
+ * (sealed, or copied into bytes). A process holds one, not one per
+ * connection. read_view is PUMP_READ writable bytes after the room. */
+static char read_buf[SENDER_ROOM + PUMP_READ];
+static PyObject *read_view;
+
 static PyObject *s_queue, *s_eof_received, *s_connection_lost, *s_pause_writing,
     *s_resume_writing;
 
@@ -46,6 +68,24 @@ static int ready(TcpPump *p)
         return 1;
     PyErr_SetString(PyExc_ValueError, "TcpPump not initialised");
     return 0;
+}
+
+/* The sink took n bytes: TcpEnd._taken(n), or its counter += n. */
+static PyObject *taken(TcpPump *p, Py_ssize_t n)
+{
+    if (p->taken != Py_None) {
+        PyObject *size = PyLong_FromSsize_t(n);
+        if (size == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(p->taken, size);
+        Py_DECREF(size);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    } else if (p->counter != Py_None && add_ll(p->end, p->counter, n) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *pump_data_received(TcpPump *p, PyObject *data)
@@ -67,22 +107,47 @@ static PyObject *pump_data_received(TcpPump *p, PyObject *data)
             Py_ssize_t n = PyObject_Length(data);
             if (n < 0)
                 return NULL;
-            if (p->taken != Py_None) {
-                PyObject *size = PyLong_FromSsize_t(n);
-                if (size == NULL)
-                    return NULL;
-                r = PyObject_CallOneArg(p->taken, size);
-                Py_DECREF(size);
-                if (r == NULL)
-                    return NULL;
-                Py_DECREF(r);
-            } else if (p->counter != Py_None && add_ll(p->end, p->counter, n) < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE;
+            return taken(p, n);
         }
     }
     return PyObject_CallMethodOneArg(p->end, s_queue, data);
+}
+
+static PyObject *pump_get_buffer(TcpPump *p, PyObject *sizehint)
+{
+    (void)sizehint;             /* uvloop's suggestion; what one read may take is ours */
+    if (!ready(p))
+        return NULL;
+    return Py_NewRef(read_view);
+}
+
+static PyObject *pump_buffer_updated(TcpPump *p, PyObject *arg)
+{
+    if (!ready(p))
+        return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > PUMP_READ) {
+        PyErr_SetString(PyExc_ValueError, "TcpPump.buffer_updated: more than its buffer");
+        return NULL;
+    }
+    Py_ssize_t queued = PyObject_Length(p->chunks);
+    if (queued < 0)
+        return NULL;
+    if (queued == 0) {
+        int sent = sender_push_room(p->sink, read_buf, n);
+        if (sent < 0)
+            return NULL;
+        if (sent)
+            return taken(p, n);
+    }
+    PyObject *data = PyBytes_FromStringAndSize(read_buf + SENDER_ROOM, n);
+    if (data == NULL)
+        return NULL;
+    PyObject *r = pump_data_received(p, data);
+    Py_DECREF(data);
+    return r;
 }
 
 static PyObject *pump_eof_received(TcpPump *p, PyObject *unused)
@@ -183,6 +248,10 @@ static PyGetSetDef pump_getset[] = {
 static PyMethodDef pump_methods[] = {
     {"data_received", (PyCFunction)pump_data_received, METH_O,
      "TcpEnd.data_received while piped, in C"},
+    {"get_buffer", (PyCFunction)pump_get_buffer, METH_O,
+     "the process's read buffer (see plain.c)"},
+    {"buffer_updated", (PyCFunction)pump_buffer_updated, METH_O,
+     "data_received for the bytes read into it, a Sender's sent from where they lie"},
     {"eof_received", (PyCFunction)pump_eof_received, METH_NOARGS, "the TcpEnd's"},
     {"connection_lost", (PyCFunction)pump_connection_lost, METH_O, "the TcpEnd's"},
     {"pause_writing", (PyCFunction)pump_pause_writing, METH_NOARGS, "the TcpEnd's"},
@@ -212,7 +281,10 @@ int plain_init(PyObject *module)
     NAME(s_connection_lost, "connection_lost") NAME(s_pause_writing, "pause_writing")
     NAME(s_resume_writing, "resume_writing")
 #undef NAME
-    if (PyType_Ready(&TcpPumpType) < 0)
+    read_view = PyMemoryView_FromMemory(read_buf + SENDER_ROOM, PUMP_READ, PyBUF_WRITE);
+    if (read_view == NULL || PyType_Ready(&TcpPumpType) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "PUMP_READ", PUMP_READ) < 0)
         return -1;
     Py_INCREF(&TcpPumpType);
     if (PyModule_AddObject(module, "TcpPump", (PyObject *)&TcpPumpType) < 0) {

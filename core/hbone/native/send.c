@@ -48,7 +48,7 @@
 #include <string.h>
 #include <structmember.h>
 
-#define FRAME_HEADER 9
+#define FRAME_HEADER SENDER_ROOM
 
 typedef struct {
     PyObject_HEAD
@@ -77,7 +77,10 @@ typedef struct {
     long long send_max;       /* SEND_FRAME_SIZE */
     long long hold_window;    /* stream.HOLD_SEND_WINDOW */
     unsigned long long frames;
+    unsigned long long in_place;   /* of them, framed in a TcpPump's read buffer */
 } Sender;
+
+static PyTypeObject SenderType;
 
 static PyObject *s_value,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
@@ -145,10 +148,15 @@ static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
     return ok;
 }
 
-/* Frame, encrypt and write; then what HboneConnection.flush does after. */
-static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
+/* Frame, encrypt and write; then what HboneConnection.flush does after.
+ * `room` is NULL, or the FRAME_HEADER writable bytes just before p (a
+ * TcpPump's read buffer): the header then goes there and header and payload
+ * are sealed as they lie, with no copy into the stage. The records are the
+ * same either way (SSL_write_ex cuts full records as gather does). */
+static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n, char *room)
 {
-    unsigned char header[FRAME_HEADER];
+    unsigned char local[FRAME_HEADER];
+    unsigned char *header = room != NULL ? (unsigned char *)room : local;
     unsigned long id = PyLong_AsUnsignedLong(s->sid) & 0x7FFFFFFFUL;
     if (PyErr_Occurred())
         return -1;
@@ -165,8 +173,10 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n)
     size_t staged = 0;
     p_ERR_clear_error();
     PyObject *records = NULL;
-    if (gather(ssl, stage, &staged, (const char *)header, FRAME_HEADER)
-            && gather(ssl, stage, &staged, p, n) && (!staged || seal(ssl, stage, staged)))
+    if (room != NULL ? seal(ssl, room, FRAME_HEADER + n)
+                     : gather(ssl, stage, &staged, (const char *)header, FRAME_HEADER)
+                       && gather(ssl, stage, &staged, p, n)
+                       && (!staged || seal(ssl, stage, staged)))
         records = drain(ssl);
     PyObject *r;
     if (records == NULL) {
@@ -204,6 +214,58 @@ static int index_out(Sender *s)
     return 1;
 }
 
+/* Send n bytes at p here if the C path may (see the header): 1 sent (and
+ * counted), 0 not (nothing changed: the caller takes the Python path), -1
+ * error. `room`: as send_frame's. */
+static int send_here(Sender *s, const char *p, long long n, char *room)
+{
+    PyObject *h2s = NULL;
+    FlowFields *sw = NULL;
+    SSL *ssl = ssl_of(s->sslsock);
+    if (ssl == NULL)
+        return -1;
+    int ok = n > 0 ? can_send(s, n, &h2s, &sw) : 0;
+    if (ok <= 0)
+        return ok;
+    /* _HboneCore.send_data → H2ConnectionFast.send_data's fast path. */
+    s->h2_windows->outbound -= n;
+    sw->outbound -= n;
+    long long left = s->h2_windows->outbound < sw->outbound ? s->h2_windows->outbound
+                                                            : sw->outbound;
+    s->counters->data_frames_sent++;    /* WINDOW_UPDATE credit */
+    s->tunnel->bytes_sent += n;
+    int failed = send_frame(s, ssl, p, (size_t)n, room) < 0;
+    Py_DECREF(h2s);
+    if (failed)
+        return -1;
+    if (s->source != Py_None) {
+        /* HboneStream._send_now after the flush: hold the source if the
+         * transport is over its mark or the window short. */
+        int can_write = attr_true(s->can_write, s_value);
+        if (can_write < 0)
+            return -1;
+        if (!can_write || left < s->hold_window) {
+            PyObject *r = PyObject_CallMethodOneArg(s->stream, s__hold, s->source);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    /* core.pipe's push: pushed[index] += len(data), on the list as it is
+     * now (the write and _hold ran Python: IndexError, as the Python push's). */
+    if (index_out(s))
+        return -1;
+    PyObject *add = PyLong_FromLongLong(n), *sum;
+    if (add == NULL)
+        return -1;
+    sum = PyNumber_Add(PyList_GET_ITEM(s->pushed, s->index), add);
+    Py_DECREF(add);
+    if (sum == NULL || PyList_SetItem(s->pushed, s->index, sum) < 0)
+        return -1;
+    s->frames++;
+    return 1;
+}
+
 static PyObject *sender_push(Sender *s, PyObject *data)
 {
     if (s->conn == NULL) {
@@ -212,54 +274,28 @@ static PyObject *sender_push(Sender *s, PyObject *data)
     }
     if (index_out(s))           /* before anything is sent */
         return NULL;
-    PyObject *h2s = NULL;
-    FlowFields *sw = NULL;
     long long n = PyBytes_CheckExact(data) ? PyBytes_GET_SIZE(data) : 0;
-    SSL *ssl = ssl_of(s->sslsock);
-    if (ssl == NULL)
+    /* `data` is held by our caller until we return: its bytes stay put. */
+    int sent = send_here(s, PyBytes_CheckExact(data) ? PyBytes_AS_STRING(data) : NULL, n, NULL);
+    if (sent < 0)
         return NULL;
-    int ok = n > 0 ? can_send(s, n, &h2s, &sw) : 0;
-    if (ok < 0)
-        return NULL;
-    if (ok == 0)
+    if (sent == 0)
         return PyObject_CallOneArg(s->fallback, data);
-    /* _HboneCore.send_data → H2ConnectionFast.send_data's fast path. */
-    s->h2_windows->outbound -= n;
-    sw->outbound -= n;
-    long long left = s->h2_windows->outbound < sw->outbound ? s->h2_windows->outbound
-                                                            : sw->outbound;
-    s->counters->data_frames_sent++;    /* WINDOW_UPDATE credit */
-    s->tunnel->bytes_sent += n;
-    int failed = send_frame(s, ssl, PyBytes_AS_STRING(data), (size_t)n) < 0;
-    Py_DECREF(h2s);
-    if (failed)
-        return NULL;
-    if (s->source != Py_None) {
-        /* HboneStream._send_now after the flush: hold the source if the
-         * transport is over its mark or the window short. */
-        int can_write = attr_true(s->can_write, s_value);
-        if (can_write < 0)
-            return NULL;
-        if (!can_write || left < s->hold_window) {
-            PyObject *r = PyObject_CallMethodOneArg(s->stream, s__hold, s->source);
-            if (r == NULL)
-                return NULL;
-            Py_DECREF(r);
-        }
-    }
-    /* core.pipe's push: pushed[index] += len(data), on the list as it is
-     * now (the write and _hold ran Python: IndexError, as the Python push's). */
-    if (index_out(s))
-        return NULL;
-    PyObject *add = PyLong_FromLongLong(n), *sum;
-    if (add == NULL)
-        return NULL;
-    sum = PyNumber_Add(PyList_GET_ITEM(s->pushed, s->index), add);
-    Py_DECREF(add);
-    if (sum == NULL || PyList_SetItem(s->pushed, s->index, sum) < 0)
-        return NULL;
-    s->frames++;
     Py_RETURN_TRUE;
+}
+
+int sender_push_room(PyObject *sender, char *room, Py_ssize_t n)
+{
+    if (Py_TYPE(sender) != &SenderType)
+        return 0;
+    Sender *s = (Sender *)sender;
+    /* Not initialised or its index gone: the bytes path raises as it does. */
+    if (s->conn == NULL || s->index >= PyList_GET_SIZE(s->pushed))
+        return 0;
+    int sent = send_here(s, room + FRAME_HEADER, n, room);
+    if (sent > 0)
+        s->in_place++;
+    return sent;
 }
 
 static PyObject *sender_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
@@ -367,6 +403,8 @@ static void sender_dealloc(Sender *s)
 
 static PyMemberDef sender_members[] = {
     {"frames", T_ULONGLONG, offsetof(Sender, frames), READONLY, "DATA frames sent in C"},
+    {"in_place", T_ULONGLONG, offsetof(Sender, in_place), READONLY,
+     "of them, framed and sealed in a TcpPump's read buffer"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 
 import pytest
+import uvloop
 
 from shoal.benchmarks.load.bench_hbone_tls import Link
 from shoal.core.hbone import fastpath
 from shoal.core.pipe import TcpEnd, _counted
 from tests.helpers.pki import TestPKI
+from tests.helpers.wait import until
 
 KB = 1024
 PKI = TestPKI()
@@ -204,12 +207,27 @@ async def test_relay_stops_when_the_sink_is_removed():
 # -- the send half (core/hbone/native/send.c) ---------------------------------
 
 
+class QueueEnd:
+    """What a TcpPump needs of its TcpEnd when the sink refuses: _queue."""
+
+    def __init__(self) -> None:
+        self.queued: list[bytes] = []
+
+    def _queue(self, data: bytes) -> None:
+        self.queued.append(data)
+
+
 class SendRun:
     """The client's tunnel fed by core.pipe's push, as a TcpEnd would; the
-    server's stream has no sink, so what arrives queues for read()."""
+    server's stream has no sink, so what arrives queues for read().
 
-    def __init__(self, native: bool) -> None:
-        self.native = native
+    `room`: each push is a read into a TcpPump's buffer with the Sender as its
+    sink (uvloop's get_buffer / buffer_updated), so the C path frames and
+    seals it in that buffer; its result is whether the pump did not queue it
+    (what push() returned on the other runs)."""
+
+    def __init__(self, native: bool, room: bool = False) -> None:
+        self.native, self.room = native, room
 
     async def start(self) -> None:
         self.link = Link(PKI)
@@ -224,12 +242,24 @@ class SendRun:
         finally:
             fastpath.native = saved
         assert (type(self.push).__name__ == "Sender") == self.native
+        if self.room:
+            self.queue_end = QueueEnd()
+            self.pump = fastpath.native.TcpPump(self.queue_end, self.push, deque(), None, None)
+
+    def pump_read(self, data: bytes) -> bool:
+        """One read of `data` into the pump's buffer, as uvloop reads."""
+        view = self.pump.get_buffer(-1)
+        view[:len(data)] = data
+        before = len(self.queue_end.queued)
+        self.pump.buffer_updated(len(data))
+        return len(self.queue_end.queued) == before
 
     def do(self, op) -> bool | None:
         kind, arg = op
         conn = self.link.client_conn
         if kind == "push":
-            return self.push(bytes([arg % 251]) * arg)
+            data = bytes([arg % 251]) * arg
+            return self.pump_read(data) if self.room else self.push(data)
         if kind == "pushview":
             return self.push(memoryview(b"v" * arg))
         if kind == "pause":
@@ -266,41 +296,80 @@ class SendRun:
         }
 
 
-async def send_script(native: bool, ops):
-    run = SendRun(native)
+async def send_script(native: bool, ops, room: bool = False):
+    run = SendRun(native, room)
     await run.start()
     snaps = [run.snapshot(run.do(op)) for op in ops]
+    if room:
+        assert run.push.in_place == run.push.frames     # every C frame from the buffer
+        return snaps, run.push.frames
     return snaps, (run.push.frames if native else 0)
 
 
-async def compare_send(ops) -> int:
-    native, frames = await send_script(True, ops)
+async def compare_send(ops, room: bool = False) -> int:
+    native, frames = await send_script(True, ops, room)
     python, _ = await send_script(False, ops)
     for i, (n, p) in enumerate(zip(native, python)):
         assert n == p, f"step {i} {ops[i]}: {sorted(k for k in n if n[k] != p[k])} differ"
     return frames
 
 
-async def test_small_chunks_are_framed_and_sealed_in_c():
+# `room`: the pushes are reads into a TcpPump's buffer (plain.c), framed and
+# sealed there; the records on the wire are the same as the Sender's own
+# (gathered) and the Python push's.
+ROOM = pytest.mark.parametrize("room", [False, True], ids=["push", "room"])
+
+
+@ROOM
+async def test_small_chunks_are_framed_and_sealed_in_c(room):
     ops = [("push", KB), ("push", 1), ("push", 16 * KB - 9), ("push", 16 * KB - 8),
-           ("push", 40 * KB), ("push", 256 * KB)]
-    assert await compare_send(ops) == len(ops)
+           ("push", 16 * KB), ("push", 32 * KB - 9), ("push", 40 * KB), ("push", 256 * KB)]
+    assert await compare_send(ops, room) == len(ops)
 
 
-async def test_what_c_does_not_take_goes_through_python_push():
-    ops = [("push", KB), ("pushview", KB), ("push", 256 * KB + 1),
+@ROOM
+async def test_what_c_does_not_take_goes_through_python_push(room):
+    ops = [("push", KB), ("pushview", KB),
            ("writing", True), ("push", KB), ("writing", False),
            ("pause", None), ("push", KB), ("resume", None), ("push", KB),
            ("eof", None), ("push", KB)]
-    assert await compare_send(ops) == 2       # the first and the one after resume
+    assert await compare_send(ops, room) == 2     # the first and the one after resume
 
 
-async def test_send_windows_exhaust_and_reopen_as_h2():
+async def test_a_push_over_the_frame_size_goes_through_python_push():
+    ops = [("push", 256 * KB + 1), ("push", KB)]
+    assert await compare_send(ops) == 1
+
+
+@ROOM
+async def test_send_windows_exhaust_and_reopen_as_h2(room):
     """Past the server's 4 MiB stream window the push refuses (False), until
     the server reads and its WINDOW_UPDATEs come back."""
     ops = [("push", 256 * KB)] * 17 + [("read", None)] + [("push", 256 * KB)] * 3
-    frames = await compare_send(ops)
+    frames = await compare_send(ops, room)
     assert frames == 16 + 3
+
+
+def test_a_pump_read_is_at_most_one_send_frame():
+    """A read that fits the buffer fits one DATA frame (the Sender's send_max):
+    a bigger one would always go the Python way."""
+    from shoal.core.hbone.settings import SEND_FRAME_SIZE
+    assert fastpath.native.PUMP_READ == SEND_FRAME_SIZE
+    pump = fastpath.native.TcpPump(QueueEnd(), lambda data: True, deque(), None, None)
+    assert len(pump.get_buffer(-1)) == SEND_FRAME_SIZE
+    with pytest.raises(ValueError, match="more than its buffer"):
+        pump.buffer_updated(SEND_FRAME_SIZE + 1)
+
+
+async def test_a_refused_pump_read_is_queued_as_the_bytes_read():
+    """A sink that is not a Sender (or a Sender that refuses) gets the read
+    as bytes, and what it refuses is queued: data_received's way."""
+    end, got = QueueEnd(), []
+    pump = fastpath.native.TcpPump(end, lambda data: got.append(data) or False, deque(), None,
+                                   None)
+    pump.get_buffer(-1)[:5] = b"hello"
+    pump.buffer_updated(5)
+    assert got == [b"hello"] and end.queued == [b"hello"] and type(got[0]) is bytes
 
 
 async def test_ztunnels_counting_end_takes_both_c_halves():
@@ -331,3 +400,36 @@ async def test_ztunnels_counting_end_takes_both_c_halves():
         theirs.close()
     finally:
         run.close()
+
+
+def test_a_uvloop_read_is_framed_in_the_pumps_buffer():
+    """On uvloop the piped TcpEnd's socket is read into the TcpPump's buffer
+    and the Sender seals it there: the bytes arrive whole and in order, and
+    counted, with every frame framed in place."""
+    from shoal.ztunnel.proxy.inputs import CountingEnd
+
+    async def body():
+        run = Run(True)
+        await run.start()
+        theirs, mine = socket.socketpair()
+        try:
+            _, end = await asyncio.get_running_loop().create_connection(CountingEnd, sock=mine)
+            pushed = [0, 0]
+            sender = _counted(run.s, pushed, 1)
+            end.set_sink(sender)
+            sent = bytes(range(256)) * 40
+            theirs.sendall(sent)
+            await until(lambda: pushed[1] == len(sent))
+            run.link.pump()
+            got = b"".join(bytes(d) for d, _ in run.c._chunks)
+            assert got == sent and end.bytes_read == len(sent)
+            assert sender.frames >= 1 and sender.in_place == sender.frames
+        finally:
+            end.transport.close()
+            theirs.close()
+            run.close()
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(body())
+    finally:
+        loop.close()
