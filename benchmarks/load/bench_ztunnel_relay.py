@@ -17,6 +17,9 @@ loop wakeups, so callgrind can count it (docs/bench/profiles/):
 (`c 1 bulk` and `c 9 bulk` for the cost per MiB), the link cutting the
 ciphertext into reads of WIRE_READ bytes as a loopback socket does, so the
 256 KiB DATA frames the client sends arrive in pieces, as in the load runs.
+`uvloop` after that runs it on uvloop, as shoal's workers do (the C TcpPump
+then reads the client app's socket into its buffer: plain.c); without it,
+on asyncio's loop.
 """
 
 from __future__ import annotations
@@ -112,10 +115,16 @@ def main() -> None:
         HboneConnection.native_sender = lambda self, *a: None                 # type: ignore
     elif mode == "python":
         fastpath.native = None
-    loop = asyncio.new_event_loop()
+    extra = sys.argv[3:]
+    loop: asyncio.AbstractEventLoop
+    if "uvloop" in extra:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     relay = Relay()
     loop.run_until_complete(relay.start(TestPKI()))
-    if sys.argv[3:] == ["bulk"]:
+    if "bulk" in extra:
         loop.run_until_complete(relay.bulk(n))
         return
     loop.run_until_complete(relay.round_trips(n))
