@@ -53,9 +53,9 @@ typedef struct {
  * (get_buffer), the recv and its read callback (buffer_updated) run back to
  * back for one socket, and buffer_updated is done with it when it returns
  * (sealed, or copied into bytes). A process holds one, not one per
- * connection. read_view is PUMP_READ writable bytes after the room. */
+ * connection. Each get_buffer gives a new memoryview of the PUMP_READ
+ * bytes after the room, so no caller's release() can spoil another's. */
 static char read_buf[SENDER_ROOM + PUMP_READ];
-static PyObject *read_view;
 
 static PyObject *s_queue, *s_eof_received, *s_connection_lost, *s_pause_writing,
     *s_resume_writing;
@@ -118,7 +118,7 @@ static PyObject *pump_get_buffer(TcpPump *p, PyObject *sizehint)
     (void)sizehint;             /* uvloop's suggestion; what one read may take is ours */
     if (!ready(p))
         return NULL;
-    return Py_NewRef(read_view);
+    return PyMemoryView_FromMemory(read_buf + SENDER_ROOM, PUMP_READ, PyBUF_WRITE);
 }
 
 static PyObject *pump_buffer_updated(TcpPump *p, PyObject *arg)
@@ -281,8 +281,7 @@ int plain_init(PyObject *module)
     NAME(s_connection_lost, "connection_lost") NAME(s_pause_writing, "pause_writing")
     NAME(s_resume_writing, "resume_writing")
 #undef NAME
-    read_view = PyMemoryView_FromMemory(read_buf + SENDER_ROOM, PUMP_READ, PyBUF_WRITE);
-    if (read_view == NULL || PyType_Ready(&TcpPumpType) < 0)
+    if (PyType_Ready(&TcpPumpType) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "PUMP_READ", PUMP_READ) < 0)
         return -1;

@@ -372,6 +372,19 @@ async def test_a_refused_pump_read_is_queued_as_the_bytes_read():
     assert got == [b"hello"] and end.queued == [b"hello"] and type(got[0]) is bytes
 
 
+def test_a_released_pump_view_leaves_the_next_read_alone():
+    """The buffer is the process's; each get_buffer is a view of its own,
+    so one released by a caller does not spoil the next read."""
+    got: list[bytes] = []
+    pump = fastpath.native.TcpPump(QueueEnd(), lambda data: got.append(data) or True, deque(),
+                                   None, None)
+    pump.get_buffer(-1).release()
+    view = pump.get_buffer(-1)
+    view[:3] = b"abc"
+    pump.buffer_updated(3)
+    assert got == [b"abc"]
+
+
 async def test_ztunnels_counting_end_takes_both_c_halves():
     """ztunnel's CountingEnd (its byte counts are the connection's metrics)
     must stay a plain TcpEnd to the C relay: both halves apply to it."""
