@@ -40,7 +40,7 @@ NATIVE = Extension("shoal.core.hbone.native._native",
 H1 = Extension("shoal.waypoint.native._h1",
                sources=["waypoint/native/_h1.c", "waypoint/native/plan.c",
                         "waypoint/native/cexchange.c", "waypoint/native/tally.c",
-                        "waypoint/native/cend.c"],
+                        "waypoint/native/cend.c", "waypoint/native/cstart.c"],
                depends=["waypoint/native/_h1.h"],
                extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
                libraries=["dl"], optional=True)

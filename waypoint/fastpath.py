@@ -49,6 +49,7 @@ from shoal.waypoint.planpath import Plan
 from shoal.waypoint.proxy import LocalAnswer, Proxy
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.server import H1Session
+from shoal.waypoint.upstream import IDLE_TIMEOUT as UPSTREAM_IDLE_TIMEOUT
 from shoal.waypoint.upstream import MAX_IDLE_PER_ENDPOINT, H1Pool, PlainUpstream, UpstreamError
 
 __all__ = ["FAST_ENV", "FastSession", "enabled"]
@@ -223,9 +224,16 @@ class FastSession(TcpEnd):
         t0 = proxy.clock()
         lb = proxy.lookups.balancer(plan.lb_key)
         keys = plan.keys
-        key = lb.pick(keys)
-        lb.started(key)
-        conn = take_clean(proxy.pool, plan.by_key[key])
+        h1 = cast(ModuleType, native)           # plans exist only with it (planpath.py)
+        # The common case of the calls below, in C on the same state
+        # (native/cstart.c); None: nothing done, make them.
+        started = h1.start_planned(lb, keys, plan.by_key, proxy.pool)
+        if started is None:
+            key = lb.pick(keys)
+            lb.started(key)
+            conn = take_clean(proxy.pool, plan.by_key[key])
+        else:
+            key, conn = started
         self.session.busy = True
         if conn is None or parsed[0] == "HEAD" or not self.native_h1:
             st, req = self._plan_state(plan, parsed, request_id, traceparent, parent_span, t0,
@@ -233,7 +241,6 @@ class FastSession(TcpEnd):
             self.exchange = Exchange(self, st, req, plan.eps, None, head_bytes,
                                      picked=(lb, keys, plan.by_key, key, conn))
             return
-        h1 = cast(ModuleType, native)           # plans exist only with it (planpath.py)
         nat = h1.Response(parsed[4] == "1.1", parsed[5])
         stream = cast(PlainUpstream, conn.stream)
         transport = cast(asyncio.Transport, stream.transport)
@@ -463,3 +470,6 @@ if native is not None:
     # on these types' state exactly as Balancer.finished, H1Pool.release and
     # FastSession._c_done do.
     native.configure_end(Balancer, H1Pool, FastSession, MAX_IDLE_PER_ENDPOINT)
+    # ... and starts it (native/cstart.c) as Balancer.pick/started and
+    # take_clean would, on these types.
+    native.configure_start(Balancer, H1Pool, PlainUpstream, UPSTREAM_IDLE_TIMEOUT)

@@ -840,7 +840,7 @@ PyMODINIT_FUNC PyInit__h1(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Response", (PyObject *)&ResponseType) < 0 ||
-        plan_init(m) < 0 || tally_init_module(m) < 0 || cend_init(m) < 0 ||
+        plan_init(m) < 0 || tally_init_module(m) < 0 || cend_init(m) < 0 || cstart_init(m) < 0 ||
         cexchange_init(m, R_FALLBACK, R_HEAD, R_DONE, R_CUT) < 0 ||
         PyModule_AddIntConstant(m, "FALLBACK", R_FALLBACK) < 0 ||
         PyModule_AddIntConstant(m, "HEAD", R_HEAD) < 0 ||

@@ -1,5 +1,7 @@
 # Types of the C module shoal.waypoint.native._h1 (_h1.c), from its method
 # table and docstrings.
+from typing import Any
+
 from typing_extensions import Buffer
 
 # Response.feed codes (bits).
@@ -63,6 +65,12 @@ class CExchange:
 # cend.c: the balancer and pool types whose state a CExchange updates itself
 def configure_end(balancer_type: type, pool_type: type, session_type: type,
                   max_idle_per_endpoint: int, /) -> None: ...
+
+# cstart.c: Balancer.pick + started and take_clean's common case, or None.
+def configure_start(balancer_type: type, pool_type: type, upstream_type: type,
+                    idle_timeout: float, /) -> None: ...
+def start_planned(balancer: object, keys: tuple, by_key: dict, pool: object,
+                  /) -> tuple[Any, Any] | None: ...
 
 class Tally:
     """Request metrics counted per label-set slot (tally.c)."""

@@ -92,7 +92,7 @@ static PyObject *configure_end(PyObject *self, PyObject *args)
 }
 
 /* `o` is exactly of `type` and type.name is still `fn`: 1, 0, -1 with an exception. */
-static int registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject *fn)
+int cend_registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject *fn)
 {
     if (type == NULL || Py_TYPE(o) != type)
         return 0;
@@ -105,7 +105,7 @@ static int registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject 
 }
 
 /* An int attribute as a C long; -1 with an exception, or *ok = 0 when it is not an exact int. */
-static long int_attr(PyObject *o, PyObject *name, int *ok)
+long cend_int_attr(PyObject *o, PyObject *name, int *ok)
 {
     PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL)
@@ -130,7 +130,7 @@ static int true_attr(PyObject *o, PyObject *name)
     return r;
 }
 
-static int set_long(PyObject *o, PyObject *name, long v)
+int cend_set_long(PyObject *o, PyObject *name, long v)
 {
     PyObject *n = PyLong_FromLong(v);
     if (n == NULL)
@@ -142,7 +142,7 @@ static int set_long(PyObject *o, PyObject *name, long v)
 
 int cend_finished_ok(PyObject *lb, PyObject *key)
 {
-    int mine = registered(lb, balancer_type, s_finished, finished_fn);
+    int mine = cend_registered(lb, balancer_type, s_finished, finished_fn);
     if (mine <= 0)
         return mine;
     PyObject *hosts = PyObject_GetAttr(lb, s_hosts);
@@ -156,12 +156,12 @@ int cend_finished_ok(PyObject *lb, PyObject *key)
         } else {
             Py_INCREF(h);
             int ok = 1;
-            long active = int_attr(h, s_active, &ok);
+            long active = cend_int_attr(h, s_active, &ok);
             if (active == -1 && PyErr_Occurred())
                 r = -1;
             else if (ok)
-                r = set_long(h, s_active, active > 0 ? active - 1 : 0) < 0 ||
-                    set_long(h, s_failures, 0) < 0 ? -1 : 1;
+                r = cend_set_long(h, s_active, active > 0 ? active - 1 : 0) < 0 ||
+                    cend_set_long(h, s_failures, 0) < 0 ? -1 : 1;
             Py_DECREF(h);
         }
     }
@@ -174,7 +174,7 @@ int cend_finished_ok(PyObject *lb, PyObject *key)
 static PyObject *idle_room(PyObject *pool, PyObject *conn, PyObject **idle_dict)
 {
     *idle_dict = NULL;
-    if (registered(pool, pool_type, s_release, release_fn) <= 0)
+    if (cend_registered(pool, pool_type, s_release, release_fn) <= 0)
         return NULL;
     PyObject *idle = PyObject_GetAttr(pool, s_idle);
     if (idle == NULL)
@@ -203,7 +203,7 @@ static PyObject *idle_room(PyObject *pool, PyObject *conn, PyObject **idle_dict)
 static int session_idle(PyObject *session)
 {
     int ok = 1;
-    long mode = int_attr(session, s_mode, &ok);
+    long mode = cend_int_attr(session, s_mode, &ok);
     if (mode == -1 && PyErr_Occurred())
         return -1;
     if (!ok || mode != 0)
@@ -245,7 +245,7 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     int close_after = true_attr(response, s_close_after);
     if (close_after != 0)
         return close_after < 0 ? -1 : 0;
-    int mine = registered(session, session_type, s_c_done, c_done_fn);
+    int mine = cend_registered(session, session_type, s_c_done, c_done_fn);
     if (mine <= 0)
         return mine;
     int idle_now = session_idle(session);
@@ -268,9 +268,9 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     if (stream == NULL || PyObject_SetAttr(stream, s_receiver, Py_None) < 0)
         goto out;
     int ok = 1;
-    long n = int_attr(conn, s_requests, &ok);
+    long n = cend_int_attr(conn, s_requests, &ok);
     if ((n == -1 && PyErr_Occurred()) || !ok ||
-        set_long(conn, s_requests, n + 1) < 0 ||
+        cend_set_long(conn, s_requests, n + 1) < 0 ||
         (now = PyObject_CallMethodNoArgs(pool, s_clock)) == NULL ||
         PyObject_SetAttr(conn, s_idle_since, now) < 0)
         goto out;
@@ -279,12 +279,12 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
         goto out;
     Py_DECREF(a);
     ok = 1;
-    long served = int_attr(session, s_served_fast, &ok);
+    long served = cend_int_attr(session, s_served_fast, &ok);
     if ((served == -1 && PyErr_Occurred()) || !ok ||
         PyObject_SetAttr(session, s_exchange, Py_None) < 0 ||
         (s = PyObject_GetAttr(session, s_session)) == NULL ||
         PyObject_SetAttr(s, s_busy, Py_False) < 0 ||
-        set_long(session, s_served_fast, served + 1) < 0 ||
+        cend_set_long(session, s_served_fast, served + 1) < 0 ||
         (loop = PyObject_GetAttr(session, s_loop)) == NULL ||
         (t = PyObject_CallMethodNoArgs(loop, s_time)) == NULL ||
         PyObject_SetAttr(session, s_last_active, t) < 0)
