@@ -260,6 +260,24 @@ PyObject *latin1(span_t s)
     return PyUnicode_DecodeLatin1(s.len ? s.at : "", (Py_ssize_t)s.len, NULL);
 }
 
+/* parse_request's versions, made once (PyInit__h1). */
+static PyObject *s_http11, *s_http10;
+
+PyObject *steal_tuple(PyObject **items, Py_ssize_t n)
+{
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            Py_CLEAR(t);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (t != NULL)
+            PyTuple_SET_ITEM(t, i, items[i]);
+        else
+            Py_XDECREF(items[i]);
+    }
+    return t;
+}
+
 /* -- requests ------------------------------------------------------------- */
 
 int one_request(parse_t *c, const char *data, size_t len, span_t *host, int *clen0)
@@ -313,9 +331,10 @@ PyObject *request_tuple(parse_t *c, span_t host, int clen0)
         }
         PyList_SET_ITEM(headers, (Py_ssize_t)i, t);
     }
-    return Py_BuildValue("(NNNNsON)", latin1(c->method), latin1(c->url), headers,
-                         latin1(host), c->minor ? "1.1" : "1.0",
-                         c->keep_alive ? Py_True : Py_False, clen);
+    PyObject *items[7] = {latin1(c->method), latin1(c->url), headers, latin1(host),
+                          Py_NewRef(c->minor ? s_http11 : s_http10),
+                          Py_NewRef(c->keep_alive ? Py_True : Py_False), clen};
+    return steal_tuple(items, 7);
 }
 
 int llhttp_bound(void)
@@ -526,12 +545,16 @@ static PyObject *result(Response *r, int code)
 {
     /* ResponseFramer holds the head back until the first body bytes or
      * the end, so a small response leaves in one write. */
-    if (r->held && r->body_bytes == 0 && !r->done && !r->failed)
-        return Py_BuildValue("(yi)", "", code);
-    r->held = 0;
-    PyObject *b = PyBytes_FromStringAndSize(r->out_len ? r->out : "", (Py_ssize_t)r->out_len);
-    r->out_len = 0;
-    return b ? Py_BuildValue("(Ni)", b, code) : NULL;
+    PyObject *items[2];
+    if (r->held && r->body_bytes == 0 && !r->done && !r->failed) {
+        items[0] = PyBytes_FromStringAndSize("", 0);
+    } else {
+        r->held = 0;
+        items[0] = PyBytes_FromStringAndSize(r->out_len ? r->out : "", (Py_ssize_t)r->out_len);
+        r->out_len = 0;
+    }
+    items[1] = PyLong_FromLong(code);
+    return steal_tuple(items, 2);
 }
 
 /* Parse `data` and return what changed (R_* bits). */
@@ -834,7 +857,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__h1(void)
 {
-    if (PyType_Ready(&ResponseType) < 0)
+    if (PyType_Ready(&ResponseType) < 0 || (s_http11 = PyUnicode_InternFromString("1.1")) == NULL ||
+        (s_http10 = PyUnicode_InternFromString("1.0")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

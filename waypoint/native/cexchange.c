@@ -254,8 +254,16 @@ static int cx_init(CExchange *x, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "CExchange takes no keyword arguments");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOd:CExchange", &v[0], &v[1], &v[2], &v[3], &v[4],
-                          &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &t0))
+    /* By hand, not PyArg_ParseTuple: one CExchange per request, and the
+     * format parsing cost more than the rest of this function. */
+    if (PyTuple_GET_SIZE(args) != 12) {
+        PyErr_SetString(PyExc_TypeError, "CExchange takes 12 arguments");
+        return -1;
+    }
+    for (int i = 0; i < 11; i++)
+        v[i] = PyTuple_GET_ITEM(args, i);
+    t0 = PyFloat_AsDouble(PyTuple_GET_ITEM(args, 11));
+    if (t0 == -1.0 && PyErr_Occurred())
         return -1;
     if ((v[9] != Py_None && !PyObject_TypeCheck(v[9], &TallyType)) ||
         (v[10] != Py_None && !PyDict_Check(v[10]))) {

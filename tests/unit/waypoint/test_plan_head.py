@@ -180,6 +180,21 @@ def test_ids_are_new_for_every_request():
     assert len({t[3] for t in got}) == 1000 and len({t[4] for t in got}) == 1000
 
 
+def test_a_seed_gives_the_ids_it_always_gave():
+    """The ids are written without printf now (plan.c's hex16): for one
+    seed, the same ids, digit for digit, as printf's `%016llx` made (the
+    values below came from the printf version)."""
+    native.seed(b"\x01" * 32)
+    new = native.plan_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", {"GET / h": "p"}, 0.0)
+    assert new[3:] == ("d2d878d2d2d2cdf02d2d2cd2d2d2d32a",
+                       "00-96969696969696922d2d2d2d2d00002d-c3c3c3c3c39696bf-00", "")
+    kept = native.plan_request(b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + TP.encode() +
+                               b"\r\n\r\n", {"GET / h": "p"}, 0.0)
+    assert kept[3:] == ("11e6c788524b422be2a1e23c41385521", TP[:36] + "e295e1e290f0e85e" + TP[52:],
+                        TP[36:52])
+    native.seed(os.urandom(32))
+
+
 def test_seed_wants_32_random_bytes():
     with pytest.raises(ValueError):
         native.seed(b"short")
