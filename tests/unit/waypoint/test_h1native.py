@@ -315,6 +315,16 @@ def test_responses_framed_as_python_frames_them_at_every_split(data, client):
         assert outcomes == {"fallback"}             # both framings: Python's 502
 
 
+@pytest.mark.parametrize("status", [200, 201, 302, 404, 418, 500, 503, 599, 600, 999])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_status_line_is_written_as_python_writes_it(status, client):
+    """The status line's digits are written without printf (_h1.c)."""
+    data = b"HTTP/1.1 %d Some Reason\r\nContent-Length: 2\r\n\r\nok" % status
+    got = native_response([data, b""], *client)
+    assert got is not None and got[0].startswith(b"HTTP/1.1 %d Some Reason\r\n" % status)
+    assert got == python_response([data, b""], *client)
+
+
 def test_a_first_read_larger_than_the_kept_head_is_framed_or_handed_over_whole():
     """A fast upstream's first read can carry the head and more body than
     C keeps for a fallback (asyncio and uvloop read up to 256 KiB): it is
