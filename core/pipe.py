@@ -33,7 +33,7 @@ import functools
 import socket
 import struct
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shoal.core.hbone import fastpath
 
@@ -116,7 +116,24 @@ def abort_with_rst(transport: asyncio.WriteTransport) -> None:
     transport.abort()
 
 
-class TcpEnd(asyncio.Protocol):
+class _PythonPlainEndFields:
+    """The pure-Python path's stand-in for the C PlainEndFields: adds nothing."""
+
+    __slots__ = ()
+
+
+# transport, _drain_waiter, bytes_written and _can_write as C struct fields
+# (core/hbone/native/flow.c) when the C module loads: the C relay checks
+# write_nowait's conditions and counts bytes_written per DATA frame by
+# pointer. (mypy checks against the Python stand-in.)
+if TYPE_CHECKING:
+    _PlainEndFields = _PythonPlainEndFields
+else:
+    _PlainEndFields = fastpath.native.PlainEndFields if fastpath.native is not None \
+        else _PythonPlainEndFields
+
+
+class TcpEnd(_PlainEndFields, asyncio.Protocol):
     """A plaintext TCP connection as a pipe endpoint, with no StreamReader copy.
 
     Use as the protocol of `loop.create_connection` / `create_server`, or via

@@ -121,7 +121,17 @@ typedef struct {
     PyObject *error;          /* _error: NULL/None or the HboneError */
     char writing;             /* _writing */
 } TunnelFields;
+/* core.pipe.TcpEnd's fields that the relay reads and counts per DATA frame
+ * it writes to the plain socket (TcpEnd.write_nowait's conditions). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *transport;      /* transport: NULL/None until connection_made */
+    PyObject *drain_waiter;   /* _drain_waiter: NULL/None, or the Future write() waits on */
+    long long bytes_written;  /* bytes_written */
+    char can_write;           /* _can_write */
+} PlainEndFields;
 CoreFields *core_fields(PyObject *o);
+PlainEndFields *plain_end_fields(PyObject *o);
 CoreStreamFields *core_stream_fields(PyObject *o);
 TunnelFields *tunnel_fields(PyObject *o);
 WindowFields *window_fields(PyObject *o);   /* all of these: NULL-safe */

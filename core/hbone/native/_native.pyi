@@ -120,6 +120,12 @@ class CoreStream:
     local_ended: bool
     remote_ended: bool
 
+class PlainEndFields:
+    transport: Any
+    _drain_waiter: Any
+    bytes_written: int
+    _can_write: bool
+
 class TunnelFields:
     bytes_sent: int
     bytes_received: int

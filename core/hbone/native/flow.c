@@ -25,6 +25,8 @@
  *   CoreStream         state, local_ended, remote_ended (protocol._Stream)
  *   TunnelFields       bytes_sent, bytes_received, _chunks, _sink, _error,
  *                      _writing (stream.HboneStream)
+ *   PlainEndFields     transport, _drain_waiter, bytes_written, _can_write
+ *                      (core.pipe.TcpEnd: the plain socket a relay writes to)
  *
  * The state checks of the C paths (is the stream OPEN?) read the state the
  * same way: connection or stream → state_machine → state, three pointers.
@@ -183,6 +185,18 @@ REFS_TYPE(TunnelType, "TunnelFields",
           "An HBONE tunnel's per-frame fields, in C (base of stream.HboneStream)",
           TunnelFields, tunnel_members);
 
+/* transport and _drain_waiter are T_OBJECT: unset reads as None, as they start. */
+static PyMemberDef plain_end_members[] = {
+    {"transport", T_OBJECT, offsetof(PlainEndFields, transport), 0, NULL},
+    {"_drain_waiter", T_OBJECT, offsetof(PlainEndFields, drain_waiter), 0, NULL},
+    {"bytes_written", T_LONGLONG, offsetof(PlainEndFields, bytes_written), 0, NULL},
+    {"_can_write", T_BOOL, offsetof(PlainEndFields, can_write), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+REFS_TYPE(PlainEndType, "PlainEndFields",
+          "A plain TCP end's per-write fields, in C (base of core.pipe.TcpEnd)",
+          PlainEndFields, plain_end_members);
+
 #define FIELDS_OF(fn, type, var)                                              \
     type *fn(PyObject *o)                                                     \
     {                                                                         \
@@ -195,6 +209,7 @@ FIELDS_OF(guard_fields, GuardFields, GuardType)
 FIELDS_OF(core_fields, CoreFields, CoreType)
 FIELDS_OF(core_stream_fields, CoreStreamFields, CoreStreamType)
 FIELDS_OF(tunnel_fields, TunnelFields, TunnelType)
+FIELDS_OF(plain_end_fields, PlainEndFields, PlainEndType)
 
 PyObject *flow_state(PyObject *o)
 {
@@ -232,7 +247,8 @@ int output_empty(FlowFields *h2)
 int flow_init(PyObject *module)
 {
     PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
-                             &GuardType, &CoreType, &CoreStreamType, &TunnelType};
+                             &GuardType, &CoreType, &CoreStreamType, &TunnelType,
+                             &PlainEndType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

@@ -101,8 +101,7 @@ static PyObject *s_core, *s_h2, *s_incoming_buffer, *s_guard, *s_limits,
     *s_max_control, *s_streams, *s_core_streams, 
     *s_data, *s_body, *s_headers_buffer, *s_preamble_len,
     *s_ecl, *s_stream_wm,
-    *s_native_target, *s_transport, *s_can_write, *s_drain_waiter, *s_is_closing,
-    *s_write, *s_cws, *s_bytes_written,
+    *s_native_target, *s_is_closing, *s_write, *s_cws,
     *s_acknowledge, *s_flush,
     *s_get_write_buffer_size;
 
@@ -136,28 +135,25 @@ static int would_update(long long current, long long max_window, long long proce
     return (current == 0 && processed > quarter) || processed >= max_window / 2;
 }
 
-/* TcpEnd.write_nowait's conditions; *transport gets a new reference. */
+/* TcpEnd.write_nowait's conditions, on its fields in C (flow.c): an end
+ * whose fields are not C's is the Python path's. *transport gets a new
+ * reference. */
 static int end_writable(PyObject *end, PyObject **transport)
 {
-    PyObject *t = PyObject_GetAttr(end, s_transport);
-    if (t == NULL)
-        return -1;
-    int ok = t != Py_None;
-    if (ok)
-        ok = attr_true(end, s_can_write);
-    if (ok > 0)
-        ok = attr_none(end, s_drain_waiter);
-    if (ok > 0) {
-        PyObject *c = PyObject_CallMethodNoArgs(t, s_is_closing);
-        int closing = c == NULL ? -1 : PyObject_IsTrue(c);
-        Py_XDECREF(c);
-        ok = closing < 0 ? -1 : !closing;
-    }
-    if (ok > 0)
-        *transport = t;
-    else
+    PlainEndFields *f = plain_end_fields(end);
+    if (f == NULL || f->transport == NULL || f->transport == Py_None || !f->can_write
+            || (f->drain_waiter != NULL && f->drain_waiter != Py_None))
+        return 0;
+    PyObject *t = Py_NewRef(f->transport);
+    PyObject *c = PyObject_CallMethodNoArgs(t, s_is_closing);
+    int closing = c == NULL ? -1 : PyObject_IsTrue(c);
+    Py_XDECREF(c);
+    if (closing != 0) {
         Py_DECREF(t);
-    return ok;
+        return closing < 0 ? -1 : 0;
+    }
+    *transport = t;
+    return 1;
 }
 
 /* pushed[i] += n for the pipe's list of directly delivered bytes. */
@@ -288,9 +284,9 @@ static int deliver(Relay *r, Take *k, PyObject *data, long long n)
         return -1;
     Py_DECREF(res);
     PyObject *target = k->target;
-    if (add_ll(PyTuple_GET_ITEM(target, 0), s_bytes_written, n) < 0
-            || list_add(PyTuple_GET_ITEM(target, 1), PyTuple_GET_ITEM(target, 2), n) < 0
-)
+    /* The end is a TcpEnd with its fields in C (end_writable), held by target. */
+    plain_end_fields(PyTuple_GET_ITEM(target, 0))->bytes_written += n;
+    if (list_add(PyTuple_GET_ITEM(target, 1), PyTuple_GET_ITEM(target, 2), n) < 0)
         return -1;
     k->tunnel->bytes_received += n;
     return 0;
@@ -931,10 +927,8 @@ int relay_init(PyObject *module)
     NAME(s_ecl, "_expected_content_length")
     NAME(s_stream_wm, "_inbound_window_manager")
     NAME(s_native_target, "native_target")
-    NAME(s_transport, "transport") NAME(s_can_write, "_can_write")
-    NAME(s_drain_waiter, "_drain_waiter") NAME(s_is_closing, "is_closing")
+    NAME(s_is_closing, "is_closing")
     NAME(s_write, "write") NAME(s_cws, "current_window_size")
-    NAME(s_bytes_written, "bytes_written")
     NAME(s_acknowledge, "acknowledge") NAME(s_flush, "flush")
     NAME(s_get_write_buffer_size, "get_write_buffer_size")
 #undef NAME

@@ -11,7 +11,9 @@ import pytest
 from h2.config import H2Configuration
 from h2.stream import StreamState
 
+from shoal.core import pipe
 from shoal.core.hbone import fastpath, h2fast, h2limits, protocol, stream
+from shoal.ztunnel.proxy.inputs import CountingEnd
 
 native = fastpath.native
 
@@ -36,6 +38,7 @@ def test_each_per_frame_class_has_its_fields_in_c():
         assert isinstance(obj, base), (obj, base)
     assert issubclass(protocol._HboneCore, native.CoreFlags)
     assert issubclass(stream.HboneStream, native.TunnelFields)
+    assert issubclass(pipe.TcpEnd, native.PlainEndFields)
     assert st.state_machine.state is StreamState.OPEN
 
 
@@ -60,6 +63,24 @@ def test_h2_keeps_its_windows_through_the_fields():
     assert (s.state, s.local_ended, s.remote_ended) == (protocol.PENDING, False, False)
 
 
+async def test_tcp_end_keeps_its_fields_through_the_c_base():
+    """TcpEnd's transport, _drain_waiter, bytes_written and _can_write start,
+    change and read back as plain attributes on either path; a subclass keeps
+    its own attributes beside them (ztunnel's CountingEnd)."""
+    end = CountingEnd()
+    assert (end.transport, end._drain_waiter, end.bytes_written, end._can_write) == \
+        (None, None, 0, True)
+    end.pause_writing()
+    assert end._can_write is False
+    end.resume_writing()
+    assert end._can_write is True
+    end.bytes_written += 5
+    end.bytes_read += 7
+    assert (end.bytes_written, end.bytes_read) == (5, 7)
+    end.connection_lost(None)
+    assert end.closed.done() and end.at_eof
+
+
 @pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 def test_bool_fields_take_only_bools():
     """dead, local_ended, _writing... are C bools: anything else is refused,
@@ -68,6 +89,10 @@ def test_bool_fields_take_only_bools():
     with pytest.raises(TypeError):
         s.local_ended = 1
     assert s.local_ended is False
+    end = pipe.TcpEnd.__new__(pipe.TcpEnd)
+    with pytest.raises(TypeError):
+        end._can_write = 1
+    assert end._can_write is False                 # C's zeroed field, before __init__
 
 
 @pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
@@ -78,10 +103,12 @@ def test_cycles_through_c_fields_are_collected():
     st._inbound_window_manager = st                      # a field pointing at its owner
     s = protocol._Stream()
     s.state = [s]
-    refs = [weakref.ref(c), weakref.ref(st)]
-    del c, st, s
+    end = pipe.TcpEnd.__new__(pipe.TcpEnd)
+    end.transport = [end]                                # a field pointing back at its end
+    refs = [weakref.ref(c), weakref.ref(st), weakref.ref(end)]
+    del c, st, s, end
     gc.collect()
-    assert [r() for r in refs] == [None, None]
+    assert [r() for r in refs] == [None, None, None]
 
 
 def test_flood_guard_counts_through_its_fields():

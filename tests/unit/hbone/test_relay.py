@@ -188,6 +188,33 @@ async def test_nothing_overtakes_data_queued_for_read():
     assert frames == 0
 
 
+@pytest.mark.parametrize("field", ["drain_waiter", "no_transport"])
+async def test_relay_reads_the_ends_write_conditions_as_python_sets_them(field):
+    """TcpEnd's transport and _drain_waiter are C fields the relay reads by
+    pointer (flow.c): what Python sets there stops the C path as it stops
+    write_nowait, and the frame queues for read() with its count unchanged."""
+    run = Run(True)
+    await run.start()
+    transport = run.end.transport
+    try:
+        if field == "drain_waiter":
+            run.end._drain_waiter = asyncio.get_running_loop().create_future()
+        else:
+            run.end.transport = None
+        run.send(("data", KB))
+        run.deliver(0)
+        assert run.frames == 0 and run.end.bytes_written == 0 and run.pushed == [0, 0]
+        assert [len(d) for d, _ in run.s._chunks] == [KB]
+        run.end._drain_waiter, run.end.transport = None, transport
+        await run.s.read()                  # the queue empties: C may take the next frame
+        run.send(("data", KB))
+        run.deliver(0)
+        assert run.frames == 1 and run.end.bytes_written == KB and run.pushed == [KB, 0]
+    finally:
+        run.end.transport = transport
+        run.close()
+
+
 async def test_relay_stops_when_the_sink_is_removed():
     run = Run(True)
     await run.start()
