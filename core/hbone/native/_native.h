@@ -35,6 +35,8 @@ extern int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
 extern int (*p_SSL_get_error)(const SSL *, int);
 extern void (*p_ERR_clear_error)(void);
 
+/* OpenSSL's error queue emptied before a record call (cheap when empty). */
+void clear_errors(void);
 /* The SSL* of an attached _ssl._SSLSocket, or NULL with TypeError. */
 SSL *ssl_of(PyObject *obj);
 /* The ssl.SSLError for a failed call (a new reference), or NULL. */

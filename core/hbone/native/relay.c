@@ -558,6 +558,8 @@ static int finish(Relay *r, int flush)
         Py_XDECREF(res);
         return res == NULL ? -1 : 0;
     }
+    if (r->counters->outbound_control == 0)
+        return 0;                   /* output_drained would change nothing: no calls */
     PyObject *c = PyObject_CallMethodNoArgs(r->raw, s_is_closing);
     if (c == NULL)
         return -1;
@@ -663,7 +665,7 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
         r->carry_len = 0;
     }
     int keep = ready && have;       /* buf[pos:have] is a partial frame C may take */
-    p_ERR_clear_error();
+    clear_errors();
     while (ready && have < size && !r->prefixed) {
         if (r->part_left && pos == have) {
             pos = have = 0;

@@ -171,7 +171,7 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n, char *room)
     header[8] = (unsigned char)id;
     char stage[RECORD];
     size_t staged = 0;
-    p_ERR_clear_error();
+    clear_errors();
     PyObject *records = NULL;
     if (room != NULL ? seal(ssl, room, FRAME_HEADER + n)
                      : gather(ssl, stage, &staged, (const char *)header, FRAME_HEADER)
@@ -192,6 +192,8 @@ static int send_frame(Sender *s, SSL *ssl, const char *p, size_t n, char *room)
     if (r == NULL)
         return -1;
     Py_DECREF(r);
+    if (s->counters->outbound_control == 0)
+        return 0;                   /* output_drained would change nothing: no call */
     PyObject *size = PyObject_CallMethodNoArgs(s->raw, s_get_write_buffer_size);
     if (size == NULL)
         return -1;
