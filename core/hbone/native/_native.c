@@ -60,6 +60,7 @@ typedef struct {
 static int (*p_SSL_write_ex)(SSL *, const void *, size_t, size_t *);
 int (*p_SSL_read_ex)(SSL *, void *, size_t, size_t *);
 int (*p_SSL_get_error)(const SSL *, int);
+int (*p_SSL_has_pending)(const SSL *);
 static void *(*p_SSL_get_ex_data)(const SSL *, int);
 BIO *(*p_SSL_get_rbio)(const SSL *);
 BIO *(*p_SSL_get_wbio)(const SSL *);
@@ -333,7 +334,7 @@ static int resolve(void)
         PyErr_SetString(PyExc_ImportError, "OpenSSL symbol missing: " #name); \
         return 0; \
     }
-    SYM(SSL_write_ex) SYM(SSL_read_ex) SYM(SSL_get_error) SYM(SSL_get_ex_data)
+    SYM(SSL_write_ex) SYM(SSL_read_ex) SYM(SSL_get_error) SYM(SSL_has_pending) SYM(SSL_get_ex_data)
     SYM(SSL_get_rbio) SYM(SSL_get_wbio) SYM(BIO_ctrl) SYM(BIO_read)
     SYM(ERR_get_error) SYM(ERR_peek_error) SYM(ERR_clear_error) SYM(ERR_reason_error_string)
 #undef SYM

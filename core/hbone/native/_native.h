@@ -59,6 +59,11 @@ extern int (*p_BIO_read)(BIO *, void *, int);
  * queued (new reference, NULL on error), or Py_None (a new reference) if
  * `ssl` has no Channel. */
 int channel_reserve(SSL *ssl, size_t n);
+/* 1 if `ssl` reads from a Channel that holds no input and has not seen EOF
+ * (an SSL_read could then only say WANT_READ, unless OpenSSL itself still
+ * buffers something: SSL_has_pending), else 0 (any other BIO too). */
+int channel_starved(SSL *ssl);
+extern int (*p_SSL_has_pending)(const SSL *);
 PyObject *channel_drain(SSL *ssl);
 int channel_resolve(void *libssl);   /* its OpenSSL symbols: 1, or 0 with ImportError */
 int channel_init(PyObject *module);  /* adds Channel and body(); -1 with an exception */

@@ -171,6 +171,15 @@ static ChanBuf *chan_of(SSL *ssl)
     return p_BIO_get_data(b);
 }
 
+int channel_starved(SSL *ssl)
+{
+    BIO *b = p_SSL_get_rbio(ssl);
+    if (chan_method == NULL || b == NULL || p_BIO_method_type(b) != chan_type)
+        return 0;
+    ChanBuf *c = p_BIO_get_data(b);
+    return c != NULL && c->in_end == c->in_start && !c->eof;
+}
+
 /* Room in the sink for `more` bytes after what it and `out` hold (`out`
  * moves in first, keeping the order). Under the GIL. 0 with MemoryError. */
 static int sink_reserve(ChanBuf *c, size_t more)

@@ -696,6 +696,14 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
             have -= pos;
             pos = 0;
         }
+        /* All input decrypted: the next SSL_read would only say WANT_READ
+         * (a 1 KB request is one record: that second call was half the
+         * feed's OpenSSL calls). */
+        if (have < size && !r->prefixed && !r->part_left && channel_starved(ssl)
+                && !p_SSL_has_pending(ssl)) {
+            status = ST_NEED_INPUT;
+            break;
+        }
     }
     if (r->prefixed) {
         status = ST_FULL;           /* Python goes on with the frame's rest */
