@@ -104,18 +104,25 @@ int cend_registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject *f
     return r;
 }
 
-/* An int attribute as a C long; -1 with an exception, or *ok = 0 when it is not an exact int. */
+/* An int attribute as a C long; -1 with an exception, or *ok = 0 when it
+ * is not an exact int below LONG_MAX. Python's ints do not wrap: a count C
+ * cannot hold, or add one to (every caller may), is the Python path's. */
 long cend_int_attr(PyObject *o, PyObject *name, int *ok)
 {
     PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL)
         return -1;
     long r = -1;
-    if (PyLong_CheckExact(v))
-        r = PyLong_AsLong(v);
-    else
-        *ok = 0;
+    int exact = PyLong_CheckExact(v), overflow = 0;
+    if (exact)
+        r = PyLong_AsLongAndOverflow(v, &overflow);
     Py_DECREF(v);
+    if (r == -1 && PyErr_Occurred())
+        return -1;
+    if (!exact || overflow || r == LONG_MAX) {
+        *ok = 0;
+        return -1;
+    }
     return r;
 }
 
@@ -251,6 +258,15 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     int idle_now = session_idle(session);
     if (idle_now <= 0)
         return idle_now;
+    /* The two counts added to below, read while nothing is changed: one C
+     * does not take (cend_int_attr) is _c_done's with everything as it was. */
+    int ok = 1;
+    long n = cend_int_attr(conn, s_requests, &ok);
+    long served = ok ? cend_int_attr(session, s_served_fast, &ok) : 0;
+    if ((n == -1 || served == -1) && PyErr_Occurred())
+        return -1;
+    if (!ok)
+        return 0;
     PyObject *pool = PyObject_GetAttr(proxy, s_pool);
     if (pool == NULL)
         return -1;
@@ -267,10 +283,7 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
              *t = NULL;
     if (stream == NULL || PyObject_SetAttr(stream, s_receiver, Py_None) < 0)
         goto out;
-    int ok = 1;
-    long n = cend_int_attr(conn, s_requests, &ok);
-    if ((n == -1 && PyErr_Occurred()) || !ok ||
-        cend_set_long(conn, s_requests, n + 1) < 0 ||
+    if (cend_set_long(conn, s_requests, n + 1) < 0 ||
         (now = PyObject_CallMethodNoArgs(pool, s_clock)) == NULL ||
         PyObject_SetAttr(conn, s_idle_since, now) < 0)
         goto out;
@@ -278,10 +291,7 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     if (a == NULL)
         goto out;
     Py_DECREF(a);
-    ok = 1;
-    long served = cend_int_attr(session, s_served_fast, &ok);
-    if ((served == -1 && PyErr_Occurred()) || !ok ||
-        PyObject_SetAttr(session, s_exchange, Py_None) < 0 ||
+    if (PyObject_SetAttr(session, s_exchange, Py_None) < 0 ||
         (s = PyObject_GetAttr(session, s_session)) == NULL ||
         PyObject_SetAttr(s, s_busy, Py_False) < 0 ||
         cend_set_long(session, s_served_fast, served + 1) < 0 ||

@@ -246,3 +246,19 @@ def test_the_c_end_leaves_what_balancer_finished_and_pool_release_leave(active, 
         (py_side.conn.requests, py_side.conn.idle_since)
     assert [c is c_side.conn for c in c_side.pool._idle[KEY]] == \
         [c is py_side.conn for c in py_side.pool._idle[KEY]]
+
+
+@pytest.mark.parametrize("attr, value", [("requests", 2**63 - 1), ("requests", 2**63),
+                                         ("served_fast", 2**63 - 1), ("served_fast", 2**64)])
+def test_a_counter_c_cannot_add_one_to_goes_to_c_done_untouched(attr, value):
+    """Python's ints do not wrap: a count at or past C's long (2**63 - 1)
+    is Python's to add one to, with nothing done first (before: the long
+    wrapped to -2**63, or OverflowError left the connection pooled and the
+    session adopted for an error)."""
+    r = Rig()
+    owner = r.conn if attr == "requests" else r.session
+    setattr(owner, attr, value)
+    r.cex.upstream_data(OK)
+    assert getattr(owner, attr) == value
+    setattr(owner, attr, 0 if attr == "requests" else 3)
+    left_to_python(r)

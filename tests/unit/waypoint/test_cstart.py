@@ -209,3 +209,24 @@ def test_differential_random_states(n, ejected, rr, idle, stale, rounds):
         for t, conn in ((py, want[1]), (c, got[1])):
             if conn is not None:
                 t.release(conn)
+
+
+@pytest.mark.parametrize("n, rr, active", [
+    (3, 2**63 - 1, 0),          # _rr + 1 would wrap C's long (a negative index)
+    (3, 2**63, 0),              # past C's long
+    (3, 2**70, 0),
+    (1, 0, 2**63 - 1),          # active + 1 would wrap
+    (1, 0, 2**64),
+])
+def test_counts_past_a_c_long_are_left_to_python_untouched(n, rr, active):
+    """Python's ints do not wrap: such a _rr or active is Python's, and its
+    calls then give what they give (before: OverflowError, or a wrapped
+    long read as an index before the candidates' array)."""
+    py, c = Twin(n), Twin(n)
+    for t in (py, c):
+        t.lb._rr = rr
+        for h in t.lb._hosts.values():
+            h.active = active
+    unchanged(c)
+    want, got = py.python(), c.python()
+    assert c.answer(got) == py.answer(want) and c.state() == py.state()
