@@ -417,6 +417,17 @@ static int has_ctl(span_t s)
     return has_byte(s, '\r') || has_byte(s, '\n') || has_byte(s, '\0');
 }
 
+/* An upper-case ASCII letter: h2 refuses such names (RFC 9113 8.2.1), and
+ * h2server._request compares names as they are ("host"), where build_head
+ * ignores case: such a name goes to the Python path, not trusted here. */
+static int has_upper(span_t s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        if (s.at[i] >= 'A' && s.at[i] <= 'Z')
+            return 1;
+    return 0;
+}
+
 /* Fill `c` from h2's request fields (pseudo-headers first, as h2 validated
  * them) the way h2server._request turns them into a RequestHead; *host is
  * :authority. 1 when a plan may serve it, 0 when the Python path must: a
@@ -424,8 +435,8 @@ static int has_ctl(span_t s)
  * :path, :scheme and :authority or one twice, :scheme other than "http"
  * (x-forwarded-proto is the scheme; plan heads say http), no :authority
  * (Host then decides: the Python path's), a space in :method or :path
- * (the plan key would be ambiguous), CR, LF or NUL anywhere, more fields
- * than MAX_SPANS. */
+ * (the plan key would be ambiguous), CR, LF or NUL anywhere, an upper-case
+ * name, more fields than MAX_SPANS. */
 /* The four pseudo-headers and MAX_SPANS fields. */
 #define MAX_H2_FIELDS (MAX_SPANS + 4)
 
@@ -447,7 +458,8 @@ static int h2_fields(parse_t *c, PyObject *fields, span_t *host, PyObject **held
         span_t name, value;
         if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2 ||
             !bytes_span(PyTuple_GET_ITEM(f, 0), &name) ||
-            !bytes_span(PyTuple_GET_ITEM(f, 1), &value) || has_ctl(name) || has_ctl(value))
+            !bytes_span(PyTuple_GET_ITEM(f, 1), &value) || has_ctl(name) || has_ctl(value) ||
+            has_upper(name))
             return 0;
         if (name.len && name.at[0] == ':') {
             span_t *slot;
