@@ -254,7 +254,23 @@ out:
     return conn;
 }
 
-/* The decided start: _rr, active + 1, the connection popped and reused. */
+/* Is conn still the last of q? 1, 0, -1 with an exception. The pool's
+ * clock and the transport's is_closing ran Python since clean_idle looked. */
+static int still_last(PyObject *q, PyObject *conn)
+{
+    Py_ssize_t n = PySequence_Size(q);
+    if (n <= 0)
+        return n < 0 ? -1 : 0;
+    PyObject *last = PySequence_GetItem(q, n - 1);
+    if (last == NULL)
+        return -1;
+    int same = last == conn;
+    Py_DECREF(last);
+    return same;
+}
+
+/* The decided start: _rr, active + 1, the connection popped and reused;
+ * 0 with nothing changed when active is not C's or the deque moved on. */
 static int commit(PyObject *lb, long rr, PyObject *host, PyObject *q, PyObject *conn)
 {
     int ok = 1;
@@ -263,6 +279,11 @@ static int commit(PyObject *lb, long rr, PyObject *host, PyObject *q, PyObject *
         return -1;
     if (!ok)
         return 0;
+    /* Checked last: from here to the pop nothing runs Python (an exact
+     * deque, ints and slots set). */
+    int last = still_last(q, conn);
+    if (last <= 0)
+        return last;
     if (rr >= 0 && cend_set_long(lb, s_rr, rr) < 0)
         return -1;
     if (cend_set_long(host, s_active, active + 1) < 0)
@@ -272,7 +293,7 @@ static int commit(PyObject *lb, long rr, PyObject *host, PyObject *q, PyObject *
         return -1;
     int same = popped == conn;
     Py_DECREF(popped);
-    if (!same) {        /* the deque changed under us: cannot happen without Python running */
+    if (!same) {        /* still_last saw it last: only a deque that is not one gets here */
         PyErr_SetString(PyExc_RuntimeError, "start_planned: the idle deque changed");
         return -1;
     }

@@ -230,3 +230,27 @@ def test_counts_past_a_c_long_are_left_to_python_untouched(n, rr, active):
     unchanged(c)
     want, got = py.python(), c.python()
     assert c.answer(got) == py.answer(want) and c.state() == py.state()
+
+
+def test_a_deque_changed_by_python_it_runs_is_left_to_python_untouched():
+    """The pool's clock (and a transport's is_closing) may run Python that
+    takes the connection C chose: C then changes nothing and the Python
+    calls give their answer (before: RuntimeError with _rr and active
+    already moved)."""
+    def popping_clock(t: Twin):
+        q = t.pool._idle[key(1)]
+
+        def clock():
+            if len(q) == 2:
+                q.pop()
+            return NOW
+        return clock
+
+    py, c = Twin(3), Twin(3)
+    for t in (py, c):
+        t.pool.clock = popping_clock(t)
+    before = c.lb._rr, {k: asdict(h) for k, h in c.lb._hosts.items()}
+    assert c.c() is None
+    assert (c.lb._rr, {k: asdict(h) for k, h in c.lb._hosts.items()}) == before
+    want, got = py.python(), c.python()
+    assert c.answer(got) == py.answer(want) and c.state() == py.state()
