@@ -579,6 +579,18 @@ static int finish(Relay *r, int flush)
     return 0;
 }
 
+/* SSL_read_ex with OpenSSL's error queue emptied first: SSL_get_error reads
+ * the thread's queue, and between two reads of one feed Python ran (a frame
+ * written to the plain socket, allocation that can run GC), which may have
+ * left an error of some other OpenSSL user there; taken for this call's, it
+ * would fail this connection (the Python path's _ssl clears before each
+ * call too; clear_errors is cheap when the queue is empty). */
+static int read_record(SSL *ssl, void *buf, size_t n, size_t *got)
+{
+    clear_errors();
+    return p_SSL_read_ex(ssl, buf, n, got);
+}
+
 /* SSL_read_ex's outcome as feed()'s status (*error: a new reference). */
 static int read_status(SSL *ssl, int ret, PyObject **error)
 {
@@ -616,7 +628,7 @@ static int body_piece(Relay *r, SSL *ssl, unsigned char *buf, size_t *have_out, 
     int ret = 1, ok = 1;
     while (have < (size_t)want) {
         size_t got = 0;
-        ret = p_SSL_read_ex(ssl, PyBytes_AS_STRING(data) + have, (size_t)want - have, &got);
+        ret = read_record(ssl, PyBytes_AS_STRING(data) + have, (size_t)want - have, &got);
         if (ret <= 0)
             break;
         have += got;
@@ -665,7 +677,6 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
         r->carry_len = 0;
     }
     int keep = ready && have;       /* buf[pos:have] is a partial frame C may take */
-    clear_errors();
     while (ready && have < size && !r->prefixed) {
         if (r->part_left && pos == have) {
             pos = have = 0;
@@ -678,7 +689,7 @@ static int run(Relay *r, SSL *ssl, unsigned char *buf, size_t size, size_t *pos_
             continue;
         }
         size_t got = 0;
-        int ret = p_SSL_read_ex(ssl, buf + have, size - have, &got);
+        int ret = read_record(ssl, buf + have, size - have, &got);
         if (ret <= 0) {
             if ((status = read_status(ssl, ret, &error)) < 0)
                 return -1;

@@ -473,3 +473,65 @@ def test_a_uvloop_read_is_framed_in_the_pumps_buffer():
         loop.run_until_complete(body())
     finally:
         loop.close()
+
+
+def _libcrypto():
+    """The libcrypto _ssl uses (to leave an error in this thread's queue)."""
+    import ctypes
+    import ssl  # noqa: F401  (loads _ssl and its libcrypto)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libcrypto" in line:
+                lib = ctypes.CDLL(line.split()[-1])
+                lib.ERR_peek_error.restype = ctypes.c_ulong
+                return lib
+    pytest.skip("no libcrypto mapped")
+
+
+class _StaleErrorTransport:
+    """The plain end's transport; each write leaves an OpenSSL error queued
+    on this thread, as any other SSL object's or library's call may."""
+
+    def __init__(self, real, lib) -> None:
+        self.real, self.lib = real, lib
+
+    def write(self, data) -> None:
+        self.lib.ERR_new()
+        self.lib.ERR_set_error(20, 100, None)       # ERR_LIB_SSL, any reason
+        self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["c", "python"])
+async def test_an_openssl_error_left_during_a_read_is_not_this_connections(relay):
+    """The relay writes a frame to the plain socket (Python runs) and reads
+    on while a partial record waits: an error some other OpenSSL user left
+    queued meanwhile must not fail this connection's read (SSL_get_error
+    reads the thread's queue), as it does not on the Python path (_ssl
+    clears the queue before each call)."""
+    lib = _libcrypto()
+    run = Run(relay)
+    await run.start()
+    real = run.end.transport
+    try:
+        run.end.transport = _StaleErrorTransport(real, lib)
+        run.send(("data", KB))
+        run.send(("data", KB))
+        data = b"".join(run.link.c_tcp.out)
+        run.link.c_tcp.out.clear()
+        first = 5 + int.from_bytes(data[3:5], "big")     # the first TLS record
+        assert len(data) > first + 10
+        run.link.server.data_received(data[:first + 10])
+        run.link.server.data_received(data[first + 10:])
+        run.link.pump()
+        await asyncio.sleep(0)
+        snap = run.snapshot()
+        assert snap["socket"] == bytes([0]) * KB + bytes([0]) * KB
+        assert not run.link.server.app.core.dead
+        assert run.frames == (2 if relay else 0)
+    finally:
+        lib.ERR_clear_error()
+        run.end.transport = real
+        run.close()
