@@ -15,7 +15,9 @@
  * Taken when all of these hold (decided before a single field is changed):
  * - balancer and pool are exactly the registered Balancer and H1Pool
  *   (configure_start) and pick, started and take_idle are the functions
- *   they had then (a replaced one is called, not bypassed);
+ *   they had then, as are the upstream type's idle_clean and at_eof (the
+ *   properties take_clean and take_idle read): a replaced one is called,
+ *   not bypassed;
  * - keys is a non-empty tuple; with more than one key the mode is
  *   ROUND_ROBIN (LEAST_REQUEST draws from the rng: Python's) and every key
  *   has its _Host already (Balancer.available makes them on the first
@@ -35,11 +37,11 @@
 #include "_h1.h"
 
 static PyTypeObject *balancer_type, *pool_type, *upstream_type;
-static PyObject *pick_fn, *started_fn, *take_idle_fn;
+static PyObject *pick_fn, *started_fn, *take_idle_fn, *idle_clean_prop, *at_eof_prop;
 static double idle_timeout = -1.0;
 static PyObject *s_pick, *s_started, *s_take_idle, *s_mode, *s_round_robin, *s_hosts, *s_rr,
     *s_active, *s_ejected_until, *s_clock, *s_idle, *s_key, *s_idle_since, *s_stream,
-    *s_chunks, *s_eof, *s_transport, *s_is_closing, *s_pop, *s_reused;
+    *s_chunks, *s_eof, *s_transport, *s_is_closing, *s_pop, *s_reused, *s_idle_clean, *s_at_eof;
 
 /* configure_start(balancer_type, pool_type, upstream_type, idle_timeout) */
 static PyObject *configure_start(PyObject *self, PyObject *args)
@@ -51,11 +53,15 @@ static PyObject *configure_start(PyObject *self, PyObject *args)
                           &PyType_Type, &u, &t))
         return NULL;
     PyObject *pick = PyObject_GetAttr(b, s_pick), *started = PyObject_GetAttr(b, s_started),
-             *take = PyObject_GetAttr(p, s_take_idle);
-    if (pick == NULL || started == NULL || take == NULL) {
-        Py_XDECREF(pick); Py_XDECREF(started); Py_XDECREF(take);
+             *take = PyObject_GetAttr(p, s_take_idle), *clean = PyObject_GetAttr(u, s_idle_clean),
+             *at_eof = PyObject_GetAttr(u, s_at_eof);
+    if (pick == NULL || started == NULL || take == NULL || clean == NULL || at_eof == NULL) {
+        Py_XDECREF(pick); Py_XDECREF(started); Py_XDECREF(take); Py_XDECREF(clean);
+        Py_XDECREF(at_eof);
         return NULL;
     }
+    Py_XSETREF(idle_clean_prop, clean);
+    Py_XSETREF(at_eof_prop, at_eof);
     Py_XSETREF(pick_fn, pick);
     Py_XSETREF(started_fn, started);
     Py_XSETREF(take_idle_fn, take);
@@ -160,12 +166,16 @@ static int false_attr(PyObject *o, PyObject *name)
 }
 
 /* PlainUpstream.idle_clean (which implies not TcpEnd.at_eof) for a stream
- * of exactly the registered type: 1, 0, -1 with an exception. */
+ * of exactly the registered type whose two properties are still the ones
+ * restated here: 1, 0, -1 with an exception. */
 static int idle_clean(PyObject *stream)
 {
-    if (Py_TYPE(stream) != upstream_type)
-        return 0;
-    int r = false_attr(stream, s_chunks);
+    int r = cend_registered(stream, upstream_type, s_idle_clean, idle_clean_prop);
+    if (r == 1)
+        r = cend_registered(stream, upstream_type, s_at_eof, at_eof_prop);
+    if (r != 1)
+        return r;
+    r = false_attr(stream, s_chunks);
     if (r == 1)
         r = false_attr(stream, s_eof);
     if (r != 1)
@@ -375,7 +385,8 @@ int cstart_init(PyObject *module)
     NAME(s_clock, "clock") NAME(s_idle, "_idle") NAME(s_key, "key")
     NAME(s_idle_since, "idle_since") NAME(s_stream, "stream") NAME(s_chunks, "_chunks")
     NAME(s_eof, "_eof") NAME(s_transport, "transport") NAME(s_is_closing, "is_closing")
-    NAME(s_pop, "pop") NAME(s_reused, "reused")
+    NAME(s_pop, "pop") NAME(s_reused, "reused") NAME(s_idle_clean, "idle_clean")
+    NAME(s_at_eof, "at_eof")
 #undef NAME
     return PyModule_AddFunctions(module, cstart_methods);
 }

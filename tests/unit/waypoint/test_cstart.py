@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.core.pipe import TcpEnd
 from shoal.waypoint import fastpath  # noqa: F401  (registers the types: configure_start)
 from shoal.waypoint.fastexchange import take_clean
 from shoal.waypoint.h1native import native
@@ -254,3 +255,16 @@ def test_a_deque_changed_by_python_it_runs_is_left_to_python_untouched():
     assert (c.lb._rr, {k: asdict(h) for k, h in c.lb._hosts.items()}) == before
     want, got = py.python(), c.python()
     assert c.answer(got) == py.answer(want) and c.state() == py.state()
+
+
+@pytest.mark.parametrize("cls, name", [(PlainUpstream, "idle_clean"), (TcpEnd, "at_eof")])
+def test_a_replaced_property_take_clean_reads_is_read_not_bypassed(monkeypatch, cls, name):
+    """take_idle reads stream.at_eof and take_clean stream.idle_clean: with
+    either replaced (here by one that says the connection is not usable),
+    C leaves the start to the Python calls, which read it (before: C took
+    the connection on its own restatement)."""
+    monkeypatch.setattr(cls, name, property(lambda self: name == "at_eof"))
+    py, c = Twin(1), Twin(1)
+    unchanged(c)
+    want, got = py.python(), c.python()
+    assert got[1] is None and c.answer(got) == py.answer(want) and c.state() == py.state()
