@@ -170,12 +170,14 @@ static int false_attr(PyObject *o, PyObject *name)
  * restated here: 1, 0, -1 with an exception. */
 static int idle_clean(PyObject *stream)
 {
-    int r = cend_registered(stream, upstream_type, s_idle_clean, idle_clean_prop);
-    if (r == 1)
-        r = cend_registered(stream, upstream_type, s_at_eof, at_eof_prop);
-    if (r != 1)
-        return r;
-    r = false_attr(stream, s_chunks);
+    /* _PyType_Lookup: the MRO through the type cache, no new reference,
+     * no exception (PyObject_GetAttr on the type cost ~200 instructions
+     * each here, callgrind said). */
+    if (upstream_type == NULL || Py_TYPE(stream) != upstream_type ||
+        _PyType_Lookup(upstream_type, s_idle_clean) != idle_clean_prop ||
+        _PyType_Lookup(upstream_type, s_at_eof) != at_eof_prop)
+        return 0;
+    int r = false_attr(stream, s_chunks);
     if (r == 1)
         r = false_attr(stream, s_eof);
     if (r != 1)
