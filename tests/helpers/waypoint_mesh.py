@@ -204,7 +204,8 @@ class ThreadedBackend:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
 
     def _accept(self) -> None:
         while True:
@@ -234,7 +235,15 @@ class ThreadedBackend:
                 yield head
 
     def close(self) -> None:
+        # close() alone leaves the acceptor blocked in accept() for the rest
+        # of the process (Linux does not wake it); shutdown() does, so no
+        # thread outlives the test into the next ones of this xdist worker.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass                # already closed
         self.sock.close()
+        self.acceptor.join()
 
 
 class ScriptedBackend(ThreadedBackend):
