@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from tests.helpers.ports import free_port
@@ -190,6 +191,9 @@ class LoopStats:
     refused: int = 0
     reset: int = 0
     other: list[str] = field(default_factory=list)
+    # Which failure when (monotonic seconds, kind, local port), to match a
+    # rare one against the proxies' logs and the test's signals.
+    failed: list[tuple[float, str, int]] = field(default_factory=list)
 
 
 class ClientLoop:
@@ -234,15 +238,18 @@ class ClientLoop:
     async def _one(self) -> None:
         payload = b"hello\n"
         while not self._stop.is_set():
+            local = 0                   # not connected yet
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.host, self.port,
                                             local_addr=(self.source, 0) if self.source else None), 5)
+                local = writer.get_extra_info("sockname")[1]
                 writer.write(payload)
                 reply = await asyncio.wait_for(reader.readline(), 5)
                 writer.close()
                 if reply != payload:
                     self.stats.reset += 1   # closed without answering
+                    self.stats.failed.append((time.monotonic(), f"unanswered {reply!r}", local))
                     continue
                 self.stats.ok += 1
             except ConnectionRefusedError:
@@ -250,7 +257,8 @@ class ClientLoop:
                 if self.stop_on_refused:
                     return
                 await asyncio.sleep(0.01)
-            except ConnectionResetError:
+            except ConnectionResetError as e:
                 self.stats.reset += 1
+                self.stats.failed.append((time.monotonic(), f"reset {e!r}", local))
             except (OSError, asyncio.TimeoutError) as e:
                 self.stats.other.append(repr(e))

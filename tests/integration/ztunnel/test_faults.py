@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 
 import pytest
 
@@ -59,6 +60,24 @@ def failures(stats) -> int:
     return stats.refused + stats.reset + len(stats.other)
 
 
+# Log lines shown per node when a connection failed (the tail is megabytes).
+DIAG_LINES = 60
+
+
+def explain(mesh: Mesh, stats, events: list[tuple[float, str]]) -> str:
+    """What a rare failure needs to be placed: when it came relative to the
+    signals, and what each node logged at warning level or about its port."""
+    out = [f"events (monotonic): {events}", f"failed (monotonic, kind, client port): {stats.failed}"]
+    ports = [str(port) for _, _, port in stats.failed if port]
+    for node in ("node-a", "node-b"):
+        lines = [line for line in mesh.nodes[node].proc.tail(5_000_000).splitlines()
+                 if any(w in line.lower() for w in ("warn", "error", "reset", "refus"))
+                 or any(p in line for p in ports)]
+        out.append(f"{node}: {len(lines)} lines, the last {DIAG_LINES}:")
+        out += lines[-DIAG_LINES:]
+    return "\n".join(out)
+
+
 def test_ca_down_kill9_of_a_worker_loses_only_its_in_flight_connections(mesh):
     with client_loop(mesh) as loop:
         stop_ca(mesh)
@@ -99,6 +118,7 @@ def node_listeners(mesh: Mesh, node: str) -> set[int]:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR2], ids=["SIGHUP", "SIGUSR2"])
 def test_ca_down_reload_and_upgrade_lose_nothing(mesh, sig):
     opened_before = 0.0
+    events: list[tuple[float, str]] = []
     with client_loop(mesh) as loop:
         stop_ca(mesh)
         loop.ok_since(50)
@@ -110,9 +130,11 @@ def test_ca_down_reload_and_upgrade_lose_nothing(mesh, sig):
             old = mesh.worker_pids(node)
             sockets = node_listeners(mesh, node)
             assert sockets, f"{node} listens nowhere?"
+            events.append((time.monotonic(), f"{node} {signal.Signals(sig).name}"))
             os.kill(n.proc.pid, sig)
             if sig == signal.SIGUSR2:   # the old supervisor hands over and leaves
                 n.proc.p.wait(30)
+                events.append((time.monotonic(), f"{node} old supervisor exited"))
             wait_for(lambda: len(mesh.worker_pids(node)) == 2
                      and not (mesh.worker_pids(node) & old), 30, f"{node}'s new workers")
             loop.ok_since(AFTER_FAULT)
@@ -122,7 +144,7 @@ def test_ca_down_reload_and_upgrade_lose_nothing(mesh, sig):
             assert node_listeners(mesh, node) == sockets
         stats = loop.stop()
     print(f"CA down + {signal.Signals(sig).name} of both nodes: {stats}")   # docs/operations.md
-    assert failures(stats) == 0, stats
+    assert failures(stats) == 0, explain(mesh, stats, events)
     # Counters go on from their totals (SIGUSR2: the new supervisor adopted
     # the metrics directory with the old workers' files).
     opened_after = metric_sum(mesh.metrics("node-b"), "istio_tcp_connections_opened_total",
