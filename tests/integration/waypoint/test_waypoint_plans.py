@@ -584,8 +584,8 @@ async def pool_and_balancer_run(monkeypatch, plans: bool, bad_status: bytes,
             writer.close()
             idle = pool.idle_count()
     finally:
-        good.sock.close()
-        bad.sock.close()
+        good.close()
+        bad.close()
     return statuses, (good.requests, bad.requests, good.connections, bad.connections, idle), \
         [c.ended_in_c for c in cexes]
 
