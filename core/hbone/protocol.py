@@ -139,6 +139,9 @@ class _HboneCore(_CoreFlags):
         # apply from the start (a peer may only be stricter until it sees them).
         self._h2.max_inbound_frame_size = settings.max_frame_size
         self._streams: dict[int, _Stream] = {}
+        # The largest connection send window seen: the peer's connection
+        # window is at least this (window_update_owed).
+        self._conn_window_peak = _H2_DEFAULT_WINDOW
         self._ping_counter = 0
         self.dead = False
         self.goaway_received = False
@@ -314,6 +317,20 @@ class _HboneCore(_CoreFlags):
         except h2x.StreamClosedError:
             return 0
 
+    def window_update_owed(self, stream_id: int) -> bool:
+        """Does the peer owe us a WINDOW_UPDATE (stream or connection) once
+        it has consumed what we sent? True when at most half of either send
+        window is left: receivers update once half a window is consumed
+        (nghttp2, h2, hyper's h2), and no sooner, so with more left a
+        sender that waits for an update can wait for good. The peer's
+        windows are at least the stream's initial size from its SETTINGS
+        and the largest connection window we saw."""
+        h2 = self._h2
+        stream = h2.streams.get(stream_id)
+        return (h2.outbound_flow_control_window <= self._conn_window_peak // 2
+                or (stream is not None and stream.outbound_flow_control_window
+                    <= h2.remote_settings.initial_window_size // 2))
+
     def send_data(self, stream_id: int, data, end_stream: bool = False) -> int:
         """Queue as much of `data` as the flow-control windows allow.
 
@@ -418,6 +435,9 @@ class _HboneCore(_CoreFlags):
                                   remote=e.remote_reset))
 
     def _on_window(self, e: h2e.WindowUpdated, out: list) -> None:
+        if e.stream_id == 0:
+            self._conn_window_peak = max(self._conn_window_peak,
+                                         self._h2.outbound_flow_control_window)
         out.append(ev.WindowOpened(stream_id=e.stream_id))
 
     def _on_settings(self, e: h2e.RemoteSettingsChanged, out: list) -> None:

@@ -24,7 +24,10 @@ from shoal.core.hbone.settings import READ_SIZE
 # A piped source (write_held) stops reading once less send window than this
 # is left: its next socket read (uvloop's are up to 256 KiB) would not fit,
 # would be refused and queued, and the pipe's Python copy task would send
-# the queue. Held, the bytes wait in the kernel until the window opens.
+# the queue. Held, the bytes wait in the kernel until the window opens; so
+# it is held for the window only when the peer owes a WINDOW_UPDATE
+# (_HboneCore.window_update_owed): nghttpx's 64 KiB stream window is always
+# short of this, and it updates only after 32 KiB consumed.
 HOLD_SEND_WINDOW = READ_SIZE
 
 
@@ -169,9 +172,19 @@ class HboneStream(_TunnelFields):
         """Stop `source` reading until the transport is under its mark and,
         if the window was short, a WINDOW_UPDATE came (the C Sender calls
         this too: send.c)."""
-        if self._held is None and self._error is None and source.hold_reading():
+        if self._held is not None or self._error is not None:
+            return
+        # Held for a short window only if a WINDOW_UPDATE is owed: with
+        # more than half of a small window left (a small read sent), the
+        # peer may wait for more data before it sends one, and a held
+        # source then never sends it (the tunnel stalled). Not held, a read
+        # that does not fit takes the copy task, which waits for the update
+        # with the window used up.
+        short = (self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW
+                 and self._core.window_update_owed(self.stream_id))
+        if (short or not self._conn.can_write.is_set()) and source.hold_reading():
             self._held = source
-            self._held_for_window = self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW
+            self._held_for_window = short
 
     def _release_held(self, force: bool = False) -> None:
         """Let the held source read again once what held it is over: the

@@ -227,6 +227,32 @@ def test_window_updates_are_batched():
     assert s.data_to_send() == b""              # 16 KiB of 4 MiB: no update yet
 
 
+def test_window_update_owed_once_half_a_window_is_outstanding():
+    """window_update_owed: a receiver updates once it consumed half a window
+    (h2 as here, nghttp2), not before, so an update is owed only with at
+    most half of the stream window (the peer's SETTINGS) or of the
+    connection window (the largest seen) left."""
+    c, s = _pair(settings=HboneSettings(stream_window=65_535, connection_window=131_070))
+    a, _ = _open(c, s)
+    c.send_data(a, b"x" * 1000)
+    assert not c.window_update_owed(a)
+    for d in _of(_xfer(c, s), ev.DataReceived):
+        s.acknowledge(a, d.flow_controlled_length)
+    assert s.data_to_send() == b""               # all consumed, and no update comes
+    c.send_data(a, b"x" * 31_768)                # 32_767 left: half the stream window
+    assert c.window_update_owed(a)
+    for d in _of(_xfer(c, s), ev.DataReceived):
+        s.acknowledge(a, d.flow_controlled_length)
+    assert {o.stream_id for o in _of(_xfer(s, c), ev.WindowOpened)} == {a}
+    assert not c.window_update_owed(a)
+    b, _ = _open(c, s)
+    x, _ = _open(c, s)
+    c.send_data(b, b"y" * 22_000)                # connection: 75_302 of 131_070 left
+    assert not c.window_update_owed(b)
+    c.send_data(x, b"y" * 22_000)                # 53_302: under half
+    assert c.window_update_owed(b) and c.window_update_owed(a)
+
+
 def test_ping_ack():
     c, s = _pair()
     payload = c.ping()

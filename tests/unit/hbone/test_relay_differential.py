@@ -810,6 +810,20 @@ async def test_send_half_holds_the_source_while_the_window_is_short(monkeypatch)
     assert frames == 17
 
 
+async def test_send_half_holds_for_a_small_window_only_once_an_update_is_owed(monkeypatch):
+    """A peer with a 64 KiB stream window (nghttpx's backend default) sends
+    WINDOW_UPDATE only once half of it is consumed. A small push leaves more
+    than half: the source is not held (held, it waited for an update the
+    peer, having read everything, never sent: test_interop's nghttpx echo
+    stalled). A push that leaves half or less holds it until the update."""
+    ops = [("window", 65_535), ("push", 1000), ("read",), ("push", 32 * KB), ("read",),
+           ("push", 100)]
+    snaps, frames = await compare_send(ops, monkeypatch)
+    assert [s["held"] for s in snaps] == [FREE, FREE, FREE, HELD, FREE, FREE]
+    assert [s["result"] for s in snaps] == [None, True, None, True, None, True]
+    assert frames == 3
+
+
 @pytest.mark.parametrize("end", [("reset",), ("eof",), ("writing", True), ("drain",),
                                  ("window", 70_000), ("max_frame", 16_384)])
 async def test_send_half_held_then_stream_changes(end, monkeypatch):
