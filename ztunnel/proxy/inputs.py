@@ -110,6 +110,10 @@ class ProxyInputs:
         check = getattr(getattr(sockets, "inner", sockets), "spoof_routing", None)
         self.spoof = SpoofState(check if scope.pod_uid else None, log=LOG, pod=scope.pod_uid)
         self.tasks: set[asyncio.Task] = set()
+        # Captured connections accepted whose task is not spawned yet (it
+        # starts when the transport is made, a callback or two after the
+        # accept): `Proxy.close` waits for these too.
+        self.arriving: set[asyncio.Future] = set()
 
     def spawn(self, coro: Coroutine) -> None:
         """Run a connection's task; `Proxy.close` waits for (then cancels) them."""

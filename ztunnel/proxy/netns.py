@@ -150,8 +150,14 @@ class Proxy:
         deadline = time.monotonic() + grace
         self.close_listeners()
         await self.inbound.close(grace)
-        if pi.tasks:
-            await asyncio.wait(set(pi.tasks), timeout=max(0.0, deadline - time.monotonic()))
+        # Wait again while tasks remain: a connection accepted just before
+        # the listeners closed spawns its task after a first wait began, and
+        # cancelling it (or exiting under it) resets a running tunnel.
+        while pending := pi.tasks | pi.arriving:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait(pending, timeout=left)
         for t in list(pi.tasks):
             t.cancel()
         if self._reporter is not None:
@@ -169,8 +175,13 @@ class Proxy:
         once the transport exists (`fixed` stands in for SO_ORIGINAL_DST in
         the loopback test mode)."""
         end = CountingEnd()
-        end.made.add_done_callback(
-            lambda _f: self.inputs.spawn(self._captured(end, fixed, handler)))
+        pi = self.inputs
+        pi.arriving.add(end.made)
+
+        def start(made: asyncio.Future) -> None:
+            pi.arriving.discard(made)
+            pi.spawn(self._captured(end, fixed, handler))
+        end.made.add_done_callback(start)
         return end
 
     async def _captured(self, down: CountingEnd, fixed: tuple[str, int] | None,

@@ -277,3 +277,30 @@ async def test_capture_listener_counts_against_the_worker_connection_limit(rig, 
     writer.close()
     # The captured connection is released; the pooled HBONE one stays.
     await until(lambda: overload._WORKER.connections == 1)
+
+
+async def test_close_waits_for_a_connection_accepted_as_the_drain_began(rig):
+    """A captured connection's task starts when its transport is made, a
+    callback or two after the accept: one accepted just before the drain
+    closed the listeners must be waited for, not cancelled or exited under
+    (the reset test_faults saw at SIGHUP)."""
+    order: list[str] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(down, dst, t0):
+        started.set()
+        await release.wait()
+        order.append("tunnel finished")
+
+    async def drain():
+        await rig.a.close(5)
+        order.append("drain returned")
+
+    end = rig.a._capture_end(handler, ("127.0.0.1", 9))
+    closing = asyncio.create_task(drain())
+    await asyncio.sleep(0)              # the drain has begun (listeners closed)
+    end.made.set_result(end)            # the connection's transport is made now
+    await asyncio.wait_for(started.wait(), 5)
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert order == ["tunnel finished", "drain returned"]
