@@ -79,10 +79,12 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
 int cend_init(PyObject *module);
 /* cend.c's helpers, shared with cstart.c: `o` is exactly `type` and
  * type.name is still `fn` (1, 0, -1); an attribute that is an exact int
- * (*ok = 0 when it is not; -1 with an exception); set an int attribute. */
+ * (*ok = 0 when it is not; -1 with an exception); set an int attribute;
+ * an attribute's truth (0/1, -1 with an exception). */
 int cend_registered(PyObject *o, PyTypeObject *type, PyObject *name, PyObject *fn);
 long cend_int_attr(PyObject *o, PyObject *name, int *ok);
 int cend_set_long(PyObject *o, PyObject *name, long v);
+int cend_true_attr(PyObject *o, PyObject *name);
 
 /* cstart.c: a plan-served request's common start (pick, started, an idle
  * pooled connection) on the Python objects' state; adds configure_start()

@@ -127,7 +127,7 @@ long cend_int_attr(PyObject *o, PyObject *name, int *ok)
 }
 
 /* The truth of an attribute: 0/1, -1 with an exception. */
-static int true_attr(PyObject *o, PyObject *name)
+int cend_true_attr(PyObject *o, PyObject *name)
 {
     PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL)
@@ -215,13 +215,13 @@ static int session_idle(PyObject *session)
         return -1;
     if (!ok || mode != 0)
         return 0;
-    int held = true_attr(session, s_held);
+    int held = cend_true_attr(session, s_held);
     if (held != 0)
         return held < 0 ? -1 : 0;
     PyObject *s = PyObject_GetAttr(session, s_session);
     if (s == NULL)
         return -1;
-    int r = true_attr(s, s_eof);
+    int r = cend_true_attr(s, s_eof);
     if (r == 0) {
         PyObject *events = PyObject_GetAttr(s, s_events);
         Py_ssize_t n = events != NULL ? PySequence_Size(events) : -1;
@@ -246,10 +246,10 @@ int cend_done(PyObject *session, PyObject *proxy, PyObject *response, PyObject *
     int keep = PyObject_IsTrue(PyTuple_GET_ITEM(parsed, 5));
     if (keep <= 0)
         return keep;
-    int reusable = true_attr(response, s_reusable);
+    int reusable = cend_true_attr(response, s_reusable);
     if (reusable <= 0)
         return reusable;
-    int close_after = true_attr(response, s_close_after);
+    int close_after = cend_true_attr(response, s_close_after);
     if (close_after != 0)
         return close_after < 0 ? -1 : 0;
     int mine = cend_registered(session, session_type, s_c_done, c_done_fn);

@@ -154,17 +154,6 @@ out:
     return r;
 }
 
-/* A false attribute: 1, 0 when it is true, -1 with an exception. */
-static int false_attr(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r < 0 ? -1 : !r;
-}
-
 /* PlainUpstream.idle_clean (which implies not TcpEnd.at_eof) for a stream
  * of exactly the registered type whose two properties are still the ones
  * restated here: 1, 0, -1 with an exception. */
@@ -177,11 +166,11 @@ static int idle_clean(PyObject *stream)
         _PyType_Lookup(upstream_type, s_idle_clean) != idle_clean_prop ||
         _PyType_Lookup(upstream_type, s_at_eof) != at_eof_prop)
         return 0;
-    int r = false_attr(stream, s_chunks);
-    if (r == 1)
-        r = false_attr(stream, s_eof);
-    if (r != 1)
-        return r;
+    int r = cend_true_attr(stream, s_chunks);
+    if (r == 0)
+        r = cend_true_attr(stream, s_eof);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
     PyObject *t = PyObject_GetAttr(stream, s_transport);
     if (t == NULL)
         return -1;
