@@ -10,6 +10,8 @@ The fork contract (STYLE.md rule 7):
   routing view attached. It opens listeners (`ctx.serve` or
   `ctx.sockets.listen`) and returns once the worker can serve. Raising
   here is a boot error (exit code 3; repeated, the supervisor halts).
+  Periodic work is a hook on `ctx.ticker` (shards/ticker.py), the worker's
+  one timer, not a sleeping task: an idle node wakes once per tick.
 - `App.drain(deadline)` runs when the worker must stop: the listeners opened
   with `ctx.serve` are already closed (without resetting queued connections)
   and `ctx.drain` has fired. Finish or close the app's own work by
@@ -27,6 +29,7 @@ from typing import Any, Callable
 from shoal.core.drain import DrainWatcher
 from shoal.core.sockets import SocketFactory
 from shoal.routing.view import View
+from shoal.shards.ticker import Ticker
 
 
 class App:
@@ -62,6 +65,9 @@ class WorkerContext:
     metrics: Any                   # core.metrics.IstioMetrics
     log: logging.Logger
     generation: int = 0            # the supervisor's roll generation (SIGHUP bumps it)
+    # The worker's one periodic wakeup: add the app's periodic chores here
+    # (shards/ticker.py) rather than a sleeping task of their own.
+    ticker: Ticker = field(default_factory=Ticker)
     listeners: list = field(default_factory=list)
     wrap_factory: Callable[[SocketFactory], SocketFactory] | None = None
     _bytes: tuple | None = field(default=None, repr=False)

@@ -2,7 +2,8 @@
 
 Loop (STYLE.md rule 6), one pass at a time:
 
-    wait (select on the signal pipe, worker control sockets, upgrade pipe)
+    wait (poll on the signal pipe, worker control sockets, upgrade pipe,
+          until the next deadline: see _deadlines)
     -> handle_<sig>() for each queued signal
     -> murder_stale()   hung workers: SIGABRT, then SIGKILL
     -> reap()           waitpid(-1, WNOHANG) until nothing is left
@@ -48,9 +49,16 @@ from shoal.shards.signals import HANDLED, SignalQueue
 from shoal.shards.upgrade import Inherited, Upgrade
 from shoal.shards.worker import Worker
 
-# Longest the loop sleeps without an event: bounds how late a backoff
-# restart or a stale-heartbeat check can be (restart "within 1 s").
+# The loop polls nothing: it sleeps until an event (signal, control
+# message, upgrade pipe) or its next deadline (a backoff restart, a
+# heartbeat that could go stale, an abort grace, the stop deadline), so an
+# idle node's supervisor wakes about once per worker_timeout / 2 per worker.
+# LOOP_TICK is only the wait when no deadline exists at all, which the
+# loop never meets while a worker or the watcher runs or is due.
 LOOP_TICK = 0.2
+# Past the stop deadline, SIGKILL is sent again this often until every
+# child is reaped (a child in uninterruptible sleep dies later).
+KILL_REPEAT = 1.0
 # Consecutive boot failures (exit before "ready") that halt the supervisor:
 # gunicorn halts on the first; a few retries ride out a transient error.
 MAX_BOOT_FAILURES = 5
@@ -198,8 +206,24 @@ class Supervisor:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        pending = [t - now for t in self.not_before.values() if t > now]
-        return max(0.0, min([LOOP_TICK, *pending]))
+        pending = [t - now for t in self._deadlines() if t > now]
+        return min(pending) if pending else LOOP_TICK
+
+    def _deadlines(self) -> list[float]:
+        """Every monotonic time at which a pass may have something to do
+        that no event announces. Times already past are skipped by the
+        caller: what they trigger ran on the pass that found them due."""
+        out = list(self.not_before.values())          # backoff restarts
+        if self.stopping is not None:
+            out.append(self.stop_deadline)
+        for w in self.workers.values():
+            if w.abort_at is not None:
+                out.append(w.abort_at + ABORT_GRACE)
+            else:   # the earliest this worker's heartbeat could go stale
+                out.append(self._hb_table.last(w.hb) + self.options.worker_timeout)
+        if self.watcher is not None and self.watcher.pid is None:
+            out.append(self.watcher.not_before)
+        return out
 
     def _wait(self, timeout: float) -> None:
         ctrls = {w.ctrl.fileno(): w for w in self.workers.values() if w.ctrl_open}
@@ -291,7 +315,7 @@ class Supervisor:
         if self.stopping is not None and now > self.stop_deadline:
             for pid in [*self.workers, *([self.watcher_pid] if self.watcher_pid else [])]:
                 _kill(pid, signal.SIGKILL)
-            self.stop_deadline = now + LOOP_TICK * 5
+            self.stop_deadline = now + KILL_REPEAT
             return
         for w in self.workers.values():
             if w.abort_at is not None:

@@ -11,9 +11,10 @@ Fork contract (see also shards/app.py):
   `WorkerContext`, starts the app and the admin/metrics/readiness servers on
   its slot's SO_REUSEPORT sockets, then tells the supervisor "ready".
 - It stamps its heartbeat slot every `worker_timeout / 2` and polls the
-  shared log-level word, both from one periodic task: a blocked event loop
+  shared log-level word, both hooks of the worker's one periodic timer
+  (`ctx.ticker`, shared with the app's periodic work): a blocked event loop
   stops the stamps, which is how the supervisor spots a hung worker. The
-  same task tells the routing table it holds no old generation
+  same tick tells the routing table it holds no old generation
   (`RoutingView.quiesce`): an idle worker would otherwise keep the writer
   from reusing freed blocks until the table is full (routing/shm.py, QSBR).
 """
@@ -41,10 +42,12 @@ from shoal.shards.handoff import SlotSocketFactory, send_message
 from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import SupervisorOptions
 from shoal.shards.proc import set_parent_death_signal
+from shoal.shards.ticker import TICK_INTERVAL, Every, Ticker
 
 # How often a worker looks at the shared control word (log level). A read
 # of 8 bytes: cheap, and /logging changes reach every worker within this.
-CONTROL_POLL_INTERVAL = 0.1
+# It is the worker's tick: every periodic check rides the same wakeup.
+CONTROL_POLL_INTERVAL = TICK_INTERVAL
 # An IMMEDIATE drain (SIGQUIT) still lets the app close its own sockets.
 IMMEDIATE_GRACE = 0.5
 
@@ -101,13 +104,16 @@ class Worker:
             self.log.exception("worker boot failed", extra={"fields": {"error": str(e)}})
             return exitcodes.WORKER_BOOT_ERROR
         self._release_unused()
-        ticker = loop.create_task(self._tick())
+        # Added after the app started: a boot that never finishes sends no
+        # heartbeat, so the supervisor replaces it as hung.
+        self.ctx.ticker.add(Every(self.options.worker_timeout / 2, self._heartbeat))
+        self.ctx.ticker.add(self._poll_shared)
         self._notify("ready")
         self.log.info("worker ready", extra={"fields": {"worker": self.slot,
                                                        "generation": self.generation}})
         await self.stop.wait()
         await self._drain()
-        ticker.cancel()
+        self.ctx.ticker.stop()
         return self.exit_code
 
     def _context(self, watcher: core_drain.DrainWatcher) -> WorkerContext:
@@ -121,7 +127,8 @@ class Worker:
         return WorkerContext(worker_id=self.slot, routing=self.view,
                              sockets=wrap(DefaultSocketFactory()), drain=watcher,
                              metrics=metrics, log=core_log.get(self.app.name),
-                             generation=self.generation, wrap_factory=wrap)
+                             generation=self.generation, wrap_factory=wrap,
+                             ticker=Ticker(CONTROL_POLL_INTERVAL))
 
     def _start_admin(self) -> None:
         o = self.options
@@ -157,24 +164,16 @@ class Worker:
 
     # -- periodic work --------------------------------------------------------
 
-    async def _tick(self) -> None:
-        interval = self.options.worker_timeout / 2
-        last = 0.0
-        while True:
-            now = time.monotonic()
-            if now - last >= interval:
-                self.heartbeats.stamp(self.hb_index, now)
-                last = now
-                if os.getppid() != self.supervisor_pid:
-                    self.log.error("supervisor gone; stopping")
-                    self.exit_code = exitcodes.WORKER_ORPHANED
-                    self.request_stop(core_drain.DrainMode.GRACEFUL)
-                self._report_active()
-            self._apply_control()
-            self._quiesce()
-            await asyncio.sleep(CONTROL_POLL_INTERVAL)
+    def _heartbeat(self, now: float) -> None:
+        self.heartbeats.stamp(self.hb_index, now)
+        if os.getppid() != self.supervisor_pid:
+            self.log.error("supervisor gone; stopping")
+            self.exit_code = exitcodes.WORKER_ORPHANED
+            self.request_stop(core_drain.DrainMode.GRACEFUL)
+        self._report_active()
 
-    def _quiesce(self) -> None:
+    def _poll_shared(self, now: float) -> None:
+        self._apply_control()
         # On the event loop, between lookups (never inside one): an 8-byte load,
         # plus an 8-byte store when the generation moved. Never blocks.
         self.view.quiesce()
@@ -198,6 +197,9 @@ class Worker:
             default = logging.getLogger("shoal").level
         core_log.apply_levels(default, scopes)
         self.heartbeats.set_log_level(default, core_log.scope_codes(scopes))
+        # The other workers see the word on their next tick; the supervisor,
+        # which has no tick, is woken to follow it.
+        self._notify("log")
 
     # -- drain ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ off by default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import socket
 import time
@@ -29,6 +30,7 @@ from shoal.core.authz import strip_spiffe
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
 from shoal.shards.app import App, WorkerContext
+from shoal.shards.ticker import Every
 from shoal.waypoint import fastpath
 from shoal.waypoint.destination import NotForUs, resolve
 from shoal.waypoint.downstream import Downstream
@@ -114,7 +116,7 @@ class WaypointApp(App):
         self._server_ctx = None
         self._hbone_listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._flusher: asyncio.Task | None = None
+        self._flusher: Every | None = None
         self.spans: SpanExporter | None = None
         self._socks: list[socket.socket] = []
 
@@ -141,22 +143,24 @@ class WaypointApp(App):
             await self._listen_hbone()
         if o.plaintext_port:
             ctx.serve(o.bind, o.plaintext_port, self._plain_protocol, name="http-plaintext")
-        self._flusher = asyncio.ensure_future(self._flush_telemetry(telemetry))
+        # A hook of the worker's tick, not a timer of its own (shards/ticker.py).
+        self._flusher = Every(ACCESS_LOG_FLUSH, functools.partial(self._flush_telemetry, telemetry),
+                              last=time.monotonic())
+        ctx.ticker.add(self._flusher)
         LOG.info("waypoint worker serving", extra={"fields": {
             "waypoint": self.ref.key, "worker": ctx.worker_id, "hbone_port": o.hbone_port,
             "plaintext_port": o.plaintext_port, "identity": o.identity}})
 
-    async def _flush_telemetry(self, telemetry: Telemetry) -> None:
-        """Push aggregated metrics and buffered access-log lines out regularly,
-        also when traffic stops (record() only flushes on the next request)."""
-        while True:
-            await asyncio.sleep(ACCESS_LOG_FLUSH)
-            telemetry.log.flush()
-            if telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
-                telemetry.flush_metrics()
-                if self.proxy is not None:
-                    self.proxy.pool.sweep()     # idle upstream connections past their time
-                    self.proxy.h2pool.sweep()
+    def _flush_telemetry(self, telemetry: Telemetry, now: float) -> None:
+        """Push aggregated metrics and buffered access-log lines out regularly
+        (every ACCESS_LOG_FLUSH), also when traffic stops (record() only
+        flushes on the next request)."""
+        telemetry.log.flush()
+        if telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
+            telemetry.flush_metrics()
+            if self.proxy is not None:
+                self.proxy.pool.sweep()     # idle upstream connections past their time
+                self.proxy.h2pool.sweep()
 
     async def drain(self, deadline: float) -> None:
         grace = max(deadline - time.monotonic(), 0.0)
@@ -175,7 +179,7 @@ class WaypointApp(App):
         if self.proxy is not None:
             await self.proxy.close()
         if self._flusher is not None:
-            self._flusher.cancel()
+            self.ctx.ticker.remove(self._flusher)
         if self.certs is not None:
             await self.certs.close()
         if self.spans is not None:

@@ -14,9 +14,10 @@ manager and the proxies, and opens the listeners.
   pods keep the very same listeners across a worker restart or SIGHUP.
   Each pod has its own Proxy, hence its own HBONE pool (sockets in its netns).
 
-A task polls the routing generation: on a change each proxy reconciles its
-listeners and certificates and re-checks live inbound connections against
-the new policies (closing those now denied).
+A hook on the worker's tick (`ctx.ticker`, no timer of its own) polls the
+routing generation: on a change each proxy reconciles its listeners and
+certificates and re-checks live inbound connections against the new
+policies (closing those now denied).
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 LOG = shoal_log.get("ztunnel")
 
-# How often a worker looks at the routing generation. The read is one shared
-# memory load; 100 ms bounds how long a now-denied connection lives on.
-GENERATION_POLL_INTERVAL = 0.1
 # How often a booting worker looks for the first routing generation: the
 # watcher publishes within a fraction of a second, so a short poll.
 BOOT_POLL_INTERVAL = 0.01
@@ -64,6 +62,7 @@ class ZtunnelApp(App):
         self._tasks: list[asyncio.Task] = []
         self._zds: InPodClient | None = None
         self._kept: set[str] = set()
+        self._seen_generation = -1
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self, ctx: WorkerContext) -> None:
@@ -85,7 +84,11 @@ class ZtunnelApp(App):
             zds = self._zds = InPodClient(o.zds_socket, self._on_zds)
             self._tasks.append(asyncio.get_running_loop().create_task(zds.run()))
             await self._await_snapshot(zds)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_generation()))
+        # The generation is one shared-memory load: looked at every worker
+        # tick (TICK_INTERVAL, 100 ms, bounds how long a now-denied
+        # connection lives on), at once first.
+        self._check_generation(time.monotonic())
+        ctx.ticker.add(self._check_generation)
         LOG.info("ztunnel worker serving", extra={"fields": {
             "node": o.node, "mode": o.mode, "worker": ctx.worker_id}})
 
@@ -134,6 +137,7 @@ class ZtunnelApp(App):
         grace = max(0.0, deadline - time.monotonic())
         await asyncio.gather(*(p.close(grace) for p in self.proxies.values()),
                              return_exceptions=True)
+        self.ctx.ticker.remove(self._check_generation)
         for t in self._tasks:
             t.cancel()
         if self.certs is not None:
@@ -174,19 +178,17 @@ class ZtunnelApp(App):
                                 "proxies": sorted(uid or "node" for uid in self.proxies)},
         }
 
-    async def _watch_generation(self) -> None:
-        seen = -1
-        while True:
-            gen = self.ctx.routing.generation
-            if gen != seen:
-                seen = gen
-                for proxy in list(self.proxies.values()):
-                    try:
-                        proxy.reconcile()
-                    except Exception:
-                        LOG.exception("reconcile failed")
-                self._retain_certificates()
-            await asyncio.sleep(GENERATION_POLL_INTERVAL)
+    def _check_generation(self, now: float) -> None:
+        gen = self.ctx.routing.generation
+        if gen == self._seen_generation:
+            return
+        self._seen_generation = gen
+        for proxy in list(self.proxies.values()):
+            try:
+                proxy.reconcile()
+            except Exception:
+                LOG.exception("reconcile failed")
+        self._retain_certificates()
 
     def _retain_certificates(self) -> None:
         """Keep (and prefetch) the certificates of every local workload, forget
