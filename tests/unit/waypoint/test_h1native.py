@@ -11,9 +11,7 @@ has written nothing, so the Python parser, given the same bytes, decides.
 
 from __future__ import annotations
 
-import gc
 import random
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +24,7 @@ from shoal.waypoint.http1 import (MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_REQUES
                                   ProtocolFailed, RequestReceived, ResponseReceived,
                                   strip_hop_by_hop)
 from shoal.waypoint.message import RequestHead
-from tests.helpers.leaks import leaks
+from tests.helpers.leaks import assert_nothing_kept
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 
@@ -416,16 +414,7 @@ def test_no_references_or_memory_kept():
             f.feed(RESPONSES[16], False)
             f.raw
 
-    # Earlier tests' garbage, collected inside leaks(), would take its
-    # references to None with it (a drop of thousands): collected first.
-    gc.collect()
-    nones = sys.getrefcount(None)
-    leaked, grown, _ = leaks([request, sized, bad, response], batch, lambda: 0)
-    assert leaked == []
-    assert grown < 16 * 1024, grown
-    # None is shared by everything running (tracemalloc's snapshots move
-    # it by a few hundred): only a per-call loss (over 10,000 here) shows.
-    assert abs(sys.getrefcount(None) - nones) < 1000
+    assert_nothing_kept([request, sized, bad, response], batch)
 
 
 # -- generated heads (hypothesis) --------------------------------------------------

@@ -10,12 +10,8 @@ check what plan.c leaves to Python (a miss), and that nothing leaks.
 
 from __future__ import annotations
 
-import gc
 import os
 import random
-import re
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -28,14 +24,13 @@ from shoal.waypoint.http1 import RequestReceived, serialize_request_head
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.request import RequestState
 from shoal.waypoint.telemetry import trace_context
-from tests.helpers.leaks import leaks
+from tests.helpers.leaks import assert_child_prints, assert_nothing_kept
+from tests.helpers.plan_heads import assert_same_head
 from tests.unit.waypoint.test_h1native import PROPERTY_EXAMPLES, request_heads
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-HEX32 = re.compile(r"[0-9a-f]{32}")
-NEW_TP = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,22 +70,8 @@ def c_head(data: bytes, sampling: float = 1.0):
 def same(data: bytes, sampling: float = 1.0) -> None:
     """The C head equals the Python one once the random ids are put aside,
     and the ids have the form (and the parts) Python gives them."""
-    py, py_rid, py_tp, py_parent = python_head(data, sampling)
-    c, rid, tp, parent = c_head(data, sampling)
-    assert parent == py_parent
-    incoming = message.get(native.parse_request(data)[2], "x-request-id")
-    if incoming:            # an empty one is kept, and a new id made
-        assert rid == py_rid == incoming
-    else:
-        assert HEX32.fullmatch(rid) and HEX32.fullmatch(py_rid)
-    if py_parent:           # continued: same trace id and flags, a new span
-        a, b = tp.split("-"), py_tp.split("-")
-        assert (a[0], a[1], a[3]) == (b[0], b[1], b[3]) and re.fullmatch("[0-9a-f]{16}", a[2])
-    else:
-        assert NEW_TP.fullmatch(tp) and NEW_TP.fullmatch(py_tp)
-    norm_c = c.replace(tp.encode(), b"<tp>").replace(rid.encode(), b"<rid>")
-    norm_py = py.replace(py_tp.encode(), b"<tp>").replace(py_rid.encode(), b"<rid>")
-    assert norm_c == norm_py
+    assert_same_head(c_head(data, sampling), python_head(data, sampling),
+                     message.get(native.parse_request(data)[2], "x-request-id"))
 
 
 CHOSEN = [
@@ -218,12 +199,7 @@ def test_no_references_or_memory_kept():
             native.plan_request(CHOSEN[1], plans, 1.0)
 
     batch()
-    gc.collect()            # what earlier tests left (hypothesis) holds None too
-    nones = sys.getrefcount(None)
-    leaked, grown, _ = leaks([hit, miss, plan, plans], batch, lambda: 0)
-    assert leaked == []
-    assert grown < 16 * 1024, grown
-    assert abs(sys.getrefcount(None) - nones) < 1000
+    assert_nothing_kept([hit, miss, plan, plans], batch)
 
 
 # Run in a child: without the fix the answer holds a freed object.
@@ -260,6 +236,4 @@ def test_a_collection_that_drops_the_plan_mid_call_leaves_the_answer_whole():
     """plan_request allocates its answer after the lookup; a collection
     starting there may run Python (a finaliser, a gc callback) that drops
     the plan from the table: the answer still holds a live plan."""
-    out = subprocess.run([sys.executable, "-c", _GC_DROPS_THE_PLAN], capture_output=True,
-                         text=True, timeout=60, check=False)
-    assert out.stdout.strip() == "bad []", (out.returncode, out.stdout, out.stderr[-2000:])
+    assert_child_prints(_GC_DROPS_THE_PLAN, "bad []")
