@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.helpers.manifests import documents, service, waypoint_namespace
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "out"
 HOST = "echo.default.svc.cluster.local:8080"
@@ -75,33 +77,21 @@ http {{
 }}
 """
 
-MESH = """
-apiVersion: v1
-kind: Namespace
-metadata: {{name: default, labels: {{istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: default}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: default}}
-spec:
-  clusterIP: 10.96.50.50
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 8080, targetPort: {backend}}}]
----
-apiVersion: v1
+
+def mesh_yaml(backend: int) -> str:
+    """The waypoint's config: one service, echo, whose one pod is the
+    backend listening on port `backend`."""
+    return documents(
+        waypoint_namespace("default"),
+        service("echo", "default", "10.96.50.50",
+                f"[{{name: http, port: 8080, targetPort: {backend}}}]"),
+        f"""apiVersion: v1
 kind: Pod
 metadata: {{name: echo-1, namespace: default, labels: {{app: echo}}}}
 spec:
   containers: [{{name: app, ports: [{{containerPort: {backend}}}]}}]
 status: {{podIP: 127.0.0.1}}
-"""
+""")
 
 
 def free_port() -> int:
@@ -346,7 +336,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
     cfg = d / ("mesh-hbone" if upstream_hbone else "mesh")
     if upstream_hbone:
         cfg.mkdir(exist_ok=True)
-        (cfg / "mesh.yaml").write_text(MESH.format(backend=backend_port).replace(
+        (cfg / "mesh.yaml").write_text(mesh_yaml(backend_port).replace(
             "istio.io/use-waypoint: waypoint}", "istio.io/use-waypoint: waypoint, "
             "istio.io/dataplane-mode: ambient}").replace("podIP: 127.0.0.1", f"podIP: {POD_IP}"))
     cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
@@ -456,7 +446,7 @@ def main() -> None:
                      "body_bytes": 1024, "runs": {}, "h2": {}}
     bport = free_port()
     backend = start_nginx(BACKEND_CONF.format(dir=d, port=bport, body="x" * 1024), d, "backend")
-    (d / "mesh" / "mesh.yaml").write_text(MESH.format(backend=bport))
+    (d / "mesh" / "mesh.yaml").write_text(mesh_yaml(bport))
     try:
         wait_http(bport)
         if "wrk" in args.tools:

@@ -88,7 +88,7 @@ def main() -> None:
     bport = load.free_port()
     backend = load.start_nginx(load.BACKEND_CONF.format(dir=d, port=bport, body="x" * 1024),
                                d, "backend")
-    (d / "mesh" / "mesh.yaml").write_text(load.MESH.format(backend=bport))
+    (d / "mesh" / "mesh.yaml").write_text(load.mesh_yaml(bport))
     try:
         load.wait_http(bport)
         n0, i0 = serve(d, 0)

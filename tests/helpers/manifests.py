@@ -1,8 +1,10 @@
-"""Kubernetes manifests that the CNI and local-mesh tests share, as YAML text.
+"""Kubernetes manifests that the CNI, local-mesh, waypoint and routing tests
+share, as YAML text.
 
-The tests feed these to `shoal mesh apply`, the node agent's config files and
-the mesh planner; writing each object once keeps the fixtures of those tests
-the same objects, so a difference between tests is a difference in the test.
+The tests feed these to `shoal mesh apply`, the node agent's config files,
+the mesh planner, the config compiler and `shoal waypoint run`; writing each
+object once keeps the fixtures of those tests the same objects, so a
+difference between tests is a difference in the test.
 """
 
 from __future__ import annotations
@@ -56,3 +58,50 @@ spec:
 def documents(*parts: str) -> str:
     """Join manifests into one multi-document YAML stream."""
     return "---\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+def waypoint_gateway(namespace: str) -> str:
+    """The Gateway of `namespace`'s waypoint (class istio-waypoint, HBONE)."""
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: waypoint, namespace: {namespace}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+"""
+
+
+def waypoint_namespace(namespace: str) -> str:
+    """A Namespace whose services use its waypoint, and that waypoint's Gateway."""
+    return documents(f"""apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}, labels: {{istio.io/use-waypoint: waypoint}}}}
+""", waypoint_gateway(namespace))
+
+
+def service(name: str, namespace: str, cluster_ip: str, ports: str,
+            selector: str | None = None) -> str:
+    """A Service at `cluster_ip`; `ports` and `selector` (by default
+    `{app: <name>}`) are YAML flow text."""
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  clusterIP: {cluster_ip}
+  selector: {selector or f"{{app: {name}}}"}
+  ports: {ports}
+"""
+
+
+def service_route(name: str, namespace: str, service: str, *, kind: str = "HTTPRoute",
+                  port: int | None = None, service_namespace: str | None = None) -> str:
+    """A route (GAMMA: its parent is a Service) up to its rules: the caller
+    writes `  rules:` and what follows."""
+    parent = f"name: {service}" + (f", namespace: {service_namespace}" if service_namespace
+                                   else "") + (f", port: {port}" if port else "")
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, {parent}}}]
+"""

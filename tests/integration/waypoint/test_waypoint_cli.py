@@ -14,39 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.manifests import documents, service, service_route, waypoint_namespace
 from tests.helpers.waypoint_mesh import reserve_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(90)]
 
-CONFIG = """
-apiVersion: v1
-kind: Namespace
-metadata: {{name: default, labels: {{istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: default}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: default}}
-spec:
-  clusterIP: 10.96.77.7
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 8080, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo-v2, namespace: default}}
-spec:
-  clusterIP: 10.96.77.8
-  selector: {{app: echo, version: v2}}
-  ports: [{{name: http, port: 8080, targetPort: http}}]
----
-apiVersion: v1
+HTTP_8080 = "[{name: http, port: 8080, targetPort: http}]"
+
+
+def config(p1: int, ip1: str, p2: int, ip2: str) -> str:
+    """echo (both pods) and echo-v2 (the v2 pod), with a route sending /v2 to echo-v2."""
+    return documents(
+        waypoint_namespace("default"),
+        service("echo", "default", "10.96.77.7", HTTP_8080),
+        service("echo-v2", "default", "10.96.77.8", HTTP_8080, selector="{app: echo, version: v2}"),
+        f"""apiVersion: v1
 kind: Pod
 metadata: {{name: echo-1, namespace: default, labels: {{app: echo, version: v1}}}}
 spec:
@@ -59,17 +41,11 @@ metadata: {{name: echo-2, namespace: default, labels: {{app: echo, version: v2}}
 spec:
   containers: [{{name: app, ports: [{{name: http, containerPort: {p2}}}]}}]
 status: {{podIP: {ip2}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: echo, namespace: default}}
-spec:
-  parentRefs: [{{group: "", kind: Service, name: echo, port: 8080}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]
-    backendRefs: [{{name: echo-v2, port: 8080}}]
-  - backendRefs: [{{name: echo, port: 8080}}]
-"""
+""", service_route("echo", "default", "echo", port=8080) + """  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: echo-v2, port: 8080}]
+  - backendRefs: [{name: echo, port: 8080}]
+""")
 
 
 def get(port: int, path: str, host: str = "echo.default.svc.cluster.local:8080"):
@@ -86,7 +62,7 @@ def test_waypoint_run_under_the_supervisor(backends, tmp_path):
     v1, v2 = backends("v1"), backends("v2")
     cfg = tmp_path / "config"
     cfg.mkdir()
-    (cfg / "mesh.yaml").write_text(CONFIG.format(p1=v1.port, ip1=v1.host, p2=v2.port, ip2=v2.host))
+    (cfg / "mesh.yaml").write_text(config(v1.port, v1.host, v2.port, v2.host))
     sp, sm = reserve_port(), reserve_port("0.0.0.0")
     port, mport = sp.getsockname()[1], sm.getsockname()[1]
     cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",

@@ -7,9 +7,9 @@ from shoal.cni import chain
 from shoal.cni.enroll import MeshView, PodFacts, view_of, workload_uid
 from shoal.cni.mesh import plan
 from shoal.core.model import load_text
+from tests.helpers.manifests import documents, waypoint_gateway
 
-DOCS = list(yaml.safe_load_all("""
-apiVersion: v1
+DOCS = list(yaml.safe_load_all(documents("""apiVersion: v1
 kind: Namespace
 metadata: {name: amb, labels: {istio.io/dataplane-mode: ambient}}
 ---
@@ -40,14 +40,7 @@ metadata: {name: solo, namespace: amb, labels: {istio.io/dataplane-mode: none}}
 spec:
   nodeName: node-2
   containers: [{name: c, command: [sleep, infinity]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: amb}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-"""))
+""", waypoint_gateway("amb"))))
 
 
 def test_pods_of_expands_replicas_and_waypoints():

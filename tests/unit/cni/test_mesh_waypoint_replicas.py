@@ -10,15 +10,9 @@ from shoal.cni.mesh import net, plan
 from shoal.core.model import load_text
 from shoal.routing.compile import compile_config
 from shoal.core.records import Service, Workload
+from tests.helpers.manifests import waypoint_gateway
 
-GATEWAY = yaml.safe_load("""
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: amb}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-""")
+GATEWAY = yaml.safe_load(waypoint_gateway("amb"))
 
 
 def with_replicas(value):

@@ -13,33 +13,11 @@ from shoal.waypoint import message
 from shoal.waypoint.filters import plan
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.routes import RouteInput, RouteTable
+from tests.helpers.manifests import documents, service, service_route, waypoint_namespace
 
-YAML = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec:
-  clusterIP: 10.96.1.1
-  selector: {app: cart}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: cart, namespace: shop}
-spec:
-  parentRefs: [{group: "", kind: Service, name: cart, port: 80}]
-  rules:
+YAML = documents(waypoint_namespace("shop"),
+                 service("cart", "shop", "10.96.1.1", "[{name: http, port: 80, targetPort: 8080}]"),
+                 service_route("cart", "shop", "cart", port=80) + """  rules:
   - matches: [{path: {type: PathPrefix, value: /old}}]
     filters:
     - type: RequestRedirect
@@ -55,8 +33,7 @@ spec:
     timeouts: {request: 2s, backendRequest: 500ms}
     retry: {attempts: 3, codes: [502, 503], backoff: 50ms}
   - backendRefs: [{name: cart, port: 80}]
----
-apiVersion: security.istio.io/v1
+""", """apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: cart-get, namespace: shop}
 spec:
@@ -65,7 +42,7 @@ spec:
   rules:
   - from: [{source: {namespaces: [shop]}}]
     to: [{operation: {methods: [GET], paths: ["/api/*", "/old/*"]}}]
-"""
+""")
 
 
 def _view():

@@ -16,27 +16,11 @@ from shoal.waypoint import message
 from shoal.waypoint.filters import plan, plan_backend
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.routes import RouteInput, RouteTable, routes_for_client
+from tests.helpers.manifests import documents, service, service_route, waypoint_namespace
 
-BASE = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: prod, labels: {istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: prod}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: prod}
-spec:
-  clusterIP: 10.96.2.1
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}, {name: grpc, port: 7070}]
-"""
+BASE = documents(waypoint_namespace("prod"),
+                 service("echo", "prod", "10.96.2.1",
+                         "[{name: http, port: 80, targetPort: 8080}, {name: grpc, port: 7070}]"))
 
 
 def _view(extra: str) -> StaticView:
@@ -57,14 +41,7 @@ def _select(view, path, headers=None, client_ns=None, ns="prod", name="echo"):
 
 # ---------------------------------------------------------------- backendRef filters
 
-BACKEND_FILTERS = """
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules:
+BACKEND_FILTERS = "---\n" + service_route("echo", "prod", "echo", port=80) + """  rules:
   - filters:
     - type: RequestHeaderModifier
       requestHeaderModifier: {set: [{name: x-rule, value: rule}]}
@@ -100,14 +77,7 @@ def test_backend_filters_apply_after_the_rule_filters():
 
 
 def test_backend_filters_refuse_a_redirect_and_repeats():
-    errors = _errors("""
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo}]
-  rules:
+    errors = _errors("---\n" + service_route("echo", "prod", "echo") + """  rules:
   - backendRefs:
     - name: echo
       port: 80
@@ -122,14 +92,7 @@ spec:
 
 # ---------------------------------------------------------------- GRPCRoute
 
-GRPC = """
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: echo, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 7070}]
-  rules:
+GRPC = "---\n" + service_route("echo", "prod", "echo", kind="GRPCRoute", port=7070) + """  rules:
   - matches: [{method: {service: pkg.Echo, method: Say}}]
     backendRefs: [{name: exact, port: 7070}]
   - matches: [{method: {service: pkg.Echo}}]
@@ -148,12 +111,7 @@ spec:
     - {name: v2, port: 7070, weight: 30}
     - {name: v3, port: 7070, weight: 0}
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules: [{backendRefs: [{name: http, port: 80}]}]
+""" + service_route("echo", "prod", "echo", port=80) + """  rules: [{backendRefs: [{name: http, port: 80}]}]
 """
 
 
@@ -192,14 +150,7 @@ def test_grpcroute_header_match_and_filter():
 
 
 def test_grpcroute_validation():
-    errors = _errors("""
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: bad, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo}]
-  rules:
+    errors = _errors("---\n" + service_route("bad", "prod", "echo", kind="GRPCRoute") + """  rules:
   - matches:
     - method: {}
     - method: {service: "not a service", method: "1x"}
@@ -230,19 +181,9 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: third}
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: producer, namespace: prod}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo}]
-  rules: [{backendRefs: [{name: echo, port: 80}]}]
+""" + service_route("producer", "prod", "echo") + """  rules: [{backendRefs: [{name: echo, port: 80}]}]
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: mine, namespace: consumer}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, namespace: prod}]
-  rules:
+""" + service_route("mine", "consumer", "echo", service_namespace="prod") + """  rules:
   - filters:
     - type: ResponseHeaderModifier
       responseHeaderModifier: {set: [{name: x-header-set, value: set}]}
