@@ -7,10 +7,32 @@ for the form (and the parts kept from the request) Python gives them.
 
 from __future__ import annotations
 
+import random
 import re
+
+from shoal.waypoint import message
+from shoal.waypoint.forward import Forwarder
+from shoal.waypoint.http1 import serialize_request_head
+from shoal.waypoint.telemetry import trace_context
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 NEW_TP = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
+
+
+def python_upstream_head(st, req, head, sampling: float) -> tuple:
+    """What the Python path sends upstream for a request forwarded unchanged
+    (Proxy.begin's trace context, Forwarder._upstream_headers with
+    drop_length, serialize_request_head): (head bytes, request id,
+    traceparent, parent span). `st` is the request's RequestState, `req`
+    what its reader made of it and `head` its RequestHead."""
+    st.authority = head.authority or message.get(head.headers, "host") or ""
+    rng = random.Random()
+    st.traceparent, st.parent_span = trace_context(message.get(head.headers, "traceparent"),
+                                                   rng, sampling)
+    fwd = Forwarder.__new__(Forwarder)
+    fwd.rng, fwd.trace_sampling = rng, sampling
+    out = fwd._upstream_headers(st, req, head, drop_length=True)
+    return serialize_request_head(head, out), st.request_id, st.traceparent, st.parent_span
 
 
 def assert_same_head(c: tuple, py: tuple, incoming: str | None) -> None:

@@ -13,23 +13,18 @@ None) and the plan key shared with HTTP/1.1, and that nothing leaks.
 from __future__ import annotations
 
 import os
-import random
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from shoal.waypoint import message
 from shoal.waypoint.downstream import Downstream
-from shoal.waypoint.forward import Forwarder
 from shoal.waypoint.h1native import native
 from shoal.waypoint.h2server import _request
-from shoal.waypoint.http1 import serialize_request_head
 from shoal.waypoint.request import RequestState
-from shoal.waypoint.telemetry import trace_context
 from tests.helpers.leaks import assert_child_prints, assert_nothing_kept
-from tests.helpers.plan_heads import assert_same_head
+from tests.helpers.plan_heads import assert_same_head, python_upstream_head
 from tests.unit.waypoint.test_h1native import PROPERTY_EXAMPLES
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
@@ -60,14 +55,7 @@ def python_head(fields: list, sampling: float = 1.0):
     rr = _request(SimpleNamespace(headers=fields, stream_ended=object()))
     head = rr.head
     st = RequestState(down=Downstream(source_ip="10.0.0.1", protocol="http2"), head=head, t0=0.0)
-    st.authority = head.authority or message.get(head.headers, "host") or ""
-    rng = random.Random()
-    st.traceparent, st.parent_span = trace_context(message.get(head.headers, "traceparent"),
-                                                   rng, sampling)
-    fwd = Forwarder.__new__(Forwarder)
-    fwd.rng, fwd.trace_sampling = rng, sampling
-    out = fwd._upstream_headers(st, rr, head, drop_length=True)
-    return serialize_request_head(head, out), st.request_id, st.traceparent, st.parent_span
+    return python_upstream_head(st, rr, head, sampling)
 
 
 def same(fields: list, sampling: float = 1.0) -> None:

@@ -11,21 +11,18 @@ check what plan.c leaves to Python (a miss), and that nothing leaks.
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 from hypothesis import given, settings
 
 from shoal.waypoint import message
 from shoal.waypoint.downstream import Downstream
-from shoal.waypoint.forward import Forwarder
 from shoal.waypoint.h1native import native
-from shoal.waypoint.http1 import RequestReceived, serialize_request_head
+from shoal.waypoint.http1 import RequestReceived
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.request import RequestState
-from shoal.waypoint.telemetry import trace_context
 from tests.helpers.leaks import assert_child_prints, assert_nothing_kept
-from tests.helpers.plan_heads import assert_same_head
+from tests.helpers.plan_heads import assert_same_head, python_upstream_head
 from tests.unit.waypoint.test_h1native import PROPERTY_EXAMPLES, request_heads
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
@@ -50,14 +47,7 @@ def python_head(data: bytes, sampling: float = 1.0):
     req = RequestReceived(head=head, http_version=version, keep_alive=keep_alive,
                           upgrade=False, chunked=False, content_length=clen)
     st = RequestState(down=Downstream(source_ip="10.0.0.1"), head=head, t0=0.0)
-    st.authority = head.authority or message.get(headers, "host") or ""
-    rng = random.Random()
-    st.traceparent, st.parent_span = trace_context(message.get(headers, "traceparent"), rng,
-                                                   sampling)
-    fwd = Forwarder.__new__(Forwarder)
-    fwd.rng, fwd.trace_sampling = rng, sampling
-    out = fwd._upstream_headers(st, req, head, drop_length=True)
-    return serialize_request_head(head, out), st.request_id, st.traceparent, st.parent_span
+    return python_upstream_head(st, req, head, sampling)
 
 
 def c_head(data: bytes, sampling: float = 1.0):
