@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -76,21 +77,81 @@ class Mesh:
                           routes=self.routes, generation=self._generation)
 
 
+@contextlib.asynccontextmanager
+async def echo_waypoint(backend, **opts):
+    """`running_waypoint(mesh, **opts)` for a mesh whose one service,
+    "echo", is `backend`; the backend is closed after."""
+    mesh = Mesh()
+    mesh.service("echo", [backend])
+    try:
+        async with running_waypoint(mesh, **opts) as wp:
+            yield wp
+    finally:
+        backend.close()
+
+
 async def recorded_conversation(monkeypatch, backend, converse, records: list):
     """`converse(port)` (in a thread) through a waypoint whose one service,
     "echo", is `backend`: what it returns; every telemetry record goes to
     `records` too. The backend is closed after."""
     import asyncio
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh) as wp:
-            tel = wp.app.proxy.telemetry
-            real = tel.record
-            monkeypatch.setattr(tel, "record", lambda r: (records.append(r), real(r)))
-            return await asyncio.to_thread(converse, wp.plaintext_port)
-    finally:
-        backend.close()
+    async with echo_waypoint(backend) as wp:
+        tel = wp.app.proxy.telemetry
+        real = tel.record
+        monkeypatch.setattr(tel, "record", lambda r: (records.append(r), real(r)))
+        return await asyncio.to_thread(converse, wp.plaintext_port)
+
+
+# What differs between two runs of one conversation however the waypoint
+# decides: when each request ran and for how long.
+TIMELESS = {"start_time", "duration", "duration_ms"}
+
+
+async def scripted_run(monkeypatch, conversation: list, gap: float, converse, mask):
+    """`converse(port)` through a waypoint whose echo backend answers the
+    i-th request head with the i-th answer of `conversation` (items ending
+    in (the parts, sent `gap` seconds apart; close after?)). Returns what
+    `converse` returned, the heads the backend got and each telemetry
+    record as (access-log fields, metric labels), with `mask` putting aside
+    the ids a run makes at random and the times, backend port and VIP a
+    run has of its own: two runs of one conversation compare equal."""
+    backend = ScriptedBackend([(parts, close) for *_, parts, close in conversation], gap)
+    records: list = []
+    got = await recorded_conversation(monkeypatch, backend, converse, records)
+    heads = [mask(h.decode("latin-1")) for h in backend.received]
+    port = f"127.0.0.1:{backend.port}"
+
+    def same_run(v):
+        if not isinstance(v, str):
+            return v
+        return re.sub(r"^10\.96\.\d+\.\d+:", "<vip>:", mask(v).replace(port, "<backend>"))
+    from shoal.waypoint.telemetry import access_fields, labels_for
+    telemetry = [({k: same_run(v) for k, v in access_fields(r).items() if k not in TIMELESS},
+                  {k: same_run(v) for k, v in labels_for(r).items()}) for r in records]
+    return got, heads, telemetry
+
+
+def echo_samples() -> dict[str, float]:
+    """The waypoint's HTTP metric samples for the echo service (durations
+    by count only: their buckets depend on the machine's speed; no
+    `_created` timestamps: a series new in the first run but not in the
+    second would differ when this test runs first in its process)."""
+    from shoal.core import metrics as core_metrics
+    out = {}
+    for ln in core_metrics.render()[0].decode().splitlines():
+        m = re.match(r"(istio_\w+)\{(.*)\} (\S+)$", ln)
+        if m and 'destination_service="echo.default.svc.cluster.local"' in m.group(2) and \
+                not m.group(1).startswith(("istio_request_duration_milliseconds_bucket",
+                                           "istio_request_duration_milliseconds_sum")) and \
+                not m.group(1).endswith("_created"):
+            out[f"{m.group(1)}{{{m.group(2)}}}"] = float(m.group(3))
+    return out
+
+
+def sample_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """How each `echo_samples()` series moved from `before` to `after`
+    (the ones that did not move left out)."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
 
 
 def reserve_port(host: str = "127.0.0.1") -> socket.socket:

@@ -20,7 +20,7 @@ import pytest
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ThreadedBackend, access_lines,
-                                         capture_access_log, running_waypoint)
+                                         capture_access_log, echo_waypoint, running_waypoint)
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -118,16 +118,11 @@ class _StaleBackend(ThreadedBackend):
 
 async def test_a_stale_pooled_connection_is_replaced_once():
     backend = _StaleBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh) as wp:
-            c = Client(wp.plaintext_port)
-            got = await asyncio.to_thread(lambda: [c.get("/s")[1], c.get("/s")[1]])
-            served = sum(f.served_fast for f in fast_sessions(wp))
-            c.close()
-    finally:
-        backend.close()
+    async with echo_waypoint(backend) as wp:
+        c = Client(wp.plaintext_port)
+        got = await asyncio.to_thread(lambda: [c.get("/s")[1], c.get("/s")[1]])
+        served = sum(f.served_fast for f in fast_sessions(wp))
+        c.close()
     assert got == [b"fresh", b"fresh"]
     assert served == 2
     assert backend.connections == 2 and backend.requests == 3
@@ -136,26 +131,21 @@ async def test_a_stale_pooled_connection_is_replaced_once():
 async def test_upstream_cut_mid_body_resets_the_client_and_logs_ur(caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     backend = CutBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh) as wp:
-            written = capture_access_log(wp)
+    async with echo_waypoint(backend) as wp:
+        written = capture_access_log(wp)
 
-            def go():
-                with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
-                    s.sendall(b"GET /cut HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
-                    out = b""
-                    try:
-                        while chunk := s.recv(65536):
-                            out += chunk
-                    except ConnectionResetError:
-                        pass
-                    return out
-            out = await asyncio.to_thread(go)
-            wp.app.proxy.telemetry.flush()
-    finally:
-        backend.close()
+        def go():
+            with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
+                s.sendall(b"GET /cut HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
+                out = b""
+                try:
+                    while chunk := s.recv(65536):
+                        out += chunk
+                except ConnectionResetError:
+                    pass
+                return out
+        out = await asyncio.to_thread(go)
+        wp.app.proxy.telemetry.flush()
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"0123456789")
     assert [(f["path"], f["response_code"], f["response_flags"], f["bytes_sent"])
             for f in access_lines(written)] == [("/cut", 200, "UR", 10)]

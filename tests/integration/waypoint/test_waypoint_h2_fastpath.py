@@ -27,7 +27,7 @@ from shoal.waypoint import h2fastpath
 from shoal.waypoint.fastexchange import FAST_ENV
 from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
-                                         flushed_access_lines, running_waypoint)
+                                         echo_waypoint, flushed_access_lines, running_waypoint)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -238,18 +238,13 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
 async def test_an_upstream_cut_mid_body_resets_the_stream_and_logs_ur(path, caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     backend = CutBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh) as wp:
-            written = capture_access_log(wp)
-            c = H2Client(wp.plaintext_port)
-            (r,) = await asyncio.to_thread(c.get, "/cut")
-            (after,) = await asyncio.to_thread(c.get, "/nowhere", authority="nowhere:8080")
-            c.close()
-            wp.app.proxy.telemetry.flush()
-    finally:
-        backend.close()
+    async with echo_waypoint(backend) as wp:
+        written = capture_access_log(wp)
+        c = H2Client(wp.plaintext_port)
+        (r,) = await asyncio.to_thread(c.get, "/cut")
+        (after,) = await asyncio.to_thread(c.get, "/nowhere", authority="nowhere:8080")
+        c.close()
+        wp.app.proxy.telemetry.flush()
     assert r["reset"] and r["code"] == h2.errors.ErrorCodes.INTERNAL_ERROR
     assert status(r) == 200 and r["body"] == b"0123456789"
     assert status(after) == 404               # the connection lives on

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 
 import pytest
@@ -24,14 +23,14 @@ from shoal.waypoint.fastpath import FastSession
 from shoal.waypoint.h1native import native
 from shoal.waypoint.h2fastpath import H2Fast
 from shoal.waypoint.planpath import PLANS_ENV
-from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ScriptedBackend, capture_access_log,
-                                         flushed_access_lines, recorded_conversation,
-                                         running_waypoint)
+                                         echo_samples, echo_waypoint, flushed_access_lines,
+                                         recorded_conversation, running_waypoint, sample_deltas,
+                                         scripted_run)
 from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
 from tests.integration.waypoint.test_waypoint_h2_fastpath import H2Client
-from tests.integration.waypoint.test_waypoint_plans import echo_samples, mask
+from tests.integration.waypoint.test_waypoint_plans import mask
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
@@ -95,21 +94,9 @@ def spy_plans(monkeypatch) -> list[str]:
 async def run(monkeypatch, plans: bool):
     monkeypatch.setenv(PLANS_ENV, "1" if plans else "0")
     served = spy_plans(monkeypatch)
-    backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
-                              PART_GAP_S)
-    records: list = []
-    got = await recorded_conversation(monkeypatch, backend, converse, records)
-    assert len(records) == len(CONVERSATION)
-    heads = [mask(h.decode("latin-1")) for h in backend.received]
-    timeless = {"start_time", "duration", "duration_ms"}
-    port = f"127.0.0.1:{backend.port}"
-
-    def same_run(v):
-        if not isinstance(v, str):
-            return v
-        return re.sub(r"^10\.96\.\d+\.\d+:", "<vip>:", mask(v).replace(port, "<backend>"))
-    telemetry = [({k: same_run(v) for k, v in access_fields(r).items() if k not in timeless},
-                  {k: same_run(v) for k, v in labels_for(r).items()}) for r in records]
+    got, heads, telemetry = await scripted_run(monkeypatch, CONVERSATION, PART_GAP_S, converse,
+                                               mask)
+    assert len(telemetry) == len(CONVERSATION)
     answers = [({k: v for k, v in (h or {}).items() if k not in (b"date",)}, body, reset)
                for h, body, reset in got]
     return answers, heads, telemetry, served
@@ -144,21 +131,15 @@ async def h2_metric_deltas(monkeypatch, plans: bool):
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh, access_log=False) as wp:
-            tel = wp.app.proxy.telemetry
-            recorded: list = []
-            real = tel.record
-            monkeypatch.setattr(tel, "record", lambda r: (recorded.append(r), real(r)))
-            await asyncio.to_thread(converse, wp.plaintext_port)
-            tel.flush_metrics()
-            after = echo_samples()
-    finally:
-        backend.close()
-    deltas = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
-    return deltas, len(served), len(recorded)
+    async with echo_waypoint(backend, access_log=False) as wp:
+        tel = wp.app.proxy.telemetry
+        recorded: list = []
+        real = tel.record
+        monkeypatch.setattr(tel, "record", lambda r: (recorded.append(r), real(r)))
+        await asyncio.to_thread(converse, wp.plaintext_port)
+        tel.flush_metrics()
+        after = echo_samples()
+    return sample_deltas(before, after), len(served), len(recorded)
 
 
 async def test_h2_requests_counted_in_c_give_the_same_metrics(monkeypatch):
@@ -271,21 +252,15 @@ async def cut_metrics(monkeypatch, plans: bool):
     served = spy_plans(monkeypatch)
     before = echo_samples()
     backend = CutBackend()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh, access_log=False) as wp:
-            c = H2Client(wp.plaintext_port)
-            try:
-                got = [await asyncio.to_thread(c.get, "/cut") for _ in range(2)]
-            finally:
-                c.close()
-            wp.app.proxy.telemetry.flush_metrics()
-            after = echo_samples()
-    finally:
-        backend.close()
-    deltas = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
-    return deltas, served, [(r["reset"], r["body"]) for (r,) in got]
+    async with echo_waypoint(backend, access_log=False) as wp:
+        c = H2Client(wp.plaintext_port)
+        try:
+            got = [await asyncio.to_thread(c.get, "/cut") for _ in range(2)]
+        finally:
+            c.close()
+        wp.app.proxy.telemetry.flush_metrics()
+        after = echo_samples()
+    return sample_deltas(before, after), served, [(r["reset"], r["body"]) for (r,) in got]
 
 
 async def test_an_upstream_cut_on_a_plan_served_stream_is_counted_as_ur(monkeypatch):

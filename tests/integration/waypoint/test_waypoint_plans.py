@@ -21,7 +21,6 @@ import sys
 
 import pytest
 
-from shoal.core import metrics as core_metrics
 from shoal.core.records import (Authorization, BackendRef, HeaderMatch, HeaderModifier,
                                 HTTPFilter, HTTPRoute, Operation, ParentRef, PathMatch,
                                 RequestMirror, RouteMatch, RouteRule, Rule, TargetRef)
@@ -29,11 +28,10 @@ from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from shoal.waypoint.h1native import native
 from shoal.waypoint.lb import Balancer
 from shoal.waypoint.planpath import PLANS_ENV
-from shoal.waypoint.telemetry import access_fields, labels_for
 from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (Mesh, ScriptedBackend, ThreadedBackend, access_lines,
-                                         capture_access_log, recorded_conversation,
-                                         running_waypoint)
+                                         capture_access_log, echo_samples, echo_waypoint,
+                                         running_waypoint, sample_deltas, scripted_run)
 from tests.integration.waypoint.conftest import Client
 from tests.integration.waypoint.test_waypoint_h1native import TP, read_response, same_chunking
 
@@ -99,21 +97,9 @@ async def run(monkeypatch, plans: bool):
             _log(a)
             return _real(self, *a)
         monkeypatch.setattr(FastSession, name, spy)
-    backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
-                              PART_GAP_S)
-    records: list = []
-    got = await recorded_conversation(monkeypatch, backend, converse, records)
-    assert len(records) == len(CONVERSATION) - 1
-    heads = [mask(h.decode("latin-1")) for h in backend.received]
-    timeless = {"start_time", "duration", "duration_ms"}
-    port = f"127.0.0.1:{backend.port}"
-
-    def same_run(v):
-        if not isinstance(v, str):
-            return v
-        return re.sub(r"^10\.96\.\d+\.\d+:", "<vip>:", mask(v).replace(port, "<backend>"))
-    telemetry = [({k: same_run(v) for k, v in access_fields(r).items() if k not in timeless},
-                  {k: same_run(v) for k, v in labels_for(r).items()}) for r in records]
+    got, heads, telemetry = await scripted_run(monkeypatch, CONVERSATION, PART_GAP_S, converse,
+                                               mask)
+    assert len(telemetry) == len(CONVERSATION) - 1
     return got, heads, telemetry, served
 
 
@@ -283,38 +269,16 @@ async def test_thousands_of_plan_served_requests_keep_no_references(monkeypatch)
     C objects) is let go when it ends: the plan's reference count and the
     number of live objects do not grow with the requests."""
     monkeypatch.setenv(FAST_ENV, "1")
-    backend = Fixed()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh, access_log=False) as wp:
-            port = wp.plaintext_port
-            await asyncio.to_thread(keepalive_gets, port, 200)
-            plan = wp.app.proxy.plans.plans["GET /k echo:8080"]
-            gc.collect()
-            refs, objects = sys.getrefcount(plan), len(gc.get_objects())
-            await asyncio.to_thread(keepalive_gets, port, 3000)
-            gc.collect()
-            assert sys.getrefcount(plan) == refs
-            assert len(gc.get_objects()) - objects < 300      # not one per request
-    finally:
-        backend.close()
-
-
-def echo_samples() -> dict[str, float]:
-    """The waypoint's HTTP metric samples for the echo service (durations
-    by count only: their buckets depend on the machine's speed; no
-    `_created` timestamps: a series new in the first run but not in the
-    second would differ when this test runs first in its process)."""
-    out = {}
-    for ln in core_metrics.render()[0].decode().splitlines():
-        m = re.match(r"(istio_\w+)\{(.*)\} (\S+)$", ln)
-        if m and 'destination_service="echo.default.svc.cluster.local"' in m.group(2) and \
-                not m.group(1).startswith(("istio_request_duration_milliseconds_bucket",
-                                           "istio_request_duration_milliseconds_sum")) and \
-                not m.group(1).endswith("_created"):
-            out[f"{m.group(1)}{{{m.group(2)}}}"] = float(m.group(3))
-    return out
+    async with echo_waypoint(Fixed(), access_log=False) as wp:
+        port = wp.plaintext_port
+        await asyncio.to_thread(keepalive_gets, port, 200)
+        plan = wp.app.proxy.plans.plans["GET /k echo:8080"]
+        gc.collect()
+        refs, objects = sys.getrefcount(plan), len(gc.get_objects())
+        await asyncio.to_thread(keepalive_gets, port, 3000)
+        gc.collect()
+        assert sys.getrefcount(plan) == refs
+        assert len(gc.get_objects()) - objects < 300      # not one per request
 
 
 async def metric_deltas(monkeypatch, plans: bool):
@@ -329,17 +293,11 @@ async def metric_deltas(monkeypatch, plans: bool):
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
-    mesh = Mesh()
-    mesh.service("echo", [backend])
-    try:
-        async with running_waypoint(mesh, access_log=False) as wp:
-            await asyncio.to_thread(converse, wp.plaintext_port)
-            wp.app.proxy.telemetry.flush_metrics()
-            after = echo_samples()
-    finally:
-        backend.close()
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}, \
-        counted
+    async with echo_waypoint(backend, access_log=False) as wp:
+        await asyncio.to_thread(converse, wp.plaintext_port)
+        wp.app.proxy.telemetry.flush_metrics()
+        after = echo_samples()
+    return sample_deltas(before, after), counted
 
 
 async def test_requests_counted_in_c_give_the_same_metrics(monkeypatch):
@@ -441,39 +399,34 @@ async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(mon
     monkeypatch.setenv(FAST_ENV, "1")
     caplog.set_level(logging.ERROR, logger="shoal.waypoint")
     backend = Fixed()
-    mesh = Mesh()
-    mesh.service("echo", [backend])
     request = b"GET /k HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
-    try:
-        async with running_waypoint(mesh, access_log=False) as wp:
-            telemetry = wp.app.proxy.telemetry
-            assert telemetry.counts_in_c
-            real = type(telemetry).slot
-            calls: list = []
+    async with echo_waypoint(backend, access_log=False) as wp:
+        telemetry = wp.app.proxy.telemetry
+        assert telemetry.counts_in_c
+        real = type(telemetry).slot
+        calls: list = []
 
-            def slot_once_broken(self, r):
-                calls.append(r)
-                if len(calls) == 1:
-                    raise RuntimeError("a telemetry bug")
-                return real(self, r)
-            monkeypatch.setattr(type(telemetry), "slot", slot_once_broken)
+        def slot_once_broken(self, r):
+            calls.append(r)
+            if len(calls) == 1:
+                raise RuntimeError("a telemetry bug")
+            return real(self, r)
+        monkeypatch.setattr(type(telemetry), "slot", slot_once_broken)
 
-            def first_then_from_plan() -> bytes:
-                with socket.create_connection(("127.0.0.1", wp.plaintext_port),
-                                              timeout=10) as s:
-                    s.sendall(request)
-                    assert read_response(s).endswith(b"x" * 1024)
-                    s.sendall(request)          # served from the plan: the slot raises
-                    return read_to_end(s)
-            await asyncio.to_thread(first_then_from_plan)
-            assert len(calls) == 1
-            assert any("response handling failed" in r.getMessage() and r.exc_info
-                       and "a telemetry bug" in str(r.exc_info[1]) for r in caplog.records)
-            # The worker serves on, from the plan, counted in C.
-            assert await asyncio.to_thread(keepalive_gets, wp.plaintext_port, 3) is None
-            assert len(calls) == 2
-    finally:
-        backend.close()
+        def first_then_from_plan() -> bytes:
+            with socket.create_connection(("127.0.0.1", wp.plaintext_port),
+                                          timeout=10) as s:
+                s.sendall(request)
+                assert read_response(s).endswith(b"x" * 1024)
+                s.sendall(request)          # served from the plan: the slot raises
+                return read_to_end(s)
+        await asyncio.to_thread(first_then_from_plan)
+        assert len(calls) == 1
+        assert any("response handling failed" in r.getMessage() and r.exc_info
+                   and "a telemetry bug" in str(r.exc_info[1]) for r in caplog.records)
+        # The worker serves on, from the plan, counted in C.
+        assert await asyncio.to_thread(keepalive_gets, wp.plaintext_port, 3) is None
+        assert len(calls) == 2
 
 
 async def test_a_failure_after_a_cexchange_hands_over_is_cut_as_in_exchange(monkeypatch,
@@ -486,31 +439,26 @@ async def test_a_failure_after_a_cexchange_hands_over_is_cut_as_in_exchange(monk
     caplog.set_level(logging.INFO)
     backend = ResetTolerant([([OK], False), ([b"HTTP/1.1 204 No Content\r\n\r\n"], False),
                              ([OK], False)], PART_GAP_S)
-    mesh = Mesh()
-    mesh.service("echo", [backend])
     request = b"GET /n HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
-    try:
-        async with running_waypoint(mesh) as wp:
-            written = capture_access_log(wp)
-            real = Balancer.finished
+    async with echo_waypoint(backend) as wp:
+        written = capture_access_log(wp)
+        real = Balancer.finished
 
-            def broken(self, *a):
-                monkeypatch.setattr(Balancer, "finished", real)
-                raise RuntimeError("a bug")
+        def broken(self, *a):
+            monkeypatch.setattr(Balancer, "finished", real)
+            raise RuntimeError("a bug")
 
-            def converse_and_break() -> tuple[bytes, bytes]:
-                with socket.create_connection(("127.0.0.1", wp.plaintext_port),
-                                              timeout=10) as s:
-                    s.sendall(request)
-                    first = read_response(s)
-                    monkeypatch.setattr(Balancer, "finished", broken)
-                    s.sendall(request)
-                    return first, read_to_end(s)
-            first, cut = await asyncio.to_thread(converse_and_break)
-            again = await asyncio.to_thread(lambda: converse_one(wp.plaintext_port, request))
-            wp.app.proxy.telemetry.flush()
-    finally:
-        backend.close()
+        def converse_and_break() -> tuple[bytes, bytes]:
+            with socket.create_connection(("127.0.0.1", wp.plaintext_port),
+                                          timeout=10) as s:
+                s.sendall(request)
+                first = read_response(s)
+                monkeypatch.setattr(Balancer, "finished", broken)
+                s.sendall(request)
+                return first, read_to_end(s)
+        first, cut = await asyncio.to_thread(converse_and_break)
+        again = await asyncio.to_thread(lambda: converse_one(wp.plaintext_port, request))
+        wp.app.proxy.telemetry.flush()
     assert first.endswith(b"ok") and cut == b"" and again.endswith(b"ok")
     assert [f["response_flags"] for f in access_lines(written)] == ["-", "UR", "-"]
     assert "response handling failed inside the waypoint" in caplog.text
