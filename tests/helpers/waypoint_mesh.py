@@ -78,16 +78,18 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def echo_waypoint(backend, **opts):
+async def echo_waypoint(backend, *, close_backend: bool = False, **opts):
     """`running_waypoint(mesh, **opts)` for a mesh whose one service,
-    "echo", is `backend`; the backend is closed after."""
+    "echo", is `backend`; with `close_backend`, the backend (a test's own,
+    not a fixture's) is closed after, however the waypoint ended."""
     mesh = Mesh()
     mesh.service("echo", [backend])
     try:
         async with running_waypoint(mesh, **opts) as wp:
             yield wp
     finally:
-        backend.close()
+        if close_backend:
+            backend.close()
 
 
 async def recorded_conversation(monkeypatch, backend, converse, records: list):
@@ -95,7 +97,7 @@ async def recorded_conversation(monkeypatch, backend, converse, records: list):
     "echo", is `backend`: what it returns; every telemetry record goes to
     `records` too. The backend is closed after."""
     import asyncio
-    async with echo_waypoint(backend) as wp:
+    async with echo_waypoint(backend, close_backend=True) as wp:
         tel = wp.app.proxy.telemetry
         real = tel.record
         monkeypatch.setattr(tel, "record", lambda r: (records.append(r), real(r)))

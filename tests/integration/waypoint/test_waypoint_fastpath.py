@@ -19,8 +19,8 @@ import pytest
 
 from shoal.waypoint.fastpath import FAST_ENV, FastSession
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ThreadedBackend, access_lines,
-                                         capture_access_log, echo_waypoint, running_waypoint)
+from tests.helpers.waypoint_mesh import (CutBackend, ThreadedBackend, access_lines,
+                                         capture_access_log, echo_waypoint)
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,9 +37,7 @@ def fast_sessions(wp) -> list[FastSession]:
 
 
 async def test_keepalive_gets_are_served_without_a_coroutine(backends):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         c = Client(wp.plaintext_port)
 
         def go():
@@ -56,9 +54,7 @@ async def test_keepalive_gets_are_served_without_a_coroutine(backends):
 
 
 async def test_a_body_goes_down_the_coroutine_path_and_the_connection_comes_back(backends):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         c = Client(wp.plaintext_port)
 
         def go():
@@ -75,9 +71,7 @@ async def test_a_body_goes_down_the_coroutine_path_and_the_connection_comes_back
 
 
 async def test_local_answers_and_pipelining_on_the_fast_path(backends):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         reqs = (b"GET /a HTTP/1.1\r\nHost: nowhere:8080\r\n\r\n"
                 b"GET /b HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
                 b"GET /c HTTP/1.1\r\nHost: echo:8080\r\nConnection: close\r\n\r\n")
@@ -118,7 +112,7 @@ class _StaleBackend(ThreadedBackend):
 
 async def test_a_stale_pooled_connection_is_replaced_once():
     backend = _StaleBackend()
-    async with echo_waypoint(backend) as wp:
+    async with echo_waypoint(backend, close_backend=True) as wp:
         c = Client(wp.plaintext_port)
         got = await asyncio.to_thread(lambda: [c.get("/s")[1], c.get("/s")[1]])
         served = sum(f.served_fast for f in fast_sessions(wp))
@@ -131,7 +125,7 @@ async def test_a_stale_pooled_connection_is_replaced_once():
 async def test_upstream_cut_mid_body_resets_the_client_and_logs_ur(caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     backend = CutBackend()
-    async with echo_waypoint(backend) as wp:
+    async with echo_waypoint(backend, close_backend=True) as wp:
         written = capture_access_log(wp)
 
         def go():
@@ -154,9 +148,7 @@ async def test_upstream_cut_mid_body_resets_the_client_and_logs_ur(caplog):
 async def test_a_client_resetting_mid_exchange_is_one_dc_record(backends, caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         written = capture_access_log(wp)
         reader, writer = await asyncio.open_connection("127.0.0.1", wp.plaintext_port)
         writer.write(b"GET /slow/300 HTTP/1.1\r\nHost: echo:8080\r\n\r\n")

@@ -12,7 +12,7 @@ import hyperframe.frame as hf
 import pytest
 
 from tests.helpers.h2raw import RawFrames, parse_frames
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import echo_waypoint
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -65,9 +65,7 @@ def _honest(port: int) -> int:
 
 @pytest.fixture
 async def waypoint(backends):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         yield wp
 
 

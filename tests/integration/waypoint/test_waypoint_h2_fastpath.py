@@ -26,8 +26,8 @@ import pytest
 from shoal.waypoint import h2fastpath
 from shoal.waypoint.fastexchange import FAST_ENV
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (CutBackend, Mesh, access_lines, capture_access_log,
-                                         echo_waypoint, flushed_access_lines, running_waypoint)
+from tests.helpers.waypoint_mesh import (CutBackend, access_lines, capture_access_log,
+                                         echo_waypoint, flushed_access_lines)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -106,9 +106,7 @@ def status(r: dict) -> int:
 
 
 async def test_bodyless_requests_are_served_from_callbacks(backends, path):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         before = set(h2fastpath.LIVE)
         c = H2Client(wp.plaintext_port)
         got = await asyncio.to_thread(c.get, *[f"/k{i}" for i in range(20)])
@@ -126,9 +124,7 @@ async def test_bodyless_requests_are_served_from_callbacks(backends, path):
 
 
 async def test_a_tiny_client_window_gets_the_whole_body_as_it_opens(backends, path):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         c = H2Client(wp.plaintext_port, window=100)
         sized, chunked = await asyncio.to_thread(c.get, "/bytes/70000", "/chunked")
         c.close()
@@ -137,9 +133,7 @@ async def test_a_tiny_client_window_gets_the_whole_body_as_it_opens(backends, pa
 
 
 async def test_local_answers_head_and_no_body_statuses(backends, path):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         c = H2Client(wp.plaintext_port)
 
         def go():
@@ -159,9 +153,7 @@ async def test_local_answers_head_and_no_body_statuses(backends, path):
 async def test_an_unreachable_endpoint_is_a_503(backends, path):
     dead = backends("gone")
     dead.stop()
-    mesh = Mesh()
-    mesh.service("echo", [dead])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(dead) as wp:
         c = H2Client(wp.plaintext_port)
         (r,) = await asyncio.to_thread(c.get, "/x")
         c.close()
@@ -169,9 +161,7 @@ async def test_an_unreachable_endpoint_is_a_503(backends, path):
 
 
 async def test_a_request_body_takes_the_task_path_beside_fast_streams(backends, path):
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         before = set(h2fastpath.LIVE)
         c = H2Client(wp.plaintext_port)
 
@@ -192,9 +182,7 @@ async def test_a_request_body_takes_the_task_path_beside_fast_streams(backends, 
 async def test_a_stream_reset_mid_exchange_is_one_dc_record(backends, path, caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         slow = await asyncio.to_thread(c.start, "/slow/400")
@@ -215,9 +203,7 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
                                                                            caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         for p in ("/slow/400", "/slow/401"):
@@ -238,7 +224,7 @@ async def test_the_client_leaving_mid_exchange_is_one_dc_record_per_stream(backe
 async def test_an_upstream_cut_mid_body_resets_the_stream_and_logs_ur(path, caplog):
     caplog.set_level(logging.INFO, logger="shoal.access")
     backend = CutBackend()
-    async with echo_waypoint(backend) as wp:
+    async with echo_waypoint(backend, close_backend=True) as wp:
         written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         (r,) = await asyncio.to_thread(c.get, "/cut")

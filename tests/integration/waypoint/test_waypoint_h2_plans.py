@@ -24,10 +24,9 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.h2fastpath import H2Fast
 from shoal.waypoint.planpath import PLANS_ENV
 from tests.helpers.wait import until
-from tests.helpers.waypoint_mesh import (CutBackend, Mesh, ScriptedBackend, capture_access_log,
+from tests.helpers.waypoint_mesh import (CutBackend, ScriptedBackend, capture_access_log,
                                          echo_samples, echo_waypoint, flushed_access_lines,
-                                         recorded_conversation, running_waypoint, sample_deltas,
-                                         scripted_run)
+                                         recorded_conversation, sample_deltas, scripted_run)
 from tests.integration.waypoint.test_waypoint_h1native import TP, read_response
 from tests.integration.waypoint.test_waypoint_h2_fastpath import H2Client
 from tests.integration.waypoint.test_waypoint_plans import mask
@@ -131,7 +130,7 @@ async def h2_metric_deltas(monkeypatch, plans: bool):
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
-    async with echo_waypoint(backend, access_log=False) as wp:
+    async with echo_waypoint(backend, close_backend=True, access_log=False) as wp:
         tel = wp.app.proxy.telemetry
         recorded: list = []
         real = tel.record
@@ -205,9 +204,7 @@ async def test_a_plan_served_stream_under_a_tiny_window_gets_its_whole_body(monk
     monkeypatch.setenv(FAST_ENV, "1")
     monkeypatch.setenv(PLANS_ENV, "1")
     served = spy_plans(monkeypatch)
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         c = H2Client(wp.plaintext_port, window=100)
         try:
             got = [await asyncio.to_thread(c.get, "/bytes/70000") for _ in range(2)]
@@ -224,9 +221,7 @@ async def test_a_plan_served_stream_reset_mid_exchange_is_one_dc_record(monkeypa
     monkeypatch.setenv(PLANS_ENV, "1")
     served = spy_plans(monkeypatch)
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         written = capture_access_log(wp)
         c = H2Client(wp.plaintext_port)
         try:
@@ -252,7 +247,7 @@ async def cut_metrics(monkeypatch, plans: bool):
     served = spy_plans(monkeypatch)
     before = echo_samples()
     backend = CutBackend()
-    async with echo_waypoint(backend, access_log=False) as wp:
+    async with echo_waypoint(backend, close_backend=True, access_log=False) as wp:
         c = H2Client(wp.plaintext_port)
         try:
             got = [await asyncio.to_thread(c.get, "/cut") for _ in range(2)]

@@ -18,7 +18,7 @@ import pytest
 from shoal.core.records import (BackendRef, HeaderMatch, HeaderModifier, HTTPFilter, HTTPRoute,
                              ParentRef, PathMatch, PathModifier, RequestMirror, RequestRedirect,
                              Retry, RouteMatch, RouteRule, Timeouts, URLRewrite)
-from tests.helpers.waypoint_mesh import Mesh, running_waypoint
+from tests.helpers.waypoint_mesh import Mesh, echo_waypoint, running_waypoint
 from tests.integration.waypoint.conftest import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -256,9 +256,7 @@ async def test_error_statuses(backends):
 
 async def test_pipelined_requests_answered_in_order(backends):
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: echo:8080\r\n\r\n" % i for i in range(3))
         out = await in_thread(raw, wp.plaintext_port, reqs + b"GET /last HTTP/1.1\r\nHost: echo:8080\r\nConnection: close\r\n\r\n")
     assert out.count(b"HTTP/1.1 200 OK") == 4
@@ -267,9 +265,7 @@ async def test_pipelined_requests_answered_in_order(backends):
 
 async def test_chunked_request_and_response_bodies(backends):
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         req = (b"POST /up HTTP/1.1\r\nHost: echo:8080\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
                b"GET /chunked HTTP/1.1\r\nHost: echo:8080\r\nConnection: close\r\n\r\n")
@@ -283,9 +279,7 @@ async def test_chunked_request_and_response_bodies(backends):
 
 async def test_websocket_upgrade_is_tunnelled(backends):
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         def go():
             with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
                 s.sendall(b"GET /ws HTTP/1.1\r\nHost: echo:8080\r\nUpgrade: websocket\r\n"
@@ -306,9 +300,7 @@ async def test_websocket_upgrade_is_tunnelled(backends):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 async def test_curl_http1_and_http2_prior_knowledge(backends):
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         url = f"http://127.0.0.1:{wp.plaintext_port}/curl"
         h1 = await asyncio.create_subprocess_exec(
             "curl", "-s", "-H", "Host: echo:8080", "-w", "\n%{http_code} %{http_version}", url,
@@ -366,9 +358,7 @@ async def test_failing_endpoint_is_ejected(backends):
 
 async def test_drain_finishes_busy_requests_and_closes_idle_clients(backends):
     v1 = backends("v1")
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         idle = socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5)
         idle.sendall(b"GET /first HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
         first = await in_thread(idle.recv, 65536)
@@ -426,9 +416,7 @@ async def test_head_204_large_body_and_http10(backends):
 async def test_server_sending_a_body_with_204_does_not_poison_the_pool(backends):
     v1 = backends("v1")
     v1.bad_204 = True                   # "HTTP/1.1 204 ... content-length: 7\r\n\r\nstatus\n"
-    mesh = Mesh()
-    mesh.service("echo", [v1])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(v1) as wp:
         def go():
             c = Client(wp.plaintext_port)
             out = [c.get("/status/204")[0].status, c.get("/next")[0].status,

@@ -269,7 +269,7 @@ async def test_thousands_of_plan_served_requests_keep_no_references(monkeypatch)
     C objects) is let go when it ends: the plan's reference count and the
     number of live objects do not grow with the requests."""
     monkeypatch.setenv(FAST_ENV, "1")
-    async with echo_waypoint(Fixed(), access_log=False) as wp:
+    async with echo_waypoint(Fixed(), close_backend=True, access_log=False) as wp:
         port = wp.plaintext_port
         await asyncio.to_thread(keepalive_gets, port, 200)
         plan = wp.app.proxy.plans.plans["GET /k echo:8080"]
@@ -293,7 +293,7 @@ async def metric_deltas(monkeypatch, plans: bool):
     before = echo_samples()
     backend = ScriptedBackend([(parts, close) for _, _, parts, close in CONVERSATION],
                               PART_GAP_S)
-    async with echo_waypoint(backend, access_log=False) as wp:
+    async with echo_waypoint(backend, close_backend=True, access_log=False) as wp:
         await asyncio.to_thread(converse, wp.plaintext_port)
         wp.app.proxy.telemetry.flush_metrics()
         after = echo_samples()
@@ -351,9 +351,7 @@ async def test_a_failure_inside_a_cexchange_costs_one_request(monkeypatch, backe
     waypoint serves the next request as ever."""
     monkeypatch.setenv(FAST_ENV, "1")
     caplog.set_level(logging.INFO, logger="shoal.access")
-    mesh = Mesh()
-    mesh.service("echo", [backends("v1")])
-    async with running_waypoint(mesh) as wp:
+    async with echo_waypoint(backends("v1")) as wp:
         written = capture_access_log(wp)
         c = Client(wp.plaintext_port)
         await asyncio.to_thread(c.get, "/x")            # plan made, connection pooled
@@ -400,7 +398,7 @@ async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(mon
     caplog.set_level(logging.ERROR, logger="shoal.waypoint")
     backend = Fixed()
     request = b"GET /k HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
-    async with echo_waypoint(backend, access_log=False) as wp:
+    async with echo_waypoint(backend, close_backend=True, access_log=False) as wp:
         telemetry = wp.app.proxy.telemetry
         assert telemetry.counts_in_c
         real = type(telemetry).slot
@@ -440,7 +438,7 @@ async def test_a_failure_after_a_cexchange_hands_over_is_cut_as_in_exchange(monk
     backend = ResetTolerant([([OK], False), ([b"HTTP/1.1 204 No Content\r\n\r\n"], False),
                              ([OK], False)], PART_GAP_S)
     request = b"GET /n HTTP/1.1\r\nHost: echo:8080\r\n\r\n"
-    async with echo_waypoint(backend) as wp:
+    async with echo_waypoint(backend, close_backend=True) as wp:
         written = capture_access_log(wp)
         real = Balancer.finished
 
