@@ -24,8 +24,8 @@ from shoal.waypoint.h1native import native
 from shoal.waypoint.h2server import _request
 from shoal.waypoint.request import RequestState
 from tests.helpers.leaks import assert_child_prints, assert_nothing_kept
-from tests.helpers.plan_heads import assert_same_head, python_upstream_head
 from tests.unit.waypoint.test_h1native import PROPERTY_EXAMPLES
+from tests.unit.waypoint.test_plan_head import assert_same_head, python_upstream_head
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 

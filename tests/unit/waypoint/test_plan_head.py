@@ -11,23 +11,67 @@ check what plan.c leaves to Python (a miss), and that nothing leaks.
 from __future__ import annotations
 
 import os
+import random
+import re
 
 import pytest
 from hypothesis import given, settings
 
 from shoal.waypoint import message
 from shoal.waypoint.downstream import Downstream
+from shoal.waypoint.forward import Forwarder
 from shoal.waypoint.h1native import native
-from shoal.waypoint.http1 import RequestReceived
+from shoal.waypoint.http1 import RequestReceived, serialize_request_head
 from shoal.waypoint.message import RequestHead
 from shoal.waypoint.request import RequestState
+from shoal.waypoint.telemetry import trace_context
 from tests.helpers.leaks import assert_child_prints, assert_nothing_kept
-from tests.helpers.plan_heads import assert_same_head, python_upstream_head
 from tests.unit.waypoint.test_h1native import PROPERTY_EXAMPLES, request_heads
 
 pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+# The comparison below serves test_plan_h2 too (HTTP/2 requests served from
+# a plan get the same upstream head and ids).
+HEX32 = re.compile(r"[0-9a-f]{32}")
+NEW_TP = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
+
+
+def python_upstream_head(st, req, head, sampling: float) -> tuple:
+    """What the Python path sends upstream for a request forwarded unchanged
+    (Proxy.begin's trace context, Forwarder._upstream_headers with
+    drop_length, serialize_request_head): (head bytes, request id,
+    traceparent, parent span). `st` is the request's RequestState, `req`
+    what its reader made of it and `head` its RequestHead."""
+    st.authority = head.authority or message.get(head.headers, "host") or ""
+    rng = random.Random()
+    st.traceparent, st.parent_span = trace_context(message.get(head.headers, "traceparent"),
+                                                   rng, sampling)
+    fwd = Forwarder.__new__(Forwarder)
+    fwd.rng, fwd.trace_sampling = rng, sampling
+    out = fwd._upstream_headers(st, req, head, drop_length=True)
+    return serialize_request_head(head, out), st.request_id, st.traceparent, st.parent_span
+
+
+def assert_same_head(c: tuple, py: tuple, incoming: str | None) -> None:
+    """`c` and `py` are (head bytes, request id, traceparent, parent span)
+    from C and from Python for one request whose X-Request-Id was
+    `incoming` (None when it had none)."""
+    c_head, rid, tp, parent = c
+    py_head, py_rid, py_tp, py_parent = py
+    assert parent == py_parent
+    if incoming:            # an empty one is kept, and a new id made
+        assert rid == py_rid == incoming
+    else:
+        assert HEX32.fullmatch(rid) and HEX32.fullmatch(py_rid)
+    if py_parent:           # continued: same trace id and flags, a new span
+        a, b = tp.split("-"), py_tp.split("-")
+        assert (a[0], a[1], a[3]) == (b[0], b[1], b[3]) and re.fullmatch("[0-9a-f]{16}", a[2])
+    else:
+        assert NEW_TP.fullmatch(tp) and NEW_TP.fullmatch(py_tp)
+    norm_c = c_head.replace(tp.encode(), b"<tp>").replace(rid.encode(), b"<rid>")
+    norm_py = py_head.replace(py_tp.encode(), b"<tp>").replace(py_rid.encode(), b"<rid>")
+    assert norm_c == norm_py
 
 
 @pytest.fixture(autouse=True, scope="module")
