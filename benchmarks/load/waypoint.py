@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.manifests import documents, service, waypoint_namespace
+from tests.helpers.pki import write_credential_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "out"
@@ -224,13 +225,6 @@ WAYPOINT_ID = "spiffe://cluster.local/ns/default/sa/waypoint"
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/loadgen"
 
 
-def write_cred(cert, d: Path) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "key.pem").write_bytes(cert.key_pem())
-    (d / "cert-chain.pem").write_text(cert.chain_pem())
-    (d / "root-cert.pem").write_text(cert.roots_pem())
-
-
 async def _hbone_client(port: int, authority: str, duration: float, conc: int, cred: str) -> dict:
     from shoal.core.hbone.pool import HbonePool
     from shoal.core.identity.caclient import load_credential
@@ -329,9 +323,9 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
     sys.path.insert(0, str(ROOT))
     from tests.helpers.pki import TestPKI
     pki = TestPKI()
-    write_cred(pki.issue(WAYPOINT_ID), d / "wp-cred")
-    write_cred(pki.issue(CLIENT_ID), d / "client-cred")
-    write_cred(pki.issue("spiffe://cluster.local/ns/default/sa/default"), d / "pod-cred")
+    write_credential_dir(pki.issue(WAYPOINT_ID), d / "wp-cred")
+    write_credential_dir(pki.issue(CLIENT_ID), d / "client-cred")
+    write_credential_dir(pki.issue("spiffe://cluster.local/ns/default/sa/default"), d / "pod-cred")
     hport = free_port()
     cfg = d / ("mesh-hbone" if upstream_hbone else "mesh")
     if upstream_hbone:

@@ -189,3 +189,14 @@ def write_pem(cert: WorkloadCert, directory: str | os.PathLike, name: str) -> Pe
     files.cert.write_text(cert.chain_pem())
     files.ca.write_text(cert.roots_pem())
     return files
+
+
+def write_credential_dir(cert: WorkloadCert, directory: str | os.PathLike) -> Path:
+    """Write `cert` as a shoal credential directory (what `--cert-dir` and the
+    CA client's files read: key.pem, cert-chain.pem, root-cert.pem)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "key.pem").write_bytes(cert.key_pem())
+    (d / "cert-chain.pem").write_text(cert.chain_pem())
+    (d / "root-cert.pem").write_text(cert.roots_pem())
+    return d

@@ -29,6 +29,8 @@ from shoal.core.records import (Service, ServicePort, Waypoint, WaypointRef, Wor
 from shoal.routing.view import StaticView
 
 WP_NS, WP_NAME = "default", "waypoint"
+# The waypoint's own identity (its service account in its namespace).
+WAYPOINT_ID = f"spiffe://cluster.local/ns/{WP_NS}/sa/{WP_NAME}"
 
 
 class Mesh:

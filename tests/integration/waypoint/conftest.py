@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from tests.helpers.pki import TestPKI, write_credential_dir
 from tests.helpers.waypoint_backend import Backend
-from tests.helpers.waypoint_mesh import loopback_ip
+from tests.helpers.waypoint_mesh import WAYPOINT_ID, loopback_ip
 
 
 # The L7 behaviour tests run on both ways of serving the plaintext listener:
@@ -28,6 +29,17 @@ def serving_path(request, monkeypatch):
     from shoal.waypoint.fastpath import FAST_ENV
     monkeypatch.setenv(FAST_ENV, "1" if request.param == "fast" else "0")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return TestPKI()
+
+
+@pytest.fixture
+def cert_dir(pki, tmp_path) -> str:
+    """The waypoint's credential directory (`--cert-dir`), issued by `pki`."""
+    return str(write_credential_dir(pki.issue(WAYPOINT_ID), tmp_path))
 
 
 @pytest.fixture

@@ -20,13 +20,11 @@ from shoal.core.hbone.server import Accept, HboneServer
 from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import connect_tcp
 from shoal.core.records import ServicePort
-from tests.helpers.pki import TestPKI
 from tests.helpers.waypoint_h2backend import H2Backend, pattern
-from tests.helpers.waypoint_mesh import Mesh, loopback_ip, running_waypoint
+from tests.helpers.waypoint_mesh import WAYPOINT_ID, Mesh, loopback_ip, running_waypoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-WAYPOINT_ID = "spiffe://cluster.local/ns/default/sa/waypoint"
 CURL_ID = "spiffe://cluster.local/ns/default/sa/curl"
 BIG = 8 * 1024 * 1024
 
@@ -261,20 +259,6 @@ async def test_unreachable_h2_backend_is_503(h2backend):
 
 
 # -- behind HBONE -----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pki():
-    return TestPKI()
-
-
-@pytest.fixture
-def cert_dir(pki, tmp_path):
-    cert = pki.issue(WAYPOINT_ID)
-    (tmp_path / "key.pem").write_bytes(cert.key_pem())
-    (tmp_path / "cert-chain.pem").write_text(cert.chain_pem())
-    (tmp_path / "root-cert.pem").write_text(cert.roots_pem())
-    return str(tmp_path)
-
 
 async def test_h2_through_hbone_both_sides(pki, cert_dir, h2backend):
     pod_cert = pki.issue("spiffe://cluster.local/ns/default/sa/echo")

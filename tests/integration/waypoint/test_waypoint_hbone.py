@@ -22,29 +22,13 @@ from shoal.core.hbone.server import Accept, HboneServer
 from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import connect_tcp
 from shoal.core.records import (Authorization, Operation, Rule, Source, TargetRef)
-from tests.helpers.pki import TestPKI
-from tests.helpers.waypoint_mesh import Mesh, capture_access_log, running_waypoint
+from tests.helpers.waypoint_mesh import WAYPOINT_ID, Mesh, capture_access_log, running_waypoint
 from shoal.waypoint.http1 import BodyReceived, H1ResponseParser, MessageEnded, ResponseReceived
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-WAYPOINT_ID = "spiffe://cluster.local/ns/default/sa/waypoint"
 CURL_ID = "spiffe://cluster.local/ns/default/sa/curl"
 OTHER_ID = "spiffe://cluster.local/ns/other/sa/intruder"
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return TestPKI()
-
-
-@pytest.fixture
-def cert_dir(pki, tmp_path):
-    cert = pki.issue(WAYPOINT_ID)
-    (tmp_path / "key.pem").write_bytes(cert.key_pem())
-    (tmp_path / "cert-chain.pem").write_text(cert.chain_pem())
-    (tmp_path / "root-cert.pem").write_text(cert.roots_pem())
-    return str(tmp_path)
 
 
 class HboneClient:
