@@ -10,25 +10,16 @@ import pytest
 from shoal.core.hbone import events as ev
 from shoal.core.hbone.errors import RemoteProtocolError
 from shoal.core.hbone.h2fast import DIRECT_BODY_MIN
-from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import MAX_FRAME_SIZE
-
-
-def _xfer(src, dst):
-    return dst.receive_data(src.data_to_send())
+from tests.unit.hbone.test_protocol import pair, xfer
 
 
 def _open_pair():
-    c, s = HboneClientProtocol(), HboneServerProtocol()
-    c.initiate()
-    s.initiate()
-    _xfer(c, s)
-    _xfer(s, c)
-    _xfer(c, s)
+    c, s = pair()
     sid = c.open_tunnel("10.0.0.5:8080", ())
-    _xfer(c, s)
+    xfer(c, s)
     s.accept(sid)
-    _xfer(s, c)
+    xfer(s, c)
     return c, s, sid
 
 
@@ -133,7 +124,7 @@ def test_fast_send_path_matches_h2_bytes_and_windows():
     assert bytes(got[0].data) == body
     # END_STREAM and small frames still take h2's own path
     assert c.send_data(sid, b"end", end_stream=True) == 3
-    assert [bytes(e.data) for e in _data(_xfer(c, s))] == [b"end"]
+    assert [bytes(e.data) for e in _data(xfer(c, s))] == [b"end"]
 
 
 def test_allocator_tuning_applies_once_and_respects_env(monkeypatch):

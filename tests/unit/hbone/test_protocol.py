@@ -15,7 +15,7 @@ from shoal.core.hbone.settings import HboneSettings, MIB
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def _xfer(src, dst, one_byte=False):
+def xfer(src, dst, one_byte=False):
     """Move everything `src` queued into `dst`; returns dst's events."""
     data = src.data_to_send()
     if not one_byte:
@@ -26,14 +26,17 @@ def _xfer(src, dst, one_byte=False):
     return out
 
 
-def _pair(one_byte=False, settings=None):
+def pair(one_byte=False, settings=None):
+    """A client and a server that have exchanged their prefaces and SETTINGS
+    (and ACKs), `one_byte` at a time if asked; test_goaway and
+    test_direct_body start from it too."""
     kw = {"settings": settings} if settings else {}
     c, s = HboneClientProtocol(**kw), HboneServerProtocol(**kw)
     c.initiate()
     s.initiate()
-    _xfer(c, s, one_byte)
-    _xfer(s, c, one_byte)
-    _xfer(c, s, one_byte)   # settings ACKs
+    xfer(c, s, one_byte)
+    xfer(s, c, one_byte)
+    xfer(c, s, one_byte)   # settings ACKs
     return c, s
 
 
@@ -43,17 +46,17 @@ def _of(events, kind):
 
 def _open(c, s, authority="10.0.0.5:8080", headers=(), one_byte=False):
     sid = c.open_tunnel(authority, headers)
-    req = _of(_xfer(c, s, one_byte), ev.TunnelRequested)
+    req = _of(xfer(c, s, one_byte), ev.TunnelRequested)
     assert len(req) == 1
     s.accept(sid)
-    opened = _of(_xfer(s, c, one_byte), ev.TunnelOpened)
+    opened = _of(xfer(s, c, one_byte), ev.TunnelOpened)
     assert [o.stream_id for o in opened] == [sid]
     return sid, req[0]
 
 
 @pytest.mark.parametrize("one_byte", [False, True])
 def test_connect_carries_authority_and_headers(one_byte):
-    c, s = _pair(one_byte)
+    c, s = pair(one_byte)
     hdrs = [("forwarded", 'for="10.0.0.1:4444";host=web.default.svc.cluster.local'),
             ("baggage", "k8s.namespace.name=default"),
             ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
@@ -67,52 +70,52 @@ def test_connect_carries_authority_and_headers(one_byte):
 
 @pytest.mark.parametrize("one_byte", [False, True])
 def test_data_both_ways_and_half_close(one_byte):
-    c, s = _pair()
+    c, s = pair()
     sid, _ = _open(c, s)
     assert c.send_data(sid, b"hello") == 5
-    got = _xfer(c, s, one_byte)
+    got = xfer(c, s, one_byte)
     assert b"".join(e.data for e in _of(got, ev.DataReceived)) == b"hello"
     c.end_stream(sid)                           # client FIN
-    assert _of(_xfer(c, s, one_byte), ev.StreamEnded) == [ev.StreamEnded(stream_id=sid)]
+    assert _of(xfer(c, s, one_byte), ev.StreamEnded) == [ev.StreamEnded(stream_id=sid)]
     assert s.send_data(sid, b"world", end_stream=True) == 5   # server data + FIN
-    got = _xfer(s, c, one_byte)
+    got = xfer(s, c, one_byte)
     assert b"".join(e.data for e in _of(got, ev.DataReceived)) == b"world"
     assert _of(got, ev.StreamEnded)
     assert c.open_streams == 0 and s.open_streams == 0
 
 
 def test_server_half_close_first_then_client_still_sends():
-    c, s = _pair()
+    c, s = pair()
     sid, _ = _open(c, s)
     s.end_stream(sid)
-    assert _of(_xfer(s, c), ev.StreamEnded)
+    assert _of(xfer(s, c), ev.StreamEnded)
     assert c.send_data(sid, b"late") == 4
-    assert b"late" in b"".join(e.data for e in _of(_xfer(c, s), ev.DataReceived))
+    assert b"late" in b"".join(e.data for e in _of(xfer(c, s), ev.DataReceived))
 
 
 @pytest.mark.parametrize("by", ["client", "server"])
 def test_reset_is_carried_and_other_streams_live(by):
-    c, s = _pair()
+    c, s = pair()
     a, _ = _open(c, s)
     b, _ = _open(c, s)
     src, dst = (c, s) if by == "client" else (s, c)
     src.reset_stream(a, ErrorCodes.CANCEL)
-    resets = _of(_xfer(src, dst), ev.StreamReset)
+    resets = _of(xfer(src, dst), ev.StreamReset)
     assert resets == [ev.StreamReset(stream_id=a, error_code=ErrorCodes.CANCEL, remote=True)]
     assert c.send_data(b, b"still") == 5
-    assert _of(_xfer(c, s), ev.DataReceived)[0].data == b"still"
+    assert _of(xfer(c, s), ev.DataReceived)[0].data == b"still"
 
 
 @pytest.mark.parametrize("status", [401, 503, 400])
 def test_reject_statuses_reach_client(status):
-    c, s = _pair()
+    c, s = pair()
     ok, _ = _open(c, s)
     sid = c.open_tunnel("10.0.0.9:80")
-    _xfer(c, s)
+    xfer(c, s)
     s.reject(sid, status)
-    refused = _of(_xfer(s, c), ev.TunnelRefused)
+    refused = _of(xfer(s, c), ev.TunnelRefused)
     assert [(r.stream_id, r.status) for r in refused] == [(sid, status)]
-    _xfer(c, s)
+    xfer(c, s)
     assert s.open_streams == 1 and c.open_streams == 1   # the good stream stays
     assert c.send_data(ok, b"x") == 1
 
@@ -123,7 +126,7 @@ def _raw_request(c, s, block, end_stream=False):
     c._h2.config.validate_outbound_headers = False
     c._h2.send_headers(sid, block, end_stream=end_stream)
     c._streams[sid] = _Stream()        # so the client reports the answer
-    return sid, _xfer(c, s)
+    return sid, xfer(c, s)
 
 
 @pytest.mark.parametrize("block,why", [
@@ -136,34 +139,34 @@ def _raw_request(c, s, block, end_stream=False):
     ([(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")], "must not"),
 ])
 def test_malformed_request_is_400_on_that_stream_only(block, why):
-    c, s = _pair()
+    c, s = pair()
     good, _ = _open(c, s)
     sid, events = _raw_request(c, s, block)
     rej = _of(events, ev.TunnelRejected)
     assert rej[0].status == 400 and why in rej[0].reason
-    refused = _of(_xfer(s, c), ev.TunnelRefused)
+    refused = _of(xfer(s, c), ev.TunnelRefused)
     assert [(r.stream_id, r.status) for r in refused] == [(sid, 400)]
     assert c.send_data(good, b"ok") == 2
-    assert _of(_xfer(c, s), ev.DataReceived)[0].data == b"ok"
+    assert _of(xfer(c, s), ev.DataReceived)[0].data == b"ok"
 
 
 def test_oversized_request_headers_get_431_and_connection_survives():
-    c, s = _pair()
+    c, s = pair()
     good, _ = _open(c, s)
     big = [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("x-big", "a" * 70_000)]
     sid, events = _raw_request(c, s, big)
     assert _of(events, ev.TunnelRejected)[0].status == 431
-    assert _of(_xfer(s, c), ev.TunnelRefused)[0].status == 431
+    assert _of(xfer(s, c), ev.TunnelRefused)[0].status == 431
     assert c.send_data(good, b"ok") == 2
-    assert _of(_xfer(c, s), ev.DataReceived)[0].data == b"ok"
+    assert _of(xfer(c, s), ev.DataReceived)[0].data == b"ok"
 
 
 def test_oversized_response_headers_refused_by_client():
-    c, s = _pair()
+    c, s = pair()
     sid = c.open_tunnel("10.0.0.1:80")
-    _xfer(c, s)
+    xfer(c, s)
     s.accept(sid, [("x-big", "b" * 20_000)])
-    refused = _of(_xfer(s, c), ev.TunnelRefused)
+    refused = _of(xfer(s, c), ev.TunnelRefused)
     assert refused[0].status == 0 and "above the client limit" in refused[0].reason
 
 
@@ -189,7 +192,7 @@ def test_garbage_after_preface_is_remote_error():
 
 
 def test_settings_advertised():
-    c, s = _pair()
+    c, s = pair()
     assert s._h2.remote_settings.initial_window_size == 4 * MIB
     assert s._h2.remote_settings.max_frame_size == 1 * MIB
     assert c._h2.remote_settings.max_concurrent_streams == 200
@@ -201,28 +204,28 @@ def test_settings_advertised():
 
 
 def test_flow_control_bounds_sender_until_acknowledged():
-    c, s = _pair()
+    c, s = pair()
     sid, _ = _open(c, s)
     payload = b"z" * (5 * MIB)
     sent = c.send_data(sid, payload)
     assert sent == 4 * MIB                      # stream window, not more
-    data = _of(_xfer(c, s), ev.DataReceived)
+    data = _of(xfer(c, s), ev.DataReceived)
     assert sum(len(d.data) for d in data) == 4 * MIB
     assert c.send_data(sid, payload[sent:]) == 0   # blocked: nothing acknowledged
     assert not s.data_to_send()                  # no WINDOW_UPDATE without acks
     for d in data:
         s.acknowledge(sid, d.flow_controlled_length)
-    opened = _of(_xfer(s, c), ev.WindowOpened)
+    opened = _of(xfer(s, c), ev.WindowOpened)
     assert {o.stream_id for o in opened} >= {sid}
     assert c.send_data(sid, payload[sent:]) == 1 * MIB
 
 
 def test_window_updates_are_batched():
-    c, s = _pair()
+    c, s = pair()
     sid, _ = _open(c, s)
     for _ in range(16):
         c.send_data(sid, b"q" * 1024)
-    for d in _of(_xfer(c, s), ev.DataReceived):
+    for d in _of(xfer(c, s), ev.DataReceived):
         s.acknowledge(sid, d.flow_controlled_length)
     assert s.data_to_send() == b""              # 16 KiB of 4 MiB: no update yet
 
@@ -232,18 +235,18 @@ def test_window_update_owed_once_half_a_window_is_outstanding():
     (h2 as here, nghttp2), not before, so an update is owed only with at
     most half of the stream window (the peer's SETTINGS) or of the
     connection window (the largest seen) left."""
-    c, s = _pair(settings=HboneSettings(stream_window=65_535, connection_window=131_070))
+    c, s = pair(settings=HboneSettings(stream_window=65_535, connection_window=131_070))
     a, _ = _open(c, s)
     c.send_data(a, b"x" * 1000)
     assert not c.window_update_owed(a)
-    for d in _of(_xfer(c, s), ev.DataReceived):
+    for d in _of(xfer(c, s), ev.DataReceived):
         s.acknowledge(a, d.flow_controlled_length)
     assert s.data_to_send() == b""               # all consumed, and no update comes
     c.send_data(a, b"x" * 31_768)                # 32_767 left: half the stream window
     assert c.window_update_owed(a)
-    for d in _of(_xfer(c, s), ev.DataReceived):
+    for d in _of(xfer(c, s), ev.DataReceived):
         s.acknowledge(a, d.flow_controlled_length)
-    assert {o.stream_id for o in _of(_xfer(s, c), ev.WindowOpened)} == {a}
+    assert {o.stream_id for o in _of(xfer(s, c), ev.WindowOpened)} == {a}
     assert not c.window_update_owed(a)
     b, _ = _open(c, s)
     x, _ = _open(c, s)
@@ -254,23 +257,23 @@ def test_window_update_owed_once_half_a_window_is_outstanding():
 
 
 def test_ping_ack():
-    c, s = _pair()
+    c, s = pair()
     payload = c.ping()
-    _xfer(c, s)
-    assert _of(_xfer(s, c), ev.PingAcked) == [ev.PingAcked(payload=payload)]
+    xfer(c, s)
+    assert _of(xfer(s, c), ev.PingAcked) == [ev.PingAcked(payload=payload)]
 
 
 def test_goaway_reported_and_blocks_new_streams():
-    c, s = _pair()
+    c, s = pair()
     s.close(ErrorCodes.NO_ERROR, "draining")
-    closed = _of(_xfer(s, c), ev.ConnectionClosed)
+    closed = _of(xfer(s, c), ev.ConnectionClosed)
     assert closed and closed[0].reason == "draining"
     with pytest.raises(LocalProtocolError):
         c.open_tunnel("10.0.0.1:80")
 
 
 def test_max_concurrent_streams_enforced_locally():
-    c, s = _pair(settings=HboneSettings(server_max_concurrent_streams=2))
+    c, s = pair(settings=HboneSettings(server_max_concurrent_streams=2))
     _open(c, s)
     _open(c, s)
     with pytest.raises(LocalProtocolError):
@@ -278,16 +281,16 @@ def test_max_concurrent_streams_enforced_locally():
 
 
 def test_data_before_200_is_held_by_flow_control():
-    c, s = _pair()
+    c, s = pair()
     sid = c.open_tunnel("10.0.0.1:80")
-    _xfer(c, s)
+    xfer(c, s)
     # the client may not send before 200 (stream not OPEN locally)
     with pytest.raises(LocalProtocolError):
         c.send_data(sid, b"early")
 
 
 def test_client_refuses_bad_authority():
-    c, _ = _pair()
+    c, _ = pair()
     with pytest.raises(LocalProtocolError) as info:
         c.open_tunnel("nohostport")
     assert info.value.status == 400
@@ -308,17 +311,17 @@ def test_closed_stream_history_is_bounded_on_a_long_lived_connection():
     # One pooled connection carries one stream per proxied TCP connection:
     # h2's memory of closed streams must not grow with every one of them.
     from shoal.core.hbone.h2fast import H2ConnectionFast
-    c, s = _pair()
+    c, s = pair()
     n = H2ConnectionFast.MAX_CLOSED_STREAMS + 500
     for i in range(n):
         sid, _ = _open(c, s)
         if i % 2:
             c.reset_stream(sid)
-            _xfer(c, s)
+            xfer(c, s)
         else:
             c.end_stream(sid)
-            _xfer(c, s)
+            xfer(c, s)
             s.send_data(sid, b"x", end_stream=True)
-            _xfer(s, c)
+            xfer(s, c)
     assert c.open_streams == 0 and s.open_streams == 0
     assert len(c._h2._closed_streams) == len(s._h2._closed_streams) == H2ConnectionFast.MAX_CLOSED_STREAMS
