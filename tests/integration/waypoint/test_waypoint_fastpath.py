@@ -22,6 +22,7 @@ from tests.helpers.wait import until
 from tests.helpers.waypoint_mesh import (CutBackend, ThreadedBackend, access_lines,
                                          capture_access_log, echo_waypoint)
 from tests.integration.waypoint.conftest import Client
+from tests.integration.waypoint.test_waypoint_h1native import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -131,13 +132,7 @@ async def test_upstream_cut_mid_body_resets_the_client_and_logs_ur(caplog):
         def go():
             with socket.create_connection(("127.0.0.1", wp.plaintext_port), timeout=5) as s:
                 s.sendall(b"GET /cut HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
-                out = b""
-                try:
-                    while chunk := s.recv(65536):
-                        out += chunk
-                except ConnectionResetError:
-                    pass
-                return out
+                return read_all(s)
         out = await asyncio.to_thread(go)
         wp.app.proxy.telemetry.flush()
     assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"0123456789")

@@ -110,6 +110,8 @@ def read_response(s: socket.socket) -> bytes:
 
 
 def read_all(s: socket.socket) -> bytes:
+    """Every byte until the peer closes or resets the connection
+    (socket.timeout: it did neither)."""
     raw = b""
     try:
         while data := s.recv(65536):

@@ -33,7 +33,8 @@ from tests.helpers.waypoint_mesh import (Mesh, ScriptedBackend, ThreadedBackend,
                                          capture_access_log, echo_samples, echo_waypoint,
                                          running_waypoint, sample_deltas, scripted_run)
 from tests.integration.waypoint.conftest import Client
-from tests.integration.waypoint.test_waypoint_h1native import TP, read_response, same_chunking
+from tests.integration.waypoint.test_waypoint_h1native import (TP, read_all, read_response,
+                                                              same_chunking)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
               pytest.mark.skipif(native is None, reason="native path off (SHOAL_NATIVE=0)")]
@@ -373,20 +374,6 @@ async def test_a_failure_inside_a_cexchange_costs_one_request(monkeypatch, backe
     assert "response handling failed inside the waypoint" in caplog.text
 
 
-def read_to_end(s: socket.socket) -> bytes:
-    """Every byte until the waypoint closes or resets the connection
-    (socket.timeout: it did neither)."""
-    raw = b""
-    while True:
-        try:
-            data = s.recv(65536)
-        except ConnectionResetError:
-            return raw
-        if not data:
-            return raw
-        raw += data
-
-
 async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(monkeypatch,
                                                                                caplog):
     """A bug in a Python call a CExchange makes (here the telemetry slot
@@ -417,7 +404,7 @@ async def test_a_python_call_raising_under_a_cexchange_cuts_and_never_wedges(mon
                 s.sendall(request)
                 assert read_response(s).endswith(b"x" * 1024)
                 s.sendall(request)          # served from the plan: the slot raises
-                return read_to_end(s)
+                return read_all(s)
         await asyncio.to_thread(first_then_from_plan)
         assert len(calls) == 1
         assert any("response handling failed" in r.getMessage() and r.exc_info
@@ -453,7 +440,7 @@ async def test_a_failure_after_a_cexchange_hands_over_is_cut_as_in_exchange(monk
                 first = read_response(s)
                 monkeypatch.setattr(Balancer, "finished", broken)
                 s.sendall(request)
-                return first, read_to_end(s)
+                return first, read_all(s)
         first, cut = await asyncio.to_thread(converse_and_break)
         again = await asyncio.to_thread(lambda: converse_one(wp.plaintext_port, request))
         wp.app.proxy.telemetry.flush()
