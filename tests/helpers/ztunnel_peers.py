@@ -104,7 +104,10 @@ def python_app(name: str, bind: str, logdir: Path) -> Proc:
 
 
 def iperf3_server(host: str, port: int, logdir: Path) -> Proc:
-    proc = Proc(f"iperf3-{port}", ["iperf3", "-s", "-B", host, "-p", str(port)], logdir)
+    # --forceflush: its log is read while it runs (each test's lines, the
+    # banner it logs when ready for the next one); a file is block-buffered.
+    proc = Proc(f"iperf3-{port}", ["iperf3", "-s", "--forceflush", "-B", host, "-p", str(port)],
+                logdir)
     wait_listener(host, port, proc)
     return proc
 

@@ -14,6 +14,7 @@ import pytest
 
 from shoal.benchmarks.load import hbone as load_hbone
 from tests.helpers.ports import free_port, listening
+from tests.helpers.wait import wait_for
 from tests.helpers.ztunnel_peers import haproxy_pair, iperf3_server, stunnel_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -22,10 +23,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 IPERF_BYTES = "1M"
 
 
-def _one_run(port: int) -> None:
+def _one_run(port: int, server_log: Path, nth: int) -> None:
+    """The `nth` test through `port`, until iperf3 -s has finished it: it
+    logs its banner again once it has closed the test's control connection
+    (through both hops, after our client exited). Sooner, a next test is
+    refused as busy, or stopping the server cuts this one short."""
     out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-n", IPERF_BYTES],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: _tests_seen(server_log).count("Server listening") > nth, 10,
+             lambda: f"iperf3 -s to finish test {nth}:\n" + _tests_seen(server_log))
 
 
 def _tests_seen(log: Path) -> str:
@@ -50,8 +57,8 @@ def test_hbone_load_stunnel_pair_sends_no_stray_test(tmp_path):
              load_hbone.write_pem(pki.issue(load_hbone.CLIENT_ID), tmp_path, "client"))
     pair = load_hbone.start_stunnel(tmp_path, files, iperf_port)
     try:
-        _one_run(pair.port)
-        _one_run(pair.port)
+        _one_run(pair.port, iperf.log_path, 1)
+        _one_run(pair.port, iperf.log_path, 2)
     finally:
         pair.stop()
         iperf.stop()
@@ -68,7 +75,7 @@ def test_ztunnel_load_peers_send_no_stray_test(tmp_path, peers):
     front = free_port()
     procs = peers(front, free_port(), ("127.0.0.1", port), tmp_path)
     try:
-        _one_run(front)
+        _one_run(front, iperf.log_path, 1)
     finally:
         for p in procs:
             p.stop()
