@@ -21,13 +21,17 @@ from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetE
 from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
 from shoal.core.hbone.settings import READ_SIZE
 
-# A piped source (write_held) stops reading once less send window than this
-# is left: its next socket read (uvloop's are up to 256 KiB) would not fit,
-# would be refused and queued, and the pipe's Python copy task would send
-# the queue. Held, the bytes wait in the kernel until the window opens; so
-# it is held for the window only when the peer owes a WINDOW_UPDATE
-# (_HboneCore.window_update_owed): nghttpx's 64 KiB stream window is always
-# short of this, and it updates only after 32 KiB consumed.
+# A piped source (write_held) whose reads are not sized to the send window
+# (this Python path, asyncio's data_received) stops reading once less send
+# window than this is left: its next socket read (uvloop's are up to 256 KiB)
+# would not fit, would be refused and queued, and the pipe's Python copy task
+# would send the queue. Held, the bytes wait in the kernel until the window
+# opens; so it is held for the window only when the peer owes a
+# WINDOW_UPDATE (_HboneCore.window_update_owed): nghttpx's 64 KiB stream
+# window is always short of this, and it updates only after 32 KiB consumed.
+# That still assumes the peer updates once half a window is consumed (RFC
+# 9113 leaves it to the receiver): the C path on uvloop sizes each read to
+# the window instead and holds only when none is left (send.c, plain.c).
 HOLD_SEND_WINDOW = READ_SIZE
 
 
@@ -168,20 +172,29 @@ class HboneStream(_TunnelFields):
         self._held_for_window = False
         self._release_held()
 
-    def _hold(self, source) -> None:
+    def _hold(self, source, hold_window: int | None = None) -> None:
         """Stop `source` reading until the transport is under its mark and,
         if the window was short, a WINDOW_UPDATE came (the C Sender calls
-        this too: send.c)."""
+        this too: send.c). `hold_window`: the C Sender's after a read sized
+        to the window (short: less than that left, i.e. none); None: reads
+        of any size (short: the rule below)."""
         if self._held is not None or self._error is not None:
             return
-        # Held for a short window only if a WINDOW_UPDATE is owed: with
-        # more than half of a small window left (a small read sent), the
-        # peer may wait for more data before it sends one, and a held
-        # source then never sends it (the tunnel stalled). Not held, a read
-        # that does not fit takes the copy task, which waits for the update
-        # with the window used up.
-        short = (self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW
-                 and self._core.window_update_owed(self.stream_id))
+        window = self._core.send_window(self.stream_id)
+        if hold_window is not None:
+            # The next read is sized to the window too: it fits whatever is
+            # left, and none left is when every peer owes an update.
+            short = window < hold_window
+        else:
+            # Held for a short window only if a WINDOW_UPDATE is owed: with
+            # more than half of a small window left (a small read sent), the
+            # peer may wait for more data before it sends one, and a held
+            # source then never sends it (the tunnel stalled). Not held, a
+            # read that does not fit takes the copy task, which waits for
+            # the update with the window used up. (A peer that updates only
+            # after more than half is consumed can still stall this path:
+            # its reads cannot be sized.)
+            short = window < HOLD_SEND_WINDOW and self._core.window_update_owed(self.stream_id)
         if (short or not self._conn.can_write.is_set()) and source.hold_reading():
             self._held = source
             self._held_for_window = short

@@ -165,6 +165,13 @@ int send_init(PyObject *module);
  * Python path takes them), -1 with an exception. */
 #define SENDER_ROOM 9     /* an HTTP/2 frame header */
 int sender_push_room(PyObject *sender, char *room, Py_ssize_t n);
+/* What `sender` may send now as one DATA frame: the least of its stream's
+ * and its connection's send window, the peer's SETTINGS_MAX_FRAME_SIZE and
+ * its send_max, if it is a Sender whose stream's windows are C's and that
+ * is more than 0; else -1 (unknown, or no window left: a read then is not
+ * sized by it). No exception. A TcpPump sizes its reads by it (plain.c), so
+ * a read always fits what sender_push_room may send. */
+Py_ssize_t sender_window(PyObject *sender);
 
 /* plain.c: adds the TcpPump type to the module; -1 with an exception. */
 int plain_init(PyObject *module);

@@ -60,6 +60,7 @@ class Sender:
     def __call__(self, data: Buffer, /) -> bool: ...
 
 PUMP_READ: int
+SIZED_HOLD_WINDOW: int
 
 class TcpPump:
     """A piped TcpEnd's protocol with data_received in C (plain.c)."""

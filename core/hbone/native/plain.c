@@ -28,6 +28,13 @@
  * frame's first record into the Sender's stage. Any other read becomes bytes
  * and goes the data_received way above.
  *
+ * Each such read is sized to what may be sent: get_buffer lends at most the
+ * send window the Sender's stream and connection have left and one frame
+ * (sender_window), so a read always fits and the Sender holds the TcpEnd for the window only
+ * once none is left (send.c's SIZED_HOLD_WINDOW): no read is refused for the
+ * window and queued for the pipe's copy task, and no TcpEnd is held while
+ * window is left that a late-updating peer waits to see used.
+ *
  *   TcpPump(end, sink, chunks, taken, counter)
  */
 
@@ -118,7 +125,14 @@ static PyObject *pump_get_buffer(TcpPump *p, PyObject *sizehint)
     (void)sizehint;             /* uvloop's suggestion; what one read may take is ours */
     if (!ready(p))
         return NULL;
-    return PyMemoryView_FromMemory(read_buf + SENDER_ROOM, PUMP_READ, PyBUF_WRITE);
+    /* What the sink may send now in one frame, if it is a Sender that
+     * knows (else a whole PUMP_READ, as the bytes path takes any size):
+     * buffer_updated runs right after this read, with no Python in
+     * between, so it fits. */
+    Py_ssize_t size = sender_window(p->sink);
+    if (size <= 0 || size > PUMP_READ)
+        size = PUMP_READ;
+    return PyMemoryView_FromMemory(read_buf + SENDER_ROOM, size, PyBUF_WRITE);
 }
 
 static PyObject *pump_buffer_updated(TcpPump *p, PyObject *arg)

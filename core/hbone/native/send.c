@@ -13,13 +13,28 @@
  * Backpressure (HboneStream.write_held, given a `source`: the TcpEnd that
  * pushes): while the TLS transport is above its high-water mark the frame
  * goes out all the same; after a frame that leaves the transport over its
- * mark or less than `hold_window` of send window, the source is held
- * (stream._hold(source): it stops reading its socket; the stream releases
- * it when the window opens or the transport drains). Without this the next
- * read did not fit, the push refused, the TcpEnd queued, and the pipe's
- * Python copy task sent the queue through h2 until it was empty: under
- * bulk load, most of the time. Now the next read waits in the kernel and
- * the C path takes it when reading resumes.
+ * mark or too little send window, the source is held (stream._hold: it
+ * stops reading its socket; the stream releases it when the window opens
+ * or the transport drains). Without this the next read did not fit, the
+ * push refused, the TcpEnd queued, and the pipe's Python copy task sent the
+ * queue through h2 until it was empty: under bulk load, most of the time.
+ * Now the next read waits in the kernel and the C path takes it when
+ * reading resumes.
+ *
+ * "Too little window" depends on whether the next read is sized to it:
+ *   - a read into a TcpPump's buffer (sender_push_room, uvloop) was sized by
+ *     sender_window, and so is the next: it always fits, so the source is
+ *     held for the window only once none is left (SIZED_HOLD_WINDOW), when
+ *     every peer owes an update (one that never updates an exhausted window
+ *     deadlocks itself). Held with window left, a tunnel stalled on a peer
+ *     that updates late: RFC 9113 leaves the timing to the receiver (Netty's
+ *     windowUpdateRatio, Jetty's buffer ratio: e.g. after 75% consumed, or
+ *     only when exhausted);
+ *   - a read as bytes (asyncio's data_received, a read refused above): not
+ *     sized, so less than `hold_window` (HOLD_SEND_WINDOW) left holds it,
+ *     but only when an update is owed (_HboneCore.window_update_owed, which
+ *     assumes the peer updates once half a window is consumed): exactly
+ *     HboneStream._send_now's rule, stream._hold(source).
  *
  * The frame is sent here only if all of these hold (else `fallback(data)`):
  *   - data is bytes, 1 byte up to min(SETTINGS_MAX_FRAME_SIZE, send_max);
@@ -50,6 +65,10 @@
 
 #define FRAME_HEADER SENDER_ROOM
 
+/* The hold window after a sized read (see the header): held for the window
+ * only when less than 1 byte, i.e. none, is left. */
+#define SIZED_HOLD_WINDOW 1
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -75,12 +94,14 @@ typedef struct {
     PyObject *conn_states, *stream_states, *open;
     PyObject *source;         /* the TcpEnd to hold under backpressure, or None */
     long long send_max;       /* SEND_FRAME_SIZE */
-    long long hold_window;    /* stream.HOLD_SEND_WINDOW */
+    long long hold_window;    /* stream.HOLD_SEND_WINDOW: for reads not sized */
     unsigned long long frames;
     unsigned long long in_place;   /* of them, framed in a TcpPump's read buffer */
 } Sender;
 
 static PyTypeObject SenderType;
+
+static PyObject *sized_hold_window;    /* SIZED_HOLD_WINDOW as an int, for _hold */
 
 static PyObject *s_value,
     *s_closing, *s_is_closing, *s_write, *s_abort, *s_get_write_buffer_size,
@@ -218,7 +239,8 @@ static int index_out(Sender *s)
 
 /* Send n bytes at p here if the C path may (see the header): 1 sent (and
  * counted), 0 not (nothing changed: the caller takes the Python path), -1
- * error. `room`: as send_frame's. */
+ * error. `room`: as send_frame's; a send from a room is a sized read's, so
+ * its source is held for the window only once none is left (the header). */
 static int send_here(Sender *s, const char *p, long long n, char *room)
 {
     PyObject *h2s = NULL;
@@ -242,12 +264,16 @@ static int send_here(Sender *s, const char *p, long long n, char *room)
         return -1;
     if (s->source != Py_None) {
         /* HboneStream._send_now after the flush: hold the source if the
-         * transport is over its mark or the window short. */
+         * transport is over its mark or the window short; _hold decides
+         * again by the same window (given, for a sized read). */
         int can_write = attr_true(s->can_write, s_value);
         if (can_write < 0)
             return -1;
-        if (!can_write || left < s->hold_window) {
-            PyObject *r = PyObject_CallMethodOneArg(s->stream, s__hold, s->source);
+        long long hold_window = room != NULL ? SIZED_HOLD_WINDOW : s->hold_window;
+        if (!can_write || left < hold_window) {
+            PyObject *r = room != NULL
+                ? PyObject_CallMethodObjArgs(s->stream, s__hold, s->source, sized_hold_window, NULL)
+                : PyObject_CallMethodOneArg(s->stream, s__hold, s->source);
             if (r == NULL)
                 return -1;
             Py_DECREF(r);
@@ -298,6 +324,36 @@ int sender_push_room(PyObject *sender, char *room, Py_ssize_t n)
     if (sent > 0)
         s->in_place++;
     return sent;
+}
+
+Py_ssize_t sender_window(PyObject *sender)
+{
+    if (Py_TYPE(sender) != &SenderType)
+        return -1;
+    Sender *s = (Sender *)sender;
+    if (s->conn == NULL)
+        return -1;
+    /* Borrowed, and nothing below runs Python: a lookup by an int key. */
+    PyObject *st = PyDict_GetItemWithError(s->h2_streams, s->sid);
+    if (st == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    FlowFields *sw = stream_fields(st);
+    if (sw == NULL)
+        return -1;
+    /* The frame limits too (can_send's): a read over a small-framed peer's
+     * limit (nghttp2's default 16 KiB) would go the bytes way, whose hold
+     * rule assumes updates at half a window. */
+    long long n = s->h2_windows->outbound < sw->outbound ? s->h2_windows->outbound
+                                                         : sw->outbound;
+    if (n <= 0)
+        return -1;
+    if (n > s->h2_windows->max_outbound_frame)
+        n = s->h2_windows->max_outbound_frame;
+    if (n > s->send_max)
+        n = s->send_max;
+    return n > 0 && n <= PY_SSIZE_T_MAX ? (Py_ssize_t)n : -1;
 }
 
 static PyObject *sender_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
@@ -438,6 +494,10 @@ int send_init(PyObject *module)
     NAME(s_core_streams, "_streams") NAME(s_stream_id, "stream_id")
     NAME(s__hold, "_hold")
 #undef NAME
+    if ((sized_hold_window = PyLong_FromLong(SIZED_HOLD_WINDOW)) == NULL)
+        return -1;
+    if (PyModule_AddIntConstant(module, "SIZED_HOLD_WINDOW", SIZED_HOLD_WINDOW) < 0)
+        return -1;
     if (PyType_Ready(&SenderType) < 0)
         return -1;
     Py_INCREF(&SenderType);

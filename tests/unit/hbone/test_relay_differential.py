@@ -35,7 +35,7 @@ from h2.stream import StreamState
 from shoal.benchmarks.load.bench_hbone_tls import MemoryTcp
 from shoal.core.hbone import fastpath, tlsio
 from shoal.core.hbone.connection import HboneConnection
-from shoal.core.hbone.settings import HboneSettings
+from shoal.core.hbone.settings import SEND_FRAME_SIZE, HboneSettings
 from shoal.core.identity.tls import client_context, server_context
 from shoal.core.hbone.stream import HOLD_SEND_WINDOW
 from shoal.core.pipe import TcpEnd, _counted
@@ -696,6 +696,31 @@ class SendRun(Run):
         _, self.src = await asyncio.get_running_loop().create_connection(TcpEnd, sock=theirs)
         self.push = _counted(self.c, self.push_pushed, 1, self.src)
         assert (type(self.push).__name__ == "Sender") == self.relay
+        # A TcpPump with the Sender as its sink (not the src's protocol: its
+        # reads are this test's, pump_read), as uvloop reads a piped TcpEnd.
+        self.tcp_pump = fastpath.native.TcpPump(self.src, self.push, self.src._chunks, None, None) \
+            if self.relay else None
+
+    def read_size(self) -> int:
+        """What the next read of the pushing TcpEnd may be: a TcpPump's
+        get_buffer on the C path; the Python twin of sender_window's sizing
+        (the send window, if any is left, up to one frame; else a whole read)."""
+        if self.tcp_pump is not None:
+            return len(self.tcp_pump.get_buffer(-1))
+        window = self.c._core.send_window(self.c.stream_id)
+        frame = self.client_conn.core._h2.max_outbound_frame_size
+        return min(window, frame, SEND_FRAME_SIZE) if window > 0 else SEND_FRAME_SIZE
+
+    def pump_read(self, n: int) -> tuple[int, int]:
+        """One read of n bytes into the TcpPump's buffer (the C path only):
+        (the size get_buffer lent, the Sender's frames sent from it)."""
+        view = self.tcp_pump.get_buffer(-1)
+        size = len(view)
+        view[:n] = bytes([n % 251]) * n
+        view.release()
+        before = self.push.in_place
+        self.tcp_pump.buffer_updated(n)
+        return size, self.push.in_place - before
 
     def close(self) -> None:
         super().close()
@@ -750,6 +775,7 @@ class SendRun(Run):
             "guard": (g.data_frames_sent, g.outbound_control, g.window_updates),
             "counts": (self.c.bytes_sent, tuple(self.push_pushed)),
             "held": (self.c._held is self.src, self.src._held, self.src.transport.is_reading()),
+            "read_size": self.read_size(),
         }
 
 
@@ -822,6 +848,59 @@ async def test_send_half_holds_for_a_small_window_only_once_an_update_is_owed(mo
     assert [s["held"] for s in snaps] == [FREE, FREE, FREE, HELD, FREE, FREE]
     assert [s["result"] for s in snaps] == [None, True, None, True, None, True]
     assert frames == 3
+
+
+async def _sized_run(monkeypatch, window: int) -> SendRun:
+    run = SendRun(True, HboneSettings())
+    await run.start(monkeypatch)
+    await run.setup_push()
+    run.do(("window", window))
+    return run
+
+
+async def test_a_pumped_read_is_sized_to_the_window_sent_whole_and_held_only_at_zero(monkeypatch):
+    """On uvloop a piped TcpEnd reads into the TcpPump's buffer: get_buffer
+    lends no more than the send window left, so a read sized to it is sent
+    whole (framed in place, nothing queued for the pipe's copy task), and
+    the TcpEnd is held for the window only once none is left. Held with
+    window left (40,000 of 100,000: under HOLD_SEND_WINDOW and an update owed
+    by the half rule), a peer that updates later than half (Netty's 0.75, or
+    when exhausted) waited for data the held tunnel never sent."""
+    run = await _sized_run(monkeypatch, 100_000)
+    try:
+        assert run.read_size() == 100_000 == run.c._core.send_window(run.c.stream_id)
+        assert run.pump_read(30_000) == (100_000, 1)
+        assert run.pump_read(30_000) == (70_000, 1)
+        snap = run.do(("look",))
+        assert snap["held"] == FREE and snap["read_size"] == 40_000
+        assert run.c._core.window_update_owed(run.c.stream_id)     # the old rule held here
+        assert run.pump_read(40_000) == (40_000, 1)
+        snap = run.do(("look",))
+        assert snap["held"] == HELD and snap["windows"][1] == 0
+        assert snap["read_size"] == fastpath.native.PUMP_READ         # none left: not sized
+        assert not run.src._chunks and run.src._queued == 0 and not run.c._writing
+        assert run.push.frames == run.push.in_place == 3
+        snap = run.do(("read",))                                      # the WINDOW_UPDATE
+        assert snap["held"] == FREE and 0 < snap["read_size"] <= 100_000
+        assert snap["read_size"] == snap["windows"][1]
+    finally:
+        run.close()
+
+
+async def test_a_sized_read_over_the_mark_is_held_for_the_mark_only(monkeypatch):
+    """Over the transport's mark a sized read still goes out and the
+    TcpEnd is held; the drain releases it though the window is short by the
+    half rule: the next read is sized to it, so no update need come first."""
+    run = await _sized_run(monkeypatch, 100_000)
+    try:
+        run.do(("pause",))
+        assert run.pump_read(60_000) == (100_000, 1)
+        assert run.do(("look",))["held"] == HELD
+        assert run.c._core.window_update_owed(run.c.stream_id)
+        snap = run.do(("resume",))
+        assert snap["held"] == FREE and snap["read_size"] == 40_000
+    finally:
+        run.close()
 
 
 @pytest.mark.parametrize("end", [("reset",), ("eof",), ("writing", True), ("drain",),
