@@ -29,11 +29,12 @@
  * and goes the data_received way above.
  *
  * Each such read is sized to what may be sent: get_buffer lends at most the
- * send window the Sender's stream and connection have left and one frame
- * (sender_window), so a read always fits and the Sender holds the TcpEnd for the window only
- * once none is left (send.c's SIZED_HOLD_WINDOW): no read is refused for the
- * window and queued for the pipe's copy task, and no TcpEnd is held while
- * window is left that a late-updating peer waits to see used.
+ * send window the Sender's stream and connection have left, and one frame
+ * (sender_window), so a read always fits and the Sender holds the TcpEnd
+ * for the window only once none is left (send.c's SIZED_HOLD_WINDOW): no
+ * read is refused for the window and queued for the pipe's copy task, and
+ * no TcpEnd is held while window is left that a late-updating peer waits to
+ * see used.
  *
  *   TcpPump(end, sink, chunks, taken, counter)
  */

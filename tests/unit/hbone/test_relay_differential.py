@@ -698,8 +698,8 @@ class SendRun(Run):
         assert (type(self.push).__name__ == "Sender") == self.relay
         # A TcpPump with the Sender as its sink (not the src's protocol: its
         # reads are this test's, pump_read), as uvloop reads a piped TcpEnd.
-        self.tcp_pump = fastpath.native.TcpPump(self.src, self.push, self.src._chunks, None, None) \
-            if self.relay else None
+        self.tcp_pump = (fastpath.native.TcpPump(self.src, self.push, self.src._chunks, None,
+                                                 None) if self.relay else None)
 
     def read_size(self) -> int:
         """What the next read of the pushing TcpEnd may be: a TcpPump's
