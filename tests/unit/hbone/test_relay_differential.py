@@ -887,6 +887,19 @@ async def test_a_pumped_read_is_sized_to_the_window_sent_whole_and_held_only_at_
         run.close()
 
 
+async def test_a_pumped_read_is_at_most_one_frame_of_a_small_framed_peer(monkeypatch):
+    """The peer's SETTINGS_MAX_FRAME_SIZE bounds a read too (nghttp2's and
+    Netty's default, 16 KiB): bigger, the read went the bytes way, whose
+    hold rule is the half rule's."""
+    run = await _sized_run(monkeypatch, 100_000)
+    try:
+        assert run.do(("max_frame", 16_384))["read_size"] == 16_384
+        assert run.pump_read(16_384) == (16_384, 1)
+        assert run.push.frames == run.push.in_place == 1 and not run.src._chunks
+    finally:
+        run.close()
+
+
 async def test_a_sized_read_over_the_mark_is_held_for_the_mark_only(monkeypatch):
     """Over the transport's mark a sized read still goes out and the
     TcpEnd is held; the drain releases it though the window is short by the
