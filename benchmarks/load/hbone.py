@@ -285,6 +285,22 @@ def run_short(pair: Pair, target_port: int, seconds: float) -> dict:
     return uvloop.run(short_connections(pair.port, seconds))
 
 
+def short_phase(starters: dict, tmp: Path, files, rr_port: int, seconds: float) -> dict:
+    """Short connections through every variant (one run each), and shoal's
+    ratios to stunnel."""
+    short: dict = {}
+    for name, start in starters.items():
+        pair = start(tmp, files, rr_port)
+        try:
+            short[name] = run_short(pair, rr_port, seconds)
+        finally:
+            pair.stop()
+    s, t = short["shoal"], short["stunnel"]
+    short["ratio"] = {"conns_per_s": s["conns_per_s"] / t["conns_per_s"],
+                      "p50": s["p50_ms"] / t["p50_ms"], "p99": s["p99_ms"] / t["p99_ms"]}
+    return short
+
+
 def start_rr_server(tmp: Path) -> tuple[subprocess.Popen, int]:
     code = ("import asyncio, sys, uvloop; sys.path.insert(0, %r)\n"
             "from shoal.benchmarks.load.hbone import rr_server\n"
@@ -311,7 +327,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--short-seconds", type=float, default=5)
+    ap.add_argument("--short-seconds", type=float, default=5,
+                    help="short-connection phase per variant (0: none, throughput only)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "load_hbone.json"))
     ap.add_argument("--plot", help="also write a PNG plot here (e.g. docs/img/hbone_load.png)")
     ap.add_argument("--streams", default="1,8", help="iperf3 -P values, comma-separated")
@@ -353,16 +370,8 @@ def main(argv=None) -> None:
                     runs[name].append(_attempt(start, tmp, files, iperf_port, args.seconds,
                                                streams, results))
             results["throughput"][f"P{streams}"] = _summary(runs)
-        for name, start in starters.items():         # every variant, one run each
-            pair = start(tmp, files, rr_port)
-            try:
-                results["short"][name] = run_short(pair, rr_port, args.short_seconds)
-            finally:
-                pair.stop()
-        s, t = results["short"]["shoal"], results["short"]["stunnel"]
-        results["short"]["ratio"] = {
-            "conns_per_s": s["conns_per_s"] / t["conns_per_s"],
-            "p50": s["p50_ms"] / t["p50_ms"], "p99": s["p99_ms"] / t["p99_ms"]}
+        if args.short_seconds > 0:                   # 0: throughput only
+            results["short"] = short_phase(starters, tmp, files, rr_port, args.short_seconds)
     finally:
         stop(iperf_srv)
         stop(rr)
@@ -379,7 +388,9 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
+    short, snames = results["short"], ("shoal", "stunnel")
+    fig, axes = plt.subplots(1, 3 if short else 2, figsize=(13 if short else 9, 4))
+    ax1, ax2 = axes[0], axes[1]
     keys = list(results["throughput"])
     first = results["throughput"][keys[0]]
     names = tuple(n for n in ("shoal_before", "shoal", *sorted(
@@ -399,16 +410,20 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(range(len(keys)), [f"{k[1:]} stream(s)" for k in keys])
         ax.set_title(title)
         ax.legend(fontsize=8, loc="lower right")
-    short, snames = results["short"], ("shoal", "stunnel")
-    ax3.bar([0, 1], [short[n]["conns_per_s"] for n in snames],
-            color=[colors[n] for n in snames])
-    ax3.set_xticks([0, 1], [f"{n}\np50 {short[n]['p50_ms']:.1f} ms, p99 {short[n]['p99_ms']:.1f} ms"
-                            for n in snames])
-    ax3.set_title("short connections (1 KB req/resp): conns/s")
+    if short:
+        _plot_short(axes[2], short, snames, colors)
     fig.suptitle("HBONE pair vs two stunnels, mutual TLS 1.3, same run (2 shared cores: noisy)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+
+
+def _plot_short(ax, short: dict, snames: tuple, colors: dict) -> None:
+    ax.bar([0, 1], [short[n]["conns_per_s"] for n in snames],
+           color=[colors[n] for n in snames])
+    ax.set_xticks([0, 1], [f"{n}\np50 {short[n]['p50_ms']:.1f} ms, p99 {short[n]['p99_ms']:.1f} ms"
+                           for n in snames])
+    ax.set_title("short connections (1 KB req/resp): conns/s")
 
 
 def _attempt(start, tmp, files, iperf_port, seconds, streams, results) -> dict:
