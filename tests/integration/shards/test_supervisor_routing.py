@@ -31,6 +31,12 @@ def dump(s: Shards) -> dict:
     return json.loads(body)
 
 
+def ready_status(s: Shards) -> dict | None:
+    """The routing dump once the watcher's status names it, else None."""
+    routing = dump(s)["routing"]
+    return routing if routing["status"].get("writer_pid") else None
+
+
 def test_watcher_restart_and_config_reaches_every_worker(tmp_path):
     cfg = tmp_path / "config"
     cfg.mkdir()
@@ -38,8 +44,13 @@ def test_watcher_restart_and_config_reaches_every_worker(tmp_path):
     s = Shards(workers=2, extra=["--config", str(cfg)], tmp=str(tmp_path))
     try:
         s.start()
-        assert http(s.readiness, "/healthz/ready") == (200, b"ready\n")
-        first = dump(s)["routing"]
+        # start() waits for the workers only: the watcher publishes the first
+        # table on its own clock (behind a loaded core, after the workers).
+        wait_for(lambda: http(s.readiness, "/healthz/ready") == (200, b"ready\n"), 10,
+                 "readiness (the watcher's first table)")
+        # The watcher writes its status (with its pid) just after publishing
+        # the table it describes: a dump in between shows generation 1 without it.
+        first = wait_for(lambda: ready_status(s), 10, "the watcher's status after its first table")
         assert first["generation"] >= 1
         watcher = first["status"]["writer_pid"]
         assert watcher in s.worker_pids()   # a child of the supervisor
