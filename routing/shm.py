@@ -46,6 +46,9 @@ Invariants (the argument for correctness; keep them when changing code):
    owner's segments are found by prefix (`cleanup_stale`).
 7. A restarted writer recovers by walking the arena: blocks unreachable from
    the current root are retired at the current generation (conservative).
+   A writer killed inside `set_status` leaves the status seqlock odd; the new
+   writer empties the status and makes the sequence even again, else readers
+   would see "busy" forever and every later write would flip the parity.
 
 Readers never retry and never block: unlike a seqlock (copy, re-check,
 bounded retry), an RCU reader's snapshot cannot change under it. Only the
@@ -319,6 +322,7 @@ class TableWriter:
         else:
             _check_header(mm, name)
             self._recover()
+            self._repair_status()
         _Q.pack_into(mm, OFF_WRITER, os.getpid())
 
     @classmethod
@@ -374,6 +378,15 @@ class TableWriter:
         dead = [off for off in self._blocks() if off not in live]
         if dead:
             self._pending.append((self.generation, dead))
+
+    def _repair_status(self) -> None:
+        """Close a status write the previous writer died inside (invariant 7).
+        Its half-written JSON is dropped: the new writer's first reload
+        writes a whole status."""
+        seq = _Q.unpack_from(self._mm, STATUS_OFF)[0]
+        if seq & 1:
+            _Q.pack_into(self._mm, STATUS_OFF + 8, 0)
+            _Q.pack_into(self._mm, STATUS_OFF, seq + 1)
 
     def _blocks(self) -> Iterator[int]:
         pos = ARENA_OFF

@@ -122,6 +122,25 @@ def test_status_area(table):
         v.close()
 
 
+def test_writer_killed_inside_a_status_write_leaves_it_readable(table):
+    h, w = table
+    w.set_status({"writer_pid": 1})
+    # What a writer killed between its two seqlock stores leaves: an odd
+    # sequence (writing) and a half-written JSON.
+    seq = shm._Q.unpack_from(w._mm, shm.STATUS_OFF)[0]
+    shm._Q.pack_into(w._mm, shm.STATUS_OFF, seq + 1)
+    w._mm[shm.STATUS_OFF + 16:shm.STATUS_OFF + 20] = b'{"wr'
+    w2 = shm.TableWriter.attach(h.name)
+    v = attach_view(h.name)
+    try:
+        assert w2.status() == {}                # torn status dropped, not "busy"
+        w2.set_status({"writer_pid": 2})
+        assert v.status()["writer_pid"] == 2    # the restarted writer's status is seen
+    finally:
+        v.close()
+        w2.close()
+
+
 def test_shm_view_answers_like_static_view(table, cfg, records):
     h, w = table
     comp = IncrementalCompiler()
