@@ -23,7 +23,9 @@ and that endpoint can take it without waiting (window, drain, no write in
 progress); the copy tasks then wake only for what had to queue, for EOF and
 for errors. A 1 KB request through a ztunnel thus costs no task wakeup
 (docs/bench/profiles/). Whatever `write_nowait` refuses takes the queued
-path, in order.
+path, in order. A TcpEnd piped into an endpoint that can tell its send room
+(HboneStream.send_room) reads no more than that at a time (SizedReads; the
+C TcpPump on uvloop), so a read fits and needs no copy task either.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import asyncio
 import functools
 import socket
 import struct
+import threading
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from shoal.core.hbone import fastpath
 
@@ -78,6 +81,8 @@ class Endpoint(Protocol):
     #     endpoint's buffer is over its limit: then `data` goes out all the
     #     same; `source` is held while the endpoint could not take its next
     #     read at once (buffer over its limit, flow-control window short).
+    #   send_room() -> int: the most write_held may take now in one piece
+    #     (0: none, or unknown); a source reads no more than that (SizedReads).
 
     def write_eof(self) -> None:
         """Half-close: the peer reads EOF after what was written."""
@@ -153,6 +158,9 @@ class TcpEnd(_PlainEndFields, asyncio.Protocol):
         self._drain_waiter: asyncio.Future | None = None
         self._can_write = True
         self._sink = None                 # set_sink: where arriving data goes directly
+        # Each read sized to what the sink may send now (a SizedReads reads
+        # for it): write_held holds it for the window only when none is left.
+        self.sized_reads = False
         self.bytes_written = 0            # handed to the transport (write, write_nowait)
         self.made: asyncio.Future = self.loop.create_future()
         self.closed: asyncio.Future = self.loop.create_future()
@@ -257,22 +265,27 @@ class TcpEnd(_PlainEndFields, asyncio.Protocol):
         self._read_into(sink)
 
     def _read_into(self, sink) -> None:
-        """While piped, the transport's protocol is a C TcpPump doing what
-        data_received does (core/hbone/native/plain.c); self again after."""
+        """While piped, the transport's protocol reads for this end: a C
+        TcpPump doing what data_received does (core/hbone/native/plain.c),
+        or without the C module, if the sink can tell its send room, a
+        SizedReads; self again after."""
         transport, native = self.transport, fastpath.native
-        if (native is None or transport is None or not hasattr(transport, "set_protocol")
+        self.sized_reads = False
+        if (transport is None or not hasattr(transport, "set_protocol")
                 or type(self).data_received is not TcpEnd.data_received):
-            return               # no C module, or a subclass that reads its own way
+            return               # a subclass that reads its own way
         current = transport.get_protocol()
         if current is not self and getattr(current, "end", None) is not self:
             return               # someone else's protocol now: not ours to replace
-        if sink is None:
-            if current is not self:
-                transport.set_protocol(self)
-            return
-        taken = None if type(self)._taken is TcpEnd._taken else self._taken
-        transport.set_protocol(native.TcpPump(self, sink, self._chunks, taken,
-                                              self.taken_counter))
+        reader: Any = None            # a TcpPump or a SizedReads
+        if sink is not None and native is not None:
+            taken = None if type(self)._taken is TcpEnd._taken else self._taken
+            reader = native.TcpPump(self, sink, self._chunks, taken, self.taken_counter)
+        elif sink is not None and getattr(sink, "send_room", None) is not None:
+            reader = SizedReads(self, sink.send_room)
+            self.sized_reads = True
+        if reader is not None or current is not self:
+            transport.set_protocol(reader if reader is not None else self)
 
     def write_nowait(self, data) -> bool:
         t = self.transport
@@ -345,6 +358,58 @@ class TcpEnd(_PlainEndFields, asyncio.Protocol):
     @property
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
+
+
+_read_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer (READ_SIZE), lent to one read at a time:
+    a loop's get_buffer, recv_into and buffer_updated run back to back in
+    its thread, and buffer_updated copies the bytes out before it returns.
+    Per thread, not per process: recv_into runs without the GIL."""
+    view = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
+    return view
+
+
+class SizedReads(asyncio.BufferedProtocol):
+    """A piped TcpEnd's protocol when the sink can tell its send room and
+    the C TcpPump is not there (SHOAL_NATIVE=0): each read is sized to what
+    the sink may send now, so it fits and the sink holds the end for the
+    window only once none is left; a peer that sends WINDOW_UPDATE late
+    (RFC 9113 leaves it to the receiver) then still gets the window used
+    up (docs/hbone.md, backpressure). The bytes go the way data_received
+    takes them; every other callback is the end's own.
+
+    `room()`: the sink's send_room (0: a whole READ_SIZE read)."""
+
+    def __init__(self, end: TcpEnd, room: Callable[[], int]) -> None:
+        self.end, self.room = end, room
+        self._view = _read_buffer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # sizehint is the loop's suggestion; what one read may take is ours.
+        # A new view each time (as the C TcpPump's): a caller's release()
+        # cannot spoil the next read's.
+        size = self.room()
+        return self._view[:size if 0 < size < READ_SIZE else READ_SIZE]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end.data_received(bytes(self._view[:nbytes]))
+
+    def eof_received(self) -> bool:
+        return self.end.eof_received()
+
+    def connection_lost(self, exc) -> None:
+        self.end.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.end.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.end.resume_writing()
 
 
 class StreamEnd:
@@ -472,6 +537,10 @@ def _counted(end, pushed: list, i: int, source=None):
             pushed[i] += len(data)
             return True
         return False
+    room = getattr(end, "send_room", None) if hold is not None else None
+    if room is not None:
+        # The Python path sizes the source's reads by it (SizedReads).
+        push.send_room = room                      # type: ignore[attr-defined]
     native_sink = getattr(end, "native_sink", None)
     if native_sink is not None:
         # The same push with its common case in C (HboneStream: core/hbone/

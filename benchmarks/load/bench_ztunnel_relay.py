@@ -19,7 +19,10 @@ ciphertext into reads of WIRE_READ bytes as a loopback socket does, so the
 256 KiB DATA frames the client sends arrive in pieces, as in the load runs.
 `uvloop` after that runs it on uvloop, as shoal's workers do (the C TcpPump
 then reads the client app's socket into its buffer: plain.c); without it,
-on asyncio's loop.
+on asyncio's loop. `held` pushes into the tunnels as `pipe()` does, with the
+TcpEnd as the source write_held may hold (without it, write_nowait); then
+on the Python path (`python`) core.pipe.SizedReads sizes its reads to the
+send window, and `unsized` leaves them unsized (as before SizedReads).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ APP_WRITE = 128 * 1024
 class Relay:
     """Both ztunnels' relays on one in-memory HBONE link."""
 
-    async def start(self, pki) -> None:
+    async def start(self, pki, held: bool = False, unsized: bool = False) -> None:
         self.link = Link(pki)
         self.c, self.s = await self.link.open()
         loop = asyncio.get_running_loop()
@@ -60,7 +63,10 @@ class Relay:
         pushed = [0, 0, 0, 0]
         for end, stream, i in ((self.end_c, self.c, 0), (self.end_s, self.s, 2)):
             stream.set_sink(_counted(end, pushed, i))
-            end.set_sink(_counted(stream, pushed, i + 1))
+            push = _counted(stream, pushed, i + 1, end if held else None)
+            if unsized and hasattr(push, "send_room"):
+                del push.send_room
+            end.set_sink(push)
 
     async def _through(self, app: socket.socket, peer: socket.socket, payload: bytes) -> None:
         """`payload` from one app to the other through both proxies. The link
@@ -123,7 +129,7 @@ def main() -> None:
     else:
         loop = asyncio.new_event_loop()
     relay = Relay()
-    loop.run_until_complete(relay.start(TestPKI()))
+    loop.run_until_complete(relay.start(TestPKI(), "held" in extra, "unsized" in extra))
     if "bulk" in extra:
         loop.run_until_complete(relay.bulk(n))
         return

@@ -317,6 +317,11 @@ class _HboneCore(_CoreFlags):
         except h2x.StreamClosedError:
             return 0
 
+    @property
+    def max_outbound_frame_size(self) -> int:
+        """The peer's SETTINGS_MAX_FRAME_SIZE: the largest DATA frame we may send."""
+        return self._h2.max_outbound_frame_size
+
     def window_update_owed(self, stream_id: int) -> bool:
         """Does the peer owe us a WINDOW_UPDATE (stream or connection) once
         it has consumed what we sent? True when at most half of either send

@@ -19,19 +19,28 @@ from h2.errors import ErrorCodes
 from shoal.core.hbone import fastpath
 from shoal.core.hbone.errors import HboneError, LocalProtocolError, StreamResetError
 from shoal.core.hbone.protocol import HboneClientProtocol, HboneServerProtocol
-from shoal.core.hbone.settings import READ_SIZE
+from shoal.core.hbone.settings import READ_SIZE, SEND_FRAME_SIZE
 
-# A piped source (write_held) whose reads are not sized to the send window
-# (this Python path, asyncio's data_received) stops reading once less send
-# window than this is left: its next socket read (uvloop's are up to 256 KiB)
-# would not fit, would be refused and queued, and the pipe's Python copy task
-# would send the queue. Held, the bytes wait in the kernel until the window
-# opens; so it is held for the window only when the peer owes a
-# WINDOW_UPDATE (_HboneCore.window_update_owed): nghttpx's 64 KiB stream
-# window is always short of this, and it updates only after 32 KiB consumed.
-# That still assumes the peer updates once half a window is consumed (RFC
-# 9113 leaves it to the receiver): the C path on uvloop sizes each read to
-# the window instead and holds only when none is left (send.c, plain.c).
+# A piped source (write_held) whose reads are sized to the send window
+# (send_room: core.pipe's SizedReads, the C TcpPump on uvloop) is held for
+# the window only once less than this, i.e. none, is left: its next read
+# fits whatever is left, and with none left every peer owes a WINDOW_UPDATE
+# (one that never updates an exhausted window deadlocks itself). Held with
+# window left, a tunnel stalled on a peer that updates late: RFC 9113 leaves
+# the timing to the receiver (Netty's windowUpdateRatio, Jetty's ratio: after
+# 75% consumed, or only when exhausted). send.c has the same constant.
+SIZED_HOLD_WINDOW = 1
+# A source whose reads are not sized (asyncio's own loop with the C module:
+# the TcpPump's data_received; a read the C Sender refused; a TcpEnd that
+# reads its own way) stops reading once less send window than this is left:
+# its next socket read (up to 256 KiB) would not fit, would be refused and
+# queued, and the pipe's Python copy task would send the queue. Held, the
+# bytes wait in the kernel until the window opens; so it is held for the
+# window only when the peer owes a WINDOW_UPDATE
+# (_HboneCore.window_update_owed): nghttpx's 64 KiB stream window is always
+# short of this, and it updates only after 32 KiB consumed. That still
+# assumes the peer updates once half a window is consumed: a later one can
+# stall these sources.
 HOLD_SEND_WINDOW = READ_SIZE
 
 
@@ -175,9 +184,9 @@ class HboneStream(_TunnelFields):
     def _hold(self, source, hold_window: int | None = None) -> None:
         """Stop `source` reading until the transport is under its mark and,
         if the window was short, a WINDOW_UPDATE came (the C Sender calls
-        this too: send.c). `hold_window`: the C Sender's after a read sized
-        to the window (short: less than that left, i.e. none); None: reads
-        of any size (short: the rule below)."""
+        this too: send.c). `hold_window`: SIZED_HOLD_WINDOW after a read
+        sized to the window (short: less than that left, i.e. none); None:
+        reads of any size (short: the rule below)."""
         if self._held is not None or self._error is not None:
             return
         window = self._core.send_window(self.stream_id)
@@ -192,8 +201,8 @@ class HboneStream(_TunnelFields):
             # source then never sends it (the tunnel stalled). Not held, a
             # read that does not fit takes the copy task, which waits for
             # the update with the window used up. (A peer that updates only
-            # after more than half is consumed can still stall this path:
-            # its reads cannot be sized.)
+            # after more than half is consumed can still stall a source
+            # whose reads are not sized: HOLD_SEND_WINDOW.)
             short = window < HOLD_SEND_WINDOW and self._core.window_update_owed(self.stream_id)
         if (short or not self._conn.can_write.is_set()) and source.hold_reading():
             self._held = source
@@ -312,9 +321,22 @@ class HboneStream(_TunnelFields):
         """write_nowait, and also while the transport is above its
         high-water mark: `data` then goes out all the same (the transport
         holds one read more than its mark). After a send that leaves the
-        transport over its mark or less than HOLD_SEND_WINDOW of window,
-        `source` (a core.pipe TcpEnd) stops reading until both recover."""
+        transport over its mark or the window short, `source` (a core.pipe
+        TcpEnd) stops reading until both recover. Short: none left if the
+        source's reads are sized by send_room (`sized_reads`), else less
+        than HOLD_SEND_WINDOW once an update is owed (_hold)."""
         return self._send_now(data, source)
+
+    def send_room(self) -> int:
+        """The most one DATA frame may carry now: the least of the stream's
+        and the connection's send window, the peer's SETTINGS_MAX_FRAME_SIZE
+        and SEND_FRAME_SIZE; 0 if no window is left (or the stream is gone).
+        A piped source sizes its reads by it (core.pipe.SizedReads), as the
+        C TcpPump by send.c's sender_window: a read then always fits."""
+        window = self._core.send_window(self.stream_id)
+        if window <= 0:
+            return 0
+        return min(window, self._core.max_outbound_frame_size, SEND_FRAME_SIZE)
 
     def _send_now(self, data, source) -> bool:
         n = len(data)
@@ -328,9 +350,12 @@ class HboneStream(_TunnelFields):
             return False
         self.bytes_sent += n
         self._conn.flush()
-        if source is not None and (not self._conn.can_write.is_set()
-                                   or self._core.send_window(self.stream_id) < HOLD_SEND_WINDOW):
-            self._hold(source)
+        if source is not None:
+            # send.c's rule, by the source's reads (SIZED_HOLD_WINDOW's note).
+            sized = getattr(source, "sized_reads", False)
+            if (not self._conn.can_write.is_set() or self._core.send_window(self.stream_id)
+                    < (SIZED_HOLD_WINDOW if sized else HOLD_SEND_WINDOW)):
+                self._hold(source, SIZED_HOLD_WINDOW if sized else None)
         return True
 
     def write_eof(self) -> None:

@@ -65,8 +65,11 @@ class Run:
         self.app, mine = socket.socketpair()
         self.app.setblocking(False)
         _, self.end = await asyncio.get_running_loop().create_connection(self.kind, sock=mine)
-        self.sink = Sink()
+        self.sink = self.make_sink()
         self.set_sink(self.sink)
+
+    def make_sink(self) -> Sink:
+        return Sink()
 
     def set_sink(self, sink) -> None:
         saved = fastpath.native
@@ -145,12 +148,27 @@ async def run_script(pump: bool, kind, ops, rig=None):
         run.close()
 
 
-def compare(loop: str, kind, ops) -> None:
+def compare(loop: str, kind, ops, rig=None) -> None:
+    """`ops` with the pump (`rig`'s, TcpPump for Run) and without: equal at every step."""
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        native = runner.run(run_script(True, kind, ops))
-        python = runner.run(run_script(False, kind, ops))
+        native = runner.run(run_script(True, kind, ops, rig))
+        python = runner.run(run_script(False, kind, ops, rig))
     for i, (n, p) in enumerate(zip(native, python)):
         assert n == p, f"step {i} {ops[i]}: {sorted(k for k in n if n[k] != p[k])} differ"
+
+
+# The scripts below (test_sized_reads runs them through core.pipe.SizedReads too).
+TAKEN_REFUSED_OPS = [("send", KB), ("send", 1), ("mode", "refuse"), ("send", 100),
+                     ("mode", "take"), ("send", 200), ("read", 50), ("read", 1000),
+                     ("send", 3 * KB), ("send", 7)]
+HIGH_WATER_OPS = [("mode", "refuse"), ("send", READ_HIGH_WATER // 2),
+                  ("send", READ_HIGH_WATER // 2 + 1), ("read", READ_HIGH_WATER // 2),
+                  ("read", READ_HIGH_WATER // 4), ("read", READ_HIGH_WATER), ("mode", "take"),
+                  ("send", KB)]
+CALLBACK_OPS = [("pause_writing", None), ("send", KB), ("resume_writing", None),
+                ("unsink", None), ("send", 10), ("read", 100), ("resink", None), ("send", 20),
+                ("eof", None), ("read", 100)]
+FAIL_OPS = [("send", KB), ("fail", None)]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -158,32 +176,24 @@ def compare(loop: str, kind, ops) -> None:
 def test_taken_refused_queued_and_read_in_order(loop, kind):
     """What the sink takes is counted; what it refuses queues, and later
     reads queue behind it (never overtaking), until read() empties it."""
-    ops = [("send", KB), ("send", 1), ("mode", "refuse"), ("send", 100), ("mode", "take"),
-           ("send", 200), ("read", 50), ("read", 1000), ("send", 3 * KB), ("send", 7)]
-    compare(loop, kind, ops)
+    compare(loop, kind, TAKEN_REFUSED_OPS)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_reading_pauses_at_the_high_water_mark_and_resumes(loop):
-    ops = [("mode", "refuse"), ("send", READ_HIGH_WATER // 2), ("send", READ_HIGH_WATER // 2 + 1),
-           ("read", READ_HIGH_WATER // 2), ("read", READ_HIGH_WATER // 4),
-           ("read", READ_HIGH_WATER), ("mode", "take"), ("send", KB)]
-    compare(loop, CountingEnd, ops)
+    compare(loop, CountingEnd, HIGH_WATER_OPS)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_callbacks_eof_and_unsinking_are_the_ends(loop):
     """pause/resume of writing and EOF reach the TcpEnd through the pump;
     without a sink the end reads as before; a new sink brings the pump back."""
-    ops = [("pause_writing", None), ("send", KB), ("resume_writing", None), ("unsink", None),
-           ("send", 10), ("read", 100), ("resink", None), ("send", 20), ("eof", None),
-           ("read", 100)]
-    compare(loop, CountingEnd, ops)
+    compare(loop, CountingEnd, CALLBACK_OPS)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_failing_sink_closes_the_connection_as_python(loop):
-    compare(loop, CountingEnd, [("send", KB), ("fail", None)])
+    compare(loop, CountingEnd, FAIL_OPS)
 
 
 def test_a_subclass_that_reads_its_own_way_keeps_its_protocol():

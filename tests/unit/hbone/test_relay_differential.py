@@ -35,10 +35,10 @@ from h2.stream import StreamState
 from shoal.benchmarks.load.bench_hbone_tls import MemoryTcp
 from shoal.core.hbone import fastpath, tlsio
 from shoal.core.hbone.connection import HboneConnection
-from shoal.core.hbone.settings import SEND_FRAME_SIZE, HboneSettings
+from shoal.core.hbone.settings import HboneSettings
 from shoal.core.identity.tls import client_context, server_context
-from shoal.core.hbone.stream import HOLD_SEND_WINDOW
-from shoal.core.pipe import TcpEnd, _counted
+from shoal.core.hbone.stream import HOLD_SEND_WINDOW, SIZED_HOLD_WINDOW
+from shoal.core.pipe import SizedReads, TcpEnd, _counted
 from tests.helpers.leaks import leaks
 from tests.helpers.pki import TestPKI
 
@@ -703,24 +703,32 @@ class SendRun(Run):
 
     def read_size(self) -> int:
         """What the next read of the pushing TcpEnd may be: a TcpPump's
-        get_buffer on the C path; the Python twin of sender_window's sizing
-        (the send window, if any is left, up to one frame; else a whole read)."""
+        get_buffer on the C path; on the Python one, core.pipe.SizedReads'
+        by HboneStream.send_room, sender_window's twin (the send window, if
+        any is left, up to one frame; else a whole read)."""
         if self.tcp_pump is not None:
             return len(self.tcp_pump.get_buffer(-1))
-        window = self.c._core.send_window(self.c.stream_id)
-        frame = self.client_conn.core._h2.max_outbound_frame_size
-        return min(window, frame, SEND_FRAME_SIZE) if window > 0 else SEND_FRAME_SIZE
+        return len(SizedReads(self.src, self.c.send_room).get_buffer(-1))
+
+    def reader(self):
+        """The protocol pump_read reads through: the TcpPump (the C path only)."""
+        return self.tcp_pump
+
+    def sent_count(self) -> int:
+        """What pump_read counts as sent: the Sender's frames sent in place."""
+        return self.push.in_place
 
     def pump_read(self, n: int) -> tuple[int, int]:
-        """One read of n bytes into the TcpPump's buffer (the C path only):
-        (the size get_buffer lent, the Sender's frames sent from it)."""
-        view = self.tcp_pump.get_buffer(-1)
+        """One read of n bytes into the reader's buffer, as a loop that lends
+        buffers reads: (the size get_buffer lent, what was sent from it)."""
+        reader = self.reader()
+        view = reader.get_buffer(-1)
         size = len(view)
         view[:n] = bytes([n % 251]) * n
         view.release()
-        before = self.push.in_place
-        self.tcp_pump.buffer_updated(n)
-        return size, self.push.in_place - before
+        before = self.sent_count()
+        reader.buffer_updated(n)
+        return size, self.sent_count() - before
 
     def close(self) -> None:
         super().close()
@@ -850,12 +858,31 @@ async def test_send_half_holds_for_a_small_window_only_once_an_update_is_owed(mo
     assert frames == 3
 
 
-async def _sized_run(monkeypatch, window: int) -> SendRun:
-    run = SendRun(True, HboneSettings())
+async def _sized_run(monkeypatch, window: int, run: SendRun | None = None) -> SendRun:
+    """`run` (the C path's SendRun if None) started, its push set up, the
+    server's stream window `window`."""
+    run = run or SendRun(True, HboneSettings())
     await run.start(monkeypatch)
     await run.setup_push()
     run.do(("window", window))
     return run
+
+
+def read_to_zero(run: SendRun, sent) -> dict:
+    """Reads of 30,000, 30,000 and 40,000 bytes into a 100,000 window: each
+    lent what is left and sent whole (`sent(n)`: what pump_read counts for
+    a read of n), nothing queued, the source held only after the last (none
+    left; the old rule held it after the second). The snapshot then."""
+    assert run.pump_read(30_000) == (100_000, sent(30_000))
+    assert run.pump_read(30_000) == (70_000, sent(30_000))
+    snap = run.do(("look",))
+    assert snap["held"] == FREE and snap["read_size"] == 40_000
+    assert run.c._core.window_update_owed(run.c.stream_id)     # the old rule held here
+    assert run.pump_read(40_000) == (40_000, sent(40_000))
+    snap = run.do(("look",))
+    assert snap["held"] == HELD and snap["windows"][1] == 0
+    assert not run.src._chunks and run.src._queued == 0 and not run.c._writing
+    return snap
 
 
 async def test_a_pumped_read_is_sized_to_the_window_sent_whole_and_held_only_at_zero(monkeypatch):
@@ -869,20 +896,14 @@ async def test_a_pumped_read_is_sized_to_the_window_sent_whole_and_held_only_at_
     run = await _sized_run(monkeypatch, 100_000)
     try:
         assert run.read_size() == 100_000 == run.c._core.send_window(run.c.stream_id)
-        assert run.pump_read(30_000) == (100_000, 1)
-        assert run.pump_read(30_000) == (70_000, 1)
-        snap = run.do(("look",))
-        assert snap["held"] == FREE and snap["read_size"] == 40_000
-        assert run.c._core.window_update_owed(run.c.stream_id)     # the old rule held here
-        assert run.pump_read(40_000) == (40_000, 1)
-        snap = run.do(("look",))
-        assert snap["held"] == HELD and snap["windows"][1] == 0
+        snap = read_to_zero(run, lambda n: 1)                         # one frame each
         assert snap["read_size"] == fastpath.native.PUMP_READ         # none left: not sized
-        assert not run.src._chunks and run.src._queued == 0 and not run.c._writing
         assert run.push.frames == run.push.in_place == 3
         snap = run.do(("read",))                                      # the WINDOW_UPDATE
         assert snap["held"] == FREE and 0 < snap["read_size"] <= 100_000
         assert snap["read_size"] == snap["windows"][1]
+        # The Python path's SizedReads holds at the same window (test_sized_reads).
+        assert fastpath.native.SIZED_HOLD_WINDOW == SIZED_HOLD_WINDOW
     finally:
         run.close()
 
