@@ -34,7 +34,8 @@
  *     sized, so less than `hold_window` (HOLD_SEND_WINDOW) left holds it,
  *     but only when an update is owed (_HboneCore.window_update_owed, which
  *     assumes the peer updates once half a window is consumed): exactly
- *     HboneStream._send_now's rule, stream._hold(source).
+ *     HboneStream._send_now's rule for a source whose reads are not sized
+ *     (the Python path's SizedReads sizes them as this file's pump does).
  *
  * The frame is sent here only if all of these hold (else `fallback(data)`):
  *   - data is bytes, 1 byte up to min(SETTINGS_MAX_FRAME_SIZE, send_max);
