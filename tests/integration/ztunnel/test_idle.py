@@ -22,8 +22,14 @@ from tests.helpers.ztunnel_mesh import Mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
+# Windows measured back to back; each process is judged by its quietest.
+# A node just started still finishes its boot for a moment (certificates,
+# the first routing generation, log lines), and under a loaded CI run
+# that spills into a window: 27 wakeups/s in one run where idle is 10.
+# A polling loop wakes in every window, so the quietest still shows it.
+WINDOWS = 4
 # Long enough to average out a stray wakeup (a log line, a metrics flush).
-WINDOW = 3.0
+WINDOW = 1.5
 # One tick per TICK_INTERVAL plus slack for the rare extra run (a heartbeat
 # stamp rides a tick; a preemption counts twice). Two timers drifting apart
 # (a tick plus a second sleeping loop) are ~2 / TICK_INTERVAL.
@@ -61,12 +67,18 @@ def test_idle_node_wakes_once_per_tick_per_worker_and_rarely_in_the_supervisor(n
     sup = node.supervisor_pid("node-a")
     workers = node.worker_pids("node-a")
     assert len(workers) == 2 and workers <= children(sup)
-    before = {pid: runs(pid) for pid in (sup, *workers)}
-    t0 = time.monotonic()
-    time.sleep(WINDOW)      # the measured interval, not a synchronisation
-    elapsed = time.monotonic() - t0
-    rate = {pid: (runs(pid) - before[pid]) / elapsed for pid in before}
+    rates: dict[int, list[float]] = {pid: [] for pid in (sup, *workers)}
+    for _ in range(WINDOWS):
+        before = {pid: runs(pid) for pid in rates}
+        t0 = time.monotonic()
+        time.sleep(WINDOW)      # the measured interval, not a synchronisation
+        elapsed = time.monotonic() - t0
+        for pid in rates:
+            rates[pid].append((runs(pid) - before[pid]) / elapsed)
+    rate = {pid: min(r) for pid, r in rates.items()}
     for pid in workers:
         assert rate[pid] <= WORKER_MAX_PER_S, \
-            f"idle worker {pid} woke {rate[pid]:.1f} times/s (one tick is {1 / TICK_INTERVAL:.0f}/s)"
-    assert rate[sup] <= SUPERVISOR_MAX_PER_S, f"idle supervisor woke {rate[sup]:.1f} times/s"
+            f"idle worker {pid} woke {rate[pid]:.1f} times/s at the quietest " \
+            f"(one tick is {1 / TICK_INTERVAL:.0f}/s; each window: {rates[pid]})"
+    assert rate[sup] <= SUPERVISOR_MAX_PER_S, \
+        f"idle supervisor woke {rate[sup]:.1f} times/s at the quietest (each window: {rates[sup]})"
