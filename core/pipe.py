@@ -121,21 +121,14 @@ def abort_with_rst(transport: asyncio.WriteTransport) -> None:
     transport.abort()
 
 
-class _PythonPlainEndFields:
-    """The pure-Python path's stand-in for the C PlainEndFields: adds nothing."""
-
-    __slots__ = ()
-
-
 # transport, _drain_waiter, bytes_written and _can_write as C struct fields
 # (core/hbone/native/flow.c) when the C module loads: the C relay checks
 # write_nowait's conditions and counts bytes_written per DATA frame by
 # pointer. (mypy checks against the Python stand-in.)
 if TYPE_CHECKING:
-    _PlainEndFields = _PythonPlainEndFields
+    _PlainEndFields = fastpath.PythonFields
 else:
-    _PlainEndFields = fastpath.native.PlainEndFields if fastpath.native is not None \
-        else _PythonPlainEndFields
+    _PlainEndFields = fastpath.fields_base("PlainEndFields")
 
 
 class TcpEnd(_PlainEndFields, asyncio.Protocol):

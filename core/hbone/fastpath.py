@@ -32,3 +32,16 @@ def _load() -> ModuleType | None:
 
 
 native: ModuleType | None = _load()
+
+
+class PythonFields:
+    """The pure-Python path's stand-in for a C fields base (native/flow.c):
+    it adds nothing, so the subclass's attributes stay in its instance dict."""
+
+    __slots__ = ()
+
+
+def fields_base(name: str, stand_in: type = PythonFields) -> type:
+    """The C module's fields base `name` (a struct read by pointer from C and
+    through member descriptors from Python), or `stand_in` without it."""
+    return getattr(native, name) if native is not None else stand_in

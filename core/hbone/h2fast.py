@@ -68,19 +68,12 @@ DIRECT_BODY_MIN = 32 * 1024
 _new_body = fastpath.native.body if fastpath.native is not None else bytearray
 
 
-class _PythonFields:
-    """The pure-Python path's stand-in for the C field bases: adds nothing."""
-
-    __slots__ = ()
-
-
 # The C structs that hold the windows (flow.c) when the C module loads; on the
 # pure-Python path the attributes stay in the instance dicts, as in h2.
-_native = fastpath.native
-_WindowBase: Any = _native.Window if _native is not None else _PythonFields
-_StreamBase: Any = _native.StreamWindows if _native is not None else _PythonFields
-_ConnectionBase: Any = _native.ConnectionWindows if _native is not None else _PythonFields
-_StateBase: Any = _native.StateMachine if _native is not None else _PythonFields
+_WindowBase: Any = fastpath.fields_base("Window")
+_StreamBase: Any = fastpath.fields_base("StreamWindows")
+_ConnectionBase: Any = fastpath.fields_base("ConnectionWindows")
+_StateBase: Any = fastpath.fields_base("StateMachine")
 
 
 class _WindowManager(_WindowBase, WindowManager):

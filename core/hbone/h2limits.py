@@ -156,16 +156,10 @@ class TokenBucket:
         return True
 
 
-class _PythonCounters:
-    """The pure-Python path's stand-in for the C counters: adds nothing."""
-
-    __slots__ = ()
-
-
 # data_frames_sent, empty_in_a_row and outbound_control as C fields
 # (core/hbone/native/flow.c) when the C module loads: its data paths count
 # every DATA frame in them by pointer.
-_GuardBase: Any = fastpath.native.GuardCounters if fastpath.native is not None else _PythonCounters
+_GuardBase: Any = fastpath.fields_base("GuardCounters")
 
 
 class FloodGuard(_GuardBase):

@@ -70,22 +70,15 @@ class _PythonStreamFields:
     __slots__ = ("state", "local_ended", "remote_ended")
 
 
-class _PythonCoreFlags:
-    """The pure-Python path's stand-in for the C CoreFlags: adds nothing."""
-
-    __slots__ = ()
-
-
 # The fields the C data paths read per DATA frame (core/hbone/native/flow.c),
 # as C struct fields when the C module loads: reached by pointer there. (mypy
 # checks against the Python stand-ins, which have the same fields.)
 if TYPE_CHECKING:
     _StreamFields = _PythonStreamFields
-    _CoreFlags = _PythonCoreFlags
+    _CoreFlags = fastpath.PythonFields
 else:
-    _StreamFields = fastpath.native.CoreStream if fastpath.native is not None \
-        else _PythonStreamFields
-    _CoreFlags = fastpath.native.CoreFlags if fastpath.native is not None else _PythonCoreFlags
+    _StreamFields = fastpath.fields_base("CoreStream", _PythonStreamFields)
+    _CoreFlags = fastpath.fields_base("CoreFlags")
 
 
 class _Stream(_StreamFields):

@@ -62,21 +62,14 @@ class StreamOwner(Protocol):
         """The stream finished: forget it (and close a draining connection)."""
 
 
-class _PythonTunnelFields:
-    """The pure-Python path's stand-in for the C TunnelFields: adds nothing."""
-
-    __slots__ = ()
-
-
 # bytes_sent, bytes_received, _chunks, _sink, _error and _writing as C struct
 # fields (core/hbone/native/flow.c) when the C module loads: the C data paths
 # read and count them per DATA frame by pointer. (mypy checks against the
 # Python stand-in.)
 if TYPE_CHECKING:
-    _TunnelFields = _PythonTunnelFields
+    _TunnelFields = fastpath.PythonFields
 else:
-    _TunnelFields = fastpath.native.TunnelFields if fastpath.native is not None \
-        else _PythonTunnelFields
+    _TunnelFields = fastpath.fields_base("TunnelFields")
 
 
 class HboneStream(_TunnelFields):
