@@ -40,6 +40,17 @@ KEEPALIVE_PROBES = 9
 SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+# SO_INCOMING_CPU's "no CPU": the listener is picked by the reuseport hash only.
+NO_CPU = -1
+
+
+def set_incoming_cpu(sock: socket.socket, cpu: int) -> None:
+    """Prefer `sock` among its SO_REUSEPORT group for connections whose SYN
+    the kernel handles on `cpu` (NO_CPU: none). socket(7)'s intended use: one
+    listener per CPU. Since Linux 6.2 the reuseport lookup picks the member
+    whose CPU matches, else its hash pick; older kernels ignore it there."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, cpu)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

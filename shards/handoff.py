@@ -29,7 +29,8 @@ import json
 import socket
 from typing import Callable, Sequence
 
-from shoal.core.sockets import LISTEN_BACKLOG, CONNECT_TIMEOUT, SocketFactory, listener_key
+from shoal.core.sockets import (LISTEN_BACKLOG, CONNECT_TIMEOUT, NO_CPU, SocketFactory, listener_key,
+                                set_incoming_cpu)
 
 ENV_LISTEN_FDS = "SHOAL_LISTEN_FDS"          # {"<slot>": {"<key>": fd}}
 ENV_UPGRADE_READY_FD = "SHOAL_UPGRADE_READY_FD"  # write b"1" once serving
@@ -60,8 +61,9 @@ class SlotSocketFactory:
     """A `SocketFactory` whose listeners belong to the worker's slot."""
 
     def __init__(self, inner: SocketFactory, inherited: dict[str, socket.socket],
-                 notify: Callable[[str, list[int]], None]) -> None:
+                 notify: Callable[[str, list[int]], None], incoming_cpu: int = NO_CPU) -> None:
         self.inner = inner
+        self.incoming_cpu = incoming_cpu
         self.namespace_key = inner.namespace_key
         self._inherited = inherited   # shared by every factory of this worker
         self._notify = notify
@@ -76,6 +78,8 @@ class SlotSocketFactory:
         if sock is None:
             sock = self.inner.listen(host, port, backlog=backlog)
             self._notify(f"listen {key}", [sock.fileno()])
+        # Inherited ones too: the steering may have changed across a SIGUSR2.
+        set_incoming_cpu(sock, self.incoming_cpu)
         sock.setblocking(False)
         self._keys[sock.fileno()] = key
         return sock

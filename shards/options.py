@@ -43,6 +43,7 @@ class SupervisorOptions:
     bind: str = "0.0.0.0"                 # address of the metrics and readiness ports
     log_level: str = "info"
     pidfile: str | None = None
+    cpu_steering: bool = True             # slot i's listeners take connections arriving on CPU i
 
     def __post_init__(self) -> None:
         if not 0 <= self.workers <= MAX_WORKERS:
@@ -68,6 +69,15 @@ class SupervisorOptions:
 CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
+def steering_cpu(slot: int) -> int:
+    """The CPU whose connections worker slot `slot` takes (SO_INCOMING_CPU):
+    the slot-th CPU this process may run on, wrapping when there are more
+    slots than CPUs. Slots and CPUs are both numbered from the supervisor's
+    affinity, so a pod pinned to CPUs 4-7 steers 4, 5, 6, 7, not 0-3."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    return cpus[slot % len(cpus)]
+
+
 def cpu_limit(cpu_max: str = CPU_MAX) -> int:
     """Workers by default: the container's CPU limit (cgroup v2 `cpu.max`, quota /
     period rounded up), else the CPUs this process may run on. A pod limited
@@ -87,7 +97,7 @@ def cpu_limit(cpu_max: str = CPU_MAX) -> int:
 KUBERNETES_SCHEME = SCHEME
 
 FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "metrics_port",
-         "readiness_port", "log_level", "pidfile")
+         "readiness_port", "log_level", "pidfile", "cpu_steering")
 
 
 def supervisor_options(fn):
@@ -119,6 +129,11 @@ def supervisor_options(fn):
                      default=None, envvar="LOG_FORMAT",
                      help="Log lines as ztunnel's text (plain, the default) or JSON "
                      "(env LOG_FORMAT, as ztunnel)."),
+        click.option("--cpu-steering/--no-cpu-steering", default=True, show_default=True,
+                     help="Worker i's listeners take the connections whose packets the kernel "
+                     "handles on the i-th CPU (SO_INCOMING_CPU, Linux >= 6.2), the rest by hash: "
+                     "a client thread's connections share a worker instead of waking every "
+                     "worker. --no-cpu-steering spreads every connection by hash."),
         click.option("--pidfile", type=click.Path(dir_okay=False), default=None,
                      help="Write the supervisor's pid here (kept across SIGUSR2 upgrades)."),
     ]

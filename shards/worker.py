@@ -35,12 +35,12 @@ from shoal.core import drain as core_drain
 from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
 from shoal.core.admin import Endpoints, HttpProtocol
-from shoal.core.sockets import DefaultSocketFactory, SocketFactory
+from shoal.core.sockets import NO_CPU, DefaultSocketFactory, SocketFactory
 from shoal.shards import exitcodes, routing_glue, signals
 from shoal.shards.app import App, WorkerContext
 from shoal.shards.handoff import SlotSocketFactory, send_message
 from shoal.shards.heartbeat import HeartbeatTable
-from shoal.shards.options import SupervisorOptions
+from shoal.shards.options import SupervisorOptions, steering_cpu
 from shoal.shards.proc import set_parent_death_signal
 from shoal.shards.ticker import TICK_INTERVAL, Every, Ticker
 
@@ -121,8 +121,10 @@ class Worker:
         metrics = core_metrics.istio()
         metrics.set_build(self.app.name)
 
+        cpu = steering_cpu(self.slot) if self.options.cpu_steering else NO_CPU
+
         def wrap(inner: SocketFactory) -> SocketFactory:
-            return SlotSocketFactory(inner, self.inherited, self._notify)
+            return SlotSocketFactory(inner, self.inherited, self._notify, cpu)
 
         return WorkerContext(worker_id=self.slot, routing=self.view,
                              sockets=wrap(DefaultSocketFactory()), drain=watcher,

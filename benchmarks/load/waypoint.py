@@ -203,12 +203,19 @@ def start_nginx(conf: str, d: Path, name: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# The load generators here are single threads, so CPU steering (the default,
+# docs/operations.md) would hand all their connections to one worker and the
+# 2-worker runs would measure one; nginx, the peer, spreads by hash. The
+# waypoint spreads by hash too here.
+NO_STEERING = ("--no-cpu-steering",)
+
+
 def start_waypoint(d: Path, port: int, workers: int, general: bool = False) -> subprocess.Popen:
     """`general`: SHOAL_WAYPOINT_FAST=0, the coroutine path alone."""
     cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", "0", "--plaintext-port", str(port),
            "--bind", "127.0.0.1", "--upstream-plaintext", "--no-access-log",
-           "--config", str(d / "mesh"), "--workers", str(workers), "--admin-port", "0",
+           "--config", str(d / "mesh"), "--workers", str(workers), "--admin-port", "0", *NO_STEERING,
            "--metrics-port", "0", "--readiness-port", "0", "--log-level", "warning"]
     env = dict(os.environ, SHOAL_WAYPOINT_FAST="0") if general else None
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -336,7 +343,7 @@ def run_hbone(d: Path, args, workers: int, upstream_hbone: bool, backend_port: i
     cmd = [sys.executable, "-m", "shoal.cli", "waypoint", "run", "--name", "waypoint",
            "--namespace", "default", "--hbone-port", str(hport), "--cert-dir", str(d / "wp-cred"),
            "--bind", "127.0.0.1", "--no-access-log",
-           "--config", str(cfg), "--workers", str(workers), "--admin-port", "0",
+           "--config", str(cfg), "--workers", str(workers), "--admin-port", "0", *NO_STEERING,
            "--metrics-port", "0", "--readiness-port", "0", "--log-level", "warning"]
     if not upstream_hbone:
         cmd.append("--upstream-plaintext")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import itertools
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from tests.helpers.ports import free_port
 from tests.helpers.wait import wait_for
@@ -46,8 +48,37 @@ def alive(pid: int) -> bool:
         return False
 
 
-def ask(port: int, line: bytes = b"pid", timeout: float = 5.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+# The CPUs this test may run on. A supervisor steers a connection to the
+# worker of the CPU its SYN was handled on (--cpu-steering, the default), and
+# a loopback SYN is handled on the connecting thread's CPU: `ask` connects
+# from each CPU in turn, as clients on every CPU would, so that it reaches
+# every worker.
+CPUS = sorted(os.sched_getaffinity(0))
+_turn = itertools.count()
+
+
+def next_cpu() -> int:
+    """The next CPU in turn."""
+    return CPUS[next(_turn) % len(CPUS)]
+
+
+@contextmanager
+def on_cpu(cpu: int):
+    """Run the calling thread on `cpu` only, for the duration."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def ask(port: int, line: bytes = b"pid", timeout: float = 5.0, cpu: int | None = None) -> bytes:
+    """Send one line on a new connection made from `cpu` (else the next CPU in
+    turn) and return the answer line."""
+    with on_cpu(next_cpu() if cpu is None else cpu):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with conn as s:
         s.sendall(line + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -58,16 +89,16 @@ def ask(port: int, line: bytes = b"pid", timeout: float = 5.0) -> bytes:
         return buf
 
 
-def worker_of(port: int) -> tuple[int, int, int]:
+def worker_of(port: int, cpu: int | None = None) -> tuple[int, int, int]:
     """(pid, worker id, generation) of the worker that served one connection."""
-    pid, wid, gen = ask(port).split()
+    pid, wid, gen = ask(port, cpu=cpu).split()
     return int(pid), int(wid), int(gen)
 
 
 def http(port: int, path: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with on_cpu(next_cpu()), urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -239,6 +270,9 @@ class ClientLoop:
         payload = b"hello\n"
         while not self._stop.is_set():
             local = 0                   # not connected yet
+            # The connect's SYN is handled on this thread's CPU: move the
+            # thread through the CPUs so that steering reaches every worker.
+            os.sched_setaffinity(0, {next_cpu()})
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.host, self.port,

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from tests.helpers.ports import free_port
+from tests.helpers.shards_proc import next_cpu, on_cpu
 from tests.helpers.ztunnel_peers import Proc, python_app
 
 SHOAL = [sys.executable, "-m", "shoal.cli"]
@@ -295,7 +296,8 @@ class Mesh:
         s = socket.socket()
         s.settimeout(timeout)
         s.bind((pod.ip, 0))
-        s.connect((n.proxy_ip, lport))
+        with on_cpu(next_cpu()):    # as clients on every CPU: steering reaches each worker
+            s.connect((n.proxy_ip, lport))
         return s
 
     def curl_args(self, client: str, ip: str, port: int) -> list[str]:

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tests.helpers.kube_apiserver import KubeApiServer
+from tests.helpers.shards_proc import next_cpu, on_cpu
 from tests.helpers.ztunnel_mesh import Mesh, echo
 from tests.helpers.ztunnel_peers import python_app
 
@@ -48,7 +49,7 @@ def every_worker(mesh, node, check, what):
     deadline = time.monotonic() + DEADLINE
     ok: dict[int, bool] = {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with on_cpu(next_cpu()), urllib.request.urlopen(url, timeout=5) as r:
             d = json.loads(r.read())
         ok[d["worker"]["pid"]] = bool(check(d["routing"]))
         if len(ok) == WORKERS and all(ok.values()):

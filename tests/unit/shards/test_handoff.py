@@ -1,12 +1,15 @@
 """shards.handoff: slot listeners are reused by key and reported once."""
 
+import os
 import socket
 
 import pytest
 
-from shoal.core.sockets import DefaultSocketFactory, listener_key
+from shoal.core.sockets import (NO_CPU, SO_INCOMING_CPU, DefaultSocketFactory, listener_key,
+                                set_incoming_cpu)
 from shoal.shards import handoff
 from shoal.shards.handoff import SlotSocketFactory
+from shoal.shards.options import steering_cpu
 
 
 class FakeFactory:
@@ -85,3 +88,35 @@ def test_control_messages_carry_fds():
     assert handoff.recv_message(b) is None
     b.close()
     lst.close()
+
+
+def incoming_cpu(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU)
+
+
+@pytest.mark.parametrize("inherited", [False, True])
+def test_a_slots_listeners_are_steered_to_its_cpu(inherited):
+    key = listener_key("ns1", "127.0.0.1", 15008)
+    old = socket.socket()
+    f = SlotSocketFactory(FakeFactory(), {key: old} if inherited else {},
+                          lambda text, fds: None, incoming_cpu=1)
+    s = f.listen("127.0.0.1", 15008)
+    assert (s is old) == inherited
+    assert incoming_cpu(s) == 1
+    s.close()
+
+
+def test_without_steering_an_inherited_listener_is_unsteered():
+    """A SIGUSR2 to a supervisor started with --no-cpu-steering resets the
+    CPU its predecessor gave the slot's listeners."""
+    key = listener_key("ns1", "127.0.0.1", 15008)
+    old = socket.socket()
+    set_incoming_cpu(old, 1)
+    f = SlotSocketFactory(FakeFactory(), {key: old}, lambda text, fds: None)
+    assert incoming_cpu(f.listen("127.0.0.1", 15008)) == NO_CPU
+    old.close()
+
+
+def test_slots_take_the_allowed_cpus_in_turn(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {6, 4, 5})
+    assert [steering_cpu(slot) for slot in range(5)] == [4, 5, 6, 4, 5]
