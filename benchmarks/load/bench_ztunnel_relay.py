@@ -23,6 +23,14 @@ on asyncio's loop. `held` pushes into the tunnels as `pipe()` does, with the
 TcpEnd as the source write_held may hold (without it, write_nowait); then
 on the Python path (`python`) core.pipe.SizedReads sizes its reads to the
 send window, and `unsized` leaves them unsized (as before SizedReads).
+
+`socket` joins the two HBONE connections by a real socket pair instead of
+the in-memory Link (SocketLink): the loop then reads their TLS sockets, and
+on the C path through tlsio's TlsPump (core/hbone/native/tlspump.c), which
+the in-memory Link, calling data_received itself, never runs. Counting
+TlsPump's per-read cost needs it (with `uvloop`, as the workers run):
+
+    valgrind --tool=callgrind .venv/bin/python -m shoal.benchmarks.load.bench_ztunnel_relay c 20 uvloop socket
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ import asyncio
 import socket
 import sys
 
-from shoal.benchmarks.load.bench_hbone_tls import KB, Link
-from shoal.core.hbone import fastpath
+from shoal.benchmarks.load.bench_hbone_tls import CLIENT_ID, KB, SERVER_ID, Link
+from shoal.core.hbone import fastpath, tlsio
 from shoal.core.hbone.connection import HboneConnection
+from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import TcpEnd, _counted
 
 # A request is on the other side's socket after a loop iteration or two (the
@@ -47,11 +56,54 @@ WIRE_READ = 64 * 1024
 APP_WRITE = 128 * 1024
 
 
-class Relay:
-    """Both ztunnels' relays on one in-memory HBONE link."""
+class SocketLink:
+    """Link's client and server HBONE connections over a real socket pair:
+    the loop moves the bytes (pump() has nothing to do)."""
 
-    async def start(self, pki, held: bool = False, unsized: bool = False) -> None:
-        self.link = Link(pki)
+    async def start(self, pki) -> None:
+        cctx = client_context(pki.issue(CLIENT_ID))
+        sctx = server_context(pki.issue(SERVER_ID))
+        self.server_streams: list = []
+
+        def on_request(conn, stream, req):
+            conn.core.accept(req.stream_id)
+            conn.flush()
+            self.server_streams.append(stream)
+        loop = asyncio.get_running_loop()
+        c_sock, s_sock = socket.socketpair()
+        self.client_conn = HboneConnection(client=True, expected_identities=(SERVER_ID,))
+        self.client = tlsio._TlsProtocol(cctx, server_side=False, app=self.client_conn,
+                                         handshake_timeout=10)
+        self.server = tlsio.server_protocol(
+            sctx, lambda: HboneConnection(client=False, on_request=on_request),
+            handshake_timeout=10, on_failure=lambda proto, exc: None)
+        await loop.create_connection(lambda: self.server, sock=s_sock)
+        await loop.create_connection(lambda: self.client, sock=c_sock)
+        await self.client.handshake
+        await self.server.handshake
+
+    def pump(self, read: int | None = None) -> None:
+        pass
+
+    async def open(self):
+        stream = self.client_conn.open_stream("10.0.0.5:8080")
+        await stream.wait_open()
+        while not self.server_streams:
+            await asyncio.sleep(0)
+        return stream, self.server_streams[-1]
+
+
+class Relay:
+    """Both ztunnels' relays on one HBONE link (in memory, or SocketLink)."""
+
+    async def start(self, pki, held: bool = False, unsized: bool = False,
+                    sockets: bool = False) -> None:
+        self.link: Link | SocketLink
+        if sockets:
+            self.link = SocketLink()
+            await self.link.start(pki)
+        else:
+            self.link = Link(pki)
         self.c, self.s = await self.link.open()
         loop = asyncio.get_running_loop()
         self.app_c, mine_c = socket.socketpair()
@@ -129,7 +181,8 @@ def main() -> None:
     else:
         loop = asyncio.new_event_loop()
     relay = Relay()
-    loop.run_until_complete(relay.start(TestPKI(), "held" in extra, "unsized" in extra))
+    loop.run_until_complete(relay.start(TestPKI(), "held" in extra, "unsized" in extra,
+                                        "socket" in extra))
     if "bulk" in extra:
         loop.run_until_complete(relay.bulk(n))
         return
