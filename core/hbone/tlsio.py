@@ -155,7 +155,13 @@ class TlsTransport(asyncio.Transport):
         return (p, p._ssl, p.raw) if p._native is not None else None
 
 
-class _TlsProtocol(asyncio.BufferedProtocol):
+# _chan, _linger, _relay, _app_transport and closing in a C struct when the
+# C path loaded (core/hbone/native/flow.c): its TlsPump reads them by pointer
+# on every TLS read (tlspump.c); plain attributes otherwise.
+_TlsFields: Any = fastpath.fields_base("TlsFields")
+
+
+class _TlsProtocol(_TlsFields, asyncio.BufferedProtocol):
     """Runs the handshake, then encrypts/decrypts for `app`.
 
     Memory before the handshake is what a peer without a certificate can

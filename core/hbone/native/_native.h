@@ -137,6 +137,17 @@ typedef struct {
     long long bytes_written;  /* bytes_written */
     char can_write;           /* _can_write */
 } PlainEndFields;
+/* tlsio._TlsProtocol's fields that TlsPump reads on every TLS read
+ * (tlspump.c). The references are T_OBJECT: unset reads as None. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *chan;           /* _chan: the _native.Channel, after the handshake */
+    PyObject *linger;         /* _linger: the TimerHandle while lingering */
+    PyObject *relay;          /* _relay: the app's C receive path (a Relay) */
+    PyObject *app_transport;  /* _app_transport: the TlsTransport, after the handshake */
+    char closing;             /* closing */
+} TlsFields;
+TlsFields *tls_fields(PyObject *o);
 CoreFields *core_fields(PyObject *o);
 PlainEndFields *plain_end_fields(PyObject *o);
 CoreStreamFields *core_stream_fields(PyObject *o);
@@ -152,6 +163,15 @@ PyObject *flow_state(PyObject *o);
  * not, -1 error. */
 int output_empty(FlowFields *h2);
 int flow_init(PyObject *module);
+
+/* channel.c and relay.c: their methods for TlsPump, called on an object of
+ * exactly their type (channel_exact, relay_exact) without a lookup by name. */
+int channel_exact(PyObject *o);
+PyObject *channel_get_buffer_of(PyObject *chan);
+PyObject *channel_received_of(PyObject *chan, PyObject *nbytes);
+PyObject *channel_release_of(PyObject *chan);
+int relay_exact(PyObject *o);
+PyObject *relay_feed_of(PyObject *relay);
 
 /* relay.c: adds the Relay type to the module; -1 with an exception. */
 int relay_init(PyObject *module);

@@ -459,6 +459,26 @@ static PyTypeObject ChannelType = {
     .tp_getset = channel_getset,
 };
 
+int channel_exact(PyObject *o)
+{
+    return Py_IS_TYPE(o, &ChannelType);
+}
+
+PyObject *channel_get_buffer_of(PyObject *chan)
+{
+    return channel_get_buffer((Channel *)chan, NULL);
+}
+
+PyObject *channel_received_of(PyObject *chan, PyObject *nbytes)
+{
+    return channel_received((Channel *)chan, nbytes);
+}
+
+PyObject *channel_release_of(PyObject *chan)
+{
+    return channel_release((Channel *)chan, NULL);
+}
+
 /* body(n) -> bytearray: uninitialised. bytearray(n) zero-fills, a pass over
  * every received byte just before read_into() overwrites it; h2fast only
  * hands the body on once all n bytes were written. */

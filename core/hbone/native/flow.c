@@ -27,6 +27,8 @@
  *                      _writing (stream.HboneStream)
  *   PlainEndFields     transport, _drain_waiter, bytes_written, _can_write
  *                      (core.pipe.TcpEnd: the plain socket a relay writes to)
+ *   TlsFields          _chan, _linger, _relay, _app_transport, closing
+ *                      (tlsio._TlsProtocol: what TlsPump reads per TLS read)
  *
  * The state checks of the C paths (is the stream OPEN?) read the state the
  * same way: connection or stream → state_machine → state, three pointers.
@@ -197,6 +199,20 @@ REFS_TYPE(PlainEndType, "PlainEndFields",
           "A plain TCP end's per-write fields, in C (base of core.pipe.TcpEnd)",
           PlainEndFields, plain_end_members);
 
+/* T_OBJECT: unset reads as None. closing is T_BOOL, as _TlsProtocol only
+ * ever sets a bool. */
+static PyMemberDef tls_members[] = {
+    {"_chan", T_OBJECT, offsetof(TlsFields, chan), 0, NULL},
+    {"_linger", T_OBJECT, offsetof(TlsFields, linger), 0, NULL},
+    {"_relay", T_OBJECT, offsetof(TlsFields, relay), 0, NULL},
+    {"_app_transport", T_OBJECT, offsetof(TlsFields, app_transport), 0, NULL},
+    {"closing", T_BOOL, offsetof(TlsFields, closing), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+REFS_TYPE(TlsType, "TlsFields",
+          "A TLS connection's per-read fields, in C (base of tlsio._TlsProtocol)",
+          TlsFields, tls_members);
+
 #define FIELDS_OF(fn, type, var)                                              \
     type *fn(PyObject *o)                                                     \
     {                                                                         \
@@ -210,6 +226,7 @@ FIELDS_OF(core_fields, CoreFields, CoreType)
 FIELDS_OF(core_stream_fields, CoreStreamFields, CoreStreamType)
 FIELDS_OF(tunnel_fields, TunnelFields, TunnelType)
 FIELDS_OF(plain_end_fields, PlainEndFields, PlainEndType)
+FIELDS_OF(tls_fields, TlsFields, TlsType)
 
 PyObject *flow_state(PyObject *o)
 {
@@ -248,7 +265,7 @@ int flow_init(PyObject *module)
 {
     PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
                              &GuardType, &CoreType, &CoreStreamType, &TunnelType,
-                             &PlainEndType};
+                             &PlainEndType, &TlsType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

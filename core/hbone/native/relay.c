@@ -933,6 +933,16 @@ static PyTypeObject RelayType = {
     .tp_members = relay_members,
 };
 
+int relay_exact(PyObject *o)
+{
+    return Py_IS_TYPE(o, &RelayType);
+}
+
+PyObject *relay_feed_of(PyObject *relay)
+{
+    return relay_feed_checked((Relay *)relay, NULL);
+}
+
 int relay_init(PyObject *module)
 {
     if (attrs_init() < 0)

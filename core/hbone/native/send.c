@@ -46,7 +46,9 @@
  *   - h2: the connection and the stream in states where sending DATA
  *     changes nothing but the windows (h2fast's), both send windows >= len;
  *     nothing queued in h2's output (so nothing is overtaken);
- *   - TLS: the connection not closing, its TCP transport not closing.
+ *   - TLS: the connection not closing (its TlsFields' flag, by pointer),
+ *     its TCP transport not closing (asked: uvloop closes it before the
+ *     protocol hears of it, e.g. on a failed write).
  * Sending: both send windows reduced, the guard's DATA count increased (the
  * WINDOW_UPDATE credit), the stream's bytes_sent, the records written, the
  * guard told when the TCP transport's buffer is empty (output_drained), the
@@ -90,6 +92,7 @@ typedef struct {
     PyObject *core_streams;   /* core._streams */
     PyObject *h2_streams;     /* h2.streams */
     PyObject *tls;            /* the connection's _TlsProtocol */
+    TlsFields *tls_flags;     /* its fields if C's (flow.c): tls itself, else NULL */
     PyObject *sslsock;        /* its attached _ssl._SSLSocket */
     PyObject *raw;            /* its TCP transport */
     PyObject *conn_states, *stream_states, *open;
@@ -155,7 +158,7 @@ static int can_send(Sender *s, long long n, PyObject **h2s, FlowFields **sw)
     CHECK(output_empty(s->h2_windows));
     if (n > s->h2_windows->max_outbound_frame || n > s->send_max || n > s->h2_windows->outbound)
         return 0;
-    CHECK_NOT(attr_true(s->tls, s_closing));
+    CHECK_NOT(s->tls_flags != NULL ? s->tls_flags->closing : attr_true(s->tls, s_closing));
     CHECK_NOT(call_true(s->raw, s_is_closing));
     PyObject *st = PyDict_GetItemWithError(s->h2_streams, s->sid);
     if (st == NULL)
@@ -397,6 +400,7 @@ static int sender_init(Sender *s, PyObject *args, PyObject *kw)
     KEEP(fallback, Py_NewRef(fallback));
     KEEP(pushed, Py_NewRef(pushed));
     KEEP(tls, Py_NewRef(tls));
+    s->tls_flags = tls_fields(s->tls);    /* s->tls's own reference keeps it */
     KEEP(sslsock, Py_NewRef(sslsock));
     KEEP(raw, Py_NewRef(raw));
     KEEP(conn_states, Py_NewRef(cst));
@@ -447,6 +451,7 @@ static int sender_clear(Sender *s)
     Py_CLEAR(s->stream); Py_CLEAR(s->fallback); Py_CLEAR(s->pushed); Py_CLEAR(s->sid);
     Py_CLEAR(s->conn); Py_CLEAR(s->core); Py_CLEAR(s->h2); Py_CLEAR(s->guard);
     Py_CLEAR(s->can_write); Py_CLEAR(s->core_streams); Py_CLEAR(s->h2_streams);
+    s->tls_flags = NULL;
     Py_CLEAR(s->tls); Py_CLEAR(s->sslsock); Py_CLEAR(s->raw);
     Py_CLEAR(s->conn_states); Py_CLEAR(s->stream_states); Py_CLEAR(s->open);
     Py_CLEAR(s->source);

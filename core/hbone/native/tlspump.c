@@ -22,6 +22,12 @@
  *                          if rest is not NotImplemented: proto._relayed_rest(*rest); done
  *                      proto._read_batched()
  *
+ * The protocol's fields are read by pointer when they are C's (its base
+ * TlsFields, flow.c; by name otherwise, as under a Python stand-in), and the
+ * Channel's and Relay's methods are their C functions when the objects are
+ * exactly those types (by name otherwise): per read, no attribute lookup
+ * and no method call by name on the native path.
+ *
  * Every other callback (data_received on a loop that does not lend buffers,
  * EOF, connection lost, pause and resume of writing) is the protocol's own.
  *
@@ -33,6 +39,7 @@
 typedef struct {
     PyObject_HEAD
     PyObject *proto;     /* the _TlsProtocol */
+    TlsFields *fields;   /* proto's fields if it has them in C (flow.c), else NULL */
 } TlsPump;
 
 static PyObject *s_chan, *s_linger, *s_relay, *s_app_transport, *s_closing, *s_get_buffer,
@@ -43,41 +50,83 @@ static PyObject *s_chan, *s_linger, *s_relay, *s_app_transport, *s_closing, *s_g
 #define PROTO(p) do { if ((p)->proto == NULL) { \
     PyErr_SetString(PyExc_ValueError, "TlsPump not initialised"); return NULL; } } while (0)
 
+/* proto.<field> (a new reference): by pointer when the protocol's fields
+ * are C's, else by name. */
+static PyObject *field(TlsPump *p, PyObject **slot, PyObject *name)
+{
+    if (p->fields == NULL)
+        return PyObject_GetAttr(p->proto, name);
+    return Py_NewRef(*slot != NULL ? *slot : Py_None);
+}
+#define FIELD(p, member, name) \
+    field((p), (p)->fields != NULL ? &(p)->fields->member : NULL, (name))
+
+/* The Channel's and the Relay's methods: their C functions when the object
+ * is exactly the module's type (not a subclass, not a test double), else
+ * the call by name. */
+static PyObject *chan_get_buffer(PyObject *chan)
+{
+    return channel_exact(chan) ? channel_get_buffer_of(chan)
+                               : PyObject_CallMethodNoArgs(chan, s_get_buffer);
+}
+
+static PyObject *chan_received(PyObject *chan, PyObject *nbytes)
+{
+    return channel_exact(chan) ? channel_received_of(chan, nbytes)
+                               : PyObject_CallMethodOneArg(chan, s_received, nbytes);
+}
+
+static PyObject *chan_release(PyObject *chan)
+{
+    return channel_exact(chan) ? channel_release_of(chan)
+                               : PyObject_CallMethodNoArgs(chan, s_release);
+}
+
 static PyObject *pump_get_buffer(TlsPump *p, PyObject *hint)
 {
     PROTO(p);
-    PyObject *chan = PyObject_GetAttr(p->proto, s_chan);
+    PyObject *chan = FIELD(p, chan, s_chan);
     if (chan == NULL)
         return NULL;
-    PyObject *r = chan != Py_None ? PyObject_CallMethodNoArgs(chan, s_get_buffer)
+    PyObject *r = chan != Py_None ? chan_get_buffer(chan)
                                   : PyObject_CallMethodOneArg(p->proto, s_get_buffer, hint);
     Py_DECREF(chan);
     return r;
+}
+
+/* 1 if proto may hand reads to its relay (an app transport, not closing),
+ * 0 if not, -1 with an exception. */
+static int relay_open(TlsPump *p)
+{
+    TlsFields *f = p->fields;
+    if (f != NULL)
+        return f->app_transport != NULL && f->app_transport != Py_None && !f->closing;
+    PyObject *t = PyObject_GetAttr(p->proto, s_app_transport);
+    if (t == NULL)
+        return -1;
+    int go = t != Py_None;
+    Py_DECREF(t);
+    if (!go)
+        return 0;
+    int closing = attr_true(p->proto, s_closing);
+    return closing < 0 ? -1 : !closing;
 }
 
 /* _TlsProtocol._read_app: 0, or -1 with an exception. */
 static int read_app(TlsPump *p)
 {
     PyObject *proto = p->proto, *r;
-    PyObject *relay = PyObject_GetAttr(proto, s_relay);
+    PyObject *relay = FIELD(p, relay, s_relay);
     if (relay == NULL)
         return -1;
-    int go = relay != Py_None;
-    if (go) {
-        PyObject *t = PyObject_GetAttr(proto, s_app_transport);
-        go = t == NULL ? -1 : t != Py_None;
-        Py_XDECREF(t);
-    }
-    if (go > 0) {
-        int closing = attr_true(proto, s_closing);
-        go = closing < 0 ? -1 : !closing;
-    }
+    int go = relay != Py_None ? relay_open(p) : 0;
     if (go < 0) {
         Py_DECREF(relay);
         return -1;
     }
     if (go) {
-        PyObject *rest = PyObject_CallMethodNoArgs(relay, s_feed);
+        PyObject *rest = relay_exact(relay) ? relay_feed_of(relay)
+                                            : PyObject_CallMethodNoArgs(relay, s_feed);
         Py_DECREF(relay);
         if (rest == NULL)
             return -1;
@@ -105,14 +154,16 @@ static int read_app(TlsPump *p)
 static PyObject *pump_buffer_updated(TlsPump *p, PyObject *nbytes)
 {
     PROTO(p);
-    PyObject *chan = PyObject_GetAttr(p->proto, s_chan);
+    PyObject *chan = FIELD(p, chan, s_chan);
     if (chan == NULL)
         return NULL;
     if (chan == Py_None) {
         Py_DECREF(chan);
         return PyObject_CallMethodOneArg(p->proto, s_buffer_updated, nbytes);
     }
-    int lingering = attr_none(p->proto, s_linger);
+    TlsFields *f = p->fields;
+    int lingering = f != NULL ? f->linger == NULL || f->linger == Py_None
+                              : attr_none(p->proto, s_linger);
     PyObject *r = NULL;
     if (lingering < 0)
         goto out;
@@ -120,14 +171,14 @@ static PyObject *pump_buffer_updated(TlsPump *p, PyObject *nbytes)
         r = Py_NewRef(Py_None);
         goto out;
     }
-    r = PyObject_CallMethodOneArg(chan, s_received, nbytes);
+    r = chan_received(chan, nbytes);
     if (r == NULL)
         goto out;
     Py_DECREF(r);
     r = NULL;
-    if (read_app(p) < 0)
+    if (read_app(p) < 0)          /* runs Python: chan is our own reference */
         goto out;
-    r = PyObject_CallMethodNoArgs(chan, s_release);
+    r = chan_release(chan);
 out:
     Py_DECREF(chan);
     return r;
@@ -155,6 +206,7 @@ static int pump_init(TlsPump *p, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTuple(args, "O:TlsPump", &proto))
         return -1;
     Py_XSETREF(p->proto, Py_NewRef(proto));
+    p->fields = tls_fields(proto);    /* p->proto's own reference keeps it */
     return 0;
 }
 
@@ -167,6 +219,7 @@ static int pump_traverse(TlsPump *p, visitproc visit, void *arg)
 
 static int pump_clear(TlsPump *p)
 {
+    p->fields = NULL;
     Py_CLEAR(p->proto);
     return 0;
 }
