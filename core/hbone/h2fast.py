@@ -74,6 +74,9 @@ _WindowBase: Any = fastpath.fields_base("Window")
 _StreamBase: Any = fastpath.fields_base("StreamWindows")
 _ConnectionBase: Any = fastpath.fields_base("ConnectionWindows")
 _StateBase: Any = fastpath.fields_base("StateMachine")
+# _data, _body, _headers_buffer and _preamble_len, which the C relay checks
+# before every read it takes (core/hbone/native/relay.c's conn_ready).
+_FrameBufferBase: Any = fastpath.fields_base("FrameBufferFields")
 
 
 class _WindowManager(_WindowBase, WindowManager):
@@ -101,7 +104,7 @@ class _H2Stream(_StreamBase, H2Stream):
         self._inbound_window_manager = _WindowManager(inbound_window_size)
 
 
-class _FrameBuffer(GuardedFrameBuffer):
+class _FrameBuffer(_FrameBufferBase, GuardedFrameBuffer):
     """h2's frame buffer, with fewer copies of DATA bodies.
 
     - A DATA frame that is whole in the buffer is parsed with one copy instead

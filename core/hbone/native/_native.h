@@ -148,6 +148,19 @@ typedef struct {
     char closing;             /* closing */
 } TlsFields;
 TlsFields *tls_fields(PyObject *o);
+/* h2's frame buffer's fields that the relay checks before every feed
+ * (h2fast._FrameBuffer): T_OBJECT_EX but _body (T_OBJECT: unset reads as None). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *data;           /* _data: the bytearray of unparsed bytes */
+    PyObject *body;           /* _body: the DATA body being filled, or None */
+    PyObject *headers_buffer; /* _headers_buffer: a header block's frames so far */
+    long long preamble_len;   /* _preamble_len: the client preface still expected */
+} FrameBufferFields;
+/* 1 if the frame buffer `o` holds nothing (no bytes, no body, no header
+ * block, no preface to come), 0 if it does, -1 with an exception; -2 (no
+ * exception) if its fields are not C's. */
+int frame_buffer_idle(PyObject *o);
 CoreFields *core_fields(PyObject *o);
 PlainEndFields *plain_end_fields(PyObject *o);
 CoreStreamFields *core_stream_fields(PyObject *o);

@@ -29,6 +29,8 @@
  *                      (core.pipe.TcpEnd: the plain socket a relay writes to)
  *   TlsFields          _chan, _linger, _relay, _app_transport, closing
  *                      (tlsio._TlsProtocol: what TlsPump reads per TLS read)
+ *   FrameBufferFields  _data, _body, _headers_buffer, _preamble_len
+ *                      (h2fast._FrameBuffer: idle before each relay feed)
  *
  * The state checks of the C paths (is the stream OPEN?) read the state the
  * same way: connection or stream → state_machine → state, three pointers.
@@ -213,6 +215,17 @@ REFS_TYPE(TlsType, "TlsFields",
           "A TLS connection's per-read fields, in C (base of tlsio._TlsProtocol)",
           TlsFields, tls_members);
 
+static PyMemberDef frame_buffer_members[] = {
+    {"_data", T_OBJECT_EX, offsetof(FrameBufferFields, data), 0, NULL},
+    {"_body", T_OBJECT, offsetof(FrameBufferFields, body), 0, NULL},
+    {"_headers_buffer", T_OBJECT_EX, offsetof(FrameBufferFields, headers_buffer), 0, NULL},
+    {"_preamble_len", T_LONGLONG, offsetof(FrameBufferFields, preamble_len), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+REFS_TYPE(FrameBufferType, "FrameBufferFields",
+          "h2's frame buffer's state, in C (base of h2fast._FrameBuffer)",
+          FrameBufferFields, frame_buffer_members);
+
 #define FIELDS_OF(fn, type, var)                                              \
     type *fn(PyObject *o)                                                     \
     {                                                                         \
@@ -244,7 +257,7 @@ PyObject *flow_state(PyObject *o)
 static int is_empty(PyObject *o, const char *name)
 {
     if (o == NULL) {
-        PyErr_Format(PyExc_AttributeError, "h2 connection has no %s", name);
+        PyErr_Format(PyExc_AttributeError, "h2 object has no %s", name);
         return -1;
     }
     if (PyList_CheckExact(o))
@@ -253,6 +266,20 @@ static int is_empty(PyObject *o, const char *name)
         return PyByteArray_GET_SIZE(o) == 0;
     Py_ssize_t n = PyObject_Length(o);
     return n < 0 ? -1 : n == 0;
+}
+
+int frame_buffer_idle(PyObject *o)
+{
+    if (o == NULL || !PyObject_TypeCheck(o, &FrameBufferType))
+        return -2;
+    FrameBufferFields *f = (FrameBufferFields *)o;
+    int e = is_empty(f->data, "_data");
+    if (e <= 0)
+        return e;
+    if (f->body != NULL && f->body != Py_None)
+        return 0;
+    e = is_empty(f->headers_buffer, "_headers_buffer");
+    return e <= 0 ? e : f->preamble_len == 0;
 }
 
 int output_empty(FlowFields *h2)
@@ -265,7 +292,7 @@ int flow_init(PyObject *module)
 {
     PyTypeObject *types[] = {&WindowType, &StreamWindowsType, &ConnectionWindowsType, &StateType,
                              &GuardType, &CoreType, &CoreStreamType, &TunnelType,
-                             &PlainEndType, &TlsType};
+                             &PlainEndType, &TlsType, &FrameBufferType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

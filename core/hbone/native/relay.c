@@ -115,6 +115,11 @@ static int conn_ready(Relay *r)
     if (r->flags->dead || r->flags->draining || r->flags->goaway_received)
         return 0;
     CHECK(state_in(r->h2, r->conn_states));
+    int idle = frame_buffer_idle(r->fbuf);      /* h2fast's: by pointer */
+    if (idle != -2) {
+        CHECK(idle);
+        return r->counters->outbound_control <= r->max_control;
+    }
     CHECK(attr_empty(r->fbuf, s_data));
     CHECK(attr_none(r->fbuf, s_body));
     CHECK(attr_empty(r->fbuf, s_headers_buffer));

@@ -1,18 +1,23 @@
-"""_TlsProtocol's per-read fields in C (TlsFields, core/hbone/native/flow.c):
-the C TlsPump (tlspump.c) and Sender (send.c) read them by pointer and call
-the Channel's and the Relay's C functions directly. Differential: the same
-scripts as test_relay_differential's, on the protocol with its fields in C
-and on its twin with the same methods and plain attributes (the layout
-SHOAL_NATIVE=0 gives it), which those C paths read by name."""
+"""The per-read fields in C that the C read path reads by pointer
+(core/hbone/native/flow.c): _TlsProtocol's (TlsFields: the TlsPump in
+tlspump.c and the Sender in send.c read them, and TlsPump calls the
+Channel's and the Relay's C functions directly) and h2fast._FrameBuffer's
+(FrameBufferFields: relay.c checks them before each read it takes).
+Differential: the same scripts as test_relay_differential's, on the classes
+with their fields in C and on twins with the same methods and plain
+attributes (the layout SHOAL_NATIVE=0 gives them), which the C paths read by
+name."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import types
 
 import pytest
 
-from shoal.core.hbone import fastpath, tlsio
+from shoal.core.hbone import fastpath, h2fast, tlsio
+from shoal.core.hbone.h2limits import GuardedFrameBuffer
 from shoal.core.hbone.settings import HboneSettings
 from tests.unit.hbone.test_relay_differential import (SendRun, random_script, run_script,
                                                       send_op)
@@ -23,16 +28,32 @@ pytestmark = pytest.mark.skipif(native is None, reason="native path off (SHOAL_N
 FIELDS = ("_chan", "_linger", "_relay", "_app_transport", "closing")
 
 
-def python_fields_twin() -> type:
-    """_TlsProtocol's methods on a class whose fields are plain attributes."""
-    body = {k: v for k, v in vars(tlsio._TlsProtocol).items()
-            if k not in ("__dict__", "__weakref__")}
-    return type("TlsProtocolPythonFields", (asyncio.BufferedProtocol,), body)
+def python_fields_twin(cls: type, base: type) -> type:
+    """`cls`'s own methods on `base`, without cls's C fields base: its
+    fields are plain attributes. Methods using super() get the twin as
+    their class."""
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    twin = type(cls.__name__ + "PythonFields", (base,), body)
+    for k, v in body.items():
+        if isinstance(v, types.FunctionType) and "__class__" in v.__code__.co_freevars:
+            cells = tuple(types.CellType(twin) if name == "__class__" else c for name, c
+                          in zip(v.__code__.co_freevars, v.__closure__ or ()))
+            setattr(twin, k, types.FunctionType(v.__code__, v.__globals__, v.__name__,
+                                                v.__defaults__, cells))
+    return twin
+
+
+def tls_twin() -> type:
+    return python_fields_twin(tlsio._TlsProtocol, asyncio.BufferedProtocol)
+
+
+def frame_buffer_twin() -> type:
+    return python_fields_twin(h2fast._FrameBuffer, GuardedFrameBuffer)
 
 
 async def test_fields_start_and_read_back_as_plain_attributes():
     ctx = tlsio.ssl.create_default_context()
-    for cls in (tlsio._TlsProtocol, python_fields_twin()):
+    for cls in (tlsio._TlsProtocol, tls_twin()):
         p = cls(ctx, server_side=False, handshake_timeout=1)
         assert isinstance(p, native.TlsFields) == (cls is tlsio._TlsProtocol)
         assert [getattr(p, f) for f in FIELDS] == [None, None, None, None, False]
@@ -46,22 +67,36 @@ async def test_fields_start_and_read_back_as_plain_attributes():
         assert "closing" not in vars(p) or cls is not tlsio._TlsProtocol
 
 
-async def _relay_run(twin: bool, script, monkeypatch):
-    if twin:
-        monkeypatch.setattr(tlsio, "_TlsProtocol", python_fields_twin())
+async def _relay_run(twin: str, script, monkeypatch):
+    if twin == "tls":
+        monkeypatch.setattr(tlsio, "_TlsProtocol", tls_twin())
+    elif twin == "frame_buffer":
+        monkeypatch.setattr(h2fast.H2ConnectionFast, "frame_buffer_class", frame_buffer_twin())
     return await run_script(True, script, HboneSettings(), monkeypatch)
 
 
+@pytest.mark.parametrize("twin", ("tls", "frame_buffer"))
 @pytest.mark.parametrize("seed,hostile", [(0, False), (1, False), (100, True), (101, True)])
-async def test_tls_pump_reads_the_same_through_c_fields_and_by_name(seed, hostile, monkeypatch):
-    """Every read through TlsPump (get_buffer, buffer_updated, Relay.feed):
-    the same snapshots and the same frames relayed in C either way."""
+async def test_reads_are_the_same_through_c_fields_and_by_name(twin, seed, hostile, monkeypatch):
+    """Every read through TlsPump (get_buffer, buffer_updated, Relay.feed and
+    its frame buffer check): the same snapshots and the same frames relayed
+    in C, with the fields in C or as plain attributes."""
     script = random_script(seed, 25, hostile)
-    c_snaps, c_frames = await _relay_run(False, script, monkeypatch)
-    py_snaps, py_frames = await _relay_run(True, script, monkeypatch)
+    c_snaps, c_frames = await _relay_run("", script, monkeypatch)
+    py_snaps, py_frames = await _relay_run(twin, script, monkeypatch)
     assert c_frames == py_frames and c_frames > 0
     for i, (c, p) in enumerate(zip(c_snaps, py_snaps)):
         assert c == p, f"step {i}: " + str({k: (c[k], p[k]) for k in c if c[k] != p[k]})[:2000]
+
+
+async def test_frame_buffer_fields_start_and_read_back_as_plain_attributes():
+    for cls in (h2fast._FrameBuffer, frame_buffer_twin()):
+        b = cls(server=True)
+        assert isinstance(b, native.FrameBufferFields) == (cls is h2fast._FrameBuffer)
+        assert (bytes(b._data), b._body, b._headers_buffer, b._preamble_len) == (b"", None, [], 24)
+        b.add_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4]) + bytes(5))
+        assert (len(b._data), b._preamble_len) == (9, 0)
+        assert type(next(b)).__name__ == "SettingsFrame" and len(b._data) == 0
 
 
 class _ClosingSendRun(SendRun):
@@ -74,7 +109,7 @@ class _ClosingSendRun(SendRun):
 
 async def _send_run(twin: bool, ops, monkeypatch):
     if twin:
-        monkeypatch.setattr(tlsio, "_TlsProtocol", python_fields_twin())
+        monkeypatch.setattr(tlsio, "_TlsProtocol", tls_twin())
     run = _ClosingSendRun(True, HboneSettings())
     await run.start(monkeypatch)
     try:
@@ -131,7 +166,7 @@ class _Relay:
 async def test_tls_pump_calls_other_channel_and_relay_types_by_name(twin):
     """Only the module's own Channel and Relay get the direct C call; any
     other object gets its methods called by name, through either field layout."""
-    cls = python_fields_twin() if twin else tlsio._TlsProtocol
+    cls = tls_twin() if twin else tlsio._TlsProtocol
     p = cls(tlsio.ssl.create_default_context(), server_side=False, handshake_timeout=1)
     p._chan = chan = _Chan()
     p._relay, p._app_transport = _Relay(chan.calls), object()
