@@ -28,7 +28,7 @@ import gc
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -59,8 +59,12 @@ def _now() -> str:
 class Watcher:
     """One writer bound to one source and one table (usable without signals in tests)."""
 
-    def __init__(self, source: Any, table_name: str) -> None:
+    def __init__(self, source: Any, table_name: str,
+                 on_publish: Callable[[], None] | None = None) -> None:
         self.source = source
+        # Told after each new generation is in the table (the shards
+        # supervisor pushes it to the workers, which then poll nothing).
+        self.on_publish = on_publish
         self.writer = TableWriter.attach(table_name)
         self.compiler = IncrementalCompiler(CompileOptions.from_env(os.environ))
         self._published_once = False
@@ -222,7 +226,7 @@ class Watcher:
             pass                # first publish only once every kind was listed
         incremental = hasattr(self.source, "changes")
         if not self.stop:
-            self.reload()
+            self._announcing(self.reload)
             if incremental:
                 self._write_source_status(force=True)
         while not self.stop:
@@ -235,10 +239,15 @@ class Watcher:
                 LOG.info("SIGHUP: re-reading the config")
                 changed = True
             if changed and not self.stop:
-                if incremental and self._published_once:
-                    self.apply_changes()
-                else:
-                    self.reload()
+                self._announcing(self.apply_changes if incremental and self._published_once
+                                 else self.reload)
+
+    def _announcing(self, publish: Callable[[], bool]) -> None:
+        """Run one publish step; tell `on_publish` if the generation moved."""
+        before = self.writer.generation
+        publish()
+        if self.on_publish is not None and self.writer.generation != before:
+            self.on_publish()
 
     def close(self) -> None:
         self.writer.close()
@@ -258,15 +267,16 @@ def make_source(source: Any) -> Any:
     return source
 
 
-def run_watcher(source: Any, table_name: str) -> None:
+def run_watcher(source: Any, table_name: str, on_publish: Callable[[], None] | None = None) -> None:
     """Run the watcher in this process until SIGTERM/SIGINT (SIGHUP re-reads).
 
     Args:
         source: a directory path or a source object (`load()`, `wait(t)`,
             `invalidate()`, `describe()`), e.g. `DirectorySource(dir, overlay=...)`.
         table_name: `TableHandle.name` of a table created by the supervisor.
+        on_publish: called after each new generation is published.
     """
-    w = Watcher(make_source(source), table_name)
+    w = Watcher(make_source(source), table_name, on_publish)
 
     def on_stop(signum, frame):
         w.stop = True

@@ -11,7 +11,9 @@ The fork contract (STYLE.md rule 7):
   `ctx.sockets.listen`) and returns once the worker can serve. Raising
   here is a boot error (exit code 3; repeated, the supervisor halts).
   Periodic work is a hook on `ctx.ticker` (shards/ticker.py), the worker's
-  one timer, not a sleeping task: an idle node wakes once per tick.
+  one timer at heartbeat pace, run at once when a new routing generation
+  is pushed; work with a tighter bound arms a `WhileBusy` while it exists,
+  not a sleeping task: an idle node wakes once per heartbeat.
 - `App.drain(deadline)` runs when the worker must stop: the listeners opened
   with `ctx.serve` are already closed (without resetting queued connections)
   and `ctx.drain` has fired. Finish or close the app's own work by
@@ -65,7 +67,8 @@ class WorkerContext:
     metrics: Any                   # core.metrics.IstioMetrics
     log: logging.Logger
     generation: int = 0            # the supervisor's roll generation (SIGHUP bumps it)
-    # The worker's one periodic wakeup: add the app's periodic chores here
+    # The worker's one periodic wakeup (heartbeat pace, and poked on each
+    # pushed routing generation): add the app's periodic chores here
     # (shards/ticker.py) rather than a sleeping task of their own.
     ticker: Ticker = field(default_factory=Ticker)
     listeners: list = field(default_factory=list)

@@ -6,6 +6,10 @@ table the supervisor created. Here is the bookkeeping of that one child:
 start it, forward SIGHUP (re-read the config), and restart it with backoff
 when it dies. Shards keep routing with the last table meanwhile, so a dead
 watcher costs freshness, never traffic.
+
+After each published generation the child writes a byte to its `published`
+pipe; the supervisor waits on the read end and pushes "routing" to every
+worker, so no worker polls the generation at a short interval.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class WatcherChild:
         self.started = 0.0
         self.not_before = 0.0
         self.streak = 0
+        # Made once, kept across restarts; non-blocking at both ends: a full
+        # pipe already holds a wakeup the supervisor has not read.
+        self.published_r, self.published_w = os.pipe()
+        os.set_blocking(self.published_r, False)
+        os.set_blocking(self.published_w, False)
 
     def due(self, now: float) -> bool:
         """No watcher runs and its backoff has passed."""
@@ -62,7 +71,8 @@ class WatcherChild:
                 # Dies with the supervisor (even on kill -9): never an orphan writer.
                 set_parent_death_signal(signal.SIGTERM)
                 core_log.setup(self.log_level)
-                routing_glue.run_watcher(self.config, table_name)
+                os.close(self.published_r)
+                routing_glue.run_watcher(self.config, table_name, self._announce)
                 code = 0
             except BaseException:
                 import traceback
@@ -73,6 +83,33 @@ class WatcherChild:
         self.started = time.monotonic()
         self.log.info("config watcher started", extra={"fields": {"watcher_pid": pid,
                                                                  "config": self.config}})
+
+    def _announce(self) -> None:
+        """In the child, after a publish: wake the supervisor."""
+        try:
+            os.write(self.published_w, b"g")
+        except BlockingIOError:
+            pass    # the pipe is full of wakeups not yet read: one more adds nothing
+
+    def drain_published(self) -> bool:
+        """Supervisor: read what the pipe holds; True if a publish was announced."""
+        got = False
+        while True:
+            try:
+                data = os.read(self.published_r, 4096)
+            except (BlockingIOError, InterruptedError):
+                return got
+            if not data:
+                return got
+            got = True
+
+    def close_pipe(self) -> None:
+        """In a worker (post-fork) and at the supervisor's exit."""
+        for fd in (self.published_r, self.published_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def send(self, sig: signal.Signals) -> None:
         if self.pid is not None:

@@ -7,7 +7,7 @@ Without `--config` there is no table and workers get an empty StaticView.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from shoal.routing import runtime
 from shoal.routing.dump import dump_view
@@ -37,8 +37,8 @@ def attach(name: str | None) -> View:
     return runtime.attach_view(name)
 
 
-def run_watcher(config: str, name: str) -> None:
-    runtime.run_watcher(config, name)
+def run_watcher(config: str, name: str, on_publish: Callable[[], None] | None = None) -> None:
+    runtime.run_watcher(config, name, on_publish)
 
 
 def dump(view: View) -> Any:

@@ -3,7 +3,7 @@
 Loop (STYLE.md rule 6), one pass at a time:
 
     wait (poll on the signal pipe, worker control sockets, upgrade pipe,
-          until the next deadline: see _deadlines)
+          the watcher's published pipe, until the next deadline: see _deadlines)
     -> handle_<sig>() for each queued signal
     -> murder_stale()   hung workers: SIGABRT, then SIGKILL
     -> reap()           waitpid(-1, WNOHANG) until nothing is left
@@ -19,6 +19,9 @@ Invariants:
 - SIGHUP bumps the generation; a slot's old worker retires only once the
   slot's new worker said "ready".
 - Every child is reaped here and nowhere else.
+- Workers poll nothing at a short interval: a generation the watcher
+  published ("routing") and a /logging change from one worker ("log") are
+  pushed to every worker's control socket from here.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from shoal.routing.runtime import TableHandle
 from shoal.shards import exitcodes, routing_glue
 from shoal.shards.app import App
 from shoal.shards.configwatcher import WatcherChild
-from shoal.shards.handoff import namespace_prefix, recv_message
+from shoal.shards.handoff import namespace_prefix, recv_message, send_message
 from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import KUBERNETES_SCHEME, MAX_WORKERS, SupervisorOptions
 from shoal.shards.proc import (_exit, _kill, describe_status, raise_fd_limit, remove_pidfile,
@@ -230,6 +233,9 @@ class Supervisor:
         fds = [self.signals.rfd, *ctrls]
         if self.upgrade and not self.upgrade.done:
             fds.append(self.upgrade.ready_fd)
+        published = self.watcher.published_r if self.watcher is not None else -1
+        if self.watcher is not None:
+            fds.append(published)
         # poll, not select: fd numbers pass FD_SETSIZE (1024) once a node
         # holds listeners for many pods.
         poller = select.poll()
@@ -244,6 +250,8 @@ class Supervisor:
                 self._read_ctrl(ctrls[fd])
             elif self.upgrade and fd == self.upgrade.ready_fd:
                 self._upgrade_progress(self.upgrade)
+            elif fd == published and self.watcher is not None and self.watcher.drain_published():
+                self._push("routing")
 
     # -- signals ------------------------------------------------------------------
 
@@ -448,6 +456,18 @@ class Supervisor:
             for sock in self.slot_socks.pop(slot).values():
                 sock.close()
 
+    def _push(self, word: str, skip: WorkerProc | None = None) -> None:
+        """Tell every worker (but `skip`) on its control socket: see shards/worker.py."""
+        for w in self.workers.values():
+            if w is skip or not w.ctrl_open:
+                continue
+            try:
+                send_message(w.ctrl, word)
+            except OSError:
+                # Full: the worker has words queued it has not read yet, and
+                # acts on what it finds then. Gone: reap() handles it.
+                pass
+
     def _follow_log_level(self) -> None:
         # /logging in any worker writes the shared word; follow it here too.
         level, seq = self._hb_table.log_control()
@@ -484,6 +504,8 @@ class Supervisor:
             try:
                 parent.close()
                 self._close_in_child(keep_slot=slot)
+                if self.watcher is not None:
+                    self.watcher.close_pipe()   # the watcher's and ours, not a worker's
                 code = worker.run()
             except BaseException:
                 import traceback
@@ -557,6 +579,8 @@ class Supervisor:
                 sock.close()
         elif verb == "release" and key:
             self._release_namespace(w.slot, key)
+        elif verb == "log":      # /logging in that worker: the others follow
+            self._push("log", skip=w)
         for sock in socks:
             sock.close()
 
@@ -621,6 +645,8 @@ class Supervisor:
             core_metrics.remove_dir(self.metrics_dir)
         if self.cert_store is not None:
             self.cert_store.close()
+        if self.watcher is not None:
+            self.watcher.close_pipe()
         self._remove_pidfile()
         self.signals.close()
         self.log.info("supervisor stopped", extra={"fields": {"exit_code": self.exit_code}})

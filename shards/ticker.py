@@ -1,13 +1,17 @@
-"""One periodic wakeup per worker for all of its periodic work.
+"""One slow periodic wakeup per worker, plus pushes and timers armed by work.
 
-A worker polls a few shared-memory words (its heartbeat stamp, the log
-control word, the routing generation) and its app has periodic chores of its
-own (ztunnel: react to a new routing generation; waypoint: flush telemetry).
-Each on its own `asyncio.sleep` loop, an idle worker woke once per loop and
-interval, the loops drifting apart (~21 wakeups/s, each a task step, a
-future and a timer of Python). Here every chore is a hook of one timer
-callback: an idle worker wakes `TICK_INTERVAL`⁻¹ times a second, and a
-wakeup costs one `call_later` and the hooks' own loads.
+A worker looks at a few shared-memory words (its heartbeat stamp, the log
+control word, the routing generation) and its app has chores of its own
+(ztunnel: react to a new routing generation; waypoint: flush telemetry).
+Every idle node of a cluster pays each periodic wakeup, so:
+- the hooks of a `Ticker` run once per its interval, which a worker sets
+  to its heartbeat's (worker_timeout / 2): a safety poll, not a bound;
+- what must react sooner is pushed: a new routing generation or /logging
+  change arrives as a word on the worker's control socket and the worker
+  runs the hooks at once (`Ticker.poke`); the tick only catches a push that
+  was lost (a supervisor that restarted between a publish and its send);
+- work that needs a short timer only while it exists (buffered telemetry)
+  arms a `WhileBusy`, which stops itself once the work is gone.
 
 Hooks are plain callables taking `time.monotonic()`; they must not block
 (a blocked loop stops the heartbeat stamps, which is how the supervisor
@@ -23,9 +27,8 @@ from typing import Callable
 
 from shoal.core import log as core_log
 
-# The tightest reaction bound any hook promises: a routing generation change
-# reaches ztunnel's listeners and live connections within it (a now-denied
-# connection lives on at most this long), a /logging change every worker.
+# The default interval of a Ticker built without one (tests, an app run
+# outside a worker); a worker passes its heartbeat interval instead.
 TICK_INTERVAL = 0.1
 
 Hook = Callable[[float], None]
@@ -60,6 +63,11 @@ class Ticker:
             self._handle.cancel()
             self._handle = None
 
+    def poke(self) -> None:
+        """Run every hook now (a pushed event: a new routing generation, a
+        /logging change), the periodic schedule unchanged."""
+        self.run_hooks(time.monotonic())
+
     def run_hooks(self, now: float) -> None:
         """One pass: every hook, each isolated (one failing hook must not
         stop the heartbeat, nor the others)."""
@@ -90,3 +98,41 @@ class Every:
         if self.last is None or now - self.last >= self.interval:
             self.last = now
             self.fn(now)
+
+
+class WhileBusy:
+    """A timer that exists only while there is work: `fn(now)` runs every
+    `interval` from the first `arm()` until it returns False (nothing left
+    to do); the next `arm()` starts it again. `arm()` on an armed timer is
+    one attribute test, cheap enough for a per-request path."""
+
+    def __init__(self, interval: float, fn: Callable[[float], bool]) -> None:
+        self.interval = interval
+        self.fn = fn
+        self._handle: asyncio.TimerHandle | None = None
+        self._stopped = False
+
+    @property
+    def armed(self) -> bool:
+        return self._handle is not None
+
+    def arm(self) -> None:
+        if self._handle is None and not self._stopped:
+            self._handle = asyncio.get_running_loop().call_later(self.interval, self._fire)
+
+    def stop(self) -> None:
+        """For good: later `arm()` calls do nothing (the app is draining)."""
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        try:
+            busy = self.fn(time.monotonic())
+        except Exception:
+            LOG.exception("busy timer failed", extra={"fields": {"fn": repr(self.fn)}})
+            busy = True     # the work is still there: try again next interval
+        if busy:
+            self.arm()

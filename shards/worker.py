@@ -10,13 +10,18 @@ Fork contract (see also shards/app.py):
   supervisor dies, attaches the routing view, builds the app's
   `WorkerContext`, starts the app and the admin/metrics/readiness servers on
   its slot's SO_REUSEPORT sockets, then tells the supervisor "ready".
-- It stamps its heartbeat slot every `worker_timeout / 2` and polls the
-  shared log-level word, both hooks of the worker's one periodic timer
-  (`ctx.ticker`, shared with the app's periodic work): a blocked event loop
-  stops the stamps, which is how the supervisor spots a hung worker. The
-  same tick tells the routing table it holds no old generation
-  (`RoutingView.quiesce`): an idle worker would otherwise keep the writer
-  from reusing freed blocks until the table is full (routing/shm.py, QSBR).
+- Its one periodic timer (`ctx.ticker`, shared with the app's periodic
+  work) ticks at the heartbeat's pace, `worker_timeout / 2`: each tick
+  stamps its heartbeat slot (a blocked event loop stops the stamps, which
+  is how the supervisor spots a hung worker), reads the shared log-level
+  word and tells the routing table it holds no old generation
+  (`RoutingView.quiesce`: an idle worker would otherwise keep the writer
+  from reusing freed blocks until the table is full, routing/shm.py, QSBR).
+- What must be seen sooner is pushed on its control socket by the
+  supervisor: "routing" (the watcher published a generation) runs every
+  hook at once (the app's generation check, the quiesce), "log" (another
+  worker's /logging) applies the shared word. The tick is then only the
+  safety poll for a push that was lost (`Worker.safety_poll`).
 """
 
 from __future__ import annotations
@@ -38,16 +43,22 @@ from shoal.core.admin import Endpoints, HttpProtocol
 from shoal.core.sockets import NO_CPU, DefaultSocketFactory, SocketFactory
 from shoal.shards import exitcodes, routing_glue, signals
 from shoal.shards.app import App, WorkerContext
-from shoal.shards.handoff import SlotSocketFactory, send_message
+from shoal.shards.handoff import MSG_MAX, SlotSocketFactory, send_message
 from shoal.shards.heartbeat import HeartbeatTable
 from shoal.shards.options import SupervisorOptions, steering_cpu
 from shoal.shards.proc import set_parent_death_signal
-from shoal.shards.ticker import TICK_INTERVAL, Every, Ticker
+from shoal.shards.ticker import Ticker
 
-# How often a worker looks at the shared control word (log level). A read
-# of 8 bytes: cheap, and /logging changes reach every worker within this.
-# It is the worker's tick: every periodic check rides the same wakeup.
-CONTROL_POLL_INTERVAL = TICK_INTERVAL
+# The worker's tick is its heartbeat's interval: worker_timeout / this
+# (gunicorn notifies twice per timeout too). It is also the safety poll of
+# the pushed words: a routing generation or /logging change whose push was
+# lost (a watcher killed between its publish and its write, a word the
+# supervisor could not send) is still seen within a tick, 15 s with the
+# default timeout; pushes arrive within a millisecond.
+HEARTBEATS_PER_TIMEOUT = 2
+# The words a worker reads off its control socket at once: a few, since
+# each is a whole event and pushes of one kind coalesce.
+CTRL_READ_MAX = 64
 # An IMMEDIATE drain (SIGQUIT) still lets the app close its own sockets.
 IMMEDIATE_GRACE = 0.5
 
@@ -106,13 +117,15 @@ class Worker:
         self._release_unused()
         # Added after the app started: a boot that never finishes sends no
         # heartbeat, so the supervisor replaces it as hung.
-        self.ctx.ticker.add(Every(self.options.worker_timeout / 2, self._heartbeat))
+        self.ctx.ticker.add(self._heartbeat)
         self.ctx.ticker.add(self._poll_shared)
+        loop.add_reader(self.ctrl.fileno(), self._on_ctrl)
         self._notify("ready")
         self.log.info("worker ready", extra={"fields": {"worker": self.slot,
                                                        "generation": self.generation}})
         await self.stop.wait()
         await self._drain()
+        loop.remove_reader(self.ctrl.fileno())
         self.ctx.ticker.stop()
         return self.exit_code
 
@@ -130,7 +143,12 @@ class Worker:
                              sockets=wrap(DefaultSocketFactory()), drain=watcher,
                              metrics=metrics, log=core_log.get(self.app.name),
                              generation=self.generation, wrap_factory=wrap,
-                             ticker=Ticker(CONTROL_POLL_INTERVAL))
+                             ticker=Ticker(self.safety_poll))
+
+    @property
+    def safety_poll(self) -> float:
+        """The tick: heartbeat pace, and the safety poll of the pushed words."""
+        return self.options.worker_timeout / HEARTBEATS_PER_TIMEOUT
 
     def _start_admin(self) -> None:
         o = self.options
@@ -174,6 +192,25 @@ class Worker:
             self.request_stop(core_drain.DrainMode.GRACEFUL)
         self._report_active()
 
+    def _on_ctrl(self) -> None:
+        """The supervisor pushed words: act once however many queued up."""
+        words = set()
+        for _ in range(CTRL_READ_MAX):
+            try:
+                data = self.ctrl.recv(MSG_MAX, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:    # the supervisor is gone; the heartbeat hook notices
+                asyncio.get_running_loop().remove_reader(self.ctrl.fileno())
+                break
+            words.add(data)
+        if b"routing" in words:
+            self.ctx.ticker.poke()      # the generation check and the quiesce, now
+        elif b"log" in words:
+            self._apply_control()
+
     def _poll_shared(self, now: float) -> None:
         self._apply_control()
         # On the event loop, between lookups (never inside one): an 8-byte load,
@@ -199,8 +236,7 @@ class Worker:
             default = logging.getLogger("shoal").level
         core_log.apply_levels(default, scopes)
         self.heartbeats.set_log_level(default, core_log.scope_codes(scopes))
-        # The other workers see the word on their next tick; the supervisor,
-        # which has no tick, is woken to follow it.
+        # The supervisor follows the word and pushes "log" to the other workers.
         self._notify("log")
 
     # -- drain ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from shoal.core.authz import strip_spiffe
 from shoal.core.pipe import TcpEnd
 from shoal.core.records import WaypointRef, spiffe_id
 from shoal.shards.app import App, WorkerContext
-from shoal.shards.ticker import Every
+from shoal.shards.ticker import WhileBusy
 from shoal.waypoint import fastpath
 from shoal.waypoint.destination import NotForUs, resolve
 from shoal.waypoint.downstream import Downstream
@@ -116,7 +116,7 @@ class WaypointApp(App):
         self._server_ctx = None
         self._hbone_listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._flusher: Every | None = None
+        self._flusher: WhileBusy | None = None
         self.spans: SpanExporter | None = None
         self._socks: list[socket.socket] = []
 
@@ -143,24 +143,41 @@ class WaypointApp(App):
             await self._listen_hbone()
         if o.plaintext_port:
             ctx.serve(o.bind, o.plaintext_port, self._plain_protocol, name="http-plaintext")
-        # A hook of the worker's tick, not a timer of its own (shards/ticker.py).
-        self._flusher = Every(ACCESS_LOG_FLUSH, functools.partial(self._flush_telemetry, telemetry),
-                              last=time.monotonic())
-        ctx.ticker.add(self._flusher)
+        # A timer only while there is traffic (shards/ticker.py): each new
+        # downstream connection arms it, it stops once nothing is left to
+        # flush or sweep, so an idle waypoint worker wakes at heartbeat pace.
+        self._flusher = WhileBusy(ACCESS_LOG_FLUSH, functools.partial(self._flush_telemetry,
+                                                                      telemetry))
         LOG.info("waypoint worker serving", extra={"fields": {
             "waypoint": self.ref.key, "worker": ctx.worker_id, "hbone_port": o.hbone_port,
             "plaintext_port": o.plaintext_port, "identity": o.identity}})
 
-    def _flush_telemetry(self, telemetry: Telemetry, now: float) -> None:
+    def _flush_telemetry(self, telemetry: Telemetry, now: float) -> bool:
         """Push aggregated metrics and buffered access-log lines out regularly
         (every ACCESS_LOG_FLUSH), also when traffic stops (record() only
-        flushes on the next request)."""
+        flushes on the next request). True (stay armed) while downstream
+        connections are open or pooled upstream ones wait for their sweep;
+        the last pass, with nothing open, flushes the metrics whatever
+        their interval, so no count waits for the next request."""
+        serving = self._serving()
         telemetry.log.flush()
-        if telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
+        if not serving or telemetry.clock() - telemetry._last_flush >= FLUSH_INTERVAL:
             telemetry.flush_metrics()
             if self.proxy is not None:
                 self.proxy.pool.sweep()     # idle upstream connections past their time
                 self.proxy.h2pool.sweep()
+        return serving or self._pooled()
+
+    def _serving(self) -> bool:
+        """Any downstream connection open (a request can still end on it)."""
+        if self.hbone is not None and self.hbone.connections:
+            return True
+        return any(lst.open_connections for lst in self.ctx.listeners)
+
+    def _pooled(self) -> bool:
+        """Upstream connections kept for reuse (each needs its idle sweep)."""
+        return self.proxy is not None and bool(self.proxy.pool.idle_count()
+                                               or self.proxy.h2pool.count())
 
     async def drain(self, deadline: float) -> None:
         grace = max(deadline - time.monotonic(), 0.0)
@@ -179,7 +196,7 @@ class WaypointApp(App):
         if self.proxy is not None:
             await self.proxy.close()
         if self._flusher is not None:
-            self.ctx.ticker.remove(self._flusher)
+            self._flusher.stop()
         if self.certs is not None:
             await self.certs.close()
         if self.spans is not None:
@@ -263,6 +280,7 @@ class WaypointApp(App):
         trust_domain = self.cert.trust_domain
 
         def factory():
+            self._arm_flusher()
             # The TLS context is looked up per connection: certificate renewal.
             return hbone.protocol_factory(self._server_context(),
                                                trust_domain=trust_domain)()
@@ -294,8 +312,14 @@ class WaypointApp(App):
         proxy = self.proxy
         return Accept(serve=lambda stream: serve_stream(stream, down, proxy))
 
+    def _arm_flusher(self) -> None:
+        """A new downstream connection: telemetry to flush from now on."""
+        if self._flusher is not None:
+            self._flusher.arm()
+
     def _plain_protocol(self) -> asyncio.Protocol:
         assert self.proxy is not None, "start() builds the proxy before it listens"
+        self._arm_flusher()
         if fastpath.enabled():
             return fastpath.FastSession(self.proxy, self._tasks)
         return _PlainConnection(self)

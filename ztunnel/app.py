@@ -14,10 +14,12 @@ manager and the proxies, and opens the listeners.
   pods keep the very same listeners across a worker restart or SIGHUP.
   Each pod has its own Proxy, hence its own HBONE pool (sockets in its netns).
 
-A hook on the worker's tick (`ctx.ticker`, no timer of its own) polls the
+A hook on the worker's tick (`ctx.ticker`, no timer of its own) checks the
 routing generation: on a change each proxy reconciles its listeners and
 certificates and re-checks live inbound connections against the new
-policies (closing those now denied).
+policies (closing those now denied). The supervisor pushes each published
+generation to the worker, which runs the hook at once (`Ticker.poke`); the
+tick itself, at heartbeat pace, is only the safety poll.
 """
 
 from __future__ import annotations
@@ -84,9 +86,10 @@ class ZtunnelApp(App):
             zds = self._zds = InPodClient(o.zds_socket, self._on_zds)
             self._tasks.append(asyncio.get_running_loop().create_task(zds.run()))
             await self._await_snapshot(zds)
-        # The generation is one shared-memory load: looked at every worker
-        # tick (TICK_INTERVAL, 100 ms, bounds how long a now-denied
-        # connection lives on), at once first.
+        # The generation is one shared-memory load: looked at when a new one
+        # is pushed (within a millisecond of its publish, which bounds how
+        # long a now-denied connection lives on), on each safety tick, and
+        # at once first.
         self._check_generation(time.monotonic())
         ctx.ticker.add(self._check_generation)
         LOG.info("ztunnel worker serving", extra={"fields": {

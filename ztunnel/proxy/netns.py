@@ -38,6 +38,7 @@ from shoal.core import log as shoal_log
 from shoal.core.addr import hostport
 from shoal.core.overload import worker_overload
 from shoal.core.sockets import LISTEN_BACKLOG, SocketFactory
+from shoal.shards.ticker import WhileBusy
 from shoal.ztunnel.options import OUTBOUND
 from shoal.ztunnel.origdst import original_dst
 from shoal.ztunnel.proxy.inbound import Inbound, give_up
@@ -64,7 +65,9 @@ class Proxy:
         self.inbound = Inbound(self.inputs)
         self._listeners: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
-        self._reporter: asyncio.Task | None = None
+        # Byte reports only while connections are tracked (shards/ticker.py).
+        self._reporter = WhileBusy(self.inputs.options.bytes_report_interval, self._report_bytes)
+        self.inputs.tracker.on_live = self._reporter.arm
 
     @property
     def scope(self) -> Scope:
@@ -81,7 +84,6 @@ class Proxy:
         if self.scope.pod_uid:
             self.inbound.listen(self.bind)
         self.reconcile()
-        self._reporter = self.inputs.loop.create_task(self._report_bytes())
 
     async def _serve_tcp(self, port: int, handler: Handler,
                          fixed: tuple[str, int] | None) -> None:
@@ -160,14 +162,13 @@ class Proxy:
             await asyncio.wait(pending, timeout=left)
         for t in list(pi.tasks):
             t.cancel()
-        if self._reporter is not None:
-            self._reporter.cancel()
+        self._reporter.stop()
         await pi.pool.close()
 
-    async def _report_bytes(self) -> None:
-        while True:
-            await asyncio.sleep(self.inputs.options.bytes_report_interval)
-            self.inputs.tracker.report()
+    def _report_bytes(self, now: float) -> bool:
+        """True (report again next interval) while connections are tracked."""
+        self.inputs.tracker.report()
+        return self.inputs.tracker.open_count() > 0
 
     # -- capture listeners (15001, 15006) ----------------------------------------
     def _capture_end(self, handler: Handler, fixed: tuple[str, int] | None) -> CountingEnd:

@@ -11,8 +11,9 @@ destination was known.
 
 `Tracker` holds the open records whose byte counts it adds to
 istio_tcp_{received,sent}_bytes_total every `report()` (called every
-`bytes_report_interval`), so a long-lived connection shows in the counters
-before it ends; at close the counters settle exactly at the final totals.
+`bytes_report_interval` while any is tracked: `on_live` arms that timer),
+so a long-lived connection shows in the counters before it ends; at close
+the counters settle exactly at the final totals.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Tracker:
         self.metrics = metrics
         self.clock = clock
         self._live: dict[ConnectionRecord, LiveBytes] = {}
+        # Called when a connection starts being tracked: the proxy arms its
+        # report timer then, so an idle proxy has no timer at all.
+        self.on_live: Callable[[], None] | None = None
 
     def start(self, meta: ConnectionMeta, started: float | None = None) -> ConnectionRecord:
         """A record for a connection accepted at `started` (default: now)."""
@@ -106,6 +110,8 @@ class ConnectionRecord:
         server; `gone()` true means it ended without a close (forget it)."""
         self.live = LiveBytes(request, response, gone)
         self.tracker._live[self] = self.live
+        if self.tracker.on_live is not None:
+            self.tracker.on_live()
 
     def refuse(self, refused: Refused, *, request_bytes: int = 0) -> None:
         self.close(request_bytes=request_bytes, response_bytes=0, error=refused.error,

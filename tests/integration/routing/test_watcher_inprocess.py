@@ -71,3 +71,29 @@ def test_table_full_refused_and_recovered(setup):
     finally:
         view.close()
         w.close()
+
+
+def test_on_publish_is_told_of_each_new_generation_only(setup):
+    """What the shards supervisor pushes to its workers: one call per
+    published generation, none for a refused or an unchanged config."""
+    cfg, make = setup
+    h, _ = make()
+    told = []
+    w = Watcher(DirectorySource(cfg, use_inotify=False), h.name, on_publish=lambda: told.append(1))
+    view = attach_view(h.name)
+    try:
+        w._announcing(w.reload)                 # the step Watcher.run takes
+        assert view.generation >= 1 and told == [1]
+        w._announcing(w.reload)                 # nothing changed: no new generation
+        assert len(told) == 1
+        (cfg / "bad.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+                                      "spec: {ports: [{port: 0}]}\n")
+        w._announcing(w.reload)                 # refused: the old table stays
+        assert len(told) == 1
+        (cfg / "bad.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n")
+        gen = view.generation
+        w._announcing(w.reload)
+        assert view.generation > gen and len(told) == 2
+    finally:
+        view.close()
+        w.close()

@@ -1,8 +1,9 @@
 """An idle `shoal ztunnel run` node wakes rarely: every idle node of a cluster
 (a DaemonSet) pays its periodic wakeups, traffic or not.
 
-A worker has one periodic wakeup (shards/ticker.py: heartbeat, log control,
-routing quiesce and the app's generation check ride the same tick), the
+A worker has one periodic wakeup at heartbeat pace (shards/ticker.py:
+heartbeat, log control, routing quiesce and the app's generation check ride
+the same tick; a new routing generation or /logging change is pushed), the
 supervisor sleeps until its next deadline. Wakeups are counted by the kernel:
 /proc/<pid>/task/*/schedstat's third field is how many times each thread was
 scheduled in, i.e. woke (one wakeup, one run, when a run is shorter than a
@@ -16,7 +17,6 @@ import time
 
 import pytest
 
-from shoal.shards.ticker import TICK_INTERVAL
 from tests.helpers.shards_proc import children
 from tests.helpers.ztunnel_mesh import Mesh
 
@@ -30,10 +30,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120
 WINDOWS = 4
 # Long enough to average out a stray wakeup (a log line, a metrics flush).
 WINDOW = 1.5
-# One tick per TICK_INTERVAL plus slack for the rare extra run (a heartbeat
-# stamp rides a tick; a preemption counts twice). Two timers drifting apart
-# (a tick plus a second sleeping loop) are ~2 / TICK_INTERVAL.
-WORKER_MAX_PER_S = 1.3 / TICK_INTERVAL
+# One tick per heartbeat interval (15 s with the default worker_timeout):
+# an idle worker's quietest window is empty (measured: 0 runs in 3 of 4
+# windows, the 4th holding the tick; 0.3-0.5 runs/s over 30 s). A stray
+# run in every window (0.67/s) still passes; a poll of 0.75 s or faster
+# (two runs a window) fails, as the 100 ms tick that polled the routing
+# generation and the log word did (10/s).
+WORKER_MAX_PER_S = 1.0
 # The supervisor has nothing to do on an idle node before a heartbeat could
 # go stale (worker_timeout, 30 s by default): a polling loop was 5/s.
 SUPERVISOR_MAX_PER_S = 1.0
@@ -63,7 +66,7 @@ def node(tmp_path_factory):
         m.stop()
 
 
-def test_idle_node_wakes_once_per_tick_per_worker_and_rarely_in_the_supervisor(node):
+def test_idle_node_wakes_rarely_in_its_workers_and_its_supervisor(node):
     sup = node.supervisor_pid("node-a")
     workers = node.worker_pids("node-a")
     assert len(workers) == 2 and workers <= children(sup)
@@ -79,6 +82,6 @@ def test_idle_node_wakes_once_per_tick_per_worker_and_rarely_in_the_supervisor(n
     for pid in workers:
         assert rate[pid] <= WORKER_MAX_PER_S, \
             f"idle worker {pid} woke {rate[pid]:.1f} times/s at the quietest " \
-            f"(one tick is {1 / TICK_INTERVAL:.0f}/s; each window: {rates[pid]})"
+            f"(each window: {rates[pid]})"
     assert rate[sup] <= SUPERVISOR_MAX_PER_S, \
         f"idle supervisor woke {rate[sup]:.1f} times/s at the quietest (each window: {rates[sup]})"

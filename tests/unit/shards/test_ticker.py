@@ -2,7 +2,7 @@
 
 import asyncio
 
-from shoal.shards.ticker import Every, Ticker
+from shoal.shards.ticker import Every, Ticker, WhileBusy
 
 INTERVAL = 0.01
 
@@ -83,3 +83,62 @@ def test_every_runs_at_the_first_tick_by_default():
     hook(3.0)
     hook(4.0)
     assert runs == [3.0]
+
+
+async def test_poke_runs_every_hook_at_once_and_keeps_the_schedule():
+    ticker = Ticker(3600.0)         # a tick that never comes during the test
+    seen = []
+    ticker.add(lambda now: seen.append(("a", now)))
+    ticker.add(lambda now: seen.append(("b", now)))
+    handle = ticker._handle
+    ticker.poke()
+    assert [n for n, _ in seen] == ["a", "b"] and seen[0][1] == seen[1][1]
+    assert ticker._handle is handle, "a poke re-armed the periodic timer"
+    ticker.stop()
+
+
+async def test_while_busy_runs_while_its_work_lasts_then_stops_until_armed():
+    work = [3]                      # passes with work left, then idle
+    runs = []
+    idle = asyncio.Event()
+
+    def fn(now):
+        runs.append(now)
+        work[0] -= 1
+        if work[0] <= 0:
+            idle.set()
+        return work[0] > 0
+
+    timer = WhileBusy(INTERVAL, fn)
+    assert not timer.armed
+    timer.arm()
+    first = timer._handle
+    timer.arm()                     # armed: no second timer
+    assert timer._handle is first
+    await asyncio.wait_for(idle.wait(), 5)
+    assert len(runs) == 3 and not timer.armed, "idle, yet still armed"
+    idle.clear()
+    work[0] = 1
+    timer.arm()                     # new work: runs again
+    await asyncio.wait_for(idle.wait(), 5)
+    assert len(runs) == 4 and not timer.armed
+    timer.stop()
+    timer.arm()                     # stopped for good (draining)
+    assert not timer.armed
+
+
+async def test_while_busy_keeps_trying_after_a_failure(caplog):
+    calls = []
+    done = asyncio.Event()
+
+    def fn(now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("flush bug")
+        done.set()
+        return False
+
+    timer = WhileBusy(INTERVAL, fn)
+    timer.arm()
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(calls) == 2 and "busy timer failed" in caplog.text

@@ -131,3 +131,23 @@ def test_plaintext_inbound_has_no_source_identity():
     labels = telemetry.tcp_labels(verified)
     assert labels["source_principal"] == "spiffe://cluster.local/ns/a/sa/b"
     assert labels["connection_security_policy"] == "mutual_tls"
+
+
+def test_tracking_a_connection_arms_the_report_timer_until_none_is_left():
+    """The proxy's byte reports run only while connections are tracked
+    (Proxy._report_bytes on a WhileBusy, armed by `on_live`)."""
+    from types import SimpleNamespace
+
+    from shoal.ztunnel.proxy.netns import Proxy
+    tracker, _, _, rec = make()
+    armed = []
+    tracker.on_live = lambda: armed.append(1)
+    rec.open()
+    totals = [0, 0]
+    rec.track(lambda: totals[0], lambda: totals[1])
+    assert armed == [1], "a tracked connection did not arm the report timer"
+    proxy = Proxy.__new__(Proxy)
+    proxy.inputs = SimpleNamespace(tracker=tracker)
+    assert proxy._report_bytes(0.0) is True, "stopped reporting an open connection"
+    rec.close(request_bytes=1, response_bytes=1)
+    assert proxy._report_bytes(0.0) is False, "still reporting with no connection open"
