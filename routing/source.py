@@ -1,9 +1,10 @@
 """Config sources for the watcher: a directory of YAML, watched with inotify.
 
 `DirectorySource(path, overlay=None)`:
-- `wait(timeout)` blocks until something under the directory may have
-  changed (inotify through ctypes; mtime polling every POLL_INTERVAL when
-  inotify is unavailable) and returns True, or False on timeout.
+- `wait(timeout, wake=None)` blocks until something under the directory may
+  have changed (inotify through ctypes; mtime polling every POLL_INTERVAL when
+  inotify is unavailable) and returns True, or False on timeout (None: no
+  timeout) or as soon as the `wake` fd is readable (the watcher's signals).
   A watch dies with its directory (IN_IGNORED), so a directory that is
   deleted and created again is watched again, and a root that does not exist
   yet (an overlay the mesh builder creates later) is polled until it appears:
@@ -30,6 +31,7 @@ import ctypes.util
 import dataclasses
 import errno
 import hashlib
+import math
 import os
 import select
 import struct
@@ -92,9 +94,9 @@ class Inotify:
             added += 1
         return added
 
-    def wait(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
-        if not ready:
+    def wait(self, timeout: float | None, wake: int | None = None) -> bool:
+        """True after an event; False on timeout or when `wake` is readable."""
+        if not _readable([self.fd], timeout, wake) or not _readable([self.fd], 0):
             return False
         time.sleep(DEBOUNCE)
         self.drain()
@@ -128,6 +130,17 @@ class Inotify:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _readable(fds: list[int], timeout: float | None, wake: int | None = None) -> bool:
+    """Wait until one of `fds` or `wake` is readable (None: no timeout)."""
+    ready, _, _ = select.select(fds if wake is None else [*fds, wake], [], [],
+                                None if timeout is None else max(timeout, 0))
+    return bool(ready)
+
+
+def _left(deadline: float) -> float | None:
+    return None if deadline == math.inf else deadline - time.monotonic()
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -206,11 +219,12 @@ class DirectorySource:
                 return True
         return False
 
-    def wait(self, timeout: float) -> bool:
-        """True when the directory may have changed (the caller then `load`s)."""
+    def wait(self, timeout: float | None, wake: int | None = None) -> bool:
+        """True when the directory may have changed (the caller then `load`s);
+        False on timeout or once `wake` is readable (see module docstring)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         if self._inotify is None:
-            return self._poll(timeout)
-        deadline = time.monotonic() + timeout
+            return self._poll(deadline, wake)
         while True:
             # Directories watched only now (new subdirectories after an event, a
             # re-created directory, a late root): what was written in them
@@ -223,22 +237,24 @@ class DirectorySource:
             unwatched = [r for r in self._roots() if not self._inotify.watching(r)]
             if unwatched and self._unwatched_changed(unwatched):
                 return True
-            left = deadline - time.monotonic()
-            if self._inotify.wait(max(min(left, POLL_INTERVAL) if unwatched else left, 0)):
+            left = _left(deadline)
+            if unwatched:
+                left = POLL_INTERVAL if left is None else min(left, POLL_INTERVAL)
+            if self._inotify.wait(left, wake):
                 self._rewatch = True
                 return True
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (wake is not None and _readable([wake], 0)):
                 return False
 
-    def _poll(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def _poll(self, deadline: float, wake: int | None) -> bool:
         while True:
             if self._stat_all() != self._fingerprint:
                 return True
-            left = deadline - time.monotonic()
-            if left <= 0:
+            left = _left(deadline)
+            if left is not None and left <= 0:
                 return False
-            time.sleep(min(POLL_INTERVAL, left))
+            if _readable([], POLL_INTERVAL if left is None else min(POLL_INTERVAL, left), wake):
+                return False        # woken
 
     def invalidate(self) -> None:
         """Forget parsed files (SIGHUP: re-read everything)."""

@@ -18,7 +18,13 @@ A restarted watcher takes the table over (routing/shm.py, invariant 7) and
 publishes only the difference between the table and the config, so readers
 keep routing throughout and see no change when there is none.
 
-Signal handlers only set flags; the loop acts on them.
+Signal handlers only set flags; the loop acts on them. The wait sleeps until
+there is work: the source's own event (inotify, a watch batch) or a byte on
+the watcher's self-pipe, which `signal.set_wakeup_fd` writes the moment a
+signal arrives (in whichever thread the kernel picked) and which setting
+`hup` or `stop` writes too (tests stop a watcher from another thread). So
+an idle watcher has no periodic wakeup of its own; a source that must poll
+(a missing directory, no inotify) polls at its own named interval.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ from shoal.routing.index import diff_keyspaces
 from shoal.routing.shm import STATUS_MAX, TableFullError, TableWriter
 from shoal.routing.source import DirectorySource
 
-WAIT_SLICE = 0.5            # how long one wait may block before signal flags are checked
 MAX_STATUS_ERRORS = 20      # errors kept in the status area (all of them go to the log)
 # The Kubernetes source's health is rewritten at most this often (and at once
 # when the refused objects change): under a stream of pod events, encoding the
@@ -54,6 +59,32 @@ LOG = log.get("routing.watcher")
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Wakeup:
+    """The self-pipe a watcher's wait selects on next to its source (both ends
+    non-blocking: a full pipe already holds a wakeup not yet read)."""
+
+    def __init__(self) -> None:
+        self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def set(self) -> None:
+        """Wake the wait (safe in a signal handler and from any thread)."""
+        try:
+            os.write(self.wfd, b"\0")
+        except BlockingIOError:
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self.rfd, self.wfd):
+            os.close(fd)
 
 
 class Watcher:
@@ -71,11 +102,34 @@ class Watcher:
         self._good: dict[str, Any] = {}
         self._main: dict[tuple, Any] = {}
         self._over: dict[tuple, Any] = {}
-        self.hup = False
-        self.stop = False
+        self.wakeup = Wakeup()
+        self._hup = False
+        self._stop = False
         self._status_at = float("-inf")
         self._refused_count = 0
         self._status_dirty = False
+
+    # Raising a flag wakes the wait, so the loop acts on it at once; the loop
+    # drains the pipe before it reads the flags, so none is missed.
+    @property
+    def hup(self) -> bool:
+        return self._hup
+
+    @hup.setter
+    def hup(self, value: bool) -> None:
+        self._hup = value
+        if value:
+            self.wakeup.set()
+
+    @property
+    def stop(self) -> bool:
+        return self._stop
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        self._stop = value
+        if value:
+            self.wakeup.set()
 
     def reload(self) -> bool:
         """Load, compile and publish; False (and the old table kept) on a bad config."""
@@ -221,16 +275,18 @@ class Watcher:
         self.writer.set_status(status)
 
     def run(self) -> None:
+        wake = self.wakeup.rfd
         synced = getattr(self.source, "wait_synced", None)
-        while synced is not None and not self.stop and not synced(WAIT_SLICE):
-            pass                # first publish only once every kind was listed
+        while synced is not None and not self.stop and not synced(None, wake):
+            self.wakeup.drain()     # first publish only once every kind was listed
         incremental = hasattr(self.source, "changes")
         if not self.stop:
             self._announcing(self.reload)
             if incremental:
                 self._write_source_status(force=True)
         while not self.stop:
-            changed = self.source.wait(SOURCE_STATUS_INTERVAL if self._status_dirty else WAIT_SLICE)
+            changed = self.source.wait(SOURCE_STATUS_INTERVAL if self._status_dirty else None, wake)
+            self.wakeup.drain()
             if incremental and self._status_dirty and not changed:
                 self._write_source_status(force=True)       # the last batch's health
             if self.hup:
@@ -254,6 +310,7 @@ class Watcher:
         close = getattr(self.source, "close", None)
         if close:
             close()
+        self.wakeup.close()     # after the source: a Kubernetes source's loop watches it
 
 
 def make_source(source: Any) -> Any:
@@ -271,7 +328,8 @@ def run_watcher(source: Any, table_name: str, on_publish: Callable[[], None] | N
     """Run the watcher in this process until SIGTERM/SIGINT (SIGHUP re-reads).
 
     Args:
-        source: a directory path or a source object (`load()`, `wait(t)`,
+        source: a directory path or a source object (`load()`, `wait(timeout, wake)`:
+            True on a change, False on timeout or when the `wake` fd is readable,
             `invalidate()`, `describe()`), e.g. `DirectorySource(dir, overlay=...)`.
         table_name: `TableHandle.name` of a table created by the supervisor.
         on_publish: called after each new generation is published.
@@ -287,9 +345,11 @@ def run_watcher(source: Any, table_name: str, on_publish: Callable[[], None] | N
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    old = signal.set_wakeup_fd(w.wakeup.wfd, warn_on_full_buffer=False)
     try:
         w.run()
     finally:
+        signal.set_wakeup_fd(old)
         w.close()
 
 

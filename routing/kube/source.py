@@ -7,12 +7,16 @@ thread; the watcher's thread reads the ObjectStore (store.py) under one lock:
     src.start()
     src.wait_synced(timeout)              # every kind listed once (or known missing)
     cfg, extra = src.load()               # the whole validated config, once
-    src.wait(timeout) -> bool             # True when changes are pending
+    src.wait(timeout, wake) -> bool       # True when changes are pending
     changes = src.changes()               # upserts + deletes since the last call: O(change)
 
 Only validated resources ever leave the store (invalid objects are refused
 alone, store.py invariant 1); `refused()` and `health()` go into the table's
 status so /config_dump shows them.
+
+The waits take the watcher's `wake` fd (its signals' self-pipe): the
+informers' loop watches it and notifies the condition the watcher waits on,
+so a signal ends the wait at once without the watcher polling its flags.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class KubeSource:
         self._informers: list[Informer] = []
         self._thread: threading.Thread | None = None
         self._seen_version = -1
+        self._woken = False         # the wake fd was readable (under `lock`)
         context = client_config(kubeconfig).get()
         if context is None:
             raise ValueError("the kubeconfig names no current context")
@@ -115,16 +120,36 @@ class KubeSource:
     def describe(self) -> str:
         return f"kubernetes:{self._server}"
 
-    def wait_synced(self, timeout: float) -> bool:
-        self.start()
-        with self.lock:
-            return self.lock.wait_for(lambda: self.store.synced, timeout)
+    def wait_synced(self, timeout: float | None, wake: int | None = None) -> bool:
+        """True once every kind was listed; False on timeout or when woken."""
+        return self._wait(lambda: self.store.synced, timeout, wake)
 
-    def wait(self, timeout: float) -> bool:
-        """True when changes are pending or the sync health changed."""
+    def wait(self, timeout: float | None, wake: int | None = None) -> bool:
+        """True when changes are pending or the sync health changed; False on
+        timeout (None: none) or once the `wake` fd is readable."""
+        return self._wait(self._news, timeout, wake)
+
+    def _wait(self, ready, timeout: float | None, wake: int | None) -> bool:
         self.start()
+        if wake is not None:
+            self._watch_wake(wake)
         with self.lock:
-            return self.lock.wait_for(self._news, timeout)
+            self.lock.wait_for(lambda: ready() or self._woken, timeout)
+            self._woken = False
+            return ready()
+
+    def _watch_wake(self, fd: int) -> None:
+        """Have the loop notify the waiter when `fd` turns readable (once: the
+        watcher drains the fd, then its next wait watches it again)."""
+        loop = self._loop
+        assert loop is not None
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            with self.lock:
+                self._woken = True
+                self.lock.notify_all()
+        loop.call_soon_threadsafe(loop.add_reader, fd, readable)
 
     def _news(self) -> bool:
         return self.store.has_changes or self.store.version != self._seen_version

@@ -40,6 +40,32 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def runs(pid: int) -> int:
+    """Times the process's threads were scheduled in so far."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[2])
+        except (OSError, IndexError, ValueError):
+            pass    # a thread that just ended
+    return total
+
+
+def wakeup_rates(pids, windows: int, window: float) -> dict[int, list[float]]:
+    """Each process's runs per second in `windows` back-to-back windows of
+    `window` s (schedstat's count, see `runs`)."""
+    rates: dict[int, list[float]] = {pid: [] for pid in pids}
+    for _ in range(windows):
+        before = {pid: runs(pid) for pid in rates}
+        t0 = time.monotonic()
+        time.sleep(window)      # the measured interval, not a synchronisation
+        elapsed = time.monotonic() - t0
+        for pid in rates:
+            rates[pid].append((runs(pid) - before[pid]) / elapsed)
+    return rates
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

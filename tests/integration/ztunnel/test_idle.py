@@ -12,12 +12,9 @@ time slice, as an idle tick's is).
 
 from __future__ import annotations
 
-import glob
-import time
-
 import pytest
 
-from tests.helpers.shards_proc import children
+from tests.helpers.shards_proc import children, wakeup_rates
 from tests.helpers.ztunnel_mesh import Mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -42,18 +39,6 @@ WORKER_MAX_PER_S = 1.0
 SUPERVISOR_MAX_PER_S = 1.0
 
 
-def runs(pid: int) -> int:
-    """Times the process's threads were scheduled in so far."""
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[2])
-        except (OSError, IndexError, ValueError):
-            pass    # a thread that just ended
-    return total
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     m = Mesh(tmp_path_factory.mktemp("ztidle"), workers=2, nodes=("node-a",))
@@ -70,14 +55,7 @@ def test_idle_node_wakes_rarely_in_its_workers_and_its_supervisor(node):
     sup = node.supervisor_pid("node-a")
     workers = node.worker_pids("node-a")
     assert len(workers) == 2 and workers <= children(sup)
-    rates: dict[int, list[float]] = {pid: [] for pid in (sup, *workers)}
-    for _ in range(WINDOWS):
-        before = {pid: runs(pid) for pid in rates}
-        t0 = time.monotonic()
-        time.sleep(WINDOW)      # the measured interval, not a synchronisation
-        elapsed = time.monotonic() - t0
-        for pid in rates:
-            rates[pid].append((runs(pid) - before[pid]) / elapsed)
+    rates = wakeup_rates((sup, *workers), WINDOWS, WINDOW)
     rate = {pid: min(r) for pid, r in rates.items()}
     for pid in workers:
         assert rate[pid] <= WORKER_MAX_PER_S, \
