@@ -87,6 +87,21 @@ class Wakeup:
             os.close(fd)
 
 
+class WakingFlag:
+    """A bool attribute of a Watcher whose raising wakes its wait."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: "Watcher | None", owner: type | None = None) -> bool:
+        return getattr(obj, self.slot)
+
+    def __set__(self, obj: "Watcher", value: bool) -> None:
+        setattr(obj, self.slot, value)
+        if value:
+            obj.wakeup.set()
+
+
 class Watcher:
     """One writer bound to one source and one table (usable without signals in tests)."""
 
@@ -111,25 +126,8 @@ class Watcher:
 
     # Raising a flag wakes the wait, so the loop acts on it at once; the loop
     # drains the pipe before it reads the flags, so none is missed.
-    @property
-    def hup(self) -> bool:
-        return self._hup
-
-    @hup.setter
-    def hup(self, value: bool) -> None:
-        self._hup = value
-        if value:
-            self.wakeup.set()
-
-    @property
-    def stop(self) -> bool:
-        return self._stop
-
-    @stop.setter
-    def stop(self, value: bool) -> None:
-        self._stop = value
-        if value:
-            self.wakeup.set()
+    hup = WakingFlag()
+    stop = WakingFlag()
 
     def reload(self) -> bool:
         """Load, compile and publish; False (and the old table kept) on a bad config."""

@@ -63,24 +63,31 @@ class MemoryTcp:
         return 0
 
 
+def make_protocols(pki) -> tuple:
+    """The two TLS protocols of an HBONE pair, the server accepting every
+    tunnel: (client HboneConnection, client protocol, server protocol, the
+    list the server's accepted streams are appended to, in order)."""
+    cctx = client_context(pki.issue(CLIENT_ID))
+    sctx = server_context(pki.issue(SERVER_ID))
+    server_streams: list = []
+
+    def on_request(conn, stream, req):
+        conn.core.accept(req.stream_id)
+        conn.flush()
+        server_streams.append(stream)
+    client_conn = HboneConnection(client=True, expected_identities=(SERVER_ID,))
+    client = tlsio._TlsProtocol(cctx, server_side=False, app=client_conn, handshake_timeout=10)
+    server = tlsio.server_protocol(
+        sctx, lambda: HboneConnection(client=False, on_request=on_request),
+        handshake_timeout=10, on_failure=lambda proto, exc: None)
+    return client_conn, client, server, server_streams
+
+
 class Link:
     """A client and a server HBONE connection over TLS in memory, one tunnel open."""
 
     def __init__(self, pki) -> None:
-        cctx = client_context(pki.issue(CLIENT_ID))
-        sctx = server_context(pki.issue(SERVER_ID))
-        self.server_streams: list = []
-
-        def on_request(conn, stream, req):
-            conn.core.accept(req.stream_id)
-            conn.flush()
-            self.server_streams.append(stream)
-        self.client_conn = HboneConnection(client=True, expected_identities=(SERVER_ID,))
-        self.client = tlsio._TlsProtocol(cctx, server_side=False, app=self.client_conn,
-                                         handshake_timeout=10)
-        self.server = tlsio.server_protocol(
-            sctx, lambda: HboneConnection(client=False, on_request=on_request),
-            handshake_timeout=10, on_failure=lambda proto, exc: None)
+        self.client_conn, self.client, self.server, self.server_streams = make_protocols(pki)
         self.c_tcp, self.s_tcp = MemoryTcp("client"), MemoryTcp("server")
         self.server.connection_made(self.s_tcp)
         self.client.connection_made(self.c_tcp)

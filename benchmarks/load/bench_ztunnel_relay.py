@@ -39,10 +39,9 @@ import asyncio
 import socket
 import sys
 
-from shoal.benchmarks.load.bench_hbone_tls import CLIENT_ID, KB, SERVER_ID, Link
-from shoal.core.hbone import fastpath, tlsio
+from shoal.benchmarks.load.bench_hbone_tls import KB, Link, make_protocols
+from shoal.core.hbone import fastpath
 from shoal.core.hbone.connection import HboneConnection
-from shoal.core.identity.tls import client_context, server_context
 from shoal.core.pipe import TcpEnd, _counted
 
 # A request is on the other side's socket after a loop iteration or two (the
@@ -61,22 +60,9 @@ class SocketLink:
     the loop moves the bytes (pump() has nothing to do)."""
 
     async def start(self, pki) -> None:
-        cctx = client_context(pki.issue(CLIENT_ID))
-        sctx = server_context(pki.issue(SERVER_ID))
-        self.server_streams: list = []
-
-        def on_request(conn, stream, req):
-            conn.core.accept(req.stream_id)
-            conn.flush()
-            self.server_streams.append(stream)
+        self.client_conn, self.client, self.server, self.server_streams = make_protocols(pki)
         loop = asyncio.get_running_loop()
         c_sock, s_sock = socket.socketpair()
-        self.client_conn = HboneConnection(client=True, expected_identities=(SERVER_ID,))
-        self.client = tlsio._TlsProtocol(cctx, server_side=False, app=self.client_conn,
-                                         handshake_timeout=10)
-        self.server = tlsio.server_protocol(
-            sctx, lambda: HboneConnection(client=False, on_request=on_request),
-            handshake_timeout=10, on_failure=lambda proto, exc: None)
         await loop.create_connection(lambda: self.server, sock=s_sock)
         await loop.create_connection(lambda: self.client, sock=c_sock)
         await self.client.handshake
