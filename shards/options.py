@@ -17,6 +17,7 @@ import click
 
 from shoal.core.constants import ADMIN_PORT, METRICS_PORT, READINESS_PORT
 from shoal.core import log as core_log
+from shoal.core import sched
 from shoal.core.log import parse_spec
 from shoal.routing.kube import SCHEME
 
@@ -29,6 +30,11 @@ DEFAULT_WORKER_TIMEOUT = 30.0
 # More workers than this only adds context switches on any host we target,
 # and each worker holds its own listeners in every pod netns.
 MAX_WORKERS = 256
+# The scheduler slice each worker asks for (core/sched.py): the kernel's
+# shortest. A worker's turn per wakeup is tens of microseconds, so the
+# shortest slice costs it nothing and lets it run as soon as it wakes
+# instead of after a longer-sliced task's turn (docs/operations.md).
+DEFAULT_SCHED_SLICE_US = sched.MIN_SLICE_NS // 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +50,7 @@ class SupervisorOptions:
     log_level: str = "info"
     pidfile: str | None = None
     cpu_steering: bool = True             # slot i's listeners take connections arriving on CPU i
+    sched_slice_us: int = DEFAULT_SCHED_SLICE_US  # 0: the kernel's default slice
 
     def __post_init__(self) -> None:
         if not 0 <= self.workers <= MAX_WORKERS:
@@ -52,6 +59,9 @@ class SupervisorOptions:
             raise ValueError("--drain-timeout must be >= 0 seconds")
         if self.worker_timeout < 1:
             raise ValueError("--worker-timeout must be >= 1 second")
+        lo, hi = sched.MIN_SLICE_NS // 1000, sched.MAX_SLICE_NS // 1000
+        if self.sched_slice_us and not lo <= self.sched_slice_us <= hi:
+            raise ValueError(f"--sched-slice-us must be 0 (the kernel's default) or {lo}-{hi}")
         for name in ("admin_port", "metrics_port", "readiness_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be a TCP port (0 disables)")
@@ -97,7 +107,8 @@ def cpu_limit(cpu_max: str = CPU_MAX) -> int:
 KUBERNETES_SCHEME = SCHEME
 
 FLAGS = ("workers", "drain_timeout", "worker_timeout", "config", "admin_port", "metrics_port",
-         "readiness_port", "log_level", "pidfile", "cpu_steering")
+         "readiness_port", "log_level", "pidfile", "cpu_steering",
+         "sched_slice_us")
 
 
 def supervisor_options(fn):
@@ -134,6 +145,11 @@ def supervisor_options(fn):
                      "handles on the i-th CPU (SO_INCOMING_CPU, Linux >= 6.2), the rest by hash: "
                      "a client thread's connections share a worker instead of waking every "
                      "worker. --no-cpu-steering spreads every connection by hash."),
+        click.option("--sched-slice-us", type=int, default=DEFAULT_SCHED_SLICE_US,
+                     show_default=True,
+                     help="CPU slice each worker asks the scheduler for (EEVDF, Linux >= 6.12): "
+                     "a short one runs a woken worker before longer-sliced tasks, at the same "
+                     "CPU share. 0 keeps the kernel's default (0.7 ms x (1 + log2 CPUs))."),
         click.option("--pidfile", type=click.Path(dir_okay=False), default=None,
                      help="Write the supervisor's pid here (kept across SIGUSR2 upgrades)."),
     ]

@@ -39,6 +39,7 @@ from typing import Sequence
 from shoal.core import drain as core_drain
 from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
+from shoal.core import sched
 from shoal.core.admin import Endpoints, HttpProtocol
 from shoal.core.sockets import NO_CPU, DefaultSocketFactory, SocketFactory
 from shoal.shards import exitcodes, routing_glue, signals
@@ -61,6 +62,13 @@ HEARTBEATS_PER_TIMEOUT = 2
 CTRL_READ_MAX = 64
 # An IMMEDIATE drain (SIGQUIT) still lets the app close its own sockets.
 IMMEDIATE_GRACE = 0.5
+
+
+def _slice_or_none() -> int | None:
+    try:
+        return sched.slice_of() or None
+    except sched.SliceUnsupported:
+        return None
 
 
 class Worker:
@@ -91,6 +99,7 @@ class Worker:
         core_log.setup(self.options.log_level)
         faulthandler.enable()   # a SIGABRT from the supervisor dumps every stack
         set_parent_death_signal(signal.SIGTERM)
+        self._request_slice()
         import uvloop
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -99,6 +108,18 @@ class Worker:
         except Exception:
             self.log.exception("worker crashed")
             return exitcodes.WORKER_CRASH
+
+    def _request_slice(self) -> None:
+        # Before any thread starts, so the loop's helpers inherit it too.
+        ns = self.options.sched_slice_us * 1000
+        try:
+            sched.request_slice(ns)
+        except sched.SliceUnsupported as e:
+            # Once per supervisor, not per worker: every worker has the same reason.
+            level = logging.INFO if self.slot == 0 else logging.DEBUG
+            self.log.log(level, "scheduler slice not applied, the kernel's default kept",
+                         extra={"fields": {"requested_us": self.options.sched_slice_us,
+                                           "reason": str(e)}})
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -174,7 +195,8 @@ class Worker:
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "worker_id": self.slot, "generation": self.generation,
-                "supervisor_pid": self.supervisor_pid, "app": self.app.name}
+                "supervisor_pid": self.supervisor_pid, "app": self.app.name,
+                "sched_slice_ns": _slice_or_none()}
 
     def _notify(self, text: str, fds: Sequence[int] = ()) -> None:
         try:

@@ -170,8 +170,9 @@ async def _hold_idle(host, port, n, source) -> list:
 
 # -- the run -----------------------------------------------------------------------------
 
-def build_mesh(tmp: Path, workers: int) -> tuple[Mesh, Proc]:
-    m = Mesh(tmp, workers=workers)
+def build_mesh(tmp: Path, workers: int, extra_args: tuple[str, ...] = ()) -> tuple[Mesh, Proc]:
+    """The load run's mesh; `extra_args` go to both nodes' `ztunnel run`."""
+    m = Mesh(tmp, workers=workers, extra_args=extra_args)
     m.pod("client", node="node-a", sa="sleep")
     m.pod("echo", node="node-b", app="echo", port=APP_PORT)
     m.pod("iperf", node="node-b", app="iperf")

@@ -13,7 +13,7 @@ import platform
 import pytest
 
 from shoal.shards.options import steering_cpu
-from tests.helpers.shards_proc import CPUS, Shards, worker_of
+from tests.helpers.shards_proc import CPUS, worker_of
 
 # Before 6.2 the reuseport lookup ignored SO_INCOMING_CPU (fixed by "soreuseport:
 # Fix socket selection for SO_INCOMING_CPU"): the option is then a no-op.
@@ -36,19 +36,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def shards(tmp_path):
-    started: list[Shards] = []
-
-    def start(extra: list[str] = ()) -> Shards:
-        s = Shards(workers=2, extra=list(extra), tmp=str(tmp_path))
-        started.append(s)
-        return s.start()
-    yield start
-    for s in started:
-        s.kill_all()
-
-
 def test_each_cpus_connections_go_to_that_cpus_worker(shards):
     s = shards()
     for cpu in CPUS[:2]:
@@ -58,6 +45,6 @@ def test_each_cpus_connections_go_to_that_cpus_worker(shards):
 
 
 def test_no_cpu_steering_spreads_one_cpus_connections_by_hash(shards):
-    s = shards(["--no-cpu-steering"])
+    s = shards(extra=["--no-cpu-steering"])
     served = {worker_of(s.echo, cpu=CPUS[0])[1] for _ in range(TRIES)}
     assert served == {0, 1}

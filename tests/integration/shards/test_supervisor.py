@@ -16,24 +16,11 @@ import pytest
 
 from shoal.shards import exitcodes
 from shoal.shards.supervisor import LOOP_TICK
-from tests.helpers.shards_proc import (ClientLoop, Shards, alive, ask, http, metrics_dirs,
+from tests.helpers.shards_proc import (ClientLoop, alive, ask, http, metrics_dirs,
                                        shm_segments, worker_of)
 from tests.helpers.wait import poll, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def shards(tmp_path):
-    started: list[Shards] = []
-
-    def start(workers: int = 2, extra: list[str] = (), wait_ready: bool = True) -> Shards:
-        s = Shards(workers=workers, extra=list(extra), tmp=str(tmp_path))
-        started.append(s)
-        return s.start(wait_ready=wait_ready)
-    yield start
-    for s in started:
-        s.kill_all()
 
 
 def assert_clean(pid: int) -> None:

@@ -12,10 +12,17 @@ from shoal.shards.options import SupervisorOptions, supervisor_options
     ({"workers": -1}, "--workers"), ({"workers": 10_000}, "--workers"),
     ({"drain_timeout": -1}, "--drain-timeout"), ({"worker_timeout": 0.5}, "--worker-timeout"),
     ({"admin_port": 70000}, "--admin-port"), ({"log_level": "loud"}, "--log-level"),
+    ({"sched_slice_us": 99}, "--sched-slice-us"), ({"sched_slice_us": 100_001}, "--sched-slice-us"),
+    ({"sched_slice_us": -1}, "--sched-slice-us"),
 ])
 def test_bad_values_are_refused_with_the_flag_name(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SupervisorOptions(**kw)
+
+
+@pytest.mark.parametrize("us", [0, 100, 100_000])
+def test_sched_slice_takes_zero_and_the_kernels_range(us):
+    assert SupervisorOptions(sched_slice_us=us).sched_slice_us == us
 
 
 def test_worker_count_defaults_to_the_cpu_limit():

@@ -1,0 +1,112 @@
+"""A/B of ztunnel flags on the ztunnel load run's request/response test.
+
+    python -m shoal.benchmarks.load.ztunnel_ab --b="--sched-slice-us 0" [--blocks 4] [--rounds 3]
+
+Builds the load run's mesh (shoal.benchmarks.load.ztunnel) once per block,
+with the A flags (default: none) or the B flags, in alternated blocks (A B,
+B A, A B, ...) so a drift of the machine falls on both. Each round is 8 s of
+1,000 req/s of 1 KB over 4 connections through the ztunnel pair, then the
+same through the same run's stunnel pair, then the direct path. Reported
+per round and as medians (ranges): CPU per 1k req/s on each side and p50 /
+p99 as ratios to stunnel's, and the p99 *added* latency (the path's p99
+less the direct path's) as a ratio to stunnel's added p99.
+
+Writes benchmarks/out/ztunnel_ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from shoal.benchmarks.load import ztunnel as Z
+from tests.helpers.ztunnel_peers import Proc
+
+OUT = Path("benchmarks/out")
+METRICS = ("client_cpu", "server_cpu", "p50", "p99", "added_p50", "added_p99")
+
+
+def one_round(mesh, stunnel: tuple[tuple[Proc, Proc], int], seconds: float) -> dict:
+    """`stunnel`: ((client-side stunnel, server-side stunnel), its front port)."""
+    a = mesh.nodes["node-a"]
+    client_ip, echo_ip = mesh.pods["client"].ip, mesh.pods["echo"].ip
+    ta, tb = Z.tree(mesh.supervisor_pid("node-a")), Z.tree(mesh.supervisor_pid("node-b"))
+    (st_client, st_server), st_port = stunnel
+    z = Z.cpu_under_load(ta, tb, a.proxy_ip, a.fixed[(Z.VIP, 80)], seconds, client_ip)
+    s = Z.cpu_under_load([st_client.pid], [st_server.pid], "127.0.0.1", st_port, seconds)
+    d = asyncio.run(Z._paced_rr(echo_ip, Z.APP_PORT, 1000, seconds / 2))
+    per_k = "vcpu_per_1000rps_{}_side"
+    return {"client_cpu": z[per_k.format("client")] / s[per_k.format("client")],
+            "server_cpu": z[per_k.format("server")] / s[per_k.format("server")],
+            "p50": z["p50_ms"] / s["p50_ms"], "p99": z["p99_ms"] / s["p99_ms"],
+            "added_p50": (z["p50_ms"] - d["p50_ms"]) / (s["p50_ms"] - d["p50_ms"]),
+            "added_p99": (z["p99_ms"] - d["p99_ms"]) / (s["p99_ms"] - d["p99_ms"]),
+            "ms": {"ztunnel": [z["p50_ms"], z["p99_ms"]], "stunnel": [s["p50_ms"], s["p99_ms"]],
+                   "direct": [d["p50_ms"], d["p99_ms"]]}}
+
+
+def block(flags: tuple[str, ...], rounds: int, seconds: float, label: str) -> list[dict]:
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-ztunnel-ab-"))
+    mesh, iperf = Z.build_mesh(tmp, 2, flags)
+    procs = [iperf]
+    out = []
+    try:
+        echo_ip = mesh.pods["echo"].ip
+        port = (Z.free_port(), Z.free_port())
+        (tmp / "echo-peers").mkdir()
+        st = Z.stunnel_pair(*port, (echo_ip, Z.APP_PORT), tmp / "echo-peers")
+        procs += st
+        a = mesh.nodes["node-a"]
+        # Warm the HBONE connection and the certificates before measuring.
+        asyncio.run(Z._paced_rr(a.proxy_ip, a.fixed[(Z.VIP, 80)], 100, 1, mesh.pods["client"].ip))
+        for _ in range(rounds):
+            r = one_round(mesh, ((st[1], st[0]), port[0]), seconds)
+            out.append(r)
+            print(f"{time.strftime('%H:%M:%S')} {label} " +
+                  " ".join(f"{k} {r[k]:.3f}" for k in METRICS), flush=True)
+    finally:
+        for p in procs:
+            p.stop()
+        mesh.stop()
+    return out
+
+
+def summary(rounds: list[dict]) -> dict:
+    return {k: {"median": statistics.median(r[k] for r in rounds),
+                "min": min(r[k] for r in rounds), "max": max(r[k] for r in rounds)}
+            for k in METRICS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--a", default="", help="flags of variant A (default: none)")
+    ap.add_argument("--b", required=True, help='flags of variant B, e.g. "--no-cpu-steering"')
+    ap.add_argument("--blocks", type=int, default=4, help="blocks per variant")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per block")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--out", type=Path, default=OUT / "ztunnel_ab.json")
+    args = ap.parse_args()
+    variants = {"A": tuple(shlex.split(args.a)), "B": tuple(shlex.split(args.b))}
+    rounds: dict[str, list] = {"A": [], "B": []}
+    for i in range(args.blocks):
+        for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+            rounds[name] += block(variants[name], args.rounds, args.seconds, name)
+    summaries = {k: summary(v) for k, v in rounds.items()}
+    result = {"flags": {k: list(v) for k, v in variants.items()}, "rounds": rounds,
+              "summary": summaries}
+    for name, s in summaries.items():
+        print(f"{name} {shlex.join(variants[name]) or '(defaults)'}: {len(rounds[name])} rounds, "
+              + ", ".join(f"{k} {v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
+                          for k, v in s.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
