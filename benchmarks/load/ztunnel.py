@@ -9,7 +9,9 @@ drift between machines and with other load on this 2-core box):
 2. connection rate (connect, 1 byte echo, close; 16 in parallel) through each;
 3. CPU per 1,000 req/s of 1 KB request / 1 KB response over 4 persistent
    connections (Istio's setup; Istio publishes 0.06 vCPU per ztunnel),
-   for the ztunnels and for the stunnels at the same load;
+   for the ztunnels and for the stunnels at the same load, with each
+   request's p50 and p99, and the same load's latency on the direct path
+   (what a pair adds is its p99 less the direct one);
 4. RSS and PSS (smaps_rollup) of each ztunnel worker, idle and with
    10,000 open idle connections through the pair.
 
@@ -232,11 +234,17 @@ def run(args) -> dict:
 
         zt_a, zt_b = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
         cpu = {"ztunnel x2": cpu_under_load(zt_a, zt_b, *echo_paths["ztunnel x2"][:2],
-                                            args.seconds * 2, client_ip),
-               "stunnel x2": cpu_under_load([stp[1].pid], [stp[0].pid],
-                                            *echo_paths["stunnel x2"][:2], args.seconds * 2)}
+                                            args.seconds * 2, client_ip)}
+        # The same load on the direct path, between the two proxied ones so a
+        # drift of the machine falls on both: the p99 a pair *adds* is its
+        # path's p99 less this one (issue 15's "p99 added latency").
+        out["latency_1kb_rr_direct"] = asyncio.run(_paced_rr(*echo_paths["direct"][:2], 1000,
+                                                             args.seconds * 2))
+        cpu["stunnel x2"] = cpu_under_load([stp[1].pid], [stp[0].pid],
+                                           *echo_paths["stunnel x2"][:2], args.seconds * 2)
         for name, c in cpu.items():
             print(f"1 KB rr {name}: {json.dumps(c)}", flush=True)
+        print(f"1 KB rr direct: {json.dumps(out['latency_1kb_rr_direct'])}", flush=True)
         out["cpu_1kb_rr"] = cpu
 
         mem = {"idle": {n: {str(p): memory(p) for p in workers_of(mesh, n)}

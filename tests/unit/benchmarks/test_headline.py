@@ -61,3 +61,21 @@ def test_ambient_path_is_reported_beside_the_plain_proxy():
             "| nginx plaintext proxy, 1 worker 20,000 | **0.03×** | — |") in text
     cpu = next(p for p in plotted if p[0] == "waypoint ambient path CPU per request, 1 worker")
     assert cpu[1] == pytest.approx(30.0) and cpu[2] == "—"     # shoal/peer: lower is better
+
+
+def test_p99_added_latency_subtracts_the_same_runs_direct_path():
+    """Issue 15's goal is the p99 a pair adds: each path's p99 less the direct
+    path's of the same run; a run from before the direct path was measured
+    gives the whole-request row alone."""
+    def zt(z99, s99, d99=None):
+        run = {"cpu_1kb_rr": {"ztunnel x2": {"p99_ms": z99}, "stunnel x2": {"p99_ms": s99}}}
+        if d99 is not None:
+            run["latency_1kb_rr_direct"] = {"p99_ms": d99}
+        return run
+    text, plotted = headline.table({"ztunnel": [zt(0.9, 0.8, 0.5), zt(1.0, 1.0, 0.6), zt(0.7, 0.7)]})
+    got = dict((p[0], p[1]) for p in plotted)
+    assert got["ztunnel p99 latency per 1 KB request"] == pytest.approx(1.0)
+    # (0.9-0.5)/(0.8-0.5) and (1.0-0.6)/(1.0-0.6); the third run has no direct path.
+    added = "ztunnel p99 added latency per 1 KB request (less the direct path's)"
+    assert got[added] == pytest.approx((4 / 3 + 1.0) / 2)
+    assert "| 0.4 (0.4–0.4) ms | 2 × stunnel 0.35 (0.3–0.4) |" in text
