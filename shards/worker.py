@@ -115,7 +115,7 @@ class Worker:
         try:
             sched.request_slice(ns)
         except sched.SliceUnsupported as e:
-            # Once per supervisor, not per worker: every worker has the same reason.
+            # Every worker has the same reason: worker 0 says it, the others at debug.
             level = logging.INFO if self.slot == 0 else logging.DEBUG
             self.log.log(level, "scheduler slice not applied, the kernel's default kept",
                          extra={"fields": {"requested_us": self.options.sched_slice_us,

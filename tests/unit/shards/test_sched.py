@@ -30,7 +30,12 @@ def in_thread(fn):
 
 
 def kernel_default() -> int:
-    return in_thread(lambda tid: sched.slice_of())
+    """This thread's slice as the kernel reports it: 0 when it does not (before
+    6.12 or on an architecture core.sched has no syscall number for)."""
+    try:
+        return in_thread(lambda tid: sched.slice_of())
+    except sched.SliceUnsupported:
+        return 0
 
 
 pytestmark = pytest.mark.skipif(kernel_default() == 0,
