@@ -96,7 +96,7 @@ class Inotify:
 
     def wait(self, timeout: float | None, wake: int | None = None) -> bool:
         """True after an event; False on timeout or when `wake` is readable."""
-        if not _readable([self.fd], timeout, wake) or not _readable([self.fd], 0):
+        if self.fd not in _ready([self.fd], timeout, wake):
             return False
         time.sleep(DEBOUNCE)
         self.drain()
@@ -132,11 +132,12 @@ class Inotify:
         os.close(self.fd)
 
 
-def _readable(fds: list[int], timeout: float | None, wake: int | None = None) -> bool:
-    """Wait until one of `fds` or `wake` is readable (None: no timeout)."""
+def _ready(fds: list[int], timeout: float | None, wake: int | None = None) -> list[int]:
+    """Wait until one of `fds` or `wake` is readable (None: no timeout); the
+    readable ones, so a caller tells its own event from a wakeup."""
     ready, _, _ = select.select(fds if wake is None else [*fds, wake], [], [],
                                 None if timeout is None else max(timeout, 0))
-    return bool(ready)
+    return ready
 
 
 def _left(deadline: float) -> float | None:
@@ -243,7 +244,7 @@ class DirectorySource:
             if self._inotify.wait(left, wake):
                 self._rewatch = True
                 return True
-            if time.monotonic() >= deadline or (wake is not None and _readable([wake], 0)):
+            if time.monotonic() >= deadline or (wake is not None and bool(_ready([wake], 0))):
                 return False
 
     def _poll(self, deadline: float, wake: int | None) -> bool:
@@ -253,7 +254,7 @@ class DirectorySource:
             left = _left(deadline)
             if left is not None and left <= 0:
                 return False
-            if _readable([], POLL_INTERVAL if left is None else min(POLL_INTERVAL, left), wake):
+            if _ready([], POLL_INTERVAL if left is None else min(POLL_INTERVAL, left), wake):
                 return False        # woken
 
     def invalidate(self) -> None:

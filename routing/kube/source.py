@@ -73,6 +73,7 @@ class KubeSource:
         self._thread: threading.Thread | None = None
         self._seen_version = -1
         self._woken = False         # the wake fd was readable (under `lock`)
+        self._wake_armed: int | None = None     # the fd the loop watches for us (under `lock`)
         context = client_config(kubeconfig).get()
         if context is None:
             raise ValueError("the kubeconfig names no current context")
@@ -140,13 +141,20 @@ class KubeSource:
 
     def _watch_wake(self, fd: int) -> None:
         """Have the loop notify the waiter when `fd` turns readable (once: the
-        watcher drains the fd, then its next wait watches it again)."""
+        watcher drains the fd, then its next wait arms it again). A wait that
+        ended on news leaves the reader armed, and the next one keeps it
+        instead of waking the loop's thread to add it again."""
         loop = self._loop
         assert loop is not None
+        with self.lock:
+            if self._wake_armed == fd:
+                return
+            self._wake_armed = fd
 
         def readable() -> None:
             loop.remove_reader(fd)
             with self.lock:
+                self._wake_armed = None
                 self._woken = True
                 self.lock.notify_all()
         loop.call_soon_threadsafe(loop.add_reader, fd, readable)
