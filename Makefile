@@ -85,7 +85,7 @@ RUNS := benchmarks/out/runs
 bench-load: host-deps venv
 	@rm -rf $(RUNS) && mkdir -p $(RUNS)
 	@for i in $$(seq 1 $(REPEAT)); do \
-	  $(PY) -m shoal.benchmarks.load.hbone --seconds 5 --rounds 1 --short-seconds 5 --processes 1,2 --out $(RUNS)/hbone-$$i.json >/dev/null && \
+	  $(PY) -m shoal.benchmarks.load.hbone --seconds 5 --rounds 3 --short-seconds 5 --processes 1,2 --out $(RUNS)/hbone-$$i.json >/dev/null && \
 	  $(PY) -m shoal.benchmarks.load.ztunnel --seconds 5 --idle-conns 1000 --plot '' --out $(RUNS)/ztunnel-$$i.json >/dev/null && \
 	  $(PY) -m shoal.benchmarks.load.waypoint --duration 5 --repeat 1 --out $(RUNS)/waypoint-$$i.json >/dev/null \
 	  || exit 1; echo "bench-load: run $$i of $(REPEAT) done"; done

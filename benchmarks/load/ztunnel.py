@@ -11,7 +11,8 @@ drift between machines and with other load on this 2-core box):
    connections (Istio's setup; Istio publishes 0.06 vCPU per ztunnel),
    for the ztunnels and for the stunnels at the same load, with each
    request's p50 and p99, and the same load's latency on the direct path
-   (what a pair adds is its p99 less the direct one);
+   (what a pair adds is its p99 less the direct one); the three paths take
+   turns in 5 blocks each, so they share the machine's drift;
 4. RSS and PSS (smaps_rollup) of each ztunnel worker, idle and with
    10,000 open idle connections through the pair.
 
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -118,42 +120,112 @@ async def _conn_rate(host, port, seconds, source=None, parallel=16) -> float:
     return done / (time.monotonic() - start)
 
 
-async def _paced_rr(host, port, rate, seconds, source=None, conns=4, size=1024) -> dict:
-    """`rate` req/s of `size`-byte request/response over `conns` connections."""
-    payload = b"q" * size
-    lat = []
-    per_conn = rate / conns
+# Istio's request/response setup (fortio -c 4 -qps 1000): 4 connections.
+RR_CONNS = 4
+# Each path's measuring time is cut into this many blocks, interleaved with
+# the other paths' (rotating which goes first), so a drift of the machine
+# (another tenant, a frequency change) falls on every path alike: a p99 of
+# one 10 s window moved by about 0.1 ms between windows, as much as a pair
+# adds, and the paths had been measured one after the other.
+RR_BLOCKS = 5
+# Before each block, this long at the same load untimed: a path idle through
+# the other paths' blocks starts with cold caches (a Python worker's far more
+# than stunnel's), and its first requests measured the wake-up, not the
+# steady state at 1,000 req/s the figure is about.
+RR_WARMUP = 0.2
 
+
+class RrPath(NamedTuple):
+    """A request/response path: where to connect, the source address to bind
+    (None: any) and, for CPU accounting, (client-side pids, server-side pids)."""
+    host: str
+    port: int
+    source: str | None = None
+    cpu_pids: tuple[list[int], list[int]] | None = None
+
+
+async def _open_rr(path: RrPath, conns: int, payload: bytes) -> list:
+    """`conns` connections, opened together as a client starting up would,
+    each warmed by one untimed request (a new connection's first request
+    also waits for the pair's tunnel set-up)."""
     async def one():
-        r, w = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
-        interval = 1 / per_conn
+        r, w = await asyncio.open_connection(
+            path.host, path.port, local_addr=(path.source, 0) if path.source else None)
+        w.write(payload)
+        await r.readexactly(len(payload))
+        return r, w
+    return list(await asyncio.gather(*(one() for _ in range(conns))))
+
+
+async def _paced(conns: list, rate: float, seconds: float, payload: bytes, lat: list) -> None:
+    """`rate` req/s over `conns` for `seconds`, each request's latency into `lat`."""
+    interval = len(conns) / rate
+
+    async def one(r, w):
         t0 = time.monotonic()
         i = 0
-        while (now := time.monotonic()) < t0 + seconds:
-            due = t0 + i * interval
-            if due > now:
+        while (due := t0 + i * interval) < t0 + seconds:
+            if due > (now := time.monotonic()):
                 await asyncio.sleep(due - now)
             s = time.monotonic()
             w.write(payload)
-            await r.readexactly(size)
+            await r.readexactly(len(payload))
             lat.append(time.monotonic() - s)
             i += 1
-        w.close()
-    await asyncio.gather(*(one() for _ in range(conns)))
+    await asyncio.gather(*(one(r, w) for r, w in conns))
+
+
+async def rr_interleaved(paths: dict[str, RrPath], rate: float, seconds: float,
+                         blocks: int = RR_BLOCKS, size: int = 1024) -> dict[str, dict]:
+    """`rate` req/s of `size`-byte request/response through each path for
+    `seconds` in all, in `blocks` interleaved blocks on the same connections:
+    per path the p50 and p99 of every request, and with `cpu_pids` the vCPU
+    of each side during that path's own blocks."""
+    payload = b"q" * size
+    conns = {name: await _open_rr(p, RR_CONNS, payload) for name, p in paths.items()}
+    lat: dict[str, list[float]] = {name: [] for name in paths}
+    cpu = {name: [0.0, 0.0, 0.0] for name in paths}          # client s, server s, wall s
+    names = list(paths)
+    for b in range(blocks):
+        for name in names[b % len(names):] + names[:b % len(names)]:
+            pids = paths[name].cpu_pids
+            await _paced(conns[name], rate, RR_WARMUP, payload, [])
+            c0 = [cpu_seconds(p) for p in pids] if pids else [0.0, 0.0]
+            t0 = time.monotonic()
+            await _paced(conns[name], rate, seconds / blocks, payload, lat[name])
+            cpu[name][2] += time.monotonic() - t0
+            if pids:
+                cpu[name][0] += cpu_seconds(pids[0]) - c0[0]
+                cpu[name][1] += cpu_seconds(pids[1]) - c0[1]
+    for cs in conns.values():
+        for _, w in cs:
+            w.close()
+            await w.wait_closed()
+    return {name: _rr_summary(lat[name], *cpu[name], with_cpu=paths[name].cpu_pids is not None)
+            for name in paths}
+
+
+def _rr_summary(lat: list[float], ca: float, cb: float, wall: float, with_cpu: bool) -> dict:
     lat.sort()
-    return {"requests": len(lat), "rps": len(lat) / seconds,
-            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+    out = {"requests": len(lat), "rps": len(lat) / wall,
+           "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+    if with_cpu:
+        per_k = 1000 / out["rps"]
+        out |= {"vcpu_client_side": ca / wall, "vcpu_server_side": cb / wall,
+                "vcpu_per_1000rps_client_side": ca / wall * per_k,
+                "vcpu_per_1000rps_server_side": cb / wall * per_k}
+    return out
+
+
+async def _paced_rr(host, port, rate, seconds, source=None) -> dict:
+    """One path, one block: p50/p99 of `rate` req/s of 1 KB for `seconds`."""
+    return (await rr_interleaved({"path": RrPath(host, port, source)}, rate, seconds, 1))["path"]
 
 
 def cpu_under_load(pids_a, pids_b, host, port, seconds, source=None, rate=1000) -> dict:
-    c0a, c0b, t0 = cpu_seconds(pids_a), cpu_seconds(pids_b), time.monotonic()
-    rr = asyncio.run(_paced_rr(host, port, rate, seconds, source))
-    wall = time.monotonic() - t0
-    ca, cb = cpu_seconds(pids_a) - c0a, cpu_seconds(pids_b) - c0b
-    per_k = 1000 / rr["rps"]
-    return {**rr, "vcpu_client_side": ca / wall, "vcpu_server_side": cb / wall,
-            "vcpu_per_1000rps_client_side": ca / wall * per_k,
-            "vcpu_per_1000rps_server_side": cb / wall * per_k}
+    """One path, one block, with the CPU of `pids_a` (client side) and `pids_b`."""
+    path = RrPath(host, port, source, (pids_a, pids_b))
+    return asyncio.run(rr_interleaved({"path": path}, rate, seconds, 1))["path"]
 
 
 async def _hold_idle(host, port, n, source) -> list:
@@ -233,19 +305,20 @@ def run(args) -> dict:
         out["connection_rate"] = rate
 
         zt_a, zt_b = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
-        cpu = {"ztunnel x2": cpu_under_load(zt_a, zt_b, *echo_paths["ztunnel x2"][:2],
-                                            args.seconds * 2, client_ip)}
-        # The same load on the direct path, between the two proxied ones so a
-        # drift of the machine falls on both: the p99 a pair *adds* is its
-        # path's p99 less this one (issue 15's "p99 added latency").
-        out["latency_1kb_rr_direct"] = asyncio.run(_paced_rr(*echo_paths["direct"][:2], 1000,
-                                                             args.seconds * 2))
-        cpu["stunnel x2"] = cpu_under_load([stp[1].pid], [stp[0].pid],
-                                           *echo_paths["stunnel x2"][:2], args.seconds * 2)
-        for name, c in cpu.items():
+        # The direct path at the same load, interleaved with the pairs: the
+        # p99 a pair *adds* is its path's p99 less this one (issue 15's "p99
+        # added latency").
+        rr = asyncio.run(rr_interleaved({
+            "ztunnel x2": RrPath(*echo_paths["ztunnel x2"], cpu_pids=(zt_a, zt_b)),
+            "direct": RrPath(*echo_paths["direct"]),
+            "stunnel x2": RrPath(*echo_paths["stunnel x2"], cpu_pids=([stp[1].pid],
+                                                                      [stp[0].pid]))},
+            1000, args.seconds * 2))
+        out["latency_1kb_rr_direct"] = rr.pop("direct")
+        for name, c in rr.items():
             print(f"1 KB rr {name}: {json.dumps(c)}", flush=True)
         print(f"1 KB rr direct: {json.dumps(out['latency_1kb_rr_direct'])}", flush=True)
-        out["cpu_1kb_rr"] = cpu
+        out["cpu_1kb_rr"] = rr
 
         mem = {"idle": {n: {str(p): memory(p) for p in workers_of(mesh, n)}
                         for n in ("node-a", "node-b")}}

@@ -5,8 +5,9 @@
 Builds the load run's mesh (shoal.benchmarks.load.ztunnel) once per block,
 with the A flags (default: none) or the B flags, in alternated blocks (A B,
 B A, A B, ...) so a drift of the machine falls on both. Each round is 8 s of
-1,000 req/s of 1 KB over 4 connections through the ztunnel pair, then the
-same through the same run's stunnel pair, then the direct path. Reported
+1,000 req/s of 1 KB over 4 connections through the ztunnel pair, the same
+run's stunnel pair and the direct path, interleaved as the load run does
+(`ztunnel.rr_interleaved`). Reported
 per round and as medians (ranges): CPU per 1k req/s on each side and p50 /
 p99 as ratios to stunnel's, and the p99 *added* latency (the path's p99
 less the direct path's) as a ratio to stunnel's added p99.
@@ -38,9 +39,12 @@ def one_round(mesh, stunnel: tuple[tuple[Proc, Proc], int], seconds: float) -> d
     client_ip, echo_ip = mesh.pods["client"].ip, mesh.pods["echo"].ip
     ta, tb = Z.tree(mesh.supervisor_pid("node-a")), Z.tree(mesh.supervisor_pid("node-b"))
     (st_client, st_server), st_port = stunnel
-    z = Z.cpu_under_load(ta, tb, a.proxy_ip, a.fixed[(Z.VIP, 80)], seconds, client_ip)
-    s = Z.cpu_under_load([st_client.pid], [st_server.pid], "127.0.0.1", st_port, seconds)
-    d = asyncio.run(Z._paced_rr(echo_ip, Z.APP_PORT, 1000, seconds / 2))
+    rr = asyncio.run(Z.rr_interleaved({
+        "z": Z.RrPath(a.proxy_ip, a.fixed[(Z.VIP, 80)], client_ip, (ta, tb)),
+        "d": Z.RrPath(echo_ip, Z.APP_PORT),
+        "s": Z.RrPath("127.0.0.1", st_port, None, ([st_client.pid], [st_server.pid]))},
+        1000, seconds))
+    z, s, d = rr["z"], rr["s"], rr["d"]
     per_k = "vcpu_per_1000rps_{}_side"
     return {"client_cpu": z[per_k.format("client")] / s[per_k.format("client")],
             "server_cpu": z[per_k.format("server")] / s[per_k.format("server")],

@@ -53,3 +53,18 @@ def test_print_command_names_the_checkout_and_module(tmp_path, capsys):
     out = subprocess.run(f"{cmd} extra", shell=True, cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out[:2] == ["READY", "before"] and out[-1] == "extra"
+
+
+def test_each_variant_is_the_median_of_its_rounds():
+    """One slow round (either side's) does not decide the run's ratio."""
+    def rnd(gbit):
+        return {"gbit_s": gbit, "cpu_s_per_gb_entry": 1 / gbit, "cpu_s_per_gb_exit": 0.5 / gbit,
+                "cpu_s_per_process": {"entry": [1.0], "exit": [0.5]},
+                "cores": {"entry": gbit / 10, "exit": gbit / 20}}
+    out = hbone._summary({"shoal": [rnd(7.5), rnd(5.8), rnd(7.9)],
+                          "stunnel": [rnd(6.0), rnd(6.9), rnd(6.5)]})
+    assert out["shoal"]["gbit_s"] == 7.5
+    assert out["stunnel"]["gbit_s"] == 6.5
+    assert out["ratio_gbit_s"] == pytest.approx(7.5 / 6.5)
+    assert out["shoal"]["cpu_s_per_gb_entry"] == pytest.approx(1 / 7.5)
+    assert out["shoal"]["runs_gbit_s"] == [7.5, 5.8, 7.9]

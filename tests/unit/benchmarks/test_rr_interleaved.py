@@ -1,0 +1,71 @@
+"""The ztunnel load run's request/response measurement (benchmarks/load/ztunnel.py
+`rr_interleaved`) against real local echo servers: each path's blocks take
+turns with the other paths', a path's CPU is counted only in its own blocks,
+and the untimed warm-up requests are not in the figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from shoal.benchmarks.load import ztunnel as Z
+
+RATE = 400          # req/s per path: 4 connections at 100 req/s
+SECONDS = 0.6       # per path in all
+BLOCKS = 3
+
+
+async def _echo_server(arrivals: list[float]) -> tuple[asyncio.AbstractServer, int]:
+    """A 1 KB echo that notes when each request arrives."""
+    async def handle(reader, writer):
+        try:
+            while True:
+                data = await reader.readexactly(1024)
+                arrivals.append(time.monotonic())
+                writer.write(data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def _blocks(times: list[float], others: list[float]) -> int:
+    """How many runs of consecutive arrivals `times` forms when merged with `others`."""
+    merged = sorted([(t, 0) for t in times] + [(t, 1) for t in others])
+    return sum(1 for i, (_, who) in enumerate(merged)
+               if who == 0 and (i == 0 or merged[i - 1][1] == 1))
+
+
+def test_paths_take_turns_and_count_only_their_requests():
+    async def main():
+        arrivals: dict[str, list[float]] = {"a": [], "b": []}
+        servers = {name: await _echo_server(arrivals[name]) for name in arrivals}
+        me = [os.getpid()]
+        paths = {"a": Z.RrPath("127.0.0.1", servers["a"][1], None, (me, me)),
+                 "b": Z.RrPath("127.0.0.1", servers["b"][1])}
+        try:
+            out = await Z.rr_interleaved(paths, RATE, SECONDS, BLOCKS)
+        finally:
+            for server, _ in servers.values():
+                server.close()
+        return out, arrivals
+    out, arrivals = asyncio.run(main())
+    # Each path's requests came in BLOCKS separate runs, the other path's between.
+    assert _blocks(arrivals["a"], arrivals["b"]) == BLOCKS
+    assert _blocks(arrivals["b"], arrivals["a"]) == BLOCKS
+    for name in ("a", "b"):
+        r = out[name]
+        timed = RATE * SECONDS
+        # Timed requests only: the server also saw one warm-up request per
+        # connection and RR_WARMUP's worth before each block.
+        warmup = Z.RR_CONNS + BLOCKS * RATE * Z.RR_WARMUP
+        assert timed * 0.8 <= r["requests"] <= timed + Z.RR_CONNS
+        assert len(arrivals[name]) == pytest.approx(r["requests"] + warmup, rel=0.1)
+        assert r["rps"] == pytest.approx(RATE, rel=0.2)
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+    # CPU only where pids were given, over that path's own blocks.
+    assert "vcpu_client_side" not in out["b"]
+    assert 0 < out["a"]["vcpu_client_side"] == out["a"]["vcpu_server_side"] <= 1.0
