@@ -201,11 +201,13 @@ async def rr_interleaved(paths: dict[str, RrPath], rate: float, seconds: float,
         for _, w in cs:
             w.close()
             await w.wait_closed()
-    return {name: _rr_summary(lat[name], *cpu[name], with_cpu=paths[name].cpu_pids is not None)
+    return {name: _rr_summary(lat[name], cpu[name], paths[name].cpu_pids is not None)
             for name in paths}
 
 
-def _rr_summary(lat: list[float], ca: float, cb: float, wall: float, with_cpu: bool) -> dict:
+def _rr_summary(lat: list[float], cpu: list[float], with_cpu: bool) -> dict:
+    """`cpu`: client-side CPU s, server-side CPU s, wall s of the path's blocks."""
+    ca, cb, wall = cpu
     lat.sort()
     out = {"requests": len(lat), "rps": len(lat) / wall,
            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
