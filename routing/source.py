@@ -94,13 +94,15 @@ class Inotify:
             added += 1
         return added
 
-    def wait(self, timeout: float | None, wake: int | None = None) -> bool:
-        """True after an event; False on timeout or when `wake` is readable."""
-        if self.fd not in _ready([self.fd], timeout, wake):
-            return False
-        time.sleep(DEBOUNCE)
-        self.drain()
-        return True
+    def wait(self, timeout: float | None, wake: int | None = None) -> list[int]:
+        """The readable ones of this fd and `wake` ([] on timeout), so the
+        caller tells an event from a wakeup with no second select; an event
+        is debounced and drained before returning."""
+        ready = _ready([self.fd], timeout, wake)
+        if self.fd in ready:
+            time.sleep(DEBOUNCE)
+            self.drain()
+        return ready
 
     def drain(self) -> None:
         while True:
@@ -241,11 +243,12 @@ class DirectorySource:
             left = _left(deadline)
             if unwatched:
                 left = POLL_INTERVAL if left is None else min(left, POLL_INTERVAL)
-            if self._inotify.wait(left, wake):
+            ready = self._inotify.wait(left, wake)
+            if self._inotify.fd in ready:
                 self._rewatch = True
                 return True
-            if time.monotonic() >= deadline or (wake is not None and bool(_ready([wake], 0))):
-                return False
+            if ready or time.monotonic() >= deadline:
+                return False        # woken, or the deadline passed
 
     def _poll(self, deadline: float, wake: int | None) -> bool:
         while True:

@@ -219,6 +219,18 @@ def _rr_summary(lat: list[float], cpu: list[float], with_cpu: bool) -> dict:
     return out
 
 
+def rr_paths(mesh: Mesh, stunnel_port: int,
+             stunnel_pids: tuple[list[int], list[int]]) -> dict[str, RrPath]:
+    """The request/response phase's paths, by the load run's names: the
+    ztunnel pair (CPU: each node's process tree), the direct path to the
+    echo app, and the stunnel pair listening on `stunnel_port`."""
+    a = mesh.nodes["node-a"]
+    nodes = (tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b")))
+    return {"ztunnel x2": RrPath(a.proxy_ip, a.fixed[(VIP, 80)], mesh.pods["client"].ip, nodes),
+            "direct": RrPath(mesh.pods["echo"].ip, APP_PORT),
+            "stunnel x2": RrPath("127.0.0.1", stunnel_port, None, stunnel_pids)}
+
+
 async def _paced_rr(host, port, rate, seconds, source=None) -> dict:
     """One path, one block: p50/p99 of `rate` req/s of 1 KB for `seconds`."""
     return (await rr_interleaved({"path": RrPath(host, port, source)}, rate, seconds, 1))["path"]
@@ -306,16 +318,11 @@ def run(args) -> dict:
             print(f"connections/s {name}: {rate[name]:.0f}", flush=True)
         out["connection_rate"] = rate
 
-        zt_a, zt_b = tree(mesh.supervisor_pid("node-a")), tree(mesh.supervisor_pid("node-b"))
         # The direct path at the same load, interleaved with the pairs: the
         # p99 a pair *adds* is its path's p99 less this one (issue 15's "p99
         # added latency").
-        rr = asyncio.run(rr_interleaved({
-            "ztunnel x2": RrPath(*echo_paths["ztunnel x2"], cpu_pids=(zt_a, zt_b)),
-            "direct": RrPath(*echo_paths["direct"]),
-            "stunnel x2": RrPath(*echo_paths["stunnel x2"], cpu_pids=([stp[1].pid],
-                                                                      [stp[0].pid]))},
-            1000, args.seconds * 2))
+        rr = asyncio.run(rr_interleaved(rr_paths(mesh, st2[0], ([stp[1].pid], [stp[0].pid])),
+                                        1000, args.seconds * 2))
         out["latency_1kb_rr_direct"] = rr.pop("direct")
         for name, c in rr.items():
             print(f"1 KB rr {name}: {json.dumps(c)}", flush=True)

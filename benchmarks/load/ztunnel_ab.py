@@ -35,16 +35,10 @@ METRICS = ("client_cpu", "server_cpu", "p50", "p99", "added_p50", "added_p99")
 
 def one_round(mesh, stunnel: tuple[tuple[Proc, Proc], int], seconds: float) -> dict:
     """`stunnel`: ((client-side stunnel, server-side stunnel), its front port)."""
-    a = mesh.nodes["node-a"]
-    client_ip, echo_ip = mesh.pods["client"].ip, mesh.pods["echo"].ip
-    ta, tb = Z.tree(mesh.supervisor_pid("node-a")), Z.tree(mesh.supervisor_pid("node-b"))
     (st_client, st_server), st_port = stunnel
-    rr = asyncio.run(Z.rr_interleaved({
-        "z": Z.RrPath(a.proxy_ip, a.fixed[(Z.VIP, 80)], client_ip, (ta, tb)),
-        "d": Z.RrPath(echo_ip, Z.APP_PORT),
-        "s": Z.RrPath("127.0.0.1", st_port, None, ([st_client.pid], [st_server.pid]))},
-        1000, seconds))
-    z, s, d = rr["z"], rr["s"], rr["d"]
+    rr = asyncio.run(Z.rr_interleaved(
+        Z.rr_paths(mesh, st_port, ([st_client.pid], [st_server.pid])), 1000, seconds))
+    z, s, d = rr["ztunnel x2"], rr["stunnel x2"], rr["direct"]
     per_k = "vcpu_per_1000rps_{}_side"
     return {"client_cpu": z[per_k.format("client")] / s[per_k.format("client")],
             "server_cpu": z[per_k.format("server")] / s[per_k.format("server")],
