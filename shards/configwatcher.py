@@ -20,6 +20,7 @@ import signal
 import time
 from typing import Callable
 
+from shoal.core import gcfreeze
 from shoal.core import log as core_log
 from shoal.shards import routing_glue
 from shoal.shards.proc import _exit, _kill, describe_status, set_parent_death_signal
@@ -62,7 +63,7 @@ class WatcherChild:
         return self.pid is None and now >= self.not_before
 
     def spawn(self, table_name: str, close_in_child: Callable[[], None]) -> None:
-        pid = os.fork()
+        pid = gcfreeze.fork()
         if pid == 0:
             code = 1
             try:

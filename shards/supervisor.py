@@ -33,6 +33,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from shoal.core import gcfreeze
 from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
 from shoal.core.drain import DrainMode
@@ -498,7 +499,7 @@ class Supervisor:
                         hb_index=hb, heartbeats=self._hb_table, ctrl=child,
                         inherited=dict(self.slot_socks.get(slot, {})),
                         table_name=getattr(self.table, "name", None), supervisor_pid=os.getpid())
-        pid = os.fork()
+        pid = gcfreeze.fork()
         if pid == 0:
             code = exitcodes.WORKER_CRASH
             try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import functools
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ import time
 from typing import Sequence
 
 from shoal.core import drain as core_drain
+from shoal.core import gcfreeze
 from shoal.core import log as core_log
 from shoal.core import metrics as core_metrics
 from shoal.core import sched
@@ -136,6 +138,7 @@ class Worker:
             self.log.exception("worker boot failed", extra={"fields": {"error": str(e)}})
             return exitcodes.WORKER_BOOT_ERROR
         self._release_unused()
+        gcfreeze.freeze_booted()
         # Added after the app started: a boot that never finishes sends no
         # heartbeat, so the supervisor replaces it as hung.
         self.ctx.ticker.add(self._heartbeat)
@@ -196,7 +199,8 @@ class Worker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "worker_id": self.slot, "generation": self.generation,
                 "supervisor_pid": self.supervisor_pid, "app": self.app.name,
-                "sched_slice_ns": _slice_or_none()}
+                "sched_slice_ns": _slice_or_none(),
+                "gc_frozen_objects": gc.get_freeze_count()}
 
     def _notify(self, text: str, fds: Sequence[int] = ()) -> None:
         try:
