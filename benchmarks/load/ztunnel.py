@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -271,6 +272,31 @@ def build_mesh(tmp: Path, workers: int, extra_args: tuple[str, ...] = ()) -> tup
     iperf = iperf3_server(m.pods["iperf"].ip, IPERF_PORT, m.logs)
     m.start()
     return m, iperf
+
+
+@contextlib.contextmanager
+def rr_setup(tmp: Path, flags: tuple[str, ...] = (), workers: int = 2
+             ) -> Iterator[tuple[Mesh, tuple[Proc, Proc], dict[str, RrPath]]]:
+    """The request/response phase on its own: the load run's mesh (`flags`
+    to both nodes), a stunnel pair to the same echo app, the tunnel and
+    certificates warmed by a second of light load; yields (mesh, (client-side
+    stunnel, server-side stunnel), rr_paths) and stops them all after."""
+    mesh, iperf = build_mesh(tmp, workers, flags)
+    procs = [iperf]
+    try:
+        port = (free_port(), free_port())
+        (tmp / "echo-peers").mkdir()
+        server_side, client_side = stunnel_pair(*port, (mesh.pods["echo"].ip, APP_PORT),
+                                                tmp / "echo-peers")
+        procs += [server_side, client_side]
+        a = mesh.nodes["node-a"]
+        asyncio.run(_paced_rr(a.proxy_ip, a.fixed[(VIP, 80)], 100, 1, mesh.pods["client"].ip))
+        yield (mesh, (client_side, server_side),
+               rr_paths(mesh, port[0], ([client_side.pid], [server_side.pid])))
+    finally:
+        for p in procs:
+            p.stop()
+        mesh.stop()
 
 
 def run(args) -> dict:

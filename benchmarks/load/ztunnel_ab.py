@@ -27,17 +27,13 @@ import time
 from pathlib import Path
 
 from shoal.benchmarks.load import ztunnel as Z
-from tests.helpers.ztunnel_peers import Proc
 
 OUT = Path("benchmarks/out")
 METRICS = ("client_cpu", "server_cpu", "p50", "p99", "added_p50", "added_p99")
 
 
-def one_round(mesh, stunnel: tuple[tuple[Proc, Proc], int], seconds: float) -> dict:
-    """`stunnel`: ((client-side stunnel, server-side stunnel), its front port)."""
-    (st_client, st_server), st_port = stunnel
-    rr = asyncio.run(Z.rr_interleaved(
-        Z.rr_paths(mesh, st_port, ([st_client.pid], [st_server.pid])), 1000, seconds))
+def one_round(paths: dict[str, Z.RrPath], seconds: float) -> dict:
+    rr = asyncio.run(Z.rr_interleaved(paths, 1000, seconds))
     z, s, d = rr["ztunnel x2"], rr["stunnel x2"], rr["direct"]
     per_k = "vcpu_per_1000rps_{}_side"
     return {"client_cpu": z[per_k.format("client")] / s[per_k.format("client")],
@@ -50,28 +46,13 @@ def one_round(mesh, stunnel: tuple[tuple[Proc, Proc], int], seconds: float) -> d
 
 
 def block(flags: tuple[str, ...], rounds: int, seconds: float, label: str) -> list[dict]:
-    tmp = Path(tempfile.mkdtemp(prefix="shoal-ztunnel-ab-"))
-    mesh, iperf = Z.build_mesh(tmp, 2, flags)
-    procs = [iperf]
     out = []
-    try:
-        echo_ip = mesh.pods["echo"].ip
-        port = (Z.free_port(), Z.free_port())
-        (tmp / "echo-peers").mkdir()
-        st = Z.stunnel_pair(*port, (echo_ip, Z.APP_PORT), tmp / "echo-peers")
-        procs += st
-        a = mesh.nodes["node-a"]
-        # Warm the HBONE connection and the certificates before measuring.
-        asyncio.run(Z._paced_rr(a.proxy_ip, a.fixed[(Z.VIP, 80)], 100, 1, mesh.pods["client"].ip))
+    with Z.rr_setup(Path(tempfile.mkdtemp(prefix="shoal-ztunnel-ab-")), flags) as (_, _, paths):
         for _ in range(rounds):
-            r = one_round(mesh, ((st[1], st[0]), port[0]), seconds)
+            r = one_round(paths, seconds)
             out.append(r)
             print(f"{time.strftime('%H:%M:%S')} {label} " +
                   " ".join(f"{k} {r[k]:.3f}" for k in METRICS), flush=True)
-    finally:
-        for p in procs:
-            p.stop()
-        mesh.stop()
     return out
 
 
