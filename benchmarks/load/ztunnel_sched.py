@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import statistics
@@ -44,6 +45,9 @@ BURST_GAP = 0.001
 # Load before the window, untimed: the perf session starts and the path's
 # caches warm while it runs (ztunnel.RR_WARMUP's reason).
 LEAD_IN = 0.5
+# perf sets up its ring buffers before it reads its control fifo: about
+# 0.15 s here, and slower machines get ample room.
+PERF_ACK_TIMEOUT = 10.0
 
 _LINE = re.compile(r"^\s*(?P<t>\d+\.\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<comm>.*?)"
                    r"\[(?P<tid>\d+)(?:/(?P<pid>\d+))?\]\s+[\d.]+\s+[\d.]+\s+(?P<run>[\d.]+)\s*$")
@@ -120,37 +124,43 @@ class SchedRecorder:
     so the recorded window starts when `enable` returns."""
 
     def __init__(self, tmp: Path) -> None:
-        self.data = tmp / "sched.data"
+        self.data, self.err = tmp / "sched.data", tmp / "perf.err"
         ctl, ack = tmp / "ctl", tmp / "ack"
         for f in (ctl, ack):
             if f.exists():
                 f.unlink()
             os.mkfifo(f)
-        self.proc = subprocess.Popen(
-            ["perf", "sched", "record", "-k", "mono", "-a", "-D", "-1",
-             "--control", f"fifo:{ctl},{ack}", "-o", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.ctl = open(ctl, "w")
-        self.ack = open(ack)
+        # Read-write opens do not wait for perf to open its ends, so a perf
+        # that fails to start is an error from _say, not a hang here.
+        self.ctl = os.open(ctl, os.O_RDWR)
+        self.ack = os.open(ack, os.O_RDWR)
+        with open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                ["perf", "sched", "record", "-k", "mono", "-a", "-D", "-1",
+                 "--control", f"fifo:{ctl},{ack}", "-o", str(self.data)],
+                stdout=subprocess.DEVNULL, stderr=err)
 
     def _say(self, word: str) -> None:
-        self.ctl.write(word + "\n")
-        self.ctl.flush()
-        # perf writes "ack\n" with its C string's NUL, which then leads the
-        # next line.
-        if self.ack.readline().strip("\0\n") != "ack":
-            raise RuntimeError(f"perf did not acknowledge {word!r}")
+        os.write(self.ctl, word.encode() + b"\n")
+        ready, _, _ = select.select([self.ack], [], [], PERF_ACK_TIMEOUT)
+        # perf answers "ack\n" and the NUL of its C string.
+        if not ready or b"ack" not in os.read(self.ack, 64):
+            self.proc.kill()
+            raise RuntimeError(f"perf did not acknowledge {word!r}: "
+                               f"{self.err.read_text()[-500:]}")
 
     def enable(self) -> None:
         self._say("enable")
 
     def finish(self) -> str:
         """Stop recording; the timehist text."""
-        self._say("disable")
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait()
-        self.ctl.close()
-        self.ack.close()
+        try:
+            self._say("disable")
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait()
+        finally:
+            os.close(self.ctl)
+            os.close(self.ack)
         return subprocess.run(["perf", "sched", "timehist", "-i", str(self.data)],
                               capture_output=True, text=True, check=True).stdout
 
@@ -187,6 +197,9 @@ async def measure(paths: dict[str, Z.RrPath], roles: dict[str, dict[int, str]],
             # The first and last groups may be cut by the window's edges.
             figures = [burst_figures(b, roles[name], os.cpu_count() or 1)
                        for b in bursts(runs)[1:-1]]
+            if not figures:
+                raise RuntimeError(f"perf recorded no burst of {name}'s tasks "
+                                   f"({len(runs)} runs in the window)")
             lat.sort()
             out[name].append(summary(figures) | {
                 "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]})
