@@ -6,8 +6,8 @@ supervisor (modules, options, the app's code) and what it built while
 booting (TLS contexts, config, tables): about 48,000 objects in a ztunnel
 worker, all living as long as the worker. Under connection churn each new
 tunnel makes Python objects, and a full collection then came every few
-seconds and took 12-27 ms (docs/bench/ztunnel.md), a pause that every
-request in flight on that worker waits through. Walking those objects also
+seconds and paused the worker for over 10 ms (docs/bench/ztunnel.md), which
+every request in flight on that worker waited through. Walking them also
 writes to each one's GC header, so a worker copies pages it could share with
 the supervisor and its siblings.
 
