@@ -176,6 +176,26 @@ async def _paced(conns: list, rate: float, seconds: float, payload: bytes, lat: 
     await asyncio.gather(*(one(r, w) for r, w in conns))
 
 
+def turns(names: list[str], blocks: int) -> Iterator[str]:
+    """The paths' turns over `blocks` blocks, the first path rotating, so a
+    drift of the machine falls on every path alike."""
+    for b in range(blocks):
+        yield from names[b % len(names):] + names[:b % len(names)]
+
+
+def latency_ms(lat: list[float]) -> dict[str, float]:
+    """p50 and p99 of latencies in seconds, in ms (sorts `lat`)."""
+    lat.sort()
+    return {"p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+
+
+async def close_rr(conns: dict[str, list]) -> None:
+    for cs in conns.values():
+        for _, w in cs:
+            w.close()
+            await w.wait_closed()
+
+
 async def rr_interleaved(paths: dict[str, RrPath], rate: float, seconds: float,
                          blocks: int = RR_BLOCKS, size: int = 1024) -> dict[str, dict]:
     """`rate` req/s of `size`-byte request/response through each path for
@@ -186,22 +206,17 @@ async def rr_interleaved(paths: dict[str, RrPath], rate: float, seconds: float,
     conns = {name: await _open_rr(p, RR_CONNS, payload) for name, p in paths.items()}
     lat: dict[str, list[float]] = {name: [] for name in paths}
     cpu = {name: [0.0, 0.0, 0.0] for name in paths}          # client s, server s, wall s
-    names = list(paths)
-    for b in range(blocks):
-        for name in names[b % len(names):] + names[:b % len(names)]:
-            pids = paths[name].cpu_pids
-            await _paced(conns[name], rate, RR_WARMUP, payload, [])
-            c0 = [cpu_seconds(p) for p in pids] if pids else [0.0, 0.0]
-            t0 = time.monotonic()
-            await _paced(conns[name], rate, seconds / blocks, payload, lat[name])
-            cpu[name][2] += time.monotonic() - t0
-            if pids:
-                cpu[name][0] += cpu_seconds(pids[0]) - c0[0]
-                cpu[name][1] += cpu_seconds(pids[1]) - c0[1]
-    for cs in conns.values():
-        for _, w in cs:
-            w.close()
-            await w.wait_closed()
+    for name in turns(list(paths), blocks):
+        pids = paths[name].cpu_pids
+        await _paced(conns[name], rate, RR_WARMUP, payload, [])
+        c0 = [cpu_seconds(p) for p in pids] if pids else [0.0, 0.0]
+        t0 = time.monotonic()
+        await _paced(conns[name], rate, seconds / blocks, payload, lat[name])
+        cpu[name][2] += time.monotonic() - t0
+        if pids:
+            cpu[name][0] += cpu_seconds(pids[0]) - c0[0]
+            cpu[name][1] += cpu_seconds(pids[1]) - c0[1]
+    await close_rr(conns)
     return {name: _rr_summary(lat[name], cpu[name], paths[name].cpu_pids is not None)
             for name in paths}
 
@@ -209,9 +224,7 @@ async def rr_interleaved(paths: dict[str, RrPath], rate: float, seconds: float,
 def _rr_summary(lat: list[float], cpu: list[float], with_cpu: bool) -> dict:
     """`cpu`: client-side CPU s, server-side CPU s, wall s of the path's blocks."""
     ca, cb, wall = cpu
-    lat.sort()
-    out = {"requests": len(lat), "rps": len(lat) / wall,
-           "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+    out = {"requests": len(lat), "rps": len(lat) / wall, **latency_ms(lat)}
     if with_cpu:
         per_k = 1000 / out["rps"]
         out |= {"vcpu_client_side": ca / wall, "vcpu_server_side": cb / wall,

@@ -110,7 +110,6 @@ def summary(figures: list[dict]) -> dict:
                         (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
             "busy_us": {k: statistics.mean(f["busy_us"].get(k, 0.0) for f in figures)
                         for k in roles},
-            "busy_total_us": statistics.mean(sum(f["busy_us"].values()) for f in figures),
             "idle_us": statistics.mean(f["idle_us"] for f in figures),
             "proxy_on_client_cpu": sum(f["proxy_on_client_cpu"] for f in figures) / len(figures)}
 
@@ -182,35 +181,32 @@ async def measure(paths: dict[str, Z.RrPath], roles: dict[str, dict[int, str]],
     payload = b"q" * 1024
     conns = {name: await Z._open_rr(p, Z.RR_CONNS, payload) for name, p in paths.items()}
     out: dict[str, list[dict]] = {name: [] for name in paths}
-    names = list(paths)
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            rec = SchedRecorder(tmp)
-            await Z._paced(conns[name], 1000, LEAD_IN, payload, [])
-            rec.enable()
-            t0 = time.monotonic()
-            lat: list[float] = []
-            await Z._paced(conns[name], 1000, seconds, payload, lat)
-            t1 = time.monotonic()
-            runs = [r for r in parse_timehist(rec.finish())
-                    if r.pid in roles[name] and t0 <= r.start and r.end <= t1]
-            # The first and last groups may be cut by the window's edges.
-            figures = [burst_figures(b, roles[name], os.cpu_count() or 1)
-                       for b in bursts(runs)[1:-1]]
-            if not figures:
-                raise RuntimeError(f"perf recorded no burst of {name}'s tasks "
-                                   f"({len(runs)} runs in the window)")
-            lat.sort()
-            out[name].append(summary(figures) | {
-                "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]})
-            print(f"{time.strftime('%H:%M:%S')} {name}: " + _line(out[name][-1]), flush=True)
+    for name in Z.turns(list(paths), rounds):
+        rec = SchedRecorder(tmp)
+        await Z._paced(conns[name], 1000, LEAD_IN, payload, [])
+        rec.enable()
+        t0 = time.monotonic()
+        lat: list[float] = []
+        await Z._paced(conns[name], 1000, seconds, payload, lat)
+        t1 = time.monotonic()
+        runs = [r for r in parse_timehist(rec.finish())
+                if r.pid in roles[name] and t0 <= r.start and r.end <= t1]
+        # The first and last groups may be cut by the window's edges.
+        figures = [burst_figures(b, roles[name], os.cpu_count() or 1)
+                   for b in bursts(runs)[1:-1]]
+        if not figures:
+            raise RuntimeError(f"perf recorded no burst of {name}'s tasks "
+                               f"({len(runs)} runs in the window)")
+        out[name].append(summary(figures) | Z.latency_ms(lat))
+        print(f"{time.strftime('%H:%M:%S')} {name}: " + _line(out[name][-1]), flush=True)
+    await Z.close_rr(conns)
     return out
 
 
 def _line(s: dict) -> str:
     return (f"p50 {s['p50_ms']:.3f} p99 {s['p99_ms']:.3f} ms; burst span p50 "
             f"{s['span_us']['p50']:.0f} p90 {s['span_us']['p90']:.0f} µs, busy "
-            f"{s['busy_total_us']:.0f} µs ("
+            f"{sum(s['busy_us'].values()):.0f} µs ("
             + ", ".join(f"{k} {v:.0f}" for k, v in s["busy_us"].items())
             + f"), idle {s['idle_us']:.0f} µs, proxy on client's CPU "
             f"{100 * s['proxy_on_client_cpu']:.0f}%")
@@ -230,7 +226,7 @@ def main() -> None:
     for name, rs in result.items():
         print(f"{name}: median of {len(rs)} rounds: burst span p50 "
               f"{statistics.median(r['span_us']['p50'] for r in rs):.0f} µs, busy "
-              f"{statistics.median(r['busy_total_us'] for r in rs):.0f} µs, idle "
+              f"{statistics.median(sum(r['busy_us'].values()) for r in rs):.0f} µs, idle "
               f"{statistics.median(r['idle_us'] for r in rs):.0f} µs")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"flags": args.flags, "paths": result}, indent=1))

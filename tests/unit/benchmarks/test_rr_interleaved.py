@@ -69,3 +69,12 @@ def test_paths_take_turns_and_count_only_their_requests():
     # CPU only where pids were given, over that path's own blocks.
     assert "vcpu_client_side" not in out["b"]
     assert 0 < out["a"]["vcpu_client_side"] == out["a"]["vcpu_server_side"] <= 1.0
+
+
+def test_turns_rotate_the_first_path_each_block():
+    assert list(Z.turns(["a", "b", "c"], 4)) == list("abc" "bca" "cab" "abc")
+
+
+def test_latency_ms_reads_p50_and_p99_of_the_sorted_latencies():
+    lat = [i / 1000 for i in range(100, 0, -1)]          # 100 ms .. 1 ms, unsorted
+    assert Z.latency_ms(lat) == pytest.approx({"p50_ms": 51.0, "p99_ms": 100.0})
