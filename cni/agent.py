@@ -373,7 +373,8 @@ class NodeAgent:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            data = await asyncio.wait_for(self._read_request(reader), REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                data = await self._read_request(reader)
             try:
                 call = protocol.decode_call(data)
                 status, out = await plugin.serve(self.handle, call.env, call.stdin)

@@ -80,7 +80,8 @@ class _Conn:
             self._inbox.put_nowait(None)
 
     async def receive(self, timeout: float) -> zds.Message:
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        async with asyncio.timeout(timeout):
+            item = await self._inbox.get()
         if item is None:
             self._inbox.put_nowait(None)    # stay closed for later callers
             raise ConnectionResetError("ztunnel closed the ZDS connection")

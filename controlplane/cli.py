@@ -196,8 +196,9 @@ async def _serve(port, host, state_dir, config_dir, overlay, cacerts, trust_doma
     stamp = store.state_stamp(state_dir, cacerts)
     while not stop.is_set():
         try:
-            await asyncio.wait_for(_either(stop, reload), STATE_POLL_INTERVAL)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(STATE_POLL_INTERVAL):
+                await _either(stop, reload)
+        except TimeoutError:
             pass
         new_stamp = store.state_stamp(state_dir, cacerts)
         if reload.is_set() or new_stamp != stamp:

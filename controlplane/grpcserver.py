@@ -55,7 +55,8 @@ class GrpcConnection:
         await self._flush()
         try:
             while True:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await self.reader.read(READ_SIZE)
                 if not data:
                     break
                 try:

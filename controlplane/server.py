@@ -205,8 +205,9 @@ class CaServer:
                 writer.close()
             return
         try:
-            status, body = await asyncio.wait_for(self._serve_one(reader, writer), REQUEST_TIMEOUT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                status, body = await self._serve_one(reader, writer)
+        except TimeoutError:
             status, body = 400, {"error": "request not received in time", "code": "timeout"}
         except (ConnectionError, asyncio.IncompleteReadError):
             writer.close()

@@ -147,14 +147,16 @@ async def run_with_drain(
         log.info("draining", extra={"fields": {"component": component, "mode": mode.value,
                                               "deadline_s": grace}})
         try:
-            await asyncio.wait_for(trigger.start_drain_and_wait(mode), grace)
+            async with asyncio.timeout(grace):
+                await trigger.start_drain_and_wait(mode)
         except TimeoutError:
             log.warning("drain deadline passed; forcing", extra={"fields": {
                 "component": component, "in_flight": inner.holds}})
         force.set()
         try:
             # After `force` the component must end promptly; cancel if not.
-            return await asyncio.wait_for(task, FORCE_GRACE)
+            async with asyncio.timeout(FORCE_GRACE):
+                return await task
         except (TimeoutError, asyncio.CancelledError):
             return None
 

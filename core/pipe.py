@@ -448,10 +448,12 @@ async def connect_tcp(host: str, port: int, *, sock: socket.socket | None = None
     """Open a plaintext TCP connection as a TcpEnd (optionally on a prepared socket)."""
     loop = asyncio.get_running_loop()
     if sock is not None:
-        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
         _, proto = await loop.create_connection(TcpEnd, sock=sock)
     else:
-        _, proto = await asyncio.wait_for(loop.create_connection(TcpEnd, host, port), timeout)
+        async with asyncio.timeout(timeout):
+            _, proto = await loop.create_connection(TcpEnd, host, port)
     return proto
 
 

@@ -203,9 +203,9 @@ class WaypointApp(App):
             # The last spans go out within what is left of the drain time.
             left = max(deadline - time.monotonic(), 0.0)
             try:
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                    None, self.spans.shutdown), left)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(left):
+                    await asyncio.get_running_loop().run_in_executor(None, self.spans.shutdown)
+            except TimeoutError:
                 LOG.warning("spans not exported before the drain deadline")
 
     def ready(self) -> bool:

@@ -163,9 +163,9 @@ class TcpConnector:
                 sock = await self.sockets.connect(ep.ip, ep.port, timeout=self.timeout)
                 _, proto = await loop.create_connection(PlainUpstream, sock=sock)
             else:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(PlainUpstream, ep.ip, ep.port), self.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+                async with asyncio.timeout(self.timeout):
+                    _, proto = await loop.create_connection(PlainUpstream, ep.ip, ep.port)
+        except (OSError, TimeoutError) as e:
             raise ConnectFailed(f"connect to {ep.key}: {e}") from None
         return proto
 

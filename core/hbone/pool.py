@@ -117,8 +117,9 @@ class HbonePool:
             stream = conn.open_stream(authority, block)
             self._touch(conn)
             try:
-                await asyncio.wait_for(stream.wait_open(), 2 * self.settings.connect_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(2 * self.settings.connect_timeout):
+                    await stream.wait_open()
+            except TimeoutError:
                 stream.abort()
                 raise HboneError(f"CONNECT {authority} via {address[0]}:{address[1]}: no "
                                  f"answer within {2 * self.settings.connect_timeout:g}s") from None

@@ -143,8 +143,9 @@ class CaClient:
 
     async def _request(self, method: str, path: str, body: dict | None) -> dict:
         try:
-            return await asyncio.wait_for(self._exchange(method, path, body), self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                return await self._exchange(method, path, body)
+        except TimeoutError:
             raise CaError(0, "ca_timeout", f"CA at {self.address[0]}:{self.address[1]} did not answer "
                                            f"within {self.timeout}s") from None
         except (OSError, ssl.SSLError) as e:

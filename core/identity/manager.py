@@ -464,6 +464,8 @@ class CertManager:
         return _CLAIMED
 
     def _store_call(self, method: str, *args):
+        if self.store is None:   # no node store (or it broke): the CA path alone
+            return None
         try:
             return getattr(self.store, method)(*args)
         except Exception as e:   # a broken store must not stop the CA path
@@ -512,9 +514,13 @@ class CertManager:
             due = [e.refresh_at for e in self._entries.values() if not e.in_flight and e.queued is None]
             delay = min([SCHEDULER_MAX_SLEEP, *(max(d - now, 0.0) for d in due)])
             wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns instead
+            # of raising when the cancel from close() meets a wake-up in the
+            # same loop turn, and this loop would then never end.
             try:
-                await asyncio.wait_for(wake.wait(), max(delay, 0.01))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(max(delay, 0.01)):
+                    await wake.wait()
+            except TimeoutError:
                 pass
 
 

@@ -141,8 +141,9 @@ class Informer:
 
     async def _sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self.relist.wait(), seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(seconds):   # wait_for may swallow a cancel on 3.11
+                await self.relist.wait()
+        except TimeoutError:
             pass
         self.relist.clear()
 

@@ -284,3 +284,29 @@ async def test_background_scheduler_renews_when_due():
         assert len(ca.calls) == 2
     finally:
         await mgr.close()
+
+
+async def test_close_ends_the_scheduler_woken_in_the_same_turn():
+    # close() cancels the scheduler in the loop turn where a renewal has just
+    # woken it; the cancel must end it (wait_for on 3.11 swallowed it, and
+    # close() then waited for the scheduler forever).
+    import time as _time
+    mgr = CertManager(FakeCA(_time.time), clock=_time.time, background=True)
+    await mgr.fetch(A)
+    await mgr.idle()
+    scheduler = next(t for t in mgr._tasks if t.get_name() == "cert-scheduler")
+    await until(lambda: not mgr._wake.is_set())   # cleared right before it parks
+    mgr._wake.set()
+    await asyncio.wait_for(mgr.close(), 10)
+    assert scheduler.cancelled()
+
+
+async def test_without_a_node_store_no_store_error_is_logged(env, caplog):
+    ca, mgr = env
+    await mgr.fetch(A)
+    ca.fail = CaError(503, "unavailable", "CA down")
+    mgr._entries[A].refresh_at = 0
+    mgr.tick()
+    await mgr.idle()
+    assert ca.calls == [A, A]
+    assert not [r for r in caplog.records if "store" in r.getMessage()]
