@@ -17,16 +17,67 @@ from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN
 
 # How often the running CA checks its files for a rotation or new cacerts.
 STATE_POLL_INTERVAL = 2.0
-# How often it stats the mesh config (node -> pods) for changes; a change is
-# parsed in a thread, never by a certificate request. Short, because a mesh
-# builder writes pods and then starts the node proxies that ask for them.
+# The mesh config (node -> pods) is re-read when inotify reports a change
+# under its directories, after DEBOUNCE (an editor's write+rename is one
+# change); it is parsed in a thread, never by a certificate request. A root
+# that does not exist yet cannot be watched and is stat'ed this often: short,
+# because a mesh builder writes pods and then starts the node proxies that
+# ask for them. Without inotify every root is polled so.
 CONFIG_POLL_INTERVAL = 0.25
+# With every root watched, a re-check this often anyway: the safety net for
+# an event the kernel dropped (a full inotify queue). An idle CA otherwise
+# sleeps; it used to wake 4 times a second to stat every file.
+CONFIG_RECHECK_INTERVAL = 10.0
 
 
 async def _watch_config(nodes) -> None:
-    while True:
-        await asyncio.to_thread(nodes.refresh)
-        await asyncio.sleep(CONFIG_POLL_INTERVAL)
+    from shoal.routing.source import DEBOUNCE, Inotify
+    logger = log.get("ca")
+    try:
+        ino: Inotify | None = Inotify()
+    except OSError as e:
+        logger.warning("inotify unavailable; polling the config", extra={"fields": {
+            "error": str(e), "interval_s": CONFIG_POLL_INTERVAL}})
+        ino = None
+    changed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if ino is not None:
+        loop.add_reader(ino.fd, _on_event, ino, changed)
+    roots = [r for r in (nodes.config_dir, nodes.overlay) if r is not None]
+    try:
+        while True:
+            changed.clear()
+            watched = ino is not None and _watch_roots(ino, roots, logger)
+            await asyncio.to_thread(nodes.refresh)
+            try:
+                async with asyncio.timeout(CONFIG_RECHECK_INTERVAL if watched
+                                           else CONFIG_POLL_INTERVAL):
+                    await changed.wait()
+                await asyncio.sleep(DEBOUNCE)
+            except TimeoutError:
+                pass
+    finally:
+        if ino is not None:
+            loop.remove_reader(ino.fd)
+            ino.close()
+
+
+def _on_event(ino, changed: asyncio.Event) -> None:
+    ino.drain()   # at once: a level-triggered fd left unread would spin the loop
+    changed.set()
+
+
+def _watch_roots(ino, roots: list[Path], logger) -> bool:
+    """Watch every root's tree (new subdirectories too); False if a root is
+    missing or the kernel refused a watch (then the caller polls)."""
+    try:
+        for root in roots:
+            ino.watch_tree(root)
+    except OSError as e:   # e.g. ENOSPC: fs.inotify.max_user_watches reached
+        logger.warning("config watch failed; polling the config", extra={"fields": {
+            "error": str(e), "interval_s": CONFIG_POLL_INTERVAL}})
+        return False
+    return all(ino.watching(r) for r in roots)
 
 
 # The ztunnel DaemonSet's account in deploy/ (namespace shoal-system).
