@@ -116,7 +116,10 @@ class Informer:
                 self._locked(self.store.terminated, self.kind.kind, RECONNECT)
                 continue
             except asyncio.CancelledError:
-                if self._relist_requested:
+                # A relist cancels only the watch; a cancel of run() itself
+                # (its owner closing) must end it even if a relist is pending.
+                me = asyncio.current_task()
+                if self._relist_requested and me is not None and not me.cancelling():
                     self._relist_requested = False
                     self._locked(self.store.terminated, self.kind.kind, RECONNECT)
                     continue

@@ -299,3 +299,30 @@ def test_endpoint_slices_of_a_service_without_selector(rig):
     assert health["synced"]
     wait_for(lambda: {h["kind"]: h for h in rig.status()["kubernetes"]["resources"]}
              ["EndpointSlice"]["objects"] == 1, "one slice held (the controller's is not watched)")
+
+
+async def test_an_informer_closed_while_a_relist_is_pending_ends(tmp_path):
+    # request_relist() cancels the watch and run() lists again; a cancel of
+    # run() itself in the same turn (its source closing) must still end it.
+    import asyncio
+    import threading
+
+    from shoal.routing.kube.informer import Informer
+    from shoal.routing.kube.kinds import POD
+    from shoal.routing.kube.source import make_client
+    from shoal.routing.kube.store import ObjectStore
+    from tests.helpers.wait import until
+
+    api = KubeApiServer().start()
+    try:
+        client = make_client(api.write_kubeconfig(str(tmp_path / "kubeconfig")))
+        informer = Informer(client, POD, ObjectStore((POD,)), threading.Condition())
+        task = asyncio.create_task(informer.run())
+        await until(lambda: informer._watching is not None, what="the informer watching")
+        informer.request_relist()
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.cancelled()
+        await client.close()
+    finally:
+        api.stop()
