@@ -44,10 +44,15 @@ async def _watch_config(nodes) -> None:
     if ino is not None:
         loop.add_reader(ino.fd, _on_event, ino, changed)
     roots = [r for r in (nodes.config_dir, nodes.overlay) if r is not None]
+    warned = False
     try:
         while True:
             changed.clear()
-            watched = ino is not None and _watch_roots(ino, roots, logger)
+            watched, error = _watch_roots(ino, roots) if ino is not None else (False, None)
+            if error is not None and not warned:   # once, not at every poll
+                warned = True
+                logger.warning("config watch failed; polling the config", extra={"fields": {
+                    "error": error, "interval_s": CONFIG_POLL_INTERVAL}})
             await asyncio.to_thread(nodes.refresh)
             try:
                 async with asyncio.timeout(CONFIG_RECHECK_INTERVAL if watched
@@ -67,17 +72,15 @@ def _on_event(ino, changed: asyncio.Event) -> None:
     changed.set()
 
 
-def _watch_roots(ino, roots: list[Path], logger) -> bool:
-    """Watch every root's tree (new subdirectories too); False if a root is
-    missing or the kernel refused a watch (then the caller polls)."""
+def _watch_roots(ino, roots: list[Path]) -> tuple[bool, str | None]:
+    """Watch every root's tree (new subdirectories too): (all watched, the
+    kernel's refusal if any); a root that is missing is not watched."""
     try:
         for root in roots:
             ino.watch_tree(root)
     except OSError as e:   # e.g. ENOSPC: fs.inotify.max_user_watches reached
-        logger.warning("config watch failed; polling the config", extra={"fields": {
-            "error": str(e), "interval_s": CONFIG_POLL_INTERVAL}})
-        return False
-    return all(ino.watching(r) for r in roots)
+        return False, str(e)
+    return all(ino.watching(r) for r in roots), None
 
 
 # The ztunnel DaemonSet's account in deploy/ (namespace shoal-system).

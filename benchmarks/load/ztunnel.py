@@ -158,8 +158,10 @@ async def _open_rr(path: RrPath, conns: int, payload: bytes) -> list:
     return list(await asyncio.gather(*(one() for _ in range(conns))))
 
 
-async def _paced(conns: list, rate: float, seconds: float, payload: bytes, lat: list) -> None:
-    """`rate` req/s over `conns` for `seconds`, each request's latency into `lat`."""
+async def _paced(conns: list, rate: float, seconds: float, payload: bytes, lat: list,
+                 sent: list | None = None) -> None:
+    """`rate` req/s over `conns` for `seconds`, each request's latency into `lat`
+    (and, given `sent`, its send time on time.monotonic() at the same index)."""
     interval = len(conns) / rate
 
     async def one(r, w):
@@ -172,6 +174,8 @@ async def _paced(conns: list, rate: float, seconds: float, payload: bytes, lat: 
             w.write(payload)
             await r.readexactly(len(payload))
             lat.append(time.monotonic() - s)
+            if sent is not None:
+                sent.append(s)
             i += 1
     await asyncio.gather(*(one(r, w) for r, w in conns))
 
