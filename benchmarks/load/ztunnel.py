@@ -28,6 +28,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -187,10 +188,15 @@ def turns(names: list[str], blocks: int) -> Iterator[str]:
         yield from names[b % len(names):] + names[:b % len(names)]
 
 
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The `q` quantile (0 <= q < 1) of a sorted list, by rank (no interpolation)."""
+    return sorted_values[int(len(sorted_values) * q)]
+
+
 def latency_ms(lat: list[float]) -> dict[str, float]:
     """p50 and p99 of latencies in seconds, in ms (sorts `lat`)."""
     lat.sort()
-    return {"p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)]}
+    return {"p50_ms": 1000 * quantile(lat, 0.5), "p99_ms": 1000 * quantile(lat, 0.99)}
 
 
 async def close_rr(conns: dict[str, list]) -> None:
@@ -314,6 +320,34 @@ def rr_setup(tmp: Path, flags: tuple[str, ...] = (), workers: int = 2
         for p in procs:
             p.stop()
         mesh.stop()
+
+
+# -- the request/response studies' command line (ztunnel_sched, ztunnel_tail) -----
+
+def study_options(doc: str, rounds: int, seconds: float, out: Path) -> argparse.Namespace:
+    """--rounds, --seconds, --flags (the ztunnels') and --out, with these defaults."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--flags", default="", help="ztunnel flags, e.g. --no-cpu-steering")
+    ap.add_argument("--out", type=Path, default=out)
+    return ap.parse_args()
+
+
+@contextlib.contextmanager
+def study_mesh(args: argparse.Namespace, prefix: str
+               ) -> Iterator[tuple[Path, Mesh, tuple[Proc, Proc], dict[str, RrPath]]]:
+    """rr_setup in a new temporary folder with the study's --flags; yields
+    (folder, mesh, stunnel pair, paths)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    with rr_setup(tmp, tuple(shlex.split(args.flags))) as (mesh, stunnel, paths):
+        yield tmp, mesh, stunnel, paths
+
+
+def save_study(args: argparse.Namespace, body: dict) -> None:
+    """The study's result, with its --flags, into --out."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"flags": args.flags, **body}, indent=1))
 
 
 def run(args) -> dict:

@@ -20,17 +20,13 @@ waits for whom), not by its CPU. Needs perf and root; hold
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import re
 import select
-import shlex
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -106,7 +102,7 @@ def summary(figures: list[dict]) -> dict:
     spans = sorted(f["span_us"] for f in figures)
     roles = sorted({k for f in figures for k in f["busy_us"]})
     return {"bursts": len(figures),
-            "span_us": {q: spans[int(len(spans) * p)] for q, p in
+            "span_us": {q: Z.quantile(spans, p) for q, p in
                         (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
             "busy_us": {k: statistics.mean(f["busy_us"].get(k, 0.0) for f in figures)
                         for k in roles},
@@ -213,14 +209,8 @@ def _line(s: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--flags", default="", help="ztunnel flags, e.g. --no-cpu-steering")
-    ap.add_argument("--out", type=Path, default=OUT / "ztunnel_sched.json")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="shoal-ztunnel-sched-"))
-    with Z.rr_setup(tmp, tuple(shlex.split(args.flags))) as (mesh, stunnel, paths):
+    args = Z.study_options(__doc__, rounds=2, seconds=3.0, out=OUT / "ztunnel_sched.json")
+    with Z.study_mesh(args, "shoal-ztunnel-sched-") as (tmp, mesh, stunnel, paths):
         result = asyncio.run(measure(paths, roles_of(mesh, stunnel), args.rounds,
                                      args.seconds, tmp))
     for name, rs in result.items():
@@ -228,8 +218,7 @@ def main() -> None:
               f"{statistics.median(r['span_us']['p50'] for r in rs):.0f} µs, busy "
               f"{statistics.median(sum(r['busy_us'].values()) for r in rs):.0f} µs, idle "
               f"{statistics.median(r['idle_us'] for r in rs):.0f} µs")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"flags": args.flags, "paths": result}, indent=1))
+    Z.save_study(args, {"paths": result})
 
 
 if __name__ == "__main__":

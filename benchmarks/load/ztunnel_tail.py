@@ -22,12 +22,8 @@ Hold /tmp/shoal-netns.lock. Writes benchmarks/out/ztunnel_tail.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import shlex
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +36,6 @@ CLUSTER_GAP = 0.010
 SLOW_MS = 1.0
 LEAD_IN = 0.5          # untimed load before each round (RR_WARMUP's reason)
 PATHS = ("ztunnel x2", "stunnel x2", "direct")
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(int(len(sorted_values) * q), len(sorted_values) - 1)]
 
 
 def slow_clusters(sent: list[float], lat: list[float], threshold: float,
@@ -64,32 +56,30 @@ def slow_clusters(sent: list[float], lat: list[float], threshold: float,
 def path_figures(sent: list[float], lat: list[float]) -> dict:
     """One path's pooled figures (ms) and how its slow requests group."""
     s = sorted(lat)
-    p99 = quantile(s, 0.99)
+    p99 = Z.quantile(s, 0.99)
     sizes = slow_clusters(sent, lat, p99)
-    return {"requests": len(s), "p50_ms": 1e3 * quantile(s, 0.5), "p99_ms": 1e3 * p99,
-            "p995_ms": 1e3 * quantile(s, 0.995),
+    return {"requests": len(s), "p50_ms": 1e3 * Z.quantile(s, 0.5), "p99_ms": 1e3 * p99,
+            "p995_ms": 1e3 * Z.quantile(s, 0.995),
             "over_1ms_per_10k": 1e4 * sum(x > SLOW_MS / 1e3 for x in s) / len(s),
             "slow_per_cluster": statistics.mean(sizes),
             "whole_burst_share": sum(n >= Z.RR_CONNS for n in sizes) / len(sizes)}
 
 
-def added_ratio(path: dict, peer: dict, direct: dict, key: str) -> float:
-    """(path - direct) / (peer - direct) of figure `key`."""
-    return (path[key] - direct[key]) / (peer[key] - direct[key])
+def added_ratio(path: float, peer: float, direct: float) -> float:
+    """What `path` adds to the direct path, as a ratio to what `peer` adds."""
+    return (path - direct) / (peer - direct)
 
 
 def summary(rounds: dict[str, list[tuple[list[float], list[float]]]]) -> dict:
     """rounds: path -> [(sent, lat) per round] (PATHS' names)."""
     pooled = {n: path_figures([t for s, _ in rs for t in s], [x for _, l in rs for x in l])
               for n, rs in rounds.items()}
-    per_round = []
-    for i in range(len(rounds[PATHS[0]])):
-        zt_i, st_i, d_i = (path_figures(*rounds[n][i]) for n in PATHS)
-        per_round.append(added_ratio(zt_i, st_i, d_i, "p99_ms"))
+    per_round = [added_ratio(*(Z.quantile(sorted(rounds[n][i][1]), 0.99) for n in PATHS))
+                 for i in range(len(rounds[PATHS[0]]))]
     zt, st, d = (pooled[n] for n in PATHS)
     return {"paths": pooled,
-            "added_p50_ratio": added_ratio(zt, st, d, "p50_ms"),
-            "added_p99_ratio": added_ratio(zt, st, d, "p99_ms"),
+            "added_p50_ratio": added_ratio(zt["p50_ms"], st["p50_ms"], d["p50_ms"]),
+            "added_p99_ratio": added_ratio(zt["p99_ms"], st["p99_ms"], d["p99_ms"]),
             "round_added_p99_ratio": {"median": statistics.median(per_round),
                                       "min": min(per_round), "max": max(per_round),
                                       "rounds": per_round}}
@@ -109,20 +99,14 @@ async def measure(paths: dict[str, Z.RrPath], rounds: int, seconds: float) -> di
         await Z._paced(conns[name], 1000, seconds, payload, lat, sent)
         out[name].append((sent, lat))
         print(f"{time.strftime('%H:%M:%S')} {name}: p99 "
-              f"{1e3 * quantile(sorted(lat), 0.99):.3f} ms", flush=True)
+              f"{1e3 * Z.quantile(sorted(lat), 0.99):.3f} ms", flush=True)
     await Z.close_rr(conns)
     return summary(out)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--flags", default="", help="ztunnel flags, e.g. --no-cpu-steering")
-    ap.add_argument("--out", type=Path, default=OUT / "ztunnel_tail.json")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="shoal-ztunnel-tail-"))
-    with Z.rr_setup(tmp, tuple(shlex.split(args.flags))) as (_mesh, _stunnel, paths):
+    args = Z.study_options(__doc__, rounds=8, seconds=5.0, out=OUT / "ztunnel_tail.json")
+    with Z.study_mesh(args, "shoal-ztunnel-tail-") as (_tmp, _mesh, _stunnel, paths):
         result = asyncio.run(measure(paths, args.rounds, args.seconds))
     for name, f in result["paths"].items():
         print(f"{name}: {f['requests']} requests, p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} "
@@ -132,8 +116,7 @@ def main() -> None:
     r = result["round_added_p99_ratio"]
     print(f"added p50 {result['added_p50_ratio']:.2f}x, added p99 {result['added_p99_ratio']:.2f}x "
           f"stunnel's (pooled); per round {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"flags": args.flags, **result}, indent=1))
+    Z.save_study(args, result)
 
 
 if __name__ == "__main__":

@@ -156,20 +156,24 @@ async def test_csr_for_another_identity_than_requested_is_refused(cp):
     assert e.value.status == 400 and e.value.code == "csr_identity_mismatch"
 
 
+async def _ratings_allowed(client: CaClient) -> bool:
+    """Whether the CA signs RATINGS for `client`'s node now; any refusal but
+    "not on this node" fails the test."""
+    try:
+        await client.sign(RATINGS, csr_pem(make_csr(RATINGS)[1]))
+        return True
+    except CaError as e:
+        assert e.code == "not_on_node"
+        return False
+
+
 async def test_config_change_is_picked_up(fresh_cp):
     cp = fresh_cp
     client = CaClient.from_dir(("127.0.0.1", cp["port"]), cp["dir"] / "node-1")
     (cp["config"] / "pods.yaml").write_text(PODS.format(ratings_node="node-1"))
 
-    async def allowed():
-        try:
-            await client.sign(RATINGS, csr_pem(make_csr(RATINGS)[1]))
-            return True
-        except CaError as e:
-            assert e.code == "not_on_node"
-            return False
-
-    await until(allowed, timeout=CA_WAIT, what="ratings allowed on node-1")
+    await until(lambda: _ratings_allowed(client), timeout=CA_WAIT,
+                what="ratings allowed on node-1")
 
 
 async def test_waypoint_credential_gets_only_its_own_identity(cp):
@@ -267,15 +271,8 @@ spec:
   containers: [{name: app, image: x}]
 """)
 
-    async def allowed():
-        try:
-            await client.sign(RATINGS, csr_pem(make_csr(RATINGS)[1]))
-            return True
-        except CaError as e:
-            assert e.code == "not_on_node"
-            return False
-
-    await until(allowed, timeout=CA_WAIT, what="ratings-2 allowed on node-1")
+    await until(lambda: _ratings_allowed(client), timeout=CA_WAIT,
+                what="ratings-2 allowed on node-1")
 
 
 def _wakeups(pid: int) -> int:
