@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -15,6 +14,7 @@ from shoal.core.identity.certs import csr_pem, make_csr
 from shoal.core.identity.manager import CertManager
 from shoal.core.identity.spiffe import Identity, identity_of_cert
 from tests.helpers.pki import TestPKI
+from tests.helpers.shards_proc import wakeup_rates
 from tests.helpers.wait import until, wait_for
 
 # The CA answers on a loaded machine within seconds; polling its log and bundle.
@@ -275,21 +275,19 @@ spec:
                 what="ratings-2 allowed on node-1")
 
 
-def _wakeups(pid: int) -> int:
-    """Voluntary context switches of every thread of `pid`: one per wake-up."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                total += int(line.split()[1])
-    return total
+# An idle CA wakes for its state files' check (every 2 s: 0.5-0.7 runs/s
+# measured in 1.5 s windows); the stat of every config file 4 times a second
+# in a thread that the inotify watch replaced ran 14-18 times a second.
+CA_IDLE_MAX_PER_S = 2.0
+# Windows go on until one is quiet (tests/helpers/shards_proc.py), so a CA
+# still busy from the module's earlier tests on a loaded CI run passes once
+# it settles, and a poll fails in all of them.
+CA_IDLE_WINDOW = 1.5
+CA_IDLE_MAX_WINDOWS = 8
 
 
 def test_an_idle_control_plane_does_not_poll_its_config(cp):
-    # The config is watched with inotify: an idle CA wakes for its state
-    # files' check (every 2 s, about 5 switches with its thread hand-off),
-    # where a stat of every config file 4 times a second in a thread made
-    # about 20 in this window.
-    before = _wakeups(cp["proc"].pid)
-    time.sleep(1.5)   # the window measured, not a wait for an event
-    assert _wakeups(cp["proc"].pid) - before <= 10
+    pid = cp["proc"].pid
+    rates = wakeup_rates([pid], CA_IDLE_MAX_PER_S, CA_IDLE_WINDOW, CA_IDLE_MAX_WINDOWS)[pid]
+    assert min(rates) <= CA_IDLE_MAX_PER_S, \
+        f"idle control plane woke {min(rates):.1f} times/s at the quietest (each window: {rates})"
