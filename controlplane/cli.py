@@ -17,70 +17,37 @@ from shoal.core.constants import CA_PORT, DEFAULT_TRUST_DOMAIN
 
 # How often the running CA checks its files for a rotation or new cacerts.
 STATE_POLL_INTERVAL = 2.0
-# The mesh config (node -> pods) is re-read when inotify reports a change
-# under its directories, after DEBOUNCE (an editor's write+rename is one
-# change); it is parsed in a thread, never by a certificate request. A root
-# that does not exist yet cannot be watched and is stat'ed this often: short,
-# because a mesh builder writes pods and then starts the node proxies that
-# ask for them. Without inotify every root is polled so.
-CONFIG_POLL_INTERVAL = 0.25
-# With every root watched, a re-check this often anyway: the safety net for
-# an event the kernel dropped (a full inotify queue). An idle CA otherwise
-# sleeps; it used to wake 4 times a second to stat every file.
+# The mesh config (node -> pods) is re-read when routing's DirectorySource
+# reports a change (inotify; a root that does not exist yet, or a machine
+# without inotify, is polled as the config watcher polls it), parsed in a
+# thread, never by a certificate request. With no change, a re-check this
+# often anyway: the safety net for an event the kernel dropped (a full
+# inotify queue). An idle CA otherwise sleeps; it used to wake 4 times a
+# second to stat every file.
 CONFIG_RECHECK_INTERVAL = 10.0
 
 
 async def _watch_config(nodes) -> None:
-    from shoal.routing.source import DEBOUNCE, Inotify
-    logger = log.get("ca")
-    try:
-        ino: Inotify | None = Inotify()
-    except OSError as e:
-        logger.warning("inotify unavailable; polling the config", extra={"fields": {
-            "error": str(e), "interval_s": CONFIG_POLL_INTERVAL}})
-        ino = None
-    changed = asyncio.Event()
+    """Refresh `nodes` (a background ConfigIdentities) whenever its source
+    may have changed, until cancelled."""
+    from shoal.routing.watcher import Wakeup
+    wakeup = Wakeup()
     loop = asyncio.get_running_loop()
-    if ino is not None:
-        loop.add_reader(ino.fd, _on_event, ino, changed)
-    roots = [r for r in (nodes.config_dir, nodes.overlay) if r is not None]
-    warned = False
     try:
         while True:
-            changed.clear()
-            watched, error = _watch_roots(ino, roots) if ino is not None else (False, None)
-            if error is not None and not warned:   # once, not at every poll
-                warned = True
-                logger.warning("config watch failed; polling the config", extra={"fields": {
-                    "error": error, "interval_s": CONFIG_POLL_INTERVAL}})
-            await asyncio.to_thread(nodes.refresh)
+            wait = loop.run_in_executor(None, nodes.source.wait, CONFIG_RECHECK_INTERVAL,
+                                        wakeup.rfd)
             try:
-                async with asyncio.timeout(CONFIG_RECHECK_INTERVAL if watched
-                                           else CONFIG_POLL_INTERVAL):
-                    await changed.wait()
-                await asyncio.sleep(DEBOUNCE)
-            except TimeoutError:
-                pass
+                changed = await asyncio.shield(wait)
+            except asyncio.CancelledError:
+                # The thread holds the wake fd: wake it, and let it return
+                # before the pipe is closed.
+                wakeup.set()
+                await asyncio.wait({wait})
+                raise
+            await asyncio.to_thread(nodes.refresh, changed=changed)
     finally:
-        if ino is not None:
-            loop.remove_reader(ino.fd)
-            ino.close()
-
-
-def _on_event(ino, changed: asyncio.Event) -> None:
-    ino.drain()   # at once: a level-triggered fd left unread would spin the loop
-    changed.set()
-
-
-def _watch_roots(ino, roots: list[Path]) -> tuple[bool, str | None]:
-    """Watch every root's tree (new subdirectories too): (all watched, the
-    kernel's refusal if any); a root that is missing is not watched."""
-    try:
-        for root in roots:
-            ino.watch_tree(root)
-    except OSError as e:   # e.g. ENOSPC: fs.inotify.max_user_watches reached
-        return False, str(e)
-    return all(ino.watching(r) for r in roots), None
+        wakeup.close()
 
 
 # The ztunnel DaemonSet's account in deploy/ (namespace shoal-system).

@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from shoal.controlplane.authority import SigningError
 from shoal.core import log
 from shoal.core.constants import DEFAULT_TRUST_DOMAIN
 from shoal.core.identity.spiffe import Identity, IdentityError
-from shoal.core.model import ConfigError, Pod, effective_pods, load_dir, yaml_files
+from shoal.core.model import ConfigError, ConfigSet, Pod, effective_pods
+from shoal.routing.source import DirectorySource
 
 IdentitiesOnNode = Callable[[str], set[str]]
 
@@ -66,18 +66,12 @@ def authorize(caller: Caller, wanted: Identity, identities_on_node: IdentitiesOn
 # --------------------------------------------------------------------------
 # The config directory as a source of (node -> identities)
 
-def identities_by_node(config_dir: Path, overlay: Path | None, trust_domain: str
+def identities_by_node(config: ConfigSet, overlay_pods: list[Pod], trust_domain: str
                        ) -> dict[str, set[str]]:
-    """node -> SPIFFE ids of the pods the config schedules there.
-
-    Raises:
-        core.model.ConfigError: the config is invalid (caller keeps the last good view).
-    """
-    cfg = load_dir(config_dir)
-    # The overlay (a mesh builder's pods with IPs) may not exist yet.
-    extra = load_dir(overlay).of(Pod) if overlay is not None and overlay.exists() else []
+    """node -> SPIFFE ids of the pods `config` (with a mesh builder's overlay
+    pods) schedules there, with the precedence the routing compiler uses."""
     by_node: dict[str, set[str]] = {}
-    for pod in effective_pods(cfg.resources, extra).values():
+    for pod in effective_pods(config.resources, overlay_pods).values():
         if pod.node:
             identity = Identity(trust_domain=trust_domain, namespace=pod.meta.namespace,
                                 service_account=pod.service_account)
@@ -88,50 +82,45 @@ def identities_by_node(config_dir: Path, overlay: Path | None, trust_domain: str
 class ConfigIdentities:
     """`identities_on_node` over a config directory, re-read when files change.
 
+    The directory is read by routing's `DirectorySource`, as the config
+    watcher reads it: only changed files are parsed again, and a rewrite that
+    keeps a file's (mtime, size, inode) is still caught.
+
     With `background=True` (the CA server) a request only reads the view
-    parsed last; `refresh()` is called by the server's own poll loop, off the
-    request path, so no CSR ever waits for YAML parsing. Otherwise (tools,
-    tests) a call re-checks the files at most every CONFIG_RESCAN_INTERVAL.
+    parsed last; the server's own loop waits on `source` (inotify) and calls
+    `refresh()` off the request path, so no CSR ever waits for YAML parsing.
+    Otherwise (tools, tests) a call re-checks the files at most every
+    CONFIG_RESCAN_INTERVAL.
     """
 
     def __init__(self, config_dir: str | os.PathLike, *, overlay: str | os.PathLike | None = None,
                  trust_domain: str = DEFAULT_TRUST_DOMAIN,
                  clock: Callable[[], float] = time.monotonic, background: bool = False):
-        self.config_dir = Path(config_dir)
-        self.overlay = Path(overlay) if overlay else None
+        self.source = DirectorySource(config_dir, overlay=overlay, use_inotify=background)
         self.trust_domain = trust_domain
         self.clock = clock
-        self._stamp: tuple = ()
+        self._loaded = False
         self._checked = float("-inf")
         self._by_node: dict[str, set[str]] = {}
         self.background = background
 
-    def _dir_stamp(self) -> tuple:
-        files = []
-        roots = [r for r in (self.config_dir, self.overlay) if r is not None and r.exists()]
-        for p in sorted(f for r in roots for f in yaml_files(r)):
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            files.append((str(p), st.st_mtime_ns, st.st_size))
-        return tuple(files)
-
-    def _reload(self) -> None:
+    def refresh(self, *, changed: bool = False) -> bool:
+        """Re-read the config if its files may have changed, or if the caller
+        knows they did (`changed`: an inotify event); True if it was re-read.
+        An invalid config keeps the last good view."""
+        if self._loaded and not changed and not self.source.stale():
+            return False
+        self._loaded = True
         try:
-            self._by_node = identities_by_node(self.config_dir, self.overlay, self.trust_domain)
+            config, overlay_pods = self.source.load()
+            self._by_node = identities_by_node(config, overlay_pods, self.trust_domain)
         except (ConfigError, OSError, IdentityError) as e:   # keep the last good view
             _log.warning("config refused; keeping the last good node view",
-                         extra={"fields": {"config": str(self.config_dir), "error": str(e)}})
-
-    def refresh(self) -> bool:
-        """Re-read the config if its files changed; True if they had."""
-        stamp = self._dir_stamp()
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        self._reload()
+                         extra={"fields": {"config": self.source.describe(), "error": str(e)}})
         return True
+
+    def close(self) -> None:
+        self.source.close()
 
     def __call__(self, node: str) -> set[str]:
         if not self.background:

@@ -260,6 +260,13 @@ class DirectorySource:
             if _ready([], POLL_INTERVAL if left is None else min(POLL_INTERVAL, left), wake):
                 return False        # woken
 
+    def stale(self) -> bool:
+        """Whether `load()` could now return something else: a file's (mtime,
+        size, inode) is not what the last load saw, or a file was read too soon
+        after its last write for them to be trusted (see `_Parsed.racy`)."""
+        return (self._stat_all() != self._fingerprint
+                or any(p.racy() for p in self._cache.values()))
+
     def invalidate(self) -> None:
         """Forget parsed files (SIGHUP: re-read everything)."""
         self._cache.clear()

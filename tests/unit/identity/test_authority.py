@@ -1,6 +1,7 @@
 """The CA's signing rules, its state directory, root rotation, node authorization."""
 
 import datetime as dt
+import os
 
 import pytest
 from cryptography import x509
@@ -257,3 +258,21 @@ def test_config_rescans_are_rate_limited(tmp_path):
     assert ids("n")           # within CONFIG_RESCAN_INTERVAL: not re-read yet
     now[0] += 2
     assert ids("n") == set()
+
+
+def test_a_rewrite_keeping_mtime_size_and_inode_is_still_read(tmp_path):
+    # routing's DirectorySource distrusts a file read right after its last
+    # write (a coarse file clock): the stat-only stamp this replaced missed it.
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: node-1}\n")
+    st = pods.stat()
+    now = [0.0]
+    ids = ConfigIdentities(tmp_path, clock=lambda: now[0])
+    assert ids("node-1")
+    with open(pods, "r+") as f:                      # same inode, same size
+        f.write("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {nodeName: node-2}\n")
+    os.utime(pods, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (pods.stat().st_mtime_ns, pods.stat().st_size, pods.stat().st_ino) == \
+        (st.st_mtime_ns, st.st_size, st.st_ino)
+    now[0] += 5
+    assert ids("node-1") == set() and ids("node-2")
