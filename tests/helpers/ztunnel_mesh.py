@@ -36,6 +36,8 @@ from tests.helpers.ztunnel_peers import Proc, python_app
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 ROOT = str(Path(__file__).resolve().parents[2])
 START_TIMEOUT = 30.0
+# The supervisor's log line once every slot's worker said "ready" (shards/supervisor.py).
+SUPERVISOR_READY = b"supervisor ready"
 # With a test API server: the node proxies' account and the CA's root ConfigMap.
 NODE_ACCOUNT = ("shoal-system", "shoal-ztunnel")
 ROOT_CONFIGMAP = "shoal-system/shoal-ca-root-cert"
@@ -238,6 +240,9 @@ class Mesh:
         n.proc = Proc(f"ztunnel-{n.name}", cmd, self.logs, cwd=ROOT)
 
     def wait_ready(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        """Until /healthz/ready answers 200 and the supervisor announced that
+        every worker is ready: the readiness port is served by whichever worker
+        is up, and on a loaded machine the others may still be booting."""
         n = self.nodes[name]
         url = f"http://127.0.0.1:{n.readiness}/healthz/ready"
         deadline = time.monotonic() + timeout
@@ -247,8 +252,9 @@ class Mesh:
                 raise RuntimeError(f"ztunnel {name} exited:\n{n.proc.tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
+                    if r.status == 200 and SUPERVISOR_READY in n.proc.log_path.read_bytes():
                         return
+                    last = "not every worker is ready yet"
             except OSError as e:
                 last = str(e)
             time.sleep(0.1)
