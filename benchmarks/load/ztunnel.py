@@ -307,30 +307,52 @@ def rr_setup(tmp: Path, flags: tuple[str, ...] = (), workers: int = 2
     mesh, iperf = build_mesh(tmp, workers, flags)
     procs = [iperf]
     try:
-        port = (free_port(), free_port())
-        (tmp / "echo-peers").mkdir()
-        server_side, client_side = stunnel_pair(*port, (mesh.pods["echo"].ip, APP_PORT),
-                                                tmp / "echo-peers")
+        (server_side, client_side), front = echo_stunnel(tmp, mesh, "echo-peers")
         procs += [server_side, client_side]
         a = mesh.nodes["node-a"]
         asyncio.run(_paced_rr(a.proxy_ip, a.fixed[(VIP, 80)], 100, 1, mesh.pods["client"].ip))
         yield (mesh, (client_side, server_side),
-               rr_paths(mesh, port[0], ([client_side.pid], [server_side.pid])))
+               rr_paths(mesh, front, ([client_side.pid], [server_side.pid])))
     finally:
         for p in procs:
             p.stop()
         mesh.stop()
 
 
+def echo_stunnel(tmp: Path, mesh: Mesh, folder: str) -> tuple[list[Proc], int]:
+    """A stunnel pair to the mesh's echo app, its files in tmp/folder:
+    ([server side, client side], the client side's port)."""
+    port = (free_port(), free_port())
+    (tmp / folder).mkdir()
+    return stunnel_pair(*port, (mesh.pods["echo"].ip, APP_PORT), tmp / folder), port[0]
+
+
+@contextlib.contextmanager
+def second_stunnel(tmp: Path, mesh: Mesh) -> Iterator[RrPath]:
+    """Another stunnel pair to the same echo app, as rr_setup's: yields its
+    request/response path and stops it after."""
+    procs, front = echo_stunnel(tmp, mesh, "echo-peers-b")
+    try:
+        yield RrPath("127.0.0.1", front, None, ([procs[1].pid], [procs[0].pid]))
+    finally:
+        for p in procs:
+            p.stop()
+
+
 # -- the request/response studies' command line (ztunnel_sched, ztunnel_tail) -----
 
-def study_options(doc: str, rounds: int, seconds: float, out: Path) -> argparse.Namespace:
-    """--rounds, --seconds, --flags (the ztunnels') and --out, with these defaults."""
+def study_options(doc: str, rounds: int, seconds: float, out: Path,
+                  second_peer: bool = False) -> argparse.Namespace:
+    """--rounds, --seconds, --flags (the ztunnels') and --out, with these
+    defaults; --second-peer too if the study offers it."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--seconds", type=float, default=seconds)
     ap.add_argument("--flags", default="", help="ztunnel flags, e.g. --no-cpu-steering")
     ap.add_argument("--out", type=Path, default=out)
+    if second_peer:
+        ap.add_argument("--second-peer", action="store_true",
+                        help="a second stunnel pair as one more path (an A/A check)")
     return ap.parse_args()
 
 

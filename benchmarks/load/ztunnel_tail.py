@@ -17,12 +17,16 @@ per path, over every request of every round:
   sent within CLUSTER_GAP of each other, the mean group size and the share
   of groups of a whole burst (4 or more). A path whose slow requests come as
   whole bursts stalls all of a client's connections at once.
+`--second-peer` adds a second stunnel pair, the same as the first, as one
+more path: its ratios to the first (`a_a`) are what this machine reads for
+two identical proxies, the noise any single round's or run's ratio carries.
 Hold /tmp/shoal-netns.lock. Writes benchmarks/out/ztunnel_tail.json.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ CLUSTER_GAP = 0.010
 SLOW_MS = 1.0
 LEAD_IN = 0.5          # untimed load before each round (RR_WARMUP's reason)
 PATHS = ("ztunnel x2", "stunnel x2", "direct")
+SECOND_PEER = "stunnel x2 (b)"
 
 
 def slow_clusters(sent: list[float], lat: list[float], threshold: float,
@@ -70,19 +75,30 @@ def added_ratio(path: float, peer: float, direct: float) -> float:
     return (path - direct) / (peer - direct)
 
 
-def summary(rounds: dict[str, list[tuple[list[float], list[float]]]]) -> dict:
-    """rounds: path -> [(sent, lat) per round] (PATHS' names)."""
-    pooled = {n: path_figures([t for s, _ in rs for t in s], [x for _, l in rs for x in l])
-              for n, rs in rounds.items()}
-    per_round = [added_ratio(*(Z.quantile(sorted(rounds[n][i][1]), 0.99) for n in PATHS))
-                 for i in range(len(rounds[PATHS[0]]))]
-    zt, st, d = (pooled[n] for n in PATHS)
-    return {"paths": pooled,
-            "added_p50_ratio": added_ratio(zt["p50_ms"], st["p50_ms"], d["p50_ms"]),
-            "added_p99_ratio": added_ratio(zt["p99_ms"], st["p99_ms"], d["p99_ms"]),
+def ratios(rounds: dict[str, list[tuple[list[float], list[float]]]],
+           pooled: dict[str, dict], path: str, peer: str) -> dict:
+    """`path`'s added p50 and p99 as ratios to `peer`'s, pooled, and each
+    round's added-p99 ratio."""
+    per_round = [added_ratio(*(Z.quantile(sorted(rounds[n][i][1]), 0.99)
+                               for n in (path, peer, "direct")))
+                 for i in range(len(rounds[path]))]
+    p, q, d = pooled[path], pooled[peer], pooled["direct"]
+    return {"added_p50_ratio": added_ratio(p["p50_ms"], q["p50_ms"], d["p50_ms"]),
+            "added_p99_ratio": added_ratio(p["p99_ms"], q["p99_ms"], d["p99_ms"]),
             "round_added_p99_ratio": {"median": statistics.median(per_round),
                                       "min": min(per_round), "max": max(per_round),
                                       "rounds": per_round}}
+
+
+def summary(rounds: dict[str, list[tuple[list[float], list[float]]]]) -> dict:
+    """rounds: path -> [(sent, lat) per round] (PATHS' names, and SECOND_PEER
+    if it ran: then `a_a` holds its ratios to the first stunnel pair)."""
+    pooled = {n: path_figures([t for s, _ in rs for t in s], [x for _, l in rs for x in l])
+              for n, rs in rounds.items()}
+    out = {"paths": pooled, **ratios(rounds, pooled, "ztunnel x2", "stunnel x2")}
+    if SECOND_PEER in rounds:
+        out["a_a"] = ratios(rounds, pooled, SECOND_PEER, "stunnel x2")
+    return out
 
 
 # -- I/O ---------------------------------------------------------------------------
@@ -90,9 +106,10 @@ def summary(rounds: dict[str, list[tuple[list[float], list[float]]]]) -> dict:
 
 async def measure(paths: dict[str, Z.RrPath], rounds: int, seconds: float) -> dict:
     payload = b"q" * 1024
-    conns = {n: await Z._open_rr(paths[n], Z.RR_CONNS, payload) for n in PATHS}
-    out: dict[str, list[tuple[list[float], list[float]]]] = {n: [] for n in PATHS}
-    for name in Z.turns(list(PATHS), rounds):
+    names = [n for n in (*PATHS, SECOND_PEER) if n in paths]
+    conns = {n: await Z._open_rr(paths[n], Z.RR_CONNS, payload) for n in names}
+    out: dict[str, list[tuple[list[float], list[float]]]] = {n: [] for n in names}
+    for name in Z.turns(names, rounds):
         await Z._paced(conns[name], 1000, LEAD_IN, payload, [])
         sent: list[float] = []
         lat: list[float] = []
@@ -105,9 +122,13 @@ async def measure(paths: dict[str, Z.RrPath], rounds: int, seconds: float) -> di
 
 
 def main() -> None:
-    args = Z.study_options(__doc__, rounds=8, seconds=5.0, out=OUT / "ztunnel_tail.json")
-    with Z.study_mesh(args, "shoal-ztunnel-tail-") as (_tmp, _mesh, _stunnel, paths):
-        result = asyncio.run(measure(paths, args.rounds, args.seconds))
+    args = Z.study_options(__doc__, rounds=8, seconds=5.0, out=OUT / "ztunnel_tail.json",
+                           second_peer=True)
+    with Z.study_mesh(args, "shoal-ztunnel-tail-") as (tmp, mesh, _stunnel, paths):
+        with contextlib.ExitStack() as stack:
+            if args.second_peer:
+                paths = {**paths, SECOND_PEER: stack.enter_context(Z.second_stunnel(tmp, mesh))}
+            result = asyncio.run(measure(paths, args.rounds, args.seconds))
     for name, f in result["paths"].items():
         print(f"{name}: {f['requests']} requests, p50 {f['p50_ms']:.3f} p99 {f['p99_ms']:.3f} "
               f"p99.5 {f['p995_ms']:.3f} ms, over 1 ms {f['over_1ms_per_10k']:.0f} per 10k, "
@@ -116,6 +137,12 @@ def main() -> None:
     r = result["round_added_p99_ratio"]
     print(f"added p50 {result['added_p50_ratio']:.2f}x, added p99 {result['added_p99_ratio']:.2f}x "
           f"stunnel's (pooled); per round {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})")
+    if "a_a" in result:
+        a = result["a_a"]
+        r = a["round_added_p99_ratio"]
+        print(f"A/A, the second stunnel pair to the first: added p50 {a['added_p50_ratio']:.2f}x, "
+              f"added p99 {a['added_p99_ratio']:.2f}x (pooled); per round {r['median']:.2f}x "
+              f"({r['min']:.2f}-{r['max']:.2f})")
     Z.save_study(args, result)
 
 

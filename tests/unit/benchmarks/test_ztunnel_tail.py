@@ -3,7 +3,8 @@
 import pytest
 
 from shoal.benchmarks.load.ztunnel import quantile
-from shoal.benchmarks.load.ztunnel_tail import PATHS, added_ratio, path_figures, slow_clusters, summary
+from shoal.benchmarks.load.ztunnel_tail import (PATHS, SECOND_PEER, added_ratio, path_figures,
+                                              slow_clusters, summary)
 
 
 def test_slow_requests_sent_close_together_are_one_stall():
@@ -54,3 +55,18 @@ def test_summary_pools_rounds_and_gives_each_rounds_ratio():
     assert s["paths"]["ztunnel x2"]["p99_ms"] == pytest.approx(3.0)
     assert s["added_p99_ratio"] == pytest.approx(1.0)
     assert s["added_p50_ratio"] == pytest.approx(1.0)
+
+
+def test_a_second_peer_is_compared_with_the_first():
+    def rnd(base, p99_extra):
+        return [i * 0.004 for i in range(100)], [base] * 99 + [base + p99_extra]
+    rounds = {"ztunnel x2": [rnd(0.002, 0.001)],
+              "stunnel x2": [rnd(0.002, 0.001)],
+              "direct": [rnd(0.001, 0.0)],
+              SECOND_PEER: [rnd(0.003, 0.001)]}
+    s = summary(rounds)
+    # the second pair adds (4-1) ms at the p99 and (3-1) at the p50, the first (3-1) and (2-1)
+    assert s["a_a"]["added_p99_ratio"] == pytest.approx(1.5)
+    assert s["a_a"]["added_p50_ratio"] == pytest.approx(2.0)
+    assert s["a_a"]["round_added_p99_ratio"]["rounds"] == pytest.approx([1.5])
+    assert "a_a" not in summary({n: rounds[n] for n in PATHS})
