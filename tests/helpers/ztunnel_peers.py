@@ -169,8 +169,11 @@ backend app
     return procs
 
 
-def stunnel_pair(front: int, mid: int, backend: tuple[str, int], logdir: Path) -> list[Proc]:
-    """Two stunnels with mutual TLS 1.3 between them (like two ztunnels, no HTTP/2)."""
+def stunnel_pair(front: int, mid: int, backend: tuple[str, int], logdir: Path,
+                 wrap: tuple[str, ...] = (), timeout: float = 10.0) -> list[Proc]:
+    """Two stunnels with mutual TLS 1.3 between them (like two ztunnels, no
+    HTTP/2); `wrap` goes before each command (e.g. valgrind's), `timeout` is
+    how long each may take to listen."""
     pki = TestPKI()
     c = write_pem(pki.issue("spiffe://cluster.local/ns/bench/sa/client"), logdir, "st-client")
     s = write_pem(pki.issue("spiffe://cluster.local/ns/bench/sa/server"), logdir, "st-server")
@@ -197,8 +200,8 @@ verifyChain = yes
 requireCert = yes
 sslVersionMin = TLSv1.3
 """)
-    procs = [Proc("stunnel-server", ["stunnel4", str(server)], logdir),
-             Proc("stunnel-client", ["stunnel4", str(client)], logdir)]
-    wait_listener("127.0.0.1", mid, procs[0])
-    wait_listener("127.0.0.1", front, procs[1])
+    procs = [Proc("stunnel-server", [*wrap, "stunnel4", str(server)], logdir),
+             Proc("stunnel-client", [*wrap, "stunnel4", str(client)], logdir)]
+    wait_listener("127.0.0.1", mid, procs[0], timeout)
+    wait_listener("127.0.0.1", front, procs[1], timeout)
     return procs
