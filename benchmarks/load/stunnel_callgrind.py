@@ -33,6 +33,9 @@ PAYLOAD = b"q" * 1024
 # Valgrind starts a stunnel in a few seconds; a loaded machine takes longer.
 START_TIMEOUT = 120.0
 SIDES = ("server", "client")      # stunnel_pair's order
+# What main() breaks out of each side's count: callgrind_annotate's lines
+# (one per function, its own instructions) that name these.
+PARTS = {"memset": ("memset",), "OpenSSL": ("libcrypto.so", "libssl.so")}
 
 
 def echo_server() -> tuple[str, int]:
@@ -77,11 +80,6 @@ def run(d: Path, backend: tuple[str, int], trips: int) -> dict[str, Path]:
         for p in procs:
             p.stop()            # SIGTERM: valgrind writes its output as stunnel exits
     return {side: logdir / f"callgrind.{p.pid}" for side, p in zip(SIDES, procs)}
-
-
-# What main() breaks out of each side's count: callgrind_annotate's lines
-# (one per function, its own instructions) that name these.
-PARTS = {"memset": ("memset",), "OpenSSL": ("libcrypto.so", "libssl.so")}
 
 
 def parts(path: Path) -> dict[str, int]:
