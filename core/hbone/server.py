@@ -125,6 +125,10 @@ class HboneServer:
         # netns in ztunnel): core.overload.
         self.overload = overload or worker_overload()
         self.connections: set[HboneConnection] = set()
+        # Accepted connections still in their TLS handshake: a drain waits
+        # for them too (each becomes a connection, drained at once, or fails).
+        self.handshaking: set[object] = set()
+        self._handshake_ended = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self.draining = False
@@ -143,15 +147,25 @@ class HboneServer:
         """
         overload = self.overload
 
+        def handshake_over(proto) -> None:
+            self.handshaking.discard(proto)
+            self._handshake_ended.set()
+
         def factory() -> asyncio.BaseProtocol:
+            def shook() -> None:
+                overload.handshake_done(proto)
+                handshake_over(proto)
+
+            def gone(_handshake_done: bool) -> None:
+                overload.closed(proto)
+                handshake_over(proto)
             proto = tlsio.server_protocol(
                 ssl_context, lambda: self._connection(trust_domain),
                 handshake_timeout=self.settings.connect_timeout,
-                on_failure=self._handshake_failed,
-                on_handshake=lambda: overload.handshake_done(proto),
-                on_close=lambda _done: overload.closed(proto))
+                on_failure=self._handshake_failed, on_handshake=shook, on_close=gone)
             if overload.admit(proto, proto.evict) is not None:
                 return _Refused()
+            self.handshaking.add(proto)
             return proto
         return factory
 
@@ -190,16 +204,32 @@ class HboneServer:
         """Graceful shutdown: stop listening, GOAWAY(NO_ERROR) on every
         connection (open tunnels go on, new CONNECTs are refused and retried
         by the clients elsewhere), wait up to `grace` seconds for the tunnels
-        to finish (each connection closes after its last one), then close
+        to finish (each connection closes after its last one) and for the
+        handshakes under way to become connections and drain too, then close
         what is left: those tunnels are reset."""
         self.draining = True
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
             conn.start_drain()
-        waits = {c.closed for c in self.connections} | set(self._tasks)
-        if waits and grace > 0:
-            await asyncio.wait(waits, timeout=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Wait again whenever something ends: a handshake that was under way
+        # when the drain began becomes a connection (drained at once by
+        # _connection) whose CONNECT may already be on the wire. Returning
+        # before it is done lets the worker exit under that tunnel.
+        while (left_s := deadline - loop.time()) > 0:
+            waits = {c.closed for c in self.connections if not c.closed.done()}
+            waits |= {t for t in self._tasks if not t.done()}
+            if not waits and not self.handshaking:
+                break
+            self._handshake_ended.clear()
+            ended = asyncio.ensure_future(self._handshake_ended.wait())
+            try:
+                await asyncio.wait(waits | {ended}, timeout=left_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
         left = [c for c in self.connections if c.streams]
         if left:
             self.log.info("HBONE drain: grace of %gs over, resetting %d tunnels", grace,

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from shoal.core.hbone import tlsio
+from shoal.core.hbone.connection import HboneConnection
 from shoal.core.hbone.server import HboneServer
 from shoal.core.hbone.settings import MIB
-from tests.helpers.hbone_net import HbonePair, digest
+from tests.helpers.hbone_net import SERVER_ID, HbonePair, digest, roundtrip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -80,6 +82,34 @@ async def test_pending_request_during_drain_is_still_served():
             got += data
         assert got == b"hello"
         await asyncio.wait_for(drain, GRACE)
+
+
+async def test_drain_waits_for_a_handshake_under_way_and_serves_its_connect():
+    """A connection accepted before the drain whose TLS handshake finishes
+    after it: close() returns only once its tunnel is done (the worker exits
+    after close(), under any tunnel still open), and that CONNECT is served."""
+    async with HbonePair() as rig:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", rig.port))
+        while not rig.server.handshaking:        # accepted; no ClientHello yet
+            await asyncio.sleep(0.01)
+        drain = asyncio.ensure_future(rig.server.close(GRACE))
+        for _ in range(5):                        # let the drain run to its wait
+            await asyncio.sleep(0)
+        assert not drain.done(), "the drain ended with a handshake under way"
+        conn = HboneConnection(client=True, settings=rig.settings, expected_identities=(SERVER_ID,))
+        await tlsio.connect(loop, conn, rig.client_ctx, sock=sock, timeout=GRACE)
+        await conn.ready
+        stream = conn.open_stream(rig.target_authority, [])
+        await stream.wait_open()
+        assert await roundtrip(stream, b"late but whole") == b"late but whole"
+        assert not drain.done()                   # the tunnel ran under a live drain
+        stream.close()
+        await asyncio.wait_for(drain, GRACE)
+        assert not rig.server.handshaking and not rig.server.connections
+        conn.close()
 
 
 def _reuseport_socket(port: int) -> socket.socket:
