@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from typing import Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
@@ -102,6 +103,20 @@ class DrainTrigger:
     async def start_drain_and_wait(self, mode: DrainMode = DrainMode.GRACEFUL) -> None:
         self.start_drain(mode)
         await self._watcher._idle.wait()
+
+
+async def wait_while(pending: Callable[[], "set[asyncio.Future]"], deadline: float) -> None:
+    """Wait until `pending()` holds nothing unfinished, or until `deadline`
+    (time.monotonic()). `pending()` is asked again after every wait, so work
+    that arrives during the drain is waited for too: a connection accepted
+    before the listener closed whose task, or TLS handshake, ends only after
+    a first wait began. Returning under such work lets a worker exit, and
+    reset a tunnel, while that work still runs."""
+    while waits := {f for f in pending() if not f.done()}:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.wait(waits, timeout=left)
 
 
 def new() -> tuple[DrainTrigger, DrainWatcher]:

@@ -5,9 +5,9 @@
 The scale for the ztunnel's per-hop counts (bench_ztunnel_relay, which
 counts both ztunnels in one process): the load run's stunnel pair
 (tests.helpers.ztunnel_peers.stunnel_pair) runs under valgrind twice, in
-front of an echo server in this process, and one connection makes
-WARM_TRIPS round trips of 1 KB, one at a time, then --trips more in the
-second run. Start-up, the handshake and the shutdown are in both runs, so
+front of the load run's echo app (tests.helpers.ztunnel_apps), and one
+connection makes WARM_TRIPS round trips of 1 KB, one at a time, then
+--trips more in the second run. Start-up, the handshake and the shutdown are in both runs, so
 the difference of each stunnel's totals over --trips is one round trip
 through it: a request and a response, one SSL_read and one SSL_write.
 Kernel work (the syscalls) is not counted. Prints each side's count and
@@ -21,12 +21,12 @@ import argparse
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 from shoal.benchmarks.load.waypoint_callgrind import totals
 from tests.helpers.ports import free_port
-from tests.helpers.ztunnel_peers import stunnel_pair
+from tests.helpers.ztunnel_mesh import echo_exact
+from tests.helpers.ztunnel_peers import python_app, stunnel_pair
 
 WARM_TRIPS = 20
 PAYLOAD = b"q" * 1024
@@ -36,23 +36,6 @@ SIDES = ("server", "client")      # stunnel_pair's order
 # What main() breaks out of each side's count: callgrind_annotate's lines
 # (one per function, its own instructions) that name these.
 PARTS = {"memset": ("memset",), "OpenSSL": ("libcrypto.so", "libssl.so")}
-
-
-def echo_server() -> tuple[str, int]:
-    """An echo server on a thread per connection; its address."""
-    ls = socket.create_server(("127.0.0.1", 0))
-
-    def serve(c: socket.socket) -> None:
-        with c:
-            while data := c.recv(65536):
-                c.sendall(data)
-
-    def accept() -> None:
-        while True:
-            c, _ = ls.accept()
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
-    return ls.getsockname()
 
 
 def run(d: Path, backend: tuple[str, int], trips: int) -> dict[str, Path]:
@@ -69,13 +52,7 @@ def run(d: Path, backend: tuple[str, int], trips: int) -> dict[str, Path]:
         with socket.create_connection(("127.0.0.1", front)) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for _ in range(WARM_TRIPS + trips):
-                s.sendall(PAYLOAD)
-                got = 0
-                while got < len(PAYLOAD):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise RuntimeError("the stunnel pair closed the connection")
-                    got += len(chunk)
+                echo_exact(s, PAYLOAD)
     finally:
         for p in procs:
             p.stop()            # SIGTERM: valgrind writes its output as stunnel exits
@@ -97,8 +74,12 @@ def main() -> None:
     ap.add_argument("--trips", type=int, default=200)
     args = ap.parse_args()
     d = Path(tempfile.mkdtemp(prefix="shoal-stunnel-callgrind-"))
-    backend = echo_server()
-    base, more = run(d, backend, 0), run(d, backend, args.trips)
+    backend = ("127.0.0.1", free_port())
+    app = python_app("echo", f"{backend[0]}:{backend[1]}", d)   # the load run's echo app
+    try:
+        base, more = run(d, backend, 0), run(d, backend, args.trips)
+    finally:
+        app.stop()
     for side in SIDES:
         total = (totals(more[side]) - totals(base[side])) / args.trips
         have, had = parts(more[side]), parts(base[side])

@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from shoal.core import drain
 from shoal.core.addr import forwarded_for
 from shoal.core.hbone import events as ev
 from shoal.core.hbone import tlsio
@@ -125,10 +127,10 @@ class HboneServer:
         # netns in ztunnel): core.overload.
         self.overload = overload or worker_overload()
         self.connections: set[HboneConnection] = set()
-        # Accepted connections still in their TLS handshake: a drain waits
-        # for them too (each becomes a connection, drained at once, or fails).
-        self.handshaking: set[object] = set()
-        self._handshake_ended = asyncio.Event()
+        # The handshake futures of accepted connections still in their TLS
+        # handshake: a drain waits for them too (each becomes a connection,
+        # drained at once by _connection, or fails).
+        self.handshaking: set[asyncio.Future] = set()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self.draining = False
@@ -147,25 +149,19 @@ class HboneServer:
         """
         overload = self.overload
 
-        def handshake_over(proto) -> None:
-            self.handshaking.discard(proto)
-            self._handshake_ended.set()
-
         def factory() -> asyncio.BaseProtocol:
-            def shook() -> None:
-                overload.handshake_done(proto)
-                handshake_over(proto)
-
-            def gone(_handshake_done: bool) -> None:
-                overload.closed(proto)
-                handshake_over(proto)
             proto = tlsio.server_protocol(
                 ssl_context, lambda: self._connection(trust_domain),
                 handshake_timeout=self.settings.connect_timeout,
-                on_failure=self._handshake_failed, on_handshake=shook, on_close=gone)
+                on_failure=self._handshake_failed,
+                on_handshake=lambda: overload.handshake_done(proto),
+                on_close=lambda _done: overload.closed(proto))
             if overload.admit(proto, proto.evict) is not None:
                 return _Refused()
-            self.handshaking.add(proto)
+            # Resolved when the handshake passes (after _connection ran),
+            # fails, times out or its connection goes.
+            self.handshaking.add(proto.handshake)
+            proto.handshake.add_done_callback(self.handshaking.discard)
             return proto
         return factory
 
@@ -212,24 +208,10 @@ class HboneServer:
             server.close()
         for conn in list(self.connections):
             conn.start_drain()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        # Wait again whenever something ends: a handshake that was under way
-        # when the drain began becomes a connection (drained at once by
-        # _connection) whose CONNECT may already be on the wire. Returning
-        # before it is done lets the worker exit under that tunnel.
-        while (left_s := deadline - loop.time()) > 0:
-            waits = {c.closed for c in self.connections if not c.closed.done()}
-            waits |= {t for t in self._tasks if not t.done()}
-            if not waits and not self.handshaking:
-                break
-            self._handshake_ended.clear()
-            ended = asyncio.ensure_future(self._handshake_ended.wait())
-            try:
-                await asyncio.wait(waits | {ended}, timeout=left_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ended.cancel()
+        # Handshakes under way become connections during the drain: asked
+        # again after each wait (drain.wait_while).
+        await drain.wait_while(lambda: {c.closed for c in self.connections}
+                               | self._tasks | self.handshaking, time.monotonic() + grace)
         left = [c for c in self.connections if c.streams]
         if left:
             self.log.info("HBONE drain: grace of %gs over, resetting %d tunnels", grace,

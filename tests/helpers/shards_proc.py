@@ -52,16 +52,17 @@ def runs(pid: int) -> int:
     return total
 
 
-def wakeup_rates(pids, max_per_s: float, window: float, max_windows: int) -> dict[int, list[float]]:
+def wakeup_rates(limits: dict[int, float], window: float,
+                 max_windows: int) -> dict[int, list[float]]:
     """Each process's runs per second (schedstat's count, see `runs`) in
-    back-to-back windows of `window` s, until every process has had a window
-    at or under `max_per_s`, or `max_windows` were measured.
+    back-to-back windows of `window` s, until every process (`limits`' keys)
+    has had a window at or under its limit, or `max_windows` were measured.
 
     An idle process is judged by its quietest window. Measuring until each has
     had one, rather than a fixed number of windows, lets a process just started
     finish its boot on a loaded CI machine (it spilled over 6 s once); a loop
     that polls wakes in every window and still fails, after `max_windows`."""
-    rates: dict[int, list[float]] = {pid: [] for pid in pids}
+    rates: dict[int, list[float]] = {pid: [] for pid in limits}
     for _ in range(max_windows):
         before = {pid: runs(pid) for pid in rates}
         t0 = time.monotonic()
@@ -69,7 +70,7 @@ def wakeup_rates(pids, max_per_s: float, window: float, max_windows: int) -> dic
         elapsed = time.monotonic() - t0
         for pid in rates:
             rates[pid].append((runs(pid) - before[pid]) / elapsed)
-        if all(min(r) <= max_per_s for r in rates.values()):
+        if all(min(r) <= limits[pid] for pid, r in rates.items()):
             break
     return rates
 

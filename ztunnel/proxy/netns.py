@@ -34,6 +34,7 @@ import socket
 import time
 from typing import Awaitable, Callable
 
+from shoal.core import drain
 from shoal.core import log as shoal_log
 from shoal.core.addr import hostport
 from shoal.core.overload import worker_overload
@@ -152,14 +153,9 @@ class Proxy:
         deadline = time.monotonic() + grace
         self.close_listeners()
         await self.inbound.close(grace)
-        # Wait again while tasks remain: a connection accepted just before
-        # the listeners closed spawns its task after a first wait began, and
-        # cancelling it (or exiting under it) resets a running tunnel.
-        while pending := pi.tasks | pi.arriving:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await asyncio.wait(pending, timeout=left)
+        # A connection accepted just before the listeners closed spawns its
+        # task after a first wait began: wait_while waits for it too.
+        await drain.wait_while(lambda: pi.tasks | pi.arriving, deadline)
         for t in list(pi.tasks):
             t.cancel()
         self._reporter.stop()

@@ -288,6 +288,6 @@ CA_IDLE_MAX_WINDOWS = 8
 
 def test_an_idle_control_plane_does_not_poll_its_config(cp):
     pid = cp["proc"].pid
-    rates = wakeup_rates([pid], CA_IDLE_MAX_PER_S, CA_IDLE_WINDOW, CA_IDLE_MAX_WINDOWS)[pid]
+    rates = wakeup_rates({pid: CA_IDLE_MAX_PER_S}, CA_IDLE_WINDOW, CA_IDLE_MAX_WINDOWS)[pid]
     assert min(rates) <= CA_IDLE_MAX_PER_S, \
         f"idle control plane woke {min(rates):.1f} times/s at the quietest (each window: {rates})"

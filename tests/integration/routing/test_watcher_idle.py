@@ -79,7 +79,7 @@ def watcher(tmp_path):
 
 
 def test_idle_watcher_wakes_rarely_and_still_acts_on_signals_at_once(watcher):
-    rates = wakeup_rates([watcher.pid], WATCHER_MAX_PER_S, WINDOW, MAX_WINDOWS)[watcher.pid]
+    rates = wakeup_rates({watcher.pid: WATCHER_MAX_PER_S}, WINDOW, MAX_WINDOWS)[watcher.pid]
     assert min(rates) <= WATCHER_MAX_PER_S, \
         f"idle watcher woke {min(rates):.1f} times/s at the quietest (each window: {rates})"
     t0 = time.monotonic()

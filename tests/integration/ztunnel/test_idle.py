@@ -56,15 +56,12 @@ def test_idle_node_wakes_rarely_in_its_workers_and_its_supervisor(node):
     sup = node.supervisor_pid("node-a")
     workers = node.worker_pids("node-a")
     assert len(workers) == 2 and workers <= children(sup)
-    rates = wakeup_rates((sup, *workers), max(WORKER_MAX_PER_S, SUPERVISOR_MAX_PER_S),
-                         WINDOW, MAX_WINDOWS)
-    rate = {pid: min(r) for pid, r in rates.items()}
+    limits = {sup: SUPERVISOR_MAX_PER_S, **{w: WORKER_MAX_PER_S for w in workers}}
+    rates = wakeup_rates(limits, WINDOW, MAX_WINDOWS)
     # What the node was doing, should it not have been idle.
     log = node.nodes["node-a"].proc.tail(2000)
-    for pid in workers:
-        assert rate[pid] <= WORKER_MAX_PER_S, \
-            f"idle worker {pid} woke {rate[pid]:.1f} times/s at the quietest " \
+    for pid, limit in limits.items():
+        what = "supervisor" if pid == sup else "worker"
+        assert min(rates[pid]) <= limit, \
+            f"idle {what} {pid} woke {min(rates[pid]):.1f} times/s at the quietest " \
             f"(each window: {rates[pid]}); the node's log ends:\n{log}"
-    assert rate[sup] <= SUPERVISOR_MAX_PER_S, \
-        f"idle supervisor woke {rate[sup]:.1f} times/s at the quietest " \
-        f"(each window: {rates[sup]}); the node's log ends:\n{log}"

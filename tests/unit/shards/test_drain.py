@@ -1,6 +1,7 @@
 """core.drain: trigger/watcher pairs and run_with_drain ordering."""
 
 import asyncio
+import time
 
 from shoal.core import drain
 from shoal.core.drain import DrainMode
@@ -83,3 +84,29 @@ async def test_run_with_drain_cancels_a_component_ignoring_force(monkeypatch):
     await asyncio.sleep(0)
     trigger.start_drain(DrainMode.IMMEDIATE)
     assert await asyncio.wait_for(task, 2) is None
+
+
+async def test_wait_while_waits_for_work_that_arrives_during_the_wait():
+    loop = asyncio.get_running_loop()
+    first, late = loop.create_future(), loop.create_future()
+    pending = {first}
+
+    waiting = asyncio.ensure_future(drain.wait_while(lambda: set(pending),
+                                                     time.monotonic() + 30))
+    await asyncio.sleep(0)           # waiting on {first} now
+    pending.add(late)                # as a handshake that becomes a connection
+    pending.discard(first)
+    first.set_result(None)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()        # the late arrival is waited for too
+    late.set_result(None)
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_wait_while_returns_at_the_deadline_with_work_left():
+    never = asyncio.get_running_loop().create_future()
+    started = time.monotonic()
+    await drain.wait_while(lambda: {never}, started + 0.05)
+    assert not never.done() and time.monotonic() - started < 5
+    await drain.wait_while(lambda: {never}, started - 1)    # already past: no wait
