@@ -18,6 +18,8 @@ then cut into (µs; `segments`):
 - E, each write system call (on loopback it runs the receiver's TCP);
 - F, the last write's return to buffer_updated's return;
 - G, loop out: buffer_updated's return to the next epoll_pwait.
+A, C and D are each told apart for a wakeup's first event and later ones
+(the first runs on caches the path's other processes have just used).
 A, C and G are the event loop's; D and F are shoal's. Each uprobe costs a
 trap (about 1.5-2 µs on this VM) that falls in C, and the return probe's
 in F and G: read them as upper bounds. With the pumps' reads moved off
@@ -176,6 +178,8 @@ def busy_spans(events: Iterable[tuple[int, float, str]]) -> list[Span]:
 def span_summary(spans: list[Span]) -> dict[str, float]:
     """Per write over every span, and the p50 of the spans with one write."""
     writes = sum(sp.writes for sp in spans)
+    if not writes:
+        raise ValueError("no busy span wrote anything: the trace holds no relayed request")
     single = [sp for sp in spans if sp.writes == 1]
 
     def p50(field: str) -> float:

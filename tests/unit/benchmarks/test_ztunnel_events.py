@@ -108,3 +108,8 @@ def test_time_off_the_cpu_is_taken_out_of_what_it_fell_in_but_not_out_of_a_block
     assert first == Span(user=pytest.approx(73.0 - 30.0 - 30.0), syscalls=pytest.approx(30.0 - 20.0),
                          off=pytest.approx(50.0), writes=1)
     assert second == Span(user=pytest.approx(2.0), syscalls=pytest.approx(1.0), off=0.0, writes=1)
+
+
+def test_a_trace_without_a_write_is_an_error_not_a_division_by_zero():
+    with pytest.raises(ValueError, match="no busy span wrote"):
+        span_summary([])
