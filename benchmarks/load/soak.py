@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from shoal.benchmarks.load.ztunnel import memory, workers_of  # noqa: E402
+from tests.helpers.ports import SOAK_APP_PORT as APP_PORT  # noqa: E402
 from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
 
-APP_PORT = 18090
 VIP = "10.96.0.20"
 PAYLOAD = b"0123456789abcdef"
 # Pools, decode caches, prometheus children and malloc arenas fill during

@@ -40,11 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.ztunnel_mesh import Mesh  # noqa: E402
-from tests.helpers.ports import free_port  # noqa: E402
+from tests.helpers.ports import APP_PORT, free_port  # noqa: E402
 from tests.helpers.ztunnel_peers import (Proc, haproxy_pair, iperf3_run,  # noqa: E402
                                          iperf3_server, stunnel_pair)
 
-APP_PORT = 18080
 IPERF_PORT = 15201
 VIP = "10.96.0.10"
 IPERF_VIP = "10.96.0.11"
@@ -293,7 +292,14 @@ def build_mesh(tmp: Path, workers: int, extra_args: tuple[str, ...] = ()) -> tup
     m.fix("node-a", VIP, 80)
     m.fix("node-a", IPERF_VIP, 5201)
     iperf = iperf3_server(m.pods["iperf"].ip, IPERF_PORT, m.logs)
-    m.start()
+    try:
+        m.start()
+    except BaseException:
+        # A node that failed to boot: stop what did start (the CA, the other
+        # node, the apps, iperf3), or it outlives the run and holds its ports.
+        m.stop()
+        iperf.stop()
+        raise
     return m, iperf
 
 

@@ -28,6 +28,15 @@ import time
 # machine's own daemons (and the e2e tests' fixed ports: 15001, 15006,
 # 15008, 15021, 15090...) use.
 LOW_PORT = 16000
+# The ports the tests' and load runs' apps listen on by number (a pod's
+# port and its Service's targetPort are written into the mesh's config
+# before anything starts). They lie inside the walk's range, so free_port
+# skips them: a proxy listener given one on the wildcard address failed to
+# bind next to the app on its pod address ("Address already in use"; about
+# once in a few hundred meshes, one of a run's 15 picks landing there).
+APP_PORT = 18080
+SOAK_APP_PORT = 18090
+FIXED_PORTS = frozenset({APP_PORT, SOAK_APP_PORT})
 _FALLBACK_EPHEMERAL_LOW = 32768
 
 
@@ -58,12 +67,14 @@ _lock = threading.Lock()
 
 def free_port(host: str = "0.0.0.0") -> int:
     """A port nothing is bound to now, not handed out before by this process
-    (until its slice wraps)."""
+    (until its slice wraps), and none of FIXED_PORTS."""
     global _next
     with _lock:
         for _ in range(_HIGH - _LOW):
             port = _next
             _next = _LOW if _next + 1 >= _HIGH else _next + 1
+            if port in FIXED_PORTS:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind((host, port))

@@ -18,7 +18,7 @@ from shoal.routing.view import StaticView
 from tests.helpers.ztunnel_apps import expected_hash, pattern
 from tests.helpers.ztunnel_direct import LocalCa, ViewBox, start_proxy
 from tests.helpers.ztunnel_mesh import unique_prefix
-from tests.helpers.ports import free_port
+from tests.helpers.ports import APP_PORT, free_port
 from tests.helpers.ztunnel_peers import python_app
 from tests.helpers.wait import until
 
@@ -36,7 +36,6 @@ def wl(name, ip, node, sa):
                     if name.startswith("echo") else {})
 
 
-APP_PORT = 18080
 
 
 class Rig:

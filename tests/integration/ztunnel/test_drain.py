@@ -12,11 +12,11 @@ import time
 
 import pytest
 
+from tests.helpers.ports import APP_PORT
 from tests.helpers.ztunnel_mesh import Mesh, echo_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
-APP_PORT = 18080
 # Long enough for the transfer after the SIGTERM on a loaded 2-core machine;
 # the test asserts the node exits well before it (the tunnel ended first).
 DRAIN_TIMEOUT = 20

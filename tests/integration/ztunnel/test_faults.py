@@ -16,12 +16,12 @@ import time
 
 import pytest
 
+from tests.helpers.ports import APP_PORT
 from tests.helpers.shards_proc import ClientLoop, alive, wait_for
 from tests.helpers.ztunnel_mesh import Mesh, metric_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(150)]
 
-APP_PORT = 18080
 VIP = "10.96.0.30"
 # Client loop concurrency: at most this many connections are in flight when
 # a worker is killed, so at most this many can fail with it.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.ports import APP_PORT
 from tests.helpers.shards_proc import children, wakeup_rates
 from tests.helpers.ztunnel_mesh import Mesh
 
@@ -44,7 +45,7 @@ SUPERVISOR_MAX_PER_S = 1.0
 def node(tmp_path_factory):
     m = Mesh(tmp_path_factory.mktemp("ztidle"), workers=2, nodes=("node-a",))
     m.pod("client", node="node-a", sa="sleep")
-    m.pod("echo", node="node-a", app="echo", port=18080)
+    m.pod("echo", node="node-a", app="echo", port=APP_PORT)
     try:
         m.start()
         yield m

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tests.helpers.kube_apiserver import KubeApiServer
+from tests.helpers.ports import APP_PORT
 from tests.helpers.shards_proc import next_cpu, on_cpu
 from tests.helpers.ztunnel_mesh import Mesh, echo
 from tests.helpers.ztunnel_peers import python_app
@@ -22,7 +23,6 @@ from tests.helpers.ztunnel_peers import python_app
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
 VIP = "10.96.0.20"
-APP_PORT = 18080
 WORKERS = 2
 DEADLINE = 15.0
 

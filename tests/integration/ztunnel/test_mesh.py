@@ -19,16 +19,16 @@ import time
 
 import pytest
 
+from tests.helpers.ports import APP_PORT
+from tests.helpers.wait import wait_for
 from tests.helpers.ztunnel_apps import expected_hash, xfer_client
 from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh, echo, echo_exact, metric_sum
 from tests.helpers.ztunnel_peers import Proc, wait_listener
-from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 VIP = "10.96.0.10"
 IPERF_VIP = "10.96.0.11"
-APP_PORT = 18080
 IPERF_PORT = 15201
 POLICY_TIMEOUT = 10.0
 # Policy and metric changes have no event to await from outside the ztunnel:

@@ -19,13 +19,12 @@ import orjson
 import pytest
 
 from tests.helpers.ztunnel_mesh import ROOT, SHOAL, Mesh
-from tests.helpers.ports import free_port
+from tests.helpers.ports import APP_PORT, free_port
 from tests.helpers.ztunnel_peers import Proc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
 VIP = "10.96.3.10"
-APP_PORT = 18080
 
 
 @pytest.fixture(scope="module")
