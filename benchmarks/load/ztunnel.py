@@ -293,11 +293,8 @@ def build_mesh(tmp: Path, workers: int, extra_args: tuple[str, ...] = ()) -> tup
     m.fix("node-a", IPERF_VIP, 5201)
     iperf = iperf3_server(m.pods["iperf"].ip, IPERF_PORT, m.logs)
     try:
-        m.start()
+        m.start()               # stops what it started if it fails
     except BaseException:
-        # A node that failed to boot: stop what did start (the CA, the other
-        # node, the apps, iperf3), or it outlives the run and holds its ports.
-        m.stop()
         iperf.stop()
         raise
     return m, iperf

@@ -74,6 +74,14 @@ BLOCKED_US = 5.0
 _SCRIPT_LINE = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+(?:\S+:(\S+):|PERF_RECORD_SWITCH (IN|OUT))")
 
 
+def by_thread(events: Iterable[tuple[int, float, str]]) -> list[list[tuple[float, str]]]:
+    """Each thread's (time, event) sequence, in the trace's order."""
+    threads: dict[int, list[tuple[float, str]]] = defaultdict(list)
+    for tid, t, name in events:
+        threads[tid].append((t, name))
+    return list(threads.values())
+
+
 def segments(events: Iterable[tuple[int, float, str]]) -> dict[str, list[float]]:
     """Cut each thread's (tid, time µs, event) sequence into the A-G
     segments of the module docstring. Events: sys_enter_/sys_exit_ +
@@ -81,11 +89,8 @@ def segments(events: Iterable[tuple[int, float, str]]) -> dict[str, list[float]]
     "__return". A segment is "first " or "next " for the first event after
     epoll_pwait's return or a later one in the same wakeup (A, C and D):
     the first runs on caches the other processes have just used."""
-    by_thread: dict[int, list[tuple[float, str]]] = defaultdict(list)
-    for tid, t, name in events:
-        by_thread[tid].append((t, name))
     out: dict[str, list[float]] = defaultdict(list)
-    for evs in by_thread.values():
+    for evs in by_thread(events):
         mark = None             # where loop-in time starts: epoll's return or an event's end
         first = ended = False
         read_at = read_done = entered = wrote = write_at = None
@@ -140,11 +145,8 @@ def busy_spans(events: Iterable[tuple[int, float, str]]) -> list[Span]:
     inside the span. "switch_out"/"switch_in" events (perf's switch
     records) mark the time off the CPU, which is taken out of the user or
     system-call time it fell in."""
-    by_thread: dict[int, list[tuple[float, str]]] = defaultdict(list)
-    for tid, t, name in events:
-        by_thread[tid].append((t, name))
     spans = []
-    for evs in by_thread.values():
+    for evs in by_thread(events):
         start = entered = left = None
         in_sys = off_user = off_sys = off_before = 0.0
         writes = 0

@@ -169,6 +169,16 @@ class Mesh:
         return n.fixed[(ip, port)]
 
     def start(self) -> None:
+        """The CA, the apps and every node, each node waited for until ready.
+        If any of it fails, what did start is stopped before the error goes
+        on: a caller that never got a started mesh has nothing to stop."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         self.write_config()
         state = self.tmp / "ca-state"
         port_file = self.tmp / "ca.port"

@@ -6,7 +6,14 @@ from shoal.benchmarks.load.ztunnel_events import Span, busy_spans, segments, spa
 
 
 def trace(tid, *steps):
-    return [(tid, t, name) for t, name in steps]
+    """A thread's events; a step is (time, event) or a list of them (call())."""
+    flat = [e for step in steps for e in (step if isinstance(step, list) else [step])]
+    return [(tid, t, name) for t, name in flat]
+
+
+def call(name, enter, leave):
+    """A system call's two tracepoints."""
+    return [(enter, f"sys_enter_{name}"), (leave, f"sys_exit_{name}")]
 
 
 def test_one_wakeup_with_two_reads_is_cut_into_every_segment():
@@ -46,12 +53,12 @@ def test_a_stunnel_thread_span_counts_its_quick_poll_as_a_system_call():
     # poll blocks, then a TLS record's header and body, a poll for POLLOUT
     # that returns at once, the write, and the next blocking poll.
     events = trace(3,
-                   (0.0, "sys_enter_poll"), (100.0, "sys_exit_poll"),
-                   (102.0, "sys_enter_read"), (103.0, "sys_exit_read"),
-                   (104.0, "sys_enter_read"), (106.0, "sys_exit_read"),
-                   (110.0, "sys_enter_poll"), (111.0, "sys_exit_poll"),
-                   (112.0, "sys_enter_write"), (120.0, "sys_exit_write"),
-                   (122.0, "sys_enter_poll"), (500.0, "sys_exit_poll"))
+                   call("poll", 0.0, 100.0),
+                   call("read", 102.0, 103.0),
+                   call("read", 104.0, 106.0),
+                   call("poll", 110.0, 111.0),
+                   call("write", 112.0, 120.0),
+                   call("poll", 122.0, 500.0))
     [span] = busy_spans(events)
     assert span.syscalls == pytest.approx(1.0 + 2.0 + 1.0 + 8.0)
     assert span.user == pytest.approx(22.0 - 12.0)
@@ -60,14 +67,14 @@ def test_a_stunnel_thread_span_counts_its_quick_poll_as_a_system_call():
 
 def test_a_worker_wakeup_with_two_events_is_one_span_of_two_writes():
     events = trace(9,
-                   (0.0, "sys_enter_epoll_pwait"), (50.0, "sys_exit_epoll_pwait"),
-                   (53.0, "sys_enter_read"), (55.0, "sys_exit_read"),
-                   (60.0, "sys_enter_write"), (69.0, "sys_exit_write"),
-                   (72.0, "sys_enter_read"), (73.0, "sys_exit_read"),
-                   (80.0, "sys_enter_write"), (88.0, "sys_exit_write"),
-                   (90.0, "sys_enter_epoll_pwait"), (300.0, "sys_exit_epoll_pwait"),
+                   call("epoll_pwait", 0.0, 50.0),
+                   call("read", 53.0, 55.0),
+                   call("write", 60.0, 69.0),
+                   call("read", 72.0, 73.0),
+                   call("write", 80.0, 88.0),
+                   call("epoll_pwait", 90.0, 300.0),
                    # a wakeup that writes nothing (a timer) is no span
-                   (301.0, "sys_enter_epoll_pwait"), (900.0, "sys_exit_epoll_pwait"))
+                   call("epoll_pwait", 301.0, 900.0))
     spans = busy_spans(events)
     assert spans == [Span(pytest.approx(40.0 - 20.0), pytest.approx(20.0), 0.0, 2)]
     s = span_summary(spans + [Span(10.0, 12.0, 0.0, 1)])
@@ -80,11 +87,11 @@ def test_a_worker_wakeup_with_two_events_is_one_span_of_two_writes():
 def test_spans_begin_only_after_a_blocking_wait():
     # The trace starts inside a span: its start is unknown, so no span.
     events = trace(4,
-                   (0.0, "sys_enter_write"), (8.0, "sys_exit_write"),
-                   (10.0, "sys_enter_epoll_pwait"), (40.0, "sys_exit_epoll_pwait"),
-                   (41.0, "sys_enter_epoll_pwait"), (43.0, "sys_exit_epoll_pwait"),
-                   (45.0, "sys_enter_write"), (50.0, "sys_exit_write"),
-                   (52.0, "sys_enter_epoll_pwait"), (99.0, "sys_exit_epoll_pwait"))
+                   call("write", 0.0, 8.0),
+                   call("epoll_pwait", 10.0, 40.0),
+                   call("epoll_pwait", 41.0, 43.0),
+                   call("write", 45.0, 50.0),
+                   call("epoll_pwait", 52.0, 99.0))
     [span] = busy_spans(events)
     assert (span.syscalls, span.writes) == (pytest.approx(2.0 + 5.0), 1)
     assert span.user == pytest.approx(12.0 - 7.0)
@@ -94,7 +101,7 @@ def test_time_off_the_cpu_is_taken_out_of_what_it_fell_in_but_not_out_of_a_block
     events = trace(5,
                    (0.0, "sys_enter_epoll_pwait"), (1.0, "switch_out"),
                    (60.0, "switch_in"), (62.0, "sys_exit_epoll_pwait"),
-                   (64.0, "sys_enter_read"), (66.0, "sys_exit_read"),
+                   call("read", 64.0, 66.0),
                    # preempted in user code: 30 µs off the CPU
                    (70.0, "switch_out"), (100.0, "switch_in"),
                    # and inside the write: 20 of its 28 µs
@@ -102,8 +109,8 @@ def test_time_off_the_cpu_is_taken_out_of_what_it_fell_in_but_not_out_of_a_block
                    (126.0, "switch_in"), (133.0, "sys_exit_write"),
                    (135.0, "sys_enter_epoll_pwait"), (136.0, "switch_out"),
                    (400.0, "switch_in"), (401.0, "sys_exit_epoll_pwait"),
-                   (402.0, "sys_enter_write"), (403.0, "sys_exit_write"),
-                   (404.0, "sys_enter_epoll_pwait"), (500.0, "sys_exit_epoll_pwait"))
+                   call("write", 402.0, 403.0),
+                   call("epoll_pwait", 404.0, 500.0))
     first, second = busy_spans(events)
     assert first == Span(user=pytest.approx(73.0 - 30.0 - 30.0), syscalls=pytest.approx(30.0 - 20.0),
                          off=pytest.approx(50.0), writes=1)
